@@ -1,0 +1,465 @@
+//! `RealCni`: runs CNI plugin binaries the way libcni does.
+//!
+//! Configuration: the lexically first `*.conflist`, `*.conf` or `*.json` in `conf_dir` (a
+//! single-plugin `.conf` is wrapped into a list). Every pod also gets the loopback plugin on `lo`.
+//! ADD runs the plugins in order, chaining each result as the next one's `prevResult`; DEL runs
+//! them in reverse with the cached ADD result. Results are cached in `cache_dir` so that DEL works
+//! after a restart of crid.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use crid::backend::{Cni, CniResult, IpConfig, PodNetwork};
+use crid::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::RwLock;
+
+use crate::errors::IoContext;
+
+const LOOPBACK_CONFIG: &str = r#"{"cniVersion":"0.3.1","name":"cni-loopback","plugins":[{"type":"loopback"}]}"#;
+/// A plugin that hangs must not hang the pod operation forever.
+const PLUGIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A parsed network configuration list.
+#[derive(Clone, Debug)]
+struct NetworkList {
+    name: String,
+    cni_version: String,
+    plugins: Vec<Value>,
+    file: String,
+    raw: Value,
+}
+
+impl NetworkList {
+    fn parse(text: &str, file: &str, is_list: bool) -> Result<NetworkList> {
+        let raw: Value = serde_json::from_str(text).map_err(|e| Error::invalid(format!("{file}: {e}")))?;
+        let name = raw.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let cni_version = raw.get("cniVersion").and_then(Value::as_str).unwrap_or("0.2.0").to_string();
+        let plugins = if is_list {
+            raw.get("plugins").and_then(Value::as_array).cloned().unwrap_or_default()
+        } else {
+            vec![raw.clone()]
+        };
+        if name.is_empty() {
+            return Err(Error::invalid(format!("{file}: network has no name")));
+        }
+        if plugins.is_empty() || plugins.iter().any(|p| p.get("type").and_then(Value::as_str).is_none()) {
+            return Err(Error::invalid(format!("{file}: every plugin needs a type")));
+        }
+        Ok(NetworkList { name, cni_version, plugins, file: file.to_string(), raw })
+    }
+}
+
+/// What is cached per pod between ADD and DEL.
+#[derive(Serialize, Deserialize)]
+struct CachedAttachment {
+    network: String,
+    interface: String,
+    result: Value,
+}
+
+pub struct RealCni {
+    bin_dirs: Vec<PathBuf>,
+    conf_dir: PathBuf,
+    cache_dir: PathBuf,
+    /// Readers are pod setups/teardowns; a reload takes it exclusively, so it never changes the
+    /// configuration under a running ADD.
+    network: RwLock<Option<NetworkList>>,
+    loopback: NetworkList,
+    last_json: std::sync::Mutex<String>,
+}
+
+fn conf_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(e).io_context(format!("read {}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        if matches!(ext, "conflist" | "conf" | "json") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Extracts the pod's IPs from a plugin result of any spec version.
+fn parse_ips(result: &Value) -> Vec<IpConfig> {
+    let interfaces: Vec<String> = result
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|i| i.get("name").and_then(Value::as_str).unwrap_or_default().to_string()).collect())
+        .unwrap_or_default();
+    let strip = |cidr: &str| cidr.split('/').next().unwrap_or_default().to_string();
+    let mut ips = Vec::new();
+    if let Some(list) = result.get("ips").and_then(Value::as_array) {
+        for ip in list {
+            let interface = ip
+                .get("interface")
+                .and_then(Value::as_u64)
+                .and_then(|i| interfaces.get(i as usize).cloned())
+                .unwrap_or_default();
+            ips.push(IpConfig {
+                interface,
+                address: strip(ip.get("address").and_then(Value::as_str).unwrap_or_default()),
+                gateway: ip.get("gateway").and_then(Value::as_str).unwrap_or_default().to_string(),
+            });
+        }
+    }
+    // Spec 0.1/0.2: "ip4"/"ip6" objects.
+    for key in ["ip4", "ip6"] {
+        if let Some(ip) = result.get(key) {
+            ips.push(IpConfig {
+                interface: "eth0".to_string(),
+                address: strip(ip.get("ip").and_then(Value::as_str).unwrap_or_default()),
+                gateway: ip.get("gateway").and_then(Value::as_str).unwrap_or_default().to_string(),
+            });
+        }
+    }
+    ips.retain(|ip| !ip.address.is_empty());
+    ips
+}
+
+fn cni_args(network: &PodNetwork) -> String {
+    let mut parts = vec!["IgnoreUnknown=1".to_string()];
+    parts.extend(network.args.iter().map(|(k, v)| format!("{k}={v}")));
+    parts.join(";")
+}
+
+/// Per-plugin config as the plugin reads it on stdin: the plugin's own keys plus the network's
+/// name and version, the previous result, and the runtime config for declared capabilities.
+fn plugin_stdin(list: &NetworkList, plugin: &Value, prev: Option<&Value>, network: &PodNetwork) -> Value {
+    let mut config = plugin.clone();
+    let object = config.as_object_mut().expect("validated plugin is an object");
+    object.insert("name".into(), json!(list.name));
+    object.insert("cniVersion".into(), json!(list.cni_version));
+    if let Some(prev) = prev {
+        object.insert("prevResult".into(), prev.clone());
+    }
+    let wants_ports = plugin.pointer("/capabilities/portMappings").and_then(Value::as_bool).unwrap_or(false);
+    let ports: Vec<Value> = network
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| {
+            let mut m = json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": p.protocol.to_lowercase()});
+            if !p.host_ip.is_empty() {
+                m["hostIP"] = json!(p.host_ip);
+            }
+            m
+        })
+        .collect();
+    if wants_ports && !ports.is_empty() {
+        object.insert("runtimeConfig".into(), json!({ "portMappings": ports }));
+    }
+    config
+}
+
+impl RealCni {
+    pub fn new(bin_dir: &str, conf_dir: &str, cache_dir: &str) -> Arc<RealCni> {
+        let loopback = NetworkList::parse(LOOPBACK_CONFIG, "<loopback>", true).expect("built-in loopback config is valid");
+        Arc::new(RealCni {
+            // CNI_PATH style: several dirs separated by ':'.
+            bin_dirs: bin_dir.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect(),
+            conf_dir: PathBuf::from(conf_dir),
+            cache_dir: PathBuf::from(cache_dir),
+            network: RwLock::new(None),
+            loopback,
+            last_json: std::sync::Mutex::new(String::new()),
+        })
+    }
+
+    fn find_plugin(&self, kind: &str) -> Result<PathBuf> {
+        if kind.contains('/') {
+            return Err(Error::invalid(format!("invalid plugin type {kind:?}")));
+        }
+        self.bin_dirs
+            .iter()
+            .map(|d| d.join(kind))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::not_found(format!("failed to find plugin {kind:?} in path {:?}", self.bin_dirs)))
+    }
+
+    async fn exec_plugin(&self, command: &str, config: &Value, network: &PodNetwork, ifname: &str) -> Result<Value> {
+        let kind = config.get("type").and_then(Value::as_str).unwrap_or_default();
+        let binary = self.find_plugin(kind)?;
+        let cni_path = std::env::join_paths(&self.bin_dirs).unwrap_or_default();
+        let mut child = tokio::process::Command::new(&binary)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &network.sandbox_id)
+            .env("CNI_NETNS", &network.netns_path)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", cni_path)
+            .env("CNI_ARGS", cni_args(network))
+            // Plugins call iptables and ip; give them the usual PATH.
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .io_context(format!("run CNI plugin {}", binary.display()))?;
+        let input = serde_json::to_vec(config).map_err(|e| Error::internal(e.to_string()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(&input).await.io_context("write CNI config")?;
+        }
+        let output = tokio::time::timeout(PLUGIN_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| Error::deadline(format!("CNI plugin {kind} {command} timed out")))?
+            .io_context(format!("wait for CNI plugin {kind}"))?;
+        if !output.status.success() {
+            // Plugins report errors as JSON {code, msg, details} on stdout.
+            let detail: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+            let msg = detail.get("msg").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
+                format!("{} {}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+            });
+            let details = detail.get("details").and_then(Value::as_str).unwrap_or_default();
+            return Err(Error::internal(format!("plugin type={kind:?} failed ({command}): {} {details}", msg.trim())));
+        }
+        if command == "DEL" || output.stdout.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&output.stdout).map_err(|e| Error::internal(format!("plugin {kind} returned bad JSON: {e}")))
+    }
+
+    async fn add_list(&self, list: &NetworkList, network: &PodNetwork, ifname: &str) -> Result<Value> {
+        let mut prev: Option<Value> = None;
+        for plugin in &list.plugins {
+            let config = plugin_stdin(list, plugin, prev.as_ref(), network);
+            let result = self.exec_plugin("ADD", &config, network, ifname).await?;
+            if !result.is_null() {
+                prev = Some(result);
+            }
+        }
+        Ok(prev.unwrap_or(Value::Null))
+    }
+
+    async fn del_list(&self, list: &NetworkList, network: &PodNetwork, ifname: &str, prev: Option<&Value>) -> Result<()> {
+        for plugin in list.plugins.iter().rev() {
+            let config = plugin_stdin(list, plugin, prev.filter(|p| !p.is_null()), network);
+            self.exec_plugin("DEL", &config, network, ifname).await?;
+        }
+        Ok(())
+    }
+
+    fn cache_path(&self, sandbox_id: &str) -> PathBuf {
+        self.cache_dir.join(format!("{sandbox_id}.json"))
+    }
+
+    fn read_cache(&self, sandbox_id: &str) -> Option<CachedAttachment> {
+        let bytes = std::fs::read(self.cache_path(sandbox_id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write_cache(&self, sandbox_id: &str, attachment: &CachedAttachment) -> Result<()> {
+        std::fs::create_dir_all(&self.cache_dir).io_context(format!("mkdir {}", self.cache_dir.display()))?;
+        let bytes = serde_json::to_vec(attachment).map_err(|e| Error::internal(e.to_string()))?;
+        let path = self.cache_path(sandbox_id);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).io_context("write CNI cache")?;
+        std::fs::rename(&tmp, &path).io_context("write CNI cache")
+    }
+
+    /// Polls `conf_dir` and reloads when its files change (a simple stand-in for inotify).
+    pub fn spawn_watcher(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
+        let cni = self.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let stamp = dir_stamp(&cni.conf_dir);
+                if last.as_ref() != Some(&stamp) {
+                    if last.is_some() {
+                        match cni.load().await {
+                            Ok(()) => tracing::info!(dir = %cni.conf_dir.display(), "CNI config reloaded"),
+                            Err(e) => tracing::warn!(error = %e, "CNI config reload failed"),
+                        }
+                    }
+                    last = Some(stamp);
+                }
+                tokio::time::sleep(period).await;
+            }
+        })
+    }
+}
+
+/// Names and modification times of the conf files: changes when any is added, removed or edited.
+fn dir_stamp(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
+    conf_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, mtime)
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Cni for RealCni {
+    async fn load(&self) -> Result<()> {
+        let files = conf_files(&self.conf_dir)?;
+        let mut loaded = None;
+        let mut last_error = None;
+        for file in files {
+            let is_list = file.extension().and_then(|e| e.to_str()) == Some("conflist");
+            let text = std::fs::read_to_string(&file).io_context(format!("read {}", file.display()))?;
+            match NetworkList::parse(&text, &file.to_string_lossy(), is_list) {
+                Ok(list) => {
+                    loaded = Some(list);
+                    break;
+                }
+                // libcni skips invalid files and takes the next one.
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let mut network = self.network.write().await;
+        *network = loaded;
+        match network.as_ref() {
+            Some(list) => {
+                *self.last_json.lock().unwrap() = json!({"file": list.file, "config": list.raw}).to_string();
+                Ok(())
+            }
+            None => {
+                self.last_json.lock().unwrap().clear();
+                Err(last_error.unwrap_or_else(|| {
+                    Error::precondition(format!("no network config found in {}", self.conf_dir.display()))
+                }))
+            }
+        }
+    }
+
+    async fn status(&self) -> Result<()> {
+        match self.network.read().await.as_ref() {
+            Some(_) => Ok(()),
+            None => Err(Error::precondition("cni config not initialized")),
+        }
+    }
+
+    async fn setup(&self, network: &PodNetwork) -> Result<CniResult> {
+        let guard = self.network.read().await;
+        let list = guard.as_ref().ok_or_else(|| Error::precondition("cni config not initialized"))?;
+        self.add_list(&self.loopback, network, "lo").await.map_err(|e| e.context("loopback"))?;
+        let ifname = if network.interface_name.is_empty() { "eth0" } else { network.interface_name.as_str() };
+        let result = self.add_list(list, network, ifname).await?;
+        self.write_cache(
+            &network.sandbox_id,
+            &CachedAttachment { network: list.name.clone(), interface: ifname.to_string(), result: result.clone() },
+        )?;
+        let ips = parse_ips(&result);
+        if !ips.iter().any(|ip| ip.interface == ifname || ip.interface.is_empty()) {
+            return Err(Error::internal(format!("failed to find network info for sandbox {}: no IP on {ifname}", network.sandbox_id)));
+        }
+        Ok(CniResult { ips, raw: result.to_string() })
+    }
+
+    async fn teardown(&self, network: &PodNetwork) -> Result<()> {
+        let guard = self.network.read().await;
+        let list = guard.as_ref().ok_or_else(|| Error::precondition("cni config not initialized"))?;
+        let cached = self.read_cache(&network.sandbox_id);
+        let ifname = cached
+            .as_ref()
+            .map(|c| c.interface.clone())
+            .unwrap_or_else(|| if network.interface_name.is_empty() { "eth0".into() } else { network.interface_name.clone() });
+        let prev = cached.as_ref().filter(|c| c.network == list.name).map(|c| &c.result);
+        self.del_list(list, network, &ifname, prev).await?;
+        self.del_list(&self.loopback, network, "lo", None).await.map_err(|e| e.context("loopback"))?;
+        match std::fs::remove_file(self.cache_path(&network.sandbox_id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).io_context("remove CNI cache"),
+            _ => Ok(()),
+        }
+    }
+
+    fn config_json(&self) -> String {
+        self.last_json.lock().unwrap().clone()
+    }
+
+    async fn write_config(&self, file_name: &str, contents: &str) -> Result<String> {
+        if file_name.contains('/') || file_name.is_empty() {
+            return Err(Error::invalid(format!("invalid CNI config file name {file_name:?}")));
+        }
+        std::fs::create_dir_all(&self.conf_dir).io_context(format!("mkdir {}", self.conf_dir.display()))?;
+        let path = self.conf_dir.join(file_name);
+        let tmp = self.conf_dir.join(format!(".{file_name}.tmp"));
+        std::fs::write(&tmp, contents).io_context(format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).io_context(format!("write {}", path.display()))?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+}
+
+/// The parsed IPs of a raw result, for callers that only kept the JSON.
+pub fn ips_of(raw: &str) -> Vec<IpConfig> {
+    serde_json::from_str::<Value>(raw).map(|v| parse_ips(&v)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn parses_v1_result_ips_with_interfaces() {
+        let result = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "cni0"}, {"name": "veth1"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+            "ips": [{"address": "10.99.0.5/16", "gateway": "10.99.0.1", "interface": 2}]
+        });
+        assert_eq!(
+            parse_ips(&result),
+            vec![IpConfig { interface: "eth0".into(), address: "10.99.0.5".into(), gateway: "10.99.0.1".into() }]
+        );
+    }
+
+    #[test]
+    fn parses_old_result_format() {
+        let result = json!({"ip4": {"ip": "10.1.0.2/24", "gateway": "10.1.0.1"}});
+        assert_eq!(parse_ips(&result)[0].address, "10.1.0.2");
+    }
+
+    #[tokio::test]
+    async fn status_fails_without_config_and_loads_first_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("net.d");
+        let cni = RealCni::new("/nonexistent", &conf.to_string_lossy(), &dir.path().join("cache").to_string_lossy());
+        assert!(cni.load().await.is_err());
+        assert_eq!(cni.status().await.unwrap_err().message, "cni config not initialized");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(conf.join("20-b.conflist"), r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"bridge"}]}"#).unwrap();
+        std::fs::write(conf.join("10-a.conf"), r#"{"cniVersion":"1.0.0","name":"a","type":"bridge"}"#).unwrap();
+        cni.load().await.unwrap();
+        cni.status().await.unwrap();
+        assert!(cni.config_json().contains("10-a.conf"));
+    }
+
+    #[test]
+    fn port_mappings_reach_plugins_that_ask_for_them() {
+        let list = NetworkList::parse(
+            r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#,
+            "f",
+            true,
+        )
+        .unwrap();
+        let network = PodNetwork {
+            sandbox_id: "s".into(),
+            netns_path: "/x".into(),
+            interface_name: "eth0".into(),
+            args: BTreeMap::new(),
+            port_mappings: vec![crid::backend::PortMapping { protocol: "TCP".into(), container_port: 80, host_port: 8080, host_ip: String::new() }],
+        };
+        let bridge = plugin_stdin(&list, &list.plugins[0], None, &network);
+        assert!(bridge.get("runtimeConfig").is_none());
+        let portmap = plugin_stdin(&list, &list.plugins[1], Some(&json!({"ips": []})), &network);
+        assert_eq!(portmap["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+        assert_eq!(portmap["name"], "n");
+        assert!(portmap.get("prevResult").is_some());
+    }
+}

@@ -1,0 +1,124 @@
+//! containerd's content store: streaming a blob in (Write), reading small blobs out (Read).
+
+use std::collections::{BTreeMap, HashMap};
+
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::{AbortRequest, ReadContentRequest, WriteAction, WriteContentRequest};
+use crid::error::{Error, ErrorKind, Result};
+use futures::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use super::Requests;
+use crate::errors::from_status;
+
+/// Largest blob read whole into memory (manifests, indexes, configs).
+const MAX_READ_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads a whole (small) blob.
+pub async fn read_blob(channel: &Channel, requests: &Requests, digest: &str) -> Result<Vec<u8>> {
+    let mut client = ContentClient::new(channel.clone());
+    let mut stream = client
+        .read(requests.plain(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 }))
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(from_status)? {
+        out.extend_from_slice(&chunk.data);
+        if out.len() > MAX_READ_BYTES {
+            return Err(Error::invalid(format!("blob {digest} is larger than {MAX_READ_BYTES} bytes")));
+        }
+    }
+    Ok(out)
+}
+
+/// What a Write needs besides the bytes.
+pub struct BlobWrite<'a> {
+    pub write_ref: String,
+    pub digest: &'a str,
+    pub size: u64,
+    pub lease: Option<String>,
+    /// Called after the bytes are known, before commit: labels to set on the committed blob.
+    pub labels: &'a (dyn Fn(&[u8]) -> BTreeMap<String, String> + Send + Sync),
+    /// Keep the bytes in memory for `labels` (only for small blobs).
+    pub keep_bytes: bool,
+}
+
+/// Streams `body` into the content store and commits it under `digest`. Content that already
+/// exists counts as written.
+pub async fn write_blob<S>(
+    channel: &Channel,
+    requests: &Requests,
+    write: BlobWrite<'_>,
+    mut body: S,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<()>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes>> + Unpin + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(8);
+    let mut client = ContentClient::new(channel.clone());
+    let request = requests.with_lease(ReceiverStream::new(rx), write.lease.as_deref());
+    let base_ref = write.write_ref.clone();
+    let base = WriteContentRequest {
+        action: WriteAction::Write as i32,
+        r#ref: write.write_ref.clone(),
+        total: write.size as i64,
+        expected: write.digest.to_string(),
+        offset: 0,
+        data: Vec::new(),
+        labels: HashMap::new(),
+    };
+
+    // Feeding and reading responses run together: containerd answers every request, and its
+    // headers arrive only with the first answer.
+    let feed = async move {
+        let mut offset: u64 = 0;
+        let mut kept = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            if write.keep_bytes {
+                kept.extend_from_slice(&chunk);
+            }
+            let message = WriteContentRequest { offset: offset as i64, data: chunk.to_vec(), ..base.clone() };
+            offset += chunk.len() as u64;
+            if tx.send(message).await.is_err() {
+                return Err(Error::unavailable("containerd closed the content write"));
+            }
+            progress(chunk.len() as u64);
+        }
+        if offset != write.size {
+            return Err(Error::invalid(format!("blob {}: got {offset} bytes, expected {}", write.digest, write.size)));
+        }
+        let labels = (write.labels)(&kept).into_iter().collect();
+        let commit = WriteContentRequest { action: WriteAction::Commit as i32, offset: offset as i64, labels, ..base.clone() };
+        tx.send(commit).await.map_err(|_| Error::unavailable("containerd closed the content write"))?;
+        drop(tx);
+        Ok(())
+    };
+    let drain = async move {
+        let mut responses = client.write(request).await.map_err(from_status)?.into_inner();
+        while let Some(response) = responses.message().await.map_err(from_status)? {
+            if response.action == WriteAction::Commit as i32 {
+                return Ok(());
+            }
+        }
+        Err(Error::unavailable("content write ended before commit"))
+    };
+    let write_ref = base_ref;
+    let (fed, drained) = futures::join!(feed, drain);
+    let result = match (fed, drained) {
+        (_, Ok(())) => Ok(()),
+        (_, Err(e)) if e.kind == ErrorKind::AlreadyExists => Ok(()),
+        // The feeder's error says why the stream ended early (e.g. the registry failed).
+        (Err(e), Err(_)) => Err(e),
+        (Ok(()), Err(e)) => Err(e),
+    };
+    if result.is_err() {
+        // Free the half-written ingest; a retry uses a fresh ref anyway.
+        let abort = AbortRequest { r#ref: write_ref };
+        let _ = ContentClient::new(channel.clone()).abort(requests.plain(abort)).await;
+    }
+    result
+}

@@ -1,0 +1,325 @@
+//! Turns the core's `WorkloadSpec` into an OCI runtime spec (runc's config.json).
+//!
+//! The spec is derived, never edited: the container record keeps the `WorkloadSpec` itself (in an
+//! extension) and the OCI spec is regenerated from it whenever the record is written.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use crid::backend::{MountSpec, Resources, WorkloadSpec};
+use crid::error::{Error, Result};
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, Mount,
+    MountBuilder, Process, Root, Spec, User,
+};
+
+/// type_url containerd itself uses for runtime specs in container records.
+pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+pub const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// The capabilities a non-privileged container gets, as in containerd and Docker.
+const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+fn oci_err(e: oci_spec::OciSpecError) -> Error {
+    Error::invalid(format!("oci spec: {e}"))
+}
+
+fn parse_capability(name: &str) -> Result<Capability> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    serde_json::from_value(serde_json::Value::String(full.clone()))
+        .map_err(|_| Error::invalid(format!("unknown capability {name:?}")))
+}
+
+/// The effective capability set: defaults (or all, when privileged), plus adds, minus drops.
+/// "ALL" in either list means every known capability, as in the CRI.
+pub fn capability_set(workload: &WorkloadSpec) -> Result<Capabilities> {
+    let all = || -> Result<HashSet<Capability>> {
+        crate::os::all_capability_names().iter().map(|c| parse_capability(c)).collect()
+    };
+    let mut caps: HashSet<Capability> = if workload.privileged {
+        all()?
+    } else {
+        DEFAULT_CAPABILITIES.iter().map(|c| parse_capability(c)).collect::<Result<_>>()?
+    };
+    for add in &workload.add_capabilities {
+        if add.eq_ignore_ascii_case("ALL") {
+            caps = all()?;
+        } else {
+            caps.insert(parse_capability(add)?);
+        }
+    }
+    for drop in &workload.drop_capabilities {
+        if drop.eq_ignore_ascii_case("ALL") {
+            caps.clear();
+        } else {
+            caps.remove(&parse_capability(drop)?);
+        }
+    }
+    Ok(caps)
+}
+
+fn user(workload: &WorkloadSpec) -> Result<User> {
+    let uid = match (workload.run_as_user, workload.run_as_username.as_str()) {
+        (Some(uid), _) => u32::try_from(uid).map_err(|_| Error::invalid(format!("invalid uid {uid}")))?,
+        (None, "" | "root") => 0,
+        (None, name) => match name.split(':').next().unwrap_or_default().parse::<u32>() {
+            Ok(uid) => uid,
+            // Resolving names needs the image's /etc/passwd, which this backend does not read yet.
+            Err(_) => return Err(Error::invalid(format!("user name {name:?} cannot be resolved; use a numeric uid"))),
+        },
+    };
+    let mut user = User::default();
+    user.set_uid(uid);
+    user.set_gid(0);
+    Ok(user)
+}
+
+pub fn process(workload: &WorkloadSpec) -> Result<Process> {
+    if workload.args.is_empty() {
+        return Err(Error::invalid("no command specified"));
+    }
+    let mut process = Process::default();
+    process.set_args(Some(workload.args.clone()));
+    process.set_env(Some(workload.env.clone()));
+    process.set_cwd(PathBuf::from(if workload.working_dir.is_empty() { "/" } else { &workload.working_dir }));
+    process.set_terminal(Some(workload.tty));
+    process.set_user(user(workload)?);
+    let caps = capability_set(workload)?;
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities.set_bounding(Some(caps.clone()));
+    capabilities.set_effective(Some(caps.clone()));
+    capabilities.set_permitted(Some(caps));
+    capabilities.set_inheritable(Some(Capabilities::new()));
+    capabilities.set_ambient(Some(Capabilities::new()));
+    process.set_capabilities(Some(capabilities));
+    process.set_no_new_privileges(Some(!workload.privileged));
+    // The core already clamped this to what this process may set (restrict_oom_score_adj).
+    process.set_oom_score_adj(Some(workload.oom_score_adj));
+    Ok(process)
+}
+
+fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> Result<Mount> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ(kind)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(oci_err)
+}
+
+fn base_mounts(workload: &WorkloadSpec) -> Result<Vec<Mount>> {
+    let sys_options: &[&str] =
+        if workload.privileged { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] };
+    Ok(vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/sys", "sysfs", "sysfs", sys_options)?,
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?,
+    ])
+}
+
+fn user_mount(spec: &MountSpec) -> Result<Mount> {
+    let kind = if spec.kind.is_empty() { "bind" } else { spec.kind.as_str() };
+    let mut options: Vec<String> = spec.options.clone();
+    if kind == "bind" && !options.iter().any(|o| o == "bind" || o == "rbind") {
+        options.insert(0, "rbind".to_string());
+    }
+    if kind == "bind" && !options.iter().any(|o| o.ends_with("private") || o.ends_with("shared") || o.ends_with("slave")) {
+        options.push("rprivate".to_string());
+    }
+    MountBuilder::default()
+        .destination(spec.destination.as_str())
+        .typ(kind)
+        .source(spec.source.as_str())
+        .options(options)
+        .build()
+        .map_err(oci_err)
+}
+
+/// Base mounts first, then the CRI's; a CRI mount replaces a base mount of the same destination
+/// (e.g. the sandbox's /dev/shm).
+fn mounts(workload: &WorkloadSpec) -> Result<Vec<Mount>> {
+    let overridden: HashSet<&str> = workload.mounts.iter().map(|m| m.destination.as_str()).collect();
+    let mut mounts: Vec<Mount> = base_mounts(workload)?
+        .into_iter()
+        .filter(|m| !overridden.contains(m.destination().to_string_lossy().as_ref()))
+        .collect();
+    for spec in &workload.mounts {
+        mounts.push(user_mount(spec)?);
+    }
+    Ok(mounts)
+}
+
+fn namespace(kind: LinuxNamespaceType, path: Option<String>) -> Result<LinuxNamespace> {
+    let builder = LinuxNamespaceBuilder::default().typ(kind);
+    let builder = match path {
+        Some(path) => builder.path(path),
+        None => builder,
+    };
+    builder.build().map_err(oci_err)
+}
+
+/// Sandbox: fresh pid/ipc/uts/mount namespaces and the pinned netns. Container: joins the
+/// sandbox task's network, ipc, uts and pid namespaces through /proc/<pid>/ns.
+fn namespaces(workload: &WorkloadSpec) -> Result<Vec<LinuxNamespace>> {
+    let join = |ns: &str| -> Option<String> {
+        (!workload.sandbox && workload.sandbox_pid > 0).then(|| format!("/proc/{}/ns/{ns}", workload.sandbox_pid))
+    };
+    let mut out = vec![namespace(LinuxNamespaceType::Mount, None)?];
+    if !workload.host_network {
+        let path = if workload.sandbox {
+            (!workload.netns_path.is_empty()).then(|| workload.netns_path.clone())
+        } else {
+            join("net").or_else(|| (!workload.netns_path.is_empty()).then(|| workload.netns_path.clone()))
+        };
+        out.push(namespace(LinuxNamespaceType::Network, path)?);
+    }
+    if !workload.host_ipc {
+        out.push(namespace(LinuxNamespaceType::Ipc, join("ipc"))?);
+    }
+    out.push(namespace(LinuxNamespaceType::Uts, join("uts"))?);
+    if !workload.host_pid {
+        out.push(namespace(LinuxNamespaceType::Pid, join("pid"))?);
+    }
+    Ok(out)
+}
+
+/// The cgroup v1 resources runc applies (and task Update changes).
+pub fn linux_resources(resources: &Resources) -> Result<LinuxResources> {
+    let mut cpu = LinuxCpuBuilder::default();
+    if resources.cpu_shares > 0 {
+        cpu = cpu.shares(resources.cpu_shares as u64);
+    }
+    if resources.cpu_quota > 0 {
+        cpu = cpu.quota(resources.cpu_quota);
+    }
+    if resources.cpu_period > 0 {
+        cpu = cpu.period(resources.cpu_period as u64);
+    }
+    if !resources.cpuset_cpus.is_empty() {
+        cpu = cpu.cpus(resources.cpuset_cpus.clone());
+    }
+    if !resources.cpuset_mems.is_empty() {
+        cpu = cpu.mems(resources.cpuset_mems.clone());
+    }
+    let mut memory = LinuxMemoryBuilder::default();
+    if resources.memory_limit_bytes > 0 {
+        memory = memory.limit(resources.memory_limit_bytes);
+    }
+    LinuxResourcesBuilder::default()
+        .cpu(cpu.build().map_err(oci_err)?)
+        .memory(memory.build().map_err(oci_err)?)
+        .build()
+        .map_err(oci_err)
+}
+
+/// The cgroupfs path runc creates: `<cgroup_parent>/<id>`, or under `/crid` without a parent.
+fn cgroups_path(id: &str, workload: &WorkloadSpec) -> String {
+    let parent = if workload.cgroup_parent.is_empty() { "/crid" } else { workload.cgroup_parent.trim_end_matches('/') };
+    let parent = if parent.starts_with('/') { parent.to_string() } else { format!("/{parent}") };
+    format!("{parent}/{id}")
+}
+
+pub fn build(id: &str, workload: &WorkloadSpec) -> Result<Spec> {
+    let mut spec = Spec::default();
+    spec.set_process(Some(process(workload)?));
+    let mut root = Root::default();
+    root.set_path(PathBuf::from("rootfs"));
+    root.set_readonly(Some(workload.readonly_rootfs));
+    spec.set_root(Some(root));
+    spec.set_hostname((!workload.hostname.is_empty()).then(|| workload.hostname.clone()));
+    spec.set_mounts(Some(mounts(workload)?));
+    let annotations: HashMap<String, String> = workload.annotations.clone().into_iter().collect();
+    spec.set_annotations(Some(annotations));
+
+    let mut resources = linux_resources(&workload.resources)?;
+    // Deny all devices by default; runc still creates and allows its standard set (null, zero…).
+    let deny_all = oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+        .allow(workload.privileged)
+        .access("rwm")
+        .build()
+        .map_err(oci_err)?;
+    resources.set_devices(Some(vec![deny_all]));
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces(workload)?)
+        .resources(resources)
+        .cgroups_path(cgroups_path(id, workload));
+    if !workload.privileged {
+        let default = oci_spec::runtime::Linux::default();
+        linux = linux
+            .masked_paths(default.masked_paths().clone().unwrap_or_default())
+            .readonly_paths(default.readonly_paths().clone().unwrap_or_default());
+    }
+    spec.set_linux(Some(linux.build().map_err(oci_err)?));
+    Ok(spec)
+}
+
+pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::internal(format!("encode oci spec: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container() -> WorkloadSpec {
+        WorkloadSpec {
+            args: vec!["sh".into()],
+            sandbox_pid: 42,
+            netns_path: "/run/netns/x".into(),
+            oom_score_adj: 5,
+            drop_capabilities: vec!["NET_RAW".into()],
+            mounts: vec![MountSpec { destination: "/etc/hosts".into(), source: "/s/hosts".into(), kind: String::new(), options: vec!["ro".into()] }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn container_joins_sandbox_namespaces() {
+        let spec = build("c1", &container()).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        let nss = json["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.iter().any(|n| n["type"] == "network" && n["path"] == "/proc/42/ns/net"));
+        assert!(nss.iter().any(|n| n["type"] == "ipc" && n["path"] == "/proc/42/ns/ipc"));
+        assert_eq!(json["linux"]["cgroupsPath"], "/crid/c1");
+        assert_eq!(json["process"]["oomScoreAdj"], 5);
+        let caps = json["process"]["capabilities"]["effective"].as_array().unwrap();
+        assert!(!caps.iter().any(|c| c == "CAP_NET_RAW"));
+        assert!(caps.iter().any(|c| c == "CAP_CHOWN"));
+        let hosts = json["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/hosts").unwrap();
+        assert_eq!(hosts["options"], serde_json::json!(["rbind", "ro", "rprivate"]));
+    }
+
+    #[test]
+    fn sandbox_uses_its_netns_path() {
+        let mut w = container();
+        w.sandbox = true;
+        w.sandbox_pid = 0;
+        let json = serde_json::to_value(build("s1", &w).unwrap()).unwrap();
+        let nss = json["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.iter().any(|n| n["type"] == "network" && n["path"] == "/run/netns/x"));
+        assert!(nss.iter().any(|n| n["type"] == "pid" && n.get("path").is_none()));
+    }
+}

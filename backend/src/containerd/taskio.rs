@@ -1,0 +1,410 @@
+//! Task and exec IO: the FIFOs the shim writes into, and the copiers that turn them into CRI log
+//! lines (`RFC3339NANO stream F|P content`) or into capped exec output buffers.
+//!
+//! FIFO handshake: we open the read end non-blocking and hold a dummy write end until the shim
+//! has opened its own (it does so inside task Create). Without the dummy, a reader that starts
+//! before the shim would read EOF at once; holding it for longer would hide the real EOF.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crid::error::{Error, Result};
+use nix::sys::stat::Mode;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
+
+use crate::errors::IoContext;
+
+/// Longest log line content before it is split into partial (`P`) lines; containerd's default.
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+/// How long a finished task or exec waits for its copiers to reach EOF before abandoning them
+/// (a background child may hold the pipe open forever).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const LOG_PATH_FILE: &str = "log_path";
+
+/// Paths handed to containerd's task Create / Exec.
+pub struct PreparedIo {
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+    /// Dummy writers: drop them once the shim has opened the FIFOs (after Create/Exec returns).
+    pub keepalive: Vec<File>,
+}
+
+impl PreparedIo {
+    fn null() -> Self {
+        PreparedIo { stdout: String::new(), stderr: String::new(), terminal: false, keepalive: Vec::new() }
+    }
+}
+
+/// The CRI log file of one task, shared by its stdout and stderr copiers.
+struct LogSink {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl LogSink {
+    fn open(path: &Path) -> Result<LogSink> {
+        Ok(LogSink { path: path.to_path_buf(), file: Mutex::new(open_log(path)?) })
+    }
+
+    fn write_line(&self, stream: &str, partial: bool, content: &[u8]) {
+        let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let tag = if partial { "P" } else { "F" };
+        let mut line = Vec::with_capacity(content.len() + 48);
+        line.extend_from_slice(format!("{timestamp} {stream} {tag} ").as_bytes());
+        line.extend_from_slice(content);
+        line.push(b'\n');
+        // One write per line under the lock keeps stdout and stderr lines whole.
+        let mut file = self.file.lock().unwrap();
+        if let Err(e) = file.write_all(&line) {
+            tracing::warn!(path = %self.path.display(), error = %e, "failed to write container log");
+        }
+    }
+
+    fn reopen(&self) -> Result<()> {
+        let fresh = open_log(&self.path)?;
+        *self.file.lock().unwrap() = fresh;
+        Ok(())
+    }
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).io_context(format!("mkdir {}", parent.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .io_context(format!("open log {}", path.display()))
+}
+
+/// Splits a byte stream into CRI log lines.
+struct LineSplitter {
+    pending: Vec<u8>,
+    max_line: usize,
+}
+
+impl LineSplitter {
+    /// Feeds bytes; calls `emit(partial, content)` for each complete or over-long line.
+    fn feed(&mut self, data: &[u8], emit: &mut dyn FnMut(bool, &[u8])) {
+        self.pending.extend_from_slice(data);
+        loop {
+            if let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
+                if pos <= self.max_line {
+                    emit(false, &self.pending[..pos]);
+                    self.pending.drain(..=pos);
+                    continue;
+                }
+            }
+            if self.pending.len() > self.max_line {
+                emit(true, &self.pending[..self.max_line]);
+                self.pending.drain(..self.max_line);
+                continue;
+            }
+            break;
+        }
+    }
+
+    fn finish(&mut self, emit: &mut dyn FnMut(bool, &[u8])) {
+        if !self.pending.is_empty() {
+            emit(false, &self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+struct TaskLog {
+    sink: Arc<LogSink>,
+    copiers: Vec<JoinHandle<()>>,
+}
+
+/// Output of one exec process, each stream capped.
+struct ExecCapture {
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    copiers: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
+    dir_files: Vec<PathBuf>,
+}
+
+/// All FIFOs and copiers of this process, keyed by container id (and exec id).
+pub struct IoManager {
+    root: PathBuf,
+    tasks: Mutex<HashMap<String, TaskLog>>,
+    execs: Mutex<HashMap<(String, String), Arc<ExecCapture>>>,
+}
+
+fn make_fifo(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).io_context(format!("remove stale fifo {}", path.display())),
+    }
+    nix::unistd::mkfifo(path, Mode::from_bits_truncate(0o600)).io_context(format!("mkfifo {}", path.display()))
+}
+
+/// Opens the read end of a FIFO without waiting for a writer.
+fn open_reader(path: &Path) -> Result<pipe::Receiver> {
+    pipe::OpenOptions::new().open_receiver(path).io_context(format!("open fifo {}", path.display()))
+}
+
+/// A dummy writer; succeeds at once because our reader is already open.
+fn open_dummy_writer(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .io_context(format!("open fifo {} for writing", path.display()))
+}
+
+fn spawn_log_copier(stream: &'static str, mut reader: pipe::Receiver, sink: Arc<LogSink>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut splitter = LineSplitter { pending: Vec::new(), max_line: MAX_LOG_LINE_BYTES };
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut emit = |partial: bool, content: &[u8]| sink.write_line(stream, partial, content);
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => splitter.feed(&buf[..n], &mut emit),
+                Err(e) => {
+                    tracing::warn!(stream, error = %e, "container log fifo read failed");
+                    break;
+                }
+            }
+        }
+        splitter.finish(&mut emit);
+    })
+}
+
+fn spawn_capture(mut reader: pipe::Receiver, target: Arc<Mutex<Vec<u8>>>, limit: usize) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                // Past the limit the bytes are read and dropped so that the writer never blocks.
+                Ok(n) if n > 0 => {
+                    let mut out = target.lock().unwrap();
+                    let room = limit.saturating_sub(out.len());
+                    out.extend_from_slice(&buf[..n.min(room)]);
+                }
+                _ => break,
+            }
+        }
+    })
+}
+
+async fn join_bounded(handles: Vec<JoinHandle<()>>, timeout: Duration) {
+    let mut handles = handles;
+    let all = futures::future::join_all(handles.iter_mut());
+    if tokio::time::timeout(timeout, all).await.is_err() {
+        for handle in &handles {
+            handle.abort();
+        }
+    }
+}
+
+impl IoManager {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        IoManager { root: root.into(), tasks: Mutex::new(HashMap::new()), execs: Mutex::new(HashMap::new()) }
+    }
+
+    fn task_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Creates the FIFOs of a task and starts copying them into `log_path`. An empty log path
+    /// means the output is discarded (the shim then writes to /dev/null).
+    pub fn prepare_task(&self, id: &str, log_path: &str, tty: bool) -> Result<PreparedIo> {
+        if log_path.is_empty() {
+            return Ok(PreparedIo::null());
+        }
+        let dir = self.task_dir(id);
+        std::fs::create_dir_all(&dir).io_context(format!("mkdir {}", dir.display()))?;
+        std::fs::write(dir.join(LOG_PATH_FILE), log_path).io_context("record log path")?;
+        let sink = Arc::new(LogSink::open(Path::new(log_path))?);
+        let mut prepared = PreparedIo { terminal: tty, ..PreparedIo::null() };
+        let mut copiers = Vec::new();
+        // With a terminal the shim merges both streams into stdout.
+        let streams: &[&'static str] = if tty { &["stdout"] } else { &["stdout", "stderr"] };
+        for &stream in streams {
+            let fifo = dir.join(stream);
+            make_fifo(&fifo)?;
+            let reader = open_reader(&fifo)?;
+            prepared.keepalive.push(open_dummy_writer(&fifo)?);
+            copiers.push(spawn_log_copier(stream, reader, sink.clone()));
+            let path = fifo.to_string_lossy().into_owned();
+            if stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
+        }
+        if let Some(old) = self.tasks.lock().unwrap().insert(id.to_string(), TaskLog { sink, copiers }) {
+            old.copiers.iter().for_each(|c| c.abort());
+        }
+        Ok(prepared)
+    }
+
+    /// After a restart of crid the shim still holds the FIFOs: reattach copiers so that the
+    /// container's output keeps flowing into its log (and the pipe never fills up).
+    pub fn reattach(&self, id: &str) {
+        if self.tasks.lock().unwrap().contains_key(id) {
+            return;
+        }
+        let dir = self.task_dir(id);
+        let Ok(log_path) = std::fs::read_to_string(dir.join(LOG_PATH_FILE)) else { return };
+        let Ok(sink) = LogSink::open(Path::new(&log_path)) else { return };
+        let sink = Arc::new(sink);
+        let mut copiers = Vec::new();
+        for stream in ["stdout", "stderr"] {
+            let fifo = dir.join(stream);
+            if fifo.exists() {
+                if let Ok(reader) = open_reader(&fifo) {
+                    copiers.push(spawn_log_copier(stream, reader, sink.clone()));
+                }
+            }
+        }
+        tracing::info!(container_id = id, streams = copiers.len(), "reattached task io");
+        self.tasks.lock().unwrap().entry(id.to_string()).or_insert(TaskLog { sink, copiers });
+    }
+
+    pub fn reopen_log(&self, id: &str) -> Result<()> {
+        let sink = self.tasks.lock().unwrap().get(id).map(|t| t.sink.clone());
+        match sink {
+            Some(sink) => sink.reopen(),
+            None => Err(Error::not_found(format!("no log of task {id} is open"))),
+        }
+    }
+
+    /// Waits (bounded) for the copiers to drain, then removes the FIFOs.
+    pub async fn finish_task(&self, id: &str) {
+        let log = self.tasks.lock().unwrap().remove(id);
+        if let Some(log) = log {
+            join_bounded(log.copiers, DRAIN_TIMEOUT).await;
+        }
+        let dir = self.task_dir(id);
+        for name in ["stdout", "stderr", LOG_PATH_FILE] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        // Only removed when no exec FIFOs remain in it.
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// Creates the FIFOs of an exec process and starts capturing its output.
+    pub fn prepare_exec(&self, id: &str, exec_id: &str, tty: bool, limit: usize) -> Result<PreparedIo> {
+        let dir = self.task_dir(id);
+        std::fs::create_dir_all(&dir).io_context(format!("mkdir {}", dir.display()))?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut prepared = PreparedIo { terminal: tty, ..PreparedIo::null() };
+        let mut copiers = Vec::new();
+        let mut files = Vec::new();
+        let streams: &[&str] = if tty { &["stdout"] } else { &["stdout", "stderr"] };
+        for &stream in streams {
+            let fifo = dir.join(format!("exec-{exec_id}-{stream}"));
+            make_fifo(&fifo)?;
+            let reader = open_reader(&fifo)?;
+            prepared.keepalive.push(open_dummy_writer(&fifo)?);
+            let target = if stream == "stdout" { stdout.clone() } else { stderr.clone() };
+            copiers.push(spawn_capture(reader, target, limit));
+            let path = fifo.to_string_lossy().into_owned();
+            if stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
+            files.push(fifo);
+        }
+        let capture =
+            Arc::new(ExecCapture { stdout, stderr, copiers: tokio::sync::Mutex::new(copiers), dir_files: files });
+        self.execs.lock().unwrap().insert((id.to_string(), exec_id.to_string()), capture);
+        Ok(prepared)
+    }
+
+    fn exec(&self, id: &str, exec_id: &str) -> Result<Arc<ExecCapture>> {
+        self.execs
+            .lock()
+            .unwrap()
+            .get(&(id.to_string(), exec_id.to_string()))
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("exec {exec_id} in {id} not found")))
+    }
+
+    /// Waits (bounded) until the exec's output has been read to EOF.
+    pub async fn drain_exec(&self, id: &str, exec_id: &str) -> Result<()> {
+        let capture = self.exec(id, exec_id)?;
+        let handles = std::mem::take(&mut *capture.copiers.lock().await);
+        join_bounded(handles, DRAIN_TIMEOUT).await;
+        Ok(())
+    }
+
+    pub fn exec_output(&self, id: &str, exec_id: &str) -> Result<(Vec<u8>, Vec<u8>)> {
+        let capture = self.exec(id, exec_id)?;
+        let stdout = capture.stdout.lock().unwrap().clone();
+        let stderr = capture.stderr.lock().unwrap().clone();
+        Ok((stdout, stderr))
+    }
+
+    pub async fn remove_exec(&self, id: &str, exec_id: &str) {
+        let capture = self.execs.lock().unwrap().remove(&(id.to_string(), exec_id.to_string()));
+        if let Some(capture) = capture {
+            capture.copiers.lock().await.iter().for_each(|c| c.abort());
+            for file in &capture.dir_files {
+                let _ = std::fs::remove_file(file);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(max_line: usize, chunks: &[&[u8]]) -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        let mut splitter = LineSplitter { pending: Vec::new(), max_line };
+        let mut emit = |partial: bool, c: &[u8]| out.push((partial, String::from_utf8_lossy(c).into_owned()));
+        for chunk in chunks {
+            splitter.feed(chunk, &mut emit);
+        }
+        splitter.finish(&mut emit);
+        out
+    }
+
+    #[test]
+    fn lines_split_on_newline_across_chunks() {
+        assert_eq!(split(100, &[b"he", b"llo\nwor", b"ld\n"]), vec![(false, "hello".into()), (false, "world".into())]);
+    }
+
+    #[test]
+    fn long_lines_become_partials() {
+        assert_eq!(
+            split(4, &[b"abcdefghij\n"]),
+            vec![(true, "abcd".into()), (true, "efgh".into()), (false, "ij".into())]
+        );
+    }
+
+    #[test]
+    fn trailing_text_without_newline_is_flushed() {
+        assert_eq!(split(100, &[b"a\nb"]), vec![(false, "a".into()), (false, "b".into())]);
+    }
+
+    #[tokio::test]
+    async fn fifo_output_reaches_the_log_in_cri_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = IoManager::new(dir.path().join("io"));
+        let log = dir.path().join("c.log");
+        let prepared = io.prepare_task("c1", &log.to_string_lossy(), false).unwrap();
+        let mut writer = OpenOptions::new().write(true).open(&prepared.stdout).unwrap();
+        drop(prepared.keepalive);
+        let stderr_writer = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&prepared.stderr);
+        drop(stderr_writer);
+        writer.write_all(b"hello\n").unwrap();
+        drop(writer);
+        io.finish_task("c1").await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        let fields: Vec<&str> = text.trim_end().splitn(4, ' ').collect();
+        assert_eq!(&fields[1..], &["stdout", "F", "hello"]);
+        assert!(fields[0].ends_with('Z') && fields[0].contains('T'), "RFC3339 timestamp: {}", fields[0]);
+    }
+}

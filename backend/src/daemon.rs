@@ -1,0 +1,258 @@
+//! The `crid` daemon: its TOML configuration, start-up checks, and serving the CRI on a unix
+//! socket until SIGTERM/SIGINT.
+//!
+//! ```toml
+//! socket_path = "/run/crid/crid.sock"
+//! log_format = "human"            # or "json"
+//! log_level = "info"              # a tracing EnvFilter; RUST_LOG overrides it
+//! root_dir = "/var/lib/crid"      # persistent CRI state
+//! state_dir = "/run/crid"         # volatile CRI state (FIFOs, netns pins, shm)
+//! [containerd]
+//! address = "/run/containerd/containerd.sock"
+//! namespace = "crid"
+//! [cri]                           # the CRI plugin config (crid::Config), e.g.
+//! sandbox_image = "registry.k8s.io/pause:3.8"
+//! cni = { bin_dir = "/opt/cni/bin", conf_dir = "/etc/cni/net.d" }
+//! ```
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crid::backend::Backends;
+use crid::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::containerd::{ContainerdOptions, RealContainerd};
+use crate::{HttpStreamServer, LinuxOs, RealCni, SystemClock};
+
+/// How long start-up waits for containerd to answer before refusing to start.
+const CONTAINERD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CNI_CONF_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerdClientConfig {
+    pub address: String,
+    /// crid's own namespace keeps its objects apart from other containerd clients (and from
+    /// containerd's own CRI in `k8s.io`).
+    pub namespace: String,
+}
+
+impl Default for ContainerdClientConfig {
+    fn default() -> Self {
+        ContainerdClientConfig { address: "/run/containerd/containerd.sock".into(), namespace: "crid".into() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub socket_path: String,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub root_dir: String,
+    pub state_dir: String,
+    pub containerd: ContainerdClientConfig,
+    /// The CRI plugin configuration; its `root_dir`/`state_dir` are taken from the keys above.
+    pub cri: crid::Config,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        let cri = crid::Config::default();
+        DaemonConfig {
+            socket_path: "/run/crid/crid.sock".into(),
+            log_format: LogFormat::Human,
+            log_level: "info".into(),
+            root_dir: cri.root_dir.clone(),
+            state_dir: cri.state_dir.clone(),
+            containerd: ContainerdClientConfig::default(),
+            cri,
+        }
+    }
+}
+
+impl DaemonConfig {
+    pub fn parse(text: &str) -> Result<DaemonConfig> {
+        let mut config: DaemonConfig = toml::from_str(text).map_err(|e| Error::invalid(format!("invalid config: {e}")))?;
+        config.cri.root_dir = config.root_dir.clone();
+        config.cri.state_dir = config.state_dir.clone();
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.socket_path.is_empty() || self.containerd.address.is_empty() {
+            return Err(Error::invalid("`socket_path` and `containerd.address` must be set"));
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if self.socket_path.len() > 107 {
+            return Err(Error::invalid(format!("`socket_path` is longer than 107 bytes: {}", self.socket_path)));
+        }
+        if self.containerd.namespace.is_empty() {
+            return Err(Error::invalid("`containerd.namespace` must be set"));
+        }
+        self.cri.validate()
+    }
+
+    /// Reads `path`, or the defaults when no path is given.
+    pub fn load(path: Option<&Path>) -> Result<DaemonConfig> {
+        match path {
+            None => {
+                let config = DaemonConfig::default();
+                config.validate()?;
+                Ok(config)
+            }
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| crate::errors::from_io(e, format!("read config {}", path.display())))?;
+                DaemonConfig::parse(&text).map_err(|e| e.context(path.display()))
+            }
+        }
+    }
+}
+
+pub fn init_logging(config: &DaemonConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // try_init: a second init (tests) keeps the first subscriber.
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+/// Binds the CRI socket: a stale socket file of a dead crid is replaced; a live one is not.
+async fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| crate::errors::from_io(e, format!("mkdir {}", parent.display())))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::precondition(format!("{} exists and is not a socket", path.display())));
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(Error::precondition(format!("another server is listening on {}", path.display())));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| crate::errors::from_io(e, format!("bind {}", path.display())))?;
+    // Only root and the socket's group may talk to the runtime.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| crate::errors::from_io(e, format!("chmod {}", path.display())))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+/// Builds the real backends; fails when containerd does not answer.
+pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>)> {
+    let state_dir = PathBuf::from(&config.state_dir);
+    let registry_config_path =
+        (!config.cri.registry.config_path.is_empty()).then(|| PathBuf::from(&config.cri.registry.config_path));
+    let containerd = Arc::new(RealContainerd::new(ContainerdOptions {
+        socket_path: config.containerd.address.clone(),
+        namespace: config.containerd.namespace.clone(),
+        fifo_dir: state_dir.join("io"),
+        registry_config_path,
+        default_snapshotter: config.cri.containerd.snapshotter.clone(),
+    })?);
+    let version = tokio::time::timeout(CONTAINERD_CONNECT_TIMEOUT, containerd.version())
+        .await
+        .map_err(|_| Error::unavailable("timed out"))
+        .and_then(|r| r)
+        .map_err(|e| Error::unavailable(format!("containerd at {} is unreachable: {}", config.containerd.address, e.message)))?;
+    tracing::info!(address = %config.containerd.address, namespace = %config.containerd.namespace, %version, "connected to containerd");
+    let cni = RealCni::new(
+        &config.cri.cni.bin_dir,
+        &config.cri.cni.conf_dir,
+        &state_dir.join("cni-cache").to_string_lossy(),
+    );
+    let stream = HttpStreamServer::bind(&config.cri.stream_server_address, &config.cri.stream_server_port).await?;
+    tracing::info!(url = stream.base_url(), "stream server listening");
+    let backends = Backends {
+        containerd,
+        cni: cni.clone(),
+        os: Arc::new(LinuxOs),
+        clock: Arc::new(SystemClock),
+        stream,
+    };
+    Ok((backends, cni))
+}
+
+/// Runs the daemon until a termination signal.
+pub async fn run(config: DaemonConfig) -> Result<()> {
+    for dir in [&config.root_dir, &config.state_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| crate::errors::from_io(e, format!("mkdir {dir}")))?;
+    }
+    let (backends, cni) = backends(&config).await?;
+    let service = crid::CriService::new(config.cri.clone(), backends)?;
+    service.run().await?;
+    let _watcher = cni.spawn_watcher(CNI_CONF_POLL);
+    let socket = PathBuf::from(&config.socket_path);
+    let listener = bind_socket(&socket).await?;
+    tracing::info!(socket = %socket.display(), "serving CRI");
+    let served = crid::grpc::serve_unix(service, listener, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&socket);
+    served.map_err(|e| Error::internal(format!("CRI server failed: {e}")))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        DaemonConfig::load(None).unwrap();
+    }
+
+    #[test]
+    fn config_file_sets_own_and_cri_keys() {
+        let config = DaemonConfig::parse(
+            r#"
+socket_path = "/tmp/x.sock"
+log_format = "json"
+root_dir = "/tmp/root"
+state_dir = "/tmp/state"
+[containerd]
+address = "/tmp/c.sock"
+namespace = "test"
+[cri]
+sandbox_image = "127.0.0.1:5000/pause:3.8"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.cri.root_dir, "/tmp/root");
+        assert_eq!(config.cri.sandbox_image, "127.0.0.1:5000/pause:3.8");
+        assert_eq!(config.containerd.namespace, "test");
+    }
+
+    #[test]
+    fn invalid_config_is_refused_clearly() {
+        let err = DaemonConfig::parse("[cri.containerd]\ndefault_runtime_name = \"nope\"\n").unwrap_err();
+        assert!(err.message.contains("default_runtime_name"), "{}", err.message);
+        assert!(DaemonConfig::parse("bogus_key = 1").is_err());
+    }
+}

@@ -1,0 +1,317 @@
+//! The host as the CRI sees it: its own files, network namespaces, shm mounts and the limits of
+//! this process. Blocking syscalls run on tokio's blocking pool so they never stall the runtime.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use crid::backend::Os;
+use crid::backend::os::DirEntry;
+use crid::error::{Error, Result};
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::errors::{IoContext, from_errno};
+
+/// `statfs` magic of nsfs, the filesystem a pinned namespace file is a mount of.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinuxOs;
+
+/// Runs blocking work off the async runtime; a panic in it becomes an Internal error.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
+}
+
+fn write_atomic_sync(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| Error::invalid(format!("not a file path: {}", path.display())))?;
+    // A unique temp name in the same directory: rename is atomic only within one filesystem, and
+    // concurrent writers of one path must not share a temp file.
+    let mut suffix = [0u8; 6];
+    fill_random(&mut suffix);
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), hex::encode(suffix)));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // The rename is durable only once the directory entry is.
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.io_context(format!("write {}", path.display()))
+}
+
+fn remove_all_sync(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).io_context(format!("stat {}", path.display())),
+    };
+    let result = if meta.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.io_context(format!("remove {}", path.display())),
+    }
+}
+
+/// Creates a network namespace in a helper thread and pins it by bind-mounting the thread's
+/// namespace file onto `path`. The thread is discarded afterwards, so no runtime thread ever
+/// changes namespace.
+fn netns_create_sync(path: PathBuf) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).io_context(format!("mkdir {}", parent.display()))?;
+    }
+    // The mount target must exist; create_new makes a second create of one path fail loudly.
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)
+        .io_context(format!("create netns file {}", path.display()))?;
+    let target = path.clone();
+    let pinned = std::thread::spawn(move || -> Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).io_context("unshare(CLONE_NEWNET)")?;
+        let tid = nix::unistd::gettid();
+        let source = format!("/proc/self/task/{tid}/ns/net");
+        nix::mount::mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .io_context(format!("bind-mount netns onto {}", target.display()))
+    })
+    .join()
+    .map_err(|_| Error::internal("netns helper thread panicked"))?;
+    if pinned.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    pinned
+}
+
+fn unmount_sync(path: &Path) -> Result<()> {
+    // MNT_DETACH: a busy mount (a process still inside the netns) must not block removal;
+    // the kernel frees it when the last user leaves.
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(from_errno(e, format!("unmount {}", path.display()))),
+    }
+}
+
+fn is_nsfs(path: &Path) -> Result<bool> {
+    let stat = nix::sys::statfs::statfs(path).io_context(format!("statfs {}", path.display()))?;
+    Ok(stat.filesystem_type().0 as i64 == NSFS_MAGIC)
+}
+
+pub fn fill_random(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            assert_eq!(err.raw_os_error(), Some(libc::EINTR), "getrandom failed: {err}");
+            continue;
+        }
+        filled += n as usize;
+    }
+}
+
+/// Names of capability bits 0..=40, as /proc/self/status numbers them.
+const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Capability names set in a `CapEff:` hex mask; bits beyond the known names are skipped.
+pub fn capabilities_from_mask(mask: u64) -> Vec<String> {
+    CAPABILITY_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
+
+pub fn all_capability_names() -> Vec<String> {
+    CAPABILITY_NAMES.iter().map(|s| s.to_string()).collect()
+}
+
+#[async_trait]
+impl Os for LinuxOs {
+    async fn mkdir_all(&self, path: &str) -> Result<()> {
+        tokio::fs::create_dir_all(path).await.io_context(format!("mkdir {path}"))
+    }
+
+    async fn remove_all(&self, path: &str) -> Result<()> {
+        let path = PathBuf::from(path);
+        blocking(move || remove_all_sync(&path)).await
+    }
+
+    async fn write_atomic(&self, path: &str, data: &[u8]) -> Result<()> {
+        let (path, data) = (PathBuf::from(path), data.to_vec());
+        blocking(move || write_atomic_sync(&path, &data)).await
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        tokio::fs::write(path, data).await.io_context(format!("write {path}"))
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        tokio::fs::read(path).await.io_context(format!("read {path}"))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        tokio::fs::rename(from, to).await.io_context(format!("rename {from} to {to}"))
+    }
+
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let path = PathBuf::from(path);
+        blocking(move || {
+            let mut entries = Vec::new();
+            for entry in fs::read_dir(&path).io_context(format!("read dir {}", path.display()))? {
+                let entry = entry.io_context(format!("read dir {}", path.display()))?;
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                entries.push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), is_dir });
+            }
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn netns_create(&self, path: &str) -> Result<()> {
+        let path = PathBuf::from(path);
+        blocking(move || netns_create_sync(path)).await
+    }
+
+    async fn netns_remove(&self, path: &str) -> Result<()> {
+        let path = PathBuf::from(path);
+        blocking(move || {
+            unmount_sync(&path)?;
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other.io_context(format!("remove netns {}", path.display())),
+            }
+        })
+        .await
+    }
+
+    async fn netns_closed(&self, path: &str) -> Result<bool> {
+        let path = PathBuf::from(path);
+        blocking(move || {
+            if !path.exists() {
+                return Ok(true);
+            }
+            // A file that is no longer an nsfs mount is a leftover of an interrupted removal: the
+            // namespace itself is gone.
+            Ok(!is_nsfs(&path)?)
+        })
+        .await
+    }
+
+    async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()> {
+        let path = PathBuf::from(path);
+        blocking(move || {
+            fs::create_dir_all(&path).io_context(format!("mkdir {}", path.display()))?;
+            let options = format!("mode=1777,size={size_bytes}");
+            nix::mount::mount(
+                Some("shm"),
+                &path,
+                Some("tmpfs"),
+                MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(options.as_str()),
+            )
+            .io_context(format!("mount shm on {}", path.display()))
+        })
+        .await
+    }
+
+    async fn unmount(&self, path: &str) -> Result<()> {
+        let path = PathBuf::from(path);
+        blocking(move || unmount_sync(&path)).await
+    }
+
+    fn own_oom_score_adj(&self) -> i32 {
+        // Unreadable /proc means we cannot lower anything; 0 is the kernel default.
+        fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mask = status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0);
+        capabilities_from_mask(mask)
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) {
+        fill_random(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_mask_decodes_names() {
+        assert_eq!(capabilities_from_mask(0b1), vec!["CAP_CHOWN"]);
+        assert_eq!(capabilities_from_mask(1 << 21), vec!["CAP_SYS_ADMIN"]);
+        assert_eq!(capabilities_from_mask(0x1ff_ffff_ffff).len(), 41);
+    }
+
+    #[tokio::test]
+    async fn write_atomic_replaces_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f").to_string_lossy().into_owned();
+        LinuxOs.write_atomic(&path, b"one").await.unwrap();
+        LinuxOs.write_atomic(&path, b"two").await.unwrap();
+        assert_eq!(LinuxOs.read_file(&path).await.unwrap(), b"two");
+        let names: Vec<_> = LinuxOs.read_dir(&dir.path().to_string_lossy()).await.unwrap();
+        assert_eq!(names.len(), 1, "no temp file left behind");
+        assert!(LinuxOs.read_file(&format!("{path}.missing")).await.unwrap_err().is_not_found());
+    }
+}

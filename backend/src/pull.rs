@@ -1,0 +1,481 @@
+//! An OCI distribution (registry v2) client: resolves a reference to this platform's manifest
+//! and config, and streams blobs. Writing into containerd's content store and unpacking are the
+//! containerd module's job; this module only speaks HTTP to registries.
+//!
+//! Authentication: anonymous bearer tokens (the `WWW-Authenticate: Bearer realm=…` challenge),
+//! which is what public registries and local test registries need. Credentials are not supported.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crid::backend::{Descriptor, ImageConfig, ResolvedImage};
+use crid::error::{Error, ErrorKind, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::hosts::{RegistryEndpoint, endpoints_for};
+
+pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+/// Manifests and configs are small; anything larger is refused rather than buffered.
+const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+pub fn is_manifest_media_type(media_type: &str) -> bool {
+    matches!(media_type, MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST | MEDIA_OCI_MANIFEST | MEDIA_DOCKER_MANIFEST)
+}
+
+pub fn is_index_media_type(media_type: &str) -> bool {
+    matches!(media_type, MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST)
+}
+
+/// A parsed image reference: `domain/repository[:tag][@digest]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    pub domain: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl Reference {
+    pub fn parse(reference: &str) -> Result<Reference> {
+        let bad = || Error::invalid(format!("invalid image reference {reference:?}"));
+        let (name, digest) = match reference.split_once('@') {
+            Some((name, digest)) => (name, Some(digest.to_string())),
+            None => (reference, None),
+        };
+        let (domain, rest) = match name.split_once('/') {
+            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+                (first.to_string(), rest.to_string())
+            }
+            _ => ("docker.io".to_string(), name.to_string()),
+        };
+        let (repository, tag) = match rest.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), Some(tag.to_string())),
+            _ => (rest, None),
+        };
+        let repository =
+            if domain == "docker.io" && !repository.contains('/') { format!("library/{repository}") } else { repository };
+        if repository.is_empty() || (tag.is_none() && digest.is_none() && reference.is_empty()) {
+            return Err(bad());
+        }
+        Ok(Reference { domain, repository, tag, digest })
+    }
+
+    /// What the manifests endpoint is asked for: the digest when pinned, else the tag.
+    fn object(&self) -> String {
+        self.digest.clone().or_else(|| self.tag.clone()).unwrap_or_else(|| "latest".to_string())
+    }
+}
+
+#[derive(Deserialize, Debug)]
+struct ManifestDescriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    size: i64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize, Debug)]
+struct Platform {
+    architecture: String,
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+/// Either an image manifest (config + layers) or an index (manifests).
+#[derive(Deserialize, Debug)]
+pub struct ManifestDocument {
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<ManifestDescriptor>,
+    #[serde(default)]
+    layers: Vec<ManifestDescriptor>,
+    #[serde(default)]
+    manifests: Vec<ManifestDescriptor>,
+}
+
+impl ManifestDocument {
+    pub fn parse(bytes: &[u8]) -> Result<ManifestDocument> {
+        serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("bad manifest: {e}")))
+    }
+
+    /// Labels that make containerd's garbage collector keep what this blob refers to.
+    pub fn gc_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        if let Some(config) = &self.config {
+            labels.insert("containerd.io/gc.ref.content.config".to_string(), config.digest.clone());
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), layer.digest.clone());
+        }
+        for (i, manifest) in self.manifests.iter().enumerate() {
+            labels.insert(format!("containerd.io/gc.ref.content.m.{i}"), manifest.digest.clone());
+        }
+        labels
+    }
+
+    pub fn config_digest(&self) -> Option<&str> {
+        self.config.as_ref().map(|c| c.digest.as_str())
+    }
+
+    pub fn layer_descriptors(&self) -> Vec<Descriptor> {
+        self.layers.iter().map(descriptor).collect()
+    }
+
+    /// The digest of this platform's manifest in an index.
+    pub fn platform_manifest(&self) -> Option<Descriptor> {
+        let (os, arch) = host_platform();
+        self.manifests
+            .iter()
+            .find(|m| m.platform.as_ref().is_some_and(|p| p.os == os && p.architecture == arch && p.variant.as_deref().unwrap_or("") != "unknown"))
+            .map(descriptor)
+    }
+}
+
+fn descriptor(d: &ManifestDescriptor) -> Descriptor {
+    Descriptor { media_type: d.media_type.clone(), digest: d.digest.clone(), size_bytes: d.size.max(0) as u64 }
+}
+
+pub fn host_platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    ("linux", arch)
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "PascalCase", default)]
+struct ContainerConfigJson {
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    working_dir: String,
+    user: String,
+    stop_signal: String,
+    volumes: Option<HashMap<String, serde_json::Value>>,
+    labels: Option<HashMap<String, String>>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(default)]
+pub struct ImageConfigDocument {
+    config: Option<ContainerConfigJson>,
+    rootfs: RootFs,
+}
+
+impl ImageConfigDocument {
+    pub fn parse(bytes: &[u8]) -> Result<ImageConfigDocument> {
+        serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("bad image config: {e}")))
+    }
+
+    pub fn diff_ids(&self) -> &[String] {
+        &self.rootfs.diff_ids
+    }
+
+    pub fn image_config(&self) -> ImageConfig {
+        let c = self.config.as_ref();
+        let mut volumes: Vec<String> = c.and_then(|c| c.volumes.as_ref()).map(|v| v.keys().cloned().collect()).unwrap_or_default();
+        volumes.sort();
+        ImageConfig {
+            entrypoint: c.and_then(|c| c.entrypoint.clone()).unwrap_or_default(),
+            cmd: c.and_then(|c| c.cmd.clone()).unwrap_or_default(),
+            env: c.and_then(|c| c.env.clone()).unwrap_or_default(),
+            working_dir: c.map(|c| c.working_dir.clone()).unwrap_or_default(),
+            user: c.map(|c| c.user.clone()).unwrap_or_default(),
+            stop_signal: c.map(|c| c.stop_signal.clone()).unwrap_or_default(),
+            volumes,
+            labels: c.and_then(|c| c.labels.clone()).map(|l| l.into_iter().collect()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Chain ids of the rootfs layers: chain(0) = diff(0); chain(n) = sha256(chain(n-1) + " " + diff(n)).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match chain.last() {
+            None => diff_id.clone(),
+            Some(parent) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{parent} {diff_id}")))),
+        };
+        chain.push(next);
+    }
+    chain
+}
+
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Talks to registries; one per process, shared by all pulls (connection reuse, token cache).
+pub struct RegistryClient {
+    config_path: Option<PathBuf>,
+    secure: reqwest::Client,
+    insecure: reqwest::Client,
+    /// Bearer tokens by (endpoint, repository).
+    tokens: Mutex<HashMap<(String, String), String>>,
+}
+
+fn http_error(e: reqwest::Error, what: &str) -> Error {
+    // A registry that cannot be reached is Unavailable: the kubelet retries the pull.
+    Error::unavailable(format!("{what}: {e}"))
+}
+
+fn status_error(status: reqwest::StatusCode, what: &str) -> Error {
+    let kind = match status.as_u16() {
+        404 => ErrorKind::NotFound,
+        401 | 403 => ErrorKind::FailedPrecondition,
+        429 | 500..=599 => ErrorKind::Unavailable,
+        _ => ErrorKind::Unknown,
+    };
+    Error::new(kind, format!("{what}: registry answered {status}"))
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"` into its parameters.
+fn parse_bearer_challenge(header: &str) -> Option<HashMap<String, String>> {
+    let rest = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer "))?;
+    let mut params = HashMap::new();
+    let mut remaining = rest.trim();
+    while !remaining.is_empty() {
+        let (key, after) = remaining.split_once('=')?;
+        let after = after.trim_start();
+        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        params.insert(key.trim().to_ascii_lowercase(), value.to_string());
+        remaining = tail.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+    }
+    Some(params)
+}
+
+impl RegistryClient {
+    pub fn new(config_path: Option<PathBuf>) -> Result<RegistryClient> {
+        let build = |insecure: bool| {
+            reqwest::Client::builder()
+                .danger_accept_invalid_certs(insecure)
+                .connect_timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| Error::internal(format!("http client: {e}")))
+        };
+        Ok(RegistryClient { config_path, secure: build(false)?, insecure: build(true)?, tokens: Mutex::new(HashMap::new()) })
+    }
+
+    fn client(&self, endpoint: &RegistryEndpoint) -> &reqwest::Client {
+        if endpoint.skip_verify { &self.insecure } else { &self.secure }
+    }
+
+    fn endpoints(&self, reference: &Reference) -> Result<Vec<RegistryEndpoint>> {
+        endpoints_for(self.config_path.as_deref(), &reference.domain)
+    }
+
+    async fn fetch_token(&self, endpoint: &RegistryEndpoint, challenge: &str) -> Result<String> {
+        let params = parse_bearer_challenge(challenge)
+            .ok_or_else(|| Error::precondition(format!("registry requires unsupported authentication: {challenge}")))?;
+        let realm = params.get("realm").ok_or_else(|| Error::precondition("bearer challenge without realm"))?;
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(service) = params.get("service") {
+            query.push(("service", service));
+        }
+        if let Some(scope) = params.get("scope") {
+            query.push(("scope", scope));
+        }
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            #[serde(default)]
+            token: String,
+            #[serde(default)]
+            access_token: String,
+        }
+        let response = self.client(endpoint).get(realm).query(&query).send().await.map_err(|e| http_error(e, "fetch token"))?;
+        if !response.status().is_success() {
+            return Err(status_error(response.status(), "fetch token"));
+        }
+        let body: TokenResponse = response.json().await.map_err(|e| http_error(e, "decode token"))?;
+        Ok(if body.token.is_empty() { body.access_token } else { body.token })
+    }
+
+    /// GET `<endpoint>/<repository>/<path>`, answering one bearer challenge.
+    async fn get(&self, endpoint: &RegistryEndpoint, repository: &str, path: &str, accept: Option<&str>) -> Result<reqwest::Response> {
+        let url = format!("{}/{}/{}", endpoint.base_url, repository, path);
+        let key = (endpoint.base_url.clone(), repository.to_string());
+        for attempt in 0..2 {
+            let mut request = self.client(endpoint).get(&url);
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            let token = self.tokens.lock().unwrap().get(&key).cloned();
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.map_err(|e| http_error(e, &url))?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                let challenge = response
+                    .headers()
+                    .get(reqwest::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let token = self.fetch_token(endpoint, &challenge).await?;
+                self.tokens.lock().unwrap().insert(key.clone(), token);
+                continue;
+            }
+            if !response.status().is_success() {
+                return Err(status_error(response.status(), &url));
+            }
+            return Ok(response);
+        }
+        Err(Error::precondition(format!("{url}: unauthorized")))
+    }
+
+    /// Tries each endpoint with the capability in turn; the last error is returned.
+    async fn get_any(&self, reference: &Reference, path: &str, accept: Option<&str>, resolve: bool) -> Result<reqwest::Response> {
+        let mut last = Error::not_found(format!("no registry host can serve {}", reference.domain));
+        for endpoint in self.endpoints(reference)? {
+            if (resolve && !endpoint.can_resolve) || (!resolve && !endpoint.can_pull) {
+                continue;
+            }
+            match self.get(&endpoint, &reference.repository, path, accept).await {
+                Ok(response) => return Ok(response),
+                Err(e) => {
+                    tracing::debug!(endpoint = %endpoint.base_url, error = %e, "registry endpoint failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn read_small(response: reqwest::Response, what: &str) -> Result<Vec<u8>> {
+        if response.content_length().is_some_and(|n| n as usize > MAX_MANIFEST_BYTES) {
+            return Err(Error::invalid(format!("{what} is larger than {MAX_MANIFEST_BYTES} bytes")));
+        }
+        let bytes = response.bytes().await.map_err(|e| http_error(e, what))?;
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::invalid(format!("{what} is larger than {MAX_MANIFEST_BYTES} bytes")));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Fetches a manifest (or index) by tag or digest: its media type and bytes.
+    async fn manifest(&self, reference: &Reference, object: &str) -> Result<(String, Vec<u8>)> {
+        let response = self.get_any(reference, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT), true).await?;
+        let header_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_string())
+            .unwrap_or_default();
+        let bytes = Self::read_small(response, "manifest").await?;
+        let document = ManifestDocument::parse(&bytes)?;
+        let media_type = match document.media_type {
+            Some(t) if !t.is_empty() => t,
+            _ if is_manifest_media_type(&header_type) => header_type,
+            _ if !document.manifests.is_empty() => MEDIA_OCI_INDEX.to_string(),
+            _ => MEDIA_OCI_MANIFEST.to_string(),
+        };
+        if object.starts_with("sha256:") && sha256_digest(&bytes) != object {
+            return Err(Error::invalid(format!("manifest digest mismatch for {object}")));
+        }
+        Ok((media_type, bytes))
+    }
+
+    /// Resolves `reference` to this platform's manifest, config and layers.
+    pub async fn resolve(&self, name: &str) -> Result<ResolvedImage> {
+        let reference = Reference::parse(name)?;
+        let (mut media_type, mut bytes) = self.manifest(&reference, &reference.object()).await?;
+        let mut document = ManifestDocument::parse(&bytes)?;
+        if is_index_media_type(&media_type) || (!document.manifests.is_empty() && document.config.is_none()) {
+            let (os, arch) = host_platform();
+            let chosen = document
+                .platform_manifest()
+                .ok_or_else(|| Error::not_found(format!("{name}: no manifest for {os}/{arch}")))?;
+            (media_type, bytes) = self.manifest(&reference, &chosen.digest).await?;
+            document = ManifestDocument::parse(&bytes)?;
+        }
+        let config = document.config.as_ref().map(descriptor).ok_or_else(|| Error::invalid(format!("{name}: manifest has no config")))?;
+        let config_bytes = Self::read_small(self.blob(name, &config).await?, "image config").await?;
+        if sha256_digest(&config_bytes) != config.digest {
+            return Err(Error::invalid(format!("{name}: config digest mismatch")));
+        }
+        let config_document = ImageConfigDocument::parse(&config_bytes)?;
+        let layers = document.layer_descriptors();
+        if config_document.diff_ids().len() != layers.len() {
+            return Err(Error::invalid(format!(
+                "{name}: {} layers but {} diff ids",
+                layers.len(),
+                config_document.diff_ids().len()
+            )));
+        }
+        Ok(ResolvedImage {
+            name: name.to_string(),
+            manifest: Descriptor { media_type, digest: sha256_digest(&bytes), size_bytes: bytes.len() as u64 },
+            config,
+            layers,
+            diff_ids: config_document.diff_ids().to_vec(),
+            image_config: config_document.image_config(),
+        })
+    }
+
+    /// Starts the download of a blob (manifests come from the manifests endpoint).
+    pub async fn blob(&self, name: &str, blob: &Descriptor) -> Result<reqwest::Response> {
+        let reference = Reference::parse(name)?;
+        if is_manifest_media_type(&blob.media_type) {
+            self.get_any(&reference, &format!("manifests/{}", blob.digest), Some(MANIFEST_ACCEPT), true).await
+        } else {
+            self.get_any(&reference, &format!("blobs/{}", blob.digest), None, false).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse_like_docker() {
+        let r = Reference::parse("127.0.0.1:5000/busybox:latest").unwrap();
+        assert_eq!((r.domain.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "busybox", Some("latest")));
+        let r = Reference::parse("docker.io/library/busybox@sha256:abc").unwrap();
+        assert_eq!((r.repository.as_str(), r.digest.as_deref(), r.tag), ("library/busybox", Some("sha256:abc"), None));
+        let r = Reference::parse("busybox").unwrap();
+        assert_eq!((r.domain.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        let r = Reference::parse("localhost/a/b:1").unwrap();
+        assert_eq!((r.domain.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost", "a/b", Some("1")));
+    }
+
+    #[test]
+    fn chain_ids_follow_the_oci_rule() {
+        let ids = chain_ids(&["sha256:a".into(), "sha256:b".into()]);
+        assert_eq!(ids[0], "sha256:a");
+        assert_eq!(ids[1], sha256_digest(b"sha256:a sha256:b"));
+    }
+
+    #[test]
+    fn bearer_challenge_parses() {
+        let p = parse_bearer_challenge(r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:x:pull""#).unwrap();
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["scope"], "repository:x:pull");
+    }
+}

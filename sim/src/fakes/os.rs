@@ -1,0 +1,579 @@
+//! The host, in memory: files with a durability bit, directories, pinned network namespaces,
+//! tmpfs mounts, and the process's own limits.
+//!
+//! Durability is modelled per file: `write_atomic` leaves the new contents on disk, `write_file`
+//! only in the page cache. A simulated power loss (`crash_*`) then loses or tears what was not
+//! synced. Directory operations and renames are treated as durable: the CRI relies on
+//! write_atomic for everything that must survive, and modelling journal ordering would add
+//! nothing the invariants check.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+
+use crid::backend::os::{DirEntry, Os};
+use crid::error::{Error, ErrorKind, Result};
+
+use super::faults::{self, FaultInjector};
+
+/// A file as the test sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeFile {
+    pub data: Vec<u8>,
+    /// False when the current contents would not survive a power loss.
+    pub synced: bool,
+}
+
+#[derive(Clone, Debug)]
+struct File {
+    data: Vec<u8>,
+    /// What is on disk: None for a file that was never synced.
+    durable: Option<Vec<u8>>,
+}
+
+impl File {
+    fn synced(&self) -> bool {
+        self.durable.as_ref() == Some(&self.data)
+    }
+}
+
+struct OsState {
+    files: BTreeMap<String, File>,
+    /// Explicitly created directories; "/" always exists.
+    dirs: BTreeSet<String>,
+    netns: BTreeSet<String>,
+    /// Mount point → tmpfs size in bytes.
+    mounts: BTreeMap<String, u64>,
+    disk_full: bool,
+    own_oom_score_adj: i32,
+    capabilities: Vec<String>,
+}
+
+pub struct FakeOs {
+    state: Mutex<OsState>,
+    rng: Mutex<SmallRng>,
+    faults: Arc<dyn FaultInjector>,
+}
+
+/// The capabilities of root in the initial user namespace, which is what the CRI runs as.
+const ROOT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Collapses repeated and trailing slashes so that "/a//b/" and "/a/b" name one file.
+fn normalize(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|part| !part.is_empty() && *part != ".").collect();
+    let joined = parts.join("/");
+    if path.starts_with('/') { format!("/{joined}") } else { joined }
+}
+
+fn parent(path: &str) -> Option<String> {
+    match path.rfind('/') {
+        Some(0) if path.len() > 1 => Some("/".to_string()),
+        Some(0) | None => None,
+        Some(index) => Some(path[..index].to_string()),
+    }
+}
+
+/// True when `path` is `root` or lies below it.
+fn is_within(path: &str, root: &str) -> bool {
+    if root == "/" {
+        return path.starts_with('/');
+    }
+    path == root || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn no_such_file(path: &str) -> Error {
+    Error::not_found(format!("open {path}: no such file or directory"))
+}
+
+fn no_space(path: &str) -> Error {
+    Error::new(ErrorKind::ResourceExhausted, format!("write {path}: no space left on device"))
+}
+
+impl OsState {
+    fn is_dir(&self, path: &str) -> bool {
+        path == "/"
+            || self.dirs.contains(path)
+            // A file seeded by a test implies its directories, as on a real disk image.
+            || self.files.keys().any(|file| is_within(file, path) && file != path)
+    }
+
+    fn require_parent_dir(&self, path: &str) -> Result<()> {
+        match parent(path) {
+            Some(dir) if self.files.contains_key(&dir) => Err(Error::precondition(format!("{path}: not a directory"))),
+            Some(dir) if !self.is_dir(&dir) => Err(no_such_file(path)),
+            _ => Ok(()),
+        }
+    }
+
+    fn write(&mut self, path: &str, data: &[u8], durable: bool) -> Result<()> {
+        if self.disk_full {
+            return Err(no_space(path));
+        }
+        self.require_parent_dir(path)?;
+        if self.is_dir(path) {
+            return Err(Error::precondition(format!("open {path}: is a directory")));
+        }
+        let old_durable = self.files.get(path).and_then(|file| file.durable.clone());
+        let durable = if durable { Some(data.to_vec()) } else { old_durable };
+        self.files.insert(path.to_string(), File { data: data.to_vec(), durable });
+        Ok(())
+    }
+
+    /// A mount or a pinned netns below `path` makes its removal fail, as rmdir of a mount point does.
+    fn busy_below(&self, path: &str) -> Option<String> {
+        self.mounts.keys().chain(self.netns.iter()).find(|point| is_within(point, path)).cloned()
+    }
+}
+
+impl FakeOs {
+    pub fn new(seed: u64, faults: Arc<dyn FaultInjector>) -> Self {
+        FakeOs {
+            state: Mutex::new(OsState {
+                files: BTreeMap::new(),
+                dirs: BTreeSet::new(),
+                netns: BTreeSet::new(),
+                mounts: BTreeMap::new(),
+                disk_full: false,
+                own_oom_score_adj: 0,
+                capabilities: ROOT_CAPABILITIES.iter().map(|cap| cap.to_string()).collect(),
+            }),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            faults,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, OsState> {
+        self.state.lock().expect("fake os lock poisoned")
+    }
+
+    // ---- knobs ----
+
+    /// While set, every write fails with ResourceExhausted (ENOSPC).
+    pub fn set_disk_full(&self, full: bool) {
+        self.state().disk_full = full;
+    }
+
+    pub fn set_own_oom_score_adj(&self, value: i32) {
+        self.state().own_oom_score_adj = value;
+    }
+
+    pub fn set_capabilities(&self, capabilities: Vec<String>) {
+        self.state().capabilities = capabilities;
+    }
+
+    /// Power loss: unsynced contents are lost; a file that was never synced disappears.
+    pub fn crash_lose_unsynced(&self) {
+        let mut state = self.state();
+        state.files.retain(|_, file| file.durable.is_some());
+        for file in state.files.values_mut() {
+            file.data = file.durable.clone().expect("retained files are durable");
+        }
+    }
+
+    /// Power loss that tears writes: each unsynced file keeps a prefix of its new contents, of a
+    /// length drawn from `seed` (possibly empty, possibly whole).
+    pub fn crash_tear_unsynced(&self, seed: u64) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut state = self.state();
+        for file in state.files.values_mut().filter(|file| !file.synced()) {
+            let keep = rng.gen_range(0..=file.data.len());
+            file.data.truncate(keep);
+            file.durable = Some(file.data.clone());
+        }
+    }
+
+    // ---- inspection and test hooks ----
+
+    pub fn files(&self) -> BTreeMap<String, FakeFile> {
+        let state = self.state();
+        state
+            .files
+            .iter()
+            .map(|(path, file)| (path.clone(), FakeFile { data: file.data.clone(), synced: file.synced() }))
+            .collect()
+    }
+
+    pub fn file(&self, path: &str) -> Option<Vec<u8>> {
+        self.state().files.get(&normalize(path)).map(|file| file.data.clone())
+    }
+
+    /// Explicitly created directories.
+    pub fn dirs(&self) -> BTreeSet<String> {
+        self.state().dirs.clone()
+    }
+
+    pub fn netns_list(&self) -> BTreeSet<String> {
+        self.state().netns.clone()
+    }
+
+    /// Mount point → size in bytes.
+    pub fn mounts(&self) -> BTreeMap<String, u64> {
+        self.state().mounts.clone()
+    }
+
+    /// A file or directory at `path`.
+    pub fn exists(&self, path: &str) -> bool {
+        let path = normalize(path);
+        let state = self.state();
+        state.files.contains_key(&path) || state.is_dir(&path)
+    }
+
+    /// Replaces a file's contents on disk, bypassing faults (bit rot, a hand-edited checkpoint).
+    pub fn corrupt_file(&self, path: &str, bytes: &[u8]) {
+        let path = normalize(path);
+        let mut state = self.state();
+        let file = state.files.get_mut(&path).unwrap_or_else(|| panic!("corrupt_file: no file {path}"));
+        file.data = bytes.to_vec();
+        file.durable = Some(bytes.to_vec());
+    }
+
+    /// Creates a durable file and its directories, bypassing faults (state left by an older run).
+    pub fn put_file(&self, path: &str, bytes: &[u8]) {
+        let path = normalize(path);
+        let mut state = self.state();
+        let mut dir = parent(&path);
+        while let Some(current) = dir {
+            dir = parent(&current);
+            state.dirs.insert(current);
+        }
+        state.files.insert(path, File { data: bytes.to_vec(), durable: Some(bytes.to_vec()) });
+    }
+
+    /// True when a pinned namespace exists at `path` (for the CNI fake's ADD).
+    pub fn netns_exists(&self, path: &str) -> bool {
+        self.state().netns.contains(&normalize(path))
+    }
+}
+
+#[async_trait]
+impl Os for FakeOs {
+    async fn mkdir_all(&self, path: &str) -> Result<()> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.mkdir_all", &path).await?;
+        let result = (|| {
+            let mut state = self.state();
+            let mut missing = Vec::new();
+            let mut current = Some(path.clone());
+            while let Some(dir) = current {
+                if state.files.contains_key(&dir) {
+                    return Err(Error::precondition(format!("mkdir {dir}: not a directory")));
+                }
+                if state.is_dir(&dir) {
+                    break;
+                }
+                current = parent(&dir);
+                missing.push(dir);
+            }
+            state.dirs.extend(missing);
+            Ok(())
+        })();
+        after.finish(result).await
+    }
+
+    async fn remove_all(&self, path: &str) -> Result<()> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.remove_all", &path).await?;
+        let result = (|| {
+            let mut state = self.state();
+            if let Some(point) = state.busy_below(&path) {
+                return Err(Error::precondition(format!("unlinkat {point}: device or resource busy")));
+            }
+            state.files.retain(|file, _| !is_within(file, &path));
+            state.dirs.retain(|dir| !is_within(dir, &path));
+            Ok(())
+        })();
+        after.finish(result).await
+    }
+
+    async fn write_atomic(&self, path: &str, data: &[u8]) -> Result<()> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.write_atomic", &path).await?;
+        let result = self.state().write(&path, data, true);
+        after.finish(result).await
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.write_file", &path).await?;
+        let result = self.state().write(&path, data, false);
+        after.finish(result).await
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.read_file", &path).await?;
+        let result = {
+            let state = self.state();
+            match state.files.get(&path) {
+                Some(file) => Ok(file.data.clone()),
+                None if state.is_dir(&path) => Err(Error::precondition(format!("read {path}: is a directory"))),
+                None => Err(no_such_file(&path)),
+            }
+        };
+        after.finish(result).await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (normalize(from), normalize(to));
+        let after = faults::before(&*self.faults, "os.rename", &from).await?;
+        let result = (|| {
+            let mut state = self.state();
+            state.require_parent_dir(&to)?;
+            if let Some(file) = state.files.remove(&from) {
+                state.files.insert(to.clone(), file);
+                return Ok(());
+            }
+            if !state.is_dir(&from) || from == "/" {
+                return Err(no_such_file(&from));
+            }
+            if is_within(&to, &from) {
+                return Err(Error::invalid(format!("rename {from} {to}: invalid argument")));
+            }
+            // A directory moves with everything below it.
+            let moved = |path: &str| format!("{to}{}", &path[from.len()..]);
+            let files: Vec<String> = state.files.keys().filter(|path| is_within(path, &from)).cloned().collect();
+            for path in files {
+                let file = state.files.remove(&path).expect("listed above");
+                state.files.insert(moved(&path), file);
+            }
+            let dirs: Vec<String> = state.dirs.iter().filter(|dir| is_within(dir, &from)).cloned().collect();
+            for dir in dirs {
+                state.dirs.remove(&dir);
+                state.dirs.insert(moved(&dir));
+            }
+            Ok(())
+        })();
+        after.finish(result).await
+    }
+
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.read_dir", &path).await?;
+        let result = (|| {
+            let state = self.state();
+            if state.files.contains_key(&path) {
+                return Err(Error::precondition(format!("readdirent {path}: not a directory")));
+            }
+            if !state.is_dir(&path) {
+                return Err(no_such_file(&path));
+            }
+            let prefix = if path == "/" { "/".to_string() } else { format!("{path}/") };
+            // name → is_dir; a name seen as both a file's ancestor and a dir is a dir.
+            let mut entries: BTreeMap<String, bool> = BTreeMap::new();
+            let below = state.files.keys().map(|file| (file, false)).chain(state.dirs.iter().map(|dir| (dir, true)));
+            for (entry_path, entry_is_dir) in below {
+                let Some(rest) = entry_path.strip_prefix(&prefix) else { continue };
+                if rest.is_empty() {
+                    continue;
+                }
+                match rest.split_once('/') {
+                    Some((name, _)) => entries.insert(name.to_string(), true),
+                    None => entries.insert(rest.to_string(), entry_is_dir || entries.get(rest).copied().unwrap_or(false)),
+                };
+            }
+            Ok(entries.into_iter().map(|(name, is_dir)| DirEntry { name, is_dir }).collect())
+        })();
+        after.finish(result).await
+    }
+
+    async fn netns_create(&self, path: &str) -> Result<()> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.netns_create", &path).await?;
+        let result = if self.state().netns.insert(path.clone()) {
+            Ok(())
+        } else {
+            Err(Error::already_exists(format!("netns {path}: file exists")))
+        };
+        after.finish(result).await
+    }
+
+    async fn netns_remove(&self, path: &str) -> Result<()> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.netns_remove", &path).await?;
+        self.state().netns.remove(&path);
+        after.finish(Ok(())).await
+    }
+
+    async fn netns_closed(&self, path: &str) -> Result<bool> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.netns_closed", &path).await?;
+        let closed = !self.state().netns.contains(&path);
+        after.finish(Ok(closed)).await
+    }
+
+    async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.mount_shm", &path).await?;
+        let result = {
+            let mut state = self.state();
+            if state.is_dir(&path) {
+                state.mounts.insert(path.clone(), size_bytes);
+                Ok(())
+            } else {
+                Err(Error::not_found(format!("mount {path}: no such file or directory")))
+            }
+        };
+        after.finish(result).await
+    }
+
+    async fn unmount(&self, path: &str) -> Result<()> {
+        let path = normalize(path);
+        let after = faults::before(&*self.faults, "os.unmount", &path).await?;
+        self.state().mounts.remove(&path);
+        after.finish(Ok(())).await
+    }
+
+    fn own_oom_score_adj(&self) -> i32 {
+        self.state().own_oom_score_adj
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        self.state().capabilities.clone()
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) {
+        self.rng.lock().expect("fake os rng lock poisoned").fill_bytes(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::faults::NoFaults;
+
+    fn os() -> FakeOs {
+        FakeOs::new(7, Arc::new(NoFaults))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crash_loses_unsynced_but_keeps_atomic_writes() {
+        let os = os();
+        os.mkdir_all("/var/lib/crid/sandboxes/a").await.unwrap();
+        os.write_atomic("/var/lib/crid/sandboxes/a/meta", b"v1").await.unwrap();
+        os.write_file("/var/lib/crid/sandboxes/a/meta", b"v2-unsynced").await.unwrap();
+        os.write_file("/var/lib/crid/sandboxes/a/hosts", b"127.0.0.1").await.unwrap();
+        assert!(!os.files()["/var/lib/crid/sandboxes/a/meta"].synced);
+        os.crash_lose_unsynced();
+        assert_eq!(os.file("/var/lib/crid/sandboxes/a/meta").unwrap(), b"v1");
+        assert_eq!(os.file("/var/lib/crid/sandboxes/a/hosts"), None);
+        assert!(os.exists("/var/lib/crid/sandboxes/a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn crash_tear_keeps_a_prefix() {
+        let os = os();
+        os.mkdir_all("/d").await.unwrap();
+        os.write_file("/d/f", b"0123456789").await.unwrap();
+        os.crash_tear_unsynced(3);
+        let left = os.file("/d/f").unwrap();
+        assert!(b"0123456789".starts_with(&left));
+        assert!(os.files()["/d/f"].synced);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_need_a_parent_and_space() {
+        let os = os();
+        assert_eq!(os.write_atomic("/nope/f", b"x").await.unwrap_err().kind, ErrorKind::NotFound);
+        os.mkdir_all("/d").await.unwrap();
+        os.set_disk_full(true);
+        let error = os.write_atomic("/d/f", b"x").await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::ResourceExhausted);
+        assert!(error.message.contains("no space left on device"));
+        os.set_disk_full(false);
+        os.write_atomic("/d/f", b"x").await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_dir_lists_direct_children_sorted() {
+        let os = os();
+        os.mkdir_all("/r/b/deep").await.unwrap();
+        os.mkdir_all("/r/a").await.unwrap();
+        os.write_file("/r/z", b"").await.unwrap();
+        os.put_file("/r/c/implied", b"");
+        let names: Vec<(String, bool)> =
+            os.read_dir("/r").await.unwrap().into_iter().map(|entry| (entry.name, entry.is_dir)).collect();
+        let expected = [("a", true), ("b", true), ("c", true), ("z", false)];
+        assert_eq!(names, expected.map(|(name, is_dir)| (name.to_string(), is_dir)));
+        assert_eq!(os.read_dir("/missing").await.unwrap_err().kind, ErrorKind::NotFound);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remove_all_removes_a_subtree_unless_mounted() {
+        let os = os();
+        os.mkdir_all("/r/sb/shm").await.unwrap();
+        os.write_file("/r/sb/hostname", b"h").await.unwrap();
+        os.write_file("/r/sbx", b"sibling").await.unwrap();
+        os.mount_shm("/r/sb/shm", 64 << 20).await.unwrap();
+        assert_eq!(os.remove_all("/r/sb").await.unwrap_err().kind, ErrorKind::FailedPrecondition);
+        os.unmount("/r/sb/shm").await.unwrap();
+        os.remove_all("/r/sb").await.unwrap();
+        assert!(!os.exists("/r/sb") && !os.exists("/r/sb/hostname"));
+        assert!(os.exists("/r/sbx"));
+        os.remove_all("/r/sb").await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rename_moves_files_and_trees() {
+        let os = os();
+        os.mkdir_all("/a/b").await.unwrap();
+        os.write_atomic("/a/b/f", b"1").await.unwrap();
+        os.rename("/a/b", "/a/c").await.unwrap();
+        assert_eq!(os.file("/a/c/f").unwrap(), b"1");
+        assert!(!os.exists("/a/b"));
+        os.rename("/a/c/f", "/a/g").await.unwrap();
+        assert_eq!(os.read_file("/a/g").await.unwrap(), b"1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_bytes_follow_the_seed() {
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        os().random_bytes(&mut a);
+        os().random_bytes(&mut b);
+        assert_eq!(a, b);
+    }
+}

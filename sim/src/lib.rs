@@ -1,0 +1,3 @@
+//! Deterministic simulation testbed for crid.
+
+pub mod fakes;

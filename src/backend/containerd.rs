@@ -1,0 +1,313 @@
+//! The containerd boundary, shaped around what the CRI needs rather than containerd's protos.
+//!
+//! An implementation is bound to one containerd namespace (`k8s.io` by default); the core never
+//! names it. Errors use [`crate::error::ErrorKind`]: NotFound, AlreadyExists, FailedPrecondition
+//! and Unavailable mean what containerd's errdefs mean.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::error::Result;
+
+/// Label keys and values the CRI puts on containerd objects.
+pub const LABEL_KIND: &str = "io.cri-containerd.kind";
+pub const KIND_SANDBOX: &str = "sandbox";
+pub const KIND_CONTAINER: &str = "container";
+pub const LABEL_IMAGE_MANAGED: &str = "io.cri-containerd.image";
+pub const IMAGE_MANAGED: &str = "managed";
+pub const EXTENSION_SANDBOX_METADATA: &str = "io.cri-containerd.sandbox.metadata";
+pub const EXTENSION_CONTAINER_METADATA: &str = "io.cri-containerd.container.metadata";
+
+/// A containerd container record (no process: that is a task).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    /// Image name the container was created from.
+    pub image: String,
+    pub runtime: String,
+    pub snapshotter: String,
+    /// Snapshot key of the rootfs (the container id).
+    pub snapshot_key: String,
+    /// The workload description the backend turns into an OCI runtime spec.
+    pub spec: WorkloadSpec,
+    pub extensions: BTreeMap<String, Vec<u8>>,
+    /// Set by containerd on create.
+    pub created_at_ns: i64,
+}
+
+/// What the CRI asks the runtime to run; the real backend turns it into an OCI spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WorkloadSpec {
+    pub sandbox: bool,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub hostname: String,
+    /// Network namespace path; empty for host network.
+    pub netns_path: String,
+    /// For containers: the sandbox's task pid whose ipc/uts/pid namespaces are joined.
+    pub sandbox_pid: u32,
+    pub host_network: bool,
+    pub host_pid: bool,
+    pub host_ipc: bool,
+    pub cgroup_parent: String,
+    pub oom_score_adj: i32,
+    pub privileged: bool,
+    pub readonly_rootfs: bool,
+    pub run_as_user: Option<i64>,
+    pub run_as_username: String,
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    pub mounts: Vec<MountSpec>,
+    pub resources: Resources,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub tty: bool,
+    pub stdin: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MountSpec {
+    pub destination: String,
+    pub source: String,
+    pub kind: String,
+    pub options: Vec<String>,
+}
+
+/// Linux resources, the CRI subset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Resources {
+    pub cpu_period: i64,
+    pub cpu_quota: i64,
+    pub cpu_shares: i64,
+    pub memory_limit_bytes: i64,
+    pub oom_score_adj: i64,
+    pub cpuset_cpus: String,
+    pub cpuset_mems: String,
+}
+
+/// Where a task's stdout/stderr go. The backend owns the copying into the CRI log format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TaskIo {
+    /// CRI log file; empty means discard (sandboxes).
+    pub log_path: String,
+    pub stdin: bool,
+    pub tty: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaskState {
+    Created,
+    Running,
+    Paused,
+    Pausing,
+    Stopped,
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    pub exit_code: u32,
+    pub exited_at_ns: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub pid: u32,
+    pub state: TaskState,
+    /// Present when `state` is Stopped.
+    pub exit: Option<ExitStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TaskMetrics {
+    pub timestamp_ns: i64,
+    pub cpu_usage_core_ns: u64,
+    pub memory_working_set_bytes: u64,
+    pub memory_usage_bytes: u64,
+    pub memory_rss_bytes: u64,
+    pub memory_page_faults: u64,
+    pub memory_major_page_faults: u64,
+}
+
+/// An exec process: the command and how much output to keep.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub exec_id: String,
+    pub args: Vec<String>,
+    pub tty: bool,
+    /// Each of stdout and stderr keeps at most this many bytes; the rest is discarded.
+    pub output_limit_bytes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// A content descriptor (OCI).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size_bytes: u64,
+}
+
+/// The image config fields the CRI uses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub stop_signal: String,
+    pub volumes: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A reference resolved at the registry: manifest for the host platform, config and layers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    /// The normalized reference that was resolved.
+    pub name: String,
+    pub manifest: Descriptor,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    /// Uncompressed layer digests (the rootfs diff ids), one per layer, for chain ids.
+    pub diff_ids: Vec<String>,
+    pub image_config: ImageConfig,
+}
+
+/// An image record in containerd's image store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    pub target: Descriptor,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the CRI needs from an image record: its config digest, chain and config, read from content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageContent {
+    pub config_digest: String,
+    pub chain_id: String,
+    pub size_bytes: u64,
+    pub image_config: ImageConfig,
+    /// False when some blob is missing from the content store.
+    pub complete: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SnapshotUsage {
+    pub size_bytes: u64,
+    pub inodes: u64,
+}
+
+/// A containerd event, decoded by topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    TaskOom { container_id: String },
+    TaskExit { container_id: String, pid: u32, exit_code: u32, exited_at_ns: i64 },
+    ImageCreate { name: String },
+    ImageUpdate { name: String },
+    ImageDelete { name: String },
+    /// Any topic the CRI does not handle.
+    Other { topic: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub timestamp_ns: i64,
+    pub namespace: String,
+    pub topic: String,
+    pub event: Event,
+}
+
+/// A live event subscription. The stream ends (None) when the connection to containerd is lost.
+pub type EventStream = mpsc::Receiver<Envelope>;
+
+/// Called with the number of bytes received while a blob is fetched (pull progress).
+pub type ProgressFn<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+#[async_trait]
+pub trait Containerd: Send + Sync + 'static {
+    /// The namespace this client is bound to.
+    fn namespace(&self) -> String;
+
+    // ---- containers ----
+    /// AlreadyExists when the id is taken.
+    async fn create_container(&self, record: ContainerRecord) -> Result<ContainerRecord>;
+    async fn get_container(&self, id: &str) -> Result<ContainerRecord>;
+    /// Containers whose labels include all of `labels`, sorted by id.
+    async fn list_containers(&self, labels: &BTreeMap<String, String>) -> Result<Vec<ContainerRecord>>;
+    /// Replaces labels and extensions.
+    async fn update_container(&self, record: &ContainerRecord) -> Result<()>;
+    /// Deletes the record and, with `cleanup_snapshot`, its rootfs snapshot. NotFound if absent.
+    async fn delete_container(&self, id: &str, cleanup_snapshot: bool) -> Result<()>;
+
+    // ---- tasks ----
+    /// Creates the task (shim + init process, not started) with its rootfs from the snapshot.
+    /// Returns the pid.
+    async fn create_task(&self, id: &str, io: &TaskIo) -> Result<u32>;
+    async fn start_task(&self, id: &str) -> Result<u32>;
+    /// Sends `signal` to the init process (`all`: to every process of the task).
+    async fn kill_task(&self, id: &str, signal: u32, all: bool) -> Result<()>;
+    /// Deletes a task, killing it first when it still runs, and reaps its shim. Returns its exit.
+    async fn delete_task(&self, id: &str) -> Result<ExitStatus>;
+    /// Blocks until the task's init process exits.
+    async fn wait_task(&self, id: &str) -> Result<ExitStatus>;
+    async fn task_info(&self, id: &str) -> Result<TaskInfo>;
+    async fn task_metrics(&self, id: &str) -> Result<TaskMetrics>;
+    async fn update_task_resources(&self, id: &str, resources: &Resources) -> Result<()>;
+    /// Re-opens the task's log file (log rotation).
+    async fn reopen_task_log(&self, id: &str) -> Result<()>;
+
+    // ---- exec processes ----
+    /// Creates and starts an exec process; its output is captured up to the spec's limit.
+    async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<u32>;
+    async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitStatus>;
+    async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<()>;
+    /// Output captured so far (each stream capped by the spec's limit).
+    async fn exec_output(&self, id: &str, exec_id: &str) -> Result<ExecOutput>;
+    /// Deletes the exec process and frees its IO. NotFound if absent.
+    async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<()>;
+
+    // ---- images and content ----
+    /// Resolves a normalized reference at its registry (manifest for this platform, config).
+    async fn resolve(&self, reference: &str) -> Result<ResolvedImage>;
+    /// True when the blob is in the content store.
+    async fn content_exists(&self, digest: &str) -> Result<bool>;
+    /// Fetches a blob into the content store, reporting progress in bytes.
+    async fn fetch_blob(&self, reference: &str, blob: &Descriptor, progress: ProgressFn<'_>) -> Result<()>;
+    /// True when the committed snapshot `chain_id` exists in `snapshotter`.
+    async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool>;
+    /// Prepares, applies `layer` on `parent_chain_id` ("" for the base) and commits as `chain_id`.
+    /// AlreadyExists when that snapshot is already committed.
+    async fn apply_layer(&self, snapshotter: &str, chain_id: &str, parent_chain_id: &str, layer: &Descriptor) -> Result<()>;
+    /// Prepares the writable rootfs snapshot `key` on top of `parent_chain_id`.
+    async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()>;
+    async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()>;
+    /// Summed usage of every snapshot in `snapshotter`.
+    async fn snapshots_usage(&self, snapshotter: &str) -> Result<SnapshotUsage>;
+    async fn create_image(&self, record: &ImageRecord) -> Result<()>;
+    async fn update_image(&self, record: &ImageRecord) -> Result<()>;
+    async fn get_image(&self, name: &str) -> Result<ImageRecord>;
+    async fn list_images(&self) -> Result<Vec<ImageRecord>>;
+    /// With `sync`, returns after garbage collection ran.
+    async fn delete_image(&self, name: &str, sync: bool) -> Result<()>;
+    /// Reads an image's config and chain id from the content store.
+    async fn image_content(&self, record: &ImageRecord) -> Result<ImageContent>;
+    /// A lease protects content and snapshots of an in-progress pull from GC.
+    async fn create_lease(&self, id: &str) -> Result<()>;
+    async fn delete_lease(&self, id: &str) -> Result<()>;
+
+    // ---- events ----
+    /// Subscribes to task OOM and image events of this namespace.
+    async fn subscribe(&self) -> Result<EventStream>;
+}

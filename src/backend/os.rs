@@ -1,0 +1,47 @@
+//! The host: the files the CRI owns, network namespaces, mounts, and the process's own limits.
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub is_dir: bool,
+}
+
+#[async_trait]
+pub trait Os: Send + Sync + 'static {
+    async fn mkdir_all(&self, path: &str) -> Result<()>;
+    /// Removes a file or a directory tree. A missing path is not an error.
+    async fn remove_all(&self, path: &str) -> Result<()>;
+    /// Writes `data` durably and atomically: temp file, fsync, rename, fsync of the directory.
+    /// After a crash the path holds either the old or the new contents, never a mix.
+    async fn write_atomic(&self, path: &str, data: &[u8]) -> Result<()>;
+    /// Plain (non-durable) write, for files that are regenerated (hostname, hosts, resolv.conf).
+    async fn write_file(&self, path: &str, data: &[u8]) -> Result<()>;
+    /// NotFound when the file does not exist.
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>>;
+    async fn rename(&self, from: &str, to: &str) -> Result<()>;
+    /// Entries of a directory, sorted by name. NotFound when it does not exist.
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>>;
+
+    /// Creates a pinned network namespace at `path`.
+    async fn netns_create(&self, path: &str) -> Result<()>;
+    /// Unpins and removes it. A missing namespace is not an error.
+    async fn netns_remove(&self, path: &str) -> Result<()>;
+    /// True when the namespace at `path` no longer exists.
+    async fn netns_closed(&self, path: &str) -> Result<bool>;
+
+    /// Mounts a tmpfs for the pod's /dev/shm.
+    async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()>;
+    /// Unmounts, tolerating a path that is not mounted.
+    async fn unmount(&self, path: &str) -> Result<()>;
+
+    /// This process's own `oom_score_adj`.
+    fn own_oom_score_adj(&self) -> i32;
+    /// The effective capabilities of this process, e.g. `CAP_NET_ADMIN`.
+    fn capabilities(&self) -> Vec<String>;
+    /// Fills `buf` with random bytes (ids, tokens). The simulator draws them from the seed.
+    fn random_bytes(&self, buf: &mut [u8]);
+}

@@ -1,0 +1,84 @@
+//! Container status checkpoints: written atomically through the Os trait, memory changed only
+//! after the write succeeded.
+
+use crate::error::{Error, Result};
+use crate::service::CriService;
+use crate::store::container::Checkpoint;
+use crate::store::{Container, ContainerStatus};
+
+pub const CHECKPOINT_VERSION: &str = "v1";
+
+pub fn encode_checkpoint(status: &ContainerStatus) -> Vec<u8> {
+    let checkpoint = Checkpoint { version: CHECKPOINT_VERSION.to_string(), status: status.clone() };
+    serde_json::to_vec(&checkpoint).expect("status serialises")
+}
+
+/// Parses a checkpoint; a torn or corrupt file is an error, never a partial status.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<ContainerStatus> {
+    let checkpoint: Checkpoint = serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("corrupt status checkpoint: {e}")))?;
+    if checkpoint.version != CHECKPOINT_VERSION {
+        return Err(Error::internal(format!("unsupported checkpoint version {:?}", checkpoint.version)));
+    }
+    Ok(checkpoint.status)
+}
+
+impl CriService {
+    pub(crate) async fn write_checkpoint(&self, id: &str, status: &ContainerStatus) -> Result<()> {
+        self.backends.os.write_atomic(&self.checkpoint_path(id), &encode_checkpoint(status)).await.map_err(|e| e.context("failed to checkpoint container status"))
+    }
+
+    pub(crate) async fn read_checkpoint(&self, id: &str) -> Result<ContainerStatus> {
+        decode_checkpoint(&self.backends.os.read_file(&self.checkpoint_path(id)).await?)
+    }
+
+    /// Deletes the checkpoint: rename out of the way first so that a crash never leaves a
+    /// half-removed file under the real name. Idempotent.
+    pub(crate) async fn delete_checkpoint(&self, id: &str) -> Result<()> {
+        let path = self.checkpoint_path(id);
+        let deleted = format!("{}/containers/{id}.del-status", self.config.root_dir);
+        match self.backends.os.rename(&path, &deleted).await {
+            Ok(()) => {}
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error),
+        }
+        self.backends.os.remove_all(&deleted).await
+    }
+
+    /// The status transaction: `change` edits a copy and says whether anything changed; the copy
+    /// is persisted, then becomes the in-memory status. A failed write leaves memory untouched.
+    pub(crate) async fn update_container_status(&self, container: &Container, change: impl FnOnce(&mut ContainerStatus) -> bool) -> Result<bool> {
+        let _guard = container.update_lock.lock().await;
+        let mut status = container.status();
+        if !change(&mut status) {
+            return Ok(false);
+        }
+        self.write_checkpoint(&container.id, &status).await?;
+        container.set_status(status);
+        Ok(true)
+    }
+
+    /// Changes in-memory-only fields (Starting, Removing) under the same lock.
+    pub(crate) async fn update_container_memory<T>(&self, container: &Container, change: impl FnOnce(&mut ContainerStatus) -> Result<T>) -> Result<T> {
+        let _guard = container.update_lock.lock().await;
+        let mut status = container.status();
+        let value = change(&mut status)?;
+        container.set_status(status);
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_round_trips_persisted_fields_only() {
+        let status = ContainerStatus { pid: 7, created_at_ns: 1, started_at_ns: 2, starting: true, ..Default::default() };
+        let decoded = decode_checkpoint(&encode_checkpoint(&status)).unwrap();
+        assert_eq!(decoded.pid, 7);
+        assert_eq!(decoded.started_at_ns, 2);
+        assert!(!decoded.starting, "in-memory flags are not persisted");
+        let bytes = encode_checkpoint(&status);
+        assert!(decode_checkpoint(&bytes[..bytes.len() / 2]).is_err(), "a torn write is rejected");
+    }
+}

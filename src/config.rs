@@ -1,0 +1,291 @@
+//! The CRI plugin configuration: containerd's key names where they mean the same, defaults, and
+//! validation with clear errors. Durations are strings like containerd's (`"5m"`, `"10s"`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent CRI state (status checkpoints, pod and container dirs).
+    pub root_dir: String,
+    /// Volatile CRI state (FIFOs, shm mounts, netns pins).
+    pub state_dir: String,
+    /// containerd's own root, for the image filesystem path reported by ImageFsInfo.
+    pub containerd_root_dir: String,
+    pub sandbox_image: String,
+    pub containerd: ContainerdConfig,
+    pub cni: CniConfig,
+    pub stream_server_address: String,
+    pub stream_server_port: String,
+    pub stream_idle_timeout: String,
+    /// Seconds between refreshes of the snapshot usage cache.
+    pub stats_collect_period: u64,
+    pub max_concurrent_downloads: u32,
+    pub image_pull_progress_timeout: String,
+    pub drain_exec_sync_io_timeout: String,
+    pub max_container_log_line_size: i64,
+    pub restrict_oom_score_adj: bool,
+    pub ignore_image_defined_volumes: bool,
+    pub netns_mounts_under_state_dir: bool,
+    pub disable_cgroup: bool,
+    pub registry: RegistryConfig,
+    /// Seconds between task-state reconciliations (a container whose task is gone is marked
+    /// EXITED even when its exit was never observed). 0 disables. Not in containerd.
+    pub reconcile_period: u64,
+    /// Capacity of each GetContainerEvents subscriber's buffer; a full buffer drops and counts.
+    pub container_event_buffer: usize,
+    /// Maximum ids waiting in the event backoff queue; beyond it new failures are dropped and
+    /// counted, and the reconciler repairs the container later.
+    pub max_backoff_entries: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerdConfig {
+    pub snapshotter: String,
+    pub default_runtime_name: String,
+    pub runtimes: BTreeMap<String, RuntimeConfig>,
+    pub disable_snapshot_annotations: bool,
+    pub discard_unpacked_layers: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub runtime_type: String,
+    pub runtime_path: String,
+    pub snapshotter: String,
+    pub sandbox_mode: String,
+    pub privileged_without_host_devices: bool,
+    pub privileged_without_host_devices_all_devices_allowed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    pub bin_dir: String,
+    pub conf_dir: String,
+    pub max_conf_num: u32,
+    pub setup_serially: bool,
+    pub conf_template: String,
+    pub ip_pref: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Directory of `<host>/hosts.toml` files, as containerd's.
+    pub config_path: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root_dir: "/var/lib/crid".into(),
+            state_dir: "/run/crid".into(),
+            containerd_root_dir: "/var/lib/containerd".into(),
+            sandbox_image: "registry.k8s.io/pause:3.8".into(),
+            containerd: ContainerdConfig::default(),
+            cni: CniConfig::default(),
+            stream_server_address: "127.0.0.1".into(),
+            stream_server_port: "0".into(),
+            stream_idle_timeout: "4h".into(),
+            stats_collect_period: 10,
+            max_concurrent_downloads: 3,
+            image_pull_progress_timeout: "5m".into(),
+            drain_exec_sync_io_timeout: "0s".into(),
+            max_container_log_line_size: 16 * 1024,
+            restrict_oom_score_adj: false,
+            ignore_image_defined_volumes: false,
+            netns_mounts_under_state_dir: false,
+            disable_cgroup: false,
+            registry: RegistryConfig::default(),
+            reconcile_period: 10,
+            container_event_buffer: 1000,
+            max_backoff_entries: 10_000,
+        }
+    }
+}
+
+impl Default for ContainerdConfig {
+    fn default() -> Self {
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert("runc".to_string(), RuntimeConfig::default());
+        ContainerdConfig {
+            snapshotter: "overlayfs".into(),
+            default_runtime_name: "runc".into(),
+            runtimes,
+            disable_snapshot_annotations: true,
+            discard_unpacked_layers: false,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            runtime_type: "io.containerd.runc.v2".into(),
+            runtime_path: String::new(),
+            snapshotter: String::new(),
+            sandbox_mode: "podsandbox".into(),
+            privileged_without_host_devices: false,
+            privileged_without_host_devices_all_devices_allowed: false,
+        }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            bin_dir: "/opt/cni/bin".into(),
+            conf_dir: "/etc/cni/net.d".into(),
+            max_conf_num: 1,
+            setup_serially: false,
+            conf_template: String::new(),
+            ip_pref: String::new(),
+        }
+    }
+}
+
+/// Parses a Go-style duration: a sequence of `<number><unit>` with units h, m, s, ms, us, ns.
+/// "0" alone is zero.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return Err(Error::invalid("empty duration"));
+    }
+    let mut total_ns: u128 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(Error::invalid(format!("invalid duration {text:?}: expected a number")));
+        }
+        let value: u128 = rest[..digits].parse().map_err(|_| Error::invalid(format!("invalid duration {text:?}")))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_ns: u128 = match &rest[..unit_len] {
+            "h" => 3_600_000_000_000,
+            "m" => 60_000_000_000,
+            "s" => 1_000_000_000,
+            "ms" => 1_000_000,
+            "us" | "µs" => 1_000,
+            "ns" => 1,
+            unit => return Err(Error::invalid(format!("invalid duration {text:?}: unknown unit {unit:?}"))),
+        };
+        rest = &rest[unit_len..];
+        total_ns = total_ns.saturating_add(value.saturating_mul(unit_ns));
+    }
+    Ok(Duration::from_nanos(total_ns.min(u64::MAX as u128) as u64))
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::invalid(format!("invalid config: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the config as containerd's `ValidatePluginConfig` does; the first error wins.
+    pub fn validate(&self) -> Result<()> {
+        let runtime_name = &self.containerd.default_runtime_name;
+        if runtime_name.is_empty() {
+            return Err(Error::invalid("`containerd.default_runtime_name` is empty"));
+        }
+        if !self.containerd.runtimes.contains_key(runtime_name) {
+            return Err(Error::invalid(format!("no corresponding runtime configured in `containerd.runtimes` for `containerd` `default_runtime_name = \"{runtime_name}\"`")));
+        }
+        for (name, runtime) in &self.containerd.runtimes {
+            if runtime.runtime_type.is_empty() {
+                return Err(Error::invalid(format!("runtime {name:?}: `runtime_type` is empty")));
+            }
+            if runtime.privileged_without_host_devices_all_devices_allowed && !runtime.privileged_without_host_devices {
+                return Err(Error::invalid(format!(
+                    "runtime {name:?}: `privileged_without_host_devices_all_devices_allowed` requires `privileged_without_host_devices` to be enabled"
+                )));
+            }
+            if !runtime.sandbox_mode.is_empty() && runtime.sandbox_mode != "podsandbox" {
+                return Err(Error::invalid(format!("runtime {name:?}: unsupported `sandbox_mode` {:?}", runtime.sandbox_mode)));
+            }
+        }
+        if self.containerd.snapshotter.is_empty() {
+            return Err(Error::invalid("`containerd.snapshotter` is empty"));
+        }
+        if self.sandbox_image.is_empty() {
+            return Err(Error::invalid("`sandbox_image` is empty"));
+        }
+        if self.root_dir.is_empty() || self.state_dir.is_empty() {
+            return Err(Error::invalid("`root_dir` and `state_dir` must be set"));
+        }
+        for (key, value) in [
+            ("stream_idle_timeout", &self.stream_idle_timeout),
+            ("image_pull_progress_timeout", &self.image_pull_progress_timeout),
+            ("drain_exec_sync_io_timeout", &self.drain_exec_sync_io_timeout),
+        ] {
+            parse_duration(value).map_err(|e| Error::invalid(format!("invalid `{key}`: {}", e.message)))?;
+        }
+        if !matches!(self.cni.ip_pref.as_str(), "" | "ipv4" | "ipv6" | "cni") {
+            return Err(Error::invalid(format!("invalid `cni.ip_pref` {:?}: want ipv4, ipv6 or cni", self.cni.ip_pref)));
+        }
+        if self.max_concurrent_downloads == 0 {
+            return Err(Error::invalid("`max_concurrent_downloads` must be at least 1"));
+        }
+        if self.container_event_buffer == 0 || self.max_backoff_entries == 0 {
+            return Err(Error::invalid("`container_event_buffer` and `max_backoff_entries` must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn image_pull_progress_timeout(&self) -> Duration {
+        parse_duration(&self.image_pull_progress_timeout).expect("validated")
+    }
+    pub fn drain_exec_sync_io_timeout(&self) -> Duration {
+        parse_duration(&self.drain_exec_sync_io_timeout).expect("validated")
+    }
+    /// The snapshotter for a runtime handler: its own, else the global one.
+    pub fn snapshotter_for(&self, handler: &str) -> String {
+        match self.containerd.runtimes.get(handler) {
+            Some(runtime) if !runtime.snapshotter.is_empty() => runtime.snapshotter.clone(),
+            _ => self.containerd.snapshotter.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn defaults_validate_and_errors_name_the_key() {
+        Config::default().validate().unwrap();
+        let mut config = Config::default();
+        config.containerd.default_runtime_name = "kata".into();
+        let error = config.validate().unwrap_err();
+        assert!(error.message.contains("default_runtime_name"), "{error}");
+        let error = Config::from_toml("image_pull_progress_timeout = \"soon\"").unwrap_err();
+        assert!(error.message.contains("image_pull_progress_timeout"), "{error}");
+        let error = Config::from_toml("no_such_key = 1").unwrap_err();
+        assert!(error.message.contains("no_such_key"), "{error}");
+        let config = Config::from_toml("sandbox_image = \"pause:1\"\n[cni]\nbin_dir = \"/usr/lib/cni\"").unwrap();
+        assert_eq!(config.cni.bin_dir, "/usr/lib/cni");
+        assert_eq!(config.cni.conf_dir, "/etc/cni/net.d");
+    }
+}

@@ -1,0 +1,239 @@
+//! CreateContainer and StartContainer (SPEC §6.3).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerConfig, ContainerEventType, CreateContainerRequest, CreateContainerResponse, StartContainerRequest, StartContainerResponse};
+
+use crate::backend::{ContainerRecord, EXTENSION_CONTAINER_METADATA, KIND_CONTAINER, LABEL_KIND, TaskIo};
+use crate::error::{Error, Result};
+use crate::events::TaskKind;
+use crate::naming::{container_name, generate_id, sorted};
+use crate::sandbox_run::{ROLLBACK_TIMEOUT, ignore_not_found};
+use crate::service::CriService;
+use crate::spec::{ContainerSpecInput, container_spec};
+use crate::store::container::{EXIT_CODE_START_ERROR, REASON_START_ERROR};
+use crate::store::{Container, ContainerMetadata, ContainerState, ContainerStatus, Sandbox, SandboxState, encode_message};
+
+/// Upper bound of one CreateContainer; past it the steps are rolled back and the name freed.
+pub const CREATE_CONTAINER_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[derive(Clone, Copy, Debug)]
+enum Undo {
+    ReleaseName,
+    RemoveDirs,
+    RemoveSnapshot,
+    DeleteContainer,
+    DeleteCheckpoint,
+}
+
+impl CriService {
+    pub async fn create_container(self: &Arc<Self>, request: CreateContainerRequest) -> Result<CreateContainerResponse> {
+        self.check_initialized()?;
+        let config = request.config.ok_or_else(|| Error::invalid("container config is required"))?;
+        let metadata = config.metadata.clone().ok_or_else(|| Error::invalid("container config must include metadata"))?;
+        if metadata.name.is_empty() {
+            return Err(Error::invalid("container config metadata.name must not be empty"));
+        }
+        if config.image.as_ref().is_none_or(|i| i.image.is_empty()) {
+            return Err(Error::invalid("container config must name an image"));
+        }
+        let sandbox = self.sandboxes.get(&request.pod_sandbox_id).map_err(|e| e.context("failed to find sandbox"))?;
+        if sandbox.status().state != SandboxState::Ready {
+            return Err(Error::precondition(format!("sandbox {:?} is not ready", sandbox.id)));
+        }
+        let pod = sandbox.config.metadata.clone().unwrap_or_default();
+        let name = container_name(&metadata, &pod);
+        let service = self.clone();
+        let create_name = name.clone();
+        let id = self
+            .run_named_operation(format!("container/{name}"), async move { service.create_container_steps(sandbox, create_name, config).await })
+            .await?;
+        Ok(CreateContainerResponse { container_id: id })
+    }
+
+    async fn create_container_steps(self: Arc<Self>, sandbox: Arc<Sandbox>, name: String, config: ContainerConfig) -> Result<String> {
+        let id = generate_id(&*self.backends.os);
+        self.container_names.reserve(&name, &id).map_err(|e| Error::already_exists(format!("failed to reserve container name {name:?}: {}", e.message)))?;
+        let mut undo = vec![Undo::ReleaseName];
+        let outcome = self.with_timeout(CREATE_CONTAINER_TIMEOUT, "create container", self.create_container_inner(&sandbox, &id, &name, &config, &mut undo)).await;
+        match outcome {
+            Ok(()) => Ok(id),
+            Err(error) => {
+                tracing::warn!(id, name, %error, "CreateContainer failed; rolling back");
+                let snapshotter = self.config.snapshotter_for(&sandbox.metadata.runtime_handler);
+                for step in undo.iter().rev() {
+                    let result = self
+                        .with_timeout(ROLLBACK_TIMEOUT, "rollback", async {
+                            match step {
+                                Undo::ReleaseName => {
+                                    self.container_names.release_by_key(&id);
+                                    Ok(())
+                                }
+                                Undo::RemoveDirs => {
+                                    self.backends.os.remove_all(&self.container_root(&id)).await?;
+                                    self.backends.os.remove_all(&self.container_state_dir(&id)).await
+                                }
+                                Undo::RemoveSnapshot => ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, &id).await),
+                                Undo::DeleteContainer => ignore_not_found(self.backends.containerd.delete_container(&id, true).await),
+                                Undo::DeleteCheckpoint => self.delete_checkpoint(&id).await,
+                            }
+                        })
+                        .await;
+                    if let Err(rollback_error) = result {
+                        tracing::error!(id, ?step, %rollback_error, "CreateContainer rollback step failed");
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn create_container_inner(&self, sandbox: &Sandbox, id: &str, name: &str, config: &ContainerConfig, undo: &mut Vec<Undo>) -> Result<()> {
+        let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let image = self.local_resolve(&image_name).map_err(|e| e.context(format!("failed to resolve image {image_name:?}")))?;
+        let snapshotter = self.config.snapshotter_for(&sandbox.metadata.runtime_handler);
+        let root_dir = self.container_root(id);
+        undo.push(Undo::RemoveDirs);
+        self.backends.os.mkdir_all(&root_dir).await?;
+        self.backends.os.mkdir_all(&self.container_state_dir(id)).await?;
+
+        let log_directory = &sandbox.config.log_directory;
+        let log_path = if log_directory.is_empty() || config.log_path.is_empty() { String::new() } else { format!("{log_directory}/{}", config.log_path) };
+        let spec = container_spec(ContainerSpecInput {
+            config,
+            sandbox_config: &sandbox.config,
+            image: &image.config,
+            netns_path: sandbox.metadata.netns_path.clone(),
+            sandbox_pid: sandbox.status().pid,
+            sandbox_root_dir: &self.sandbox_root(&sandbox.id),
+            own_oom_score_adj: self.backends.os.own_oom_score_adj(),
+            restrict_oom_score_adj: self.config.restrict_oom_score_adj,
+            ignore_image_volumes: self.config.ignore_image_defined_volumes,
+        });
+        let metadata = ContainerMetadata {
+            version: "v1".into(),
+            id: id.to_string(),
+            name: name.to_string(),
+            sandbox_id: sandbox.id.clone(),
+            config: encode_message(config),
+            image_ref: image.id.clone(),
+            log_path: log_path.clone(),
+            stop_signal: image.config.stop_signal.clone(),
+        };
+        undo.push(Undo::RemoveSnapshot);
+        self.backends.containerd.prepare_snapshot(&snapshotter, id, &image.chain_id).await.map_err(|e| e.context("failed to prepare container rootfs"))?;
+        let record = ContainerRecord {
+            id: id.to_string(),
+            labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())].into_iter().chain(sorted(&config.labels)).collect(),
+            image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
+            runtime: self.config.containerd.runtimes[&sandbox.metadata.runtime_handler].runtime_type.clone(),
+            snapshotter,
+            snapshot_key: id.to_string(),
+            spec,
+            extensions: [(EXTENSION_CONTAINER_METADATA.to_string(), serde_json::to_vec(&metadata).expect("serialises"))].into(),
+            created_at_ns: 0,
+        };
+        undo.push(Undo::DeleteContainer);
+        self.backends.containerd.create_container(record).await.map_err(|e| e.context("failed to create containerd container"))?;
+
+        let status = ContainerStatus {
+            created_at_ns: self.now_ns(),
+            resources: config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| crate::spec::resources_from(Some(r))),
+            ..Default::default()
+        };
+        undo.push(Undo::DeleteCheckpoint);
+        self.write_checkpoint(id, &status).await?;
+        let container = Arc::new(Container::new(metadata, config.clone(), status));
+        self.containers.add(id, container)?;
+        self.send_container_event(id, &sandbox.id, ContainerEventType::ContainerCreatedEvent);
+        Ok(())
+    }
+
+    pub async fn start_container(self: &Arc<Self>, request: StartContainerRequest) -> Result<StartContainerResponse> {
+        self.check_initialized()?;
+        let container = self.containers.get(&request.container_id)?;
+        let service = self.clone();
+        self.detached(async move { service.start_container_inner(container).await }).await?;
+        Ok(StartContainerResponse {})
+    }
+
+    async fn start_container_inner(self: Arc<Self>, container: Arc<Container>) -> Result<()> {
+        self.update_container_memory(&container, |status| {
+            let state = status.state();
+            if state != ContainerState::Created || status.removing || status.starting {
+                let why = if status.removing { "being removed" } else if status.starting { "already starting" } else { "not created" };
+                return Err(Error::precondition(format!("container {:?} is in {} state ({why})", container.id, state_name(state))));
+            }
+            status.starting = true;
+            Ok(())
+        })
+        .await?;
+        let result = self.start_container_steps(&container).await;
+        if let Err(error) = &result {
+            tracing::warn!(id = container.id, %error, "StartContainer failed");
+            let _ = self.with_timeout(ROLLBACK_TIMEOUT, "rollback", async { ignore_not_found(self.backends.containerd.delete_task(&container.id).await.map(|_| ())) }).await;
+            let message = error.message.clone();
+            let now = self.now_ns();
+            let recorded = self
+                .update_container_status(&container, |status| {
+                    status.starting = false;
+                    status.start_requested = false;
+                    status.finished_at_ns = now;
+                    status.exit_code = EXIT_CODE_START_ERROR;
+                    status.reason = REASON_START_ERROR.to_string();
+                    status.message = message;
+                    true
+                })
+                .await;
+            if let Err(checkpoint_error) = recorded {
+                tracing::error!(id = container.id, %checkpoint_error, "could not record the start failure");
+                let _ = self.update_container_memory(&container, |status| {
+                    status.starting = false;
+                    Ok(())
+                }).await;
+            }
+            container.mark_stopped();
+            return result;
+        }
+        self.send_container_event(&container.id, &container.metadata.sandbox_id, ContainerEventType::ContainerStartedEvent);
+        self.start_exit_monitor(TaskKind::Container, container.id.clone());
+        Ok(())
+    }
+
+    async fn start_container_steps(&self, container: &Container) -> Result<()> {
+        let sandbox = self.sandboxes.get(&container.metadata.sandbox_id).map_err(|e| e.context("sandbox of the container"))?;
+        if sandbox.status().state != SandboxState::Ready {
+            return Err(Error::precondition(format!("sandbox container {:?} is not running", sandbox.id)));
+        }
+        // Persist the intent first: a restart between here and the started checkpoint then
+        // resolves to EXITED(StartError), never to a silent CREATED (B8).
+        self.update_container_status(container, |status| {
+            status.start_requested = true;
+            true
+        })
+        .await?;
+        let io = TaskIo { log_path: container.metadata.log_path.clone(), stdin: container.config.stdin, tty: container.config.tty };
+        self.backends.containerd.create_task(&container.id, &io).await.map_err(|e| e.context("failed to create containerd task"))?;
+        let pid = self.backends.containerd.start_task(&container.id).await.map_err(|e| e.context("failed to start containerd task"))?;
+        let now = self.now_ns();
+        self.update_container_status(container, |status| {
+            status.pid = pid;
+            status.started_at_ns = now;
+            status.starting = false;
+            status.start_requested = false;
+            true
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+pub(crate) fn state_name(state: ContainerState) -> &'static str {
+    match state {
+        ContainerState::Created => "CONTAINER_CREATED",
+        ContainerState::Running => "CONTAINER_RUNNING",
+        ContainerState::Exited => "CONTAINER_EXITED",
+        ContainerState::Unknown => "CONTAINER_UNKNOWN",
+    }
+}

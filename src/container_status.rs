@@ -1,0 +1,211 @@
+//! ContainerStatus, ListContainers, UpdateContainerResources, ReopenContainerLog and the
+//! container stats RPCs.
+
+use std::sync::Arc;
+
+use k8s_cri::v1::{
+    ContainerAttributes, ContainerFilter, ContainerStats, ContainerStatsRequest, ContainerStatsResponse, ContainerStatusRequest,
+    ContainerStatusResponse, CpuUsage, FilesystemUsage, ImageSpec, ListContainerStatsRequest, ListContainerStatsResponse,
+    ListContainersRequest, ListContainersResponse, MemoryUsage, ReopenContainerLogRequest, ReopenContainerLogResponse, UInt64Value,
+    UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
+};
+
+use crate::error::{Error, Result};
+use crate::naming::{labels_match, sorted};
+use crate::service::CriService;
+use crate::store::container::{REASON_COMPLETED, REASON_ERROR};
+use crate::store::{Container, ContainerState};
+
+fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
+    match state {
+        ContainerState::Created => k8s_cri::v1::ContainerState::ContainerCreated,
+        ContainerState::Running => k8s_cri::v1::ContainerState::ContainerRunning,
+        ContainerState::Exited => k8s_cri::v1::ContainerState::ContainerExited,
+        ContainerState::Unknown => k8s_cri::v1::ContainerState::ContainerUnknown,
+    }
+}
+
+impl CriService {
+    pub(crate) fn container_status_message(&self, container: &Container) -> k8s_cri::v1::ContainerStatus {
+        let status = container.status();
+        let state = status.state();
+        let mut reason = status.reason.clone();
+        if state == ContainerState::Exited && reason.is_empty() {
+            reason = if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR }.to_string();
+        }
+        let image_name = container.config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        k8s_cri::v1::ContainerStatus {
+            id: container.id.clone(),
+            metadata: container.config.metadata.clone(),
+            state: cri_state(state) as i32,
+            created_at: status.created_at_ns,
+            started_at: status.started_at_ns,
+            finished_at: status.finished_at_ns,
+            exit_code: status.exit_code,
+            image: Some(ImageSpec { image: image_name, ..Default::default() }),
+            image_ref: container.metadata.image_ref.clone(),
+            reason,
+            message: status.message.clone(),
+            labels: container.config.labels.clone(),
+            annotations: container.config.annotations.clone(),
+            mounts: container.config.mounts.clone(),
+            log_path: container.metadata.log_path.clone(),
+            resources: status.resources.as_ref().map(|r| k8s_cri::v1::ContainerResources {
+                linux: Some(crate::spec::resources_to_cri(r)),
+                windows: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub async fn container_status(self: &Arc<Self>, request: ContainerStatusRequest) -> Result<ContainerStatusResponse> {
+        self.check_initialized()?;
+        let container = self.containers.get(&request.container_id)?;
+        let mut info = std::collections::HashMap::new();
+        if request.verbose {
+            let status = container.status();
+            let verbose = serde_json::json!({
+                "sandboxID": container.metadata.sandbox_id,
+                "pid": status.pid,
+                "removing": status.removing,
+                "starting": status.starting,
+                "logPath": container.metadata.log_path,
+                "stopSignal": container.metadata.stop_signal,
+            });
+            info.insert("info".to_string(), verbose.to_string());
+        }
+        Ok(ContainerStatusResponse { status: Some(self.container_status_message(&container)), info })
+    }
+
+    fn filter_containers(&self, filter: &ContainerFilter) -> Vec<Arc<Container>> {
+        let candidates = if filter.id.is_empty() { self.containers.list() } else { self.containers.get(&filter.id).into_iter().collect() };
+        let sandbox_id = if filter.pod_sandbox_id.is_empty() {
+            None
+        } else {
+            match self.sandboxes.get(&filter.pod_sandbox_id) {
+                Ok(sandbox) => Some(sandbox.id.clone()),
+                // A filter on an unknown sandbox matches nothing.
+                Err(_) => return vec![],
+            }
+        };
+        candidates
+            .into_iter()
+            .filter(|c| sandbox_id.as_ref().is_none_or(|s| &c.metadata.sandbox_id == s))
+            .filter(|c| filter.state.as_ref().is_none_or(|want| cri_state(c.status().state()) as i32 == want.state))
+            .filter(|c| labels_match(&filter.label_selector, &sorted(&c.config.labels)))
+            .collect()
+    }
+
+    pub async fn list_containers(self: &Arc<Self>, request: ListContainersRequest) -> Result<ListContainersResponse> {
+        self.check_initialized()?;
+        let filter = request.filter.unwrap_or_default();
+        let containers = self
+            .filter_containers(&filter)
+            .into_iter()
+            .map(|c| {
+                let status = c.status();
+                k8s_cri::v1::Container {
+                    id: c.id.clone(),
+                    pod_sandbox_id: c.metadata.sandbox_id.clone(),
+                    metadata: c.config.metadata.clone(),
+                    image: c.config.image.clone(),
+                    image_ref: c.metadata.image_ref.clone(),
+                    state: cri_state(status.state()) as i32,
+                    created_at: status.created_at_ns,
+                    labels: c.config.labels.clone(),
+                    annotations: c.config.annotations.clone(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(ListContainersResponse { containers })
+    }
+
+    pub async fn update_container_resources(self: &Arc<Self>, request: UpdateContainerResourcesRequest) -> Result<UpdateContainerResourcesResponse> {
+        self.check_initialized()?;
+        let container = self.containers.get(&request.container_id)?;
+        let linux = request.linux.ok_or_else(|| Error::invalid("linux resources are required"))?;
+        let resources = crate::spec::resources_from(Some(&linux));
+        let _serialised = container.update_lock.lock().await;
+        let mut status = container.status();
+        let state = status.state();
+        if !matches!(state, ContainerState::Created | ContainerState::Running) {
+            return Err(Error::precondition(format!("cannot update resources of container {:?} in {} state", container.id, crate::container_create::state_name(state))));
+        }
+        // The checkpoint is the source of truth: write it first, then the running task.
+        status.resources = Some(resources.clone());
+        self.write_checkpoint(&container.id, &status).await?;
+        if state == ContainerState::Running {
+            self.backends.containerd.update_task_resources(&container.id, &resources).await.map_err(|e| e.context("failed to update task resources"))?;
+        }
+        container.set_status(status);
+        Ok(UpdateContainerResourcesResponse {})
+    }
+
+    pub async fn reopen_container_log(self: &Arc<Self>, request: ReopenContainerLogRequest) -> Result<ReopenContainerLogResponse> {
+        self.check_initialized()?;
+        let container = self.containers.get(&request.container_id)?;
+        if container.status().state() != ContainerState::Running {
+            return Err(Error::precondition("container is not running"));
+        }
+        self.backends.containerd.reopen_task_log(&container.id).await.map_err(|e| e.context("failed to reopen container log"))?;
+        Ok(ReopenContainerLogResponse {})
+    }
+
+    pub(crate) async fn container_stats_message(&self, container: &Container) -> ContainerStats {
+        let attributes = ContainerAttributes {
+            id: container.id.clone(),
+            metadata: container.config.metadata.clone(),
+            labels: container.config.labels.clone(),
+            annotations: container.config.annotations.clone(),
+        };
+        let now = self.now_ns();
+        let metrics = if container.status().state() == ContainerState::Running {
+            self.backends.containerd.task_metrics(&container.id).await.ok()
+        } else {
+            None
+        };
+        let snapshotter = self.config.containerd.snapshotter.clone();
+        ContainerStats {
+            attributes: Some(attributes),
+            cpu: metrics.as_ref().map(|m| CpuUsage {
+                timestamp: m.timestamp_ns,
+                usage_core_nano_seconds: Some(UInt64Value { value: m.cpu_usage_core_ns }),
+                usage_nano_cores: None,
+            }),
+            memory: metrics.as_ref().map(|m| MemoryUsage {
+                timestamp: m.timestamp_ns,
+                working_set_bytes: Some(UInt64Value { value: m.memory_working_set_bytes }),
+                usage_bytes: Some(UInt64Value { value: m.memory_usage_bytes }),
+                rss_bytes: Some(UInt64Value { value: m.memory_rss_bytes }),
+                page_faults: Some(UInt64Value { value: m.memory_page_faults }),
+                major_page_faults: Some(UInt64Value { value: m.memory_major_page_faults }),
+                available_bytes: None,
+            }),
+            writable_layer: Some(FilesystemUsage {
+                timestamp: now,
+                fs_id: Some(k8s_cri::v1::FilesystemIdentifier { mountpoint: format!("{}/io.containerd.snapshotter.v1.{snapshotter}", self.config.containerd_root_dir) }),
+                used_bytes: Some(UInt64Value { value: 0 }),
+                inodes_used: Some(UInt64Value { value: 0 }),
+            }),
+            swap: None,
+        }
+    }
+
+    pub async fn container_stats(self: &Arc<Self>, request: ContainerStatsRequest) -> Result<ContainerStatsResponse> {
+        self.check_initialized()?;
+        let container = self.containers.get(&request.container_id)?;
+        Ok(ContainerStatsResponse { stats: Some(self.container_stats_message(&container).await) })
+    }
+
+    pub async fn list_container_stats(self: &Arc<Self>, request: ListContainerStatsRequest) -> Result<ListContainerStatsResponse> {
+        self.check_initialized()?;
+        let filter = request.filter.unwrap_or_default();
+        let filter = ContainerFilter { id: filter.id, pod_sandbox_id: filter.pod_sandbox_id, label_selector: filter.label_selector, state: None };
+        let mut stats = vec![];
+        for container in self.filter_containers(&filter) {
+            stats.push(self.container_stats_message(&container).await);
+        }
+        Ok(ListContainerStatsResponse { stats })
+    }
+}

@@ -1,0 +1,154 @@
+//! StopContainer and RemoveContainer (SPEC §6.4). Both are idempotent: a missing container is
+//! OK (B18).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerEventType, RemoveContainerRequest, RemoveContainerResponse, StopContainerRequest, StopContainerResponse};
+
+use crate::backend::ExitStatus;
+use crate::container_create::state_name;
+use crate::error::{Error, Result};
+use crate::events::TaskKind;
+use crate::sandbox_run::ignore_not_found;
+use crate::service::CriService;
+use crate::spec::parse_signal;
+use crate::store::container::EXIT_CODE_UNKNOWN;
+use crate::store::{Container, ContainerState};
+
+/// After SIGKILL, how long Stop waits for the exit before returning a typed error.
+pub const CONTAINER_KILL_WAIT: Duration = Duration::from_secs(30);
+const SIGKILL: u32 = 9;
+const SIGTERM: u32 = 15;
+
+impl CriService {
+    pub async fn stop_container(self: &Arc<Self>, request: StopContainerRequest) -> Result<StopContainerResponse> {
+        self.check_initialized()?;
+        if request.timeout < 0 {
+            return Err(Error::invalid("stop timeout must not be negative"));
+        }
+        let container = match self.containers.get(&request.container_id) {
+            Ok(container) => container,
+            Err(error) if error.is_not_found() => return Ok(StopContainerResponse {}),
+            Err(error) => return Err(error),
+        };
+        self.stop_container_inner(&container, request.timeout).await?;
+        Ok(StopContainerResponse {})
+    }
+
+    pub(crate) async fn stop_container_inner(self: &Arc<Self>, container: &Arc<Container>, timeout_s: i64) -> Result<()> {
+        let id = container.id.clone();
+        let state = container.status().state();
+        if !matches!(state, ContainerState::Running | ContainerState::Unknown) {
+            return Ok(());
+        }
+        let containerd = &self.backends.containerd;
+        match containerd.task_info(&id).await {
+            Err(error) if error.is_not_found() => {
+                // No task and nobody to report an exit: record it here.
+                let exit = ExitStatus { exit_code: EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() };
+                return self.handle_exit(TaskKind::Container, &id, exit).await;
+            }
+            Err(error) => return Err(error.context("failed to get task")),
+            Ok(_) => {}
+        }
+        if state == ContainerState::Unknown {
+            // An UNKNOWN container has no monitor; this one reports the exit of this stop.
+            let service = self.clone();
+            let monitored = id.clone();
+            tokio::spawn(async move {
+                if let Ok(exit) = service.backends.containerd.wait_task(&monitored).await {
+                    service.handle_exit_or_backoff(TaskKind::Container, &monitored, exit).await;
+                }
+            });
+        }
+        if timeout_s > 0 {
+            if container.take_stop_signal() {
+                let signal = self.stop_signal_of(container);
+                match containerd.kill_task(&id, signal, false).await {
+                    Ok(()) => {}
+                    Err(error) if error.is_not_found() => {}
+                    Err(error) => return Err(error.context(format!("failed to stop container {id:?}"))),
+                }
+            }
+            let graceful = crate::backend::timeout(&*self.backends.clock, Duration::from_secs(timeout_s as u64), container.wait_stopped()).await;
+            if graceful.is_ok() {
+                return Ok(());
+            }
+        }
+        match containerd.kill_task(&id, SIGKILL, true).await {
+            Ok(()) => {}
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error.context(format!("failed to kill container {id:?}"))),
+        }
+        self.wait_exit_handled(TaskKind::Container, &id, CONTAINER_KILL_WAIT, || container.is_stopped(), container.wait_stopped()).await
+    }
+
+    /// The stored STOPSIGNAL, else SIGTERM.
+    fn stop_signal_of(&self, container: &Container) -> u32 {
+        let signal = &container.metadata.stop_signal;
+        if signal.is_empty() {
+            return SIGTERM;
+        }
+        parse_signal(signal).unwrap_or_else(|| {
+            tracing::warn!(id = container.id, signal, "unknown stop signal; using SIGTERM");
+            SIGTERM
+        })
+    }
+
+    pub async fn remove_container(self: &Arc<Self>, request: RemoveContainerRequest) -> Result<RemoveContainerResponse> {
+        self.check_initialized()?;
+        let container = match self.containers.get(&request.container_id) {
+            Ok(container) => container,
+            Err(error) if error.is_not_found() => return Ok(RemoveContainerResponse {}),
+            Err(error) => return Err(error),
+        };
+        let service = self.clone();
+        self.detached(async move { service.remove_container_inner(&container).await }).await?;
+        Ok(RemoveContainerResponse {})
+    }
+
+    pub(crate) async fn remove_container_inner(self: &Arc<Self>, container: &Arc<Container>) -> Result<()> {
+        let id = container.id.clone();
+        if matches!(container.status().state(), ContainerState::Running | ContainerState::Unknown) {
+            self.stop_container_inner(container, 0).await.map_err(|e| e.context(format!("failed to forcibly stop container {id:?}")))?;
+        }
+        self.update_container_memory(container, |status| {
+            let state = status.state();
+            if matches!(state, ContainerState::Running | ContainerState::Unknown) || status.starting || status.removing {
+                return Err(Error::precondition(format!(
+                    "container {id:?} is in {} state{}",
+                    state_name(state),
+                    if status.starting { " and starting" } else if status.removing { " and already being removed" } else { "" }
+                )));
+            }
+            status.removing = true;
+            Ok(())
+        })
+        .await?;
+        let result = self.remove_container_steps(container).await;
+        if result.is_err() {
+            let _ = self
+                .update_container_memory(container, |status| {
+                    status.removing = false;
+                    Ok(())
+                })
+                .await;
+        }
+        result
+    }
+
+    async fn remove_container_steps(&self, container: &Container) -> Result<()> {
+        let id = &container.id;
+        ignore_not_found(self.backends.containerd.delete_container(id, true).await).map_err(|e| e.context("failed to delete containerd container"))?;
+        self.delete_checkpoint(id).await?;
+        self.backends.os.remove_all(&self.container_root(id)).await?;
+        self.backends.os.remove_all(&self.container_state_dir(id)).await?;
+        if self.containers.remove(id).is_some() {
+            self.container_names.release_by_key(id);
+            self.forget_operation(&format!("container/{}", container.name));
+            self.send_container_event(id, &container.metadata.sandbox_id, ContainerEventType::ContainerDeletedEvent);
+        }
+        Ok(())
+    }
+}

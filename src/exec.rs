@@ -1,0 +1,127 @@
+//! ExecSync, and the streaming RPCs Exec, Attach and PortForward (SPEC §6.5).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::{AttachRequest, AttachResponse, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse, PortForwardRequest, PortForwardResponse};
+
+use crate::backend::{ExecSpec, StreamRequest};
+use crate::error::{Error, Result};
+use crate::service::CriService;
+use crate::store::{ContainerState, SandboxState};
+
+/// Each of stdout and stderr of an ExecSync keeps at most this much; the rest is dropped.
+pub const EXEC_SYNC_OUTPUT_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+/// After a timeout kill, how long to wait for the exec process to go away.
+const EXEC_KILL_WAIT: Duration = Duration::from_secs(10);
+const SIGKILL: u32 = 9;
+
+impl CriService {
+    pub async fn exec_sync(self: &Arc<Self>, request: ExecSyncRequest) -> Result<ExecSyncResponse> {
+        self.check_initialized()?;
+        if request.cmd.is_empty() {
+            return Err(Error::invalid("exec command must not be empty"));
+        }
+        if request.timeout < 0 {
+            return Err(Error::invalid("exec timeout must not be negative"));
+        }
+        let container = self.containers.get(&request.container_id)?;
+        if container.status().state() != ContainerState::Running {
+            return Err(Error::precondition(format!("container {:?} is not running", container.id)));
+        }
+        let mut suffix = [0u8; 8];
+        self.backends.os.random_bytes(&mut suffix);
+        let spec = ExecSpec { exec_id: format!("exec-{}", hex::encode(suffix)), args: request.cmd, tty: false, output_limit_bytes: EXEC_SYNC_OUTPUT_LIMIT_BYTES };
+        let service = self.clone();
+        let id = container.id.clone();
+        // Detached: the process and its IO are cleaned up even if the caller goes away (B25).
+        self.detached(async move { service.exec_sync_inner(&id, spec, request.timeout).await }).await
+    }
+
+    async fn exec_sync_inner(self: Arc<Self>, id: &str, spec: ExecSpec, timeout_s: i64) -> Result<ExecSyncResponse> {
+        let containerd = self.backends.containerd.clone();
+        containerd.exec_start(id, &spec).await.map_err(|e| e.context("failed to start exec"))?;
+        let exec_id = spec.exec_id.clone();
+        let waited = if timeout_s > 0 {
+            crate::backend::timeout(&*self.backends.clock, Duration::from_secs(timeout_s as u64), containerd.exec_wait(id, &exec_id)).await.ok()
+        } else {
+            Some(containerd.exec_wait(id, &exec_id).await)
+        };
+        let result = match waited {
+            Some(Ok(exit)) => match containerd.exec_output(id, &exec_id).await {
+                Ok(output) => {
+                    assert!(output.stdout.len() <= spec.output_limit_bytes && output.stderr.len() <= spec.output_limit_bytes, "exec output over its cap");
+                    Ok(ExecSyncResponse { stdout: output.stdout, stderr: output.stderr, exit_code: exit.exit_code as i32 })
+                }
+                Err(error) => Err(error.context("failed to read exec output")),
+            },
+            Some(Err(error)) => Err(error.context("failed to wait for exec")),
+            None => {
+                let _ = containerd.exec_kill(id, &exec_id, SIGKILL).await;
+                let _ = self.with_timeout(EXEC_KILL_WAIT, "exec kill", containerd.exec_wait(id, &exec_id)).await;
+                Err(Error::deadline(format!("timeout {timeout_s}s exceeded")))
+            }
+        };
+        match containerd.exec_delete(id, &exec_id).await {
+            Ok(()) => {}
+            Err(error) if error.is_not_found() => {}
+            Err(error) => tracing::warn!(id, exec_id, %error, "failed to delete exec process"),
+        }
+        result
+    }
+
+    pub async fn exec(self: &Arc<Self>, request: ExecRequest) -> Result<ExecResponse> {
+        self.check_initialized()?;
+        if request.cmd.is_empty() {
+            return Err(Error::invalid("exec command must not be empty"));
+        }
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(Error::invalid("one of stdin, stdout, or stderr must be set"));
+        }
+        if request.tty && request.stderr {
+            return Err(Error::invalid("tty and stderr cannot both be true"));
+        }
+        let container = self.running_container(&request.container_id)?;
+        let url = self
+            .backends
+            .stream
+            .register(StreamRequest::Exec { container_id: container, cmd: request.cmd, tty: request.tty, stdin: request.stdin, stdout: request.stdout, stderr: request.stderr })
+            .await?;
+        Ok(ExecResponse { url })
+    }
+
+    pub async fn attach(self: &Arc<Self>, request: AttachRequest) -> Result<AttachResponse> {
+        self.check_initialized()?;
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(Error::invalid("one of stdin, stdout, or stderr must be set"));
+        }
+        let container = self.running_container(&request.container_id)?;
+        let url = self
+            .backends
+            .stream
+            .register(StreamRequest::Attach { container_id: container, tty: request.tty, stdin: request.stdin, stdout: request.stdout, stderr: request.stderr })
+            .await?;
+        Ok(AttachResponse { url })
+    }
+
+    pub async fn port_forward(self: &Arc<Self>, request: PortForwardRequest) -> Result<PortForwardResponse> {
+        self.check_initialized()?;
+        let sandbox = self.sandboxes.get(&request.pod_sandbox_id)?;
+        if sandbox.status().state != SandboxState::Ready {
+            return Err(Error::precondition(format!("sandbox {:?} is not ready", sandbox.id)));
+        }
+        if request.port.iter().any(|p| !(1..=65535).contains(p)) {
+            return Err(Error::invalid("ports must be in 1..65535"));
+        }
+        let url = self.backends.stream.register(StreamRequest::PortForward { sandbox_id: sandbox.id.clone(), ports: request.port }).await?;
+        Ok(PortForwardResponse { url })
+    }
+
+    fn running_container(&self, id: &str) -> Result<String> {
+        let container = self.containers.get(id)?;
+        if container.status().state() != ContainerState::Running {
+            return Err(Error::precondition(format!("container {:?} is not running", container.id)));
+        }
+        Ok(container.id.clone())
+    }
+}

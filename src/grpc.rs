@@ -1,0 +1,137 @@
+//! The gRPC layer: k8s-cri's tonic server traits, each method a one-line call into the core.
+//! No behaviour lives here; the one mapping of core errors to gRPC codes does.
+
+use std::sync::Arc;
+
+use k8s_cri::v1::image_service_server::{ImageService, ImageServiceServer};
+use k8s_cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+use k8s_cri::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Error, ErrorKind};
+use crate::service::CriService;
+
+/// Largest message either way: ExecSync returns up to 16 MiB per stream.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The one place where core errors become gRPC statuses.
+pub fn status_from(error: Error) -> Status {
+    let code = match error.kind {
+        ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        ErrorKind::Cancelled => tonic::Code::Cancelled,
+        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorKind::Unimplemented => tonic::Code::Unimplemented,
+        ErrorKind::Internal => tonic::Code::Internal,
+        ErrorKind::Unknown => tonic::Code::Unknown,
+    };
+    Status::new(code, error.message)
+}
+
+/// Serves both CRI services on behalf of one `CriService`.
+#[derive(Clone)]
+pub struct CriGrpc {
+    service: Arc<CriService>,
+}
+
+impl CriGrpc {
+    pub fn new(service: Arc<CriService>) -> Self {
+        CriGrpc { service }
+    }
+
+    pub fn runtime_server(&self) -> RuntimeServiceServer<CriGrpc> {
+        RuntimeServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn image_server(&self) -> ImageServiceServer<CriGrpc> {
+        ImageServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Serves the CRI on an already-bound unix listener until `shutdown` completes.
+#[cfg(unix)]
+pub async fn serve_unix(
+    service: Arc<CriService>,
+    listener: tokio::net::UnixListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let grpc = CriGrpc::new(service);
+    tonic::transport::Server::builder()
+        .add_service(grpc.runtime_server())
+        .add_service(grpc.image_server())
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Generates an impl of a CRI server trait whose methods forward to the core method of the same
+/// name. (async_trait must see the methods, so the macro emits the whole impl.)
+macro_rules! forward_impl {
+    ($trait:ident { $($method:ident($request:ty) -> $response:ty;)* } $($extra:tt)*) => {
+        #[tonic::async_trait]
+        impl $trait for CriGrpc {
+            $(
+                async fn $method(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
+                    tracing::debug!(rpc = stringify!($method), "request");
+                    self.service.$method(request.into_inner()).await.map(Response::new).map_err(status_from)
+                }
+            )*
+            $($extra)*
+        }
+    };
+}
+
+forward_impl! {
+    RuntimeService {
+        version(VersionRequest) -> VersionResponse;
+        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse;
+        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse;
+        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse;
+        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse;
+        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse;
+        create_container(CreateContainerRequest) -> CreateContainerResponse;
+        start_container(StartContainerRequest) -> StartContainerResponse;
+        stop_container(StopContainerRequest) -> StopContainerResponse;
+        remove_container(RemoveContainerRequest) -> RemoveContainerResponse;
+        list_containers(ListContainersRequest) -> ListContainersResponse;
+        container_status(ContainerStatusRequest) -> ContainerStatusResponse;
+        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
+        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse;
+        exec_sync(ExecSyncRequest) -> ExecSyncResponse;
+        exec(ExecRequest) -> ExecResponse;
+        attach(AttachRequest) -> AttachResponse;
+        port_forward(PortForwardRequest) -> PortForwardResponse;
+        container_stats(ContainerStatsRequest) -> ContainerStatsResponse;
+        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse;
+        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
+        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
+        update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse;
+        status(StatusRequest) -> StatusResponse;
+        checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
+        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
+        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
+        runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse;
+    }
+
+    type GetContainerEventsStream = futures::stream::BoxStream<'static, Result<ContainerEventResponse, Status>>;
+
+    async fn get_container_events(&self, request: Request<GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        use futures::StreamExt;
+        let receiver = self.service.get_container_events(request.into_inner()).map_err(status_from)?;
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|event| (Ok(event), receiver)) });
+        Ok(Response::new(stream.boxed()))
+    }
+}
+
+forward_impl! {
+    ImageService {
+        list_images(ListImagesRequest) -> ListImagesResponse;
+        image_status(ImageStatusRequest) -> ImageStatusResponse;
+        pull_image(PullImageRequest) -> PullImageResponse;
+        remove_image(RemoveImageRequest) -> RemoveImageResponse;
+        image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse;
+    }
+}

@@ -1,0 +1,278 @@
+//! PullImage with two levels of deduplication: N concurrent pulls of one reference share one
+//! pull (as CRI-O does), and pulls of images that share layers fetch each blob and apply each
+//! snapshot once, under keyed locks on `blob://digest` and `sn://snapshotter/chain` (B21).
+//! A pull is cancelled when requests are active but no byte arrives for the progress timeout.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_cri::v1::{PullImageRequest, PullImageResponse};
+use tokio::sync::watch;
+
+use crate::backend::{Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, ResolvedImage};
+use crate::error::{Error, Result};
+use crate::kmutex::KeyedMutex;
+use crate::naming::normalize_image_ref;
+use crate::service::CriService;
+use crate::store::Image;
+
+type PullResult = watch::Receiver<Option<Result<String>>>;
+
+pub struct PullManager {
+    in_flight: Mutex<BTreeMap<String, PullResult>>,
+    pub locks: KeyedMutex,
+    pub pulls_started_total: AtomicU64,
+    pub pulls_joined_total: AtomicU64,
+}
+
+impl Default for PullManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PullManager {
+    pub fn new() -> Self {
+        PullManager { in_flight: Mutex::new(BTreeMap::new()), locks: KeyedMutex::new(), pulls_started_total: AtomicU64::new(0), pulls_joined_total: AtomicU64::new(0) }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap().len()
+    }
+}
+
+/// Bytes received and requests active, for the progress watchdog.
+#[derive(Default)]
+struct Progress {
+    bytes: AtomicU64,
+    active: AtomicU64,
+}
+
+/// The chain ids of a stack of layers, as OCI defines them.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    use sha2::{Digest, Sha256};
+    let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match chain.last() {
+            None => diff_id.clone(),
+            Some(parent) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{parent} {diff_id}").as_bytes()))),
+        };
+        chain.push(next);
+    }
+    chain
+}
+
+impl CriService {
+    pub async fn pull_image(self: &Arc<Self>, request: PullImageRequest) -> Result<PullImageResponse> {
+        self.check_initialized()?;
+        let image = request.image.ok_or_else(|| Error::invalid("image spec is required"))?;
+        let image_ref = self.pull(&image.image).await?;
+        Ok(PullImageResponse { image_ref })
+    }
+
+    /// Pulls (or joins the pull of) a reference; returns the image id (config digest).
+    pub(crate) async fn pull(self: &Arc<Self>, reference: &str) -> Result<String> {
+        let normalized = normalize_image_ref(reference)?;
+        let existing = self.pulls.in_flight.lock().unwrap().get(&normalized).cloned();
+        let mut receiver = match existing {
+            Some(receiver) => {
+                self.pulls.pulls_joined_total.fetch_add(1, Ordering::Relaxed);
+                receiver
+            }
+            None => {
+                let (sender, receiver) = watch::channel(None);
+                self.pulls.in_flight.lock().unwrap().insert(normalized.clone(), receiver.clone());
+                self.pulls.pulls_started_total.fetch_add(1, Ordering::Relaxed);
+                let service = self.clone();
+                let key = normalized.clone();
+                // Its own task: the pull completes for the others if the first caller leaves.
+                tokio::spawn(async move {
+                    let result = service.pull_with_watchdog(&key).await;
+                    service.pulls.in_flight.lock().unwrap().remove(&key);
+                    sender.send_replace(Some(result));
+                });
+                receiver
+            }
+        };
+        match receiver.wait_for(|r| r.is_some()).await {
+            Ok(result) => result.clone().expect("checked"),
+            Err(_) => Err(Error::internal("pull ended without a result")),
+        }
+    }
+
+    async fn pull_with_watchdog(self: &Arc<Self>, reference: &str) -> Result<String> {
+        let progress = Arc::new(Progress::default());
+        let timeout = self.config.image_pull_progress_timeout();
+        let pull = self.pull_steps(reference, progress.clone());
+        if timeout.is_zero() {
+            return pull.await;
+        }
+        tokio::select! {
+            biased;
+            result = pull => result,
+            error = self.progress_watchdog(progress, timeout) => Err(error.context(format!("failed to pull image {reference:?}"))),
+        }
+    }
+
+    /// Completes when requests are active and no byte arrived for `timeout`.
+    async fn progress_watchdog(&self, progress: Arc<Progress>, timeout: Duration) -> Error {
+        let interval = if timeout < Duration::from_secs(10) { (timeout / 2).max(Duration::from_secs(5)).min(timeout) } else { Duration::from_secs(10) };
+        let mut last_bytes = progress.bytes.load(Ordering::Relaxed);
+        let mut last_change_ns = self.now_ns();
+        loop {
+            self.sleep(interval).await;
+            let bytes = progress.bytes.load(Ordering::Relaxed);
+            let now = self.now_ns();
+            if bytes != last_bytes || progress.active.load(Ordering::Relaxed) == 0 {
+                last_bytes = bytes;
+                last_change_ns = now;
+                continue;
+            }
+            if now - last_change_ns >= timeout.as_nanos() as i64 {
+                return Error::new(crate::error::ErrorKind::DeadlineExceeded, format!("cancelled: no progress for {timeout:?}"));
+            }
+        }
+    }
+
+    async fn pull_steps(self: &Arc<Self>, reference: &str, progress: Arc<Progress>) -> Result<String> {
+        let containerd = self.backends.containerd.clone();
+        let mut lease_id = [0u8; 8];
+        self.backends.os.random_bytes(&mut lease_id);
+        let lease = format!("crid-pull-{}", hex::encode(lease_id));
+        containerd.create_lease(&lease).await?;
+        let result = self.pull_under_lease(reference, &progress).await;
+        if let Err(error) = containerd.delete_lease(&lease).await {
+            tracing::warn!(lease, %error, "failed to delete pull lease");
+        }
+        result
+    }
+
+    async fn pull_under_lease(self: &Arc<Self>, reference: &str, progress: &Arc<Progress>) -> Result<String> {
+        let containerd = self.backends.containerd.clone();
+        progress.active.fetch_add(1, Ordering::Relaxed);
+        let resolved = containerd.resolve(reference).await;
+        progress.active.fetch_sub(1, Ordering::Relaxed);
+        let resolved = resolved.map_err(|e| e.context(format!("failed to resolve reference {reference:?}")))?;
+        assert_eq!(resolved.layers.len(), resolved.diff_ids.len(), "one diff id per layer");
+
+        let mut blobs: Vec<&Descriptor> = vec![&resolved.config];
+        blobs.extend(resolved.layers.iter());
+        let concurrency = self.config.max_concurrent_downloads as usize;
+        // At most `max_concurrent_downloads` fetches at once, per pull.
+        let permits = tokio::sync::Semaphore::new(concurrency);
+        let mut fetches = Vec::with_capacity(blobs.len());
+        for blob in blobs {
+            let permits = &permits;
+            fetches.push(async move {
+                let _permit = permits.acquire().await.expect("never closed");
+                self.fetch_once(reference, blob, progress).await
+            });
+        }
+        futures::future::join_all(fetches).await.into_iter().collect::<Result<Vec<()>>>()?;
+
+        let snapshotter = self.config.containerd.snapshotter.clone();
+        let chains = chain_ids(&resolved.diff_ids);
+        let mut parent = String::new();
+        for (layer, chain) in resolved.layers.iter().zip(&chains) {
+            self.apply_once(&snapshotter, chain, &parent, layer).await?;
+            parent = chain.clone();
+        }
+        self.create_image_references(reference, &resolved, &chains).await
+    }
+
+    async fn fetch_once(&self, reference: &str, blob: &Descriptor, progress: &Progress) -> Result<()> {
+        let _held = self.pulls.locks.lock(&format!("blob://{}", blob.digest)).await;
+        let containerd = &self.backends.containerd;
+        if containerd.content_exists(&blob.digest).await? {
+            return Ok(());
+        }
+        progress.active.fetch_add(1, Ordering::Relaxed);
+        let report = |bytes: u64| {
+            progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+        };
+        let result = containerd.fetch_blob(reference, blob, &report).await;
+        progress.active.fetch_sub(1, Ordering::Relaxed);
+        result.map_err(|e| e.context(format!("failed to fetch {}", blob.digest)))
+    }
+
+    async fn apply_once(&self, snapshotter: &str, chain_id: &str, parent: &str, layer: &Descriptor) -> Result<()> {
+        let _held = self.pulls.locks.lock(&format!("sn://{snapshotter}/{chain_id}")).await;
+        let containerd = &self.backends.containerd;
+        if containerd.snapshot_exists(snapshotter, chain_id).await? {
+            return Ok(());
+        }
+        match containerd.apply_layer(snapshotter, chain_id, parent, layer).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_already_exists() => Ok(()),
+            Err(error) => Err(error.context(format!("failed to unpack layer {}", layer.digest))),
+        }
+    }
+
+    /// Creates (or moves) the tag, digest and id references and updates the store.
+    async fn create_image_references(&self, reference: &str, resolved: &ResolvedImage, chains: &[String]) -> Result<String> {
+        let image_id = resolved.config.digest.clone();
+        let repository = crate::naming::repository_of(reference);
+        let mut names = vec![];
+        if !reference.contains('@') {
+            names.push(reference.to_string());
+        }
+        names.push(format!("{repository}@{}", resolved.manifest.digest));
+        names.push(image_id.clone());
+        let labels: BTreeMap<String, String> = [(LABEL_IMAGE_MANAGED.to_string(), IMAGE_MANAGED.to_string())].into();
+        for name in &names {
+            let record = ImageRecord { name: name.clone(), target: resolved.manifest.clone(), labels: labels.clone() };
+            match self.backends.containerd.create_image(&record).await {
+                Ok(()) => {}
+                Err(error) if error.is_already_exists() => {
+                    let existing = self.backends.containerd.get_image(name).await?;
+                    if existing.target != record.target || existing.labels.get(LABEL_IMAGE_MANAGED) != Some(&IMAGE_MANAGED.to_string()) {
+                        self.backends.containerd.update_image(&record).await?;
+                    }
+                }
+                Err(error) => return Err(error.context(format!("failed to create image reference {name:?}"))),
+            }
+        }
+        let size_bytes = resolved.layers.iter().map(|l| l.size_bytes).sum::<u64>() + resolved.config.size_bytes;
+        let content = ImageContent {
+            config_digest: image_id.clone(),
+            chain_id: chains.last().cloned().unwrap_or_default(),
+            size_bytes,
+            image_config: resolved.image_config.clone(),
+            complete: true,
+        };
+        for name in &names {
+            self.images.set_reference(name, Some(image_from_content(&content)));
+        }
+        Ok(image_id)
+    }
+}
+
+pub(crate) fn image_from_content(content: &ImageContent) -> Image {
+    Image {
+        id: content.config_digest.clone(),
+        references: Default::default(),
+        chain_id: content.chain_id.clone(),
+        size_bytes: content.size_bytes,
+        config: content.image_config.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let diff = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let chains = chain_ids(&[diff('a'), diff('b')]);
+        assert_eq!(chains[0], diff('a'));
+        assert_ne!(chains[1], diff('b'));
+        assert_eq!(chains_again(), chains);
+        fn chains_again() -> Vec<String> {
+            let diff = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+            chain_ids(&[diff('a'), diff('b')])
+        }
+    }
+}

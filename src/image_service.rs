@@ -1,0 +1,171 @@
+//! ListImages, ImageStatus, RemoveImage, ImageFsInfo, and keeping the image store in step with
+//! containerd (events, recovery, reconnects).
+
+use std::sync::Arc;
+
+use k8s_cri::v1::{
+    FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse,
+    ListImagesRequest, ListImagesResponse, RemoveImageRequest, RemoveImageResponse, UInt64Value,
+};
+
+use crate::backend::{IMAGE_MANAGED, LABEL_IMAGE_MANAGED};
+use crate::error::{Error, Result};
+use crate::image_pull::image_from_content;
+use crate::naming::normalize_image_ref;
+use crate::service::CriService;
+use crate::store::Image;
+
+fn image_message(image: &Image) -> k8s_cri::v1::Image {
+    let user = &image.config.user;
+    let user_part = user.split(':').next().unwrap_or_default();
+    let (uid, username) = match user_part.parse::<i64>() {
+        Ok(uid) => (Some(k8s_cri::v1::Int64Value { value: uid }), String::new()),
+        Err(_) => (None, user_part.to_string()),
+    };
+    k8s_cri::v1::Image {
+        id: image.id.clone(),
+        repo_tags: image.repo_tags(),
+        repo_digests: image.repo_digests(),
+        size: image.size_bytes,
+        uid,
+        username,
+        spec: Some(k8s_cri::v1::ImageSpec { image: image.id.clone(), ..Default::default() }),
+        pinned: false,
+    }
+}
+
+impl CriService {
+    /// Resolves an image locally: by id, by (normalised) reference, or by id prefix.
+    pub(crate) fn local_resolve(&self, id_or_ref: &str) -> Result<Image> {
+        let normalized = normalize_image_ref(id_or_ref).ok();
+        self.images.resolve(id_or_ref, normalized.as_deref())
+    }
+
+    /// The image, pulled first if it is not present (the sandbox image).
+    pub(crate) async fn ensure_image_exists(self: &Arc<Self>, reference: &str) -> Result<Image> {
+        if let Ok(image) = self.local_resolve(reference) {
+            return Ok(image);
+        }
+        let id = self.pull(reference).await?;
+        self.images.get(&id).ok_or_else(|| Error::not_found(format!("image {id:?} vanished after pull")))
+    }
+
+    pub async fn list_images(self: &Arc<Self>, request: ListImagesRequest) -> Result<ListImagesResponse> {
+        self.check_initialized()?;
+        let wanted = request.filter.and_then(|f| f.image).map(|i| i.image).filter(|i| !i.is_empty());
+        let images = match wanted {
+            Some(reference) => self.local_resolve(&reference).into_iter().map(|i| image_message(&i)).collect(),
+            None => self.images.list().iter().map(image_message).collect(),
+        };
+        Ok(ListImagesResponse { images })
+    }
+
+    pub async fn image_status(self: &Arc<Self>, request: ImageStatusRequest) -> Result<ImageStatusResponse> {
+        self.check_initialized()?;
+        let reference = request.image.map(|i| i.image).unwrap_or_default();
+        if reference.is_empty() {
+            return Err(Error::invalid("image is required"));
+        }
+        let image = match self.local_resolve(&reference) {
+            Ok(image) => image,
+            Err(error) if error.is_not_found() => return Ok(ImageStatusResponse::default()),
+            Err(error) => return Err(error),
+        };
+        let mut info = std::collections::HashMap::new();
+        if request.verbose {
+            let verbose = serde_json::json!({ "chainID": image.chain_id, "imageSpec": image.config });
+            info.insert("info".to_string(), verbose.to_string());
+        }
+        Ok(ImageStatusResponse { image: Some(image_message(&image)), info })
+    }
+
+    pub async fn remove_image(self: &Arc<Self>, request: RemoveImageRequest) -> Result<RemoveImageResponse> {
+        self.check_initialized()?;
+        let reference = request.image.map(|i| i.image).unwrap_or_default();
+        if reference.is_empty() {
+            return Err(Error::invalid("image is required"));
+        }
+        let image = match self.local_resolve(&reference) {
+            Ok(image) => image,
+            Err(error) if error.is_not_found() => return Ok(RemoveImageResponse {}),
+            Err(error) => return Err(error),
+        };
+        let references: Vec<String> = image.references.iter().cloned().collect();
+        for (index, name) in references.iter().enumerate() {
+            // The last delete is synchronous so that garbage collection has run on return.
+            let last = index + 1 == references.len();
+            match self.backends.containerd.delete_image(name, last).await {
+                Ok(()) => {}
+                Err(error) if error.is_not_found() => {}
+                Err(error) => return Err(error.context(format!("failed to delete image reference {name:?}"))),
+            }
+            self.images.set_reference(name, None);
+        }
+        Ok(RemoveImageResponse {})
+    }
+
+    pub async fn image_fs_info(self: &Arc<Self>, _request: ImageFsInfoRequest) -> Result<ImageFsInfoResponse> {
+        self.check_initialized()?;
+        let (bytes, inodes, sampled_at_ns) = *self.snapshot_usage.lock().unwrap();
+        let mountpoint = format!("{}/io.containerd.snapshotter.v1.{}", self.config.containerd_root_dir, self.config.containerd.snapshotter);
+        let usage = FilesystemUsage {
+            timestamp: sampled_at_ns,
+            fs_id: Some(FilesystemIdentifier { mountpoint }),
+            used_bytes: Some(UInt64Value { value: bytes }),
+            inodes_used: Some(UInt64Value { value: inodes }),
+        };
+        Ok(ImageFsInfoResponse { image_filesystems: vec![usage], container_filesystems: vec![] })
+    }
+
+    /// Re-reads one reference from containerd and updates the store: level-triggered, so
+    /// duplicated or reordered events do no harm. Adopts unmanaged images.
+    pub(crate) async fn update_image_reference(&self, name: &str) -> Result<()> {
+        let containerd = &self.backends.containerd;
+        let mut record = match containerd.get_image(name).await {
+            Ok(record) => record,
+            Err(error) if error.is_not_found() => {
+                self.images.set_reference(name, None);
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        let content = containerd.image_content(&record).await?;
+        if !content.complete {
+            tracing::warn!(name, "image content is incomplete; not serving it");
+            self.images.set_reference(name, None);
+            return Ok(());
+        }
+        if record.labels.get(LABEL_IMAGE_MANAGED).map(String::as_str) != Some(IMAGE_MANAGED) {
+            record.labels.insert(LABEL_IMAGE_MANAGED.to_string(), IMAGE_MANAGED.to_string());
+            containerd.update_image(&record).await?;
+        }
+        if name != content.config_digest && containerd.get_image(&content.config_digest).await.is_err() {
+            let id_record = crate::backend::ImageRecord { name: content.config_digest.clone(), target: record.target.clone(), labels: record.labels.clone() };
+            match containerd.create_image(&id_record).await {
+                Ok(()) => {}
+                Err(error) if error.is_already_exists() => {}
+                Err(error) => return Err(error),
+            }
+            self.images.set_reference(&content.config_digest, Some(image_from_content(&content)));
+        }
+        self.images.set_reference(name, Some(image_from_content(&content)));
+        Ok(())
+    }
+
+    /// Makes the store match containerd's image list: adds what is there, drops what is gone.
+    pub(crate) async fn resync_images(&self) -> Result<()> {
+        let records = self.backends.containerd.list_images().await?;
+        let present: std::collections::BTreeSet<String> = records.iter().map(|r| r.name.clone()).collect();
+        for record in &records {
+            if let Err(error) = self.update_image_reference(&record.name).await {
+                tracing::warn!(name = record.name, %error, "failed to load image");
+            }
+        }
+        for name in self.images.references().into_keys() {
+            if !present.contains(&name) {
+                self.images.set_reference(&name, None);
+            }
+        }
+        Ok(())
+    }
+}

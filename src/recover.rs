@@ -1,0 +1,275 @@
+//! `recover()`: rebuilds the stores from containerd and the status checkpoints (SPEC §3.4).
+//!
+//! It never aborts on a bad object: an object whose metadata cannot be read, or whose name is
+//! already taken, is quarantined (logged and listed in verbose Status) and left in containerd
+//! for an operator (B10, B11). Monitors start only after the object is in its store (B7).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskState};
+use crate::error::{Error, Result};
+use crate::events::TaskKind;
+use crate::service::{CriService, Quarantined};
+use crate::store::container::{EXIT_CODE_START_ERROR, EXIT_CODE_UNKNOWN, REASON_START_ERROR, REASON_UNKNOWN};
+use crate::store::{Container, ContainerMetadata, ContainerState, ContainerStatus, Sandbox, SandboxMetadata, SandboxState, SandboxStatus, decode_message};
+
+/// Budget for loading one object.
+pub const RECOVER_OBJECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Listing containers is retried this many times, a second apart, before recovery gives up.
+const LIST_ATTEMPTS: u32 = 10;
+
+impl CriService {
+    pub(crate) async fn recover(self: &Arc<Self>) {
+        let sandbox_records = self.list_kind(KIND_SANDBOX).await;
+        let mut monitors = vec![];
+        for record in &sandbox_records {
+            match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "load sandbox", self.load_sandbox(record)).await {
+                Ok(sandbox) => {
+                    let ready = sandbox.status().state == SandboxState::Ready;
+                    if self.admit(KIND_SANDBOX, &sandbox.id, &sandbox.name, || self.sandboxes.add(&sandbox.id, sandbox.clone()), &self.sandbox_names) && ready {
+                        monitors.push((TaskKind::Sandbox, sandbox.id.clone()));
+                    }
+                }
+                Err(error) => self.quarantine(KIND_SANDBOX, &record.id, "", &error.message),
+            }
+        }
+        let container_records = self.list_kind(KIND_CONTAINER).await;
+        for record in &container_records {
+            match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "load container", self.load_container(record)).await {
+                Ok((container, monitor)) => {
+                    if self.admit(KIND_CONTAINER, &container.id, &container.name, || self.containers.add(&container.id, container.clone()), &self.container_names) && monitor {
+                        monitors.push((TaskKind::Container, container.id.clone()));
+                    }
+                }
+                Err(error) => self.quarantine(KIND_CONTAINER, &record.id, "", &error.message),
+            }
+        }
+        // Every object is in its store now, so no exit can be dropped as "not found" (B7).
+        for (kind, id) in monitors {
+            self.start_exit_monitor(kind, id);
+        }
+        if let Err(error) = self.resync_images().await {
+            tracing::error!(%error, "failed to recover images");
+        }
+        let known: BTreeSet<String> = sandbox_records.iter().chain(&container_records).map(|r| r.id.clone()).collect();
+        self.remove_orphan_dirs(&known).await;
+        tracing::info!(sandboxes = self.sandboxes.len(), containers = self.containers.len(), quarantined = self.quarantined().len(), "recovered state");
+    }
+
+    async fn list_kind(&self, kind: &str) -> Vec<ContainerRecord> {
+        let filter: BTreeMap<String, String> = [(LABEL_KIND.to_string(), kind.to_string())].into();
+        for attempt in 1..=LIST_ATTEMPTS {
+            match self.backends.containerd.list_containers(&filter).await {
+                Ok(records) => return records,
+                Err(error) => {
+                    tracing::error!(kind, attempt, %error, "failed to list containers for recovery");
+                    self.sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::error!(kind, "giving up listing containers; starting without them");
+        vec![]
+    }
+
+    /// Reserves the name, then adds to the store; a conflict quarantines instead of aborting.
+    fn admit(&self, kind: &str, id: &str, name: &str, add: impl FnOnce() -> Result<()>, names: &crate::store::Registrar) -> bool {
+        if let Err(error) = names.reserve(name, id) {
+            self.quarantine(kind, id, name, &format!("duplicate name: {}", error.message));
+            return false;
+        }
+        if let Err(error) = add() {
+            names.release_by_key(id);
+            self.quarantine(kind, id, name, &error.message);
+            return false;
+        }
+        true
+    }
+
+    fn quarantine(&self, kind: &str, id: &str, name: &str, reason: &str) {
+        tracing::error!(kind, id, name, reason, "object could not be recovered; quarantined");
+        self.quarantine.lock().unwrap().push(Quarantined { kind: kind.into(), id: id.into(), name: name.into(), reason: reason.into() });
+    }
+
+    async fn load_sandbox(&self, record: &ContainerRecord) -> Result<Arc<Sandbox>> {
+        let bytes = record.extensions.get(EXTENSION_SANDBOX_METADATA).ok_or_else(|| Error::internal("sandbox metadata extension is missing"))?;
+        let metadata: SandboxMetadata = serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("bad sandbox metadata: {e}")))?;
+        if metadata.version != "v1" || metadata.id != record.id {
+            return Err(Error::internal(format!("bad sandbox metadata: version {:?}, id {:?}", metadata.version, metadata.id)));
+        }
+        let config = decode_message(&metadata.config)?;
+        let mut status = SandboxStatus { state: SandboxState::Unknown, pid: 0, created_at_ns: record.created_at_ns.max(1), exited_at_ns: 0, exit_code: 0 };
+        match self.backends.containerd.task_info(&record.id).await {
+            Err(error) if error.is_not_found() => status.state = SandboxState::NotReady,
+            Err(error) => tracing::warn!(id = record.id, %error, "sandbox task state unknown"),
+            Ok(info) => match info.state {
+                TaskState::Running | TaskState::Paused | TaskState::Pausing => {
+                    status.state = SandboxState::Ready;
+                    status.pid = info.pid;
+                }
+                _ => {
+                    match self.backends.containerd.delete_task(&record.id).await {
+                        Ok(_) => {}
+                        Err(error) if error.is_not_found() => {}
+                        Err(error) => tracing::warn!(id = record.id, %error, "failed to delete stopped sandbox task"),
+                    }
+                    status.state = SandboxState::NotReady;
+                    if let Some(exit) = info.exit {
+                        status.exit_code = exit.exit_code;
+                        status.exited_at_ns = exit.exited_at_ns;
+                    }
+                }
+            },
+        }
+        Ok(Arc::new(Sandbox::new(metadata, config, status)))
+    }
+
+    /// Loads a container and decides its status from the checkpoint and the task. Returns
+    /// whether an exit monitor must be attached.
+    async fn load_container(&self, record: &ContainerRecord) -> Result<(Arc<Container>, bool)> {
+        let bytes = record.extensions.get(EXTENSION_CONTAINER_METADATA).ok_or_else(|| Error::internal("container metadata extension is missing"))?;
+        let metadata: ContainerMetadata = serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("bad container metadata: {e}")))?;
+        if metadata.version != "v1" || metadata.id != record.id {
+            return Err(Error::internal(format!("bad container metadata: version {:?}, id {:?}", metadata.version, metadata.id)));
+        }
+        let config = decode_message(&metadata.config)?;
+        let checkpoint = match self.read_checkpoint(&record.id).await {
+            Ok(status) => status,
+            Err(error) => {
+                tracing::warn!(id = record.id, %error, "status checkpoint unreadable; container is UNKNOWN");
+                ContainerStatus::unknown_status()
+            }
+        };
+        let (status, monitor) = self.reconcile_container_status(&record.id, checkpoint).await;
+        // Rewrite the checkpoint. A failure (say, a full disk) does not hide the container: it is
+        // served from memory and the next status change writes again (B10).
+        if let Err(error) = self.write_checkpoint(&record.id, &status).await {
+            tracing::error!(id = record.id, %error, "failed to rewrite status checkpoint during recovery");
+        }
+        Ok((Arc::new(Container::new(metadata, config, status)), monitor))
+    }
+
+    /// The decision table of SPEC §3.4 step 2, with defined outcomes for an interrupted start
+    /// (B8), a lost checkpoint with a live task (B9) and a paused task (B27).
+    async fn reconcile_container_status(&self, id: &str, mut status: ContainerStatus) -> (ContainerStatus, bool) {
+        let now = self.now_ns();
+        let state = status.state();
+        let info = match self.backends.containerd.task_info(id).await {
+            Ok(info) => Some(info),
+            Err(error) if error.is_not_found() => None,
+            Err(error) => {
+                tracing::warn!(id, %error, "task state unknown; container is UNKNOWN");
+                status.unknown = true;
+                return (status, false);
+            }
+        };
+        let start_error = |status: &mut ContainerStatus| {
+            status.finished_at_ns = now;
+            status.exit_code = EXIT_CODE_START_ERROR;
+            status.reason = REASON_START_ERROR.into();
+            status.message = "start was interrupted by a runtime restart".into();
+            status.start_requested = false;
+        };
+        let Some(info) = info else {
+            match state {
+                ContainerState::Created if status.start_requested => start_error(&mut status),
+                ContainerState::Running => {
+                    status.finished_at_ns = now;
+                    status.exit_code = EXIT_CODE_UNKNOWN;
+                    status.reason = REASON_UNKNOWN.into();
+                    status.pid = 0;
+                }
+                _ => {}
+            }
+            return (status, false);
+        };
+        match info.state {
+            TaskState::Created => {
+                self.delete_task_quietly(id).await;
+                match state {
+                    ContainerState::Created => start_error(&mut status),
+                    ContainerState::Running => {
+                        status.finished_at_ns = now;
+                        status.exit_code = EXIT_CODE_UNKNOWN;
+                        status.reason = REASON_UNKNOWN.into();
+                        status.pid = 0;
+                    }
+                    _ => {}
+                }
+                (status, false)
+            }
+            TaskState::Running | TaskState::Paused | TaskState::Pausing => match state {
+                ContainerState::Running => (status, true),
+                ContainerState::Created => {
+                    // Crash between task start and the started checkpoint.
+                    status.started_at_ns = now;
+                    status.pid = info.pid;
+                    status.start_requested = false;
+                    (status, true)
+                }
+                // A lost checkpoint stays UNKNOWN (never RUNNING with CreatedAt=0, B9); the
+                // monitor turns it EXITED when the task ends, or kubelet stops it.
+                ContainerState::Unknown => {
+                    status.pid = info.pid;
+                    (status, true)
+                }
+                ContainerState::Exited => {
+                    tracing::warn!(id, "task runs but the checkpoint says exited; container is UNKNOWN");
+                    status.unknown = true;
+                    (status, true)
+                }
+            },
+            TaskState::Stopped => {
+                self.delete_task_quietly(id).await;
+                if status.finished_at_ns == 0 || status.unknown {
+                    let exit = info.exit.unwrap_or(crate::backend::ExitStatus { exit_code: EXIT_CODE_UNKNOWN as u32, exited_at_ns: now });
+                    if status.finished_at_ns == 0 {
+                        status.finished_at_ns = exit.exited_at_ns.max(status.started_at_ns).max(1);
+                        status.exit_code = exit.exit_code as i32;
+                    }
+                    if status.created_at_ns == 0 {
+                        status.created_at_ns = status.finished_at_ns;
+                    }
+                    status.unknown = false;
+                    status.pid = 0;
+                    status.start_requested = false;
+                }
+                (status, false)
+            }
+            TaskState::Unknown => {
+                status.unknown = true;
+                (status, false)
+            }
+        }
+    }
+
+    async fn delete_task_quietly(&self, id: &str) {
+        match self.backends.containerd.delete_task(id).await {
+            Ok(_) => {}
+            Err(error) if error.is_not_found() => {}
+            Err(error) => tracing::warn!(id, %error, "failed to delete task during recovery"),
+        }
+    }
+
+    /// Removes pod and container dirs that no containerd container owns. Never touches the dirs
+    /// of a listed object; plain files other than half-deleted checkpoints are left alone.
+    async fn remove_orphan_dirs(&self, known: &BTreeSet<String>) {
+        for base in [&self.config.root_dir, &self.config.state_dir] {
+            for kind in ["sandboxes", "containers"] {
+                let dir = format!("{base}/{kind}");
+                let Ok(entries) = self.backends.os.read_dir(&dir).await else { continue };
+                for entry in entries {
+                    let path = format!("{dir}/{}", entry.name);
+                    let orphan = if entry.is_dir { !known.contains(&entry.name) } else { entry.name.ends_with(".del-status") };
+                    if orphan {
+                        tracing::info!(path, "removing orphaned state");
+                        if let Err(error) = self.backends.os.remove_all(&path).await {
+                            tracing::warn!(path, %error, "failed to remove orphaned state");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! RunPodSandbox: the step list of SPEC §6.1, each step registering its rollback.
+//!
+//! The operation runs detached from the caller (see `run_named_operation`), so rollbacks always
+//! run on a context of their own (B15). A failed *critical* rollback (container delete, netns
+//! removal, CNI DEL, task delete) keeps the sandbox in the store as UNKNOWN with its name, so that
+//! kubelet's Stop and Remove finish the cleanup instead of leaking an IP (B11, B14).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerEventType, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
+
+use crate::backend::{ContainerRecord, EXTENSION_SANDBOX_METADATA, KIND_SANDBOX, LABEL_KIND, PodNetwork, TaskIo};
+use crate::error::{Error, Result};
+use crate::events::TaskKind;
+use crate::naming::{generate_id, sandbox_name, sorted, validate_sandbox_metadata};
+use crate::service::CriService;
+use crate::spec::{SandboxSpecInput, host_network, sandbox_spec};
+use crate::store::{Sandbox, SandboxMetadata, SandboxState, SandboxStatus, encode_message};
+
+/// Each rollback step gets a fresh budget of its own (containerd's DeferContext).
+pub const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound of a whole RunPodSandbox; past it, the steps are abandoned and rolled back, so a
+/// hung backend call cannot hold the name forever.
+pub const RUN_SANDBOX_TIMEOUT: Duration = Duration::from_secs(240);
+pub const SHM_SIZE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Rollback steps, in the order they were registered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Undo {
+    ReleaseName,
+    RemoveSnapshot,
+    DeleteContainer,
+    RemoveDirs,
+    CleanupFiles,
+    RemoveNetns,
+    TeardownNetwork,
+    DeleteTask,
+}
+
+impl Undo {
+    /// Critical steps: their failure means something may still hold resources.
+    fn is_critical(self) -> bool {
+        matches!(self, Undo::DeleteContainer | Undo::RemoveNetns | Undo::TeardownNetwork | Undo::DeleteTask)
+    }
+    /// Steps skipped once a critical rollback failed: the sandbox is kept for Stop/Remove.
+    fn skipped_after_cleanup_failure(self) -> bool {
+        matches!(self, Undo::ReleaseName | Undo::DeleteContainer | Undo::RemoveSnapshot | Undo::RemoveNetns | Undo::TeardownNetwork)
+    }
+}
+
+struct RunState {
+    metadata: SandboxMetadata,
+    config: PodSandboxConfig,
+    created_at_ns: i64,
+    undo: Vec<Undo>,
+}
+
+impl CriService {
+    pub async fn run_pod_sandbox(self: &Arc<Self>, request: RunPodSandboxRequest) -> Result<RunPodSandboxResponse> {
+        self.check_initialized()?;
+        let config = request.config.ok_or_else(|| Error::invalid("sandbox config is required"))?;
+        let name = sandbox_name(validate_sandbox_metadata(config.metadata.as_ref())?);
+        let handler = if request.runtime_handler.is_empty() { self.config.containerd.default_runtime_name.clone() } else { request.runtime_handler };
+        if !self.config.containerd.runtimes.contains_key(&handler) {
+            return Err(Error::invalid(format!("no runtime for {handler:?} is configured")));
+        }
+        let service = self.clone();
+        let operation_name = format!("sandbox/{name}");
+        let run_name = name.clone();
+        let id = self.run_named_operation(operation_name, async move { service.run_sandbox(run_name, config, handler).await }).await?;
+        Ok(RunPodSandboxResponse { pod_sandbox_id: id })
+    }
+
+    async fn run_sandbox(self: Arc<Self>, name: String, config: PodSandboxConfig, handler: String) -> Result<String> {
+        let id = generate_id(&*self.backends.os);
+        self.sandbox_names.reserve(&name, &id).map_err(|e| Error::already_exists(format!("failed to reserve sandbox name {name:?}: {}", e.message)))?;
+        let metadata = SandboxMetadata {
+            version: "v1".into(),
+            id: id.clone(),
+            name: name.clone(),
+            config: encode_message(&config),
+            netns_path: String::new(),
+            ip: String::new(),
+            additional_ips: vec![],
+            runtime_handler: handler,
+            cni_result: None,
+            network_setup_attempted: false,
+            host_network: host_network(&config),
+        };
+        let mut state = RunState { metadata, config, created_at_ns: self.now_ns(), undo: vec![Undo::ReleaseName] };
+        let outcome = self.with_timeout(RUN_SANDBOX_TIMEOUT, "run pod sandbox", self.run_sandbox_steps(&mut state)).await;
+        match outcome {
+            Ok(()) => Ok(id),
+            Err(error) => {
+                tracing::warn!(id, name, %error, "RunPodSandbox failed; rolling back");
+                self.roll_back_run(&state).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn run_sandbox_steps(self: &Arc<Self>, state: &mut RunState) -> Result<()> {
+        let id = state.metadata.id.clone();
+        let containerd = self.backends.containerd.clone();
+        let image = self.ensure_image_exists(&self.config.sandbox_image).await.map_err(|e| e.context(format!("failed to get sandbox image {:?}", self.config.sandbox_image)))?;
+        let snapshotter = self.config.snapshotter_for(&state.metadata.runtime_handler);
+
+        let root_dir = self.sandbox_root(&id);
+        let state_dir = self.sandbox_state_dir(&id);
+        let host_ipc = crate::spec::sandbox_spec(SandboxSpecInput {
+            config: &state.config,
+            image: &image.config,
+            netns_path: String::new(),
+            own_oom_score_adj: 0,
+            restrict_oom_score_adj: false,
+            root_dir: &root_dir,
+            shm_path: None,
+        })
+        .host_ipc;
+        let shm_path = (!host_ipc).then(|| format!("{state_dir}/shm"));
+        let spec_for = |netns_path: String| {
+            sandbox_spec(SandboxSpecInput {
+                config: &state.config,
+                image: &image.config,
+                netns_path,
+                own_oom_score_adj: self.backends.os.own_oom_score_adj(),
+                restrict_oom_score_adj: self.config.restrict_oom_score_adj,
+                root_dir: &root_dir,
+                shm_path: shm_path.clone(),
+            })
+        };
+        let spec = spec_for(String::new());
+
+        state.undo.push(Undo::RemoveSnapshot);
+        containerd.prepare_snapshot(&snapshotter, &id, &image.chain_id).await.map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
+        let mut record = ContainerRecord {
+            id: id.clone(),
+            labels: [(LABEL_KIND.to_string(), KIND_SANDBOX.to_string())].into_iter().chain(sorted(&state.config.labels)).collect(),
+            image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
+            runtime: self.config.containerd.runtimes[&state.metadata.runtime_handler].runtime_type.clone(),
+            snapshotter: snapshotter.clone(),
+            snapshot_key: id.clone(),
+            spec,
+            extensions: [(EXTENSION_SANDBOX_METADATA.to_string(), serde_json::to_vec(&state.metadata).expect("serialises"))].into(),
+            created_at_ns: 0,
+        };
+        state.undo.push(Undo::DeleteContainer);
+        let created = containerd.create_container(record.clone()).await.map_err(|e| e.context("failed to create containerd container"))?;
+        state.created_at_ns = created.created_at_ns;
+
+        state.undo.push(Undo::RemoveDirs);
+        self.backends.os.mkdir_all(&root_dir).await?;
+        self.backends.os.mkdir_all(&state_dir).await?;
+
+        state.undo.push(Undo::CleanupFiles);
+        self.setup_sandbox_files(&state.config, &root_dir, shm_path.as_deref()).await?;
+
+        if !state.metadata.host_network {
+            let netns_path = self.netns_path(&id);
+            state.undo.push(Undo::RemoveNetns);
+            self.backends.os.netns_create(&netns_path).await.map_err(|e| e.context("failed to create network namespace"))?;
+            state.metadata.netns_path = netns_path.clone();
+            // DEL is registered before ADD: a failed ADD can still have allocated an IP (B16).
+            state.undo.push(Undo::TeardownNetwork);
+            state.metadata.network_setup_attempted = true;
+            record.spec = spec_for(netns_path);
+            self.persist_sandbox_metadata(&mut record, &state.metadata).await?;
+            let result = self.backends.cni.setup(&self.pod_network(&state.metadata, &state.config)).await.map_err(|e| e.context("failed to setup network for sandbox"))?;
+            let primary = result.ips.iter().find(|ip| ip.interface == "eth0").or(result.ips.first());
+            let Some(primary) = primary else {
+                return Err(Error::internal("CNI result has no IP address for eth0"));
+            };
+            state.metadata.ip = primary.address.clone();
+            state.metadata.additional_ips = result.ips.iter().filter(|ip| ip.address != primary.address).map(|ip| ip.address.clone()).collect();
+            state.metadata.cni_result = Some(result);
+            self.persist_sandbox_metadata(&mut record, &state.metadata).await?;
+        }
+
+        state.undo.push(Undo::DeleteTask);
+        containerd.create_task(&id, &TaskIo::default()).await.map_err(|e| e.context("failed to create sandbox task"))?;
+        let pid = containerd.start_task(&id).await.map_err(|e| e.context("failed to start sandbox task"))?;
+
+        let sandbox = Arc::new(Sandbox::new(
+            state.metadata.clone(),
+            state.config.clone(),
+            SandboxStatus { state: SandboxState::Ready, pid, created_at_ns: state.created_at_ns, exited_at_ns: 0, exit_code: 0 },
+        ));
+        self.sandboxes.add(&id, sandbox)?;
+        self.send_container_event(&id, &id, ContainerEventType::ContainerCreatedEvent);
+        self.send_container_event(&id, &id, ContainerEventType::ContainerStartedEvent);
+        // After the store add and after STARTED: an instant exit is neither lost nor reordered.
+        self.start_exit_monitor(TaskKind::Sandbox, id);
+        Ok(())
+    }
+
+    async fn persist_sandbox_metadata(&self, record: &mut ContainerRecord, metadata: &SandboxMetadata) -> Result<()> {
+        record.extensions.insert(EXTENSION_SANDBOX_METADATA.to_string(), serde_json::to_vec(metadata).expect("serialises"));
+        self.backends.containerd.update_container(record).await.map_err(|e| e.context("failed to persist sandbox metadata"))
+    }
+
+    pub(crate) fn pod_network(&self, metadata: &SandboxMetadata, config: &PodSandboxConfig) -> PodNetwork {
+        let pod = config.metadata.clone().unwrap_or_default();
+        PodNetwork {
+            sandbox_id: metadata.id.clone(),
+            netns_path: metadata.netns_path.clone(),
+            interface_name: "eth0".into(),
+            args: [
+                ("K8S_POD_NAMESPACE".to_string(), pod.namespace),
+                ("K8S_POD_NAME".to_string(), pod.name),
+                ("K8S_POD_INFRA_CONTAINER_ID".to_string(), metadata.id.clone()),
+                ("K8S_POD_UID".to_string(), pod.uid),
+            ]
+            .into(),
+            port_mappings: config
+                .port_mappings
+                .iter()
+                .filter(|p| p.host_port > 0)
+                .map(|p| crate::backend::PortMapping {
+                    protocol: match p.protocol {
+                        1 => "udp".into(),
+                        2 => "sctp".into(),
+                        _ => "tcp".into(),
+                    },
+                    container_port: p.container_port,
+                    host_port: p.host_port,
+                    host_ip: p.host_ip.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    async fn setup_sandbox_files(&self, config: &PodSandboxConfig, root_dir: &str, shm_path: Option<&str>) -> Result<()> {
+        let os = &self.backends.os;
+        let hostname = if config.hostname.is_empty() { "localhost".to_string() } else { config.hostname.clone() };
+        os.write_file(&format!("{root_dir}/hostname"), format!("{hostname}\n").as_bytes()).await?;
+        os.write_file(&format!("{root_dir}/hosts"), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n").as_bytes()).await?;
+        let mut resolv = String::new();
+        if let Some(dns) = &config.dns_config {
+            for server in &dns.servers {
+                resolv.push_str(&format!("nameserver {server}\n"));
+            }
+            if !dns.searches.is_empty() {
+                resolv.push_str(&format!("search {}\n", dns.searches.join(" ")));
+            }
+            if !dns.options.is_empty() {
+                resolv.push_str(&format!("options {}\n", dns.options.join(" ")));
+            }
+        }
+        os.write_file(&format!("{root_dir}/resolv.conf"), resolv.as_bytes()).await?;
+        if let Some(shm) = shm_path {
+            os.mkdir_all(shm).await?;
+            os.mount_shm(shm, SHM_SIZE_BYTES).await.map_err(|e| e.context("failed to mount sandbox shm"))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn cleanup_sandbox_files(&self, id: &str) -> Result<()> {
+        let shm = format!("{}/shm", self.sandbox_state_dir(id));
+        self.backends.os.unmount(&shm).await.map_err(|e| e.context("failed to unmount sandbox shm"))
+    }
+
+    /// Runs the registered rollbacks in reverse, each with its own timeout.
+    async fn roll_back_run(self: &Arc<Self>, state: &RunState) {
+        let id = state.metadata.id.clone();
+        let snapshotter = self.config.snapshotter_for(&state.metadata.runtime_handler);
+        let mut cleanup_failed = false;
+        for step in state.undo.iter().rev().copied() {
+            if cleanup_failed && step.skipped_after_cleanup_failure() {
+                continue;
+            }
+            let result = self
+                .with_timeout(ROLLBACK_TIMEOUT, "rollback", async {
+                    match step {
+                        Undo::ReleaseName => {
+                            self.sandbox_names.release_by_key(&id);
+                            Ok(())
+                        }
+                        Undo::RemoveSnapshot => ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, &id).await),
+                        Undo::DeleteContainer => ignore_not_found(self.backends.containerd.delete_container(&id, true).await),
+                        Undo::RemoveDirs => {
+                            self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
+                            self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await
+                        }
+                        Undo::CleanupFiles => self.cleanup_sandbox_files(&id).await,
+                        Undo::RemoveNetns => self.backends.os.netns_remove(&state.metadata.netns_path).await,
+                        Undo::TeardownNetwork => self.backends.cni.teardown(&self.pod_network(&state.metadata, &state.config)).await,
+                        Undo::DeleteTask => ignore_not_found(self.backends.containerd.delete_task(&id).await.map(|_| ())),
+                    }
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::error!(id, ?step, %error, "RunPodSandbox rollback step failed");
+                if step.is_critical() {
+                    cleanup_failed = true;
+                }
+            }
+        }
+        if cleanup_failed {
+            // Keep the sandbox, with its name, so Stop and Remove can finish the cleanup.
+            let sandbox = Sandbox::new(
+                state.metadata.clone(),
+                state.config.clone(),
+                SandboxStatus { state: SandboxState::Unknown, pid: 0, created_at_ns: state.created_at_ns.max(1), exited_at_ns: 0, exit_code: 0 },
+            );
+            if let Err(error) = self.sandboxes.add(&id, Arc::new(sandbox)) {
+                tracing::error!(id, %error, "could not keep the half-created sandbox");
+            }
+        }
+    }
+}
+
+pub(crate) fn ignore_not_found(result: Result<()>) -> Result<()> {
+    match result {
+        Err(error) if error.is_not_found() => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,145 @@
+//! PodSandboxStatus, ListPodSandbox and the sandbox stats RPCs: reads of the store.
+
+use std::sync::Arc;
+
+use k8s_cri::v1::{
+    ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodIp, PodSandbox,
+    PodSandboxNetworkStatus, PodSandboxState, PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, PodSandboxStatus,
+    PodSandboxStatusRequest, PodSandboxStatusResponse,
+};
+
+use crate::error::Result;
+use crate::naming::{labels_match, sorted};
+use crate::service::CriService;
+use crate::store::{Sandbox, SandboxState};
+
+fn cri_state(state: SandboxState) -> PodSandboxState {
+    match state {
+        SandboxState::Ready => PodSandboxState::SandboxReady,
+        SandboxState::NotReady | SandboxState::Unknown => PodSandboxState::SandboxNotready,
+    }
+}
+
+impl CriService {
+    pub(crate) fn sandbox_status_message(&self, sandbox: &Sandbox) -> PodSandboxStatus {
+        let status = sandbox.status();
+        // The IP is reported only while the network namespace is open (i.e. until Stop).
+        let network = (!sandbox.metadata.host_network && !sandbox.is_stopped() && status.state == SandboxState::Ready).then(|| PodSandboxNetworkStatus {
+            ip: sandbox.metadata.ip.clone(),
+            additional_ips: sandbox.metadata.additional_ips.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
+        });
+        let linux = sandbox.config.linux.as_ref().map(|l| k8s_cri::v1::LinuxPodSandboxStatus {
+            namespaces: Some(k8s_cri::v1::Namespace { options: l.security_context.as_ref().and_then(|s| s.namespace_options.clone()) }),
+        });
+        PodSandboxStatus {
+            id: sandbox.id.clone(),
+            metadata: sandbox.config.metadata.clone(),
+            state: cri_state(status.state) as i32,
+            created_at: status.created_at_ns,
+            network,
+            linux,
+            labels: sandbox.config.labels.clone(),
+            annotations: sandbox.config.annotations.clone(),
+            runtime_handler: sandbox.metadata.runtime_handler.clone(),
+        }
+    }
+
+    pub async fn pod_sandbox_status(self: &Arc<Self>, request: PodSandboxStatusRequest) -> Result<PodSandboxStatusResponse> {
+        self.check_initialized()?;
+        let sandbox = self.sandboxes.get(&request.pod_sandbox_id)?;
+        let status = self.sandbox_status_message(&sandbox);
+        let mut info = std::collections::HashMap::new();
+        if request.verbose {
+            let verbose = serde_json::json!({
+                "pid": sandbox.status().pid,
+                "processStatus": format!("{:?}", sandbox.status().state).to_lowercase(),
+                "netNamespacePath": sandbox.metadata.netns_path,
+                "runtimeHandler": sandbox.metadata.runtime_handler,
+                "cniResult": sandbox.metadata.cni_result,
+                "image": self.config.sandbox_image,
+            });
+            info.insert("info".to_string(), verbose.to_string());
+        }
+        let containers_statuses = if request.verbose {
+            self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == sandbox.id).map(|c| self.container_status_message(&c)).collect()
+        } else {
+            vec![]
+        };
+        Ok(PodSandboxStatusResponse { status: Some(status), info, containers_statuses, timestamp: self.now_ns() })
+    }
+
+    pub async fn list_pod_sandbox(self: &Arc<Self>, request: ListPodSandboxRequest) -> Result<ListPodSandboxResponse> {
+        self.check_initialized()?;
+        let filter = request.filter.unwrap_or_default();
+        let candidates = if filter.id.is_empty() {
+            self.sandboxes.list()
+        } else {
+            self.sandboxes.get(&filter.id).into_iter().collect()
+        };
+        let items = candidates
+            .into_iter()
+            .filter(|s| filter.state.as_ref().is_none_or(|want| cri_state(s.status().state) as i32 == want.state))
+            .filter(|s| labels_match(&filter.label_selector, &sorted(&s.config.labels)))
+            .map(|s| PodSandbox {
+                id: s.id.clone(),
+                metadata: s.config.metadata.clone(),
+                state: cri_state(s.status().state) as i32,
+                created_at: s.status().created_at_ns,
+                labels: s.config.labels.clone(),
+                annotations: s.config.annotations.clone(),
+                runtime_handler: s.metadata.runtime_handler.clone(),
+            })
+            .collect();
+        Ok(ListPodSandboxResponse { items })
+    }
+
+    async fn sandbox_stats(self: &Arc<Self>, sandbox: &Sandbox) -> PodSandboxStats {
+        let mut containers = vec![];
+        for container in self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == sandbox.id) {
+            containers.push(self.container_stats_message(&container).await);
+        }
+        let cpu_total: u64 = containers.iter().filter_map(|c| c.cpu.as_ref()?.usage_core_nano_seconds.as_ref().map(|v| v.value)).sum();
+        let memory_total: u64 = containers.iter().filter_map(|c| c.memory.as_ref()?.working_set_bytes.as_ref().map(|v| v.value)).sum();
+        let now = self.now_ns();
+        PodSandboxStats {
+            attributes: Some(k8s_cri::v1::PodSandboxAttributes {
+                id: sandbox.id.clone(),
+                metadata: sandbox.config.metadata.clone(),
+                labels: sandbox.config.labels.clone(),
+                annotations: sandbox.config.annotations.clone(),
+            }),
+            linux: Some(k8s_cri::v1::LinuxPodSandboxStats {
+                cpu: Some(k8s_cri::v1::CpuUsage {
+                    timestamp: now,
+                    usage_core_nano_seconds: Some(k8s_cri::v1::UInt64Value { value: cpu_total }),
+                    usage_nano_cores: None,
+                }),
+                memory: Some(k8s_cri::v1::MemoryUsage {
+                    timestamp: now,
+                    working_set_bytes: Some(k8s_cri::v1::UInt64Value { value: memory_total }),
+                    ..Default::default()
+                }),
+                containers,
+                ..Default::default()
+            }),
+            windows: None,
+        }
+    }
+
+    pub async fn pod_sandbox_stats(self: &Arc<Self>, request: PodSandboxStatsRequest) -> Result<PodSandboxStatsResponse> {
+        self.check_initialized()?;
+        let sandbox = self.sandboxes.get(&request.pod_sandbox_id)?;
+        Ok(PodSandboxStatsResponse { stats: Some(self.sandbox_stats(&sandbox).await) })
+    }
+
+    pub async fn list_pod_sandbox_stats(self: &Arc<Self>, request: ListPodSandboxStatsRequest) -> Result<ListPodSandboxStatsResponse> {
+        self.check_initialized()?;
+        let filter = request.filter.unwrap_or_default();
+        let candidates = if filter.id.is_empty() { self.sandboxes.list() } else { self.sandboxes.get(&filter.id).into_iter().collect() };
+        let mut stats = vec![];
+        for sandbox in candidates.into_iter().filter(|s| labels_match(&filter.label_selector, &sorted(&s.config.labels))) {
+            stats.push(self.sandbox_stats(&sandbox).await);
+        }
+        Ok(ListPodSandboxStatsResponse { stats })
+    }
+}

@@ -1,0 +1,183 @@
+//! StopPodSandbox and RemovePodSandbox (SPEC §6.2). Both are idempotent: a missing sandbox is
+//! OK (B18).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerEventType, RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest, StopPodSandboxResponse};
+
+use crate::backend::ExitStatus;
+use crate::error::{Error, Result};
+use crate::events::TaskKind;
+use crate::service::CriService;
+use crate::store::{Sandbox, SandboxState};
+
+/// How long Stop waits for the sandbox exit after SIGKILL before it reports a typed error
+/// instead of hanging on a task that ignores the kill (B19).
+pub const SANDBOX_KILL_WAIT: Duration = Duration::from_secs(30);
+const SIGKILL: u32 = 9;
+
+impl CriService {
+    pub async fn stop_pod_sandbox(self: &Arc<Self>, request: StopPodSandboxRequest) -> Result<StopPodSandboxResponse> {
+        self.check_initialized()?;
+        let sandbox = match self.sandboxes.get(&request.pod_sandbox_id) {
+            Ok(sandbox) => sandbox,
+            Err(error) if error.is_not_found() => return Ok(StopPodSandboxResponse {}),
+            Err(error) => return Err(error),
+        };
+        let service = self.clone();
+        self.detached(async move { service.stop_sandbox(&sandbox).await }).await?;
+        Ok(StopPodSandboxResponse {})
+    }
+
+    pub async fn remove_pod_sandbox(self: &Arc<Self>, request: RemovePodSandboxRequest) -> Result<RemovePodSandboxResponse> {
+        self.check_initialized()?;
+        let sandbox = match self.sandboxes.get(&request.pod_sandbox_id) {
+            Ok(sandbox) => sandbox,
+            Err(error) if error.is_not_found() => return Ok(RemovePodSandboxResponse {}),
+            Err(error) => return Err(error),
+        };
+        let service = self.clone();
+        self.detached(async move { service.remove_sandbox(&sandbox).await }).await?;
+        Ok(RemovePodSandboxResponse {})
+    }
+
+    /// Runs `future` as its own task and waits for it: a caller that gives up does not cut a
+    /// multi-step cleanup in half.
+    pub(crate) async fn detached<T: Send + 'static>(&self, future: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+        match tokio::spawn(future).await {
+            Ok(result) => result,
+            Err(error) => Err(Error::internal(format!("operation task failed: {error}"))),
+        }
+    }
+
+    pub(crate) async fn stop_sandbox(self: &Arc<Self>, sandbox: &Arc<Sandbox>) -> Result<()> {
+        let id = sandbox.id.clone();
+        for container in self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == id) {
+            self.stop_container_inner(&container, 0).await.map_err(|e| e.context(format!("failed to stop container {:?}", container.id)))?;
+        }
+        self.cleanup_sandbox_files(&id).await?;
+        let state = sandbox.status().state;
+        if matches!(state, SandboxState::Ready | SandboxState::Unknown) {
+            self.stop_sandbox_task(sandbox).await?;
+        }
+        self.teardown_sandbox_network(sandbox).await
+    }
+
+    async fn stop_sandbox_task(self: &Arc<Self>, sandbox: &Arc<Sandbox>) -> Result<()> {
+        let id = &sandbox.id;
+        let containerd = &self.backends.containerd;
+        match containerd.task_info(id).await {
+            Err(error) if error.is_not_found() => {
+                // No task: nothing will ever report an exit, so record one now.
+                let exit = ExitStatus { exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() };
+                return self.handle_exit(TaskKind::Sandbox, id, exit).await;
+            }
+            Err(error) => return Err(error.context("failed to get sandbox task")),
+            Ok(_) => {}
+        }
+        if sandbox.status().state == SandboxState::Unknown {
+            // No monitor was started for an UNKNOWN sandbox; start one for this stop.
+            let service = self.clone();
+            let monitored = id.clone();
+            tokio::spawn(async move {
+                if let Ok(exit) = service.backends.containerd.wait_task(&monitored).await {
+                    service.handle_exit_or_backoff(TaskKind::Sandbox, &monitored, exit).await;
+                }
+            });
+        }
+        match containerd.kill_task(id, SIGKILL, true).await {
+            Ok(()) => {}
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error.context("failed to kill sandbox task")),
+        }
+        self.wait_exit_handled(TaskKind::Sandbox, id, SANDBOX_KILL_WAIT, || sandbox.is_stopped(), sandbox.wait_stopped()).await
+    }
+
+    /// Waits until the exit is handled. Every second it also asks containerd: if the task is
+    /// already gone, the exit is handled here rather than waiting for a monitor that may never
+    /// report (B5, B6).
+    pub(crate) async fn wait_exit_handled(
+        self: &Arc<Self>,
+        kind: TaskKind,
+        id: &str,
+        bound: Duration,
+        is_stopped: impl Fn() -> bool,
+        stopped: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let mut stopped = std::pin::pin!(stopped);
+        let deadline_ns = self.now_ns() + bound.as_nanos() as i64;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stopped => return Ok(()),
+                () = self.sleep(Duration::from_secs(1)) => {}
+            }
+            if is_stopped() {
+                return Ok(());
+            }
+            if let Some(exit) = self.observed_exit_for_stop(id).await {
+                self.handle_exit_or_backoff(kind, id, exit).await;
+                if is_stopped() {
+                    return Ok(());
+                }
+            }
+            if self.now_ns() >= deadline_ns {
+                return Err(Error::deadline(format!("{kind:?} {id:?} did not exit within {bound:?} of SIGKILL")));
+            }
+        }
+    }
+
+    async fn observed_exit_for_stop(&self, id: &str) -> Option<ExitStatus> {
+        match self.backends.containerd.task_info(id).await {
+            Ok(info) if info.state == crate::backend::TaskState::Stopped => {
+                Some(info.exit.unwrap_or(ExitStatus { exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() }))
+            }
+            Err(error) if error.is_not_found() => {
+                Some(ExitStatus { exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() })
+            }
+            _ => None,
+        }
+    }
+
+    /// CNI DEL then netns removal. DEL runs whenever an ADD was attempted, even without a
+    /// persisted result, because a failed ADD may have allocated (B16, B17).
+    async fn teardown_sandbox_network(&self, sandbox: &Sandbox) -> Result<()> {
+        let metadata = &sandbox.metadata;
+        if metadata.host_network || metadata.netns_path.is_empty() {
+            return Ok(());
+        }
+        let closed = self.backends.os.netns_closed(&metadata.netns_path).await?;
+        if metadata.network_setup_attempted || metadata.cni_result.is_some() {
+            let mut network = self.pod_network(metadata, &sandbox.config);
+            if closed {
+                network.netns_path = String::new();
+            }
+            self.backends.cni.teardown(&network).await.map_err(|e| e.context("failed to destroy network for sandbox"))?;
+        }
+        if !closed {
+            self.backends.os.netns_remove(&metadata.netns_path).await.map_err(|e| e.context("failed to remove network namespace"))?;
+        }
+        Ok(())
+    }
+
+    async fn remove_sandbox(self: &Arc<Self>, sandbox: &Arc<Sandbox>) -> Result<()> {
+        let id = sandbox.id.clone();
+        self.stop_sandbox(sandbox).await.map_err(|e| e.context("failed to forcibly stop sandbox"))?;
+        if !sandbox.metadata.host_network && !sandbox.metadata.netns_path.is_empty() && !self.backends.os.netns_closed(&sandbox.metadata.netns_path).await? {
+            return Err(Error::precondition(format!("sandbox network namespace {:?} is not fully closed", sandbox.metadata.netns_path)));
+        }
+        for container in self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == id) {
+            self.remove_container_inner(&container).await.map_err(|e| e.context(format!("failed to remove container {:?}", container.id)))?;
+        }
+        self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
+        self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await?;
+        crate::sandbox_run::ignore_not_found(self.backends.containerd.delete_container(&id, true).await).map_err(|e| e.context("failed to delete sandbox container"))?;
+        if self.sandboxes.remove(&id).is_some() {
+            self.sandbox_names.release_by_key(&id);
+            self.forget_operation(&format!("sandbox/{}", sandbox.name));
+            self.send_container_event(&id, &id, ContainerEventType::ContainerDeletedEvent);
+        }
+        Ok(())
+    }
+}

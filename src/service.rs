@@ -1,0 +1,198 @@
+//! `CriService`: the stores, the backends, the initialization gate and the background loops.
+//! The RPCs live in one module per group (`sandbox_*`, `container_*`, `image_*`, `runtime`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::backend::Backends;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::events::{ContainerEventHub, EventMonitor};
+use crate::image_pull::PullManager;
+use crate::store::{Container, ImageStore, Registrar, Sandbox, Table};
+
+/// An object recovery could not load. It stays in containerd, is not served, and its name is
+/// held so that no new object can take it (B10, B11).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Quarantined {
+    pub kind: String,
+    pub id: String,
+    pub name: String,
+    pub reason: String,
+}
+
+/// Results of RunPodSandbox/CreateContainer operations keyed by name, so that a kubelet retry
+/// with the same name joins the running operation or collects a result whose caller gave up
+/// (B12), instead of failing with "name is reserved".
+pub(crate) type OperationResult = watch::Receiver<Option<Result<String>>>;
+
+pub struct CriService {
+    pub(crate) config: Config,
+    pub(crate) backends: Backends,
+    pub(crate) sandboxes: Table<Sandbox>,
+    pub(crate) containers: Table<Container>,
+    pub(crate) images: ImageStore,
+    pub(crate) sandbox_names: Registrar,
+    pub(crate) container_names: Registrar,
+    pub(crate) operations: Mutex<BTreeMap<String, OperationResult>>,
+    pub(crate) container_events: ContainerEventHub,
+    pub(crate) monitor: EventMonitor,
+    pub(crate) pulls: PullManager,
+    pub(crate) quarantine: Mutex<Vec<Quarantined>>,
+    /// Cached summed snapshot usage: (bytes, inodes, sampled at ns).
+    pub(crate) snapshot_usage: Mutex<(u64, u64, i64)>,
+    pub(crate) last_cni_load: Mutex<String>,
+    initialized: AtomicBool,
+}
+
+impl CriService {
+    pub fn new(config: Config, backends: Backends) -> Result<Arc<CriService>> {
+        config.validate()?;
+        let event_buffer = config.container_event_buffer;
+        let max_backoff = config.max_backoff_entries;
+        Ok(Arc::new(CriService {
+            config,
+            backends,
+            sandboxes: Table::new("sandbox"),
+            containers: Table::new("container"),
+            images: ImageStore::new(),
+            sandbox_names: Registrar::new(),
+            container_names: Registrar::new(),
+            operations: Mutex::new(BTreeMap::new()),
+            container_events: ContainerEventHub::new(event_buffer),
+            monitor: EventMonitor::new(max_backoff),
+            pulls: PullManager::new(),
+            quarantine: Mutex::new(Vec::new()),
+            snapshot_usage: Mutex::new((0, 0, 0)),
+            last_cni_load: Mutex::new(String::new()),
+            initialized: AtomicBool::new(false),
+        }))
+    }
+
+    /// Subscribes to events, recovers state, starts the background loops and opens the gate.
+    /// Returns once the service answers RPCs; the loops run until the runtime stops.
+    pub async fn run(self: &Arc<Self>) -> Result<()> {
+        assert!(!self.is_initialized(), "run() called twice");
+        let cni_load = match self.backends.cni.load().await {
+            Ok(()) => "OK".to_string(),
+            Err(error) => {
+                tracing::warn!(%error, "initial CNI config load failed");
+                error.message
+            }
+        };
+        *self.last_cni_load.lock().unwrap() = cni_load;
+        // Subscribe before recovery so that image events raised meanwhile are not missed.
+        let subscription = self.backends.containerd.subscribe().await.map_err(|e| e.context("failed to subscribe to containerd events"))?;
+        self.recover().await;
+        self.start_event_loops(subscription);
+        self.start_reconciler();
+        self.start_snapshot_syncer();
+        self.initialized.store(true, Ordering::SeqCst);
+        tracing::info!(sandboxes = self.sandboxes.len(), containers = self.containers.len(), images = self.images.list().len(), "CRI service initialized");
+        Ok(())
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.initialized.load(Ordering::SeqCst)
+    }
+
+    /// The gate every RPC passes first.
+    pub(crate) fn check_initialized(&self) -> Result<()> {
+        if self.is_initialized() { Ok(()) } else { Err(Error::unavailable("server is not initialized yet")) }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn now_ns(&self) -> i64 {
+        self.backends.clock.now_ns()
+    }
+
+    pub(crate) async fn sleep(&self, duration: Duration) {
+        self.backends.clock.sleep(duration).await
+    }
+
+    pub(crate) async fn with_timeout<T>(&self, duration: Duration, what: &str, future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match crate::backend::timeout(&*self.backends.clock, duration, future).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::deadline(format!("{what}: timed out after {duration:?}"))),
+        }
+    }
+
+    /// Objects that recovery could not load.
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        self.quarantine.lock().unwrap().clone()
+    }
+
+    pub(crate) fn sandbox_root(&self, id: &str) -> String {
+        format!("{}/sandboxes/{id}", self.config.root_dir)
+    }
+    pub(crate) fn sandbox_state_dir(&self, id: &str) -> String {
+        format!("{}/sandboxes/{id}", self.config.state_dir)
+    }
+    pub(crate) fn container_root(&self, id: &str) -> String {
+        format!("{}/containers/{id}", self.config.root_dir)
+    }
+    pub(crate) fn container_state_dir(&self, id: &str) -> String {
+        format!("{}/containers/{id}", self.config.state_dir)
+    }
+    pub(crate) fn checkpoint_path(&self, id: &str) -> String {
+        format!("{}/status", self.container_root(id))
+    }
+    pub(crate) fn netns_path(&self, id: &str) -> String {
+        if self.config.netns_mounts_under_state_dir {
+            format!("{}/netns/cni-{id}", self.config.state_dir)
+        } else {
+            format!("/var/run/netns/cni-{id}")
+        }
+    }
+
+    /// Runs `operation` as its own task so that a caller that gives up (kubelet's deadline, a
+    /// dropped connection) does not cut it in half: it finishes and rolls back on a context of its
+    /// own (B15). The result is kept under `name` until some caller receives it (B12).
+    pub(crate) async fn run_named_operation<F>(self: &Arc<Self>, name: String, operation: F) -> Result<String>
+    where
+        F: std::future::Future<Output = Result<String>> + Send + 'static,
+    {
+        let existing = self.operations.lock().unwrap().get(&name).cloned();
+        let mut receiver = match existing {
+            Some(receiver) => receiver,
+            None => {
+                let (sender, receiver) = watch::channel(None);
+                self.operations.lock().unwrap().insert(name.clone(), receiver.clone());
+                let service = self.clone();
+                let op_name = name.clone();
+                tokio::spawn(async move {
+                    let result = operation.await;
+                    if result.is_err() {
+                        // Only successes are kept for a retry; a failure leaves nothing behind.
+                        service.operations.lock().unwrap().remove(&op_name);
+                    }
+                    sender.send_replace(Some(result));
+                });
+                receiver
+            }
+        };
+        let result = match receiver.wait_for(|r| r.is_some()).await {
+            Ok(value) => value.clone().expect("checked by wait_for"),
+            Err(_) => Err(Error::internal("operation ended without a result")),
+        };
+        // Delivered: a later call with this name is a new request, not a retry.
+        self.operations.lock().unwrap().remove(&name);
+        result
+    }
+
+    /// Forgets an undelivered operation result for `name` (the object was removed).
+    pub(crate) fn forget_operation(&self, name: &str) {
+        let mut operations = self.operations.lock().unwrap();
+        if operations.get(name).is_some_and(|r| r.borrow().is_some()) {
+            operations.remove(name);
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Builds the `WorkloadSpec` of a sandbox or a container from its CRI config. Pure functions.
+
+use k8s_cri::v1::{ContainerConfig, LinuxContainerResources, NamespaceMode, PodSandboxConfig};
+
+use crate::backend::{ImageConfig, MountSpec, Resources, WorkloadSpec};
+use crate::naming::sorted;
+
+/// containerd's default `oom_score_adj` for the pause container.
+pub const SANDBOX_OOM_SCORE_ADJ: i32 = -998;
+
+/// Without CAP_SYS_RESOURCE a process cannot go below its own score: raise the request to it
+/// (containerd's `restrict_oom_score_adj`).
+pub fn clamp_oom_score_adj(requested: i32, own: i32, restrict: bool) -> i32 {
+    let requested = requested.clamp(-1000, 1000);
+    if restrict && requested < own { own } else { requested }
+}
+
+pub fn host_network(config: &PodSandboxConfig) -> bool {
+    namespace_mode(config, |o| o.network) == NamespaceMode::Node as i32
+}
+
+fn namespace_mode(config: &PodSandboxConfig, pick: impl Fn(&k8s_cri::v1::NamespaceOption) -> i32) -> i32 {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(&pick)
+        .unwrap_or(NamespaceMode::Pod as i32)
+}
+
+pub fn resources_from(cri: Option<&LinuxContainerResources>) -> Resources {
+    let Some(r) = cri else { return Resources::default() };
+    Resources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_bytes: r.memory_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
+    }
+}
+
+pub fn resources_to_cri(r: &Resources) -> LinuxContainerResources {
+    LinuxContainerResources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
+        ..Default::default()
+    }
+}
+
+pub struct SandboxSpecInput<'a> {
+    pub config: &'a PodSandboxConfig,
+    pub image: &'a ImageConfig,
+    pub netns_path: String,
+    pub own_oom_score_adj: i32,
+    pub restrict_oom_score_adj: bool,
+    pub root_dir: &'a str,
+    pub shm_path: Option<String>,
+}
+
+pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
+    let config = input.config;
+    let linux = config.linux.as_ref();
+    let mut args = input.image.entrypoint.clone();
+    args.extend(input.image.cmd.iter().cloned());
+    let mut mounts = vec![
+        bind(&format!("{}/hostname", input.root_dir), "/etc/hostname", true),
+        bind(&format!("{}/hosts", input.root_dir), "/etc/hosts", true),
+        bind(&format!("{}/resolv.conf", input.root_dir), "/etc/resolv.conf", true),
+    ];
+    if let Some(shm) = input.shm_path {
+        mounts.push(bind(&shm, "/dev/shm", false));
+    }
+    WorkloadSpec {
+        sandbox: true,
+        args,
+        env: input.image.env.clone(),
+        working_dir: input.image.working_dir.clone(),
+        hostname: config.hostname.clone(),
+        netns_path: input.netns_path,
+        host_network: host_network(config),
+        host_pid: namespace_mode(config, |o| o.pid) == NamespaceMode::Node as i32,
+        host_ipc: namespace_mode(config, |o| o.ipc) == NamespaceMode::Node as i32,
+        cgroup_parent: linux.map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+        oom_score_adj: clamp_oom_score_adj(SANDBOX_OOM_SCORE_ADJ, input.own_oom_score_adj, input.restrict_oom_score_adj),
+        privileged: linux.and_then(|l| l.security_context.as_ref()).is_some_and(|s| s.privileged),
+        readonly_rootfs: true,
+        mounts,
+        labels: sorted(&config.labels),
+        annotations: sorted(&config.annotations),
+        ..Default::default()
+    }
+}
+
+fn bind(source: &str, destination: &str, readonly: bool) -> MountSpec {
+    let mut options = vec!["rbind".to_string()];
+    options.push(if readonly { "ro" } else { "rw" }.to_string());
+    MountSpec { destination: destination.to_string(), source: source.to_string(), kind: "bind".into(), options }
+}
+
+pub struct ContainerSpecInput<'a> {
+    pub config: &'a ContainerConfig,
+    pub sandbox_config: &'a PodSandboxConfig,
+    pub image: &'a ImageConfig,
+    pub netns_path: String,
+    pub sandbox_pid: u32,
+    pub sandbox_root_dir: &'a str,
+    pub own_oom_score_adj: i32,
+    pub restrict_oom_score_adj: bool,
+    pub ignore_image_volumes: bool,
+}
+
+pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
+    let config = input.config;
+    // Kubernetes semantics: `command` replaces the entrypoint and drops the image cmd; `args`
+    // replaces the cmd.
+    let mut args = if config.command.is_empty() { input.image.entrypoint.clone() } else { config.command.clone() };
+    if !config.args.is_empty() {
+        args.extend(config.args.iter().cloned());
+    } else if config.command.is_empty() {
+        args.extend(input.image.cmd.iter().cloned());
+    }
+    let mut env = input.image.env.clone();
+    for kv in &config.envs {
+        env.retain(|e| e.split('=').next() != Some(kv.key.as_str()));
+        env.push(format!("{}={}", kv.key, kv.value));
+    }
+    let linux = config.linux.as_ref();
+    let security = linux.and_then(|l| l.security_context.as_ref());
+    let resources = resources_from(linux.and_then(|l| l.resources.as_ref()));
+    let requested_oom = resources.oom_score_adj as i32;
+    let mut mounts: Vec<MountSpec> = config
+        .mounts
+        .iter()
+        .map(|m| {
+            let mut mount = bind(&m.host_path, &m.container_path, m.readonly);
+            if m.selinux_relabel {
+                mount.options.push("relabel".into());
+            }
+            mount
+        })
+        .collect();
+    for file in ["hostname", "hosts", "resolv.conf"] {
+        let destination = format!("/etc/{file}");
+        if !mounts.iter().any(|m| m.destination == destination) {
+            mounts.push(bind(&format!("{}/{file}", input.sandbox_root_dir), &destination, false));
+        }
+    }
+    if !input.ignore_image_volumes {
+        for volume in &input.image.volumes {
+            if !mounts.iter().any(|m| &m.destination == volume) {
+                mounts.push(MountSpec { destination: volume.clone(), source: String::new(), kind: "volume".into(), options: vec![] });
+            }
+        }
+    }
+    WorkloadSpec {
+        sandbox: false,
+        args,
+        env,
+        working_dir: if config.working_dir.is_empty() { input.image.working_dir.clone() } else { config.working_dir.clone() },
+        hostname: input.sandbox_config.hostname.clone(),
+        netns_path: input.netns_path,
+        sandbox_pid: input.sandbox_pid,
+        host_network: host_network(input.sandbox_config),
+        cgroup_parent: input.sandbox_config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
+        oom_score_adj: clamp_oom_score_adj(requested_oom, input.own_oom_score_adj, input.restrict_oom_score_adj),
+        privileged: security.is_some_and(|s| s.privileged),
+        readonly_rootfs: security.is_some_and(|s| s.readonly_rootfs),
+        run_as_user: security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
+        run_as_username: security.map(|s| s.run_as_username.clone()).unwrap_or_default(),
+        add_capabilities: security.and_then(|s| s.capabilities.as_ref()).map(|c| c.add_capabilities.clone()).unwrap_or_default(),
+        drop_capabilities: security.and_then(|s| s.capabilities.as_ref()).map(|c| c.drop_capabilities.clone()).unwrap_or_default(),
+        mounts,
+        resources,
+        labels: sorted(&config.labels),
+        annotations: sorted(&config.annotations),
+        tty: config.tty,
+        stdin: config.stdin,
+        ..Default::default()
+    }
+}
+
+/// Parses a stop signal name (`SIGTERM`, `TERM`) or number; None when unknown.
+pub fn parse_signal(text: &str) -> Option<u32> {
+    if let Ok(number) = text.parse::<u32>() {
+        return (1..=64).contains(&number).then_some(number);
+    }
+    let name = text.trim_start_matches("SIG");
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        "STOP" => 19,
+        "WINCH" => 28,
+        "PWR" => 30,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_score_adj_is_clamped_only_when_restricted() {
+        assert_eq!(clamp_oom_score_adj(-998, 0, true), 0);
+        assert_eq!(clamp_oom_score_adj(-998, 0, false), -998);
+        assert_eq!(clamp_oom_score_adj(500, 0, true), 500);
+        assert_eq!(clamp_oom_score_adj(-5000, -1000, true), -1000);
+    }
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("SIGTERM"), Some(15));
+        assert_eq!(parse_signal("KILL"), Some(9));
+        assert_eq!(parse_signal("2"), Some(2));
+        assert_eq!(parse_signal("SIGBOGUS"), None);
+        assert_eq!(parse_signal("99"), None);
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_rules() {
+        let image = ImageConfig { entrypoint: vec!["/ep".into()], cmd: vec!["c".into()], ..Default::default() };
+        let sandbox = PodSandboxConfig::default();
+        let spec_for = |command: Vec<String>, args: Vec<String>| {
+            let config = ContainerConfig { command, args, ..Default::default() };
+            container_spec(ContainerSpecInput {
+                config: &config,
+                sandbox_config: &sandbox,
+                image: &image,
+                netns_path: String::new(),
+                sandbox_pid: 1,
+                sandbox_root_dir: "/r",
+                own_oom_score_adj: 0,
+                restrict_oom_score_adj: false,
+                ignore_image_volumes: false,
+            })
+            .args
+        };
+        assert_eq!(spec_for(vec![], vec![]), vec!["/ep", "c"]);
+        assert_eq!(spec_for(vec![], vec!["a".into()]), vec!["/ep", "a"]);
+        assert_eq!(spec_for(vec!["x".into()], vec![]), vec!["x"]);
+    }
+}

@@ -1,0 +1,131 @@
+//! The image store: id (config digest) → image with its references, plus ref → id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use crate::backend::ImageConfig;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// The config digest, `sha256:…`.
+    pub id: String,
+    /// Names (repo tags, repo digests, the id itself), sorted.
+    pub references: BTreeSet<String>,
+    pub chain_id: String,
+    pub size_bytes: u64,
+    pub config: ImageConfig,
+}
+
+impl Image {
+    pub fn repo_tags(&self) -> Vec<String> {
+        self.references.iter().filter(|r| !r.contains('@') && !r.starts_with("sha256:")).cloned().collect()
+    }
+    pub fn repo_digests(&self) -> Vec<String> {
+        self.references.iter().filter(|r| r.contains('@')).cloned().collect()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    images: BTreeMap<String, Image>,
+    id_by_ref: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+pub struct ImageStore {
+    inner: Mutex<Inner>,
+}
+
+impl ImageStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Points `reference` at `image` (merging references), or, with `None`, drops the reference;
+    /// an image left without references is dropped. This is the level-triggered update that
+    /// events and pulls feed.
+    pub fn set_reference(&self, reference: &str, image: Option<Image>) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(old_id) = inner.id_by_ref.remove(reference) {
+            let drop_image = match inner.images.get_mut(&old_id) {
+                Some(old) => {
+                    old.references.remove(reference);
+                    old.references.is_empty()
+                }
+                None => false,
+            };
+            if drop_image {
+                inner.images.remove(&old_id);
+            }
+        }
+        if let Some(mut image) = image {
+            assert!(image.id.starts_with("sha256:"), "image id must be a digest: {}", image.id);
+            let entry = inner.images.entry(image.id.clone()).or_insert_with(|| {
+                image.references.clear();
+                image
+            });
+            entry.references.insert(reference.to_string());
+            let id = entry.id.clone();
+            inner.id_by_ref.insert(reference.to_string(), id);
+        }
+    }
+
+    /// Resolves an id, a unique id prefix (with or without `sha256:`), or a reference.
+    pub fn resolve(&self, id_or_ref: &str, normalized_ref: Option<&str>) -> Result<Image> {
+        let inner = self.inner.lock().unwrap();
+        if let Some(image) = inner.images.get(id_or_ref) {
+            return Ok(image.clone());
+        }
+        for reference in [Some(id_or_ref), normalized_ref].into_iter().flatten() {
+            if let Some(id) = inner.id_by_ref.get(reference) {
+                return Ok(inner.images[id].clone());
+            }
+        }
+        let prefix = if id_or_ref.starts_with("sha256:") { id_or_ref.to_string() } else { format!("sha256:{id_or_ref}") };
+        if id_or_ref.len() >= 4 && id_or_ref.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c.is_ascii_lowercase()) {
+            let mut matches = inner.images.range(prefix.clone()..).take_while(|(id, _)| id.starts_with(&prefix));
+            if let (Some((_, image)), None) = (matches.next(), matches.next()) {
+                return Ok(image.clone());
+            }
+        }
+        Err(Error::not_found(format!("image {id_or_ref:?} not found")))
+    }
+
+    pub fn get(&self, id: &str) -> Option<Image> {
+        self.inner.lock().unwrap().images.get(id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Image> {
+        self.inner.lock().unwrap().images.values().cloned().collect()
+    }
+
+    /// ref → id, sorted by ref (for invariant checks).
+    pub fn references(&self) -> BTreeMap<String, String> {
+        self.inner.lock().unwrap().id_by_ref.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(id: &str) -> Image {
+        Image { id: id.into(), references: BTreeSet::new(), chain_id: "c".into(), size_bytes: 1, config: Default::default() }
+    }
+
+    #[test]
+    fn references_merge_move_and_drop() {
+        let store = ImageStore::new();
+        store.set_reference("docker.io/library/a:1", Some(image("sha256:aaaa")));
+        store.set_reference("sha256:aaaa", Some(image("sha256:aaaa")));
+        assert_eq!(store.list().len(), 1);
+        assert_eq!(store.resolve("aaaa", None).unwrap().references.len(), 2);
+        store.set_reference("docker.io/library/a:1", Some(image("sha256:bbbb")));
+        assert_eq!(store.list().len(), 2);
+        store.set_reference("sha256:aaaa", None);
+        assert_eq!(store.list().len(), 1);
+        assert!(store.resolve("sha256:aaaa", None).is_err());
+        assert_eq!(store.resolve("docker.io/library/a:1", None).unwrap().id, "sha256:bbbb");
+    }
+}

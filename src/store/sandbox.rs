@@ -1,0 +1,115 @@
+//! A pod sandbox: metadata persisted in containerd, status re-derived from the task on restart.
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::backend::CniResult;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+    /// Internal only; shows as NOTREADY over CRI.
+    Unknown,
+}
+
+/// Persisted as JSON in the containerd extension `io.cri-containerd.sandbox.metadata`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxMetadata {
+    pub version: String,
+    pub id: String,
+    pub name: String,
+    /// The `PodSandboxConfig`, protobuf-encoded as hex.
+    pub config: String,
+    pub netns_path: String,
+    pub ip: String,
+    pub additional_ips: Vec<String>,
+    pub runtime_handler: String,
+    pub cni_result: Option<CniResult>,
+    /// True once a CNI ADD was attempted: Stop must then issue DEL even without a result (B17).
+    pub network_setup_attempted: bool,
+    pub host_network: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxStatus {
+    pub state: SandboxState,
+    pub pid: u32,
+    pub created_at_ns: i64,
+    pub exited_at_ns: i64,
+    pub exit_code: u32,
+}
+
+pub struct Sandbox {
+    pub id: String,
+    pub name: String,
+    pub metadata: SandboxMetadata,
+    pub config: k8s_cri::v1::PodSandboxConfig,
+    status: Mutex<SandboxStatus>,
+    /// Flips to true once the sandbox's exit has been handled.
+    stopped: watch::Sender<bool>,
+}
+
+impl Sandbox {
+    pub fn new(metadata: SandboxMetadata, config: k8s_cri::v1::PodSandboxConfig, status: SandboxStatus) -> Self {
+        assert_eq!(metadata.version, "v1");
+        let already_stopped = status.state == SandboxState::NotReady;
+        Sandbox {
+            id: metadata.id.clone(),
+            name: metadata.name.clone(),
+            metadata,
+            config,
+            status: Mutex::new(status),
+            stopped: watch::channel(already_stopped).0,
+        }
+    }
+
+    pub fn status(&self) -> SandboxStatus {
+        self.status.lock().unwrap().clone()
+    }
+
+    /// Applies `change` to the status, checking the allowed transitions (SPEC §10 invariant 3).
+    pub fn update_status(&self, change: impl FnOnce(&mut SandboxStatus)) -> SandboxStatus {
+        let mut status = self.status.lock().unwrap();
+        let before = status.state;
+        change(&mut status);
+        let after = status.state;
+        assert!(
+            before == after
+                || matches!(
+                    (before, after),
+                    (SandboxState::Unknown, SandboxState::Ready)
+                        | (SandboxState::Unknown, SandboxState::NotReady)
+                        | (SandboxState::Ready, SandboxState::NotReady)
+                ),
+            "sandbox {}: illegal transition {before:?} -> {after:?}",
+            self.id
+        );
+        status.clone()
+    }
+
+    pub fn mark_stopped(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    /// Completes once the exit has been handled.
+    pub async fn wait_stopped(&self) {
+        let mut receiver = self.stopped.subscribe();
+        // The sender lives as long as `self`, so the wait ends only by the flag.
+        let _ = receiver.wait_for(|stopped| *stopped).await;
+    }
+
+    pub fn host_network(&self) -> bool {
+        self.metadata.host_network
+    }
+
+    pub fn pod_namespace(&self) -> String {
+        self.config.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,88 @@
+//! An id → object table with a truncated-id index: any unique prefix of an id resolves.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+
+pub struct Table<T> {
+    kind: &'static str,
+    objects: Mutex<BTreeMap<String, Arc<T>>>,
+}
+
+impl<T> Table<T> {
+    pub fn new(kind: &'static str) -> Self {
+        Table { kind, objects: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// AlreadyExists if the id is taken.
+    pub fn add(&self, id: &str, object: Arc<T>) -> Result<()> {
+        assert!(!id.is_empty());
+        let mut objects = self.objects.lock().unwrap();
+        if objects.contains_key(id) {
+            return Err(Error::already_exists(format!("{} {id:?} already exists", self.kind)));
+        }
+        objects.insert(id.to_string(), object);
+        Ok(())
+    }
+
+    /// Resolves a full id or a unique prefix of one.
+    pub fn get(&self, id_or_prefix: &str) -> Result<Arc<T>> {
+        if id_or_prefix.is_empty() {
+            return Err(Error::invalid(format!("{} id is empty", self.kind)));
+        }
+        let objects = self.objects.lock().unwrap();
+        if let Some(object) = objects.get(id_or_prefix) {
+            return Ok(object.clone());
+        }
+        let mut matches = objects.range(id_or_prefix.to_string()..).take_while(|(id, _)| id.starts_with(id_or_prefix));
+        match (matches.next(), matches.next()) {
+            (Some((_, object)), None) => Ok(object.clone()),
+            (Some(_), Some(_)) => Err(Error::invalid(format!("{} id prefix {id_or_prefix:?} is ambiguous", self.kind))),
+            (None, _) => Err(Error::not_found(format!("{} {id_or_prefix:?} not found", self.kind))),
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.objects.lock().unwrap().contains_key(id)
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Arc<T>> {
+        self.objects.lock().unwrap().remove(id)
+    }
+
+    /// All objects, in id order.
+    pub fn list(&self) -> Vec<Arc<T>> {
+        self.objects.lock().unwrap().values().cloned().collect()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.objects.lock().unwrap().keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_resolve_when_unique() {
+        let table = Table::new("container");
+        table.add("abc123", Arc::new(1)).unwrap();
+        table.add("abd456", Arc::new(2)).unwrap();
+        assert_eq!(*table.get("abc").unwrap(), 1);
+        assert_eq!(*table.get("abd456").unwrap(), 2);
+        assert_eq!(table.get("ab").unwrap_err().kind, crate::error::ErrorKind::InvalidArgument);
+        assert!(table.get("x").unwrap_err().is_not_found());
+        assert!(table.add("abc123", Arc::new(3)).unwrap_err().is_already_exists());
+        assert_eq!(table.ids(), vec!["abc123", "abd456"]);
+    }
+}
