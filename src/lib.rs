@@ -14,6 +14,7 @@ pub mod exec;
 pub mod grpc;
 pub mod image_pull;
 pub mod image_service;
+pub mod inspect;
 pub mod kmutex;
 pub mod naming;
 pub mod recover;

@@ -401,8 +401,9 @@ impl RegistryClient {
         Ok((media_type, bytes))
     }
 
-    /// Resolves `reference` to this platform's manifest, config and layers.
-    pub async fn resolve(&self, name: &str) -> Result<ResolvedImage> {
+    /// Resolves `reference` to this platform's manifest, config and layers; also returns the
+    /// manifest's bytes, which the caller stores (the image record points at them).
+    pub async fn resolve(&self, name: &str) -> Result<(ResolvedImage, Vec<u8>)> {
         let reference = Reference::parse(name)?;
         let (mut media_type, mut bytes) = self.manifest(&reference, &reference.object()).await?;
         let mut document = ManifestDocument::parse(&bytes)?;
@@ -428,14 +429,15 @@ impl RegistryClient {
                 config_document.diff_ids().len()
             )));
         }
-        Ok(ResolvedImage {
+        let resolved = ResolvedImage {
             name: name.to_string(),
             manifest: Descriptor { media_type, digest: sha256_digest(&bytes), size_bytes: bytes.len() as u64 },
             config,
             layers,
             diff_ids: config_document.diff_ids().to_vec(),
             image_config: config_document.image_config(),
-        })
+        };
+        Ok((resolved, bytes))
     }
 
     /// Starts the download of a blob (manifests come from the manifests endpoint).

@@ -1,3 +1,23 @@
-//! Deterministic simulation testbed for crid.
+//! crid's deterministic simulation testbed: in-memory fakes of the four backends, and (in madsim
+//! builds) the harness that runs seeded scenarios with faults, invariants and replay.
 
 pub mod fakes;
+pub mod scenario;
+
+#[cfg(madsim)]
+pub mod buggify;
+#[cfg(madsim)]
+pub mod cri_node;
+#[cfg(madsim)]
+pub mod invariants;
+#[cfg(madsim)]
+pub mod kubelet;
+#[cfg(madsim)]
+pub mod oracle;
+#[cfg(madsim)]
+pub mod runner;
+#[cfg(madsim)]
+pub mod shrink;
+#[cfg(madsim)]
+pub mod summary;
+pub mod trace;

@@ -108,7 +108,8 @@ pub struct Container {
 impl Container {
     pub fn new(metadata: ContainerMetadata, config: k8s_cri::v1::ContainerConfig, status: ContainerStatus) -> Self {
         assert_eq!(metadata.version, "v1");
-        let stopped = !matches!(status.state(), ContainerState::Running | ContainerState::Unknown);
+        // Only an exited container has had its exit handled; a CREATED one has yet to run.
+        let stopped = status.state() == ContainerState::Exited;
         Container {
             id: metadata.id.clone(),
             name: metadata.name.clone(),

@@ -2,7 +2,8 @@
 //! `type.googleapis.com/` prefix, so a generic Any unpacker cannot be used; the topic names the
 //! payload type unambiguously.
 
-use containerd_client::events::{ImageCreate, ImageDelete, ImageUpdate, TaskExit, TaskOom};
+use containerd_client::events::{TaskExit, TaskOom};
+use containerd_client::services::v1::{ImageCreate, ImageDelete, ImageUpdate};
 use containerd_client::types::Envelope as ProtoEnvelope;
 use crid::backend::{Envelope, Event};
 use prost::Message;
@@ -32,12 +33,17 @@ pub fn decode(envelope: ProtoEnvelope) -> Envelope {
 fn decode_payload(topic: &str, value: &[u8]) -> Option<Event> {
     let decoded = match topic {
         "/tasks/oom" => TaskOom::decode(value).map(|e| Event::TaskOom { container_id: e.container_id }),
-        "/tasks/exit" => TaskExit::decode(value).map(|e| Event::TaskExit {
-            container_id: e.container_id,
-            pid: e.pid,
-            exit_code: e.exit_status,
-            exited_at_ns: e.exited_at.as_ref().map(timestamp_ns).unwrap_or(0),
-        }),
+        "/tasks/exit" => match TaskExit::decode(value) {
+            // An exec process's exit carries its exec id in `id`; only the init process (whose
+            // id is the container id) ends the task, and `Event::TaskExit` means exactly that.
+            Ok(e) if e.id != e.container_id && !e.id.is_empty() => return None,
+            other => other.map(|e| Event::TaskExit {
+                container_id: e.container_id,
+                pid: e.pid,
+                exit_code: e.exit_status,
+                exited_at_ns: e.exited_at.as_ref().map(timestamp_ns).unwrap_or(0),
+            }),
+        },
         "/images/create" => ImageCreate::decode(value).map(|e| Event::ImageCreate { name: e.name }),
         "/images/update" => ImageUpdate::decode(value).map(|e| Event::ImageUpdate { name: e.name }),
         "/images/delete" => ImageDelete::decode(value).map(|e| Event::ImageDelete { name: e.name }),
@@ -60,5 +66,17 @@ mod tests {
             event: Some(prost_types::Any { type_url: "containerd.events.TaskExit".into(), value: payload.encode_to_vec() }),
         };
         assert_eq!(decode(envelope).event, Event::TaskExit { container_id: "c".into(), pid: 9, exit_code: 7, exited_at_ns: 0 });
+    }
+
+    #[test]
+    fn exec_exits_are_not_task_exits() {
+        let payload = TaskExit { container_id: "c".into(), id: "exec-1".into(), pid: 9, exit_status: 3, exited_at: None };
+        let envelope = ProtoEnvelope {
+            timestamp: None,
+            namespace: "crid".into(),
+            topic: "/tasks/exit".into(),
+            event: Some(prost_types::Any { type_url: "containerd.events.TaskExit".into(), value: payload.encode_to_vec() }),
+        };
+        assert_eq!(decode(envelope).event, Event::Other { topic: "/tasks/exit".into() });
     }
 }

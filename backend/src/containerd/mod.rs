@@ -263,7 +263,9 @@ impl RealContainerd {
 
     async fn kill_process(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let request = KillRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), signal, all };
-        grpc(self.tasks().kill(self.req(request)).await).map(|_| ())
+        let result = grpc(self.tasks().kill(self.req(request)).await).map(|_| ());
+        tracing::debug!(container_id = id, exec_id, signal, all, ok = result.is_ok(), "kill");
+        result
     }
 }
 
@@ -370,8 +372,11 @@ impl Containerd for RealContainerd {
     }
 
     async fn delete_task(&self, id: &str) -> Result<ExitStatus> {
-        let delete = || self.tasks().delete(self.req(DeleteTaskRequest { container_id: id.to_string() }));
-        let response = match grpc(delete().await) {
+        let delete = || async move {
+            let mut tasks = self.tasks();
+            grpc(tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await)
+        };
+        let response = match delete().await {
             Err(e) if e.kind == ErrorKind::FailedPrecondition => {
                 // Still running: kill everything in it, wait for the exit, then delete.
                 match self.kill_process(id, "", libc::SIGKILL as u32, true).await {
@@ -379,7 +384,7 @@ impl Containerd for RealContainerd {
                     _ => {}
                 }
                 self.wait_process(id, "").await?;
-                grpc(delete().await)?
+                delete().await?
             }
             other => other?,
         };
@@ -451,14 +456,17 @@ impl Containerd for RealContainerd {
             spec: Some(json_any(spec::PROCESS_TYPE_URL, spec::to_json(&process)?)),
             exec_id: exec.exec_id.clone(),
         };
+        // Unlike a task's, an exec's FIFOs are opened by the shim at Start, so the dummy writers
+        // are held until then.
         let created = grpc(self.tasks().exec(self.req(request)).await);
-        drop(prepared.keepalive);
         if let Err(e) = created {
             self.io.remove_exec(id, &exec.exec_id).await;
             return Err(e);
         }
         let start = StartRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
-        match grpc(self.tasks().start(self.req(start)).await) {
+        let started = grpc(self.tasks().start(self.req(start)).await);
+        drop(prepared.keepalive);
+        match started {
             Ok(response) => Ok(response.pid),
             Err(e) => {
                 let delete = DeleteProcessRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
@@ -487,15 +495,16 @@ impl Containerd for RealContainerd {
     }
 
     async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<()> {
-        let delete = || {
+        let delete = || async move {
             let request = DeleteProcessRequest { container_id: id.to_string(), exec_id: exec_id.to_string() };
-            self.tasks().delete_process(self.req(request))
+            let mut tasks = self.tasks();
+            grpc(tasks.delete_process(self.req(request)).await)
         };
-        let result = match grpc(delete().await) {
+        let result = match delete().await {
             Err(e) if e.kind == ErrorKind::FailedPrecondition => {
                 let _ = self.kill_process(id, exec_id, libc::SIGKILL as u32, false).await;
                 let _ = self.wait_process(id, exec_id).await;
-                grpc(delete().await).map(|_| ())
+                delete().await.map(|_| ())
             }
             other => other.map(|_| ()),
         };
@@ -505,8 +514,29 @@ impl Containerd for RealContainerd {
 
     // ---- images and content ----
 
+    /// Resolves at the registry and stores the manifest in the content store, as containerd's
+    /// resolver does: the image record's target must be readable (recovery, image status) and
+    /// the manifest's GC labels are what keep the config and layers alive.
     async fn resolve(&self, reference: &str) -> Result<ResolvedImage> {
-        self.registry.resolve(reference).await
+        let (resolved, manifest_bytes) = self.registry.resolve(reference).await?;
+        if !self.content_info_exists(&resolved.manifest.digest).await? {
+            let labels = |bytes: &[u8]| ManifestDocument::parse(bytes).map(|m| m.gc_labels()).unwrap_or_default();
+            let mut suffix = [0u8; 4];
+            crate::os::fill_random(&mut suffix);
+            let write = content::BlobWrite {
+                write_ref: format!("crid-{}-{}", resolved.manifest.digest, hex::encode(suffix)),
+                digest: &resolved.manifest.digest,
+                size: resolved.manifest.size_bytes,
+                lease: Some(self.pull_lease().await?),
+                labels: &labels,
+                keep_bytes: true,
+            };
+            let body = futures::stream::iter([Ok(bytes::Bytes::from(manifest_bytes))]);
+            content::write_blob(&self.channel, &self.requests, write, body, &|_| {})
+                .await
+                .map_err(|e| e.context(format!("store manifest {}", resolved.manifest.digest)))?;
+        }
+        Ok(resolved)
     }
 
     async fn content_exists(&self, digest: &str) -> Result<bool> {
@@ -514,6 +544,8 @@ impl Containerd for RealContainerd {
     }
 
     async fn fetch_blob(&self, reference: &str, blob: &Descriptor, progress: ProgressFn<'_>) -> Result<()> {
+        // The integration tests count these lines to prove that concurrent pulls fetch once.
+        tracing::debug!(digest = %blob.digest, media_type = %blob.media_type, reference, "fetching blob");
         let response = self.registry.blob(reference, blob).await?;
         let body = response.bytes_stream().map_err(|e| Error::unavailable(format!("download {}: {e}", blob.digest)));
         let is_manifest = pull::is_manifest_media_type(&blob.media_type);

@@ -141,6 +141,12 @@ fn base_mounts(workload: &WorkloadSpec) -> Result<Vec<Mount>> {
 }
 
 fn user_mount(spec: &MountSpec) -> Result<Mount> {
+    if spec.kind == "volume" {
+        // An image-declared volume: containerd backs it with a directory under the container's
+        // root; this backend has none, so a private tmpfs stands in (lost with the container,
+        // as a CRI container is never restarted in place).
+        return mount(&spec.destination, "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=755"]);
+    }
     let kind = if spec.kind.is_empty() { "bind" } else { spec.kind.as_str() };
     let mut options: Vec<String> = spec.options.clone();
     if kind == "bind" && !options.iter().any(|o| o == "bind" || o == "rbind") {

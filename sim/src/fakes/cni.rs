@@ -18,8 +18,26 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 const POOL_FIRST: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
 const POOL_LAST: Ipv4Addr = Ipv4Addr::new(10, 88, 255, 254);
 
-/// The configuration the fake pretends to have loaded when none was written.
-const DEFAULT_CONFIG: &str = r#"{"cniVersion":"1.0.0","name":"containerd-net","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.88.0.0/16"}]],"routes":[{"dst":"0.0.0.0/0"}]}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+/// The configuration the fake pretends to have loaded when none was written: containerd's
+/// default bridge network.
+fn default_config() -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "containerd-net",
+        "plugins": [
+            {
+                "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": "10.88.0.0/16" }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                },
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+        ],
+    })
+    .to_string()
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CniOp {
@@ -74,9 +92,13 @@ impl CniState {
         }
         let (first, last) = (u32::from(POOL_FIRST), u32::from(POOL_LAST));
         // Allocations are dense from the bottom, so the first gap is found within len+1 probes.
-        let free = (first..=last).map(Ipv4Addr::from).find(|address| !self.in_use.contains(address)).ok_or_else(|| {
-            Error::new(ErrorKind::ResourceExhausted, "failed to allocate for range 0: no IP addresses available in range set")
-        })?;
+        let free =
+            (first..=last).map(Ipv4Addr::from).find(|address| !self.in_use.contains(address)).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::ResourceExhausted,
+                    "failed to allocate for range 0: no IP addresses available in range set",
+                )
+            })?;
         self.in_use.insert(free);
         self.allocations.insert(sandbox_id.to_string(), free);
         Ok(free)
@@ -162,21 +184,23 @@ impl FakeCni {
     }
 
     fn add(&self, network: &PodNetwork) -> Result<CniResult> {
+        if !self.state().loaded {
+            return Err(not_initialized());
+        }
         if let Some(error) = self.netns_missing(network) {
             return Err(error);
         }
         let mut state = self.state();
-        if !state.loaded {
-            return Err(not_initialized());
-        }
         let address = state.allocate(&network.sandbox_id)?;
         if state.chained_failure {
             return Err(Error::internal(format!(
-                "plugin type=\"portmap\" failed (add): sandbox {}: chained plugin failed after IPAM allocated {address}",
+                "plugin type=\"portmap\" failed (add): sandbox {}: chained plugin failed after IPAM gave {address}",
                 network.sandbox_id
             )));
         }
-        let ip = IpConfig { interface: network.interface_name.clone(), address: address.to_string(), gateway: GATEWAY.to_string() };
+        let interface = if network.interface_name.is_empty() { "eth0" } else { network.interface_name.as_str() };
+        let ip =
+            IpConfig { interface: interface.to_string(), address: address.to_string(), gateway: GATEWAY.to_string() };
         let raw = serde_json::json!({
             "cniVersion": "1.0.0",
             "interfaces": [{"name": ip.interface, "sandbox": network.netns_path}],
@@ -255,7 +279,7 @@ impl Cni for FakeCni {
         if !state.loaded {
             return "{}".to_string();
         }
-        state.conf_files.values().next_back().cloned().unwrap_or_else(|| DEFAULT_CONFIG.to_string())
+        state.conf_files.values().next_back().cloned().unwrap_or_else(default_config)
     }
 
     async fn write_config(&self, file_name: &str, contents: &str) -> Result<String> {

@@ -21,7 +21,7 @@ use crid::error::{Error, Result};
 
 use super::clock::SimClock;
 use super::faults::{self, After, FaultAction, FaultInjector};
-use super::process::{self, ExecScript, InitScript, EXIT_KILLED, SIGKILL};
+use super::process::{self, EXIT_KILLED, ExecScript, InitScript, SIGKILL};
 use super::registry;
 
 pub use super::registry::chain_ids;
@@ -84,11 +84,20 @@ struct Process {
     exit: Option<ExitStatus>,
     exit_tx: watch::Sender<Option<ExitStatus>>,
     ignores_sigterm: bool,
+    /// Stuck in uninterruptible sleep: no signal, not even SIGKILL, ends it (SPEC B19).
+    unkillable: bool,
 }
 
 impl Process {
     fn new(pid: u32) -> Self {
-        Process { pid, scripted: None, exit: None, exit_tx: watch::channel(None).0, ignores_sigterm: false }
+        Process {
+            pid,
+            scripted: None,
+            exit: None,
+            exit_tx: watch::channel(None).0,
+            ignores_sigterm: false,
+            unkillable: false,
+        }
     }
 
     fn finish(&mut self, status: ExitStatus) {
@@ -140,7 +149,8 @@ struct Snapshotter {
 
 impl Snapshotter {
     fn has_children(&self, chain_id: &str) -> bool {
-        self.committed.values().any(|(parent, _)| parent == chain_id) || self.active.values().any(|parent| parent == chain_id)
+        self.committed.values().any(|(parent, _)| parent == chain_id)
+            || self.active.values().any(|parent| parent == chain_id)
     }
 }
 
@@ -270,7 +280,8 @@ impl State {
         }
         self.content.retain(|digest, _| live_content.contains(digest));
         for snapshots in self.snapshotters.values_mut() {
-            let mut live: BTreeSet<String> = image_chains.iter().filter(|chain| snapshots.committed.contains_key(*chain)).cloned().collect();
+            let mut live: BTreeSet<String> =
+                image_chains.iter().filter(|chain| snapshots.committed.contains_key(*chain)).cloned().collect();
             let mut pending: Vec<String> = live.iter().cloned().chain(snapshots.active.values().cloned()).collect();
             while let Some(chain) = pending.pop() {
                 if let Some((parent, _)) = snapshots.committed.get(&chain) {
@@ -392,7 +403,8 @@ impl FakeContainerd {
         }
         for exec in task.execs.values_mut() {
             if let Some(scripted) = exec.process.scripted.filter(|scripted| scripted.at <= now) {
-                exec.process.finish(ExitStatus { exit_code: scripted.code, exited_at_ns: self.clock.ns_at(scripted.at) });
+                exec.process
+                    .finish(ExitStatus { exit_code: scripted.code, exited_at_ns: self.clock.ns_at(scripted.at) });
             }
         }
     }
@@ -409,7 +421,12 @@ impl FakeContainerd {
         if oom {
             events.push(Event::TaskOom { container_id: id.to_string() });
         }
-        events.push(Event::TaskExit { container_id: id.to_string(), pid: task.init.pid, exit_code: code, exited_at_ns: at_ns });
+        events.push(Event::TaskExit {
+            container_id: id.to_string(),
+            pid: task.init.pid,
+            exit_code: code,
+            exited_at_ns: at_ns,
+        });
     }
 
     fn publish(&self, state: &mut State, events: Vec<Event>) {
@@ -418,8 +435,12 @@ impl FakeContainerd {
                 state.events_dropped_by_fault += 1;
                 continue;
             }
-            let envelope =
-                Envelope { timestamp_ns: self.clock.now_ns(), namespace: self.namespace.clone(), topic: topic_of(&event), event };
+            let envelope = Envelope {
+                timestamp_ns: self.clock.now_ns(),
+                namespace: self.namespace.clone(),
+                topic: topic_of(&event),
+                event,
+            };
             state.events_published += 1;
             let mut dropped = 0;
             state.subscribers.retain(|subscriber| match subscriber.try_send(envelope.clone()) {
@@ -442,7 +463,9 @@ impl FakeContainerd {
         if self.raw_state().up {
             Ok(())
         } else {
-            Err(Error::unavailable("connection error: dial unix /run/containerd/containerd.sock: connect: connection refused"))
+            Err(Error::unavailable(
+                "connection error: dial unix /run/containerd/containerd.sock: connect: connection refused",
+            ))
         }
     }
 
@@ -479,7 +502,9 @@ impl FakeContainerd {
                 let running = task.state == TaskState::Running;
                 let (process, deadline_applies) = match exec_id {
                     None => (&task.init, running),
-                    Some(exec_id) => (&task.execs.get(exec_id).ok_or_else(|| exec_not_found(id, exec_id))?.process, true),
+                    Some(exec_id) => {
+                        (&task.execs.get(exec_id).ok_or_else(|| exec_not_found(id, exec_id))?.process, true)
+                    }
                 };
                 let deadline = process.scripted.map(|scripted| scripted.at).filter(|_| deadline_applies);
                 (process.exit_tx.subscribe(), deadline)
@@ -531,7 +556,7 @@ impl FakeContainerd {
     }
 
     fn signal_process(process: &mut Process, signal: u32, at_ns: i64) -> bool {
-        if process.exit.is_some() {
+        if process.exit.is_some() || process.unkillable {
             return false;
         }
         match process::signal_exit_code(signal, process.ignores_sigterm) {
@@ -621,6 +646,19 @@ impl FakeContainerd {
         }
     }
 
+    /// The task's init ignores every signal until `false` is set again (a process stuck in the
+    /// kernel, an empty cgroup.procs): kill returns Ok and changes nothing, delete fails. False
+    /// when there is no task.
+    pub fn set_unkillable(&self, id: &str, unkillable: bool) -> bool {
+        match self.raw_state().tasks.get_mut(id) {
+            Some(task) => {
+                task.init.unkillable = unkillable;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The task and its shim vanish without an exit (a shim crash, a cleanup by another client).
     pub fn remove_task_out_of_band(&self, id: &str) -> bool {
         let mut state = self.raw_state();
@@ -659,7 +697,12 @@ impl FakeContainerd {
     }
 
     /// Makes the registry serve `reference`. Returns what resolving it gives.
-    pub fn add_registry_image(&self, reference: &str, layers: Vec<(String, u64)>, config: ImageConfig) -> ResolvedImage {
+    pub fn add_registry_image(
+        &self,
+        reference: &str,
+        layers: Vec<(String, u64)>,
+        config: ImageConfig,
+    ) -> ResolvedImage {
         let image = registry::build_image(reference, &layers, config);
         let mut state = self.raw_state();
         state.manifests.insert(image.manifest.digest.clone(), image.clone());
@@ -716,10 +759,16 @@ impl FakeContainerd {
         let state = self.raw_state();
         let Some(snapshots) = state.snapshotters.get(snapshotter) else { return BTreeMap::new() };
         let committed = snapshots.committed.iter().map(|(chain, (parent, size_bytes))| {
-            (chain.clone(), SnapshotInfo { kind: SnapshotKind::Committed, parent: parent.clone(), size_bytes: *size_bytes })
+            (
+                chain.clone(),
+                SnapshotInfo { kind: SnapshotKind::Committed, parent: parent.clone(), size_bytes: *size_bytes },
+            )
         });
         let active = snapshots.active.iter().map(|(key, parent)| {
-            (key.clone(), SnapshotInfo { kind: SnapshotKind::Active, parent: parent.clone(), size_bytes: ACTIVE_SNAPSHOT_BYTES })
+            (
+                key.clone(),
+                SnapshotInfo { kind: SnapshotKind::Active, parent: parent.clone(), size_bytes: ACTIVE_SNAPSHOT_BYTES },
+            )
         });
         committed.chain(active).collect()
     }
@@ -803,7 +852,10 @@ impl FakeContainerd {
             return Err(Error::already_exists(format!("task {id}: already exists")));
         }
         if !container.snapshot_key.is_empty()
-            && !state.snapshotters.get(&container.snapshotter).is_some_and(|snapshots| snapshots.active.contains_key(&container.snapshot_key))
+            && !state
+                .snapshotters
+                .get(&container.snapshotter)
+                .is_some_and(|snapshots| snapshots.active.contains_key(&container.snapshot_key))
         {
             return Err(Error::not_found(format!(
                 "failed to mount rootfs: snapshot {} in {}: not found",
@@ -832,7 +884,10 @@ impl FakeContainerd {
         let args = state.containers.get(id).map(|container| container.spec.args.clone()).unwrap_or_default();
         let task = state.task_mut(id)?;
         if task.exited() || task.state != TaskState::Created {
-            return Err(Error::precondition(format!("task {id}: cannot start a task in state {:?}", task.info().state)));
+            return Err(Error::precondition(format!(
+                "task {id}: cannot start a task in state {:?}",
+                task.info().state
+            )));
         }
         let behaviour = process::init_behaviour(&args);
         let now = Instant::now();
@@ -861,6 +916,7 @@ impl FakeContainerd {
         // A frozen process only reacts to SIGKILL (as under the cgroup v2 freezer).
         let frozen = matches!(task.state, TaskState::Paused | TaskState::Pausing);
         if !task.exited()
+            && !task.init.unkillable
             && (!frozen || signal == SIGKILL)
             && let Some(code) = process::signal_exit_code(signal, task.init.ignores_sigterm)
         {
@@ -875,6 +931,11 @@ impl FakeContainerd {
         let now_ns = self.clock.now_ns();
         let mut events = Vec::new();
         let task = state.task_mut(id)?;
+        if task.init.unkillable && !task.exited() {
+            return Err(Error::precondition(format!(
+                "task {id} must be stopped before deletion: running: failed precondition"
+            )));
+        }
         self.exit_task(id, task, EXIT_KILLED, now_ns, false, &mut events);
         let exit = task.init.exit.expect("exited above");
         state.tasks.remove(id);
@@ -903,7 +964,9 @@ impl FakeContainerd {
                 exec.output = ExecOutput { stdout, stderr };
                 exec.process.finish(ExitStatus { exit_code: code, exited_at_ns: self.clock.ns_at(now) });
             }
-            ExecScript::SleepThenExit { after } => exec.process.scripted = Some(ScriptedExit { at: now + after, code: 0, oom: false }),
+            ExecScript::SleepThenExit { after } => {
+                exec.process.scripted = Some(ScriptedExit { at: now + after, code: 0, oom: false })
+            }
             ExecScript::UntilKilled => {}
         }
         task.execs.insert(spec.exec_id.clone(), exec);
@@ -911,7 +974,13 @@ impl FakeContainerd {
         Ok(pid)
     }
 
-    fn do_apply_begin(&self, snapshotter: &str, chain_id: &str, parent_chain_id: &str, layer: &Descriptor) -> Result<InFlight<'_>> {
+    fn do_apply_begin(
+        &self,
+        snapshotter: &str,
+        chain_id: &str,
+        parent_chain_id: &str,
+        layer: &Descriptor,
+    ) -> Result<InFlight<'_>> {
         let mut state = self.state();
         if state.committed(snapshotter, chain_id) {
             return Err(Error::already_exists(format!("snapshot {chain_id}: already exists")));
@@ -927,13 +996,22 @@ impl FakeContainerd {
         Ok(InFlight { containerd: self, key: InFlightKey::Apply(key) })
     }
 
-    fn do_apply_commit(&self, snapshotter: &str, chain_id: &str, parent_chain_id: &str, layer: &Descriptor) -> Result<()> {
+    fn do_apply_commit(
+        &self,
+        snapshotter: &str,
+        chain_id: &str,
+        parent_chain_id: &str,
+        layer: &Descriptor,
+    ) -> Result<()> {
         let mut state = self.state();
         // Another apply of the same chain may have committed while this one unpacked.
         if state.committed(snapshotter, chain_id) {
             return Err(Error::already_exists(format!("snapshot {chain_id}: already exists")));
         }
-        state.snapshotter(snapshotter).committed.insert(chain_id.to_string(), (parent_chain_id.to_string(), layer.size_bytes));
+        state
+            .snapshotter(snapshotter)
+            .committed
+            .insert(chain_id.to_string(), (parent_chain_id.to_string(), layer.size_bytes));
         Ok(())
     }
 
@@ -1183,7 +1261,8 @@ impl Containerd for FakeContainerd {
         let result = async {
             let in_flight = {
                 let mut state = self.raw_state();
-                let image = state.registry.get(reference).ok_or_else(|| Error::not_found(format!("{reference}: not found")))?;
+                let image =
+                    state.registry.get(reference).ok_or_else(|| Error::not_found(format!("{reference}: not found")))?;
                 let served = image.manifest.digest == blob.digest
                     || image.config.digest == blob.digest
                     || image.layers.iter().any(|layer| layer.digest == blob.digest);
@@ -1217,7 +1296,13 @@ impl Containerd for FakeContainerd {
         after.finish(Ok(exists)).await
     }
 
-    async fn apply_layer(&self, snapshotter: &str, chain_id: &str, parent_chain_id: &str, layer: &Descriptor) -> Result<()> {
+    async fn apply_layer(
+        &self,
+        snapshotter: &str,
+        chain_id: &str,
+        parent_chain_id: &str,
+        layer: &Descriptor,
+    ) -> Result<()> {
         let after = self.enter("containerd.apply_layer", chain_id).await?;
         let mut connection = self.connection.subscribe();
         let result = async {
@@ -1261,7 +1346,9 @@ impl Containerd for FakeContainerd {
                 return Err(Error::not_found(format!("snapshot {key}: not found")));
             }
             if snapshots.has_children(key) {
-                return Err(Error::precondition(format!("cannot remove snapshot {key} with child: failed precondition")));
+                return Err(Error::precondition(format!(
+                    "cannot remove snapshot {key} with child: failed precondition"
+                )));
             }
             snapshots.committed.remove(key);
             Ok(())
@@ -1315,7 +1402,12 @@ impl Containerd for FakeContainerd {
 
     async fn get_image(&self, name: &str) -> Result<ImageRecord> {
         let after = self.enter("containerd.get_image", name).await?;
-        let result = self.raw_state().images.get(name).cloned().ok_or_else(|| Error::not_found(format!("image \"{name}\": not found")));
+        let result = self
+            .raw_state()
+            .images
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("image \"{name}\": not found")));
         after.finish(result).await
     }
 
@@ -1537,6 +1629,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn unkillable_task_survives_kill_and_blocks_delete() {
+        let containerd = fake();
+        running(&containerd, "pause", &["/pause"]).await;
+        assert!(containerd.set_unkillable("pause", true));
+        containerd.kill_task("pause", 9, true).await.unwrap();
+        assert_eq!(containerd.task_info("pause").await.unwrap().state, TaskState::Running);
+        assert_eq!(containerd.delete_task("pause").await.unwrap_err().kind, ErrorKind::FailedPrecondition);
+        containerd.set_unkillable("pause", false);
+        containerd.kill_task("pause", 9, true).await.unwrap();
+        assert_eq!(containerd.delete_task("pause").await.unwrap().exit_code, 137);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn exec_scripts_and_leaks() {
         let containerd = fake();
         running(&containerd, "c1", &["sleep", "inf"]).await;
@@ -1552,7 +1657,8 @@ mod tests {
         containerd.exec_start("c1", &spec("e2", &["sleep", "200"])).await.unwrap();
         let start = Instant::now();
         assert_eq!(containerd.exec_wait("c1", "e2").await.unwrap().exit_code, 0);
-        assert_eq!(start.elapsed(), Duration::from_millis(200));
+        let slept = start.elapsed();
+        assert!(slept >= Duration::from_millis(200) && slept < Duration::from_millis(201), "{slept:?}");
         containerd.exec_start("c1", &spec("e3", &["sleep", "inf"])).await.unwrap();
         assert_eq!(containerd.live_execs().len(), 3);
         containerd.exec_kill("c1", "e3", 9).await.unwrap();

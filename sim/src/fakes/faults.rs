@@ -257,15 +257,18 @@ impl FaultInjector for ScriptedFaults {
         *script.calls.entry((site.to_string(), key.to_string())).or_default() += 1;
         let keyed = (site.to_string(), Some(key.to_string()));
         let any = (site.to_string(), None);
-        let queued = [&keyed, &any]
-            .into_iter()
-            .find_map(|slot| script.queues.get_mut(slot).and_then(VecDeque::pop_front));
+        let queued =
+            [&keyed, &any].into_iter().find_map(|slot| script.queues.get_mut(slot).and_then(VecDeque::pop_front));
         let action = queued
             .or_else(|| script.persistent.get(&keyed).or_else(|| script.persistent.get(&any)).cloned())
             .or_else(|| script.default.clone())
             .unwrap_or(FaultAction::Proceed);
         if action != FaultAction::Proceed {
-            script.injected.push(InjectedFault { site: site.to_string(), key: key.to_string(), action: action.clone() });
+            script.injected.push(InjectedFault {
+                site: site.to_string(),
+                key: key.to_string(),
+                action: action.clone(),
+            });
         }
         action
     }

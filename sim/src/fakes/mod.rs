@@ -75,7 +75,11 @@ impl FakeWorld {
         self.containerd.add_registry_image(PAUSE_IMAGE, vec![(layer_digest("pause-3.8"), 311_000)], pause);
         let busybox = ImageConfig { cmd: vec!["sh".into()], env: env.clone(), ..ImageConfig::default() };
         let base = (layer_digest("busybox-base"), 2_200_000);
-        self.containerd.add_registry_image(BUSYBOX_IMAGE, vec![base.clone(), (layer_digest("busybox-bin"), 48_000)], busybox);
+        self.containerd.add_registry_image(
+            BUSYBOX_IMAGE,
+            vec![base.clone(), (layer_digest("busybox-bin"), 48_000)],
+            busybox,
+        );
         let nginx = ImageConfig {
             entrypoint: vec!["/docker-entrypoint.sh".into()],
             cmd: vec!["nginx".into(), "-g".into(), "daemon off;".into()],

@@ -413,7 +413,9 @@ impl Os for FakeOs {
                 }
                 match rest.split_once('/') {
                     Some((name, _)) => entries.insert(name.to_string(), true),
-                    None => entries.insert(rest.to_string(), entry_is_dir || entries.get(rest).copied().unwrap_or(false)),
+                    None => {
+                        entries.insert(rest.to_string(), entry_is_dir || entries.get(rest).copied().unwrap_or(false))
+                    }
                 };
             }
             Ok(entries.into_iter().map(|(name, is_dir)| DirEntry { name, is_dir }).collect())

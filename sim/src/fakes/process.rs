@@ -70,8 +70,14 @@ pub fn signal_exit_code(signal: u32, ignores_sigterm: bool) -> Option<u32> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExecScript {
     /// Finished as soon as started.
-    Done { code: u32, stdout: Vec<u8>, stderr: Vec<u8> },
-    SleepThenExit { after: Duration },
+    Done {
+        code: u32,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    SleepThenExit {
+        after: Duration,
+    },
     UntilKilled,
 }
 
@@ -124,7 +130,10 @@ mod tests {
         let exit = init_behaviour(&argv(&["exit", "3", "250"]));
         assert_eq!(exit.script, InitScript::ExitAfter { code: 3, after: Duration::from_millis(250) });
         assert!(!exit.ignores_sigterm);
-        assert_eq!(init_behaviour(&argv(&["oom", "10"])).script, InitScript::OomAfter { after: Duration::from_millis(10) });
+        assert_eq!(
+            init_behaviour(&argv(&["oom", "10"])).script,
+            InitScript::OomAfter { after: Duration::from_millis(10) }
+        );
         let stubborn = init_behaviour(&argv(&["sleep", "inf", "ignore-sigterm"]));
         assert_eq!(stubborn, InitBehaviour { script: InitScript::UntilKilled, ignores_sigterm: true });
         assert_eq!(init_behaviour(&argv(&["exit", "x", "1"])).script, InitScript::UntilKilled);
@@ -146,14 +155,14 @@ mod tests {
             exec_script(&argv(&["echo", "hello", "world"]), 100),
             ExecScript::Done { code: 0, stdout: b"hello world\n".to_vec(), stderr: Vec::new() }
         );
-        assert_eq!(exec_script(&argv(&["sh", "-c", "exit 4"]), 100), ExecScript::Done {
-            code: 4,
-            stdout: Vec::new(),
-            stderr: Vec::new()
-        });
-        assert_eq!(exec_script(&argv(&["sleep", "20"]), 100), ExecScript::SleepThenExit {
-            after: Duration::from_millis(20)
-        });
+        assert_eq!(
+            exec_script(&argv(&["sh", "-c", "exit 4"]), 100),
+            ExecScript::Done { code: 4, stdout: Vec::new(), stderr: Vec::new() }
+        );
+        assert_eq!(
+            exec_script(&argv(&["sleep", "20"]), 100),
+            ExecScript::SleepThenExit { after: Duration::from_millis(20) }
+        );
         let ExecScript::Done { stdout, .. } = exec_script(&argv(&["yes", "5000"]), 1024) else { panic!() };
         assert_eq!(stdout.len(), 1024);
         let ExecScript::Done { code, stderr, .. } = exec_script(&argv(&["frobnicate"]), 1024) else { panic!() };

@@ -42,7 +42,8 @@ pub fn diff_id_of(layer_digest: &str) -> String {
 pub fn build_image(reference: &str, layers: &[(String, u64)], image_config: ImageConfig) -> ResolvedImage {
     assert!(!layers.is_empty(), "image {reference} needs at least one layer");
     let diff_ids: Vec<String> = layers.iter().map(|(digest, _)| diff_id_of(digest)).collect();
-    let config_blob = serde_json::json!({ "config": image_config, "rootfs": { "type": "layers", "diff_ids": diff_ids } }).to_string();
+    let config_blob =
+        serde_json::json!({ "config": image_config, "rootfs": { "type": "layers", "diff_ids": diff_ids } }).to_string();
     let config = Descriptor {
         media_type: MEDIA_TYPE_CONFIG.to_string(),
         digest: sha256_digest(config_blob.as_bytes()),
@@ -55,7 +56,9 @@ pub fn build_image(reference: &str, layers: &[(String, u64)], image_config: Imag
             Descriptor { media_type: MEDIA_TYPE_LAYER.to_string(), digest: digest.clone(), size_bytes: *size_bytes }
         })
         .collect();
-    let manifest_blob = serde_json::json!({ "schemaVersion": 2, "config": config.digest, "layers": layers.iter().map(|layer| &layer.digest).collect::<Vec<_>>() }).to_string();
+    let layer_digests: Vec<&String> = layers.iter().map(|layer| &layer.digest).collect();
+    let manifest_blob =
+        serde_json::json!({ "schemaVersion": 2, "config": config.digest, "layers": layer_digests }).to_string();
     let manifest = Descriptor {
         media_type: MEDIA_TYPE_MANIFEST.to_string(),
         digest: sha256_digest(manifest_blob.as_bytes()),

@@ -1,0 +1,260 @@
+//! `crid-sim`: run seeded scenarios, replay a seed, check determinism, shrink a failure.
+//! Reach it as `cargo sim …` (a cargo alias that builds it in madsim mode, release).
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!("crid-sim must be built in simulation mode: run it as `cargo sim <command>` (see README)");
+    std::process::exit(2);
+}
+
+#[cfg(madsim)]
+fn main() {
+    std::process::exit(cli::main());
+}
+
+#[cfg(madsim)]
+mod cli {
+    use clap::{Parser, Subcommand};
+    use crid_sim::runner::{replay_command, run_seed};
+    use crid_sim::scenario::{Scenario, names};
+    use crid_sim::summary::{Summary, parse_seed_range, run_seeds, shard};
+
+    #[derive(Parser)]
+    #[command(name = "crid-sim", about = "Deterministic simulation of the crid CRI service")]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(Subcommand)]
+    enum Command {
+        /// Run one seed (`--seed N`) or a seed range (`--seeds A..B`) of a scenario.
+        Run {
+            /// An embedded scenario name or a scenario file path.
+            #[arg(long, default_value = "recovery")]
+            scenario: String,
+            #[arg(long, conflicts_with = "seeds")]
+            seed: Option<u64>,
+            /// A range `A..B` (end exclusive).
+            #[arg(long)]
+            seeds: Option<String>,
+            /// Run only shard I of N of the range (seeds with seed % N == I).
+            #[arg(long)]
+            shard: Option<String>,
+            /// Worker threads for a range (default: available cores).
+            #[arg(long)]
+            jobs: Option<usize>,
+            /// Print the readable trace of a single seed.
+            #[arg(long)]
+            trace: bool,
+            /// Print only the trace hash (used by check-determinism).
+            #[arg(long, hide = true)]
+            hash_only: bool,
+            /// Write the summary of a range as JSON (shards merge with `merge`).
+            #[arg(long)]
+            json: Option<String>,
+        },
+        /// Run each seed twice in separate processes and compare trace hashes.
+        CheckDeterminism {
+            #[arg(long, default_value = "recovery")]
+            scenario: String,
+            #[arg(long, default_value = "0..4")]
+            seeds: String,
+        },
+        /// Reduce a failing seed's schedule and write it as a scenario file that replays.
+        Shrink {
+            #[arg(long)]
+            scenario: String,
+            #[arg(long)]
+            seed: u64,
+            /// Output scenario file (default: shrunk-<scenario>-<seed>.toml).
+            #[arg(long)]
+            out: Option<String>,
+        },
+        /// Merge shard summaries written with `run --json`.
+        Merge { files: Vec<String> },
+        /// List the embedded scenarios.
+        List,
+    }
+
+    pub fn main() -> i32 {
+        let cli = Cli::parse();
+        match cli.command {
+            Command::Run { scenario, seed, seeds, shard: shard_spec, jobs, trace, hash_only, json } => {
+                let scenario = match Scenario::load(&scenario) {
+                    Ok(s) => s,
+                    Err(e) => return usage_error(&e),
+                };
+                match (seed, seeds) {
+                    (Some(seed), _) => run_one(&scenario, seed, trace, hash_only),
+                    (None, seeds) => {
+                        let range = match parse_seed_range(seeds.as_deref().unwrap_or("0..100")) {
+                            Ok(r) => r,
+                            Err(e) => return usage_error(&e),
+                        };
+                        let seeds = match shard(range, shard_spec.as_deref()) {
+                            Ok(s) => s,
+                            Err(e) => return usage_error(&e),
+                        };
+                        run_range(&scenario, seeds, jobs, json)
+                    }
+                }
+            }
+            Command::CheckDeterminism { scenario, seeds } => check_determinism(&scenario, &seeds),
+            Command::Shrink { scenario, seed, out } => shrink(&scenario, seed, out),
+            Command::Merge { files } => merge(&files),
+            Command::List => {
+                for name in names() {
+                    let scenario = Scenario::load(name).expect("embedded scenarios parse");
+                    println!("{name:<20} {}", scenario.description);
+                }
+                0
+            }
+        }
+    }
+
+    fn usage_error(message: &str) -> i32 {
+        eprintln!("error: {message}");
+        2
+    }
+
+    fn run_one(scenario: &Scenario, seed: u64, trace: bool, hash_only: bool) -> i32 {
+        if !hash_only {
+            println!("seed       {seed}");
+            println!("scenario   {}", scenario.name);
+            println!("options    {} pods x {} containers, {}s faults + {}s liveness, faults at {:?} ({:?}), rate {}", scenario.workload.pods, scenario.workload.containers_per_pod, scenario.duration_s, scenario.liveness_s, scenario.faults.sites, scenario.faults.kinds, scenario.faults.rate);
+            println!("replay     {}", replay_command(&scenario.name, seed));
+            println!();
+        }
+        let report = run_seed(scenario, seed, trace && !hash_only);
+        if hash_only {
+            println!("{}", report.trace_hash);
+            return 0;
+        }
+        println!("active fault points  {}", if report.active_points.is_empty() { "none".into() } else { report.active_points.join(", ") });
+        println!("chaos events         {}", if report.chaos_events.is_empty() { "none".into() } else { report.chaos_events.join(", ") });
+        println!("rpcs {}  pods {}  simulated {:.1}s  wall {}ms  trace {} lines, hash {}", report.rpcs, report.pods, report.sim_ms as f64 / 1000.0, report.wall_ms, report.trace.len(), &report.trace_hash[..16.min(report.trace_hash.len())]);
+        if report.passed() {
+            println!("PASS");
+            0
+        } else {
+            println!();
+            for failure in &report.failures {
+                println!("FAIL  invariant: {}\n      object:    {}\n      sim time:  {}\n      detail:    {}", failure.invariant, failure.object, failure.sim_time, failure.detail);
+            }
+            if !trace {
+                println!("\nlast trace lines:");
+                for line in report.trace.iter().rev().take(15).collect::<Vec<_>>().into_iter().rev() {
+                    println!("  {line}");
+                }
+            }
+            println!("\nreplay: {}", replay_command(&scenario.name, seed));
+            println!("shrink: cargo sim shrink --scenario {} --seed {seed}", scenario.name);
+            1
+        }
+    }
+
+    fn run_range(scenario: &Scenario, seeds: Vec<u64>, jobs: Option<usize>, json: Option<String>) -> i32 {
+        // determinism-ok: the number of worker threads does not affect any run.
+        let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let total = seeds.len() as u64;
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} seeds, {msg} failed ({elapsed})").expect("valid template").progress_chars("=> "));
+        bar.set_prefix(scenario.name.clone());
+        let failed_count = std::sync::atomic::AtomicU64::new(0);
+        let (summary, failed) = run_seeds(scenario, seeds, jobs, |report| {
+            if !report.passed() {
+                failed_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            bar.set_message(failed_count.load(std::sync::atomic::Ordering::Relaxed).to_string());
+            bar.inc(1);
+        });
+        bar.finish();
+        println!("{}", summary.render());
+        for report in failed.iter().take(3) {
+            let first = &report.failures[0];
+            println!("seed {}: {} on {} at {}: {}", report.seed, first.invariant, first.object, first.sim_time, first.detail);
+        }
+        if let Some(path) = json {
+            // determinism-ok: writing the report after every run finished.
+            if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("summary serialises")) {
+                eprintln!("error: cannot write {path}: {e}");
+                return 2;
+            }
+        }
+        if summary.failed_seeds.is_empty() { 0 } else { 1 }
+    }
+
+    fn check_determinism(scenario: &str, seeds: &str) -> i32 {
+        let range = match parse_seed_range(seeds) {
+            Ok(r) => r,
+            Err(e) => return usage_error(&e),
+        };
+        // determinism-ok: the check itself runs the simulator in child processes.
+        let exe = std::env::current_exe().expect("own path");
+        let mut mismatches = 0;
+        for seed in range {
+            let hashes: Vec<String> = (0..2)
+                .map(|_| {
+                    // determinism-ok: a separate process per run is the point of the check.
+                    let output = std::process::Command::new(&exe).args(["run", "--scenario", scenario, "--seed", &seed.to_string(), "--hash-only"]).output().expect("run child");
+                    String::from_utf8_lossy(&output.stdout).trim().to_string()
+                })
+                .collect();
+            let same = hashes[0] == hashes[1] && !hashes[0].is_empty();
+            println!("seed {seed:>6}  {}  {}", &hashes[0][..16.min(hashes[0].len())], if same { "same" } else { "DIFFERENT" });
+            if !same {
+                mismatches += 1;
+                println!("  second run: {}", hashes[1]);
+            }
+        }
+        if mismatches == 0 {
+            println!("deterministic: every seed replayed bit for bit in separate processes");
+            0
+        } else {
+            println!("NOT deterministic: {mismatches} seeds differ");
+            1
+        }
+    }
+
+    fn shrink(scenario_name: &str, seed: u64, out: Option<String>) -> i32 {
+        let scenario = match Scenario::load(scenario_name) {
+            Ok(s) => s,
+            Err(e) => return usage_error(&e),
+        };
+        println!("shrinking scenario {} seed {seed}", scenario.name);
+        let Some(shrunk) = crid_sim::shrink::shrink(&scenario, seed, |step| println!("  {step}")) else {
+            println!("seed {seed} does not fail; nothing to shrink");
+            return 1;
+        };
+        let path = out.unwrap_or_else(|| format!("shrunk-{}-{seed}.toml", scenario.name));
+        let text = toml::to_string_pretty(&shrunk.scenario).expect("scenario serialises");
+        // determinism-ok: writing the result after all runs finished.
+        if let Err(e) = std::fs::write(&path, &text) {
+            eprintln!("error: cannot write {path}: {e}");
+            return 2;
+        }
+        let failure = &shrunk.report.failures[0];
+        println!("after {} runs: still fails with {} on {}", shrunk.runs, failure.invariant, failure.object);
+        println!("wrote {path}");
+        println!("replay: cargo sim run --scenario {path} --seed {seed} --trace");
+        0
+    }
+
+    fn merge(files: &[String]) -> i32 {
+        let mut total = Summary::default();
+        for file in files {
+            // determinism-ok: reading finished shard reports.
+            let text = match std::fs::read_to_string(file) {
+                Ok(t) => t,
+                Err(e) => return usage_error(&format!("cannot read {file}: {e}")),
+            };
+            match serde_json::from_str::<Summary>(&text) {
+                Ok(summary) => total.merge(&summary),
+                Err(e) => return usage_error(&format!("{file}: {e}")),
+            }
+        }
+        println!("{}", total.render());
+        if total.failed_seeds.is_empty() { 0 } else { 1 }
+    }
+}

@@ -1,0 +1,119 @@
+//! The fault plan of one run (BUGGIFY-style): every fault point — a call site and a fault kind —
+//! is activated or not, drawn from the seed and printed; an active point then fires on a call
+//! with the scenario's rate. Every firing is logged in the trace.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crid::error::ErrorKind;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::fakes::{FaultAction, FaultInjector, sites};
+use crate::scenario::Scenario;
+use crate::trace::{Trace, short};
+
+pub const KINDS: &[&str] = &["error", "delay", "hang", "late", "fail_after", "crash"];
+
+/// `site/kind`, e.g. `containerd.delete_task/late`.
+pub fn point(site: &str, kind: &str) -> String {
+    format!("{site}/{kind}")
+}
+
+fn site_matches(pattern: &str, site: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => site.starts_with(prefix),
+        None => pattern == site,
+    }
+}
+
+/// The points a scenario makes eligible, in a fixed order.
+pub fn eligible_points(scenario: &Scenario) -> Vec<String> {
+    let mut points = vec![];
+    for site in sites() {
+        if scenario.faults.sites.iter().any(|p| site_matches(p, site)) {
+            for kind in KINDS {
+                if scenario.faults.kinds.iter().any(|k| k == kind) {
+                    points.push(point(site, kind));
+                }
+            }
+        }
+    }
+    points
+}
+
+pub struct FaultPlan {
+    active: BTreeSet<String>,
+    rate: f64,
+    max_delay_ms: u64,
+    enabled: AtomicBool,
+    rng: Mutex<SmallRng>,
+    trace: Arc<Trace>,
+    /// Asked to kill the CRI node when a `crash` point fires.
+    crash_requested: Arc<tokio::sync::Notify>,
+}
+
+impl FaultPlan {
+    pub fn new(scenario: &Scenario, seed: u64, trace: Arc<Trace>, crash_requested: Arc<tokio::sync::Notify>) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0xB066_1F7);
+        let eligible = eligible_points(scenario);
+        let active: BTreeSet<String> = match scenario.forced.as_ref().and_then(|f| f.active_points.clone()) {
+            Some(forced) => forced.into_iter().collect(),
+            None => eligible.into_iter().filter(|_| rng.gen_bool(scenario.faults.activation_probability)).collect(),
+        };
+        FaultPlan {
+            active,
+            rate: scenario.faults.rate,
+            max_delay_ms: scenario.faults.max_delay_ms.max(1),
+            enabled: AtomicBool::new(true),
+            rng: Mutex::new(rng),
+            trace,
+            crash_requested,
+        }
+    }
+
+    pub fn active_points(&self) -> Vec<String> {
+        self.active.iter().cloned().collect()
+    }
+
+    /// Faults stop for the liveness phase.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::SeqCst);
+    }
+}
+
+impl FaultInjector for FaultPlan {
+    fn at(&self, site: &str, key: &str) -> FaultAction {
+        if !self.enabled.load(Ordering::SeqCst) || self.active.is_empty() {
+            return FaultAction::Proceed;
+        }
+        for kind in KINDS {
+            if !self.active.contains(&point(site, kind)) {
+                continue;
+            }
+            let mut rng = self.rng.lock().unwrap();
+            if !rng.gen_bool(self.rate) {
+                continue;
+            }
+            let delay = Duration::from_millis(rng.gen_range(1..=self.max_delay_ms));
+            drop(rng);
+            let action = match *kind {
+                "error" => FaultAction::Fail(ErrorKind::Internal, format!("injected fault at {site}")),
+                "delay" => FaultAction::Delay(delay),
+                "hang" => FaultAction::Hang,
+                "late" => FaultAction::CompleteLate(delay),
+                "fail_after" => FaultAction::FailAfter(ErrorKind::Internal, format!("injected fault after {site}")),
+                "crash" => {
+                    self.crash_requested.notify_one();
+                    FaultAction::Hang
+                }
+                _ => unreachable!("kinds are validated"),
+            };
+            self.trace.log("fault", format!("{site} {} -> {kind}{}", short(key), if matches!(*kind, "delay" | "late") { format!(" {}ms", delay.as_millis()) } else { String::new() }));
+            return action;
+        }
+        FaultAction::Proceed
+    }
+}

@@ -1,0 +1,305 @@
+//! SPEC §10's invariants: safety after every step, liveness at quiescence, and the checks after
+//! recovery. A violation names the invariant, the object and the simulated time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use crid::backend::{KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskState};
+use crid::inspect::StateSnapshot;
+use crid::store::{ContainerState, SandboxState};
+use serde::Serialize;
+
+use crate::cri_node::CriEndpoint;
+use crate::fakes::FakeWorld;
+use crate::oracle::Oracle;
+use crate::trace::{Trace, short};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub invariant: String,
+    pub object: String,
+    pub sim_time: String,
+    pub detail: String,
+}
+
+/// Keeps at most this many failures per run; the first one is the one that matters.
+const MAX_FAILURES: usize = 20;
+
+pub struct Checker {
+    trace: Arc<Trace>,
+    world: Arc<FakeWorld>,
+    endpoint: CriEndpoint,
+    pub oracle: Oracle,
+    failures: Mutex<Vec<Failure>>,
+    /// Last seen state per container: (state, finished_at, incarnation).
+    containers: Mutex<BTreeMap<String, (ContainerState, i64, u64)>>,
+    sandboxes: Mutex<BTreeMap<String, (SandboxState, u64)>>,
+    incarnation: Mutex<u64>,
+    /// Pull-dedup check is off when images are removed (a re-pull fetches again).
+    pub check_pull_dedup: bool,
+}
+
+impl Checker {
+    pub fn new(trace: Arc<Trace>, world: Arc<FakeWorld>, endpoint: CriEndpoint, check_pull_dedup: bool) -> Self {
+        Checker {
+            trace,
+            world,
+            endpoint,
+            oracle: Oracle::default(),
+            failures: Mutex::new(vec![]),
+            containers: Mutex::new(BTreeMap::new()),
+            sandboxes: Mutex::new(BTreeMap::new()),
+            incarnation: Mutex::new(0),
+            check_pull_dedup,
+        }
+    }
+
+    pub fn fail(&self, invariant: &str, object: &str, detail: impl Into<String>) {
+        let detail = detail.into();
+        let mut failures = self.failures.lock().unwrap();
+        if failures.len() >= MAX_FAILURES || failures.iter().any(|f| f.invariant == invariant && f.object == object) {
+            return;
+        }
+        self.trace.log("VIOLATED", format!("{invariant} on {object}: {detail}"));
+        failures.push(Failure { invariant: invariant.into(), object: object.into(), sim_time: self.trace.now_label().trim().to_string(), detail });
+    }
+
+    pub fn failures(&self) -> Vec<Failure> {
+        self.failures.lock().unwrap().clone()
+    }
+
+    pub fn failed(&self) -> bool {
+        !self.failures.lock().unwrap().is_empty()
+    }
+
+    /// A new CRI process starts: state may legitimately be re-derived from here on.
+    pub fn new_incarnation(&self) {
+        *self.incarnation.lock().unwrap() += 1;
+    }
+
+    fn live_snapshot(&self) -> Option<StateSnapshot> {
+        let service = self.endpoint.service()?;
+        let snapshot = service.snapshot();
+        snapshot.initialized.then_some(snapshot)
+    }
+
+    /// Safety invariants (SPEC §10.1) and the oracle, on the current state.
+    pub fn check_safety(&self) {
+        let Some(snapshot) = self.live_snapshot() else { return };
+        self.check_registries(&snapshot);
+        self.check_container_transitions(&snapshot);
+        self.check_sandbox_transitions(&snapshot);
+        self.check_network(&snapshot);
+        self.check_no_duplicate_work();
+        for (object, detail) in self.oracle.check(&snapshot) {
+            self.fail("oracle: acknowledged state", &object, detail);
+        }
+    }
+
+    /// 1. Registry ↔ store.
+    fn check_registries(&self, snapshot: &StateSnapshot) {
+        let in_flight: BTreeSet<&str> = snapshot.operations.iter().map(String::as_str).collect();
+        let sandboxes: BTreeMap<&str, &str> = snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.name.as_str())).collect();
+        let containers: BTreeMap<&str, &str> = snapshot.containers.iter().map(|c| (c.id.as_str(), c.name.as_str())).collect();
+        let quarantined: BTreeSet<&str> = snapshot.quarantined.iter().map(|q| q.id.as_str()).collect();
+        for (kind, names, store) in [("sandbox", &snapshot.sandbox_names, &sandboxes), ("container", &snapshot.container_names, &containers)] {
+            let mut ids = BTreeSet::new();
+            for (name, id) in names.iter() {
+                if !ids.insert(id.as_str()) {
+                    self.fail("1 registry injective", &format!("{kind} {}", short(id)), "one id holds two names");
+                }
+                let stored = store.get(id.as_str()) == Some(&name.as_str());
+                let in_flight_op = in_flight.contains(format!("{kind}/{name}").as_str());
+                if !stored && !in_flight_op && !quarantined.contains(id.as_str()) {
+                    self.fail("1 registry <-> store", &format!("{kind} {name}"), format!("name reserved for {} with no object and no operation in flight", short(id)));
+                }
+            }
+            let reserved: BTreeMap<&str, &str> = names.iter().map(|(n, i)| (i.as_str(), n.as_str())).collect();
+            for (id, name) in store.iter() {
+                if reserved.get(id) != Some(name) {
+                    self.fail("1 registry <-> store", &format!("{kind} {}", short(id)), format!("stored object {name:?} is not reserved under its name"));
+                }
+            }
+        }
+    }
+
+    /// 2. Monotone container state; FinishedAt never changes; CreatedAt set unless UNKNOWN.
+    fn check_container_transitions(&self, snapshot: &StateSnapshot) {
+        use ContainerState::*;
+        let incarnation = *self.incarnation.lock().unwrap();
+        let mut seen = self.containers.lock().unwrap();
+        for container in &snapshot.containers {
+            let object = format!("container {}", short(&container.id));
+            let (state, finished) = (container.state, container.status.finished_at_ns);
+            if container.status.created_at_ns == 0 && state != Unknown {
+                self.fail("2 CreatedAt set", &object, format!("{state:?} with CreatedAt=0 (B9)"));
+            }
+            if let Some(&(before, before_finished, before_incarnation)) = seen.get(&container.id) {
+                let restart = before_incarnation != incarnation;
+                let allowed = before == state
+                    || matches!((before, state), (Created, Running) | (Created, Exited) | (Running, Exited) | (Unknown, Exited))
+                    || (restart && state == Unknown && before != Exited);
+                if !allowed {
+                    self.fail("2 monotone container state", &object, format!("{before:?} -> {state:?}{}", if restart { " across a restart" } else { "" }));
+                }
+                if before_finished != 0 && finished != before_finished {
+                    self.fail("2 FinishedAt immutable", &object, format!("{before_finished} -> {finished}"));
+                }
+            }
+            seen.insert(container.id.clone(), (state, finished, incarnation));
+        }
+    }
+
+    /// 3. Sandboxes never go back to READY.
+    fn check_sandbox_transitions(&self, snapshot: &StateSnapshot) {
+        use SandboxState::*;
+        let incarnation = *self.incarnation.lock().unwrap();
+        let mut seen = self.sandboxes.lock().unwrap();
+        for sandbox in &snapshot.sandboxes {
+            if let Some(&(before, before_incarnation)) = seen.get(&sandbox.id) {
+                let restart = before_incarnation != incarnation;
+                let allowed = before == sandbox.state
+                    || matches!((before, sandbox.state), (Unknown, Ready) | (Unknown, NotReady) | (Ready, NotReady))
+                    || (restart && sandbox.state == Unknown);
+                if !allowed {
+                    self.fail("3 sandbox state", &format!("sandbox {}", short(&sandbox.id)), format!("{before:?} -> {:?}", sandbox.state));
+                }
+            }
+            seen.insert(sandbox.id.clone(), (sandbox.state, incarnation));
+        }
+    }
+
+    /// 4. A READY pod network has its netns, IP, result and a live allocation.
+    fn check_network(&self, snapshot: &StateSnapshot) {
+        let allocations = self.world.cni.allocations();
+        for sandbox in snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready && !s.stopped) {
+            let object = format!("sandbox {}", short(&sandbox.id));
+            if sandbox.host_network {
+                if !sandbox.netns_path.is_empty() || allocations.contains_key(&sandbox.id) {
+                    self.fail("4 network", &object, "host-network sandbox has a netns or an IP");
+                }
+                continue;
+            }
+            if !self.world.os.netns_exists(&sandbox.netns_path) {
+                self.fail("4 network", &object, format!("READY but netns {} is missing", sandbox.netns_path));
+            }
+            if sandbox.ip.is_empty() || !sandbox.has_cni_result || allocations.get(&sandbox.id) != Some(&sandbox.ip) {
+                self.fail("4 network", &object, format!("READY but IP {:?} is not its live allocation {:?}", sandbox.ip, allocations.get(&sandbox.id)));
+            }
+        }
+    }
+
+    /// 7. No concurrent duplicate fetch of a blob or apply of a snapshot.
+    fn check_no_duplicate_work(&self) {
+        let containerd = &self.world.containerd;
+        if containerd.max_concurrent_fetch_same_blob() > 1 {
+            self.fail("7 kmutex", "content store", "one blob fetched twice concurrently");
+        }
+        if containerd.max_concurrent_apply_same_snapshot() > 1 {
+            self.fail("7 kmutex", "snapshotter", "one snapshot applied twice concurrently");
+        }
+    }
+
+    /// True when nothing is in flight: no operation, no backoff, no lock, no pull.
+    pub fn quiescent(&self) -> bool {
+        match self.live_snapshot() {
+            Some(s) => s.operations.is_empty() && s.backoff_len == 0 && s.lock_keys.is_empty() && s.pulls_in_flight == 0,
+            None => false,
+        }
+    }
+
+    /// Liveness and leak invariants (SPEC §10.2), at quiescence after the workload was drained:
+    /// every pod was stopped and removed.
+    pub fn check_liveness(&self) {
+        let Some(snapshot) = self.live_snapshot() else {
+            self.fail("liveness", "cri", "the CRI service is not up at the end");
+            return;
+        };
+        let containerd = &self.world.containerd;
+        let tasks = containerd.tasks();
+        // 11. No stuck RUNNING; READY has a task.
+        for container in snapshot.containers.iter().filter(|c| c.state == ContainerState::Running) {
+            let running = tasks.get(&container.id).is_some_and(|t| matches!(t.state, TaskState::Running | TaskState::Paused | TaskState::Pausing));
+            if !running {
+                self.fail("11 no stuck RUNNING", &format!("container {}", short(&container.id)), "RUNNING without a running task");
+            }
+        }
+        for sandbox in snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready) {
+            if !tasks.contains_key(&sandbox.id) {
+                self.fail("11 no stuck READY", &format!("sandbox {}", short(&sandbox.id)), "READY without a task");
+            }
+        }
+        // 12. No network leak.
+        let live: BTreeSet<&str> = snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.id.as_str()).collect();
+        for (id, ip) in self.world.cni.allocations() {
+            if !live.contains(id.as_str()) {
+                self.fail("12 no network leak", &format!("sandbox {}", short(&id)), format!("IP {ip} still allocated"));
+            }
+        }
+        let live_netns: BTreeSet<&str> = snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.netns_path.as_str()).collect();
+        for netns in self.world.os.netns_list() {
+            if !live_netns.contains(netns.as_str()) {
+                self.fail("12 no network leak", &format!("netns {netns}"), "netns of a stopped or removed sandbox");
+            }
+        }
+        // 13. No runtime leak and 14. store ⊆ K ⊆ store ∪ quarantine.
+        let stored: BTreeSet<&str> = snapshot.sandboxes.iter().map(|s| s.id.as_str()).chain(snapshot.containers.iter().map(|c| c.id.as_str())).collect();
+        let quarantined: BTreeSet<&str> = snapshot.quarantined.iter().map(|q| q.id.as_str()).collect();
+        let records = containerd.containers();
+        for (id, record) in &records {
+            let kind = record.labels.get(LABEL_KIND).map(String::as_str);
+            if matches!(kind, Some(KIND_SANDBOX) | Some(KIND_CONTAINER)) && !stored.contains(id.as_str()) && !quarantined.contains(id.as_str()) {
+                self.fail("14 K subset of store + quarantine", &format!("containerd container {}", short(id)), "not in any store and not quarantined");
+            }
+        }
+        for id in &stored {
+            if !records.contains_key(*id) {
+                self.fail("14 store subset of K", &format!("object {}", short(id)), "in the store but not in containerd");
+            }
+        }
+        for id in tasks.keys() {
+            if !stored.contains(id.as_str()) {
+                self.fail("13 no runtime leak", &format!("task {}", short(id)), "task of a removed object");
+            }
+        }
+        for id in containerd.shims() {
+            if !stored.contains(id.as_str()) {
+                self.fail("13 no runtime leak", &format!("shim {}", short(&id)), "shim of a removed object");
+            }
+        }
+        let execs = containerd.live_execs();
+        if !execs.is_empty() {
+            self.fail("13 no runtime leak", "exec processes", format!("{} exec processes still live", execs.len()));
+        }
+        for path in self.world.os.files().keys().chain(self.world.os.dirs().iter()) {
+            let owner = path.split('/').skip_while(|p| *p != "containers" && *p != "sandboxes").nth(1);
+            if let Some(owner) = owner {
+                let id = owner.trim_end_matches(".del-status");
+                if id.len() == 64 && !stored.contains(id) && !quarantined.contains(id) {
+                    self.fail("13 no runtime leak", &format!("path {path}"), "state of a removed object");
+                }
+            }
+        }
+        // 15. Pull dedup.
+        if self.check_pull_dedup {
+            for (digest, _) in containerd.content() {
+                let fetches = containerd.fetch_count(&digest);
+                if fetches > 1 {
+                    self.fail("15 pull dedup", &format!("blob {}", short(&digest)), format!("fetched {fetches} times"));
+                }
+            }
+        }
+        // 16. Image store = K.
+        let k_names: BTreeSet<String> = containerd.images().into_keys().collect();
+        let store_names: BTreeSet<String> = snapshot.image_refs.keys().cloned().collect();
+        if k_names != store_names {
+            let missing: Vec<_> = k_names.difference(&store_names).collect();
+            let extra: Vec<_> = store_names.difference(&k_names).collect();
+            self.fail("16 image store = K", "image store", format!("missing {missing:?}, extra {extra:?}"));
+        }
+        // 7 (at rest). Lock table empty.
+        if !snapshot.lock_keys.is_empty() {
+            self.fail("7 kmutex", "lock table", format!("keys held at quiescence: {:?}", snapshot.lock_keys));
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! A simulated kubelet: per-pod sync loops that drive the CRI as kubelet does — call deadlines
+//! (the call is cancelled when one passes), retries with the same names (B12), restarts of exited
+//! containers, ExecSync probes, repeated Stop/Remove (B18), event subscribers — and a final
+//! drain that stops and removes everything.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crid::error::{Error, ErrorKind, Result};
+use crid::naming::normalize_image_ref;
+use crid::CriService;
+use k8s_cri::v1::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::cri_node::CriEndpoint;
+use crate::invariants::Checker;
+use crate::scenario::Scenario;
+use crate::trace::{Trace, short};
+
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Retries an attempt (an expression evaluated anew each time) until it succeeds, or, when
+/// `until_drain`, until the kubelet drains. Backoff 1 s doubling to 10 s.
+macro_rules! retry {
+    ($kubelet:expr, $until_drain:expr, $attempt:expr) => {{
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match $attempt {
+                Ok(value) => break Some(value),
+                Err(_) if $until_drain && $kubelet.draining() => break None,
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }};
+}
+
+pub struct Kubelet {
+    scenario: Scenario,
+    seed: u64,
+    endpoint: CriEndpoint,
+    checker: Arc<Checker>,
+    trace: Arc<Trace>,
+    draining: AtomicBool,
+    pub rpcs_total: AtomicU64,
+    pub pods_total: AtomicU64,
+    pub events_seen_total: AtomicU64,
+    /// Workers still running.
+    active_workers: AtomicU64,
+    /// A second lock so that image removal does not race the image's own pulls in one worker.
+    image_lock: tokio::sync::Mutex<()>,
+    subscribers_alive: Mutex<u32>,
+}
+
+fn pod_config(name: &str, uid: &str, host_network: bool) -> PodSandboxConfig {
+    let mode = if host_network { NamespaceMode::Node } else { NamespaceMode::Pod } as i32;
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: "sim".into(), attempt: 0 }),
+        hostname: name.into(),
+        log_directory: format!("/var/log/pods/sim_{name}_{uid}"),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption { network: mode, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Kubelet {
+    pub fn new(scenario: Scenario, seed: u64, endpoint: CriEndpoint, checker: Arc<Checker>, trace: Arc<Trace>) -> Self {
+        Kubelet {
+            scenario,
+            seed,
+            endpoint,
+            checker,
+            trace,
+            draining: AtomicBool::new(false),
+            rpcs_total: AtomicU64::new(0),
+            pods_total: AtomicU64::new(0),
+            events_seen_total: AtomicU64::new(0),
+            active_workers: AtomicU64::new(0),
+            image_lock: tokio::sync::Mutex::new(()),
+            subscribers_alive: Mutex::new(0),
+        }
+    }
+
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn workers_done(&self) -> bool {
+        self.active_workers.load(Ordering::SeqCst) == 0
+    }
+
+    /// One CRI call under the kubelet's deadline, traced, followed by the safety checks.
+    async fn call<R, F, Fut>(&self, rpc: &str, what: &str, handler: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+    {
+        self.call_then(rpc, what, handler, |_| {}).await
+    }
+
+    /// A call whose success is recorded in the oracle (`ack`) before the safety checks run.
+    async fn call_then<R, F, Fut>(&self, rpc: &str, what: &str, handler: F, ack: impl FnOnce(&R)) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+    {
+        self.rpcs_total.fetch_add(1, Ordering::Relaxed);
+        let deadline = Duration::from_secs(self.scenario.kubelet.deadline_s);
+        let result = match tokio::time::timeout(deadline, self.endpoint.call(handler)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::deadline("kubelet deadline exceeded")),
+        };
+        match &result {
+            Ok(_) => self.trace.log("kubelet", format!("{rpc} {what} -> ok")),
+            Err(error) => self.trace.log("kubelet", format!("{rpc} {what} -> {:?}: {}", error.kind, first_line(&error.message))),
+        }
+        if let Ok(response) = &result {
+            ack(response);
+        }
+        self.checker.check_safety();
+        result
+    }
+
+    pub async fn run_workload(self: Arc<Self>) {
+        let workers = self.scenario.workload.pods;
+        self.active_workers.store(workers as u64, Ordering::SeqCst);
+        let mut handles = vec![];
+        for subscriber in 0..self.scenario.kubelet.event_subscribers {
+            let kubelet = self.clone();
+            tokio::spawn(async move { kubelet.subscribe_events(subscriber).await });
+        }
+        for worker in 0..workers {
+            let kubelet = self.clone();
+            handles.push(tokio::spawn(async move {
+                kubelet.pod_worker(worker).await;
+                kubelet.active_workers.fetch_sub(1, Ordering::SeqCst);
+            }));
+        }
+        for handle in handles {
+            let _ = handle.await;
+        }
+        self.garbage_collect().await;
+    }
+
+    async fn pod_worker(self: &Arc<Self>, worker: u32) {
+        let mut rng = SmallRng::seed_from_u64(self.seed ^ (0x5EED_0000 + worker as u64));
+        // Spread the start a little, except for pull-first scenarios that want a thundering herd.
+        if !self.scenario.workload.pull_first {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..2_000))).await;
+        }
+        let mut generation = 0;
+        while !self.draining() {
+            self.run_pod(worker, generation, &mut rng).await;
+            generation += 1;
+        }
+    }
+
+    async fn ensure_images(&self, rng: &mut SmallRng) -> bool {
+        let _serialised = self.image_lock.lock().await;
+        for image in self.scenario.workload.images.clone() {
+            let reference = image.clone();
+            let pulled = retry!(self, true, {
+                    let reference = reference.clone();
+                    let normalized = normalize_image_ref(&reference).unwrap();
+                    self.call_then("PullImage", &reference.clone(), move |s| async move {
+                        s.pull_image(PullImageRequest { image: Some(ImageSpec { image: reference, ..Default::default() }), ..Default::default() }).await
+                    }, |r| self.checker.oracle.pulled_image(&normalized, &r.image_ref))
+                    .await
+                });
+            if pulled.is_none() {
+                return false;
+            }
+        }
+        let _ = rng;
+        true
+    }
+
+    async fn run_pod(self: &Arc<Self>, worker: u32, generation: u32, rng: &mut SmallRng) {
+        self.pods_total.fetch_add(1, Ordering::Relaxed);
+        let name = format!("pod-{worker}-{generation}");
+        let uid = format!("uid-{worker}-{generation}");
+        let host_network = rng.gen_bool(self.scenario.workload.host_network_fraction);
+        let lifetime = Duration::from_secs(rng.gen_range(self.scenario.workload.pod_lifetime_s.0..=self.scenario.workload.pod_lifetime_s.1));
+        if !self.ensure_images(rng).await {
+            return;
+        }
+        let config = pod_config(&name, &uid, host_network);
+        let sandbox_id = retry!(self, true, {
+                let config = config.clone();
+                self.call_then("RunPodSandbox", &name, move |s| async move { s.run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await }, |r| self.checker.oracle.ran_sandbox(&r.pod_sandbox_id))
+                    .await
+            });
+        let Some(sandbox_id) = sandbox_id.map(|r| r.pod_sandbox_id) else { return };
+        let started_ms = self.trace.elapsed_ms();
+        let mut containers: BTreeMap<u32, (String, u32)> = BTreeMap::new();
+        let mut restarts = 0;
+        for index in 0..self.scenario.workload.containers_per_pod {
+            let command = self.scenario.workload.commands[rng.gen_range(0..self.scenario.workload.commands.len())].clone();
+            if let Some(id) = self.create_and_start(&sandbox_id, &config, index, 0, &command).await {
+                containers.insert(index, (id, 0));
+            }
+        }
+        // The pod's sync loop.
+        while !self.draining() && (self.trace.elapsed_ms() - started_ms) < lifetime.as_millis() as u64 {
+            tokio::time::sleep(Duration::from_secs(self.scenario.kubelet.sync_period_s)).await;
+            for (index, (id, attempt)) in containers.clone() {
+                let status_id = id.clone();
+                let status = self
+                    .call("ContainerStatus", short(&id), move |s| async move { s.container_status(ContainerStatusRequest { container_id: status_id, verbose: false }).await })
+                    .await;
+                let Ok(status) = status else { continue };
+                let state = status.status.map(|s| s.state).unwrap_or_default();
+                if state == ContainerState::ContainerRunning as i32 && rng.gen_bool(self.scenario.workload.exec_probability) {
+                    self.exec_probe(&id).await;
+                }
+                if state == ContainerState::ContainerExited as i32 && restarts < self.scenario.workload.max_restarts && !self.draining() {
+                    restarts += 1;
+                    if self.remove_container(&id).await {
+                        let command = self.scenario.workload.commands[rng.gen_range(0..self.scenario.workload.commands.len())].clone();
+                        match self.create_and_start(&sandbox_id, &config, index, attempt + 1, &command).await {
+                            Some(new_id) => {
+                                containers.insert(index, (new_id, attempt + 1));
+                            }
+                            None => {
+                                containers.remove(&index);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (id, _) in containers.values() {
+            self.stop_container(id).await;
+        }
+        self.stop_and_remove_pod(&sandbox_id).await;
+        if rng.gen_bool(self.scenario.workload.remove_image_probability) {
+            self.remove_image(&self.scenario.workload.images[0].clone()).await;
+        }
+    }
+
+    async fn create_and_start(&self, sandbox_id: &str, pod: &PodSandboxConfig, index: u32, attempt: u32, command: &[String]) -> Option<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata { name: format!("c{index}"), attempt }),
+            image: Some(ImageSpec { image: self.scenario.workload.images[index as usize % self.scenario.workload.images.len()].clone(), ..Default::default() }),
+            command: command.to_vec(),
+            log_path: format!("c{index}/{attempt}.log"),
+            labels: HashMap::from([("container".to_string(), format!("c{index}"))]),
+            ..Default::default()
+        };
+        let what = format!("c{index}.{attempt} in {}", short(sandbox_id));
+        let created = retry!(self, true, {
+                let (config, pod, sandbox) = (config.clone(), pod.clone(), sandbox_id.to_string());
+                let result = self
+                    .call_then("CreateContainer", &what, move |s| async move {
+                        s.create_container(CreateContainerRequest { pod_sandbox_id: sandbox, config: Some(config), sandbox_config: Some(pod) }).await
+                    }, |r| self.checker.oracle.created_container(&r.container_id, sandbox_id))
+                    .await;
+                match result {
+                    // The sandbox died or was stopped meanwhile: no point retrying.
+                    Err(error) if matches!(error.kind, ErrorKind::FailedPrecondition | ErrorKind::NotFound) => Ok(None),
+                    other => other.map(Some),
+                }
+            })
+            .flatten()?;
+        let id = created.container_id;
+        let start_id = id.clone();
+        let _ = self
+            .call_then("StartContainer", short(&id), move |s| async move { s.start_container(StartContainerRequest { container_id: start_id }).await }, |_| {
+                self.checker.oracle.started_container(&id)
+            })
+            .await;
+        Some(id)
+    }
+
+    async fn exec_probe(&self, id: &str) {
+        let timeout = self.scenario.kubelet.exec_timeout_s;
+        let exec_id = id.to_string();
+        let _ = self
+            .call("ExecSync", short(id), move |s| async move {
+                s.exec_sync(ExecSyncRequest { container_id: exec_id, cmd: vec!["echo".into(), "probe".into()], timeout }).await
+            })
+            .await;
+    }
+
+    async fn stop_container(&self, id: &str) {
+        let timeout = self.scenario.kubelet.stop_timeout_s;
+        let container_id = id;
+        retry!(self, false, {
+                let id = id.to_string();
+                self.call_then("StopContainer", short(&id.clone()), move |s| async move { s.stop_container(StopContainerRequest { container_id: id, timeout }).await }, |_| self.checker.oracle.stopped_container(container_id)).await
+            });
+    }
+
+    async fn remove_container(&self, id: &str) -> bool {
+        let container_id = id;
+        self.checker.oracle.removing_container(id);
+        let removed = retry!(self, false, {
+                let id = id.to_string();
+                self.call_then("RemoveContainer", short(&id.clone()), move |s| async move { s.remove_container(RemoveContainerRequest { container_id: id }).await }, |_| self.checker.oracle.removed_container(container_id)).await
+            })
+            .is_some();
+        removed
+    }
+
+    async fn stop_and_remove_pod(&self, sandbox_id: &str) {
+        let repeat = self.scenario.kubelet.repeat_probability > 0.0 && (self.seed ^ sandbox_id.len() as u64 ^ self.rpcs_total.load(Ordering::Relaxed)) % 100 < (self.scenario.kubelet.repeat_probability * 100.0) as u64;
+        for round in 0..if repeat { 2 } else { 1 } {
+            retry!(self, false, {
+                let id = sandbox_id.to_string();
+                self.call_then("StopPodSandbox", short(&id.clone()), move |s| async move { s.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id }).await }, |_| self.checker.oracle.stopped_sandbox(sandbox_id)).await
+            });
+            self.checker.oracle.removing_sandbox(sandbox_id);
+            retry!(self, false, {
+                let id = sandbox_id.to_string();
+                self.call_then("RemovePodSandbox", short(&id.clone()), move |s| async move { s.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await }, |_| self.checker.oracle.removed_sandbox(sandbox_id))
+                    .await
+            });
+            if round == 1 {
+                self.trace.log("kubelet", format!("repeated Stop/Remove of {} (idempotence)", short(sandbox_id)));
+            }
+        }
+    }
+
+    async fn remove_image(&self, image: &str) {
+        let _serialised = self.image_lock.lock().await;
+        let normalized = normalize_image_ref(image).unwrap();
+        self.checker.oracle.removing_image(&normalized);
+        let reference = image.to_string();
+        retry!(self, false, {
+            let reference = reference.clone();
+            self.call("RemoveImage", &reference.clone(), move |s| async move { s.remove_image(RemoveImageRequest { image: Some(ImageSpec { image: reference, ..Default::default() }) }).await })
+                .await
+        });
+    }
+
+    /// Kubelet's garbage collection after the drain: whatever the CRI still lists (half-created
+    /// pods, results of calls that timed out) is stopped and removed.
+    async fn garbage_collect(&self) {
+        let Some(sandboxes) = retry!(self, false, self.call("ListPodSandbox", "all", |s| async move { s.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await }).await)
+        else {
+            return;
+        };
+        for sandbox in sandboxes.items {
+            self.stop_and_remove_pod(&sandbox.id).await;
+        }
+        let Some(containers) = retry!(self, false, self.call("ListContainers", "all", |s| async move { s.list_containers(ListContainersRequest { filter: None }).await }).await)
+        else {
+            return;
+        };
+        for container in containers.containers {
+            self.stop_container(&container.id).await;
+            self.remove_container(&container.id).await;
+        }
+    }
+
+    /// A GetContainerEvents subscriber: checks per-object event order (SPEC §10 inv. 10) and
+    /// re-subscribes after a CRI restart.
+    async fn subscribe_events(self: Arc<Self>, subscriber: u32) {
+        *self.subscribers_alive.lock().unwrap() += 1;
+        while !self.draining() {
+            let receiver = self.endpoint.call(|s| async move { s.get_container_events(GetEventsRequest {}) }).await;
+            let Ok(mut receiver) = receiver else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let mut rank_by_id: BTreeMap<String, i32> = BTreeMap::new();
+            while let Some(event) = receiver.recv().await {
+                self.events_seen_total.fetch_add(1, Ordering::Relaxed);
+                let rank = event.container_event_type;
+                let last = rank_by_id.get(&event.container_id).copied().unwrap_or(-1);
+                if rank <= last {
+                    self.checker.fail(
+                        "10 event order",
+                        &format!("object {}", short(&event.container_id)),
+                        format!("subscriber {subscriber}: event {rank} after {last} (CREATED=0 STARTED=1 STOPPED=2 DELETED=3)"),
+                    );
+                }
+                rank_by_id.insert(event.container_id.clone(), rank.max(last));
+            }
+        }
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}

@@ -1,0 +1,144 @@
+//! The model oracle: a sequential model of CRI semantics, fed only with acknowledged RPCs. After
+//! every step the real state must agree with what was acknowledged — across crashes too, since
+//! a crash may lose nothing that was acknowledged.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crid::inspect::StateSnapshot;
+use crid::store::{ContainerState, SandboxState};
+
+#[derive(Clone, Debug, Default)]
+struct SandboxModel {
+    /// A RemovePodSandbox was sent: from then on the sandbox (and its containers) may be gone,
+    /// even if the reply never came.
+    remove_issued: bool,
+    stopped: bool,
+    removed: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ContainerModel {
+    sandbox_id: String,
+    remove_issued: bool,
+    started: bool,
+    stopped: bool,
+    removed: bool,
+}
+
+#[derive(Default)]
+pub struct Oracle {
+    sandboxes: Mutex<BTreeMap<String, SandboxModel>>,
+    containers: Mutex<BTreeMap<String, ContainerModel>>,
+    /// normalized ref → image id, for refs never removed.
+    images: Mutex<BTreeMap<String, Option<String>>>,
+}
+
+/// A disagreement: (object, what was expected, what was found).
+pub type Mismatch = (String, String);
+
+impl Oracle {
+    pub fn ran_sandbox(&self, id: &str) {
+        self.sandboxes.lock().unwrap().entry(id.to_string()).or_default();
+    }
+    pub fn stopped_sandbox(&self, id: &str) {
+        if let Some(model) = self.sandboxes.lock().unwrap().get_mut(id) {
+            model.stopped = true;
+        }
+        // Stop acts on started containers only; a CREATED one stays CREATED.
+        for model in self.containers.lock().unwrap().values_mut().filter(|c| c.sandbox_id == id) {
+            if model.started {
+                model.stopped = true;
+            }
+        }
+    }
+    pub fn removing_sandbox(&self, id: &str) {
+        self.sandboxes.lock().unwrap().entry(id.to_string()).or_default().remove_issued = true;
+    }
+    pub fn removing_container(&self, id: &str) {
+        if let Some(model) = self.containers.lock().unwrap().get_mut(id) {
+            model.remove_issued = true;
+        }
+    }
+    pub fn removed_sandbox(&self, id: &str) {
+        if let Some(model) = self.sandboxes.lock().unwrap().get_mut(id) {
+            model.removed = true;
+            model.stopped = true;
+        }
+        for model in self.containers.lock().unwrap().values_mut().filter(|c| c.sandbox_id == id) {
+            model.removed = true;
+        }
+    }
+    pub fn created_container(&self, id: &str, sandbox_id: &str) {
+        self.containers.lock().unwrap().entry(id.to_string()).or_insert_with(|| ContainerModel { sandbox_id: sandbox_id.to_string(), ..Default::default() });
+    }
+    pub fn started_container(&self, id: &str) {
+        if let Some(model) = self.containers.lock().unwrap().get_mut(id) {
+            model.started = true;
+        }
+    }
+    pub fn stopped_container(&self, id: &str) {
+        // A Stop of a container whose start was not acknowledged promises nothing: the start
+        // may still be running.
+        if let Some(model) = self.containers.lock().unwrap().get_mut(id).filter(|m| m.started) {
+            model.stopped = true;
+        }
+    }
+    pub fn removed_container(&self, id: &str) {
+        if let Some(model) = self.containers.lock().unwrap().get_mut(id) {
+            model.removed = true;
+        }
+    }
+    pub fn pulled_image(&self, reference: &str, id: &str) {
+        let mut images = self.images.lock().unwrap();
+        // A ref that was ever removed is no longer tracked: a concurrent pull may race it.
+        if !matches!(images.get(reference), Some(None)) {
+            images.insert(reference.to_string(), Some(id.to_string()));
+        }
+    }
+    pub fn removing_image(&self, reference: &str) {
+        self.images.lock().unwrap().insert(reference.to_string(), None);
+    }
+
+    /// Compares the service's state with the acknowledged history.
+    pub fn check(&self, snapshot: &StateSnapshot) -> Vec<Mismatch> {
+        let mut mismatches = vec![];
+        let sandboxes: BTreeMap<&str, SandboxState> = snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.state)).collect();
+        for (id, model) in self.sandboxes.lock().unwrap().iter() {
+            match (sandboxes.get(id.as_str()), model.removed) {
+                (Some(_), true) => mismatches.push((format!("sandbox {id}"), "removal was acknowledged but it is still listed".into())),
+                (None, false) if !model.remove_issued => mismatches.push((format!("sandbox {id}"), "RunPodSandbox was acknowledged but it is gone".into())),
+                (Some(SandboxState::Ready), false) if model.stopped => {
+                    mismatches.push((format!("sandbox {id}"), "StopPodSandbox was acknowledged but it is READY".into()))
+                }
+                _ => {}
+            }
+        }
+        let containers: BTreeMap<&str, ContainerState> = snapshot.containers.iter().map(|c| (c.id.as_str(), c.state)).collect();
+        let sandbox_removing: std::collections::BTreeSet<String> =
+            self.sandboxes.lock().unwrap().iter().filter(|(_, m)| m.remove_issued).map(|(id, _)| id.clone()).collect();
+        for (id, model) in self.containers.lock().unwrap().iter() {
+            let Some(state) = containers.get(id.as_str()) else {
+                if !model.removed && !model.remove_issued && !sandbox_removing.contains(&model.sandbox_id) {
+                    mismatches.push((format!("container {id}"), "CreateContainer was acknowledged but it is gone".into()));
+                }
+                continue;
+            };
+            if model.removed {
+                mismatches.push((format!("container {id}"), "RemoveContainer was acknowledged but it is still listed".into()));
+            } else if model.stopped && *state != ContainerState::Exited {
+                mismatches.push((format!("container {id}"), format!("StopContainer was acknowledged but it is {state:?}")));
+            } else if model.started && *state == ContainerState::Created {
+                mismatches.push((format!("container {id}"), "StartContainer was acknowledged but it is CREATED".into()));
+            }
+        }
+        for (reference, id) in self.images.lock().unwrap().iter() {
+            if let Some(id) = id {
+                if snapshot.image_refs.get(reference) != Some(id) {
+                    mismatches.push((format!("image {reference}"), format!("PullImage returned {id} but the store has {:?}", snapshot.image_refs.get(reference))));
+                }
+            }
+        }
+        mismatches
+    }
+}

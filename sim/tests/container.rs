@@ -1,0 +1,533 @@
+//! Container RPCs: CreateContainer, StartContainer, StopContainer, RemoveContainer,
+//! ContainerStatus, ListContainers, UpdateContainerResources, ReopenContainerLog, ExecSync,
+//! Exec, Attach and the container stats, with their error cases (SPEC §1, §3.2, §6.3–§6.5).
+#![cfg(madsim)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use crid::ErrorKind;
+use crid::backend::{Resources, StreamRequest, TaskState};
+use k8s_cri::v1::*;
+use tokio::time::Instant;
+
+async fn busybox_id(node: &Node) -> String {
+    node.pull(BUSYBOX_IMAGE).await
+}
+
+#[madsim::test]
+async fn container_lifecycle() {
+    let node = Node::start().await;
+    let image_id = busybox_id(&node).await;
+    let pod = node.run_pod("app").await;
+    let id = node.create(&pod, "app", "main", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+
+    let created = node.container_status(&id).await;
+    assert_eq!(created.state, ContainerState::ContainerCreated as i32);
+    assert!(created.created_at > 0);
+    assert_eq!((created.started_at, created.finished_at), (0, 0));
+    assert_eq!(created.image_ref, image_id);
+    assert_eq!(created.image.as_ref().unwrap().image, BUSYBOX_IMAGE);
+    assert_eq!(created.metadata, Some(ContainerMetadata { name: "main".into(), attempt: 0 }));
+    assert_eq!(created.labels, labels(&[("container", "main")]));
+    assert_eq!(created.log_path, "/var/log/pods/default_app/main/0.log");
+    assert!(node.world.containerd.containers().contains_key(&id));
+    assert!(node.world.os.file(&format!("{ROOT_DIR}/containers/{id}/status")).is_some(), "CreateContainer writes the checkpoint");
+    assert!(!node.world.containerd.tasks().contains_key(&id), "no task before Start");
+
+    node.start_container(&id).await;
+    let running = node.container_status(&id).await;
+    assert_eq!(running.state, ContainerState::ContainerRunning as i32);
+    assert!(running.started_at >= running.created_at);
+    assert_eq!(node.world.containerd.tasks()[&id].state, TaskState::Running);
+
+    node.stop_container(&id, 10).await;
+    let exited = node.container_status(&id).await;
+    assert_eq!(exited.state, ContainerState::ContainerExited as i32);
+    assert_eq!(exited.exit_code, 143, "SIGTERM ends a plain sleep");
+    assert_eq!(exited.reason, "Error");
+    assert!(exited.finished_at >= exited.started_at);
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the exit handler deleted the task");
+
+    node.remove_container(&id).await;
+    assert_eq!(err_kind(node.svc.container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false }).await), ErrorKind::NotFound);
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+    assert!(node.svc.snapshot().container_names.is_empty(), "the name is released");
+    // The same name can be used again.
+    let again = node.create(&pod, "app", "main", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    assert_ne!(again, id);
+}
+
+/// ContainerStatus of an EXITED container: the exit code, and the reason Completed for 0,
+/// Error otherwise, OOMKilled after an OOM kill (SPEC §3.2).
+#[madsim::test]
+async fn exited_container_reasons() {
+    let node = Node::start().await;
+    busybox_id(&node).await;
+    let pod = node.run_pod("exits").await;
+    let cases: [(&str, &[&str], i32, &str); 4] = [
+        ("ok", &["exit", "0", "100"], 0, "Completed"),
+        ("fails", &["exit", "3", "200"], 3, "Error"),
+        ("killed", &["exit", "137", "50"], 137, "Error"),
+        ("oom", &["oom", "100"], 137, "OOMKilled"),
+    ];
+    let mut ids = vec![];
+    for (name, command, _, _) in &cases {
+        let id = node.create(&pod, "exits", name, BUSYBOX_IMAGE, command).await;
+        node.start_container(&id).await;
+        ids.push(id);
+    }
+    sleep(Duration::from_secs(2)).await;
+    for ((name, _, code, reason), id) in cases.iter().zip(&ids) {
+        let status = node.container_status(id).await;
+        assert_eq!(status.state, ContainerState::ContainerExited as i32, "{name}");
+        assert_eq!(status.exit_code, *code, "{name}");
+        assert_eq!(status.reason, *reason, "{name}");
+        assert!(status.finished_at > status.started_at, "{name}");
+    }
+}
+
+/// StopContainer: the stop signal (the image's STOPSIGNAL, else SIGTERM), then SIGKILL after
+/// the timeout; timeout 0 kills at once (SPEC §6.4).
+#[madsim::test]
+async fn stop_container_signals() {
+    let node = Node::start().await;
+    busybox_id(&node).await;
+    node.pull(NGINX_IMAGE).await;
+    let pod = node.run_pod("stops").await;
+    struct Case {
+        name: &'static str,
+        image: &'static str,
+        command: &'static [&'static str],
+        timeout: i64,
+        exit_code: i32,
+        min_wait: Duration,
+    }
+    let cases = [
+        Case { name: "term", image: BUSYBOX_IMAGE, command: &["sleep", "inf"], timeout: 10, exit_code: 143, min_wait: Duration::ZERO },
+        Case { name: "kill-at-once", image: BUSYBOX_IMAGE, command: &["sleep", "inf"], timeout: 0, exit_code: 137, min_wait: Duration::ZERO },
+        Case { name: "stubborn", image: BUSYBOX_IMAGE, command: &["sleep", "inf", "ignore-sigterm"], timeout: 3, exit_code: 137, min_wait: Duration::from_secs(3) },
+        // nginx's image says STOPSIGNAL SIGQUIT: 128 + 3.
+        Case { name: "quit", image: NGINX_IMAGE, command: &["sleep", "inf"], timeout: 10, exit_code: 131, min_wait: Duration::ZERO },
+    ];
+    for case in cases {
+        let id = node.create(&pod, "stops", case.name, case.image, case.command).await;
+        node.start_container(&id).await;
+        let started = Instant::now();
+        node.stop_container(&id, case.timeout).await;
+        let waited = started.elapsed();
+        let status = node.container_status(&id).await;
+        assert_eq!(status.state, ContainerState::ContainerExited as i32, "{}: Stop returns once the exit is recorded", case.name);
+        assert_eq!(status.exit_code, case.exit_code, "{}", case.name);
+        assert!(waited >= case.min_wait, "{}: waited {waited:?}", case.name);
+        assert!(waited < case.min_wait + Duration::from_secs(2), "{}: waited {waited:?}", case.name);
+    }
+}
+
+/// ListContainers filters by id (or unique prefix), pod sandbox id (or prefix), state and label
+/// selector (SPEC §1).
+#[madsim::test]
+async fn list_containers_filters() {
+    let node = Node::start().await;
+    busybox_id(&node).await;
+    let pod_a = node.run_pod("a").await;
+    let pod_b = node.run_pod("b").await;
+    let with_tier = |name: &str, command: &[&str], tier: &str| {
+        let mut config = container_config(name, BUSYBOX_IMAGE, command);
+        config.labels.insert("tier".into(), tier.into());
+        config
+    };
+    let running = node.create_with(&pod_a, "a", with_tier("web", &["sleep", "inf"], "front")).await;
+    node.start_container(&running).await;
+    let created = node.create_with(&pod_a, "a", with_tier("db", &["sleep", "inf"], "back")).await;
+    let exited = node.create_with(&pod_b, "b", with_tier("job", &["exit", "0", "10"], "front")).await;
+    node.start_container(&exited).await;
+    sleep(Duration::from_secs(1)).await;
+
+    let state = |state: ContainerState| Some(ContainerStateValue { state: state as i32 });
+    let cases: Vec<(&str, ContainerFilter, Vec<&String>)> = vec![
+        ("none", ContainerFilter::default(), vec![&running, &created, &exited]),
+        ("full id", ContainerFilter { id: created.clone(), ..Default::default() }, vec![&created]),
+        ("id prefix", ContainerFilter { id: running[..9].to_string(), ..Default::default() }, vec![&running]),
+        ("unknown id", ContainerFilter { id: "ffffffffffffdead".into(), ..Default::default() }, vec![]),
+        ("pod", ContainerFilter { pod_sandbox_id: pod_a.clone(), ..Default::default() }, vec![&running, &created]),
+        ("pod prefix", ContainerFilter { pod_sandbox_id: pod_b[..8].to_string(), ..Default::default() }, vec![&exited]),
+        ("unknown pod", ContainerFilter { pod_sandbox_id: "ffffffffffffdead".into(), ..Default::default() }, vec![]),
+        ("running", ContainerFilter { state: state(ContainerState::ContainerRunning), ..Default::default() }, vec![&running]),
+        ("created", ContainerFilter { state: state(ContainerState::ContainerCreated), ..Default::default() }, vec![&created]),
+        ("exited", ContainerFilter { state: state(ContainerState::ContainerExited), ..Default::default() }, vec![&exited]),
+        ("unknown state", ContainerFilter { state: state(ContainerState::ContainerUnknown), ..Default::default() }, vec![]),
+        ("label", ContainerFilter { label_selector: labels(&[("tier", "front")]), ..Default::default() }, vec![&running, &exited]),
+        ("labels", ContainerFilter { label_selector: labels(&[("tier", "front"), ("container", "job")]), ..Default::default() }, vec![&exited]),
+        ("pod and label", ContainerFilter { pod_sandbox_id: pod_a.clone(), label_selector: labels(&[("tier", "front")]), ..Default::default() }, vec![&running]),
+        ("pod and state", ContainerFilter { pod_sandbox_id: pod_b.clone(), state: state(ContainerState::ContainerRunning), ..Default::default() }, vec![]),
+        ("id and other pod", ContainerFilter { id: running.clone(), pod_sandbox_id: pod_b.clone(), ..Default::default() }, vec![]),
+    ];
+    for (name, filter, expected) in cases {
+        let got = sorted_ids(node.list_containers(Some(filter)).await.into_iter().map(|c| c.id));
+        assert_eq!(got, sorted_ids(expected.into_iter().cloned()), "filter: {name}");
+    }
+    let listed = node.list_containers(None).await;
+    let web = listed.iter().find(|c| c.id == running).unwrap();
+    assert_eq!(web.pod_sandbox_id, pod_a);
+    assert_eq!(web.state, ContainerState::ContainerRunning as i32);
+    assert_eq!(web.image.as_ref().unwrap().image, BUSYBOX_IMAGE);
+    assert!(web.image_ref.starts_with("sha256:"));
+}
+
+/// Invalid or impossible CreateContainer requests fail and leave nothing behind.
+#[madsim::test]
+async fn create_container_errors() {
+    let node = Node::start().await;
+    busybox_id(&node).await;
+    let pod = node.run_pod("errs").await;
+    let dead_pod = node.run_pod("dead").await;
+    node.stop_pod(&dead_pod).await;
+    let request = |pod_id: &str, config: Option<ContainerConfig>| CreateContainerRequest {
+        pod_sandbox_id: pod_id.into(),
+        config,
+        sandbox_config: Some(pod_config("errs")),
+    };
+    let good = || container_config("c", BUSYBOX_IMAGE, &["sleep", "inf"]);
+    let cases: Vec<(&str, CreateContainerRequest, ErrorKind)> = vec![
+        ("no config", request(&pod, None), ErrorKind::InvalidArgument),
+        ("no metadata", request(&pod, Some(ContainerConfig { metadata: None, ..good() })), ErrorKind::InvalidArgument),
+        ("empty name", request(&pod, Some(ContainerConfig { metadata: Some(ContainerMetadata { name: String::new(), attempt: 0 }), ..good() })), ErrorKind::InvalidArgument),
+        ("no image", request(&pod, Some(ContainerConfig { image: None, ..good() })), ErrorKind::InvalidArgument),
+        ("empty image", request(&pod, Some(ContainerConfig { image: Some(image_spec("")), ..good() })), ErrorKind::InvalidArgument),
+        // CreateContainer never pulls: an image that is not local is NotFound (SPEC §6.3 step 3).
+        ("image not pulled", request(&pod, Some(container_config("c", NGINX_IMAGE, &[]))), ErrorKind::NotFound),
+        // As containerd's localResolve: an unparsable reference resolves to nothing.
+        ("bad image reference", request(&pod, Some(container_config("c", "Not//Valid:", &[]))), ErrorKind::NotFound),
+        ("unknown sandbox", request("0123456789abcdef0123", Some(good())), ErrorKind::NotFound),
+        ("empty sandbox id", request("", Some(good())), ErrorKind::InvalidArgument),
+        ("sandbox not ready", request(&dead_pod, Some(good())), ErrorKind::FailedPrecondition),
+    ];
+    for (name, request, kind) in cases {
+        assert_eq!(err_kind(node.svc.create_container(request).await), kind, "{name}");
+    }
+    assert!(node.list_containers(None).await.is_empty());
+    let snapshot = node.svc.snapshot();
+    assert!(snapshot.container_names.is_empty(), "no name left reserved: {:?}", snapshot.container_names);
+    assert_eq!(node.world.containerd.containers().len(), 2, "only the two pause containers exist");
+    assert!(node.world.os.dirs().iter().all(|d| !d.contains("/containers/")), "{:?}", node.world.os.dirs());
+}
+
+#[madsim::test]
+async fn same_container_name_is_reserved() {
+    let node = Node::start().await;
+    busybox_id(&node).await;
+    let pod = node.run_pod("names").await;
+    let first = node.create(&pod, "names", "c", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let error = node
+        .svc
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("c", BUSYBOX_IMAGE, &["sleep", "inf"])),
+            sandbox_config: Some(pod_config("names")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::AlreadyExists, "{error}");
+    assert!(error.message.contains("is reserved for") && error.message.contains(&first), "{}", error.message);
+    assert_eq!(node.list_containers(None).await.len(), 1);
+    let mut retry = container_config("c", BUSYBOX_IMAGE, &["sleep", "inf"]);
+    retry.metadata.as_mut().unwrap().attempt = 1;
+    let second = node.create_with(&pod, "names", retry).await;
+    assert_ne!(second, first);
+}
+
+/// StartContainer only goes CREATED → RUNNING; a start in a pod that is not ready fails and
+/// leaves the container EXITED with StartError (SPEC §3.2, §6.3).
+#[madsim::test]
+async fn start_container_errors() {
+    let node = Node::start().await;
+    busybox_id(&node).await;
+    let pod = node.run_pod("starts").await;
+    let id = node.create(&pod, "starts", "twice", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.start_container(&id).await;
+    let again = node.svc.start_container(StartContainerRequest { container_id: id.clone() }).await;
+    assert_eq!(err_kind(again), ErrorKind::FailedPrecondition, "start twice");
+    assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "a refused second start changes nothing");
+
+    let quick = node.create(&pod, "starts", "quick", BUSYBOX_IMAGE, &["exit", "0", "10"]).await;
+    node.start_container(&quick).await;
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(err_kind(node.svc.start_container(StartContainerRequest { container_id: quick.clone() }).await), ErrorKind::FailedPrecondition, "start exited");
+    assert_eq!(err_kind(node.svc.start_container(StartContainerRequest { container_id: "0123456789abcdef".into() }).await), ErrorKind::NotFound);
+    assert_eq!(err_kind(node.svc.start_container(StartContainerRequest { container_id: String::new() }).await), ErrorKind::InvalidArgument);
+
+    // Created in a ready pod, started after the pod was stopped.
+    let orphan = node.create(&pod, "starts", "orphan", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.stop_pod(&pod).await;
+    let start = node.svc.start_container(StartContainerRequest { container_id: orphan.clone() }).await;
+    assert_eq!(err_kind(start), ErrorKind::FailedPrecondition, "start in a stopped pod");
+    let status = node.container_status(&orphan).await;
+    assert_eq!(status.state, ContainerState::ContainerExited as i32);
+    assert_eq!((status.exit_code, status.reason.as_str()), (128, "StartError"));
+    assert!(!status.message.is_empty());
+    assert!(!node.world.containerd.tasks().contains_key(&orphan), "no task left by the failed start");
+}
+
+/// RemoveContainer of a RUNNING container is not an error: it force-stops it first (SPEC §6.4).
+#[madsim::test]
+async fn remove_running_container_force_stops_it() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("rm", &["sleep", "inf", "ignore-sigterm"]).await;
+    node.remove_container(&id).await;
+    assert!(node.list_containers(None).await.is_empty());
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+    assert!(node.world.containerd.shims().len() == 1, "only the pause shim is left: {:?}", node.world.containerd.shims());
+}
+
+/// Stop and Remove are idempotent and accept ids that do not exist (B18); Stop of a container
+/// that is not running does nothing.
+#[madsim::test]
+async fn stop_and_remove_container_are_idempotent() {
+    let node = Node::start().await;
+    let (pod, id) = node.pod_with_running("idem", &["sleep", "inf"]).await;
+    let missing = "0123456789abcdef0123456789abcdef";
+    node.stop_container(missing, 10).await;
+    node.remove_container(missing).await;
+
+    let created = node.create(&pod, "idem", "created", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.stop_container(&created, 10).await;
+    assert_eq!(node.container_state(&created).await, ContainerState::ContainerCreated, "Stop of a CREATED container does nothing");
+
+    node.stop_container(&id, 0).await;
+    let first = node.container_status(&id).await;
+    node.stop_container(&id, 0).await;
+    node.stop_container(&id, 5).await;
+    assert_eq!(node.container_status(&id).await, first, "a repeated Stop changes nothing");
+
+    assert_eq!(err_kind(node.svc.stop_container(StopContainerRequest { container_id: id.clone(), timeout: -1 }).await), ErrorKind::InvalidArgument);
+
+    node.remove_container(&id).await;
+    node.remove_container(&id).await;
+    node.stop_container(&id, 0).await;
+    node.remove_container(&created).await;
+    assert!(node.list_containers(None).await.is_empty());
+}
+
+#[madsim::test]
+async fn update_container_resources() {
+    let node = Node::start().await;
+    let (pod, running) = node.pod_with_running("res", &["sleep", "inf"]).await;
+    let created = node.create(&pod, "res", "later", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let exited = node.create(&pod, "res", "done", BUSYBOX_IMAGE, &["exit", "0", "10"]).await;
+    node.start_container(&exited).await;
+    sleep(Duration::from_secs(1)).await;
+
+    let cri = LinuxContainerResources { cpu_period: 100_000, cpu_quota: 50_000, cpu_shares: 512, memory_limit_in_bytes: 256 << 20, cpuset_cpus: "0-1".into(), ..Default::default() };
+    let expected = Resources { cpu_period: 100_000, cpu_quota: 50_000, cpu_shares: 512, memory_limit_bytes: 256 << 20, cpuset_cpus: "0-1".into(), ..Default::default() };
+    let update = |id: &str, linux: Option<LinuxContainerResources>| UpdateContainerResourcesRequest { container_id: id.into(), linux, ..Default::default() };
+
+    // RUNNING: the checkpoint (source of truth) and the task are updated.
+    node.svc.update_container_resources(update(&running, Some(cri.clone()))).await.unwrap();
+    assert_eq!(node.world.containerd.task_resources(&running), Some(expected.clone()));
+    let status = node.container_status(&running).await;
+    let reported = status.resources.and_then(|r| r.linux).expect("resources are reported");
+    assert_eq!((reported.cpu_quota, reported.memory_limit_in_bytes, reported.cpuset_cpus.as_str()), (50_000, 256 << 20, "0-1"));
+    let checkpoint = String::from_utf8(node.world.os.file(&format!("{ROOT_DIR}/containers/{running}/status")).unwrap()).unwrap();
+    assert!(checkpoint.contains("268435456"), "the checkpoint holds the new limit: {checkpoint}");
+
+    // CREATED: only the spec/checkpoint; there is no task yet.
+    node.svc.update_container_resources(update(&created, Some(cri.clone()))).await.unwrap();
+    assert_eq!(node.world.containerd.task_resources(&created), None);
+    assert!(node.container_status(&created).await.resources.is_some());
+
+    let cases: Vec<(&str, UpdateContainerResourcesRequest, ErrorKind)> = vec![
+        ("exited", update(&exited, Some(cri.clone())), ErrorKind::FailedPrecondition),
+        ("no linux resources", update(&running, None), ErrorKind::InvalidArgument),
+        ("unknown", update("0123456789abcdef", Some(cri.clone())), ErrorKind::NotFound),
+    ];
+    for (name, request, kind) in cases {
+        assert_eq!(err_kind(node.svc.update_container_resources(request).await), kind, "{name}");
+    }
+    assert_eq!(node.world.containerd.task_resources(&running), Some(expected), "failed updates change nothing");
+}
+
+#[madsim::test]
+async fn reopen_container_log_needs_a_running_container() {
+    let node = Node::start().await;
+    let (pod, running) = node.pod_with_running("logs", &["sleep", "inf"]).await;
+    let created = node.create(&pod, "logs", "idle", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let reopen = |id: &str| ReopenContainerLogRequest { container_id: id.into() };
+    node.svc.reopen_container_log(reopen(&running)).await.unwrap();
+    node.svc.reopen_container_log(reopen(&running)).await.unwrap();
+    assert_eq!(node.world.containerd.log_reopens(&running), 2);
+    assert_eq!(err_kind(node.svc.reopen_container_log(reopen(&created)).await), ErrorKind::FailedPrecondition);
+    assert_eq!(err_kind(node.svc.reopen_container_log(reopen("0123456789abcdef")).await), ErrorKind::NotFound);
+    node.stop_container(&running, 0).await;
+    assert_eq!(err_kind(node.svc.reopen_container_log(reopen(&running)).await), ErrorKind::FailedPrecondition);
+}
+
+/// What one ExecSync should give.
+enum Want {
+    Exit { code: i32, stdout: &'static [u8], stderr_contains: &'static str },
+    Error(ErrorKind),
+}
+
+/// ExecSync: exit codes are not errors, output is returned, a timeout is DeadlineExceeded, and
+/// each stream is capped at 16 MiB; no exec process outlives its call (SPEC §6.5, B25).
+#[madsim::test]
+async fn exec_sync_cases() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("exec", &["sleep", "inf"]).await;
+    let cases: Vec<(&[&str], i64, Want)> = vec![
+        (&["echo", "hi"], 0, Want::Exit { code: 0, stdout: b"hi\n", stderr_contains: "" }),
+        (&["echo", "hello", "world"], 5, Want::Exit { code: 0, stdout: b"hello world\n", stderr_contains: "" }),
+        (&["stderr", "oops"], 0, Want::Exit { code: 0, stdout: b"", stderr_contains: "oops" }),
+        (&["sh", "-c", "exit 3"], 0, Want::Exit { code: 3, stdout: b"", stderr_contains: "" }),
+        (&["frobnicate"], 0, Want::Exit { code: 127, stdout: b"", stderr_contains: "not found" }),
+        (&["sleep", "500"], 0, Want::Exit { code: 0, stdout: b"", stderr_contains: "" }),
+        (&["sleep", "500"], 2, Want::Exit { code: 0, stdout: b"", stderr_contains: "" }),
+        (&["sleep", "60000"], 1, Want::Error(ErrorKind::DeadlineExceeded)),
+        (&["sleep", "inf"], 2, Want::Error(ErrorKind::DeadlineExceeded)),
+        (&[], 0, Want::Error(ErrorKind::InvalidArgument)),
+        (&["echo", "x"], -1, Want::Error(ErrorKind::InvalidArgument)),
+    ];
+    for (cmd, timeout, want) in cases {
+        let started = Instant::now();
+        let result = node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(cmd), timeout }).await;
+        let took = started.elapsed();
+        match want {
+            Want::Exit { code, stdout, stderr_contains } => {
+                let response = result.unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+                assert_eq!(response.exit_code, code, "{cmd:?}");
+                assert_eq!(response.stdout, stdout, "{cmd:?}");
+                let stderr = String::from_utf8(response.stderr).unwrap();
+                assert!(stderr.contains(stderr_contains), "{cmd:?}: {stderr}");
+                if stderr_contains.is_empty() {
+                    assert!(stderr.is_empty(), "{cmd:?}: {stderr}");
+                }
+            }
+            Want::Error(kind) => {
+                assert_eq!(err_kind(result), kind, "{cmd:?} timeout {timeout}");
+                if kind == ErrorKind::DeadlineExceeded {
+                    let limit = Duration::from_secs(timeout as u64);
+                    assert!(took >= limit && took < limit + Duration::from_secs(2), "{cmd:?}: timed out after {took:?}");
+                }
+            }
+        }
+        assert_eq!(node.world.containerd.live_execs(), vec![], "{cmd:?}: exec processes left after the call");
+    }
+    assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "execs do not affect the container");
+}
+
+#[madsim::test]
+async fn exec_sync_output_is_capped_at_16_mib() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("yes", &["sleep", "inf"]).await;
+    let response = node.svc.exec_sync(ExecSyncRequest { container_id: id, cmd: strings(&["yes", "20000000"]), timeout: 0 }).await.unwrap();
+    assert_eq!(response.exit_code, 0);
+    assert_eq!(response.stdout.len(), 16 * 1024 * 1024);
+    assert!(response.stdout.iter().all(|b| *b == b'y'));
+    assert!(response.stderr.is_empty());
+    assert!(node.world.containerd.live_execs().is_empty());
+}
+
+#[madsim::test]
+async fn exec_sync_needs_a_running_container() {
+    let node = Node::start().await;
+    let (pod, running) = node.pod_with_running("notrunning", &["sleep", "inf"]).await;
+    let created = node.create(&pod, "notrunning", "idle", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let exec = |id: &str| ExecSyncRequest { container_id: id.into(), cmd: strings(&["echo", "hi"]), timeout: 0 };
+    assert_eq!(err_kind(node.svc.exec_sync(exec(&created)).await), ErrorKind::FailedPrecondition);
+    assert_eq!(err_kind(node.svc.exec_sync(exec("0123456789abcdef")).await), ErrorKind::NotFound);
+    node.stop_container(&running, 0).await;
+    assert_eq!(err_kind(node.svc.exec_sync(exec(&running)).await), ErrorKind::FailedPrecondition);
+}
+
+/// Exec and Attach check the request and that the container runs, then return a one-shot URL
+/// whose token maps to the request (SPEC §6.5).
+#[madsim::test]
+async fn exec_and_attach_return_stream_urls() {
+    let node = Node::start().await;
+    let (pod, id) = node.pod_with_running("stream", &["sleep", "inf"]).await;
+    let created = node.create(&pod, "stream", "idle", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let token = |url: &str| url.rsplit('/').next().unwrap().to_string();
+
+    let exec = ExecRequest { container_id: id.clone(), cmd: strings(&["sh"]), tty: true, stdin: true, stdout: true, stderr: false };
+    let url = node.svc.exec(exec.clone()).await.unwrap().url;
+    assert!(url.starts_with("http://127.0.0.1:10010/exec/"), "{url}");
+    let exec_token = token(&url);
+    assert_eq!(
+        node.world.stream.requests().get(&exec_token),
+        Some(&StreamRequest::Exec { container_id: id.clone(), cmd: strings(&["sh"]), tty: true, stdin: true, stdout: true, stderr: false })
+    );
+    let attach = AttachRequest { container_id: id[..10].to_string(), stdin: false, tty: false, stdout: true, stderr: true };
+    let url = node.svc.attach(attach.clone()).await.unwrap().url;
+    assert!(url.starts_with("http://127.0.0.1:10010/attach/"), "{url}");
+    assert_ne!(token(&url), exec_token, "each request has its own token");
+    assert_eq!(
+        node.world.stream.requests().get(&token(&url)),
+        Some(&StreamRequest::Attach { container_id: id.clone(), tty: false, stdin: false, stdout: true, stderr: true }),
+        "a truncated id is resolved to the full one"
+    );
+
+    let exec_cases: Vec<(&str, ExecRequest, ErrorKind)> = vec![
+        ("no streams", ExecRequest { stdin: false, stdout: false, stderr: false, ..exec.clone() }, ErrorKind::InvalidArgument),
+        ("tty and stderr", ExecRequest { tty: true, stderr: true, ..exec.clone() }, ErrorKind::InvalidArgument),
+        ("empty cmd", ExecRequest { cmd: vec![], ..exec.clone() }, ErrorKind::InvalidArgument),
+        ("not running", ExecRequest { container_id: created.clone(), ..exec.clone() }, ErrorKind::FailedPrecondition),
+        ("unknown", ExecRequest { container_id: "0123456789abcdef".into(), ..exec.clone() }, ErrorKind::NotFound),
+    ];
+    for (name, request, kind) in exec_cases {
+        assert_eq!(err_kind(node.svc.exec(request).await), kind, "exec: {name}");
+    }
+    let attach_cases: Vec<(&str, AttachRequest, ErrorKind)> = vec![
+        ("no streams", AttachRequest { stdin: false, stdout: false, stderr: false, ..attach.clone() }, ErrorKind::InvalidArgument),
+        ("not running", AttachRequest { container_id: created.clone(), ..attach.clone() }, ErrorKind::FailedPrecondition),
+        ("unknown", AttachRequest { container_id: "0123456789abcdef".into(), ..attach.clone() }, ErrorKind::NotFound),
+    ];
+    for (name, request, kind) in attach_cases {
+        assert_eq!(err_kind(node.svc.attach(request).await), kind, "attach: {name}");
+    }
+    assert_eq!(node.world.stream.requests().len(), 2, "failed requests register nothing");
+}
+
+#[madsim::test]
+async fn container_stats() {
+    let node = Node::start().await;
+    let (pod, running) = node.pod_with_running("cstats", &["sleep", "inf"]).await;
+    let created = node.create(&pod, "cstats", "idle", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let other_pod = node.run_pod("other").await;
+    let other = node.create(&other_pod, "other", "x", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    sleep(Duration::from_secs(3)).await;
+
+    let stats = node.svc.container_stats(ContainerStatsRequest { container_id: running.clone() }).await.unwrap().stats.unwrap();
+    assert_eq!(stats.attributes.as_ref().unwrap().id, running);
+    assert_eq!(stats.attributes.as_ref().unwrap().labels, labels(&[("container", "app")]));
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    let memory = stats.memory.unwrap();
+    assert!(memory.working_set_bytes.unwrap().value > 0);
+    assert!(memory.usage_bytes.unwrap().value >= memory.working_set_bytes.unwrap().value);
+    assert_eq!(
+        stats.writable_layer.unwrap().fs_id.unwrap().mountpoint,
+        "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
+    );
+    let idle = node.svc.container_stats(ContainerStatsRequest { container_id: created.clone() }).await.unwrap().stats.unwrap();
+    assert!(idle.cpu.is_none() && idle.memory.is_none(), "a container without a task has no usage");
+    assert_eq!(err_kind(node.svc.container_stats(ContainerStatsRequest { container_id: "0123456789abcdef".into() }).await), ErrorKind::NotFound);
+
+    let list = |filter: Option<ContainerStatsFilter>| {
+        let svc = node.svc.clone();
+        async move {
+            let stats = svc.list_container_stats(ListContainerStatsRequest { filter }).await.unwrap().stats;
+            sorted_ids(stats.into_iter().map(|s| s.attributes.unwrap().id))
+        }
+    };
+    let cases: Vec<(&str, Option<ContainerStatsFilter>, Vec<&String>)> = vec![
+        ("all", None, vec![&running, &created, &other]),
+        ("by pod", Some(ContainerStatsFilter { pod_sandbox_id: pod.clone(), ..Default::default() }), vec![&running, &created]),
+        ("by id", Some(ContainerStatsFilter { id: other.clone(), ..Default::default() }), vec![&other]),
+        ("by label", Some(ContainerStatsFilter { label_selector: labels(&[("container", "idle")]), ..Default::default() }), vec![&created]),
+        ("unknown pod", Some(ContainerStatsFilter { pod_sandbox_id: "0123456789abcdef".into(), ..Default::default() }), vec![]),
+    ];
+    for (name, filter, expected) in cases {
+        assert_eq!(list(filter).await, sorted_ids(expected.into_iter().cloned()), "{name}");
+    }
+}

@@ -1,0 +1,114 @@
+//! GetContainerEvents: every subscriber sees every event, per id in lifecycle order (SPEC §4.4,
+//! B20, invariant 10).
+#![cfg(madsim)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use k8s_cri::v1::*;
+use tokio::sync::mpsc::Receiver;
+
+use ContainerEventType::*;
+
+fn drain(receiver: &mut Receiver<ContainerEventResponse>) -> Vec<ContainerEventResponse> {
+    let mut events = vec![];
+    while let Ok(event) = receiver.try_recv() {
+        events.push(event);
+    }
+    events
+}
+
+/// Per id, the event types in the order received.
+fn by_id(events: &[ContainerEventResponse]) -> BTreeMap<String, Vec<ContainerEventType>> {
+    let mut map: BTreeMap<String, Vec<ContainerEventType>> = BTreeMap::new();
+    for event in events {
+        let kind = ContainerEventType::try_from(event.container_event_type).expect("valid event type");
+        map.entry(event.container_id.clone()).or_default().push(kind);
+    }
+    map
+}
+
+#[madsim::test]
+async fn three_subscribers_each_see_every_event_in_order() {
+    let node = Node::start().await;
+    node.pull(BUSYBOX_IMAGE).await;
+    let mut subscribers: Vec<_> = (0..3).map(|_| node.svc.get_container_events(GetEventsRequest {}).unwrap()).collect();
+
+    let pod = node.run_pod("events").await;
+    let container = node.create(&pod, "events", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.start_container(&container).await;
+    node.stop_container(&container, 10).await;
+    node.remove_container(&container).await;
+    let short = node.create(&pod, "events", "short", BUSYBOX_IMAGE, &["exit", "0", "50"]).await;
+    node.start_container(&short).await;
+    sleep(Duration::from_millis(200)).await;
+    node.stop_pod(&pod).await;
+    node.remove_pod(&pod).await;
+    sleep(Duration::from_millis(100)).await;
+
+    let lifecycle = vec![ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent];
+    let expected = BTreeMap::from([(pod.clone(), lifecycle.clone()), (container.clone(), lifecycle.clone()), (short.clone(), lifecycle)]);
+    let mut seen = vec![];
+    for (index, subscriber) in subscribers.iter_mut().enumerate() {
+        let events = drain(subscriber);
+        assert_eq!(by_id(&events), expected, "subscriber {index}");
+        seen.push(events.iter().map(|e| (e.container_id.clone(), e.container_event_type, e.created_at)).collect::<Vec<_>>());
+    }
+    assert!(seen.windows(2).all(|pair| pair[0] == pair[1]), "all subscribers got the same stream");
+    let snapshot = node.svc.snapshot();
+    assert_eq!(snapshot.events_sent, 12);
+    assert_eq!(snapshot.events_dropped, 0);
+}
+
+/// Each event carries the pod's status and its containers' statuses as of sending.
+#[madsim::test]
+async fn events_embed_the_pod_and_container_statuses() {
+    let node = Node::start().await;
+    node.pull(BUSYBOX_IMAGE).await;
+    let mut events = node.svc.get_container_events(GetEventsRequest {}).unwrap();
+    let pod = node.run_pod("payload").await;
+    let container = node.create(&pod, "payload", "app", BUSYBOX_IMAGE, &["exit", "4", "100"]).await;
+    node.start_container(&container).await;
+    sleep(Duration::from_millis(500)).await;
+
+    let received = drain(&mut events);
+    let stopped = received
+        .iter()
+        .find(|e| e.container_id == container && e.container_event_type == ContainerStoppedEvent as i32)
+        .expect("a STOPPED event for the container");
+    let pod_status = stopped.pod_sandbox_status.as_ref().expect("the pod status is embedded");
+    assert_eq!(pod_status.id, pod);
+    assert_eq!(pod_status.state, PodSandboxState::SandboxReady as i32);
+    assert_eq!(stopped.containers_statuses.len(), 1);
+    let status = &stopped.containers_statuses[0];
+    assert_eq!(status.id, container);
+    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 4));
+    assert!(stopped.created_at > 0);
+    let sandbox_created = received.iter().find(|e| e.container_id == pod).expect("sandbox events use the sandbox id");
+    assert_eq!(sandbox_created.container_event_type, ContainerCreatedEvent as i32);
+}
+
+/// A subscriber that goes away does not disturb the others; one that joins late sees only
+/// what happens after it joined.
+#[madsim::test]
+async fn subscribers_come_and_go() {
+    let node = Node::start().await;
+    node.pull(BUSYBOX_IMAGE).await;
+    let mut stays = node.svc.get_container_events(GetEventsRequest {}).unwrap();
+    let leaves = node.svc.get_container_events(GetEventsRequest {}).unwrap();
+    let pod = node.run_pod("churn").await;
+    drop(leaves);
+    let mut late = node.svc.get_container_events(GetEventsRequest {}).unwrap();
+    let container = node.create(&pod, "churn", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+
+    let early = by_id(&drain(&mut stays));
+    assert_eq!(early[&pod], vec![ContainerCreatedEvent, ContainerStartedEvent]);
+    assert_eq!(early[&container], vec![ContainerCreatedEvent]);
+    let joined = by_id(&drain(&mut late));
+    assert!(!joined.contains_key(&pod), "the late subscriber missed nothing it should see and got nothing older");
+    assert_eq!(joined[&container], vec![ContainerCreatedEvent]);
+    assert_eq!(node.svc.snapshot().events_dropped, 0, "a closed subscriber is not a drop");
+}

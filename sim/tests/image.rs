@@ -1,0 +1,265 @@
+//! ImageService RPCs: PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo, and pull
+//! deduplication under concurrency (SPEC §1, §5, B21).
+#![cfg(madsim)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use crid::ErrorKind;
+use crid::backend::{Containerd, ResolvedImage};
+use crid_sim::fakes::{PAUSE_IMAGE, SnapshotKind, chain_ids};
+use k8s_cri::v1::*;
+
+/// What the registry serves for `reference` (read from the fake registry, not from the CRI).
+async fn registry_image(node: &Node, reference: &str) -> ResolvedImage {
+    node.world.containerd.resolve(reference).await.expect("registry image")
+}
+
+fn repository(reference: &str) -> &str {
+    reference.rsplit_once(':').map_or(reference, |(repo, _)| repo)
+}
+
+async fn image_status(node: &Node, image: &str) -> Option<Image> {
+    node.svc.image_status(ImageStatusRequest { image: Some(image_spec(image)), verbose: false }).await.unwrap().image
+}
+
+/// PullImage normalises the reference and returns ImageRef = the config digest; it creates the
+/// tag, digest and id references in containerd, labelled managed (SPEC §5.1).
+#[madsim::test]
+async fn pull_image_returns_the_config_digest() {
+    let node = Node::start().await;
+    let expected = registry_image(&node, BUSYBOX_IMAGE).await;
+    let config_digest = expected.config.digest.clone();
+    assert!(config_digest.starts_with("sha256:"));
+    for reference in ["busybox", "busybox:latest", "library/busybox", "docker.io/library/busybox:latest", BUSYBOX_IMAGE] {
+        assert_eq!(node.pull(reference).await, config_digest, "pull {reference}");
+    }
+    let records = node.world.containerd.images();
+    let names: BTreeSet<String> = records.keys().cloned().collect();
+    let digest_ref = format!("{}@{}", repository(BUSYBOX_IMAGE), expected.manifest.digest);
+    assert_eq!(names, BTreeSet::from([BUSYBOX_IMAGE.to_string(), digest_ref.clone(), config_digest.clone()]));
+    for record in records.values() {
+        assert_eq!(record.labels.get("io.cri-containerd.image").map(String::as_str), Some("managed"), "{}", record.name);
+        assert_eq!(record.target.digest, expected.manifest.digest);
+    }
+    // Unpacked: every chain id is committed.
+    let snapshots = node.world.containerd.snapshots(SNAPSHOTTER);
+    for chain in chain_ids(&expected.diff_ids) {
+        assert_eq!(snapshots.get(&chain).map(|s| s.kind), Some(SnapshotKind::Committed), "{chain}");
+    }
+    // Pulling again fetches nothing new.
+    let fetched = node.world.containerd.total_fetches();
+    node.pull(BUSYBOX_IMAGE).await;
+    assert_eq!(node.world.containerd.total_fetches(), fetched);
+    // Pull by digest reference returns the same id.
+    assert_eq!(node.pull(&digest_ref).await, config_digest);
+    assert!(node.world.containerd.leases().is_empty(), "no pull lease is left");
+}
+
+#[madsim::test]
+async fn pull_image_errors() {
+    let node = Node::start().await;
+    let no_spec = node.svc.pull_image(PullImageRequest::default()).await;
+    assert_eq!(err_kind(no_spec), ErrorKind::InvalidArgument, "no image spec");
+    let cases: &[(&str, ErrorKind)] = &[
+        ("", ErrorKind::InvalidArgument),
+        ("UPPER/case", ErrorKind::InvalidArgument),
+        ("a:b:c", ErrorKind::InvalidArgument),
+        ("busybox@sha256:abc", ErrorKind::InvalidArgument),
+        ("busybox:bad tag", ErrorKind::InvalidArgument),
+        ("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", ErrorKind::InvalidArgument),
+        ("docker.io/library/nope:1", ErrorKind::NotFound),
+    ];
+    for (reference, kind) in cases {
+        let result = node.svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await;
+        assert_eq!(err_kind(result), *kind, "pull {reference:?}");
+    }
+    let snapshot = node.svc.snapshot();
+    assert!(snapshot.image_refs.is_empty());
+    assert!(snapshot.lock_keys.is_empty(), "{:?}", snapshot.lock_keys);
+    assert_eq!(snapshot.pulls_in_flight, 0);
+    assert!(node.world.containerd.images().is_empty());
+    assert!(node.world.containerd.leases().is_empty());
+}
+
+#[madsim::test]
+async fn list_images_shows_every_pulled_image() {
+    let node = Node::start().await;
+    assert!(node.svc.list_images(ListImagesRequest::default()).await.unwrap().images.is_empty());
+    let busybox = node.pull(BUSYBOX_IMAGE).await;
+    let nginx = node.pull("nginx").await;
+    let images = node.svc.list_images(ListImagesRequest::default()).await.unwrap().images;
+    assert_eq!(sorted_ids(images.iter().map(|i| i.id.clone())), sorted_ids([busybox.clone(), nginx.clone()]));
+    for (reference, id) in [(BUSYBOX_IMAGE, &busybox), (NGINX_IMAGE, &nginx)] {
+        let image = images.iter().find(|i| &i.id == id).unwrap();
+        let expected = registry_image(&node, reference).await;
+        assert_eq!(image.repo_tags, vec![reference.to_string()]);
+        assert_eq!(image.repo_digests, vec![format!("{}@{}", repository(reference), expected.manifest.digest)]);
+        let size: u64 = expected.layers.iter().map(|l| l.size_bytes).sum::<u64>() + expected.config.size_bytes;
+        assert_eq!(image.size, size, "{reference}");
+    }
+    let filtered = |image: &str| ListImagesRequest { filter: Some(ImageFilter { image: Some(image_spec(image)) }) };
+    let cases: &[(&str, Vec<&String>)] = &[("nginx", vec![&nginx]), (BUSYBOX_IMAGE, vec![&busybox]), ("docker.io/library/nope:1", vec![])];
+    for (image, expected) in cases {
+        let got = node.svc.list_images(filtered(image)).await.unwrap().images;
+        assert_eq!(sorted_ids(got.into_iter().map(|i| i.id)), sorted_ids(expected.iter().map(|s| s.to_string())), "filter {image}");
+    }
+}
+
+/// ImageStatus resolves by reference, short name, id or id prefix; an unknown image is an
+/// empty response, not an error (SPEC §5.3).
+#[madsim::test]
+async fn image_status_resolves_and_unknown_is_empty() {
+    let node = Node::start().await;
+    let id = node.pull(BUSYBOX_IMAGE).await;
+    let hex = id.strip_prefix("sha256:").unwrap();
+    for reference in [BUSYBOX_IMAGE, "busybox", "busybox:latest", id.as_str(), &id[..20], &hex[..12]] {
+        let image = image_status(&node, reference).await.unwrap_or_else(|| panic!("{reference} resolves"));
+        assert_eq!(image.id, id, "{reference}");
+        assert_eq!(image.repo_tags, vec![BUSYBOX_IMAGE.to_string()]);
+    }
+    for unknown in ["nginx", "docker.io/library/nope:1", "sha256:ffff", "Not A Ref"] {
+        assert_eq!(image_status(&node, unknown).await, None, "{unknown}");
+    }
+    let verbose = node.svc.image_status(ImageStatusRequest { image: Some(image_spec("busybox")), verbose: true }).await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let expected = registry_image(&node, BUSYBOX_IMAGE).await;
+    assert_eq!(info["chainID"], *chain_ids(&expected.diff_ids).last().unwrap());
+    assert_eq!(err_kind(node.svc.image_status(ImageStatusRequest { image: None, verbose: false }).await), ErrorKind::InvalidArgument);
+}
+
+/// RemoveImage deletes every reference (content is then collected); an unknown image is OK
+/// (SPEC §5.3, invariant 17).
+#[madsim::test]
+async fn remove_image_deletes_every_reference() {
+    let node = Node::start().await;
+    let remove = |image: &str| RemoveImageRequest { image: Some(image_spec(image)) };
+    let cases: &[(&str, &str)] = &[("by tag", BUSYBOX_IMAGE), ("by short name", "busybox"), ("by id", "")];
+    for (name, how) in cases {
+        let id = node.pull(BUSYBOX_IMAGE).await;
+        let target = if how.is_empty() { id.clone() } else { how.to_string() };
+        node.svc.remove_image(remove(&target)).await.unwrap();
+        assert_eq!(image_status(&node, &id).await, None, "{name}");
+        assert_eq!(image_status(&node, BUSYBOX_IMAGE).await, None, "{name}");
+        assert!(node.world.containerd.images().is_empty(), "{name}: {:?}", node.world.containerd.images().keys());
+        assert!(node.world.containerd.content().is_empty(), "{name}: content collected");
+        assert!(node.svc.snapshot().image_refs.is_empty(), "{name}");
+        // Again: already gone, still OK.
+        node.svc.remove_image(remove(&target)).await.unwrap();
+    }
+    node.svc.remove_image(remove("docker.io/library/nope:1")).await.unwrap();
+    assert_eq!(err_kind(node.svc.remove_image(RemoveImageRequest { image: None }).await), ErrorKind::InvalidArgument);
+
+    // Removing one image leaves the other one, and its shared base layer, alone.
+    let busybox = node.pull(BUSYBOX_IMAGE).await;
+    let nginx = node.pull(NGINX_IMAGE).await;
+    node.svc.remove_image(remove(BUSYBOX_IMAGE)).await.unwrap();
+    assert_eq!(image_status(&node, &busybox).await, None);
+    assert_eq!(image_status(&node, NGINX_IMAGE).await.map(|i| i.id), Some(nginx));
+    let expected = registry_image(&node, NGINX_IMAGE).await;
+    let content = node.world.containerd.content();
+    for layer in &expected.layers {
+        assert!(content.contains_key(&layer.digest), "nginx layer {} must survive", layer.digest);
+    }
+}
+
+/// ImageFsInfo reports the snapshotter's usage, refreshed every stats_collect_period (SPEC §5.3).
+#[madsim::test]
+async fn image_fs_info_reports_snapshot_usage() {
+    let node = Node::start().await;
+    node.pull(BUSYBOX_IMAGE).await;
+    node.pull(PAUSE_IMAGE).await;
+    sleep(Duration::from_secs(11)).await;
+    let info = node.svc.image_fs_info(ImageFsInfoRequest {}).await.unwrap();
+    assert_eq!(info.image_filesystems.len(), 1);
+    let usage = &info.image_filesystems[0];
+    assert_eq!(usage.fs_id.as_ref().unwrap().mountpoint, "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs");
+    let expected = node.world.containerd.snapshots_usage(SNAPSHOTTER).await.unwrap();
+    assert_eq!(usage.used_bytes.unwrap().value, expected.size_bytes);
+    assert_eq!(usage.inodes_used.unwrap().value, expected.inodes);
+    assert!(expected.size_bytes >= 2_200_000 + 48_000 + 311_000, "{expected:?}");
+    assert!(usage.timestamp > 0);
+}
+
+/// 20 concurrent pulls of one image: every blob fetched once, every layer applied once, and
+/// the same ImageRef for all (B21, invariant 15).
+#[madsim::test]
+async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
+    let node = Node::start().await;
+    node.world.containerd.set_fetch_latency(Duration::from_millis(300));
+    node.world.containerd.set_apply_latency(Duration::from_millis(100));
+    let pulls: Vec<_> = (0..20)
+        .map(|i| {
+            let svc = node.svc.clone();
+            // Different spellings of one reference still share the pull.
+            let reference = if i % 2 == 0 { "busybox" } else { BUSYBOX_IMAGE };
+            tokio::spawn(async move { svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await })
+        })
+        .collect();
+    let mut refs = BTreeSet::new();
+    for pull in pulls {
+        refs.insert(pull.await.unwrap().unwrap().image_ref);
+    }
+    let expected = registry_image(&node, BUSYBOX_IMAGE).await;
+    assert_eq!(refs, BTreeSet::from([expected.config.digest.clone()]), "one ImageRef for all pulls");
+    let content = node.world.containerd.content();
+    assert_eq!(content.len(), 1 + expected.layers.len(), "config and layers are in the store");
+    for digest in content.keys() {
+        assert_eq!(node.world.containerd.fetch_count(digest), 1, "blob {digest} fetched once");
+    }
+    assert_eq!(node.world.containerd.max_concurrent_fetch_same_blob(), 1);
+    for chain in chain_ids(&expected.diff_ids) {
+        assert_eq!(node.world.containerd.apply_count(SNAPSHOTTER, &chain), 1, "layer {chain} applied once");
+    }
+    assert_quiescent(&node);
+}
+
+/// Concurrent pulls of busybox and nginx, which share their base layer: the shared blob is
+/// fetched once and its snapshot applied once (B21).
+#[madsim::test]
+async fn concurrent_pulls_sharing_a_layer_fetch_it_once() {
+    let node = Node::start().await;
+    node.world.containerd.set_fetch_latency(Duration::from_millis(200));
+    node.world.containerd.set_apply_latency(Duration::from_millis(50));
+    let busybox = registry_image(&node, BUSYBOX_IMAGE).await;
+    let nginx = registry_image(&node, NGINX_IMAGE).await;
+    assert_eq!(busybox.layers[0].digest, nginx.layers[0].digest, "the images share their base layer");
+    let pulls: Vec<_> = (0..10)
+        .flat_map(|_| [BUSYBOX_IMAGE, NGINX_IMAGE])
+        .map(|reference| {
+            let svc = node.svc.clone();
+            tokio::spawn(async move {
+                let response = svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await;
+                (reference, response.unwrap().image_ref)
+            })
+        })
+        .collect();
+    for pull in pulls {
+        let (reference, image_ref) = pull.await.unwrap();
+        let expected = if reference == BUSYBOX_IMAGE { &busybox.config.digest } else { &nginx.config.digest };
+        assert_eq!(&image_ref, expected, "{reference}");
+    }
+    let shared = &busybox.layers[0].digest;
+    assert_eq!(node.world.containerd.fetch_count(shared), 1, "the shared layer is fetched once");
+    for digest in node.world.containerd.content().keys() {
+        assert_eq!(node.world.containerd.fetch_count(digest), 1, "blob {digest} fetched once");
+    }
+    let shared_chain = &chain_ids(&busybox.diff_ids)[0];
+    assert_eq!(shared_chain, &chain_ids(&nginx.diff_ids)[0]);
+    assert_eq!(node.world.containerd.apply_count(SNAPSHOTTER, shared_chain), 1, "the shared snapshot is applied once");
+    assert_eq!(node.world.containerd.max_concurrent_apply_same_snapshot(), 1);
+    let distinct_chains: BTreeSet<String> = chain_ids(&busybox.diff_ids).into_iter().chain(chain_ids(&nginx.diff_ids)).collect();
+    assert_eq!(node.world.containerd.total_applies(), distinct_chains.len() as u64);
+    assert_quiescent(&node);
+}
+
+fn assert_quiescent(node: &Node) {
+    let snapshot = node.svc.snapshot();
+    assert!(snapshot.lock_keys.is_empty(), "keyed locks left: {:?}", snapshot.lock_keys);
+    assert_eq!(snapshot.pulls_in_flight, 0);
+    assert_eq!(node.world.containerd.pulls_in_flight(), 0);
+    assert!(node.world.containerd.leases().is_empty(), "leases left: {:?}", node.world.containerd.leases());
+}

@@ -1,0 +1,185 @@
+//! RunPodSandbox rollbacks (SPEC §6.1): a failure at any backend call of the run leaves nothing
+//! behind, and a failed *critical* rollback keeps the sandbox (NOTREADY over CRI, holding its
+//! name) so that kubelet's Stop and Remove finish the cleanup (B11, B14).
+#![cfg(madsim)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use crid::ErrorKind;
+use crid::store::SandboxState;
+use crid_sim::fakes::{FaultAction, PAUSE_IMAGE};
+use k8s_cri::v1::*;
+use tokio::time::Instant;
+
+/// One injected failure: the `skip`-th call (0-based) of `site` during RunPodSandbox gets
+/// `action`; the calls before it proceed.
+struct Case {
+    site: &'static str,
+    skip: usize,
+    action: FaultAction,
+}
+
+fn fail(site: &'static str, skip: usize) -> Case {
+    Case { site, skip, action: FaultAction::Fail(ErrorKind::Internal, format!("injected failure at {site}#{skip}")) }
+}
+
+/// The operation happens, then the call reports an error anyway: the rollback must undo an
+/// effect the caller was told did not happen.
+fn fail_after(site: &'static str, skip: usize) -> Case {
+    Case { site, skip, action: FaultAction::FailAfter(ErrorKind::ResourceExhausted, format!("injected late failure at {site}#{skip}")) }
+}
+
+/// Every backend call RunPodSandbox makes once the sandbox image is present, in order.
+fn every_run_step() -> Vec<Case> {
+    let mut cases = vec![];
+    for make in [fail as fn(&'static str, usize) -> Case, fail_after] {
+        cases.extend([
+            make("containerd.prepare_snapshot", 0),
+            make("containerd.create_container", 0),
+            make("os.mkdir_all", 0), // root dir
+            make("os.mkdir_all", 1), // state dir
+            make("os.write_file", 0), // hostname
+            make("os.write_file", 1), // hosts
+            make("os.write_file", 2), // resolv.conf
+            make("os.mkdir_all", 2), // shm dir
+            make("os.mount_shm", 0),
+            make("os.netns_create", 0),
+            make("containerd.update_container", 0), // metadata with the netns path
+            make("cni.setup", 0),
+            make("containerd.update_container", 1), // metadata with the CNI result
+            make("containerd.create_task", 0),
+            make("containerd.start_task", 0),
+        ]);
+    }
+    cases
+}
+
+/// A node whose pause image is already pulled, so that the faults hit the run itself.
+async fn node_with_pause_image() -> Node {
+    let node = Node::start().await;
+    node.pull(PAUSE_IMAGE).await;
+    node
+}
+
+fn run_request(name: &str) -> RunPodSandboxRequest {
+    RunPodSandboxRequest { config: Some(pod_config(name)), ..Default::default() }
+}
+
+#[madsim::test]
+async fn every_run_step_failure_rolls_back_completely() {
+    for case in every_run_step() {
+        let what = format!("{} #{} {:?}", case.site, case.skip, case.action);
+        let node = node_with_pause_image().await;
+        node.faults.push_n(case.site, None, FaultAction::Proceed, case.skip);
+        node.faults.push(case.site, None, case.action.clone());
+
+        let error = node.svc.run_pod_sandbox(run_request("rb")).await.expect_err(&what);
+        assert_eq!(node.faults.pending(), 0, "{what}: the fault was not reached");
+        let expected_kind = match &case.action {
+            FaultAction::Fail(kind, _) | FaultAction::FailAfter(kind, _) => *kind,
+            _ => unreachable!(),
+        };
+        assert_eq!(error.kind, expected_kind, "{what}: {error}");
+        assert!(error.message.contains("injected"), "{what}: the cause is reported: {}", error.message);
+
+        node.assert_no_sandbox_leftovers(&what);
+        assert!(node.list_pods(None).await.is_empty(), "{what}");
+        assert_eq!(node.svc.snapshot().events_sent, 0, "{what}: no event for a sandbox that never existed");
+        let ledger = node.world.cni.ledger();
+        let adds = ledger.iter().filter(|e| e.op == crid_sim::fakes::CniOp::Add).count();
+        let dels = ledger.iter().filter(|e| e.op == crid_sim::fakes::CniOp::Del && e.ok()).count();
+        assert!(adds == 0 || dels >= 1, "{what}: an ADD was attempted, so a DEL must follow: {ledger:?}");
+
+        // Kubelet's retry with the same name succeeds and gives a healthy pod.
+        let id = node.svc.run_pod_sandbox(run_request("rb")).await.unwrap_or_else(|e| panic!("{what}: retry: {e}")).pod_sandbox_id;
+        assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady, "{what}");
+        assert_eq!(node.world.cni.allocations().len(), 1, "{what}");
+        node.stop_pod(&id).await;
+        node.remove_pod(&id).await;
+        node.assert_no_sandbox_leftovers(&format!("{what}, after the retry's pod was removed"));
+    }
+}
+
+/// A backend call that never answers: the run gives up after its bound, rolls back, and frees
+/// the name.
+#[madsim::test]
+async fn hung_step_times_out_and_rolls_back() {
+    for site in ["cni.setup", "containerd.start_task", "os.netns_create"] {
+        let node = node_with_pause_image().await;
+        node.faults.push(site, None, FaultAction::Hang);
+        let started = Instant::now();
+        let error = node.svc.run_pod_sandbox(run_request("hang")).await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::DeadlineExceeded, "{site}: {error}");
+        assert!(started.elapsed() <= Duration::from_secs(241), "{site}: bounded, took {:?}", started.elapsed());
+        node.assert_no_sandbox_leftovers(site);
+        let id = node.run_pod("hang").await;
+        assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady, "{site}");
+    }
+}
+
+/// A failed step plus a failed critical rollback step: the sandbox is kept, UNKNOWN inside and
+/// NOTREADY over CRI, with its name, and whatever the failed rollback could not free is freed
+/// by a later Stop + Remove (B14: the IP is not leaked).
+#[madsim::test]
+async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
+    struct Critical {
+        name: &'static str,
+        step: Case,
+        rollback_site: &'static str,
+        /// The resource the failed rollback left behind, checked before Stop.
+        holds_ip: bool,
+        holds_task: bool,
+    }
+    let cases = [
+        Critical { name: "CNI DEL fails after a partial ADD", step: fail_after("cni.setup", 0), rollback_site: "cni.teardown", holds_ip: true, holds_task: false },
+        Critical { name: "task delete fails", step: fail("containerd.start_task", 0), rollback_site: "containerd.delete_task", holds_ip: true, holds_task: true },
+        Critical { name: "netns removal fails", step: fail("containerd.start_task", 0), rollback_site: "os.netns_remove", holds_ip: false, holds_task: false },
+        Critical { name: "container delete fails", step: fail("containerd.start_task", 0), rollback_site: "containerd.delete_container", holds_ip: false, holds_task: false },
+    ];
+    for case in cases {
+        let what = case.name;
+        let node = node_with_pause_image().await;
+        node.faults.push_n(case.step.site, None, FaultAction::Proceed, case.step.skip);
+        node.faults.push(case.step.site, None, case.step.action);
+        node.faults.push(case.rollback_site, None, FaultAction::Fail(ErrorKind::Internal, "rollback step failed".into()));
+
+        let error = node.svc.run_pod_sandbox(run_request("kept")).await.expect_err(what);
+        assert!(error.message.contains("injected"), "{what}: {error}");
+        assert_eq!(node.faults.pending(), 0, "{what}: both faults were reached");
+
+        let snapshot = node.svc.snapshot();
+        assert_eq!(snapshot.sandboxes.len(), 1, "{what}: the sandbox is kept");
+        let kept = &snapshot.sandboxes[0];
+        assert_eq!(kept.state, SandboxState::Unknown, "{what}");
+        assert_eq!(snapshot.sandbox_names, vec![(kept.name.clone(), kept.id.clone())], "{what}: the name stays reserved");
+        let listed = node.list_pods(None).await;
+        assert_eq!(listed.len(), 1, "{what}");
+        assert_eq!(listed[0].id, kept.id);
+        assert_eq!(listed[0].state, PodSandboxState::SandboxNotready as i32, "{what}: UNKNOWN shows as NOTREADY");
+        assert!(node.pod_status(&kept.id).await.network.is_none(), "{what}: no IP is reported for it");
+        assert_eq!(node.world.cni.allocations().contains_key(&kept.id), case.holds_ip, "{what}: IP held: {:?}", node.world.cni.allocations());
+        assert_eq!(node.world.containerd.tasks().contains_key(&kept.id), case.holds_task, "{what}");
+        assert!(node.world.containerd.containers().contains_key(&kept.id), "{what}: the containerd container is kept for Remove");
+
+        // The name is still taken: a retry is refused rather than creating a second pod.
+        let retry = node.svc.run_pod_sandbox(run_request("kept")).await.unwrap_err();
+        assert_eq!(retry.kind, ErrorKind::AlreadyExists, "{what}: {retry}");
+        assert!(retry.message.contains(&kept.id), "{what}: {}", retry.message);
+
+        // Kubelet's cleanup of a NOTREADY pod finishes the job.
+        node.stop_pod(&kept.id).await;
+        assert!(node.world.cni.allocations().is_empty(), "{what}: Stop frees the IP");
+        assert!(node.world.os.netns_list().is_empty(), "{what}: Stop removes the netns");
+        assert!(node.world.containerd.tasks().is_empty(), "{what}: Stop ends the task");
+        node.remove_pod(&kept.id).await;
+        node.assert_no_sandbox_leftovers(what);
+        let ledger = node.world.cni.ledger();
+        assert!(ledger.last().is_some_and(|e| e.op == crid_sim::fakes::CniOp::Del && e.ok()), "{what}: {ledger:?}");
+
+        let id = node.run_pod("kept").await;
+        assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady, "{what}: the name is free after Remove");
+    }
+}

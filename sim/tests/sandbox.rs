@@ -1,0 +1,344 @@
+//! Sandbox RPCs: RunPodSandbox, PodSandboxStatus, ListPodSandbox, StopPodSandbox,
+//! RemovePodSandbox, PortForward and the sandbox stats, with their error cases (SPEC §1, §6.1,
+//! §6.2).
+#![cfg(madsim)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use crid::ErrorKind;
+use crid::backend::{StreamRequest, TaskState};
+use crid_sim::fakes::PAUSE_IMAGE;
+use k8s_cri::v1::*;
+
+#[madsim::test]
+async fn run_pod_sandbox_makes_a_ready_pod_with_network() {
+    let node = Node::start().await;
+    let id = node.run_pod("web").await;
+    assert_eq!(id.len(), 64, "ids are 64 hex digits: {id}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+
+    let status = node.pod_status(&id).await;
+    assert_eq!(status.id, id);
+    assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
+    assert_eq!(status.metadata, pod_config("web").metadata);
+    assert_eq!(status.labels, labels(&[("app", "web")]));
+    assert_eq!(status.runtime_handler, "runc");
+    assert!(status.created_at > 0);
+    let network = status.network.expect("a READY pod reports its network");
+    assert_eq!(network.ip, node.world.cni.allocations()[&id], "the IP is the one CNI allocated");
+
+    // What the world holds for it.
+    let world = &node.world;
+    let netns = format!("/var/run/netns/cni-{id}");
+    assert!(world.os.netns_list().contains(&netns));
+    assert_eq!(world.containerd.tasks()[&id].state, TaskState::Running);
+    assert!(world.containerd.containers().contains_key(&id));
+    assert_eq!(world.os.file(&format!("{ROOT_DIR}/sandboxes/{id}/hostname")).unwrap(), b"web\n");
+    assert!(world.os.mounts().contains_key(&format!("{STATE_DIR}/sandboxes/{id}/shm")));
+    // The sandbox image was pulled on demand.
+    let pause = node.svc.image_status(ImageStatusRequest { image: Some(image_spec(PAUSE_IMAGE)), verbose: false }).await.unwrap();
+    assert!(pause.image.is_some(), "the pause image was pulled by RunPodSandbox");
+
+    // Verbose status carries the runtime details.
+    let verbose = node.svc.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: true }).await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["netNamespacePath"], netns);
+    assert_eq!(info["pid"], world.containerd.tasks()[&id].pid);
+    // A truncated id resolves.
+    assert_eq!(node.pod_status(&id[..12]).await.id, id);
+}
+
+#[madsim::test]
+async fn host_network_pod_gets_no_netns_and_no_ip() {
+    let node = Node::start().await;
+    let mut config = pod_config("hostnet");
+    config.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node.run_pod_with(config).await;
+    assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady);
+    assert!(node.pod_status(&id).await.network.is_none());
+    assert!(node.world.cni.allocations().is_empty());
+    assert!(node.world.cni.ledger().is_empty(), "no CNI call for a host-network pod");
+    assert!(node.world.os.netns_list().is_empty());
+    node.stop_pod(&id).await;
+    node.remove_pod(&id).await;
+    node.assert_no_sandbox_leftovers("host-network pod removed");
+}
+
+/// ListPodSandbox filters by id (or a unique prefix), state and label selector, alone or
+/// combined (SPEC §1).
+#[madsim::test]
+async fn list_pod_sandbox_filters() {
+    let node = Node::start().await;
+    let tiered = |name: &str, tier: &str| {
+        let mut config = pod_config(name);
+        config.labels.insert("tier".into(), tier.into());
+        config
+    };
+    let a = node.run_pod_with(tiered("a", "front")).await;
+    let b = node.run_pod_with(tiered("b", "back")).await;
+    let c = node.run_pod_with(tiered("c", "front")).await;
+    node.stop_pod(&c).await;
+
+    let ready = Some(PodSandboxStateValue { state: PodSandboxState::SandboxReady as i32 });
+    let notready = Some(PodSandboxStateValue { state: PodSandboxState::SandboxNotready as i32 });
+    let cases: Vec<(&str, PodSandboxFilter, Vec<&String>)> = vec![
+        ("no filter", PodSandboxFilter::default(), vec![&a, &b, &c]),
+        ("full id", PodSandboxFilter { id: b.clone(), ..Default::default() }, vec![&b]),
+        ("id prefix", PodSandboxFilter { id: a[..10].to_string(), ..Default::default() }, vec![&a]),
+        ("unknown id", PodSandboxFilter { id: "ffffffffffffffffdead".into(), ..Default::default() }, vec![]),
+        ("ready", PodSandboxFilter { state: ready, ..Default::default() }, vec![&a, &b]),
+        ("notready", PodSandboxFilter { state: notready, ..Default::default() }, vec![&c]),
+        ("label", PodSandboxFilter { label_selector: labels(&[("tier", "front")]), ..Default::default() }, vec![&a, &c]),
+        ("two labels", PodSandboxFilter { label_selector: labels(&[("tier", "front"), ("app", "c")]), ..Default::default() }, vec![&c]),
+        ("unmatched label", PodSandboxFilter { label_selector: labels(&[("tier", "middle")]), ..Default::default() }, vec![]),
+        ("label and state", PodSandboxFilter { state: ready, label_selector: labels(&[("tier", "front")]), ..Default::default() }, vec![&a]),
+        ("id and wrong state", PodSandboxFilter { id: a.clone(), state: notready, ..Default::default() }, vec![]),
+    ];
+    for (name, filter, expected) in cases {
+        let got = sorted_ids(node.list_pods(Some(filter)).await.into_iter().map(|p| p.id));
+        let expected = sorted_ids(expected.into_iter().cloned());
+        assert_eq!(got, expected, "filter: {name}");
+    }
+    let listed = node.list_pods(None).await;
+    let pod_a = listed.iter().find(|p| p.id == a).unwrap();
+    assert_eq!(pod_a.metadata, tiered("a", "front").metadata);
+    assert_eq!(pod_a.state, PodSandboxState::SandboxReady as i32);
+    assert_eq!(pod_a.runtime_handler, "runc");
+}
+
+/// Stop tears the network down and leaves a NOTREADY pod; Remove deletes everything and frees
+/// the name (SPEC §6.2).
+#[madsim::test]
+async fn stop_then_remove_frees_everything() {
+    let node = Node::start().await;
+    let id = node.run_pod("lifecycle").await;
+    let ip = node.world.cni.allocations()[&id].clone();
+
+    node.stop_pod(&id).await;
+    let status = node.pod_status(&id).await;
+    assert_eq!(status.state, PodSandboxState::SandboxNotready as i32);
+    assert!(status.network.is_none(), "no IP once the netns is closed");
+    assert!(node.world.cni.allocations().is_empty(), "Stop released {ip}");
+    assert!(node.world.os.netns_list().is_empty());
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the pause task is gone");
+    assert!(node.world.containerd.containers().contains_key(&id), "Stop keeps the container until Remove");
+
+    node.remove_pod(&id).await;
+    assert!(node.list_pods(None).await.is_empty());
+    assert_eq!(err_kind(node.svc.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false }).await), ErrorKind::NotFound);
+    node.assert_no_sandbox_leftovers("after Stop + Remove");
+
+    // The name is free again.
+    let again = node.run_pod("lifecycle").await;
+    assert_ne!(again, id);
+    assert_eq!(node.pod_state(&again).await, PodSandboxState::SandboxReady);
+}
+
+/// Remove without Stop force-stops first; containers of the pod are stopped and removed too.
+#[madsim::test]
+async fn remove_force_stops_the_pod_and_its_containers() {
+    let node = Node::start().await;
+    let (pod, running) = node.pod_with_running("busy", &["sleep", "inf"]).await;
+    let created = node.create(&pod, "busy", "sidecar", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+
+    node.stop_pod(&pod).await;
+    let status = node.container_status(&running).await;
+    assert_eq!(status.state, ContainerState::ContainerExited as i32, "StopPodSandbox kills the pod's containers");
+    assert_eq!(status.exit_code, 137);
+    assert_eq!(node.container_state(&created).await, ContainerState::ContainerCreated, "a created container is left as is");
+
+    node.remove_pod(&pod).await;
+    assert!(node.list_containers(None).await.is_empty(), "RemovePodSandbox removes the pod's containers");
+    node.assert_no_sandbox_leftovers("after Remove");
+    for id in [&running, &created] {
+        assert_eq!(node.leaks_of(id), Vec::<String>::new());
+    }
+    assert!(node.svc.snapshot().container_names.is_empty());
+
+    // Remove of a READY pod with a running container, without Stop first.
+    let (pod, container) = node.pod_with_running("direct", &["sleep", "inf"]).await;
+    node.remove_pod(&pod).await;
+    node.assert_no_sandbox_leftovers("after a direct Remove");
+    assert_eq!(node.leaks_of(&container), Vec::<String>::new());
+}
+
+/// The pause task dying makes the pod NOTREADY; no container can be created in it then.
+#[madsim::test]
+async fn sandbox_exit_makes_it_notready() {
+    let node = Node::start().await;
+    node.pull(BUSYBOX_IMAGE).await;
+    let id = node.run_pod("dies").await;
+    assert!(node.world.containerd.exit_task_now(&id, 0));
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxNotready);
+    let create = node
+        .svc
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(container_config("late", BUSYBOX_IMAGE, &["sleep", "inf"])),
+            sandbox_config: Some(pod_config("dies")),
+        })
+        .await;
+    assert_eq!(err_kind(create), ErrorKind::FailedPrecondition);
+    // Kubelet then stops and removes it.
+    node.stop_pod(&id).await;
+    node.remove_pod(&id).await;
+    node.assert_no_sandbox_leftovers("dead pod removed");
+}
+
+/// Invalid RunPodSandbox requests fail with InvalidArgument before anything is created.
+#[madsim::test]
+async fn run_pod_sandbox_rejects_invalid_requests() {
+    let node = Node::start().await;
+    let with_metadata = |metadata: Option<PodSandboxMetadata>| RunPodSandboxRequest {
+        config: Some(PodSandboxConfig { metadata, ..pod_config("x") }),
+        ..Default::default()
+    };
+    let meta = |name: &str, namespace: &str, uid: &str| Some(PodSandboxMetadata { name: name.into(), namespace: namespace.into(), uid: uid.into(), attempt: 0 });
+    let cases: Vec<(&str, RunPodSandboxRequest)> = vec![
+        ("no config", RunPodSandboxRequest::default()),
+        ("no metadata", with_metadata(None)),
+        ("empty name", with_metadata(meta("", "default", "u"))),
+        ("empty namespace", with_metadata(meta("x", "", "u"))),
+        ("empty uid", with_metadata(meta("x", "default", ""))),
+        ("unknown runtime handler", RunPodSandboxRequest { config: Some(pod_config("x")), runtime_handler: "kata".into() }),
+    ];
+    for (name, request) in cases {
+        assert_eq!(err_kind(node.svc.run_pod_sandbox(request).await), ErrorKind::InvalidArgument, "{name}");
+    }
+    node.assert_no_sandbox_leftovers("after invalid requests");
+    assert_eq!(node.faults.calls("containerd.create_container"), 0);
+}
+
+/// Reads of unknown or empty ids.
+#[madsim::test]
+async fn sandbox_reads_of_unknown_ids() {
+    let node = Node::start().await;
+    let live = node.run_pod("known").await;
+    let cases: Vec<(&str, String, ErrorKind)> = vec![
+        ("unknown id", "0123456789abcdef".into(), ErrorKind::NotFound),
+        ("empty id", String::new(), ErrorKind::InvalidArgument),
+    ];
+    for (name, id, kind) in cases {
+        assert_eq!(err_kind(node.svc.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false }).await), kind, "status: {name}");
+        assert_eq!(err_kind(node.svc.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: id.clone() }).await), kind, "stats: {name}");
+        assert_eq!(err_kind(node.svc.port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![80] }).await), kind, "port forward: {name}");
+    }
+    assert_eq!(node.pod_state(&live).await, PodSandboxState::SandboxReady);
+}
+
+/// The registrar is the duplicate guard: a second RunPodSandbox with the name of a pod that
+/// exists fails with AlreadyExists "is reserved for <id>"; a new attempt is a new name
+/// (SPEC §2.1, §3.3).
+#[madsim::test]
+async fn same_sandbox_name_is_reserved() {
+    let node = Node::start().await;
+    let first = node.run_pod("dup").await;
+    let error = node
+        .svc
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("dup")), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::AlreadyExists, "{error}");
+    assert!(error.message.contains("is reserved for") && error.message.contains(&first), "{}", error.message);
+    assert_eq!(node.list_pods(None).await.len(), 1, "no second pod");
+    assert_eq!(node.world.cni.allocations().len(), 1, "no second IP");
+    assert_eq!(node.world.containerd.containers().len(), 1, "no second containerd container");
+
+    let mut next_attempt = pod_config("dup");
+    next_attempt.metadata.as_mut().unwrap().attempt = 1;
+    let second = node.run_pod_with(next_attempt).await;
+    assert_ne!(first, second);
+    let mut other_namespace = pod_config("dup");
+    other_namespace.metadata.as_mut().unwrap().namespace = "kube-system".into();
+    node.run_pod_with(other_namespace).await;
+    assert_eq!(node.list_pods(None).await.len(), 3);
+}
+
+/// Stop and Remove are idempotent, including on ids that never existed or are gone (B18).
+#[madsim::test]
+async fn stop_and_remove_are_idempotent() {
+    let node = Node::start().await;
+    let missing = "feedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedface";
+    node.stop_pod(missing).await;
+    node.remove_pod(missing).await;
+
+    let id = node.run_pod("twice").await;
+    node.stop_pod(&id).await;
+    node.stop_pod(&id).await;
+    assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxNotready);
+    let ledger = node.world.cni.ledger();
+    node.stop_pod(&id).await;
+    assert!(node.world.cni.allocations().is_empty());
+    assert!(ledger.iter().all(|entry| entry.ok()), "{ledger:?}");
+
+    node.remove_pod(&id).await;
+    node.remove_pod(&id).await;
+    node.stop_pod(&id).await; // Stop after Remove (B18).
+    node.assert_no_sandbox_leftovers("after repeated Stop/Remove");
+}
+
+#[madsim::test]
+async fn port_forward_needs_a_ready_pod() {
+    let node = Node::start().await;
+    let id = node.run_pod("pf").await;
+    let url = node.svc.port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![8080, 53] }).await.unwrap().url;
+    assert!(url.starts_with("http://127.0.0.1:10010/portforward/"), "{url}");
+    let token = url.rsplit('/').next().unwrap();
+    assert_eq!(
+        node.world.stream.requests().get(token),
+        Some(&StreamRequest::PortForward { sandbox_id: id.clone(), ports: vec![8080, 53] })
+    );
+    for bad in [vec![0], vec![65536], vec![-1]] {
+        let result = node.svc.port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: bad.clone() }).await;
+        assert_eq!(err_kind(result), ErrorKind::InvalidArgument, "ports {bad:?}");
+    }
+    node.stop_pod(&id).await;
+    let stopped = node.svc.port_forward(PortForwardRequest { pod_sandbox_id: id, port: vec![80] }).await;
+    assert_eq!(err_kind(stopped), ErrorKind::FailedPrecondition);
+}
+
+#[madsim::test]
+async fn pod_sandbox_stats_sum_the_containers() {
+    let node = Node::start().await;
+    let (pod, container) = node.pod_with_running("stats", &["sleep", "inf"]).await;
+    let other = node.run_pod("quiet").await;
+    sleep(Duration::from_secs(2)).await;
+
+    let stats = node.svc.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap().stats.unwrap();
+    assert_eq!(stats.attributes.as_ref().unwrap().id, pod);
+    assert_eq!(stats.attributes.as_ref().unwrap().labels, labels(&[("app", "stats")]));
+    let linux = stats.linux.expect("linux stats");
+    assert_eq!(linux.containers.len(), 1);
+    assert_eq!(linux.containers[0].attributes.as_ref().unwrap().id, container);
+    let container_cpu = linux.containers[0].cpu.as_ref().unwrap().usage_core_nano_seconds.unwrap().value;
+    assert!(container_cpu > 0, "a running container used some CPU");
+    assert_eq!(linux.cpu.unwrap().usage_core_nano_seconds.unwrap().value, container_cpu);
+    let container_memory = linux.containers[0].memory.as_ref().unwrap().working_set_bytes.unwrap().value;
+    assert_eq!(linux.memory.unwrap().working_set_bytes.unwrap().value, container_memory);
+
+    let all = node.svc.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None }).await.unwrap().stats;
+    assert_eq!(sorted_ids(all.iter().map(|s| s.attributes.as_ref().unwrap().id.clone())), sorted_ids([pod.clone(), other.clone()]));
+    let cases: Vec<(&str, PodSandboxStatsFilter, Vec<&String>)> = vec![
+        ("by id", PodSandboxStatsFilter { id: other.clone(), ..Default::default() }, vec![&other]),
+        ("by label", PodSandboxStatsFilter { label_selector: labels(&[("app", "stats")]), ..Default::default() }, vec![&pod]),
+        ("no match", PodSandboxStatsFilter { label_selector: labels(&[("app", "none")]), ..Default::default() }, vec![]),
+    ];
+    for (name, filter, expected) in cases {
+        let got = node.svc.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: Some(filter) }).await.unwrap().stats;
+        assert_eq!(
+            sorted_ids(got.iter().map(|s| s.attributes.as_ref().unwrap().id.clone())),
+            sorted_ids(expected.into_iter().cloned()),
+            "{name}"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! The CRI over a real unix socket (normal mode, real tokio): a tonic client drives a pod and a
+//! container through their lifecycle against the fakes, and core errors arrive as the right
+//! gRPC codes (`grpc::status_from`).
+#![cfg(not(madsim))]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crid::{Config, CriService};
+use crid_sim::fakes::{BUSYBOX_IMAGE, FakeWorld, NoFaults, PAUSE_IMAGE};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tokio::net::{UnixListener, UnixStream};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+async fn connect(path: PathBuf) -> Channel {
+    Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .expect("connect to the CRI socket")
+}
+
+fn pod_config(name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "default".into(), attempt: 0 }),
+        hostname: name.into(),
+        log_directory: format!("/var/log/pods/default_{name}"),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }),
+        command: vec!["sleep".into(), "inf".into()],
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("crid.sock");
+    let world = Arc::new(FakeWorld::new(42, Arc::new(NoFaults)).with_default_images());
+    let mut config = Config::default();
+    config.sandbox_image = PAUSE_IMAGE.into();
+    config.root_dir = "/var/lib/crid".into();
+    let service = CriService::new(config, world.backends()).unwrap();
+
+    // The socket serves before initialization, and refuses calls until run() is done.
+    let listener = UnixListener::bind(&socket).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crid::grpc::serve_unix(service.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let channel = connect(socket.clone()).await;
+    let mut runtime = RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut images = ImageServiceClient::new(channel);
+
+    let early = runtime.version(VersionRequest::default()).await.unwrap_err();
+    assert_eq!(early.code(), Code::Unavailable);
+    assert_eq!(early.message(), "server is not initialized yet");
+    service.run().await.unwrap();
+
+    let version = runtime.version(VersionRequest { version: "0.1.0".into() }).await.unwrap().into_inner();
+    assert_eq!((version.runtime_name.as_str(), version.runtime_api_version.as_str()), ("crid", "v1"));
+
+    let mut events = runtime.get_container_events(GetEventsRequest {}).await.unwrap().into_inner();
+
+    let pulled = images
+        .pull_image(PullImageRequest { image: Some(ImageSpec { image: BUSYBOX_IMAGE.into(), ..Default::default() }), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pulled.image_ref.starts_with("sha256:"), "{}", pulled.image_ref);
+    let listed = images.list_images(ListImagesRequest::default()).await.unwrap().into_inner().images;
+    assert!(listed.iter().any(|image| image.id == pulled.image_ref));
+
+    let pod = runtime
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("uds")), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let pod_status = runtime.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap().into_inner();
+    let pod_status = pod_status.status.unwrap();
+    assert_eq!(pod_status.state, PodSandboxState::SandboxReady as i32);
+    assert!(!pod_status.network.unwrap().ip.is_empty());
+
+    let container = runtime
+        .create_container(CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(container_config("app")), sandbox_config: Some(pod_config("uds")) })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    runtime.start_container(StartContainerRequest { container_id: container.clone() }).await.unwrap();
+
+    let running = runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert_eq!(running.len(), 1);
+    assert_eq!((running[0].id.as_str(), running[0].pod_sandbox_id.as_str()), (container.as_str(), pod.as_str()));
+    assert_eq!(running[0].state, ContainerState::ContainerRunning as i32);
+    assert_eq!(running[0].image_ref, pulled.image_ref);
+
+    // A 16 MiB ExecSync answer fits through the server's message limit.
+    let exec = runtime
+        .exec_sync(ExecSyncRequest { container_id: container.clone(), cmd: vec!["yes".into(), "20000000".into()], timeout: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((exec.exit_code, exec.stdout.len()), (0, 16 * 1024 * 1024));
+
+    runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    let after_stop = runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert_eq!(after_stop[0].state, ContainerState::ContainerExited as i32, "StopPodSandbox stops the pod's containers");
+    let pods = runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert_eq!(pods[0].state, PodSandboxState::SandboxNotready as i32);
+    runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    assert!(runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items.is_empty());
+    assert!(runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers.is_empty());
+    assert!(world.cni.allocations().is_empty(), "the IP was released");
+    assert!(world.containerd.tasks().is_empty() && world.containerd.containers().is_empty());
+
+    // The event stream saw the whole lifecycle of both objects.
+    let mut seen: Vec<(String, i32)> = vec![];
+    while seen.len() < 8 {
+        let next = tokio::time::timeout(Duration::from_secs(10), events.message()).await.expect("events keep coming");
+        let event = next.unwrap().expect("the stream is open");
+        seen.push((event.container_id, event.container_event_type));
+    }
+    for id in [&pod, &container] {
+        let kinds: Vec<i32> = seen.iter().filter(|(c, _)| c == id).map(|(_, kind)| *kind).collect();
+        let lifecycle = [ContainerEventType::ContainerCreatedEvent, ContainerEventType::ContainerStartedEvent, ContainerEventType::ContainerStoppedEvent, ContainerEventType::ContainerDeletedEvent];
+        assert_eq!(kinds, lifecycle.map(|k| k as i32).to_vec(), "events of {id}");
+    }
+
+    // Core error kinds map to gRPC codes.
+    let unknown = runtime.container_status(ContainerStatusRequest { container_id: "0123456789abcdef".into(), verbose: false }).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    let no_config = runtime.run_pod_sandbox(RunPodSandboxRequest::default()).await.unwrap_err();
+    assert_eq!(no_config.code(), Code::InvalidArgument, "{no_config:?}");
+    let unimplemented = runtime.list_metric_descriptors(ListMetricDescriptorsRequest {}).await.unwrap_err();
+    assert_eq!(unimplemented.code(), Code::Unimplemented);
+    let bad_ref = images
+        .pull_image(PullImageRequest { image: Some(ImageSpec { image: "Not/A:Valid:Ref".into(), ..Default::default() }), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_ref.code(), Code::InvalidArgument, "{bad_ref:?}");
+    // Idempotent removal of something that does not exist is OK over the wire too.
+    runtime.remove_container(RemoveContainerRequest { container_id: "0123456789abcdef".into() }).await.unwrap();
+    let missing_image = images.image_status(ImageStatusRequest { image: Some(ImageSpec { image: "nginx".into(), ..Default::default() }), verbose: false }).await.unwrap();
+    assert!(missing_image.into_inner().image.is_none());
+
+    // Graceful shutdown waits for open connections: close the client side first.
+    drop((events, runtime, images));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server shuts down").unwrap().unwrap();
+}

@@ -1,0 +1,114 @@
+//! A read-only snapshot of the service's state, for invariant checks and diagnostics. Taking it
+//! changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::service::{CriService, Quarantined};
+use crate::store::{ContainerState, ContainerStatus, SandboxState};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SandboxView {
+    pub id: String,
+    pub name: String,
+    pub state: SandboxState,
+    pub pid: u32,
+    pub created_at_ns: i64,
+    pub host_network: bool,
+    pub netns_path: String,
+    pub ip: String,
+    pub has_cni_result: bool,
+    pub network_setup_attempted: bool,
+    pub stopped: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    pub sandbox_id: String,
+    pub state: ContainerState,
+    pub status: ContainerStatus,
+    pub image_ref: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateSnapshot {
+    pub initialized: bool,
+    pub sandboxes: Vec<SandboxView>,
+    pub containers: Vec<ContainerView>,
+    /// (name, id), sorted by name.
+    pub sandbox_names: Vec<(String, String)>,
+    pub container_names: Vec<(String, String)>,
+    /// Names of RunPodSandbox/CreateContainer operations in flight or holding an undelivered result.
+    pub operations: Vec<String>,
+    /// ref → image id.
+    pub image_refs: BTreeMap<String, String>,
+    pub backoff_len: usize,
+    pub backoff_dropped: u64,
+    pub lock_keys: Vec<String>,
+    pub pulls_in_flight: usize,
+    pub quarantined: Vec<Quarantined>,
+    pub events_sent: u64,
+    pub events_dropped: u64,
+}
+
+impl CriService {
+    pub fn snapshot(&self) -> StateSnapshot {
+        let sandboxes = self
+            .sandboxes
+            .list()
+            .iter()
+            .map(|s| {
+                let status = s.status();
+                SandboxView {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    state: status.state,
+                    pid: status.pid,
+                    created_at_ns: status.created_at_ns,
+                    host_network: s.metadata.host_network,
+                    netns_path: s.metadata.netns_path.clone(),
+                    ip: s.metadata.ip.clone(),
+                    has_cni_result: s.metadata.cni_result.is_some(),
+                    network_setup_attempted: s.metadata.network_setup_attempted,
+                    stopped: s.is_stopped(),
+                }
+            })
+            .collect();
+        let containers = self
+            .containers
+            .list()
+            .iter()
+            .map(|c| {
+                let status = c.status();
+                ContainerView {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    sandbox_id: c.metadata.sandbox_id.clone(),
+                    state: status.state(),
+                    status,
+                    image_ref: c.metadata.image_ref.clone(),
+                }
+            })
+            .collect();
+        StateSnapshot {
+            initialized: self.is_initialized(),
+            sandboxes,
+            containers,
+            sandbox_names: self.sandbox_names.entries(),
+            container_names: self.container_names.entries(),
+            operations: self.operations.lock().unwrap().keys().cloned().collect(),
+            image_refs: self.images.references(),
+            backoff_len: self.monitor.backoff_len(),
+            backoff_dropped: self.monitor.backoff_dropped_total.load(Ordering::Relaxed),
+            lock_keys: self.pulls.locks.keys(),
+            pulls_in_flight: self.pulls.in_flight(),
+            quarantined: self.quarantined(),
+            events_sent: self.container_events.sent_total.load(Ordering::Relaxed),
+            events_dropped: self.container_events.dropped_total.load(Ordering::Relaxed),
+        }
+    }
+}
