@@ -15,7 +15,7 @@ use crate::fakes::{FaultAction, FaultInjector, sites};
 use crate::scenario::Scenario;
 use crate::trace::{Trace, short};
 
-pub const KINDS: &[&str] = &["error", "delay", "hang", "late", "fail_after", "crash"];
+pub use crate::FAULT_KINDS as KINDS;
 
 /// `site/kind`, e.g. `containerd.delete_task/late`.
 pub fn point(site: &str, kind: &str) -> String {

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use crid::backend::{KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskState};
 use crid::inspect::StateSnapshot;
 use crid::store::{ContainerState, SandboxState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cri_node::CriEndpoint;
 use crate::fakes::FakeWorld;
 use crate::oracle::Oracle;
 use crate::trace::{Trace, short};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub invariant: String,
     pub object: String,

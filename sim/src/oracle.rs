@@ -30,6 +30,7 @@ struct ContainerModel {
 pub struct Oracle {
     sandboxes: Mutex<BTreeMap<String, SandboxModel>>,
     containers: Mutex<BTreeMap<String, ContainerModel>>,
+    removed_containers: Mutex<std::collections::BTreeSet<String>>,
     /// normalized ref → image id, for refs never removed.
     images: Mutex<BTreeMap<String, Option<String>>>,
 }
@@ -114,12 +115,19 @@ impl Oracle {
                 _ => {}
             }
         }
+        // Live models must be listed; removed ones must not be. Removed models are kept only as
+        // ids, so a check costs O(live objects + listed objects), not O(history).
         let containers: BTreeMap<&str, ContainerState> = snapshot.containers.iter().map(|c| (c.id.as_str(), c.state)).collect();
         let sandbox_removing: std::collections::BTreeSet<String> =
             self.sandboxes.lock().unwrap().iter().filter(|(_, m)| m.remove_issued).map(|(id, _)| id.clone()).collect();
-        for (id, model) in self.containers.lock().unwrap().iter() {
+        let mut models = self.containers.lock().unwrap();
+        let mut removed = self.removed_containers.lock().unwrap();
+        let mut forget = vec![];
+        for (id, model) in models.iter() {
             let Some(state) = containers.get(id.as_str()) else {
-                if !model.removed && !model.remove_issued && !sandbox_removing.contains(&model.sandbox_id) {
+                if model.removed || model.remove_issued || sandbox_removing.contains(&model.sandbox_id) {
+                    forget.push(id.clone());
+                } else {
                     mismatches.push((format!("container {id}"), "CreateContainer was acknowledged but it is gone".into()));
                 }
                 continue;
@@ -130,6 +138,16 @@ impl Oracle {
                 mismatches.push((format!("container {id}"), format!("StopContainer was acknowledged but it is {state:?}")));
             } else if model.started && *state == ContainerState::Created {
                 mismatches.push((format!("container {id}"), "StartContainer was acknowledged but it is CREATED".into()));
+            }
+        }
+        // A container that is gone after its removal was issued stays gone: remember only that.
+        for id in forget {
+            models.remove(&id);
+            removed.insert(id);
+        }
+        for container in &snapshot.containers {
+            if removed.contains(&container.id) {
+                mismatches.push((format!("container {}", container.id), "it was removed but is listed again".into()));
             }
         }
         for (reference, id) in self.images.lock().unwrap().iter() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::buggify::FaultPlan;
 use crate::cri_node::{CriEndpoint, serve};
@@ -22,7 +22,7 @@ const CONTAINERD_DOWN: Duration = Duration::from_secs(3);
 const DISK_FULL_FOR: Duration = Duration::from_secs(5);
 const UNKILLABLE_FOR: Duration = Duration::from_secs(20);
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunReport {
     pub scenario: String,
     pub seed: u64,

@@ -110,7 +110,9 @@ pub struct Faults {
     pub rate: f64,
     /// Site patterns eligible for faults (`containerd.*`, `cni.setup`, …).
     pub sites: Vec<String>,
-    /// Fault kinds: `error`, `delay`, `hang`, `late`, `fail_after`.
+    /// Fault kinds: `error`, `delay`, `hang`, `late` (effect happens, reply comes after the
+    /// caller's deadline), `fail_after` (effect happens, an error is reported), `crash` (the CRI
+    /// process is killed at that await point).
     pub kinds: Vec<String>,
     /// Upper bound of injected delays, in milliseconds.
     pub max_delay_ms: u64,
@@ -231,7 +233,7 @@ impl Scenario {
             }
         }
         for kind in &self.faults.kinds {
-            if !["error", "delay", "hang", "late", "fail_after"].contains(&kind.as_str()) {
+            if !crate::FAULT_KINDS.contains(&kind.as_str()) {
                 return Err(format!("scenario {}: unknown fault kind {kind:?}", self.name));
             }
         }

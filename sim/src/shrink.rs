@@ -2,7 +2,10 @@
 //! and the workload size — is reduced step by step while the run still fails with the same
 //! invariant; the result is a scenario file that replays the failure.
 
-use crate::runner::{RunReport, run_seed};
+use std::path::Path;
+
+use crate::runner::RunReport;
+use crate::summary::run_seed_isolated;
 use crate::scenario::{Forced, Scenario};
 
 pub struct Shrunk {
@@ -16,8 +19,8 @@ fn first_invariant(report: &RunReport) -> Option<String> {
 }
 
 /// Returns None when the seed does not fail.
-pub fn shrink(original: &Scenario, seed: u64, mut progress: impl FnMut(&str)) -> Option<Shrunk> {
-    let report = run_seed(original, seed, false);
+pub fn shrink(exe: &Path, original: &Scenario, seed: u64, mut progress: impl FnMut(&str)) -> Option<Shrunk> {
+    let report = run_seed_isolated(exe, original, seed);
     let target = first_invariant(&report)?;
     let mut best = original.clone();
     best.forced = Some(Forced { active_points: Some(report.active_points.clone()), chaos_events: Some(report.chaos_events.clone()) });
@@ -25,7 +28,7 @@ pub fn shrink(original: &Scenario, seed: u64, mut progress: impl FnMut(&str)) ->
     let mut runs = 1;
     let still_fails = |candidate: &Scenario, runs: &mut u32| -> Option<RunReport> {
         *runs += 1;
-        let report = run_seed(candidate, seed, false);
+        let report = run_seed_isolated(exe, candidate, seed);
         (first_invariant(&report).as_deref() == Some(target.as_str())).then_some(report)
     };
     // Drop chaos events and fault points one at a time, keeping each removal that still fails.

@@ -6,7 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runner::{RunReport, replay_command, run_seed};
+use std::io::Write;
+use std::path::Path;
+
+use crate::invariants::Failure;
+use crate::runner::{RunReport, replay_command};
 use crate::scenario::Scenario;
 
 /// The result of a seed range (or one shard of it). Shards' summaries add up.
@@ -75,8 +79,50 @@ impl Summary {
     }
 }
 
-/// Runs `seeds` with `jobs` worker threads, calling `on_done` after each run (progress).
-pub fn run_seeds(scenario: &Scenario, seeds: Vec<u64>, jobs: usize, on_done: impl Fn(&RunReport) + Send + Sync) -> (Summary, Vec<RunReport>) {
+/// Runs one seed in a process of its own (`crid-sim run-isolated`), so that nothing a previous
+/// run left in this process — madsim's global task ids, std's hash keys — can change it.
+/// The child reads the scenario as TOML on stdin and prints its report as JSON.
+pub fn run_seed_isolated(exe: &Path, scenario: &Scenario, seed: u64) -> RunReport {
+    let failed = |detail: String| RunReport {
+        scenario: scenario.name.clone(),
+        seed,
+        failures: vec![Failure { invariant: "simulator process failed".into(), object: "-".into(), sim_time: "-".into(), detail }],
+        trace_hash: String::new(),
+        trace: vec![],
+        sim_ms: 0,
+        wall_ms: 0,
+        active_points: vec![],
+        chaos_events: vec![],
+        rpcs: 0,
+        pods: 0,
+    };
+    let text = toml::to_string(scenario).expect("scenario serialises");
+    // determinism-ok: the parent only starts children; each child is one deterministic run.
+    let child = std::process::Command::new(exe)
+        .args(["run-isolated", "--seed", &seed.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return failed(format!("cannot start {}: {e}", exe.display())),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    match child.wait_with_output() {
+        Ok(output) => match serde_json::from_slice::<RunReport>(&output.stdout) {
+            Ok(report) => report,
+            Err(e) => failed(format!("bad report ({e}); stderr: {}", String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default())),
+        },
+        Err(e) => failed(format!("child failed: {e}")),
+    }
+}
+
+/// Runs `seeds` with `jobs` workers, each seed in its own process, calling `on_done` after each
+/// run (progress).
+pub fn run_seeds(exe: &Path, scenario: &Scenario, seeds: Vec<u64>, jobs: usize, on_done: impl Fn(&RunReport) + Send + Sync) -> (Summary, Vec<RunReport>) {
     assert!(jobs > 0);
     // determinism-ok: wall time measures the batch for the report; runs never read it.
     let started = std::time::Instant::now();
@@ -90,7 +136,7 @@ pub fn run_seeds(scenario: &Scenario, seeds: Vec<u64>, jobs: usize, on_done: imp
             scope.spawn(|| {
                 loop {
                     let Some(seed) = queue.lock().unwrap().pop_front() else { break };
-                    let report = run_seed(scenario, seed, false);
+                    let report = run_seed_isolated(exe, scenario, seed);
                     summary.lock().unwrap().add(&report);
                     done.fetch_add(1, Ordering::Relaxed);
                     on_done(&report);

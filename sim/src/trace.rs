@@ -67,7 +67,7 @@ impl Trace {
     }
 }
 
-/// Shortens a 64-hex id for the trace.
+/// Shortens a 64-hex id for the trace; anything else (paths, digests) is kept whole.
 pub fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) { &id[..12] } else { id }
 }

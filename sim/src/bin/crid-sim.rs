@@ -19,6 +19,29 @@ mod cli {
     use crid_sim::scenario::{Scenario, names};
     use crid_sim::summary::{Summary, parse_seed_range, run_seeds, shard};
 
+    fn own_exe() -> std::path::PathBuf {
+        // determinism-ok: locating this binary to start child runs.
+        std::env::current_exe().expect("own path")
+    }
+
+    fn run_isolated(seed: u64) -> i32 {
+        let mut text = String::new();
+        // determinism-ok: the scenario arrives on stdin before the run starts.
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+            return usage_error(&format!("cannot read scenario: {e}"));
+        }
+        let scenario = match Scenario::parse(&text) {
+            Ok(s) => s,
+            Err(e) => return usage_error(&e),
+        };
+        let mut report = run_seed(&scenario, seed, false);
+        if report.passed() {
+            report.trace.clear();
+        }
+        println!("{}", serde_json::to_string(&report).expect("report serialises"));
+        0
+    }
+
     #[derive(Parser)]
     #[command(name = "crid-sim", about = "Deterministic simulation of the crid CRI service")]
     struct Cli {
@@ -53,6 +76,9 @@ mod cli {
             /// Write the summary of a range as JSON (shards merge with `merge`).
             #[arg(long)]
             json: Option<String>,
+            /// Run this seed first in the same process (to check that runs do not leak state).
+            #[arg(long, hide = true)]
+            warmup_seed: Option<u64>,
         },
         /// Run each seed twice in separate processes and compare trace hashes.
         CheckDeterminism {
@@ -71,6 +97,12 @@ mod cli {
             #[arg(long)]
             out: Option<String>,
         },
+        /// Run one seed of a scenario read as TOML from stdin; print the report as JSON.
+        #[command(hide = true)]
+        RunIsolated {
+            #[arg(long)]
+            seed: u64,
+        },
         /// Merge shard summaries written with `run --json`.
         Merge { files: Vec<String> },
         /// List the embedded scenarios.
@@ -80,11 +112,14 @@ mod cli {
     pub fn main() -> i32 {
         let cli = Cli::parse();
         match cli.command {
-            Command::Run { scenario, seed, seeds, shard: shard_spec, jobs, trace, hash_only, json } => {
+            Command::Run { scenario, seed, seeds, shard: shard_spec, jobs, trace, hash_only, json, warmup_seed } => {
                 let scenario = match Scenario::load(&scenario) {
                     Ok(s) => s,
                     Err(e) => return usage_error(&e),
                 };
+                if let Some(warmup) = warmup_seed {
+                    run_seed(&scenario, warmup, false);
+                }
                 match (seed, seeds) {
                     (Some(seed), _) => run_one(&scenario, seed, trace, hash_only),
                     (None, seeds) => {
@@ -103,6 +138,7 @@ mod cli {
             Command::CheckDeterminism { scenario, seeds } => check_determinism(&scenario, &seeds),
             Command::Shrink { scenario, seed, out } => shrink(&scenario, seed, out),
             Command::Merge { files } => merge(&files),
+            Command::RunIsolated { seed } => run_isolated(seed),
             Command::List => {
                 for name in names() {
                     let scenario = Scenario::load(name).expect("embedded scenarios parse");
@@ -162,7 +198,7 @@ mod cli {
         bar.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} seeds, {msg} failed ({elapsed})").expect("valid template").progress_chars("=> "));
         bar.set_prefix(scenario.name.clone());
         let failed_count = std::sync::atomic::AtomicU64::new(0);
-        let (summary, failed) = run_seeds(scenario, seeds, jobs, |report| {
+        let (summary, failed) = run_seeds(&own_exe(), scenario, seeds, jobs, |report| {
             if !report.passed() {
                 failed_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -223,7 +259,7 @@ mod cli {
             Err(e) => return usage_error(&e),
         };
         println!("shrinking scenario {} seed {seed}", scenario.name);
-        let Some(shrunk) = crid_sim::shrink::shrink(&scenario, seed, |step| println!("  {step}")) else {
+        let Some(shrunk) = crid_sim::shrink::shrink(&own_exe(), &scenario, seed, |step| println!("  {step}")) else {
             println!("seed {seed} does not fail; nothing to shrink");
             return 1;
         };

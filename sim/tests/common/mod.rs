@@ -1,7 +1,7 @@
 //! Shared helpers for the behaviour tests: a CRI service wired to a fresh `FakeWorld`, request
 //! builders, and leak checks. Every test drives the core only through the CRI request/response
 //! types; the fakes and `snapshot()` are used to look at the effects.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
