@@ -24,7 +24,16 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<ContainerStatus> {
 
 impl CriService {
     pub(crate) async fn write_checkpoint(&self, id: &str, status: &ContainerStatus) -> Result<()> {
-        self.backends.os.write_atomic(&self.checkpoint_path(id), &encode_checkpoint(status)).await.map_err(|e| e.context("failed to checkpoint container status"))
+        let path = self.checkpoint_path(id);
+        let bytes = encode_checkpoint(status);
+        let mut result = self.backends.os.write_atomic(&path, &bytes).await;
+        if result.as_ref().is_err_and(|e| e.is_not_found()) {
+            // The container's directory is gone (a rollback or orphan cleanup raced a crash):
+            // recreate it rather than leave the container unable to record anything again.
+            self.backends.os.mkdir_all(&self.container_root(id)).await?;
+            result = self.backends.os.write_atomic(&path, &bytes).await;
+        }
+        result.map_err(|e| e.context("failed to checkpoint container status"))
     }
 
     pub(crate) async fn read_checkpoint(&self, id: &str) -> Result<ContainerStatus> {

@@ -140,6 +140,9 @@ impl CriService {
 
     async fn remove_container_steps(&self, container: &Container) -> Result<()> {
         let id = &container.id;
+        // A task can outlive the exit handling (recovery keeps a stopped task until the status is
+        // persisted; a delete may have completed late): it must go before the container.
+        ignore_not_found(self.backends.containerd.delete_task(id).await.map(|_| ())).map_err(|e| e.context("failed to delete task"))?;
         ignore_not_found(self.backends.containerd.delete_container(id, true).await).map_err(|e| e.context("failed to delete containerd container"))?;
         self.delete_checkpoint(id).await?;
         self.backends.os.remove_all(&self.container_root(id)).await?;

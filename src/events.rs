@@ -343,9 +343,7 @@ impl CriService {
                 }
             };
             // Events were missed while disconnected; image state is level-triggered, so re-read.
-            if let Err(error) = self.resync_images().await {
-                tracing::warn!(%error, "image resync after reconnect failed");
-            }
+            self.recover_images().await;
         }
     }
 

@@ -157,7 +157,8 @@ impl CriService {
         let resolved = resolved.map_err(|e| e.context(format!("failed to resolve reference {reference:?}")))?;
         assert_eq!(resolved.layers.len(), resolved.diff_ids.len(), "one diff id per layer");
 
-        let mut blobs: Vec<&Descriptor> = vec![&resolved.config];
+        // The manifest too: the image record points at it, and GC follows it to the rest.
+        let mut blobs: Vec<&Descriptor> = vec![&resolved.manifest, &resolved.config];
         blobs.extend(resolved.layers.iter());
         let concurrency = self.config.max_concurrent_downloads as usize;
         // At most `max_concurrent_downloads` fetches at once, per pull.

@@ -153,12 +153,15 @@ impl CriService {
     }
 
     /// Makes the store match containerd's image list: adds what is there, drops what is gone.
-    pub(crate) async fn resync_images(&self) -> Result<()> {
+    /// Returns how many images failed to load.
+    pub(crate) async fn resync_images(&self) -> Result<usize> {
         let records = self.backends.containerd.list_images().await?;
         let present: std::collections::BTreeSet<String> = records.iter().map(|r| r.name.clone()).collect();
+        let mut failed = 0;
         for record in &records {
             if let Err(error) = self.update_image_reference(&record.name).await {
                 tracing::warn!(name = record.name, %error, "failed to load image");
+                failed += 1;
             }
         }
         for name in self.images.references().into_keys() {
@@ -166,6 +169,6 @@ impl CriService {
                 self.images.set_reference(&name, None);
             }
         }
-        Ok(())
+        Ok(failed)
     }
 }

@@ -15,47 +15,79 @@ use crate::service::{CriService, Quarantined};
 use crate::store::container::{EXIT_CODE_START_ERROR, EXIT_CODE_UNKNOWN, REASON_START_ERROR, REASON_UNKNOWN};
 use crate::store::{Container, ContainerMetadata, ContainerState, ContainerStatus, Sandbox, SandboxMetadata, SandboxState, SandboxStatus, decode_message};
 
-/// Budget for loading one object.
+/// Budget of each backend call made while loading one object.
 pub const RECOVER_OBJECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// What recovery decided for one container.
+struct Decision {
+    status: ContainerStatus,
+    /// Attach an exit monitor (the task runs).
+    monitor: bool,
+    /// Delete the task once the status is persisted.
+    delete_task: bool,
+    /// The same inputs give the same status at any later restart (no time taken from now).
+    stable: bool,
+}
+
 /// Listing containers is retried this many times, a second apart, before recovery gives up.
 const LIST_ATTEMPTS: u32 = 10;
 
 impl CriService {
     pub(crate) async fn recover(self: &Arc<Self>) {
         let sandbox_records = self.list_kind(KIND_SANDBOX).await;
-        let mut monitors = vec![];
+        let mut sandboxes = vec![];
         for record in &sandbox_records {
-            match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "load sandbox", self.load_sandbox(record)).await {
-                Ok(sandbox) => {
-                    let ready = sandbox.status().state == SandboxState::Ready;
-                    if self.admit(KIND_SANDBOX, &sandbox.id, &sandbox.name, || self.sandboxes.add(&sandbox.id, sandbox.clone()), &self.sandbox_names) && ready {
-                        monitors.push((TaskKind::Sandbox, sandbox.id.clone()));
-                    }
-                }
+            match self.load_sandbox(record).await {
+                Ok(sandbox) => sandboxes.push((record.created_at_ns, sandbox)),
                 Err(error) => self.quarantine(KIND_SANDBOX, &record.id, "", &error.message),
             }
         }
         let container_records = self.list_kind(KIND_CONTAINER).await;
+        let mut containers = vec![];
         for record in &container_records {
-            match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "load container", self.load_container(record)).await {
-                Ok((container, monitor)) => {
-                    if self.admit(KIND_CONTAINER, &container.id, &container.name, || self.containers.add(&container.id, container.clone()), &self.container_names) && monitor {
-                        monitors.push((TaskKind::Container, container.id.clone()));
-                    }
-                }
+            match self.load_container(record).await {
+                Ok(loaded) => containers.push((record.created_at_ns, loaded)),
                 Err(error) => self.quarantine(KIND_CONTAINER, &record.id, "", &error.message),
+            }
+        }
+        // Two objects with one name can only mean that kubelet re-created an object it could not
+        // see (B10, B11): the newest is the one it knows, so names go to the newest first and
+        // the older duplicate is quarantined, never a reason to abort.
+        sandboxes.sort_by(|a, b| (b.0, &b.1.id).cmp(&(a.0, &a.1.id)));
+        containers.sort_by(|a, b| (b.0, &b.1.0.id).cmp(&(a.0, &a.1.0.id)));
+        let mut monitors = vec![];
+        for (_, sandbox) in sandboxes {
+            let ready = sandbox.status().state == SandboxState::Ready;
+            if self.admit(KIND_SANDBOX, &sandbox.id, &sandbox.name, || self.sandboxes.add(&sandbox.id, sandbox.clone()), &self.sandbox_names) && ready {
+                monitors.push((TaskKind::Sandbox, sandbox.id.clone()));
+            }
+        }
+        for (_, (container, monitor)) in containers {
+            if self.admit(KIND_CONTAINER, &container.id, &container.name, || self.containers.add(&container.id, container.clone()), &self.container_names) && monitor {
+                monitors.push((TaskKind::Container, container.id.clone()));
             }
         }
         // Every object is in its store now, so no exit can be dropped as "not found" (B7).
         for (kind, id) in monitors {
             self.start_exit_monitor(kind, id);
         }
-        if let Err(error) = self.resync_images().await {
-            tracing::error!(%error, "failed to recover images");
-        }
+        self.recover_images().await;
         let known: BTreeSet<String> = sandbox_records.iter().chain(&container_records).map(|r| r.id.clone()).collect();
         self.remove_orphan_dirs(&known).await;
         tracing::info!(sandboxes = self.sandboxes.len(), containers = self.containers.len(), quarantined = self.quarantined().len(), "recovered state");
+    }
+
+    /// Loads the image store; transient errors are retried so that a pulled image never goes
+    /// missing after a restart.
+    pub(crate) async fn recover_images(&self) {
+        for attempt in 1..=LIST_ATTEMPTS {
+            match self.resync_images().await {
+                Ok(0) => return,
+                Ok(failed) => tracing::warn!(failed, attempt, "some images could not be loaded; retrying"),
+                Err(error) => tracing::warn!(%error, attempt, "failed to list images; retrying"),
+            }
+            self.sleep(Duration::from_secs(1)).await;
+        }
+        tracing::error!("images still failing to load; the event loop will pick them up on their next event");
     }
 
     async fn list_kind(&self, kind: &str) -> Vec<ContainerRecord> {
@@ -100,7 +132,7 @@ impl CriService {
         }
         let config = decode_message(&metadata.config)?;
         let mut status = SandboxStatus { state: SandboxState::Unknown, pid: 0, created_at_ns: record.created_at_ns.max(1), exited_at_ns: 0, exit_code: 0 };
-        match self.backends.containerd.task_info(&record.id).await {
+        match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "sandbox task", self.backends.containerd.task_info(&record.id)).await {
             Err(error) if error.is_not_found() => status.state = SandboxState::NotReady,
             Err(error) => tracing::warn!(id = record.id, %error, "sandbox task state unknown"),
             Ok(info) => match info.state {
@@ -134,34 +166,52 @@ impl CriService {
             return Err(Error::internal(format!("bad container metadata: version {:?}, id {:?}", metadata.version, metadata.id)));
         }
         let config = decode_message(&metadata.config)?;
-        let checkpoint = match self.read_checkpoint(&record.id).await {
+        let checkpoint = match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "read checkpoint", self.read_checkpoint(&record.id)).await {
             Ok(status) => status,
             Err(error) => {
                 tracing::warn!(id = record.id, %error, "status checkpoint unreadable; container is UNKNOWN");
                 ContainerStatus::unknown_status()
             }
         };
-        let (status, monitor) = self.reconcile_container_status(&record.id, checkpoint).await;
-        // Rewrite the checkpoint. A failure (say, a full disk) does not hide the container: it is
-        // served from memory and the next status change writes again (B10).
-        if let Err(error) = self.write_checkpoint(&record.id, &status).await {
-            tracing::error!(id = record.id, %error, "failed to rewrite status checkpoint during recovery");
+        let decision = self.reconcile_container_status(&record.id, checkpoint.clone()).await;
+        let mut status = decision.status;
+        // Persist what recovery decided before acting on it or serving it; an unchanged status
+        // needs no write. The task is deleted only after the write, so that a restart in between
+        // decides the same from the same task (B9, B10).
+        let changed = crate::checkpoint::encode_checkpoint(&status) != crate::checkpoint::encode_checkpoint(&checkpoint);
+        let persisted = !changed || {
+            let written = self.with_timeout(RECOVER_OBJECT_TIMEOUT, "write checkpoint", self.write_checkpoint(&record.id, &status)).await;
+            if let Err(error) = &written {
+                tracing::error!(id = record.id, %error, "failed to persist the recovered status");
+            }
+            written.is_ok()
+        };
+        if persisted {
+            if decision.delete_task {
+                self.delete_task_quietly(&record.id).await;
+            }
+        } else if !decision.stable {
+            // A decision that a later restart could make differently (its times come from now)
+            // is not served: the container is UNKNOWN with its persisted fields, and stays
+            // visible, unlike containerd, which skips it (B10).
+            status = ContainerStatus { unknown: true, ..checkpoint };
         }
+        let monitor = decision.monitor;
         Ok((Arc::new(Container::new(metadata, config, status)), monitor))
     }
 
     /// The decision table of SPEC §3.4 step 2, with defined outcomes for an interrupted start
     /// (B8), a lost checkpoint with a live task (B9) and a paused task (B27).
-    async fn reconcile_container_status(&self, id: &str, mut status: ContainerStatus) -> (ContainerStatus, bool) {
+    async fn reconcile_container_status(&self, id: &str, mut status: ContainerStatus) -> Decision {
         let now = self.now_ns();
         let state = status.state();
-        let info = match self.backends.containerd.task_info(id).await {
+        let info = match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "container task", self.backends.containerd.task_info(id)).await {
             Ok(info) => Some(info),
             Err(error) if error.is_not_found() => None,
             Err(error) => {
                 tracing::warn!(id, %error, "task state unknown; container is UNKNOWN");
                 status.unknown = true;
-                return (status, false);
+                return Decision { status, monitor: false, delete_task: false, stable: true };
             }
         };
         let start_error = |status: &mut ContainerStatus| {
@@ -171,59 +221,56 @@ impl CriService {
             status.message = "start was interrupted by a runtime restart".into();
             status.start_requested = false;
         };
+        let vanished = |status: &mut ContainerStatus| {
+            status.finished_at_ns = now;
+            status.exit_code = EXIT_CODE_UNKNOWN;
+            status.reason = REASON_UNKNOWN.into();
+            status.pid = 0;
+        };
         let Some(info) = info else {
             match state {
                 ContainerState::Created if status.start_requested => start_error(&mut status),
-                ContainerState::Running => {
-                    status.finished_at_ns = now;
-                    status.exit_code = EXIT_CODE_UNKNOWN;
-                    status.reason = REASON_UNKNOWN.into();
-                    status.pid = 0;
-                }
+                ContainerState::Running => vanished(&mut status),
                 _ => {}
             }
-            return (status, false);
+            return Decision { status, monitor: false, delete_task: false, stable: false };
         };
         match info.state {
             TaskState::Created => {
-                self.delete_task_quietly(id).await;
                 match state {
                     ContainerState::Created => start_error(&mut status),
-                    ContainerState::Running => {
-                        status.finished_at_ns = now;
-                        status.exit_code = EXIT_CODE_UNKNOWN;
-                        status.reason = REASON_UNKNOWN.into();
-                        status.pid = 0;
-                    }
+                    ContainerState::Running => vanished(&mut status),
                     _ => {}
                 }
-                (status, false)
+                Decision { status, monitor: false, delete_task: true, stable: false }
             }
             TaskState::Running | TaskState::Paused | TaskState::Pausing => match state {
-                ContainerState::Running => (status, true),
+                ContainerState::Running => Decision { status, monitor: true, delete_task: false, stable: true },
                 ContainerState::Created => {
-                    // Crash between task start and the started checkpoint.
+                    // Crash between task start and the started checkpoint. RUNNING is safe to
+                    // serve unpersisted: a later restart decides RUNNING or EXITED again.
                     status.started_at_ns = now;
                     status.pid = info.pid;
                     status.start_requested = false;
-                    (status, true)
+                    Decision { status, monitor: true, delete_task: false, stable: true }
                 }
                 // A lost checkpoint stays UNKNOWN (never RUNNING with CreatedAt=0, B9); the
                 // monitor turns it EXITED when the task ends, or kubelet stops it.
                 ContainerState::Unknown => {
                     status.pid = info.pid;
-                    (status, true)
+                    Decision { status, monitor: true, delete_task: false, stable: true }
                 }
                 ContainerState::Exited => {
                     tracing::warn!(id, "task runs but the checkpoint says exited; container is UNKNOWN");
                     status.unknown = true;
-                    (status, true)
+                    Decision { status, monitor: true, delete_task: false, stable: true }
                 }
             },
             TaskState::Stopped => {
-                self.delete_task_quietly(id).await;
                 if status.finished_at_ns == 0 || status.unknown {
-                    let exit = info.exit.unwrap_or(crate::backend::ExitStatus { exit_code: EXIT_CODE_UNKNOWN as u32, exited_at_ns: now });
+                    // The exit comes from the task, which is kept until this is persisted, so
+                    // the decision is the same after any number of restarts.
+                    let exit = info.exit.unwrap_or(crate::backend::ExitStatus { exit_code: EXIT_CODE_UNKNOWN as u32, exited_at_ns: status.started_at_ns.max(status.created_at_ns).max(1) });
                     if status.finished_at_ns == 0 {
                         status.finished_at_ns = exit.exited_at_ns.max(status.started_at_ns).max(1);
                         status.exit_code = exit.exit_code as i32;
@@ -235,11 +282,11 @@ impl CriService {
                     status.pid = 0;
                     status.start_requested = false;
                 }
-                (status, false)
+                Decision { status, monitor: false, delete_task: true, stable: true }
             }
             TaskState::Unknown => {
                 status.unknown = true;
-                (status, false)
+                Decision { status, monitor: false, delete_task: false, stable: true }
             }
         }
     }

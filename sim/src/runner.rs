@@ -174,7 +174,7 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
         world.containerd.set_gc_enabled(false);
     }
     let endpoint = CriEndpoint::default();
-    let checker = Arc::new(Checker::new(trace.clone(), world.clone(), endpoint.clone(), scenario.workload.remove_image_probability == 0.0));
+    let checker = Arc::new(Checker::new(trace.clone(), world.clone(), endpoint.clone(), true));
     let config = sim_config();
     let cri = {
         let (world, endpoint, trace) = (world.clone(), endpoint.clone(), trace.clone());

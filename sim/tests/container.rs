@@ -531,3 +531,65 @@ async fn container_stats() {
         assert_eq!(list(filter).await, sorted_ids(expected.into_iter().cloned()), "{name}");
     }
 }
+
+/// Concurrent Stops send the stop signal once and all return once the exit is recorded
+/// (SPEC §6.4 step 4).
+#[madsim::test]
+async fn concurrent_stops_signal_once() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("stops", &["sleep", "inf"]).await;
+    let stops: Vec<_> = (0..3)
+        .map(|_| {
+            let svc = node.svc.clone();
+            let id = id.clone();
+            tokio::spawn(async move { svc.stop_container(StopContainerRequest { container_id: id, timeout: 10 }).await })
+        })
+        .collect();
+    for stop in stops {
+        stop.await.unwrap().unwrap();
+    }
+    assert_eq!(node.faults.calls_on("containerd.kill_task", &id), 1, "one SIGTERM, no SIGKILL");
+    let status = node.container_status(&id).await;
+    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 143));
+}
+
+/// UpdateContainerResources is a status transaction (SPEC §1, invariant 5): when the running
+/// task refuses the update, the RPC fails and neither memory nor the checkpoint may keep the new
+/// resources — otherwise the next restart silently applies what the caller was told failed.
+#[madsim::test]
+async fn failed_resource_update_changes_nothing() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("res-fail", &["sleep", "inf"]).await;
+    let checkpoint_path = format!("{ROOT_DIR}/containers/{id}/status");
+    let before = node.world.os.file(&checkpoint_path).unwrap();
+    node.faults.push("containerd.update_task_resources", Some(&id), crid_sim::fakes::FaultAction::Fail(ErrorKind::Internal, "injected: cgroup write failed".into()));
+    let request = UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources { memory_limit_in_bytes: 64 << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    let error = node.svc.update_container_resources(request).await.unwrap_err();
+    assert!(error.message.contains("injected"), "{error}");
+    assert!(node.container_status(&id).await.resources.is_none(), "memory keeps the old resources");
+    assert_eq!(node.world.containerd.task_resources(&id), None);
+    let after = node.world.os.file(&checkpoint_path).unwrap();
+    assert_eq!(String::from_utf8(after).unwrap(), String::from_utf8(before).unwrap(), "the checkpoint keeps the old resources");
+}
+
+/// A caller that goes away from an ExecSync without a timeout must not leave the exec process
+/// running forever: containerd kills it when the request context ends (SPEC B25: 0 live exec
+/// processes at quiescence, whatever the cancels).
+#[madsim::test]
+async fn cancelled_exec_sync_leaves_no_process() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("exec-cancel", &["sleep", "inf"]).await;
+    let call = node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(&["sleep", "inf"]), timeout: 0 });
+    assert!(tokio::time::timeout(Duration::from_secs(1), call).await.is_err(), "the caller gave up");
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(node.world.containerd.live_execs(), vec![], "the abandoned exec process is still there");
+    // A cancelled call with a timeout is cleaned up by its timeout at the latest.
+    let call = node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(&["sleep", "inf"]), timeout: 5 });
+    assert!(tokio::time::timeout(Duration::from_secs(1), call).await.is_err());
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(node.world.containerd.live_execs(), vec![]);
+}

@@ -112,3 +112,31 @@ async fn subscribers_come_and_go() {
     assert_eq!(joined[&container], vec![ContainerCreatedEvent]);
     assert_eq!(node.svc.snapshot().events_dropped, 0, "a closed subscriber is not a drop");
 }
+
+/// A subscriber that does not read loses events past its buffer, and every drop is counted
+/// (SPEC B20, invariant 10); the other subscribers are not affected.
+#[madsim::test]
+async fn a_full_subscriber_drops_and_counts() {
+    let mut config = test_config();
+    config.container_event_buffer = 3;
+    let node = Node::start_with(config).await;
+    node.pull(BUSYBOX_IMAGE).await;
+    let mut slow = node.svc.get_container_events(GetEventsRequest {}).unwrap();
+    let mut reader = node.svc.get_container_events(GetEventsRequest {}).unwrap();
+    let mut read = vec![];
+    let pod = node.run_pod("storm").await; // 2 events
+    read.extend(drain(&mut reader));
+    let container = node.create(&pod, "storm", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await; // 1
+    read.extend(drain(&mut reader));
+    node.start_container(&container).await; // 1
+    read.extend(drain(&mut reader));
+    node.stop_container(&container, 0).await; // 1
+    read.extend(drain(&mut reader));
+    assert_eq!(read.len(), 5, "the reading subscriber got everything");
+    assert_eq!(drain(&mut slow).len(), 3, "the slow one kept its buffer's worth");
+    let snapshot = node.svc.snapshot();
+    assert_eq!((snapshot.events_sent, snapshot.events_dropped), (5, 2));
+    let counters: serde_json::Value = serde_json::from_str(&node.verbose_status_info().await["counters"]).unwrap();
+    assert_eq!(counters["containerEventsDropped"], 2);
+    assert_eq!(counters["containerEventSubscribers"], 2);
+}

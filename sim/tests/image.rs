@@ -54,8 +54,8 @@ async fn pull_image_returns_the_config_digest() {
     let fetched = node.world.containerd.total_fetches();
     node.pull(BUSYBOX_IMAGE).await;
     assert_eq!(node.world.containerd.total_fetches(), fetched);
-    // Pull by digest reference returns the same id.
-    assert_eq!(node.pull(&digest_ref).await, config_digest);
+    // The digest reference resolves locally to the same image.
+    assert_eq!(image_status(&node, &digest_ref).await.map(|i| i.id), Some(config_digest.clone()));
     assert!(node.world.containerd.leases().is_empty(), "no pull lease is left");
 }
 
@@ -262,4 +262,23 @@ fn assert_quiescent(node: &Node) {
     assert_eq!(snapshot.pulls_in_flight, 0);
     assert_eq!(node.world.containerd.pulls_in_flight(), 0);
     assert!(node.world.containerd.leases().is_empty(), "leases left: {:?}", node.world.containerd.leases());
+}
+
+/// A caller that gives up on a pull does not cancel it for the others sharing it; nothing is
+/// left locked or leased afterwards.
+#[madsim::test]
+async fn a_cancelled_pull_does_not_cancel_the_others() {
+    let node = Node::start().await;
+    node.world.containerd.set_fetch_latency(Duration::from_secs(2));
+    let pull = |svc: std::sync::Arc<crid::CriService>| async move {
+        svc.pull_image(PullImageRequest { image: Some(image_spec(NGINX_IMAGE)), ..Default::default() }).await
+    };
+    let others: Vec<_> = (0..3).map(|_| tokio::spawn(pull(node.svc.clone()))).collect();
+    assert!(tokio::time::timeout(Duration::from_millis(500), pull(node.svc.clone())).await.is_err(), "one caller gave up");
+    let expected = registry_image(&node, NGINX_IMAGE).await.config.digest;
+    for other in others {
+        assert_eq!(other.await.unwrap().unwrap().image_ref, expected);
+    }
+    assert_eq!(image_status(&node, NGINX_IMAGE).await.map(|i| i.id), Some(expected));
+    assert_quiescent(&node);
 }

@@ -342,3 +342,72 @@ async fn pod_sandbox_stats_sum_the_containers() {
         );
     }
 }
+
+/// A kubelet retry of a RunPodSandbox that is still running joins it: both calls get the same
+/// id and only one pod exists (B12).
+#[madsim::test]
+async fn concurrent_runs_of_one_pod_share_the_operation() {
+    let node = Node::start().await;
+    node.pull(PAUSE_IMAGE).await;
+    node.faults.push("cni.setup", None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(5)));
+    let svc = node.svc.clone();
+    let first = tokio::spawn(async move { svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("slow")), ..Default::default() }).await });
+    sleep(Duration::from_secs(1)).await;
+    let second = node.run_pod("slow").await;
+    let first = first.await.unwrap().unwrap().pod_sandbox_id;
+    assert_eq!(first, second, "the retry joined the running operation");
+    assert_eq!(node.list_pods(None).await.len(), 1);
+    assert_eq!(node.world.cni.allocations().len(), 1);
+    assert!(node.svc.snapshot().operations.is_empty(), "delivered results are forgotten");
+    // Acknowledged: a later call with the name is a new request and is refused.
+    let later = node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("slow")), ..Default::default() }).await;
+    assert_eq!(err_kind(later), ErrorKind::AlreadyExists);
+}
+
+/// A caller that gives up (kubelet's deadline) does not cut the run in half: it finishes, and
+/// the retry with the same name collects its id instead of failing or making a second pod (B12).
+#[madsim::test]
+async fn abandoned_run_is_collected_by_the_retry() {
+    let node = Node::start().await;
+    node.pull(PAUSE_IMAGE).await;
+    node.faults.push("containerd.start_task", None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(10)));
+    let request = || RunPodSandboxRequest { config: Some(pod_config("impatient")), ..Default::default() };
+    let gave_up = tokio::time::timeout(Duration::from_secs(2), node.svc.run_pod_sandbox(request())).await;
+    assert!(gave_up.is_err(), "the first caller gave up");
+    assert_eq!(node.svc.snapshot().operations, vec!["sandbox/impatient_default_uid-impatient_0".to_string()], "the run goes on");
+    sleep(Duration::from_secs(15)).await;
+    let pods = node.list_pods(None).await;
+    assert_eq!(pods.len(), 1, "the abandoned run completed");
+    let retried = node.svc.run_pod_sandbox(request()).await.expect("the retry gets the result").pod_sandbox_id;
+    assert_eq!(retried, pods[0].id);
+    assert_eq!(node.pod_state(&retried).await, PodSandboxState::SandboxReady);
+    assert!(node.svc.snapshot().operations.is_empty());
+}
+
+/// Stop and Remove racing on one pod both succeed and leave nothing (B18).
+#[madsim::test]
+async fn concurrent_stop_and_remove_both_succeed() {
+    let node = Node::start().await;
+    let (pod, container) = node.pod_with_running("race", &["sleep", "inf"]).await;
+    let stops: Vec<_> = (0..2)
+        .map(|_| {
+            let svc = node.svc.clone();
+            let id = pod.clone();
+            tokio::spawn(async move { svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id }).await.map(|_| ()) })
+        })
+        .collect();
+    let removes: Vec<_> = (0..2)
+        .map(|_| {
+            let svc = node.svc.clone();
+            let id = pod.clone();
+            tokio::spawn(async move { svc.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await.map(|_| ()) })
+        })
+        .collect();
+    for call in stops.into_iter().chain(removes) {
+        call.await.unwrap().expect("Stop and Remove are idempotent");
+    }
+    // Whatever the interleaving, a final Remove leaves nothing.
+    node.remove_pod(&pod).await;
+    node.assert_no_sandbox_leftovers("after racing Stop/Remove");
+    assert_eq!(node.leaks_of(&container), Vec::<String>::new());
+}

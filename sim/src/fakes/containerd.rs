@@ -158,13 +158,16 @@ impl Snapshotter {
 /// two run concurrently on the same blob or chain id.
 struct Dedup<K: Ord> {
     count: BTreeMap<K, u64>,
+    /// Work started although its result already existed (a blob already in the content store,
+    /// a snapshot already committed): what deduplication must prevent.
+    redundant: u64,
     in_flight: BTreeMap<K, u32>,
     max_concurrent: u32,
 }
 
 impl<K: Ord + Clone> Dedup<K> {
     fn new() -> Self {
-        Dedup { count: BTreeMap::new(), in_flight: BTreeMap::new(), max_concurrent: 0 }
+        Dedup { count: BTreeMap::new(), redundant: 0, in_flight: BTreeMap::new(), max_concurrent: 0 }
     }
 
     fn begin(&mut self, key: &K) {
@@ -790,6 +793,16 @@ impl FakeContainerd {
         self.raw_state().fetches.count.get(digest).copied().unwrap_or(0)
     }
 
+    /// Fetches of blobs that were already in the content store.
+    pub fn redundant_fetches(&self) -> u64 {
+        self.raw_state().fetches.redundant
+    }
+
+    /// Applies of snapshots that were already committed (answered AlreadyExists).
+    pub fn redundant_applies(&self) -> u64 {
+        self.raw_state().applies.redundant
+    }
+
     pub fn total_fetches(&self) -> u64 {
         self.raw_state().fetches.count.values().sum()
     }
@@ -983,6 +996,7 @@ impl FakeContainerd {
     ) -> Result<InFlight<'_>> {
         let mut state = self.state();
         if state.committed(snapshotter, chain_id) {
+            state.applies.redundant += 1;
             return Err(Error::already_exists(format!("snapshot {chain_id}: already exists")));
         }
         if !parent_chain_id.is_empty() && !state.committed(snapshotter, parent_chain_id) {
@@ -1268,6 +1282,9 @@ impl Containerd for FakeContainerd {
                     || image.layers.iter().any(|layer| layer.digest == blob.digest);
                 if !served {
                     return Err(Error::not_found(format!("{reference}: blob {}: not found", blob.digest)));
+                }
+                if state.content.contains_key(&blob.digest) {
+                    state.fetches.redundant += 1;
                 }
                 state.fetches.begin(&blob.digest);
                 InFlight { containerd: self, key: InFlightKey::Fetch(blob.digest.clone()) }
