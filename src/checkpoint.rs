@@ -15,9 +15,9 @@ pub fn encode_checkpoint(status: &ContainerStatus) -> Vec<u8> {
 
 /// Parses a checkpoint; a torn or corrupt file is an error, never a partial status.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<ContainerStatus> {
-    let checkpoint: Checkpoint = serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("corrupt status checkpoint: {e}")))?;
+    let checkpoint: Checkpoint = serde_json::from_slice(bytes).map_err(|e| Error::new(crate::error::ErrorKind::DataLoss, format!("corrupt status checkpoint: {e}")))?;
     if checkpoint.version != CHECKPOINT_VERSION {
-        return Err(Error::internal(format!("unsupported checkpoint version {:?}", checkpoint.version)));
+        return Err(Error::new(crate::error::ErrorKind::DataLoss, format!("unsupported checkpoint version {:?}", checkpoint.version)));
     }
     Ok(checkpoint.status)
 }

@@ -18,7 +18,7 @@ use crate::store::{Container, ContainerMetadata, ContainerState, ContainerStatus
 /// Upper bound of one CreateContainer; past it the steps are rolled back and the name freed.
 pub const CREATE_CONTAINER_TIMEOUT: Duration = Duration::from_secs(240);
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Undo {
     ReleaseName,
     RemoveDirs,
@@ -56,13 +56,20 @@ impl CriService {
         let id = generate_id(&*self.backends.os);
         self.container_names.reserve(&name, &id).map_err(|e| Error::already_exists(format!("failed to reserve container name {name:?}: {}", e.message)))?;
         let mut undo = vec![Undo::ReleaseName];
-        let outcome = self.with_timeout(CREATE_CONTAINER_TIMEOUT, "create container", self.create_container_inner(&sandbox, &id, &name, &config, &mut undo)).await;
+        let mut metadata = None;
+        let outcome = self.with_timeout(CREATE_CONTAINER_TIMEOUT, "create container", self.create_container_inner(&sandbox, &id, &name, &config, &mut undo, &mut metadata)).await;
         match outcome {
             Ok(()) => Ok(id),
             Err(error) => {
                 tracing::warn!(id, name, %error, "CreateContainer failed; rolling back");
                 let snapshotter = self.config.snapshotter_for(&sandbox.metadata.runtime_handler);
+                // Set when the containerd container could not be deleted: it is then kept in
+                // the store, with its name, so that kubelet sees it and removes it.
+                let mut kept = false;
                 for step in undo.iter().rev() {
+                    if kept && matches!(step, Undo::ReleaseName | Undo::RemoveSnapshot) {
+                        continue;
+                    }
                     let result = self
                         .with_timeout(ROLLBACK_TIMEOUT, "rollback", async {
                             match step {
@@ -82,6 +89,13 @@ impl CriService {
                         .await;
                     if let Err(rollback_error) = result {
                         tracing::error!(id, ?step, %rollback_error, "CreateContainer rollback step failed");
+                        kept |= matches!(step, Undo::DeleteContainer);
+                    }
+                }
+                if let (true, Some(metadata)) = (kept, metadata) {
+                    let status = ContainerStatus { created_at_ns: self.now_ns(), ..ContainerStatus::unknown_status() };
+                    if let Err(add_error) = self.containers.add(&id, Arc::new(Container::new(metadata, config, status))) {
+                        tracing::error!(id, %add_error, "could not keep the half-created container");
                     }
                 }
                 Err(error)
@@ -89,7 +103,15 @@ impl CriService {
         }
     }
 
-    async fn create_container_inner(&self, sandbox: &Sandbox, id: &str, name: &str, config: &ContainerConfig, undo: &mut Vec<Undo>) -> Result<()> {
+    async fn create_container_inner(
+        &self,
+        sandbox: &Sandbox,
+        id: &str,
+        name: &str,
+        config: &ContainerConfig,
+        undo: &mut Vec<Undo>,
+        kept_metadata: &mut Option<ContainerMetadata>,
+    ) -> Result<()> {
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         let image = self.local_resolve(&image_name).map_err(|e| e.context(format!("failed to resolve image {image_name:?}")))?;
         let snapshotter = self.config.snapshotter_for(&sandbox.metadata.runtime_handler);
@@ -121,6 +143,7 @@ impl CriService {
             log_path: log_path.clone(),
             stop_signal: image.config.stop_signal.clone(),
         };
+        *kept_metadata = Some(metadata.clone());
         undo.push(Undo::RemoveSnapshot);
         self.backends.containerd.prepare_snapshot(&snapshotter, id, &image.chain_id).await.map_err(|e| e.context("failed to prepare container rootfs"))?;
         let record = ContainerRecord {

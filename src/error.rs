@@ -17,6 +17,8 @@ pub enum ErrorKind {
     ResourceExhausted,
     Unimplemented,
     Internal,
+    /// Stored data is unreadable (a corrupt or torn file).
+    DataLoss,
     Unknown,
 }
 

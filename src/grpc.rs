@@ -27,6 +27,7 @@ pub fn status_from(error: Error) -> Status {
         ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
         ErrorKind::Unimplemented => tonic::Code::Unimplemented,
         ErrorKind::Internal => tonic::Code::Internal,
+        ErrorKind::DataLoss => tonic::Code::DataLoss,
         ErrorKind::Unknown => tonic::Code::Unknown,
     };
     Status::new(code, error.message)

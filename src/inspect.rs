@@ -42,8 +42,10 @@ pub struct StateSnapshot {
     /// (name, id), sorted by name.
     pub sandbox_names: Vec<(String, String)>,
     pub container_names: Vec<(String, String)>,
-    /// Names of RunPodSandbox/CreateContainer operations in flight or holding an undelivered result.
+    /// Names of RunPodSandbox/CreateContainer operations in flight.
     pub operations: Vec<String>,
+    /// Names of finished operations whose result no caller received yet (kept for a retry).
+    pub undelivered: Vec<String>,
     /// ref → image id.
     pub image_refs: BTreeMap<String, String>,
     pub backoff_len: usize,
@@ -94,13 +96,20 @@ impl CriService {
                 }
             })
             .collect();
+        // One lock for both lists (two guards in one expression would deadlock).
+        let (undelivered, operations): (Vec<String>, Vec<String>) = {
+            let all = self.operations.lock().unwrap();
+            let (done, running): (Vec<_>, Vec<_>) = all.iter().partition(|(_, result)| result.borrow().is_some());
+            (done.into_iter().map(|(name, _)| name.clone()).collect(), running.into_iter().map(|(name, _)| name.clone()).collect())
+        };
         StateSnapshot {
             initialized: self.is_initialized(),
             sandboxes,
             containers,
             sandbox_names: self.sandbox_names.entries(),
             container_names: self.container_names.entries(),
-            operations: self.operations.lock().unwrap().keys().cloned().collect(),
+            operations,
+            undelivered,
             image_refs: self.images.references(),
             backoff_len: self.monitor.backoff_len(),
             backoff_dropped: self.monitor.backoff_dropped_total.load(Ordering::Relaxed),

@@ -132,7 +132,7 @@ impl CriService {
         }
         let config = decode_message(&metadata.config)?;
         let mut status = SandboxStatus { state: SandboxState::Unknown, pid: 0, created_at_ns: record.created_at_ns.max(1), exited_at_ns: 0, exit_code: 0 };
-        match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "sandbox task", self.backends.containerd.task_info(&record.id)).await {
+        match self.task_info_retrying(&record.id).await {
             Err(error) if error.is_not_found() => status.state = SandboxState::NotReady,
             Err(error) => tracing::warn!(id = record.id, %error, "sandbox task state unknown"),
             Ok(info) => match info.state {
@@ -166,13 +166,7 @@ impl CriService {
             return Err(Error::internal(format!("bad container metadata: version {:?}, id {:?}", metadata.version, metadata.id)));
         }
         let config = decode_message(&metadata.config)?;
-        let checkpoint = match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "read checkpoint", self.read_checkpoint(&record.id)).await {
-            Ok(status) => status,
-            Err(error) => {
-                tracing::warn!(id = record.id, %error, "status checkpoint unreadable; container is UNKNOWN");
-                ContainerStatus::unknown_status()
-            }
-        };
+        let checkpoint = self.load_checkpoint(&record.id).await;
         let decision = self.reconcile_container_status(&record.id, checkpoint.clone()).await;
         let mut status = decision.status;
         // Persist what recovery decided before acting on it or serving it; an unchanged status
@@ -200,12 +194,48 @@ impl CriService {
         Ok((Arc::new(Container::new(metadata, config, status)), monitor))
     }
 
+    /// Runs `call` until it succeeds or fails for a lasting reason (NotFound, DataLoss), at most
+    /// LIST_ATTEMPTS times a second apart, each within RECOVER_OBJECT_TIMEOUT. A transient error
+    /// must not turn into a lasting decision (an UNKNOWN container, an erased exit).
+    async fn retry_transient<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match self.with_timeout(RECOVER_OBJECT_TIMEOUT, what, call()).await {
+                Err(error) if !matches!(error.kind, crate::error::ErrorKind::DataLoss | crate::error::ErrorKind::NotFound) && attempt < LIST_ATTEMPTS => {
+                    tracing::warn!(what, attempt, %error, "recovery call failed; retrying");
+                    attempt += 1;
+                    self.sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn task_info_retrying(&self, id: &str) -> Result<crate::backend::TaskInfo> {
+        self.retry_transient("task info", || self.backends.containerd.task_info(id)).await
+    }
+
+    /// The checkpoint, or the UNKNOWN status when it is missing, corrupt or unreadable.
+    async fn load_checkpoint(&self, id: &str) -> ContainerStatus {
+        match self.retry_transient("read checkpoint", || self.read_checkpoint(id)).await {
+            Ok(status) => status,
+            Err(error) => {
+                tracing::warn!(id, %error, "status checkpoint unusable; container is UNKNOWN");
+                ContainerStatus::unknown_status()
+            }
+        }
+    }
+
     /// The decision table of SPEC §3.4 step 2, with defined outcomes for an interrupted start
     /// (B8), a lost checkpoint with a live task (B9) and a paused task (B27).
     async fn reconcile_container_status(&self, id: &str, mut status: ContainerStatus) -> Decision {
         let now = self.now_ns();
         let state = status.state();
-        let info = match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "container task", self.backends.containerd.task_info(id)).await {
+        let info = match self.task_info_retrying(id).await {
             Ok(info) => Some(info),
             Err(error) if error.is_not_found() => None,
             Err(error) => {

@@ -88,6 +88,9 @@ impl CriService {
             network_setup_attempted: false,
             host_network: host_network(&config),
         };
+        // The netns path is known before the netns exists and is persisted with the first
+        // metadata write, so that a crash right after creating the netns cannot leak it.
+        let metadata = SandboxMetadata { netns_path: if metadata.host_network { String::new() } else { self.netns_path(&id) }, ..metadata };
         let mut state = RunState { metadata, config, created_at_ns: self.now_ns(), undo: vec![Undo::ReleaseName] };
         let outcome = self.with_timeout(RUN_SANDBOX_TIMEOUT, "run pod sandbox", self.run_sandbox_steps(&mut state)).await;
         match outcome {
@@ -130,7 +133,7 @@ impl CriService {
                 shm_path: shm_path.clone(),
             })
         };
-        let spec = spec_for(String::new());
+        let spec = spec_for(state.metadata.netns_path.clone());
 
         state.undo.push(Undo::RemoveSnapshot);
         containerd.prepare_snapshot(&snapshotter, &id, &image.chain_id).await.map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
@@ -157,14 +160,12 @@ impl CriService {
         self.setup_sandbox_files(&state.config, &root_dir, shm_path.as_deref()).await?;
 
         if !state.metadata.host_network {
-            let netns_path = self.netns_path(&id);
+            let netns_path = state.metadata.netns_path.clone();
             state.undo.push(Undo::RemoveNetns);
             self.backends.os.netns_create(&netns_path).await.map_err(|e| e.context("failed to create network namespace"))?;
-            state.metadata.netns_path = netns_path.clone();
             // DEL is registered before ADD: a failed ADD can still have allocated an IP (B16).
             state.undo.push(Undo::TeardownNetwork);
             state.metadata.network_setup_attempted = true;
-            record.spec = spec_for(netns_path);
             self.persist_sandbox_metadata(&mut record, &state.metadata).await?;
             let result = self.backends.cni.setup(&self.pod_network(&state.metadata, &state.config)).await.map_err(|e| e.context("failed to setup network for sandbox"))?;
             let primary = result.ips.iter().find(|ip| ip.interface == "eth0").or(result.ips.first());

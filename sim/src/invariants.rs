@@ -99,7 +99,7 @@ impl Checker {
 
     /// 1. Registry ↔ store.
     fn check_registries(&self, snapshot: &StateSnapshot) {
-        let in_flight: BTreeSet<&str> = snapshot.operations.iter().map(String::as_str).collect();
+        let in_flight: BTreeSet<&str> = snapshot.operations.iter().chain(&snapshot.undelivered).map(String::as_str).collect();
         let sandboxes: BTreeMap<&str, &str> = snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.name.as_str())).collect();
         let containers: BTreeMap<&str, &str> = snapshot.containers.iter().map(|c| (c.id.as_str(), c.name.as_str())).collect();
         let quarantined: BTreeSet<&str> = snapshot.quarantined.iter().map(|q| q.id.as_str()).collect();

@@ -58,10 +58,10 @@ pub struct Kubelet {
     subscribers_alive: Mutex<u32>,
 }
 
-fn pod_config(name: &str, uid: &str, host_network: bool) -> PodSandboxConfig {
+fn pod_config(name: &str, uid: &str, host_network: bool, attempt: u32) -> PodSandboxConfig {
     let mode = if host_network { NamespaceMode::Node } else { NamespaceMode::Pod } as i32;
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: "sim".into(), attempt: 0 }),
+        metadata: Some(PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: "sim".into(), attempt }),
         hostname: name.into(),
         log_directory: format!("/var/log/pods/sim_{name}_{uid}"),
         labels: HashMap::from([("app".to_string(), name.to_string())]),
@@ -203,13 +203,7 @@ impl Kubelet {
         if !self.ensure_images(rng).await {
             return;
         }
-        let config = pod_config(&name, &uid, host_network);
-        let sandbox_id = retry!(self, true, {
-                let config = config.clone();
-                self.call_then("RunPodSandbox", &name, move |s| async move { s.run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() }).await }, |r| self.checker.oracle.ran_sandbox(&r.pod_sandbox_id))
-                    .await
-            });
-        let Some(sandbox_id) = sandbox_id.map(|r| r.pod_sandbox_id) else { return };
+        let Some((sandbox_id, config)) = self.run_sandbox(&name, &uid, host_network).await else { return };
         let started_ms = self.trace.elapsed_ms();
         let mut containers: BTreeMap<u32, (String, u32)> = BTreeMap::new();
         let mut restarts = 0;
@@ -257,6 +251,53 @@ impl Kubelet {
         }
     }
 
+    /// RunPodSandbox until it succeeds. A name held by an earlier attempt — recovered after a
+    /// crash, or created by a call whose reply was lost — is handled as kubelet does: a READY
+    /// sandbox of the pod is adopted, dead ones are removed and the next attempt is made.
+    async fn run_sandbox(&self, name: &str, uid: &str, host_network: bool) -> Option<(String, PodSandboxConfig)> {
+        let mut attempt = 0;
+        let mut delay = Duration::from_secs(1);
+        loop {
+            if self.draining() {
+                return None;
+            }
+            let config = pod_config(name, uid, host_network, attempt);
+            let request = config.clone();
+            let what = format!("{name}.{attempt}");
+            let result = self
+                .call_then("RunPodSandbox", &what, move |s| async move { s.run_pod_sandbox(RunPodSandboxRequest { config: Some(request), runtime_handler: String::new() }).await }, |r| {
+                    self.checker.oracle.ran_sandbox(&r.pod_sandbox_id)
+                })
+                .await;
+            match result {
+                Ok(response) => return Some((response.pod_sandbox_id, config)),
+                Err(error) if error.kind == ErrorKind::AlreadyExists => {
+                    let selector = HashMap::from([("app".to_string(), name.to_string())]);
+                    let listed = self
+                        .call("ListPodSandbox", name, move |s| async move {
+                            s.list_pod_sandbox(ListPodSandboxRequest { filter: Some(PodSandboxFilter { label_selector: selector, ..Default::default() }) }).await
+                        })
+                        .await;
+                    let Ok(listed) = listed else { continue };
+                    if let Some(ready) = listed.items.iter().find(|s| s.state == PodSandboxState::SandboxReady as i32) {
+                        self.trace.log("kubelet", format!("adopting READY sandbox {} of {name}", short(&ready.id)));
+                        self.checker.oracle.ran_sandbox(&ready.id);
+                        let adopted = pod_config(name, uid, host_network, ready.metadata.as_ref().map_or(attempt, |m| m.attempt));
+                        return Some((ready.id.clone(), adopted));
+                    }
+                    for dead in &listed.items {
+                        self.stop_and_remove_pod(&dead.id).await;
+                    }
+                    attempt += 1;
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
     async fn create_and_start(&self, sandbox_id: &str, pod: &PodSandboxConfig, index: u32, attempt: u32, command: &[String]) -> Option<String> {
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata { name: format!("c{index}"), attempt }),
@@ -277,6 +318,12 @@ impl Kubelet {
                 match result {
                     // The sandbox died or was stopped meanwhile: no point retrying.
                     Err(error) if matches!(error.kind, ErrorKind::FailedPrecondition | ErrorKind::NotFound) => Ok(None),
+                    // A container of an earlier call holds the name (kept after a failed
+                    // rollback, or recovered): remove it, as kubelet's GC would, then retry.
+                    Err(error) if error.kind == ErrorKind::AlreadyExists => {
+                        self.remove_stale_containers(sandbox_id, index).await;
+                        Err(error)
+                    }
                     other => other.map(Some),
                 }
             })
@@ -289,6 +336,20 @@ impl Kubelet {
             })
             .await;
         Some(id)
+    }
+
+    async fn remove_stale_containers(&self, sandbox_id: &str, index: u32) {
+        let filter = ContainerFilter {
+            pod_sandbox_id: sandbox_id.to_string(),
+            label_selector: HashMap::from([("container".to_string(), format!("c{index}"))]),
+            ..Default::default()
+        };
+        let listed = self.call("ListContainers", &format!("c{index}"), move |s| async move { s.list_containers(ListContainersRequest { filter: Some(filter) }).await }).await;
+        for container in listed.map(|l| l.containers).unwrap_or_default() {
+            if container.state != ContainerState::ContainerRunning as i32 {
+                self.remove_container(&container.id).await;
+            }
+        }
     }
 
     async fn exec_probe(&self, id: &str) {
@@ -354,22 +415,26 @@ impl Kubelet {
 
     /// Kubelet's garbage collection after the drain: whatever the CRI still lists (half-created
     /// pods, results of calls that timed out) is stopped and removed.
-    async fn garbage_collect(&self) {
+    /// Returns true when there was nothing to collect.
+    pub async fn garbage_collect(&self) -> bool {
         let Some(sandboxes) = retry!(self, false, self.call("ListPodSandbox", "all", |s| async move { s.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await }).await)
         else {
-            return;
+            return false;
         };
+        let mut clean = sandboxes.items.is_empty();
         for sandbox in sandboxes.items {
             self.stop_and_remove_pod(&sandbox.id).await;
         }
         let Some(containers) = retry!(self, false, self.call("ListContainers", "all", |s| async move { s.list_containers(ListContainersRequest { filter: None }).await }).await)
         else {
-            return;
+            return false;
         };
+        clean &= containers.containers.is_empty();
         for container in containers.containers {
             self.stop_container(&container.id).await;
             self.remove_container(&container.id).await;
         }
+        clean
     }
 
     /// A GetContainerEvents subscriber: checks per-object event order (SPEC §10 inv. 10) and

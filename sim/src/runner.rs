@@ -227,10 +227,19 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
     kubelet.drain();
     let liveness_deadline_ms = trace.elapsed_ms() + scenario.liveness_s * 1000;
     let mut converged = false;
+    let mut last_collection_ms = 0;
     while trace.elapsed_ms() < liveness_deadline_ms && !checker.failed() {
         if workload.is_finished() && checker.quiescent() {
-            converged = true;
-            break;
+            // Kubelet's periodic garbage collection: objects created by calls whose replies were
+            // lost show up in the lists and are removed. Converged once a pass finds nothing.
+            if kubelet_node.spawn({ let kubelet = kubelet.clone(); async move { kubelet.garbage_collect().await } }).await.unwrap_or(true) {
+                converged = true;
+                break;
+            }
+        } else if workload.is_finished() && trace.elapsed_ms() >= last_collection_ms + 10_000 {
+            last_collection_ms = trace.elapsed_ms();
+            let kubelet = kubelet.clone();
+            let _ = kubelet_node.spawn(async move { kubelet.garbage_collect().await }).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         checker.check_safety();

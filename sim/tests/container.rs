@@ -593,3 +593,40 @@ async fn cancelled_exec_sync_leaves_no_process() {
     sleep(Duration::from_secs(10)).await;
     assert_eq!(node.world.containerd.live_execs(), vec![]);
 }
+
+/// A task exit whose Wait completion is lost (B6) is still recorded: the reconciler sees the
+/// task stopped and handles the exit within its period.
+#[madsim::test]
+async fn lost_wait_is_repaired_by_the_reconciler() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("lostwait", &["sleep", "inf"]).await;
+    assert!(node.world.containerd.drop_next_wait(&id));
+    assert!(node.world.containerd.exit_task_now(&id, 5));
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "the monitor never heard of the exit");
+    sleep(Duration::from_secs(11)).await; // reconcile_period = 10 s
+    let status = node.container_status(&id).await;
+    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 5));
+    assert!(!node.world.containerd.tasks().contains_key(&id));
+}
+
+/// An exit whose handling fails (the task delete keeps failing) goes to the backoff queue and
+/// is retried until it succeeds; Stop waits for it meanwhile (B5).
+#[madsim::test]
+async fn failed_exit_handling_is_retried_with_backoff() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("backoff", &["sleep", "inf"]).await;
+    node.faults.push_n("containerd.delete_task", Some(&id), crid_sim::fakes::FaultAction::Fail(ErrorKind::Internal, "injected: shim busy".into()), 3);
+    assert!(node.world.containerd.exit_task_now(&id, 9));
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "not recorded while the delete fails");
+    assert_eq!(node.svc.snapshot().backoff_len, 1);
+    // 1 s, then 2 s, then 4 s later the third retry succeeds.
+    node.stop_container(&id, 0).await;
+    let status = node.container_status(&id).await;
+    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 9), "the original exit code is kept");
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(node.svc.snapshot().backoff_len, 0);
+    assert_eq!(node.faults.pending(), 0);
+    assert!(!node.world.containerd.tasks().contains_key(&id));
+}

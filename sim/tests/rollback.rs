@@ -197,3 +197,126 @@ async fn netns_created_then_reported_failed_is_removed() {
     assert_eq!(node.faults.pending(), 0);
     node.assert_no_sandbox_leftovers("netns_create failed after creating the namespace");
 }
+
+/// CreateContainer rolls back every step when a later one fails: no name, no containerd
+/// container, no rootfs snapshot, no dirs, no checkpoint; the retry succeeds (SPEC §6.3).
+#[madsim::test]
+async fn every_create_container_step_failure_rolls_back() {
+    let mut cases = vec![];
+    for make in [fail as fn(&'static str, usize) -> Case, fail_after] {
+        cases.extend([
+            make("os.mkdir_all", 0), // container root dir
+            make("os.mkdir_all", 1), // container state dir
+            make("containerd.prepare_snapshot", 0),
+            make("containerd.create_container", 0),
+            make("os.write_atomic", 0), // the status checkpoint
+        ]);
+    }
+    for case in cases {
+        let what = format!("{} #{} {:?}", case.site, case.skip, case.action);
+        let node = node_with_pause_image().await;
+        node.pull(BUSYBOX_IMAGE).await;
+        let pod = node.run_pod("cc").await;
+        let pause_records = node.world.containerd.containers();
+        node.faults.push_n(case.site, None, FaultAction::Proceed, case.skip);
+        node.faults.push(case.site, None, case.action.clone());
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("app", BUSYBOX_IMAGE, &["sleep", "inf"])),
+            sandbox_config: Some(pod_config("cc")),
+        };
+        let error = node.svc.create_container(request.clone()).await.expect_err(&what);
+        assert!(error.message.contains("injected"), "{what}: {error}");
+        assert_eq!(node.faults.pending(), 0, "{what}: the fault was not reached");
+
+        assert!(node.list_containers(None).await.is_empty(), "{what}");
+        let snapshot = node.svc.snapshot();
+        assert!(snapshot.container_names.is_empty(), "{what}: name left reserved: {:?}", snapshot.container_names);
+        assert!(snapshot.operations.is_empty(), "{what}");
+        assert_eq!(node.world.containerd.containers().keys().collect::<Vec<_>>(), pause_records.keys().collect::<Vec<_>>(), "{what}");
+        let snapshots: Vec<String> = node.world.containerd.snapshots(SNAPSHOTTER).into_iter().filter(|(key, info)| info.kind == crid_sim::fakes::SnapshotKind::Active && key != &pod).map(|(key, _)| key).collect();
+        assert!(snapshots.is_empty(), "{what}: rootfs snapshots left: {snapshots:?}");
+        let paths: Vec<String> = node.world.os.dirs().into_iter().chain(node.world.os.files().into_keys()).filter(|p| p.contains("/containers/")).collect();
+        assert!(paths.is_empty(), "{what}: container dirs or files left: {paths:?}");
+        assert_eq!(snapshot.events_sent, 2, "{what}: no CREATED event for a container that never existed");
+
+        let id = node.svc.create_container(request).await.unwrap_or_else(|e| panic!("{what}: retry: {e}")).container_id;
+        node.start_container(&id).await;
+        assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "{what}");
+    }
+}
+
+/// A StartContainer that fails at any step leaves the container EXITED with StartError (128)
+/// and no task; kubelet then removes it (SPEC §3.2, §6.3).
+#[madsim::test]
+async fn start_container_failures_leave_a_start_error() {
+    let cases = [
+        fail("containerd.create_task", 0),
+        fail_after("containerd.create_task", 0),
+        fail("containerd.start_task", 0),
+        fail_after("containerd.start_task", 0),
+        // The start intent is checkpointed before the task is created (B8).
+        fail("os.write_atomic", 0),
+    ];
+    for case in cases {
+        let what = format!("{} #{} {:?}", case.site, case.skip, case.action);
+        let node = node_with_pause_image().await;
+        node.pull(BUSYBOX_IMAGE).await;
+        let pod = node.run_pod("sc").await;
+        let id = node.create(&pod, "sc", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+        node.faults.push_n(case.site, Some(&id), FaultAction::Proceed, case.skip);
+        node.faults.push(case.site, Some(&id), case.action.clone());
+        if case.site == "os.write_atomic" {
+            // Checkpoint writes are keyed by path.
+            node.faults.clear();
+            node.faults.push(case.site, Some(&format!("{ROOT_DIR}/containers/{id}/status")), case.action.clone());
+        }
+        let error = node.svc.start_container(StartContainerRequest { container_id: id.clone() }).await.expect_err(&what);
+        assert!(error.message.contains("injected"), "{what}: {error}");
+        assert_eq!(node.faults.pending(), 0, "{what}: the fault was not reached");
+        let status = node.container_status(&id).await;
+        assert_eq!(status.state, ContainerState::ContainerExited as i32, "{what}");
+        assert_eq!((status.exit_code, status.reason.as_str()), (128, "StartError"), "{what}");
+        assert!(status.message.contains("injected"), "{what}: {}", status.message);
+        assert!(!node.world.containerd.tasks().contains_key(&id), "{what}: task left");
+        assert!(!node.world.containerd.shims().contains(&id), "{what}: shim left");
+        node.remove_container(&id).await;
+        assert_eq!(node.leaks_of(&id), Vec::<String>::new(), "{what}");
+        assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady, "{what}: the pod is unaffected");
+    }
+}
+
+/// StopPodSandbox whose CNI DEL fails reports the error so kubelet retries; the retry frees the
+/// IP (SPEC §6.2 step 6).
+#[madsim::test]
+async fn stop_pod_retries_a_failed_network_teardown() {
+    let node = node_with_pause_image().await;
+    let id = node.run_pod("teardown").await;
+    node.faults.push("cni.teardown", Some(&id), FaultAction::Fail(ErrorKind::Internal, "injected: plugin failed DEL".into()));
+    let error = node.svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap_err();
+    assert!(error.message.contains("injected"), "{error}");
+    assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxNotready, "the pod is stopped even though DEL failed");
+    assert!(node.world.cni.allocations().contains_key(&id), "the IP is still held");
+    assert!(node.world.os.netns_list().iter().any(|n| n.contains(&id)), "the netns is kept until DEL succeeds");
+    node.stop_pod(&id).await;
+    assert!(node.world.cni.allocations().is_empty(), "the retried Stop freed the IP");
+    assert!(node.world.os.netns_list().is_empty());
+    node.remove_pod(&id).await;
+    node.assert_no_sandbox_leftovers("after the retried teardown");
+}
+
+/// RemoveContainer whose containerd delete fails reports it and keeps the container; the retry
+/// removes it (the Removing flag is reset on failure, SPEC §6.4).
+#[madsim::test]
+async fn remove_container_retries_a_failed_delete() {
+    let node = node_with_pause_image().await;
+    let (_, id) = node.pod_with_running("rmfail", &["sleep", "inf"]).await;
+    node.faults.push("containerd.delete_container", Some(&id), FaultAction::Fail(ErrorKind::Internal, "injected: delete failed".into()));
+    let error = node.svc.remove_container(RemoveContainerRequest { container_id: id.clone() }).await.unwrap_err();
+    assert!(error.message.contains("injected"), "{error}");
+    let status = node.container_status(&id).await;
+    assert_eq!(status.state, ContainerState::ContainerExited as i32, "it was force-stopped before the delete");
+    node.remove_container(&id).await;
+    assert!(node.list_containers(None).await.is_empty());
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+}

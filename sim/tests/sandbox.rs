@@ -411,3 +411,21 @@ async fn concurrent_stop_and_remove_both_succeed() {
     node.assert_no_sandbox_leftovers("after racing Stop/Remove");
     assert_eq!(node.leaks_of(&container), Vec::<String>::new());
 }
+
+/// A pause task that ignores SIGKILL (B19): Stop returns a typed error within its bound instead
+/// of hanging, and succeeds once the task can die.
+#[madsim::test]
+async fn stop_of_an_unkillable_pod_is_bounded() {
+    let node = Node::start().await;
+    let id = node.run_pod("stuck").await;
+    assert!(node.world.containerd.set_unkillable(&id, true));
+    let started = tokio::time::Instant::now();
+    let error = node.svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::DeadlineExceeded, "{error}");
+    assert!(started.elapsed() <= Duration::from_secs(35), "bounded: {:?}", started.elapsed());
+    assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady, "the task still runs");
+    node.world.containerd.set_unkillable(&id, false);
+    node.stop_pod(&id).await;
+    node.remove_pod(&id).await;
+    node.assert_no_sandbox_leftovers("after the task could die");
+}
