@@ -140,6 +140,9 @@ impl CriService {
 
     async fn remove_container_steps(&self, container: &Container) -> Result<()> {
         let id = &container.id;
+        // Persist the status as served before the task goes: recovery may have served an exit
+        // it could not write yet, and without the task a restart would decide differently.
+        self.update_container_status(container, |_| true).await?;
         // A task can outlive the exit handling (recovery keeps a stopped task until the status is
         // persisted; a delete may have completed late): it must go before the container.
         ignore_not_found(self.backends.containerd.delete_task(id).await.map(|_| ())).map_err(|e| e.context("failed to delete task"))?;

@@ -231,19 +231,15 @@ impl CriService {
         }
     }
 
-    /// Deletes the task (NotFound tolerated), records the exit once, wakes Stop, sends STOPPED.
-    /// Idempotent: replays, duplicate events and the reconciler may all call it.
+    /// Records the exit once (persisted first), wakes Stop, sends STOPPED, then deletes the task
+    /// (NotFound tolerated). Persisting before deleting keeps the real exit code across a crash
+    /// in between. Idempotent: replays, duplicate events and the reconciler may all call it.
     async fn handle_container_exit(self: &Arc<Self>, id: &str, exit: ExitStatus) -> Result<()> {
         let Ok(container) = self.containers.get(id) else {
             return Ok(()); // Removed meanwhile: nothing to record.
         };
         if container.id != id {
             return Ok(()); // A prefix match is not this task.
-        }
-        match self.backends.containerd.delete_task(id).await {
-            Ok(_) => {}
-            Err(error) if error.is_not_found() => {}
-            Err(error) => return Err(error.context("failed to delete task")),
         }
         let recorded = self
             .update_container_status(&container, |status| {
@@ -269,7 +265,11 @@ impl CriService {
         if recorded {
             self.send_container_event(id, &container.metadata.sandbox_id, ContainerEventType::ContainerStoppedEvent);
         }
-        Ok(())
+        match self.backends.containerd.delete_task(id).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_not_found() => Ok(()),
+            Err(error) => Err(error.context("failed to delete task")),
+        }
     }
 
     async fn handle_sandbox_exit(self: &Arc<Self>, id: &str, exit: ExitStatus) -> Result<()> {

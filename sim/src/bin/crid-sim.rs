@@ -110,6 +110,11 @@ mod cli {
     }
 
     pub fn main() -> i32 {
+        // CRID_SIM_LOG=debug shows the core's own logs on stderr (not part of the trace).
+        // determinism-ok: reading the environment once, before any run.
+        if let Ok(filter) = std::env::var("CRID_SIM_LOG") {
+            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).without_time().with_writer(std::io::stderr).init();
+        }
         let cli = Cli::parse();
         match cli.command {
             Command::Run { scenario, seed, seeds, shard: shard_spec, jobs, trace, hash_only, json, warmup_seed } => {
