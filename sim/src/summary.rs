@@ -83,6 +83,11 @@ impl Summary {
 /// run left in this process — madsim's global task ids, std's hash keys — can change it.
 /// The child reads the scenario as TOML on stdin and prints its report as JSON.
 pub fn run_seed_isolated(exe: &Path, scenario: &Scenario, seed: u64) -> RunReport {
+    run_seed_isolated_with(exe, scenario, seed, false)
+}
+
+/// As [`run_seed_isolated`]; with `keep_trace` the report carries the trace even when it passed.
+pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_trace: bool) -> RunReport {
     let failed = |detail: String| RunReport {
         scenario: scenario.name.clone(),
         seed,
@@ -100,6 +105,7 @@ pub fn run_seed_isolated(exe: &Path, scenario: &Scenario, seed: u64) -> RunRepor
     // determinism-ok: the parent only starts children; each child is one deterministic run.
     let child = std::process::Command::new(exe)
         .args(["run-isolated", "--seed", &seed.to_string()])
+        .args(keep_trace.then_some("--keep-trace"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

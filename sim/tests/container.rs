@@ -610,8 +610,9 @@ async fn lost_wait_is_repaired_by_the_reconciler() {
     assert!(!node.world.containerd.tasks().contains_key(&id));
 }
 
-/// An exit whose handling fails (the task delete keeps failing) goes to the backoff queue and
-/// is retried until it succeeds; Stop waits for it meanwhile (B5).
+/// An exit whose handling fails (the task delete keeps failing) is recorded at once with its
+/// real exit code, and the task delete goes to the backoff queue and is retried until the task
+/// and its shim are gone (B4, B5).
 #[madsim::test]
 async fn failed_exit_handling_is_retried_with_backoff() {
     let node = Node::start().await;
@@ -619,14 +620,16 @@ async fn failed_exit_handling_is_retried_with_backoff() {
     node.faults.push_n("containerd.delete_task", Some(&id), crid_sim::fakes::FaultAction::Fail(ErrorKind::Internal, "injected: shim busy".into()), 3);
     assert!(node.world.containerd.exit_task_now(&id, 9));
     sleep(Duration::from_millis(500)).await;
-    assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "not recorded while the delete fails");
-    assert_eq!(node.svc.snapshot().backoff_len, 1);
-    // 1 s, then 2 s, then 4 s later the third retry succeeds.
-    node.stop_container(&id, 0).await;
     let status = node.container_status(&id).await;
-    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 9), "the original exit code is kept");
+    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 9), "the exit is recorded before the delete");
+    assert_eq!(node.svc.snapshot().backoff_len, 1, "the failed delete waits in the backoff queue");
+    assert!(node.world.containerd.tasks().contains_key(&id), "the task is not deleted yet");
+    node.stop_container(&id, 0).await;
+    // Retries 1 s, 2 s and 4 s later; the third one succeeds.
     sleep(Duration::from_secs(10)).await;
     assert_eq!(node.svc.snapshot().backoff_len, 0);
-    assert_eq!(node.faults.pending(), 0);
-    assert!(!node.world.containerd.tasks().contains_key(&id));
+    assert_eq!(node.faults.pending(), 0, "every injected failure was hit");
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the task was finally deleted");
+    assert!(!node.world.containerd.shims().contains(&id), "and its shim reaped");
+    assert_eq!(node.container_status(&id).await.exit_code, 9, "replays do not change the recorded exit");
 }

@@ -24,7 +24,7 @@ mod cli {
         std::env::current_exe().expect("own path")
     }
 
-    fn run_isolated(seed: u64) -> i32 {
+    fn run_isolated(seed: u64, keep_trace: bool) -> i32 {
         let mut text = String::new();
         // determinism-ok: the scenario arrives on stdin before the run starts.
         if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
@@ -35,7 +35,7 @@ mod cli {
             Err(e) => return usage_error(&e),
         };
         let mut report = run_seed(&scenario, seed, false);
-        if report.passed() {
+        if report.passed() && !keep_trace {
             report.trace.clear();
         }
         println!("{}", serde_json::to_string(&report).expect("report serialises"));
@@ -102,6 +102,8 @@ mod cli {
         RunIsolated {
             #[arg(long)]
             seed: u64,
+            #[arg(long)]
+            keep_trace: bool,
         },
         /// Merge shard summaries written with `run --json`.
         Merge { files: Vec<String> },
@@ -143,7 +145,7 @@ mod cli {
             Command::CheckDeterminism { scenario, seeds } => check_determinism(&scenario, &seeds),
             Command::Shrink { scenario, seed, out } => shrink(&scenario, seed, out),
             Command::Merge { files } => merge(&files),
-            Command::RunIsolated { seed } => run_isolated(seed),
+            Command::RunIsolated { seed, keep_trace } => run_isolated(seed, keep_trace),
             Command::List => {
                 for name in names() {
                     let scenario = Scenario::load(name).expect("embedded scenarios parse");

@@ -1,0 +1,35 @@
+//! Simulator throughput on this machine: seeds per second and simulated/wall time ratio for
+//! each scenario, release build, each seed in a process of its own. Run with `cargo simbench`.
+//! CRID_BENCH_SEEDS sets the seeds per scenario (default 40).
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!("the simulator benchmark runs in simulation mode: `cargo simbench`");
+}
+
+#[cfg(madsim)]
+fn main() {
+    use crid_sim::scenario::{Scenario, names};
+    use crid_sim::summary::run_seeds;
+    // determinism-ok: benchmark configuration and wall-clock measurement, outside any run.
+    let seeds: u64 = std::env::var("CRID_BENCH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("crid-sim");
+    assert!(exe.exists(), "build the simulator first: cargo sim list ({} missing)", exe.display());
+    println!("{seeds} seeds per scenario, {jobs} workers, one process per seed\n");
+    println!("{:<20} {:>10} {:>14} {:>16} {:>14}", "scenario", "seeds/s", "sim/wall", "sim s per seed", "rpcs per seed");
+    for name in names() {
+        let scenario = Scenario::load(name).unwrap();
+        let rpcs = std::sync::atomic::AtomicU64::new(0);
+        let (summary, _) = run_seeds(&exe, &scenario, (0..seeds).collect(), jobs, |r| {
+            rpcs.fetch_add(r.rpcs, std::sync::atomic::Ordering::Relaxed);
+        });
+        let per_second = summary.runs as f64 * 1000.0 / summary.elapsed_ms.max(1) as f64;
+        let ratio = summary.sim_ms as f64 / summary.wall_ms.max(1) as f64;
+        println!(
+            "{name:<20} {per_second:>10.1} {ratio:>13.0}x {:>16.0} {:>14}",
+            summary.sim_ms as f64 / 1000.0 / summary.runs as f64,
+            rpcs.into_inner() / summary.runs
+        );
+    }
+}

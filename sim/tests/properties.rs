@@ -1,0 +1,59 @@
+//! Property tests: proptest generates the workload, the fault points and the chaos schedule;
+//! each case runs in a fresh madsim runtime in a process of its own, and proptest shrinks a
+//! failing case. PROPTEST_CASES overrides the number of cases.
+#![cfg(madsim)]
+
+use std::path::Path;
+
+use crid_sim::buggify::eligible_points;
+use crid_sim::scenario::{Forced, Scenario};
+use crid_sim::summary::run_seed_isolated;
+use proptest::prelude::*;
+
+const CHAOS_KINDS: &[&str] = &["cri_crash", "task_exit", "task_oom", "drop_wait", "task_vanish", "disk_full", "pause_task", "containerd_restart"];
+
+fn base() -> Scenario {
+    let mut scenario = Scenario::load("recovery").unwrap();
+    scenario.name = "property".into();
+    scenario.duration_s = 120;
+    scenario.liveness_s = 900;
+    scenario.faults.kinds = vec!["error".into(), "delay".into(), "crash".into(), "late".into()];
+    scenario.faults.sites = vec!["containerd.*".into(), "cni.*".into(), "os.*".into()];
+    scenario.faults.rate = 0.1;
+    scenario
+}
+
+fn case() -> impl Strategy<Value = (Scenario, u64)> {
+    let points = eligible_points(&base());
+    (
+        1u32..4,
+        1u32..3,
+        proptest::sample::subsequence(points.clone(), 0..6),
+        proptest::collection::vec((proptest::sample::select(CHAOS_KINDS), 0u64..120_000, any::<u64>()), 0..6),
+        any::<u64>(),
+    )
+        .prop_map(|(pods, containers, active, chaos, seed)| {
+            let mut scenario = base();
+            scenario.workload.pods = pods;
+            scenario.workload.containers_per_pod = containers;
+            let chaos_events = chaos.into_iter().map(|(kind, at, draw)| format!("{kind}@{at}#{draw}")).collect();
+            scenario.forced = Some(Forced { active_points: Some(active), chaos_events: Some(chaos_events) });
+            (scenario, seed)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_fault_schedule_breaks_an_invariant((scenario, seed) in case()) {
+        let exe = Path::new(env!("CARGO_BIN_EXE_crid-sim"));
+        let report = run_seed_isolated(exe, &scenario, seed);
+        prop_assert!(
+            report.passed(),
+            "seed {seed}: {:?}\nscenario:\n{}",
+            report.failures.first(),
+            toml::to_string(&scenario).unwrap()
+        );
+    }
+}

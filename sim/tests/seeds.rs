@@ -1,0 +1,48 @@
+//! Every scenario over a fixed seed range: no invariant may fail. Each seed runs in a process of
+//! its own (the crid-sim binary), so a seed here replays exactly as `cargo sim run` replays it.
+//! CRID_SIM_SEEDS sets the range length (default 200).
+#![cfg(madsim)]
+
+use std::path::Path;
+
+use crid_sim::scenario::{Scenario, names};
+use crid_sim::summary::run_seeds;
+
+fn seeds() -> u64 {
+    // determinism-ok: the test reads its seed count once; runs never see it.
+    std::env::var("CRID_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+}
+
+fn check(name: &str) {
+    let scenario = Scenario::load(name).expect("embedded scenario");
+    let exe = Path::new(env!("CARGO_BIN_EXE_crid-sim"));
+    // determinism-ok: worker count only; each seed runs alone.
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (summary, failed) = run_seeds(exe, &scenario, (0..seeds()).collect(), jobs, |_| {});
+    assert_eq!(summary.runs, seeds());
+    let described: Vec<String> = failed
+        .iter()
+        .take(5)
+        .map(|r| {
+            let f = &r.failures[0];
+            format!("seed {}: {} on {} at {}: {}\n  replay: cargo sim run --scenario {name} --seed {} --trace", r.seed, f.invariant, f.object, f.sim_time, f.detail, r.seed)
+        })
+        .collect();
+    assert!(failed.is_empty(), "{name}: {} of {} seeds failed:\n{}", failed.len(), summary.runs, described.join("\n"));
+}
+
+macro_rules! scenario_tests {
+    ($($name:ident),* $(,)?) => {
+        $(#[test] fn $name() { check(stringify!($name)); })*
+
+        #[test]
+        fn every_embedded_scenario_has_a_test() {
+            let tested = [$(stringify!($name)),*];
+            for name in names() {
+                assert!(tested.contains(&name), "scenario {name} has no seed-range test");
+            }
+        }
+    };
+}
+
+scenario_tests!(smoke, recovery, event_storm, pull_dedup, exits, shim_leak, interrupted_start, names, network, idempotence, pull_stall, exec_storm, paused);
