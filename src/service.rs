@@ -87,7 +87,19 @@ impl CriService {
         };
         *self.last_cni_load.lock().unwrap() = cni_load;
         // Subscribe before recovery so that image events raised meanwhile are not missed.
-        let subscription = self.backends.containerd.subscribe().await.map_err(|e| e.context("failed to subscribe to containerd events"))?;
+        // containerd may be restarting: retry (RPCs answer Unavailable meanwhile) rather than
+        // leave the service uninitialized for good.
+        let mut delay = crate::events::BACKOFF_INITIAL;
+        let subscription = loop {
+            match self.backends.containerd.subscribe().await {
+                Ok(subscription) => break subscription,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?delay, "failed to subscribe to containerd events");
+                    self.sleep(delay).await;
+                    delay = (delay * 2).min(crate::events::RECONNECT_MAX);
+                }
+            }
+        };
         self.recover().await;
         self.start_event_loops(subscription);
         self.start_reconciler();

@@ -43,7 +43,7 @@ fn case() -> impl Strategy<Value = (Scenario, u64)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn no_fault_schedule_breaks_an_invariant((scenario, seed) in case()) {

@@ -184,10 +184,8 @@ async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
 }
 
 /// netns_create can fail after the namespace was made (the bind mount exists but a later step
-/// of the call failed). RunPodSandbox registers the RemoveNetns rollback *before* the call, so
-/// its intent is to cover this, but it rolls back with the metadata's netns path, which is only
-/// set after the call succeeded: the rollback removes "" and the namespace leaks.
-/// (Core bug, see the test report: set `metadata.netns_path` before calling `netns_create`.)
+/// of the call failed). The RemoveNetns rollback must then remove it, which needs the netns path
+/// to be known before the call (a regression test: the rollback once removed "" and leaked it).
 #[madsim::test]
 async fn netns_created_then_reported_failed_is_removed() {
     let node = node_with_pause_image().await;
