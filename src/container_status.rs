@@ -133,10 +133,18 @@ impl CriService {
             return Err(Error::precondition(format!("cannot update resources of container {:?} in {} state", container.id, crate::container_create::state_name(state))));
         }
         // The checkpoint is the source of truth: write it first, then the running task.
+        let previous = status.clone();
         status.resources = Some(resources.clone());
         self.write_checkpoint(&container.id, &status).await?;
         if state == ContainerState::Running {
-            self.backends.containerd.update_task_resources(&container.id, &resources).await.map_err(|e| e.context("failed to update task resources"))?;
+            if let Err(error) = self.backends.containerd.update_task_resources(&container.id, &resources).await {
+                // The task kept its old limits: so must the checkpoint, or the next restart
+                // would report limits the caller was told had failed.
+                if let Err(restore_error) = self.write_checkpoint(&container.id, &previous).await {
+                    tracing::error!(id = container.id, %restore_error, "failed to restore the checkpoint after a failed resource update");
+                }
+                return Err(error.context("failed to update task resources"));
+            }
         }
         container.set_status(status);
         Ok(UpdateContainerResourcesResponse {})

@@ -34,18 +34,28 @@ impl CriService {
         let spec = ExecSpec { exec_id: format!("exec-{}", hex::encode(suffix)), args: request.cmd, tty: false, output_limit_bytes: EXEC_SYNC_OUTPUT_LIMIT_BYTES };
         let service = self.clone();
         let id = container.id.clone();
+        // Dropped with this future: a caller that goes away (a cancelled gRPC call) ends the exec
+        // as a timeout would.
+        let (_caller_alive, caller_gone) = tokio::sync::oneshot::channel::<()>();
         // Detached: the process and its IO are cleaned up even if the caller goes away (B25).
-        self.detached(async move { service.exec_sync_inner(&id, spec, request.timeout).await }).await
+        self.detached(async move { service.exec_sync_inner(&id, spec, request.timeout, caller_gone).await }).await
     }
 
-    async fn exec_sync_inner(self: Arc<Self>, id: &str, spec: ExecSpec, timeout_s: i64) -> Result<ExecSyncResponse> {
+    async fn exec_sync_inner(self: Arc<Self>, id: &str, spec: ExecSpec, timeout_s: i64, caller_gone: tokio::sync::oneshot::Receiver<()>) -> Result<ExecSyncResponse> {
         let containerd = self.backends.containerd.clone();
         containerd.exec_start(id, &spec).await.map_err(|e| e.context("failed to start exec"))?;
         let exec_id = spec.exec_id.clone();
-        let waited = if timeout_s > 0 {
-            crate::backend::timeout(&*self.backends.clock, Duration::from_secs(timeout_s as u64), containerd.exec_wait(id, &exec_id)).await.ok()
-        } else {
-            Some(containerd.exec_wait(id, &exec_id).await)
+        let wait = async {
+            if timeout_s > 0 {
+                crate::backend::timeout(&*self.backends.clock, Duration::from_secs(timeout_s as u64), containerd.exec_wait(id, &exec_id)).await.ok()
+            } else {
+                Some(containerd.exec_wait(id, &exec_id).await)
+            }
+        };
+        let waited = tokio::select! {
+            biased;
+            waited = wait => waited,
+            _ = caller_gone => None,
         };
         let result = match waited {
             Some(Ok(exit)) => match containerd.exec_output(id, &exec_id).await {

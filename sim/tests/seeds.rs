@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crid_sim::scenario::{Scenario, names};
+use crid_sim::scenario::{Scenario, names as scenario_names};
 use crid_sim::summary::run_seeds;
 
 fn seeds() -> u64 {
@@ -38,7 +38,7 @@ macro_rules! scenario_tests {
         #[test]
         fn every_embedded_scenario_has_a_test() {
             let tested = [$(stringify!($name)),*];
-            for name in names() {
+            for name in scenario_names() {
                 assert!(tested.contains(&name), "scenario {name} has no seed-range test");
             }
         }
