@@ -103,12 +103,12 @@ pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_t
     };
     let text = toml::to_string(scenario).expect("scenario serialises");
     // determinism-ok: the parent only starts children; each child is one deterministic run.
-    let child = std::process::Command::new(exe)
+    let child = std::process::Command::new(exe) // determinism-ok: a child process per seed
         .args(["run-isolated", "--seed", &seed.to_string()])
         .args(keep_trace.then_some("--keep-trace"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::piped()) // determinism-ok: the child's pipes
+        .stdout(std::process::Stdio::piped()) // determinism-ok: the child's pipes
+        .stderr(std::process::Stdio::piped()) // determinism-ok: the child's pipes
         .spawn();
     let mut child = match child {
         Ok(child) => child,
@@ -131,7 +131,7 @@ pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_t
 pub fn run_seeds(exe: &Path, scenario: &Scenario, seeds: Vec<u64>, jobs: usize, on_done: impl Fn(&RunReport) + Send + Sync) -> (Summary, Vec<RunReport>) {
     assert!(jobs > 0);
     // determinism-ok: wall time measures the batch for the report; runs never read it.
-    let started = std::time::Instant::now();
+    let started = std::time::Instant::now();  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
     let queue = Arc::new(Mutex::new(seeds.into_iter().collect::<std::collections::VecDeque<u64>>()));
     let failed = Mutex::new(vec![]);
     let summary = Mutex::new(Summary { scenario: scenario.name.clone(), ..Default::default() });

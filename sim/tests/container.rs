@@ -115,7 +115,7 @@ async fn stop_container_signals() {
     for case in cases {
         let id = node.create(&pod, "stops", case.name, case.image, case.command).await;
         node.start_container(&id).await;
-        let started = Instant::now();
+        let started = Instant::now();  // determinism-ok: madsim virtual time (tokio::time::Instant)
         node.stop_container(&id, case.timeout).await;
         let waited = started.elapsed();
         let status = node.container_status(&id).await;
@@ -390,7 +390,7 @@ async fn exec_sync_cases() {
         (&["echo", "x"], -1, Want::Error(ErrorKind::InvalidArgument)),
     ];
     for (cmd, timeout, want) in cases {
-        let started = Instant::now();
+        let started = Instant::now();  // determinism-ok: madsim virtual time (tokio::time::Instant)
         let result = node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(cmd), timeout }).await;
         let took = started.elapsed();
         match want {

@@ -109,7 +109,7 @@ async fn hung_step_times_out_and_rolls_back() {
     for site in ["cni.setup", "containerd.start_task", "os.netns_create"] {
         let node = node_with_pause_image().await;
         node.faults.push(site, None, FaultAction::Hang);
-        let started = Instant::now();
+        let started = Instant::now();  // determinism-ok: madsim virtual time (tokio::time::Instant)
         let error = node.svc.run_pod_sandbox(run_request("hang")).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::DeadlineExceeded, "{site}: {error}");
         assert!(started.elapsed() <= Duration::from_secs(241), "{site}: bounded, took {:?}", started.elapsed());

@@ -4,12 +4,12 @@
 #[cfg(not(madsim))]
 fn main() {
     eprintln!("crid-sim must be built in simulation mode: run it as `cargo sim <command>` (see README)");
-    std::process::exit(2);
+    std::process::exit(2);  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
 }
 
 #[cfg(madsim)]
 fn main() {
-    std::process::exit(cli::main());
+    std::process::exit(cli::main());  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
 }
 
 #[cfg(madsim)]
@@ -220,7 +220,7 @@ mod cli {
         }
         if let Some(path) = json {
             // determinism-ok: writing the report after every run finished.
-            if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("summary serialises")) {
+            if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("summary serialises")) {  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
                 eprintln!("error: cannot write {path}: {e}");
                 return 2;
             }
@@ -240,7 +240,7 @@ mod cli {
             let hashes: Vec<String> = (0..2)
                 .map(|_| {
                     // determinism-ok: a separate process per run is the point of the check.
-                    let output = std::process::Command::new(&exe).args(["run", "--scenario", scenario, "--seed", &seed.to_string(), "--hash-only"]).output().expect("run child");
+                    let output = std::process::Command::new(&exe).args(["run", "--scenario", scenario, "--seed", &seed.to_string(), "--hash-only"]).output().expect("run child");  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
                     String::from_utf8_lossy(&output.stdout).trim().to_string()
                 })
                 .collect();
@@ -273,7 +273,7 @@ mod cli {
         let path = out.unwrap_or_else(|| format!("shrunk-{}-{seed}.toml", scenario.name));
         let text = toml::to_string_pretty(&shrunk.scenario).expect("scenario serialises");
         // determinism-ok: writing the result after all runs finished.
-        if let Err(e) = std::fs::write(&path, &text) {
+        if let Err(e) = std::fs::write(&path, &text) {  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
             eprintln!("error: cannot write {path}: {e}");
             return 2;
         }
@@ -288,7 +288,7 @@ mod cli {
         let mut total = Summary::default();
         for file in files {
             // determinism-ok: reading finished shard reports.
-            let text = match std::fs::read_to_string(file) {
+            let text = match std::fs::read_to_string(file) {  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
                 Ok(t) => t,
                 Err(e) => return usage_error(&format!("cannot read {file}: {e}")),
             };
