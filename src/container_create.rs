@@ -123,6 +123,7 @@ impl CriService {
         let log_directory = &sandbox.config.log_directory;
         let log_path = if log_directory.is_empty() || config.log_path.is_empty() { String::new() } else { format!("{log_directory}/{}", config.log_path) };
         let spec = container_spec(ContainerSpecInput {
+            sandbox_id: &sandbox.id,
             config,
             sandbox_config: &sandbox.config,
             image: &image.config,

@@ -112,6 +112,7 @@ impl CriService {
         let root_dir = self.sandbox_root(&id);
         let state_dir = self.sandbox_state_dir(&id);
         let host_ipc = crate::spec::sandbox_spec(SandboxSpecInput {
+            id: &id,
             config: &state.config,
             image: &image.config,
             netns_path: String::new(),
@@ -124,6 +125,7 @@ impl CriService {
         let shm_path = (!host_ipc).then(|| format!("{state_dir}/shm"));
         let spec_for = |netns_path: String| {
             sandbox_spec(SandboxSpecInput {
+                id: &id,
                 config: &state.config,
                 image: &image.config,
                 netns_path,

@@ -55,7 +55,37 @@ pub fn resources_to_cri(r: &Resources) -> LinuxContainerResources {
     }
 }
 
+/// The annotations containerd's CRI puts on every OCI spec it creates. Runtimes read them: the
+/// runc v2 shim groups a pod's tasks under one shim by `sandbox-id` (one shim per pod instead of
+/// one per container), and hooks and tools tell pause containers from workloads by
+/// `container-type`.
+pub mod annotations {
+    pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+    pub const CONTAINER_TYPE_SANDBOX: &str = "sandbox";
+    pub const CONTAINER_TYPE_CONTAINER: &str = "container";
+    pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+    pub const SANDBOX_NAME: &str = "io.kubernetes.cri.sandbox-name";
+    pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+    pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
+    pub const SANDBOX_LOG_DIRECTORY: &str = "io.kubernetes.cri.sandbox-log-directory";
+    pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+    pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
+}
+
+/// The config's own annotations, then the CRI's, which win on a clash: a pod must not be able to
+/// move its containers into another pod's shim.
+fn cri_annotations(config_annotations: &std::collections::HashMap<String, String>, sandbox_id: &str, sandbox: &PodSandboxConfig) -> std::collections::BTreeMap<String, String> {
+    let mut out = sorted(config_annotations);
+    let metadata = sandbox.metadata.clone().unwrap_or_default();
+    out.insert(annotations::SANDBOX_ID.into(), sandbox_id.into());
+    out.insert(annotations::SANDBOX_NAME.into(), metadata.name);
+    out.insert(annotations::SANDBOX_NAMESPACE.into(), metadata.namespace);
+    out.insert(annotations::SANDBOX_UID.into(), metadata.uid);
+    out
+}
+
 pub struct SandboxSpecInput<'a> {
+    pub id: &'a str,
     pub config: &'a PodSandboxConfig,
     pub image: &'a ImageConfig,
     pub netns_path: String,
@@ -94,7 +124,12 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
         readonly_rootfs: true,
         mounts,
         labels: sorted(&config.labels),
-        annotations: sorted(&config.annotations),
+        annotations: {
+            let mut a = cri_annotations(&config.annotations, input.id, config);
+            a.insert(annotations::CONTAINER_TYPE.into(), annotations::CONTAINER_TYPE_SANDBOX.into());
+            a.insert(annotations::SANDBOX_LOG_DIRECTORY.into(), config.log_directory.clone());
+            a
+        },
         ..Default::default()
     }
 }
@@ -106,6 +141,7 @@ fn bind(source: &str, destination: &str, readonly: bool) -> MountSpec {
 }
 
 pub struct ContainerSpecInput<'a> {
+    pub sandbox_id: &'a str,
     pub config: &'a ContainerConfig,
     pub sandbox_config: &'a PodSandboxConfig,
     pub image: &'a ImageConfig,
@@ -180,7 +216,13 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         mounts,
         resources,
         labels: sorted(&config.labels),
-        annotations: sorted(&config.annotations),
+        annotations: {
+            let mut a = cri_annotations(&config.annotations, input.sandbox_id, input.sandbox_config);
+            a.insert(annotations::CONTAINER_TYPE.into(), annotations::CONTAINER_TYPE_CONTAINER.into());
+            a.insert(annotations::CONTAINER_NAME.into(), config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default());
+            a.insert(annotations::IMAGE_NAME.into(), config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default());
+            a
+        },
         tty: config.tty,
         stdin: config.stdin,
         ..Default::default()
@@ -236,6 +278,7 @@ mod tests {
         let spec_for = |command: Vec<String>, args: Vec<String>| {
             let config = ContainerConfig { command, args, ..Default::default() };
             container_spec(ContainerSpecInput {
+                sandbox_id: "s1",
                 config: &config,
                 sandbox_config: &sandbox,
                 image: &image,
@@ -251,5 +294,55 @@ mod tests {
         assert_eq!(spec_for(vec![], vec![]), vec!["/ep", "c"]);
         assert_eq!(spec_for(vec![], vec!["a".into()]), vec!["/ep", "a"]);
         assert_eq!(spec_for(vec!["x".into()], vec![]), vec!["x"]);
+    }
+
+    #[test]
+    fn cri_annotations_group_a_pod_and_cannot_be_forged() {
+        use k8s_cri::v1::{ContainerMetadata, ImageSpec, PodSandboxMetadata};
+        let forged = std::collections::HashMap::from([(annotations::SANDBOX_ID.to_string(), "other".to_string()), ("team".to_string(), "a".to_string())]);
+        let sandbox = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata { name: "web".into(), uid: "u1".into(), namespace: "ns".into(), attempt: 0 }),
+            log_directory: "/logs/web".into(),
+            annotations: forged.clone(),
+            ..Default::default()
+        };
+        let image = ImageConfig::default();
+        let pause = sandbox_spec(SandboxSpecInput {
+            id: "s1",
+            config: &sandbox,
+            image: &image,
+            netns_path: String::new(),
+            own_oom_score_adj: 0,
+            restrict_oom_score_adj: false,
+            root_dir: "/r",
+            shm_path: None,
+        });
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
+            image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }),
+            annotations: forged,
+            ..Default::default()
+        };
+        let app = container_spec(ContainerSpecInput {
+            sandbox_id: "s1",
+            config: &config,
+            sandbox_config: &sandbox,
+            image: &image,
+            netns_path: String::new(),
+            sandbox_pid: 1,
+            sandbox_root_dir: "/r",
+            own_oom_score_adj: 0,
+            restrict_oom_score_adj: false,
+            ignore_image_volumes: false,
+        });
+        for spec in [&pause, &app] {
+            assert_eq!(spec.annotations[annotations::SANDBOX_ID], "s1");
+            assert_eq!(spec.annotations["team"], "a");
+            assert_eq!((spec.annotations[annotations::SANDBOX_NAME].as_str(), spec.annotations[annotations::SANDBOX_NAMESPACE].as_str()), ("web", "ns"));
+        }
+        assert_eq!(pause.annotations[annotations::CONTAINER_TYPE], "sandbox");
+        assert_eq!(pause.annotations[annotations::SANDBOX_LOG_DIRECTORY], "/logs/web");
+        assert_eq!(app.annotations[annotations::CONTAINER_TYPE], "container");
+        assert_eq!((app.annotations[annotations::CONTAINER_NAME].as_str(), app.annotations[annotations::IMAGE_NAME].as_str()), ("app", "busybox"));
     }
 }

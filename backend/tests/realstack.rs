@@ -48,6 +48,10 @@ async fn lifecycle(cri: &mut Cri) {
     assert_eq!(cri.container_state(&id).await.0, ContainerState::ContainerCreated, "{who}");
     cri.start_container(&id).await;
     assert_eq!(cri.container_state(&id).await.0, ContainerState::ContainerRunning, "{who}");
+    // The pod's tasks share the pause container's shim (the runc shim groups by the
+    // sandbox-id annotation), as under containerd's CRI: one shim per pod, not per container.
+    let shims = cri.shim_ids();
+    assert_eq!(shims, vec![pod_id.clone()], "{who}: one shim, named for the pod");
 
     let exec = ExecSyncRequest { container_id: id.clone(), cmd: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()], timeout: 10 };
     let response = cri.runtime.exec_sync(exec).await.unwrap_or_else(|e| panic!("{who}: exec: {e}\n{}", cri.log())).into_inner();

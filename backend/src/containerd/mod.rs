@@ -377,6 +377,19 @@ impl Containerd for RealContainerd {
             grpc(tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await)
         };
         let response = match delete().await {
+            // The shim exited while containerd talked to it (its last task went, or it was
+            // killed). containerd has dropped the task from its list all the same but answers
+            // with the shim's error; whether the task is gone is a question for containerd.
+            Err(e) if e.message.contains("ttrpc: closed") => {
+                let request = GetRequest { container_id: id.to_string(), exec_id: String::new() };
+                match grpc(self.tasks().get(self.req(request)).await) {
+                    Err(gone) if gone.is_not_found() => {
+                        self.io.finish_task(id).await;
+                        return Err(Error::not_found(format!("task {id}: deleted as its shim exited ({})", e.message)));
+                    }
+                    _ => delete().await?,
+                }
+            }
             Err(e) if e.kind == ErrorKind::FailedPrecondition => {
                 // Still running: kill everything in it, wait for the exit, then delete.
                 match self.kill_process(id, "", libc::SIGKILL as u32, true).await {

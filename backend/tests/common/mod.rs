@@ -118,6 +118,11 @@ fn unconnected() -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>)
 impl Cri {
     /// Starts a `crid` daemon with its own directories and containerd namespace.
     pub async fn crid(stack: &Stack, name: &str, binary: &Path) -> Cri {
+        Cri::crid_with_log(stack, name, binary, "info,crid_backend=debug").await
+    }
+
+    /// `crid` with a given `log_level` (a tracing filter).
+    pub async fn crid_with_log(stack: &Stack, name: &str, binary: &Path, log_level: &str) -> Cri {
         // Short base path: the socket path must fit in sun_path.
         let dir = PathBuf::from("/tmp").join(unique(&format!("crid-it-{name}")));
         std::fs::create_dir_all(&dir).unwrap();
@@ -127,7 +132,7 @@ impl Cri {
 socket_path = "{dir}/crid.sock"
 root_dir = "{dir}/root"
 state_dir = "{dir}/state"
-log_level = "info,crid_backend=debug"
+log_level = "{log_level}"
 [containerd]
 address = "{containerd}"
 namespace = "{namespace}"
@@ -369,6 +374,22 @@ config_path = "{hosts}"
     pub async fn remove_pod(&mut self, id: &str) {
         self.stop_pod(id).await;
         self.remove_pod_only(id).await;
+    }
+
+    /// The `-id` of every runc shim serving this runtime's containerd namespace.
+    pub fn shim_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+            let is_shim = args.first().is_some_and(|a| a.ends_with("containerd-shim-runc-v2"));
+            if is_shim && value("-namespace").as_deref() == Some(self.namespace.as_str()) && value("-address").as_deref() == Some(self.containerd_address.as_str()) {
+                ids.extend(value("-id"));
+            }
+        }
+        ids.sort();
+        ids
     }
 
     /// The mount points of this runtime's pods that exist now.
