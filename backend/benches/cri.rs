@@ -125,8 +125,11 @@ async fn main() {
     let Some(stack) = stack() else { return };
     let rounds: usize = std::env::var("CRID_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     assert!(rounds >= 1, "CRID_BENCH_ROUNDS must be at least 1");
-    // Warnings only: crid's own logging should not be what is measured.
-    let mut crid = Cri::crid_with_log(&stack, "bench", Path::new(env!("CARGO_BIN_EXE_crid")), "warn").await;
+    // Warnings only by default: crid's own logging should not be what is measured.
+    // CRID_BENCH_LOG (a tracing filter) turns it up to see where a call's time goes; crid's log
+    // is then kept in its directory, printed at the end.
+    let log_level = std::env::var("CRID_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+    let mut crid = Cri::crid_with_log(&stack, "bench", Path::new(env!("CARGO_BIN_EXE_crid")), &log_level).await;
     let mut containerd = Cri::reference(&stack, "bench").await;
     assert_eq!((crid.kind, containerd.kind), (Kind::Crid, Kind::Containerd));
 
@@ -157,4 +160,9 @@ async fn main() {
     report(rounds, &crid_samples, &containerd_samples);
     crid.assert_no_leaks();
     containerd.assert_no_leaks();
+    if std::env::var_os("CRID_BENCH_LOG").is_some() {
+        let kept = crid.dir.with_extension("log");
+        std::fs::copy(crid.dir.join("crid.log"), &kept).unwrap();
+        println!("crid's log: {}", kept.display());
+    }
 }
