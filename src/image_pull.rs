@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_cri::v1::{PullImageRequest, PullImageResponse};
 use tokio::sync::watch;
 
-use crate::backend::{Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, ResolvedImage};
+use crate::backend::{Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, RegistryAuth, ResolvedImage};
 use crate::error::{Error, Result};
 use crate::kmutex::KeyedMutex;
 use crate::naming::normalize_image_ref;
@@ -68,14 +68,18 @@ impl CriService {
     pub async fn pull_image(self: &Arc<Self>, request: PullImageRequest) -> Result<PullImageResponse> {
         self.check_initialized()?;
         let image = request.image.ok_or_else(|| Error::invalid("image spec is required"))?;
-        let image_ref = self.pull(&image.image).await?;
+        let auth = RegistryAuth::from_cri(request.auth.as_ref())?;
+        let image_ref = self.pull(&image.image, &auth).await?;
         Ok(PullImageResponse { image_ref })
     }
 
-    /// Pulls (or joins the pull of) a reference; returns the image id (config digest).
-    pub(crate) async fn pull(self: &Arc<Self>, reference: &str) -> Result<String> {
+    /// Pulls (or joins the pull of) a reference; returns the image id (config digest). Only
+    /// pulls with the same credentials are joined: one that cannot authenticate must not fail
+    /// the others, nor succeed on their credentials. Blobs are still fetched once across all.
+    pub(crate) async fn pull(self: &Arc<Self>, reference: &str, auth: &RegistryAuth) -> Result<String> {
         let normalized = normalize_image_ref(reference)?;
-        let existing = self.pulls.in_flight.lock().unwrap().get(&normalized).cloned();
+        let key = if auth.is_anonymous() { normalized.clone() } else { format!("{normalized} auth:{}", auth.fingerprint()) };
+        let existing = self.pulls.in_flight.lock().unwrap().get(&key).cloned();
         let mut receiver = match existing {
             Some(receiver) => {
                 self.pulls.pulls_joined_total.fetch_add(1, Ordering::Relaxed);
@@ -83,13 +87,13 @@ impl CriService {
             }
             None => {
                 let (sender, receiver) = watch::channel(None);
-                self.pulls.in_flight.lock().unwrap().insert(normalized.clone(), receiver.clone());
+                self.pulls.in_flight.lock().unwrap().insert(key.clone(), receiver.clone());
                 self.pulls.pulls_started_total.fetch_add(1, Ordering::Relaxed);
                 let service = self.clone();
-                let key = normalized.clone();
+                let auth = auth.clone();
                 // Its own task: the pull completes for the others if the first caller leaves.
                 tokio::spawn(async move {
-                    let result = service.pull_with_watchdog(&key).await;
+                    let result = service.pull_with_watchdog(&normalized, &auth).await;
                     service.pulls.in_flight.lock().unwrap().remove(&key);
                     sender.send_replace(Some(result));
                 });
@@ -102,10 +106,10 @@ impl CriService {
         }
     }
 
-    async fn pull_with_watchdog(self: &Arc<Self>, reference: &str) -> Result<String> {
+    async fn pull_with_watchdog(self: &Arc<Self>, reference: &str, auth: &RegistryAuth) -> Result<String> {
         let progress = Arc::new(Progress::default());
         let timeout = self.config.image_pull_progress_timeout();
-        let pull = self.pull_steps(reference, progress.clone());
+        let pull = self.pull_steps(reference, auth, progress.clone());
         if timeout.is_zero() {
             return pull.await;
         }
@@ -136,23 +140,23 @@ impl CriService {
         }
     }
 
-    async fn pull_steps(self: &Arc<Self>, reference: &str, progress: Arc<Progress>) -> Result<String> {
+    async fn pull_steps(self: &Arc<Self>, reference: &str, auth: &RegistryAuth, progress: Arc<Progress>) -> Result<String> {
         let containerd = self.backends.containerd.clone();
         let mut lease_id = [0u8; 8];
         self.backends.os.random_bytes(&mut lease_id);
         let lease = format!("crid-pull-{}", hex::encode(lease_id));
         containerd.create_lease(&lease).await?;
-        let result = self.pull_under_lease(reference, &progress).await;
+        let result = self.pull_under_lease(reference, auth, &progress).await;
         if let Err(error) = containerd.delete_lease(&lease).await {
             tracing::warn!(lease, %error, "failed to delete pull lease");
         }
         result
     }
 
-    async fn pull_under_lease(self: &Arc<Self>, reference: &str, progress: &Arc<Progress>) -> Result<String> {
+    async fn pull_under_lease(self: &Arc<Self>, reference: &str, auth: &RegistryAuth, progress: &Arc<Progress>) -> Result<String> {
         let containerd = self.backends.containerd.clone();
         progress.active.fetch_add(1, Ordering::Relaxed);
-        let resolved = containerd.resolve(reference).await;
+        let resolved = containerd.resolve(reference, auth).await;
         progress.active.fetch_sub(1, Ordering::Relaxed);
         let resolved = resolved.map_err(|e| e.context(format!("failed to resolve reference {reference:?}")))?;
         assert_eq!(resolved.layers.len(), resolved.diff_ids.len(), "one diff id per layer");
@@ -168,7 +172,7 @@ impl CriService {
             let permits = &permits;
             fetches.push(async move {
                 let _permit = permits.acquire().await.expect("never closed");
-                self.fetch_once(reference, blob, progress).await
+                self.fetch_once(reference, blob, auth, progress).await
             });
         }
         futures::future::join_all(fetches).await.into_iter().collect::<Result<Vec<()>>>()?;
@@ -183,7 +187,7 @@ impl CriService {
         self.create_image_references(reference, &resolved, &chains).await
     }
 
-    async fn fetch_once(&self, reference: &str, blob: &Descriptor, progress: &Progress) -> Result<()> {
+    async fn fetch_once(&self, reference: &str, blob: &Descriptor, auth: &RegistryAuth, progress: &Progress) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("blob://{}", blob.digest)).await;
         let containerd = &self.backends.containerd;
         if containerd.content_exists(&blob.digest).await? {
@@ -193,7 +197,7 @@ impl CriService {
         let report = |bytes: u64| {
             progress.bytes.fetch_add(bytes, Ordering::Relaxed);
         };
-        let result = containerd.fetch_blob(reference, blob, &report).await;
+        let result = containerd.fetch_blob(reference, blob, auth, &report).await;
         progress.active.fetch_sub(1, Ordering::Relaxed);
         result.map_err(|e| e.context(format!("failed to fetch {}", blob.digest)))
     }

@@ -46,7 +46,9 @@ impl CriService {
         if let Ok(image) = self.local_resolve(reference) {
             return Ok(image);
         }
-        let id = self.pull(reference).await?;
+        // The sandbox image is pulled anonymously, as containerd does without a configured
+        // credential for its registry.
+        let id = self.pull(reference, &crate::backend::RegistryAuth::default()).await?;
         self.images.get(&id).ok_or_else(|| Error::not_found(format!("image {id:?} vanished after pull")))
     }
 

@@ -2,15 +2,21 @@
 //! and config, and streams blobs. Writing into containerd's content store and unpacking are the
 //! containerd module's job; this module only speaks HTTP to registries.
 //!
-//! Authentication: anonymous bearer tokens (the `WWW-Authenticate: Bearer realm=…` challenge),
-//! which is what public registries and local test registries need. Credentials are not supported.
+//! Authentication answers the registry's `WWW-Authenticate` challenge with the pull's
+//! credentials (the CRI's AuthConfig), as containerd's resolver does:
+//! - `Bearer realm=…`: a token from the realm, asked anonymously, with basic auth
+//!   (username/password), or by OAuth2 refresh (identity token);
+//! - `Basic`: the username and password on every request;
+//! - a registry token is sent as the bearer token from the first request.
+//! What worked is cached per (endpoint, repository, credentials), so one pull's blobs do not
+//! each pay a challenge round trip, and different credentials never share a token.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crid::backend::{Descriptor, ImageConfig, ResolvedImage};
+use crid::backend::{Descriptor, ImageConfig, RegistryAuth, ResolvedImage};
 use crid::error::{Error, ErrorKind, Result};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -230,8 +236,14 @@ pub struct RegistryClient {
     config_path: Option<PathBuf>,
     secure: reqwest::Client,
     insecure: reqwest::Client,
-    /// Bearer tokens by (endpoint, repository).
-    tokens: Mutex<HashMap<(String, String), String>>,
+    /// How to authorize, by (endpoint, repository, credentials' fingerprint).
+    authorizations: Mutex<HashMap<(String, String, String), Authorization>>,
+}
+
+#[derive(Clone)]
+enum Authorization {
+    Bearer(String),
+    Basic,
 }
 
 fn http_error(e: reqwest::Error, what: &str) -> Error {
@@ -279,7 +291,7 @@ impl RegistryClient {
                 .build()
                 .map_err(|e| Error::internal(format!("http client: {e}")))
         };
-        Ok(RegistryClient { config_path, secure: build(false)?, insecure: build(true)?, tokens: Mutex::new(HashMap::new()) })
+        Ok(RegistryClient { config_path, secure: build(false)?, insecure: build(true)?, authorizations: Mutex::new(HashMap::new()) })
     }
 
     fn client(&self, endpoint: &RegistryEndpoint) -> &reqwest::Client {
@@ -290,7 +302,18 @@ impl RegistryClient {
         endpoints_for(self.config_path.as_deref(), &reference.domain)
     }
 
-    async fn fetch_token(&self, endpoint: &RegistryEndpoint, challenge: &str) -> Result<String> {
+    /// Answers a 401's challenge: how to authorize the retry.
+    async fn answer_challenge(&self, endpoint: &RegistryEndpoint, challenge: &str, auth: &RegistryAuth, url: &str) -> Result<Authorization> {
+        if challenge.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")) || challenge.eq_ignore_ascii_case("basic") {
+            if auth.username.is_empty() {
+                return Err(Error::precondition(format!("{url}: unauthorized: the registry requires a username and password")));
+            }
+            return Ok(Authorization::Basic);
+        }
+        Ok(Authorization::Bearer(self.fetch_token(endpoint, challenge, auth).await?))
+    }
+
+    async fn fetch_token(&self, endpoint: &RegistryEndpoint, challenge: &str, auth: &RegistryAuth) -> Result<String> {
         let params = parse_bearer_challenge(challenge)
             .ok_or_else(|| Error::precondition(format!("registry requires unsupported authentication: {challenge}")))?;
         let realm = params.get("realm").ok_or_else(|| Error::precondition("bearer challenge without realm"))?;
@@ -308,7 +331,18 @@ impl RegistryClient {
             #[serde(default)]
             access_token: String,
         }
-        let response = self.client(endpoint).get(realm).query(&query).send().await.map_err(|e| http_error(e, "fetch token"))?;
+        let request = if !auth.identity_token.is_empty() {
+            // OAuth2 refresh-token grant (docker's identity token), a form POST to the realm.
+            let mut form = query.clone();
+            form.extend([("grant_type", "refresh_token"), ("refresh_token", auth.identity_token.as_str()), ("client_id", "crid")]);
+            self.client(endpoint).post(realm).form(&form)
+        } else if !auth.username.is_empty() {
+            query.push(("account", &auth.username));
+            self.client(endpoint).get(realm).query(&query).basic_auth(&auth.username, Some(&auth.password))
+        } else {
+            self.client(endpoint).get(realm).query(&query)
+        };
+        let response = request.send().await.map_err(|e| http_error(e, "fetch token"))?;
         if !response.status().is_success() {
             return Err(status_error(response.status(), "fetch token"));
         }
@@ -316,19 +350,24 @@ impl RegistryClient {
         Ok(if body.token.is_empty() { body.access_token } else { body.token })
     }
 
-    /// GET `<endpoint>/<repository>/<path>`, answering one bearer challenge.
-    async fn get(&self, endpoint: &RegistryEndpoint, repository: &str, path: &str, accept: Option<&str>) -> Result<reqwest::Response> {
+    /// GET `<endpoint>/<repository>/<path>`, answering one authentication challenge.
+    async fn get(&self, endpoint: &RegistryEndpoint, repository: &str, path: &str, accept: Option<&str>, auth: &RegistryAuth) -> Result<reqwest::Response> {
         let url = format!("{}/{}/{}", endpoint.base_url, repository, path);
-        let key = (endpoint.base_url.clone(), repository.to_string());
+        let key = (endpoint.base_url.clone(), repository.to_string(), auth.fingerprint());
+        if !auth.registry_token.is_empty() {
+            self.authorizations.lock().unwrap().entry(key.clone()).or_insert_with(|| Authorization::Bearer(auth.registry_token.clone()));
+        }
         for attempt in 0..2 {
             let mut request = self.client(endpoint).get(&url);
             if let Some(accept) = accept {
                 request = request.header(reqwest::header::ACCEPT, accept);
             }
-            let token = self.tokens.lock().unwrap().get(&key).cloned();
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
+            let authorization = self.authorizations.lock().unwrap().get(&key).cloned();
+            request = match authorization {
+                Some(Authorization::Bearer(token)) => request.bearer_auth(token),
+                Some(Authorization::Basic) => request.basic_auth(&auth.username, Some(&auth.password)),
+                None => request,
+            };
             let response = request.send().await.map_err(|e| http_error(e, &url))?;
             if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = response
@@ -337,8 +376,8 @@ impl RegistryClient {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_string();
-                let token = self.fetch_token(endpoint, &challenge).await?;
-                self.tokens.lock().unwrap().insert(key.clone(), token);
+                let authorization = self.answer_challenge(endpoint, &challenge, auth, &url).await?;
+                self.authorizations.lock().unwrap().insert(key.clone(), authorization);
                 continue;
             }
             if !response.status().is_success() {
@@ -350,13 +389,13 @@ impl RegistryClient {
     }
 
     /// Tries each endpoint with the capability in turn; the last error is returned.
-    async fn get_any(&self, reference: &Reference, path: &str, accept: Option<&str>, resolve: bool) -> Result<reqwest::Response> {
+    async fn get_any(&self, reference: &Reference, path: &str, accept: Option<&str>, resolve: bool, auth: &RegistryAuth) -> Result<reqwest::Response> {
         let mut last = Error::not_found(format!("no registry host can serve {}", reference.domain));
         for endpoint in self.endpoints(reference)? {
             if (resolve && !endpoint.can_resolve) || (!resolve && !endpoint.can_pull) {
                 continue;
             }
-            match self.get(&endpoint, &reference.repository, path, accept).await {
+            match self.get(&endpoint, &reference.repository, path, accept, auth).await {
                 Ok(response) => return Ok(response),
                 Err(e) => {
                     tracing::debug!(endpoint = %endpoint.base_url, error = %e, "registry endpoint failed");
@@ -379,8 +418,8 @@ impl RegistryClient {
     }
 
     /// Fetches a manifest (or index) by tag or digest: its media type and bytes.
-    async fn manifest(&self, reference: &Reference, object: &str) -> Result<(String, Vec<u8>)> {
-        let response = self.get_any(reference, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT), true).await?;
+    async fn manifest(&self, reference: &Reference, object: &str, auth: &RegistryAuth) -> Result<(String, Vec<u8>)> {
+        let response = self.get_any(reference, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT), true, auth).await?;
         let header_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -403,20 +442,20 @@ impl RegistryClient {
 
     /// Resolves `reference` to this platform's manifest, config and layers; also returns the
     /// manifest's bytes, which the caller stores (the image record points at them).
-    pub async fn resolve(&self, name: &str) -> Result<(ResolvedImage, Vec<u8>)> {
+    pub async fn resolve(&self, name: &str, auth: &RegistryAuth) -> Result<(ResolvedImage, Vec<u8>)> {
         let reference = Reference::parse(name)?;
-        let (mut media_type, mut bytes) = self.manifest(&reference, &reference.object()).await?;
+        let (mut media_type, mut bytes) = self.manifest(&reference, &reference.object(), auth).await?;
         let mut document = ManifestDocument::parse(&bytes)?;
         if is_index_media_type(&media_type) || (!document.manifests.is_empty() && document.config.is_none()) {
             let (os, arch) = host_platform();
             let chosen = document
                 .platform_manifest()
                 .ok_or_else(|| Error::not_found(format!("{name}: no manifest for {os}/{arch}")))?;
-            (media_type, bytes) = self.manifest(&reference, &chosen.digest).await?;
+            (media_type, bytes) = self.manifest(&reference, &chosen.digest, auth).await?;
             document = ManifestDocument::parse(&bytes)?;
         }
         let config = document.config.as_ref().map(descriptor).ok_or_else(|| Error::invalid(format!("{name}: manifest has no config")))?;
-        let config_bytes = Self::read_small(self.blob(name, &config).await?, "image config").await?;
+        let config_bytes = Self::read_small(self.blob(name, &config, auth).await?, "image config").await?;
         if sha256_digest(&config_bytes) != config.digest {
             return Err(Error::invalid(format!("{name}: config digest mismatch")));
         }
@@ -441,12 +480,12 @@ impl RegistryClient {
     }
 
     /// Starts the download of a blob (manifests come from the manifests endpoint).
-    pub async fn blob(&self, name: &str, blob: &Descriptor) -> Result<reqwest::Response> {
+    pub async fn blob(&self, name: &str, blob: &Descriptor, auth: &RegistryAuth) -> Result<reqwest::Response> {
         let reference = Reference::parse(name)?;
         if is_manifest_media_type(&blob.media_type) {
-            self.get_any(&reference, &format!("manifests/{}", blob.digest), Some(MANIFEST_ACCEPT), true).await
+            self.get_any(&reference, &format!("manifests/{}", blob.digest), Some(MANIFEST_ACCEPT), true, auth).await
         } else {
-            self.get_any(&reference, &format!("blobs/{}", blob.digest), None, false).await
+            self.get_any(&reference, &format!("blobs/{}", blob.digest), None, false, auth).await
         }
     }
 }

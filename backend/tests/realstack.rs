@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{read_log, stack, unique, Cri};
+use common::{read_log, stack, unique, Cri, Kind};
 use k8s_cri::v1::*;
 
 fn crid_binary() -> &'static Path {
@@ -127,6 +127,67 @@ async fn reference_lifecycle_on_containerd_cri() {
     let mut reference = Cri::reference(&stack, "life").await;
     lifecycle(&mut reference).await;
 }
+/// A registry that wants a username and password (HTTP basic, htpasswd): PullImage fails
+/// without credentials or with wrong ones, and succeeds with the CRI's AuthConfig, both as
+/// separate fields and as the base64 `auth` field.
+async fn private_pull(cri: &mut Cri) {
+    let who = cri.kind.name();
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let image = format!("{}/private/busybox:latest", var("CRID_AUTH_REGISTRY"));
+    let (user, password) = (var("CRID_AUTH_REGISTRY_USER"), var("CRID_AUTH_REGISTRY_PASSWORD"));
+    let pull = |auth: Option<AuthConfig>| PullImageRequest { image: Some(ImageSpec { image: image.clone(), ..Default::default() }), auth, ..Default::default() };
+
+    let anonymous = cri.images.pull_image(pull(None)).await.expect_err("an anonymous pull is refused");
+    let wrong = AuthConfig { username: user.clone(), password: "wrong".into(), ..Default::default() };
+    let wrong = cri.images.pull_image(pull(Some(wrong))).await.expect_err("wrong credentials are refused");
+    if cri.kind == Kind::Crid {
+        for error in [&anonymous, &wrong] {
+            assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
+            assert!(error.message().contains("nauthorized") || error.message().contains("401"), "{error:?}");
+            assert!(!error.message().contains(&password), "no secret in errors: {error:?}");
+        }
+    }
+
+    let fields = AuthConfig { username: user.clone(), password: password.clone(), ..Default::default() };
+    let id = cri.images.pull_image(pull(Some(fields))).await.unwrap_or_else(|e| panic!("{who}: pull with credentials: {e}\n{}", cri.log())).into_inner().image_ref;
+    assert!(id.starts_with("sha256:"), "{who}: {id}");
+    cri.remove_image(&image).await;
+    let encoded = AuthConfig { auth: base64_of(&format!("{user}:{password}")), ..Default::default() };
+    let again = cri.images.pull_image(pull(Some(encoded))).await.unwrap_or_else(|e| panic!("{who}: pull with `auth`: {e}\n{}", cri.log())).into_inner().image_ref;
+    assert_eq!(again, id, "{who}");
+    cri.remove_image(&image).await;
+    if cri.kind == Kind::Crid {
+        let log = cri.log();
+        assert!(!log.contains(&password), "the password never reaches crid's log");
+    }
+}
+
+fn base64_of(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_registry_needs_credentials() {
+    let Some(stack) = stack() else { return };
+    let mut crid = Cri::crid(&stack, "auth", crid_binary()).await;
+    private_pull(&mut crid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_private_registry_on_containerd_cri() {
+    let Some(stack) = stack() else { return };
+    let mut reference = Cri::reference(&stack, "auth").await;
+    private_pull(&mut reference).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_escalates_after_the_grace_period() {
     let Some(stack) = stack() else { return };

@@ -39,6 +39,7 @@ use containerd_client::services::v1::{
 use containerd_client::types::Mount as ProtoMount;
 use containerd_client::types::v1::Status as ProcessStatus;
 use crid::backend::{
+    RegistryAuth,
     ContainerRecord, Containerd, Descriptor, EventStream, ExecOutput, ExecSpec, ExitStatus, ImageContent, ImageRecord,
     ProgressFn, ResolvedImage, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState,
 };
@@ -530,8 +531,8 @@ impl Containerd for RealContainerd {
     /// Resolves at the registry and stores the manifest in the content store, as containerd's
     /// resolver does: the image record's target must be readable (recovery, image status) and
     /// the manifest's GC labels are what keep the config and layers alive.
-    async fn resolve(&self, reference: &str) -> Result<ResolvedImage> {
-        let (resolved, manifest_bytes) = self.registry.resolve(reference).await?;
+    async fn resolve(&self, reference: &str, auth: &RegistryAuth) -> Result<ResolvedImage> {
+        let (resolved, manifest_bytes) = self.registry.resolve(reference, auth).await?;
         if !self.content_info_exists(&resolved.manifest.digest).await? {
             let labels = |bytes: &[u8]| ManifestDocument::parse(bytes).map(|m| m.gc_labels()).unwrap_or_default();
             let mut suffix = [0u8; 4];
@@ -556,10 +557,10 @@ impl Containerd for RealContainerd {
         self.content_info_exists(digest).await
     }
 
-    async fn fetch_blob(&self, reference: &str, blob: &Descriptor, progress: ProgressFn<'_>) -> Result<()> {
+    async fn fetch_blob(&self, reference: &str, blob: &Descriptor, auth: &RegistryAuth, progress: ProgressFn<'_>) -> Result<()> {
         // The integration tests count these lines to prove that concurrent pulls fetch once.
         tracing::debug!(digest = %blob.digest, media_type = %blob.media_type, reference, "fetching blob");
-        let response = self.registry.blob(reference, blob).await?;
+        let response = self.registry.blob(reference, blob, auth).await?;
         let body = response.bytes_stream().map_err(|e| Error::unavailable(format!("download {}: {e}", blob.digest)));
         let is_manifest = pull::is_manifest_media_type(&blob.media_type);
         let labels = move |bytes: &[u8]| -> BTreeMap<String, String> {

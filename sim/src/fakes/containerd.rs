@@ -1255,7 +1255,7 @@ impl Containerd for FakeContainerd {
         after.finish(result).await
     }
 
-    async fn resolve(&self, reference: &str) -> Result<ResolvedImage> {
+    async fn resolve(&self, reference: &str, _auth: &RegistryAuth) -> Result<ResolvedImage> {
         let after = self.enter("containerd.resolve", reference).await?;
         let result = self.raw_state().registry.get(reference).cloned().ok_or_else(|| {
             Error::not_found(format!("failed to resolve reference \"{reference}\": {reference}: not found"))
@@ -1269,7 +1269,7 @@ impl Containerd for FakeContainerd {
         after.finish(Ok(exists)).await
     }
 
-    async fn fetch_blob(&self, reference: &str, blob: &Descriptor, progress: ProgressFn<'_>) -> Result<()> {
+    async fn fetch_blob(&self, reference: &str, blob: &Descriptor, _auth: &RegistryAuth, progress: ProgressFn<'_>) -> Result<()> {
         let after = self.enter("containerd.fetch_blob", &blob.digest).await?;
         let mut connection = self.connection.subscribe();
         let result = async {
@@ -1694,8 +1694,8 @@ mod tests {
         let containerd = Arc::new(fake());
         let layers = vec![(layer_digest("a"), 1000), (layer_digest("b"), 10)];
         let image = containerd.add_registry_image("docker.io/library/x:1", layers, ImageConfig::default());
-        assert_eq!(containerd.resolve("docker.io/library/x:1").await.unwrap(), image);
-        assert_eq!(containerd.resolve("docker.io/library/y:1").await.unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(containerd.resolve("docker.io/library/x:1", &RegistryAuth::default()).await.unwrap(), image);
+        assert_eq!(containerd.resolve("docker.io/library/y:1", &RegistryAuth::default()).await.unwrap_err().kind, ErrorKind::NotFound);
         containerd.set_fetch_latency(Duration::from_millis(100));
         let layer = image.layers[0].clone();
         let fetches: Vec<_> = (0..2)
@@ -1704,7 +1704,7 @@ mod tests {
                 tokio::spawn(async move {
                     let progress = Mutex::new(0u64);
                     let report = |bytes: u64| *progress.lock().unwrap() += bytes;
-                    containerd.fetch_blob("docker.io/library/x:1", &layer, &report).await.unwrap();
+                    containerd.fetch_blob("docker.io/library/x:1", &layer, &RegistryAuth::default(), &report).await.unwrap();
                     progress.into_inner().unwrap()
                 })
             })
@@ -1724,7 +1724,8 @@ mod tests {
         let containerd = fake();
         let image = containerd.add_registry_image("r/x:1", vec![(layer_digest("a"), 10)], ImageConfig::default());
         containerd.set_fetch_plan(&image.layers[0].digest, Some(FetchPlan::StallAfter { bytes: 10 }));
-        let fetch = containerd.fetch_blob("r/x:1", &image.layers[0], &|_| {});
+        let anonymous = RegistryAuth::default();
+        let fetch = containerd.fetch_blob("r/x:1", &image.layers[0], &anonymous, &|_| {});
         assert!(tokio::time::timeout(Duration::from_secs(60), fetch).await.is_err());
         assert_eq!(containerd.pulls_in_flight(), 0);
         assert!(containerd.content().is_empty());
@@ -1740,7 +1741,7 @@ mod tests {
         );
         let chain = chain_ids(&image.diff_ids);
         for blob in std::iter::once(&image.config).chain(&image.layers) {
-            containerd.fetch_blob("r/x:1", blob, &|_| {}).await.unwrap();
+            containerd.fetch_blob("r/x:1", blob, &RegistryAuth::default(), &|_| {}).await.unwrap();
         }
         let error = containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1]).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::NotFound, "the parent must be committed first");
