@@ -6,6 +6,13 @@ use crid::error::{Error, ErrorKind};
 /// codes, so the code alone carries NotFound, AlreadyExists, FailedPrecondition, Unavailable.
 pub fn from_status(status: tonic::Status) -> Error {
     use tonic::Code;
+    // A status made on this side of the connection (the stream broke: containerd restarted or
+    // died mid-call) carries its transport error as source and code Unknown. It says nothing
+    // about the object, only that containerd was not there: Unavailable, which the core retries
+    // (an exit monitor must not read a broken Wait as the task's exit).
+    if status.code() == Code::Unknown && std::error::Error::source(&status).is_some() {
+        return Error::new(ErrorKind::Unavailable, format!("containerd connection lost: {}", status.message()));
+    }
     let kind = match status.code() {
         Code::NotFound => ErrorKind::NotFound,
         Code::AlreadyExists => ErrorKind::AlreadyExists,
@@ -53,5 +60,20 @@ impl<T> IoContext<T> for std::io::Result<T> {
 impl<T> IoContext<T> for nix::Result<T> {
     fn io_context(self, what: impl std::fmt::Display) -> crid::error::Result<T> {
         self.map_err(|e| from_errno(e, what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_is_unavailable_but_a_server_error_is_not() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed")));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        assert_eq!(from_status(broken).kind, ErrorKind::Unavailable);
+        let server = tonic::Status::unknown("failed to delete task: ttrpc: closed");
+        assert_eq!(from_status(server).kind, ErrorKind::Unknown);
+        assert_eq!(from_status(tonic::Status::not_found("task x")).kind, ErrorKind::NotFound);
     }
 }

@@ -127,6 +127,64 @@ async fn reference_lifecycle_on_containerd_cri() {
     let mut reference = Cri::reference(&stack, "life").await;
     lifecycle(&mut reference).await;
 }
+/// Resource limits reach the container's cgroup (cgroup v1 here), an update changes them on a
+/// running container, and a container that outgrows its memory limit is reported as killed by
+/// the OOM killer: EXITED, 137, reason OOMKilled.
+async fn resources_and_oom(cri: &mut Cri) {
+    let who = cri.kind.name();
+    let busybox = cri.image("busybox:latest");
+    cri.pull(&busybox).await;
+    let pod = cri.pod_config(&unique("limits"));
+    let pod_id = cri.run_pod(&pod).await;
+    const MIB: i64 = 1 << 20;
+    let limited = |cri: &Cri, name: &str, command: &[&str], memory_bytes: i64| {
+        let mut config = cri.container_config(name, command);
+        let resources = LinuxContainerResources { memory_limit_in_bytes: memory_bytes, cpu_period: 100_000, cpu_quota: 50_000, ..Default::default() };
+        config.linux = Some(LinuxContainerConfig { resources: Some(resources), ..Default::default() });
+        config
+    };
+    let config = limited(cri, "limited", &["sh", "-c", "while true; do sleep 1; done"], 32 * MIB);
+    let id = cri.create_container_with(&pod_id, &pod, config).await;
+    cri.start_container(&id).await;
+    let memory_file = "/sys/fs/cgroup/memory/memory.limit_in_bytes";
+    assert_eq!(cri.exec(&id, &["cat", memory_file]).await, (0, format!("{}\n", 32 * MIB)), "{who}: memory limit applied");
+    let quota = cri.exec(&id, &["sh", "-c", "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us || cat /sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us"]).await;
+    assert_eq!(quota, (0, "50000\n".to_string()), "{who}: cpu quota applied");
+
+    let update = UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources { memory_limit_in_bytes: 48 * MIB, cpu_period: 100_000, cpu_quota: 50_000, ..Default::default() }),
+        ..Default::default()
+    };
+    cri.runtime.update_container_resources(update).await.unwrap_or_else(|e| panic!("{who}: update resources: {e}\n{}", cri.log()));
+    assert_eq!(cri.exec(&id, &["cat", memory_file]).await, (0, format!("{}\n", 48 * MIB)), "{who}: memory limit updated");
+
+    // A string that doubles until the 16 MiB limit stops it.
+    let config = limited(cri, "hog", &["sh", "-c", "x=0123456789abcdef; while true; do x=$x$x; done"], 16 * MIB);
+    let hog = cri.create_container_with(&pod_id, &pod, config).await;
+    cri.start_container(&hog).await;
+    assert_eq!(cri.wait_container_state(&hog, ContainerState::ContainerExited).await, 137, "{who}: killed");
+    let status = cri.runtime.container_status(ContainerStatusRequest { container_id: hog.clone(), verbose: false }).await.unwrap().into_inner().status.unwrap();
+    assert_eq!(status.reason, "OOMKilled", "{who}: {status:?}");
+
+    cri.remove_pod(&pod_id).await;
+    cri.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_limits_and_oom_kills() {
+    let Some(stack) = stack() else { return };
+    let mut crid = Cri::crid(&stack, "oom", crid_binary()).await;
+    resources_and_oom(&mut crid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_resource_limits_and_oom_kills_on_containerd_cri() {
+    let Some(stack) = stack() else { return };
+    let mut reference = Cri::reference(&stack, "oom").await;
+    resources_and_oom(&mut reference).await;
+}
+
 /// A registry that wants a username and password (HTTP basic, htpasswd): PullImage fails
 /// without credentials or with wrong ones, and succeeds with the CRI's AuthConfig, both as
 /// separate fields and as the base64 `auth` field.
@@ -276,6 +334,67 @@ async fn state_survives_a_crid_crash() {
     crid.remove_pod(&pod_id).await;
     let containers = crid.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
     assert!(containers.is_empty(), "RemovePodSandbox removes its containers: {containers:?}");
+    crid.assert_no_leaks();
+}
+
+/// Restarts the stack's containerd (its shims, and so the containers, live on), as an upgrade
+/// or a crash of containerd would, and waits until it answers again.
+fn restart_containerd(stack: &common::Stack) {
+    let pid_file = stack.dir.join("containerd.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !Path::new(&format!("/proc/{pid}/stat")).exists().eq(&false) {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "containerd ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(stack.dir.join("logs/containerd.log")).unwrap();
+    // setsid: the new containerd must outlive this test process, as the first one did.
+    let child = Command::new("setsid")
+        .arg("containerd")
+        .arg("--config")
+        .arg(stack.dir.join("containerd/config.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("restart containerd");
+    std::fs::write(&pid_file, child.id().to_string()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Command::new("ctr").args(["--address", &stack.containerd_address, "version"]).output().is_ok_and(|o| o.status.success()) {
+        assert!(Instant::now() < deadline, "containerd did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// containerd restarts under a running crid: crid keeps serving, an exit that happens after the
+/// restart still reaches ContainerStatus with its code, and new containers start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_containerd_restart() {
+    let Some(stack) = stack() else { return };
+    let mut crid = Cri::crid(&stack, "ctrd", crid_binary()).await;
+    let busybox = crid.image("busybox:latest");
+    crid.pull(&busybox).await;
+    let pod = crid.pod_config("steady");
+    let pod_id = crid.run_pod(&pod).await;
+    let waiter = crid.create_container(&pod_id, &pod, "waiter", &["sh", "-c", "while [ ! -f /tmp/go ]; do sleep 0.2; done; exit 5"]).await;
+    crid.start_container(&waiter).await;
+
+    restart_containerd(&stack);
+
+    assert_eq!(crid.container_state(&waiter).await.0, ContainerState::ContainerRunning);
+    assert_eq!(crid.exec(&waiter, &["touch", "/tmp/go"]).await.0, 0);
+    assert_eq!(crid.wait_container_state(&waiter, ContainerState::ContainerExited).await, 5, "the exit after the restart is seen");
+    let after = crid.create_container(&pod_id, &pod, "after", &["sh", "-c", "exit 6"]).await;
+    crid.start_container(&after).await;
+    assert_eq!(crid.wait_container_state(&after, ContainerState::ContainerExited).await, 6);
+    let status = crid.pod_status(&pod_id).await;
+    assert_eq!(PodSandboxState::try_from(status.state).unwrap(), PodSandboxState::SandboxReady);
+    crid.remove_pod(&pod_id).await;
     crid.assert_no_leaks();
 }
 

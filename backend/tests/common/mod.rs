@@ -297,15 +297,25 @@ config_path = "{hosts}"
         self.runtime.run_pod_sandbox(request).await.unwrap_or_else(|e| panic!("{}: run pod: {e}\n{}", self.kind.name(), self.log())).into_inner().pod_sandbox_id
     }
 
-    pub async fn create_container(&mut self, pod_id: &str, pod: &PodSandboxConfig, name: &str, command: &[&str]) -> String {
-        let config = ContainerConfig {
+    /// A busybox container config running `command`, logging to `<name>.log`.
+    pub fn container_config(&self, name: &str, command: &[&str]) -> ContainerConfig {
+        ContainerConfig {
             metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
             image: Some(ImageSpec { image: self.image("busybox:latest"), ..Default::default() }),
             command: command.iter().map(|s| s.to_string()).collect(),
             log_path: format!("{name}.log"),
             linux: Some(LinuxContainerConfig::default()),
             ..Default::default()
-        };
+        }
+    }
+
+    pub async fn create_container(&mut self, pod_id: &str, pod: &PodSandboxConfig, name: &str, command: &[&str]) -> String {
+        let config = self.container_config(name, command);
+        self.create_container_with(pod_id, pod, config).await
+    }
+
+    pub async fn create_container_with(&mut self, pod_id: &str, pod: &PodSandboxConfig, config: ContainerConfig) -> String {
+        let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         let request = CreateContainerRequest { pod_sandbox_id: pod_id.into(), config: Some(config), sandbox_config: Some(pod.clone()) };
         self.runtime
             .create_container(request)
@@ -313,6 +323,13 @@ config_path = "{hosts}"
             .unwrap_or_else(|e| panic!("{}: create {name}: {e}\n{}", self.kind.name(), self.log()))
             .into_inner()
             .container_id
+    }
+
+    /// ExecSync of `cmd`: (exit code, stdout as text).
+    pub async fn exec(&mut self, id: &str, cmd: &[&str]) -> (i32, String) {
+        let request = ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 10 };
+        let response = self.runtime.exec_sync(request).await.unwrap_or_else(|e| panic!("{}: exec {cmd:?}: {e}\n{}", self.kind.name(), self.log())).into_inner();
+        (response.exit_code, String::from_utf8_lossy(&response.stdout).into_owned())
     }
 
     pub async fn start_container(&mut self, id: &str) {
