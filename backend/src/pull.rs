@@ -236,6 +236,8 @@ pub struct RegistryClient {
     config_path: Option<PathBuf>,
     secure: reqwest::Client,
     insecure: reqwest::Client,
+    /// Clients of hosts with their own CAs or client certificates, by their TLS settings.
+    custom: Mutex<HashMap<(bool, Vec<PathBuf>, Vec<(PathBuf, Option<PathBuf>)>), reqwest::Client>>,
     /// How to authorize, by (endpoint, repository, credentials' fingerprint).
     authorizations: Mutex<HashMap<(String, String, String), Authorization>>,
 }
@@ -247,8 +249,16 @@ enum Authorization {
 }
 
 fn http_error(e: reqwest::Error, what: &str) -> Error {
+    // reqwest's message stops at "error sending request"; the cause (refused connection, an
+    // unknown certificate authority, a name mismatch) is down its source chain.
+    let mut message = format!("{what}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
     // A registry that cannot be reached is Unavailable: the kubelet retries the pull.
-    Error::unavailable(format!("{what}: {e}"))
+    Error::unavailable(message)
 }
 
 fn status_error(status: reqwest::StatusCode, what: &str) -> Error {
@@ -291,11 +301,49 @@ impl RegistryClient {
                 .build()
                 .map_err(|e| Error::internal(format!("http client: {e}")))
         };
-        Ok(RegistryClient { config_path, secure: build(false)?, insecure: build(true)?, authorizations: Mutex::new(HashMap::new()) })
+        Ok(RegistryClient {
+            config_path,
+            secure: build(false)?,
+            insecure: build(true)?,
+            custom: Mutex::new(HashMap::new()),
+            authorizations: Mutex::new(HashMap::new()),
+        })
     }
 
-    fn client(&self, endpoint: &RegistryEndpoint) -> &reqwest::Client {
-        if endpoint.skip_verify { &self.insecure } else { &self.secure }
+    /// The HTTP client for a host's TLS settings. Certificates are read when a host first
+    /// needs them; an unreadable or invalid one fails the pull with the file's name.
+    fn client(&self, endpoint: &RegistryEndpoint) -> Result<reqwest::Client> {
+        if endpoint.default_tls() {
+            return Ok(self.secure.clone());
+        }
+        if endpoint.ca_files.is_empty() && endpoint.client_certs.is_empty() {
+            return Ok(self.insecure.clone());
+        }
+        let key = (endpoint.skip_verify, endpoint.ca_files.clone(), endpoint.client_certs.clone());
+        if let Some(client) = self.custom.lock().unwrap().get(&key) {
+            return Ok(client.clone());
+        }
+        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| crate::errors::from_io(e, format!("registry certificate {}", path.display())));
+        let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(endpoint.skip_verify).connect_timeout(Duration::from_secs(30));
+        for path in &endpoint.ca_files {
+            let pem = read(path)?;
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::invalid(format!("CA {}: {e}", path.display())))? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        // reqwest takes one client identity; the first pair is it.
+        if let Some((cert, key_file)) = endpoint.client_certs.first() {
+            let mut pem = read(cert)?;
+            if let Some(key_file) = key_file {
+                pem.push(b'\n');
+                pem.extend(read(key_file)?);
+            }
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| Error::invalid(format!("client certificate {}: {e}", cert.display())))?;
+            builder = builder.identity(identity);
+        }
+        let client = builder.build().map_err(|e| Error::invalid(format!("registry TLS settings: {e}")))?;
+        self.custom.lock().unwrap().insert(key, client.clone());
+        Ok(client)
     }
 
     fn endpoints(&self, reference: &Reference) -> Result<Vec<RegistryEndpoint>> {
@@ -335,12 +383,12 @@ impl RegistryClient {
             // OAuth2 refresh-token grant (docker's identity token), a form POST to the realm.
             let mut form = query.clone();
             form.extend([("grant_type", "refresh_token"), ("refresh_token", auth.identity_token.as_str()), ("client_id", "crid")]);
-            self.client(endpoint).post(realm).form(&form)
+            self.client(endpoint)?.post(realm).form(&form)
         } else if !auth.username.is_empty() {
             query.push(("account", &auth.username));
-            self.client(endpoint).get(realm).query(&query).basic_auth(&auth.username, Some(&auth.password))
+            self.client(endpoint)?.get(realm).query(&query).basic_auth(&auth.username, Some(&auth.password))
         } else {
-            self.client(endpoint).get(realm).query(&query)
+            self.client(endpoint)?.get(realm).query(&query)
         };
         let response = request.send().await.map_err(|e| http_error(e, "fetch token"))?;
         if !response.status().is_success() {
@@ -358,7 +406,10 @@ impl RegistryClient {
             self.authorizations.lock().unwrap().entry(key.clone()).or_insert_with(|| Authorization::Bearer(auth.registry_token.clone()));
         }
         for attempt in 0..2 {
-            let mut request = self.client(endpoint).get(&url);
+            let mut request = self.client(endpoint)?.get(&url);
+            for (name, value) in &endpoint.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
             if let Some(accept) = accept {
                 request = request.header(reqwest::header::ACCEPT, accept);
             }

@@ -232,6 +232,38 @@ fn base64_of(text: &str) -> String {
     out
 }
 
+/// An https registry whose certificate comes from a CA of its own: trusted through the `ca` of
+/// its hosts.toml, refused where no hosts.toml names that CA.
+async fn tls_pull(cri: &mut Cri) {
+    let who = cri.kind.name();
+    let registry = std::env::var("CRID_TLS_REGISTRY").expect("CRID_TLS_REGISTRY");
+    let image = format!("{registry}/tls/busybox:latest");
+    let id = cri.pull(&image).await;
+    assert!(id.starts_with("sha256:"), "{who}: {id}");
+    cri.remove_image(&image).await;
+    // The same server by a name that has no hosts.toml: the system's roots only.
+    let port = registry.rsplit(':').next().unwrap();
+    let untrusted = PullImageRequest { image: Some(ImageSpec { image: format!("localhost:{port}/tls/busybox:latest"), ..Default::default() }), ..Default::default() };
+    let error = cri.images.pull_image(untrusted).await.expect_err("an unknown CA is refused");
+    if cri.kind == Kind::Crid {
+        assert!(error.message().contains("certificate") || error.message().contains("Certificate"), "{error:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_ca_from_hosts_toml() {
+    let Some(stack) = stack() else { return };
+    let mut crid = Cri::crid(&stack, "tls", crid_binary()).await;
+    tls_pull(&mut crid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_registry_ca_on_containerd_cri() {
+    let Some(stack) = stack() else { return };
+    let mut reference = Cri::reference(&stack, "tls").await;
+    tls_pull(&mut reference).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_registry_needs_credentials() {
     let Some(stack) = stack() else { return };
