@@ -271,24 +271,29 @@ mod tests {
         assert_eq!(parse_signal("99"), None);
     }
 
+    /// A container of sandbox "s1" with everything else at its plainest.
+    fn test_container_spec(config: &ContainerConfig, sandbox: &PodSandboxConfig, image: &ImageConfig) -> WorkloadSpec {
+        container_spec(ContainerSpecInput {
+            sandbox_id: "s1",
+            config,
+            sandbox_config: sandbox,
+            image,
+            netns_path: String::new(),
+            sandbox_pid: 1,
+            sandbox_root_dir: "/r",
+            own_oom_score_adj: 0,
+            restrict_oom_score_adj: false,
+            ignore_image_volumes: false,
+        })
+    }
+
     #[test]
     fn command_and_args_follow_kubernetes_rules() {
         let image = ImageConfig { entrypoint: vec!["/ep".into()], cmd: vec!["c".into()], ..Default::default() };
         let sandbox = PodSandboxConfig::default();
         let spec_for = |command: Vec<String>, args: Vec<String>| {
             let config = ContainerConfig { command, args, ..Default::default() };
-            container_spec(ContainerSpecInput {
-                sandbox_id: "s1",
-                config: &config,
-                sandbox_config: &sandbox,
-                image: &image,
-                netns_path: String::new(),
-                sandbox_pid: 1,
-                sandbox_root_dir: "/r",
-                own_oom_score_adj: 0,
-                restrict_oom_score_adj: false,
-                ignore_image_volumes: false,
-            })
+            test_container_spec(&config, &sandbox, &image)
             .args
         };
         assert_eq!(spec_for(vec![], vec![]), vec!["/ep", "c"]);
@@ -323,18 +328,7 @@ mod tests {
             annotations: forged,
             ..Default::default()
         };
-        let app = container_spec(ContainerSpecInput {
-            sandbox_id: "s1",
-            config: &config,
-            sandbox_config: &sandbox,
-            image: &image,
-            netns_path: String::new(),
-            sandbox_pid: 1,
-            sandbox_root_dir: "/r",
-            own_oom_score_adj: 0,
-            restrict_oom_score_adj: false,
-            ignore_image_volumes: false,
-        });
+        let app = test_container_spec(&config, &sandbox, &image);
         for spec in [&pause, &app] {
             assert_eq!(spec.annotations[annotations::SANDBOX_ID], "s1");
             assert_eq!(spec.annotations["team"], "a");
