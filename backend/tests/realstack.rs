@@ -376,9 +376,10 @@ fn restart_containerd(stack: &common::Stack) {
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !Path::new(&format!("/proc/{pid}/stat")).exists().eq(&false) {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if state.split_whitespace().nth(2) == Some("Z") {
+    loop {
+        // Gone, or a zombie that its parent has not reaped: either way it serves no more.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") {
             break;
         }
         assert!(Instant::now() < deadline, "containerd ignored SIGTERM");
