@@ -162,8 +162,84 @@ async fn cri_over_a_unix_socket() {
     let missing_image = images.image_status(ImageStatusRequest { image: Some(ImageSpec { image: "nginx".into(), ..Default::default() }), verbose: false }).await.unwrap();
     assert!(missing_image.into_inner().image.is_none());
 
+    // A client that sends the socket path as :authority, as grpc-go (crictl, critest, kubelet)
+    // and grpc-python do: h2 alone would reset the stream; the unix listener's layer repairs it.
+    for authority in [socket.to_string_lossy().replace('/', "%2F"), socket.to_string_lossy().into_owned()] {
+        let path = socket.clone();
+        let version = tokio::task::spawn_blocking(move || raw_h2_version(&path, &authority)).await.unwrap();
+        assert_eq!((version.runtime_name.as_str(), version.runtime_api_version.as_str()), ("crid", "v1"));
+    }
+
     // Graceful shutdown waits for open connections: close the client side first.
     drop((events, runtime, images));
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server shuts down").unwrap().unwrap();
+}
+
+/// One Version call over hand-written HTTP/2 frames with the given `:authority`.
+fn raw_h2_version(socket: &std::path::Path, authority: &str) -> VersionResponse {
+    use std::io::{Read, Write};
+
+    use prost::Message;
+
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream_id: u32, payload: &[u8]) {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream_id.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let headers: [(&[u8], &[u8]); 6] = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/runtime.v1.RuntimeService/Version"),
+        (b":authority", authority.as_bytes()),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ];
+    let block = loona_hpack::Encoder::new().encode(headers);
+    let body = VersionRequest { version: "v1".into() }.encode_to_vec();
+    let mut message = vec![0];
+    message.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    message.extend_from_slice(&body);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]);
+    frame(&mut out, 0x1, 0x4, 1, &block);
+    frame(&mut out, 0x0, 0x1, 1, &message);
+    stream.write_all(&out).unwrap();
+
+    let mut decoder = loona_hpack::Decoder::new();
+    let mut data = Vec::new();
+    let mut response_headers = Vec::new();
+    loop {
+        let mut header = [0u8; 9];
+        stream.read_exact(&mut header).expect("the server answers before closing");
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let (kind, flags) = (header[3], header[4]);
+        let mut payload = vec![0; len];
+        stream.read_exact(&mut payload).unwrap();
+        match kind {
+            0x0 => data.extend_from_slice(&payload),
+            0x1 => {
+                assert_ne!(flags & 0x4, 0, "small header blocks come in one frame");
+                response_headers.extend(decoder.decode(&payload).unwrap());
+                if flags & 0x1 != 0 {
+                    break;
+                }
+            }
+            0x3 => panic!("the server reset the stream (authority {authority:?})"),
+            0x4 if flags & 0x1 == 0 => {
+                let mut ack = Vec::new();
+                frame(&mut ack, 0x4, 0x1, 0, &[]);
+                stream.write_all(&ack).unwrap();
+            }
+            0x7 => panic!("the server sent GOAWAY (authority {authority:?})"),
+            _ => {}
+        }
+    }
+    let find = |name: &[u8]| response_headers.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(find(b":status").as_deref(), Some("200"));
+    assert_eq!(find(b"grpc-status").as_deref(), Some("0"), "{response_headers:?}");
+    VersionResponse::decode(&data[5..]).unwrap()
 }

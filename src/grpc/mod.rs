@@ -9,6 +9,8 @@ use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, ErrorKind};
+
+pub mod authority;
 use crate::service::CriService;
 
 /// Largest message either way: ExecSync returns up to 16 MiB per stream.
@@ -53,7 +55,9 @@ impl CriGrpc {
     }
 }
 
-/// Serves the CRI on an already-bound unix listener until `shutdown` completes.
+/// Serves the CRI on an already-bound unix listener until `shutdown` completes. Each
+/// connection goes through [`authority::AuthorityFixingStream`], so that clients which send the
+/// socket path as `:authority` (grpc-go, grpc-python, grpc-java) are served.
 #[cfg(unix)]
 pub async fn serve_unix(
     service: Arc<CriService>,
@@ -64,7 +68,13 @@ pub async fn serve_unix(
     tonic::transport::Server::builder()
         .add_service(grpc.runtime_server())
         .add_service(grpc.image_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            futures::TryStreamExt::map_ok(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                authority::AuthorityFixingStream::new,
+            ),
+            shutdown,
+        )
         .await
 }
 
