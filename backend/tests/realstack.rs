@@ -120,6 +120,110 @@ async fn pod_and_container_lifecycle() {
     assert!(!crid.dir.join("crid.sock").exists());
 }
 
+/// A client binary the real-stack run provides (`ci/test` builds and exports them): a test that
+/// needs one fails, never passes, when it is missing.
+fn client_from_env(var: &str, what: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| panic!("{var} is not set: the path of {what}"));
+    assert!(path.exists(), "{var}={} does not exist", path.display());
+    path
+}
+
+/// Runs the stock crictl against `socket`; panics with its output unless it succeeds.
+fn crictl(crictl: &Path, socket: &Path, args: &[&str], cri: &Cri) -> String {
+    let endpoint = format!("unix://{}", socket.display());
+    let output = Command::new(crictl)
+        .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--timeout", "60s"])
+        .args(args)
+        .output()
+        .expect("run crictl");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "crictl {args:?}: {}\nstdout: {stdout}\nstderr: {}\ncrid log:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        cri.log()
+    );
+    stdout
+}
+
+/// Clients we did not write reach crid over its unix socket with their default `:authority`
+/// (the socket path, which h2 alone rejects): the stock crictl 1.29 (grpc-go) drives a whole
+/// lifecycle, and grpc-python's default `unix:` target gets a Version answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_clients_drive_crid() {
+    let Some(stack) = stack() else { return };
+    let crictl_bin = client_from_env("CRID_CRICTL", "the stock crictl 1.29 (ci/critest build)");
+    let python = client_from_env("CRID_GRPC_PYTHON", "a python with grpcio >= 1.57");
+    let crid = Cri::crid(&stack, "clients", crid_binary()).await;
+    let socket = crid.dir.join("crid.sock");
+    let run = |args: &[&str]| crictl(&crictl_bin, &socket, args, &crid);
+
+    let version = run(&["version"]);
+    assert!(version.contains("RuntimeName:  crid") && version.contains("RuntimeApiVersion:  v1"), "{version}");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/grpc_python_version.py");
+    let output = Command::new(&python).arg(&script).arg(&socket).output().expect("run python");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "grpc-python: {printed}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(printed.lines().any(|l| l == "runtime_name=crid") && printed.lines().any(|l| l == "runtime_api_version=v1"), "{printed}");
+
+    let busybox = crid.image("busybox:latest");
+    run(&["pull", &busybox]);
+    assert!(run(&["images", "-q"]).lines().count() >= 1);
+
+    let pod_name = unique("crictl");
+    let pod_json = crid.dir.join("pod.json");
+    let pod = serde_json::json!({
+        "metadata": {"name": pod_name, "namespace": "default", "uid": unique("uid")},
+        "hostname": "crictl-pod",
+        "log_directory": crid.dir.join("logs").join(&pod_name),
+        "linux": {}
+    });
+    std::fs::write(&pod_json, pod.to_string()).unwrap();
+    let container_json = crid.dir.join("container.json");
+    let container = serde_json::json!({
+        "metadata": {"name": "app"},
+        "image": {"image": busybox},
+        "command": ["sh", "-c", "echo hello from crictl; exec sleep 1000"],
+        "log_path": "app.log",
+        "linux": {}
+    });
+    std::fs::write(&container_json, container.to_string()).unwrap();
+    let (pod_path, container_path) = (pod_json.to_str().unwrap(), container_json.to_str().unwrap());
+
+    let pod_id = run(&["runp", pod_path]).trim().to_string();
+    assert_eq!(pod_id.len(), 64, "{pod_id}");
+    let id = run(&["create", &pod_id, container_path, pod_path]).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    run(&["start", &id]);
+    let listed = run(&["ps", "-q", "--state", "Running"]);
+    assert!(listed.lines().any(|l| id.starts_with(l.trim())), "{listed}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = run(&["logs", &id]);
+        if logs.contains("hello from crictl") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "crictl logs: {logs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exec = run(&["exec", "--sync", &id, "sh", "-c", "echo $((6 * 7))"]);
+    assert_eq!(exec.trim(), "42");
+    let inspected: serde_json::Value = serde_json::from_str(&run(&["inspect", &id])).unwrap();
+    assert_eq!(inspected["status"]["state"], "CONTAINER_RUNNING", "{inspected}");
+
+    run(&["stop", "--timeout", "1", &id]);
+    let inspected: serde_json::Value = serde_json::from_str(&run(&["inspect", &id])).unwrap();
+    assert_eq!(inspected["status"]["state"], "CONTAINER_EXITED", "{inspected}");
+    run(&["rm", &id]);
+    run(&["stopp", &pod_id]);
+    run(&["rmp", &pod_id]);
+    assert_eq!(run(&["ps", "-a", "-q"]).trim(), "");
+    assert_eq!(run(&["pods", "-q"]).trim(), "");
+    crid.assert_no_leaks();
+}
+
 /// The same lifecycle against containerd's own CRI: the reference crid's behaviour is held to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_lifecycle_on_containerd_cri() {
