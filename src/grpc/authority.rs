@@ -22,7 +22,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use loona_hpack::{Decoder, Encoder};
+use httlib_hpack::{Decoder, Encoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -32,9 +32,10 @@ const FRAME_HEADER_BYTES: usize = 9;
 pub const MIN_MAX_FRAME_BYTES: usize = 16_384;
 /// SETTINGS_HEADER_TABLE_SIZE until a peer says otherwise (RFC 9113 §6.5.2).
 const DEFAULT_HEADER_TABLE_BYTES: usize = 4_096;
-/// A header block larger than this closes the connection: no CRI request comes near it, and it
-/// bounds what one client can make the server buffer.
-pub const MAX_HEADER_BLOCK_BYTES: usize = 1 << 20;
+/// A header block larger than this closes the connection. hyper refuses header lists over
+/// 16 KiB anyway, and an encoded block is never much larger than its list; the bound keeps what
+/// one client can make the server buffer and decode small.
+pub const MAX_HEADER_BLOCK_BYTES: usize = 32 * 1024;
 /// What an invalid authority becomes.
 pub const REPLACEMENT_AUTHORITY: &[u8] = b"localhost";
 
@@ -61,11 +62,13 @@ pub enum FrameError {
     HeaderBlockTooLarge(u32),
     #[error("HEADERS on stream {0} with invalid padding or priority fields")]
     MalformedHeaders(u32),
+    #[error("HPACK re-encoding failed: {0:?}")]
+    Encode(httlib_hpack::EncoderError),
     #[error("HPACK decoding of stream {stream_id}'s header block failed: {source}")]
     Hpack {
         stream_id: u32,
         #[source]
-        source: loona_hpack::decoder::DecoderError,
+        source: httlib_hpack::DecoderError,
     },
 }
 
@@ -135,8 +138,8 @@ impl Default for AuthorityRewriter {
             stage: Stage::Preface { seen: 0 },
             input: Vec::new(),
             block: None,
-            decoder: Decoder::new(),
-            encoder: Encoder::new(),
+            decoder: Decoder::default(),
+            encoder: Encoder::with_dynamic_size(DEFAULT_HEADER_TABLE_BYTES as u32),
             encoder_table_bytes: DEFAULT_HEADER_TABLE_BYTES,
             table_size_update: None,
             rewritten: 0,
@@ -289,25 +292,30 @@ impl AuthorityRewriter {
 
     fn emit_block(&mut self, block: PendingBlock, out: &mut Vec<u8>) -> Result<(), FrameError> {
         let stream_id = block.stream_id;
-        let mut headers =
-            self.decoder.decode(&block.fragment).map_err(|source| FrameError::Hpack { stream_id, source })?;
-        for (name, value) in &mut headers {
+        let mut headers = Vec::new();
+        let mut fragment = block.fragment;
+        let fragment_bytes = fragment.len();
+        self.decoder.decode(&mut fragment, &mut headers).map_err(|source| FrameError::Hpack { stream_id, source })?;
+        for (name, value, _) in &mut headers {
             if name.as_slice() == b":authority" && !is_valid_authority(value) {
                 tracing::debug!(stream_id, authority = %String::from_utf8_lossy(value), "replacing an invalid :authority");
                 *value = REPLACEMENT_AUTHORITY.to_vec();
                 self.rewritten += 1;
             }
         }
-        let mut encoded = Vec::with_capacity(block.fragment.len() + 8);
+        let mut encoded = Vec::with_capacity(fragment_bytes + 8);
         // A block may not consist of a size update alone; an empty block keeps it owed.
         if !headers.is_empty()
             && let Some(size) = self.table_size_update.take()
         {
-            loona_hpack::encoder::encode_integer_into(size, 5, 0x20, &mut encoded).expect("writing to a Vec");
+            self.encoder.update_max_dynamic_size(size as u32, &mut encoded).map_err(encode_failed)?;
         }
-        self.encoder
-            .encode_into(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())), &mut encoded)
-            .expect("writing to a Vec");
+        for (name, value, flags) in headers {
+            // The client's choice of indexing (and never-indexed, for sensitive values) is kept;
+            // what to reference is found in our own table, never taken from the client's indices.
+            let keep = flags & (Decoder::WITH_INDEXING | Decoder::NEVER_INDEXED);
+            self.encoder.encode((name, value, keep | Encoder::BEST_FORMAT), &mut encoded).map_err(encode_failed)?;
+        }
 
         let priority_bytes = if block.priority.is_some() { PRIORITY_BYTES } else { 0 };
         let (first, mut rest) = encoded.split_at(encoded.len().min(MIN_MAX_FRAME_BYTES - priority_bytes));
@@ -339,16 +347,20 @@ impl AuthorityRewriter {
     /// The server advertised SETTINGS_HEADER_TABLE_SIZE = `bytes`: the client's encoder may now
     /// use up to that, and ours must not use more.
     pub fn server_header_table_size(&mut self, bytes: u32) {
-        let bytes = bytes as usize;
-        self.decoder.set_max_allowed_table_size(bytes.max(DEFAULT_HEADER_TABLE_BYTES));
-        // Staying at the default when more is allowed is fine; shrinking must be announced.
-        let wanted = bytes.min(DEFAULT_HEADER_TABLE_BYTES);
+        self.decoder.set_max_dynamic_size(bytes.max(DEFAULT_HEADER_TABLE_BYTES as u32));
+        // Staying at the default when more is allowed is fine; shrinking must be announced (the
+        // update, at the start of the next block, also resizes the encoder's table).
+        let wanted = (bytes as usize).min(DEFAULT_HEADER_TABLE_BYTES);
         if wanted != self.encoder_table_bytes {
-            self.encoder.set_max_table_size(wanted);
             self.encoder_table_bytes = wanted;
             self.table_size_update = Some(wanted);
         }
     }
+}
+
+/// The encoder only fails on values it cannot represent, which a decoded block never holds.
+fn encode_failed(error: httlib_hpack::EncoderError) -> FrameError {
+    FrameError::Encode(error)
 }
 
 /// The server → client half: reads SETTINGS frames out of bytes that pass unchanged.

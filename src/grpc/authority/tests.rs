@@ -174,7 +174,7 @@ fn a_valid_authority_is_kept() {
 #[test]
 fn a_large_block_is_split_into_continuations() {
     let mut headers = grpc_request("/tmp/crid.sock");
-    headers.push((b"x-big".to_vec(), vec![b'a'; 40_000]));
+    headers.push((b"x-big".to_vec(), vec![b'a'; 20_000]));
     let mut sent = PREFACE.to_vec();
     let block = encode(&mut Encoder::new(), &headers);
     // Sent as one oversized HEADERS with padding and priority: all must be handled.
@@ -294,9 +294,39 @@ fn frame_spec() -> impl Strategy<Value = FrameSpec> {
     ]
 }
 
-fn build(specs: &[FrameSpec], table_size: usize) -> Vec<u8> {
-    let mut encoder = Encoder::new();
-    encoder.set_max_table_size(table_size);
+/// The client's HPACK encoder: loona's (plain literals), or httlib's with Huffman strings and
+/// never-indexed fields, as grpc-go and h2 clients send them.
+enum ClientEncoder {
+    Plain(Encoder<'static>),
+    Huffman(httlib_hpack::Encoder<'static>, u8),
+}
+
+impl ClientEncoder {
+    fn encode(&mut self, headers: &HeaderList) -> Vec<u8> {
+        match self {
+            ClientEncoder::Plain(encoder) => encode(encoder, headers),
+            ClientEncoder::Huffman(encoder, flags) => {
+                let mut out = Vec::new();
+                for (i, (name, value)) in headers.iter().enumerate() {
+                    // Every third field never indexed, the others indexed incrementally.
+                    let indexing = if i % 3 == 2 { 0x8 } else { 0x4 };
+                    encoder.encode((name.clone(), value.clone(), *flags | indexing | 0x10), &mut out).unwrap();
+                }
+                out
+            }
+        }
+    }
+}
+
+fn build(specs: &[FrameSpec], table_size: usize, huffman: Option<u8>) -> Vec<u8> {
+    let mut encoder = match huffman {
+        None => {
+            let mut encoder = Encoder::new();
+            encoder.set_max_table_size(table_size);
+            ClientEncoder::Plain(encoder)
+        }
+        Some(flags) => ClientEncoder::Huffman(httlib_hpack::Encoder::with_dynamic_size(table_size as u32), flags),
+    };
     let mut bytes = PREFACE.to_vec();
     for spec in specs {
         match spec {
@@ -306,7 +336,7 @@ fn build(specs: &[FrameSpec], table_size: usize) -> Vec<u8> {
                 if table_size != DEFAULT_HEADER_TABLE_BYTES && bytes.len() == PREFACE.len() {
                     loona_hpack::encoder::encode_integer_into(table_size, 5, 0x20, &mut block).unwrap();
                 }
-                block.extend(encode(&mut encoder, headers));
+                block.extend(encoder.encode(headers));
                 let mut cuts: Vec<usize> = splits.iter().map(|s| s % (block.len() + 1)).collect();
                 cuts.sort();
                 cuts.dedup();
@@ -356,8 +386,9 @@ proptest! {
         specs in proptest::collection::vec(frame_spec(), 0..16),
         chunks in proptest::collection::vec(1usize..64, 1..8),
         table_size in prop_oneof![Just(4096usize), Just(0), Just(256)],
+        huffman in proptest::option::of(0u8..4),
     ) {
-        let sent = build(&specs, table_size);
+        let sent = build(&specs, table_size, huffman);
         let mut rewriter = AuthorityRewriter::new();
         let mut out = Vec::new();
         let mut rest = sent.as_slice();
