@@ -15,9 +15,13 @@ pub fn encode_checkpoint(status: &ContainerStatus) -> Vec<u8> {
 
 /// Parses a checkpoint; a torn or corrupt file is an error, never a partial status.
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<ContainerStatus> {
-    let checkpoint: Checkpoint = serde_json::from_slice(bytes).map_err(|e| Error::new(crate::error::ErrorKind::DataLoss, format!("corrupt status checkpoint: {e}")))?;
+    let checkpoint: Checkpoint = serde_json::from_slice(bytes)
+        .map_err(|e| Error::new(crate::error::ErrorKind::DataLoss, format!("corrupt status checkpoint: {e}")))?;
     if checkpoint.version != CHECKPOINT_VERSION {
-        return Err(Error::new(crate::error::ErrorKind::DataLoss, format!("unsupported checkpoint version {:?}", checkpoint.version)));
+        return Err(Error::new(
+            crate::error::ErrorKind::DataLoss,
+            format!("unsupported checkpoint version {:?}", checkpoint.version),
+        ));
     }
     Ok(checkpoint.status)
 }
@@ -55,7 +59,11 @@ impl CriService {
 
     /// The status transaction: `change` edits a copy and says whether anything changed; the copy
     /// is persisted, then becomes the in-memory status. A failed write leaves memory untouched.
-    pub(crate) async fn update_container_status(&self, container: &Container, change: impl FnOnce(&mut ContainerStatus) -> bool) -> Result<bool> {
+    pub(crate) async fn update_container_status(
+        &self,
+        container: &Container,
+        change: impl FnOnce(&mut ContainerStatus) -> bool,
+    ) -> Result<bool> {
         let _guard = container.update_lock.lock().await;
         let mut status = container.status();
         if !change(&mut status) {
@@ -67,7 +75,11 @@ impl CriService {
     }
 
     /// Changes in-memory-only fields (Starting, Removing) under the same lock.
-    pub(crate) async fn update_container_memory<T>(&self, container: &Container, change: impl FnOnce(&mut ContainerStatus) -> Result<T>) -> Result<T> {
+    pub(crate) async fn update_container_memory<T>(
+        &self,
+        container: &Container,
+        change: impl FnOnce(&mut ContainerStatus) -> Result<T>,
+    ) -> Result<T> {
         let _guard = container.update_lock.lock().await;
         let mut status = container.status();
         let value = change(&mut status)?;
@@ -82,7 +94,8 @@ mod tests {
 
     #[test]
     fn checkpoint_round_trips_persisted_fields_only() {
-        let status = ContainerStatus { pid: 7, created_at_ns: 1, started_at_ns: 2, starting: true, ..Default::default() };
+        let status =
+            ContainerStatus { pid: 7, created_at_ns: 1, started_at_ns: 2, starting: true, ..Default::default() };
         let decoded = decode_checkpoint(&encode_checkpoint(&status)).unwrap();
         assert_eq!(decoded.pid, 7);
         assert_eq!(decoded.started_at_ns, 2);

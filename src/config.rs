@@ -201,7 +201,9 @@ impl Config {
             return Err(Error::invalid("`containerd.default_runtime_name` is empty"));
         }
         if !self.containerd.runtimes.contains_key(runtime_name) {
-            return Err(Error::invalid(format!("no corresponding runtime configured in `containerd.runtimes` for `containerd` `default_runtime_name = \"{runtime_name}\"`")));
+            return Err(Error::invalid(format!(
+                "no corresponding runtime configured in `containerd.runtimes` for `containerd` `default_runtime_name = \"{runtime_name}\"`"
+            )));
         }
         for (name, runtime) in &self.containerd.runtimes {
             if runtime.runtime_type.is_empty() {
@@ -213,7 +215,10 @@ impl Config {
                 )));
             }
             if !runtime.sandbox_mode.is_empty() && runtime.sandbox_mode != "podsandbox" {
-                return Err(Error::invalid(format!("runtime {name:?}: unsupported `sandbox_mode` {:?}", runtime.sandbox_mode)));
+                return Err(Error::invalid(format!(
+                    "runtime {name:?}: unsupported `sandbox_mode` {:?}",
+                    runtime.sandbox_mode
+                )));
             }
         }
         if self.containerd.snapshotter.is_empty() {
@@ -233,7 +238,10 @@ impl Config {
             parse_duration(value).map_err(|e| Error::invalid(format!("invalid `{key}`: {}", e.message)))?;
         }
         if !matches!(self.cni.ip_pref.as_str(), "" | "ipv4" | "ipv6" | "cni") {
-            return Err(Error::invalid(format!("invalid `cni.ip_pref` {:?}: want ipv4, ipv6 or cni", self.cni.ip_pref)));
+            return Err(Error::invalid(format!(
+                "invalid `cni.ip_pref` {:?}: want ipv4, ipv6 or cni",
+                self.cni.ip_pref
+            )));
         }
         if self.max_concurrent_downloads == 0 {
             return Err(Error::invalid("`max_concurrent_downloads` must be at least 1"));

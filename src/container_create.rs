@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::{ContainerConfig, ContainerEventType, CreateContainerRequest, CreateContainerResponse, StartContainerRequest, StartContainerResponse};
+use k8s_cri::v1::{
+    ContainerConfig, ContainerEventType, CreateContainerRequest, CreateContainerResponse, StartContainerRequest,
+    StartContainerResponse,
+};
 
 use crate::backend::{ContainerRecord, EXTENSION_CONTAINER_METADATA, KIND_CONTAINER, LABEL_KIND, TaskIo};
 use crate::error::{Error, Result};
@@ -13,7 +16,9 @@ use crate::sandbox_run::{ROLLBACK_TIMEOUT, ignore_not_found};
 use crate::service::CriService;
 use crate::spec::{ContainerSpecInput, container_spec};
 use crate::store::container::{EXIT_CODE_START_ERROR, REASON_START_ERROR};
-use crate::store::{Container, ContainerMetadata, ContainerState, ContainerStatus, Sandbox, SandboxState, encode_message};
+use crate::store::{
+    Container, ContainerMetadata, ContainerState, ContainerStatus, Sandbox, SandboxState, encode_message,
+};
 
 /// Upper bound of one CreateContainer; past it the steps are rolled back and the name freed.
 pub const CREATE_CONTAINER_TIMEOUT: Duration = Duration::from_secs(240);
@@ -28,10 +33,14 @@ enum Undo {
 }
 
 impl CriService {
-    pub async fn create_container(self: &Arc<Self>, request: CreateContainerRequest) -> Result<CreateContainerResponse> {
+    pub async fn create_container(
+        self: &Arc<Self>,
+        request: CreateContainerRequest,
+    ) -> Result<CreateContainerResponse> {
         self.check_initialized()?;
         let config = request.config.ok_or_else(|| Error::invalid("container config is required"))?;
-        let metadata = config.metadata.clone().ok_or_else(|| Error::invalid("container config must include metadata"))?;
+        let metadata =
+            config.metadata.clone().ok_or_else(|| Error::invalid("container config must include metadata"))?;
         if metadata.name.is_empty() {
             return Err(Error::invalid("container config metadata.name must not be empty"));
         }
@@ -47,17 +56,32 @@ impl CriService {
         let service = self.clone();
         let create_name = name.clone();
         let id = self
-            .run_named_operation(format!("container/{name}"), async move { service.create_container_steps(sandbox, create_name, config).await })
+            .run_named_operation(format!("container/{name}"), async move {
+                service.create_container_steps(sandbox, create_name, config).await
+            })
             .await?;
         Ok(CreateContainerResponse { container_id: id })
     }
 
-    async fn create_container_steps(self: Arc<Self>, sandbox: Arc<Sandbox>, name: String, config: ContainerConfig) -> Result<String> {
+    async fn create_container_steps(
+        self: Arc<Self>,
+        sandbox: Arc<Sandbox>,
+        name: String,
+        config: ContainerConfig,
+    ) -> Result<String> {
         let id = generate_id(&*self.backends.os);
-        self.container_names.reserve(&name, &id).map_err(|e| Error::already_exists(format!("failed to reserve container name {name:?}: {}", e.message)))?;
+        self.container_names
+            .reserve(&name, &id)
+            .map_err(|e| Error::already_exists(format!("failed to reserve container name {name:?}: {}", e.message)))?;
         let mut undo = vec![Undo::ReleaseName];
         let mut metadata = None;
-        let outcome = self.with_timeout(CREATE_CONTAINER_TIMEOUT, "create container", self.create_container_inner(&sandbox, &id, &name, &config, &mut undo, &mut metadata)).await;
+        let outcome = self
+            .with_timeout(
+                CREATE_CONTAINER_TIMEOUT,
+                "create container",
+                self.create_container_inner(&sandbox, &id, &name, &config, &mut undo, &mut metadata),
+            )
+            .await;
         match outcome {
             Ok(()) => Ok(id),
             Err(error) => {
@@ -81,8 +105,12 @@ impl CriService {
                                     self.backends.os.remove_all(&self.container_root(&id)).await?;
                                     self.backends.os.remove_all(&self.container_state_dir(&id)).await
                                 }
-                                Undo::RemoveSnapshot => ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, &id).await),
-                                Undo::DeleteContainer => ignore_not_found(self.backends.containerd.delete_container(&id, true).await),
+                                Undo::RemoveSnapshot => {
+                                    ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, &id).await)
+                                }
+                                Undo::DeleteContainer => {
+                                    ignore_not_found(self.backends.containerd.delete_container(&id, true).await)
+                                }
                                 Undo::DeleteCheckpoint => self.delete_checkpoint(&id).await,
                             }
                         })
@@ -94,7 +122,8 @@ impl CriService {
                 }
                 if let (true, Some(metadata)) = (kept, metadata) {
                     let status = ContainerStatus { created_at_ns: self.now_ns(), ..ContainerStatus::unknown_status() };
-                    if let Err(add_error) = self.containers.add(&id, Arc::new(Container::new(metadata, config, status))) {
+                    if let Err(add_error) = self.containers.add(&id, Arc::new(Container::new(metadata, config, status)))
+                    {
                         tracing::error!(id, %add_error, "could not keep the half-created container");
                     }
                 }
@@ -113,7 +142,9 @@ impl CriService {
         kept_metadata: &mut Option<ContainerMetadata>,
     ) -> Result<()> {
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
-        let image = self.local_resolve(&image_name).map_err(|e| e.context(format!("failed to resolve image {image_name:?}")))?;
+        let image = self
+            .local_resolve(&image_name)
+            .map_err(|e| e.context(format!("failed to resolve image {image_name:?}")))?;
         let snapshotter = self.config.snapshotter_for(&sandbox.metadata.runtime_handler);
         let root_dir = self.container_root(id);
         undo.push(Undo::RemoveDirs);
@@ -121,7 +152,11 @@ impl CriService {
         self.backends.os.mkdir_all(&self.container_state_dir(id)).await?;
 
         let log_directory = &sandbox.config.log_directory;
-        let log_path = if log_directory.is_empty() || config.log_path.is_empty() { String::new() } else { format!("{log_directory}/{}", config.log_path) };
+        let log_path = if log_directory.is_empty() || config.log_path.is_empty() {
+            String::new()
+        } else {
+            format!("{log_directory}/{}", config.log_path)
+        };
         let spec = container_spec(ContainerSpecInput {
             sandbox_id: &sandbox.id,
             config,
@@ -146,24 +181,43 @@ impl CriService {
         };
         *kept_metadata = Some(metadata.clone());
         undo.push(Undo::RemoveSnapshot);
-        self.backends.containerd.prepare_snapshot(&snapshotter, id, &image.chain_id).await.map_err(|e| e.context("failed to prepare container rootfs"))?;
+        self.backends
+            .containerd
+            .prepare_snapshot(&snapshotter, id, &image.chain_id)
+            .await
+            .map_err(|e| e.context("failed to prepare container rootfs"))?;
         let record = ContainerRecord {
             id: id.to_string(),
-            labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())].into_iter().chain(sorted(&config.labels)).collect(),
+            labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())]
+                .into_iter()
+                .chain(sorted(&config.labels))
+                .collect(),
             image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
             runtime: self.config.containerd.runtimes[&sandbox.metadata.runtime_handler].runtime_type.clone(),
             snapshotter,
             snapshot_key: id.to_string(),
             spec,
-            extensions: [(EXTENSION_CONTAINER_METADATA.to_string(), serde_json::to_vec(&metadata).expect("serialises"))].into(),
+            extensions: [(
+                EXTENSION_CONTAINER_METADATA.to_string(),
+                serde_json::to_vec(&metadata).expect("serialises"),
+            )]
+            .into(),
             created_at_ns: 0,
         };
         undo.push(Undo::DeleteContainer);
-        self.backends.containerd.create_container(record).await.map_err(|e| e.context("failed to create containerd container"))?;
+        self.backends
+            .containerd
+            .create_container(record)
+            .await
+            .map_err(|e| e.context("failed to create containerd container"))?;
 
         let status = ContainerStatus {
             created_at_ns: self.now_ns(),
-            resources: config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| crate::spec::resources_from(Some(r))),
+            resources: config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.as_ref())
+                .map(|r| crate::spec::resources_from(Some(r))),
             ..Default::default()
         };
         undo.push(Undo::DeleteCheckpoint);
@@ -186,8 +240,18 @@ impl CriService {
         self.update_container_memory(&container, |status| {
             let state = status.state();
             if state != ContainerState::Created || status.removing || status.starting {
-                let why = if status.removing { "being removed" } else if status.starting { "already starting" } else { "not created" };
-                return Err(Error::precondition(format!("container {:?} is in {} state ({why})", container.id, state_name(state))));
+                let why = if status.removing {
+                    "being removed"
+                } else if status.starting {
+                    "already starting"
+                } else {
+                    "not created"
+                };
+                return Err(Error::precondition(format!(
+                    "container {:?} is in {} state ({why})",
+                    container.id,
+                    state_name(state)
+                )));
             }
             status.starting = true;
             Ok(())
@@ -196,7 +260,11 @@ impl CriService {
         let result = self.start_container_steps(&container).await;
         if let Err(error) = &result {
             tracing::warn!(id = container.id, %error, "StartContainer failed");
-            let _ = self.with_timeout(ROLLBACK_TIMEOUT, "rollback", async { ignore_not_found(self.backends.containerd.delete_task(&container.id).await.map(|_| ())) }).await;
+            let _ = self
+                .with_timeout(ROLLBACK_TIMEOUT, "rollback", async {
+                    ignore_not_found(self.backends.containerd.delete_task(&container.id).await.map(|_| ()))
+                })
+                .await;
             let message = error.message.clone();
             let now = self.now_ns();
             let recorded = self
@@ -212,21 +280,28 @@ impl CriService {
                 .await;
             if let Err(checkpoint_error) = recorded {
                 tracing::error!(id = container.id, %checkpoint_error, "could not record the start failure");
-                let _ = self.update_container_memory(&container, |status| {
-                    status.starting = false;
-                    Ok(())
-                }).await;
+                let _ = self
+                    .update_container_memory(&container, |status| {
+                        status.starting = false;
+                        Ok(())
+                    })
+                    .await;
             }
             container.mark_stopped();
             return result;
         }
-        self.send_container_event(&container.id, &container.metadata.sandbox_id, ContainerEventType::ContainerStartedEvent);
+        self.send_container_event(
+            &container.id,
+            &container.metadata.sandbox_id,
+            ContainerEventType::ContainerStartedEvent,
+        );
         self.start_exit_monitor(TaskKind::Container, container.id.clone());
         Ok(())
     }
 
     async fn start_container_steps(&self, container: &Container) -> Result<()> {
-        let sandbox = self.sandboxes.get(&container.metadata.sandbox_id).map_err(|e| e.context("sandbox of the container"))?;
+        let sandbox =
+            self.sandboxes.get(&container.metadata.sandbox_id).map_err(|e| e.context("sandbox of the container"))?;
         if sandbox.status().state != SandboxState::Ready {
             return Err(Error::precondition(format!("sandbox container {:?} is not running", sandbox.id)));
         }
@@ -237,9 +312,22 @@ impl CriService {
             true
         })
         .await?;
-        let io = TaskIo { log_path: container.metadata.log_path.clone(), stdin: container.config.stdin, tty: container.config.tty };
-        self.backends.containerd.create_task(&container.id, &io).await.map_err(|e| e.context("failed to create containerd task"))?;
-        let pid = self.backends.containerd.start_task(&container.id).await.map_err(|e| e.context("failed to start containerd task"))?;
+        let io = TaskIo {
+            log_path: container.metadata.log_path.clone(),
+            stdin: container.config.stdin,
+            tty: container.config.tty,
+        };
+        self.backends
+            .containerd
+            .create_task(&container.id, &io)
+            .await
+            .map_err(|e| e.context("failed to create containerd task"))?;
+        let pid = self
+            .backends
+            .containerd
+            .start_task(&container.id)
+            .await
+            .map_err(|e| e.context("failed to start containerd task"))?;
         let now = self.now_ns();
         self.update_container_status(container, |status| {
             status.pid = pid;

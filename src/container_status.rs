@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use k8s_cri::v1::{
-    ContainerAttributes, ContainerFilter, ContainerStats, ContainerStatsRequest, ContainerStatsResponse, ContainerStatusRequest,
-    ContainerStatusResponse, CpuUsage, FilesystemUsage, ImageSpec, ListContainerStatsRequest, ListContainerStatsResponse,
-    ListContainersRequest, ListContainersResponse, MemoryUsage, ReopenContainerLogRequest, ReopenContainerLogResponse, UInt64Value,
-    UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
+    ContainerAttributes, ContainerFilter, ContainerStats, ContainerStatsRequest, ContainerStatsResponse,
+    ContainerStatusRequest, ContainerStatusResponse, CpuUsage, FilesystemUsage, ImageSpec, ListContainerStatsRequest,
+    ListContainerStatsResponse, ListContainersRequest, ListContainersResponse, MemoryUsage, ReopenContainerLogRequest,
+    ReopenContainerLogResponse, UInt64Value, UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
 };
 
 use crate::error::{Error, Result};
@@ -58,7 +58,10 @@ impl CriService {
         }
     }
 
-    pub async fn container_status(self: &Arc<Self>, request: ContainerStatusRequest) -> Result<ContainerStatusResponse> {
+    pub async fn container_status(
+        self: &Arc<Self>,
+        request: ContainerStatusRequest,
+    ) -> Result<ContainerStatusResponse> {
         self.check_initialized()?;
         let container = self.containers.get(&request.container_id)?;
         let mut info = std::collections::HashMap::new();
@@ -78,7 +81,11 @@ impl CriService {
     }
 
     fn filter_containers(&self, filter: &ContainerFilter) -> Vec<Arc<Container>> {
-        let candidates = if filter.id.is_empty() { self.containers.list() } else { self.containers.get(&filter.id).into_iter().collect() };
+        let candidates = if filter.id.is_empty() {
+            self.containers.list()
+        } else {
+            self.containers.get(&filter.id).into_iter().collect()
+        };
         let sandbox_id = if filter.pod_sandbox_id.is_empty() {
             None
         } else {
@@ -121,7 +128,10 @@ impl CriService {
         Ok(ListContainersResponse { containers })
     }
 
-    pub async fn update_container_resources(self: &Arc<Self>, request: UpdateContainerResourcesRequest) -> Result<UpdateContainerResourcesResponse> {
+    pub async fn update_container_resources(
+        self: &Arc<Self>,
+        request: UpdateContainerResourcesRequest,
+    ) -> Result<UpdateContainerResourcesResponse> {
         self.check_initialized()?;
         let container = self.containers.get(&request.container_id)?;
         let linux = request.linux.ok_or_else(|| Error::invalid("linux resources are required"))?;
@@ -130,33 +140,44 @@ impl CriService {
         let mut status = container.status();
         let state = status.state();
         if !matches!(state, ContainerState::Created | ContainerState::Running) {
-            return Err(Error::precondition(format!("cannot update resources of container {:?} in {} state", container.id, crate::container_create::state_name(state))));
+            return Err(Error::precondition(format!(
+                "cannot update resources of container {:?} in {} state",
+                container.id,
+                crate::container_create::state_name(state)
+            )));
         }
         // The checkpoint is the source of truth: write it first, then the running task.
         let previous = status.clone();
         status.resources = Some(resources.clone());
         self.write_checkpoint(&container.id, &status).await?;
-        if state == ContainerState::Running {
-            if let Err(error) = self.backends.containerd.update_task_resources(&container.id, &resources).await {
-                // The task kept its old limits: so must the checkpoint, or the next restart
-                // would report limits the caller was told had failed.
-                if let Err(restore_error) = self.write_checkpoint(&container.id, &previous).await {
-                    tracing::error!(id = container.id, %restore_error, "failed to restore the checkpoint after a failed resource update");
-                }
-                return Err(error.context("failed to update task resources"));
+        if state == ContainerState::Running
+            && let Err(error) = self.backends.containerd.update_task_resources(&container.id, &resources).await
+        {
+            // The task kept its old limits: so must the checkpoint, or the next restart
+            // would report limits the caller was told had failed.
+            if let Err(restore_error) = self.write_checkpoint(&container.id, &previous).await {
+                tracing::error!(id = container.id, %restore_error, "failed to restore the checkpoint after a failed resource update");
             }
+            return Err(error.context("failed to update task resources"));
         }
         container.set_status(status);
         Ok(UpdateContainerResourcesResponse {})
     }
 
-    pub async fn reopen_container_log(self: &Arc<Self>, request: ReopenContainerLogRequest) -> Result<ReopenContainerLogResponse> {
+    pub async fn reopen_container_log(
+        self: &Arc<Self>,
+        request: ReopenContainerLogRequest,
+    ) -> Result<ReopenContainerLogResponse> {
         self.check_initialized()?;
         let container = self.containers.get(&request.container_id)?;
         if container.status().state() != ContainerState::Running {
             return Err(Error::precondition("container is not running"));
         }
-        self.backends.containerd.reopen_task_log(&container.id).await.map_err(|e| e.context("failed to reopen container log"))?;
+        self.backends
+            .containerd
+            .reopen_task_log(&container.id)
+            .await
+            .map_err(|e| e.context("failed to reopen container log"))?;
         Ok(ReopenContainerLogResponse {})
     }
 
@@ -192,7 +213,12 @@ impl CriService {
             }),
             writable_layer: Some(FilesystemUsage {
                 timestamp: now,
-                fs_id: Some(k8s_cri::v1::FilesystemIdentifier { mountpoint: format!("{}/io.containerd.snapshotter.v1.{snapshotter}", self.config.containerd_root_dir) }),
+                fs_id: Some(k8s_cri::v1::FilesystemIdentifier {
+                    mountpoint: format!(
+                        "{}/io.containerd.snapshotter.v1.{snapshotter}",
+                        self.config.containerd_root_dir
+                    ),
+                }),
                 used_bytes: Some(UInt64Value { value: 0 }),
                 inodes_used: Some(UInt64Value { value: 0 }),
             }),
@@ -206,10 +232,18 @@ impl CriService {
         Ok(ContainerStatsResponse { stats: Some(self.container_stats_message(&container).await) })
     }
 
-    pub async fn list_container_stats(self: &Arc<Self>, request: ListContainerStatsRequest) -> Result<ListContainerStatsResponse> {
+    pub async fn list_container_stats(
+        self: &Arc<Self>,
+        request: ListContainerStatsRequest,
+    ) -> Result<ListContainerStatsResponse> {
         self.check_initialized()?;
         let filter = request.filter.unwrap_or_default();
-        let filter = ContainerFilter { id: filter.id, pod_sandbox_id: filter.pod_sandbox_id, label_selector: filter.label_selector, state: None };
+        let filter = ContainerFilter {
+            id: filter.id,
+            pod_sandbox_id: filter.pod_sandbox_id,
+            label_selector: filter.label_selector,
+            state: None,
+        };
         let mut stats = vec![];
         for container in self.filter_containers(&filter) {
             stats.push(self.container_stats_message(&container).await);

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::{ContainerEventType, RemoveContainerRequest, RemoveContainerResponse, StopContainerRequest, StopContainerResponse};
+use k8s_cri::v1::{
+    ContainerEventType, RemoveContainerRequest, RemoveContainerResponse, StopContainerRequest, StopContainerResponse,
+};
 
 use crate::backend::ExitStatus;
 use crate::container_create::state_name;
@@ -36,7 +38,11 @@ impl CriService {
         Ok(StopContainerResponse {})
     }
 
-    pub(crate) async fn stop_container_inner(self: &Arc<Self>, container: &Arc<Container>, timeout_s: i64) -> Result<()> {
+    pub(crate) async fn stop_container_inner(
+        self: &Arc<Self>,
+        container: &Arc<Container>,
+        timeout_s: i64,
+    ) -> Result<()> {
         let id = container.id.clone();
         let state = container.status().state();
         if !matches!(state, ContainerState::Running | ContainerState::Unknown) {
@@ -71,7 +77,12 @@ impl CriService {
                     Err(error) => return Err(error.context(format!("failed to stop container {id:?}"))),
                 }
             }
-            let graceful = crate::backend::timeout(&*self.backends.clock, Duration::from_secs(timeout_s as u64), container.wait_stopped()).await;
+            let graceful = crate::backend::timeout(
+                &*self.backends.clock,
+                Duration::from_secs(timeout_s as u64),
+                container.wait_stopped(),
+            )
+            .await;
             if graceful.is_ok() {
                 return Ok(());
             }
@@ -81,7 +92,14 @@ impl CriService {
             Err(error) if error.is_not_found() => {}
             Err(error) => return Err(error.context(format!("failed to kill container {id:?}"))),
         }
-        self.wait_exit_handled(TaskKind::Container, &id, CONTAINER_KILL_WAIT, || container.is_stopped(), container.wait_stopped()).await
+        self.wait_exit_handled(
+            TaskKind::Container,
+            &id,
+            CONTAINER_KILL_WAIT,
+            || container.is_stopped(),
+            container.wait_stopped(),
+        )
+        .await
     }
 
     /// The stored STOPSIGNAL, else SIGTERM.
@@ -96,7 +114,10 @@ impl CriService {
         })
     }
 
-    pub async fn remove_container(self: &Arc<Self>, request: RemoveContainerRequest) -> Result<RemoveContainerResponse> {
+    pub async fn remove_container(
+        self: &Arc<Self>,
+        request: RemoveContainerRequest,
+    ) -> Result<RemoveContainerResponse> {
         self.check_initialized()?;
         let container = match self.containers.get(&request.container_id) {
             Ok(container) => container,
@@ -111,15 +132,24 @@ impl CriService {
     pub(crate) async fn remove_container_inner(self: &Arc<Self>, container: &Arc<Container>) -> Result<()> {
         let id = container.id.clone();
         if matches!(container.status().state(), ContainerState::Running | ContainerState::Unknown) {
-            self.stop_container_inner(container, 0).await.map_err(|e| e.context(format!("failed to forcibly stop container {id:?}")))?;
+            self.stop_container_inner(container, 0)
+                .await
+                .map_err(|e| e.context(format!("failed to forcibly stop container {id:?}")))?;
         }
         self.update_container_memory(container, |status| {
             let state = status.state();
-            if matches!(state, ContainerState::Running | ContainerState::Unknown) || status.starting || status.removing {
+            if matches!(state, ContainerState::Running | ContainerState::Unknown) || status.starting || status.removing
+            {
                 return Err(Error::precondition(format!(
                     "container {id:?} is in {} state{}",
                     state_name(state),
-                    if status.starting { " and starting" } else if status.removing { " and already being removed" } else { "" }
+                    if status.starting {
+                        " and starting"
+                    } else if status.removing {
+                        " and already being removed"
+                    } else {
+                        ""
+                    }
                 )));
             }
             status.removing = true;
@@ -145,8 +175,10 @@ impl CriService {
         self.update_container_status(container, |_| true).await?;
         // A task can outlive the exit handling (recovery keeps a stopped task until the status is
         // persisted; a delete may have completed late): it must go before the container.
-        ignore_not_found(self.backends.containerd.delete_task(id).await.map(|_| ())).map_err(|e| e.context("failed to delete task"))?;
-        ignore_not_found(self.backends.containerd.delete_container(id, true).await).map_err(|e| e.context("failed to delete containerd container"))?;
+        ignore_not_found(self.backends.containerd.delete_task(id).await.map(|_| ()))
+            .map_err(|e| e.context("failed to delete task"))?;
+        ignore_not_found(self.backends.containerd.delete_container(id, true).await)
+            .map_err(|e| e.context("failed to delete containerd container"))?;
         self.delete_checkpoint(id).await?;
         self.backends.os.remove_all(&self.container_root(id)).await?;
         self.backends.os.remove_all(&self.container_state_dir(id)).await?;

@@ -79,14 +79,19 @@ impl EventMonitor {
         }
         backoff.insert(
             id.to_string(),
-            BackoffEntry { events: VecDeque::from([event]), expire_at_ns: now_ns + BACKOFF_INITIAL.as_nanos() as i64, duration: BACKOFF_INITIAL },
+            BackoffEntry {
+                events: VecDeque::from([event]),
+                expire_at_ns: now_ns + BACKOFF_INITIAL.as_nanos() as i64,
+                duration: BACKOFF_INITIAL,
+            },
         );
     }
 
     /// Removes and returns every expired entry, in id order.
     fn take_expired(&self, now_ns: i64) -> Vec<(String, VecDeque<PendingEvent>, Duration)> {
         let mut backoff = self.backoff.lock().unwrap();
-        let expired: Vec<String> = backoff.iter().filter(|(_, e)| e.expire_at_ns <= now_ns).map(|(id, _)| id.clone()).collect();
+        let expired: Vec<String> =
+            backoff.iter().filter(|(_, e)| e.expire_at_ns <= now_ns).map(|(id, _)| id.clone()).collect();
         expired
             .into_iter()
             .map(|id| {
@@ -127,7 +132,12 @@ pub struct ContainerEventHub {
 impl ContainerEventHub {
     pub fn new(capacity: usize) -> Self {
         assert!(capacity > 0);
-        ContainerEventHub { capacity, subscribers: Mutex::new(Vec::new()), dropped_total: AtomicU64::new(0), sent_total: AtomicU64::new(0) }
+        ContainerEventHub {
+            capacity,
+            subscribers: Mutex::new(Vec::new()),
+            dropped_total: AtomicU64::new(0),
+            sent_total: AtomicU64::new(0),
+        }
     }
 
     pub fn subscribe(&self) -> mpsc::Receiver<ContainerEventResponse> {
@@ -207,7 +217,10 @@ impl CriService {
                 }
                 Err(error) => {
                     tracing::warn!(id, %error, "wait for task exit failed; treating as an unknown exit");
-                    return ExitStatus { exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() };
+                    return ExitStatus {
+                        exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
+                        exited_at_ns: self.now_ns(),
+                    };
                 }
             }
         }
@@ -218,7 +231,9 @@ impl CriService {
             self.monitor.push(id, PendingEvent::Exit { kind, exit }, self.now_ns());
             return;
         }
-        if let Err(error) = self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(kind, id, exit)).await {
+        if let Err(error) =
+            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(kind, id, exit)).await
+        {
             tracing::warn!(id, %error, "exit handling failed; queued for retry");
             self.monitor.push(id, PendingEvent::Exit { kind, exit }, self.now_ns());
         }
@@ -354,7 +369,9 @@ impl CriService {
                     self.monitor.push(&container_id, PendingEvent::Oom, self.now_ns());
                     return;
                 }
-                if let Err(error) = self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&container_id)).await {
+                if let Err(error) =
+                    self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&container_id)).await
+                {
                     tracing::warn!(container_id, %error, "OOM handling failed; queued for retry");
                     self.monitor.push(&container_id, PendingEvent::Oom, self.now_ns());
                 }
@@ -380,9 +397,12 @@ impl CriService {
                 while let Some(event) = events.front().cloned() {
                     let result = match event {
                         PendingEvent::Exit { kind, exit } => {
-                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(kind, &id, exit)).await
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(kind, &id, exit))
+                                .await
                         }
-                        PendingEvent::Oom => self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&id)).await,
+                        PendingEvent::Oom => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&id)).await
+                        }
                     };
                     if let Err(error) = result {
                         tracing::warn!(id, %error, retry_in = ?(duration * 2).min(BACKOFF_MAX), "backoff retry failed");
@@ -415,7 +435,8 @@ impl CriService {
     pub async fn reconcile(self: &Arc<Self>) {
         for container in self.containers.list() {
             let status = container.status();
-            if status.state() != ContainerState::Running || status.starting || self.monitor.is_in_backoff(&container.id) {
+            if status.state() != ContainerState::Running || status.starting || self.monitor.is_in_backoff(&container.id)
+            {
                 continue;
             }
             if let Some(exit) = self.observed_exit(&container.id).await {
@@ -438,13 +459,15 @@ impl CriService {
     /// unreachable (no conclusion can be drawn then).
     async fn observed_exit(&self, id: &str) -> Option<ExitStatus> {
         match self.backends.containerd.task_info(id).await {
-            Ok(info) if info.state == TaskState::Stopped => {
-                Some(info.exit.unwrap_or(ExitStatus { exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() }))
-            }
+            Ok(info) if info.state == TaskState::Stopped => Some(info.exit.unwrap_or(ExitStatus {
+                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
+                exited_at_ns: self.now_ns(),
+            })),
             Ok(_) => None,
-            Err(error) if error.is_not_found() => {
-                Some(ExitStatus { exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() })
-            }
+            Err(error) if error.is_not_found() => Some(ExitStatus {
+                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
+                exited_at_ns: self.now_ns(),
+            }),
             Err(_) => None,
         }
     }
@@ -478,7 +501,11 @@ mod tests {
     fn backoff_doubles_caps_and_keeps_order() {
         let monitor = EventMonitor::new(2);
         monitor.push("a", PendingEvent::Oom, 0);
-        monitor.push("a", PendingEvent::Exit { kind: TaskKind::Container, exit: ExitStatus { exit_code: 1, exited_at_ns: 5 } }, 0);
+        monitor.push(
+            "a",
+            PendingEvent::Exit { kind: TaskKind::Container, exit: ExitStatus { exit_code: 1, exited_at_ns: 5 } },
+            0,
+        );
         assert!(monitor.take_expired(999_999_999).is_empty());
         let mut expired = monitor.take_expired(1_000_000_000);
         assert_eq!(expired.len(), 1);

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::{AttachRequest, AttachResponse, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse, PortForwardRequest, PortForwardResponse};
+use k8s_cri::v1::{
+    AttachRequest, AttachResponse, ExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse, PortForwardRequest,
+    PortForwardResponse,
+};
 
 use crate::backend::{ExecSpec, StreamRequest};
 use crate::error::{Error, Result};
@@ -31,7 +34,12 @@ impl CriService {
         }
         let mut suffix = [0u8; 8];
         self.backends.os.random_bytes(&mut suffix);
-        let spec = ExecSpec { exec_id: format!("exec-{}", hex::encode(suffix)), args: request.cmd, tty: false, output_limit_bytes: EXEC_SYNC_OUTPUT_LIMIT_BYTES };
+        let spec = ExecSpec {
+            exec_id: format!("exec-{}", hex::encode(suffix)),
+            args: request.cmd,
+            tty: false,
+            output_limit_bytes: EXEC_SYNC_OUTPUT_LIMIT_BYTES,
+        };
         let service = self.clone();
         let id = container.id.clone();
         // Dropped with this future: a caller that goes away (a cancelled gRPC call) ends the exec
@@ -41,13 +49,25 @@ impl CriService {
         self.detached(async move { service.exec_sync_inner(&id, spec, request.timeout, caller_gone).await }).await
     }
 
-    async fn exec_sync_inner(self: Arc<Self>, id: &str, spec: ExecSpec, timeout_s: i64, caller_gone: tokio::sync::oneshot::Receiver<()>) -> Result<ExecSyncResponse> {
+    async fn exec_sync_inner(
+        self: Arc<Self>,
+        id: &str,
+        spec: ExecSpec,
+        timeout_s: i64,
+        caller_gone: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<ExecSyncResponse> {
         let containerd = self.backends.containerd.clone();
         containerd.exec_start(id, &spec).await.map_err(|e| e.context("failed to start exec"))?;
         let exec_id = spec.exec_id.clone();
         let wait = async {
             if timeout_s > 0 {
-                crate::backend::timeout(&*self.backends.clock, Duration::from_secs(timeout_s as u64), containerd.exec_wait(id, &exec_id)).await.ok()
+                crate::backend::timeout(
+                    &*self.backends.clock,
+                    Duration::from_secs(timeout_s as u64),
+                    containerd.exec_wait(id, &exec_id),
+                )
+                .await
+                .ok()
             } else {
                 Some(containerd.exec_wait(id, &exec_id).await)
             }
@@ -60,8 +80,16 @@ impl CriService {
         let result = match waited {
             Some(Ok(exit)) => match containerd.exec_output(id, &exec_id).await {
                 Ok(output) => {
-                    assert!(output.stdout.len() <= spec.output_limit_bytes && output.stderr.len() <= spec.output_limit_bytes, "exec output over its cap");
-                    Ok(ExecSyncResponse { stdout: output.stdout, stderr: output.stderr, exit_code: exit.exit_code as i32 })
+                    assert!(
+                        output.stdout.len() <= spec.output_limit_bytes
+                            && output.stderr.len() <= spec.output_limit_bytes,
+                        "exec output over its cap"
+                    );
+                    Ok(ExecSyncResponse {
+                        stdout: output.stdout,
+                        stderr: output.stderr,
+                        exit_code: exit.exit_code as i32,
+                    })
                 }
                 Err(error) => Err(error.context("failed to read exec output")),
             },
@@ -95,7 +123,14 @@ impl CriService {
         let url = self
             .backends
             .stream
-            .register(StreamRequest::Exec { container_id: container, cmd: request.cmd, tty: request.tty, stdin: request.stdin, stdout: request.stdout, stderr: request.stderr })
+            .register(StreamRequest::Exec {
+                container_id: container,
+                cmd: request.cmd,
+                tty: request.tty,
+                stdin: request.stdin,
+                stdout: request.stdout,
+                stderr: request.stderr,
+            })
             .await?;
         Ok(ExecResponse { url })
     }
@@ -109,7 +144,13 @@ impl CriService {
         let url = self
             .backends
             .stream
-            .register(StreamRequest::Attach { container_id: container, tty: request.tty, stdin: request.stdin, stdout: request.stdout, stderr: request.stderr })
+            .register(StreamRequest::Attach {
+                container_id: container,
+                tty: request.tty,
+                stdin: request.stdin,
+                stdout: request.stdout,
+                stderr: request.stderr,
+            })
             .await?;
         Ok(AttachResponse { url })
     }
@@ -123,7 +164,11 @@ impl CriService {
         if request.port.iter().any(|p| !(1..=65535).contains(p)) {
             return Err(Error::invalid("ports must be in 1..65535"));
         }
-        let url = self.backends.stream.register(StreamRequest::PortForward { sandbox_id: sandbox.id.clone(), ports: request.port }).await?;
+        let url = self
+            .backends
+            .stream
+            .register(StreamRequest::PortForward { sandbox_id: sandbox.id.clone(), ports: request.port })
+            .await?;
         Ok(PortForwardResponse { url })
     }
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 use k8s_cri::v1::{PullImageRequest, PullImageResponse};
 use tokio::sync::watch;
 
-use crate::backend::{Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, RegistryAuth, ResolvedImage};
+use crate::backend::{
+    Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, RegistryAuth, ResolvedImage,
+};
 use crate::error::{Error, Result};
 use crate::kmutex::KeyedMutex;
 use crate::naming::normalize_image_ref;
@@ -35,7 +37,12 @@ impl Default for PullManager {
 
 impl PullManager {
     pub fn new() -> Self {
-        PullManager { in_flight: Mutex::new(BTreeMap::new()), locks: KeyedMutex::new(), pulls_started_total: AtomicU64::new(0), pulls_joined_total: AtomicU64::new(0) }
+        PullManager {
+            in_flight: Mutex::new(BTreeMap::new()),
+            locks: KeyedMutex::new(),
+            pulls_started_total: AtomicU64::new(0),
+            pulls_joined_total: AtomicU64::new(0),
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -78,7 +85,8 @@ impl CriService {
     /// the others, nor succeed on their credentials. Blobs are still fetched once across all.
     pub(crate) async fn pull(self: &Arc<Self>, reference: &str, auth: &RegistryAuth) -> Result<String> {
         let normalized = normalize_image_ref(reference)?;
-        let key = if auth.is_anonymous() { normalized.clone() } else { format!("{normalized} auth:{}", auth.fingerprint()) };
+        let key =
+            if auth.is_anonymous() { normalized.clone() } else { format!("{normalized} auth:{}", auth.fingerprint()) };
         let existing = self.pulls.in_flight.lock().unwrap().get(&key).cloned();
         let mut receiver = match existing {
             Some(receiver) => {
@@ -122,7 +130,11 @@ impl CriService {
 
     /// Completes when requests are active and no byte arrived for `timeout`.
     async fn progress_watchdog(&self, progress: Arc<Progress>, timeout: Duration) -> Error {
-        let interval = if timeout < Duration::from_secs(10) { (timeout / 2).max(Duration::from_secs(5)).min(timeout) } else { Duration::from_secs(10) };
+        let interval = if timeout < Duration::from_secs(10) {
+            (timeout / 2).max(Duration::from_secs(5)).min(timeout)
+        } else {
+            Duration::from_secs(10)
+        };
         let mut last_bytes = progress.bytes.load(Ordering::Relaxed);
         let mut last_change_ns = self.now_ns();
         loop {
@@ -135,12 +147,20 @@ impl CriService {
                 continue;
             }
             if now - last_change_ns >= timeout.as_nanos() as i64 {
-                return Error::new(crate::error::ErrorKind::DeadlineExceeded, format!("cancelled: no progress for {timeout:?}"));
+                return Error::new(
+                    crate::error::ErrorKind::DeadlineExceeded,
+                    format!("cancelled: no progress for {timeout:?}"),
+                );
             }
         }
     }
 
-    async fn pull_steps(self: &Arc<Self>, reference: &str, auth: &RegistryAuth, progress: Arc<Progress>) -> Result<String> {
+    async fn pull_steps(
+        self: &Arc<Self>,
+        reference: &str,
+        auth: &RegistryAuth,
+        progress: Arc<Progress>,
+    ) -> Result<String> {
         let containerd = self.backends.containerd.clone();
         let mut lease_id = [0u8; 8];
         self.backends.os.random_bytes(&mut lease_id);
@@ -153,7 +173,12 @@ impl CriService {
         result
     }
 
-    async fn pull_under_lease(self: &Arc<Self>, reference: &str, auth: &RegistryAuth, progress: &Arc<Progress>) -> Result<String> {
+    async fn pull_under_lease(
+        self: &Arc<Self>,
+        reference: &str,
+        auth: &RegistryAuth,
+        progress: &Arc<Progress>,
+    ) -> Result<String> {
         let containerd = self.backends.containerd.clone();
         progress.active.fetch_add(1, Ordering::Relaxed);
         let resolved = containerd.resolve(reference, auth).await;
@@ -187,7 +212,13 @@ impl CriService {
         self.create_image_references(reference, &resolved, &chains).await
     }
 
-    async fn fetch_once(&self, reference: &str, blob: &Descriptor, auth: &RegistryAuth, progress: &Progress) -> Result<()> {
+    async fn fetch_once(
+        &self,
+        reference: &str,
+        blob: &Descriptor,
+        auth: &RegistryAuth,
+        progress: &Progress,
+    ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("blob://{}", blob.digest)).await;
         let containerd = &self.backends.containerd;
         if containerd.content_exists(&blob.digest).await? {
@@ -216,7 +247,12 @@ impl CriService {
     }
 
     /// Creates (or moves) the tag, digest and id references and updates the store.
-    async fn create_image_references(&self, reference: &str, resolved: &ResolvedImage, chains: &[String]) -> Result<String> {
+    async fn create_image_references(
+        &self,
+        reference: &str,
+        resolved: &ResolvedImage,
+        chains: &[String],
+    ) -> Result<String> {
         let image_id = resolved.config.digest.clone();
         let repository = crate::naming::repository_of(reference);
         let mut names = vec![];
@@ -232,7 +268,9 @@ impl CriService {
                 Ok(()) => {}
                 Err(error) if error.is_already_exists() => {
                     let existing = self.backends.containerd.get_image(name).await?;
-                    if existing.target != record.target || existing.labels.get(LABEL_IMAGE_MANAGED) != Some(&IMAGE_MANAGED.to_string()) {
+                    if existing.target != record.target
+                        || existing.labels.get(LABEL_IMAGE_MANAGED) != Some(&IMAGE_MANAGED.to_string())
+                    {
                         self.backends.containerd.update_image(&record).await?;
                     }
                 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use k8s_cri::v1::{
-    FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse,
-    ListImagesRequest, ListImagesResponse, RemoveImageRequest, RemoveImageResponse, UInt64Value,
+    FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest,
+    ImageStatusResponse, ListImagesRequest, ListImagesResponse, RemoveImageRequest, RemoveImageResponse, UInt64Value,
 };
 
 use crate::backend::{IMAGE_MANAGED, LABEL_IMAGE_MANAGED};
@@ -109,7 +109,10 @@ impl CriService {
     pub async fn image_fs_info(self: &Arc<Self>, _request: ImageFsInfoRequest) -> Result<ImageFsInfoResponse> {
         self.check_initialized()?;
         let (bytes, inodes, sampled_at_ns) = *self.snapshot_usage.lock().unwrap();
-        let mountpoint = format!("{}/io.containerd.snapshotter.v1.{}", self.config.containerd_root_dir, self.config.containerd.snapshotter);
+        let mountpoint = format!(
+            "{}/io.containerd.snapshotter.v1.{}",
+            self.config.containerd_root_dir, self.config.containerd.snapshotter
+        );
         let usage = FilesystemUsage {
             timestamp: sampled_at_ns,
             fs_id: Some(FilesystemIdentifier { mountpoint }),
@@ -142,7 +145,11 @@ impl CriService {
             containerd.update_image(&record).await?;
         }
         if name != content.config_digest && containerd.get_image(&content.config_digest).await.is_err() {
-            let id_record = crate::backend::ImageRecord { name: content.config_digest.clone(), target: record.target.clone(), labels: record.labels.clone() };
+            let id_record = crate::backend::ImageRecord {
+                name: content.config_digest.clone(),
+                target: record.target.clone(),
+                labels: record.labels.clone(),
+            };
             match containerd.create_image(&id_record).await {
                 Ok(()) => {}
                 Err(error) if error.is_already_exists() => {}

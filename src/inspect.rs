@@ -100,7 +100,10 @@ impl CriService {
         let (undelivered, operations): (Vec<String>, Vec<String>) = {
             let all = self.operations.lock().unwrap();
             let (done, running): (Vec<_>, Vec<_>) = all.iter().partition(|(_, result)| result.borrow().is_some());
-            (done.into_iter().map(|(name, _)| name.clone()).collect(), running.into_iter().map(|(name, _)| name.clone()).collect())
+            (
+                done.into_iter().map(|(name, _)| name.clone()).collect(),
+                running.into_iter().map(|(name, _)| name.clone()).collect(),
+            )
         };
         StateSnapshot {
             initialized: self.is_initialized(),

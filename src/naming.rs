@@ -27,7 +27,9 @@ pub fn container_name(container: &k8s_cri::v1::ContainerMetadata, sandbox: &k8s_
     format!("{}_{}_{}_{}_{}", container.name, sandbox.name, sandbox.namespace, sandbox.uid, container.attempt)
 }
 
-pub fn validate_sandbox_metadata(metadata: Option<&k8s_cri::v1::PodSandboxMetadata>) -> Result<&k8s_cri::v1::PodSandboxMetadata> {
+pub fn validate_sandbox_metadata(
+    metadata: Option<&k8s_cri::v1::PodSandboxMetadata>,
+) -> Result<&k8s_cri::v1::PodSandboxMetadata> {
     let metadata = metadata.ok_or_else(|| Error::invalid("sandbox config must include metadata"))?;
     for (field, value) in [("name", &metadata.name), ("namespace", &metadata.namespace), ("uid", &metadata.uid)] {
         if value.is_empty() {
@@ -71,13 +73,16 @@ pub fn normalize_image_ref(reference: &str) -> Result<String> {
         None => (name_and_tag, None),
     };
     if let Some(tag) = tag {
-        let valid = !tag.is_empty() && tag.len() <= 128 && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        let valid =
+            !tag.is_empty() && tag.len() <= 128 && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if !valid {
             return Err(invalid("bad tag"));
         }
     }
     let (domain, path) = match name.split_once('/') {
-        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => (first.to_string(), rest.to_string()),
+        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            (first.to_string(), rest.to_string())
+        }
         _ => (DEFAULT_DOMAIN.to_string(), name.to_string()),
     };
     let path = if domain == DEFAULT_DOMAIN && !path.contains('/') { format!("library/{path}") } else { path };
@@ -125,7 +130,10 @@ mod tests {
         assert_eq!(normalize_image_ref("localhost:5000/x").unwrap(), "localhost:5000/x:latest");
         assert_eq!(normalize_image_ref("127.0.0.1:5000/a/b:2").unwrap(), "127.0.0.1:5000/a/b:2");
         let digest = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(normalize_image_ref(&format!("busybox@{digest}")).unwrap(), format!("docker.io/library/busybox@{digest}"));
+        assert_eq!(
+            normalize_image_ref(&format!("busybox@{digest}")).unwrap(),
+            format!("docker.io/library/busybox@{digest}")
+        );
         assert!(normalize_image_ref("UPPER").is_err());
         assert!(normalize_image_ref("").is_err());
         assert!(normalize_image_ref("a:b:c").is_err());

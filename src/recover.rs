@@ -8,12 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskState};
+use crate::backend::{
+    ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX,
+    LABEL_KIND, TaskState,
+};
 use crate::error::{Error, Result};
 use crate::events::TaskKind;
 use crate::service::{CriService, Quarantined};
 use crate::store::container::{EXIT_CODE_START_ERROR, EXIT_CODE_UNKNOWN, REASON_START_ERROR, REASON_UNKNOWN};
-use crate::store::{Container, ContainerMetadata, ContainerState, ContainerStatus, Sandbox, SandboxMetadata, SandboxState, SandboxStatus, decode_message};
+use crate::store::{
+    Container, ContainerMetadata, ContainerState, ContainerStatus, Sandbox, SandboxMetadata, SandboxState,
+    SandboxStatus, decode_message,
+};
 
 /// Budget of each backend call made while loading one object.
 pub const RECOVER_OBJECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,12 +63,26 @@ impl CriService {
         let mut monitors = vec![];
         for (_, sandbox) in sandboxes {
             let ready = sandbox.status().state == SandboxState::Ready;
-            if self.admit(KIND_SANDBOX, &sandbox.id, &sandbox.name, || self.sandboxes.add(&sandbox.id, sandbox.clone()), &self.sandbox_names) && ready {
+            if self.admit(
+                KIND_SANDBOX,
+                &sandbox.id,
+                &sandbox.name,
+                || self.sandboxes.add(&sandbox.id, sandbox.clone()),
+                &self.sandbox_names,
+            ) && ready
+            {
                 monitors.push((TaskKind::Sandbox, sandbox.id.clone()));
             }
         }
         for (_, (container, monitor)) in containers {
-            if self.admit(KIND_CONTAINER, &container.id, &container.name, || self.containers.add(&container.id, container.clone()), &self.container_names) && monitor {
+            if self.admit(
+                KIND_CONTAINER,
+                &container.id,
+                &container.name,
+                || self.containers.add(&container.id, container.clone()),
+                &self.container_names,
+            ) && monitor
+            {
                 monitors.push((TaskKind::Container, container.id.clone()));
             }
         }
@@ -73,7 +93,12 @@ impl CriService {
         self.recover_images().await;
         let known: BTreeSet<String> = sandbox_records.iter().chain(&container_records).map(|r| r.id.clone()).collect();
         self.remove_orphan_dirs(&known).await;
-        tracing::info!(sandboxes = self.sandboxes.len(), containers = self.containers.len(), quarantined = self.quarantined().len(), "recovered state");
+        tracing::info!(
+            sandboxes = self.sandboxes.len(),
+            containers = self.containers.len(),
+            quarantined = self.quarantined().len(),
+            "recovered state"
+        );
     }
 
     /// Loads the image store; transient errors are retried so that a pulled image never goes
@@ -106,7 +131,14 @@ impl CriService {
     }
 
     /// Reserves the name, then adds to the store; a conflict quarantines instead of aborting.
-    fn admit(&self, kind: &str, id: &str, name: &str, add: impl FnOnce() -> Result<()>, names: &crate::store::Registrar) -> bool {
+    fn admit(
+        &self,
+        kind: &str,
+        id: &str,
+        name: &str,
+        add: impl FnOnce() -> Result<()>,
+        names: &crate::store::Registrar,
+    ) -> bool {
         if let Err(error) = names.reserve(name, id) {
             self.quarantine(kind, id, name, &format!("duplicate name: {}", error.message));
             return false;
@@ -121,17 +153,35 @@ impl CriService {
 
     fn quarantine(&self, kind: &str, id: &str, name: &str, reason: &str) {
         tracing::error!(kind, id, name, reason, "object could not be recovered; quarantined");
-        self.quarantine.lock().unwrap().push(Quarantined { kind: kind.into(), id: id.into(), name: name.into(), reason: reason.into() });
+        self.quarantine.lock().unwrap().push(Quarantined {
+            kind: kind.into(),
+            id: id.into(),
+            name: name.into(),
+            reason: reason.into(),
+        });
     }
 
     async fn load_sandbox(&self, record: &ContainerRecord) -> Result<Arc<Sandbox>> {
-        let bytes = record.extensions.get(EXTENSION_SANDBOX_METADATA).ok_or_else(|| Error::internal("sandbox metadata extension is missing"))?;
-        let metadata: SandboxMetadata = serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("bad sandbox metadata: {e}")))?;
+        let bytes = record
+            .extensions
+            .get(EXTENSION_SANDBOX_METADATA)
+            .ok_or_else(|| Error::internal("sandbox metadata extension is missing"))?;
+        let metadata: SandboxMetadata =
+            serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("bad sandbox metadata: {e}")))?;
         if metadata.version != "v1" || metadata.id != record.id {
-            return Err(Error::internal(format!("bad sandbox metadata: version {:?}, id {:?}", metadata.version, metadata.id)));
+            return Err(Error::internal(format!(
+                "bad sandbox metadata: version {:?}, id {:?}",
+                metadata.version, metadata.id
+            )));
         }
         let config = decode_message(&metadata.config)?;
-        let mut status = SandboxStatus { state: SandboxState::Unknown, pid: 0, created_at_ns: record.created_at_ns.max(1), exited_at_ns: 0, exit_code: 0 };
+        let mut status = SandboxStatus {
+            state: SandboxState::Unknown,
+            pid: 0,
+            created_at_ns: record.created_at_ns.max(1),
+            exited_at_ns: 0,
+            exit_code: 0,
+        };
         match self.task_info_retrying(&record.id).await {
             Err(error) if error.is_not_found() => status.state = SandboxState::NotReady,
             Err(error) => tracing::warn!(id = record.id, %error, "sandbox task state unknown"),
@@ -160,10 +210,17 @@ impl CriService {
     /// Loads a container and decides its status from the checkpoint and the task. Returns
     /// whether an exit monitor must be attached.
     async fn load_container(&self, record: &ContainerRecord) -> Result<(Arc<Container>, bool)> {
-        let bytes = record.extensions.get(EXTENSION_CONTAINER_METADATA).ok_or_else(|| Error::internal("container metadata extension is missing"))?;
-        let metadata: ContainerMetadata = serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("bad container metadata: {e}")))?;
+        let bytes = record
+            .extensions
+            .get(EXTENSION_CONTAINER_METADATA)
+            .ok_or_else(|| Error::internal("container metadata extension is missing"))?;
+        let metadata: ContainerMetadata =
+            serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("bad container metadata: {e}")))?;
         if metadata.version != "v1" || metadata.id != record.id {
-            return Err(Error::internal(format!("bad container metadata: version {:?}, id {:?}", metadata.version, metadata.id)));
+            return Err(Error::internal(format!(
+                "bad container metadata: version {:?}, id {:?}",
+                metadata.version, metadata.id
+            )));
         }
         let config = decode_message(&metadata.config)?;
         let checkpoint = self.load_checkpoint(&record.id).await;
@@ -172,9 +229,12 @@ impl CriService {
         // Persist what recovery decided before acting on it or serving it; an unchanged status
         // needs no write. The task is deleted only after the write, so that a restart in between
         // decides the same from the same task (B9, B10).
-        let changed = crate::checkpoint::encode_checkpoint(&status) != crate::checkpoint::encode_checkpoint(&checkpoint);
+        let changed =
+            crate::checkpoint::encode_checkpoint(&status) != crate::checkpoint::encode_checkpoint(&checkpoint);
         let persisted = !changed || {
-            let written = self.with_timeout(RECOVER_OBJECT_TIMEOUT, "write checkpoint", self.write_checkpoint(&record.id, &status)).await;
+            let written = self
+                .with_timeout(RECOVER_OBJECT_TIMEOUT, "write checkpoint", self.write_checkpoint(&record.id, &status))
+                .await;
             if let Err(error) = &written {
                 tracing::error!(id = record.id, %error, "failed to persist the recovered status");
             }
@@ -205,7 +265,10 @@ impl CriService {
         let mut attempt = 1;
         loop {
             match self.with_timeout(RECOVER_OBJECT_TIMEOUT, what, call()).await {
-                Err(error) if !matches!(error.kind, crate::error::ErrorKind::DataLoss | crate::error::ErrorKind::NotFound) && attempt < LIST_ATTEMPTS => {
+                Err(error)
+                    if !matches!(error.kind, crate::error::ErrorKind::DataLoss | crate::error::ErrorKind::NotFound)
+                        && attempt < LIST_ATTEMPTS =>
+                {
                     tracing::warn!(what, attempt, %error, "recovery call failed; retrying");
                     attempt += 1;
                     self.sleep(Duration::from_secs(1)).await;
@@ -300,7 +363,10 @@ impl CriService {
                 if status.finished_at_ns == 0 || status.unknown {
                     // The exit comes from the task, which is kept until this is persisted, so
                     // the decision is the same after any number of restarts.
-                    let exit = info.exit.unwrap_or(crate::backend::ExitStatus { exit_code: EXIT_CODE_UNKNOWN as u32, exited_at_ns: status.started_at_ns.max(status.created_at_ns).max(1) });
+                    let exit = info.exit.unwrap_or(crate::backend::ExitStatus {
+                        exit_code: EXIT_CODE_UNKNOWN as u32,
+                        exited_at_ns: status.started_at_ns.max(status.created_at_ns).max(1),
+                    });
                     if status.finished_at_ns == 0 {
                         status.finished_at_ns = exit.exited_at_ns.max(status.started_at_ns).max(1);
                         status.exit_code = exit.exit_code as i32;
@@ -338,7 +404,8 @@ impl CriService {
                 let Ok(entries) = self.backends.os.read_dir(&dir).await else { continue };
                 for entry in entries {
                     let path = format!("{dir}/{}", entry.name);
-                    let orphan = if entry.is_dir { !known.contains(&entry.name) } else { entry.name.ends_with(".del-status") };
+                    let orphan =
+                        if entry.is_dir { !known.contains(&entry.name) } else { entry.name.ends_with(".del-status") };
                     if orphan {
                         tracing::info!(path, "removing orphaned state");
                         if let Err(error) = self.backends.os.remove_all(&path).await {

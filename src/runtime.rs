@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use k8s_cri::v1::{
-    CheckpointContainerRequest, CheckpointContainerResponse, ContainerEventResponse, GetEventsRequest, LinuxRuntimeConfiguration,
-    ListMetricDescriptorsRequest, ListMetricDescriptorsResponse, ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse,
-    RuntimeCondition, RuntimeConfigRequest, RuntimeConfigResponse, RuntimeStatus, StatusRequest, StatusResponse,
-    UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
+    CheckpointContainerRequest, CheckpointContainerResponse, ContainerEventResponse, GetEventsRequest,
+    LinuxRuntimeConfiguration, ListMetricDescriptorsRequest, ListMetricDescriptorsResponse,
+    ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse, RuntimeCondition, RuntimeConfigRequest,
+    RuntimeConfigResponse, RuntimeStatus, StatusRequest, StatusResponse, UpdateRuntimeConfigRequest,
+    UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 use tokio::sync::mpsc;
 
@@ -35,9 +36,19 @@ impl CriService {
 
     pub async fn status(self: &Arc<Self>, request: StatusRequest) -> Result<StatusResponse> {
         self.check_initialized()?;
-        let runtime_ready = RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() };
+        let runtime_ready = RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        };
         let network_ready = match self.backends.cni.status().await {
-            Ok(()) => RuntimeCondition { r#type: "NetworkReady".into(), status: true, reason: String::new(), message: String::new() },
+            Ok(()) => RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
             Err(error) => RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: false,
@@ -62,12 +73,19 @@ impl CriService {
             });
             info.insert("counters".to_string(), counters.to_string());
         }
-        Ok(StatusResponse { status: Some(RuntimeStatus { conditions: vec![runtime_ready, network_ready] }), info, ..Default::default() })
+        Ok(StatusResponse {
+            status: Some(RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),
+            info,
+            ..Default::default()
+        })
     }
 
     /// Writes the CNI conf from `conf_template` when a pod CIDR is given and no network is
     /// configured yet; otherwise does nothing.
-    pub async fn update_runtime_config(self: &Arc<Self>, request: UpdateRuntimeConfigRequest) -> Result<UpdateRuntimeConfigResponse> {
+    pub async fn update_runtime_config(
+        self: &Arc<Self>,
+        request: UpdateRuntimeConfigRequest,
+    ) -> Result<UpdateRuntimeConfigResponse> {
         self.check_initialized()?;
         let cidr = request.runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
         if cidr.is_empty() || self.config.cni.conf_template.is_empty() || self.backends.cni.status().await.is_ok() {
@@ -77,7 +95,12 @@ impl CriService {
         for range in &ranges {
             validate_cidr(range)?;
         }
-        let template = self.backends.os.read_file(&self.config.cni.conf_template).await.map_err(|e| e.context("failed to read cni conf template"))?;
+        let template = self
+            .backends
+            .os
+            .read_file(&self.config.cni.conf_template)
+            .await
+            .map_err(|e| e.context("failed to read cni conf template"))?;
         let template = String::from_utf8(template).map_err(|_| Error::invalid("cni conf template is not UTF-8"))?;
         let rendered = render_conf_template(&template, &ranges);
         self.backends.cni.write_config(TEMPLATE_CONF_FILE, &rendered).await?;
@@ -87,26 +110,40 @@ impl CriService {
 
     pub async fn runtime_config(self: &Arc<Self>, _request: RuntimeConfigRequest) -> Result<RuntimeConfigResponse> {
         self.check_initialized()?;
-        Ok(RuntimeConfigResponse { linux: Some(LinuxRuntimeConfiguration { cgroup_driver: k8s_cri::v1::CgroupDriver::Cgroupfs as i32 }) })
+        Ok(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration { cgroup_driver: k8s_cri::v1::CgroupDriver::Cgroupfs as i32 }),
+        })
     }
 
     /// A new subscriber; it gets every event sent from now on, or counted drops if it lags.
-    pub fn get_container_events(self: &Arc<Self>, _request: GetEventsRequest) -> Result<mpsc::Receiver<ContainerEventResponse>> {
+    pub fn get_container_events(
+        self: &Arc<Self>,
+        _request: GetEventsRequest,
+    ) -> Result<mpsc::Receiver<ContainerEventResponse>> {
         self.check_initialized()?;
         Ok(self.container_events.subscribe())
     }
 
-    pub async fn checkpoint_container(self: &Arc<Self>, _request: CheckpointContainerRequest) -> Result<CheckpointContainerResponse> {
+    pub async fn checkpoint_container(
+        self: &Arc<Self>,
+        _request: CheckpointContainerRequest,
+    ) -> Result<CheckpointContainerResponse> {
         self.check_initialized()?;
         Err(Error::unimplemented("CheckpointContainer is not implemented"))
     }
 
-    pub async fn list_metric_descriptors(self: &Arc<Self>, _request: ListMetricDescriptorsRequest) -> Result<ListMetricDescriptorsResponse> {
+    pub async fn list_metric_descriptors(
+        self: &Arc<Self>,
+        _request: ListMetricDescriptorsRequest,
+    ) -> Result<ListMetricDescriptorsResponse> {
         self.check_initialized()?;
         Err(Error::unimplemented("ListMetricDescriptors is not implemented"))
     }
 
-    pub async fn list_pod_sandbox_metrics(self: &Arc<Self>, _request: ListPodSandboxMetricsRequest) -> Result<ListPodSandboxMetricsResponse> {
+    pub async fn list_pod_sandbox_metrics(
+        self: &Arc<Self>,
+        _request: ListPodSandboxMetricsRequest,
+    ) -> Result<ListPodSandboxMetricsResponse> {
         self.check_initialized()?;
         Err(Error::unimplemented("ListPodSandboxMetrics is not implemented"))
     }
@@ -147,8 +184,14 @@ mod tests {
 
     #[test]
     fn conf_template_renders_ranges_and_routes() {
-        let rendered = render_conf_template(r#"{"subnet":"{{.PodCIDR}}","ranges":{{.PodCIDRRanges}},"routes":{{.Routes}}}"#, &["10.1.0.0/24", "fd00::/64"]);
-        assert_eq!(rendered, r#"{"subnet":"10.1.0.0/24","ranges":["10.1.0.0/24","fd00::/64"],"routes":["0.0.0.0/0","::/0"]}"#);
+        let rendered = render_conf_template(
+            r#"{"subnet":"{{.PodCIDR}}","ranges":{{.PodCIDRRanges}},"routes":{{.Routes}}}"#,
+            &["10.1.0.0/24", "fd00::/64"],
+        );
+        assert_eq!(
+            rendered,
+            r#"{"subnet":"10.1.0.0/24","ranges":["10.1.0.0/24","fd00::/64"],"routes":["0.0.0.0/0","::/0"]}"#
+        );
         assert!(validate_cidr("10.0.0.0/33").is_err());
         assert!(validate_cidr("nonsense").is_err());
         validate_cidr("10.0.0.0/8").unwrap();

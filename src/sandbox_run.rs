@@ -45,7 +45,14 @@ impl Undo {
     }
     /// Steps skipped once a critical rollback failed: the sandbox is kept for Stop/Remove.
     fn skipped_after_cleanup_failure(self) -> bool {
-        matches!(self, Undo::ReleaseName | Undo::DeleteContainer | Undo::RemoveSnapshot | Undo::RemoveNetns | Undo::TeardownNetwork)
+        matches!(
+            self,
+            Undo::ReleaseName
+                | Undo::DeleteContainer
+                | Undo::RemoveSnapshot
+                | Undo::RemoveNetns
+                | Undo::TeardownNetwork
+        )
     }
 }
 
@@ -61,20 +68,28 @@ impl CriService {
         self.check_initialized()?;
         let config = request.config.ok_or_else(|| Error::invalid("sandbox config is required"))?;
         let name = sandbox_name(validate_sandbox_metadata(config.metadata.as_ref())?);
-        let handler = if request.runtime_handler.is_empty() { self.config.containerd.default_runtime_name.clone() } else { request.runtime_handler };
+        let handler = if request.runtime_handler.is_empty() {
+            self.config.containerd.default_runtime_name.clone()
+        } else {
+            request.runtime_handler
+        };
         if !self.config.containerd.runtimes.contains_key(&handler) {
             return Err(Error::invalid(format!("no runtime for {handler:?} is configured")));
         }
         let service = self.clone();
         let operation_name = format!("sandbox/{name}");
         let run_name = name.clone();
-        let id = self.run_named_operation(operation_name, async move { service.run_sandbox(run_name, config, handler).await }).await?;
+        let id = self
+            .run_named_operation(operation_name, async move { service.run_sandbox(run_name, config, handler).await })
+            .await?;
         Ok(RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
     async fn run_sandbox(self: Arc<Self>, name: String, config: PodSandboxConfig, handler: String) -> Result<String> {
         let id = generate_id(&*self.backends.os);
-        self.sandbox_names.reserve(&name, &id).map_err(|e| Error::already_exists(format!("failed to reserve sandbox name {name:?}: {}", e.message)))?;
+        self.sandbox_names
+            .reserve(&name, &id)
+            .map_err(|e| Error::already_exists(format!("failed to reserve sandbox name {name:?}: {}", e.message)))?;
         let metadata = SandboxMetadata {
             version: "v1".into(),
             id: id.clone(),
@@ -90,9 +105,13 @@ impl CriService {
         };
         // The netns path is known before the netns exists and is persisted with the first
         // metadata write, so that a crash right after creating the netns cannot leak it.
-        let metadata = SandboxMetadata { netns_path: if metadata.host_network { String::new() } else { self.netns_path(&id) }, ..metadata };
+        let metadata = SandboxMetadata {
+            netns_path: if metadata.host_network { String::new() } else { self.netns_path(&id) },
+            ..metadata
+        };
         let mut state = RunState { metadata, config, created_at_ns: self.now_ns(), undo: vec![Undo::ReleaseName] };
-        let outcome = self.with_timeout(RUN_SANDBOX_TIMEOUT, "run pod sandbox", self.run_sandbox_steps(&mut state)).await;
+        let outcome =
+            self.with_timeout(RUN_SANDBOX_TIMEOUT, "run pod sandbox", self.run_sandbox_steps(&mut state)).await;
         match outcome {
             Ok(()) => Ok(id),
             Err(error) => {
@@ -106,7 +125,10 @@ impl CriService {
     async fn run_sandbox_steps(self: &Arc<Self>, state: &mut RunState) -> Result<()> {
         let id = state.metadata.id.clone();
         let containerd = self.backends.containerd.clone();
-        let image = self.ensure_image_exists(&self.config.sandbox_image).await.map_err(|e| e.context(format!("failed to get sandbox image {:?}", self.config.sandbox_image)))?;
+        let image = self
+            .ensure_image_exists(&self.config.sandbox_image)
+            .await
+            .map_err(|e| e.context(format!("failed to get sandbox image {:?}", self.config.sandbox_image)))?;
         let snapshotter = self.config.snapshotter_for(&state.metadata.runtime_handler);
 
         let root_dir = self.sandbox_root(&id);
@@ -138,20 +160,33 @@ impl CriService {
         let spec = spec_for(state.metadata.netns_path.clone());
 
         state.undo.push(Undo::RemoveSnapshot);
-        containerd.prepare_snapshot(&snapshotter, &id, &image.chain_id).await.map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
+        containerd
+            .prepare_snapshot(&snapshotter, &id, &image.chain_id)
+            .await
+            .map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
         let mut record = ContainerRecord {
             id: id.clone(),
-            labels: [(LABEL_KIND.to_string(), KIND_SANDBOX.to_string())].into_iter().chain(sorted(&state.config.labels)).collect(),
+            labels: [(LABEL_KIND.to_string(), KIND_SANDBOX.to_string())]
+                .into_iter()
+                .chain(sorted(&state.config.labels))
+                .collect(),
             image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
             runtime: self.config.containerd.runtimes[&state.metadata.runtime_handler].runtime_type.clone(),
             snapshotter: snapshotter.clone(),
             snapshot_key: id.clone(),
             spec,
-            extensions: [(EXTENSION_SANDBOX_METADATA.to_string(), serde_json::to_vec(&state.metadata).expect("serialises"))].into(),
+            extensions: [(
+                EXTENSION_SANDBOX_METADATA.to_string(),
+                serde_json::to_vec(&state.metadata).expect("serialises"),
+            )]
+            .into(),
             created_at_ns: 0,
         };
         state.undo.push(Undo::DeleteContainer);
-        let created = containerd.create_container(record.clone()).await.map_err(|e| e.context("failed to create containerd container"))?;
+        let created = containerd
+            .create_container(record.clone())
+            .await
+            .map_err(|e| e.context("failed to create containerd container"))?;
         state.created_at_ns = created.created_at_ns;
 
         state.undo.push(Undo::RemoveDirs);
@@ -164,30 +199,49 @@ impl CriService {
         if !state.metadata.host_network {
             let netns_path = state.metadata.netns_path.clone();
             state.undo.push(Undo::RemoveNetns);
-            self.backends.os.netns_create(&netns_path).await.map_err(|e| e.context("failed to create network namespace"))?;
+            self.backends
+                .os
+                .netns_create(&netns_path)
+                .await
+                .map_err(|e| e.context("failed to create network namespace"))?;
             // DEL is registered before ADD: a failed ADD can still have allocated an IP (B16).
             state.undo.push(Undo::TeardownNetwork);
             state.metadata.network_setup_attempted = true;
             self.persist_sandbox_metadata(&mut record, &state.metadata).await?;
-            let result = self.backends.cni.setup(&self.pod_network(&state.metadata, &state.config)).await.map_err(|e| e.context("failed to setup network for sandbox"))?;
+            let result = self
+                .backends
+                .cni
+                .setup(&self.pod_network(&state.metadata, &state.config))
+                .await
+                .map_err(|e| e.context("failed to setup network for sandbox"))?;
             let primary = result.ips.iter().find(|ip| ip.interface == "eth0").or(result.ips.first());
             let Some(primary) = primary else {
                 return Err(Error::internal("CNI result has no IP address for eth0"));
             };
             state.metadata.ip = primary.address.clone();
-            state.metadata.additional_ips = result.ips.iter().filter(|ip| ip.address != primary.address).map(|ip| ip.address.clone()).collect();
+            state.metadata.additional_ips =
+                result.ips.iter().filter(|ip| ip.address != primary.address).map(|ip| ip.address.clone()).collect();
             state.metadata.cni_result = Some(result);
             self.persist_sandbox_metadata(&mut record, &state.metadata).await?;
         }
 
         state.undo.push(Undo::DeleteTask);
-        containerd.create_task(&id, &TaskIo::default()).await.map_err(|e| e.context("failed to create sandbox task"))?;
+        containerd
+            .create_task(&id, &TaskIo::default())
+            .await
+            .map_err(|e| e.context("failed to create sandbox task"))?;
         let pid = containerd.start_task(&id).await.map_err(|e| e.context("failed to start sandbox task"))?;
 
         let sandbox = Arc::new(Sandbox::new(
             state.metadata.clone(),
             state.config.clone(),
-            SandboxStatus { state: SandboxState::Ready, pid, created_at_ns: state.created_at_ns, exited_at_ns: 0, exit_code: 0 },
+            SandboxStatus {
+                state: SandboxState::Ready,
+                pid,
+                created_at_ns: state.created_at_ns,
+                exited_at_ns: 0,
+                exit_code: 0,
+            },
         ));
         self.sandboxes.add(&id, sandbox)?;
         self.send_container_event(&id, &id, ContainerEventType::ContainerCreatedEvent);
@@ -198,8 +252,14 @@ impl CriService {
     }
 
     async fn persist_sandbox_metadata(&self, record: &mut ContainerRecord, metadata: &SandboxMetadata) -> Result<()> {
-        record.extensions.insert(EXTENSION_SANDBOX_METADATA.to_string(), serde_json::to_vec(metadata).expect("serialises"));
-        self.backends.containerd.update_container(record).await.map_err(|e| e.context("failed to persist sandbox metadata"))
+        record
+            .extensions
+            .insert(EXTENSION_SANDBOX_METADATA.to_string(), serde_json::to_vec(metadata).expect("serialises"));
+        self.backends
+            .containerd
+            .update_container(record)
+            .await
+            .map_err(|e| e.context("failed to persist sandbox metadata"))
     }
 
     pub(crate) fn pod_network(&self, metadata: &SandboxMetadata, config: &PodSandboxConfig) -> PodNetwork {
@@ -233,11 +293,20 @@ impl CriService {
         }
     }
 
-    async fn setup_sandbox_files(&self, config: &PodSandboxConfig, root_dir: &str, shm_path: Option<&str>) -> Result<()> {
+    async fn setup_sandbox_files(
+        &self,
+        config: &PodSandboxConfig,
+        root_dir: &str,
+        shm_path: Option<&str>,
+    ) -> Result<()> {
         let os = &self.backends.os;
         let hostname = if config.hostname.is_empty() { "localhost".to_string() } else { config.hostname.clone() };
         os.write_file(&format!("{root_dir}/hostname"), format!("{hostname}\n").as_bytes()).await?;
-        os.write_file(&format!("{root_dir}/hosts"), format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n").as_bytes()).await?;
+        os.write_file(
+            &format!("{root_dir}/hosts"),
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string().as_bytes(),
+        )
+        .await?;
         let mut resolv = String::new();
         if let Some(dns) = &config.dns_config {
             for server in &dns.servers {
@@ -279,16 +348,24 @@ impl CriService {
                             self.sandbox_names.release_by_key(&id);
                             Ok(())
                         }
-                        Undo::RemoveSnapshot => ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, &id).await),
-                        Undo::DeleteContainer => ignore_not_found(self.backends.containerd.delete_container(&id, true).await),
+                        Undo::RemoveSnapshot => {
+                            ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, &id).await)
+                        }
+                        Undo::DeleteContainer => {
+                            ignore_not_found(self.backends.containerd.delete_container(&id, true).await)
+                        }
                         Undo::RemoveDirs => {
                             self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
                             self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await
                         }
                         Undo::CleanupFiles => self.cleanup_sandbox_files(&id).await,
                         Undo::RemoveNetns => self.backends.os.netns_remove(&state.metadata.netns_path).await,
-                        Undo::TeardownNetwork => self.backends.cni.teardown(&self.pod_network(&state.metadata, &state.config)).await,
-                        Undo::DeleteTask => ignore_not_found(self.backends.containerd.delete_task(&id).await.map(|_| ())),
+                        Undo::TeardownNetwork => {
+                            self.backends.cni.teardown(&self.pod_network(&state.metadata, &state.config)).await
+                        }
+                        Undo::DeleteTask => {
+                            ignore_not_found(self.backends.containerd.delete_task(&id).await.map(|_| ()))
+                        }
                     }
                 })
                 .await;
@@ -304,7 +381,13 @@ impl CriService {
             let sandbox = Sandbox::new(
                 state.metadata.clone(),
                 state.config.clone(),
-                SandboxStatus { state: SandboxState::Unknown, pid: 0, created_at_ns: state.created_at_ns.max(1), exited_at_ns: 0, exit_code: 0 },
+                SandboxStatus {
+                    state: SandboxState::Unknown,
+                    pid: 0,
+                    created_at_ns: state.created_at_ns.max(1),
+                    exited_at_ns: 0,
+                    exit_code: 0,
+                },
             );
             if let Err(error) = self.sandboxes.add(&id, Arc::new(sandbox)) {
                 tracing::error!(id, %error, "could not keep the half-created sandbox");

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use k8s_cri::v1::{
-    ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodIp, PodSandbox,
-    PodSandboxNetworkStatus, PodSandboxState, PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, PodSandboxStatus,
-    PodSandboxStatusRequest, PodSandboxStatusResponse,
+    ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodIp,
+    PodSandbox, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStats, PodSandboxStatsRequest,
+    PodSandboxStatsResponse, PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
 };
 
 use crate::error::Result;
@@ -24,12 +24,15 @@ impl CriService {
     pub(crate) fn sandbox_status_message(&self, sandbox: &Sandbox) -> PodSandboxStatus {
         let status = sandbox.status();
         // The IP is reported only while the network namespace is open (i.e. until Stop).
-        let network = (!sandbox.metadata.host_network && !sandbox.is_stopped() && status.state == SandboxState::Ready).then(|| PodSandboxNetworkStatus {
-            ip: sandbox.metadata.ip.clone(),
-            additional_ips: sandbox.metadata.additional_ips.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
-        });
+        let network = (!sandbox.metadata.host_network && !sandbox.is_stopped() && status.state == SandboxState::Ready)
+            .then(|| PodSandboxNetworkStatus {
+                ip: sandbox.metadata.ip.clone(),
+                additional_ips: sandbox.metadata.additional_ips.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
+            });
         let linux = sandbox.config.linux.as_ref().map(|l| k8s_cri::v1::LinuxPodSandboxStatus {
-            namespaces: Some(k8s_cri::v1::Namespace { options: l.security_context.as_ref().and_then(|s| s.namespace_options.clone()) }),
+            namespaces: Some(k8s_cri::v1::Namespace {
+                options: l.security_context.as_ref().and_then(|s| s.namespace_options.clone()),
+            }),
         });
         PodSandboxStatus {
             id: sandbox.id.clone(),
@@ -44,7 +47,10 @@ impl CriService {
         }
     }
 
-    pub async fn pod_sandbox_status(self: &Arc<Self>, request: PodSandboxStatusRequest) -> Result<PodSandboxStatusResponse> {
+    pub async fn pod_sandbox_status(
+        self: &Arc<Self>,
+        request: PodSandboxStatusRequest,
+    ) -> Result<PodSandboxStatusResponse> {
         self.check_initialized()?;
         let sandbox = self.sandboxes.get(&request.pod_sandbox_id)?;
         let status = self.sandbox_status_message(&sandbox);
@@ -61,7 +67,12 @@ impl CriService {
             info.insert("info".to_string(), verbose.to_string());
         }
         let containers_statuses = if request.verbose {
-            self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == sandbox.id).map(|c| self.container_status_message(&c)).collect()
+            self.containers
+                .list()
+                .into_iter()
+                .filter(|c| c.metadata.sandbox_id == sandbox.id)
+                .map(|c| self.container_status_message(&c))
+                .collect()
         } else {
             vec![]
         };
@@ -98,8 +109,10 @@ impl CriService {
         for container in self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == sandbox.id) {
             containers.push(self.container_stats_message(&container).await);
         }
-        let cpu_total: u64 = containers.iter().filter_map(|c| c.cpu.as_ref()?.usage_core_nano_seconds.as_ref().map(|v| v.value)).sum();
-        let memory_total: u64 = containers.iter().filter_map(|c| c.memory.as_ref()?.working_set_bytes.as_ref().map(|v| v.value)).sum();
+        let cpu_total: u64 =
+            containers.iter().filter_map(|c| c.cpu.as_ref()?.usage_core_nano_seconds.as_ref().map(|v| v.value)).sum();
+        let memory_total: u64 =
+            containers.iter().filter_map(|c| c.memory.as_ref()?.working_set_bytes.as_ref().map(|v| v.value)).sum();
         let now = self.now_ns();
         PodSandboxStats {
             attributes: Some(k8s_cri::v1::PodSandboxAttributes {
@@ -126,18 +139,30 @@ impl CriService {
         }
     }
 
-    pub async fn pod_sandbox_stats(self: &Arc<Self>, request: PodSandboxStatsRequest) -> Result<PodSandboxStatsResponse> {
+    pub async fn pod_sandbox_stats(
+        self: &Arc<Self>,
+        request: PodSandboxStatsRequest,
+    ) -> Result<PodSandboxStatsResponse> {
         self.check_initialized()?;
         let sandbox = self.sandboxes.get(&request.pod_sandbox_id)?;
         Ok(PodSandboxStatsResponse { stats: Some(self.sandbox_stats(&sandbox).await) })
     }
 
-    pub async fn list_pod_sandbox_stats(self: &Arc<Self>, request: ListPodSandboxStatsRequest) -> Result<ListPodSandboxStatsResponse> {
+    pub async fn list_pod_sandbox_stats(
+        self: &Arc<Self>,
+        request: ListPodSandboxStatsRequest,
+    ) -> Result<ListPodSandboxStatsResponse> {
         self.check_initialized()?;
         let filter = request.filter.unwrap_or_default();
-        let candidates = if filter.id.is_empty() { self.sandboxes.list() } else { self.sandboxes.get(&filter.id).into_iter().collect() };
+        let candidates = if filter.id.is_empty() {
+            self.sandboxes.list()
+        } else {
+            self.sandboxes.get(&filter.id).into_iter().collect()
+        };
         let mut stats = vec![];
-        for sandbox in candidates.into_iter().filter(|s| labels_match(&filter.label_selector, &sorted(&s.config.labels))) {
+        for sandbox in
+            candidates.into_iter().filter(|s| labels_match(&filter.label_selector, &sorted(&s.config.labels)))
+        {
             stats.push(self.sandbox_stats(&sandbox).await);
         }
         Ok(ListPodSandboxStatsResponse { stats })

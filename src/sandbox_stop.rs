@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::{ContainerEventType, RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest, StopPodSandboxResponse};
+use k8s_cri::v1::{
+    ContainerEventType, RemovePodSandboxRequest, RemovePodSandboxResponse, StopPodSandboxRequest,
+    StopPodSandboxResponse,
+};
 
 use crate::backend::ExitStatus;
 use crate::error::{Error, Result};
@@ -30,7 +33,10 @@ impl CriService {
         Ok(StopPodSandboxResponse {})
     }
 
-    pub async fn remove_pod_sandbox(self: &Arc<Self>, request: RemovePodSandboxRequest) -> Result<RemovePodSandboxResponse> {
+    pub async fn remove_pod_sandbox(
+        self: &Arc<Self>,
+        request: RemovePodSandboxRequest,
+    ) -> Result<RemovePodSandboxResponse> {
         self.check_initialized()?;
         let sandbox = match self.sandboxes.get(&request.pod_sandbox_id) {
             Ok(sandbox) => sandbox,
@@ -44,7 +50,10 @@ impl CriService {
 
     /// Runs `future` as its own task and waits for it: a caller that gives up does not cut a
     /// multi-step cleanup in half.
-    pub(crate) async fn detached<T: Send + 'static>(&self, future: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    pub(crate) async fn detached<T: Send + 'static>(
+        &self,
+        future: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
         match tokio::spawn(future).await {
             Ok(result) => result,
             Err(error) => Err(Error::internal(format!("operation task failed: {error}"))),
@@ -54,7 +63,9 @@ impl CriService {
     pub(crate) async fn stop_sandbox(self: &Arc<Self>, sandbox: &Arc<Sandbox>) -> Result<()> {
         let id = sandbox.id.clone();
         for container in self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == id) {
-            self.stop_container_inner(&container, 0).await.map_err(|e| e.context(format!("failed to stop container {:?}", container.id)))?;
+            self.stop_container_inner(&container, 0)
+                .await
+                .map_err(|e| e.context(format!("failed to stop container {:?}", container.id)))?;
         }
         self.cleanup_sandbox_files(&id).await?;
         let state = sandbox.status().state;
@@ -70,7 +81,10 @@ impl CriService {
         match containerd.task_info(id).await {
             Err(error) if error.is_not_found() => {
                 // No task: nothing will ever report an exit, so record one now.
-                let exit = ExitStatus { exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() };
+                let exit = ExitStatus {
+                    exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
+                    exited_at_ns: self.now_ns(),
+                };
                 return self.handle_exit(TaskKind::Sandbox, id, exit).await;
             }
             Err(error) => return Err(error.context("failed to get sandbox task")),
@@ -91,7 +105,14 @@ impl CriService {
             Err(error) if error.is_not_found() => {}
             Err(error) => return Err(error.context("failed to kill sandbox task")),
         }
-        self.wait_exit_handled(TaskKind::Sandbox, id, SANDBOX_KILL_WAIT, || sandbox.is_stopped(), sandbox.wait_stopped()).await
+        self.wait_exit_handled(
+            TaskKind::Sandbox,
+            id,
+            SANDBOX_KILL_WAIT,
+            || sandbox.is_stopped(),
+            sandbox.wait_stopped(),
+        )
+        .await
     }
 
     /// Waits until the exit is handled. Every second it also asks containerd: if the task is
@@ -130,12 +151,14 @@ impl CriService {
 
     async fn observed_exit_for_stop(&self, id: &str) -> Option<ExitStatus> {
         match self.backends.containerd.task_info(id).await {
-            Ok(info) if info.state == crate::backend::TaskState::Stopped => {
-                Some(info.exit.unwrap_or(ExitStatus { exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() }))
-            }
-            Err(error) if error.is_not_found() => {
-                Some(ExitStatus { exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() })
-            }
+            Ok(info) if info.state == crate::backend::TaskState::Stopped => Some(info.exit.unwrap_or(ExitStatus {
+                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
+                exited_at_ns: self.now_ns(),
+            })),
+            Err(error) if error.is_not_found() => Some(ExitStatus {
+                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
+                exited_at_ns: self.now_ns(),
+            }),
             _ => None,
         }
     }
@@ -153,10 +176,18 @@ impl CriService {
             if closed {
                 network.netns_path = String::new();
             }
-            self.backends.cni.teardown(&network).await.map_err(|e| e.context("failed to destroy network for sandbox"))?;
+            self.backends
+                .cni
+                .teardown(&network)
+                .await
+                .map_err(|e| e.context("failed to destroy network for sandbox"))?;
         }
         if !closed {
-            self.backends.os.netns_remove(&metadata.netns_path).await.map_err(|e| e.context("failed to remove network namespace"))?;
+            self.backends
+                .os
+                .netns_remove(&metadata.netns_path)
+                .await
+                .map_err(|e| e.context("failed to remove network namespace"))?;
         }
         Ok(())
     }
@@ -164,15 +195,24 @@ impl CriService {
     async fn remove_sandbox(self: &Arc<Self>, sandbox: &Arc<Sandbox>) -> Result<()> {
         let id = sandbox.id.clone();
         self.stop_sandbox(sandbox).await.map_err(|e| e.context("failed to forcibly stop sandbox"))?;
-        if !sandbox.metadata.host_network && !sandbox.metadata.netns_path.is_empty() && !self.backends.os.netns_closed(&sandbox.metadata.netns_path).await? {
-            return Err(Error::precondition(format!("sandbox network namespace {:?} is not fully closed", sandbox.metadata.netns_path)));
+        if !sandbox.metadata.host_network
+            && !sandbox.metadata.netns_path.is_empty()
+            && !self.backends.os.netns_closed(&sandbox.metadata.netns_path).await?
+        {
+            return Err(Error::precondition(format!(
+                "sandbox network namespace {:?} is not fully closed",
+                sandbox.metadata.netns_path
+            )));
         }
         for container in self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == id) {
-            self.remove_container_inner(&container).await.map_err(|e| e.context(format!("failed to remove container {:?}", container.id)))?;
+            self.remove_container_inner(&container)
+                .await
+                .map_err(|e| e.context(format!("failed to remove container {:?}", container.id)))?;
         }
         self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
         self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await?;
-        crate::sandbox_run::ignore_not_found(self.backends.containerd.delete_container(&id, true).await).map_err(|e| e.context("failed to delete sandbox container"))?;
+        crate::sandbox_run::ignore_not_found(self.backends.containerd.delete_container(&id, true).await)
+            .map_err(|e| e.context("failed to delete sandbox container"))?;
         if self.sandboxes.remove(&id).is_some() {
             self.sandbox_names.release_by_key(&id);
             self.forget_operation(&format!("sandbox/{}", sandbox.name));

@@ -105,7 +105,12 @@ impl CriService {
         self.start_reconciler();
         self.start_snapshot_syncer();
         self.initialized.store(true, Ordering::SeqCst);
-        tracing::info!(sandboxes = self.sandboxes.len(), containers = self.containers.len(), images = self.images.list().len(), "CRI service initialized");
+        tracing::info!(
+            sandboxes = self.sandboxes.len(),
+            containers = self.containers.len(),
+            images = self.images.list().len(),
+            "CRI service initialized"
+        );
         Ok(())
     }
 
@@ -130,7 +135,12 @@ impl CriService {
         self.backends.clock.sleep(duration).await
     }
 
-    pub(crate) async fn with_timeout<T>(&self, duration: Duration, what: &str, future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) async fn with_timeout<T>(
+        &self,
+        duration: Duration,
+        what: &str,
+        future: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         match crate::backend::timeout(&*self.backends.clock, duration, future).await {
             Ok(result) => result,
             Err(_) => Err(Error::deadline(format!("{what}: timed out after {duration:?}"))),

@@ -74,7 +74,11 @@ pub mod annotations {
 
 /// The config's own annotations, then the CRI's, which win on a clash: a pod must not be able to
 /// move its containers into another pod's shim.
-fn cri_annotations(config_annotations: &std::collections::HashMap<String, String>, sandbox_id: &str, sandbox: &PodSandboxConfig) -> std::collections::BTreeMap<String, String> {
+fn cri_annotations(
+    config_annotations: &std::collections::HashMap<String, String>,
+    sandbox_id: &str,
+    sandbox: &PodSandboxConfig,
+) -> std::collections::BTreeMap<String, String> {
     let mut out = sorted(config_annotations);
     let metadata = sandbox.metadata.clone().unwrap_or_default();
     out.insert(annotations::SANDBOX_ID.into(), sandbox_id.into());
@@ -119,7 +123,11 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
         host_pid: namespace_mode(config, |o| o.pid) == NamespaceMode::Node as i32,
         host_ipc: namespace_mode(config, |o| o.ipc) == NamespaceMode::Node as i32,
         cgroup_parent: linux.map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
-        oom_score_adj: clamp_oom_score_adj(SANDBOX_OOM_SCORE_ADJ, input.own_oom_score_adj, input.restrict_oom_score_adj),
+        oom_score_adj: clamp_oom_score_adj(
+            SANDBOX_OOM_SCORE_ADJ,
+            input.own_oom_score_adj,
+            input.restrict_oom_score_adj,
+        ),
         privileged: linux.and_then(|l| l.security_context.as_ref()).is_some_and(|s| s.privileged),
         readonly_rootfs: true,
         mounts,
@@ -192,7 +200,12 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
     if !input.ignore_image_volumes {
         for volume in &input.image.volumes {
             if !mounts.iter().any(|m| &m.destination == volume) {
-                mounts.push(MountSpec { destination: volume.clone(), source: String::new(), kind: "volume".into(), options: vec![] });
+                mounts.push(MountSpec {
+                    destination: volume.clone(),
+                    source: String::new(),
+                    kind: "volume".into(),
+                    options: vec![],
+                });
             }
         }
     }
@@ -200,7 +213,11 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         sandbox: false,
         args,
         env,
-        working_dir: if config.working_dir.is_empty() { input.image.working_dir.clone() } else { config.working_dir.clone() },
+        working_dir: if config.working_dir.is_empty() {
+            input.image.working_dir.clone()
+        } else {
+            config.working_dir.clone()
+        },
         hostname: input.sandbox_config.hostname.clone(),
         netns_path: input.netns_path,
         sandbox_pid: input.sandbox_pid,
@@ -211,16 +228,28 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         readonly_rootfs: security.is_some_and(|s| s.readonly_rootfs),
         run_as_user: security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
         run_as_username: security.map(|s| s.run_as_username.clone()).unwrap_or_default(),
-        add_capabilities: security.and_then(|s| s.capabilities.as_ref()).map(|c| c.add_capabilities.clone()).unwrap_or_default(),
-        drop_capabilities: security.and_then(|s| s.capabilities.as_ref()).map(|c| c.drop_capabilities.clone()).unwrap_or_default(),
+        add_capabilities: security
+            .and_then(|s| s.capabilities.as_ref())
+            .map(|c| c.add_capabilities.clone())
+            .unwrap_or_default(),
+        drop_capabilities: security
+            .and_then(|s| s.capabilities.as_ref())
+            .map(|c| c.drop_capabilities.clone())
+            .unwrap_or_default(),
         mounts,
         resources,
         labels: sorted(&config.labels),
         annotations: {
             let mut a = cri_annotations(&config.annotations, input.sandbox_id, input.sandbox_config);
             a.insert(annotations::CONTAINER_TYPE.into(), annotations::CONTAINER_TYPE_CONTAINER.into());
-            a.insert(annotations::CONTAINER_NAME.into(), config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default());
-            a.insert(annotations::IMAGE_NAME.into(), config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default());
+            a.insert(
+                annotations::CONTAINER_NAME.into(),
+                config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+            );
+            a.insert(
+                annotations::IMAGE_NAME.into(),
+                config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default(),
+            );
             a
         },
         tty: config.tty,
@@ -293,8 +322,7 @@ mod tests {
         let sandbox = PodSandboxConfig::default();
         let spec_for = |command: Vec<String>, args: Vec<String>| {
             let config = ContainerConfig { command, args, ..Default::default() };
-            test_container_spec(&config, &sandbox, &image)
-            .args
+            test_container_spec(&config, &sandbox, &image).args
         };
         assert_eq!(spec_for(vec![], vec![]), vec!["/ep", "c"]);
         assert_eq!(spec_for(vec![], vec!["a".into()]), vec!["/ep", "a"]);
@@ -304,9 +332,17 @@ mod tests {
     #[test]
     fn cri_annotations_group_a_pod_and_cannot_be_forged() {
         use k8s_cri::v1::{ContainerMetadata, ImageSpec, PodSandboxMetadata};
-        let forged = std::collections::HashMap::from([(annotations::SANDBOX_ID.to_string(), "other".to_string()), ("team".to_string(), "a".to_string())]);
+        let forged = std::collections::HashMap::from([
+            (annotations::SANDBOX_ID.to_string(), "other".to_string()),
+            ("team".to_string(), "a".to_string()),
+        ]);
         let sandbox = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata { name: "web".into(), uid: "u1".into(), namespace: "ns".into(), attempt: 0 }),
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                uid: "u1".into(),
+                namespace: "ns".into(),
+                attempt: 0,
+            }),
             log_directory: "/logs/web".into(),
             annotations: forged.clone(),
             ..Default::default()
@@ -332,11 +368,20 @@ mod tests {
         for spec in [&pause, &app] {
             assert_eq!(spec.annotations[annotations::SANDBOX_ID], "s1");
             assert_eq!(spec.annotations["team"], "a");
-            assert_eq!((spec.annotations[annotations::SANDBOX_NAME].as_str(), spec.annotations[annotations::SANDBOX_NAMESPACE].as_str()), ("web", "ns"));
+            assert_eq!(
+                (
+                    spec.annotations[annotations::SANDBOX_NAME].as_str(),
+                    spec.annotations[annotations::SANDBOX_NAMESPACE].as_str()
+                ),
+                ("web", "ns")
+            );
         }
         assert_eq!(pause.annotations[annotations::CONTAINER_TYPE], "sandbox");
         assert_eq!(pause.annotations[annotations::SANDBOX_LOG_DIRECTORY], "/logs/web");
         assert_eq!(app.annotations[annotations::CONTAINER_TYPE], "container");
-        assert_eq!((app.annotations[annotations::CONTAINER_NAME].as_str(), app.annotations[annotations::IMAGE_NAME].as_str()), ("app", "busybox"));
+        assert_eq!(
+            (app.annotations[annotations::CONTAINER_NAME].as_str(), app.annotations[annotations::IMAGE_NAME].as_str()),
+            ("app", "busybox")
+        );
     }
 }

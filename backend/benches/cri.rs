@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{stack, unique, Cri, Kind};
+use common::{Cri, Kind, stack, unique};
 use k8s_cri::v1::*;
 
 /// The calls measured, in lifecycle order.
@@ -54,7 +54,10 @@ async fn round(cri: &mut Cri, samples: &mut Samples) {
     // garbage collector runs, the same way for both runtimes).
     let present = cri
         .images
-        .image_status(ImageStatusRequest { image: Some(ImageSpec { image: busybox.clone(), ..Default::default() }), verbose: false })
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec { image: busybox.clone(), ..Default::default() }),
+            verbose: false,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -73,7 +76,12 @@ async fn round(cri: &mut Cri, samples: &mut Samples) {
     timed(samples, "StartContainer", cri.start_container(&id)).await;
     timed(samples, "StopContainer", cri.stop_container(&id, 10)).await;
     let (state, code) = cri.container_state(&id).await;
-    assert_eq!((state, code), (ContainerState::ContainerExited, 0), "{}: the container exits on SIGTERM", cri.kind.name());
+    assert_eq!(
+        (state, code),
+        (ContainerState::ContainerExited, 0),
+        "{}: the container exits on SIGTERM",
+        cri.kind.name()
+    );
     timed(samples, "RemoveContainer", cri.remove_container(&id)).await;
     timed(samples, "StopPodSandbox", cri.stop_pod(&pod_id)).await;
     timed(samples, "RemovePodSandbox", cri.remove_pod_only(&pod_id)).await;
@@ -114,7 +122,9 @@ fn report(rounds: usize, crid: &Samples, containerd: &Samples) {
             ms(a90) / ms(b90)
         );
     }
-    let total = |s: &Samples| -> f64 { CALLS.iter().map(|c| s[c].iter().map(|d| ms(*d)).sum::<f64>()).sum::<f64>() / rounds as f64 };
+    let total = |s: &Samples| -> f64 {
+        CALLS.iter().map(|c| s[c].iter().map(|d| ms(*d)).sum::<f64>()).sum::<f64>() / rounds as f64
+    };
     let (ta, tb) = (total(crid), total(containerd));
     println!("{:<18} {:>10.1} {:>12.1} {:>7.2}x   (mean per round)", "whole lifecycle", ta, tb, ta / tb);
 }

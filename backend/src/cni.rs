@@ -166,7 +166,8 @@ fn plugin_stdin(list: &NetworkList, plugin: &Value, prev: Option<&Value>, networ
 
 impl RealCni {
     pub fn new(bin_dir: &str, conf_dir: &str, cache_dir: &str) -> Arc<RealCni> {
-        let loopback = NetworkList::parse(LOOPBACK_CONFIG, "<loopback>", true).expect("built-in loopback config is valid");
+        let loopback =
+            NetworkList::parse(LOOPBACK_CONFIG, "<loopback>", true).expect("built-in loopback config is valid");
         Arc::new(RealCni {
             // CNI_PATH style: several dirs separated by ':'.
             bin_dirs: bin_dir.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect(),
@@ -229,7 +230,8 @@ impl RealCni {
         if command == "DEL" || output.stdout.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&output.stdout).map_err(|e| Error::internal(format!("plugin {kind} returned bad JSON: {e}")))
+        serde_json::from_slice(&output.stdout)
+            .map_err(|e| Error::internal(format!("plugin {kind} returned bad JSON: {e}")))
     }
 
     async fn add_list(&self, list: &NetworkList, network: &PodNetwork, ifname: &str) -> Result<Value> {
@@ -244,7 +246,13 @@ impl RealCni {
         Ok(prev.unwrap_or(Value::Null))
     }
 
-    async fn del_list(&self, list: &NetworkList, network: &PodNetwork, ifname: &str, prev: Option<&Value>) -> Result<()> {
+    async fn del_list(
+        &self,
+        list: &NetworkList,
+        network: &PodNetwork,
+        ifname: &str,
+        prev: Option<&Value>,
+    ) -> Result<()> {
         for plugin in list.plugins.iter().rev() {
             let config = plugin_stdin(list, plugin, prev.filter(|p| !p.is_null()), network);
             self.exec_plugin("DEL", &config, network, ifname).await?;
@@ -357,7 +365,10 @@ impl Cni for RealCni {
         )?;
         let ips = parse_ips(&result);
         if !ips.iter().any(|ip| ip.interface == ifname || ip.interface.is_empty()) {
-            return Err(Error::internal(format!("failed to find network info for sandbox {}: no IP on {ifname}", network.sandbox_id)));
+            return Err(Error::internal(format!(
+                "failed to find network info for sandbox {}: no IP on {ifname}",
+                network.sandbox_id
+            )));
         }
         Ok(CniResult { ips, raw: result.to_string() })
     }
@@ -366,10 +377,9 @@ impl Cni for RealCni {
         let guard = self.network.read().await;
         let list = guard.as_ref().ok_or_else(|| Error::precondition("cni config not initialized"))?;
         let cached = self.read_cache(&network.sandbox_id);
-        let ifname = cached
-            .as_ref()
-            .map(|c| c.interface.clone())
-            .unwrap_or_else(|| if network.interface_name.is_empty() { "eth0".into() } else { network.interface_name.clone() });
+        let ifname = cached.as_ref().map(|c| c.interface.clone()).unwrap_or_else(|| {
+            if network.interface_name.is_empty() { "eth0".into() } else { network.interface_name.clone() }
+        });
         let prev = cached.as_ref().filter(|c| c.network == list.name).map(|c| &c.result);
         self.del_list(list, network, &ifname, prev).await?;
         self.del_list(&self.loopback, network, "lo", None).await.map_err(|e| e.context("loopback"))?;
@@ -433,7 +443,11 @@ mod tests {
         assert!(cni.load().await.is_err());
         assert_eq!(cni.status().await.unwrap_err().message, "cni config not initialized");
         std::fs::create_dir_all(&conf).unwrap();
-        std::fs::write(conf.join("20-b.conflist"), r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"bridge"}]}"#).unwrap();
+        std::fs::write(
+            conf.join("20-b.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
         std::fs::write(conf.join("10-a.conf"), r#"{"cniVersion":"1.0.0","name":"a","type":"bridge"}"#).unwrap();
         cni.load().await.unwrap();
         cni.status().await.unwrap();
@@ -453,7 +467,12 @@ mod tests {
             netns_path: "/x".into(),
             interface_name: "eth0".into(),
             args: BTreeMap::new(),
-            port_mappings: vec![crid::backend::PortMapping { protocol: "TCP".into(), container_port: 80, host_port: 8080, host_ip: String::new() }],
+            port_mappings: vec![crid::backend::PortMapping {
+                protocol: "TCP".into(),
+                container_port: 80,
+                host_port: 8080,
+                host_ip: String::new(),
+            }],
         };
         let bridge = plugin_stdin(&list, &list.plugins[0], None, &network);
         assert!(bridge.get("runtimeConfig").is_none());

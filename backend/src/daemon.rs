@@ -83,7 +83,8 @@ impl Default for DaemonConfig {
 
 impl DaemonConfig {
     pub fn parse(text: &str) -> Result<DaemonConfig> {
-        let mut config: DaemonConfig = toml::from_str(text).map_err(|e| Error::invalid(format!("invalid config: {e}")))?;
+        let mut config: DaemonConfig =
+            toml::from_str(text).map_err(|e| Error::invalid(format!("invalid config: {e}")))?;
         config.cri.root_dir = config.root_dir.clone();
         config.cri.state_dir = config.state_dir.clone();
         config.validate()?;
@@ -135,7 +136,8 @@ pub fn init_logging(config: &DaemonConfig) {
 /// Binds the CRI socket: a stale socket file of a dead crid is replaced; a live one is not.
 async fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| crate::errors::from_io(e, format!("mkdir {}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| crate::errors::from_io(e, format!("mkdir {}", parent.display())))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -180,22 +182,16 @@ pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>)>
         .await
         .map_err(|_| Error::unavailable("timed out"))
         .and_then(|r| r)
-        .map_err(|e| Error::unavailable(format!("containerd at {} is unreachable: {}", config.containerd.address, e.message)))?;
+        .map_err(|e| {
+            Error::unavailable(format!("containerd at {} is unreachable: {}", config.containerd.address, e.message))
+        })?;
     tracing::info!(address = %config.containerd.address, namespace = %config.containerd.namespace, %version, "connected to containerd");
-    let cni = RealCni::new(
-        &config.cri.cni.bin_dir,
-        &config.cri.cni.conf_dir,
-        &state_dir.join("cni-cache").to_string_lossy(),
-    );
+    let cni =
+        RealCni::new(&config.cri.cni.bin_dir, &config.cri.cni.conf_dir, &state_dir.join("cni-cache").to_string_lossy());
     let stream = HttpStreamServer::bind(&config.cri.stream_server_address, &config.cri.stream_server_port).await?;
     tracing::info!(url = stream.base_url(), "stream server listening");
-    let backends = Backends {
-        containerd,
-        cni: cni.clone(),
-        os: Arc::new(LinuxOs),
-        clock: Arc::new(SystemClock),
-        stream,
-    };
+    let backends =
+        Backends { containerd, cni: cni.clone(), os: Arc::new(LinuxOs), clock: Arc::new(SystemClock), stream };
     Ok((backends, cni))
 }
 

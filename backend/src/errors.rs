@@ -69,7 +69,8 @@ mod tests {
 
     #[test]
     fn a_broken_connection_is_unavailable_but_a_server_error_is_not() {
-        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed")));
+        let broken =
+            tonic::Status::from_error(Box::new(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "stream closed")));
         assert_eq!(broken.code(), tonic::Code::Unknown);
         assert_eq!(from_status(broken).kind, ErrorKind::Unavailable);
         let server = tonic::Status::unknown("failed to delete task: ttrpc: closed");

@@ -67,8 +67,17 @@ fn strings(item: Option<&toml_edit::Item>, what: &str) -> Result<Vec<String>> {
     if let Some(s) = item.as_str() {
         return Ok(vec![s.to_string()]);
     }
-    let array = item.as_array().ok_or_else(|| Error::invalid(format!("hosts.toml: {what} must be a string or a list of strings")))?;
-    array.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::invalid(format!("hosts.toml: {what} must hold strings")))).collect()
+    let array = item
+        .as_array()
+        .ok_or_else(|| Error::invalid(format!("hosts.toml: {what} must be a string or a list of strings")))?;
+    array
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::invalid(format!("hosts.toml: {what} must hold strings")))
+        })
+        .collect()
 }
 
 fn endpoint(url: &str, table: &dyn toml_edit::TableLike, dir: &Path) -> Result<RegistryEndpoint> {
@@ -80,7 +89,9 @@ fn endpoint(url: &str, table: &dyn toml_edit::TableLike, dir: &Path) -> Result<R
         None => {}
         Some(item) if item.as_str().is_some() => client_certs.push((path(item.as_str().unwrap()), None)),
         Some(item) => {
-            let pairs = item.as_array().ok_or_else(|| Error::invalid("hosts.toml: client must be a path or a list of [cert, key] pairs"))?;
+            let pairs = item
+                .as_array()
+                .ok_or_else(|| Error::invalid("hosts.toml: client must be a path or a list of [cert, key] pairs"))?;
             for pair in pairs.iter() {
                 let files: Vec<&str> = match (pair.as_str(), pair.as_array()) {
                     (Some(single), _) => vec![single],
@@ -90,7 +101,11 @@ fn endpoint(url: &str, table: &dyn toml_edit::TableLike, dir: &Path) -> Result<R
                 match files.as_slice() {
                     [cert] => client_certs.push((path(cert), None)),
                     [cert, key] => client_certs.push((path(cert), Some(path(key)))),
-                    _ => return Err(Error::invalid("hosts.toml: each client entry is a cert path or a [cert, key] pair")),
+                    _ => {
+                        return Err(Error::invalid(
+                            "hosts.toml: each client entry is a cert path or a [cert, key] pair",
+                        ));
+                    }
                 }
             }
         }
@@ -121,7 +136,9 @@ pub fn parse_hosts_toml(text: &str, default_server: &str, dir: &Path) -> Result<
     let mut endpoints = Vec::new();
     if let Some(hosts) = doc.get("host").and_then(|h| h.as_table_like()) {
         for (url, item) in hosts.iter() {
-            let table = item.as_table_like().ok_or_else(|| Error::invalid(format!("hosts.toml: host {url:?} is not a table")))?;
+            let table = item
+                .as_table_like()
+                .ok_or_else(|| Error::invalid(format!("hosts.toml: host {url:?} is not a table")))?;
             endpoints.push(endpoint(url, table, dir)?);
         }
     }
@@ -148,7 +165,10 @@ pub fn endpoints_for(config_path: Option<&Path>, domain: &str) -> Result<Vec<Reg
         for candidate in [domain, "_default"] {
             let file = dir.join(candidate).join("hosts.toml");
             match std::fs::read_to_string(&file) {
-                Ok(text) => return parse_hosts_toml(&text, &default, &dir.join(candidate)).map_err(|e| e.context(file.display())),
+                Ok(text) => {
+                    return parse_hosts_toml(&text, &default, &dir.join(candidate))
+                        .map_err(|e| e.context(file.display()));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(crate::errors::from_io(e, format!("read {}", file.display()))),
             }
@@ -189,8 +209,14 @@ client = [["c.crt", "c.key"], "both.pem"]
 "#;
         let eps = parse_hosts_toml(text, "https://ignored", Path::new("/d/r")).unwrap();
         assert_eq!(eps[0].ca_files, [PathBuf::from("/etc/ca.pem"), PathBuf::from("/d/r/extra.pem")]);
-        assert_eq!(eps[0].client_certs, [(PathBuf::from("/d/r/c.crt"), Some(PathBuf::from("/d/r/c.key"))), (PathBuf::from("/d/r/both.pem"), None)]);
-        assert_eq!(eps[0].headers, [("x-one".to_string(), "1".to_string()), ("x-two".into(), "a".into()), ("x-two".into(), "b".into())]);
+        assert_eq!(
+            eps[0].client_certs,
+            [(PathBuf::from("/d/r/c.crt"), Some(PathBuf::from("/d/r/c.key"))), (PathBuf::from("/d/r/both.pem"), None)]
+        );
+        assert_eq!(
+            eps[0].headers,
+            [("x-one".to_string(), "1".to_string()), ("x-two".into(), "a".into()), ("x-two".into(), "b".into())]
+        );
         assert!(!eps[0].default_tls());
         assert!(parse_hosts_toml("client = [[\"a\", \"b\", \"c\"]]", "https://r", Path::new("/")).is_err());
         assert!(parse_hosts_toml("ca = 5", "https://r", Path::new("/")).is_err());

@@ -8,6 +8,7 @@
 //!   (username/password), or by OAuth2 refresh (identity token);
 //! - `Basic`: the username and password on every request;
 //! - a registry token is sent as the bearer token from the first request.
+//!
 //! What worked is cached per (endpoint, repository, credentials), so one pull's blobs do not
 //! each pay a challenge round trip, and different credentials never share a token.
 
@@ -65,8 +66,11 @@ impl Reference {
             Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), Some(tag.to_string())),
             _ => (rest, None),
         };
-        let repository =
-            if domain == "docker.io" && !repository.contains('/') { format!("library/{repository}") } else { repository };
+        let repository = if domain == "docker.io" && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
         if repository.is_empty() || (tag.is_none() && digest.is_none() && reference.is_empty()) {
             return Err(bad());
         }
@@ -143,7 +147,11 @@ impl ManifestDocument {
         let (os, arch) = host_platform();
         self.manifests
             .iter()
-            .find(|m| m.platform.as_ref().is_some_and(|p| p.os == os && p.architecture == arch && p.variant.as_deref().unwrap_or("") != "unknown"))
+            .find(|m| {
+                m.platform.as_ref().is_some_and(|p| {
+                    p.os == os && p.architecture == arch && p.variant.as_deref().unwrap_or("") != "unknown"
+                })
+            })
             .map(descriptor)
     }
 }
@@ -199,7 +207,8 @@ impl ImageConfigDocument {
 
     pub fn image_config(&self) -> ImageConfig {
         let c = self.config.as_ref();
-        let mut volumes: Vec<String> = c.and_then(|c| c.volumes.as_ref()).map(|v| v.keys().cloned().collect()).unwrap_or_default();
+        let mut volumes: Vec<String> =
+            c.and_then(|c| c.volumes.as_ref()).map(|v| v.keys().cloned().collect()).unwrap_or_default();
         volumes.sort();
         ImageConfig {
             entrypoint: c.and_then(|c| c.entrypoint.clone()).unwrap_or_default(),
@@ -231,13 +240,16 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// A host's TLS settings as a key: skip_verify, CA files, client certificate and key files.
+type TlsSettings = (bool, Vec<PathBuf>, Vec<(PathBuf, Option<PathBuf>)>);
+
 /// Talks to registries; one per process, shared by all pulls (connection reuse, token cache).
 pub struct RegistryClient {
     config_path: Option<PathBuf>,
     secure: reqwest::Client,
     insecure: reqwest::Client,
     /// Clients of hosts with their own CAs or client certificates, by their TLS settings.
-    custom: Mutex<HashMap<(bool, Vec<PathBuf>, Vec<(PathBuf, Option<PathBuf>)>), reqwest::Client>>,
+    custom: Mutex<HashMap<TlsSettings, reqwest::Client>>,
     /// How to authorize, by (endpoint, repository, credentials' fingerprint).
     authorizations: Mutex<HashMap<(String, String, String), Authorization>>,
 }
@@ -323,11 +335,18 @@ impl RegistryClient {
         if let Some(client) = self.custom.lock().unwrap().get(&key) {
             return Ok(client.clone());
         }
-        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| crate::errors::from_io(e, format!("registry certificate {}", path.display())));
-        let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(endpoint.skip_verify).connect_timeout(Duration::from_secs(30));
+        let read = |path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| crate::errors::from_io(e, format!("registry certificate {}", path.display())))
+        };
+        let mut builder = reqwest::Client::builder()
+            .danger_accept_invalid_certs(endpoint.skip_verify)
+            .connect_timeout(Duration::from_secs(30));
         for path in &endpoint.ca_files {
             let pem = read(path)?;
-            for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::invalid(format!("CA {}: {e}", path.display())))? {
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::invalid(format!("CA {}: {e}", path.display())))?
+            {
                 builder = builder.add_root_certificate(certificate);
             }
         }
@@ -338,7 +357,8 @@ impl RegistryClient {
                 pem.push(b'\n');
                 pem.extend(read(key_file)?);
             }
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| Error::invalid(format!("client certificate {}: {e}", cert.display())))?;
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| Error::invalid(format!("client certificate {}: {e}", cert.display())))?;
             builder = builder.identity(identity);
         }
         let client = builder.build().map_err(|e| Error::invalid(format!("registry TLS settings: {e}")))?;
@@ -351,10 +371,20 @@ impl RegistryClient {
     }
 
     /// Answers a 401's challenge: how to authorize the retry.
-    async fn answer_challenge(&self, endpoint: &RegistryEndpoint, challenge: &str, auth: &RegistryAuth, url: &str) -> Result<Authorization> {
-        if challenge.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")) || challenge.eq_ignore_ascii_case("basic") {
+    async fn answer_challenge(
+        &self,
+        endpoint: &RegistryEndpoint,
+        challenge: &str,
+        auth: &RegistryAuth,
+        url: &str,
+    ) -> Result<Authorization> {
+        if challenge.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "))
+            || challenge.eq_ignore_ascii_case("basic")
+        {
             if auth.username.is_empty() {
-                return Err(Error::precondition(format!("{url}: unauthorized: the registry requires a username and password")));
+                return Err(Error::precondition(format!(
+                    "{url}: unauthorized: the registry requires a username and password"
+                )));
             }
             return Ok(Authorization::Basic);
         }
@@ -382,7 +412,11 @@ impl RegistryClient {
         let request = if !auth.identity_token.is_empty() {
             // OAuth2 refresh-token grant (docker's identity token), a form POST to the realm.
             let mut form = query.clone();
-            form.extend([("grant_type", "refresh_token"), ("refresh_token", auth.identity_token.as_str()), ("client_id", "crid")]);
+            form.extend([
+                ("grant_type", "refresh_token"),
+                ("refresh_token", auth.identity_token.as_str()),
+                ("client_id", "crid"),
+            ]);
             self.client(endpoint)?.post(realm).form(&form)
         } else if !auth.username.is_empty() {
             query.push(("account", &auth.username));
@@ -399,11 +433,22 @@ impl RegistryClient {
     }
 
     /// GET `<endpoint>/<repository>/<path>`, answering one authentication challenge.
-    async fn get(&self, endpoint: &RegistryEndpoint, repository: &str, path: &str, accept: Option<&str>, auth: &RegistryAuth) -> Result<reqwest::Response> {
+    async fn get(
+        &self,
+        endpoint: &RegistryEndpoint,
+        repository: &str,
+        path: &str,
+        accept: Option<&str>,
+        auth: &RegistryAuth,
+    ) -> Result<reqwest::Response> {
         let url = format!("{}/{}/{}", endpoint.base_url, repository, path);
         let key = (endpoint.base_url.clone(), repository.to_string(), auth.fingerprint());
         if !auth.registry_token.is_empty() {
-            self.authorizations.lock().unwrap().entry(key.clone()).or_insert_with(|| Authorization::Bearer(auth.registry_token.clone()));
+            self.authorizations
+                .lock()
+                .unwrap()
+                .entry(key.clone())
+                .or_insert_with(|| Authorization::Bearer(auth.registry_token.clone()));
         }
         for attempt in 0..2 {
             let mut request = self.client(endpoint)?.get(&url);
@@ -440,7 +485,14 @@ impl RegistryClient {
     }
 
     /// Tries each endpoint with the capability in turn; the last error is returned.
-    async fn get_any(&self, reference: &Reference, path: &str, accept: Option<&str>, resolve: bool, auth: &RegistryAuth) -> Result<reqwest::Response> {
+    async fn get_any(
+        &self,
+        reference: &Reference,
+        path: &str,
+        accept: Option<&str>,
+        resolve: bool,
+        auth: &RegistryAuth,
+    ) -> Result<reqwest::Response> {
         let mut last = Error::not_found(format!("no registry host can serve {}", reference.domain));
         for endpoint in self.endpoints(reference)? {
             if (resolve && !endpoint.can_resolve) || (!resolve && !endpoint.can_pull) {
@@ -470,7 +522,8 @@ impl RegistryClient {
 
     /// Fetches a manifest (or index) by tag or digest: its media type and bytes.
     async fn manifest(&self, reference: &Reference, object: &str, auth: &RegistryAuth) -> Result<(String, Vec<u8>)> {
-        let response = self.get_any(reference, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT), true, auth).await?;
+        let response =
+            self.get_any(reference, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT), true, auth).await?;
         let header_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -505,7 +558,11 @@ impl RegistryClient {
             (media_type, bytes) = self.manifest(&reference, &chosen.digest, auth).await?;
             document = ManifestDocument::parse(&bytes)?;
         }
-        let config = document.config.as_ref().map(descriptor).ok_or_else(|| Error::invalid(format!("{name}: manifest has no config")))?;
+        let config = document
+            .config
+            .as_ref()
+            .map(descriptor)
+            .ok_or_else(|| Error::invalid(format!("{name}: manifest has no config")))?;
         let config_bytes = Self::read_small(self.blob(name, &config, auth).await?, "image config").await?;
         if sha256_digest(&config_bytes) != config.digest {
             return Err(Error::invalid(format!("{name}: config digest mismatch")));
@@ -548,7 +605,10 @@ mod tests {
     #[test]
     fn references_parse_like_docker() {
         let r = Reference::parse("127.0.0.1:5000/busybox:latest").unwrap();
-        assert_eq!((r.domain.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "busybox", Some("latest")));
+        assert_eq!(
+            (r.domain.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "busybox", Some("latest"))
+        );
         let r = Reference::parse("docker.io/library/busybox@sha256:abc").unwrap();
         assert_eq!((r.repository.as_str(), r.digest.as_deref(), r.tag), ("library/busybox", Some("sha256:abc"), None));
         let r = Reference::parse("busybox").unwrap();
@@ -566,7 +626,10 @@ mod tests {
 
     #[test]
     fn bearer_challenge_parses() {
-        let p = parse_bearer_challenge(r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:x:pull""#).unwrap();
+        let p = parse_bearer_challenge(
+            r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:x:pull""#,
+        )
+        .unwrap();
         assert_eq!(p["realm"], "https://auth.example/token");
         assert_eq!(p["scope"], "repository:x:pull");
     }

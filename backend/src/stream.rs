@@ -83,10 +83,9 @@ fn handle(tokens: &TokenCache, path: &str) -> Response<Full<Bytes>> {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (kind, token) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
     match tokens.take(token) {
-        Some(request) if kind_of(&request) == kind => respond(
-            StatusCode::NOT_IMPLEMENTED,
-            "crid does not serve SPDY/websocket streaming yet; use ExecSync",
-        ),
+        Some(request) if kind_of(&request) == kind => {
+            respond(StatusCode::NOT_IMPLEMENTED, "crid does not serve SPDY/websocket streaming yet; use ExecSync")
+        }
         _ => respond(StatusCode::NOT_FOUND, "unknown or expired stream token"),
     }
 }
@@ -94,7 +93,11 @@ fn handle(tokens: &TokenCache, path: &str) -> Response<Full<Bytes>> {
 impl HttpStreamServer {
     /// Binds `address:port` ("0" = any free port) and serves in the background.
     pub async fn bind(address: &str, port: &str) -> Result<Arc<HttpStreamServer>> {
-        let port: u16 = if port.is_empty() { 0 } else { port.parse().map_err(|_| Error::invalid(format!("invalid stream_server_port {port:?}")))? };
+        let port: u16 = if port.is_empty() {
+            0
+        } else {
+            port.parse().map_err(|_| Error::invalid(format!("invalid stream_server_port {port:?}")))?
+        };
         let ip: std::net::IpAddr =
             address.parse().map_err(|_| Error::invalid(format!("invalid stream_server_address {address:?}")))?;
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, port))
@@ -119,7 +122,9 @@ impl HttpStreamServer {
                         let response = handle(&tokens, request.uri().path());
                         async move { Ok::<_, Infallible>(response) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
@@ -161,7 +166,14 @@ mod tests {
     use super::*;
 
     fn exec() -> StreamRequest {
-        StreamRequest::Exec { container_id: "c".into(), cmd: vec!["sh".into()], tty: false, stdin: false, stdout: true, stderr: true }
+        StreamRequest::Exec {
+            container_id: "c".into(),
+            cmd: vec!["sh".into()],
+            tty: false,
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{read_log, stack, unique, Cri, Kind};
+use common::{Cri, Kind, read_log, stack, unique};
 use k8s_cri::v1::*;
 
 fn crid_binary() -> &'static Path {
@@ -44,7 +44,14 @@ async fn lifecycle(cri: &mut Cri) {
     assert!(ip.starts_with(cri.ip_prefix), "{who}: pod IP from its own network ({}*), got {ip:?}", cri.ip_prefix);
     assert!(cri.ipam_dir.join(&ip).exists(), "{who}: IP {ip} allocated by host-local in {}", cri.ipam_dir.display());
 
-    let id = cri.create_container(&pod_id, &pod, "app", &["sh", "-c", "trap '' TERM; echo hello; echo oops >&2; while true; do sleep 1; done"]).await;
+    let id = cri
+        .create_container(
+            &pod_id,
+            &pod,
+            "app",
+            &["sh", "-c", "trap '' TERM; echo hello; echo oops >&2; while true; do sleep 1; done"],
+        )
+        .await;
     assert_eq!(cri.container_state(&id).await.0, ContainerState::ContainerCreated, "{who}");
     cri.start_container(&id).await;
     assert_eq!(cri.container_state(&id).await.0, ContainerState::ContainerRunning, "{who}");
@@ -53,17 +60,35 @@ async fn lifecycle(cri: &mut Cri) {
     let shims = cri.shim_ids();
     assert_eq!(shims, vec![pod_id.clone()], "{who}: one shim, named for the pod");
 
-    let exec = ExecSyncRequest { container_id: id.clone(), cmd: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()], timeout: 10 };
-    let response = cri.runtime.exec_sync(exec).await.unwrap_or_else(|e| panic!("{who}: exec: {e}\n{}", cri.log())).into_inner();
-    assert_eq!((response.exit_code, response.stdout.as_slice(), response.stderr.as_slice()), (3, &b"out\n"[..], &b"err\n"[..]), "{who}");
+    let exec = ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()],
+        timeout: 10,
+    };
+    let response =
+        cri.runtime.exec_sync(exec).await.unwrap_or_else(|e| panic!("{who}: exec: {e}\n{}", cri.log())).into_inner();
+    assert_eq!(
+        (response.exit_code, response.stdout.as_slice(), response.stderr.as_slice()),
+        (3, &b"out\n"[..], &b"err\n"[..]),
+        "{who}"
+    );
 
     // The pod network works: the container reaches the bridge, its gateway (host-local gives the
     // subnet's first address to the gateway).
     let gateway = format!("{}0.1", cri.ip_prefix);
-    let ping = ExecSyncRequest { container_id: id.clone(), cmd: ["busybox", "ping", "-c", "1", "-W", "5", &gateway].map(String::from).to_vec(), timeout: 15 };
-    let response = cri.runtime.exec_sync(ping).await.unwrap_or_else(|e| panic!("{who}: ping: {e}\n{}", cri.log())).into_inner();
+    let ping = ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: ["busybox", "ping", "-c", "1", "-W", "5", &gateway].map(String::from).to_vec(),
+        timeout: 15,
+    };
+    let response =
+        cri.runtime.exec_sync(ping).await.unwrap_or_else(|e| panic!("{who}: ping: {e}\n{}", cri.log())).into_inner();
     let output = String::from_utf8_lossy(&response.stdout);
-    assert!(response.exit_code == 0 && output.contains("1 packets received"), "{who}: ping {gateway}: {output} {}", String::from_utf8_lossy(&response.stderr));
+    assert!(
+        response.exit_code == 0 && output.contains("1 packets received"),
+        "{who}: ping {gateway}: {output} {}",
+        String::from_utf8_lossy(&response.stderr)
+    );
 
     // The log file is in the CRI format, both streams.
     let log_path = Path::new(&pod.log_directory).join("app.log");
@@ -73,7 +98,14 @@ async fn lifecycle(cri: &mut Cri) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let stats = cri.runtime.container_stats(ContainerStatsRequest { container_id: id.clone() }).await.unwrap().into_inner().stats.unwrap();
+    let stats = cri
+        .runtime
+        .container_stats(ContainerStatsRequest { container_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
     assert!(stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0) > 0, "{who}: memory stats");
     assert!(stats.cpu.is_some(), "{who}: cpu stats");
 
@@ -82,7 +114,13 @@ async fn lifecycle(cri: &mut Cri) {
         state: Some(ContainerStateValue { state: ContainerState::ContainerRunning as i32 }),
         ..Default::default()
     };
-    let listed = cri.runtime.list_containers(ListContainersRequest { filter: Some(filter) }).await.unwrap().into_inner().containers;
+    let listed = cri
+        .runtime
+        .list_containers(ListContainersRequest { filter: Some(filter) })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
     assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec![id.as_str()], "{who}");
 
     // A second container that exits by itself reports its code.
@@ -123,7 +161,8 @@ async fn pod_and_container_lifecycle() {
 /// A client binary the real-stack run provides (`ci/test` builds and exports them): a test that
 /// needs one fails, never passes, when it is missing.
 fn client_from_env(var: &str, what: &str) -> PathBuf {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| panic!("{var} is not set: the path of {what}"));
+    let path =
+        std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| panic!("{var} is not set: the path of {what}"));
     assert!(path.exists(), "{var}={} does not exist", path.display());
     path
 }
@@ -166,7 +205,10 @@ async fn stock_clients_drive_crid() {
     let output = Command::new(&python).arg(&script).arg(&socket).output().expect("run python");
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "grpc-python: {printed}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(printed.lines().any(|l| l == "runtime_name=crid") && printed.lines().any(|l| l == "runtime_api_version=v1"), "{printed}");
+    assert!(
+        printed.lines().any(|l| l == "runtime_name=crid") && printed.lines().any(|l| l == "runtime_api_version=v1"),
+        "{printed}"
+    );
 
     let busybox = crid.image("busybox:latest");
     run(&["pull", &busybox]);
@@ -243,7 +285,12 @@ async fn resources_and_oom(cri: &mut Cri) {
     const MIB: i64 = 1 << 20;
     let limited = |cri: &Cri, name: &str, command: &[&str], memory_bytes: i64| {
         let mut config = cri.container_config(name, command);
-        let resources = LinuxContainerResources { memory_limit_in_bytes: memory_bytes, cpu_period: 100_000, cpu_quota: 50_000, ..Default::default() };
+        let resources = LinuxContainerResources {
+            memory_limit_in_bytes: memory_bytes,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            ..Default::default()
+        };
         config.linux = Some(LinuxContainerConfig { resources: Some(resources), ..Default::default() });
         config
     };
@@ -251,24 +298,52 @@ async fn resources_and_oom(cri: &mut Cri) {
     let id = cri.create_container_with(&pod_id, &pod, config).await;
     cri.start_container(&id).await;
     let memory_file = "/sys/fs/cgroup/memory/memory.limit_in_bytes";
-    assert_eq!(cri.exec(&id, &["cat", memory_file]).await, (0, format!("{}\n", 32 * MIB)), "{who}: memory limit applied");
-    let quota = cri.exec(&id, &["sh", "-c", "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us || cat /sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us"]).await;
+    assert_eq!(
+        cri.exec(&id, &["cat", memory_file]).await,
+        (0, format!("{}\n", 32 * MIB)),
+        "{who}: memory limit applied"
+    );
+    let quota = cri
+        .exec(
+            &id,
+            &["sh", "-c", "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us || cat /sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us"],
+        )
+        .await;
     assert_eq!(quota, (0, "50000\n".to_string()), "{who}: cpu quota applied");
 
     let update = UpdateContainerResourcesRequest {
         container_id: id.clone(),
-        linux: Some(LinuxContainerResources { memory_limit_in_bytes: 48 * MIB, cpu_period: 100_000, cpu_quota: 50_000, ..Default::default() }),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 48 * MIB,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            ..Default::default()
+        }),
         ..Default::default()
     };
-    cri.runtime.update_container_resources(update).await.unwrap_or_else(|e| panic!("{who}: update resources: {e}\n{}", cri.log()));
-    assert_eq!(cri.exec(&id, &["cat", memory_file]).await, (0, format!("{}\n", 48 * MIB)), "{who}: memory limit updated");
+    cri.runtime
+        .update_container_resources(update)
+        .await
+        .unwrap_or_else(|e| panic!("{who}: update resources: {e}\n{}", cri.log()));
+    assert_eq!(
+        cri.exec(&id, &["cat", memory_file]).await,
+        (0, format!("{}\n", 48 * MIB)),
+        "{who}: memory limit updated"
+    );
 
     // A string that doubles until the 16 MiB limit stops it.
     let config = limited(cri, "hog", &["sh", "-c", "x=0123456789abcdef; while true; do x=$x$x; done"], 16 * MIB);
     let hog = cri.create_container_with(&pod_id, &pod, config).await;
     cri.start_container(&hog).await;
     assert_eq!(cri.wait_container_state(&hog, ContainerState::ContainerExited).await, 137, "{who}: killed");
-    let status = cri.runtime.container_status(ContainerStatusRequest { container_id: hog.clone(), verbose: false }).await.unwrap().into_inner().status.unwrap();
+    let status = cri
+        .runtime
+        .container_status(ContainerStatusRequest { container_id: hog.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
     assert_eq!(status.reason, "OOMKilled", "{who}: {status:?}");
 
     cri.remove_pod(&pod_id).await;
@@ -297,7 +372,11 @@ async fn private_pull(cri: &mut Cri) {
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
     let image = format!("{}/private/busybox:latest", var("CRID_AUTH_REGISTRY"));
     let (user, password) = (var("CRID_AUTH_REGISTRY_USER"), var("CRID_AUTH_REGISTRY_PASSWORD"));
-    let pull = |auth: Option<AuthConfig>| PullImageRequest { image: Some(ImageSpec { image: image.clone(), ..Default::default() }), auth, ..Default::default() };
+    let pull = |auth: Option<AuthConfig>| PullImageRequest {
+        image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
+        auth,
+        ..Default::default()
+    };
 
     let anonymous = cri.images.pull_image(pull(None)).await.expect_err("an anonymous pull is refused");
     let wrong = AuthConfig { username: user.clone(), password: "wrong".into(), ..Default::default() };
@@ -311,11 +390,23 @@ async fn private_pull(cri: &mut Cri) {
     }
 
     let fields = AuthConfig { username: user.clone(), password: password.clone(), ..Default::default() };
-    let id = cri.images.pull_image(pull(Some(fields))).await.unwrap_or_else(|e| panic!("{who}: pull with credentials: {e}\n{}", cri.log())).into_inner().image_ref;
+    let id = cri
+        .images
+        .pull_image(pull(Some(fields)))
+        .await
+        .unwrap_or_else(|e| panic!("{who}: pull with credentials: {e}\n{}", cri.log()))
+        .into_inner()
+        .image_ref;
     assert!(id.starts_with("sha256:"), "{who}: {id}");
     cri.remove_image(&image).await;
     let encoded = AuthConfig { auth: base64_of(&format!("{user}:{password}")), ..Default::default() };
-    let again = cri.images.pull_image(pull(Some(encoded))).await.unwrap_or_else(|e| panic!("{who}: pull with `auth`: {e}\n{}", cri.log())).into_inner().image_ref;
+    let again = cri
+        .images
+        .pull_image(pull(Some(encoded)))
+        .await
+        .unwrap_or_else(|e| panic!("{who}: pull with `auth`: {e}\n{}", cri.log()))
+        .into_inner()
+        .image_ref;
     assert_eq!(again, id, "{who}");
     cri.remove_image(&image).await;
     if cri.kind == Kind::Crid {
@@ -347,7 +438,10 @@ async fn tls_pull(cri: &mut Cri) {
     cri.remove_image(&image).await;
     // The same server by a name that has no hosts.toml: the system's roots only.
     let port = registry.rsplit(':').next().unwrap();
-    let untrusted = PullImageRequest { image: Some(ImageSpec { image: format!("localhost:{port}/tls/busybox:latest"), ..Default::default() }), ..Default::default() };
+    let untrusted = PullImageRequest {
+        image: Some(ImageSpec { image: format!("localhost:{port}/tls/busybox:latest"), ..Default::default() }),
+        ..Default::default()
+    };
     let error = cri.images.pull_image(untrusted).await.expect_err("an unknown CA is refused");
     if cri.kind == Kind::Crid {
         assert!(error.message().contains("certificate") || error.message().contains("Certificate"), "{error:?}");
@@ -390,11 +484,17 @@ async fn stop_escalates_after_the_grace_period() {
     crid.pull(&busybox).await;
     let pod = crid.pod_config("stopper");
     let pod_id = crid.run_pod(&pod).await;
-    let id = crid.create_container(&pod_id, &pod, "stubborn", &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]).await;
+    let id = crid
+        .create_container(&pod_id, &pod, "stubborn", &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"])
+        .await;
     crid.start_container(&id).await;
     let started = Instant::now();
     crid.stop_container(&id, 2).await;
-    assert!(started.elapsed() >= Duration::from_secs(2), "SIGTERM is ignored: stop waits out the grace period ({:?})", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "SIGTERM is ignored: stop waits out the grace period ({:?})",
+        started.elapsed()
+    );
     assert_eq!(crid.container_state(&id).await, (ContainerState::ContainerExited, 137));
     crid.remove_pod(&pod_id).await;
     crid.assert_no_leaks();
@@ -410,7 +510,10 @@ async fn concurrent_pulls_fetch_each_blob_once() {
         let mut images = crid.images.clone();
         let busybox = busybox.clone();
         pulls.push(tokio::spawn(async move {
-            let request = PullImageRequest { image: Some(ImageSpec { image: busybox, ..Default::default() }), ..Default::default() };
+            let request = PullImageRequest {
+                image: Some(ImageSpec { image: busybox, ..Default::default() }),
+                ..Default::default()
+            };
             images.pull_image(request).await.map(|r| r.into_inner().image_ref)
         }));
     }
@@ -439,7 +542,8 @@ async fn state_survives_a_crid_crash() {
     crid.pull(&busybox).await;
     let pod = crid.pod_config("survivor");
     let pod_id = crid.run_pod(&pod).await;
-    let running = crid.create_container(&pod_id, &pod, "running", &["sh", "-c", "while true; do echo tick; sleep 1; done"]).await;
+    let running =
+        crid.create_container(&pod_id, &pod, "running", &["sh", "-c", "while true; do echo tick; sleep 1; done"]).await;
     crid.start_container(&running).await;
     let exited = crid.create_container(&pod_id, &pod, "exited", &["sh", "-c", "exit 4"]).await;
     crid.start_container(&exited).await;
@@ -451,7 +555,10 @@ async fn state_survives_a_crid_crash() {
 
     let pods = crid.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
     assert_eq!(pods.len(), 1);
-    assert_eq!((pods[0].id.as_str(), PodSandboxState::try_from(pods[0].state).unwrap()), (pod_id.as_str(), PodSandboxState::SandboxReady));
+    assert_eq!(
+        (pods[0].id.as_str(), PodSandboxState::try_from(pods[0].state).unwrap()),
+        (pod_id.as_str(), PodSandboxState::SandboxReady)
+    );
     assert_eq!(crid.container_state(&running).await.0, ContainerState::ContainerRunning);
     assert_eq!(crid.container_state(&exited).await, (ContainerState::ContainerExited, 4));
     assert_eq!(crid.container_state(&created).await.0, ContainerState::ContainerCreated);
@@ -468,7 +575,8 @@ async fn state_survives_a_crid_crash() {
     assert_eq!(crid.runtime.exec_sync(exec).await.unwrap().into_inner().stdout, b"alive\n");
 
     crid.remove_pod(&pod_id).await;
-    let containers = crid.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    let containers =
+        crid.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
     assert!(containers.is_empty(), "RemovePodSandbox removes its containers: {containers:?}");
     crid.assert_no_leaks();
 }
@@ -489,8 +597,13 @@ fn restart_containerd(stack: &common::Stack) {
         assert!(Instant::now() < deadline, "containerd ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(stack.dir.join("logs/containerd.log")).unwrap();
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(stack.dir.join("logs/containerd.log")).unwrap();
     // setsid: the new containerd must outlive this test process, as the first one did.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the restarted containerd outlives the test; ci/realstack down stops it"
+    )]
     let child = Command::new("setsid")
         .arg("containerd")
         .arg("--config")
@@ -502,7 +615,11 @@ fn restart_containerd(stack: &common::Stack) {
         .expect("restart containerd");
     std::fs::write(&pid_file, child.id().to_string()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !Command::new("ctr").args(["--address", &stack.containerd_address, "version"]).output().is_ok_and(|o| o.status.success()) {
+    while !Command::new("ctr")
+        .args(["--address", &stack.containerd_address, "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         assert!(Instant::now() < deadline, "containerd did not come back");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -518,14 +635,20 @@ async fn survives_a_containerd_restart() {
     crid.pull(&busybox).await;
     let pod = crid.pod_config("steady");
     let pod_id = crid.run_pod(&pod).await;
-    let waiter = crid.create_container(&pod_id, &pod, "waiter", &["sh", "-c", "while [ ! -f /tmp/go ]; do sleep 0.2; done; exit 5"]).await;
+    let waiter = crid
+        .create_container(&pod_id, &pod, "waiter", &["sh", "-c", "while [ ! -f /tmp/go ]; do sleep 0.2; done; exit 5"])
+        .await;
     crid.start_container(&waiter).await;
 
     restart_containerd(&stack);
 
     assert_eq!(crid.container_state(&waiter).await.0, ContainerState::ContainerRunning);
     assert_eq!(crid.exec(&waiter, &["touch", "/tmp/go"]).await.0, 0);
-    assert_eq!(crid.wait_container_state(&waiter, ContainerState::ContainerExited).await, 5, "the exit after the restart is seen");
+    assert_eq!(
+        crid.wait_container_state(&waiter, ContainerState::ContainerExited).await,
+        5,
+        "the exit after the restart is seen"
+    );
     let after = crid.create_container(&pod_id, &pod, "after", &["sh", "-c", "exit 6"]).await;
     crid.start_container(&after).await;
     assert_eq!(crid.wait_container_state(&after, ContainerState::ContainerExited).await, 6);
@@ -549,7 +672,8 @@ async fn refuses_to_start_without_containerd() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("unreachable"), "{stderr}");
-    let output = Command::new(env!("CARGO_BIN_EXE_crid")).arg("--config").arg(dir.join("missing.toml")).output().unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_crid")).arg("--config").arg(dir.join("missing.toml")).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.toml"));
     let _ = std::fs::remove_dir_all(&dir);

@@ -93,7 +93,11 @@ mod normal {
 
         let fixed = dir.path().join("fixed.sock");
         let plain = dir.path().join("plain.sock");
-        tokio::spawn(crid::grpc::serve_unix(service.clone(), UnixListener::bind(&fixed).unwrap(), std::future::pending()));
+        tokio::spawn(crid::grpc::serve_unix(
+            service.clone(),
+            UnixListener::bind(&fixed).unwrap(),
+            std::future::pending(),
+        ));
         let grpc = CriGrpc::new(service.clone());
         let listener = UnixListener::bind(&plain).unwrap();
         tokio::spawn(

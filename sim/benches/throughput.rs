@@ -17,7 +17,10 @@ fn main() {
     let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("crid-sim");
     assert!(exe.exists(), "build the simulator first: cargo sim list ({} missing)", exe.display());
     println!("{seeds} seeds per scenario, {jobs} workers, one process per seed\n");
-    println!("{:<20} {:>10} {:>14} {:>16} {:>14}", "scenario", "seeds/s", "sim/wall", "sim s per seed", "rpcs per seed");
+    println!(
+        "{:<20} {:>10} {:>14} {:>16} {:>14}",
+        "scenario", "seeds/s", "sim/wall", "sim s per seed", "rpcs per seed"
+    );
     for name in names() {
         let scenario = Scenario::load(name).unwrap();
         let rpcs = std::sync::atomic::AtomicU64::new(0);

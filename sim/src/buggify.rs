@@ -57,7 +57,7 @@ pub struct FaultPlan {
 
 impl FaultPlan {
     pub fn new(scenario: &Scenario, seed: u64, trace: Arc<Trace>, crash_requested: Arc<tokio::sync::Notify>) -> Self {
-        let mut rng = SmallRng::seed_from_u64(seed ^ 0xB066_1F7);
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x0B06_61F7);
         let eligible = eligible_points(scenario);
         let active: BTreeSet<String> = match scenario.forced.as_ref().and_then(|f| f.active_points.clone()) {
             Some(forced) => forced.into_iter().collect(),
@@ -111,7 +111,14 @@ impl FaultInjector for FaultPlan {
                 }
                 _ => unreachable!("kinds are validated"),
             };
-            self.trace.log("fault", format!("{site} {} -> {kind}{}", short(key), if matches!(*kind, "delay" | "late") { format!(" {}ms", delay.as_millis()) } else { String::new() }));
+            self.trace.log(
+                "fault",
+                format!(
+                    "{site} {} -> {kind}{}",
+                    short(key),
+                    if matches!(*kind, "delay" | "late") { format!(" {}ms", delay.as_millis()) } else { String::new() }
+                ),
+            );
             return action;
         }
         FaultAction::Proceed

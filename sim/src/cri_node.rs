@@ -88,7 +88,15 @@ pub async fn serve(config: Config, world: Arc<FakeWorld>, endpoint: CriEndpoint,
                     ),
                 );
                 for quarantined in &snapshot.quarantined {
-                    run_trace.log("cri", format!("quarantined {} {}: {}", quarantined.kind, crate::trace::short(&quarantined.id), quarantined.reason));
+                    run_trace.log(
+                        "cri",
+                        format!(
+                            "quarantined {} {}: {}",
+                            quarantined.kind,
+                            crate::trace::short(&quarantined.id),
+                            quarantined.reason
+                        ),
+                    );
                 }
             }
             Err(error) => run_trace.log("cri", format!("run failed: {error}")),

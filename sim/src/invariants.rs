@@ -62,7 +62,12 @@ impl Checker {
             return;
         }
         self.trace.log("VIOLATED", format!("{invariant} on {object}: {detail}"));
-        failures.push(Failure { invariant: invariant.into(), object: object.into(), sim_time: self.trace.now_label().trim().to_string(), detail });
+        failures.push(Failure {
+            invariant: invariant.into(),
+            object: object.into(),
+            sim_time: self.trace.now_label().trim().to_string(),
+            detail,
+        });
     }
 
     pub fn failures(&self) -> Vec<Failure> {
@@ -99,11 +104,16 @@ impl Checker {
 
     /// 1. Registry ↔ store.
     fn check_registries(&self, snapshot: &StateSnapshot) {
-        let in_flight: BTreeSet<&str> = snapshot.operations.iter().chain(&snapshot.undelivered).map(String::as_str).collect();
-        let sandboxes: BTreeMap<&str, &str> = snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.name.as_str())).collect();
-        let containers: BTreeMap<&str, &str> = snapshot.containers.iter().map(|c| (c.id.as_str(), c.name.as_str())).collect();
+        let in_flight: BTreeSet<&str> =
+            snapshot.operations.iter().chain(&snapshot.undelivered).map(String::as_str).collect();
+        let sandboxes: BTreeMap<&str, &str> =
+            snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.name.as_str())).collect();
+        let containers: BTreeMap<&str, &str> =
+            snapshot.containers.iter().map(|c| (c.id.as_str(), c.name.as_str())).collect();
         let quarantined: BTreeSet<&str> = snapshot.quarantined.iter().map(|q| q.id.as_str()).collect();
-        for (kind, names, store) in [("sandbox", &snapshot.sandbox_names, &sandboxes), ("container", &snapshot.container_names, &containers)] {
+        for (kind, names, store) in
+            [("sandbox", &snapshot.sandbox_names, &sandboxes), ("container", &snapshot.container_names, &containers)]
+        {
             let mut ids = BTreeSet::new();
             for (name, id) in names.iter() {
                 if !ids.insert(id.as_str()) {
@@ -112,13 +122,21 @@ impl Checker {
                 let stored = store.get(id.as_str()) == Some(&name.as_str());
                 let in_flight_op = in_flight.contains(format!("{kind}/{name}").as_str());
                 if !stored && !in_flight_op && !quarantined.contains(id.as_str()) {
-                    self.fail("1 registry <-> store", &format!("{kind} {name}"), format!("name reserved for {} with no object and no operation in flight", short(id)));
+                    self.fail(
+                        "1 registry <-> store",
+                        &format!("{kind} {name}"),
+                        format!("name reserved for {} with no object and no operation in flight", short(id)),
+                    );
                 }
             }
             let reserved: BTreeMap<&str, &str> = names.iter().map(|(n, i)| (i.as_str(), n.as_str())).collect();
             for (id, name) in store.iter() {
                 if reserved.get(id) != Some(name) {
-                    self.fail("1 registry <-> store", &format!("{kind} {}", short(id)), format!("stored object {name:?} is not reserved under its name"));
+                    self.fail(
+                        "1 registry <-> store",
+                        &format!("{kind} {}", short(id)),
+                        format!("stored object {name:?} is not reserved under its name"),
+                    );
                 }
             }
         }
@@ -138,10 +156,17 @@ impl Checker {
             if let Some(&(before, before_finished, before_incarnation)) = seen.get(&container.id) {
                 let restart = before_incarnation != incarnation;
                 let allowed = before == state
-                    || matches!((before, state), (Created, Running) | (Created, Exited) | (Running, Exited) | (Unknown, Exited))
+                    || matches!(
+                        (before, state),
+                        (Created, Running) | (Created, Exited) | (Running, Exited) | (Unknown, Exited)
+                    )
                     || (restart && state == Unknown && before != Exited);
                 if !allowed {
-                    self.fail("2 monotone container state", &object, format!("{before:?} -> {state:?}{}", if restart { " across a restart" } else { "" }));
+                    self.fail(
+                        "2 monotone container state",
+                        &object,
+                        format!("{before:?} -> {state:?}{}", if restart { " across a restart" } else { "" }),
+                    );
                 }
                 if before_finished != 0 && finished != before_finished {
                     self.fail("2 FinishedAt immutable", &object, format!("{before_finished} -> {finished}"));
@@ -163,7 +188,11 @@ impl Checker {
                     || matches!((before, sandbox.state), (Unknown, Ready) | (Unknown, NotReady) | (Ready, NotReady))
                     || (restart && sandbox.state == Unknown);
                 if !allowed {
-                    self.fail("3 sandbox state", &format!("sandbox {}", short(&sandbox.id)), format!("{before:?} -> {:?}", sandbox.state));
+                    self.fail(
+                        "3 sandbox state",
+                        &format!("sandbox {}", short(&sandbox.id)),
+                        format!("{before:?} -> {:?}", sandbox.state),
+                    );
                 }
             }
             seen.insert(sandbox.id.clone(), (sandbox.state, incarnation));
@@ -185,7 +214,15 @@ impl Checker {
                 self.fail("4 network", &object, format!("READY but netns {} is missing", sandbox.netns_path));
             }
             if sandbox.ip.is_empty() || !sandbox.has_cni_result || allocations.get(&sandbox.id) != Some(&sandbox.ip) {
-                self.fail("4 network", &object, format!("READY but IP {:?} is not its live allocation {:?}", sandbox.ip, allocations.get(&sandbox.id)));
+                self.fail(
+                    "4 network",
+                    &object,
+                    format!(
+                        "READY but IP {:?} is not its live allocation {:?}",
+                        sandbox.ip,
+                        allocations.get(&sandbox.id)
+                    ),
+                );
             }
         }
     }
@@ -204,7 +241,9 @@ impl Checker {
     /// True when nothing is in flight: no operation, no backoff, no lock, no pull.
     pub fn quiescent(&self) -> bool {
         match self.live_snapshot() {
-            Some(s) => s.operations.is_empty() && s.backoff_len == 0 && s.lock_keys.is_empty() && s.pulls_in_flight == 0,
+            Some(s) => {
+                s.operations.is_empty() && s.backoff_len == 0 && s.lock_keys.is_empty() && s.pulls_in_flight == 0
+            }
             None => false,
         }
     }
@@ -220,9 +259,15 @@ impl Checker {
         let tasks = containerd.tasks();
         // 11. No stuck RUNNING; READY has a task.
         for container in snapshot.containers.iter().filter(|c| c.state == ContainerState::Running) {
-            let running = tasks.get(&container.id).is_some_and(|t| matches!(t.state, TaskState::Running | TaskState::Paused | TaskState::Pausing));
+            let running = tasks
+                .get(&container.id)
+                .is_some_and(|t| matches!(t.state, TaskState::Running | TaskState::Paused | TaskState::Pausing));
             if !running {
-                self.fail("11 no stuck RUNNING", &format!("container {}", short(&container.id)), "RUNNING without a running task");
+                self.fail(
+                    "11 no stuck RUNNING",
+                    &format!("container {}", short(&container.id)),
+                    "RUNNING without a running task",
+                );
             }
         }
         for sandbox in snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready) {
@@ -231,31 +276,53 @@ impl Checker {
             }
         }
         // 12. No network leak.
-        let live: BTreeSet<&str> = snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.id.as_str()).collect();
+        let live: BTreeSet<&str> =
+            snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.id.as_str()).collect();
         for (id, ip) in self.world.cni.allocations() {
             if !live.contains(id.as_str()) {
                 self.fail("12 no network leak", &format!("sandbox {}", short(&id)), format!("IP {ip} still allocated"));
             }
         }
-        let live_netns: BTreeSet<&str> = snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.netns_path.as_str()).collect();
+        let live_netns: BTreeSet<&str> = snapshot
+            .sandboxes
+            .iter()
+            .filter(|s| s.state == SandboxState::Ready)
+            .map(|s| s.netns_path.as_str())
+            .collect();
         for netns in self.world.os.netns_list() {
             if !live_netns.contains(netns.as_str()) {
                 self.fail("12 no network leak", &format!("netns {netns}"), "netns of a stopped or removed sandbox");
             }
         }
         // 13. No runtime leak and 14. store ⊆ K ⊆ store ∪ quarantine.
-        let stored: BTreeSet<&str> = snapshot.sandboxes.iter().map(|s| s.id.as_str()).chain(snapshot.containers.iter().map(|c| c.id.as_str())).collect();
+        let stored: BTreeSet<&str> = snapshot
+            .sandboxes
+            .iter()
+            .map(|s| s.id.as_str())
+            .chain(snapshot.containers.iter().map(|c| c.id.as_str()))
+            .collect();
         let quarantined: BTreeSet<&str> = snapshot.quarantined.iter().map(|q| q.id.as_str()).collect();
         let records = containerd.containers();
         for (id, record) in &records {
             let kind = record.labels.get(LABEL_KIND).map(String::as_str);
-            if matches!(kind, Some(KIND_SANDBOX) | Some(KIND_CONTAINER)) && !stored.contains(id.as_str()) && !quarantined.contains(id.as_str()) {
-                self.fail("14 K subset of store + quarantine", &format!("containerd container {}", short(id)), "not in any store and not quarantined");
+            if matches!(kind, Some(KIND_SANDBOX) | Some(KIND_CONTAINER))
+                && !stored.contains(id.as_str())
+                && !quarantined.contains(id.as_str())
+            {
+                self.fail(
+                    "14 K subset of store + quarantine",
+                    &format!("containerd container {}", short(id)),
+                    "not in any store and not quarantined",
+                );
             }
         }
         for id in &stored {
             if !records.contains_key(*id) {
-                self.fail("14 store subset of K", &format!("object {}", short(id)), "in the store but not in containerd");
+                self.fail(
+                    "14 store subset of K",
+                    &format!("object {}", short(id)),
+                    "in the store but not in containerd",
+                );
             }
         }
         for id in tasks.keys() {
@@ -285,7 +352,11 @@ impl Checker {
         if self.check_pull_dedup {
             let (fetches, applies) = (containerd.redundant_fetches(), containerd.redundant_applies());
             if fetches > 0 || applies > 0 {
-                self.fail("15 pull dedup", "content store", format!("{fetches} fetches of stored blobs, {applies} applies of committed snapshots"));
+                self.fail(
+                    "15 pull dedup",
+                    "content store",
+                    format!("{fetches} fetches of stored blobs, {applies} applies of committed snapshots"),
+                );
             }
         }
         // 16. Image store = K.

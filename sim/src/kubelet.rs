@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crid::CriService;
 use crid::error::{Error, ErrorKind, Result};
 use crid::naming::normalize_image_ref;
-use crid::CriService;
 use k8s_cri::v1::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -131,7 +131,9 @@ impl Kubelet {
         };
         match &result {
             Ok(_) => self.trace.log("kubelet", format!("{rpc} {what} -> ok")),
-            Err(error) => self.trace.log("kubelet", format!("{rpc} {what} -> {:?}: {}", error.kind, first_line(&error.message))),
+            Err(error) => {
+                self.trace.log("kubelet", format!("{rpc} {what} -> {:?}: {}", error.kind, first_line(&error.message)))
+            }
         }
         if let Ok(response) = &result {
             ack(response);
@@ -179,13 +181,22 @@ impl Kubelet {
         for image in self.scenario.workload.images.clone() {
             let reference = image.clone();
             let pulled = retry!(self, true, {
-                    let reference = reference.clone();
-                    let normalized = normalize_image_ref(&reference).unwrap();
-                    self.call_then("PullImage", &reference.clone(), move |s| async move {
-                        s.pull_image(PullImageRequest { image: Some(ImageSpec { image: reference, ..Default::default() }), ..Default::default() }).await
-                    }, |r| self.checker.oracle.pulled_image(&normalized, &r.image_ref))
-                    .await
-                });
+                let reference = reference.clone();
+                let normalized = normalize_image_ref(&reference).unwrap();
+                self.call_then(
+                    "PullImage",
+                    &reference.clone(),
+                    move |s| async move {
+                        s.pull_image(PullImageRequest {
+                            image: Some(ImageSpec { image: reference, ..Default::default() }),
+                            ..Default::default()
+                        })
+                        .await
+                    },
+                    |r| self.checker.oracle.pulled_image(&normalized, &r.image_ref),
+                )
+                .await
+            });
             if pulled.is_none() {
                 return false;
             }
@@ -199,7 +210,9 @@ impl Kubelet {
         let name = format!("pod-{worker}-{generation}");
         let uid = format!("uid-{worker}-{generation}");
         let host_network = rng.gen_bool(self.scenario.workload.host_network_fraction);
-        let lifetime = Duration::from_secs(rng.gen_range(self.scenario.workload.pod_lifetime_s.0..=self.scenario.workload.pod_lifetime_s.1));
+        let lifetime = Duration::from_secs(
+            rng.gen_range(self.scenario.workload.pod_lifetime_s.0..=self.scenario.workload.pod_lifetime_s.1),
+        );
         if !self.ensure_images(rng).await {
             return;
         }
@@ -208,7 +221,8 @@ impl Kubelet {
         let mut containers: BTreeMap<u32, (String, u32)> = BTreeMap::new();
         let mut restarts = 0;
         for index in 0..self.scenario.workload.containers_per_pod {
-            let command = self.scenario.workload.commands[rng.gen_range(0..self.scenario.workload.commands.len())].clone();
+            let command =
+                self.scenario.workload.commands[rng.gen_range(0..self.scenario.workload.commands.len())].clone();
             if let Some(id) = self.create_and_start(&sandbox_id, &config, index, 0, &command).await {
                 containers.insert(index, (id, 0));
             }
@@ -219,17 +233,26 @@ impl Kubelet {
             for (index, (id, attempt)) in containers.clone() {
                 let status_id = id.clone();
                 let status = self
-                    .call("ContainerStatus", short(&id), move |s| async move { s.container_status(ContainerStatusRequest { container_id: status_id, verbose: false }).await })
+                    .call("ContainerStatus", short(&id), move |s| async move {
+                        s.container_status(ContainerStatusRequest { container_id: status_id, verbose: false }).await
+                    })
                     .await;
                 let Ok(status) = status else { continue };
                 let state = status.status.map(|s| s.state).unwrap_or_default();
-                if state == ContainerState::ContainerRunning as i32 && rng.gen_bool(self.scenario.workload.exec_probability) {
+                if state == ContainerState::ContainerRunning as i32
+                    && rng.gen_bool(self.scenario.workload.exec_probability)
+                {
                     self.exec_probe(&id).await;
                 }
-                if state == ContainerState::ContainerExited as i32 && restarts < self.scenario.workload.max_restarts && !self.draining() {
+                if state == ContainerState::ContainerExited as i32
+                    && restarts < self.scenario.workload.max_restarts
+                    && !self.draining()
+                {
                     restarts += 1;
                     if self.remove_container(&id).await {
-                        let command = self.scenario.workload.commands[rng.gen_range(0..self.scenario.workload.commands.len())].clone();
+                        let command = self.scenario.workload.commands
+                            [rng.gen_range(0..self.scenario.workload.commands.len())]
+                        .clone();
                         match self.create_and_start(&sandbox_id, &config, index, attempt + 1, &command).await {
                             Some(new_id) => {
                                 containers.insert(index, (new_id, attempt + 1));
@@ -265,9 +288,18 @@ impl Kubelet {
             let request = config.clone();
             let what = format!("{name}.{attempt}");
             let result = self
-                .call_then("RunPodSandbox", &what, move |s| async move { s.run_pod_sandbox(RunPodSandboxRequest { config: Some(request), runtime_handler: String::new() }).await }, |r| {
-                    self.checker.oracle.ran_sandbox(&r.pod_sandbox_id)
-                })
+                .call_then(
+                    "RunPodSandbox",
+                    &what,
+                    move |s| async move {
+                        s.run_pod_sandbox(RunPodSandboxRequest {
+                            config: Some(request),
+                            runtime_handler: String::new(),
+                        })
+                        .await
+                    },
+                    |r| self.checker.oracle.ran_sandbox(&r.pod_sandbox_id),
+                )
                 .await;
             match result {
                 Ok(response) => return Some((response.pod_sandbox_id, config)),
@@ -275,14 +307,18 @@ impl Kubelet {
                     let selector = HashMap::from([("app".to_string(), name.to_string())]);
                     let listed = self
                         .call("ListPodSandbox", name, move |s| async move {
-                            s.list_pod_sandbox(ListPodSandboxRequest { filter: Some(PodSandboxFilter { label_selector: selector, ..Default::default() }) }).await
+                            s.list_pod_sandbox(ListPodSandboxRequest {
+                                filter: Some(PodSandboxFilter { label_selector: selector, ..Default::default() }),
+                            })
+                            .await
                         })
                         .await;
                     let Ok(listed) = listed else { continue };
                     if let Some(ready) = listed.items.iter().find(|s| s.state == PodSandboxState::SandboxReady as i32) {
                         self.trace.log("kubelet", format!("adopting READY sandbox {} of {name}", short(&ready.id)));
                         self.checker.oracle.ran_sandbox(&ready.id);
-                        let adopted = pod_config(name, uid, host_network, ready.metadata.as_ref().map_or(attempt, |m| m.attempt));
+                        let adopted =
+                            pod_config(name, uid, host_network, ready.metadata.as_ref().map_or(attempt, |m| m.attempt));
                         return Some((ready.id.clone(), adopted));
                     }
                     for dead in &listed.items {
@@ -298,10 +334,20 @@ impl Kubelet {
         }
     }
 
-    async fn create_and_start(&self, sandbox_id: &str, pod: &PodSandboxConfig, index: u32, attempt: u32, command: &[String]) -> Option<String> {
+    async fn create_and_start(
+        &self,
+        sandbox_id: &str,
+        pod: &PodSandboxConfig,
+        index: u32,
+        attempt: u32,
+        command: &[String],
+    ) -> Option<String> {
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata { name: format!("c{index}"), attempt }),
-            image: Some(ImageSpec { image: self.scenario.workload.images[index as usize % self.scenario.workload.images.len()].clone(), ..Default::default() }),
+            image: Some(ImageSpec {
+                image: self.scenario.workload.images[index as usize % self.scenario.workload.images.len()].clone(),
+                ..Default::default()
+            }),
             command: command.to_vec(),
             log_path: format!("c{index}/{attempt}.log"),
             labels: HashMap::from([("container".to_string(), format!("c{index}"))]),
@@ -309,31 +355,44 @@ impl Kubelet {
         };
         let what = format!("c{index}.{attempt} in {}", short(sandbox_id));
         let created = retry!(self, true, {
-                let (config, pod, sandbox) = (config.clone(), pod.clone(), sandbox_id.to_string());
-                let result = self
-                    .call_then("CreateContainer", &what, move |s| async move {
-                        s.create_container(CreateContainerRequest { pod_sandbox_id: sandbox, config: Some(config), sandbox_config: Some(pod) }).await
-                    }, |r| self.checker.oracle.created_container(&r.container_id, sandbox_id))
-                    .await;
-                match result {
-                    // The sandbox died or was stopped meanwhile: no point retrying.
-                    Err(error) if matches!(error.kind, ErrorKind::FailedPrecondition | ErrorKind::NotFound) => Ok(None),
-                    // A container of an earlier call holds the name (kept after a failed
-                    // rollback, or recovered): remove it, as kubelet's GC would, then retry.
-                    Err(error) if error.kind == ErrorKind::AlreadyExists => {
-                        self.remove_stale_containers(sandbox_id, index).await;
-                        Err(error)
-                    }
-                    other => other.map(Some),
+            let (config, pod, sandbox) = (config.clone(), pod.clone(), sandbox_id.to_string());
+            let result = self
+                .call_then(
+                    "CreateContainer",
+                    &what,
+                    move |s| async move {
+                        s.create_container(CreateContainerRequest {
+                            pod_sandbox_id: sandbox,
+                            config: Some(config),
+                            sandbox_config: Some(pod),
+                        })
+                        .await
+                    },
+                    |r| self.checker.oracle.created_container(&r.container_id, sandbox_id),
+                )
+                .await;
+            match result {
+                // The sandbox died or was stopped meanwhile: no point retrying.
+                Err(error) if matches!(error.kind, ErrorKind::FailedPrecondition | ErrorKind::NotFound) => Ok(None),
+                // A container of an earlier call holds the name (kept after a failed
+                // rollback, or recovered): remove it, as kubelet's GC would, then retry.
+                Err(error) if error.kind == ErrorKind::AlreadyExists => {
+                    self.remove_stale_containers(sandbox_id, index).await;
+                    Err(error)
                 }
-            })
-            .flatten()?;
+                other => other.map(Some),
+            }
+        })
+        .flatten()?;
         let id = created.container_id;
         let start_id = id.clone();
         let _ = self
-            .call_then("StartContainer", short(&id), move |s| async move { s.start_container(StartContainerRequest { container_id: start_id }).await }, |_| {
-                self.checker.oracle.started_container(&id)
-            })
+            .call_then(
+                "StartContainer",
+                short(&id),
+                move |s| async move { s.start_container(StartContainerRequest { container_id: start_id }).await },
+                |_| self.checker.oracle.started_container(&id),
+            )
             .await;
         Some(id)
     }
@@ -344,7 +403,11 @@ impl Kubelet {
             label_selector: HashMap::from([("container".to_string(), format!("c{index}"))]),
             ..Default::default()
         };
-        let listed = self.call("ListContainers", &format!("c{index}"), move |s| async move { s.list_containers(ListContainersRequest { filter: Some(filter) }).await }).await;
+        let listed = self
+            .call("ListContainers", &format!("c{index}"), move |s| async move {
+                s.list_containers(ListContainersRequest { filter: Some(filter) }).await
+            })
+            .await;
         for container in listed.map(|l| l.containers).unwrap_or_default() {
             if container.state != ContainerState::ContainerRunning as i32 {
                 self.remove_container(&container.id).await;
@@ -357,7 +420,12 @@ impl Kubelet {
         let exec_id = id.to_string();
         let _ = self
             .call("ExecSync", short(id), move |s| async move {
-                s.exec_sync(ExecSyncRequest { container_id: exec_id, cmd: vec!["echo".into(), "probe".into()], timeout }).await
+                s.exec_sync(ExecSyncRequest {
+                    container_id: exec_id,
+                    cmd: vec!["echo".into(), "probe".into()],
+                    timeout,
+                })
+                .await
             })
             .await;
     }
@@ -366,34 +434,58 @@ impl Kubelet {
         let timeout = self.scenario.kubelet.stop_timeout_s;
         let container_id = id;
         retry!(self, false, {
-                let id = id.to_string();
-                self.call_then("StopContainer", short(&id.clone()), move |s| async move { s.stop_container(StopContainerRequest { container_id: id, timeout }).await }, |_| self.checker.oracle.stopped_container(container_id)).await
-            });
+            let id = id.to_string();
+            self.call_then(
+                "StopContainer",
+                short(&id.clone()),
+                move |s| async move { s.stop_container(StopContainerRequest { container_id: id, timeout }).await },
+                |_| self.checker.oracle.stopped_container(container_id),
+            )
+            .await
+        });
     }
 
     async fn remove_container(&self, id: &str) -> bool {
         let container_id = id;
         self.checker.oracle.removing_container(id);
-        let removed = retry!(self, false, {
-                let id = id.to_string();
-                self.call_then("RemoveContainer", short(&id.clone()), move |s| async move { s.remove_container(RemoveContainerRequest { container_id: id }).await }, |_| self.checker.oracle.removed_container(container_id)).await
-            })
-            .is_some();
-        removed
+        retry!(self, false, {
+            let id = id.to_string();
+            self.call_then(
+                "RemoveContainer",
+                short(&id.clone()),
+                move |s| async move { s.remove_container(RemoveContainerRequest { container_id: id }).await },
+                |_| self.checker.oracle.removed_container(container_id),
+            )
+            .await
+        })
+        .is_some()
     }
 
     async fn stop_and_remove_pod(&self, sandbox_id: &str) {
-        let repeat = self.scenario.kubelet.repeat_probability > 0.0 && (self.seed ^ sandbox_id.len() as u64 ^ self.rpcs_total.load(Ordering::Relaxed)) % 100 < (self.scenario.kubelet.repeat_probability * 100.0) as u64;
+        let repeat = self.scenario.kubelet.repeat_probability > 0.0
+            && (self.seed ^ sandbox_id.len() as u64 ^ self.rpcs_total.load(Ordering::Relaxed)) % 100
+                < (self.scenario.kubelet.repeat_probability * 100.0) as u64;
         for round in 0..if repeat { 2 } else { 1 } {
             retry!(self, false, {
                 let id = sandbox_id.to_string();
-                self.call_then("StopPodSandbox", short(&id.clone()), move |s| async move { s.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id }).await }, |_| self.checker.oracle.stopped_sandbox(sandbox_id)).await
+                self.call_then(
+                    "StopPodSandbox",
+                    short(&id.clone()),
+                    move |s| async move { s.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id }).await },
+                    |_| self.checker.oracle.stopped_sandbox(sandbox_id),
+                )
+                .await
             });
             self.checker.oracle.removing_sandbox(sandbox_id);
             retry!(self, false, {
                 let id = sandbox_id.to_string();
-                self.call_then("RemovePodSandbox", short(&id.clone()), move |s| async move { s.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await }, |_| self.checker.oracle.removed_sandbox(sandbox_id))
-                    .await
+                self.call_then(
+                    "RemovePodSandbox",
+                    short(&id.clone()),
+                    move |s| async move { s.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await },
+                    |_| self.checker.oracle.removed_sandbox(sandbox_id),
+                )
+                .await
             });
             if round == 1 {
                 self.trace.log("kubelet", format!("repeated Stop/Remove of {} (idempotence)", short(sandbox_id)));
@@ -408,8 +500,11 @@ impl Kubelet {
         let reference = image.to_string();
         retry!(self, false, {
             let reference = reference.clone();
-            self.call("RemoveImage", &reference.clone(), move |s| async move { s.remove_image(RemoveImageRequest { image: Some(ImageSpec { image: reference, ..Default::default() }) }).await })
-                .await
+            self.call("RemoveImage", &reference.clone(), move |s| async move {
+                s.remove_image(RemoveImageRequest { image: Some(ImageSpec { image: reference, ..Default::default() }) })
+                    .await
+            })
+            .await
         });
     }
 
@@ -417,16 +512,28 @@ impl Kubelet {
     /// pods, results of calls that timed out) is stopped and removed.
     /// Returns true when there was nothing to collect.
     pub async fn garbage_collect(&self) -> bool {
-        let Some(sandboxes) = retry!(self, false, self.call("ListPodSandbox", "all", |s| async move { s.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await }).await)
-        else {
+        let Some(sandboxes) = retry!(
+            self,
+            false,
+            self.call("ListPodSandbox", "all", |s| async move {
+                s.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await
+            })
+            .await
+        ) else {
             return false;
         };
         let mut clean = sandboxes.items.is_empty();
         for sandbox in sandboxes.items {
             self.stop_and_remove_pod(&sandbox.id).await;
         }
-        let Some(containers) = retry!(self, false, self.call("ListContainers", "all", |s| async move { s.list_containers(ListContainersRequest { filter: None }).await }).await)
-        else {
+        let Some(containers) = retry!(
+            self,
+            false,
+            self.call("ListContainers", "all", |s| async move {
+                s.list_containers(ListContainersRequest { filter: None }).await
+            })
+            .await
+        ) else {
             return false;
         };
         clean &= containers.containers.is_empty();

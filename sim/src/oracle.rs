@@ -71,7 +71,11 @@ impl Oracle {
         }
     }
     pub fn created_container(&self, id: &str, sandbox_id: &str) {
-        self.containers.lock().unwrap().entry(id.to_string()).or_insert_with(|| ContainerModel { sandbox_id: sandbox_id.to_string(), ..Default::default() });
+        self.containers
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_insert_with(|| ContainerModel { sandbox_id: sandbox_id.to_string(), ..Default::default() });
     }
     pub fn started_container(&self, id: &str) {
         if let Some(model) = self.containers.lock().unwrap().get_mut(id) {
@@ -104,11 +108,16 @@ impl Oracle {
     /// Compares the service's state with the acknowledged history.
     pub fn check(&self, snapshot: &StateSnapshot) -> Vec<Mismatch> {
         let mut mismatches = vec![];
-        let sandboxes: BTreeMap<&str, SandboxState> = snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.state)).collect();
+        let sandboxes: BTreeMap<&str, SandboxState> =
+            snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.state)).collect();
         for (id, model) in self.sandboxes.lock().unwrap().iter() {
             match (sandboxes.get(id.as_str()), model.removed) {
-                (Some(_), true) => mismatches.push((format!("sandbox {id}"), "removal was acknowledged but it is still listed".into())),
-                (None, false) if !model.remove_issued => mismatches.push((format!("sandbox {id}"), "RunPodSandbox was acknowledged but it is gone".into())),
+                (Some(_), true) => {
+                    mismatches.push((format!("sandbox {id}"), "removal was acknowledged but it is still listed".into()))
+                }
+                (None, false) if !model.remove_issued => {
+                    mismatches.push((format!("sandbox {id}"), "RunPodSandbox was acknowledged but it is gone".into()))
+                }
                 (Some(SandboxState::Ready), false) if model.stopped => {
                     mismatches.push((format!("sandbox {id}"), "StopPodSandbox was acknowledged but it is READY".into()))
                 }
@@ -117,7 +126,8 @@ impl Oracle {
         }
         // Live models must be listed; removed ones must not be. Removed models are kept only as
         // ids, so a check costs O(live objects + listed objects), not O(history).
-        let containers: BTreeMap<&str, ContainerState> = snapshot.containers.iter().map(|c| (c.id.as_str(), c.state)).collect();
+        let containers: BTreeMap<&str, ContainerState> =
+            snapshot.containers.iter().map(|c| (c.id.as_str(), c.state)).collect();
         let sandbox_removing: std::collections::BTreeSet<String> =
             self.sandboxes.lock().unwrap().iter().filter(|(_, m)| m.remove_issued).map(|(id, _)| id.clone()).collect();
         let mut models = self.containers.lock().unwrap();
@@ -128,16 +138,22 @@ impl Oracle {
                 if model.removed || model.remove_issued || sandbox_removing.contains(&model.sandbox_id) {
                     forget.push(id.clone());
                 } else {
-                    mismatches.push((format!("container {id}"), "CreateContainer was acknowledged but it is gone".into()));
+                    mismatches
+                        .push((format!("container {id}"), "CreateContainer was acknowledged but it is gone".into()));
                 }
                 continue;
             };
             if model.removed {
-                mismatches.push((format!("container {id}"), "RemoveContainer was acknowledged but it is still listed".into()));
+                mismatches.push((
+                    format!("container {id}"),
+                    "RemoveContainer was acknowledged but it is still listed".into(),
+                ));
             } else if model.stopped && *state != ContainerState::Exited {
-                mismatches.push((format!("container {id}"), format!("StopContainer was acknowledged but it is {state:?}")));
+                mismatches
+                    .push((format!("container {id}"), format!("StopContainer was acknowledged but it is {state:?}")));
             } else if model.started && *state == ContainerState::Created {
-                mismatches.push((format!("container {id}"), "StartContainer was acknowledged but it is CREATED".into()));
+                mismatches
+                    .push((format!("container {id}"), "StartContainer was acknowledged but it is CREATED".into()));
             }
         }
         // A container that is gone after its removal was issued stays gone: remember only that.
@@ -151,10 +167,13 @@ impl Oracle {
             }
         }
         for (reference, id) in self.images.lock().unwrap().iter() {
-            if let Some(id) = id {
-                if snapshot.image_refs.get(reference) != Some(id) {
-                    mismatches.push((format!("image {reference}"), format!("PullImage returned {id} but the store has {:?}", snapshot.image_refs.get(reference))));
-                }
+            if let Some(id) = id
+                && snapshot.image_refs.get(reference) != Some(id)
+            {
+                mismatches.push((
+                    format!("image {reference}"),
+                    format!("PullImage returned {id} but the store has {:?}", snapshot.image_refs.get(reference)),
+                ));
             }
         }
         mismatches

@@ -50,7 +50,12 @@ pub fn replay_command(scenario: &str, seed: u64) -> String {
 
 /// The CRI config of the simulated node.
 pub fn sim_config() -> crid::Config {
-    crid::Config { sandbox_image: PAUSE_IMAGE.into(), root_dir: "/var/lib/crid".into(), state_dir: "/run/crid".into(), ..crid::Config::default() }
+    crid::Config {
+        sandbox_image: PAUSE_IMAGE.into(),
+        root_dir: "/var/lib/crid".into(),
+        state_dir: "/run/crid".into(),
+        ..crid::Config::default()
+    }
 }
 
 /// A chaos event: what, when (ms into the run), and a draw that picks its target.
@@ -118,11 +123,13 @@ pub fn run_seed(scenario: &Scenario, seed: u64, echo_trace: bool) -> RunReport {
         .spawn(move || {
             let trace = Arc::new(Trace::new(echo_trace));
             // determinism-ok: wall time is measured for the report only, never used by the run.
-            let wall = std::time::Instant::now();  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+            let wall = std::time::Instant::now(); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
             let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
             let run_trace = trace.clone();
             let scenario = scenario_for_thread.clone();
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || runtime.block_on(simulate(scenario, seed, run_trace))));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                runtime.block_on(simulate(scenario, seed, run_trace))
+            }));
             let wall_ms = wall.elapsed().as_millis() as u64;
             (outcome, trace, wall_ms)
         })
@@ -135,12 +142,21 @@ pub fn run_seed(scenario: &Scenario, seed: u64, echo_trace: bool) -> RunReport {
     let mut report = match outcome {
         Ok(report) => report,
         Err(panic) => {
-            let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic".into());
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
             trace.log("VIOLATED", format!("assertion: {message}"));
             RunReport {
                 scenario: scenario.name.clone(),
                 seed,
-                failures: vec![Failure { invariant: "assertion (core or harness panicked)".into(), object: "-".into(), sim_time: "-".into(), detail: message }],
+                failures: vec![Failure {
+                    invariant: "assertion (core or harness panicked)".into(),
+                    object: "-".into(),
+                    sim_time: "-".into(),
+                    detail: message,
+                }],
                 trace_hash: String::new(),
                 trace: vec![],
                 sim_ms: 0,
@@ -166,7 +182,8 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
     let chaos = chaos_schedule(&scenario, seed);
     trace.log("sim", format!("scenario {} seed {seed}", scenario.name));
     trace.log("sim", format!("active fault points: [{}]", plan.active_points().join(", ")));
-    trace.log("sim", format!("chaos events: [{}]", chaos.iter().map(ChaosEvent::encode).collect::<Vec<_>>().join(", ")));
+    trace
+        .log("sim", format!("chaos events: [{}]", chaos.iter().map(ChaosEvent::encode).collect::<Vec<_>>().join(", ")));
 
     let world = Arc::new(FakeWorld::new(seed, plan.clone()).with_default_images());
     world.cni.set_chained_failure(scenario.chaos.chained_cni);
@@ -178,7 +195,11 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
     let config = sim_config();
     let cri = {
         let (world, endpoint, trace) = (world.clone(), endpoint.clone(), trace.clone());
-        handle.create_node().name("cri").init(move || serve(config.clone(), world.clone(), endpoint.clone(), trace.clone())).build()
+        handle
+            .create_node()
+            .name("cri")
+            .init(move || serve(config.clone(), world.clone(), endpoint.clone(), trace.clone()))
+            .build()
     };
     let kubelet = Arc::new(Kubelet::new(scenario.clone(), seed, endpoint.clone(), checker.clone(), trace.clone()));
     let kubelet_node = handle.create_node().name("kubelet").build();
@@ -194,7 +215,8 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
         if now_ms >= fault_phase.as_millis() as u64 || checker.failed() {
             break;
         }
-        let next_ms = pending.peek().map_or(fault_phase.as_millis() as u64, |e| e.at_ms.min(fault_phase.as_millis() as u64));
+        let next_ms =
+            pending.peek().map_or(fault_phase.as_millis() as u64, |e| e.at_ms.min(fault_phase.as_millis() as u64));
         let wait = Duration::from_millis(next_ms.saturating_sub(now_ms).max(1)).min(Duration::from_secs(1));
         tokio::select! {
             biased;
@@ -232,7 +254,14 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
         if workload.is_finished() && checker.quiescent() {
             // Kubelet's periodic garbage collection: objects created by calls whose replies were
             // lost show up in the lists and are removed. Converged once a pass finds nothing.
-            if kubelet_node.spawn({ let kubelet = kubelet.clone(); async move { kubelet.garbage_collect().await } }).await.unwrap_or(true) {
+            if kubelet_node
+                .spawn({
+                    let kubelet = kubelet.clone();
+                    async move { kubelet.garbage_collect().await }
+                })
+                .await
+                .unwrap_or(true)
+            {
                 converged = true;
                 break;
             }
@@ -266,7 +295,15 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
         checker.fail("liveness: convergence", "system", detail);
     }
     let failures = checker.failures();
-    trace.log("sim", format!("done: {} failures, {} rpcs, {} pods", failures.len(), kubelet.rpcs_total.load(std::sync::atomic::Ordering::Relaxed), kubelet.pods_total.load(std::sync::atomic::Ordering::Relaxed)));
+    trace.log(
+        "sim",
+        format!(
+            "done: {} failures, {} rpcs, {} pods",
+            failures.len(),
+            kubelet.rpcs_total.load(std::sync::atomic::Ordering::Relaxed),
+            kubelet.pods_total.load(std::sync::atomic::Ordering::Relaxed)
+        ),
+    );
     RunReport {
         scenario: scenario.name.clone(),
         seed,
@@ -338,7 +375,20 @@ async fn apply_chaos(
     paused: &mut Vec<String>,
 ) {
     match event.kind.as_str() {
-        "cri_crash" => crash_cri(handle, cri, endpoint, world, checker, trace, scenario.chaos.tear_on_crash, event.draw, "scheduled").await,
+        "cri_crash" => {
+            crash_cri(
+                handle,
+                cri,
+                endpoint,
+                world,
+                checker,
+                trace,
+                scenario.chaos.tear_on_crash,
+                event.draw,
+                "scheduled",
+            )
+            .await
+        }
         "containerd_restart" => {
             trace.log("chaos", "containerd restarting");
             world.containerd.crash();

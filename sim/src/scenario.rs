@@ -95,7 +95,14 @@ pub struct Kubelet {
 
 impl Default for Kubelet {
     fn default() -> Self {
-        Kubelet { deadline_s: 120, sync_period_s: 10, stop_timeout_s: 10, event_subscribers: 1, repeat_probability: 0.1, exec_timeout_s: 5 }
+        Kubelet {
+            deadline_s: 120,
+            sync_period_s: 10,
+            stop_timeout_s: 10,
+            event_subscribers: 1,
+            repeat_probability: 0.1,
+            exec_timeout_s: 5,
+        }
     }
 }
 
@@ -120,7 +127,13 @@ pub struct Faults {
 
 impl Default for Faults {
     fn default() -> Self {
-        Faults { activation_probability: 0.0, rate: 0.0, sites: vec![], kinds: vec!["error".into()], max_delay_ms: 5_000 }
+        Faults {
+            activation_probability: 0.0,
+            rate: 0.0,
+            sites: vec![],
+            kinds: vec!["error".into()],
+            max_delay_ms: 5_000,
+        }
     }
 }
 
@@ -214,8 +227,13 @@ impl Scenario {
             return Scenario::parse(text);
         }
         // determinism-ok: reading the scenario file happens before any simulation starts.
-        let text = std::fs::read_to_string(name_or_path)  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
-            .map_err(|e| format!("no embedded scenario {name_or_path:?} and cannot read it as a file: {e}; known: {}", names().join(", ")))?;
+        let text = std::fs::read_to_string(name_or_path) // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+            .map_err(|e| {
+                format!(
+                    "no embedded scenario {name_or_path:?} and cannot read it as a file: {e}; known: {}",
+                    names().join(", ")
+                )
+            })?;
         Scenario::parse(&text)
     }
 
@@ -227,7 +245,13 @@ impl Scenario {
         if w.pod_lifetime_s.0 > w.pod_lifetime_s.1 || self.duration_s == 0 {
             return Err(format!("scenario {}: bad durations", self.name));
         }
-        for p in [self.faults.activation_probability, self.faults.rate, w.exec_probability, w.host_network_fraction, self.kubelet.repeat_probability] {
+        for p in [
+            self.faults.activation_probability,
+            self.faults.rate,
+            w.exec_probability,
+            w.host_network_fraction,
+            self.kubelet.repeat_probability,
+        ] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("scenario {}: probabilities must be within 0..=1", self.name));
             }

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use crate::runner::RunReport;
-use crate::summary::run_seed_isolated;
 use crate::scenario::{Forced, Scenario};
+use crate::summary::run_seed_isolated;
 
 pub struct Shrunk {
     pub scenario: Scenario,
@@ -23,7 +23,10 @@ pub fn shrink(exe: &Path, original: &Scenario, seed: u64, mut progress: impl FnM
     let report = run_seed_isolated(exe, original, seed);
     let target = first_invariant(&report)?;
     let mut best = original.clone();
-    best.forced = Some(Forced { active_points: Some(report.active_points.clone()), chaos_events: Some(report.chaos_events.clone()) });
+    best.forced = Some(Forced {
+        active_points: Some(report.active_points.clone()),
+        chaos_events: Some(report.chaos_events.clone()),
+    });
     let mut best_report = report;
     let mut runs = 1;
     let still_fails = |candidate: &Scenario, runs: &mut u32| -> Option<RunReport> {
@@ -36,7 +39,11 @@ pub fn shrink(exe: &Path, original: &Scenario, seed: u64, mut progress: impl FnM
         let mut index = 0;
         loop {
             let forced = best.forced.clone().unwrap_or_default();
-            let items = if list == "chaos" { forced.chaos_events.clone().unwrap_or_default() } else { forced.active_points.clone().unwrap_or_default() };
+            let items = if list == "chaos" {
+                forced.chaos_events.clone().unwrap_or_default()
+            } else {
+                forced.active_points.clone().unwrap_or_default()
+            };
             if index >= items.len() {
                 break;
             }
@@ -74,7 +81,10 @@ pub fn shrink(exe: &Path, original: &Scenario, seed: u64, mut progress: impl FnM
         }
         match still_fails(&candidate, &mut runs) {
             Some(report) => {
-                progress(&format!("workload: {} pods x {} containers, {}s", candidate.workload.pods, candidate.workload.containers_per_pod, candidate.duration_s));
+                progress(&format!(
+                    "workload: {} pods x {} containers, {}s",
+                    candidate.workload.pods, candidate.workload.containers_per_pod, candidate.duration_s
+                ));
                 best = candidate;
                 best_report = report;
             }

@@ -91,7 +91,12 @@ pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_t
     let failed = |detail: String| RunReport {
         scenario: scenario.name.clone(),
         seed,
-        failures: vec![Failure { invariant: "simulator process failed".into(), object: "-".into(), sim_time: "-".into(), detail }],
+        failures: vec![Failure {
+            invariant: "simulator process failed".into(),
+            object: "-".into(),
+            sim_time: "-".into(),
+            detail,
+        }],
         trace_hash: String::new(),
         trace: vec![],
         sim_ms: 0,
@@ -120,7 +125,10 @@ pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_t
     match child.wait_with_output() {
         Ok(output) => match serde_json::from_slice::<RunReport>(&output.stdout) {
             Ok(report) => report,
-            Err(e) => failed(format!("bad report ({e}); stderr: {}", String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default())),
+            Err(e) => failed(format!(
+                "bad report ({e}); stderr: {}",
+                String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
+            )),
         },
         Err(e) => failed(format!("child failed: {e}")),
     }
@@ -128,10 +136,16 @@ pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_t
 
 /// Runs `seeds` with `jobs` workers, each seed in its own process, calling `on_done` after each
 /// run (progress).
-pub fn run_seeds(exe: &Path, scenario: &Scenario, seeds: Vec<u64>, jobs: usize, on_done: impl Fn(&RunReport) + Send + Sync) -> (Summary, Vec<RunReport>) {
+pub fn run_seeds(
+    exe: &Path,
+    scenario: &Scenario,
+    seeds: Vec<u64>,
+    jobs: usize,
+    on_done: impl Fn(&RunReport) + Send + Sync,
+) -> (Summary, Vec<RunReport>) {
     assert!(jobs > 0);
     // determinism-ok: wall time measures the batch for the report; runs never read it.
-    let started = std::time::Instant::now();  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+    let started = std::time::Instant::now(); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
     let queue = Arc::new(Mutex::new(seeds.into_iter().collect::<std::collections::VecDeque<u64>>()));
     let failed = Mutex::new(vec![]);
     let summary = Mutex::new(Summary { scenario: scenario.name.clone(), ..Default::default() });

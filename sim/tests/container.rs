@@ -34,7 +34,10 @@ async fn container_lifecycle() {
     assert_eq!(created.labels, labels(&[("container", "main")]));
     assert_eq!(created.log_path, "/var/log/pods/default_app/main/0.log");
     assert!(node.world.containerd.containers().contains_key(&id));
-    assert!(node.world.os.file(&format!("{ROOT_DIR}/containers/{id}/status")).is_some(), "CreateContainer writes the checkpoint");
+    assert!(
+        node.world.os.file(&format!("{ROOT_DIR}/containers/{id}/status")).is_some(),
+        "CreateContainer writes the checkpoint"
+    );
     assert!(!node.world.containerd.tasks().contains_key(&id), "no task before Start");
 
     node.start_container(&id).await;
@@ -52,7 +55,10 @@ async fn container_lifecycle() {
     assert!(!node.world.containerd.tasks().contains_key(&id), "the exit handler deleted the task");
 
     node.remove_container(&id).await;
-    assert_eq!(err_kind(node.svc.container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false }).await), ErrorKind::NotFound);
+    assert_eq!(
+        err_kind(node.svc.container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false }).await),
+        ErrorKind::NotFound
+    );
     assert_eq!(node.leaks_of(&id), Vec::<String>::new());
     assert!(node.svc.snapshot().container_names.is_empty(), "the name is released");
     // The same name can be used again.
@@ -106,20 +112,53 @@ async fn stop_container_signals() {
         min_wait: Duration,
     }
     let cases = [
-        Case { name: "term", image: BUSYBOX_IMAGE, command: &["sleep", "inf"], timeout: 10, exit_code: 143, min_wait: Duration::ZERO },
-        Case { name: "kill-at-once", image: BUSYBOX_IMAGE, command: &["sleep", "inf"], timeout: 0, exit_code: 137, min_wait: Duration::ZERO },
-        Case { name: "stubborn", image: BUSYBOX_IMAGE, command: &["sleep", "inf", "ignore-sigterm"], timeout: 3, exit_code: 137, min_wait: Duration::from_secs(3) },
+        Case {
+            name: "term",
+            image: BUSYBOX_IMAGE,
+            command: &["sleep", "inf"],
+            timeout: 10,
+            exit_code: 143,
+            min_wait: Duration::ZERO,
+        },
+        Case {
+            name: "kill-at-once",
+            image: BUSYBOX_IMAGE,
+            command: &["sleep", "inf"],
+            timeout: 0,
+            exit_code: 137,
+            min_wait: Duration::ZERO,
+        },
+        Case {
+            name: "stubborn",
+            image: BUSYBOX_IMAGE,
+            command: &["sleep", "inf", "ignore-sigterm"],
+            timeout: 3,
+            exit_code: 137,
+            min_wait: Duration::from_secs(3),
+        },
         // nginx's image says STOPSIGNAL SIGQUIT: 128 + 3.
-        Case { name: "quit", image: NGINX_IMAGE, command: &["sleep", "inf"], timeout: 10, exit_code: 131, min_wait: Duration::ZERO },
+        Case {
+            name: "quit",
+            image: NGINX_IMAGE,
+            command: &["sleep", "inf"],
+            timeout: 10,
+            exit_code: 131,
+            min_wait: Duration::ZERO,
+        },
     ];
     for case in cases {
         let id = node.create(&pod, "stops", case.name, case.image, case.command).await;
         node.start_container(&id).await;
-        let started = Instant::now();  // determinism-ok: madsim virtual time (tokio::time::Instant)
+        let started = Instant::now(); // determinism-ok: madsim virtual time (tokio::time::Instant)
         node.stop_container(&id, case.timeout).await;
         let waited = started.elapsed();
         let status = node.container_status(&id).await;
-        assert_eq!(status.state, ContainerState::ContainerExited as i32, "{}: Stop returns once the exit is recorded", case.name);
+        assert_eq!(
+            status.state,
+            ContainerState::ContainerExited as i32,
+            "{}: Stop returns once the exit is recorded",
+            case.name
+        );
         assert_eq!(status.exit_code, case.exit_code, "{}", case.name);
         assert!(waited >= case.min_wait, "{}: waited {waited:?}", case.name);
         assert!(waited < case.min_wait + Duration::from_secs(2), "{}: waited {waited:?}", case.name);
@@ -155,15 +194,62 @@ async fn list_containers_filters() {
         ("pod", ContainerFilter { pod_sandbox_id: pod_a.clone(), ..Default::default() }, vec![&running, &created]),
         ("pod prefix", ContainerFilter { pod_sandbox_id: pod_b[..8].to_string(), ..Default::default() }, vec![&exited]),
         ("unknown pod", ContainerFilter { pod_sandbox_id: "ffffffffffffdead".into(), ..Default::default() }, vec![]),
-        ("running", ContainerFilter { state: state(ContainerState::ContainerRunning), ..Default::default() }, vec![&running]),
-        ("created", ContainerFilter { state: state(ContainerState::ContainerCreated), ..Default::default() }, vec![&created]),
-        ("exited", ContainerFilter { state: state(ContainerState::ContainerExited), ..Default::default() }, vec![&exited]),
-        ("unknown state", ContainerFilter { state: state(ContainerState::ContainerUnknown), ..Default::default() }, vec![]),
-        ("label", ContainerFilter { label_selector: labels(&[("tier", "front")]), ..Default::default() }, vec![&running, &exited]),
-        ("labels", ContainerFilter { label_selector: labels(&[("tier", "front"), ("container", "job")]), ..Default::default() }, vec![&exited]),
-        ("pod and label", ContainerFilter { pod_sandbox_id: pod_a.clone(), label_selector: labels(&[("tier", "front")]), ..Default::default() }, vec![&running]),
-        ("pod and state", ContainerFilter { pod_sandbox_id: pod_b.clone(), state: state(ContainerState::ContainerRunning), ..Default::default() }, vec![]),
-        ("id and other pod", ContainerFilter { id: running.clone(), pod_sandbox_id: pod_b.clone(), ..Default::default() }, vec![]),
+        (
+            "running",
+            ContainerFilter { state: state(ContainerState::ContainerRunning), ..Default::default() },
+            vec![&running],
+        ),
+        (
+            "created",
+            ContainerFilter { state: state(ContainerState::ContainerCreated), ..Default::default() },
+            vec![&created],
+        ),
+        (
+            "exited",
+            ContainerFilter { state: state(ContainerState::ContainerExited), ..Default::default() },
+            vec![&exited],
+        ),
+        (
+            "unknown state",
+            ContainerFilter { state: state(ContainerState::ContainerUnknown), ..Default::default() },
+            vec![],
+        ),
+        (
+            "label",
+            ContainerFilter { label_selector: labels(&[("tier", "front")]), ..Default::default() },
+            vec![&running, &exited],
+        ),
+        (
+            "labels",
+            ContainerFilter {
+                label_selector: labels(&[("tier", "front"), ("container", "job")]),
+                ..Default::default()
+            },
+            vec![&exited],
+        ),
+        (
+            "pod and label",
+            ContainerFilter {
+                pod_sandbox_id: pod_a.clone(),
+                label_selector: labels(&[("tier", "front")]),
+                ..Default::default()
+            },
+            vec![&running],
+        ),
+        (
+            "pod and state",
+            ContainerFilter {
+                pod_sandbox_id: pod_b.clone(),
+                state: state(ContainerState::ContainerRunning),
+                ..Default::default()
+            },
+            vec![],
+        ),
+        (
+            "id and other pod",
+            ContainerFilter { id: running.clone(), pod_sandbox_id: pod_b.clone(), ..Default::default() },
+            vec![],
+        ),
     ];
     for (name, filter, expected) in cases {
         let got = sorted_ids(node.list_containers(Some(filter)).await.into_iter().map(|c| c.id));
@@ -194,9 +280,23 @@ async fn create_container_errors() {
     let cases: Vec<(&str, CreateContainerRequest, ErrorKind)> = vec![
         ("no config", request(&pod, None), ErrorKind::InvalidArgument),
         ("no metadata", request(&pod, Some(ContainerConfig { metadata: None, ..good() })), ErrorKind::InvalidArgument),
-        ("empty name", request(&pod, Some(ContainerConfig { metadata: Some(ContainerMetadata { name: String::new(), attempt: 0 }), ..good() })), ErrorKind::InvalidArgument),
+        (
+            "empty name",
+            request(
+                &pod,
+                Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata { name: String::new(), attempt: 0 }),
+                    ..good()
+                }),
+            ),
+            ErrorKind::InvalidArgument,
+        ),
         ("no image", request(&pod, Some(ContainerConfig { image: None, ..good() })), ErrorKind::InvalidArgument),
-        ("empty image", request(&pod, Some(ContainerConfig { image: Some(image_spec("")), ..good() })), ErrorKind::InvalidArgument),
+        (
+            "empty image",
+            request(&pod, Some(ContainerConfig { image: Some(image_spec("")), ..good() })),
+            ErrorKind::InvalidArgument,
+        ),
         // CreateContainer never pulls: an image that is not local is NotFound (SPEC §6.3 step 3).
         ("image not pulled", request(&pod, Some(container_config("c", NGINX_IMAGE, &[]))), ErrorKind::NotFound),
         // As containerd's localResolve: an unparsable reference resolves to nothing.
@@ -250,14 +350,28 @@ async fn start_container_errors() {
     node.start_container(&id).await;
     let again = node.svc.start_container(StartContainerRequest { container_id: id.clone() }).await;
     assert_eq!(err_kind(again), ErrorKind::FailedPrecondition, "start twice");
-    assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "a refused second start changes nothing");
+    assert_eq!(
+        node.container_state(&id).await,
+        ContainerState::ContainerRunning,
+        "a refused second start changes nothing"
+    );
 
     let quick = node.create(&pod, "starts", "quick", BUSYBOX_IMAGE, &["exit", "0", "10"]).await;
     node.start_container(&quick).await;
     sleep(Duration::from_secs(1)).await;
-    assert_eq!(err_kind(node.svc.start_container(StartContainerRequest { container_id: quick.clone() }).await), ErrorKind::FailedPrecondition, "start exited");
-    assert_eq!(err_kind(node.svc.start_container(StartContainerRequest { container_id: "0123456789abcdef".into() }).await), ErrorKind::NotFound);
-    assert_eq!(err_kind(node.svc.start_container(StartContainerRequest { container_id: String::new() }).await), ErrorKind::InvalidArgument);
+    assert_eq!(
+        err_kind(node.svc.start_container(StartContainerRequest { container_id: quick.clone() }).await),
+        ErrorKind::FailedPrecondition,
+        "start exited"
+    );
+    assert_eq!(
+        err_kind(node.svc.start_container(StartContainerRequest { container_id: "0123456789abcdef".into() }).await),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        err_kind(node.svc.start_container(StartContainerRequest { container_id: String::new() }).await),
+        ErrorKind::InvalidArgument
+    );
 
     // Created in a ready pod, started after the pod was stopped.
     let orphan = node.create(&pod, "starts", "orphan", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
@@ -279,7 +393,11 @@ async fn remove_running_container_force_stops_it() {
     node.remove_container(&id).await;
     assert!(node.list_containers(None).await.is_empty());
     assert_eq!(node.leaks_of(&id), Vec::<String>::new());
-    assert!(node.world.containerd.shims().len() == 1, "only the pause shim is left: {:?}", node.world.containerd.shims());
+    assert!(
+        node.world.containerd.shims().len() == 1,
+        "only the pause shim is left: {:?}",
+        node.world.containerd.shims()
+    );
 }
 
 /// Stop and Remove are idempotent and accept ids that do not exist (B18); Stop of a container
@@ -294,7 +412,11 @@ async fn stop_and_remove_container_are_idempotent() {
 
     let created = node.create(&pod, "idem", "created", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
     node.stop_container(&created, 10).await;
-    assert_eq!(node.container_state(&created).await, ContainerState::ContainerCreated, "Stop of a CREATED container does nothing");
+    assert_eq!(
+        node.container_state(&created).await,
+        ContainerState::ContainerCreated,
+        "Stop of a CREATED container does nothing"
+    );
 
     node.stop_container(&id, 0).await;
     let first = node.container_status(&id).await;
@@ -302,7 +424,10 @@ async fn stop_and_remove_container_are_idempotent() {
     node.stop_container(&id, 5).await;
     assert_eq!(node.container_status(&id).await, first, "a repeated Stop changes nothing");
 
-    assert_eq!(err_kind(node.svc.stop_container(StopContainerRequest { container_id: id.clone(), timeout: -1 }).await), ErrorKind::InvalidArgument);
+    assert_eq!(
+        err_kind(node.svc.stop_container(StopContainerRequest { container_id: id.clone(), timeout: -1 }).await),
+        ErrorKind::InvalidArgument
+    );
 
     node.remove_container(&id).await;
     node.remove_container(&id).await;
@@ -320,17 +445,39 @@ async fn update_container_resources() {
     node.start_container(&exited).await;
     sleep(Duration::from_secs(1)).await;
 
-    let cri = LinuxContainerResources { cpu_period: 100_000, cpu_quota: 50_000, cpu_shares: 512, memory_limit_in_bytes: 256 << 20, cpuset_cpus: "0-1".into(), ..Default::default() };
-    let expected = Resources { cpu_period: 100_000, cpu_quota: 50_000, cpu_shares: 512, memory_limit_bytes: 256 << 20, cpuset_cpus: "0-1".into(), ..Default::default() };
-    let update = |id: &str, linux: Option<LinuxContainerResources>| UpdateContainerResourcesRequest { container_id: id.into(), linux, ..Default::default() };
+    let cri = LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        memory_limit_in_bytes: 256 << 20,
+        cpuset_cpus: "0-1".into(),
+        ..Default::default()
+    };
+    let expected = Resources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        memory_limit_bytes: 256 << 20,
+        cpuset_cpus: "0-1".into(),
+        ..Default::default()
+    };
+    let update = |id: &str, linux: Option<LinuxContainerResources>| UpdateContainerResourcesRequest {
+        container_id: id.into(),
+        linux,
+        ..Default::default()
+    };
 
     // RUNNING: the checkpoint (source of truth) and the task are updated.
     node.svc.update_container_resources(update(&running, Some(cri.clone()))).await.unwrap();
     assert_eq!(node.world.containerd.task_resources(&running), Some(expected.clone()));
     let status = node.container_status(&running).await;
     let reported = status.resources.and_then(|r| r.linux).expect("resources are reported");
-    assert_eq!((reported.cpu_quota, reported.memory_limit_in_bytes, reported.cpuset_cpus.as_str()), (50_000, 256 << 20, "0-1"));
-    let checkpoint = String::from_utf8(node.world.os.file(&format!("{ROOT_DIR}/containers/{running}/status")).unwrap()).unwrap();
+    assert_eq!(
+        (reported.cpu_quota, reported.memory_limit_in_bytes, reported.cpuset_cpus.as_str()),
+        (50_000, 256 << 20, "0-1")
+    );
+    let checkpoint =
+        String::from_utf8(node.world.os.file(&format!("{ROOT_DIR}/containers/{running}/status")).unwrap()).unwrap();
     assert!(checkpoint.contains("268435456"), "the checkpoint holds the new limit: {checkpoint}");
 
     // CREATED: only the spec/checkpoint; there is no task yet.
@@ -390,7 +537,7 @@ async fn exec_sync_cases() {
         (&["echo", "x"], -1, Want::Error(ErrorKind::InvalidArgument)),
     ];
     for (cmd, timeout, want) in cases {
-        let started = Instant::now();  // determinism-ok: madsim virtual time (tokio::time::Instant)
+        let started = Instant::now(); // determinism-ok: madsim virtual time (tokio::time::Instant)
         let result = node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(cmd), timeout }).await;
         let took = started.elapsed();
         match want {
@@ -408,7 +555,10 @@ async fn exec_sync_cases() {
                 assert_eq!(err_kind(result), kind, "{cmd:?} timeout {timeout}");
                 if kind == ErrorKind::DeadlineExceeded {
                     let limit = Duration::from_secs(timeout as u64);
-                    assert!(took >= limit && took < limit + Duration::from_secs(2), "{cmd:?}: timed out after {took:?}");
+                    assert!(
+                        took >= limit && took < limit + Duration::from_secs(2),
+                        "{cmd:?}: timed out after {took:?}"
+                    );
                 }
             }
         }
@@ -421,7 +571,11 @@ async fn exec_sync_cases() {
 async fn exec_sync_output_is_capped_at_16_mib() {
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("yes", &["sleep", "inf"]).await;
-    let response = node.svc.exec_sync(ExecSyncRequest { container_id: id, cmd: strings(&["yes", "20000000"]), timeout: 0 }).await.unwrap();
+    let response = node
+        .svc
+        .exec_sync(ExecSyncRequest { container_id: id, cmd: strings(&["yes", "20000000"]), timeout: 0 })
+        .await
+        .unwrap();
     assert_eq!(response.exit_code, 0);
     assert_eq!(response.stdout.len(), 16 * 1024 * 1024);
     assert!(response.stdout.iter().all(|b| *b == b'y'));
@@ -450,15 +604,30 @@ async fn exec_and_attach_return_stream_urls() {
     let created = node.create(&pod, "stream", "idle", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
     let token = |url: &str| url.rsplit('/').next().unwrap().to_string();
 
-    let exec = ExecRequest { container_id: id.clone(), cmd: strings(&["sh"]), tty: true, stdin: true, stdout: true, stderr: false };
+    let exec = ExecRequest {
+        container_id: id.clone(),
+        cmd: strings(&["sh"]),
+        tty: true,
+        stdin: true,
+        stdout: true,
+        stderr: false,
+    };
     let url = node.svc.exec(exec.clone()).await.unwrap().url;
     assert!(url.starts_with("http://127.0.0.1:10010/exec/"), "{url}");
     let exec_token = token(&url);
     assert_eq!(
         node.world.stream.requests().get(&exec_token),
-        Some(&StreamRequest::Exec { container_id: id.clone(), cmd: strings(&["sh"]), tty: true, stdin: true, stdout: true, stderr: false })
+        Some(&StreamRequest::Exec {
+            container_id: id.clone(),
+            cmd: strings(&["sh"]),
+            tty: true,
+            stdin: true,
+            stdout: true,
+            stderr: false
+        })
     );
-    let attach = AttachRequest { container_id: id[..10].to_string(), stdin: false, tty: false, stdout: true, stderr: true };
+    let attach =
+        AttachRequest { container_id: id[..10].to_string(), stdin: false, tty: false, stdout: true, stderr: true };
     let url = node.svc.attach(attach.clone()).await.unwrap().url;
     assert!(url.starts_with("http://127.0.0.1:10010/attach/"), "{url}");
     assert_ne!(token(&url), exec_token, "each request has its own token");
@@ -469,7 +638,11 @@ async fn exec_and_attach_return_stream_urls() {
     );
 
     let exec_cases: Vec<(&str, ExecRequest, ErrorKind)> = vec![
-        ("no streams", ExecRequest { stdin: false, stdout: false, stderr: false, ..exec.clone() }, ErrorKind::InvalidArgument),
+        (
+            "no streams",
+            ExecRequest { stdin: false, stdout: false, stderr: false, ..exec.clone() },
+            ErrorKind::InvalidArgument,
+        ),
         ("tty and stderr", ExecRequest { tty: true, stderr: true, ..exec.clone() }, ErrorKind::InvalidArgument),
         ("empty cmd", ExecRequest { cmd: vec![], ..exec.clone() }, ErrorKind::InvalidArgument),
         ("not running", ExecRequest { container_id: created.clone(), ..exec.clone() }, ErrorKind::FailedPrecondition),
@@ -479,8 +652,16 @@ async fn exec_and_attach_return_stream_urls() {
         assert_eq!(err_kind(node.svc.exec(request).await), kind, "exec: {name}");
     }
     let attach_cases: Vec<(&str, AttachRequest, ErrorKind)> = vec![
-        ("no streams", AttachRequest { stdin: false, stdout: false, stderr: false, ..attach.clone() }, ErrorKind::InvalidArgument),
-        ("not running", AttachRequest { container_id: created.clone(), ..attach.clone() }, ErrorKind::FailedPrecondition),
+        (
+            "no streams",
+            AttachRequest { stdin: false, stdout: false, stderr: false, ..attach.clone() },
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "not running",
+            AttachRequest { container_id: created.clone(), ..attach.clone() },
+            ErrorKind::FailedPrecondition,
+        ),
         ("unknown", AttachRequest { container_id: "0123456789abcdef".into(), ..attach.clone() }, ErrorKind::NotFound),
     ];
     for (name, request, kind) in attach_cases {
@@ -498,7 +679,8 @@ async fn container_stats() {
     let other = node.create(&other_pod, "other", "x", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
     sleep(Duration::from_secs(3)).await;
 
-    let stats = node.svc.container_stats(ContainerStatsRequest { container_id: running.clone() }).await.unwrap().stats.unwrap();
+    let stats =
+        node.svc.container_stats(ContainerStatsRequest { container_id: running.clone() }).await.unwrap().stats.unwrap();
     assert_eq!(stats.attributes.as_ref().unwrap().id, running);
     assert_eq!(stats.attributes.as_ref().unwrap().labels, labels(&[("container", "app")]));
     assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
@@ -509,9 +691,13 @@ async fn container_stats() {
         stats.writable_layer.unwrap().fs_id.unwrap().mountpoint,
         "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
     );
-    let idle = node.svc.container_stats(ContainerStatsRequest { container_id: created.clone() }).await.unwrap().stats.unwrap();
+    let idle =
+        node.svc.container_stats(ContainerStatsRequest { container_id: created.clone() }).await.unwrap().stats.unwrap();
     assert!(idle.cpu.is_none() && idle.memory.is_none(), "a container without a task has no usage");
-    assert_eq!(err_kind(node.svc.container_stats(ContainerStatsRequest { container_id: "0123456789abcdef".into() }).await), ErrorKind::NotFound);
+    assert_eq!(
+        err_kind(node.svc.container_stats(ContainerStatsRequest { container_id: "0123456789abcdef".into() }).await),
+        ErrorKind::NotFound
+    );
 
     let list = |filter: Option<ContainerStatsFilter>| {
         let svc = node.svc.clone();
@@ -522,10 +708,22 @@ async fn container_stats() {
     };
     let cases: Vec<(&str, Option<ContainerStatsFilter>, Vec<&String>)> = vec![
         ("all", None, vec![&running, &created, &other]),
-        ("by pod", Some(ContainerStatsFilter { pod_sandbox_id: pod.clone(), ..Default::default() }), vec![&running, &created]),
+        (
+            "by pod",
+            Some(ContainerStatsFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
+            vec![&running, &created],
+        ),
         ("by id", Some(ContainerStatsFilter { id: other.clone(), ..Default::default() }), vec![&other]),
-        ("by label", Some(ContainerStatsFilter { label_selector: labels(&[("container", "idle")]), ..Default::default() }), vec![&created]),
-        ("unknown pod", Some(ContainerStatsFilter { pod_sandbox_id: "0123456789abcdef".into(), ..Default::default() }), vec![]),
+        (
+            "by label",
+            Some(ContainerStatsFilter { label_selector: labels(&[("container", "idle")]), ..Default::default() }),
+            vec![&created],
+        ),
+        (
+            "unknown pod",
+            Some(ContainerStatsFilter { pod_sandbox_id: "0123456789abcdef".into(), ..Default::default() }),
+            vec![],
+        ),
     ];
     for (name, filter, expected) in cases {
         assert_eq!(list(filter).await, sorted_ids(expected.into_iter().cloned()), "{name}");
@@ -542,7 +740,9 @@ async fn concurrent_stops_signal_once() {
         .map(|_| {
             let svc = node.svc.clone();
             let id = id.clone();
-            tokio::spawn(async move { svc.stop_container(StopContainerRequest { container_id: id, timeout: 10 }).await })
+            tokio::spawn(
+                async move { svc.stop_container(StopContainerRequest { container_id: id, timeout: 10 }).await },
+            )
         })
         .collect();
     for stop in stops {
@@ -562,7 +762,11 @@ async fn failed_resource_update_changes_nothing() {
     let (_, id) = node.pod_with_running("res-fail", &["sleep", "inf"]).await;
     let checkpoint_path = format!("{ROOT_DIR}/containers/{id}/status");
     let before = node.world.os.file(&checkpoint_path).unwrap();
-    node.faults.push("containerd.update_task_resources", Some(&id), crid_sim::fakes::FaultAction::Fail(ErrorKind::Internal, "injected: cgroup write failed".into()));
+    node.faults.push(
+        "containerd.update_task_resources",
+        Some(&id),
+        crid_sim::fakes::FaultAction::Fail(ErrorKind::Internal, "injected: cgroup write failed".into()),
+    );
     let request = UpdateContainerResourcesRequest {
         container_id: id.clone(),
         linux: Some(LinuxContainerResources { memory_limit_in_bytes: 64 << 20, ..Default::default() }),
@@ -573,7 +777,11 @@ async fn failed_resource_update_changes_nothing() {
     assert!(node.container_status(&id).await.resources.is_none(), "memory keeps the old resources");
     assert_eq!(node.world.containerd.task_resources(&id), None);
     let after = node.world.os.file(&checkpoint_path).unwrap();
-    assert_eq!(String::from_utf8(after).unwrap(), String::from_utf8(before).unwrap(), "the checkpoint keeps the old resources");
+    assert_eq!(
+        String::from_utf8(after).unwrap(),
+        String::from_utf8(before).unwrap(),
+        "the checkpoint keeps the old resources"
+    );
 }
 
 /// A caller that goes away from an ExecSync without a timeout must not leave the exec process
@@ -583,12 +791,14 @@ async fn failed_resource_update_changes_nothing() {
 async fn cancelled_exec_sync_leaves_no_process() {
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("exec-cancel", &["sleep", "inf"]).await;
-    let call = node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(&["sleep", "inf"]), timeout: 0 });
+    let call =
+        node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(&["sleep", "inf"]), timeout: 0 });
     assert!(tokio::time::timeout(Duration::from_secs(1), call).await.is_err(), "the caller gave up");
     sleep(Duration::from_secs(30)).await;
     assert_eq!(node.world.containerd.live_execs(), vec![], "the abandoned exec process is still there");
     // A cancelled call with a timeout is cleaned up by its timeout at the latest.
-    let call = node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(&["sleep", "inf"]), timeout: 5 });
+    let call =
+        node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(&["sleep", "inf"]), timeout: 5 });
     assert!(tokio::time::timeout(Duration::from_secs(1), call).await.is_err());
     sleep(Duration::from_secs(10)).await;
     assert_eq!(node.world.containerd.live_execs(), vec![]);
@@ -603,7 +813,11 @@ async fn lost_wait_is_repaired_by_the_reconciler() {
     assert!(node.world.containerd.drop_next_wait(&id));
     assert!(node.world.containerd.exit_task_now(&id, 5));
     sleep(Duration::from_secs(1)).await;
-    assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "the monitor never heard of the exit");
+    assert_eq!(
+        node.container_state(&id).await,
+        ContainerState::ContainerRunning,
+        "the monitor never heard of the exit"
+    );
     sleep(Duration::from_secs(11)).await; // reconcile_period = 10 s
     let status = node.container_status(&id).await;
     assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 5));
@@ -617,11 +831,20 @@ async fn lost_wait_is_repaired_by_the_reconciler() {
 async fn failed_exit_handling_is_retried_with_backoff() {
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("backoff", &["sleep", "inf"]).await;
-    node.faults.push_n("containerd.delete_task", Some(&id), crid_sim::fakes::FaultAction::Fail(ErrorKind::Internal, "injected: shim busy".into()), 3);
+    node.faults.push_n(
+        "containerd.delete_task",
+        Some(&id),
+        crid_sim::fakes::FaultAction::Fail(ErrorKind::Internal, "injected: shim busy".into()),
+        3,
+    );
     assert!(node.world.containerd.exit_task_now(&id, 9));
     sleep(Duration::from_millis(500)).await;
     let status = node.container_status(&id).await;
-    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 9), "the exit is recorded before the delete");
+    assert_eq!(
+        (status.state, status.exit_code),
+        (ContainerState::ContainerExited as i32, 9),
+        "the exit is recorded before the delete"
+    );
     assert_eq!(node.svc.snapshot().backoff_len, 1, "the failed delete waits in the backoff queue");
     assert!(node.world.containerd.tasks().contains_key(&id), "the task is not deleted yet");
     node.stop_container(&id, 0).await;

@@ -17,10 +17,18 @@ fn every_scenario_replays_bit_for_bit() {
             let first = run_seed_isolated(exe, &scenario, seed);
             let second = run_seed_isolated(exe, &scenario, seed);
             assert!(!first.trace_hash.is_empty(), "{name} seed {seed}: no trace hash ({:?})", first.failures);
-            assert_eq!(first.trace_hash, second.trace_hash, "{name} seed {seed} is not deterministic: replay with `cargo sim check-determinism --scenario {name} --seeds {seed}..{}`", seed + 1);
+            assert_eq!(
+                first.trace_hash,
+                second.trace_hash,
+                "{name} seed {seed} is not deterministic: replay with `cargo sim check-determinism --scenario {name} --seeds {seed}..{}`",
+                seed + 1
+            );
             assert_eq!(first.rpcs, second.rpcs);
             hashes.push(first.trace_hash);
         }
-        assert_ne!(hashes[0], hashes[1], "{name}: two seeds gave the same run; the seed is not reaching the simulation");
+        assert_ne!(
+            hashes[0], hashes[1],
+            "{name}: two seeds gave the same run; the seed is not reaching the simulation"
+        );
     }
 }

@@ -50,12 +50,18 @@ async fn three_subscribers_each_see_every_event_in_order() {
     sleep(Duration::from_millis(100)).await;
 
     let lifecycle = vec![ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent];
-    let expected = BTreeMap::from([(pod.clone(), lifecycle.clone()), (container.clone(), lifecycle.clone()), (short.clone(), lifecycle)]);
+    let expected = BTreeMap::from([
+        (pod.clone(), lifecycle.clone()),
+        (container.clone(), lifecycle.clone()),
+        (short.clone(), lifecycle),
+    ]);
     let mut seen = vec![];
     for (index, subscriber) in subscribers.iter_mut().enumerate() {
         let events = drain(subscriber);
         assert_eq!(by_id(&events), expected, "subscriber {index}");
-        seen.push(events.iter().map(|e| (e.container_id.clone(), e.container_event_type, e.created_at)).collect::<Vec<_>>());
+        seen.push(
+            events.iter().map(|e| (e.container_id.clone(), e.container_event_type, e.created_at)).collect::<Vec<_>>(),
+        );
     }
     assert!(seen.windows(2).all(|pair| pair[0] == pair[1]), "all subscribers got the same stream");
     let snapshot = node.svc.snapshot();

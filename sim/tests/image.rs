@@ -34,7 +34,8 @@ async fn pull_image_returns_the_config_digest() {
     let expected = registry_image(&node, BUSYBOX_IMAGE).await;
     let config_digest = expected.config.digest.clone();
     assert!(config_digest.starts_with("sha256:"));
-    for reference in ["busybox", "busybox:latest", "library/busybox", "docker.io/library/busybox:latest", BUSYBOX_IMAGE] {
+    for reference in ["busybox", "busybox:latest", "library/busybox", "docker.io/library/busybox:latest", BUSYBOX_IMAGE]
+    {
         assert_eq!(node.pull(reference).await, config_digest, "pull {reference}");
     }
     let records = node.world.containerd.images();
@@ -42,7 +43,12 @@ async fn pull_image_returns_the_config_digest() {
     let digest_ref = format!("{}@{}", repository(BUSYBOX_IMAGE), expected.manifest.digest);
     assert_eq!(names, BTreeSet::from([BUSYBOX_IMAGE.to_string(), digest_ref.clone(), config_digest.clone()]));
     for record in records.values() {
-        assert_eq!(record.labels.get("io.cri-containerd.image").map(String::as_str), Some("managed"), "{}", record.name);
+        assert_eq!(
+            record.labels.get("io.cri-containerd.image").map(String::as_str),
+            Some("managed"),
+            "{}",
+            record.name
+        );
         assert_eq!(record.target.digest, expected.manifest.digest);
     }
     // Unpacked: every chain id is committed.
@@ -74,7 +80,8 @@ async fn pull_image_errors() {
         ("docker.io/library/nope:1", ErrorKind::NotFound),
     ];
     for (reference, kind) in cases {
-        let result = node.svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await;
+        let result =
+            node.svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await;
         assert_eq!(err_kind(result), *kind, "pull {reference:?}");
     }
     let snapshot = node.svc.snapshot();
@@ -102,10 +109,15 @@ async fn list_images_shows_every_pulled_image() {
         assert_eq!(image.size, size, "{reference}");
     }
     let filtered = |image: &str| ListImagesRequest { filter: Some(ImageFilter { image: Some(image_spec(image)) }) };
-    let cases: &[(&str, Vec<&String>)] = &[("nginx", vec![&nginx]), (BUSYBOX_IMAGE, vec![&busybox]), ("docker.io/library/nope:1", vec![])];
+    let cases: &[(&str, Vec<&String>)] =
+        &[("nginx", vec![&nginx]), (BUSYBOX_IMAGE, vec![&busybox]), ("docker.io/library/nope:1", vec![])];
     for (image, expected) in cases {
         let got = node.svc.list_images(filtered(image)).await.unwrap().images;
-        assert_eq!(sorted_ids(got.into_iter().map(|i| i.id)), sorted_ids(expected.iter().map(|s| s.to_string())), "filter {image}");
+        assert_eq!(
+            sorted_ids(got.into_iter().map(|i| i.id)),
+            sorted_ids(expected.iter().map(|s| s.to_string())),
+            "filter {image}"
+        );
     }
 }
 
@@ -124,11 +136,15 @@ async fn image_status_resolves_and_unknown_is_empty() {
     for unknown in ["nginx", "docker.io/library/nope:1", "sha256:ffff", "Not A Ref"] {
         assert_eq!(image_status(&node, unknown).await, None, "{unknown}");
     }
-    let verbose = node.svc.image_status(ImageStatusRequest { image: Some(image_spec("busybox")), verbose: true }).await.unwrap();
+    let verbose =
+        node.svc.image_status(ImageStatusRequest { image: Some(image_spec("busybox")), verbose: true }).await.unwrap();
     let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
     let expected = registry_image(&node, BUSYBOX_IMAGE).await;
     assert_eq!(info["chainID"], *chain_ids(&expected.diff_ids).last().unwrap());
-    assert_eq!(err_kind(node.svc.image_status(ImageStatusRequest { image: None, verbose: false }).await), ErrorKind::InvalidArgument);
+    assert_eq!(
+        err_kind(node.svc.image_status(ImageStatusRequest { image: None, verbose: false }).await),
+        ErrorKind::InvalidArgument
+    );
 }
 
 /// RemoveImage deletes every reference (content is then collected); an unknown image is OK
@@ -196,7 +212,9 @@ async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
             let svc = node.svc.clone();
             // Different spellings of one reference still share the pull.
             let reference = if i % 2 == 0 { "busybox" } else { BUSYBOX_IMAGE };
-            tokio::spawn(async move { svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await })
+            tokio::spawn(async move {
+                svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await
+            })
         })
         .collect();
     let mut refs = BTreeSet::new();
@@ -234,7 +252,8 @@ async fn concurrent_pulls_sharing_a_layer_fetch_it_once() {
         .map(|reference| {
             let svc = node.svc.clone();
             tokio::spawn(async move {
-                let response = svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await;
+                let response =
+                    svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await;
                 (reference, response.unwrap().image_ref)
             })
         })
@@ -253,7 +272,8 @@ async fn concurrent_pulls_sharing_a_layer_fetch_it_once() {
     assert_eq!(shared_chain, &chain_ids(&nginx.diff_ids)[0]);
     assert_eq!(node.world.containerd.apply_count(SNAPSHOTTER, shared_chain), 1, "the shared snapshot is applied once");
     assert_eq!(node.world.containerd.max_concurrent_apply_same_snapshot(), 1);
-    let distinct_chains: BTreeSet<String> = chain_ids(&busybox.diff_ids).into_iter().chain(chain_ids(&nginx.diff_ids)).collect();
+    let distinct_chains: BTreeSet<String> =
+        chain_ids(&busybox.diff_ids).into_iter().chain(chain_ids(&nginx.diff_ids)).collect();
     assert_eq!(node.world.containerd.total_applies(), distinct_chains.len() as u64);
     assert_quiescent(&node);
 }
@@ -276,7 +296,10 @@ async fn a_cancelled_pull_does_not_cancel_the_others() {
         svc.pull_image(PullImageRequest { image: Some(image_spec(NGINX_IMAGE)), ..Default::default() }).await
     };
     let others: Vec<_> = (0..3).map(|_| tokio::spawn(pull(node.svc.clone()))).collect();
-    assert!(tokio::time::timeout(Duration::from_millis(500), pull(node.svc.clone())).await.is_err(), "one caller gave up");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), pull(node.svc.clone())).await.is_err(),
+        "one caller gave up"
+    );
     let expected = registry_image(&node, NGINX_IMAGE).await.config.digest;
     for other in others {
         assert_eq!(other.await.unwrap().unwrap().image_ref, expected);

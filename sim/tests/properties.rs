@@ -10,7 +10,16 @@ use crid_sim::scenario::{Forced, Scenario};
 use crid_sim::summary::run_seed_isolated;
 use proptest::prelude::*;
 
-const CHAOS_KINDS: &[&str] = &["cri_crash", "task_exit", "task_oom", "drop_wait", "task_vanish", "disk_full", "pause_task", "containerd_restart"];
+const CHAOS_KINDS: &[&str] = &[
+    "cri_crash",
+    "task_exit",
+    "task_oom",
+    "drop_wait",
+    "task_vanish",
+    "disk_full",
+    "pause_task",
+    "containerd_restart",
+];
 
 fn base() -> Scenario {
     let mut scenario = Scenario::load("recovery").unwrap();

@@ -43,16 +43,79 @@ struct Case {
 fn cases() -> Vec<Case> {
     use ContainerState::*;
     vec![
-        Case { name: "running", command: &["sleep", "inf"], start: true, while_down: WhileDown::Nothing, state: ContainerRunning, exit: None },
-        Case { name: "created", command: &["sleep", "inf"], start: false, while_down: WhileDown::Nothing, state: ContainerCreated, exit: None },
-        Case { name: "exited", command: &["exit", "0", "10"], start: true, while_down: WhileDown::Nothing, state: ContainerExited, exit: Some((0, "Completed")) },
-        Case { name: "failed", command: &["exit", "2", "10"], start: true, while_down: WhileDown::Nothing, state: ContainerExited, exit: Some((2, "Error")) },
-        Case { name: "exits-while-down", command: &["sleep", "inf"], start: true, while_down: WhileDown::ExitTask(7), state: ContainerExited, exit: Some((7, "Error")) },
-        Case { name: "vanishes", command: &["sleep", "inf"], start: true, while_down: WhileDown::RemoveTask, state: ContainerExited, exit: Some((255, "Unknown")) },
+        Case {
+            name: "running",
+            command: &["sleep", "inf"],
+            start: true,
+            while_down: WhileDown::Nothing,
+            state: ContainerRunning,
+            exit: None,
+        },
+        Case {
+            name: "created",
+            command: &["sleep", "inf"],
+            start: false,
+            while_down: WhileDown::Nothing,
+            state: ContainerCreated,
+            exit: None,
+        },
+        Case {
+            name: "exited",
+            command: &["exit", "0", "10"],
+            start: true,
+            while_down: WhileDown::Nothing,
+            state: ContainerExited,
+            exit: Some((0, "Completed")),
+        },
+        Case {
+            name: "failed",
+            command: &["exit", "2", "10"],
+            start: true,
+            while_down: WhileDown::Nothing,
+            state: ContainerExited,
+            exit: Some((2, "Error")),
+        },
+        Case {
+            name: "exits-while-down",
+            command: &["sleep", "inf"],
+            start: true,
+            while_down: WhileDown::ExitTask(7),
+            state: ContainerExited,
+            exit: Some((7, "Error")),
+        },
+        Case {
+            name: "vanishes",
+            command: &["sleep", "inf"],
+            start: true,
+            while_down: WhileDown::RemoveTask,
+            state: ContainerExited,
+            exit: Some((255, "Unknown")),
+        },
         // A lost checkpoint never becomes RUNNING (B9); it is UNKNOWN until stopped.
-        Case { name: "corrupt", command: &["sleep", "inf"], start: true, while_down: WhileDown::CorruptCheckpoint, state: ContainerUnknown, exit: None },
-        Case { name: "corrupt-created", command: &["sleep", "inf"], start: false, while_down: WhileDown::CorruptCheckpoint, state: ContainerUnknown, exit: None },
-        Case { name: "paused", command: &["sleep", "inf"], start: true, while_down: WhileDown::PauseTask, state: ContainerRunning, exit: None },
+        Case {
+            name: "corrupt",
+            command: &["sleep", "inf"],
+            start: true,
+            while_down: WhileDown::CorruptCheckpoint,
+            state: ContainerUnknown,
+            exit: None,
+        },
+        Case {
+            name: "corrupt-created",
+            command: &["sleep", "inf"],
+            start: false,
+            while_down: WhileDown::CorruptCheckpoint,
+            state: ContainerUnknown,
+            exit: None,
+        },
+        Case {
+            name: "paused",
+            command: &["sleep", "inf"],
+            start: true,
+            while_down: WhileDown::PauseTask,
+            state: ContainerRunning,
+            exit: None,
+        },
     ]
 }
 
@@ -62,7 +125,10 @@ fn checkpoint_path(id: &str) -> String {
 
 /// First life: one pod with one container per case, each started or not. Returns the pod id
 /// and, per case name, the container id and its status before the crash.
-async fn build_first_life(world: Arc<FakeWorld>, faults: Arc<ScriptedFaults>) -> (String, BTreeMap<&'static str, (String, ContainerStatus)>) {
+async fn build_first_life(
+    world: Arc<FakeWorld>,
+    faults: Arc<ScriptedFaults>,
+) -> (String, BTreeMap<&'static str, (String, ContainerStatus)>) {
     in_process(world, faults, |node| async move {
         node.pull(BUSYBOX_IMAGE).await;
         let pod = node.run_pod("rec").await;
@@ -108,12 +174,21 @@ async fn containers_recover_to_the_state_the_world_implies() {
     let node = Node::start_on(world.clone(), faults, test_config()).await;
     assert!(node.svc.snapshot().initialized);
     assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady);
-    assert!(node.pod_status(&pod).await.network.is_some_and(|n| n.ip == world.cni.allocations()[&pod]), "the pod keeps its IP");
+    assert!(
+        node.pod_status(&pod).await.network.is_some_and(|n| n.ip == world.cni.allocations()[&pod]),
+        "the pod keeps its IP"
+    );
 
     for case in cases() {
         let (id, old) = &before[case.name];
         let status = node.container_status(id).await;
-        assert_eq!(status.state, case.state as i32, "{}: recovered as {:?}", case.name, ContainerState::try_from(status.state));
+        assert_eq!(
+            status.state,
+            case.state as i32,
+            "{}: recovered as {:?}",
+            case.name,
+            ContainerState::try_from(status.state)
+        );
         if let Some((code, reason)) = case.exit {
             assert_eq!((status.exit_code, status.reason.as_str()), (code, reason), "{}", case.name);
             assert!(status.finished_at > 0, "{}", case.name);
@@ -128,7 +203,8 @@ async fn containers_recover_to_the_state_the_world_implies() {
         }
     }
     // Names are reserved again: neither the pod nor a container can be created twice.
-    let again = node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("rec")), ..Default::default() }).await;
+    let again =
+        node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("rec")), ..Default::default() }).await;
     assert_eq!(err_kind(again), ErrorKind::AlreadyExists);
     let duplicate = node
         .svc
@@ -162,7 +238,11 @@ async fn recovered_containers_are_monitored_and_stoppable() {
     assert!(world.containerd.exit_task_now(running, 3));
     sleep(Duration::from_millis(100)).await;
     let status = node.container_status(running).await;
-    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 3), "the monitor saw the exit");
+    assert_eq!(
+        (status.state, status.exit_code),
+        (ContainerState::ContainerExited as i32, 3),
+        "the monitor saw the exit"
+    );
 
     let paused = &before["paused"].0;
     node.stop_container(paused, 1).await;
@@ -257,7 +337,10 @@ async fn bad_metadata_is_quarantined_and_recovery_goes_on() {
     assert_eq!(node.pod_state(&good_pod).await, PodSandboxState::SandboxReady);
     assert_eq!(sorted_ids(node.list_containers(None).await.into_iter().map(|c| c.id)), vec![good.clone()]);
     assert_eq!(sorted_ids(node.list_pods(None).await.into_iter().map(|p| p.id)), vec![good_pod.clone()]);
-    assert_eq!(err_kind(node.svc.container_status(ContainerStatusRequest { container_id: bad.clone(), verbose: false }).await), ErrorKind::NotFound);
+    assert_eq!(
+        err_kind(node.svc.container_status(ContainerStatusRequest { container_id: bad.clone(), verbose: false }).await),
+        ErrorKind::NotFound
+    );
 
     let info = node.verbose_status_info().await;
     let quarantine: serde_json::Value = serde_json::from_str(&info["quarantine"]).expect("quarantine is JSON");
@@ -280,7 +363,10 @@ async fn bad_metadata_is_quarantined_and_recovery_goes_on() {
 #[madsim::test]
 async fn orphan_dirs_are_removed() {
     let (world, faults) = world(15);
-    let (pod, container) = in_process(world.clone(), faults.clone(), |node| async move { node.pod_with_running("keep", &["sleep", "inf"]).await }).await;
+    let (pod, container) = in_process(world.clone(), faults.clone(), |node| async move {
+        node.pod_with_running("keep", &["sleep", "inf"]).await
+    })
+    .await;
     let orphan_container = "a".repeat(64);
     let orphan_sandbox = "b".repeat(64);
     let orphans = [
@@ -295,8 +381,13 @@ async fn orphan_dirs_are_removed() {
     }
     let unrelated = format!("{ROOT_DIR}/containers/README");
     world.os.put_file(&unrelated, b"a plain file is only warned about");
-    let before: BTreeMap<String, Vec<u8>> =
-        world.os.files().into_iter().filter(|(path, _)| path.contains(&pod) || path.contains(&container)).map(|(path, file)| (path, file.data)).collect();
+    let before: BTreeMap<String, Vec<u8>> = world
+        .os
+        .files()
+        .into_iter()
+        .filter(|(path, _)| path.contains(&pod) || path.contains(&container))
+        .map(|(path, file)| (path, file.data))
+        .collect();
     assert!(before.contains_key(&checkpoint_path(&container)));
 
     let node = Node::start_on(world.clone(), faults, test_config()).await;

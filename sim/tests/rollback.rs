@@ -29,7 +29,11 @@ fn fail(site: &'static str, skip: usize) -> Case {
 /// The operation happens, then the call reports an error anyway: the rollback must undo an
 /// effect the caller was told did not happen.
 fn fail_after(site: &'static str, skip: usize) -> Case {
-    Case { site, skip, action: FaultAction::FailAfter(ErrorKind::ResourceExhausted, format!("injected late failure at {site}#{skip}")) }
+    Case {
+        site,
+        skip,
+        action: FaultAction::FailAfter(ErrorKind::ResourceExhausted, format!("injected late failure at {site}#{skip}")),
+    }
 }
 
 /// Every backend call RunPodSandbox makes once the sandbox image is present, in order.
@@ -39,12 +43,12 @@ fn every_run_step() -> Vec<Case> {
         cases.extend([
             make("containerd.prepare_snapshot", 0),
             make("containerd.create_container", 0),
-            make("os.mkdir_all", 0), // root dir
-            make("os.mkdir_all", 1), // state dir
+            make("os.mkdir_all", 0),  // root dir
+            make("os.mkdir_all", 1),  // state dir
             make("os.write_file", 0), // hostname
             make("os.write_file", 1), // hosts
             make("os.write_file", 2), // resolv.conf
-            make("os.mkdir_all", 2), // shm dir
+            make("os.mkdir_all", 2),  // shm dir
             make("os.mount_shm", 0),
             make("containerd.update_container", 0), // metadata with the netns path
             make("cni.setup", 0),
@@ -93,7 +97,12 @@ async fn every_run_step_failure_rolls_back_completely() {
         assert!(adds == 0 || dels >= 1, "{what}: an ADD was attempted, so a DEL must follow: {ledger:?}");
 
         // Kubelet's retry with the same name succeeds and gives a healthy pod.
-        let id = node.svc.run_pod_sandbox(run_request("rb")).await.unwrap_or_else(|e| panic!("{what}: retry: {e}")).pod_sandbox_id;
+        let id = node
+            .svc
+            .run_pod_sandbox(run_request("rb"))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: retry: {e}"))
+            .pod_sandbox_id;
         assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady, "{what}");
         assert_eq!(node.world.cni.allocations().len(), 1, "{what}");
         node.stop_pod(&id).await;
@@ -109,7 +118,7 @@ async fn hung_step_times_out_and_rolls_back() {
     for site in ["cni.setup", "containerd.start_task", "os.netns_create"] {
         let node = node_with_pause_image().await;
         node.faults.push(site, None, FaultAction::Hang);
-        let started = Instant::now();  // determinism-ok: madsim virtual time (tokio::time::Instant)
+        let started = Instant::now(); // determinism-ok: madsim virtual time (tokio::time::Instant)
         let error = node.svc.run_pod_sandbox(run_request("hang")).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::DeadlineExceeded, "{site}: {error}");
         assert!(started.elapsed() <= Duration::from_secs(241), "{site}: bounded, took {:?}", started.elapsed());
@@ -133,17 +142,45 @@ async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
         holds_task: bool,
     }
     let cases = [
-        Critical { name: "CNI DEL fails after a partial ADD", step: fail_after("cni.setup", 0), rollback_site: "cni.teardown", holds_ip: true, holds_task: false },
-        Critical { name: "task delete fails", step: fail("containerd.start_task", 0), rollback_site: "containerd.delete_task", holds_ip: true, holds_task: true },
-        Critical { name: "netns removal fails", step: fail("containerd.start_task", 0), rollback_site: "os.netns_remove", holds_ip: false, holds_task: false },
-        Critical { name: "container delete fails", step: fail("containerd.start_task", 0), rollback_site: "containerd.delete_container", holds_ip: false, holds_task: false },
+        Critical {
+            name: "CNI DEL fails after a partial ADD",
+            step: fail_after("cni.setup", 0),
+            rollback_site: "cni.teardown",
+            holds_ip: true,
+            holds_task: false,
+        },
+        Critical {
+            name: "task delete fails",
+            step: fail("containerd.start_task", 0),
+            rollback_site: "containerd.delete_task",
+            holds_ip: true,
+            holds_task: true,
+        },
+        Critical {
+            name: "netns removal fails",
+            step: fail("containerd.start_task", 0),
+            rollback_site: "os.netns_remove",
+            holds_ip: false,
+            holds_task: false,
+        },
+        Critical {
+            name: "container delete fails",
+            step: fail("containerd.start_task", 0),
+            rollback_site: "containerd.delete_container",
+            holds_ip: false,
+            holds_task: false,
+        },
     ];
     for case in cases {
         let what = case.name;
         let node = node_with_pause_image().await;
         node.faults.push_n(case.step.site, None, FaultAction::Proceed, case.step.skip);
         node.faults.push(case.step.site, None, case.step.action);
-        node.faults.push(case.rollback_site, None, FaultAction::Fail(ErrorKind::Internal, "rollback step failed".into()));
+        node.faults.push(
+            case.rollback_site,
+            None,
+            FaultAction::Fail(ErrorKind::Internal, "rollback step failed".into()),
+        );
 
         let error = node.svc.run_pod_sandbox(run_request("kept")).await.expect_err(what);
         assert!(error.message.contains("injected"), "{what}: {error}");
@@ -153,15 +190,27 @@ async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
         assert_eq!(snapshot.sandboxes.len(), 1, "{what}: the sandbox is kept");
         let kept = &snapshot.sandboxes[0];
         assert_eq!(kept.state, SandboxState::Unknown, "{what}");
-        assert_eq!(snapshot.sandbox_names, vec![(kept.name.clone(), kept.id.clone())], "{what}: the name stays reserved");
+        assert_eq!(
+            snapshot.sandbox_names,
+            vec![(kept.name.clone(), kept.id.clone())],
+            "{what}: the name stays reserved"
+        );
         let listed = node.list_pods(None).await;
         assert_eq!(listed.len(), 1, "{what}");
         assert_eq!(listed[0].id, kept.id);
         assert_eq!(listed[0].state, PodSandboxState::SandboxNotready as i32, "{what}: UNKNOWN shows as NOTREADY");
         assert!(node.pod_status(&kept.id).await.network.is_none(), "{what}: no IP is reported for it");
-        assert_eq!(node.world.cni.allocations().contains_key(&kept.id), case.holds_ip, "{what}: IP held: {:?}", node.world.cni.allocations());
+        assert_eq!(
+            node.world.cni.allocations().contains_key(&kept.id),
+            case.holds_ip,
+            "{what}: IP held: {:?}",
+            node.world.cni.allocations()
+        );
         assert_eq!(node.world.containerd.tasks().contains_key(&kept.id), case.holds_task, "{what}");
-        assert!(node.world.containerd.containers().contains_key(&kept.id), "{what}: the containerd container is kept for Remove");
+        assert!(
+            node.world.containerd.containers().contains_key(&kept.id),
+            "{what}: the containerd container is kept for Remove"
+        );
 
         // The name is still taken: a retry is refused rather than creating a second pod.
         let retry = node.svc.run_pod_sandbox(run_request("kept")).await.unwrap_err();
@@ -189,7 +238,11 @@ async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
 #[madsim::test]
 async fn netns_created_then_reported_failed_is_removed() {
     let node = node_with_pause_image().await;
-    node.faults.push("os.netns_create", None, FaultAction::FailAfter(ErrorKind::Internal, "injected: netns pinned, then failed".into()));
+    node.faults.push(
+        "os.netns_create",
+        None,
+        FaultAction::FailAfter(ErrorKind::Internal, "injected: netns pinned, then failed".into()),
+    );
     let error = node.svc.run_pod_sandbox(run_request("ns")).await.unwrap_err();
     assert!(error.message.contains("injected"), "{error}");
     assert_eq!(node.faults.pending(), 0);
@@ -231,10 +284,28 @@ async fn every_create_container_step_failure_rolls_back() {
         let snapshot = node.svc.snapshot();
         assert!(snapshot.container_names.is_empty(), "{what}: name left reserved: {:?}", snapshot.container_names);
         assert!(snapshot.operations.is_empty(), "{what}");
-        assert_eq!(node.world.containerd.containers().keys().collect::<Vec<_>>(), pause_records.keys().collect::<Vec<_>>(), "{what}");
-        let snapshots: Vec<String> = node.world.containerd.snapshots(SNAPSHOTTER).into_iter().filter(|(key, info)| info.kind == crid_sim::fakes::SnapshotKind::Active && key != &pod).map(|(key, _)| key).collect();
+        assert_eq!(
+            node.world.containerd.containers().keys().collect::<Vec<_>>(),
+            pause_records.keys().collect::<Vec<_>>(),
+            "{what}"
+        );
+        let snapshots: Vec<String> = node
+            .world
+            .containerd
+            .snapshots(SNAPSHOTTER)
+            .into_iter()
+            .filter(|(key, info)| info.kind == crid_sim::fakes::SnapshotKind::Active && key != &pod)
+            .map(|(key, _)| key)
+            .collect();
         assert!(snapshots.is_empty(), "{what}: rootfs snapshots left: {snapshots:?}");
-        let paths: Vec<String> = node.world.os.dirs().into_iter().chain(node.world.os.files().into_keys()).filter(|p| p.contains("/containers/")).collect();
+        let paths: Vec<String> = node
+            .world
+            .os
+            .dirs()
+            .into_iter()
+            .chain(node.world.os.files().into_keys())
+            .filter(|p| p.contains("/containers/"))
+            .collect();
         assert!(paths.is_empty(), "{what}: container dirs or files left: {paths:?}");
         assert_eq!(snapshot.events_sent, 2, "{what}: no CREATED event for a container that never existed");
 
@@ -269,7 +340,8 @@ async fn start_container_failures_leave_a_start_error() {
             node.faults.clear();
             node.faults.push(case.site, Some(&format!("{ROOT_DIR}/containers/{id}/status")), case.action.clone());
         }
-        let error = node.svc.start_container(StartContainerRequest { container_id: id.clone() }).await.expect_err(&what);
+        let error =
+            node.svc.start_container(StartContainerRequest { container_id: id.clone() }).await.expect_err(&what);
         assert!(error.message.contains("injected"), "{what}: {error}");
         assert_eq!(node.faults.pending(), 0, "{what}: the fault was not reached");
         let status = node.container_status(&id).await;
@@ -290,10 +362,18 @@ async fn start_container_failures_leave_a_start_error() {
 async fn stop_pod_retries_a_failed_network_teardown() {
     let node = node_with_pause_image().await;
     let id = node.run_pod("teardown").await;
-    node.faults.push("cni.teardown", Some(&id), FaultAction::Fail(ErrorKind::Internal, "injected: plugin failed DEL".into()));
+    node.faults.push(
+        "cni.teardown",
+        Some(&id),
+        FaultAction::Fail(ErrorKind::Internal, "injected: plugin failed DEL".into()),
+    );
     let error = node.svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap_err();
     assert!(error.message.contains("injected"), "{error}");
-    assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxNotready, "the pod is stopped even though DEL failed");
+    assert_eq!(
+        node.pod_state(&id).await,
+        PodSandboxState::SandboxNotready,
+        "the pod is stopped even though DEL failed"
+    );
     assert!(node.world.cni.allocations().contains_key(&id), "the IP is still held");
     assert!(node.world.os.netns_list().iter().any(|n| n.contains(&id)), "the netns is kept until DEL succeeds");
     node.stop_pod(&id).await;
@@ -309,7 +389,11 @@ async fn stop_pod_retries_a_failed_network_teardown() {
 async fn remove_container_retries_a_failed_delete() {
     let node = node_with_pause_image().await;
     let (_, id) = node.pod_with_running("rmfail", &["sleep", "inf"]).await;
-    node.faults.push("containerd.delete_container", Some(&id), FaultAction::Fail(ErrorKind::Internal, "injected: delete failed".into()));
+    node.faults.push(
+        "containerd.delete_container",
+        Some(&id),
+        FaultAction::Fail(ErrorKind::Internal, "injected: delete failed".into()),
+    );
     let error = node.svc.remove_container(RemoveContainerRequest { container_id: id.clone() }).await.unwrap_err();
     assert!(error.message.contains("injected"), "{error}");
     let status = node.container_status(&id).await;

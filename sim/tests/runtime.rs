@@ -52,7 +52,8 @@ async fn call_every_rpc(node: &Node) -> Vec<(&'static str, Option<(ErrorKind, St
         remove_image,
         image_fs_info,
     );
-    results.push(("get_container_events", s.get_container_events(Default::default()).err().map(|e| (e.kind, e.message))));
+    results
+        .push(("get_container_events", s.get_container_events(Default::default()).err().map(|e| (e.kind, e.message))));
     results
 }
 
@@ -63,9 +64,13 @@ async fn every_rpc_is_refused_until_run() {
     let (world, faults) = world(1);
     let node = Node::unstarted_on(world, faults.clone(), test_config());
     // A valid RunPodSandbox and PullImage must be refused too, not only empty requests.
-    let run = node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("early")), ..Default::default() }).await;
+    let run = node
+        .svc
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("early")), ..Default::default() })
+        .await;
     assert_eq!(err_kind(run), ErrorKind::Unavailable);
-    let pull = node.svc.pull_image(PullImageRequest { image: Some(image_spec(BUSYBOX_IMAGE)), ..Default::default() }).await;
+    let pull =
+        node.svc.pull_image(PullImageRequest { image: Some(image_spec(BUSYBOX_IMAGE)), ..Default::default() }).await;
     assert_eq!(err_kind(pull), ErrorKind::Unavailable);
 
     let results = call_every_rpc(&node).await;
@@ -78,7 +83,9 @@ async fn every_rpc_is_refused_until_run() {
         );
     }
     assert!(!node.svc.snapshot().initialized);
-    for site in ["containerd.create_container", "containerd.resolve", "containerd.fetch_blob", "cni.setup", "os.mkdir_all"] {
+    for site in
+        ["containerd.create_container", "containerd.resolve", "containerd.fetch_blob", "cni.setup", "os.mkdir_all"]
+    {
         assert_eq!(faults.calls(site), 0, "{site} was called before run()");
     }
 
@@ -102,7 +109,11 @@ async fn version_names_the_runtime_and_api() {
 
 fn condition(status: &StatusResponse, kind: &str) -> RuntimeCondition {
     let conditions = &status.status.as_ref().expect("status").conditions;
-    conditions.iter().find(|c| c.r#type == kind).unwrap_or_else(|| panic!("no {kind} condition in {conditions:?}")).clone()
+    conditions
+        .iter()
+        .find(|c| c.r#type == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {conditions:?}"))
+        .clone()
 }
 
 /// Status: RuntimeReady is always true; NetworkReady follows the CNI config (SPEC §7).
@@ -116,7 +127,12 @@ async fn status_reports_runtime_and_network_readiness() {
     }
     let cases = [
         Case { cni_config_present: true, network_ready: true, reason: "", load_status_ok: true },
-        Case { cni_config_present: false, network_ready: false, reason: "NetworkPluginNotReady", load_status_ok: false },
+        Case {
+            cni_config_present: false,
+            network_ready: false,
+            reason: "NetworkPluginNotReady",
+            load_status_ok: false,
+        },
     ];
     for case in cases {
         let (world, faults) = world(2);
@@ -134,7 +150,12 @@ async fn status_reports_runtime_and_network_readiness() {
         for key in ["config", "cniconfig", "lastCNILoadStatus", "quarantine", "counters"] {
             assert!(status.info.contains_key(key), "verbose Status lacks {key}: {:?}", status.info.keys());
         }
-        assert_eq!(status.info["lastCNILoadStatus"] == "OK", case.load_status_ok, "{}", status.info["lastCNILoadStatus"]);
+        assert_eq!(
+            status.info["lastCNILoadStatus"] == "OK",
+            case.load_status_ok,
+            "{}",
+            status.info["lastCNILoadStatus"]
+        );
         let config: serde_json::Value = serde_json::from_str(&status.info["config"]).expect("config is JSON");
         assert_eq!(config["root_dir"], ROOT_DIR);
         let terse = node.svc.status(StatusRequest { verbose: false }).await.unwrap();
@@ -215,11 +236,21 @@ async fn unimplemented_rpcs_say_so() {
     let (_, container) = node.pod_with_running("ckpt", &["sleep", "inf"]).await;
     let checkpoint = node
         .svc
-        .checkpoint_container(CheckpointContainerRequest { container_id: container.clone(), location: "/tmp/ckpt.tar".into(), timeout: 10 })
+        .checkpoint_container(CheckpointContainerRequest {
+            container_id: container.clone(),
+            location: "/tmp/ckpt.tar".into(),
+            timeout: 10,
+        })
         .await;
     assert_eq!(err_kind(checkpoint), ErrorKind::Unimplemented);
-    assert_eq!(err_kind(node.svc.list_metric_descriptors(ListMetricDescriptorsRequest {}).await), ErrorKind::Unimplemented);
-    assert_eq!(err_kind(node.svc.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {}).await), ErrorKind::Unimplemented);
+    assert_eq!(
+        err_kind(node.svc.list_metric_descriptors(ListMetricDescriptorsRequest {}).await),
+        ErrorKind::Unimplemented
+    );
+    assert_eq!(
+        err_kind(node.svc.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {}).await),
+        ErrorKind::Unimplemented
+    );
     // The container is untouched.
     assert_eq!(node.container_state(&container).await, ContainerState::ContainerRunning);
 }

@@ -39,11 +39,19 @@ async fn run_pod_sandbox_makes_a_ready_pod_with_network() {
     assert_eq!(world.os.file(&format!("{ROOT_DIR}/sandboxes/{id}/hostname")).unwrap(), b"web\n");
     assert!(world.os.mounts().contains_key(&format!("{STATE_DIR}/sandboxes/{id}/shm")));
     // The sandbox image was pulled on demand.
-    let pause = node.svc.image_status(ImageStatusRequest { image: Some(image_spec(PAUSE_IMAGE)), verbose: false }).await.unwrap();
+    let pause = node
+        .svc
+        .image_status(ImageStatusRequest { image: Some(image_spec(PAUSE_IMAGE)), verbose: false })
+        .await
+        .unwrap();
     assert!(pause.image.is_some(), "the pause image was pulled by RunPodSandbox");
 
     // Verbose status carries the runtime details.
-    let verbose = node.svc.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: true }).await.unwrap();
+    let verbose = node
+        .svc
+        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: true })
+        .await
+        .unwrap();
     let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
     assert_eq!(info["netNamespacePath"], netns);
     assert_eq!(info["pid"], world.containerd.tasks()[&id].pid);
@@ -97,10 +105,26 @@ async fn list_pod_sandbox_filters() {
         ("unknown id", PodSandboxFilter { id: "ffffffffffffffffdead".into(), ..Default::default() }, vec![]),
         ("ready", PodSandboxFilter { state: ready, ..Default::default() }, vec![&a, &b]),
         ("notready", PodSandboxFilter { state: notready, ..Default::default() }, vec![&c]),
-        ("label", PodSandboxFilter { label_selector: labels(&[("tier", "front")]), ..Default::default() }, vec![&a, &c]),
-        ("two labels", PodSandboxFilter { label_selector: labels(&[("tier", "front"), ("app", "c")]), ..Default::default() }, vec![&c]),
-        ("unmatched label", PodSandboxFilter { label_selector: labels(&[("tier", "middle")]), ..Default::default() }, vec![]),
-        ("label and state", PodSandboxFilter { state: ready, label_selector: labels(&[("tier", "front")]), ..Default::default() }, vec![&a]),
+        (
+            "label",
+            PodSandboxFilter { label_selector: labels(&[("tier", "front")]), ..Default::default() },
+            vec![&a, &c],
+        ),
+        (
+            "two labels",
+            PodSandboxFilter { label_selector: labels(&[("tier", "front"), ("app", "c")]), ..Default::default() },
+            vec![&c],
+        ),
+        (
+            "unmatched label",
+            PodSandboxFilter { label_selector: labels(&[("tier", "middle")]), ..Default::default() },
+            vec![],
+        ),
+        (
+            "label and state",
+            PodSandboxFilter { state: ready, label_selector: labels(&[("tier", "front")]), ..Default::default() },
+            vec![&a],
+        ),
         ("id and wrong state", PodSandboxFilter { id: a.clone(), state: notready, ..Default::default() }, vec![]),
     ];
     for (name, filter, expected) in cases {
@@ -134,7 +158,12 @@ async fn stop_then_remove_frees_everything() {
 
     node.remove_pod(&id).await;
     assert!(node.list_pods(None).await.is_empty());
-    assert_eq!(err_kind(node.svc.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false }).await), ErrorKind::NotFound);
+    assert_eq!(
+        err_kind(
+            node.svc.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false }).await
+        ),
+        ErrorKind::NotFound
+    );
     node.assert_no_sandbox_leftovers("after Stop + Remove");
 
     // The name is free again.
@@ -154,7 +183,11 @@ async fn remove_force_stops_the_pod_and_its_containers() {
     let status = node.container_status(&running).await;
     assert_eq!(status.state, ContainerState::ContainerExited as i32, "StopPodSandbox kills the pod's containers");
     assert_eq!(status.exit_code, 137);
-    assert_eq!(node.container_state(&created).await, ContainerState::ContainerCreated, "a created container is left as is");
+    assert_eq!(
+        node.container_state(&created).await,
+        ContainerState::ContainerCreated,
+        "a created container is left as is"
+    );
 
     node.remove_pod(&pod).await;
     assert!(node.list_containers(None).await.is_empty(), "RemovePodSandbox removes the pod's containers");
@@ -203,14 +236,19 @@ async fn run_pod_sandbox_rejects_invalid_requests() {
         config: Some(PodSandboxConfig { metadata, ..pod_config("x") }),
         ..Default::default()
     };
-    let meta = |name: &str, namespace: &str, uid: &str| Some(PodSandboxMetadata { name: name.into(), namespace: namespace.into(), uid: uid.into(), attempt: 0 });
+    let meta = |name: &str, namespace: &str, uid: &str| {
+        Some(PodSandboxMetadata { name: name.into(), namespace: namespace.into(), uid: uid.into(), attempt: 0 })
+    };
     let cases: Vec<(&str, RunPodSandboxRequest)> = vec![
         ("no config", RunPodSandboxRequest::default()),
         ("no metadata", with_metadata(None)),
         ("empty name", with_metadata(meta("", "default", "u"))),
         ("empty namespace", with_metadata(meta("x", "", "u"))),
         ("empty uid", with_metadata(meta("x", "default", ""))),
-        ("unknown runtime handler", RunPodSandboxRequest { config: Some(pod_config("x")), runtime_handler: "kata".into() }),
+        (
+            "unknown runtime handler",
+            RunPodSandboxRequest { config: Some(pod_config("x")), runtime_handler: "kata".into() },
+        ),
     ];
     for (name, request) in cases {
         assert_eq!(err_kind(node.svc.run_pod_sandbox(request).await), ErrorKind::InvalidArgument, "{name}");
@@ -229,9 +267,25 @@ async fn sandbox_reads_of_unknown_ids() {
         ("empty id", String::new(), ErrorKind::InvalidArgument),
     ];
     for (name, id, kind) in cases {
-        assert_eq!(err_kind(node.svc.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false }).await), kind, "status: {name}");
-        assert_eq!(err_kind(node.svc.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: id.clone() }).await), kind, "stats: {name}");
-        assert_eq!(err_kind(node.svc.port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![80] }).await), kind, "port forward: {name}");
+        assert_eq!(
+            err_kind(
+                node.svc
+                    .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false })
+                    .await
+            ),
+            kind,
+            "status: {name}"
+        );
+        assert_eq!(
+            err_kind(node.svc.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: id.clone() }).await),
+            kind,
+            "stats: {name}"
+        );
+        assert_eq!(
+            err_kind(node.svc.port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![80] }).await),
+            kind,
+            "port forward: {name}"
+        );
     }
     assert_eq!(node.pod_state(&live).await, PodSandboxState::SandboxReady);
 }
@@ -291,7 +345,12 @@ async fn stop_and_remove_are_idempotent() {
 async fn port_forward_needs_a_ready_pod() {
     let node = Node::start().await;
     let id = node.run_pod("pf").await;
-    let url = node.svc.port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![8080, 53] }).await.unwrap().url;
+    let url = node
+        .svc
+        .port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![8080, 53] })
+        .await
+        .unwrap()
+        .url;
     assert!(url.starts_with("http://127.0.0.1:10010/portforward/"), "{url}");
     let token = url.rsplit('/').next().unwrap();
     assert_eq!(
@@ -314,7 +373,13 @@ async fn pod_sandbox_stats_sum_the_containers() {
     let other = node.run_pod("quiet").await;
     sleep(Duration::from_secs(2)).await;
 
-    let stats = node.svc.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap().stats.unwrap();
+    let stats = node
+        .svc
+        .pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod.clone() })
+        .await
+        .unwrap()
+        .stats
+        .unwrap();
     assert_eq!(stats.attributes.as_ref().unwrap().id, pod);
     assert_eq!(stats.attributes.as_ref().unwrap().labels, labels(&[("app", "stats")]));
     let linux = stats.linux.expect("linux stats");
@@ -327,14 +392,26 @@ async fn pod_sandbox_stats_sum_the_containers() {
     assert_eq!(linux.memory.unwrap().working_set_bytes.unwrap().value, container_memory);
 
     let all = node.svc.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None }).await.unwrap().stats;
-    assert_eq!(sorted_ids(all.iter().map(|s| s.attributes.as_ref().unwrap().id.clone())), sorted_ids([pod.clone(), other.clone()]));
+    assert_eq!(
+        sorted_ids(all.iter().map(|s| s.attributes.as_ref().unwrap().id.clone())),
+        sorted_ids([pod.clone(), other.clone()])
+    );
     let cases: Vec<(&str, PodSandboxStatsFilter, Vec<&String>)> = vec![
         ("by id", PodSandboxStatsFilter { id: other.clone(), ..Default::default() }, vec![&other]),
-        ("by label", PodSandboxStatsFilter { label_selector: labels(&[("app", "stats")]), ..Default::default() }, vec![&pod]),
-        ("no match", PodSandboxStatsFilter { label_selector: labels(&[("app", "none")]), ..Default::default() }, vec![]),
+        (
+            "by label",
+            PodSandboxStatsFilter { label_selector: labels(&[("app", "stats")]), ..Default::default() },
+            vec![&pod],
+        ),
+        (
+            "no match",
+            PodSandboxStatsFilter { label_selector: labels(&[("app", "none")]), ..Default::default() },
+            vec![],
+        ),
     ];
     for (name, filter, expected) in cases {
-        let got = node.svc.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: Some(filter) }).await.unwrap().stats;
+        let got =
+            node.svc.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: Some(filter) }).await.unwrap().stats;
         assert_eq!(
             sorted_ids(got.iter().map(|s| s.attributes.as_ref().unwrap().id.clone())),
             sorted_ids(expected.into_iter().cloned()),
@@ -351,7 +428,9 @@ async fn concurrent_runs_of_one_pod_share_the_operation() {
     node.pull(PAUSE_IMAGE).await;
     node.faults.push("cni.setup", None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(5)));
     let svc = node.svc.clone();
-    let first = tokio::spawn(async move { svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("slow")), ..Default::default() }).await });
+    let first = tokio::spawn(async move {
+        svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("slow")), ..Default::default() }).await
+    });
     sleep(Duration::from_secs(1)).await;
     let second = node.run_pod("slow").await;
     let first = first.await.unwrap().unwrap().pod_sandbox_id;
@@ -360,7 +439,8 @@ async fn concurrent_runs_of_one_pod_share_the_operation() {
     assert_eq!(node.world.cni.allocations().len(), 1);
     assert!(node.svc.snapshot().operations.is_empty(), "delivered results are forgotten");
     // Acknowledged: a later call with the name is a new request and is refused.
-    let later = node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("slow")), ..Default::default() }).await;
+    let later =
+        node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("slow")), ..Default::default() }).await;
     assert_eq!(err_kind(later), ErrorKind::AlreadyExists);
 }
 
@@ -374,7 +454,11 @@ async fn abandoned_run_is_collected_by_the_retry() {
     let request = || RunPodSandboxRequest { config: Some(pod_config("impatient")), ..Default::default() };
     let gave_up = tokio::time::timeout(Duration::from_secs(2), node.svc.run_pod_sandbox(request())).await;
     assert!(gave_up.is_err(), "the first caller gave up");
-    assert_eq!(node.svc.snapshot().operations, vec!["sandbox/impatient_default_uid-impatient_0".to_string()], "the run goes on");
+    assert_eq!(
+        node.svc.snapshot().operations,
+        vec!["sandbox/impatient_default_uid-impatient_0".to_string()],
+        "the run goes on"
+    );
     sleep(Duration::from_secs(15)).await;
     let pods = node.list_pods(None).await;
     assert_eq!(pods.len(), 1, "the abandoned run completed");
@@ -393,14 +477,18 @@ async fn concurrent_stop_and_remove_both_succeed() {
         .map(|_| {
             let svc = node.svc.clone();
             let id = pod.clone();
-            tokio::spawn(async move { svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id }).await.map(|_| ()) })
+            tokio::spawn(
+                async move { svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id }).await.map(|_| ()) },
+            )
         })
         .collect();
     let removes: Vec<_> = (0..2)
         .map(|_| {
             let svc = node.svc.clone();
             let id = pod.clone();
-            tokio::spawn(async move { svc.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await.map(|_| ()) })
+            tokio::spawn(async move {
+                svc.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await.map(|_| ())
+            })
         })
         .collect();
     for call in stops.into_iter().chain(removes) {
@@ -419,7 +507,7 @@ async fn stop_of_an_unkillable_pod_is_bounded() {
     let node = Node::start().await;
     let id = node.run_pod("stuck").await;
     assert!(node.world.containerd.set_unkillable(&id, true));
-    let started = tokio::time::Instant::now();  // determinism-ok: madsim virtual time (tokio::time::Instant)
+    let started = tokio::time::Instant::now(); // determinism-ok: madsim virtual time (tokio::time::Instant)
     let error = node.svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::DeadlineExceeded, "{error}");
     assert!(started.elapsed() <= Duration::from_secs(35), "bounded: {:?}", started.elapsed());

@@ -25,7 +25,10 @@ fn check(name: &str) {
         .take(5)
         .map(|r| {
             let f = &r.failures[0];
-            format!("seed {}: {} on {} at {}: {}\n  replay: cargo sim run --scenario {name} --seed {} --trace", r.seed, f.invariant, f.object, f.sim_time, f.detail, r.seed)
+            format!(
+                "seed {}: {} on {} at {}: {}\n  replay: cargo sim run --scenario {name} --seed {} --trace",
+                r.seed, f.invariant, f.object, f.sim_time, f.detail, r.seed
+            )
         })
         .collect();
     assert!(failed.is_empty(), "{name}: {} of {} seeds failed:\n{}", failed.len(), summary.runs, described.join("\n"));
@@ -45,4 +48,18 @@ macro_rules! scenario_tests {
     };
 }
 
-scenario_tests!(smoke, recovery, event_storm, pull_dedup, exits, shim_leak, interrupted_start, names, network, idempotence, pull_stall, exec_storm, paused);
+scenario_tests!(
+    smoke,
+    recovery,
+    event_storm,
+    pull_dedup,
+    exits,
+    shim_leak,
+    interrupted_start,
+    names,
+    network,
+    idempotence,
+    pull_stall,
+    exec_storm,
+    paused
+);

@@ -32,7 +32,12 @@ async fn connect(path: PathBuf) -> Channel {
 
 fn pod_config(name: &str) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         hostname: name.into(),
         log_directory: format!("/var/log/pods/default_{name}"),
         ..Default::default()
@@ -54,9 +59,7 @@ async fn cri_over_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("crid.sock");
     let world = Arc::new(FakeWorld::new(42, Arc::new(NoFaults)).with_default_images());
-    let mut config = Config::default();
-    config.sandbox_image = PAUSE_IMAGE.into();
-    config.root_dir = "/var/lib/crid".into();
+    let config = Config { sandbox_image: PAUSE_IMAGE.into(), root_dir: "/var/lib/crid".into(), ..Config::default() };
     let service = CriService::new(config, world.backends()).unwrap();
 
     // The socket serves before initialization, and refuses calls until run() is done.
@@ -80,7 +83,10 @@ async fn cri_over_a_unix_socket() {
     let mut events = runtime.get_container_events(GetEventsRequest {}).await.unwrap().into_inner();
 
     let pulled = images
-        .pull_image(PullImageRequest { image: Some(ImageSpec { image: BUSYBOX_IMAGE.into(), ..Default::default() }), ..Default::default() })
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec { image: BUSYBOX_IMAGE.into(), ..Default::default() }),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -94,13 +100,21 @@ async fn cri_over_a_unix_socket() {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let pod_status = runtime.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap().into_inner();
+    let pod_status = runtime
+        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
     let pod_status = pod_status.status.unwrap();
     assert_eq!(pod_status.state, PodSandboxState::SandboxReady as i32);
     assert!(!pod_status.network.unwrap().ip.is_empty());
 
     let container = runtime
-        .create_container(CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(container_config("app")), sandbox_config: Some(pod_config("uds")) })
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("app")),
+            sandbox_config: Some(pod_config("uds")),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -115,7 +129,11 @@ async fn cri_over_a_unix_socket() {
 
     // A 16 MiB ExecSync answer fits through the server's message limit.
     let exec = runtime
-        .exec_sync(ExecSyncRequest { container_id: container.clone(), cmd: vec!["yes".into(), "20000000".into()], timeout: 10 })
+        .exec_sync(ExecSyncRequest {
+            container_id: container.clone(),
+            cmd: vec!["yes".into(), "20000000".into()],
+            timeout: 10,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -123,12 +141,18 @@ async fn cri_over_a_unix_socket() {
 
     runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     let after_stop = runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
-    assert_eq!(after_stop[0].state, ContainerState::ContainerExited as i32, "StopPodSandbox stops the pod's containers");
+    assert_eq!(
+        after_stop[0].state,
+        ContainerState::ContainerExited as i32,
+        "StopPodSandbox stops the pod's containers"
+    );
     let pods = runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
     assert_eq!(pods[0].state, PodSandboxState::SandboxNotready as i32);
     runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     assert!(runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items.is_empty());
-    assert!(runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers.is_empty());
+    assert!(
+        runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers.is_empty()
+    );
     assert!(world.cni.allocations().is_empty(), "the IP was released");
     assert!(world.containerd.tasks().is_empty() && world.containerd.containers().is_empty());
 
@@ -141,25 +165,42 @@ async fn cri_over_a_unix_socket() {
     }
     for id in [&pod, &container] {
         let kinds: Vec<i32> = seen.iter().filter(|(c, _)| c == id).map(|(_, kind)| *kind).collect();
-        let lifecycle = [ContainerEventType::ContainerCreatedEvent, ContainerEventType::ContainerStartedEvent, ContainerEventType::ContainerStoppedEvent, ContainerEventType::ContainerDeletedEvent];
+        let lifecycle = [
+            ContainerEventType::ContainerCreatedEvent,
+            ContainerEventType::ContainerStartedEvent,
+            ContainerEventType::ContainerStoppedEvent,
+            ContainerEventType::ContainerDeletedEvent,
+        ];
         assert_eq!(kinds, lifecycle.map(|k| k as i32).to_vec(), "events of {id}");
     }
 
     // Core error kinds map to gRPC codes.
-    let unknown = runtime.container_status(ContainerStatusRequest { container_id: "0123456789abcdef".into(), verbose: false }).await.unwrap_err();
+    let unknown = runtime
+        .container_status(ContainerStatusRequest { container_id: "0123456789abcdef".into(), verbose: false })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
     let no_config = runtime.run_pod_sandbox(RunPodSandboxRequest::default()).await.unwrap_err();
     assert_eq!(no_config.code(), Code::InvalidArgument, "{no_config:?}");
     let unimplemented = runtime.list_metric_descriptors(ListMetricDescriptorsRequest {}).await.unwrap_err();
     assert_eq!(unimplemented.code(), Code::Unimplemented);
     let bad_ref = images
-        .pull_image(PullImageRequest { image: Some(ImageSpec { image: "Not/A:Valid:Ref".into(), ..Default::default() }), ..Default::default() })
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec { image: "Not/A:Valid:Ref".into(), ..Default::default() }),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(bad_ref.code(), Code::InvalidArgument, "{bad_ref:?}");
     // Idempotent removal of something that does not exist is OK over the wire too.
     runtime.remove_container(RemoveContainerRequest { container_id: "0123456789abcdef".into() }).await.unwrap();
-    let missing_image = images.image_status(ImageStatusRequest { image: Some(ImageSpec { image: "nginx".into(), ..Default::default() }), verbose: false }).await.unwrap();
+    let missing_image = images
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec { image: "nginx".into(), ..Default::default() }),
+            verbose: false,
+        })
+        .await
+        .unwrap();
     assert!(missing_image.into_inner().image.is_none());
 
     // A client that sends the socket path as :authority, as grpc-go (crictl, critest, kubelet)
@@ -238,7 +279,9 @@ fn raw_h2_version(socket: &std::path::Path, authority: &str) -> VersionResponse 
             _ => {}
         }
     }
-    let find = |name: &[u8]| response_headers.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    let find = |name: &[u8]| {
+        response_headers.iter().find(|(n, _)| n == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
     assert_eq!(find(b":status").as_deref(), Some("200"));
     assert_eq!(find(b"grpc-status").as_deref(), Some("0"), "{response_headers:?}");
     VersionResponse::decode(&data[5..]).unwrap()

@@ -197,7 +197,12 @@ impl RegistryAuth {
             let (user, pass) = text.split_once(':').ok_or_else(invalid)?;
             (username, password) = (user.to_string(), pass.to_string());
         }
-        Ok(RegistryAuth { username, password, identity_token: auth.identity_token.clone(), registry_token: auth.registry_token.clone() })
+        Ok(RegistryAuth {
+            username,
+            password,
+            identity_token: auth.identity_token.clone(),
+            registry_token: auth.registry_token.clone(),
+        })
     }
 
     pub fn is_anonymous(&self) -> bool {
@@ -269,13 +274,28 @@ pub struct SnapshotUsage {
 /// A containerd event, decoded by topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    TaskOom { container_id: String },
-    TaskExit { container_id: String, pid: u32, exit_code: u32, exited_at_ns: i64 },
-    ImageCreate { name: String },
-    ImageUpdate { name: String },
-    ImageDelete { name: String },
+    TaskOom {
+        container_id: String,
+    },
+    TaskExit {
+        container_id: String,
+        pid: u32,
+        exit_code: u32,
+        exited_at_ns: i64,
+    },
+    ImageCreate {
+        name: String,
+    },
+    ImageUpdate {
+        name: String,
+    },
+    ImageDelete {
+        name: String,
+    },
     /// Any topic the CRI does not handle.
-    Other { topic: String },
+    Other {
+        topic: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,12 +362,24 @@ pub trait Containerd: Send + Sync + 'static {
     /// True when the blob is in the content store.
     async fn content_exists(&self, digest: &str) -> Result<bool>;
     /// Fetches a blob into the content store, reporting progress in bytes.
-    async fn fetch_blob(&self, reference: &str, blob: &Descriptor, auth: &RegistryAuth, progress: ProgressFn<'_>) -> Result<()>;
+    async fn fetch_blob(
+        &self,
+        reference: &str,
+        blob: &Descriptor,
+        auth: &RegistryAuth,
+        progress: ProgressFn<'_>,
+    ) -> Result<()>;
     /// True when the committed snapshot `chain_id` exists in `snapshotter`.
     async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool>;
     /// Prepares, applies `layer` on `parent_chain_id` ("" for the base) and commits as `chain_id`.
     /// AlreadyExists when that snapshot is already committed.
-    async fn apply_layer(&self, snapshotter: &str, chain_id: &str, parent_chain_id: &str, layer: &Descriptor) -> Result<()>;
+    async fn apply_layer(
+        &self,
+        snapshotter: &str,
+        chain_id: &str,
+        parent_chain_id: &str,
+        layer: &Descriptor,
+    ) -> Result<()>;
     /// Prepares the writable rootfs snapshot `key` on top of `parent_chain_id`.
     async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()>;
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()>;
@@ -387,7 +419,11 @@ mod tests {
         assert_eq!((encoded.username.as_str(), encoded.password.as_str()), ("alice", "s3:cret"));
         for bad in ["not base64!", "bm9jb2xvbg=="] {
             let config = AuthConfig { auth: bad.into(), ..Default::default() };
-            assert_eq!(RegistryAuth::from_cri(Some(&config)).unwrap_err().kind, crate::error::ErrorKind::InvalidArgument, "{bad}");
+            assert_eq!(
+                RegistryAuth::from_cri(Some(&config)).unwrap_err().kind,
+                crate::error::ErrorKind::InvalidArgument,
+                "{bad}"
+            );
         }
         let shown = format!("{encoded:?}");
         assert!(shown.contains("alice") && !shown.contains("s3:cret"), "{shown}");

@@ -47,11 +47,15 @@ impl CriGrpc {
     }
 
     pub fn runtime_server(&self) -> RuntimeServiceServer<CriGrpc> {
-        RuntimeServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+        RuntimeServiceServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     pub fn image_server(&self) -> ImageServiceServer<CriGrpc> {
-        ImageServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+        ImageServiceServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 }
 

@@ -80,7 +80,12 @@ impl ContainerStatus {
 
     /// The status used when the checkpoint cannot be read.
     pub fn unknown_status() -> Self {
-        ContainerStatus { exit_code: EXIT_CODE_UNKNOWN, reason: REASON_UNKNOWN.into(), unknown: true, ..Default::default() }
+        ContainerStatus {
+            exit_code: EXIT_CODE_UNKNOWN,
+            reason: REASON_UNKNOWN.into(),
+            unknown: true,
+            ..Default::default()
+        }
     }
 }
 

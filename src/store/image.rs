@@ -82,8 +82,11 @@ impl ImageStore {
                 return Ok(inner.images[id].clone());
             }
         }
-        let prefix = if id_or_ref.starts_with("sha256:") { id_or_ref.to_string() } else { format!("sha256:{id_or_ref}") };
-        if id_or_ref.len() >= 4 && id_or_ref.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c.is_ascii_lowercase()) {
+        let prefix =
+            if id_or_ref.starts_with("sha256:") { id_or_ref.to_string() } else { format!("sha256:{id_or_ref}") };
+        if id_or_ref.len() >= 4
+            && id_or_ref.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c.is_ascii_lowercase())
+        {
             let mut matches = inner.images.range(prefix.clone()..).take_while(|(id, _)| id.starts_with(&prefix));
             if let (Some((_, image)), None) = (matches.next(), matches.next()) {
                 return Ok(image.clone());
@@ -111,7 +114,13 @@ mod tests {
     use super::*;
 
     fn image(id: &str) -> Image {
-        Image { id: id.into(), references: BTreeSet::new(), chain_id: "c".into(), size_bytes: 1, config: Default::default() }
+        Image {
+            id: id.into(),
+            references: BTreeSet::new(),
+            chain_id: "c".into(),
+            size_bytes: 1,
+            config: Default::default(),
+        }
     }
 
     #[test]

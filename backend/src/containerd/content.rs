@@ -92,7 +92,8 @@ where
             return Err(Error::invalid(format!("blob {}: got {offset} bytes, expected {}", write.digest, write.size)));
         }
         let labels = (write.labels)(&kept).into_iter().collect();
-        let commit = WriteContentRequest { action: WriteAction::Commit as i32, offset: offset as i64, labels, ..base.clone() };
+        let commit =
+            WriteContentRequest { action: WriteAction::Commit as i32, offset: offset as i64, labels, ..base.clone() };
         tx.send(commit).await.map_err(|_| Error::unavailable("containerd closed the content write"))?;
         drop(tx);
         Ok(())

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use containerd_client::services::v1::Container;
-use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::Image;
+use containerd_client::services::v1::container::Runtime;
 use containerd_client::types::Descriptor as ProtoDescriptor;
 use crid::backend::{ContainerRecord, Descriptor, ImageRecord, WorkloadSpec};
 use crid::error::{Error, Result};

@@ -20,7 +20,8 @@ pub fn subscribe_filters(namespace: &str) -> Vec<String> {
 
 pub fn decode(envelope: ProtoEnvelope) -> Envelope {
     let value = envelope.event.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
-    let event = decode_payload(&envelope.topic, value).unwrap_or_else(|| Event::Other { topic: envelope.topic.clone() });
+    let event =
+        decode_payload(&envelope.topic, value).unwrap_or_else(|| Event::Other { topic: envelope.topic.clone() });
     Envelope {
         timestamp_ns: envelope.timestamp.as_ref().map(timestamp_ns).unwrap_or(0),
         namespace: envelope.namespace,
@@ -63,19 +64,29 @@ mod tests {
             timestamp: None,
             namespace: "crid".into(),
             topic: "/tasks/exit".into(),
-            event: Some(prost_types::Any { type_url: "containerd.events.TaskExit".into(), value: payload.encode_to_vec() }),
+            event: Some(prost_types::Any {
+                type_url: "containerd.events.TaskExit".into(),
+                value: payload.encode_to_vec(),
+            }),
         };
-        assert_eq!(decode(envelope).event, Event::TaskExit { container_id: "c".into(), pid: 9, exit_code: 7, exited_at_ns: 0 });
+        assert_eq!(
+            decode(envelope).event,
+            Event::TaskExit { container_id: "c".into(), pid: 9, exit_code: 7, exited_at_ns: 0 }
+        );
     }
 
     #[test]
     fn exec_exits_are_not_task_exits() {
-        let payload = TaskExit { container_id: "c".into(), id: "exec-1".into(), pid: 9, exit_status: 3, exited_at: None };
+        let payload =
+            TaskExit { container_id: "c".into(), id: "exec-1".into(), pid: 9, exit_status: 3, exited_at: None };
         let envelope = ProtoEnvelope {
             timestamp: None,
             namespace: "crid".into(),
             topic: "/tasks/exit".into(),
-            event: Some(prost_types::Any { type_url: "containerd.events.TaskExit".into(), value: payload.encode_to_vec() }),
+            event: Some(prost_types::Any {
+                type_url: "containerd.events.TaskExit".into(),
+                value: payload.encode_to_vec(),
+            }),
         };
         assert_eq!(decode(envelope).event, Event::Other { topic: "/tasks/exit".into() });
     }

@@ -140,6 +140,9 @@ mod tests {
             }),
         };
         let decoded = decode(CGROUPS_V1_TYPE, &m.encode_to_vec(), 1).unwrap();
-        assert_eq!((decoded.cpu_usage_core_ns, decoded.memory_working_set_bytes, decoded.memory_rss_bytes), (7, 300, 50));
+        assert_eq!(
+            (decoded.cpu_usage_core_ns, decoded.memory_working_set_bytes, decoded.memory_rss_bytes),
+            (7, 300, 50)
+        );
     }
 }

@@ -39,9 +39,8 @@ use containerd_client::services::v1::{
 use containerd_client::types::Mount as ProtoMount;
 use containerd_client::types::v1::Status as ProcessStatus;
 use crid::backend::{
-    RegistryAuth,
     ContainerRecord, Containerd, Descriptor, EventStream, ExecOutput, ExecSpec, ExitStatus, ImageContent, ImageRecord,
-    ProgressFn, ResolvedImage, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState,
+    ProgressFn, RegistryAuth, ResolvedImage, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState,
 };
 use crid::error::{Error, ErrorKind, Result};
 use futures::TryStreamExt;
@@ -82,7 +81,8 @@ pub struct Requests {
 
 impl Requests {
     fn new(namespace: &str) -> Result<Requests> {
-        let namespace = namespace.parse().map_err(|_| Error::invalid(format!("invalid containerd namespace {namespace:?}")))?;
+        let namespace =
+            namespace.parse().map_err(|_| Error::invalid(format!("invalid containerd namespace {namespace:?}")))?;
         Ok(Requests { namespace })
     }
 
@@ -177,10 +177,10 @@ impl RealContainerd {
     /// a pull writes stay until the image record (or a container) references them.
     async fn pull_lease(&self) -> Result<String> {
         let mut current = self.pull_lease.lock().await;
-        if let Some((id, created)) = current.as_ref() {
-            if created.elapsed() < PULL_LEASE_REUSE {
-                return Ok(id.clone());
-            }
+        if let Some((id, created)) = current.as_ref()
+            && created.elapsed() < PULL_LEASE_REUSE
+        {
+            return Ok(id.clone());
         }
         let mut suffix = [0u8; 8];
         crate::os::fill_random(&mut suffix);
@@ -190,7 +190,11 @@ impl RealContainerd {
             "containerd.io/gc.expire".to_string(),
             expiry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         )]);
-        grpc(LeasesClient::new(self.channel.clone()).create(self.req(CreateLeaseRequest { id: id.clone(), labels })).await)?;
+        grpc(
+            LeasesClient::new(self.channel.clone())
+                .create(self.req(CreateLeaseRequest { id: id.clone(), labels }))
+                .await,
+        )?;
         *current = Some((id.clone(), Instant::now()));
         Ok(id)
     }
@@ -213,15 +217,22 @@ impl RealContainerd {
     }
 
     /// Reads an image's manifest (through an index, for this platform) and config.
-    async fn read_image(&self, target: &Descriptor) -> Result<(Descriptor, ManifestDocument, Descriptor, ImageConfigDocument)> {
+    async fn read_image(
+        &self,
+        target: &Descriptor,
+    ) -> Result<(Descriptor, ManifestDocument, Descriptor, ImageConfigDocument)> {
         let mut manifest_desc = target.clone();
-        let mut document = ManifestDocument::parse(&content::read_blob(&self.channel, &self.requests, &target.digest).await?)?;
+        let mut document =
+            ManifestDocument::parse(&content::read_blob(&self.channel, &self.requests, &target.digest).await?)?;
         if pull::is_index_media_type(&target.media_type) || document.config_digest().is_none() {
-            manifest_desc = document.platform_manifest().ok_or_else(|| Error::not_found("no manifest for this platform"))?;
-            document =
-                ManifestDocument::parse(&content::read_blob(&self.channel, &self.requests, &manifest_desc.digest).await?)?;
+            manifest_desc =
+                document.platform_manifest().ok_or_else(|| Error::not_found("no manifest for this platform"))?;
+            document = ManifestDocument::parse(
+                &content::read_blob(&self.channel, &self.requests, &manifest_desc.digest).await?,
+            )?;
         }
-        let config_digest = document.config_digest().ok_or_else(|| Error::invalid("manifest without config"))?.to_string();
+        let config_digest =
+            document.config_digest().ok_or_else(|| Error::invalid("manifest without config"))?.to_string();
         let config_bytes = content::read_blob(&self.channel, &self.requests, &config_digest).await?;
         let config = Descriptor {
             media_type: "application/vnd.oci.image.config.v1+json".into(),
@@ -241,8 +252,13 @@ impl RealContainerd {
             Err(e) => return Err(e),
         };
         let Some(chain_id) = pull::chain_ids(config_doc.diff_ids()).pop() else { return Ok(()) };
-        let snapshotter =
-            self.unpacked_into.lock().unwrap().get(&chain_id).cloned().unwrap_or_else(|| self.default_snapshotter.clone());
+        let snapshotter = self
+            .unpacked_into
+            .lock()
+            .unwrap()
+            .get(&chain_id)
+            .cloned()
+            .unwrap_or_else(|| self.default_snapshotter.clone());
         let key = format!("containerd.io/gc.ref.snapshot.{snapshotter}");
         let info = containerd_client::services::v1::Info {
             digest: config.digest.clone(),
@@ -251,7 +267,10 @@ impl RealContainerd {
             updated_at: None,
             labels: HashMap::from([(key.clone(), chain_id)]),
         };
-        let request = UpdateContentRequest { info: Some(info), update_mask: Some(FieldMask { paths: vec![format!("labels.{key}")] }) };
+        let request = UpdateContentRequest {
+            info: Some(info),
+            update_mask: Some(FieldMask { paths: vec![format!("labels.{key}")] }),
+        };
         let mut client = containerd_client::services::v1::content_client::ContentClient::new(self.channel.clone());
         grpc(client.update(self.req(request)).await).map(|_| ())
     }
@@ -291,7 +310,8 @@ impl Containerd for RealContainerd {
 
     async fn create_container(&self, record: ContainerRecord) -> Result<ContainerRecord> {
         let container = convert::to_proto_container(&record)?;
-        let response = grpc(self.containers().create(self.req(CreateContainerRequest { container: Some(container) })).await)?;
+        let response =
+            grpc(self.containers().create(self.req(CreateContainerRequest { container: Some(container) })).await)?;
         let created = response.container.ok_or_else(|| Error::internal("containerd returned no container"))?;
         convert::from_proto_container(created)
     }
@@ -557,7 +577,13 @@ impl Containerd for RealContainerd {
         self.content_info_exists(digest).await
     }
 
-    async fn fetch_blob(&self, reference: &str, blob: &Descriptor, auth: &RegistryAuth, progress: ProgressFn<'_>) -> Result<()> {
+    async fn fetch_blob(
+        &self,
+        reference: &str,
+        blob: &Descriptor,
+        auth: &RegistryAuth,
+        progress: ProgressFn<'_>,
+    ) -> Result<()> {
         // The integration tests count these lines to prove that concurrent pulls fetch once.
         tracing::debug!(digest = %blob.digest, media_type = %blob.media_type, reference, "fetching blob");
         let response = self.registry.blob(reference, blob, auth).await?;
@@ -593,7 +619,13 @@ impl Containerd for RealContainerd {
         }
     }
 
-    async fn apply_layer(&self, snapshotter: &str, chain_id: &str, parent_chain_id: &str, layer: &Descriptor) -> Result<()> {
+    async fn apply_layer(
+        &self,
+        snapshotter: &str,
+        chain_id: &str,
+        parent_chain_id: &str,
+        layer: &Descriptor,
+    ) -> Result<()> {
         let lease = self.pull_lease().await?;
         let mut suffix = [0u8; 8];
         crate::os::fill_random(&mut suffix);

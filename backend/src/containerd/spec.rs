@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use crid::backend::{MountSpec, Resources, WorkloadSpec};
 use crid::error::{Error, Result};
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, Mount,
-    MountBuilder, Process, Root, Spec, User,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder, Process,
+    Root, Spec, User,
 };
 
 /// type_url containerd itself uses for runtime specs in container records.
@@ -132,7 +132,12 @@ fn base_mounts(workload: &WorkloadSpec) -> Result<Vec<Mount>> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/sys", "sysfs", "sysfs", sys_options)?,
@@ -152,7 +157,9 @@ fn user_mount(spec: &MountSpec) -> Result<Mount> {
     if kind == "bind" && !options.iter().any(|o| o == "bind" || o == "rbind") {
         options.insert(0, "rbind".to_string());
     }
-    if kind == "bind" && !options.iter().any(|o| o.ends_with("private") || o.ends_with("shared") || o.ends_with("slave")) {
+    if kind == "bind"
+        && !options.iter().any(|o| o.ends_with("private") || o.ends_with("shared") || o.ends_with("slave"))
+    {
         options.push("rprivate".to_string());
     }
     MountBuilder::default()
@@ -297,7 +304,12 @@ mod tests {
             netns_path: "/run/netns/x".into(),
             oom_score_adj: 5,
             drop_capabilities: vec!["NET_RAW".into()],
-            mounts: vec![MountSpec { destination: "/etc/hosts".into(), source: "/s/hosts".into(), kind: String::new(), options: vec!["ro".into()] }],
+            mounts: vec![MountSpec {
+                destination: "/etc/hosts".into(),
+                source: "/s/hosts".into(),
+                kind: String::new(),
+                options: vec!["ro".into()],
+            }],
             ..Default::default()
         }
     }

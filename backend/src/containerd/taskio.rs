@@ -98,12 +98,12 @@ impl LineSplitter {
     fn feed(&mut self, data: &[u8], emit: &mut dyn FnMut(bool, &[u8])) {
         self.pending.extend_from_slice(data);
         loop {
-            if let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
-                if pos <= self.max_line {
-                    emit(false, &self.pending[..pos]);
-                    self.pending.drain(..=pos);
-                    continue;
-                }
+            if let Some(pos) = self.pending.iter().position(|&b| b == b'\n')
+                && pos <= self.max_line
+            {
+                emit(false, &self.pending[..pos]);
+                self.pending.drain(..=pos);
+                continue;
             }
             if self.pending.len() > self.max_line {
                 emit(true, &self.pending[..self.max_line]);
@@ -262,10 +262,10 @@ impl IoManager {
         let mut copiers = Vec::new();
         for stream in ["stdout", "stderr"] {
             let fifo = dir.join(stream);
-            if fifo.exists() {
-                if let Ok(reader) = open_reader(&fifo) {
-                    copiers.push(spawn_log_copier(stream, reader, sink.clone()));
-                }
+            if fifo.exists()
+                && let Ok(reader) = open_reader(&fifo)
+            {
+                copiers.push(spawn_log_copier(stream, reader, sink.clone()));
             }
         }
         tracing::info!(container_id = id, streams = copiers.len(), "reattached task io");
@@ -312,7 +312,11 @@ impl IoManager {
             let target = if stream == "stdout" { stdout.clone() } else { stderr.clone() };
             copiers.push(spawn_capture(reader, target, limit));
             let path = fifo.to_string_lossy().into_owned();
-            if stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
+            if stream == "stdout" {
+                prepared.stdout = path
+            } else {
+                prepared.stderr = path
+            }
             files.push(fifo);
         }
         let capture =

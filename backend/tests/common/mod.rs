@@ -248,7 +248,8 @@ config_path = "{hosts}"
     /// SIGTERM: the daemon must exit cleanly and remove its socket.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -273,18 +274,34 @@ config_path = "{hosts}"
     }
 
     pub async fn pull(&mut self, image: &str) -> String {
-        let request = PullImageRequest { image: Some(ImageSpec { image: image.into(), ..Default::default() }), ..Default::default() };
-        self.images.pull_image(request).await.unwrap_or_else(|e| panic!("{}: pull {image}: {e}\n{}", self.kind.name(), self.log())).into_inner().image_ref
+        let request = PullImageRequest {
+            image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        self.images
+            .pull_image(request)
+            .await
+            .unwrap_or_else(|e| panic!("{}: pull {image}: {e}\n{}", self.kind.name(), self.log()))
+            .into_inner()
+            .image_ref
     }
 
     pub async fn remove_image(&mut self, image: &str) {
         let request = RemoveImageRequest { image: Some(ImageSpec { image: image.into(), ..Default::default() }) };
-        self.images.remove_image(request).await.unwrap_or_else(|e| panic!("{}: remove image {image}: {e}\n{}", self.kind.name(), self.log()));
+        self.images
+            .remove_image(request)
+            .await
+            .unwrap_or_else(|e| panic!("{}: remove image {image}: {e}\n{}", self.kind.name(), self.log()));
     }
 
     pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
         PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata { name: name.into(), uid: unique("uid"), namespace: "default".into(), attempt: 0 }),
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: unique("uid"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
             hostname: name.into(),
             log_directory: self.dir.join("logs").join(name).to_string_lossy().into_owned(),
             linux: Some(LinuxPodSandboxConfig::default()),
@@ -294,7 +311,12 @@ config_path = "{hosts}"
 
     pub async fn run_pod(&mut self, config: &PodSandboxConfig) -> String {
         let request = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
-        self.runtime.run_pod_sandbox(request).await.unwrap_or_else(|e| panic!("{}: run pod: {e}\n{}", self.kind.name(), self.log())).into_inner().pod_sandbox_id
+        self.runtime
+            .run_pod_sandbox(request)
+            .await
+            .unwrap_or_else(|e| panic!("{}: run pod: {e}\n{}", self.kind.name(), self.log()))
+            .into_inner()
+            .pod_sandbox_id
     }
 
     /// A busybox container config running `command`, logging to `<name>.log`.
@@ -309,14 +331,29 @@ config_path = "{hosts}"
         }
     }
 
-    pub async fn create_container(&mut self, pod_id: &str, pod: &PodSandboxConfig, name: &str, command: &[&str]) -> String {
+    pub async fn create_container(
+        &mut self,
+        pod_id: &str,
+        pod: &PodSandboxConfig,
+        name: &str,
+        command: &[&str],
+    ) -> String {
         let config = self.container_config(name, command);
         self.create_container_with(pod_id, pod, config).await
     }
 
-    pub async fn create_container_with(&mut self, pod_id: &str, pod: &PodSandboxConfig, config: ContainerConfig) -> String {
+    pub async fn create_container_with(
+        &mut self,
+        pod_id: &str,
+        pod: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> String {
         let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let request = CreateContainerRequest { pod_sandbox_id: pod_id.into(), config: Some(config), sandbox_config: Some(pod.clone()) };
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        };
         self.runtime
             .create_container(request)
             .await
@@ -327,24 +364,39 @@ config_path = "{hosts}"
 
     /// ExecSync of `cmd`: (exit code, stdout as text).
     pub async fn exec(&mut self, id: &str, cmd: &[&str]) -> (i32, String) {
-        let request = ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 10 };
-        let response = self.runtime.exec_sync(request).await.unwrap_or_else(|e| panic!("{}: exec {cmd:?}: {e}\n{}", self.kind.name(), self.log())).into_inner();
+        let request =
+            ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: 10 };
+        let response = self
+            .runtime
+            .exec_sync(request)
+            .await
+            .unwrap_or_else(|e| panic!("{}: exec {cmd:?}: {e}\n{}", self.kind.name(), self.log()))
+            .into_inner();
         (response.exit_code, String::from_utf8_lossy(&response.stdout).into_owned())
     }
 
     pub async fn start_container(&mut self, id: &str) {
         let request = StartContainerRequest { container_id: id.into() };
-        self.runtime.start_container(request).await.unwrap_or_else(|e| panic!("{}: start {id}: {e}\n{}", self.kind.name(), self.log()));
+        self.runtime
+            .start_container(request)
+            .await
+            .unwrap_or_else(|e| panic!("{}: start {id}: {e}\n{}", self.kind.name(), self.log()));
     }
 
     pub async fn stop_container(&mut self, id: &str, timeout_s: i64) {
         let request = StopContainerRequest { container_id: id.into(), timeout: timeout_s };
-        self.runtime.stop_container(request).await.unwrap_or_else(|e| panic!("{}: stop {id}: {e}\n{}", self.kind.name(), self.log()));
+        self.runtime
+            .stop_container(request)
+            .await
+            .unwrap_or_else(|e| panic!("{}: stop {id}: {e}\n{}", self.kind.name(), self.log()));
     }
 
     pub async fn remove_container(&mut self, id: &str) {
         let request = RemoveContainerRequest { container_id: id.into() };
-        self.runtime.remove_container(request).await.unwrap_or_else(|e| panic!("{}: remove {id}: {e}\n{}", self.kind.name(), self.log()));
+        self.runtime
+            .remove_container(request)
+            .await
+            .unwrap_or_else(|e| panic!("{}: remove {id}: {e}\n{}", self.kind.name(), self.log()));
     }
 
     pub async fn container_state(&mut self, id: &str) -> (ContainerState, i32) {
@@ -379,12 +431,18 @@ config_path = "{hosts}"
 
     pub async fn stop_pod(&mut self, id: &str) {
         let request = StopPodSandboxRequest { pod_sandbox_id: id.into() };
-        self.runtime.stop_pod_sandbox(request).await.unwrap_or_else(|e| panic!("{}: stop pod: {e}\n{}", self.kind.name(), self.log()));
+        self.runtime
+            .stop_pod_sandbox(request)
+            .await
+            .unwrap_or_else(|e| panic!("{}: stop pod: {e}\n{}", self.kind.name(), self.log()));
     }
 
     pub async fn remove_pod_only(&mut self, id: &str) {
         let request = RemovePodSandboxRequest { pod_sandbox_id: id.into() };
-        self.runtime.remove_pod_sandbox(request).await.unwrap_or_else(|e| panic!("{}: remove pod: {e}\n{}", self.kind.name(), self.log()));
+        self.runtime
+            .remove_pod_sandbox(request)
+            .await
+            .unwrap_or_else(|e| panic!("{}: remove pod: {e}\n{}", self.kind.name(), self.log()));
     }
 
     /// StopPodSandbox then RemovePodSandbox, as kubelet does.
@@ -398,10 +456,14 @@ config_path = "{hosts}"
         let mut ids = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-            let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let args: Vec<String> =
+                cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
             let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
             let is_shim = args.first().is_some_and(|a| a.ends_with("containerd-shim-runc-v2"));
-            if is_shim && value("-namespace").as_deref() == Some(self.namespace.as_str()) && value("-address").as_deref() == Some(self.containerd_address.as_str()) {
+            if is_shim
+                && value("-namespace").as_deref() == Some(self.namespace.as_str())
+                && value("-address").as_deref() == Some(self.containerd_address.as_str())
+            {
                 ids.extend(value("-id"));
             }
         }
@@ -455,7 +517,8 @@ impl Drop for Cri {
         // Netns pins and shm mounts of a failed test; its directory (with crid.log) is kept.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let prefix = self.dir.to_string_lossy().into_owned();
-        let mut points: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&prefix)).collect();
+        let mut points: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&prefix)).collect();
         points.sort_by(|a, b| b.cmp(a));
         for point in points {
             let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);

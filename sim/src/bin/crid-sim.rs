@@ -4,12 +4,12 @@
 #[cfg(not(madsim))]
 fn main() {
     eprintln!("crid-sim must be built in simulation mode: run it as `cargo sim <command>` (see README)");
-    std::process::exit(2);  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+    std::process::exit(2); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
 }
 
 #[cfg(madsim)]
 fn main() {
-    std::process::exit(cli::main());  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+    std::process::exit(cli::main()); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
 }
 
 #[cfg(madsim)]
@@ -115,7 +115,11 @@ mod cli {
         // CRID_SIM_LOG=debug shows the core's own logs on stderr (not part of the trace).
         // determinism-ok: reading the environment once, before any run.
         if let Ok(filter) = std::env::var("CRID_SIM_LOG") {
-            tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).without_time().with_writer(std::io::stderr).init();
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .without_time()
+                .with_writer(std::io::stderr)
+                .init();
         }
         let cli = Cli::parse();
         match cli.command {
@@ -165,7 +169,16 @@ mod cli {
         if !hash_only {
             println!("seed       {seed}");
             println!("scenario   {}", scenario.name);
-            println!("options    {} pods x {} containers, {}s faults + {}s liveness, faults at {:?} ({:?}), rate {}", scenario.workload.pods, scenario.workload.containers_per_pod, scenario.duration_s, scenario.liveness_s, scenario.faults.sites, scenario.faults.kinds, scenario.faults.rate);
+            println!(
+                "options    {} pods x {} containers, {}s faults + {}s liveness, faults at {:?} ({:?}), rate {}",
+                scenario.workload.pods,
+                scenario.workload.containers_per_pod,
+                scenario.duration_s,
+                scenario.liveness_s,
+                scenario.faults.sites,
+                scenario.faults.kinds,
+                scenario.faults.rate
+            );
             println!("replay     {}", replay_command(&scenario.name, seed));
             println!();
         }
@@ -174,16 +187,33 @@ mod cli {
             println!("{}", report.trace_hash);
             return 0;
         }
-        println!("active fault points  {}", if report.active_points.is_empty() { "none".into() } else { report.active_points.join(", ") });
-        println!("chaos events         {}", if report.chaos_events.is_empty() { "none".into() } else { report.chaos_events.join(", ") });
-        println!("rpcs {}  pods {}  simulated {:.1}s  wall {}ms  trace {} lines, hash {}", report.rpcs, report.pods, report.sim_ms as f64 / 1000.0, report.wall_ms, report.trace.len(), &report.trace_hash[..16.min(report.trace_hash.len())]);
+        println!(
+            "active fault points  {}",
+            if report.active_points.is_empty() { "none".into() } else { report.active_points.join(", ") }
+        );
+        println!(
+            "chaos events         {}",
+            if report.chaos_events.is_empty() { "none".into() } else { report.chaos_events.join(", ") }
+        );
+        println!(
+            "rpcs {}  pods {}  simulated {:.1}s  wall {}ms  trace {} lines, hash {}",
+            report.rpcs,
+            report.pods,
+            report.sim_ms as f64 / 1000.0,
+            report.wall_ms,
+            report.trace.len(),
+            &report.trace_hash[..16.min(report.trace_hash.len())]
+        );
         if report.passed() {
             println!("PASS");
             0
         } else {
             println!();
             for failure in &report.failures {
-                println!("FAIL  invariant: {}\n      object:    {}\n      sim time:  {}\n      detail:    {}", failure.invariant, failure.object, failure.sim_time, failure.detail);
+                println!(
+                    "FAIL  invariant: {}\n      object:    {}\n      sim time:  {}\n      detail:    {}",
+                    failure.invariant, failure.object, failure.sim_time, failure.detail
+                );
             }
             if !trace {
                 println!("\nlast trace lines:");
@@ -202,7 +232,11 @@ mod cli {
         let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         let total = seeds.len() as u64;
         let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} seeds, {msg} failed ({elapsed})").expect("valid template").progress_chars("=> "));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} seeds, {msg} failed ({elapsed})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
         bar.set_prefix(scenario.name.clone());
         let failed_count = std::sync::atomic::AtomicU64::new(0);
         let (summary, failed) = run_seeds(&own_exe(), scenario, seeds, jobs, |report| {
@@ -216,11 +250,15 @@ mod cli {
         println!("{}", summary.render());
         for report in failed.iter().take(3) {
             let first = &report.failures[0];
-            println!("seed {}: {} on {} at {}: {}", report.seed, first.invariant, first.object, first.sim_time, first.detail);
+            println!(
+                "seed {}: {} on {} at {}: {}",
+                report.seed, first.invariant, first.object, first.sim_time, first.detail
+            );
         }
         if let Some(path) = json {
             // determinism-ok: writing the report after every run finished.
-            if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("summary serialises")) {  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+            if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("summary serialises")) {
+                // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
                 eprintln!("error: cannot write {path}: {e}");
                 return 2;
             }
@@ -240,12 +278,19 @@ mod cli {
             let hashes: Vec<String> = (0..2)
                 .map(|_| {
                     // determinism-ok: a separate process per run is the point of the check.
-                    let output = std::process::Command::new(&exe).args(["run", "--scenario", scenario, "--seed", &seed.to_string(), "--hash-only"]).output().expect("run child");  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+                    let output = std::process::Command::new(&exe)
+                        .args(["run", "--scenario", scenario, "--seed", &seed.to_string(), "--hash-only"])
+                        .output()
+                        .expect("run child"); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
                     String::from_utf8_lossy(&output.stdout).trim().to_string()
                 })
                 .collect();
             let same = hashes[0] == hashes[1] && !hashes[0].is_empty();
-            println!("seed {seed:>6}  {}  {}", &hashes[0][..16.min(hashes[0].len())], if same { "same" } else { "DIFFERENT" });
+            println!(
+                "seed {seed:>6}  {}  {}",
+                &hashes[0][..16.min(hashes[0].len())],
+                if same { "same" } else { "DIFFERENT" }
+            );
             if !same {
                 mismatches += 1;
                 println!("  second run: {}", hashes[1]);
@@ -273,7 +318,8 @@ mod cli {
         let path = out.unwrap_or_else(|| format!("shrunk-{}-{seed}.toml", scenario.name));
         let text = toml::to_string_pretty(&shrunk.scenario).expect("scenario serialises");
         // determinism-ok: writing the result after all runs finished.
-        if let Err(e) = std::fs::write(&path, &text) {  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+        if let Err(e) = std::fs::write(&path, &text) {
+            // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
             eprintln!("error: cannot write {path}: {e}");
             return 2;
         }
@@ -288,7 +334,8 @@ mod cli {
         let mut total = Summary::default();
         for file in files {
             // determinism-ok: reading finished shard reports.
-            let text = match std::fs::read_to_string(file) {  // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+            let text = match std::fs::read_to_string(file) {
+                // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
                 Ok(t) => t,
                 Err(e) => return usage_error(&format!("cannot read {file}: {e}")),
             };

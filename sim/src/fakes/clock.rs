@@ -21,7 +21,7 @@ impl SimClock {
     }
 
     pub fn with_epoch_ns(base_ns: i64) -> Self {
-        SimClock { base_ns, start: Instant::now() }  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        SimClock { base_ns, start: Instant::now() } // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
     }
 
     /// The wall time of `instant`, for events that happened at a computed moment (a scripted
@@ -32,7 +32,7 @@ impl SimClock {
     }
 
     pub fn instant(&self) -> Instant {
-        Instant::now()  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        Instant::now() // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
     }
 }
 
@@ -45,7 +45,7 @@ impl Default for SimClock {
 #[async_trait]
 impl crid::backend::Clock for SimClock {
     fn now_ns(&self) -> i64 {
-        self.ns_at(Instant::now())  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        self.ns_at(Instant::now()) // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
     }
 
     async fn sleep(&self, duration: Duration) {

@@ -387,7 +387,7 @@ impl FakeContainerd {
     /// The state with every exit that is due by now applied (and its events published).
     fn state(&self) -> MutexGuard<'_, State> {
         let mut state = self.raw_state();
-        let now = Instant::now();  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
         let mut events = Vec::new();
         for (id, task) in state.tasks.iter_mut() {
             self.settle(id, task, now, &mut events);
@@ -626,7 +626,7 @@ impl FakeContainerd {
         match state.tasks.get_mut(id) {
             Some(task) if !task.exited() => {
                 if task_state == TaskState::Running && task.state != TaskState::Running {
-                    task.running_since = Instant::now();  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+                    task.running_since = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
                 }
                 task.state = task_state;
                 drop(state);
@@ -876,7 +876,7 @@ impl FakeContainerd {
             )));
         }
         let pid = state.allocate_pid();
-        let now = Instant::now();  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
         let task = Task {
             init: Process::new(pid),
             state: TaskState::Created,
@@ -903,7 +903,7 @@ impl FakeContainerd {
             )));
         }
         let behaviour = process::init_behaviour(&args);
-        let now = Instant::now();  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
         task.init.ignores_sigterm = behaviour.ignores_sigterm;
         task.init.scripted = match behaviour.script {
             InitScript::UntilKilled => None,
@@ -970,7 +970,7 @@ impl FakeContainerd {
         if spec.args.is_empty() {
             return Err(Error::invalid("exec: args must not be empty"));
         }
-        let now = Instant::now();  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
         let mut exec = Exec { process: Process::new(pid), output: ExecOutput::default() };
         match process::exec_script(&spec.args, spec.output_limit_bytes) {
             ExecScript::Done { code, stdout, stderr } => {
@@ -1175,7 +1175,7 @@ impl Containerd for FakeContainerd {
 
     async fn task_metrics(&self, id: &str) -> Result<TaskMetrics> {
         let after = self.enter("containerd.task_metrics", id).await?;
-        let now = Instant::now();  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
         let result = self.state().tasks.get(id).map(|task| {
             // Deterministic and plausible: a pid-dependent share of a core, a pid-dependent size.
             let pid = u64::from(task.init.pid);
@@ -1269,7 +1269,13 @@ impl Containerd for FakeContainerd {
         after.finish(Ok(exists)).await
     }
 
-    async fn fetch_blob(&self, reference: &str, blob: &Descriptor, _auth: &RegistryAuth, progress: ProgressFn<'_>) -> Result<()> {
+    async fn fetch_blob(
+        &self,
+        reference: &str,
+        blob: &Descriptor,
+        _auth: &RegistryAuth,
+        progress: ProgressFn<'_>,
+    ) -> Result<()> {
         let after = self.enter("containerd.fetch_blob", &blob.digest).await?;
         let mut connection = self.connection.subscribe();
         let result = async {
@@ -1672,7 +1678,7 @@ mod tests {
         assert_eq!(containerd.exec_wait("c1", "e1").await.unwrap().exit_code, 0);
         assert_eq!(containerd.exec_output("c1", "e1").await.unwrap().stdout, b"hi there\n");
         containerd.exec_start("c1", &spec("e2", &["sleep", "200"])).await.unwrap();
-        let start = Instant::now();  // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let start = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
         assert_eq!(containerd.exec_wait("c1", "e2").await.unwrap().exit_code, 0);
         let slept = start.elapsed();
         assert!(slept >= Duration::from_millis(200) && slept < Duration::from_millis(201), "{slept:?}");
@@ -1695,7 +1701,10 @@ mod tests {
         let layers = vec![(layer_digest("a"), 1000), (layer_digest("b"), 10)];
         let image = containerd.add_registry_image("docker.io/library/x:1", layers, ImageConfig::default());
         assert_eq!(containerd.resolve("docker.io/library/x:1", &RegistryAuth::default()).await.unwrap(), image);
-        assert_eq!(containerd.resolve("docker.io/library/y:1", &RegistryAuth::default()).await.unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(
+            containerd.resolve("docker.io/library/y:1", &RegistryAuth::default()).await.unwrap_err().kind,
+            ErrorKind::NotFound
+        );
         containerd.set_fetch_latency(Duration::from_millis(100));
         let layer = image.layers[0].clone();
         let fetches: Vec<_> = (0..2)
@@ -1704,7 +1713,10 @@ mod tests {
                 tokio::spawn(async move {
                     let progress = Mutex::new(0u64);
                     let report = |bytes: u64| *progress.lock().unwrap() += bytes;
-                    containerd.fetch_blob("docker.io/library/x:1", &layer, &RegistryAuth::default(), &report).await.unwrap();
+                    containerd
+                        .fetch_blob("docker.io/library/x:1", &layer, &RegistryAuth::default(), &report)
+                        .await
+                        .unwrap();
                     progress.into_inner().unwrap()
                 })
             })

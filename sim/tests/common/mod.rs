@@ -20,11 +20,12 @@ pub const SNAPSHOTTER: &str = "overlayfs";
 
 /// The configuration every test starts from.
 pub fn test_config() -> Config {
-    let mut config = Config::default();
-    config.sandbox_image = PAUSE_IMAGE.into();
-    config.root_dir = ROOT_DIR.into();
-    config.state_dir = STATE_DIR.into();
-    config
+    Config {
+        sandbox_image: PAUSE_IMAGE.into(),
+        root_dir: ROOT_DIR.into(),
+        state_dir: STATE_DIR.into(),
+        ..Config::default()
+    }
 }
 
 /// A service, the world it talks to, and the script of faults that world consults.
@@ -287,7 +288,12 @@ pub fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 /// `app=<name>`.
 pub fn pod_config(name: &str) -> PodSandboxConfig {
     PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata { name: name.into(), uid: format!("uid-{name}"), namespace: "default".into(), attempt: 0 }),
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
         hostname: name.into(),
         log_directory: format!("/var/log/pods/default_{name}"),
         labels: labels(&[("app", name)]),

@@ -42,12 +42,22 @@ fn decode_stream(bytes: &[u8]) -> Vec<Event> {
                     p = &p[5..];
                     fields
                 });
-                block = Some((header.stream_id, header.flags & FLAG_END_STREAM != 0, priority, p[..p.len() - pad].to_vec()));
+                block = Some((
+                    header.stream_id,
+                    header.flags & FLAG_END_STREAM != 0,
+                    priority,
+                    p[..p.len() - pad].to_vec(),
+                ));
             }
             TYPE_CONTINUATION => block.as_mut().expect("continuation inside a block").3.extend_from_slice(payload),
             kind => {
                 assert!(block.is_none(), "no frame interleaves a header block");
-                events.push(Event::Other { kind, flags: header.flags, stream_id: header.stream_id, payload: payload.to_vec() });
+                events.push(Event::Other {
+                    kind,
+                    flags: header.flags,
+                    stream_id: header.stream_id,
+                    payload: payload.to_vec(),
+                });
                 continue;
             }
         }
@@ -232,7 +242,10 @@ fn interleaving_a_header_block_is_refused() {
 
     let mut sent = PREFACE.to_vec();
     frame(&mut sent, TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &block);
-    assert_eq!(AuthorityRewriter::new().feed(&sent, &mut Vec::new()).unwrap_err(), FrameError::UnexpectedContinuation(1));
+    assert_eq!(
+        AuthorityRewriter::new().feed(&sent, &mut Vec::new()).unwrap_err(),
+        FrameError::UnexpectedContinuation(1)
+    );
 }
 
 #[test]
@@ -252,8 +265,20 @@ fn not_http2_passes_untouched() {
 
 #[derive(Clone, Debug)]
 enum FrameSpec {
-    Other { kind: u8, flags: u8, stream_id: u32, payload: Vec<u8> },
-    Headers { stream_id: u32, headers: HeaderList, padding: Option<u8>, priority: bool, end_stream: bool, splits: Vec<usize> },
+    Other {
+        kind: u8,
+        flags: u8,
+        stream_id: u32,
+        payload: Vec<u8>,
+    },
+    Headers {
+        stream_id: u32,
+        headers: HeaderList,
+        padding: Option<u8>,
+        priority: bool,
+        end_stream: bool,
+        splits: Vec<usize>,
+    },
 }
 
 fn authority_value() -> impl Strategy<Value = Vec<u8>> {
@@ -280,9 +305,21 @@ fn header_list() -> impl Strategy<Value = HeaderList> {
 
 fn frame_spec() -> impl Strategy<Value = FrameSpec> {
     prop_oneof![
-        (prop_oneof![Just(0u8), Just(2), Just(3), Just(4), Just(6), Just(8), Just(0x42)], any::<u8>(), 0u32..8, proptest::collection::vec(any::<u8>(), 0..300))
+        (
+            prop_oneof![Just(0u8), Just(2), Just(3), Just(4), Just(6), Just(8), Just(0x42)],
+            any::<u8>(),
+            0u32..8,
+            proptest::collection::vec(any::<u8>(), 0..300)
+        )
             .prop_map(|(kind, flags, stream_id, payload)| FrameSpec::Other { kind, flags, stream_id, payload }),
-        (1u32..8, header_list(), proptest::option::of(any::<u8>()), any::<bool>(), any::<bool>(), proptest::collection::vec(0usize..200, 0..4))
+        (
+            1u32..8,
+            header_list(),
+            proptest::option::of(any::<u8>()),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::collection::vec(0usize..200, 0..4)
+        )
             .prop_map(|(stream_id, headers, padding, priority, end_stream, splits)| FrameSpec::Headers {
                 stream_id,
                 headers,
@@ -330,7 +367,9 @@ fn build(specs: &[FrameSpec], table_size: usize, huffman: Option<u8>) -> Vec<u8>
     let mut bytes = PREFACE.to_vec();
     for spec in specs {
         match spec {
-            FrameSpec::Other { kind, flags, stream_id, payload } => frame(&mut bytes, *kind, *flags, *stream_id, payload),
+            FrameSpec::Other { kind, flags, stream_id, payload } => {
+                frame(&mut bytes, *kind, *flags, *stream_id, payload)
+            }
             FrameSpec::Headers { stream_id, headers, padding, priority, end_stream, splits } => {
                 let mut block = Vec::new();
                 if table_size != DEFAULT_HEADER_TABLE_BYTES && bytes.len() == PREFACE.len() {
