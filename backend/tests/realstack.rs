@@ -3,8 +3,9 @@
 //! The lifecycle test also runs, unchanged, against containerd's own built-in CRI (the
 //! reference containerd of the stack): what crid reproduces is checked against the original.
 //!
-//! They run only when `CRID_REALSTACK` is set (`eval "$(ci/realstack env)"` sets it and the paths
-//! the client reads); otherwise each test prints why it is skipped and passes. Each crid test
+//! They are `#[ignore]`d, so a plain `cargo test` shows them as ignored: the real-stack step runs
+//! them with `--ignored` after `eval "$(ci/realstack env)"`, which sets `CRID_REALSTACK` and the
+//! paths the client reads; run without it, a test fails and says why. Each crid test
 //! uses its own containerd namespace and directories, so crid tests may run in parallel.
 
 mod common;
@@ -145,8 +146,9 @@ async fn lifecycle(cri: &mut Cri) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn pod_and_container_lifecycle() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut crid = Cri::crid(&stack, "life", crid_binary()).await;
     lifecycle(&mut crid).await;
     let pods = crid.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
@@ -190,8 +192,9 @@ fn crictl(crictl: &Path, socket: &Path, args: &[&str], cri: &Cri) -> String {
 /// (the socket path, which h2 alone rejects): the stock crictl 1.29 (grpc-go) drives a whole
 /// lifecycle, and grpc-python's default `unix:` target gets a Version answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn stock_clients_drive_crid() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let crictl_bin = client_from_env("CRID_CRICTL", "the stock crictl 1.29 (ci/critest build)");
     let python = client_from_env("CRID_GRPC_PYTHON", "a python with grpcio >= 1.57");
     let crid = Cri::crid(&stack, "clients", crid_binary()).await;
@@ -268,8 +271,9 @@ async fn stock_clients_drive_crid() {
 
 /// The same lifecycle against containerd's own CRI: the reference crid's behaviour is held to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn reference_lifecycle_on_containerd_cri() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut reference = Cri::reference(&stack, "life").await;
     lifecycle(&mut reference).await;
 }
@@ -351,15 +355,17 @@ async fn resources_and_oom(cri: &mut Cri) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn resource_limits_and_oom_kills() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut crid = Cri::crid(&stack, "oom", crid_binary()).await;
     resources_and_oom(&mut crid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn reference_resource_limits_and_oom_kills_on_containerd_cri() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut reference = Cri::reference(&stack, "oom").await;
     resources_and_oom(&mut reference).await;
 }
@@ -449,36 +455,41 @@ async fn tls_pull(cri: &mut Cri) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn registry_ca_from_hosts_toml() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut crid = Cri::crid(&stack, "tls", crid_binary()).await;
     tls_pull(&mut crid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn reference_registry_ca_on_containerd_cri() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut reference = Cri::reference(&stack, "tls").await;
     tls_pull(&mut reference).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn private_registry_needs_credentials() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut crid = Cri::crid(&stack, "auth", crid_binary()).await;
     private_pull(&mut crid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn reference_private_registry_on_containerd_cri() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut reference = Cri::reference(&stack, "auth").await;
     private_pull(&mut reference).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn stop_escalates_after_the_grace_period() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut crid = Cri::crid(&stack, "stop", crid_binary()).await;
     let busybox = crid.image("busybox:latest");
     crid.pull(&busybox).await;
@@ -501,8 +512,9 @@ async fn stop_escalates_after_the_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn concurrent_pulls_fetch_each_blob_once() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let crid = Cri::crid(&stack, "pull", crid_binary()).await;
     let busybox = crid.image("busybox:latest");
     let mut pulls = Vec::new();
@@ -535,8 +547,9 @@ async fn concurrent_pulls_fetch_each_blob_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn state_survives_a_crid_crash() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut crid = Cri::crid(&stack, "crash", crid_binary()).await;
     let busybox = crid.image("busybox:latest");
     crid.pull(&busybox).await;
@@ -628,8 +641,9 @@ fn restart_containerd(stack: &common::Stack) {
 /// containerd restarts under a running crid: crid keeps serving, an exit that happens after the
 /// restart still reaches ContainerStatus with its code, and new containers start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn survives_a_containerd_restart() {
-    let Some(stack) = stack() else { return };
+    let stack = stack();
     let mut crid = Cri::crid(&stack, "ctrd", crid_binary()).await;
     let busybox = crid.image("busybox:latest");
     crid.pull(&busybox).await;
@@ -659,8 +673,9 @@ async fn survives_a_containerd_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn refuses_to_start_without_containerd() {
-    let Some(_stack) = stack() else { return };
+    let _stack = stack();
     let dir = PathBuf::from("/tmp").join(unique("crid-it-nocd"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = format!(

@@ -27,18 +27,14 @@ pub struct Stack {
     pub reference_ipam_dir: PathBuf,
 }
 
-pub fn stack() -> Option<Stack> {
+/// The stack's environment; panics, saying what to run, when it is not there (the tests that
+/// call it are `#[ignore]`d and run on purpose).
+pub fn stack() -> Stack {
     if std::env::var_os("CRID_REALSTACK").is_none() {
-        // Written to stderr directly: the test harness captures eprintln! but not this.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: CRID_REALSTACK is not set; run `eval \"$(ci/realstack up)\"` to run the real-stack tests"
-        );
-        return None;
+        panic!("CRID_REALSTACK is not set: run `eval \"$(ci/realstack up)\"` first");
     }
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("CRID_REALSTACK is set but {name} is not"));
-    Some(Stack {
+    Stack {
         dir: PathBuf::from(var("CRID_REALSTACK_DIR")),
         containerd_address: var("CRID_CONTAINERD_ADDRESS"),
         cni_bin_dir: var("CRID_CNI_BIN_DIR"),
@@ -47,7 +43,7 @@ pub fn stack() -> Option<Stack> {
         registry_config_path: var("CRID_REGISTRY_CONFIG_PATH"),
         reference_address: var("CRID_REFERENCE_CRI_ADDRESS"),
         reference_ipam_dir: PathBuf::from(var("CRID_REFERENCE_IPAM_DIR")),
-    })
+    }
 }
 
 /// Which runtime a `Cri` drives.
