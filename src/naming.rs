@@ -13,6 +13,7 @@ pub fn generate_id(os: &dyn Os) -> String {
 }
 
 /// Converts a request's map so that iteration order never depends on hashing.
+#[expect(clippy::disallowed_methods, reason = "the BTreeMap orders what the hash order would not")]
 pub fn sorted(map: &HashMap<String, String>) -> BTreeMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
@@ -40,6 +41,7 @@ pub fn validate_sandbox_metadata(
 }
 
 /// True when `labels` contain every pair of `selector`.
+#[expect(clippy::disallowed_methods, reason = "`all` gives the same answer in any order")]
 pub fn labels_match(selector: &HashMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }

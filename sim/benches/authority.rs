@@ -15,6 +15,7 @@ fn main() {
 }
 
 #[cfg(not(madsim))]
+#[expect(clippy::disallowed_methods, reason = "a normal-mode benchmark: wall time is what it measures")]
 mod normal {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
@@ -83,7 +84,6 @@ mod normal {
 
     #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
     pub async fn main() {
-        // determinism-ok: a normal-mode benchmark; wall time is what it measures.
         let calls: usize = std::env::var("CRID_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
         let dir = tempfile::tempdir().unwrap();
         let world = Arc::new(FakeWorld::new(7, Arc::new(NoFaults)).with_default_images());

@@ -122,8 +122,11 @@ pub fn run_seed(scenario: &Scenario, seed: u64, echo_trace: bool) -> RunReport {
         .stack_size(64 * 1024 * 1024)
         .spawn(move || {
             let trace = Arc::new(Trace::new(echo_trace));
-            // determinism-ok: wall time is measured for the report only, never used by the run.
-            let wall = std::time::Instant::now(); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "wall time is measured for the report only, never used by the run"
+            )]
+            let wall = std::time::Instant::now();
             let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
             let run_trace = trace.clone();
             let scenario = scenario_for_thread.clone();

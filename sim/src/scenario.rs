@@ -226,14 +226,13 @@ impl Scenario {
         if let Some((_, text)) = EMBEDDED.iter().find(|(name, _)| *name == name_or_path) {
             return Scenario::parse(text);
         }
-        // determinism-ok: reading the scenario file happens before any simulation starts.
-        let text = std::fs::read_to_string(name_or_path) // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
-            .map_err(|e| {
-                format!(
-                    "no embedded scenario {name_or_path:?} and cannot read it as a file: {e}; known: {}",
-                    names().join(", ")
-                )
-            })?;
+        #[expect(clippy::disallowed_methods, reason = "reading the scenario file happens before any simulation starts")]
+        let text = std::fs::read_to_string(name_or_path).map_err(|e| {
+            format!(
+                "no embedded scenario {name_or_path:?} and cannot read it as a file: {e}; known: {}",
+                names().join(", ")
+            )
+        })?;
         Scenario::parse(&text)
     }
 

@@ -107,13 +107,16 @@ pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_t
         pods: 0,
     };
     let text = toml::to_string(scenario).expect("scenario serialises");
-    // determinism-ok: the parent only starts children; each child is one deterministic run.
-    let child = std::process::Command::new(exe) // determinism-ok: a child process per seed
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the parent only starts children; each child is one deterministic run"
+    )]
+    let child = std::process::Command::new(exe)
         .args(["run-isolated", "--seed", &seed.to_string()])
         .args(keep_trace.then_some("--keep-trace"))
-        .stdin(std::process::Stdio::piped()) // determinism-ok: the child's pipes
-        .stdout(std::process::Stdio::piped()) // determinism-ok: the child's pipes
-        .stderr(std::process::Stdio::piped()) // determinism-ok: the child's pipes
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn();
     let mut child = match child {
         Ok(child) => child,
@@ -144,8 +147,8 @@ pub fn run_seeds(
     on_done: impl Fn(&RunReport) + Send + Sync,
 ) -> (Summary, Vec<RunReport>) {
     assert!(jobs > 0);
-    // determinism-ok: wall time measures the batch for the report; runs never read it.
-    let started = std::time::Instant::now(); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+    #[expect(clippy::disallowed_methods, reason = "wall time measures the batch for the report; runs never read it")]
+    let started = std::time::Instant::now();
     let queue = Arc::new(Mutex::new(seeds.into_iter().collect::<std::collections::VecDeque<u64>>()));
     let failed = Mutex::new(vec![]);
     let summary = Mutex::new(Summary { scenario: scenario.name.clone(), ..Default::default() });

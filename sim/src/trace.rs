@@ -20,7 +20,7 @@ impl Trace {
 
     /// Starts the clock of the trace; call inside the runtime.
     pub fn begin(&self) {
-        *self.start.lock().unwrap() = Some(tokio::time::Instant::now()); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        *self.start.lock().unwrap() = Some(crate::fakes::clock::virtual_now());
     }
 
     fn elapsed(&self) -> std::time::Duration {

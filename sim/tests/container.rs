@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::*;
 use crid::ErrorKind;
 use crid::backend::{Resources, StreamRequest, TaskState};
+use crid_sim::fakes::clock::virtual_now;
 use k8s_cri::v1::*;
-use tokio::time::Instant;
 
 async fn busybox_id(node: &Node) -> String {
     node.pull(BUSYBOX_IMAGE).await
@@ -149,7 +149,7 @@ async fn stop_container_signals() {
     for case in cases {
         let id = node.create(&pod, "stops", case.name, case.image, case.command).await;
         node.start_container(&id).await;
-        let started = Instant::now(); // determinism-ok: madsim virtual time (tokio::time::Instant)
+        let started = virtual_now();
         node.stop_container(&id, case.timeout).await;
         let waited = started.elapsed();
         let status = node.container_status(&id).await;
@@ -537,7 +537,7 @@ async fn exec_sync_cases() {
         (&["echo", "x"], -1, Want::Error(ErrorKind::InvalidArgument)),
     ];
     for (cmd, timeout, want) in cases {
-        let started = Instant::now(); // determinism-ok: madsim virtual time (tokio::time::Instant)
+        let started = virtual_now();
         let result = node.svc.exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: strings(cmd), timeout }).await;
         let took = started.elapsed();
         match want {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::*;
 use crid::ErrorKind;
 use crid::store::SandboxState;
+use crid_sim::fakes::clock::virtual_now;
 use crid_sim::fakes::{FaultAction, PAUSE_IMAGE};
 use k8s_cri::v1::*;
-use tokio::time::Instant;
 
 /// One injected failure: the `skip`-th call (0-based) of `site` during RunPodSandbox gets
 /// `action`; the calls before it proceed.
@@ -118,7 +118,7 @@ async fn hung_step_times_out_and_rolls_back() {
     for site in ["cni.setup", "containerd.start_task", "os.netns_create"] {
         let node = node_with_pause_image().await;
         node.faults.push(site, None, FaultAction::Hang);
-        let started = Instant::now(); // determinism-ok: madsim virtual time (tokio::time::Instant)
+        let started = virtual_now();
         let error = node.svc.run_pod_sandbox(run_request("hang")).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::DeadlineExceeded, "{site}: {error}");
         assert!(started.elapsed() <= Duration::from_secs(241), "{site}: bounded, took {:?}", started.elapsed());

@@ -148,7 +148,11 @@ async fn status_reports_runtime_and_network_readiness() {
             assert!(network.message.starts_with("Network plugin returns error: "), "{}", network.message);
         }
         for key in ["config", "cniconfig", "lastCNILoadStatus", "quarantine", "counters"] {
-            assert!(status.info.contains_key(key), "verbose Status lacks {key}: {:?}", status.info.keys());
+            assert!(
+                status.info.contains_key(key),
+                "verbose Status lacks {key}: {:?}",
+                crid::naming::sorted(&status.info).keys()
+            );
         }
         assert_eq!(
             status.info["lastCNILoadStatus"] == "OK",

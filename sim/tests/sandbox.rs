@@ -507,7 +507,7 @@ async fn stop_of_an_unkillable_pod_is_bounded() {
     let node = Node::start().await;
     let id = node.run_pod("stuck").await;
     assert!(node.world.containerd.set_unkillable(&id, true));
-    let started = tokio::time::Instant::now(); // determinism-ok: madsim virtual time (tokio::time::Instant)
+    let started = crid_sim::fakes::clock::virtual_now();
     let error = node.svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::DeadlineExceeded, "{error}");
     assert!(started.elapsed() <= Duration::from_secs(35), "bounded: {:?}", started.elapsed());

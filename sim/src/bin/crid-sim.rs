@@ -2,17 +2,21 @@
 //! Reach it as `cargo sim …` (a cargo alias that builds it in madsim mode, release).
 
 #[cfg(not(madsim))]
-fn main() {
+fn main() -> std::process::ExitCode {
     eprintln!("crid-sim must be built in simulation mode: run it as `cargo sim <command>` (see README)");
-    std::process::exit(2); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+    std::process::ExitCode::from(2)
 }
 
 #[cfg(madsim)]
-fn main() {
-    std::process::exit(cli::main()); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::from(u8::try_from(cli::main()).unwrap_or(1))
 }
 
 #[cfg(madsim)]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the command line works outside any simulated run: it reads and writes files and starts a process per seed"
+)]
 mod cli {
     use clap::{Parser, Subcommand};
     use crid_sim::runner::{replay_command, run_seed};

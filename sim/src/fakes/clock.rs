@@ -6,6 +6,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+/// Now, on the runtime's clock: madsim's virtual clock in the simulator (where
+/// `tokio::time::Instant` is `std::time::Instant` with time supplied by madsim), real time in the
+/// normal-mode tests. Every simulated-time reading of the fakes, the trace and the tests goes
+/// through here.
+#[cfg_attr(madsim, expect(clippy::disallowed_methods, reason = "under madsim this instant is virtual time"))]
+pub fn virtual_now() -> Instant {
+    Instant::now()
+}
+
 /// 2023-11-14T22:13:20Z: a plausible wall time, so that timestamps look real in traces.
 pub const EPOCH_BASE_NS: i64 = 1_700_000_000 * 1_000_000_000;
 
@@ -21,7 +30,7 @@ impl SimClock {
     }
 
     pub fn with_epoch_ns(base_ns: i64) -> Self {
-        SimClock { base_ns, start: Instant::now() } // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        SimClock { base_ns, start: virtual_now() }
     }
 
     /// The wall time of `instant`, for events that happened at a computed moment (a scripted
@@ -32,7 +41,7 @@ impl SimClock {
     }
 
     pub fn instant(&self) -> Instant {
-        Instant::now() // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        virtual_now()
     }
 }
 
@@ -45,7 +54,7 @@ impl Default for SimClock {
 #[async_trait]
 impl crid::backend::Clock for SimClock {
     fn now_ns(&self) -> i64 {
-        self.ns_at(Instant::now()) // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        self.ns_at(virtual_now())
     }
 
     async fn sleep(&self, duration: Duration) {

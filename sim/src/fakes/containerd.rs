@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::fakes::clock::virtual_now;
+
 use crid::backend::Clock;
 use crid::backend::containerd::*;
 use crid::error::{Error, Result};
@@ -387,7 +389,7 @@ impl FakeContainerd {
     /// The state with every exit that is due by now applied (and its events published).
     fn state(&self) -> MutexGuard<'_, State> {
         let mut state = self.raw_state();
-        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = virtual_now();
         let mut events = Vec::new();
         for (id, task) in state.tasks.iter_mut() {
             self.settle(id, task, now, &mut events);
@@ -626,7 +628,7 @@ impl FakeContainerd {
         match state.tasks.get_mut(id) {
             Some(task) if !task.exited() => {
                 if task_state == TaskState::Running && task.state != TaskState::Running {
-                    task.running_since = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+                    task.running_since = virtual_now();
                 }
                 task.state = task_state;
                 drop(state);
@@ -876,7 +878,7 @@ impl FakeContainerd {
             )));
         }
         let pid = state.allocate_pid();
-        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = virtual_now();
         let task = Task {
             init: Process::new(pid),
             state: TaskState::Created,
@@ -903,7 +905,7 @@ impl FakeContainerd {
             )));
         }
         let behaviour = process::init_behaviour(&args);
-        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = virtual_now();
         task.init.ignores_sigterm = behaviour.ignores_sigterm;
         task.init.scripted = match behaviour.script {
             InitScript::UntilKilled => None,
@@ -970,7 +972,7 @@ impl FakeContainerd {
         if spec.args.is_empty() {
             return Err(Error::invalid("exec: args must not be empty"));
         }
-        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = virtual_now();
         let mut exec = Exec { process: Process::new(pid), output: ExecOutput::default() };
         match process::exec_script(&spec.args, spec.output_limit_bytes) {
             ExecScript::Done { code, stdout, stderr } => {
@@ -1175,7 +1177,7 @@ impl Containerd for FakeContainerd {
 
     async fn task_metrics(&self, id: &str) -> Result<TaskMetrics> {
         let after = self.enter("containerd.task_metrics", id).await?;
-        let now = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let now = virtual_now();
         let result = self.state().tasks.get(id).map(|task| {
             // Deterministic and plausible: a pid-dependent share of a core, a pid-dependent size.
             let pid = u64::from(task.init.pid);
@@ -1678,7 +1680,7 @@ mod tests {
         assert_eq!(containerd.exec_wait("c1", "e1").await.unwrap().exit_code, 0);
         assert_eq!(containerd.exec_output("c1", "e1").await.unwrap().stdout, b"hi there\n");
         containerd.exec_start("c1", &spec("e2", &["sleep", "200"])).await.unwrap();
-        let start = Instant::now(); // determinism-ok: tokio::time::Instant is madsim's virtual clock in the simulator
+        let start = virtual_now();
         assert_eq!(containerd.exec_wait("c1", "e2").await.unwrap().exit_code, 0);
         let slept = start.elapsed();
         assert!(slept >= Duration::from_millis(200) && slept < Duration::from_millis(201), "{slept:?}");
