@@ -69,8 +69,10 @@ impl CriService {
         if !change(&mut status) {
             return Ok(false);
         }
+        // Checked before the write: an illegal status is never persisted.
+        container.check_status(&status)?;
         self.write_checkpoint(&container.id, &status).await?;
-        container.set_status(status);
+        container.set_status(status)?;
         Ok(true)
     }
 
@@ -83,7 +85,7 @@ impl CriService {
         let _guard = container.update_lock.lock().await;
         let mut status = container.status();
         let value = change(&mut status)?;
-        container.set_status(status);
+        container.set_status(status)?;
         Ok(value)
     }
 }

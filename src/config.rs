@@ -259,6 +259,16 @@ impl Config {
         parse_duration(&self.drain_exec_sync_io_timeout).expect("validated")
     }
     /// The snapshotter for a runtime handler: its own, else the global one.
+    /// The runtime type of `handler`. A sandbox keeps its handler's name; a restart with a
+    /// config that no longer has it fails the calls that need it, not the daemon.
+    pub fn runtime_type_for(&self, handler: &str) -> crate::Result<String> {
+        self.containerd
+            .runtimes
+            .get(handler)
+            .map(|runtime| runtime.runtime_type.clone())
+            .ok_or_else(|| crate::Error::precondition(format!("runtime handler {handler:?} is not configured")))
+    }
+
     pub fn snapshotter_for(&self, handler: &str) -> String {
         match self.containerd.runtimes.get(handler) {
             Some(runtime) if !runtime.snapshotter.is_empty() => runtime.snapshotter.clone(),
@@ -270,6 +280,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handler_missing_from_the_config_is_an_error() {
+        let config = Config::default();
+        let handler = config.containerd.default_runtime_name.clone();
+        assert!(!config.runtime_type_for(&handler).unwrap().is_empty());
+        let error = config.runtime_type_for("removed-since-restart").unwrap_err();
+        assert_eq!(error.kind, crate::ErrorKind::FailedPrecondition);
+    }
 
     #[test]
     fn durations_parse_like_go() {

@@ -146,6 +146,8 @@ impl CriService {
             .local_resolve(&image_name)
             .map_err(|e| e.context(format!("failed to resolve image {image_name:?}")))?;
         let snapshotter = self.config.snapshotter_for(&sandbox.metadata.runtime_handler);
+        // Before any side effect: the sandbox's handler may have left the config since a restart.
+        let runtime = self.config.runtime_type_for(&sandbox.metadata.runtime_handler)?;
         let root_dir = self.container_root(id);
         undo.push(Undo::RemoveDirs);
         self.backends.os.mkdir_all(&root_dir).await?;
@@ -193,7 +195,7 @@ impl CriService {
                 .chain(sorted(&config.labels))
                 .collect(),
             image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
-            runtime: self.config.containerd.runtimes[&sandbox.metadata.runtime_handler].runtime_type.clone(),
+            runtime,
             snapshotter,
             snapshot_key: id.to_string(),
             spec,

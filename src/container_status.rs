@@ -149,6 +149,7 @@ impl CriService {
         // The checkpoint is the source of truth: write it first, then the running task.
         let previous = status.clone();
         status.resources = Some(resources.clone());
+        container.check_status(&status)?;
         self.write_checkpoint(&container.id, &status).await?;
         if state == ContainerState::Running
             && let Err(error) = self.backends.containerd.update_task_resources(&container.id, &resources).await
@@ -160,7 +161,7 @@ impl CriService {
             }
             return Err(error.context("failed to update task resources"));
         }
-        container.set_status(status);
+        container.set_status(status)?;
         Ok(UpdateContainerResourcesResponse {})
     }
 

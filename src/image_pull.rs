@@ -184,7 +184,13 @@ impl CriService {
         let resolved = containerd.resolve(reference, auth).await;
         progress.active.fetch_sub(1, Ordering::Relaxed);
         let resolved = resolved.map_err(|e| e.context(format!("failed to resolve reference {reference:?}")))?;
-        assert_eq!(resolved.layers.len(), resolved.diff_ids.len(), "one diff id per layer");
+        if resolved.layers.len() != resolved.diff_ids.len() {
+            return Err(Error::invalid(format!(
+                "image {reference:?}: the manifest has {} layers but the config {} diff ids",
+                resolved.layers.len(),
+                resolved.diff_ids.len()
+            )));
+        }
 
         // The manifest too: the image record points at it, and GC follows it to the rest.
         let mut blobs: Vec<&Descriptor> = vec![&resolved.manifest, &resolved.config];

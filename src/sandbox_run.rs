@@ -130,6 +130,7 @@ impl CriService {
             .await
             .map_err(|e| e.context(format!("failed to get sandbox image {:?}", self.config.sandbox_image)))?;
         let snapshotter = self.config.snapshotter_for(&state.metadata.runtime_handler);
+        let runtime = self.config.runtime_type_for(&state.metadata.runtime_handler)?;
 
         let root_dir = self.sandbox_root(&id);
         let state_dir = self.sandbox_state_dir(&id);
@@ -171,7 +172,7 @@ impl CriService {
                 .chain(sorted(&state.config.labels))
                 .collect(),
             image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
-            runtime: self.config.containerd.runtimes[&state.metadata.runtime_handler].runtime_type.clone(),
+            runtime,
             snapshotter: snapshotter.clone(),
             snapshot_key: id.clone(),
             spec,

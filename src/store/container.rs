@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::backend::Resources;
+use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ContainerState {
@@ -26,7 +27,7 @@ pub const EXIT_CODE_START_ERROR: i32 = 128;
 pub const EXIT_CODE_UNKNOWN: i32 = 255;
 
 /// Persisted as JSON in the container's extension `io.cri-containerd.container.metadata`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ContainerMetadata {
     pub version: String,
     pub id: String,
@@ -131,12 +132,24 @@ impl Container {
         self.status.lock().unwrap().clone()
     }
 
-    /// Replaces the in-memory status, checking the monotone state machine (SPEC §10 inv. 2, 6).
-    /// Callers that persist write the checkpoint first (under `update_lock`).
-    pub fn set_status(&self, new: ContainerStatus) {
-        let mut status = self.status.lock().unwrap();
-        check_transition(&self.id, &status, &new);
+    /// Checks that `new` may follow the current status in the monotone state machine (SPEC §10
+    /// inv. 2, 6); callers that persist check before writing the checkpoint.
+    pub fn check_status(&self, new: &ContainerStatus) -> Result<()> {
+        let old = self.status();
+        check_transition(&self.id, &old, new).map_err(illegal)
+    }
+
+    /// Replaces the in-memory status if the state machine allows it. Callers that persist write
+    /// the checkpoint first (under `update_lock`). An illegal transition is refused with the lock
+    /// released, so it fails one call and never poisons the status.
+    pub fn set_status(&self, new: ContainerStatus) -> Result<()> {
+        let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(message) = check_transition(&self.id, &status, &new) {
+            drop(status);
+            return Err(illegal(message));
+        }
         *status = new;
+        Ok(())
     }
 
     pub fn mark_stopped(&self) {
@@ -158,16 +171,38 @@ impl Container {
     }
 }
 
-fn check_transition(id: &str, old: &ContainerStatus, new: &ContainerStatus) {
+/// A refused transition is a bug in crid: the simulator stops on it (it must see every one);
+/// production fails the one call with Internal and keeps serving.
+fn illegal(message: String) -> Error {
+    if cfg!(madsim) {
+        panic!("{message}");
+    }
+    tracing::error!("{message}");
+    Error::internal(message)
+}
+
+fn check_transition(id: &str, old: &ContainerStatus, new: &ContainerStatus) -> std::result::Result<(), String> {
     use ContainerState::*;
     let (before, after) = (old.state(), new.state());
     let allowed = before == after
         || matches!((before, after), (Created, Running) | (Created, Exited) | (Running, Exited) | (Unknown, Exited));
-    assert!(allowed, "container {id}: illegal transition {before:?} -> {after:?}");
-    assert!(!(new.starting && new.removing), "container {id}: starting and removing at once");
-    assert!(!new.starting || after == Created, "container {id}: starting while {after:?}");
-    assert!(!new.removing || !matches!(after, Running | Unknown), "container {id}: removing while {after:?}");
-    assert!(old.finished_at_ns == 0 || old.finished_at_ns == new.finished_at_ns, "container {id}: finished_at changed");
+    let fail = |what: String| Err(format!("container {id}: {what}"));
+    if !allowed {
+        return fail(format!("illegal transition {before:?} -> {after:?}"));
+    }
+    if new.starting && new.removing {
+        return fail("starting and removing at once".into());
+    }
+    if new.starting && after != Created {
+        return fail(format!("starting while {after:?}"));
+    }
+    if new.removing && matches!(after, Running | Unknown) {
+        return fail(format!("removing while {after:?}"));
+    }
+    if old.finished_at_ns != 0 && old.finished_at_ns != new.finished_at_ns {
+        return fail("finished_at changed".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -188,10 +223,22 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "illegal transition")]
     fn exited_never_runs_again() {
         let exited = ContainerStatus { created_at_ns: 1, started_at_ns: 2, finished_at_ns: 3, ..Default::default() };
         let running = ContainerStatus { created_at_ns: 1, started_at_ns: 2, ..Default::default() };
-        check_transition("c", &exited, &running);
+        let refused = check_transition("c", &exited, &running).unwrap_err();
+        assert!(refused.contains("illegal transition Exited -> Running"), "{refused}");
+    }
+
+    #[cfg(not(madsim))]
+    #[test]
+    fn an_illegal_transition_fails_the_call_and_keeps_the_status() {
+        let metadata = ContainerMetadata { id: "c".into(), version: "v1".into(), ..Default::default() };
+        let exited = ContainerStatus { created_at_ns: 1, started_at_ns: 2, finished_at_ns: 3, ..Default::default() };
+        let container = Container::new(metadata, Default::default(), exited.clone());
+        let running = ContainerStatus { created_at_ns: 1, started_at_ns: 2, ..Default::default() };
+        let error = container.set_status(running).unwrap_err();
+        assert_eq!(error.kind, crate::ErrorKind::Internal);
+        assert_eq!(container.status().state(), ContainerState::Exited, "unchanged, and the lock is not poisoned");
     }
 }

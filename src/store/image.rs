@@ -37,6 +37,19 @@ pub struct ImageStore {
     inner: Mutex<Inner>,
 }
 
+/// `algorithm:hex`, as OCI digests are (sha256 and sha512 alike).
+pub fn is_digest(id: &str) -> bool {
+    match id.split_once(':') {
+        Some((algorithm, hex)) => {
+            !algorithm.is_empty()
+                && algorithm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+                && !hex.is_empty()
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
+    }
+}
+
 impl ImageStore {
     pub fn new() -> Self {
         Self::default()
@@ -60,7 +73,12 @@ impl ImageStore {
             }
         }
         if let Some(mut image) = image {
-            assert!(image.id.starts_with("sha256:"), "image id must be a digest: {}", image.id);
+            // The id comes from containerd's data (an image's config digest): a malformed one
+            // drops the reference, it never panics with the store locked.
+            if !is_digest(&image.id) {
+                tracing::warn!(reference, id = image.id, "ignoring an image whose id is not a digest");
+                return;
+            }
             let entry = inner.images.entry(image.id.clone()).or_insert_with(|| {
                 image.references.clear();
                 image
@@ -136,5 +154,17 @@ mod tests {
         assert_eq!(store.list().len(), 1);
         assert!(store.resolve("sha256:aaaa", None).is_err());
         assert_eq!(store.resolve("docker.io/library/a:1", None).unwrap().id, "sha256:bbbb");
+    }
+
+    #[test]
+    fn any_digest_is_an_id_and_garbage_never_panics() {
+        let store = ImageStore::new();
+        let sha512 = format!("sha512:{}", "c".repeat(128));
+        store.set_reference("docker.io/library/big:1", Some(image(&sha512)));
+        assert_eq!(store.resolve("docker.io/library/big:1", None).unwrap().id, sha512);
+        store.set_reference("docker.io/library/bad:1", Some(image("not a digest")));
+        assert!(store.resolve("docker.io/library/bad:1", None).is_err());
+        assert_eq!(store.list().len(), 1, "the store is still usable");
+        assert!(!is_digest("sha256:") && !is_digest(":abc") && !is_digest("SHA256:ab") && is_digest("sha256:ab"));
     }
 }
