@@ -223,18 +223,8 @@ impl ImageConfigDocument {
     }
 }
 
-/// Chain ids of the rootfs layers: chain(0) = diff(0); chain(n) = sha256(chain(n-1) + " " + diff(n)).
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for diff_id in diff_ids {
-        let next = match chain.last() {
-            None => diff_id.clone(),
-            Some(parent) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{parent} {diff_id}")))),
-        };
-        chain.push(next);
-    }
-    chain
-}
+/// The core's, the one definition (re-exported for the containerd backend).
+pub use crid::image_pull::chain_ids;
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
@@ -615,13 +605,6 @@ mod tests {
         assert_eq!((r.domain.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
         let r = Reference::parse("localhost/a/b:1").unwrap();
         assert_eq!((r.domain.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost", "a/b", Some("1")));
-    }
-
-    #[test]
-    fn chain_ids_follow_the_oci_rule() {
-        let ids = chain_ids(&["sha256:a".into(), "sha256:b".into()]);
-        assert_eq!(ids[0], "sha256:a");
-        assert_eq!(ids[1], sha256_digest(b"sha256:a sha256:b"));
     }
 
     #[test]

@@ -14,18 +14,8 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// OCI chain ids: the first is the first diff id; each next one hashes "<previous> <diff id>".
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut chain: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for diff_id in diff_ids {
-        let next = match chain.last() {
-            None => diff_id.clone(),
-            Some(previous) => sha256_digest(format!("{previous} {diff_id}").as_bytes()),
-        };
-        chain.push(next);
-    }
-    chain
-}
+/// The core's, the one definition: its known-answer test keeps the fakes honest too.
+pub use crid::image_pull::chain_ids;
 
 /// A made-up compressed layer digest for tests and default images.
 pub fn layer_digest(name: &str) -> String {
@@ -70,16 +60,6 @@ pub fn build_image(reference: &str, layers: &[(String, u64)], image_config: Imag
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chain_ids_follow_the_oci_definition() {
-        let diffs = vec!["sha256:a".to_string(), "sha256:b".to_string(), "sha256:c".to_string()];
-        let chain = chain_ids(&diffs);
-        assert_eq!(chain[0], "sha256:a");
-        assert_eq!(chain[1], sha256_digest(b"sha256:a sha256:b"));
-        assert_eq!(chain[2], sha256_digest(format!("{} sha256:c", chain[1]).as_bytes()));
-        assert!(chain_ids(&[]).is_empty());
-    }
 
     #[test]
     fn same_content_same_digests() {
