@@ -104,18 +104,11 @@ fn is_nsfs(path: &Path) -> Result<bool> {
     Ok(stat.filesystem_type().0 as i64 == NSFS_MAGIC)
 }
 
+/// Fills `buf` from the OS's random source (getrandom(2) through the `getrandom` crate, which
+/// retries interrupted calls).
 pub fn fill_random(buf: &mut [u8]) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let n = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            assert_eq!(err.raw_os_error(), Some(libc::EINTR), "getrandom failed: {err}");
-            continue;
-        }
-        filled += n as usize;
-    }
+    // A kernel without a random source leaves nothing sensible to do: ids must be random.
+    getrandom::fill(buf).expect("the OS random source is available");
 }
 
 /// Names of capability bits 0..=40, as /proc/self/status numbers them.

@@ -12,7 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use base64_url::encode as token_text;
+/// Unpadded base64url (RFC 4648 §5): URL-safe without escaping, as containerd's tokens.
+fn token_text(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
 use crid::backend::{StreamRequest, StreamServer};
 use crid::error::{Error, Result};
 use http_body_util::Full;
@@ -145,22 +149,6 @@ impl StreamServer for HttpStreamServer {
     }
 }
 
-mod base64_url {
-    /// Unpadded base64url (RFC 4648 §5): URL-safe without escaping.
-    pub fn encode(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
-            let chars = chunk.len() + 1;
-            for i in 0..chars {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize] as char);
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +179,7 @@ mod tests {
 
     #[test]
     fn base64url_matches_known_values() {
-        assert_eq!(base64_url::encode(b"\xfb\xff\xbf\x00\x00\x00"), "-_-_AAAA");
-        assert_eq!(base64_url::encode(b"Man"), "TWFu");
+        assert_eq!(token_text(b"\xfb\xff\xbf\x00\x00\x00"), "-_-_AAAA");
+        assert_eq!(token_text(b"Man"), "TWFu");
     }
 }
