@@ -47,6 +47,14 @@ impl CriService {
         if config.image.as_ref().is_none_or(|i| i.image.is_empty()) {
             return Err(Error::invalid("container config must name an image"));
         }
+        // A group alone says nothing about who runs: containerd refuses it, and so do we.
+        if let Some(security) = config.linux.as_ref().and_then(|l| l.security_context.as_ref())
+            && security.run_as_group.is_some()
+            && security.run_as_user.is_none()
+            && security.run_as_username.is_empty()
+        {
+            return Err(Error::invalid("run_as_group is set without run_as_user or run_as_username"));
+        }
         let sandbox = self.sandboxes.get(&request.pod_sandbox_id).map_err(|e| e.context("failed to find sandbox"))?;
         if sandbox.status().state != SandboxState::Ready {
             return Err(Error::precondition(format!("sandbox {:?} is not ready", sandbox.id)));

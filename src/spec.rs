@@ -99,6 +99,58 @@ pub struct SandboxSpecInput<'a> {
     pub shm_path: Option<String>,
 }
 
+/// The seccomp profile a container asks for, as containerd reads the CRI: the `seccomp` field
+/// wins over the deprecated `seccomp_profile_path`; none means unconfined; a privileged
+/// container is never confined.
+#[expect(deprecated, reason = "kubelets before 1.19 still send seccomp_profile_path")]
+fn seccomp_profile(security: Option<&k8s_cri::v1::LinuxContainerSecurityContext>) -> String {
+    use k8s_cri::v1::security_profile::ProfileType;
+    let Some(security) = security else { return String::new() };
+    if security.privileged {
+        return String::new();
+    }
+    match &security.seccomp {
+        Some(profile) => match ProfileType::try_from(profile.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => "runtime/default".into(),
+            Ok(ProfileType::Localhost) => format!("localhost/{}", profile.localhost_ref),
+            _ => String::new(),
+        },
+        None => match security.seccomp_profile_path.as_str() {
+            "docker/default" => "runtime/default".into(),
+            "unconfined" => String::new(),
+            path => path.into(),
+        },
+    }
+}
+
+/// containerd's user string: the CRI's uid, else its user name, else the image's USER; with
+/// `:gid` appended when the CRI names a group (validated earlier: never a group alone).
+fn user_string(uid: Option<i64>, username: &str, gid: Option<i64>, image_user: &str) -> String {
+    let user = match uid {
+        Some(uid) => uid.to_string(),
+        None => username.to_string(),
+    };
+    match (user.is_empty(), gid) {
+        (true, _) => image_user.to_string(),
+        (false, Some(gid)) => format!("{user}:{gid}"),
+        (false, None) => user,
+    }
+}
+
+/// Whose /etc/group memberships count: the CRI's user name, else its uid, else the user part
+/// of the image's USER, else root.
+fn groups_of(uid: Option<i64>, username: &str, image_user: &str) -> String {
+    if !username.is_empty() {
+        username.to_string()
+    } else if let Some(uid) = uid {
+        uid.to_string()
+    } else if !image_user.is_empty() {
+        image_user.split(':').next().unwrap_or_default().to_string()
+    } else {
+        "0".into()
+    }
+}
+
 pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
     let config = input.config;
     let linux = config.linux.as_ref();
@@ -119,6 +171,7 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
         working_dir: input.image.working_dir.clone(),
         hostname: config.hostname.clone(),
         netns_path: input.netns_path,
+        sysctls: linux.map(|l| sorted(&l.sysctls)).unwrap_or_default(),
         host_network: host_network(config),
         host_pid: namespace_mode(config, |o| o.pid) == NamespaceMode::Node as i32,
         host_ipc: namespace_mode(config, |o| o.ipc) == NamespaceMode::Node as i32,
@@ -129,6 +182,21 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
             input.restrict_oom_score_adj,
         ),
         privileged: linux.and_then(|l| l.security_context.as_ref()).is_some_and(|s| s.privileged),
+        user: {
+            let security = linux.and_then(|l| l.security_context.as_ref());
+            user_string(
+                security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
+                "",
+                security.and_then(|s| s.run_as_group.as_ref()).map(|g| g.value),
+                &input.image.user,
+            )
+        },
+        supplemental_groups: linux
+            .and_then(|l| l.security_context.as_ref())
+            .map(|s| s.supplemental_groups.iter().map(|&g| g as u32).collect())
+            .unwrap_or_default(),
+        // The pause process never needs to gain privileges; a privileged pod's may.
+        no_new_privs: !linux.and_then(|l| l.security_context.as_ref()).is_some_and(|s| s.privileged),
         readonly_rootfs: true,
         mounts,
         labels: sorted(&config.labels),
@@ -188,6 +256,17 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
             if m.selinux_relabel {
                 mount.options.push("relabel".into());
             }
+            // The CRI's propagation, as containerd maps it; the runtime then makes the rootfs
+            // rslave or rshared so that the propagation can reach the mount.
+            use k8s_cri::v1::MountPropagation;
+            mount.options.push(
+                match MountPropagation::try_from(m.propagation) {
+                    Ok(MountPropagation::PropagationHostToContainer) => "rslave",
+                    Ok(MountPropagation::PropagationBidirectional) => "rshared",
+                    _ => "rprivate",
+                }
+                .into(),
+            );
             mount
         })
         .collect();
@@ -209,6 +288,8 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
             }
         }
     }
+    let container_pid_mode =
+        security.and_then(|s| s.namespace_options.as_ref()).map_or(NamespaceMode::Pod as i32, |o| o.pid);
     WorkloadSpec {
         sandbox: false,
         args,
@@ -221,13 +302,36 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         hostname: input.sandbox_config.hostname.clone(),
         netns_path: input.netns_path,
         sandbox_pid: input.sandbox_pid,
+        // The container's own namespace options, as kubelet sets them: NODE shares the host's
+        // PID namespace, CONTAINER gets its own, POD (and TARGET, not supported yet) the pod's.
+        host_pid: container_pid_mode == NamespaceMode::Node as i32,
+        own_pid_namespace: container_pid_mode == NamespaceMode::Container as i32,
         host_network: host_network(input.sandbox_config),
         cgroup_parent: input.sandbox_config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
         oom_score_adj: clamp_oom_score_adj(requested_oom, input.own_oom_score_adj, input.restrict_oom_score_adj),
         privileged: security.is_some_and(|s| s.privileged),
+        sysctls: input.sandbox_config.linux.as_ref().map(|l| sorted(&l.sysctls)).unwrap_or_default(),
+        masked_paths: security.map(|s| s.masked_paths.clone()).unwrap_or_default(),
+        readonly_paths: security.map(|s| s.readonly_paths.clone()).unwrap_or_default(),
+        seccomp_profile: seccomp_profile(security),
+        no_new_privs: security.is_some_and(|s| s.no_new_privs),
         readonly_rootfs: security.is_some_and(|s| s.readonly_rootfs),
         run_as_user: security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
         run_as_username: security.map(|s| s.run_as_username.clone()).unwrap_or_default(),
+        user: user_string(
+            security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
+            security.map(|s| s.run_as_username.as_str()).unwrap_or_default(),
+            security.and_then(|s| s.run_as_group.as_ref()).map(|g| g.value),
+            &input.image.user,
+        ),
+        groups_of: groups_of(
+            security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
+            security.map(|s| s.run_as_username.as_str()).unwrap_or_default(),
+            &input.image.user,
+        ),
+        supplemental_groups: security
+            .map(|s| s.supplemental_groups.iter().map(|&g| g as u32).collect())
+            .unwrap_or_default(),
         add_capabilities: security
             .and_then(|s| s.capabilities.as_ref())
             .map(|c| c.add_capabilities.clone())

@@ -166,8 +166,18 @@ pub fn capabilities_from_mask(mask: u64) -> Vec<String> {
         .collect()
 }
 
-pub fn all_capability_names() -> Vec<String> {
-    CAPABILITY_NAMES.iter().map(|s| s.to_string()).collect()
+/// The capabilities this process holds (`CapEff` of /proc/self/status). "All capabilities" for
+/// a privileged container means these, as in containerd: asking runc for one the daemon lacks
+/// (CAP_SYS_RESOURCE in some VMs and nested containers) fails every privileged container with
+/// "unable to apply caps: operation not permitted".
+pub fn current_capabilities() -> Vec<String> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    capabilities_from_mask(mask)
 }
 
 #[async_trait]
@@ -271,13 +281,7 @@ impl Os for LinuxOs {
     }
 
     fn capabilities(&self) -> Vec<String> {
-        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let mask = status
-            .lines()
-            .find_map(|line| line.strip_prefix("CapEff:"))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .unwrap_or(0);
-        capabilities_from_mask(mask)
+        current_capabilities()
     }
 
     fn random_bytes(&self, buf: &mut [u8]) {

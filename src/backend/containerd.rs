@@ -39,6 +39,14 @@ pub struct ContainerRecord {
     pub created_at_ns: i64,
 }
 
+/// The ids a process runs as, after the image's user and group databases were consulted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
 /// What the CRI asks the runtime to run; the real backend turns it into an OCI spec.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct WorkloadSpec {
@@ -57,6 +65,47 @@ pub struct WorkloadSpec {
     pub cgroup_parent: String,
     pub oom_score_adj: i32,
     pub privileged: bool,
+    /// The process may not gain privileges (setuid, file capabilities): the CRI's
+    /// `no_new_privs`, false unless asked for, as in containerd.
+    #[serde(default)]
+    pub no_new_privs: bool,
+    /// Who runs the process, composed as containerd does: the CRI's uid or user name (else the
+    /// image's USER), with `:gid` when the CRI names a group: `uid`, `uid:gid`, `name` or
+    /// `name:group`. The backend resolves names against the image's /etc/passwd and
+    /// /etc/group. Empty: root.
+    #[serde(default)]
+    pub user: String,
+    /// The user (name or uid) whose memberships in the image's /etc/group become supplementary
+    /// groups.
+    #[serde(default)]
+    pub groups_of: String,
+    /// The CRI's supplemental groups, added after the image's.
+    #[serde(default)]
+    pub supplemental_groups: Vec<u32>,
+    /// Set by the backend once it has resolved `user` against the image, and kept with the
+    /// spec, so that a spec rebuilt later (a resource update) runs as the same ids.
+    #[serde(default)]
+    pub resolved_user: Option<ResolvedUser>,
+    /// The seccomp profile, as the CRI names it: "" (unconfined), "runtime/default" or
+    /// "localhost/<absolute path>".
+    #[serde(default)]
+    pub seccomp_profile: String,
+    /// The localhost profile's JSON, read by the backend at create time and kept with the spec.
+    #[serde(default)]
+    pub resolved_seccomp: Option<String>,
+    /// The CRI's masked and read-only path lists; empty means the runtime's defaults (proto3
+    /// cannot tell an empty list from none, and kubelet always sends the defaults).
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    /// A container in a PID namespace of its own (the CRI's CONTAINER mode, kubelet's default
+    /// when the pod does not share its process namespace) instead of the sandbox's.
+    #[serde(default)]
+    pub own_pid_namespace: bool,
+    /// The pod's namespaced sysctls (the sandbox config's), for the sandbox and each container.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
     pub readonly_rootfs: bool,
     pub run_as_user: Option<i64>,
     pub run_as_username: String,

@@ -10,6 +10,7 @@ pub mod events;
 pub mod metrics;
 pub mod spec;
 pub mod taskio;
+pub mod userdb;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -308,7 +309,28 @@ impl Containerd for RealContainerd {
 
     // ---- containers ----
 
-    async fn create_container(&self, record: ContainerRecord) -> Result<ContainerRecord> {
+    async fn create_container(&self, mut record: ContainerRecord) -> Result<ContainerRecord> {
+        if record.spec.resolved_user.is_none() {
+            // Names (and a uid's primary group) come from the image, as containerd reads them:
+            // its /etc/passwd and /etc/group in the prepared snapshot's layers.
+            let mounts = self.rootfs_mounts(&record).await?;
+            let mounts: Vec<(String, String, Vec<String>)> =
+                mounts.into_iter().map(|m| (m.r#type, m.source, m.options)).collect();
+            let (user, groups_of, supplemental) =
+                (record.spec.user.clone(), record.spec.groups_of.clone(), record.spec.supplemental_groups.clone());
+            let resolved = tokio::task::spawn_blocking(move || {
+                userdb::UserDb::read(&userdb::layer_dirs(&mounts)).resolve(&user, &groups_of, &supplemental)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("resolve user: {e}")))?
+            .map_err(|e| e.context(format!("container {}", record.id)))?;
+            record.spec.resolved_user = Some(resolved);
+        }
+        if let Some(path) = record.spec.seccomp_profile.strip_prefix("localhost/")
+            && record.spec.resolved_seccomp.is_none()
+        {
+            record.spec.resolved_seccomp = Some(spec::read_seccomp_profile(path).await?);
+        }
         let container = convert::to_proto_container(&record)?;
         let response =
             grpc(self.containers().create(self.req(CreateContainerRequest { container: Some(container) })).await)?;

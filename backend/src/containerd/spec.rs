@@ -10,8 +10,8 @@ use crid::backend::{MountSpec, Resources, WorkloadSpec};
 use crid::error::{Error, Result};
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder, Process,
-    Root, Spec, User,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, LinuxSeccomp, Mount,
+    MountBuilder, Process, Root, Spec, User,
 };
 
 /// type_url containerd itself uses for runtime specs in container records.
@@ -49,10 +49,12 @@ fn parse_capability(name: &str) -> Result<Capability> {
 }
 
 /// The effective capability set: defaults (or all, when privileged), plus adds, minus drops.
-/// "ALL" in either list means every known capability, as in the CRI.
+/// "ALL" means every capability crid itself holds, as in containerd (its current set): a
+/// capability the daemon lacks cannot be granted, and asking runc for it fails the container.
 pub fn capability_set(workload: &WorkloadSpec) -> Result<Capabilities> {
     let all = || -> Result<HashSet<Capability>> {
-        crate::os::all_capability_names().iter().map(|c| parse_capability(c)).collect()
+        // Names this oci-spec does not know (a newer kernel's) are left out, not fatal.
+        Ok(crate::os::current_capabilities().iter().filter_map(|c| parse_capability(c).ok()).collect())
     };
     let mut caps: HashSet<Capability> = if workload.privileged {
         all()?
@@ -77,6 +79,16 @@ pub fn capability_set(workload: &WorkloadSpec) -> Result<Capabilities> {
 }
 
 fn user(workload: &WorkloadSpec) -> Result<User> {
+    if let Some(resolved) = &workload.resolved_user {
+        let mut user = User::default();
+        user.set_uid(resolved.uid);
+        user.set_gid(resolved.gid);
+        if !resolved.additional_gids.is_empty() {
+            user.set_additional_gids(Some(resolved.additional_gids.clone()));
+        }
+        return Ok(user);
+    }
+    // A spec without resolved ids (a record of an older crid): the CRI's numeric uid or root.
     let uid = match (workload.run_as_user, workload.run_as_username.as_str()) {
         (Some(uid), _) => u32::try_from(uid).map_err(|_| Error::invalid(format!("invalid uid {uid}")))?,
         (None, "" | "root") => 0,
@@ -110,7 +122,7 @@ pub fn process(workload: &WorkloadSpec) -> Result<Process> {
     capabilities.set_inheritable(Some(Capabilities::new()));
     capabilities.set_ambient(Some(Capabilities::new()));
     process.set_capabilities(Some(capabilities));
-    process.set_no_new_privileges(Some(!workload.privileged));
+    process.set_no_new_privileges(Some(workload.no_new_privs));
     // The core already clamped this to what this process may set (restrict_oom_score_adj).
     process.set_oom_score_adj(Some(workload.oom_score_adj));
     Ok(process)
@@ -214,9 +226,27 @@ fn namespaces(workload: &WorkloadSpec) -> Result<Vec<LinuxNamespace>> {
     }
     out.push(namespace(LinuxNamespaceType::Uts, join("uts"))?);
     if !workload.host_pid {
-        out.push(namespace(LinuxNamespaceType::Pid, join("pid"))?);
+        let path = if workload.own_pid_namespace { None } else { join("pid") };
+        out.push(namespace(LinuxNamespaceType::Pid, path)?);
     }
     Ok(out)
+}
+
+/// Reads a localhost seccomp profile (docker's JSON format, which the OCI spec shares) and
+/// checks that it parses; the JSON is kept with the workload.
+pub async fn read_seccomp_profile(path: &str) -> Result<String> {
+    if !path.starts_with('/') {
+        return Err(Error::invalid(format!("seccomp profile {path:?} must be an absolute path")));
+    }
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| Error::invalid(format!("seccomp profile {path:?} cannot be read: {e}")))?;
+    parse_seccomp(&text).map_err(|e| e.context(format!("seccomp profile {path:?}")))?;
+    Ok(text)
+}
+
+fn parse_seccomp(json: &str) -> Result<LinuxSeccomp> {
+    serde_json::from_str(json).map_err(|e| Error::invalid(format!("not a seccomp profile: {e}")))
 }
 
 /// The cgroup v1 resources runc applies (and task Update changes).
@@ -279,11 +309,28 @@ pub fn build(id: &str, workload: &WorkloadSpec) -> Result<Spec> {
         .namespaces(namespaces(workload)?)
         .resources(resources)
         .cgroups_path(cgroups_path(id, workload));
+    if let Some(profile) = &workload.resolved_seccomp {
+        linux = linux.seccomp(parse_seccomp(profile)?);
+    }
+    if !workload.sysctls.is_empty() {
+        linux = linux.sysctl(workload.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
+    }
+    // A mount that receives (rslave) or also sends (rshared) propagation needs a rootfs that
+    // does too, as containerd sets it; otherwise runc's default (rprivate) cuts it off.
+    let has = |option: &str| workload.mounts.iter().any(|m| m.options.iter().any(|o| o == option));
+    if has("rshared") {
+        linux = linux.rootfs_propagation("rshared");
+    } else if has("rslave") {
+        linux = linux.rootfs_propagation("rslave");
+    }
     if !workload.privileged {
         let default = oci_spec::runtime::Linux::default();
+        let or_default = |asked: &Vec<String>, default: &Option<Vec<String>>| {
+            if asked.is_empty() { default.clone().unwrap_or_default() } else { asked.clone() }
+        };
         linux = linux
-            .masked_paths(default.masked_paths().clone().unwrap_or_default())
-            .readonly_paths(default.readonly_paths().clone().unwrap_or_default());
+            .masked_paths(or_default(&workload.masked_paths, default.masked_paths()))
+            .readonly_paths(or_default(&workload.readonly_paths, default.readonly_paths()));
     }
     spec.set_linux(Some(linux.build().map_err(oci_err)?));
     Ok(spec)
@@ -328,6 +375,35 @@ mod tests {
         assert!(caps.iter().any(|c| c == "CAP_CHOWN"));
         let hosts = json["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/hosts").unwrap();
         assert_eq!(hosts["options"], serde_json::json!(["rbind", "ro", "rprivate"]));
+    }
+
+    /// Privileged and "ALL" mean what the daemon holds, never a fixed list: runc refuses to
+    /// grant a capability its caller lacks.
+    #[test]
+    fn all_capabilities_are_the_daemons_own() {
+        let held: std::collections::BTreeSet<String> = crate::os::current_capabilities().into_iter().collect();
+        for workload in [
+            WorkloadSpec { privileged: true, drop_capabilities: vec![], ..container() },
+            WorkloadSpec { add_capabilities: vec!["ALL".into()], drop_capabilities: vec![], ..container() },
+        ] {
+            let json = serde_json::to_value(build("c1", &workload).unwrap()).unwrap();
+            let granted: std::collections::BTreeSet<String> = json["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(granted, held);
+        }
+    }
+
+    #[test]
+    fn no_new_privileges_only_when_asked() {
+        let json = serde_json::to_value(build("c1", &container()).unwrap()).unwrap();
+        assert_eq!(json["process"]["noNewPrivileges"], false);
+        let asked = WorkloadSpec { no_new_privs: true, ..container() };
+        let json = serde_json::to_value(build("c1", &asked).unwrap()).unwrap();
+        assert_eq!(json["process"]["noNewPrivileges"], true);
     }
 
     #[test]
