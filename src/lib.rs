@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod sandbox_run;
 pub mod sandbox_status;
 pub mod sandbox_stop;
+pub mod seccomp;
 pub mod service;
 pub mod spec;
 pub mod store;

@@ -313,6 +313,12 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         sysctls: input.sandbox_config.linux.as_ref().map(|l| sorted(&l.sysctls)).unwrap_or_default(),
         masked_paths: security.map(|s| s.masked_paths.clone()).unwrap_or_default(),
         readonly_paths: security.map(|s| s.readonly_paths.clone()).unwrap_or_default(),
+        // RuntimeDefault is decided here, whole; a localhost profile is read by the backend.
+        resolved_seccomp: (seccomp_profile(security) == "runtime/default").then(|| {
+            crate::seccomp::runtime_default_profile(
+                &security.and_then(|s| s.capabilities.as_ref()).map(|c| c.add_capabilities.clone()).unwrap_or_default(),
+            )
+        }),
         seccomp_profile: seccomp_profile(security),
         no_new_privs: security.is_some_and(|s| s.no_new_privs),
         readonly_rootfs: security.is_some_and(|s| s.readonly_rootfs),

@@ -354,6 +354,63 @@ async fn resources_and_oom(cri: &mut Cri) {
     cri.assert_no_leaks();
 }
 
+/// A look from inside a real container at what the security context asked for: the user and
+/// its groups, RuntimeDefault seccomp (filter mode), no_new_privs off unless asked, and a PID
+/// namespace of its own in CONTAINER mode.
+async fn security_context_from_inside(cri: &mut Cri) {
+    let who = cri.kind.name();
+    let busybox = cri.image("busybox:latest");
+    cri.pull(&busybox).await;
+    let pod = cri.pod_config(&unique("sec"));
+    let pod_id = cri.run_pod(&pod).await;
+    let mut config = cri.container_config("confined", &["sleep", "1000"]);
+    config.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 1000 }),
+            supplemental_groups: vec![1234],
+            seccomp: Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            namespace_options: Some(NamespaceOption { pid: NamespaceMode::Container as i32, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = cri.create_container_with(&pod_id, &pod, config).await;
+    cri.start_container(&id).await;
+    let (code, identity) = cri.exec(&id, &["id"]).await;
+    assert_eq!(code, 0, "{who}: {identity}");
+    // busybox's /etc/passwd has no uid 1000: group 0, as containerd does.
+    assert!(identity.starts_with("uid=1000 gid=0"), "{who}: {identity}");
+    assert!(identity.contains("1234"), "{who}: supplemental group: {identity}");
+    let (_, status) = cri.exec(&id, &["cat", "/proc/self/status"]).await;
+    let field =
+        |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_default().to_string();
+    assert_eq!(field("Seccomp:"), "2", "{who}: RuntimeDefault filters syscalls");
+    assert_eq!(field("NoNewPrivs:"), "0", "{who}: no_new_privs only when asked");
+    let (_, init) = cri.exec(&id, &["cat", "/proc/1/cmdline"]).await;
+    assert!(init.starts_with("sleep"), "{who}: PID 1 is the container's own process: {init:?}");
+    cri.remove_pod(&pod_id).await;
+    cri.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn security_context_seen_from_inside() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "sec", crid_binary()).await;
+    security_context_from_inside(&mut crid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn reference_security_context_seen_from_inside_on_containerd_cri() {
+    let stack = stack();
+    let mut reference = Cri::reference(&stack, "sec").await;
+    security_context_from_inside(&mut reference).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn resource_limits_and_oom_kills() {
