@@ -178,6 +178,7 @@ impl CriService {
             own_oom_score_adj: self.backends.os.own_oom_score_adj(),
             restrict_oom_score_adj: self.config.restrict_oom_score_adj,
             ignore_image_volumes: self.config.ignore_image_defined_volumes,
+            node_hostname: self.backends.os.hostname(),
         });
         let metadata = ContainerMetadata {
             version: "v1".into(),

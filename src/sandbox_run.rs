@@ -301,7 +301,8 @@ impl CriService {
         shm_path: Option<&str>,
     ) -> Result<()> {
         let os = &self.backends.os;
-        let hostname = if config.hostname.is_empty() { "localhost".to_string() } else { config.hostname.clone() };
+        // A pod that names no hostname (host network) has the node's, as in containerd.
+        let hostname = if config.hostname.is_empty() { os.hostname() } else { config.hostname.clone() };
         os.write_file(&format!("{root_dir}/hostname"), format!("{hostname}\n").as_bytes()).await?;
         os.write_file(
             &format!("{root_dir}/hosts"),

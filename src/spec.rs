@@ -216,6 +216,9 @@ fn bind(source: &str, destination: &str, readonly: bool) -> MountSpec {
     MountSpec { destination: destination.to_string(), source: source.to_string(), kind: "bind".into(), options }
 }
 
+/// The PATH a container gets when its image sets none, as in containerd's default spec.
+pub const DEFAULT_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 pub struct ContainerSpecInput<'a> {
     pub sandbox_id: &'a str,
     pub config: &'a ContainerConfig,
@@ -227,6 +230,8 @@ pub struct ContainerSpecInput<'a> {
     pub own_oom_score_adj: i32,
     pub restrict_oom_score_adj: bool,
     pub ignore_image_volumes: bool,
+    /// The node's host name: `HOSTNAME` for pods that name none.
+    pub node_hostname: String,
 }
 
 pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
@@ -239,10 +244,20 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
     } else if config.command.is_empty() {
         args.extend(input.image.cmd.iter().cloned());
     }
-    let mut env = input.image.env.clone();
-    for kv in &config.envs {
-        env.retain(|e| e.split('=').next() != Some(kv.key.as_str()));
-        env.push(format!("{}={}", kv.key, kv.value));
+    // As containerd builds it: a default PATH and HOSTNAME (the pod's, else the node's), then
+    // the image's variables, then the CRI's; a later one replaces an earlier one of its name.
+    let hostname = if input.sandbox_config.hostname.is_empty() {
+        input.node_hostname.clone()
+    } else {
+        input.sandbox_config.hostname.clone()
+    };
+    let mut env = vec![DEFAULT_PATH_ENV.to_string(), format!("HOSTNAME={hostname}")];
+    let entries =
+        input.image.env.iter().cloned().chain(config.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value)));
+    for entry in entries {
+        let key = entry.split('=').next().unwrap_or_default().to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(entry);
     }
     let linux = config.linux.as_ref();
     let security = linux.and_then(|l| l.security_context.as_ref());
@@ -423,6 +438,7 @@ mod tests {
             own_oom_score_adj: 0,
             restrict_oom_score_adj: false,
             ignore_image_volumes: false,
+            node_hostname: "node-1".into(),
         })
     }
 
@@ -493,5 +509,26 @@ mod tests {
             (app.annotations[annotations::CONTAINER_NAME].as_str(), app.annotations[annotations::IMAGE_NAME].as_str()),
             ("app", "busybox")
         );
+    }
+
+    /// containerd's environment: default PATH, HOSTNAME, the image's, then the CRI's, each
+    /// replacing an earlier variable of its name.
+    #[test]
+    fn environment_layers_like_containerd() {
+        let config = ContainerConfig {
+            envs: vec![
+                k8s_cri::v1::KeyValue { key: "A".into(), value: "cri".into() },
+                k8s_cri::v1::KeyValue { key: "C".into(), value: "3".into() },
+            ],
+            ..Default::default()
+        };
+        let image = ImageConfig { env: vec!["A=image".into(), "B=2".into()], ..Default::default() };
+        let named = PodSandboxConfig { hostname: "pod-host".into(), ..Default::default() };
+        let spec = test_container_spec(&config, &named, &image);
+        assert_eq!(spec.env, [DEFAULT_PATH_ENV, "HOSTNAME=pod-host", "B=2", "A=cri", "C=3"]);
+        let image_path = ImageConfig { env: vec!["PATH=/bin".into()], ..Default::default() };
+        let host_network = PodSandboxConfig::default();
+        let spec = test_container_spec(&ContainerConfig::default(), &host_network, &image_path);
+        assert_eq!(spec.env, ["HOSTNAME=node-1", "PATH=/bin"]);
     }
 }

@@ -275,6 +275,10 @@ impl Os for LinuxOs {
         blocking(move || unmount_sync(&path)).await
     }
 
+    fn hostname(&self) -> String {
+        nix::unistd::gethostname().ok().and_then(|name| name.into_string().ok()).unwrap_or_else(|| "localhost".into())
+    }
+
     fn own_oom_score_adj(&self) -> i32 {
         // Unreadable /proc means we cannot lower anything; 0 is the kernel default.
         fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)

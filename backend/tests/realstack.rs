@@ -355,8 +355,8 @@ async fn resources_and_oom(cri: &mut Cri) {
 }
 
 /// A look from inside a real container at what the security context asked for: the user and
-/// its groups, RuntimeDefault seccomp (filter mode), no_new_privs off unless asked, and a PID
-/// namespace of its own in CONTAINER mode.
+/// its groups, RuntimeDefault seccomp (filter mode), no_new_privs off unless asked, a PID
+/// namespace of its own in CONTAINER mode, and the pod's hostname as HOSTNAME.
 async fn security_context_from_inside(cri: &mut Cri) {
     let who = cri.kind.name();
     let busybox = cri.image("busybox:latest");
@@ -391,6 +391,8 @@ async fn security_context_from_inside(cri: &mut Cri) {
     assert_eq!(field("NoNewPrivs:"), "0", "{who}: no_new_privs only when asked");
     let (_, init) = cri.exec(&id, &["cat", "/proc/1/cmdline"]).await;
     assert!(init.starts_with("sleep"), "{who}: PID 1 is the container's own process: {init:?}");
+    let (_, hostname) = cri.exec(&id, &["sh", "-c", "echo $HOSTNAME"]).await;
+    assert_eq!(hostname.trim(), pod.hostname, "{who}: HOSTNAME is the pod's hostname");
     cri.remove_pod(&pod_id).await;
     cri.assert_no_leaks();
 }

@@ -38,6 +38,9 @@ pub trait Os: Send + Sync + 'static {
     /// Unmounts, tolerating a path that is not mounted.
     async fn unmount(&self, path: &str) -> Result<()>;
 
+    /// The node's host name: the hostname of a pod that names none (host network) and the
+    /// containers' `HOSTNAME`.
+    fn hostname(&self) -> String;
     /// This process's own `oom_score_adj`.
     fn own_oom_score_adj(&self) -> i32;
     /// The effective capabilities of this process, e.g. `CAP_NET_ADMIN`.

@@ -58,6 +58,9 @@ pub struct FakeOs {
     faults: Arc<dyn FaultInjector>,
 }
 
+/// The simulated node's host name.
+pub const SIM_NODE_HOSTNAME: &str = "sim-node";
+
 /// The capabilities of root in the initial user namespace, which is what the CRI runs as.
 const ROOT_CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",
@@ -468,6 +471,10 @@ impl Os for FakeOs {
         let after = faults::before(&*self.faults, "os.unmount", &path).await?;
         self.state().mounts.remove(&path);
         after.finish(Ok(())).await
+    }
+
+    fn hostname(&self) -> String {
+        SIM_NODE_HOSTNAME.into()
     }
 
     fn own_oom_score_adj(&self) -> i32 {
