@@ -179,6 +179,7 @@ impl CriService {
             restrict_oom_score_adj: self.config.restrict_oom_score_adj,
             ignore_image_volumes: self.config.ignore_image_defined_volumes,
             node_hostname: self.backends.os.hostname(),
+            sandbox_shm_dir: self.sandbox_shm_dir(&sandbox.id),
         });
         let metadata = ContainerMetadata {
             version: "v1".into(),

@@ -145,7 +145,7 @@ impl CriService {
             shm_path: None,
         })
         .host_ipc;
-        let shm_path = (!host_ipc).then(|| format!("{state_dir}/shm"));
+        let shm_path = (!host_ipc).then(|| self.sandbox_shm_dir(&id));
         let spec_for = |netns_path: String| {
             sandbox_spec(SandboxSpecInput {
                 id: &id,
@@ -330,7 +330,7 @@ impl CriService {
     }
 
     pub(crate) async fn cleanup_sandbox_files(&self, id: &str) -> Result<()> {
-        let shm = format!("{}/shm", self.sandbox_state_dir(id));
+        let shm = self.sandbox_shm_dir(id);
         self.backends.os.unmount(&shm).await.map_err(|e| e.context("failed to unmount sandbox shm"))
     }
 

@@ -158,6 +158,10 @@ impl CriService {
     pub(crate) fn sandbox_state_dir(&self, id: &str) -> String {
         format!("{}/sandboxes/{id}", self.config.state_dir)
     }
+    /// The pod's /dev/shm tmpfs, mounted by RunPodSandbox and shared by its containers.
+    pub(crate) fn sandbox_shm_dir(&self, id: &str) -> String {
+        format!("{}/shm", self.sandbox_state_dir(id))
+    }
     pub(crate) fn container_root(&self, id: &str) -> String {
         format!("{}/containers/{id}", self.config.root_dir)
     }

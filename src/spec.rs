@@ -232,6 +232,8 @@ pub struct ContainerSpecInput<'a> {
     pub ignore_image_volumes: bool,
     /// The node's host name: `HOSTNAME` for pods that name none.
     pub node_hostname: String,
+    /// The pod's /dev/shm (a tmpfs the sandbox mounted), which its containers share.
+    pub sandbox_shm_dir: String,
 }
 
 pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
@@ -285,6 +287,13 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
             mount
         })
         .collect();
+    // The pod's /dev/shm, shared by its containers (the host's for a host-IPC pod), unless the
+    // CRI mounts one itself; as in containerd.
+    if !mounts.iter().any(|m| m.destination == "/dev/shm") {
+        let host_ipc = namespace_mode(input.sandbox_config, |o| o.ipc) == NamespaceMode::Node as i32;
+        let source = if host_ipc { "/dev/shm" } else { input.sandbox_shm_dir.as_str() };
+        mounts.push(bind(source, "/dev/shm", false));
+    }
     for file in ["hostname", "hosts", "resolv.conf"] {
         let destination = format!("/etc/{file}");
         if !mounts.iter().any(|m| m.destination == destination) {
@@ -439,6 +448,7 @@ mod tests {
             restrict_oom_score_adj: false,
             ignore_image_volumes: false,
             node_hostname: "node-1".into(),
+            sandbox_shm_dir: "/state/sandboxes/s1/shm".into(),
         })
     }
 
@@ -530,5 +540,28 @@ mod tests {
         let host_network = PodSandboxConfig::default();
         let spec = test_container_spec(&ContainerConfig::default(), &host_network, &image_path);
         assert_eq!(spec.env, ["HOSTNAME=node-1", "PATH=/bin"]);
+    }
+
+    #[test]
+    fn containers_share_the_pods_shm() {
+        let spec =
+            test_container_spec(&ContainerConfig::default(), &PodSandboxConfig::default(), &ImageConfig::default());
+        let shm = spec.mounts.iter().find(|m| m.destination == "/dev/shm").unwrap();
+        assert_eq!((shm.source.as_str(), shm.kind.as_str()), ("/state/sandboxes/s1/shm", "bind"));
+        let host_ipc = PodSandboxConfig {
+            linux: Some(k8s_cri::v1::LinuxPodSandboxConfig {
+                security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+                    namespace_options: Some(k8s_cri::v1::NamespaceOption {
+                        ipc: NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let spec = test_container_spec(&ContainerConfig::default(), &host_ipc, &ImageConfig::default());
+        assert_eq!(spec.mounts.iter().find(|m| m.destination == "/dev/shm").unwrap().source, "/dev/shm");
     }
 }

@@ -356,7 +356,8 @@ async fn resources_and_oom(cri: &mut Cri) {
 
 /// A look from inside a real container at what the security context asked for: the user and
 /// its groups, RuntimeDefault seccomp (filter mode), no_new_privs off unless asked, a PID
-/// namespace of its own in CONTAINER mode, and the pod's hostname as HOSTNAME.
+/// namespace of its own in CONTAINER mode, the pod's hostname as HOSTNAME, and the pod's
+/// /dev/shm shared between its containers.
 async fn security_context_from_inside(cri: &mut Cri) {
     let who = cri.kind.name();
     let busybox = cri.image("busybox:latest");
@@ -393,6 +394,13 @@ async fn security_context_from_inside(cri: &mut Cri) {
     assert!(init.starts_with("sleep"), "{who}: PID 1 is the container's own process: {init:?}");
     let (_, hostname) = cri.exec(&id, &["sh", "-c", "echo $HOSTNAME"]).await;
     assert_eq!(hostname.trim(), pod.hostname, "{who}: HOSTNAME is the pod's hostname");
+    // The pod's containers share its /dev/shm.
+    let other = cri.create_container(&pod_id, &pod, "neighbour", &["sleep", "1000"]).await;
+    cri.start_container(&other).await;
+    let (code, out) = cri.exec(&other, &["sh", "-c", "echo shared > /dev/shm/marker"]).await;
+    assert_eq!(code, 0, "{who}: {out}");
+    let (_, seen) = cri.exec(&id, &["cat", "/dev/shm/marker"]).await;
+    assert_eq!(seen.trim(), "shared", "{who}: /dev/shm is the pod's");
     cri.remove_pod(&pod_id).await;
     cri.assert_no_leaks();
 }
