@@ -154,6 +154,8 @@ fn groups_of(uid: Option<i64>, username: &str, image_user: &str) -> String {
 pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
     let config = input.config;
     let linux = config.linux.as_ref();
+    let security = linux.and_then(|l| l.security_context.as_ref());
+    let privileged = security.is_some_and(|s| s.privileged);
     let mut args = input.image.entrypoint.clone();
     args.extend(input.image.cmd.iter().cloned());
     let mut mounts = vec![
@@ -181,22 +183,18 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
             input.own_oom_score_adj,
             input.restrict_oom_score_adj,
         ),
-        privileged: linux.and_then(|l| l.security_context.as_ref()).is_some_and(|s| s.privileged),
-        user: {
-            let security = linux.and_then(|l| l.security_context.as_ref());
-            user_string(
-                security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
-                "",
-                security.and_then(|s| s.run_as_group.as_ref()).map(|g| g.value),
-                &input.image.user,
-            )
-        },
-        supplemental_groups: linux
-            .and_then(|l| l.security_context.as_ref())
+        privileged,
+        user: user_string(
+            security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
+            "",
+            security.and_then(|s| s.run_as_group.as_ref()).map(|g| g.value),
+            &input.image.user,
+        ),
+        supplemental_groups: security
             .map(|s| s.supplemental_groups.iter().map(|&g| g as u32).collect())
             .unwrap_or_default(),
         // The pause process never needs to gain privileges; a privileged pod's may.
-        no_new_privs: !linux.and_then(|l| l.security_context.as_ref()).is_some_and(|s| s.privileged),
+        no_new_privs: !privileged,
         readonly_rootfs: true,
         mounts,
         labels: sorted(&config.labels),
@@ -312,6 +310,9 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
             }
         }
     }
+    let add_capabilities =
+        security.and_then(|s| s.capabilities.as_ref()).map(|c| c.add_capabilities.clone()).unwrap_or_default();
+    let seccomp = seccomp_profile(security);
     let container_pid_mode =
         security.and_then(|s| s.namespace_options.as_ref()).map_or(NamespaceMode::Pod as i32, |o| o.pid);
     WorkloadSpec {
@@ -338,12 +339,9 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         masked_paths: security.map(|s| s.masked_paths.clone()).unwrap_or_default(),
         readonly_paths: security.map(|s| s.readonly_paths.clone()).unwrap_or_default(),
         // RuntimeDefault is decided here, whole; a localhost profile is read by the backend.
-        resolved_seccomp: (seccomp_profile(security) == "runtime/default").then(|| {
-            crate::seccomp::runtime_default_profile(
-                &security.and_then(|s| s.capabilities.as_ref()).map(|c| c.add_capabilities.clone()).unwrap_or_default(),
-            )
-        }),
-        seccomp_profile: seccomp_profile(security),
+        resolved_seccomp: (seccomp == "runtime/default")
+            .then(|| crate::seccomp::runtime_default_profile(&add_capabilities)),
+        seccomp_profile: seccomp,
         no_new_privs: security.is_some_and(|s| s.no_new_privs),
         readonly_rootfs: security.is_some_and(|s| s.readonly_rootfs),
         run_as_user: security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
@@ -362,10 +360,7 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         supplemental_groups: security
             .map(|s| s.supplemental_groups.iter().map(|&g| g as u32).collect())
             .unwrap_or_default(),
-        add_capabilities: security
-            .and_then(|s| s.capabilities.as_ref())
-            .map(|c| c.add_capabilities.clone())
-            .unwrap_or_default(),
+        add_capabilities,
         drop_capabilities: security
             .and_then(|s| s.capabilities.as_ref())
             .map(|c| c.drop_capabilities.clone())
