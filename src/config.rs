@@ -42,6 +42,22 @@ pub struct Config {
     /// Maximum ids waiting in the event backoff queue; beyond it new failures are dropped and
     /// counted, and the reconciler repairs the container later.
     pub max_backoff_entries: usize,
+    /// Never apply AppArmor, even where the host has it (containerd's key).
+    pub disable_apparmor: bool,
+    /// The seccomp profile of a container whose CRI request names none: "" (unconfined, the
+    /// default), `runtime/default` or `localhost/<path>` (containerd's key).
+    pub unset_seccomp_profile: String,
+    /// Pods with their own network namespace may bind ports below 1024 without
+    /// CAP_NET_BIND_SERVICE (`net.ipv4.ip_unprivileged_port_start=0`), as in containerd.
+    pub enable_unprivileged_ports: bool,
+    /// Pods with their own network namespace may open ICMP echo sockets
+    /// (`net.ipv4.ping_group_range=0 2147483647`), as in containerd.
+    pub enable_unprivileged_icmp: bool,
+    /// CRI devices are owned by the container's run_as_user/run_as_group instead of keeping
+    /// the host node's owner.
+    pub device_ownership_from_security_context: bool,
+    /// Container Device Interface: not implemented; `true` is refused at start.
+    pub enable_cdi: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,6 +79,31 @@ pub struct RuntimeConfig {
     pub sandbox_mode: String,
     pub privileged_without_host_devices: bool,
     pub privileged_without_host_devices_all_devices_allowed: bool,
+    /// Pod annotations (names or glob patterns such as `io.katacontainers.*`) passed to the
+    /// runtime in the OCI spec; the others stay with the CRI, as in containerd.
+    pub pod_annotations: Vec<String>,
+    /// Container annotations passed to the runtime, likewise.
+    pub container_annotations: Vec<String>,
+    /// The runc shim's options (containerd's `runtimes.<handler>.options` table, same keys).
+    pub options: RuncOptions,
+}
+
+/// The options of the runc v2 shim, with containerd's TOML keys. The shim reads them at task
+/// create; `SystemdCgroup` also changes the cgroup paths crid writes into the spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields, rename_all = "PascalCase")]
+pub struct RuncOptions {
+    pub no_pivot_root: bool,
+    pub no_new_keyring: bool,
+    pub shim_cgroup: String,
+    pub io_uid: u32,
+    pub io_gid: u32,
+    pub binary_name: String,
+    pub root: String,
+    pub criu_path: String,
+    pub systemd_cgroup: bool,
+    pub criu_image_path: String,
+    pub criu_work_path: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +123,10 @@ pub struct RegistryConfig {
     /// Directory of `<host>/hosts.toml` files, as containerd's.
     pub config_path: String,
 }
+
+/// The runtime types whose shim takes runc's options.
+const RUNC_RUNTIME_TYPES: &[&str] =
+    &["io.containerd.runc.v2", "io.containerd.runc.v1", "io.containerd.runtime.v1.linux"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -108,6 +153,12 @@ impl Default for Config {
             reconcile_period: 10,
             container_event_buffer: 1000,
             max_backoff_entries: 10_000,
+            disable_apparmor: false,
+            unset_seccomp_profile: String::new(),
+            enable_unprivileged_ports: false,
+            enable_unprivileged_icmp: false,
+            device_ownership_from_security_context: false,
+            enable_cdi: false,
         }
     }
 }
@@ -135,6 +186,9 @@ impl Default for RuntimeConfig {
             sandbox_mode: "podsandbox".into(),
             privileged_without_host_devices: false,
             privileged_without_host_devices_all_devices_allowed: false,
+            pod_annotations: Vec::new(),
+            container_annotations: Vec::new(),
+            options: RuncOptions::default(),
         }
     }
 }
@@ -214,6 +268,18 @@ impl Config {
                     "runtime {name:?}: `privileged_without_host_devices_all_devices_allowed` requires `privileged_without_host_devices` to be enabled"
                 )));
             }
+            for pattern in runtime.pod_annotations.iter().chain(&runtime.container_annotations) {
+                glob::Pattern::new(pattern).map_err(|e| {
+                    Error::invalid(format!("runtime {name:?}: invalid annotation pattern {pattern:?}: {e}"))
+                })?;
+            }
+            if runtime.options != RuncOptions::default() && !RUNC_RUNTIME_TYPES.contains(&runtime.runtime_type.as_str())
+            {
+                return Err(Error::invalid(format!(
+                    "runtime {name:?}: `options` are runc's, but `runtime_type` is {:?}",
+                    runtime.runtime_type
+                )));
+            }
             if !runtime.sandbox_mode.is_empty() && runtime.sandbox_mode != "podsandbox" {
                 return Err(Error::invalid(format!(
                     "runtime {name:?}: unsupported `sandbox_mode` {:?}",
@@ -242,6 +308,34 @@ impl Config {
                 "invalid `cni.ip_pref` {:?}: want ipv4, ipv6 or cni",
                 self.cni.ip_pref
             )));
+        }
+        if !matches!(self.unset_seccomp_profile.as_str(), "" | "unconfined" | "runtime/default" | "docker/default")
+            && !self.unset_seccomp_profile.starts_with("localhost/")
+        {
+            return Err(Error::invalid(format!(
+                "invalid `unset_seccomp_profile` {:?}: want \"\", unconfined, runtime/default or localhost/<path>",
+                self.unset_seccomp_profile
+            )));
+        }
+        // Keys containerd has whose other values crid does not implement: refused, never
+        // accepted and ignored.
+        let unsupported = [
+            (self.enable_cdi, "`enable_cdi = true`: the Container Device Interface is not supported"),
+            (
+                self.cni.max_conf_num != 1,
+                "`cni.max_conf_num` other than 1: crid sets up one network (the first config) per pod",
+            ),
+            (
+                self.containerd.discard_unpacked_layers,
+                "`containerd.discard_unpacked_layers = true`: crid keeps the layers it unpacked",
+            ),
+            (
+                !self.containerd.disable_snapshot_annotations,
+                "`containerd.disable_snapshot_annotations = false`: crid passes no snapshot annotations (remote snapshotters are not supported)",
+            ),
+        ];
+        if let Some((_, what)) = unsupported.iter().find(|(refused, _)| *refused) {
+            return Err(Error::invalid(format!("unsupported setting {what}")));
         }
         if self.max_concurrent_downloads == 0 {
             return Err(Error::invalid("`max_concurrent_downloads` must be at least 1"));
@@ -298,6 +392,43 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn runtime_options_use_containerds_keys_and_unsupported_values_are_refused() {
+        let config = Config::from_toml(
+            "[containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\npod_annotations = [\"io.example/*\"]\n\
+             [containerd.runtimes.runc.options]\nSystemdCgroup = true\nBinaryName = \"/usr/sbin/runc\"\nRoot = \"/run/r\"",
+        )
+        .unwrap();
+        let runc = &config.containerd.runtimes["runc"];
+        assert!(runc.options.systemd_cgroup);
+        assert_eq!((runc.options.binary_name.as_str(), runc.options.root.as_str()), ("/usr/sbin/runc", "/run/r"));
+        assert_eq!(runc.pod_annotations, ["io.example/*"]);
+        let error =
+            Config::from_toml("[containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\n[containerd.runtimes.runc.options]\nSystemd = true")
+                .unwrap_err();
+        assert!(error.message.contains("Systemd"), "{error}");
+        for (toml, key) in [
+            ("enable_cdi = true", "enable_cdi"),
+            ("[cni]\nmax_conf_num = 2", "max_conf_num"),
+            ("[containerd]\ndiscard_unpacked_layers = true", "discard_unpacked_layers"),
+            ("[containerd]\ndisable_snapshot_annotations = false", "disable_snapshot_annotations"),
+            ("unset_seccomp_profile = \"strict\"", "unset_seccomp_profile"),
+            (
+                "[containerd.runtimes.runc]\nruntime_type = \"io.containerd.kata.v2\"\n[containerd.runtimes.runc.options]\nRoot = \"/r\"",
+                "options",
+            ),
+            (
+                "[containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\ncontainer_annotations = [\"[\"]",
+                "annotation pattern",
+            ),
+        ] {
+            let error = Config::from_toml(toml).unwrap_err();
+            assert!(error.message.contains(key), "{toml}: {error}");
+        }
+        Config::from_toml("enable_unprivileged_ports = true\nenable_unprivileged_icmp = true\nunset_seccomp_profile = \"runtime/default\"")
+            .unwrap();
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::events::TaskKind;
 use crate::naming::{container_name, generate_id, sorted};
 use crate::sandbox_run::{ROLLBACK_TIMEOUT, ignore_not_found};
 use crate::service::CriService;
-use crate::spec::{ContainerSpecInput, container_spec};
+use crate::spec::{ContainerSpecInput, SpecPolicy, container_spec};
 use crate::store::container::{EXIT_CODE_START_ERROR, REASON_START_ERROR};
 use crate::store::{
     Container, ContainerMetadata, ContainerState, ContainerStatus, Sandbox, SandboxState, encode_message,
@@ -167,6 +167,9 @@ impl CriService {
         } else {
             format!("{log_directory}/{}", config.log_path)
         };
+        let policy =
+            SpecPolicy::new(&self.config, &sandbox.metadata.runtime_handler, self.backends.os.apparmor_enabled())?;
+        let target_pid = self.target_pid(config)?;
         let spec = container_spec(ContainerSpecInput {
             sandbox_id: &sandbox.id,
             config,
@@ -180,7 +183,10 @@ impl CriService {
             ignore_image_volumes: self.config.ignore_image_defined_volumes,
             node_hostname: self.backends.os.hostname(),
             sandbox_shm_dir: self.sandbox_shm_dir(&sandbox.id),
-        });
+            container_root_dir: &root_dir,
+            target_pid,
+            policy: &policy,
+        })?;
         let metadata = ContainerMetadata {
             version: "v1".into(),
             id: id.to_string(),
@@ -238,6 +244,28 @@ impl CriService {
         self.containers.add(id, container)?;
         self.send_container_event(id, &sandbox.id, ContainerEventType::ContainerCreatedEvent);
         Ok(())
+    }
+
+    /// The task pid of the container whose PID namespace a TARGET-mode container joins; 0 when
+    /// the mode is not TARGET. The target must exist and run, as in containerd.
+    fn target_pid(&self, config: &ContainerConfig) -> Result<u32> {
+        let options =
+            config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref());
+        let Some(options) = options.filter(|o| o.pid == k8s_cri::v1::NamespaceMode::Target as i32) else {
+            return Ok(0);
+        };
+        let target = self
+            .containers
+            .get(&options.target_id)
+            .map_err(|e| e.context("failed to find the target of the TARGET pid namespace mode"))?;
+        let status = target.status();
+        if status.state() != ContainerState::Running || status.pid == 0 {
+            return Err(Error::precondition(format!(
+                "target container {:?} of the TARGET pid namespace mode is not running",
+                target.id
+            )));
+        }
+        Ok(status.pid)
     }
 
     pub async fn start_container(self: &Arc<Self>, request: StartContainerRequest) -> Result<StartContainerResponse> {

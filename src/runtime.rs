@@ -110,9 +110,15 @@ impl CriService {
 
     pub async fn runtime_config(self: &Arc<Self>, _request: RuntimeConfigRequest) -> Result<RuntimeConfigResponse> {
         self.check_initialized()?;
-        Ok(RuntimeConfigResponse {
-            linux: Some(LinuxRuntimeConfiguration { cgroup_driver: k8s_cri::v1::CgroupDriver::Cgroupfs as i32 }),
-        })
+        // kubelet follows the default runtime handler's driver, as containerd reports it.
+        let systemd = self
+            .config
+            .containerd
+            .runtimes
+            .get(&self.config.containerd.default_runtime_name)
+            .is_some_and(|runtime| runtime.options.systemd_cgroup);
+        let driver = if systemd { k8s_cri::v1::CgroupDriver::Systemd } else { k8s_cri::v1::CgroupDriver::Cgroupfs };
+        Ok(RuntimeConfigResponse { linux: Some(LinuxRuntimeConfiguration { cgroup_driver: driver as i32 }) })
     }
 
     /// A new subscriber; it gets every event sent from now on, or counted drops if it lags.

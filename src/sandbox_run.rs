@@ -24,6 +24,26 @@ pub const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// hung backend call cannot hold the name forever.
 pub const RUN_SANDBOX_TIMEOUT: Duration = Duration::from_secs(240);
 pub const SHM_SIZE_BYTES: u64 = 64 * 1024 * 1024;
+const HOST_HOSTS_FILE: &str = "/etc/hosts";
+const DEFAULT_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+
+/// The pod's IP and its other IPs from the addresses of its eth0 (all addresses when the
+/// plugin names no interface), by the config's `ip_pref`: the first IPv4 address (the
+/// default), the first IPv6 one, or the plugin's order (`cni`); the others in the plugin's
+/// order. None when there is no address.
+pub fn select_pod_ips(ips: &[crate::backend::IpConfig], preference: &str) -> Option<(String, Vec<String>)> {
+    let on_eth0: Vec<&str> = ips.iter().filter(|ip| ip.interface == "eth0").map(|ip| ip.address.as_str()).collect();
+    let candidates = if on_eth0.is_empty() { ips.iter().map(|ip| ip.address.as_str()).collect() } else { on_eth0 };
+    let is_v6 = |address: &str| address.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_ipv6());
+    let chosen = match preference {
+        "cni" => 0,
+        "ipv6" => candidates.iter().position(|a| is_v6(a)).unwrap_or(0),
+        _ => candidates.iter().position(|a| !is_v6(a)).unwrap_or(0),
+    };
+    let primary = candidates.get(chosen)?.to_string();
+    let others = candidates.iter().enumerate().filter(|&(i, _)| i != chosen).map(|(_, a)| a.to_string()).collect();
+    Some((primary, others))
+}
 
 /// Rollback steps, in the order they were registered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +152,11 @@ impl CriService {
         let snapshotter = self.config.snapshotter_for(&state.metadata.runtime_handler);
         let runtime = self.config.runtime_type_for(&state.metadata.runtime_handler)?;
 
+        let policy = crate::spec::SpecPolicy::new(
+            &self.config,
+            &state.metadata.runtime_handler,
+            self.backends.os.apparmor_enabled(),
+        )?;
         let root_dir = self.sandbox_root(&id);
         let state_dir = self.sandbox_state_dir(&id);
         let host_ipc = crate::spec::sandbox_spec(SandboxSpecInput {
@@ -143,6 +168,7 @@ impl CriService {
             restrict_oom_score_adj: false,
             root_dir: &root_dir,
             shm_path: None,
+            policy: &policy,
         })
         .host_ipc;
         let shm_path = (!host_ipc).then(|| self.sandbox_shm_dir(&id));
@@ -156,6 +182,7 @@ impl CriService {
                 restrict_oom_score_adj: self.config.restrict_oom_score_adj,
                 root_dir: &root_dir,
                 shm_path: shm_path.clone(),
+                policy: &policy,
             })
         };
         let spec = spec_for(state.metadata.netns_path.clone());
@@ -215,13 +242,11 @@ impl CriService {
                 .setup(&self.pod_network(&state.metadata, &state.config))
                 .await
                 .map_err(|e| e.context("failed to setup network for sandbox"))?;
-            let primary = result.ips.iter().find(|ip| ip.interface == "eth0").or(result.ips.first());
-            let Some(primary) = primary else {
+            let Some((primary, additional)) = select_pod_ips(&result.ips, &self.config.cni.ip_pref) else {
                 return Err(Error::internal("CNI result has no IP address for eth0"));
             };
-            state.metadata.ip = primary.address.clone();
-            state.metadata.additional_ips =
-                result.ips.iter().filter(|ip| ip.address != primary.address).map(|ip| ip.address.clone()).collect();
+            state.metadata.ip = primary;
+            state.metadata.additional_ips = additional;
             state.metadata.cni_result = Some(result);
             self.persist_sandbox_metadata(&mut record, &state.metadata).await?;
         }
@@ -304,11 +329,14 @@ impl CriService {
         // A pod that names no hostname (host network) has the node's, as in containerd.
         let hostname = if config.hostname.is_empty() { os.hostname() } else { config.hostname.clone() };
         os.write_file(&format!("{root_dir}/hostname"), format!("{hostname}\n").as_bytes()).await?;
-        os.write_file(
-            &format!("{root_dir}/hosts"),
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string().as_bytes(),
-        )
-        .await?;
+        // The node's /etc/hosts, as containerd copies it (kubelet mounts its own over it for
+        // pods it manages); a node without one gets the loopback names.
+        let hosts = match os.read_file(HOST_HOSTS_FILE).await {
+            Ok(hosts) => hosts,
+            Err(e) if e.is_not_found() => DEFAULT_HOSTS.as_bytes().to_vec(),
+            Err(e) => return Err(e.context(format!("failed to read {HOST_HOSTS_FILE}"))),
+        };
+        os.write_file(&format!("{root_dir}/hosts"), &hosts).await?;
         let mut resolv = String::new();
         if let Some(dns) = &config.dns_config {
             for server in &dns.servers {
@@ -402,5 +430,30 @@ pub(crate) fn ignore_not_found(result: Result<()>) -> Result<()> {
     match result {
         Err(error) if error.is_not_found() => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::select_pod_ips;
+    use crate::backend::IpConfig;
+
+    fn ip(interface: &str, address: &str) -> IpConfig {
+        IpConfig { interface: interface.into(), address: address.into(), gateway: String::new() }
+    }
+
+    /// containerd's `ip_pref`: IPv4 first by default, IPv6 first on request, the plugin's
+    /// order for `cni`; only eth0's addresses count when the plugin names interfaces.
+    #[test]
+    fn pod_ips_follow_the_preference() {
+        let ips = [ip("eth0", "fd00::5"), ip("eth0", "10.0.0.5"), ip("net1", "192.168.0.9")];
+        let pick = |pref: &str| select_pod_ips(&ips, pref).unwrap();
+        assert_eq!(pick(""), ("10.0.0.5".to_string(), vec!["fd00::5".to_string()]));
+        assert_eq!(pick("ipv4"), pick(""));
+        assert_eq!(pick("ipv6"), ("fd00::5".to_string(), vec!["10.0.0.5".to_string()]));
+        assert_eq!(pick("cni"), pick("ipv6"));
+        let unnamed = [ip("", "fd00::7")];
+        assert_eq!(select_pod_ips(&unnamed, "ipv4").unwrap(), ("fd00::7".to_string(), vec![]));
+        assert_eq!(select_pod_ips(&[], ""), None);
     }
 }

@@ -2,8 +2,65 @@
 
 use k8s_cri::v1::{ContainerConfig, LinuxContainerResources, NamespaceMode, PodSandboxConfig};
 
-use crate::backend::{ImageConfig, MountSpec, Resources, WorkloadSpec};
+use crate::backend::{DeviceRequest, ImageConfig, MountSpec, Resources, WorkloadSpec};
+use crate::config::{Config, RuntimeConfig};
+use crate::error::{Error, Result};
 use crate::naming::sorted;
+
+/// What the daemon's configuration and its host decide about every spec of one runtime
+/// handler, read once per request.
+#[derive(Clone, Debug, Default)]
+pub struct SpecPolicy {
+    /// The handler's runtime entry (annotation pass-through, devices, runc options).
+    pub runtime: RuntimeConfig,
+    pub unset_seccomp_profile: String,
+    /// The host has AppArmor and the config does not disable it.
+    pub apparmor_enabled: bool,
+    pub enable_unprivileged_ports: bool,
+    pub enable_unprivileged_icmp: bool,
+    pub device_ownership_from_security_context: bool,
+    pub disable_cgroup: bool,
+}
+
+impl SpecPolicy {
+    pub fn new(config: &Config, handler: &str, host_apparmor: bool) -> Result<SpecPolicy> {
+        let runtime = config
+            .containerd
+            .runtimes
+            .get(handler)
+            .cloned()
+            .ok_or_else(|| Error::precondition(format!("runtime handler {handler:?} is not configured")))?;
+        Ok(SpecPolicy {
+            runtime,
+            unset_seccomp_profile: config.unset_seccomp_profile.clone(),
+            apparmor_enabled: host_apparmor && !config.disable_apparmor,
+            enable_unprivileged_ports: config.enable_unprivileged_ports,
+            enable_unprivileged_icmp: config.enable_unprivileged_icmp,
+            device_ownership_from_security_context: config.device_ownership_from_security_context,
+            disable_cgroup: config.disable_cgroup,
+        })
+    }
+
+    /// The runtime-level choices every workload of this handler carries to the backend.
+    fn apply_runtime(&self, spec: &mut WorkloadSpec) {
+        spec.runtime_path = self.runtime.runtime_path.clone();
+        spec.runc_options = self.runtime.options.clone();
+        spec.cgroups_disabled = self.disable_cgroup;
+    }
+}
+
+/// The annotations of `annotations` whose keys match one of `patterns` (names or globs, where
+/// `*` stops at `/`, as containerd matches them).
+pub fn passthrough_annotations(
+    annotations: &std::collections::HashMap<String, String>,
+    patterns: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    let options = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
+    let patterns: Vec<glob::Pattern> = patterns.iter().filter_map(|p| glob::Pattern::new(p).ok()).collect();
+    let mut out = sorted(annotations);
+    out.retain(|key, _| patterns.iter().any(|p| p.matches_with(key, options)));
+    out
+}
 
 /// containerd's default `oom_score_adj` for the pause container.
 pub const SANDBOX_OOM_SCORE_ADJ: i32 = -998;
@@ -72,14 +129,15 @@ pub mod annotations {
     pub const IMAGE_NAME: &str = "io.kubernetes.cri.image-name";
 }
 
-/// The config's own annotations, then the CRI's, which win on a clash: a pod must not be able to
-/// move its containers into another pod's shim.
+/// The pod's (and the container's) annotations that the runtime handler lets through, then the
+/// CRI's own, which win on a clash: a pod must not be able to move its containers into another
+/// pod's shim.
 fn cri_annotations(
-    config_annotations: &std::collections::HashMap<String, String>,
+    passthrough: std::collections::BTreeMap<String, String>,
     sandbox_id: &str,
     sandbox: &PodSandboxConfig,
 ) -> std::collections::BTreeMap<String, String> {
-    let mut out = sorted(config_annotations);
+    let mut out = passthrough;
     let metadata = sandbox.metadata.clone().unwrap_or_default();
     out.insert(annotations::SANDBOX_ID.into(), sandbox_id.into());
     out.insert(annotations::SANDBOX_NAME.into(), metadata.name);
@@ -97,29 +155,109 @@ pub struct SandboxSpecInput<'a> {
     pub restrict_oom_score_adj: bool,
     pub root_dir: &'a str,
     pub shm_path: Option<String>,
+    pub policy: &'a SpecPolicy,
 }
 
 /// The seccomp profile a container asks for, as containerd reads the CRI: the `seccomp` field
 /// wins over the deprecated `seccomp_profile_path`; none means unconfined; a privileged
 /// container is never confined.
+/// A request that names no profile gets the config's `unset_seccomp_profile`.
 #[expect(deprecated, reason = "kubelets before 1.19 still send seccomp_profile_path")]
-fn seccomp_profile(security: Option<&k8s_cri::v1::LinuxContainerSecurityContext>) -> String {
+fn seccomp_profile(security: Option<&k8s_cri::v1::LinuxContainerSecurityContext>, unset: &str) -> String {
     use k8s_cri::v1::security_profile::ProfileType;
-    let Some(security) = security else { return String::new() };
-    if security.privileged {
+    if security.is_some_and(|s| s.privileged) {
         return String::new();
     }
-    match &security.seccomp {
+    let named = match security {
+        None => "",
+        Some(security) => match &security.seccomp {
+            Some(profile) => match ProfileType::try_from(profile.profile_type) {
+                Ok(ProfileType::RuntimeDefault) => return "runtime/default".into(),
+                Ok(ProfileType::Localhost) => return format!("localhost/{}", profile.localhost_ref),
+                _ => return String::new(),
+            },
+            None => security.seccomp_profile_path.as_str(),
+        },
+    };
+    match if named.is_empty() { unset } else { named } {
+        "docker/default" | "runtime/default" => "runtime/default".into(),
+        "unconfined" => String::new(),
+        path => path.into(),
+    }
+}
+
+/// The AppArmor profile a container runs under, as containerd decides it. Without AppArmor on
+/// the host (or with `disable_apparmor`) nothing is applied, but a profile the request names
+/// explicitly is refused rather than silently dropped; RuntimeDefault is then a no-op, as in
+/// containerd.
+#[expect(deprecated, reason = "kubelets before 1.30 send apparmor_profile")]
+pub fn apparmor_profile(
+    security: Option<&k8s_cri::v1::LinuxContainerSecurityContext>,
+    apparmor_enabled: bool,
+) -> Result<String> {
+    use k8s_cri::v1::security_profile::ProfileType;
+    let Some(security) = security else { return Ok(String::new()) };
+    let named = match &security.apparmor {
         Some(profile) => match ProfileType::try_from(profile.profile_type) {
-            Ok(ProfileType::RuntimeDefault) => "runtime/default".into(),
             Ok(ProfileType::Localhost) => format!("localhost/{}", profile.localhost_ref),
-            _ => String::new(),
+            Ok(ProfileType::Unconfined) => "unconfined".into(),
+            _ => "runtime/default".into(),
         },
-        None => match security.seccomp_profile_path.as_str() {
-            "docker/default" => "runtime/default".into(),
-            "unconfined" => String::new(),
-            path => path.into(),
-        },
+        None if security.apparmor_profile.is_empty() => String::new(),
+        None => security.apparmor_profile.clone(),
+    };
+    if !apparmor_enabled {
+        return match named.as_str() {
+            "" | "unconfined" | "runtime/default" => Ok(String::new()),
+            other => {
+                Err(Error::invalid(format!("apparmor is not supported on this node; cannot apply profile {other:?}")))
+            }
+        };
+    }
+    Ok(match named.as_str() {
+        "unconfined" => String::new(),
+        // Privileged containers are not confined by default.
+        "" | "runtime/default" if security.privileged => String::new(),
+        "" | "runtime/default" => "runtime/default".into(),
+        other => other.to_string(),
+    })
+}
+
+/// The CRI's devices, checked: absolute paths, permissions drawn from `rwm`.
+fn device_requests(config: &ContainerConfig) -> Result<Vec<DeviceRequest>> {
+    config
+        .devices
+        .iter()
+        .map(|d| {
+            if !d.host_path.starts_with('/') {
+                return Err(Error::invalid(format!("device host path {:?} must be absolute", truncated(&d.host_path))));
+            }
+            let container_path =
+                if d.container_path.is_empty() { d.host_path.clone() } else { d.container_path.clone() };
+            if !container_path.starts_with('/') || container_path.split('/').any(|part| part == "..") {
+                return Err(Error::invalid(format!(
+                    "device container path {:?} must be absolute and stay under /",
+                    truncated(&container_path)
+                )));
+            }
+            let permissions = if d.permissions.is_empty() { "rwm".to_string() } else { d.permissions.clone() };
+            if !permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+                return Err(Error::invalid(format!(
+                    "device {:?}: permissions {:?} must be drawn from \"rwm\"",
+                    truncated(&d.host_path),
+                    truncated(&permissions)
+                )));
+            }
+            Ok(DeviceRequest { host_path: d.host_path.clone(), container_path, permissions })
+        })
+        .collect()
+}
+
+/// At most 256 characters of a request's text, for error messages.
+fn truncated(text: &str) -> String {
+    match text.char_indices().nth(256) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
     }
 }
 
@@ -166,14 +304,24 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
     if let Some(shm) = input.shm_path {
         mounts.push(bind(&shm, "/dev/shm", false));
     }
-    WorkloadSpec {
+    let mut sysctls = linux.map(|l| sorted(&l.sysctls)).unwrap_or_default();
+    if !host_network(config) {
+        // Only within the pod's own network namespace, and never over the pod's own choice.
+        if input.policy.enable_unprivileged_ports {
+            sysctls.entry("net.ipv4.ip_unprivileged_port_start".into()).or_insert_with(|| "0".into());
+        }
+        if input.policy.enable_unprivileged_icmp {
+            sysctls.entry("net.ipv4.ping_group_range".into()).or_insert_with(|| "0 2147483647".into());
+        }
+    }
+    let mut spec = WorkloadSpec {
         sandbox: true,
         args,
         env: input.image.env.clone(),
         working_dir: input.image.working_dir.clone(),
         hostname: config.hostname.clone(),
         netns_path: input.netns_path,
-        sysctls: linux.map(|l| sorted(&l.sysctls)).unwrap_or_default(),
+        sysctls,
         host_network: host_network(config),
         host_pid: namespace_mode(config, |o| o.pid) == NamespaceMode::Node as i32,
         host_ipc: namespace_mode(config, |o| o.ipc) == NamespaceMode::Node as i32,
@@ -199,13 +347,16 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
         mounts,
         labels: sorted(&config.labels),
         annotations: {
-            let mut a = cri_annotations(&config.annotations, input.id, config);
+            let passthrough = passthrough_annotations(&config.annotations, &input.policy.runtime.pod_annotations);
+            let mut a = cri_annotations(passthrough, input.id, config);
             a.insert(annotations::CONTAINER_TYPE.into(), annotations::CONTAINER_TYPE_SANDBOX.into());
             a.insert(annotations::SANDBOX_LOG_DIRECTORY.into(), config.log_directory.clone());
             a
         },
         ..Default::default()
-    }
+    };
+    input.policy.apply_runtime(&mut spec);
+    spec
 }
 
 fn bind(source: &str, destination: &str, readonly: bool) -> MountSpec {
@@ -232,9 +383,19 @@ pub struct ContainerSpecInput<'a> {
     pub node_hostname: String,
     /// The pod's /dev/shm (a tmpfs the sandbox mounted), which its containers share.
     pub sandbox_shm_dir: String,
+    /// The container's own directory: its image volumes live under `volumes/`.
+    pub container_root_dir: &'a str,
+    /// For the CRI's TARGET pid mode: the running target container's task pid.
+    pub target_pid: u32,
+    pub policy: &'a SpecPolicy,
 }
 
-pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
+/// Where the `index`th image volume of a container lives on the host.
+pub fn volume_dir(container_root_dir: &str, index: usize) -> String {
+    format!("{container_root_dir}/volumes/{index}")
+}
+
+pub fn container_spec(input: ContainerSpecInput<'_>) -> Result<WorkloadSpec> {
     let config = input.config;
     // Kubernetes semantics: `command` replaces the entrypoint and drops the image cmd; `args`
     // replaces the cmd.
@@ -299,23 +460,44 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         }
     }
     if !input.ignore_image_volumes {
-        for volume in &input.image.volumes {
+        // Each image VOLUME becomes a directory of the container's own, which the backend fills
+        // with the image's content at that path before the container first runs, as containerd
+        // does; a CRI mount at the same place wins.
+        for (index, volume) in input.image.volumes.iter().enumerate() {
             if !mounts.iter().any(|m| &m.destination == volume) {
                 mounts.push(MountSpec {
                     destination: volume.clone(),
-                    source: String::new(),
+                    source: volume_dir(input.container_root_dir, index),
                     kind: "volume".into(),
-                    options: vec![],
+                    options: vec!["rbind".into(), "rw".into(), "rprivate".into()],
                 });
             }
         }
     }
     let add_capabilities =
         security.and_then(|s| s.capabilities.as_ref()).map(|c| c.add_capabilities.clone()).unwrap_or_default();
-    let seccomp = seccomp_profile(security);
+    let seccomp = seccomp_profile(security, &input.policy.unset_seccomp_profile);
+    let apparmor = apparmor_profile(security, input.policy.apparmor_enabled)?;
     let container_pid_mode =
         security.and_then(|s| s.namespace_options.as_ref()).map_or(NamespaceMode::Pod as i32, |o| o.pid);
-    WorkloadSpec {
+    if container_pid_mode == NamespaceMode::Target as i32 && input.target_pid == 0 {
+        return Err(Error::precondition("TARGET pid namespace mode needs a running target container"));
+    }
+    let privileged = security.is_some_and(|s| s.privileged);
+    let sandbox_privileged =
+        input.sandbox_config.linux.as_ref().and_then(|l| l.security_context.as_ref()).is_some_and(|s| s.privileged);
+    if privileged && !sandbox_privileged {
+        // A privileged container would hold more than the pod it lives in, as containerd refuses.
+        return Err(Error::invalid("no privileged container allowed in sandbox"));
+    }
+    let runtime = &input.policy.runtime;
+    // As containerd: the CRI's own numbers (not names) when the config asks for it.
+    let device_owner = input.policy.device_ownership_from_security_context.then(|| {
+        let uid = security.and_then(|s| s.run_as_user.as_ref()).map_or(0, |u| u.value as u32);
+        let gid = security.and_then(|s| s.run_as_group.as_ref()).map_or(0, |g| g.value as u32);
+        (uid, gid)
+    });
+    let mut spec = WorkloadSpec {
         sandbox: false,
         args,
         env,
@@ -328,13 +510,23 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         netns_path: input.netns_path,
         sandbox_pid: input.sandbox_pid,
         // The container's own namespace options, as kubelet sets them: NODE shares the host's
-        // PID namespace, CONTAINER gets its own, POD (and TARGET, not supported yet) the pod's.
+        // PID namespace, CONTAINER gets its own, TARGET joins the target container's, POD the pod's.
         host_pid: container_pid_mode == NamespaceMode::Node as i32,
         own_pid_namespace: container_pid_mode == NamespaceMode::Container as i32,
+        target_pid: if container_pid_mode == NamespaceMode::Target as i32 { input.target_pid } else { 0 },
+        devices: device_requests(config)?,
+        device_owner,
+        // Privileged containers see the host's devices and may use any, unless the runtime
+        // handler keeps them away (e.g. a VM-based runtime).
+        host_devices: privileged && !runtime.privileged_without_host_devices,
+        all_devices_allowed: privileged
+            && (!runtime.privileged_without_host_devices
+                || runtime.privileged_without_host_devices_all_devices_allowed),
+        apparmor_profile: apparmor,
         host_network: host_network(input.sandbox_config),
         cgroup_parent: input.sandbox_config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
         oom_score_adj: clamp_oom_score_adj(requested_oom, input.own_oom_score_adj, input.restrict_oom_score_adj),
-        privileged: security.is_some_and(|s| s.privileged),
+        privileged,
         sysctls: input.sandbox_config.linux.as_ref().map(|l| sorted(&l.sysctls)).unwrap_or_default(),
         masked_paths: security.map(|s| s.masked_paths.clone()).unwrap_or_default(),
         readonly_paths: security.map(|s| s.readonly_paths.clone()).unwrap_or_default(),
@@ -369,7 +561,9 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         resources,
         labels: sorted(&config.labels),
         annotations: {
-            let mut a = cri_annotations(&config.annotations, input.sandbox_id, input.sandbox_config);
+            let mut passthrough = passthrough_annotations(&input.sandbox_config.annotations, &runtime.pod_annotations);
+            passthrough.extend(passthrough_annotations(&config.annotations, &runtime.container_annotations));
+            let mut a = cri_annotations(passthrough, input.sandbox_id, input.sandbox_config);
             a.insert(annotations::CONTAINER_TYPE.into(), annotations::CONTAINER_TYPE_CONTAINER.into());
             a.insert(
                 annotations::CONTAINER_NAME.into(),
@@ -384,7 +578,9 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> WorkloadSpec {
         tty: config.tty,
         stdin: config.stdin,
         ..Default::default()
-    }
+    };
+    input.policy.apply_runtime(&mut spec);
+    Ok(spec)
 }
 
 /// Parses a stop signal name (`SIGTERM`, `TERM`) or number; None when unknown.
@@ -431,6 +627,15 @@ mod tests {
 
     /// A container of sandbox "s1" with everything else at its plainest.
     fn test_container_spec(config: &ContainerConfig, sandbox: &PodSandboxConfig, image: &ImageConfig) -> WorkloadSpec {
+        container_spec_with(config, sandbox, image, &SpecPolicy::default()).unwrap()
+    }
+
+    fn container_spec_with(
+        config: &ContainerConfig,
+        sandbox: &PodSandboxConfig,
+        image: &ImageConfig,
+        policy: &SpecPolicy,
+    ) -> Result<WorkloadSpec> {
         container_spec(ContainerSpecInput {
             sandbox_id: "s1",
             config,
@@ -444,7 +649,278 @@ mod tests {
             ignore_image_volumes: false,
             node_hostname: "node-1".into(),
             sandbox_shm_dir: "/state/sandboxes/s1/shm".into(),
+            container_root_dir: "/root/containers/c1",
+            target_pid: 0,
+            policy,
         })
+    }
+
+    fn sandbox_spec_with(sandbox: &PodSandboxConfig, policy: &SpecPolicy) -> WorkloadSpec {
+        sandbox_spec(SandboxSpecInput {
+            id: "s1",
+            config: sandbox,
+            image: &ImageConfig::default(),
+            netns_path: String::new(),
+            own_oom_score_adj: 0,
+            restrict_oom_score_adj: false,
+            root_dir: "/r",
+            shm_path: None,
+            policy,
+        })
+    }
+
+    fn with_security(security: k8s_cri::v1::LinuxContainerSecurityContext) -> ContainerConfig {
+        ContainerConfig {
+            linux: Some(k8s_cri::v1::LinuxContainerConfig { security_context: Some(security), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn privileged_pod() -> PodSandboxConfig {
+        PodSandboxConfig {
+            linux: Some(k8s_cri::v1::LinuxPodSandboxConfig {
+                security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+                    privileged: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn privileged_containers_need_a_privileged_pod() {
+        use k8s_cri::v1::LinuxContainerSecurityContext;
+        let privileged = with_security(LinuxContainerSecurityContext { privileged: true, ..Default::default() });
+        let image = ImageConfig::default();
+        let error =
+            container_spec_with(&privileged, &PodSandboxConfig::default(), &image, &SpecPolicy::default()).unwrap_err();
+        assert_eq!(error.kind, crate::ErrorKind::InvalidArgument);
+        assert!(
+            container_spec_with(&privileged, &privileged_pod(), &image, &SpecPolicy::default()).unwrap().privileged
+        );
+    }
+
+    fn host_network_pod() -> PodSandboxConfig {
+        use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption};
+        PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Annotations reach the runtime only when the handler lets them through, by name or by
+    /// glob (`*` stopping at `/`), as containerd's pod_annotations and container_annotations.
+    #[test]
+    fn only_the_handlers_annotations_pass_through() {
+        let sandbox = PodSandboxConfig {
+            annotations: [("io.kata/vcpus", "2"), ("io.kata/sub/deep", "x"), ("team", "a")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let config = ContainerConfig {
+            annotations: [("c.example/debug", "1"), ("other", "2")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let none = test_container_spec(&config, &sandbox, &ImageConfig::default());
+        assert!(!none.annotations.contains_key("team") && !none.annotations.contains_key("other"));
+        let mut policy = SpecPolicy::default();
+        policy.runtime.pod_annotations = vec!["io.kata/*".into()];
+        policy.runtime.container_annotations = vec!["c.example/debug".into()];
+        let spec = container_spec_with(&config, &sandbox, &ImageConfig::default(), &policy).unwrap();
+        let passed: Vec<&str> =
+            spec.annotations.keys().map(String::as_str).filter(|k| !k.starts_with("io.kubernetes.cri.")).collect();
+        assert_eq!(passed, ["c.example/debug", "io.kata/vcpus"]);
+        let pause = sandbox_spec_with(&sandbox, &policy);
+        assert!(pause.annotations.contains_key("io.kata/vcpus") && !pause.annotations.contains_key("c.example/debug"));
+    }
+
+    #[test]
+    fn unprivileged_ports_and_icmp_only_in_the_pods_own_network() {
+        let policy =
+            SpecPolicy { enable_unprivileged_ports: true, enable_unprivileged_icmp: true, ..Default::default() };
+        let pod = sandbox_spec_with(&PodSandboxConfig::default(), &policy);
+        assert_eq!(pod.sysctls["net.ipv4.ip_unprivileged_port_start"], "0");
+        assert_eq!(pod.sysctls["net.ipv4.ping_group_range"], "0 2147483647");
+        assert!(sandbox_spec_with(&host_network_pod(), &policy).sysctls.is_empty());
+        let own = PodSandboxConfig {
+            linux: Some(k8s_cri::v1::LinuxPodSandboxConfig {
+                sysctls: [("net.ipv4.ip_unprivileged_port_start".to_string(), "80".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(sandbox_spec_with(&own, &policy).sysctls["net.ipv4.ip_unprivileged_port_start"], "80");
+        assert!(sandbox_spec_with(&PodSandboxConfig::default(), &SpecPolicy::default()).sysctls.is_empty());
+    }
+
+    /// containerd's choices: the request's profile, else `unset_seccomp_profile`; privileged
+    /// containers unconfined.
+    #[test]
+    fn seccomp_falls_back_to_the_unset_profile() {
+        use k8s_cri::v1::{LinuxContainerSecurityContext, SecurityProfile, security_profile::ProfileType};
+        let policy = SpecPolicy { unset_seccomp_profile: "runtime/default".into(), ..Default::default() };
+        let sandbox = PodSandboxConfig::default();
+        let image = ImageConfig::default();
+        let profile = |config: &ContainerConfig, policy: &SpecPolicy| {
+            container_spec_with(config, &sandbox, &image, policy).unwrap().seccomp_profile
+        };
+        assert_eq!(profile(&ContainerConfig::default(), &policy), "runtime/default");
+        assert_eq!(profile(&ContainerConfig::default(), &SpecPolicy::default()), "");
+        let unconfined = with_security(LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile { profile_type: ProfileType::Unconfined as i32, ..Default::default() }),
+            ..Default::default()
+        });
+        assert_eq!(profile(&unconfined, &policy), "");
+        let privileged = with_security(LinuxContainerSecurityContext { privileged: true, ..Default::default() });
+        let pod = privileged_pod();
+        assert_eq!(container_spec_with(&privileged, &pod, &image, &policy).unwrap().seccomp_profile, "");
+    }
+
+    /// Without AppArmor on the node, RuntimeDefault and unconfined are no-ops and a named
+    /// profile is refused (never dropped).
+    #[test]
+    fn apparmor_follows_the_host() {
+        use k8s_cri::v1::{LinuxContainerSecurityContext, SecurityProfile, security_profile::ProfileType};
+        let named = LinuxContainerSecurityContext {
+            apparmor: Some(SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: "my-profile".into(),
+            }),
+            ..Default::default()
+        };
+        let default = LinuxContainerSecurityContext {
+            apparmor: Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(apparmor_profile(Some(&default), false).unwrap(), "");
+        let error = apparmor_profile(Some(&named), false).unwrap_err();
+        assert!(error.message.contains("apparmor is not supported"), "{error}");
+        assert_eq!(apparmor_profile(Some(&named), true).unwrap(), "localhost/my-profile");
+        assert_eq!(apparmor_profile(Some(&default), true).unwrap(), "runtime/default");
+        let privileged = LinuxContainerSecurityContext { privileged: true, ..Default::default() };
+        assert_eq!(apparmor_profile(Some(&privileged), true).unwrap(), "");
+    }
+
+    #[test]
+    fn devices_are_checked_and_privileged_ones_follow_the_handler() {
+        use k8s_cri::v1::{Device, LinuxContainerSecurityContext};
+        let sandbox = PodSandboxConfig::default();
+        let image = ImageConfig::default();
+        let mut config = ContainerConfig {
+            devices: vec![Device {
+                host_path: "/dev/fuse".into(),
+                container_path: String::new(),
+                permissions: "".into(),
+            }],
+            ..Default::default()
+        };
+        let spec = test_container_spec(&config, &sandbox, &image);
+        assert_eq!(
+            spec.devices,
+            [DeviceRequest {
+                host_path: "/dev/fuse".into(),
+                container_path: "/dev/fuse".into(),
+                permissions: "rwm".into()
+            }]
+        );
+        assert!(!spec.host_devices && !spec.all_devices_allowed);
+        for (host, container, permissions) in
+            [("dev/fuse", "/dev/fuse", "rw"), ("/dev/fuse", "/../etc/x", "rw"), ("/dev/fuse", "/dev/f", "rwx")]
+        {
+            config.devices[0] =
+                Device { host_path: host.into(), container_path: container.into(), permissions: permissions.into() };
+            let error = container_spec_with(&config, &sandbox, &image, &SpecPolicy::default()).unwrap_err();
+            assert_eq!(error.kind, crate::ErrorKind::InvalidArgument, "{host} {container} {permissions}");
+        }
+        let privileged = with_security(LinuxContainerSecurityContext {
+            privileged: true,
+            run_as_user: Some(k8s_cri::v1::Int64Value { value: 1000 }),
+            ..Default::default()
+        });
+        let sandbox = privileged_pod();
+        let spec = test_container_spec(&privileged, &sandbox, &image);
+        assert!(spec.host_devices && spec.all_devices_allowed && spec.device_owner.is_none());
+        let mut policy = SpecPolicy { device_ownership_from_security_context: true, ..Default::default() };
+        policy.runtime.privileged_without_host_devices = true;
+        let spec = container_spec_with(&privileged, &sandbox, &image, &policy).unwrap();
+        assert!(!spec.host_devices && !spec.all_devices_allowed);
+        assert_eq!(spec.device_owner, Some((1000, 0)));
+        policy.runtime.privileged_without_host_devices_all_devices_allowed = true;
+        let spec = container_spec_with(&privileged, &sandbox, &image, &policy).unwrap();
+        assert!(!spec.host_devices && spec.all_devices_allowed);
+    }
+
+    #[test]
+    fn image_volumes_get_directories_of_the_container() {
+        let image = ImageConfig { volumes: vec!["/data".into(), "/cache".into()], ..Default::default() };
+        let config = ContainerConfig {
+            mounts: vec![k8s_cri::v1::Mount {
+                container_path: "/cache".into(),
+                host_path: "/host/cache".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let spec = test_container_spec(&config, &PodSandboxConfig::default(), &image);
+        let volumes: Vec<(&str, &str)> = spec
+            .mounts
+            .iter()
+            .filter(|m| m.kind == "volume")
+            .map(|m| (m.destination.as_str(), m.source.as_str()))
+            .collect();
+        assert_eq!(volumes, [("/data", "/root/containers/c1/volumes/0")]);
+    }
+
+    #[test]
+    fn target_pid_mode_needs_a_running_target() {
+        use k8s_cri::v1::{LinuxContainerSecurityContext, NamespaceOption};
+        let config = with_security(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Target as i32,
+                target_id: "c0".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let error =
+            container_spec_with(&config, &PodSandboxConfig::default(), &ImageConfig::default(), &SpecPolicy::default())
+                .unwrap_err();
+        assert_eq!(error.kind, crate::ErrorKind::FailedPrecondition);
+        let spec = container_spec(ContainerSpecInput {
+            sandbox_id: "s1",
+            config: &config,
+            sandbox_config: &PodSandboxConfig::default(),
+            image: &ImageConfig::default(),
+            netns_path: String::new(),
+            sandbox_pid: 1,
+            sandbox_root_dir: "/r",
+            own_oom_score_adj: 0,
+            restrict_oom_score_adj: false,
+            ignore_image_volumes: false,
+            node_hostname: "node-1".into(),
+            sandbox_shm_dir: "/shm".into(),
+            container_root_dir: "/c",
+            target_pid: 4242,
+            policy: &SpecPolicy::default(),
+        })
+        .unwrap();
+        assert_eq!((spec.target_pid, spec.own_pid_namespace, spec.host_pid), (4242, false, false));
     }
 
     #[test]
@@ -488,6 +964,7 @@ mod tests {
             restrict_oom_score_adj: false,
             root_dir: "/r",
             shm_path: None,
+            policy: &SpecPolicy::default(),
         });
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
@@ -498,7 +975,8 @@ mod tests {
         let app = test_container_spec(&config, &sandbox, &image);
         for spec in [&pause, &app] {
             assert_eq!(spec.annotations[annotations::SANDBOX_ID], "s1");
-            assert_eq!(spec.annotations["team"], "a");
+            // Not passed through: the default handler lets no pod annotation reach the runtime.
+            assert!(!spec.annotations.contains_key("team"));
             assert_eq!(
                 (
                     spec.annotations[annotations::SANDBOX_NAME].as_str(),

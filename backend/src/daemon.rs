@@ -177,6 +177,8 @@ pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>)>
         fifo_dir: state_dir.join("io"),
         registry_config_path,
         default_snapshotter: config.cri.containerd.snapshotter.clone(),
+        max_log_line_bytes: config.cri.max_container_log_line_size,
+        exec_drain: config.cri.drain_exec_sync_io_timeout(),
     })?);
     let version = tokio::time::timeout(CONTAINERD_CONNECT_TIMEOUT, containerd.version())
         .await

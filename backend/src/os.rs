@@ -288,6 +288,11 @@ impl Os for LinuxOs {
         current_capabilities()
     }
 
+    fn apparmor_enabled(&self) -> bool {
+        // The kernel's own answer, as runc and containerd read it.
+        fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y")
+    }
+
     fn random_bytes(&self, buf: &mut [u8]) {
         fill_random(buf)
     }

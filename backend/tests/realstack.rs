@@ -405,6 +405,132 @@ async fn security_context_from_inside(cri: &mut Cri) {
     cri.assert_no_leaks();
 }
 
+/// What an image and the CRI put into a container, seen from inside it: the image's USER and
+/// its /etc/group memberships, an image VOLUME holding the image's files, a CRI device, the
+/// TARGET pid namespace, and a Bidirectional mount whose inner mounts reach the host.
+async fn image_and_devices_from_inside(cri: &mut Cri) {
+    let who = cri.kind.name();
+    let nonroot = cri.image("nonroot:latest");
+    cri.pull(&nonroot).await;
+    let busybox = cri.image("busybox:latest");
+    cri.pull(&busybox).await;
+    let mut pod = cri.pod_config(&unique("img"));
+    // Privileged, for the mounting container below.
+    pod.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext { privileged: true, ..Default::default() }),
+        ..Default::default()
+    });
+    let pod_id = cri.run_pod(&pod).await;
+
+    let mut config = cri.container_config("nonroot", &["sleep", "1000"]);
+    config.image = Some(ImageSpec { image: nonroot.clone(), ..Default::default() });
+    config.devices = vec![Device {
+        container_path: "/dev/crid-null".into(),
+        host_path: "/dev/null".into(),
+        permissions: "rw".into(),
+    }];
+    // A PID namespace of its own, which the debugger below joins.
+    config.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption { pid: NamespaceMode::Container as i32, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let app = cri.create_container_with(&pod_id, &pod, config).await;
+    cri.start_container(&app).await;
+    let (code, identity) = cri.exec(&app, &["id"]).await;
+    assert_eq!(code, 0, "{who}: {identity}");
+    assert!(identity.starts_with("uid=1000(app) gid=1000(app)"), "{who}: the image's USER 1000:1000: {identity}");
+    // containerd 1.7 takes the memberships of the USER's user part; the 1.6 reference on the
+    // stack looks up the whole "1000:1000" and finds none.
+    if cri.kind == Kind::Crid {
+        assert!(identity.contains("2000(extra)"), "{who}: the image's /etc/group membership: {identity}");
+    }
+    let (code, seed) = cri.exec(&app, &["cat", "/data/seed"]).await;
+    assert_eq!((code, seed.trim()), (0, "seeded by the image"), "{who}: the image VOLUME holds the image's files");
+    let (code, _) = cri.exec(&app, &["sh", "-c", "echo written > /data/new"]).await;
+    assert_eq!(code, 0, "{who}: the volume keeps the image's owner (1000), so its user may write");
+    let (_, device) = cri.exec(&app, &["ls", "-l", "/dev/crid-null"]).await;
+    assert!(device.starts_with('c') && device.contains("1,") && device.contains(" 3 "), "{who}: {device}");
+    let (code, _) = cri.exec(&app, &["sh", "-c", "echo x > /dev/crid-null"]).await;
+    assert_eq!(code, 0, "{who}: the device cgroup lets the container write the device");
+
+    // TARGET: a debug container in the app's own PID namespace sees the app's process as PID 1.
+    let mut debug = cri.container_config("debugger", &["sleep", "1001"]);
+    debug.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Target as i32,
+                target_id: app.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let debugger = cri.create_container_with(&pod_id, &pod, debug).await;
+    cri.start_container(&debugger).await;
+    let (_, init) = cri.exec(&debugger, &["cat", "/proc/1/cmdline"]).await;
+    assert_eq!(init.replace('\0', " ").trim(), "sleep 1000", "{who}: TARGET joins the target's PID namespace");
+
+    // Bidirectional: a mount made inside shows up on the host. The host directory must be a
+    // shared mount for that, as kubelet's volume directories are.
+    let shared = cri.dir.join(unique("shared"));
+    std::fs::create_dir_all(&shared).unwrap();
+    let shared_text = shared.to_string_lossy().into_owned();
+    let run = |args: &[&str]| {
+        let status = Command::new(args[0]).args(&args[1..]).status().expect("run mount");
+        assert!(status.success(), "{args:?}");
+    };
+    run(&["mount", "--bind", &shared_text, &shared_text]);
+    run(&["mount", "--make-shared", &shared_text]);
+    let mut privileged = cri.container_config("mounter", &["sleep", "1000"]);
+    privileged.mounts = vec![Mount {
+        container_path: "/mnt/shared".into(),
+        host_path: shared_text.clone(),
+        propagation: MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    privileged.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext { privileged: true, ..Default::default() }),
+        ..Default::default()
+    });
+    let mounter = cri.create_container_with(&pod_id, &pod, privileged).await;
+    cri.start_container(&mounter).await;
+    let (code, out) = cri
+        .exec(
+            &mounter,
+            &["sh", "-c", "mkdir -p /mnt/shared/inner && busybox mount -t tmpfs crid-inner /mnt/shared/inner"],
+        )
+        .await;
+    assert_eq!(code, 0, "{who}: mount inside: {out}");
+    let inner = format!("{shared_text}/inner");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let seen = mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(inner.as_str()));
+    run(&["umount", "-l", &inner]);
+    cri.remove_pod(&pod_id).await;
+    run(&["umount", "-l", &shared_text]);
+    assert!(seen, "{who}: the Bidirectional mount made inside reached the host");
+    cri.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn image_user_volumes_devices_and_mounts_seen_from_inside() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "img", crid_binary()).await;
+    image_and_devices_from_inside(&mut crid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn reference_image_user_volumes_devices_and_mounts_on_containerd_cri() {
+    let stack = stack();
+    let mut reference = Cri::reference(&stack, "img").await;
+    image_and_devices_from_inside(&mut reference).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn security_context_seen_from_inside() {

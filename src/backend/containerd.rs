@@ -117,6 +117,61 @@ pub struct WorkloadSpec {
     pub annotations: BTreeMap<String, String>,
     pub tty: bool,
     pub stdin: bool,
+    /// For the CRI's TARGET pid mode: the pid whose PID namespace the container joins.
+    #[serde(default)]
+    pub target_pid: u32,
+    /// The CRI's devices, checked by the core; the backend looks them up on the host.
+    #[serde(default)]
+    pub devices: Vec<DeviceRequest>,
+    /// Owner (uid, gid) of the CRI's devices inside the container; None keeps the host's.
+    #[serde(default)]
+    pub device_owner: Option<(u32, u32)>,
+    /// Every device of the host appears in the container (privileged).
+    #[serde(default)]
+    pub host_devices: bool,
+    /// The device cgroup allows every device (privileged).
+    #[serde(default)]
+    pub all_devices_allowed: bool,
+    /// The devices as found on the host when the container was created, kept with the spec so
+    /// that a spec rebuilt later names the same nodes.
+    #[serde(default)]
+    pub resolved_devices: Option<Vec<ResolvedDevice>>,
+    /// The AppArmor profile: "" (none), "runtime/default" or "localhost/<name>".
+    #[serde(default)]
+    pub apparmor_profile: String,
+    /// No cgroup path and no resources in the spec (containerd's `disable_cgroup`).
+    #[serde(default)]
+    pub cgroups_disabled: bool,
+    /// The runtime handler's shim binary (containerd's `runtime_path`); empty: by runtime type.
+    #[serde(default)]
+    pub runtime_path: String,
+    /// The handler's runc options; `systemd_cgroup` also shapes the cgroup path.
+    #[serde(default)]
+    pub runc_options: crate::config::RuncOptions,
+}
+
+/// A device the CRI asks for: a host path (a device node, or a directory of them) and where
+/// and how the container sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeviceRequest {
+    pub host_path: String,
+    pub container_path: String,
+    /// Device cgroup access, drawn from `rwm`.
+    pub permissions: String,
+}
+
+/// A device node as found on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ResolvedDevice {
+    pub container_path: String,
+    /// 'c' or 'b'.
+    pub kind: char,
+    pub major: i64,
+    pub minor: i64,
+    pub file_mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub permissions: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -45,6 +45,10 @@ pub trait Os: Send + Sync + 'static {
     fn own_oom_score_adj(&self) -> i32;
     /// The effective capabilities of this process, e.g. `CAP_NET_ADMIN`.
     fn capabilities(&self) -> Vec<String>;
+    /// Whether the host enforces AppArmor. Hosts (and fakes) without it need not say so.
+    fn apparmor_enabled(&self) -> bool {
+        false
+    }
     /// Fills `buf` with random bytes (ids, tokens). The simulator draws them from the seed.
     fn random_bytes(&self, buf: &mut [u8]);
 }

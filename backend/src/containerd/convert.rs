@@ -22,6 +22,60 @@ pub fn timestamp_ns(ts: &Timestamp) -> i64 {
     ts.seconds.saturating_mul(1_000_000_000).saturating_add(ts.nanos as i64)
 }
 
+/// type_url of the runc shim's options, as containerd's typeurl registry names them.
+pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+
+/// The runc v2 shim's `Options` message (containerd's `runc/options/oci.proto`), which the
+/// containerd-client crate does not generate; field numbers are the proto's.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RuncOptionsProto {
+    #[prost(bool, tag = "1")]
+    pub no_pivot_root: bool,
+    #[prost(bool, tag = "2")]
+    pub no_new_keyring: bool,
+    #[prost(string, tag = "3")]
+    pub shim_cgroup: String,
+    #[prost(uint32, tag = "4")]
+    pub io_uid: u32,
+    #[prost(uint32, tag = "5")]
+    pub io_gid: u32,
+    #[prost(string, tag = "6")]
+    pub binary_name: String,
+    #[prost(string, tag = "7")]
+    pub root: String,
+    #[prost(string, tag = "8")]
+    pub criu_path: String,
+    #[prost(bool, tag = "9")]
+    pub systemd_cgroup: bool,
+    #[prost(string, tag = "10")]
+    pub criu_image_path: String,
+    #[prost(string, tag = "11")]
+    pub criu_work_path: String,
+}
+
+/// The handler's runc options as the shim reads them; None when all are defaults, so that the
+/// shim applies its own.
+pub fn runc_options(workload: &WorkloadSpec) -> Option<Any> {
+    let o = &workload.runc_options;
+    if *o == crid::config::RuncOptions::default() {
+        return None;
+    }
+    let message = RuncOptionsProto {
+        no_pivot_root: o.no_pivot_root,
+        no_new_keyring: o.no_new_keyring,
+        shim_cgroup: o.shim_cgroup.clone(),
+        io_uid: o.io_uid,
+        io_gid: o.io_gid,
+        binary_name: o.binary_name.clone(),
+        root: o.root.clone(),
+        criu_path: o.criu_path.clone(),
+        systemd_cgroup: o.systemd_cgroup,
+        criu_image_path: o.criu_image_path.clone(),
+        criu_work_path: o.criu_work_path.clone(),
+    };
+    Some(Any { type_url: RUNC_OPTIONS_TYPE_URL.into(), value: prost::Message::encode_to_vec(&message) })
+}
+
 pub fn to_proto_container(record: &ContainerRecord) -> Result<Container> {
     let oci = spec::build(&record.id, &record.spec)?;
     let workload = serde_json::to_vec(&record.spec).map_err(|e| Error::internal(format!("encode workload: {e}")))?;
@@ -35,7 +89,7 @@ pub fn to_proto_container(record: &ContainerRecord) -> Result<Container> {
         id: record.id.clone(),
         labels: record.labels.clone().into_iter().collect(),
         image: record.image.clone(),
-        runtime: Some(Runtime { name: record.runtime.clone(), options: None }),
+        runtime: Some(Runtime { name: record.runtime.clone(), options: runc_options(&record.spec) }),
         spec: Some(Any { type_url: spec::SPEC_TYPE_URL.into(), value: spec::to_json(&oci)? }),
         snapshotter: record.snapshotter.clone(),
         snapshot_key: record.snapshot_key.clone(),

@@ -8,6 +8,7 @@ pub mod content;
 pub mod convert;
 pub mod events;
 pub mod metrics;
+pub mod rootfs;
 pub mod spec;
 pub mod taskio;
 pub mod userdb;
@@ -110,6 +111,10 @@ pub struct ContainerdOptions {
     pub registry_config_path: Option<PathBuf>,
     /// Snapshotter whose snapshots the image configs are labelled with for GC.
     pub default_snapshotter: String,
+    /// `max_container_log_line_size`: zero or less is unlimited.
+    pub max_log_line_bytes: i64,
+    /// `drain_exec_sync_io_timeout`: zero waits for the output's end.
+    pub exec_drain: std::time::Duration,
 }
 
 pub struct RealContainerd {
@@ -143,7 +148,7 @@ impl RealContainerd {
             channel: connect_lazy(&options.socket_path)?,
             requests: Requests::new(&options.namespace)?,
             namespace: options.namespace,
-            io: IoManager::new(options.fifo_dir),
+            io: IoManager::new(options.fifo_dir).with_limits(options.max_log_line_bytes, options.exec_drain),
             registry: RegistryClient::new(options.registry_config_path)?,
             default_snapshotter: options.default_snapshotter,
             pull_lease: tokio::sync::Mutex::new(None),
@@ -326,6 +331,23 @@ impl Containerd for RealContainerd {
             .map_err(|e| e.context(format!("container {}", record.id)))?;
             record.spec.resolved_user = Some(resolved);
         }
+        if record.spec.resolved_devices.is_none() {
+            let spec = record.spec.clone();
+            let devices = tokio::task::spawn_blocking(move || rootfs::resolve_devices(&spec))
+                .await
+                .map_err(|e| Error::internal(format!("resolve devices: {e}")))??;
+            record.spec.resolved_devices = Some(devices);
+        }
+        let volumes = rootfs::volumes_to_fill(&record.spec);
+        if !volumes.is_empty() {
+            let mounts = self.rootfs_mounts(&record).await?;
+            let mounts: Vec<(String, String, Vec<String>)> =
+                mounts.into_iter().map(|m| (m.r#type, m.source, m.options)).collect();
+            tokio::task::spawn_blocking(move || rootfs::fill_volumes(&volumes, &userdb::layer_dirs(&mounts)))
+                .await
+                .map_err(|e| Error::internal(format!("fill image volumes: {e}")))?
+                .map_err(|e| e.context("failed to fill image volumes"))?;
+        }
         if let Some(path) = record.spec.seccomp_profile.strip_prefix("localhost/")
             && record.spec.resolved_seccomp.is_none()
         {
@@ -390,8 +412,10 @@ impl Containerd for RealContainerd {
             stderr: prepared.stderr.clone(),
             terminal: prepared.terminal,
             checkpoint: None,
-            options: None,
-            runtime_path: String::new(),
+            // The shim reads its options from the task request (BinaryName, Root,
+            // SystemdCgroup); the container record carries the same for tools.
+            options: convert::runc_options(&record.spec),
+            runtime_path: record.spec.runtime_path.clone(),
         };
         let result = grpc(self.tasks().create(self.req(request)).await);
         // The shim has opened its ends of the FIFOs (or never will): the real EOF may now show.

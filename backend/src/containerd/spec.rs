@@ -123,6 +123,18 @@ pub fn process(workload: &WorkloadSpec) -> Result<Process> {
     capabilities.set_ambient(Some(Capabilities::new()));
     process.set_capabilities(Some(capabilities));
     process.set_no_new_privileges(Some(workload.no_new_privs));
+    match workload.apparmor_profile.as_str() {
+        "" => {}
+        // A profile of our own would have to be generated and loaded into the kernel first.
+        "runtime/default" => {
+            return Err(Error::precondition(
+                "AppArmor RuntimeDefault is not supported by crid on an AppArmor host; set `disable_apparmor = true` or use a localhost profile",
+            ));
+        }
+        profile => {
+            process.set_apparmor_profile(Some(profile.trim_start_matches("localhost/").to_string()));
+        }
+    }
     // The core already clamped this to what this process may set (restrict_oom_score_adj).
     process.set_oom_score_adj(Some(workload.oom_score_adj));
     Ok(process)
@@ -158,10 +170,14 @@ fn base_mounts(workload: &WorkloadSpec) -> Result<Vec<Mount>> {
 }
 
 fn user_mount(spec: &MountSpec) -> Result<Mount> {
+    if spec.kind == "volume" && !spec.source.is_empty() {
+        // An image volume: the directory of its own that the backend filled from the image.
+        let options: Vec<&str> = spec.options.iter().map(String::as_str).collect();
+        return mount(&spec.destination, "bind", &spec.source, &options);
+    }
     if spec.kind == "volume" {
-        // An image-declared volume: containerd backs it with a directory under the container's
-        // root; this backend has none, so a private tmpfs stands in (lost with the container,
-        // as a CRI container is never restarted in place).
+        // An image volume of a record written before volumes had directories of their own: a
+        // private tmpfs stands in, as it did then.
         return mount(&spec.destination, "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=755"]);
     }
     let kind = if spec.kind.is_empty() { "bind" } else { spec.kind.as_str() };
@@ -226,7 +242,13 @@ fn namespaces(workload: &WorkloadSpec) -> Result<Vec<LinuxNamespace>> {
     }
     out.push(namespace(LinuxNamespaceType::Uts, join("uts"))?);
     if !workload.host_pid {
-        let path = if workload.own_pid_namespace { None } else { join("pid") };
+        let path = if workload.own_pid_namespace {
+            None
+        } else if workload.target_pid > 0 {
+            Some(format!("/proc/{}/ns/pid", workload.target_pid))
+        } else {
+            join("pid")
+        };
         out.push(namespace(LinuxNamespaceType::Pid, path)?);
     }
     Ok(out)
@@ -278,8 +300,26 @@ pub fn linux_resources(resources: &Resources) -> Result<LinuxResources> {
         .map_err(oci_err)
 }
 
-/// The cgroupfs path runc creates: `<cgroup_parent>/<id>`, or under `/crid` without a parent.
-fn cgroups_path(id: &str, workload: &WorkloadSpec) -> String {
+/// The cgroup path runc creates. cgroupfs: `<cgroup_parent>/<id>`, or under `/crid` without a
+/// parent. systemd: `<parent slice>:<prefix>:<id>`, the form runc's systemd driver reads, with
+/// containerd's prefix so that tools that know containerd's units recognise ours.
+fn cgroups_path(id: &str, workload: &WorkloadSpec) -> Result<String> {
+    if workload.runc_options.systemd_cgroup {
+        let parent = workload.cgroup_parent.trim_end_matches('/');
+        let slice = parent.rsplit('/').next().unwrap_or_default();
+        let slice = if slice.is_empty() { "system.slice" } else { slice };
+        if !slice.ends_with(".slice") {
+            return Err(Error::invalid(format!(
+                "cgroup parent {:?} is not a systemd slice (the runtime handler uses SystemdCgroup)",
+                workload.cgroup_parent
+            )));
+        }
+        return Ok(format!("{slice}:cri-containerd:{id}"));
+    }
+    Ok(cgroupfs_path(id, workload))
+}
+
+fn cgroupfs_path(id: &str, workload: &WorkloadSpec) -> String {
     let parent = if workload.cgroup_parent.is_empty() { "/crid" } else { workload.cgroup_parent.trim_end_matches('/') };
     let parent = if parent.starts_with('/') { parent.to_string() } else { format!("/{parent}") };
     format!("{parent}/{id}")
@@ -298,17 +338,51 @@ pub fn build(id: &str, workload: &WorkloadSpec) -> Result<Spec> {
     spec.set_annotations(Some(annotations));
 
     let mut resources = linux_resources(&workload.resources)?;
-    // Deny all devices by default; runc still creates and allows its standard set (null, zero…).
-    let deny_all = oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
-        .allow(workload.privileged)
-        .access("rwm")
-        .build()
-        .map_err(oci_err)?;
-    resources.set_devices(Some(vec![deny_all]));
-    let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces(workload)?)
-        .resources(resources)
-        .cgroups_path(cgroups_path(id, workload));
+    // Deny all devices by default (runc still creates and allows its standard set: null,
+    // zero…), or allow all (privileged); then allow each device the container was given.
+    let mut rules = vec![
+        oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+            .allow(workload.all_devices_allowed || (workload.privileged && workload.resolved_devices.is_none()))
+            .access("rwm")
+            .build()
+            .map_err(oci_err)?,
+    ];
+    let devices = workload.resolved_devices.clone().unwrap_or_default();
+    for device in &devices {
+        rules.push(
+            oci_spec::runtime::LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(device_type(device.kind)?)
+                .major(device.major)
+                .minor(device.minor)
+                .access(device.permissions.clone())
+                .build()
+                .map_err(oci_err)?,
+        );
+    }
+    resources.set_devices(Some(rules));
+    let mut linux = LinuxBuilder::default().namespaces(namespaces(workload)?);
+    if !workload.cgroups_disabled {
+        linux = linux.resources(resources).cgroups_path(cgroups_path(id, workload)?);
+    }
+    if !devices.is_empty() {
+        let nodes = devices
+            .iter()
+            .map(|device| {
+                oci_spec::runtime::LinuxDeviceBuilder::default()
+                    .path(device.container_path.clone())
+                    .typ(device_type(device.kind)?)
+                    .major(device.major)
+                    .minor(device.minor)
+                    .file_mode(device.file_mode)
+                    .uid(device.uid)
+                    .gid(device.gid)
+                    .build()
+                    .map_err(oci_err)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        linux = linux.devices(nodes);
+    }
     if let Some(profile) = &workload.resolved_seccomp {
         linux = linux.seccomp(parse_seccomp(profile)?);
     }
@@ -332,8 +406,23 @@ pub fn build(id: &str, workload: &WorkloadSpec) -> Result<Spec> {
             .masked_paths(or_default(&workload.masked_paths, default.masked_paths()))
             .readonly_paths(or_default(&workload.readonly_paths, default.readonly_paths()));
     }
-    spec.set_linux(Some(linux.build().map_err(oci_err)?));
+    let mut linux = linux.build().map_err(oci_err)?;
+    if workload.cgroups_disabled {
+        // The builder's defaults hold an empty resources section; runc would still create a
+        // cgroup for it.
+        linux.set_resources(None);
+        linux.set_cgroups_path(None);
+    }
+    spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+fn device_type(kind: char) -> Result<oci_spec::runtime::LinuxDeviceType> {
+    match kind {
+        'c' => Ok(oci_spec::runtime::LinuxDeviceType::C),
+        'b' => Ok(oci_spec::runtime::LinuxDeviceType::B),
+        other => Err(Error::invalid(format!("unknown device type {other:?}"))),
+    }
 }
 
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -343,6 +432,7 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crid::backend::ResolvedDevice;
 
     fn container() -> WorkloadSpec {
         WorkloadSpec {
@@ -395,6 +485,71 @@ mod tests {
                 .collect();
             assert_eq!(granted, held);
         }
+    }
+
+    #[test]
+    fn devices_become_nodes_and_cgroup_rules() {
+        let null = ResolvedDevice {
+            container_path: "/dev/x".into(),
+            kind: 'c',
+            major: 1,
+            minor: 3,
+            file_mode: 0o666,
+            uid: 7,
+            gid: 8,
+            permissions: "rw".into(),
+        };
+        let workload = WorkloadSpec { resolved_devices: Some(vec![null]), ..container() };
+        let json = serde_json::to_value(build("c1", &workload).unwrap()).unwrap();
+        let node = &json["linux"]["devices"][0];
+        assert_eq!(
+            (&node["path"], &node["type"], &node["major"], &node["minor"], &node["uid"], &node["gid"]),
+            (&"/dev/x".into(), &"c".into(), &1.into(), &3.into(), &7.into(), &8.into())
+        );
+        let rules = json["linux"]["resources"]["devices"].as_array().unwrap();
+        assert_eq!(rules[0]["allow"], false, "everything else stays denied");
+        assert_eq!(
+            (&rules[1]["allow"], &rules[1]["access"], &rules[1]["major"]),
+            (&true.into(), &"rw".into(), &1.into())
+        );
+        let all = WorkloadSpec { all_devices_allowed: true, resolved_devices: Some(vec![]), ..container() };
+        let json = serde_json::to_value(build("c1", &all).unwrap()).unwrap();
+        assert_eq!(json["linux"]["resources"]["devices"][0]["allow"], true);
+    }
+
+    #[test]
+    fn cgroup_paths_follow_the_driver_and_can_be_disabled() {
+        let mut workload = container();
+        workload.cgroup_parent = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice".into();
+        workload.runc_options.systemd_cgroup = true;
+        let json = serde_json::to_value(build("c1", &workload).unwrap()).unwrap();
+        assert_eq!(json["linux"]["cgroupsPath"], "kubepods-besteffort-pod1.slice:cri-containerd:c1");
+        workload.cgroup_parent = "/kubepods/besteffort".into();
+        let error = build("c1", &workload).unwrap_err();
+        assert!(error.message.contains("not a systemd slice"), "{error}");
+        let disabled = WorkloadSpec { cgroups_disabled: true, ..container() };
+        let json = serde_json::to_value(build("c1", &disabled).unwrap()).unwrap();
+        assert!(json["linux"].get("cgroupsPath").is_none() && json["linux"].get("resources").is_none(), "{json}");
+    }
+
+    #[test]
+    fn target_pid_mode_joins_the_targets_namespace() {
+        let workload = WorkloadSpec { target_pid: 77, ..container() };
+        let json = serde_json::to_value(build("c1", &workload).unwrap()).unwrap();
+        let nss = json["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.iter().any(|n| n["type"] == "pid" && n["path"] == "/proc/77/ns/pid"), "{nss:?}");
+    }
+
+    #[test]
+    fn runc_options_reach_the_shim_only_when_set() {
+        assert!(super::super::convert::runc_options(&container()).is_none());
+        let mut workload = container();
+        workload.runc_options.binary_name = "/usr/local/sbin/runc".into();
+        workload.runc_options.systemd_cgroup = true;
+        let any = super::super::convert::runc_options(&workload).unwrap();
+        assert_eq!(any.type_url, "containerd.runc.v1.Options");
+        let decoded: super::super::convert::RuncOptionsProto = prost::Message::decode(any.value.as_slice()).unwrap();
+        assert_eq!((decoded.binary_name.as_str(), decoded.systemd_cgroup), ("/usr/local/sbin/runc", true));
     }
 
     #[test]

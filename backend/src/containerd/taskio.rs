@@ -138,6 +138,11 @@ struct ExecCapture {
 /// All FIFOs and copiers of this process, keyed by container id (and exec id).
 pub struct IoManager {
     root: PathBuf,
+    /// Longest log line before it is split (`max_container_log_line_size`); None: unlimited.
+    max_line_bytes: Option<usize>,
+    /// How long an ExecSync waits for its output after the process exited
+    /// (`drain_exec_sync_io_timeout`); None: until the output ends, as containerd's zero.
+    exec_drain: Option<Duration>,
     tasks: Mutex<HashMap<String, TaskLog>>,
     execs: Mutex<HashMap<(String, String), Arc<ExecCapture>>>,
 }
@@ -165,9 +170,14 @@ fn open_dummy_writer(path: &Path) -> Result<File> {
         .io_context(format!("open fifo {} for writing", path.display()))
 }
 
-fn spawn_log_copier(stream: &'static str, mut reader: pipe::Receiver, sink: Arc<LogSink>) -> JoinHandle<()> {
+fn spawn_log_copier(
+    stream: &'static str,
+    mut reader: pipe::Receiver,
+    sink: Arc<LogSink>,
+    max_line: Option<usize>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut splitter = LineSplitter { pending: Vec::new(), max_line: MAX_LOG_LINE_BYTES };
+        let mut splitter = LineSplitter { pending: Vec::new(), max_line: max_line.unwrap_or(usize::MAX) };
         let mut buf = vec![0u8; 32 * 1024];
         let mut emit = |partial: bool, content: &[u8]| sink.write_line(stream, partial, content);
         loop {
@@ -213,7 +223,21 @@ async fn join_bounded(handles: Vec<JoinHandle<()>>, timeout: Duration) {
 
 impl IoManager {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        IoManager { root: root.into(), tasks: Mutex::new(HashMap::new()), execs: Mutex::new(HashMap::new()) }
+        IoManager {
+            root: root.into(),
+            max_line_bytes: Some(MAX_LOG_LINE_BYTES),
+            exec_drain: Some(DRAIN_TIMEOUT),
+            tasks: Mutex::new(HashMap::new()),
+            execs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// containerd's meanings: a line size of zero or less is unlimited; a zero drain timeout
+    /// waits for the output's end.
+    pub fn with_limits(mut self, max_line_bytes: i64, exec_drain: Duration) -> Self {
+        self.max_line_bytes = usize::try_from(max_line_bytes).ok().filter(|&n| n > 0);
+        self.exec_drain = (!exec_drain.is_zero()).then_some(exec_drain);
+        self
     }
 
     fn task_dir(&self, id: &str) -> PathBuf {
@@ -239,7 +263,7 @@ impl IoManager {
             make_fifo(&fifo)?;
             let reader = open_reader(&fifo)?;
             prepared.keepalive.push(open_dummy_writer(&fifo)?);
-            copiers.push(spawn_log_copier(stream, reader, sink.clone()));
+            copiers.push(spawn_log_copier(stream, reader, sink.clone(), self.max_line_bytes));
             let path = fifo.to_string_lossy().into_owned();
             if stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
         }
@@ -265,7 +289,7 @@ impl IoManager {
             if fifo.exists()
                 && let Ok(reader) = open_reader(&fifo)
             {
-                copiers.push(spawn_log_copier(stream, reader, sink.clone()));
+                copiers.push(spawn_log_copier(stream, reader, sink.clone(), self.max_line_bytes));
             }
         }
         tracing::info!(container_id = id, streams = copiers.len(), "reattached task io");
@@ -338,7 +362,12 @@ impl IoManager {
     pub async fn drain_exec(&self, id: &str, exec_id: &str) -> Result<()> {
         let capture = self.exec(id, exec_id)?;
         let handles = std::mem::take(&mut *capture.copiers.lock().await);
-        join_bounded(handles, DRAIN_TIMEOUT).await;
+        match self.exec_drain {
+            Some(timeout) => join_bounded(handles, timeout).await,
+            None => {
+                futures::future::join_all(handles).await;
+            }
+        }
         Ok(())
     }
 
