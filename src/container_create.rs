@@ -170,7 +170,7 @@ impl CriService {
         let policy =
             SpecPolicy::new(&self.config, &sandbox.metadata.runtime_handler, self.backends.os.apparmor_enabled())?;
         let target_pid = self.target_pid(config)?;
-        let spec = container_spec(ContainerSpecInput {
+        let mut spec = container_spec(ContainerSpecInput {
             sandbox_id: &sandbox.id,
             config,
             sandbox_config: &sandbox.config,
@@ -204,6 +204,7 @@ impl CriService {
             .prepare_snapshot(&snapshotter, id, &image.chain_id)
             .await
             .map_err(|e| e.context("failed to prepare container rootfs"))?;
+        crate::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id, &mut spec).await?;
         let record = ContainerRecord {
             id: id.to_string(),
             labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())]

@@ -26,6 +26,7 @@ pub mod seccomp;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod userdb;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};

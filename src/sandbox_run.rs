@@ -185,13 +185,14 @@ impl CriService {
                 policy: &policy,
             })
         };
-        let spec = spec_for(state.metadata.netns_path.clone());
+        let mut spec = spec_for(state.metadata.netns_path.clone());
 
         state.undo.push(Undo::RemoveSnapshot);
         containerd
             .prepare_snapshot(&snapshotter, &id, &image.chain_id)
             .await
             .map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
+        crate::userdb::resolve_user(&*containerd, &snapshotter, &id, &mut spec).await?;
         let mut record = ContainerRecord {
             id: id.clone(),
             labels: [(LABEL_KIND.to_string(), KIND_SANDBOX.to_string())]

@@ -487,6 +487,17 @@ pub trait Containerd: Send + Sync + 'static {
     /// Prepares the writable rootfs snapshot `key` on top of `parent_chain_id`.
     async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()>;
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()>;
+    /// A regular file of the prepared snapshot `key` as the container will see it (`path`
+    /// relative to its root, e.g. `etc/passwd`), at most `max_bytes` long. None when absent,
+    /// not a regular file (a symlink is not followed: it could point anywhere on the host) or
+    /// larger.
+    async fn read_rootfs_file(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>>;
     /// Summed usage of every snapshot in `snapshotter`.
     async fn snapshots_usage(&self, snapshotter: &str) -> Result<SnapshotUsage>;
     async fn create_image(&self, record: &ImageRecord) -> Result<()>;

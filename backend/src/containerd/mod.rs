@@ -315,22 +315,6 @@ impl Containerd for RealContainerd {
     // ---- containers ----
 
     async fn create_container(&self, mut record: ContainerRecord) -> Result<ContainerRecord> {
-        if record.spec.resolved_user.is_none() {
-            // Names (and a uid's primary group) come from the image, as containerd reads them:
-            // its /etc/passwd and /etc/group in the prepared snapshot's layers.
-            let mounts = self.rootfs_mounts(&record).await?;
-            let mounts: Vec<(String, String, Vec<String>)> =
-                mounts.into_iter().map(|m| (m.r#type, m.source, m.options)).collect();
-            let (user, groups_of, supplemental) =
-                (record.spec.user.clone(), record.spec.groups_of.clone(), record.spec.supplemental_groups.clone());
-            let resolved = tokio::task::spawn_blocking(move || {
-                userdb::UserDb::read(&userdb::layer_dirs(&mounts)).resolve(&user, &groups_of, &supplemental)
-            })
-            .await
-            .map_err(|e| Error::internal(format!("resolve user: {e}")))?
-            .map_err(|e| e.context(format!("container {}", record.id)))?;
-            record.spec.resolved_user = Some(resolved);
-        }
         if record.spec.resolved_devices.is_none() {
             let spec = record.spec.clone();
             let devices = tokio::task::spawn_blocking(move || rootfs::resolve_devices(&spec))
@@ -718,6 +702,23 @@ impl Containerd for RealContainerd {
             labels: HashMap::new(),
         };
         grpc(self.snapshots().prepare(self.requests.with_lease(request, Some(&lease))).await).map(|_| ())
+    }
+
+    async fn read_rootfs_file(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        let request = MountsRequest { snapshotter: snapshotter.to_string(), key: key.to_string() };
+        let mounts = grpc(self.snapshots().mounts(self.req(request)).await)?.mounts;
+        let mounts: Vec<(String, String, Vec<String>)> =
+            mounts.into_iter().map(|m| (m.r#type, m.source, m.options)).collect();
+        let path = path.trim_start_matches('/').to_string();
+        tokio::task::spawn_blocking(move || userdb::read_layer_file(&userdb::layer_dirs(&mounts), &path, max_bytes))
+            .await
+            .map_err(|e| Error::internal(format!("read from the rootfs: {e}")))
     }
 
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {

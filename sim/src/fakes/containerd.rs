@@ -215,6 +215,8 @@ struct State {
     fetch_plans: BTreeMap<String, FetchPlan>,
     apply_latency: Duration,
     gc_enabled: bool,
+    /// Files of an image's rootfs (its account files), by the chain id of its top layer.
+    rootfs_files: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 impl State {
@@ -242,6 +244,7 @@ impl State {
             fetch_plans: BTreeMap::new(),
             apply_latency: Duration::ZERO,
             gc_enabled: true,
+            rootfs_files: BTreeMap::new(),
         }
     }
 
@@ -697,6 +700,16 @@ impl FakeContainerd {
     }
 
     /// Garbage collection after image and lease deletes (on by default).
+    /// Puts a file (e.g. `etc/passwd`) into the rootfs of every container prepared on top of
+    /// `chain_id`.
+    pub fn set_rootfs_file(&self, chain_id: &str, path: &str, contents: &[u8]) {
+        self.raw_state()
+            .rootfs_files
+            .entry(chain_id.to_string())
+            .or_default()
+            .insert(path.to_string(), contents.to_vec());
+    }
+
     pub fn set_gc_enabled(&self, enabled: bool) {
         self.raw_state().gc_enabled = enabled;
     }
@@ -1355,6 +1368,27 @@ impl Containerd for FakeContainerd {
             }
             snapshots.active.insert(key.to_string(), parent_chain_id.to_string());
             Ok(())
+        })();
+        after.finish(result).await
+    }
+
+    async fn read_rootfs_file(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        let after = self.enter("containerd.read_rootfs_file", key).await?;
+        let result = (|| {
+            let mut state = self.raw_state();
+            let snapshots = state.snapshotter(snapshotter);
+            let Some(parent) = snapshots.active.get(key).cloned() else {
+                return Err(Error::not_found(format!("snapshot {key} does not exist: not found")));
+            };
+            // The fake's images carry their account files by chain id, when a scenario gives any.
+            let file = state.rootfs_files.get(&parent).and_then(|files| files.get(path.trim_start_matches('/')));
+            Ok(file.filter(|bytes| bytes.len() <= max_bytes).cloned())
         })();
         after.finish(result).await
     }
