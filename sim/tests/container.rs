@@ -17,6 +17,13 @@ async fn busybox_id(node: &Node) -> String {
     node.pull(BUSYBOX_IMAGE).await
 }
 
+/// The image's first repo digest, as ImageStatus lists it.
+async fn repo_digest(node: &Node, image: &str) -> String {
+    let request = ImageStatusRequest { image: Some(image_spec(image)), verbose: false };
+    let status = node.svc.image_status(request).await.unwrap().image.expect("the image is known");
+    status.repo_digests.first().cloned().expect("a pulled image has a repo digest")
+}
+
 #[madsim::test]
 async fn container_lifecycle() {
     let node = Node::start().await;
@@ -28,7 +35,7 @@ async fn container_lifecycle() {
     assert_eq!(created.state, ContainerState::ContainerCreated as i32);
     assert!(created.created_at > 0);
     assert_eq!((created.started_at, created.finished_at), (0, 0));
-    assert_eq!(created.image_ref, image_id);
+    assert_eq!(created.image_ref, repo_digest(&node, &image_id).await);
     assert_eq!(created.image.as_ref().unwrap().image, BUSYBOX_IMAGE);
     assert_eq!(created.metadata, Some(ContainerMetadata { name: "main".into(), attempt: 0 }));
     assert_eq!(created.labels, labels(&[("container", "main")]));
@@ -855,4 +862,31 @@ async fn failed_exit_handling_is_retried_with_backoff() {
     assert!(!node.world.containerd.tasks().contains_key(&id), "the task was finally deleted");
     assert!(!node.world.containerd.shims().contains(&id), "and its shim reaped");
     assert_eq!(node.container_status(&id).await.exit_code, 9, "replays do not change the recorded exit");
+}
+
+/// ContainerStatus names the image as containerd 1.7 does: by its first repo tag and its first
+/// repo digest while the image is known, whatever the config named it by (kubelet sends the
+/// id); once the image is gone, by the config's image and the id the container was created
+/// from. ListContainers keeps the config's image and the id.
+#[madsim::test]
+async fn container_status_names_the_image_by_tag_and_digest() {
+    let node = Node::start().await;
+    let image_id = busybox_id(&node).await;
+    let digest = repo_digest(&node, &image_id).await;
+    assert!(digest.starts_with("docker.io/library/busybox@sha256:"), "{digest}");
+    let pod = node.run_pod("img").await;
+    let id = node.create(&pod, "img", "by-id", &image_id, &["sleep", "inf"]).await;
+
+    let status = node.container_status(&id).await;
+    assert_eq!(status.image.as_ref().map(|i| i.image.as_str()), Some(BUSYBOX_IMAGE));
+    assert_eq!(status.image_ref, digest);
+    let listed = node.list_containers(None).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].image.as_ref().map(|i| i.image.as_str()), Some(image_id.as_str()));
+    assert_eq!(listed[0].image_ref, image_id);
+
+    node.svc.remove_image(RemoveImageRequest { image: Some(image_spec(&image_id)) }).await.unwrap();
+    let status = node.container_status(&id).await;
+    assert_eq!(status.image.as_ref().map(|i| i.image.as_str()), Some(image_id.as_str()));
+    assert_eq!(status.image_ref, image_id);
 }
