@@ -890,3 +890,77 @@ async fn container_status_names_the_image_by_tag_and_digest() {
     assert_eq!(status.image.as_ref().map(|i| i.image.as_str()), Some(image_id.as_str()));
     assert_eq!(status.image_ref, image_id);
 }
+
+/// Resources updated while a container is CREATED reach the task StartContainer creates, also
+/// when crid restarted in between: the checkpoint holds them, and they go into the container's
+/// spec (whose resources the task is created with) before the task exists. A container whose
+/// resources were not updated starts with its spec's as they were.
+#[madsim::test]
+async fn resources_updated_before_start_reach_the_task() {
+    let (world, faults) = world(7);
+    let with_resources = |name: &str| {
+        let mut config = container_config(name, BUSYBOX_IMAGE, &["sleep", "inf"]);
+        config.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                cpu_shares: 256,
+                memory_limit_in_bytes: 128 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        config
+    };
+    let initial = Resources { cpu_shares: 256, memory_limit_bytes: 128 << 20, ..Default::default() };
+    let updated = Resources {
+        cpu_shares: 512,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        memory_limit_bytes: 256 << 20,
+        cpuset_cpus: "0-1".into(),
+        ..Default::default()
+    };
+    let update = UpdateContainerResourcesRequest {
+        linux: Some(LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 256 << 20,
+            cpuset_cpus: "0-1".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let (updated_before_restart, updated_after_restart, untouched) = {
+        let configs = [with_resources("a"), with_resources("b"), with_resources("c")];
+        let update = update.clone();
+        in_process(world.clone(), faults.clone(), move |node| async move {
+            node.pull(BUSYBOX_IMAGE).await;
+            let pod = node.run_pod("pre").await;
+            let mut ids = vec![];
+            for config in configs {
+                ids.push(node.create_with(&pod, "pre", config).await);
+            }
+            let request = UpdateContainerResourcesRequest { container_id: ids[0].clone(), ..update };
+            node.svc.update_container_resources(request).await.unwrap();
+            (ids[0].clone(), ids[1].clone(), ids[2].clone())
+        })
+        .await
+    };
+
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    let request = UpdateContainerResourcesRequest { container_id: updated_after_restart.clone(), ..update };
+    node.svc.update_container_resources(request).await.unwrap();
+    for id in [&updated_before_restart, &updated_after_restart, &untouched] {
+        node.start_container(id).await;
+    }
+    let containerd = &node.world.containerd;
+    for id in [&updated_before_restart, &updated_after_restart] {
+        assert_eq!(containerd.task_created_with(id), Some(updated.clone()), "{id}: the task has the update");
+        assert_eq!(containerd.containers()[id].spec.resources, updated, "{id}: and so has the spec");
+        let reported = node.container_status(id).await.resources.and_then(|r| r.linux).unwrap();
+        assert_eq!((reported.cpu_shares, reported.memory_limit_in_bytes), (512, 256 << 20));
+    }
+    assert_eq!(containerd.task_created_with(&untouched), Some(initial.clone()));
+    assert_eq!(containerd.containers()[&untouched].spec.resources, initial);
+}

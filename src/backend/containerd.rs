@@ -372,7 +372,7 @@ pub trait Containerd: Send + Sync + 'static {
     async fn get_container(&self, id: &str) -> Result<ContainerRecord>;
     /// Containers whose labels include all of `labels`, sorted by id.
     async fn list_containers(&self, labels: &BTreeMap<String, String>) -> Result<Vec<ContainerRecord>>;
-    /// Replaces labels and extensions.
+    /// Replaces labels, extensions and the spec.
     async fn update_container(&self, record: &ContainerRecord) -> Result<()>;
     /// Deletes the record and, with `cleanup_snapshot`, its rootfs snapshot. NotFound if absent.
     async fn delete_container(&self, id: &str, cleanup_snapshot: bool) -> Result<()>;

@@ -127,6 +127,8 @@ struct Task {
     /// Wait completions still to swallow (SPEC B6).
     swallowed_waits: u32,
     resources: Option<Resources>,
+    /// The resources of the container's spec when the task was created.
+    created_with: Resources,
     log_reopens: u32,
 }
 
@@ -738,6 +740,11 @@ impl FakeContainerd {
         self.raw_state().tasks.get(id).and_then(|task| task.resources.clone())
     }
 
+    /// The resources the task was created with (its container's spec's, at the time).
+    pub fn task_created_with(&self, id: &str) -> Option<Resources> {
+        self.raw_state().tasks.get(id).map(|task| task.created_with.clone())
+    }
+
     pub fn log_reopens(&self, id: &str) -> u32 {
         self.raw_state().tasks.get(id).map_or(0, |task| task.log_reopens)
     }
@@ -887,6 +894,7 @@ impl FakeContainerd {
             execs: BTreeMap::new(),
             swallowed_waits: 0,
             resources: None,
+            created_with: container.spec.resources.clone(),
             log_reopens: 0,
         };
         state.tasks.insert(id.to_string(), task);
@@ -1111,6 +1119,7 @@ impl Containerd for FakeContainerd {
             Some(stored) => {
                 stored.labels = record.labels.clone();
                 stored.extensions = record.extensions.clone();
+                stored.spec = record.spec.clone();
                 Ok(())
             }
             None => Err(container_not_found(&record.id)),
