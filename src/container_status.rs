@@ -211,13 +211,21 @@ impl CriService {
             labels: container.config.labels.clone(),
             annotations: container.config.annotations.clone(),
         };
-        let now = self.now_ns();
         let metrics = if container.status().state() == ContainerState::Running {
             self.backends.containerd.task_metrics(&container.id).await.ok()
         } else {
             None
         };
         let snapshotter = self.config.containerd.snapshotter.clone();
+        // The writable layer is the container's snapshot (keyed by its id), as last sampled;
+        // one not sampled yet uses nothing at no time, as in containerd.
+        let (writable, sampled_at_ns) = {
+            let cache = self.snapshot_usage.lock().unwrap();
+            match cache.by_key.get(&container.id) {
+                Some(usage) => (usage.clone(), cache.sampled_at_ns),
+                None => (Default::default(), 0),
+            }
+        };
         ContainerStats {
             attributes: Some(attributes),
             cpu: metrics.as_ref().map(|m| CpuUsage {
@@ -235,15 +243,15 @@ impl CriService {
                 available_bytes: None,
             }),
             writable_layer: Some(FilesystemUsage {
-                timestamp: now,
+                timestamp: sampled_at_ns,
                 fs_id: Some(k8s_cri::v1::FilesystemIdentifier {
                     mountpoint: format!(
                         "{}/io.containerd.snapshotter.v1.{snapshotter}",
                         self.config.containerd_root_dir
                     ),
                 }),
-                used_bytes: Some(UInt64Value { value: 0 }),
-                inodes_used: Some(UInt64Value { value: 0 }),
+                used_bytes: Some(UInt64Value { value: writable.size_bytes }),
+                inodes_used: Some(UInt64Value { value: writable.inodes }),
             }),
             swap: None,
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use crid::ErrorKind;
-use crid::backend::{Resources, StreamRequest, TaskState};
+use crid::backend::{Resources, SnapshotUsage, StreamRequest, TaskState};
 use crid_sim::fakes::clock::virtual_now;
 use k8s_cri::v1::*;
 
@@ -963,4 +963,39 @@ async fn resources_updated_before_start_reach_the_task() {
     }
     assert_eq!(containerd.task_created_with(&untouched), Some(initial.clone()));
     assert_eq!(containerd.containers()[&untouched].spec.resources, initial);
+}
+
+/// A container's writable layer is its rootfs snapshot's usage as the snapshotter reports it
+/// (containerd's snapshots Usage), sampled every stats_collect_period as containerd caches it:
+/// not 0. A snapshot not sampled yet reports nothing, at time 0, until the next refresh.
+#[madsim::test]
+async fn container_stats_report_the_writable_layer() {
+    let node = Node::start().await;
+    let (pod, running) = node.pod_with_running("rw", &["sleep", "inf"]).await;
+    let written = SnapshotUsage { size_bytes: 5 << 20, inodes: 321 };
+    assert!(node.world.containerd.set_snapshot_usage(SNAPSHOTTER, &running, written.clone()));
+    // Past a refresh (stats_collect_period is 10 s).
+    sleep(Duration::from_secs(11)).await;
+    let late = node.create(&pod, "rw", "late", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let layer = |id: String| {
+        let svc = node.svc.clone();
+        async move {
+            let stats = svc.container_stats(ContainerStatsRequest { container_id: id }).await.unwrap().stats.unwrap();
+            let layer = stats.writable_layer.expect("a writable layer");
+            (layer.used_bytes.unwrap().value, layer.inodes_used.unwrap().value, layer.timestamp)
+        }
+    };
+
+    let (bytes, inodes, sampled_at) = layer(running.clone()).await;
+    assert_eq!((bytes, inodes), (5 << 20, 321));
+    assert!(sampled_at > 0);
+    assert_eq!(layer(late.clone()).await, (0, 0, 0), "not sampled yet");
+
+    sleep(Duration::from_secs(10)).await;
+    let (bytes, inodes, resampled_at) = layer(late.clone()).await;
+    assert_eq!((bytes, inodes), (crid_sim::fakes::ACTIVE_SNAPSHOT_BYTES, 1));
+    assert!(resampled_at > sampled_at);
+    let listed = node.svc.list_container_stats(ListContainerStatsRequest { filter: None }).await.unwrap().stats;
+    let running_layer = listed.iter().find(|s| s.attributes.as_ref().unwrap().id == running).unwrap();
+    assert_eq!(running_layer.writable_layer.as_ref().unwrap().used_bytes.unwrap().value, 5 << 20);
 }

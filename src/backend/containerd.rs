@@ -320,6 +320,16 @@ pub struct SnapshotUsage {
     pub inodes: u64,
 }
 
+impl SnapshotUsage {
+    /// The summed usage of several snapshots (saturating: the numbers come from containerd).
+    pub fn total<'a>(usages: impl IntoIterator<Item = &'a SnapshotUsage>) -> SnapshotUsage {
+        usages.into_iter().fold(SnapshotUsage::default(), |sum, usage| SnapshotUsage {
+            size_bytes: sum.size_bytes.saturating_add(usage.size_bytes),
+            inodes: sum.inodes.saturating_add(usage.inodes),
+        })
+    }
+}
+
 /// A containerd event, decoded by topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -432,8 +442,8 @@ pub trait Containerd: Send + Sync + 'static {
     /// Prepares the writable rootfs snapshot `key` on top of `parent_chain_id`.
     async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()>;
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()>;
-    /// Summed usage of every snapshot in `snapshotter`.
-    async fn snapshots_usage(&self, snapshotter: &str) -> Result<SnapshotUsage>;
+    /// The usage of every snapshot in `snapshotter`, by key (containerd's snapshots Usage).
+    async fn snapshots_usage(&self, snapshotter: &str) -> Result<BTreeMap<String, SnapshotUsage>>;
     async fn create_image(&self, record: &ImageRecord) -> Result<()>;
     async fn update_image(&self, record: &ImageRecord) -> Result<()>;
     async fn get_image(&self, name: &str) -> Result<ImageRecord>;
