@@ -999,3 +999,52 @@ async fn container_stats_report_the_writable_layer() {
     let running_layer = listed.iter().find(|s| s.attributes.as_ref().unwrap().id == running).unwrap();
     assert_eq!(running_layer.writable_layer.as_ref().unwrap().used_bytes.unwrap().value, 5 << 20);
 }
+
+/// Swap, hugepage limits and the unified map are kept from CreateContainer and
+/// UpdateContainerResources to ContainerStatus (the checkpoint holds them across a restart) and
+/// reach the container's spec and the task.
+#[madsim::test]
+async fn swap_hugepages_and_unified_are_kept() {
+    let (world, faults) = world(7);
+    let asked = LinuxContainerResources {
+        memory_limit_in_bytes: 128 << 20,
+        memory_swap_limit_in_bytes: 256 << 20,
+        hugepage_limits: vec![HugepageLimit { page_size: "2MB".into(), limit: 4 << 20 }],
+        unified: [("memory.high".to_string(), "100000000".to_string())].into(),
+        ..Default::default()
+    };
+    let mut config = container_config("big", BUSYBOX_IMAGE, &["sleep", "inf"]);
+    config.linux = Some(LinuxContainerConfig { resources: Some(asked.clone()), ..Default::default() });
+    let id = in_process(world.clone(), faults.clone(), move |node| async move {
+        node.pull(BUSYBOX_IMAGE).await;
+        let pod = node.run_pod("big").await;
+        let id = node.create_with(&pod, "big", config).await;
+        let reported = node.container_status(&id).await.resources.and_then(|r| r.linux).unwrap();
+        assert_eq!(reported, asked, "as created");
+        let spec = node.world.containerd.containers()[&id].spec.resources.clone();
+        assert_eq!(spec.memory_swap_limit_bytes, 256 << 20);
+        assert_eq!(spec.hugepage_limits.len(), 1);
+        assert_eq!(spec.unified.get("memory.high").map(String::as_str), Some("100000000"));
+        node.start_container(&id).await;
+        id
+    })
+    .await;
+
+    let node = Node::start_on(world, faults, test_config()).await;
+    let reported = node.container_status(&id).await.resources.and_then(|r| r.linux).unwrap();
+    assert_eq!(reported.hugepage_limits, vec![HugepageLimit { page_size: "2MB".into(), limit: 4 << 20 }]);
+    let update = LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        hugepage_limits: vec![HugepageLimit { page_size: "1GB".into(), limit: 1 << 30 }],
+        unified: [("pids.max".to_string(), "100".to_string())].into(),
+        ..Default::default()
+    };
+    let request =
+        UpdateContainerResourcesRequest { container_id: id.clone(), linux: Some(update.clone()), ..Default::default() };
+    node.svc.update_container_resources(request).await.unwrap();
+    let reported = node.container_status(&id).await.resources.and_then(|r| r.linux).unwrap();
+    assert_eq!(reported, update);
+    let task = node.world.containerd.task_resources(&id).unwrap();
+    assert_eq!((task.memory_swap_limit_bytes, task.hugepage_limits[0].limit), (0, 1 << 30));
+    assert_eq!(task.unified.get("pids.max").map(String::as_str), Some("100"));
+}

@@ -137,6 +137,23 @@ pub struct Resources {
     pub oom_score_adj: i64,
     pub cpuset_cpus: String,
     pub cpuset_mems: String,
+    /// The CRI's memory+swap limit; 0 when none was asked for (the backend then pins swap to
+    /// the memory limit where the host accounts swap, as containerd does).
+    #[serde(default)]
+    pub memory_swap_limit_bytes: i64,
+    /// Per page size, as the CRI sends them (in order).
+    #[serde(default)]
+    pub hugepage_limits: Vec<HugepageLimit>,
+    /// cgroup v2 files and their values, written as given.
+    #[serde(default)]
+    pub unified: BTreeMap<String, String>,
+}
+
+/// A hugetlb limit: `page_size` as the kernel names it ("2MB", "1GB"), `limit` in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HugepageLimit {
+    pub page_size: String,
+    pub limit: u64,
 }
 
 /// Where a task's stdout/stderr go. The backend owns the copying into the CRI log format.
