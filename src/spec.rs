@@ -2,7 +2,7 @@
 
 use k8s_cri::v1::{ContainerConfig, LinuxContainerResources, NamespaceMode, PodSandboxConfig};
 
-use crate::backend::{HugepageLimit, ImageConfig, MountSpec, Resources, WorkloadSpec};
+use crate::backend::{ImageConfig, MountSpec, Resources, WorkloadSpec};
 use crate::naming::sorted;
 
 /// containerd's default `oom_score_adj` for the pause container.
@@ -43,7 +43,7 @@ pub fn resources_from(cri: Option<&LinuxContainerResources>) -> Resources {
         hugepage_limits: r
             .hugepage_limits
             .iter()
-            .map(|h| HugepageLimit { page_size: h.page_size.clone(), limit: h.limit })
+            .map(|h| crate::backend::HugepageLimit { page_size: h.page_size.clone(), limit: h.limit })
             .collect(),
         unified: sorted(&r.unified),
     }
@@ -71,6 +71,7 @@ pub fn resources_to_cri(r: &Resources) -> LinuxContainerResources {
 #[cfg(test)]
 mod resources_tests {
     use super::*;
+    use crate::backend::HugepageLimit;
 
     fn cri() -> LinuxContainerResources {
         LinuxContainerResources {
