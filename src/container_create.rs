@@ -353,6 +353,7 @@ impl CriService {
             true
         })
         .await?;
+        self.apply_updated_resources(container).await?;
         let io = TaskIo {
             log_path: container.metadata.log_path.clone(),
             stdin: container.config.stdin,
@@ -379,6 +380,28 @@ impl CriService {
         })
         .await
         .map(|_| ())
+    }
+}
+
+impl CriService {
+    /// The task takes its limits from the container's spec, written at create. Resources
+    /// updated while the container was CREATED live in the checkpoint (the source of truth):
+    /// they go into the spec before the task is created, as containerd's update writes them
+    /// into the container's spec, so that the task starts with them.
+    async fn apply_updated_resources(&self, container: &Container) -> Result<()> {
+        let created_with =
+            crate::spec::resources_from(container.config.linux.as_ref().and_then(|l| l.resources.as_ref()));
+        let Some(resources) = container.status().resources.filter(|r| *r != created_with) else {
+            return Ok(());
+        };
+        let containerd = &self.backends.containerd;
+        let mut record =
+            containerd.get_container(&container.id).await.map_err(|e| e.context("failed to read container spec"))?;
+        if record.spec.resources == resources {
+            return Ok(());
+        }
+        record.spec.resources = resources;
+        containerd.update_container(&record).await.map_err(|e| e.context("failed to update container spec resources"))
     }
 }
 

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::naming::{labels_match, sorted};
 use crate::service::CriService;
 use crate::store::container::{REASON_COMPLETED, REASON_ERROR};
+use crate::store::image::Image;
 use crate::store::{Container, ContainerState};
 
 fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
@@ -25,6 +26,23 @@ fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
     }
 }
 
+/// The image a container status names, as containerd 1.7 reports it: while the image the
+/// container was created from (`image_id`) is known, its first repo tag and its first repo
+/// digest; otherwise the config's image and that id.
+fn status_image(config_image: Option<&ImageSpec>, image_id: &str, image: Option<&Image>) -> (ImageSpec, String) {
+    let mut spec = config_image.cloned().unwrap_or_default();
+    let mut image_ref = image_id.to_string();
+    if let Some(image) = image {
+        if let Some(tag) = image.repo_tags().into_iter().next() {
+            spec = ImageSpec { image: tag, ..Default::default() };
+        }
+        if let Some(digest) = image.repo_digests().into_iter().next() {
+            image_ref = digest;
+        }
+    }
+    (spec, image_ref)
+}
+
 impl CriService {
     pub(crate) fn container_status_message(&self, container: &Container) -> k8s_cri::v1::ContainerStatus {
         let status = container.status();
@@ -33,7 +51,11 @@ impl CriService {
         if state == ContainerState::Exited && reason.is_empty() {
             reason = if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR }.to_string();
         }
-        let image_name = container.config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let (image, image_ref) = status_image(
+            container.config.image.as_ref(),
+            &container.metadata.image_ref,
+            self.images.get(&container.metadata.image_ref).as_ref(),
+        );
         k8s_cri::v1::ContainerStatus {
             id: container.id.clone(),
             metadata: container.config.metadata.clone(),
@@ -42,8 +64,8 @@ impl CriService {
             started_at: status.started_at_ns,
             finished_at: status.finished_at_ns,
             exit_code: status.exit_code,
-            image: Some(ImageSpec { image: image_name, ..Default::default() }),
-            image_ref: container.metadata.image_ref.clone(),
+            image: Some(image),
+            image_ref,
             reason,
             message: status.message.clone(),
             labels: container.config.labels.clone(),
@@ -189,13 +211,21 @@ impl CriService {
             labels: container.config.labels.clone(),
             annotations: container.config.annotations.clone(),
         };
-        let now = self.now_ns();
         let metrics = if container.status().state() == ContainerState::Running {
             self.backends.containerd.task_metrics(&container.id).await.ok()
         } else {
             None
         };
         let snapshotter = self.config.containerd.snapshotter.clone();
+        // The writable layer is the container's snapshot (keyed by its id), as last sampled;
+        // one not sampled yet uses nothing at no time, as in containerd.
+        let (writable, sampled_at_ns) = {
+            let cache = self.snapshot_usage.lock().unwrap();
+            match cache.by_key.get(&container.id) {
+                Some(usage) => (usage.clone(), cache.sampled_at_ns),
+                None => (Default::default(), 0),
+            }
+        };
         ContainerStats {
             attributes: Some(attributes),
             cpu: metrics.as_ref().map(|m| CpuUsage {
@@ -213,15 +243,15 @@ impl CriService {
                 available_bytes: None,
             }),
             writable_layer: Some(FilesystemUsage {
-                timestamp: now,
+                timestamp: sampled_at_ns,
                 fs_id: Some(k8s_cri::v1::FilesystemIdentifier {
                     mountpoint: format!(
                         "{}/io.containerd.snapshotter.v1.{snapshotter}",
                         self.config.containerd_root_dir
                     ),
                 }),
-                used_bytes: Some(UInt64Value { value: 0 }),
-                inodes_used: Some(UInt64Value { value: 0 }),
+                used_bytes: Some(UInt64Value { value: writable.size_bytes }),
+                inodes_used: Some(UInt64Value { value: writable.inodes }),
             }),
             swap: None,
         }
@@ -250,5 +280,56 @@ impl CriService {
             stats.push(self.container_stats_message(&container).await);
         }
         Ok(ListContainerStatsResponse { stats })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const ID: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn image(references: &[&str]) -> Image {
+        Image {
+            id: ID.into(),
+            references: references.iter().map(|r| r.to_string()).collect::<BTreeSet<_>>(),
+            chain_id: "sha256:c".into(),
+            size_bytes: 1,
+            config: Default::default(),
+        }
+    }
+
+    #[test]
+    fn status_image_names_the_first_tag_and_the_first_digest() {
+        let config = ImageSpec {
+            image: ID.into(),
+            annotations: [("a".to_string(), "b".to_string())].into(),
+            ..Default::default()
+        };
+        let known = image(&[
+            "docker.io/library/busybox:latest",
+            "docker.io/library/alpine:3",
+            "docker.io/library/busybox@sha256:bbbb",
+            "docker.io/library/alpine@sha256:aaaa",
+            ID,
+        ]);
+        let (spec, image_ref) = status_image(Some(&config), ID, Some(&known));
+        assert_eq!(spec, ImageSpec { image: "docker.io/library/alpine:3".into(), ..Default::default() });
+        assert_eq!(image_ref, "docker.io/library/alpine@sha256:aaaa");
+
+        // Only a digest reference left: the config's image spec (as sent) and the digest.
+        let (spec, image_ref) = status_image(Some(&config), ID, Some(&image(&["r/x@sha256:cccc", ID])));
+        assert_eq!(spec, config);
+        assert_eq!(image_ref, "r/x@sha256:cccc");
+
+        // Only a tag: the tag, and the id.
+        let (spec, image_ref) = status_image(Some(&config), ID, Some(&image(&["r/x:1", ID])));
+        assert_eq!(spec.image, "r/x:1");
+        assert_eq!(image_ref, ID);
+
+        // The image is gone: the config's spec and the id the container was created from.
+        assert_eq!(status_image(Some(&config), ID, None), (config.clone(), ID.to_string()));
     }
 }

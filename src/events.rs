@@ -472,7 +472,8 @@ impl CriService {
         }
     }
 
-    /// Refreshes the cached snapshot usage every `stats_collect_period` seconds (ImageFsInfo).
+    /// Refreshes the cached snapshot usage every `stats_collect_period` seconds (ImageFsInfo,
+    /// the containers' writable layers).
     pub(crate) fn start_snapshot_syncer(self: &Arc<Self>) {
         let period = Duration::from_secs(self.config.stats_collect_period.max(1));
         let service = self.clone();
@@ -487,7 +488,10 @@ impl CriService {
     pub(crate) async fn refresh_snapshot_usage(&self) {
         let snapshotter = self.config.containerd.snapshotter.clone();
         match self.backends.containerd.snapshots_usage(&snapshotter).await {
-            Ok(usage) => *self.snapshot_usage.lock().unwrap() = (usage.size_bytes, usage.inodes, self.now_ns()),
+            Ok(by_key) => {
+                *self.snapshot_usage.lock().unwrap() =
+                    crate::service::SnapshotUsageCache { by_key, sampled_at_ns: self.now_ns() }
+            }
             Err(error) => tracing::debug!(%error, "snapshot usage refresh failed"),
         }
     }

@@ -8,7 +8,7 @@ use k8s_cri::v1::{
     ImageStatusResponse, ListImagesRequest, ListImagesResponse, RemoveImageRequest, RemoveImageResponse, UInt64Value,
 };
 
-use crate::backend::{IMAGE_MANAGED, LABEL_IMAGE_MANAGED};
+use crate::backend::{IMAGE_MANAGED, LABEL_IMAGE_MANAGED, SnapshotUsage};
 use crate::error::{Error, Result};
 use crate::image_pull::image_from_content;
 use crate::naming::normalize_image_ref;
@@ -108,7 +108,10 @@ impl CriService {
 
     pub async fn image_fs_info(self: &Arc<Self>, _request: ImageFsInfoRequest) -> Result<ImageFsInfoResponse> {
         self.check_initialized()?;
-        let (bytes, inodes, sampled_at_ns) = *self.snapshot_usage.lock().unwrap();
+        let (usage, sampled_at_ns) = {
+            let cache = self.snapshot_usage.lock().unwrap();
+            (SnapshotUsage::total(cache.by_key.values()), cache.sampled_at_ns)
+        };
         let mountpoint = format!(
             "{}/io.containerd.snapshotter.v1.{}",
             self.config.containerd_root_dir, self.config.containerd.snapshotter
@@ -116,8 +119,8 @@ impl CriService {
         let usage = FilesystemUsage {
             timestamp: sampled_at_ns,
             fs_id: Some(FilesystemIdentifier { mountpoint }),
-            used_bytes: Some(UInt64Value { value: bytes }),
-            inodes_used: Some(UInt64Value { value: inodes }),
+            used_bytes: Some(UInt64Value { value: usage.size_bytes }),
+            inodes_used: Some(UInt64Value { value: usage.inodes }),
         };
         Ok(ImageFsInfoResponse { image_filesystems: vec![usage], container_filesystems: vec![] })
     }

@@ -160,9 +160,11 @@ impl CriService {
             self.sandboxes.get(&filter.id).into_iter().collect()
         };
         let mut stats = vec![];
-        for sandbox in
-            candidates.into_iter().filter(|s| labels_match(&filter.label_selector, &sorted(&s.config.labels)))
-        {
+        // Only READY sandboxes have stats to list, as in containerd; PodSandboxStats still
+        // answers for one that is not.
+        for sandbox in candidates.into_iter().filter(|s| {
+            s.status().state == SandboxState::Ready && labels_match(&filter.label_selector, &sorted(&s.config.labels))
+        }) {
             stats.push(self.sandbox_stats(&sandbox).await);
         }
         Ok(ListPodSandboxStatsResponse { stats })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::backend::Backends;
+use crate::backend::{Backends, SnapshotUsage};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{ContainerEventHub, EventMonitor};
@@ -31,6 +31,15 @@ pub struct Quarantined {
 /// (B12), instead of failing with "name is reserved".
 pub(crate) type OperationResult = watch::Receiver<Option<Result<String>>>;
 
+/// The snapshot usage cache (containerd's snapshot store): ImageFsInfo sums it, a container's
+/// writable layer is its snapshot's entry.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SnapshotUsageCache {
+    pub by_key: BTreeMap<String, SnapshotUsage>,
+    /// When the cache was filled; 0 before the first refresh.
+    pub sampled_at_ns: i64,
+}
+
 pub struct CriService {
     pub(crate) config: Config,
     pub(crate) backends: Backends,
@@ -44,8 +53,8 @@ pub struct CriService {
     pub(crate) monitor: EventMonitor,
     pub(crate) pulls: PullManager,
     pub(crate) quarantine: Mutex<Vec<Quarantined>>,
-    /// Cached summed snapshot usage: (bytes, inodes, sampled at ns).
-    pub(crate) snapshot_usage: Mutex<(u64, u64, i64)>,
+    /// The snapshotter's usage by snapshot key, refreshed every `stats_collect_period`.
+    pub(crate) snapshot_usage: Mutex<SnapshotUsageCache>,
     pub(crate) last_cni_load: Mutex<String>,
     initialized: AtomicBool,
 }
@@ -68,7 +77,7 @@ impl CriService {
             monitor: EventMonitor::new(max_backoff),
             pulls: PullManager::new(),
             quarantine: Mutex::new(Vec::new()),
-            snapshot_usage: Mutex::new((0, 0, 0)),
+            snapshot_usage: Mutex::new(SnapshotUsageCache::default()),
             last_cni_load: Mutex::new(String::new()),
             initialized: AtomicBool::new(false),
         }))

@@ -96,6 +96,13 @@ pub fn resources_from(cri: Option<&LinuxContainerResources>) -> Resources {
         oom_score_adj: r.oom_score_adj,
         cpuset_cpus: r.cpuset_cpus.clone(),
         cpuset_mems: r.cpuset_mems.clone(),
+        memory_swap_limit_bytes: r.memory_swap_limit_in_bytes,
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|h| crate::backend::HugepageLimit { page_size: h.page_size.clone(), limit: h.limit })
+            .collect(),
+        unified: sorted(&r.unified),
     }
 }
 
@@ -108,7 +115,62 @@ pub fn resources_to_cri(r: &Resources) -> LinuxContainerResources {
         oom_score_adj: r.oom_score_adj,
         cpuset_cpus: r.cpuset_cpus.clone(),
         cpuset_mems: r.cpuset_mems.clone(),
-        ..Default::default()
+        memory_swap_limit_in_bytes: r.memory_swap_limit_bytes,
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|h| k8s_cri::v1::HugepageLimit { page_size: h.page_size.clone(), limit: h.limit })
+            .collect(),
+        unified: r.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod resources_tests {
+    use super::*;
+    use crate::backend::HugepageLimit;
+
+    fn cri() -> LinuxContainerResources {
+        LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 256 << 20,
+            oom_score_adj: 3,
+            cpuset_cpus: "0-1".into(),
+            cpuset_mems: "0".into(),
+            hugepage_limits: vec![
+                k8s_cri::v1::HugepageLimit { page_size: "2MB".into(), limit: 4 << 20 },
+                k8s_cri::v1::HugepageLimit { page_size: "1GB".into(), limit: 1 << 30 },
+            ],
+            unified: [("memory.high".to_string(), "200000000".to_string())].into(),
+            memory_swap_limit_in_bytes: 512 << 20,
+        }
+    }
+
+    #[test]
+    fn every_cri_resource_is_kept_and_reported_back() {
+        let resources = resources_from(Some(&cri()));
+        assert_eq!(resources.memory_swap_limit_bytes, 536_870_912);
+        assert_eq!(
+            resources.hugepage_limits,
+            [
+                HugepageLimit { page_size: "2MB".into(), limit: 4_194_304 },
+                HugepageLimit { page_size: "1GB".into(), limit: 1_073_741_824 },
+            ]
+        );
+        assert_eq!(resources.unified, [("memory.high".to_string(), "200000000".to_string())].into());
+        assert_eq!(resources_to_cri(&resources), cri(), "ContainerStatus reports what was asked for");
+        assert_eq!(resources_from(None), Resources::default());
+    }
+
+    #[test]
+    fn resources_stored_before_the_new_fields_still_read() {
+        let old = r#"{"cpu_period":1,"cpu_quota":2,"cpu_shares":3,"memory_limit_bytes":4,"oom_score_adj":5,"cpuset_cpus":"0","cpuset_mems":""}"#;
+        let resources: Resources = serde_json::from_str(old).unwrap();
+        assert_eq!(resources.memory_limit_bytes, 4);
+        assert_eq!(resources.memory_swap_limit_bytes, 0);
+        assert!(resources.hugepage_limits.is_empty() && resources.unified.is_empty());
     }
 }
 

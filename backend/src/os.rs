@@ -20,6 +20,47 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LinuxOs;
 
+/// What the host's cgroups limit beyond cpu and memory, found as containerd finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CgroupSupport {
+    /// Swap is accounted: `memory.memsw.limit_in_bytes` on cgroup v1, `memory.swap.max` in this
+    /// process's own cgroup on v2 (the root cgroup has none).
+    pub swap: bool,
+    /// The hugetlb controller is there.
+    pub hugetlb: bool,
+}
+
+impl CgroupSupport {
+    /// This host's, probed once per process.
+    pub fn host() -> CgroupSupport {
+        static HOST: std::sync::OnceLock<CgroupSupport> = std::sync::OnceLock::new();
+        *HOST.get_or_init(|| {
+            let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let support = CgroupSupport::probe(Path::new("/sys/fs/cgroup"), &own);
+            tracing::info!(?support, "cgroup controllers");
+            support
+        })
+    }
+
+    /// The cgroup filesystem mounted at `root`, for a process whose `/proc/self/cgroup` reads
+    /// `own_cgroup`. A `cgroup.controllers` at the root means the unified (v2) hierarchy.
+    pub fn probe(root: &Path, own_cgroup: &str) -> CgroupSupport {
+        match fs::read_to_string(root.join("cgroup.controllers")) {
+            Ok(controllers) => {
+                let own = own_cgroup.lines().find_map(|line| line.strip_prefix("0::")).unwrap_or("/");
+                CgroupSupport {
+                    swap: root.join(own.trim_start_matches('/')).join("memory.swap.max").exists(),
+                    hugetlb: controllers.split_whitespace().any(|c| c == "hugetlb"),
+                }
+            }
+            Err(_) => CgroupSupport {
+                swap: root.join("memory/memory.memsw.limit_in_bytes").exists(),
+                hugetlb: root.join("hugetlb").exists(),
+            },
+        }
+    }
+}
+
 /// Runs blocking work off the async runtime; a panic in it becomes an Internal error.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
@@ -307,6 +348,29 @@ mod tests {
         assert_eq!(capabilities_from_mask(0b1), vec!["CAP_CHOWN"]);
         assert_eq!(capabilities_from_mask(1 << 21), vec!["CAP_SYS_ADMIN"]);
         assert_eq!(capabilities_from_mask(0x1ff_ffff_ffff).len(), 41);
+    }
+
+    #[test]
+    fn cgroup_support_is_probed_per_hierarchy() {
+        let touch = |path: &Path, text: &str| {
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        };
+        let v1 = tempfile::tempdir().unwrap();
+        assert_eq!(CgroupSupport::probe(v1.path(), ""), CgroupSupport { swap: false, hugetlb: false });
+        touch(&v1.path().join("memory/memory.memsw.limit_in_bytes"), "9223372036854771712\n");
+        fs::create_dir_all(v1.path().join("hugetlb")).unwrap();
+        assert_eq!(CgroupSupport::probe(v1.path(), ""), CgroupSupport { swap: true, hugetlb: true });
+
+        let v2 = tempfile::tempdir().unwrap();
+        touch(&v2.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n");
+        let own = "0::/system.slice/crid.service\n";
+        assert_eq!(CgroupSupport::probe(v2.path(), own), CgroupSupport { swap: false, hugetlb: false });
+        touch(&v2.path().join("memory.swap.max"), "max\n");
+        assert!(!CgroupSupport::probe(v2.path(), own).swap, "the root's file is not ours");
+        touch(&v2.path().join("system.slice/crid.service/memory.swap.max"), "max\n");
+        touch(&v2.path().join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids\n");
+        assert_eq!(CgroupSupport::probe(v2.path(), own), CgroupSupport { swap: true, hugetlb: true });
     }
 
     #[tokio::test]

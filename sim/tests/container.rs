@@ -9,12 +9,19 @@ use std::time::Duration;
 
 use common::*;
 use crid::ErrorKind;
-use crid::backend::{Resources, StreamRequest, TaskState};
+use crid::backend::{Resources, SnapshotUsage, StreamRequest, TaskState};
 use crid_sim::fakes::clock::virtual_now;
 use k8s_cri::v1::*;
 
 async fn busybox_id(node: &Node) -> String {
     node.pull(BUSYBOX_IMAGE).await
+}
+
+/// The image's first repo digest, as ImageStatus lists it.
+async fn repo_digest(node: &Node, image: &str) -> String {
+    let request = ImageStatusRequest { image: Some(image_spec(image)), verbose: false };
+    let status = node.svc.image_status(request).await.unwrap().image.expect("the image is known");
+    status.repo_digests.first().cloned().expect("a pulled image has a repo digest")
 }
 
 #[madsim::test]
@@ -28,7 +35,7 @@ async fn container_lifecycle() {
     assert_eq!(created.state, ContainerState::ContainerCreated as i32);
     assert!(created.created_at > 0);
     assert_eq!((created.started_at, created.finished_at), (0, 0));
-    assert_eq!(created.image_ref, image_id);
+    assert_eq!(created.image_ref, repo_digest(&node, &image_id).await);
     assert_eq!(created.image.as_ref().unwrap().image, BUSYBOX_IMAGE);
     assert_eq!(created.metadata, Some(ContainerMetadata { name: "main".into(), attempt: 0 }));
     assert_eq!(created.labels, labels(&[("container", "main")]));
@@ -855,4 +862,189 @@ async fn failed_exit_handling_is_retried_with_backoff() {
     assert!(!node.world.containerd.tasks().contains_key(&id), "the task was finally deleted");
     assert!(!node.world.containerd.shims().contains(&id), "and its shim reaped");
     assert_eq!(node.container_status(&id).await.exit_code, 9, "replays do not change the recorded exit");
+}
+
+/// ContainerStatus names the image as containerd 1.7 does: by its first repo tag and its first
+/// repo digest while the image is known, whatever the config named it by (kubelet sends the
+/// id); once the image is gone, by the config's image and the id the container was created
+/// from. ListContainers keeps the config's image and the id.
+#[madsim::test]
+async fn container_status_names_the_image_by_tag_and_digest() {
+    let node = Node::start().await;
+    let image_id = busybox_id(&node).await;
+    let digest = repo_digest(&node, &image_id).await;
+    assert!(digest.starts_with("docker.io/library/busybox@sha256:"), "{digest}");
+    let pod = node.run_pod("img").await;
+    let id = node.create(&pod, "img", "by-id", &image_id, &["sleep", "inf"]).await;
+
+    let status = node.container_status(&id).await;
+    assert_eq!(status.image.as_ref().map(|i| i.image.as_str()), Some(BUSYBOX_IMAGE));
+    assert_eq!(status.image_ref, digest);
+    let listed = node.list_containers(None).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].image.as_ref().map(|i| i.image.as_str()), Some(image_id.as_str()));
+    assert_eq!(listed[0].image_ref, image_id);
+
+    node.svc.remove_image(RemoveImageRequest { image: Some(image_spec(&image_id)) }).await.unwrap();
+    let status = node.container_status(&id).await;
+    assert_eq!(status.image.as_ref().map(|i| i.image.as_str()), Some(image_id.as_str()));
+    assert_eq!(status.image_ref, image_id);
+}
+
+/// Resources updated while a container is CREATED reach the task StartContainer creates, also
+/// when crid restarted in between: the checkpoint holds them, and they go into the container's
+/// spec (whose resources the task is created with) before the task exists. A container whose
+/// resources were not updated starts with its spec's as they were.
+#[madsim::test]
+async fn resources_updated_before_start_reach_the_task() {
+    let (world, faults) = world(7);
+    let with_resources = |name: &str| {
+        let mut config = container_config(name, BUSYBOX_IMAGE, &["sleep", "inf"]);
+        config.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                cpu_shares: 256,
+                memory_limit_in_bytes: 128 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        config
+    };
+    let initial = Resources { cpu_shares: 256, memory_limit_bytes: 128 << 20, ..Default::default() };
+    let updated = Resources {
+        cpu_shares: 512,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        memory_limit_bytes: 256 << 20,
+        cpuset_cpus: "0-1".into(),
+        ..Default::default()
+    };
+    let update = UpdateContainerResourcesRequest {
+        linux: Some(LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 256 << 20,
+            cpuset_cpus: "0-1".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let (updated_before_restart, updated_after_restart, untouched) = {
+        let configs = [with_resources("a"), with_resources("b"), with_resources("c")];
+        let update = update.clone();
+        in_process(world.clone(), faults.clone(), move |node| async move {
+            node.pull(BUSYBOX_IMAGE).await;
+            let pod = node.run_pod("pre").await;
+            let mut ids = vec![];
+            for config in configs {
+                ids.push(node.create_with(&pod, "pre", config).await);
+            }
+            let request = UpdateContainerResourcesRequest { container_id: ids[0].clone(), ..update };
+            node.svc.update_container_resources(request).await.unwrap();
+            (ids[0].clone(), ids[1].clone(), ids[2].clone())
+        })
+        .await
+    };
+
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    let request = UpdateContainerResourcesRequest { container_id: updated_after_restart.clone(), ..update };
+    node.svc.update_container_resources(request).await.unwrap();
+    for id in [&updated_before_restart, &updated_after_restart, &untouched] {
+        node.start_container(id).await;
+    }
+    let containerd = &node.world.containerd;
+    for id in [&updated_before_restart, &updated_after_restart] {
+        assert_eq!(containerd.task_created_with(id), Some(updated.clone()), "{id}: the task has the update");
+        assert_eq!(containerd.containers()[id].spec.resources, updated, "{id}: and so has the spec");
+        let reported = node.container_status(id).await.resources.and_then(|r| r.linux).unwrap();
+        assert_eq!((reported.cpu_shares, reported.memory_limit_in_bytes), (512, 256 << 20));
+    }
+    assert_eq!(containerd.task_created_with(&untouched), Some(initial.clone()));
+    assert_eq!(containerd.containers()[&untouched].spec.resources, initial);
+}
+
+/// A container's writable layer is its rootfs snapshot's usage as the snapshotter reports it
+/// (containerd's snapshots Usage), sampled every stats_collect_period as containerd caches it:
+/// not 0. A snapshot not sampled yet reports nothing, at time 0, until the next refresh.
+#[madsim::test]
+async fn container_stats_report_the_writable_layer() {
+    let node = Node::start().await;
+    let (pod, running) = node.pod_with_running("rw", &["sleep", "inf"]).await;
+    let written = SnapshotUsage { size_bytes: 5 << 20, inodes: 321 };
+    assert!(node.world.containerd.set_snapshot_usage(SNAPSHOTTER, &running, written.clone()));
+    // Past a refresh (stats_collect_period is 10 s).
+    sleep(Duration::from_secs(11)).await;
+    let late = node.create(&pod, "rw", "late", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let layer = |id: String| {
+        let svc = node.svc.clone();
+        async move {
+            let stats = svc.container_stats(ContainerStatsRequest { container_id: id }).await.unwrap().stats.unwrap();
+            let layer = stats.writable_layer.expect("a writable layer");
+            (layer.used_bytes.unwrap().value, layer.inodes_used.unwrap().value, layer.timestamp)
+        }
+    };
+
+    let (bytes, inodes, sampled_at) = layer(running.clone()).await;
+    assert_eq!((bytes, inodes), (5 << 20, 321));
+    assert!(sampled_at > 0);
+    assert_eq!(layer(late.clone()).await, (0, 0, 0), "not sampled yet");
+
+    sleep(Duration::from_secs(10)).await;
+    let (bytes, inodes, resampled_at) = layer(late.clone()).await;
+    assert_eq!((bytes, inodes), (crid_sim::fakes::ACTIVE_SNAPSHOT_BYTES, 1));
+    assert!(resampled_at > sampled_at);
+    let listed = node.svc.list_container_stats(ListContainerStatsRequest { filter: None }).await.unwrap().stats;
+    let running_layer = listed.iter().find(|s| s.attributes.as_ref().unwrap().id == running).unwrap();
+    assert_eq!(running_layer.writable_layer.as_ref().unwrap().used_bytes.unwrap().value, 5 << 20);
+}
+
+/// Swap, hugepage limits and the unified map are kept from CreateContainer and
+/// UpdateContainerResources to ContainerStatus (the checkpoint holds them across a restart) and
+/// reach the container's spec and the task.
+#[madsim::test]
+async fn swap_hugepages_and_unified_are_kept() {
+    let (world, faults) = world(7);
+    let asked = LinuxContainerResources {
+        memory_limit_in_bytes: 128 << 20,
+        memory_swap_limit_in_bytes: 256 << 20,
+        hugepage_limits: vec![HugepageLimit { page_size: "2MB".into(), limit: 4 << 20 }],
+        unified: [("memory.high".to_string(), "100000000".to_string())].into(),
+        ..Default::default()
+    };
+    let mut config = container_config("big", BUSYBOX_IMAGE, &["sleep", "inf"]);
+    config.linux = Some(LinuxContainerConfig { resources: Some(asked.clone()), ..Default::default() });
+    let id = in_process(world.clone(), faults.clone(), move |node| async move {
+        node.pull(BUSYBOX_IMAGE).await;
+        let pod = node.run_pod("big").await;
+        let id = node.create_with(&pod, "big", config).await;
+        let reported = node.container_status(&id).await.resources.and_then(|r| r.linux).unwrap();
+        assert_eq!(reported, asked, "as created");
+        let spec = node.world.containerd.containers()[&id].spec.resources.clone();
+        assert_eq!(spec.memory_swap_limit_bytes, 256 << 20);
+        assert_eq!(spec.hugepage_limits.len(), 1);
+        assert_eq!(spec.unified.get("memory.high").map(String::as_str), Some("100000000"));
+        node.start_container(&id).await;
+        id
+    })
+    .await;
+
+    let node = Node::start_on(world, faults, test_config()).await;
+    let reported = node.container_status(&id).await.resources.and_then(|r| r.linux).unwrap();
+    assert_eq!(reported.hugepage_limits, vec![HugepageLimit { page_size: "2MB".into(), limit: 4 << 20 }]);
+    let update = LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        hugepage_limits: vec![HugepageLimit { page_size: "1GB".into(), limit: 1 << 30 }],
+        unified: [("pids.max".to_string(), "100".to_string())].into(),
+        ..Default::default()
+    };
+    let request =
+        UpdateContainerResourcesRequest { container_id: id.clone(), linux: Some(update.clone()), ..Default::default() };
+    node.svc.update_container_resources(request).await.unwrap();
+    let reported = node.container_status(&id).await.resources.and_then(|r| r.linux).unwrap();
+    assert_eq!(reported, update);
+    let task = node.world.containerd.task_resources(&id).unwrap();
+    assert_eq!((task.memory_swap_limit_bytes, task.hugepage_limits[0].limit), (0, 1 << 30));
+    assert_eq!(task.unified.get("pids.max").map(String::as_str), Some("100"));
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use crid::ErrorKind;
-use crid::backend::{Containerd, ResolvedImage};
+use crid::backend::{Containerd, ResolvedImage, SnapshotUsage};
 use crid_sim::fakes::{PAUSE_IMAGE, SnapshotKind, chain_ids};
 use k8s_cri::v1::*;
 
@@ -193,7 +193,7 @@ async fn image_fs_info_reports_snapshot_usage() {
     assert_eq!(info.image_filesystems.len(), 1);
     let usage = &info.image_filesystems[0];
     assert_eq!(usage.fs_id.as_ref().unwrap().mountpoint, "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs");
-    let expected = node.world.containerd.snapshots_usage(SNAPSHOTTER).await.unwrap();
+    let expected = SnapshotUsage::total(node.world.containerd.snapshots_usage(SNAPSHOTTER).await.unwrap().values());
     assert_eq!(usage.used_bytes.unwrap().value, expected.size_bytes);
     assert_eq!(usage.inodes_used.unwrap().value, expected.inodes);
     assert!(expected.size_bytes >= 2_200_000 + 48_000 + 311_000, "{expected:?}");

@@ -420,6 +420,30 @@ async fn pod_sandbox_stats_sum_the_containers() {
     }
 }
 
+/// ListPodSandboxStats lists READY sandboxes only, as containerd does (a stopped one has no
+/// task to measure), even when the filter names it; PodSandboxStats still answers for it.
+#[madsim::test]
+async fn list_pod_sandbox_stats_lists_ready_sandboxes_only() {
+    let node = Node::start().await;
+    let ready = node.run_pod("up").await;
+    let stopped = node.run_pod("down").await;
+    node.stop_pod(&stopped).await;
+    assert_eq!(node.pod_state(&stopped).await, PodSandboxState::SandboxNotready);
+
+    let list = |filter: Option<PodSandboxStatsFilter>| {
+        let svc = node.svc.clone();
+        async move {
+            let stats = svc.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter }).await.unwrap().stats;
+            sorted_ids(stats.into_iter().map(|s| s.attributes.unwrap().id))
+        }
+    };
+    assert_eq!(list(None).await, vec![ready.clone()]);
+    assert_eq!(list(Some(PodSandboxStatsFilter::default())).await, vec![ready.clone()]);
+    assert!(list(Some(PodSandboxStatsFilter { id: stopped.clone(), ..Default::default() })).await.is_empty());
+    let one = node.svc.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: stopped.clone() }).await;
+    assert_eq!(one.unwrap().stats.unwrap().attributes.unwrap().id, stopped);
+}
+
 /// A kubelet retry of a RunPodSandbox that is still running joins it: both calls get the same
 /// id and only one pod exists (B12).
 #[madsim::test]

@@ -192,6 +192,23 @@ pub struct Resources {
     pub oom_score_adj: i64,
     pub cpuset_cpus: String,
     pub cpuset_mems: String,
+    /// The CRI's memory+swap limit; 0 when none was asked for (the backend then pins swap to
+    /// the memory limit where the host accounts swap, as containerd does).
+    #[serde(default)]
+    pub memory_swap_limit_bytes: i64,
+    /// Per page size, as the CRI sends them (in order).
+    #[serde(default)]
+    pub hugepage_limits: Vec<HugepageLimit>,
+    /// cgroup v2 files and their values, written as given.
+    #[serde(default)]
+    pub unified: BTreeMap<String, String>,
+}
+
+/// A hugetlb limit: `page_size` as the kernel names it ("2MB", "1GB"), `limit` in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HugepageLimit {
+    pub page_size: String,
+    pub limit: u64,
 }
 
 /// Where a task's stdout/stderr go. The backend owns the copying into the CRI log format.
@@ -375,6 +392,16 @@ pub struct SnapshotUsage {
     pub inodes: u64,
 }
 
+impl SnapshotUsage {
+    /// The summed usage of several snapshots (saturating: the numbers come from containerd).
+    pub fn total<'a>(usages: impl IntoIterator<Item = &'a SnapshotUsage>) -> SnapshotUsage {
+        usages.into_iter().fold(SnapshotUsage::default(), |sum, usage| SnapshotUsage {
+            size_bytes: sum.size_bytes.saturating_add(usage.size_bytes),
+            inodes: sum.inodes.saturating_add(usage.inodes),
+        })
+    }
+}
+
 /// A containerd event, decoded by topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -427,7 +454,7 @@ pub trait Containerd: Send + Sync + 'static {
     async fn get_container(&self, id: &str) -> Result<ContainerRecord>;
     /// Containers whose labels include all of `labels`, sorted by id.
     async fn list_containers(&self, labels: &BTreeMap<String, String>) -> Result<Vec<ContainerRecord>>;
-    /// Replaces labels and extensions.
+    /// Replaces labels, extensions and the spec.
     async fn update_container(&self, record: &ContainerRecord) -> Result<()>;
     /// Deletes the record and, with `cleanup_snapshot`, its rootfs snapshot. NotFound if absent.
     async fn delete_container(&self, id: &str, cleanup_snapshot: bool) -> Result<()>;
@@ -498,8 +525,8 @@ pub trait Containerd: Send + Sync + 'static {
         path: &str,
         max_bytes: usize,
     ) -> Result<Option<Vec<u8>>>;
-    /// Summed usage of every snapshot in `snapshotter`.
-    async fn snapshots_usage(&self, snapshotter: &str) -> Result<SnapshotUsage>;
+    /// The usage of every snapshot in `snapshotter`, by key (containerd's snapshots Usage).
+    async fn snapshots_usage(&self, snapshotter: &str) -> Result<BTreeMap<String, SnapshotUsage>>;
     async fn create_image(&self, record: &ImageRecord) -> Result<()>;
     async fn update_image(&self, record: &ImageRecord) -> Result<()>;
     async fn get_image(&self, name: &str) -> Result<ImageRecord>;

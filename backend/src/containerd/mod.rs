@@ -726,27 +726,29 @@ impl Containerd for RealContainerd {
         grpc(self.snapshots().remove(self.req(request)).await).map(|_| ())
     }
 
-    async fn snapshots_usage(&self, snapshotter: &str) -> Result<SnapshotUsage> {
+    async fn snapshots_usage(&self, snapshotter: &str) -> Result<BTreeMap<String, SnapshotUsage>> {
         let request = ListSnapshotsRequest { snapshotter: snapshotter.to_string(), filters: Vec::new() };
         let mut stream = grpc(self.snapshots().list(self.req(request)).await)?;
         let mut keys = Vec::new();
         while let Some(batch) = stream.message().await.map_err(from_status)? {
             keys.extend(batch.info.into_iter().map(|info| info.name));
         }
-        let mut total = SnapshotUsage::default();
+        let mut by_key = BTreeMap::new();
         for key in keys {
-            let request = UsageRequest { snapshotter: snapshotter.to_string(), key };
+            let request = UsageRequest { snapshotter: snapshotter.to_string(), key: key.clone() };
             match grpc(self.snapshots().usage(self.req(request)).await) {
                 Ok(usage) => {
-                    total.size_bytes += usage.size.max(0) as u64;
-                    total.inodes += usage.inodes.max(0) as u64;
+                    // Negative numbers from containerd count as nothing.
+                    let usage =
+                        SnapshotUsage { size_bytes: usage.size.max(0) as u64, inodes: usage.inodes.max(0) as u64 };
+                    by_key.insert(key, usage);
                 }
                 // Removed since the listing: it uses nothing now.
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(total)
+        Ok(by_key)
     }
 
     async fn create_image(&self, record: &ImageRecord) -> Result<()> {

@@ -271,8 +271,16 @@ fn parse_seccomp(json: &str) -> Result<LinuxSeccomp> {
     serde_json::from_str(json).map_err(|e| Error::invalid(format!("not a seccomp profile: {e}")))
 }
 
-/// The cgroup v1 resources runc applies (and task Update changes).
+/// The resources runc applies (and task Update changes), for this host's cgroups.
 pub fn linux_resources(resources: &Resources) -> Result<LinuxResources> {
+    linux_resources_for(resources, crate::os::CgroupSupport::host())
+}
+
+/// The resources runc applies on a host whose cgroups support `host`, as containerd writes them:
+/// swap pinned to the memory limit unless asked for (no swapping by default) where swap is
+/// accounted, hugepage limits where the hugetlb controller is (skipped, with a warning,
+/// elsewhere), the unified map as given.
+pub fn linux_resources_for(resources: &Resources, host: crate::os::CgroupSupport) -> Result<LinuxResources> {
     let mut cpu = LinuxCpuBuilder::default();
     if resources.cpu_shares > 0 {
         cpu = cpu.shares(resources.cpu_shares as u64);
@@ -293,11 +301,102 @@ pub fn linux_resources(resources: &Resources) -> Result<LinuxResources> {
     if resources.memory_limit_bytes > 0 {
         memory = memory.limit(resources.memory_limit_bytes);
     }
-    LinuxResourcesBuilder::default()
-        .cpu(cpu.build().map_err(oci_err)?)
-        .memory(memory.build().map_err(oci_err)?)
-        .build()
-        .map_err(oci_err)
+    let swap = match resources.memory_swap_limit_bytes {
+        0 if resources.memory_limit_bytes > 0 => resources.memory_limit_bytes,
+        asked => asked,
+    };
+    if swap != 0 && host.swap {
+        memory = memory.swap(swap);
+    }
+    let mut linux =
+        LinuxResourcesBuilder::default().cpu(cpu.build().map_err(oci_err)?).memory(memory.build().map_err(oci_err)?);
+    if !resources.hugepage_limits.is_empty() {
+        if host.hugetlb {
+            let limits = resources
+                .hugepage_limits
+                .iter()
+                .map(|h| {
+                    let limit = i64::try_from(h.limit).map_err(|_| {
+                        Error::invalid(format!("hugepage limit {} for {:?} is out of range", h.limit, h.page_size))
+                    })?;
+                    oci_spec::runtime::LinuxHugepageLimitBuilder::default()
+                        .page_size(h.page_size.clone())
+                        .limit(limit)
+                        .build()
+                        .map_err(oci_err)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            linux = linux.hugepage_limits(limits);
+        } else {
+            tracing::warn!("hugetlb cgroup controller is absent: skipping huge pages limits");
+        }
+    }
+    if !resources.unified.is_empty() {
+        linux = linux.unified(resources.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
+    }
+    linux.build().map_err(oci_err)
+}
+
+#[cfg(test)]
+mod resources_tests {
+    use crid::backend::HugepageLimit;
+
+    use super::*;
+    use crate::os::CgroupSupport;
+
+    const EVERYTHING: CgroupSupport = CgroupSupport { swap: true, hugetlb: true };
+    const NOTHING: CgroupSupport = CgroupSupport { swap: false, hugetlb: false };
+
+    fn limited(memory: i64, swap: i64) -> Resources {
+        Resources { memory_limit_bytes: memory, memory_swap_limit_bytes: swap, ..Default::default() }
+    }
+
+    fn swap_of(resources: &Resources, host: CgroupSupport) -> Option<i64> {
+        linux_resources_for(resources, host).unwrap().memory().as_ref().and_then(|m| m.swap())
+    }
+
+    #[test]
+    fn swap_is_pinned_to_the_memory_limit_where_swap_is_accounted() {
+        assert_eq!(swap_of(&limited(256 << 20, 0), EVERYTHING), Some(268_435_456), "no swapping by default");
+        assert_eq!(swap_of(&limited(256 << 20, 512 << 20), EVERYTHING), Some(536_870_912), "as asked");
+        assert_eq!(swap_of(&limited(0, 512 << 20), EVERYTHING), Some(536_870_912));
+        assert_eq!(swap_of(&limited(0, 0), EVERYTHING), None, "no limit, no swap limit");
+        assert_eq!(swap_of(&limited(256 << 20, 0), NOTHING), None, "runc could not write it");
+        assert_eq!(swap_of(&limited(256 << 20, 512 << 20), NOTHING), None);
+    }
+
+    #[test]
+    fn hugepages_and_unified_reach_the_spec() {
+        let resources = Resources {
+            hugepage_limits: vec![
+                HugepageLimit { page_size: "2MB".into(), limit: 4 << 20 },
+                HugepageLimit { page_size: "1GB".into(), limit: 1 << 30 },
+            ],
+            unified: [("memory.high".to_string(), "200000000".to_string())].into(),
+            ..Default::default()
+        };
+        let linux = linux_resources_for(&resources, EVERYTHING).unwrap();
+        let json = serde_json::to_value(&linux).unwrap();
+        assert_eq!(
+            json["hugepageLimits"],
+            serde_json::json!([{"pageSize": "2MB", "limit": 4_194_304}, {"pageSize": "1GB", "limit": 1_073_741_824}])
+        );
+        assert_eq!(json["unified"], serde_json::json!({"memory.high": "200000000"}));
+
+        let without_hugetlb = serde_json::to_value(linux_resources_for(&resources, NOTHING).unwrap()).unwrap();
+        assert!(without_hugetlb.get("hugepageLimits").is_none(), "{without_hugetlb}");
+        assert_eq!(without_hugetlb["unified"], json["unified"], "unified is written as given");
+        let plain = serde_json::to_value(linux_resources_for(&Resources::default(), EVERYTHING).unwrap()).unwrap();
+        assert!(plain.get("hugepageLimits").is_none() && plain.get("unified").is_none(), "{plain}");
+
+        let huge = Resources {
+            hugepage_limits: vec![HugepageLimit { page_size: "2MB".into(), limit: u64::MAX }],
+            ..Default::default()
+        };
+        let error = linux_resources_for(&huge, EVERYTHING).unwrap_err();
+        assert_eq!(error.kind, crid::ErrorKind::InvalidArgument);
+        assert!(error.message.contains("out of range"), "{error}");
+    }
 }
 
 /// The cgroup path runc creates. cgroupfs: `<cgroup_parent>/<id>`, or under `/crid` without a

@@ -36,8 +36,8 @@ const EVENT_LOG_LIMIT: usize = 10_000;
 const FIRST_PID: u32 = 1000;
 /// A fetch without a plan reports progress in this many steps, spread over the fetch latency.
 const FETCH_PROGRESS_STEPS: u64 = 4;
-/// What an active (writable) snapshot counts for in usage.
-const ACTIVE_SNAPSHOT_BYTES: u64 = 4096;
+/// What an active (writable) snapshot counts for in usage, unless a test set its usage.
+pub const ACTIVE_SNAPSHOT_BYTES: u64 = 4096;
 
 /// How one blob comes down from the registry, to script slow or stuck pulls (SPEC B23).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +127,8 @@ struct Task {
     /// Wait completions still to swallow (SPEC B6).
     swallowed_waits: u32,
     resources: Option<Resources>,
+    /// The resources of the container's spec when the task was created.
+    created_with: Resources,
     log_reopens: u32,
 }
 
@@ -147,6 +149,8 @@ struct Snapshotter {
     committed: BTreeMap<String, (String, u64)>,
     /// Key → parent chain id.
     active: BTreeMap<String, String>,
+    /// Usage set by a test for an active snapshot (what the container wrote), by key.
+    written: BTreeMap<String, SnapshotUsage>,
 }
 
 impl Snapshotter {
@@ -751,6 +755,11 @@ impl FakeContainerd {
         self.raw_state().tasks.get(id).and_then(|task| task.resources.clone())
     }
 
+    /// The resources the task was created with (its container's spec's, at the time).
+    pub fn task_created_with(&self, id: &str) -> Option<Resources> {
+        self.raw_state().tasks.get(id).map(|task| task.created_with.clone())
+    }
+
     pub fn log_reopens(&self, id: &str) -> u32 {
         self.raw_state().tasks.get(id).map_or(0, |task| task.log_reopens)
     }
@@ -789,6 +798,17 @@ impl FakeContainerd {
             )
         });
         committed.chain(active).collect()
+    }
+
+    /// Sets what the active snapshot `key` uses (what its container wrote); false without one.
+    pub fn set_snapshot_usage(&self, snapshotter: &str, key: &str, usage: SnapshotUsage) -> bool {
+        let mut state = self.raw_state();
+        let snapshots = state.snapshotter(snapshotter);
+        if !snapshots.active.contains_key(key) {
+            return false;
+        }
+        snapshots.written.insert(key.to_string(), usage);
+        true
     }
 
     pub fn images(&self) -> BTreeMap<String, ImageRecord> {
@@ -900,6 +920,7 @@ impl FakeContainerd {
             execs: BTreeMap::new(),
             swallowed_waits: 0,
             resources: None,
+            created_with: container.spec.resources.clone(),
             log_reopens: 0,
         };
         state.tasks.insert(id.to_string(), task);
@@ -1124,6 +1145,7 @@ impl Containerd for FakeContainerd {
             Some(stored) => {
                 stored.labels = record.labels.clone();
                 stored.extensions = record.extensions.clone();
+                stored.spec = record.spec.clone();
                 Ok(())
             }
             None => Err(container_not_found(&record.id)),
@@ -1367,6 +1389,7 @@ impl Containerd for FakeContainerd {
                 return Err(Error::not_found(format!("parent snapshot {parent_chain_id} does not exist: not found")));
             }
             snapshots.active.insert(key.to_string(), parent_chain_id.to_string());
+            snapshots.written.remove(key);
             Ok(())
         })();
         after.finish(result).await
@@ -1415,15 +1438,18 @@ impl Containerd for FakeContainerd {
         after.finish(result).await
     }
 
-    async fn snapshots_usage(&self, snapshotter: &str) -> Result<SnapshotUsage> {
+    async fn snapshots_usage(&self, snapshotter: &str) -> Result<BTreeMap<String, SnapshotUsage>> {
         let after = self.enter("containerd.snapshots_usage", snapshotter).await?;
-        let usage = self.raw_state().snapshotters.get(snapshotter).map_or_else(SnapshotUsage::default, |snapshots| {
-            let committed: u64 = snapshots.committed.values().map(|(_, size)| size).sum();
-            let active = snapshots.active.len() as u64;
-            SnapshotUsage {
-                size_bytes: committed + active * ACTIVE_SNAPSHOT_BYTES,
-                inodes: snapshots.committed.len() as u64 + active,
-            }
+        let usage = self.raw_state().snapshotters.get(snapshotter).map_or_else(BTreeMap::new, |snapshots| {
+            let committed = snapshots
+                .committed
+                .iter()
+                .map(|(chain_id, (_, size))| (chain_id.clone(), SnapshotUsage { size_bytes: *size, inodes: 1 }));
+            let active = snapshots.active.keys().map(|key| {
+                let usage = snapshots.written.get(key).cloned();
+                (key.clone(), usage.unwrap_or(SnapshotUsage { size_bytes: ACTIVE_SNAPSHOT_BYTES, inodes: 1 }))
+            });
+            committed.chain(active).collect()
         });
         after.finish(Ok(usage)).await
     }
@@ -1803,7 +1829,8 @@ mod tests {
         let content = containerd.image_content(&record).await.unwrap();
         assert!(content.complete);
         assert_eq!((content.chain_id.as_str(), content.size_bytes), (chain[1].as_str(), 110));
-        assert_eq!(containerd.snapshots_usage("overlayfs").await.unwrap().size_bytes, 110);
+        let usage = containerd.snapshots_usage("overlayfs").await.unwrap();
+        assert_eq!(SnapshotUsage::total(usage.values()), SnapshotUsage { size_bytes: 110, inodes: 2 });
         containerd.prepare_snapshot("overlayfs", "c1", &chain[1]).await.unwrap();
         containerd.delete_image("r/x:1", true).await.unwrap();
         assert!(containerd.content().is_empty());
