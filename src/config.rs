@@ -58,6 +58,11 @@ pub struct Config {
     pub device_ownership_from_security_context: bool,
     /// Container Device Interface: not implemented; `true` is refused at start.
     pub enable_cdi: bool,
+    /// Leave huge-page limits out of the runtime spec (containerd's default: true).
+    pub disable_hugetlb_controller: bool,
+    /// Skip huge-page limits, with a warning, on a host without the hugetlb controller
+    /// (containerd's default: true; `false` is refused at start).
+    pub tolerate_missing_hugetlb_controller: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,6 +164,8 @@ impl Default for Config {
             enable_unprivileged_icmp: false,
             device_ownership_from_security_context: false,
             enable_cdi: false,
+            disable_hugetlb_controller: true,
+            tolerate_missing_hugetlb_controller: true,
         }
     }
 }
@@ -322,6 +329,10 @@ impl Config {
         let unsupported = [
             (self.enable_cdi, "`enable_cdi = true`: the Container Device Interface is not supported"),
             (
+                !self.tolerate_missing_hugetlb_controller,
+                "`tolerate_missing_hugetlb_controller = false`: crid skips huge-page limits (with a warning) where the controller is missing",
+            ),
+            (
                 self.cni.max_conf_num != 1,
                 "`cni.max_conf_num` other than 1: crid sets up one network (the first config) per pod",
             ),
@@ -344,6 +355,16 @@ impl Config {
             return Err(Error::invalid("`container_event_buffer` and `max_backoff_entries` must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The resources as the runtime gets them: without huge-page limits unless the hugetlb
+    /// controller is enabled (`disable_hugetlb_controller = false`), as in containerd.
+    pub fn runtime_resources(&self, resources: &crate::backend::Resources) -> crate::backend::Resources {
+        let mut resources = resources.clone();
+        if self.disable_hugetlb_controller {
+            resources.hugepage_limits.clear();
+        }
+        resources
     }
 
     pub fn image_pull_progress_timeout(&self) -> Duration {
@@ -411,6 +432,7 @@ mod tests {
         assert!(error.message.contains("Systemd"), "{error}");
         for (toml, key) in [
             ("enable_cdi = true", "enable_cdi"),
+            ("tolerate_missing_hugetlb_controller = false", "tolerate_missing_hugetlb_controller"),
             ("[cni]\nmax_conf_num = 2", "max_conf_num"),
             ("[containerd]\ndiscard_unpacked_layers = true", "discard_unpacked_layers"),
             ("[containerd]\ndisable_snapshot_annotations = false", "disable_snapshot_annotations"),

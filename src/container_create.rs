@@ -394,6 +394,7 @@ impl CriService {
         let Some(resources) = container.status().resources.filter(|r| *r != created_with) else {
             return Ok(());
         };
+        let resources = self.config.runtime_resources(&resources);
         let containerd = &self.backends.containerd;
         let mut record =
             containerd.get_container(&container.id).await.map_err(|e| e.context("failed to read container spec"))?;

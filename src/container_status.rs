@@ -174,7 +174,11 @@ impl CriService {
         container.check_status(&status)?;
         self.write_checkpoint(&container.id, &status).await?;
         if state == ContainerState::Running
-            && let Err(error) = self.backends.containerd.update_task_resources(&container.id, &resources).await
+            && let Err(error) = self
+                .backends
+                .containerd
+                .update_task_resources(&container.id, &self.config.runtime_resources(&resources))
+                .await
         {
             // The task kept its old limits: so must the checkpoint, or the next restart
             // would report limits the caller was told had failed.

@@ -20,6 +20,7 @@ pub struct SpecPolicy {
     pub enable_unprivileged_icmp: bool,
     pub device_ownership_from_security_context: bool,
     pub disable_cgroup: bool,
+    pub disable_hugetlb_controller: bool,
 }
 
 impl SpecPolicy {
@@ -38,6 +39,7 @@ impl SpecPolicy {
             enable_unprivileged_icmp: config.enable_unprivileged_icmp,
             device_ownership_from_security_context: config.device_ownership_from_security_context,
             disable_cgroup: config.disable_cgroup,
+            disable_hugetlb_controller: config.disable_hugetlb_controller,
         })
     }
 
@@ -46,6 +48,9 @@ impl SpecPolicy {
         spec.runtime_path = self.runtime.runtime_path.clone();
         spec.runc_options = self.runtime.options.clone();
         spec.cgroups_disabled = self.disable_cgroup;
+        if self.disable_hugetlb_controller {
+            spec.resources.hugepage_limits.clear();
+        }
     }
 }
 

@@ -1023,14 +1023,16 @@ async fn swap_hugepages_and_unified_are_kept() {
         assert_eq!(reported, asked, "as created");
         let spec = node.world.containerd.containers()[&id].spec.resources.clone();
         assert_eq!(spec.memory_swap_limit_bytes, 256 << 20);
-        assert_eq!(spec.hugepage_limits.len(), 1);
+        assert!(spec.hugepage_limits.is_empty(), "disable_hugetlb_controller (the default) keeps them out of the spec");
         assert_eq!(spec.unified.get("memory.high").map(String::as_str), Some("100000000"));
         node.start_container(&id).await;
         id
     })
     .await;
 
-    let node = Node::start_on(world, faults, test_config()).await;
+    // Restarted with the hugetlb controller enabled: updates carry huge-page limits to the task.
+    let config = crid::config::Config { disable_hugetlb_controller: false, ..test_config() };
+    let node = Node::start_on(world, faults, config).await;
     let reported = node.container_status(&id).await.resources.and_then(|r| r.linux).unwrap();
     assert_eq!(reported.hugepage_limits, vec![HugepageLimit { page_size: "2MB".into(), limit: 4 << 20 }]);
     let update = LinuxContainerResources {
