@@ -102,6 +102,58 @@ impl Checker {
         }
     }
 
+    /// Spec follows the request: a container CreateContainer acknowledged runs as, and in the
+    /// namespaces and with the mounts, that its CRI config asked for. Checked on the record
+    /// the fake containerd holds, i.e. what the runtime would be handed.
+    pub fn check_container_spec(&self, id: &str, config: &k8s_cri::v1::ContainerConfig) {
+        use k8s_cri::v1::NamespaceMode;
+        let Some(record) = self.world.containerd.containers().remove(id) else { return };
+        let object = format!("container {}", short(id));
+        let spec = &record.spec;
+        let security = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+        let Some(user) = &spec.resolved_user else {
+            self.fail("spec follows the request", &object, "no resolved user in the runtime's spec");
+            return;
+        };
+        let asked_uid = security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value);
+        let asked_gid = security.and_then(|s| s.run_as_group.as_ref()).map(|g| g.value);
+        if asked_uid.is_some_and(|uid| uid != i64::from(user.uid))
+            || asked_gid.is_some_and(|gid| gid != i64::from(user.gid))
+        {
+            self.fail(
+                "spec follows the request",
+                &object,
+                format!("asked for {asked_uid:?}:{asked_gid:?}, runs as {}:{}", user.uid, user.gid),
+            );
+        }
+        let supplemental = security.map(|s| s.supplemental_groups.as_slice()).unwrap_or_default();
+        if let Some(missing) = supplemental.iter().find(|g| !user.additional_gids.iter().any(|a| i64::from(*a) == **g))
+        {
+            self.fail("spec follows the request", &object, format!("supplemental group {missing} is missing"));
+        }
+        let pid_mode = security.and_then(|s| s.namespace_options.as_ref()).map_or(NamespaceMode::Pod as i32, |o| o.pid);
+        let (own, host) = (pid_mode == NamespaceMode::Container as i32, pid_mode == NamespaceMode::Node as i32);
+        if spec.own_pid_namespace != own || spec.host_pid != host {
+            self.fail(
+                "spec follows the request",
+                &object,
+                format!("pid mode {pid_mode}: own {} host {}", spec.own_pid_namespace, spec.host_pid),
+            );
+        }
+        for mount in &config.mounts {
+            let found = spec.mounts.iter().find(|m| m.destination == mount.container_path);
+            if found
+                .is_none_or(|m| m.source != mount.host_path || m.options.iter().any(|o| o == "ro") != mount.readonly)
+            {
+                self.fail(
+                    "spec follows the request",
+                    &object,
+                    format!("mount at {:?} is not the one asked for: {found:?}", mount.container_path),
+                );
+            }
+        }
+    }
+
     /// 1. Registry ↔ store.
     fn check_registries(&self, snapshot: &StateSnapshot) {
         let in_flight: BTreeSet<&str> =

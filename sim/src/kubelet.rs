@@ -76,6 +76,26 @@ fn pod_config(name: &str, uid: &str, host_network: bool, attempt: u32) -> PodSan
     }
 }
 
+/// The security contexts kubelet sends, varied by container index so that every run covers
+/// them: a non-root uid and group with supplemental groups, a PID namespace of the container's
+/// own (kubelet's default), and the pod's.
+fn security_for(index: u32) -> LinuxContainerConfig {
+    let context = match index % 3 {
+        0 => LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 1000 + i64::from(index) }),
+            run_as_group: Some(Int64Value { value: 3000 }),
+            supplemental_groups: vec![4000],
+            ..Default::default()
+        },
+        1 => LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption { pid: NamespaceMode::Container as i32, ..Default::default() }),
+            ..Default::default()
+        },
+        _ => LinuxContainerSecurityContext::default(),
+    };
+    LinuxContainerConfig { security_context: Some(context), ..Default::default() }
+}
+
 impl Kubelet {
     pub fn new(scenario: Scenario, seed: u64, endpoint: CriEndpoint, checker: Arc<Checker>, trace: Arc<Trace>) -> Self {
         Kubelet {
@@ -351,11 +371,18 @@ impl Kubelet {
             command: command.to_vec(),
             log_path: format!("c{index}/{attempt}.log"),
             labels: HashMap::from([("container".to_string(), format!("c{index}"))]),
+            linux: Some(security_for(index)),
+            mounts: vec![Mount {
+                container_path: "/data".into(),
+                host_path: format!("{}/volumes/data", pod.log_directory),
+                readonly: index % 2 == 1,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let what = format!("c{index}.{attempt} in {}", short(sandbox_id));
         let created = retry!(self, true, {
-            let (config, pod, sandbox) = (config.clone(), pod.clone(), sandbox_id.to_string());
+            let (sent, pod, sandbox) = (config.clone(), pod.clone(), sandbox_id.to_string());
             let result = self
                 .call_then(
                     "CreateContainer",
@@ -363,12 +390,15 @@ impl Kubelet {
                     move |s| async move {
                         s.create_container(CreateContainerRequest {
                             pod_sandbox_id: sandbox,
-                            config: Some(config),
+                            config: Some(sent),
                             sandbox_config: Some(pod),
                         })
                         .await
                     },
-                    |r| self.checker.oracle.created_container(&r.container_id, sandbox_id),
+                    |r| {
+                        self.checker.oracle.created_container(&r.container_id, sandbox_id);
+                        self.checker.check_container_spec(&r.container_id, &config);
+                    },
                 )
                 .await;
             match result {

@@ -240,7 +240,10 @@ fn namespaces(workload: &WorkloadSpec) -> Result<Vec<LinuxNamespace>> {
     if !workload.host_ipc {
         out.push(namespace(LinuxNamespaceType::Ipc, join("ipc"))?);
     }
-    out.push(namespace(LinuxNamespaceType::Uts, join("uts"))?);
+    // A host-network pod has the node's UTS namespace too, as in containerd.
+    if !workload.host_network {
+        out.push(namespace(LinuxNamespaceType::Uts, join("uts"))?);
+    }
     if !workload.host_pid {
         let path = if workload.own_pid_namespace {
             None
@@ -431,7 +434,8 @@ pub fn build(id: &str, workload: &WorkloadSpec) -> Result<Spec> {
     root.set_path(PathBuf::from("rootfs"));
     root.set_readonly(Some(workload.readonly_rootfs));
     spec.set_root(Some(root));
-    spec.set_hostname((!workload.hostname.is_empty()).then(|| workload.hostname.clone()));
+    // Only a UTS namespace of the pod's own can take a hostname.
+    spec.set_hostname((!workload.hostname.is_empty() && !workload.host_network).then(|| workload.hostname.clone()));
     spec.set_mounts(Some(mounts(workload)?));
     let annotations: HashMap<String, String> = workload.annotations.clone().into_iter().collect();
     spec.set_annotations(Some(annotations));
@@ -629,6 +633,18 @@ mod tests {
         let disabled = WorkloadSpec { cgroups_disabled: true, ..container() };
         let json = serde_json::to_value(build("c1", &disabled).unwrap()).unwrap();
         assert!(json["linux"].get("cgroupsPath").is_none() && json["linux"].get("resources").is_none(), "{json}");
+    }
+
+    #[test]
+    fn host_network_pods_keep_the_nodes_uts_namespace() {
+        let workload = WorkloadSpec { host_network: true, sandbox: true, hostname: "node-1".into(), ..container() };
+        let json = serde_json::to_value(build("s1", &workload).unwrap()).unwrap();
+        let nss = json["linux"]["namespaces"].as_array().unwrap();
+        assert!(!nss.iter().any(|n| n["type"] == "uts" || n["type"] == "network"), "{nss:?}");
+        assert!(json.get("hostname").is_none());
+        let own = serde_json::to_value(build("s1", &WorkloadSpec { hostname: "pod".into(), ..container() }).unwrap())
+            .unwrap();
+        assert_eq!(own["hostname"], "pod");
     }
 
     #[test]
