@@ -39,7 +39,7 @@ impl Trace {
     pub fn log(&self, actor: &str, text: impl AsRef<str>) {
         let line = format!("[{}] {actor:<8} {}", self.now_label(), text.as_ref());
         if self.echo {
-            println!("{line}");
+            crate::out::line(&line);
         }
         self.lines.lock().unwrap().push(line);
     }
