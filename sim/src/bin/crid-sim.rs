@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
 mod cli {
     use clap::{Parser, Subcommand};
     use crid_sim::outln;
-    use crid_sim::runner::{replay_command, run_seed};
+    use crid_sim::runner::{ChaosEvent, replay_command, run_seed};
     use crid_sim::scenario::{Scenario, names};
     use crid_sim::summary::{Summary, parse_seed_range, run_seeds, shard};
 
@@ -198,7 +198,11 @@ mod cli {
         );
         outln!(
             "chaos events         {}",
-            if report.chaos_events.is_empty() { "none".into() } else { report.chaos_events.join(", ") }
+            if report.chaos_events.is_empty() {
+                "none".into()
+            } else {
+                report.chaos_events.iter().map(|e| ChaosEvent::describe(e)).collect::<Vec<_>>().join(", ")
+            }
         );
         outln!(
             "rpcs {}  pods {}  simulated {:.1}s  wall {}ms  trace {} lines, hash {}",
