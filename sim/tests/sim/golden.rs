@@ -3,7 +3,6 @@
 //! pinned is the trace's projection (`crid_sim::trace::projection`): object ids renamed in order
 //! of first appearance and times cut to whole seconds, so that new random ids or a latency
 //! that moves by microseconds leave the snapshots alone.
-#![cfg(madsim)]
 
 use std::path::Path;
 
@@ -16,7 +15,7 @@ fn golden(scenario: &str, seed: u64) {
     let report = run_seed_isolated_with(exe, &Scenario::load(scenario).unwrap(), seed, true);
     assert!(report.passed(), "{scenario} seed {seed} failed: {:?}", report.failures);
     let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path("../../snapshots");
+    settings.set_snapshot_path("../../../snapshots");
     settings.set_prepend_module_to_snapshot(false);
     settings.set_description(format!("cargo sim run --scenario {scenario} --seed {seed} --trace"));
     let projected = projection(&report.trace).join("\n");

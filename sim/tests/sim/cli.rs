@@ -1,6 +1,5 @@
 //! The command line as a shell uses it: `crid-sim run ... --trace | head` must end quietly when
 //! the reader stops reading, with no panic and status 0.
-#![cfg(madsim)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
