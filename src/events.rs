@@ -377,7 +377,9 @@ impl CriService {
                 }
             }
             Event::ImageCreate { name } | Event::ImageUpdate { name } | Event::ImageDelete { name } => {
-                // Image updates run in their own task so that a slow one never delays exits (B3).
+                // Image events are handled in tasks of their own, never behind exit handling or its
+                // backoff replays (those run on backoff_loop), so a slow replay cannot leave the image
+                // list stale (B3, §4.2); nor does a slow image update hold up the bus events after it.
                 let service = self.clone();
                 tokio::spawn(async move {
                     if let Err(error) = service.update_image_reference(&name).await {

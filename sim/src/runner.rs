@@ -75,6 +75,20 @@ impl ChaosEvent {
         let (at, draw) = rest.split_once('#')?;
         Some(ChaosEvent { kind: kind.into(), at_ms: at.parse().ok()?, draw: draw.parse().ok()? })
     }
+
+    /// An encoded event (`kind@ms#draw`, as reports and shrunk scenarios carry it) for people:
+    /// `task_exit at 20.6s`; text that does not decode is returned as it is.
+    pub fn describe(encoded: &str) -> String {
+        ChaosEvent::decode(encoded).map_or_else(|| encoded.to_string(), |event| event.to_string())
+    }
+}
+
+/// For people: the kind and the time into the run, in seconds to a tenth (`task_exit at
+/// 20.6s`); the draw that picks the target is left out. [`ChaosEvent::encode`] is the exact form.
+impl std::fmt::Display for ChaosEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}.{}s", self.kind, self.at_ms / 1000, self.at_ms % 1000 / 100)
+    }
 }
 
 /// Draws the chaos schedule of a run from the seed (or takes the forced one).
@@ -185,8 +199,10 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
     let chaos = chaos_schedule(&scenario, seed);
     trace.log("sim", format!("scenario {} seed {seed}", scenario.name));
     trace.log("sim", format!("active fault points: [{}]", plan.active_points().join(", ")));
-    trace
-        .log("sim", format!("chaos events: [{}]", chaos.iter().map(ChaosEvent::encode).collect::<Vec<_>>().join(", ")));
+    trace.log(
+        "sim",
+        format!("chaos events: [{}]", chaos.iter().map(ChaosEvent::to_string).collect::<Vec<_>>().join(", ")),
+    );
 
     let world = Arc::new(FakeWorld::new(seed, plan.clone()).with_default_images());
     world.cni.set_chained_failure(scenario.chaos.chained_cni);
@@ -441,5 +457,22 @@ async fn apply_chaos(
                 other => trace.log("chaos", format!("unknown chaos kind {other}")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chaos_events_read_in_seconds_and_encode_exactly() {
+        let event = ChaosEvent { kind: "task_exit".into(), at_ms: 20_649, draw: 13_443_341_983_834_114_641 };
+        assert_eq!(event.to_string(), "task_exit at 20.6s");
+        assert_eq!(ChaosEvent::decode(&event.encode()), Some(event.clone()));
+        assert_eq!(ChaosEvent::describe(&event.encode()), "task_exit at 20.6s");
+        // A tenth is cut, never rounded up past the moment of the event.
+        let early = ChaosEvent { kind: "cri_crash".into(), at_ms: 999, draw: 0 };
+        assert_eq!(early.to_string(), "cri_crash at 0.9s");
+        assert_eq!(ChaosEvent::describe("not an event"), "not an event");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::runner::RunReport;
+use crate::runner::{ChaosEvent, RunReport};
 use crate::scenario::{Forced, Scenario};
 use crate::summary::run_seed_isolated;
 
@@ -58,6 +58,7 @@ pub fn shrink(exe: &Path, original: &Scenario, seed: u64, mut progress: impl FnM
             }
             match still_fails(&candidate, &mut runs) {
                 Some(report) => {
+                    let removed = if list == "chaos" { ChaosEvent::describe(&removed) } else { removed };
                     progress(&format!("dropped {removed}"));
                     best = candidate;
                     best_report = report;

@@ -19,7 +19,8 @@ fn main() -> std::process::ExitCode {
 )]
 mod cli {
     use clap::{Parser, Subcommand};
-    use crid_sim::runner::{replay_command, run_seed};
+    use crid_sim::outln;
+    use crid_sim::runner::{ChaosEvent, replay_command, run_seed};
     use crid_sim::scenario::{Scenario, names};
     use crid_sim::summary::{Summary, parse_seed_range, run_seeds, shard};
 
@@ -42,7 +43,7 @@ mod cli {
         if report.passed() && !keep_trace {
             report.trace.clear();
         }
-        println!("{}", serde_json::to_string(&report).expect("report serialises"));
+        outln!("{}", serde_json::to_string(&report).expect("report serialises"));
         0
     }
 
@@ -157,7 +158,7 @@ mod cli {
             Command::List => {
                 for name in names() {
                     let scenario = Scenario::load(name).expect("embedded scenarios parse");
-                    println!("{name:<20} {}", scenario.description);
+                    outln!("{name:<20} {}", scenario.description);
                 }
                 0
             }
@@ -171,9 +172,9 @@ mod cli {
 
     fn run_one(scenario: &Scenario, seed: u64, trace: bool, hash_only: bool) -> i32 {
         if !hash_only {
-            println!("seed       {seed}");
-            println!("scenario   {}", scenario.name);
-            println!(
+            outln!("seed       {seed}");
+            outln!("scenario   {}", scenario.name);
+            outln!(
                 "options    {} pods x {} containers, {}s faults + {}s liveness, faults at {:?} ({:?}), rate {}",
                 scenario.workload.pods,
                 scenario.workload.containers_per_pod,
@@ -183,23 +184,27 @@ mod cli {
                 scenario.faults.kinds,
                 scenario.faults.rate
             );
-            println!("replay     {}", replay_command(&scenario.name, seed));
-            println!();
+            outln!("replay     {}", replay_command(&scenario.name, seed));
+            outln!();
         }
         let report = run_seed(scenario, seed, trace && !hash_only);
         if hash_only {
-            println!("{}", report.trace_hash);
+            outln!("{}", report.trace_hash);
             return 0;
         }
-        println!(
+        outln!(
             "active fault points  {}",
             if report.active_points.is_empty() { "none".into() } else { report.active_points.join(", ") }
         );
-        println!(
+        outln!(
             "chaos events         {}",
-            if report.chaos_events.is_empty() { "none".into() } else { report.chaos_events.join(", ") }
+            if report.chaos_events.is_empty() {
+                "none".into()
+            } else {
+                report.chaos_events.iter().map(|e| ChaosEvent::describe(e)).collect::<Vec<_>>().join(", ")
+            }
         );
-        println!(
+        outln!(
             "rpcs {}  pods {}  simulated {:.1}s  wall {}ms  trace {} lines, hash {}",
             report.rpcs,
             report.pods,
@@ -209,24 +214,27 @@ mod cli {
             &report.trace_hash[..16.min(report.trace_hash.len())]
         );
         if report.passed() {
-            println!("PASS");
+            outln!("PASS");
             0
         } else {
-            println!();
+            outln!();
             for failure in &report.failures {
-                println!(
+                outln!(
                     "FAIL  invariant: {}\n      object:    {}\n      sim time:  {}\n      detail:    {}",
-                    failure.invariant, failure.object, failure.sim_time, failure.detail
+                    failure.invariant,
+                    failure.object,
+                    failure.sim_time,
+                    failure.detail
                 );
             }
             if !trace {
-                println!("\nlast trace lines:");
+                outln!("\nlast trace lines:");
                 for line in report.trace.iter().rev().take(15).collect::<Vec<_>>().into_iter().rev() {
-                    println!("  {line}");
+                    outln!("  {line}");
                 }
             }
-            println!("\nreplay: {}", replay_command(&scenario.name, seed));
-            println!("shrink: cargo sim shrink --scenario {} --seed {seed}", scenario.name);
+            outln!("\nreplay: {}", replay_command(&scenario.name, seed));
+            outln!("shrink: cargo sim shrink --scenario {} --seed {seed}", scenario.name);
             1
         }
     }
@@ -251,12 +259,16 @@ mod cli {
             bar.inc(1);
         });
         bar.finish();
-        println!("{}", summary.render());
+        outln!("{}", summary.render());
         for report in failed.iter().take(3) {
             let first = &report.failures[0];
-            println!(
+            outln!(
                 "seed {}: {} on {} at {}: {}",
-                report.seed, first.invariant, first.object, first.sim_time, first.detail
+                report.seed,
+                first.invariant,
+                first.object,
+                first.sim_time,
+                first.detail
             );
         }
         if let Some(path) = json {
@@ -290,21 +302,21 @@ mod cli {
                 })
                 .collect();
             let same = hashes[0] == hashes[1] && !hashes[0].is_empty();
-            println!(
+            outln!(
                 "seed {seed:>6}  {}  {}",
                 &hashes[0][..16.min(hashes[0].len())],
                 if same { "same" } else { "DIFFERENT" }
             );
             if !same {
                 mismatches += 1;
-                println!("  second run: {}", hashes[1]);
+                outln!("  second run: {}", hashes[1]);
             }
         }
         if mismatches == 0 {
-            println!("deterministic: every seed replayed bit for bit in separate processes");
+            outln!("deterministic: every seed replayed bit for bit in separate processes");
             0
         } else {
-            println!("NOT deterministic: {mismatches} seeds differ");
+            outln!("NOT deterministic: {mismatches} seeds differ");
             1
         }
     }
@@ -314,9 +326,9 @@ mod cli {
             Ok(s) => s,
             Err(e) => return usage_error(&e),
         };
-        println!("shrinking scenario {} seed {seed}", scenario.name);
-        let Some(shrunk) = crid_sim::shrink::shrink(&own_exe(), &scenario, seed, |step| println!("  {step}")) else {
-            println!("seed {seed} does not fail; nothing to shrink");
+        outln!("shrinking scenario {} seed {seed}", scenario.name);
+        let Some(shrunk) = crid_sim::shrink::shrink(&own_exe(), &scenario, seed, |step| outln!("  {step}")) else {
+            outln!("seed {seed} does not fail; nothing to shrink");
             return 1;
         };
         let path = out.unwrap_or_else(|| format!("shrunk-{}-{seed}.toml", scenario.name));
@@ -328,9 +340,9 @@ mod cli {
             return 2;
         }
         let failure = &shrunk.report.failures[0];
-        println!("after {} runs: still fails with {} on {}", shrunk.runs, failure.invariant, failure.object);
-        println!("wrote {path}");
-        println!("replay: cargo sim run --scenario {path} --seed {seed} --trace");
+        outln!("after {} runs: still fails with {} on {}", shrunk.runs, failure.invariant, failure.object);
+        outln!("wrote {path}");
+        outln!("replay: cargo sim run --scenario {path} --seed {seed} --trace");
         0
     }
 
@@ -348,7 +360,7 @@ mod cli {
                 Err(e) => return usage_error(&format!("{file}: {e}")),
             }
         }
-        println!("{}", total.render());
+        outln!("{}", total.render());
         if total.failed_seeds.is_empty() { 0 } else { 1 }
     }
 }

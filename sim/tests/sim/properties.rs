@@ -1,7 +1,6 @@
 //! Property tests: proptest generates the workload, the fault points and the chaos schedule;
 //! each case runs in a fresh madsim runtime in a process of its own, and proptest shrinks a
 //! failing case. PROPTEST_CASES overrides the number of cases.
-#![cfg(madsim)]
 
 use std::path::Path;
 

@@ -1,13 +1,10 @@
 //! GetContainerEvents: every subscriber sees every event, per id in lifecycle order (SPEC §4.4,
 //! B20, invariant 10).
-#![cfg(madsim)]
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use k8s_cri::v1::*;
 use tokio::sync::mpsc::Receiver;
 

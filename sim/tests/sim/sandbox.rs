@@ -1,13 +1,10 @@
 //! Sandbox RPCs: RunPodSandbox, PodSandboxStatus, ListPodSandbox, StopPodSandbox,
 //! RemovePodSandbox, PortForward and the sandbox stats, with their error cases (SPEC §1, §6.1,
 //! §6.2).
-#![cfg(madsim)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use crid::ErrorKind;
 use crid::backend::{StreamRequest, TaskState};
 use crid_sim::fakes::PAUSE_IMAGE;

@@ -1,13 +1,10 @@
 //! RunPodSandbox rollbacks (SPEC §6.1): a failure at any backend call of the run leaves nothing
 //! behind, and a failed *critical* rollback keeps the sandbox (NOTREADY over CRI, holding its
 //! name) so that kubelet's Stop and Remove finish the cleanup (B11, B14).
-#![cfg(madsim)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use crid::ErrorKind;
 use crid::store::SandboxState;
 use crid_sim::fakes::clock::virtual_now;

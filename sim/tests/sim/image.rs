@@ -1,13 +1,10 @@
 //! ImageService RPCs: PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo, and pull
 //! deduplication under concurrency (SPEC §1, §5, B21).
-#![cfg(madsim)]
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use crid::ErrorKind;
 use crid::backend::{Containerd, ResolvedImage, SnapshotUsage};
 use crid_sim::fakes::{PAUSE_IMAGE, SnapshotKind, chain_ids};

@@ -1,15 +1,12 @@
 //! Recovery after a CRI restart (SPEC §3.4, §10.3): a first service runs in its own simulated
 //! process, builds state, and is killed; the world (containerd, shims, CNI, disk) is changed as
 //! it could be while CRI was down; a second service recovers from it.
-#![cfg(madsim)]
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use crid::backend::{Containerd, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, TaskState};
 use crid::store::ContainerState as StoreState;
 use crid::{ErrorKind, store::SandboxState};

@@ -1,7 +1,6 @@
 //! Every scenario over a fixed seed range: no invariant may fail. Each seed runs in a process of
 //! its own (the crid-sim binary), so a seed here replays exactly as `cargo sim run` replays it.
 //! CRID_SIM_SEEDS sets the range length (default 200).
-#![cfg(madsim)]
 
 use std::path::Path;
 

@@ -1,6 +1,5 @@
 //! One seed gives one run, bit for bit: a slice of seeds of every scenario runs twice, in
 //! separate processes, and the trace hashes must match. Different seeds must differ.
-#![cfg(madsim)]
 
 use std::path::Path;
 

@@ -1,13 +1,10 @@
 //! Container RPCs: CreateContainer, StartContainer, StopContainer, RemoveContainer,
 //! ContainerStatus, ListContainers, UpdateContainerResources, ReopenContainerLog, ExecSync,
 //! Exec, Attach and the container stats, with their error cases (SPEC §1, §3.2, §6.3–§6.5).
-#![cfg(madsim)]
-
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use crid::ErrorKind;
 use crid::backend::{Resources, SnapshotUsage, StreamRequest, TaskState};
 use crid_sim::fakes::clock::virtual_now;

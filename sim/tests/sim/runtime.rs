@@ -1,10 +1,7 @@
 //! Runtime-level RPCs: the init gate, Version, Status, UpdateRuntimeConfig, RuntimeConfig and
 //! the RPCs that answer Unimplemented.
-#![cfg(madsim)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use crid::ErrorKind;
 use crid_sim::fakes::cni::CONF_DIR;
 use k8s_cri::v1::*;

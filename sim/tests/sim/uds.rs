@@ -1,7 +1,6 @@
 //! The CRI over a real unix socket (normal mode, real tokio): a tonic client drives a pod and a
 //! container through their lifecycle against the fakes, and core errors arrive as the right
 //! gRPC codes (`grpc::status_from`).
-#![cfg(not(madsim))]
 
 use std::path::PathBuf;
 use std::sync::Arc;
