@@ -1,11 +1,8 @@
 //! Who a container runs as and which namespaces it joins, decided by the core and seen in the
 //! record the fake containerd holds: users and groups resolved against the image's own account
 //! files (read through the containerd port), the CRI's PID namespace modes.
-#![cfg(madsim)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use crid::ErrorKind;
 use crid::backend::{Containerd, ResolvedUser};
 use crid_sim::fakes::chain_ids;
