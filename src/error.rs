@@ -22,17 +22,31 @@ pub enum ErrorKind {
     Unknown,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What went wrong (`kind`, which callers branch on), what the caller reads (`message`), and
+/// the error it came from, when there was one (`source`): a backend keeps the transport's or
+/// the OS's error there, and typed causes of its own, so that nothing needs to match message
+/// text. Equality and serialisation look at kind and message only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    #[serde(skip)]
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into() }
+        Error { kind, message: message.into(), source: None }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, message)
@@ -66,7 +80,23 @@ impl Error {
     }
     /// Prefixes the message with what was being done, keeping the kind.
     pub fn context(self, what: impl fmt::Display) -> Self {
-        Error { kind: self.kind, message: format!("{what}: {}", self.message) }
+        Error { kind: self.kind, message: format!("{what}: {}", self.message), source: self.source }
+    }
+    /// Keeps `source` as the cause of this error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
+    }
+    /// The first error of type `E` in the chain of causes, if any.
+    pub fn find_cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
+        while let Some(error) = cause {
+            if let Some(found) = error.downcast_ref::<E>() {
+                return Some(found);
+            }
+            cause = error.source();
+        }
+        None
     }
 }
 
@@ -76,7 +106,11 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Adds context to a `Result`'s error.
 pub trait ResultExt<T> {
@@ -86,5 +120,23 @@ pub trait ResultExt<T> {
 impl<T> ResultExt<T> for Result<T> {
     fn context(self, what: impl fmt::Display) -> Result<T> {
         self.map_err(|e| e.context(what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the disk said no")]
+    struct DiskRefused;
+
+    #[test]
+    fn the_source_survives_context_and_is_found_by_type() {
+        let error = Error::internal("write failed").with_source(DiskRefused).context("checkpoint c1");
+        assert_eq!(error.message, "checkpoint c1: write failed");
+        assert!(error.find_cause::<DiskRefused>().is_some());
+        assert!(Error::internal("plain").find_cause::<DiskRefused>().is_none());
+        assert_eq!(error, Error::internal("checkpoint c1: write failed"), "equality ignores the source");
     }
 }

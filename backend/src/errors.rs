@@ -2,15 +2,34 @@
 
 use crid::error::{Error, ErrorKind};
 
-/// Maps a gRPC status from containerd to crid's error kinds. containerd's errdefs travel as gRPC
-/// codes, so the code alone carries NotFound, AlreadyExists, FailedPrecondition, Unavailable.
+/// The runtime shim's connection to containerd closed while containerd was talking to it (its
+/// last task went, or it was killed). containerd says so only in its message text; this is the
+/// one place that reads it, and callers ask for the type (`Error::find_cause`).
+#[derive(Debug, thiserror::Error)]
+#[error("the shim's connection closed")]
+pub struct ShimConnectionClosed(#[source] pub tonic::Status);
+
+/// The text containerd passes on from a shim whose ttrpc connection closed.
+const SHIM_CLOSED_TEXT: &str = "ttrpc: closed";
+
+/// Maps a gRPC status from containerd to crid's error kinds, keeping the status as the source.
+/// containerd's errdefs travel as gRPC codes, so the code alone carries NotFound, AlreadyExists,
+/// FailedPrecondition, Unavailable.
 pub fn from_status(status: tonic::Status) -> Error {
+    let error = kind_of_status(&status);
+    if status.message().contains(SHIM_CLOSED_TEXT) {
+        return error.with_source(ShimConnectionClosed(status));
+    }
+    error.with_source(status)
+}
+
+fn kind_of_status(status: &tonic::Status) -> Error {
     use tonic::Code;
     // A status made on this side of the connection (the stream broke: containerd restarted or
     // died mid-call) carries its transport error as source and code Unknown. It says nothing
     // about the object, only that containerd was not there: Unavailable, which the core retries
     // (an exit monitor must not read a broken Wait as the task's exit).
-    if status.code() == Code::Unknown && std::error::Error::source(&status).is_some() {
+    if status.code() == Code::Unknown && std::error::Error::source(status).is_some() {
         return Error::new(ErrorKind::Unavailable, format!("containerd connection lost: {}", status.message()));
     }
     let kind = match status.code() {
@@ -39,7 +58,7 @@ pub fn from_io(err: std::io::Error, what: impl std::fmt::Display) -> Error {
         Io::TimedOut => ErrorKind::DeadlineExceeded,
         _ => ErrorKind::Internal,
     };
-    Error::new(kind, format!("{what}: {err}"))
+    Error::new(kind, format!("{what}: {err}")).with_source(err)
 }
 
 pub fn from_errno(err: nix::errno::Errno, what: impl std::fmt::Display) -> Error {
@@ -76,5 +95,16 @@ mod tests {
         let server = tonic::Status::unknown("failed to delete task: ttrpc: closed");
         assert_eq!(from_status(server).kind, ErrorKind::Unknown);
         assert_eq!(from_status(tonic::Status::not_found("task x")).kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_closed_shim_is_a_type_not_a_text_to_match() {
+        let closed = from_status(tonic::Status::unknown("ttrpc: closed: unknown"));
+        assert!(closed.find_cause::<ShimConnectionClosed>().is_some());
+        assert!(closed.find_cause::<tonic::Status>().is_some(), "the status stays reachable");
+        let other = from_status(tonic::Status::not_found("task t1 not found"));
+        assert!(other.is_not_found() && other.find_cause::<ShimConnectionClosed>().is_none());
+        let io = from_io(std::io::Error::from(std::io::ErrorKind::NotFound), "open x");
+        assert!(io.is_not_found() && io.find_cause::<std::io::Error>().is_some());
     }
 }

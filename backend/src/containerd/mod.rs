@@ -431,7 +431,7 @@ impl Containerd for RealContainerd {
             // The shim exited while containerd talked to it (its last task went, or it was
             // killed). containerd has dropped the task from its list all the same but answers
             // with the shim's error; whether the task is gone is a question for containerd.
-            Err(e) if e.message.contains("ttrpc: closed") => {
+            Err(e) if e.find_cause::<crate::errors::ShimConnectionClosed>().is_some() => {
                 let request = GetRequest { container_id: id.to_string(), exec_id: String::new() };
                 match grpc(self.tasks().get(self.req(request)).await) {
                     Err(gone) if gone.is_not_found() => {
