@@ -1,6 +1,7 @@
 //! Exit monitors, the containerd event loop, the backoff queue, the reconciler, and the
 //! GetContainerEvents fan-out.
 
+use crate::backoff::Backoff;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,7 +104,7 @@ impl EventMonitor {
 
     /// Puts the unprocessed rest back, due after twice the previous wait (capped).
     fn requeue(&self, id: String, mut events: VecDeque<PendingEvent>, previous: Duration, now_ns: i64) {
-        let duration = (previous * 2).min(BACKOFF_MAX);
+        let duration = crate::backoff::after(previous, BACKOFF_MAX);
         let mut backoff = self.backoff.lock().unwrap();
         // Events that arrived for this id while it was being replayed go after the rest.
         if let Some(newer) = backoff.remove(&id) {
@@ -206,14 +207,13 @@ impl CriService {
     /// Waits for the task's exit. A lost connection is retried rather than read as an exit, so a
     /// containerd restart does not kill every container; a vanished task is an unknown exit.
     async fn wait_for_exit(&self, id: &str) -> ExitStatus {
-        let mut delay = BACKOFF_INITIAL;
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
         loop {
             match self.backends.containerd.wait_task(id).await {
                 Ok(exit) => return exit,
                 Err(error) if error.kind == crate::error::ErrorKind::Unavailable => {
                     tracing::warn!(id, %error, "wait for task exit failed; retrying");
-                    self.sleep(delay).await;
-                    delay = (delay * 2).min(RECONNECT_MAX);
+                    self.sleep(backoff.next_delay()).await;
                 }
                 Err(error) => {
                     tracing::warn!(id, %error, "wait for task exit failed; treating as an unknown exit");
@@ -346,15 +346,12 @@ impl CriService {
                 self.handle_bus_event(envelope.event).await;
             }
             tracing::warn!("containerd event stream ended; re-subscribing");
-            let mut delay = BACKOFF_INITIAL;
+            let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
             subscription = loop {
-                self.sleep(delay).await;
+                self.sleep(backoff.next_delay()).await;
                 match self.backends.containerd.subscribe().await {
                     Ok(stream) => break stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "re-subscribe failed");
-                        delay = (delay * 2).min(RECONNECT_MAX);
-                    }
+                    Err(error) => tracing::warn!(%error, "re-subscribe failed"),
                 }
             };
             // Events were missed while disconnected; image state is level-triggered, so re-read.
@@ -407,7 +404,7 @@ impl CriService {
                         }
                     };
                     if let Err(error) = result {
-                        tracing::warn!(id, %error, retry_in = ?(duration * 2).min(BACKOFF_MAX), "backoff retry failed");
+                        tracing::warn!(id, %error, retry_in = ?crate::backoff::after(duration, BACKOFF_MAX), "backoff retry failed");
                         break;
                     }
                     events.pop_front();

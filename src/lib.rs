@@ -2,6 +2,7 @@
 //! backend traits (containerd, CNI, OS, clock) and nothing else. See ARCHITECTURE.md.
 
 pub mod backend;
+pub mod backoff;
 pub mod checkpoint;
 pub mod config;
 pub mod container_create;

@@ -98,14 +98,14 @@ impl CriService {
         // Subscribe before recovery so that image events raised meanwhile are not missed.
         // containerd may be restarting: retry (RPCs answer Unavailable meanwhile) rather than
         // leave the service uninitialized for good.
-        let mut delay = crate::events::BACKOFF_INITIAL;
+        let mut backoff = crate::backoff::Backoff::new(crate::events::BACKOFF_INITIAL, crate::events::RECONNECT_MAX);
         let subscription = loop {
             match self.backends.containerd.subscribe().await {
                 Ok(subscription) => break subscription,
                 Err(error) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(%error, retry_in = ?delay, "failed to subscribe to containerd events");
                     self.sleep(delay).await;
-                    delay = (delay * 2).min(crate::events::RECONNECT_MAX);
                 }
             }
         };

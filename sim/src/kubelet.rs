@@ -27,15 +27,12 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// `until_drain`, until the kubelet drains. Backoff 1 s doubling to 10 s.
 macro_rules! retry {
     ($kubelet:expr, $until_drain:expr, $attempt:expr) => {{
-        let mut delay = Duration::from_secs(1);
+        let mut backoff = crid::backoff::Backoff::new(Duration::from_secs(1), RETRY_MAX);
         loop {
             match $attempt {
                 Ok(value) => break Some(value),
                 Err(_) if $until_drain && $kubelet.draining() => break None,
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
+                Err(_) => tokio::time::sleep(backoff.next_delay()).await,
             }
         }
     }};
@@ -299,7 +296,7 @@ impl Kubelet {
     /// sandbox of the pod is adopted, dead ones are removed and the next attempt is made.
     async fn run_sandbox(&self, name: &str, uid: &str, host_network: bool) -> Option<(String, PodSandboxConfig)> {
         let mut attempt = 0;
-        let mut delay = Duration::from_secs(1);
+        let mut backoff = crid::backoff::Backoff::new(Duration::from_secs(1), RETRY_MAX);
         loop {
             if self.draining() {
                 return None;
@@ -346,10 +343,7 @@ impl Kubelet {
                     }
                     attempt += 1;
                 }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
+                Err(_) => tokio::time::sleep(backoff.next_delay()).await,
             }
         }
     }
