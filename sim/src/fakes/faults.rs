@@ -73,6 +73,7 @@ const SITES: &[&str] = &[
     "containerd.apply_layer",
     "containerd.prepare_snapshot",
     "containerd.remove_snapshot",
+    "containerd.read_rootfs_file",
     "containerd.snapshots_usage",
     "containerd.create_image",
     "containerd.update_image",
