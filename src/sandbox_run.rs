@@ -59,9 +59,13 @@ enum Undo {
 }
 
 impl Undo {
-    /// Critical steps: their failure means something may still hold resources.
+    /// Critical steps: their failure means something may still hold resources (a still-mounted
+    /// /dev/shm pins the sandbox's state directory, too).
     fn is_critical(self) -> bool {
-        matches!(self, Undo::DeleteContainer | Undo::RemoveNetns | Undo::TeardownNetwork | Undo::DeleteTask)
+        matches!(
+            self,
+            Undo::DeleteContainer | Undo::RemoveNetns | Undo::TeardownNetwork | Undo::DeleteTask | Undo::CleanupFiles
+        )
     }
     /// Steps skipped once a critical rollback failed: the sandbox is kept for Stop/Remove.
     fn skipped_after_cleanup_failure(self) -> bool {
@@ -72,6 +76,7 @@ impl Undo {
                 | Undo::RemoveSnapshot
                 | Undo::RemoveNetns
                 | Undo::TeardownNetwork
+                | Undo::RemoveDirs
         )
     }
 }
