@@ -359,7 +359,7 @@ impl Config {
 
     /// The resources as the runtime gets them: without huge-page limits unless the hugetlb
     /// controller is enabled (`disable_hugetlb_controller = false`), as in containerd.
-    pub fn runtime_resources(&self, resources: &crate::backend::Resources) -> crate::backend::Resources {
+    pub fn runtime_resources(&self, resources: &crate::ports::Resources) -> crate::ports::Resources {
         let mut resources = resources.clone();
         if self.disable_hugetlb_controller {
             resources.hugepage_limits.clear();

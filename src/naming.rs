@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::backend::Os;
 use crate::error::{Error, Result};
+use crate::ports::Os;
 
 /// A fresh 64-hex-digit id drawn from the OS's randomness (seeded in the simulator).
 pub fn generate_id(os: &dyn Os) -> String {

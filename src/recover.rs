@@ -8,12 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{
+use crate::error::{Error, Result};
+use crate::events::TaskKind;
+use crate::ports::{
     ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX,
     LABEL_KIND, TaskState,
 };
-use crate::error::{Error, Result};
-use crate::events::TaskKind;
 use crate::service::{CriService, Quarantined};
 use crate::store::container::{EXIT_CODE_START_ERROR, EXIT_CODE_UNKNOWN, REASON_START_ERROR, REASON_UNKNOWN};
 use crate::store::{
@@ -278,7 +278,7 @@ impl CriService {
         }
     }
 
-    async fn task_info_retrying(&self, id: &str) -> Result<crate::backend::TaskInfo> {
+    async fn task_info_retrying(&self, id: &str) -> Result<crate::ports::TaskInfo> {
         self.retry_transient("task info", || self.backends.containerd.task_info(id)).await
     }
 
@@ -363,7 +363,7 @@ impl CriService {
                 if status.finished_at_ns == 0 || status.unknown {
                     // The exit comes from the task, which is kept until this is persisted, so
                     // the decision is the same after any number of restarts.
-                    let exit = info.exit.unwrap_or(crate::backend::ExitStatus {
+                    let exit = info.exit.unwrap_or(crate::ports::ExitStatus {
                         exit_code: EXIT_CODE_UNKNOWN as u32,
                         exited_at_ns: status.started_at_ns.max(status.created_at_ns).max(1),
                     });

@@ -9,11 +9,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::backend::{Backends, SnapshotUsage};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{ContainerEventHub, EventMonitor};
-use crate::image_pull::PullManager;
+use crate::ports::{Backends, SnapshotUsage};
+use crate::rpc::image_pull::PullManager;
 use crate::store::{Container, ImageStore, Registrar, Sandbox, Table};
 
 /// An object recovery could not load. It stays in containerd, is not served, and its name is
@@ -98,7 +98,8 @@ impl CriService {
         // Subscribe before recovery so that image events raised meanwhile are not missed.
         // containerd may be restarting: retry (RPCs answer Unavailable meanwhile) rather than
         // leave the service uninitialized for good.
-        let mut backoff = crate::backoff::Backoff::new(crate::events::BACKOFF_INITIAL, crate::events::RECONNECT_MAX);
+        let mut backoff =
+            crate::events::backoff::Backoff::new(crate::events::BACKOFF_INITIAL, crate::events::RECONNECT_MAX);
         let subscription = loop {
             match self.backends.containerd.subscribe().await {
                 Ok(subscription) => break subscription,
@@ -150,7 +151,7 @@ impl CriService {
         what: &str,
         future: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        match crate::backend::timeout(&*self.backends.clock, duration, future).await {
+        match crate::ports::timeout(&*self.backends.clock, duration, future).await {
             Ok(result) => result,
             Err(_) => Err(Error::deadline(format!("{what}: timed out after {duration:?}"))),
         }

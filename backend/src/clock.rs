@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use crid::backend::Clock;
+use crid::ports::Clock;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use crid::backend::{Cni, CniResult, IpConfig, PodNetwork};
 use crid::error::{Error, Result};
+use crid::ports::{Cni, CniResult, IpConfig, PodNetwork};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -467,7 +467,7 @@ mod tests {
             netns_path: "/x".into(),
             interface_name: "eth0".into(),
             args: BTreeMap::new(),
-            port_mappings: vec![crid::backend::PortMapping {
+            port_mappings: vec![crid::ports::PortMapping {
                 protocol: "TCP".into(),
                 container_port: 80,
                 host_port: 8080,

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crid::backend::Backends;
 use crid::error::{Error, Result};
+use crid::ports::Backends;
 use serde::{Deserialize, Serialize};
 
 use crate::containerd::{ContainerdOptions, RealContainerd};
@@ -209,7 +209,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     let socket = PathBuf::from(&config.socket_path);
     let listener = bind_socket(&socket).await?;
     tracing::info!(socket = %socket.display(), "serving CRI");
-    let served = crid::grpc::serve_unix(service, listener, shutdown_signal()).await;
+    let served = crid_grpc::serve_unix(service, listener, shutdown_signal()).await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|e| Error::internal(format!("CRI server failed: {e}")))?;
     tracing::info!("stopped");

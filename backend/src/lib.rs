@@ -1,4 +1,4 @@
-//! Production backends for crid: the four backend traits of `crid::backend` implemented against a
+//! Production backends for crid: the four backend traits of `crid::ports` implemented against a
 //! real containerd (gRPC over its unix socket), CNI plugin binaries and Linux, plus the stream
 //! server. The `crid` binary (src/bin/crid.rs) wires them to the core.
 //!

@@ -7,9 +7,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use crid::backend::Os;
-use crid::backend::os::DirEntry;
 use crid::error::{Error, Result};
+use crid::ports::Os;
+use crid::ports::os::DirEntry;
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::errors::{IoContext, from_errno};

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crid::backend::{Descriptor, ImageConfig, RegistryAuth, ResolvedImage};
 use crid::error::{Error, ErrorKind, Result};
+use crid::ports::{Descriptor, ImageConfig, RegistryAuth, ResolvedImage};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -224,7 +224,7 @@ impl ImageConfigDocument {
 }
 
 /// The core's, the one definition (re-exported for the containerd backend).
-pub use crid::image_pull::chain_ids;
+pub use crid::rpc::image_pull::chain_ids;
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

@@ -17,8 +17,8 @@ fn token_text(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
-use crid::backend::{StreamRequest, StreamServer};
 use crid::error::{Error, Result};
+use crid::ports::{StreamRequest, StreamServer};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};

@@ -1,4 +1,4 @@
-//! The cost of the unix socket's `:authority` repair (crid::grpc::authority): the same CRI
+//! The cost of the unix socket's `:authority` repair (crid_grpc::authority): the same CRI
 //! service behind crid's own listener (every connection through the layer) and behind a plain
 //! tonic listener, measured in the same run, alternating, with a tonic client (a valid
 //! authority: the layer still re-encodes every header block), then the rewriter alone.
@@ -21,9 +21,9 @@ mod normal {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use crid::grpc::CriGrpc;
-    use crid::grpc::authority::AuthorityRewriter;
     use crid::{Config, CriService};
+    use crid_grpc::CriGrpc;
+    use crid_grpc::authority::AuthorityRewriter;
     use crid_sim::fakes::{FakeWorld, NoFaults, PAUSE_IMAGE};
     use hyper_util::rt::TokioIo;
     use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -93,7 +93,7 @@ mod normal {
 
         let fixed = dir.path().join("fixed.sock");
         let plain = dir.path().join("plain.sock");
-        tokio::spawn(crid::grpc::serve_unix(
+        tokio::spawn(crid_grpc::serve_unix(
             service.clone(),
             UnixListener::bind(&fixed).unwrap(),
             std::future::pending(),

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use crid::backend::{KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskState};
 use crid::inspect::StateSnapshot;
+use crid::ports::{KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskState};
 use crid::store::{ContainerState, SandboxState};
 use serde::{Deserialize, Serialize};
 

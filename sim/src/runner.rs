@@ -259,7 +259,7 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
     }
     world.os.set_disk_full(false);
     for id in &paused {
-        world.containerd.set_task_state(id, crid::backend::TaskState::Running);
+        world.containerd.set_task_state(id, crid::ports::TaskState::Running);
     }
     if endpoint.service().is_none() {
         checker.new_incarnation();
@@ -374,7 +374,7 @@ fn pick_task(world: &FakeWorld, draw: u64, sandboxes_only: bool) -> Option<Strin
         .containerd
         .tasks()
         .into_iter()
-        .filter(|(_, t)| t.state == crid::backend::TaskState::Running)
+        .filter(|(_, t)| t.state == crid::ports::TaskState::Running)
         .filter(|(id, _)| !sandboxes_only || records.get(id).is_some_and(|r| r.spec.sandbox))
         .map(|(id, _)| id)
         .collect();
@@ -443,7 +443,7 @@ async fn apply_chaos(
                     world.containerd.remove_task_out_of_band(&id);
                 }
                 "pause_task" => {
-                    world.containerd.set_task_state(&id, crid::backend::TaskState::Paused);
+                    world.containerd.set_task_state(&id, crid::ports::TaskState::Paused);
                     paused.push(id);
                 }
                 "unkillable" => {

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use crate::backend::ImageConfig;
 use crate::error::{Error, Result};
+use crate::ports::ImageConfig;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {

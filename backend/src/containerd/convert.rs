@@ -6,8 +6,8 @@ use containerd_client::services::v1::Container;
 use containerd_client::services::v1::Image;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::types::Descriptor as ProtoDescriptor;
-use crid::backend::{ContainerRecord, Descriptor, ImageRecord, WorkloadSpec};
 use crid::error::{Error, Result};
+use crid::ports::{ContainerRecord, Descriptor, ImageRecord, WorkloadSpec};
 use prost_types::{Any, Timestamp};
 
 use super::spec;

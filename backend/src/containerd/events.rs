@@ -5,7 +5,7 @@
 use containerd_client::events::{TaskExit, TaskOom};
 use containerd_client::services::v1::{ImageCreate, ImageDelete, ImageUpdate};
 use containerd_client::types::Envelope as ProtoEnvelope;
-use crid::backend::{Envelope, Event};
+use crid::ports::{Envelope, Event};
 use prost::Message;
 
 use super::convert::timestamp_ns;

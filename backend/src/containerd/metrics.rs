@@ -2,8 +2,8 @@
 //! `io.containerd.cgroups.v1.Metrics`, whose proto is not part of containerd's API crate. The
 //! subset below keeps the field numbers of containerd/cgroups' stats/v1/metrics.proto.
 
-use crid::backend::TaskMetrics;
 use crid::error::{Error, Result};
+use crid::ports::TaskMetrics;
 use prost::Message;
 
 pub const CGROUPS_V1_TYPE: &str = "io.containerd.cgroups.v1.Metrics";

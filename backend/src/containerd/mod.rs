@@ -40,11 +40,11 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Mount as ProtoMount;
 use containerd_client::types::v1::Status as ProcessStatus;
-use crid::backend::{
+use crid::error::{Error, ErrorKind, Result};
+use crid::ports::{
     ContainerRecord, Containerd, Descriptor, EventStream, ExecOutput, ExecSpec, ExitStatus, ImageContent, ImageRecord,
     ProgressFn, RegistryAuth, ResolvedImage, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState,
 };
-use crid::error::{Error, ErrorKind, Result};
 use futures::TryStreamExt;
 use hyper_util::rt::TokioIo;
 use prost_types::{Any, FieldMask};

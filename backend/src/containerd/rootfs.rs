@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crid::backend::{MountSpec, ResolvedDevice, WorkloadSpec};
 use crid::error::{Error, Result};
+use crid::ports::{MountSpec, ResolvedDevice, WorkloadSpec};
 
 use crate::errors::IoContext;
 
@@ -227,7 +227,7 @@ impl Drop for RootfsView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crid::backend::DeviceRequest;
+    use crid::ports::DeviceRequest;
 
     #[test]
     fn cri_devices_are_found_on_the_host_and_renamed() {

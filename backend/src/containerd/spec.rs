@@ -6,8 +6,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
-use crid::backend::{MountSpec, Resources, WorkloadSpec};
 use crid::error::{Error, Result};
+use crid::ports::{MountSpec, Resources, WorkloadSpec};
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespace,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, LinuxSeccomp, Mount,
@@ -342,7 +342,7 @@ pub fn linux_resources_for(resources: &Resources, host: crate::os::CgroupSupport
 
 #[cfg(test)]
 mod resources_tests {
-    use crid::backend::HugepageLimit;
+    use crid::ports::HugepageLimit;
 
     use super::*;
     use crate::os::CgroupSupport;
@@ -535,7 +535,7 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crid::backend::ResolvedDevice;
+    use crid::ports::ResolvedDevice;
 
     fn container() -> WorkloadSpec {
         WorkloadSpec {

@@ -1,6 +1,6 @@
 //! The image's account files as the container would see them: read from the topmost layer
 //! of its prepared snapshot that has each, never through a symlink. The core resolves users
-//! against them (crid::userdb).
+//! against them (crid::spec::userdb).
 
 use std::path::{Path, PathBuf};
 

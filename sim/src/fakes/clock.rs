@@ -52,7 +52,7 @@ impl Default for SimClock {
 }
 
 #[async_trait]
-impl crid::backend::Clock for SimClock {
+impl crid::ports::Clock for SimClock {
     fn now_ns(&self) -> i64 {
         self.ns_at(virtual_now())
     }
@@ -65,7 +65,7 @@ impl crid::backend::Clock for SimClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crid::backend::Clock;
+    use crid::ports::Clock;
 
     #[tokio::test(start_paused = true)]
     async fn now_advances_with_sleep() {

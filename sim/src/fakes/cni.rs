@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use crid::backend::cni::{Cni, CniResult, IpConfig, PodNetwork};
 use crid::error::{Error, ErrorKind, Result};
+use crid::ports::cni::{Cni, CniResult, IpConfig, PodNetwork};
 
 use super::faults::{self, FaultInjector};
 use super::os::FakeOs;
@@ -360,7 +360,7 @@ mod tests {
         let cni = FakeCni::new(Arc::new(NoFaults), true, Some(os.clone()));
         assert!(cni.setup(&pod("a")).await.is_err());
         assert!(cni.allocations().is_empty());
-        crid::backend::Os::netns_create(&*os, "/var/run/netns/cni-a").await.unwrap();
+        crid::ports::Os::netns_create(&*os, "/var/run/netns/cni-a").await.unwrap();
         cni.setup(&pod("a")).await.unwrap();
     }
 }

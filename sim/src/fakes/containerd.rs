@@ -17,9 +17,9 @@ use tokio::time::Instant;
 
 use crate::fakes::clock::virtual_now;
 
-use crid::backend::Clock;
-use crid::backend::containerd::*;
 use crid::error::{Error, Result};
+use crid::ports::Clock;
+use crid::ports::containerd::*;
 
 use super::clock::SimClock;
 use super::faults::{self, After, FaultAction, FaultInjector};

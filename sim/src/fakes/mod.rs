@@ -18,8 +18,8 @@ pub mod stream;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crid::backend::Backends;
-use crid::backend::containerd::ImageConfig;
+use crid::ports::Backends;
+use crid::ports::containerd::ImageConfig;
 
 pub use self::clock::SimClock;
 pub use self::cni::{CniOp, FakeCni, LedgerEntry};

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-use crid::backend::os::{DirEntry, Os};
 use crid::error::{Error, ErrorKind, Result};
+use crid::ports::os::{DirEntry, Os};
 
 use super::faults::{self, FaultInjector};
 

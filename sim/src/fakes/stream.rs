@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crid::backend::clock::Clock;
-use crid::backend::stream::{StreamRequest, StreamServer};
 use crid::error::{Error, ErrorKind, Result};
+use crid::ports::clock::Clock;
+use crid::ports::stream::{StreamRequest, StreamServer};
 
 use super::faults::{self, FaultInjector};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use crid::ErrorKind;
-use crid::backend::{Resources, SnapshotUsage, StreamRequest, TaskState};
+use crid::ports::{Resources, SnapshotUsage, StreamRequest, TaskState};
 use crid_sim::fakes::clock::virtual_now;
 use k8s_cri::v1::*;
 

@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use crid::ErrorKind;
-use crid::backend::{Containerd, ResolvedUser};
+use crid::ports::{Containerd, ResolvedUser};
 use crid_sim::fakes::chain_ids;
 use k8s_cri::v1::*;
 

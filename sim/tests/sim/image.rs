@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use crate::common::*;
 use crid::ErrorKind;
-use crid::backend::{Containerd, ResolvedImage, SnapshotUsage};
+use crid::ports::{Containerd, ResolvedImage, SnapshotUsage};
 use crid_sim::fakes::{PAUSE_IMAGE, SnapshotKind, chain_ids};
 use k8s_cri::v1::*;
 
 /// What the registry serves for `reference` (read from the fake registry, not from the CRI).
 async fn registry_image(node: &Node, reference: &str) -> ResolvedImage {
-    node.world.containerd.resolve(reference, &crid::backend::RegistryAuth::default()).await.expect("registry image")
+    node.world.containerd.resolve(reference, &crid::ports::RegistryAuth::default()).await.expect("registry image")
 }
 
 fn repository(reference: &str) -> &str {

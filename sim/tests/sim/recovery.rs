@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use crid::backend::{Containerd, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, TaskState};
+use crid::ports::{Containerd, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, TaskState};
 use crid::store::ContainerState as StoreState;
 use crid::{ErrorKind, store::SandboxState};
 use crid_sim::fakes::{FakeWorld, ScriptedFaults};

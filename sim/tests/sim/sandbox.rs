@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use crid::ErrorKind;
-use crid::backend::{StreamRequest, TaskState};
+use crid::ports::{StreamRequest, TaskState};
 use crid_sim::fakes::PAUSE_IMAGE;
 use k8s_cri::v1::*;
 

@@ -64,7 +64,7 @@ async fn cri_over_a_unix_socket() {
     // The socket serves before initialization, and refuses calls until run() is done.
     let listener = UnixListener::bind(&socket).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crid::grpc::serve_unix(service.clone(), listener, async {
+    let server = tokio::spawn(crid_grpc::serve_unix(service.clone(), listener, async {
         let _ = stopped.await;
     }));
     let channel = connect(socket.clone()).await;

@@ -8,11 +8,11 @@ use k8s_cri::v1::{
     ContainerEventType, RemoveContainerRequest, RemoveContainerResponse, StopContainerRequest, StopContainerResponse,
 };
 
-use crate::backend::ExitStatus;
-use crate::container_create::state_name;
 use crate::error::{Error, Result};
 use crate::events::TaskKind;
-use crate::sandbox_run::ignore_not_found;
+use crate::ports::ExitStatus;
+use crate::rpc::container_create::state_name;
+use crate::rpc::sandbox_run::ignore_not_found;
 use crate::service::CriService;
 use crate::spec::parse_signal;
 use crate::store::container::EXIT_CODE_UNKNOWN;
@@ -77,7 +77,7 @@ impl CriService {
                     Err(error) => return Err(error.context(format!("failed to stop container {id:?}"))),
                 }
             }
-            let graceful = crate::backend::timeout(
+            let graceful = crate::ports::timeout(
                 &*self.backends.clock,
                 Duration::from_secs(timeout_s as u64),
                 container.wait_stopped(),

@@ -1,5 +1,8 @@
 //! The gRPC layer: k8s-cri's tonic server traits, each method a one-line call into the core.
-//! No behaviour lives here; the one mapping of core errors to gRPC codes does.
+//! No behaviour lives here; the one mapping of core errors to gRPC codes does. A crate of its
+//! own, so the pure core knows no server, socket or HTTP/2; the simulator runs the core without
+//! it, and its unix-socket test (normal mode) with it.
+#![cfg(not(madsim))]
 
 use std::sync::Arc;
 
@@ -8,10 +11,10 @@ use k8s_cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
-use crate::error::{Error, ErrorKind};
+use crid::error::{Error, ErrorKind};
 
 pub mod authority;
-use crate::service::CriService;
+use crid::service::CriService;
 
 /// Largest message either way: ExecSync returns up to 16 MiB per stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

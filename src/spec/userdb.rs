@@ -3,8 +3,8 @@
 //! (`uid`, `uid:gid`, `name`, `name:group`) resolved against them, as containerd's WithUser and
 //! WithAdditionalGIDs do. Pure, so the simulator sees the ids every container runs as.
 
-use crate::backend::ResolvedUser;
 use crate::error::{Error, Result};
+use crate::ports::ResolvedUser;
 
 /// The account files are small; a larger one is not read (and the image has no names).
 pub const MAX_ACCOUNT_FILE_BYTES: usize = 4 << 20;
@@ -62,10 +62,10 @@ pub struct UserDb {
 /// Sets the ids `spec` runs as, resolved against the image's account files in the prepared
 /// rootfs `key`: the core decides who a process is, the backend only writes it down.
 pub async fn resolve_user(
-    containerd: &dyn crate::backend::Containerd,
+    containerd: &dyn crate::ports::Containerd,
     snapshotter: &str,
     key: &str,
-    spec: &mut crate::backend::WorkloadSpec,
+    spec: &mut crate::ports::WorkloadSpec,
 ) -> Result<()> {
     let db =
         UserDb::read(containerd, snapshotter, key).await.map_err(|e| e.context("failed to read the image's users"))?;
@@ -75,7 +75,7 @@ pub async fn resolve_user(
 
 impl UserDb {
     /// Reads the image's account files from the prepared rootfs `key`.
-    pub async fn read(containerd: &dyn crate::backend::Containerd, snapshotter: &str, key: &str) -> Result<UserDb> {
+    pub async fn read(containerd: &dyn crate::ports::Containerd, snapshotter: &str, key: &str) -> Result<UserDb> {
         let passwd = containerd.read_rootfs_file(snapshotter, key, "etc/passwd", MAX_ACCOUNT_FILE_BYTES).await?;
         let group = containerd.read_rootfs_file(snapshotter, key, "etc/group", MAX_ACCOUNT_FILE_BYTES).await?;
         let text = |bytes: Option<Vec<u8>>| bytes.map(|b| String::from_utf8_lossy(&b).into_owned());

@@ -2,10 +2,13 @@
 
 use k8s_cri::v1::{ContainerConfig, LinuxContainerResources, NamespaceMode, PodSandboxConfig};
 
-use crate::backend::{DeviceRequest, ImageConfig, MountSpec, Resources, WorkloadSpec};
 use crate::config::{Config, RuntimeConfig};
 use crate::error::{Error, Result};
 use crate::naming::sorted;
+use crate::ports::{DeviceRequest, ImageConfig, MountSpec, Resources, WorkloadSpec};
+
+pub mod seccomp;
+pub mod userdb;
 
 /// What the daemon's configuration and its host decide about every spec of one runtime
 /// handler, read once per request.
@@ -105,7 +108,7 @@ pub fn resources_from(cri: Option<&LinuxContainerResources>) -> Resources {
         hugepage_limits: r
             .hugepage_limits
             .iter()
-            .map(|h| crate::backend::HugepageLimit { page_size: h.page_size.clone(), limit: h.limit })
+            .map(|h| crate::ports::HugepageLimit { page_size: h.page_size.clone(), limit: h.limit })
             .collect(),
         unified: sorted(&r.unified),
     }
@@ -133,7 +136,7 @@ pub fn resources_to_cri(r: &Resources) -> LinuxContainerResources {
 #[cfg(test)]
 mod resources_tests {
     use super::*;
-    use crate::backend::HugepageLimit;
+    use crate::ports::HugepageLimit;
 
     fn cri() -> LinuxContainerResources {
         LinuxContainerResources {
@@ -599,7 +602,7 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> Result<WorkloadSpec> {
         readonly_paths: security.map(|s| s.readonly_paths.clone()).unwrap_or_default(),
         // RuntimeDefault is decided here, whole; a localhost profile is read by the backend.
         resolved_seccomp: (seccomp == "runtime/default")
-            .then(|| crate::seccomp::runtime_default_profile(&add_capabilities)),
+            .then(|| crate::spec::seccomp::runtime_default_profile(&add_capabilities)),
         seccomp_profile: seccomp,
         no_new_privs: security.is_some_and(|s| s.no_new_privs),
         readonly_rootfs: security.is_some_and(|s| s.readonly_rootfs),

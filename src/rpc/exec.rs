@@ -8,8 +8,8 @@ use k8s_cri::v1::{
     PortForwardResponse,
 };
 
-use crate::backend::{ExecSpec, StreamRequest};
 use crate::error::{Error, Result};
+use crate::ports::{ExecSpec, StreamRequest};
 use crate::service::CriService;
 use crate::store::{ContainerState, SandboxState};
 
@@ -61,7 +61,7 @@ impl CriService {
         let exec_id = spec.exec_id.clone();
         let wait = async {
             if timeout_s > 0 {
-                crate::backend::timeout(
+                crate::ports::timeout(
                     &*self.backends.clock,
                     Duration::from_secs(timeout_s as u64),
                     containerd.exec_wait(id, &exec_id),

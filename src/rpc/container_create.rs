@@ -8,11 +8,11 @@ use k8s_cri::v1::{
     StartContainerResponse,
 };
 
-use crate::backend::{ContainerRecord, EXTENSION_CONTAINER_METADATA, KIND_CONTAINER, LABEL_KIND, TaskIo};
 use crate::error::{Error, Result};
 use crate::events::TaskKind;
 use crate::naming::{container_name, generate_id, sorted};
-use crate::sandbox_run::{ROLLBACK_TIMEOUT, ignore_not_found};
+use crate::ports::{ContainerRecord, EXTENSION_CONTAINER_METADATA, KIND_CONTAINER, LABEL_KIND, TaskIo};
+use crate::rpc::sandbox_run::{ROLLBACK_TIMEOUT, ignore_not_found};
 use crate::service::CriService;
 use crate::spec::{ContainerSpecInput, SpecPolicy, container_spec};
 use crate::store::container::{EXIT_CODE_START_ERROR, REASON_START_ERROR};
@@ -204,7 +204,7 @@ impl CriService {
             .prepare_snapshot(&snapshotter, id, &image.chain_id)
             .await
             .map_err(|e| e.context("failed to prepare container rootfs"))?;
-        crate::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id, &mut spec).await?;
+        crate::spec::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id, &mut spec).await?;
         let record = ContainerRecord {
             id: id.to_string(),
             labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())]

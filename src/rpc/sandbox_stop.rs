@@ -9,9 +9,9 @@ use k8s_cri::v1::{
     StopPodSandboxResponse,
 };
 
-use crate::backend::ExitStatus;
 use crate::error::{Error, Result};
 use crate::events::TaskKind;
+use crate::ports::ExitStatus;
 use crate::service::CriService;
 use crate::store::{Sandbox, SandboxState};
 
@@ -151,7 +151,7 @@ impl CriService {
 
     async fn observed_exit_for_stop(&self, id: &str) -> Option<ExitStatus> {
         match self.backends.containerd.task_info(id).await {
-            Ok(info) if info.state == crate::backend::TaskState::Stopped => Some(info.exit.unwrap_or(ExitStatus {
+            Ok(info) if info.state == crate::ports::TaskState::Stopped => Some(info.exit.unwrap_or(ExitStatus {
                 exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
                 exited_at_ns: self.now_ns(),
             })),
@@ -211,7 +211,7 @@ impl CriService {
         }
         self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
         self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await?;
-        crate::sandbox_run::ignore_not_found(self.backends.containerd.delete_container(&id, true).await)
+        crate::rpc::sandbox_run::ignore_not_found(self.backends.containerd.delete_container(&id, true).await)
             .map_err(|e| e.context("failed to delete sandbox container"))?;
         if self.sandboxes.remove(&id).is_some() {
             self.sandbox_names.release_by_key(&id);

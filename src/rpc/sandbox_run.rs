@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use k8s_cri::v1::{ContainerEventType, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
 
-use crate::backend::{ContainerRecord, EXTENSION_SANDBOX_METADATA, KIND_SANDBOX, LABEL_KIND, PodNetwork, TaskIo};
 use crate::error::{Error, Result};
 use crate::events::TaskKind;
 use crate::naming::{generate_id, sandbox_name, sorted, validate_sandbox_metadata};
+use crate::ports::{ContainerRecord, EXTENSION_SANDBOX_METADATA, KIND_SANDBOX, LABEL_KIND, PodNetwork, TaskIo};
 use crate::service::CriService;
 use crate::spec::{SandboxSpecInput, host_network, sandbox_spec};
 use crate::store::{Sandbox, SandboxMetadata, SandboxState, SandboxStatus, encode_message};
@@ -31,7 +31,7 @@ const DEFAULT_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost 
 /// plugin names no interface), by the config's `ip_pref`: the first IPv4 address (the
 /// default), the first IPv6 one, or the plugin's order (`cni`); the others in the plugin's
 /// order. None when there is no address.
-pub fn select_pod_ips(ips: &[crate::backend::IpConfig], preference: &str) -> Option<(String, Vec<String>)> {
+pub fn select_pod_ips(ips: &[crate::ports::IpConfig], preference: &str) -> Option<(String, Vec<String>)> {
     let on_eth0: Vec<&str> = ips.iter().filter(|ip| ip.interface == "eth0").map(|ip| ip.address.as_str()).collect();
     let candidates = if on_eth0.is_empty() { ips.iter().map(|ip| ip.address.as_str()).collect() } else { on_eth0 };
     let is_v6 = |address: &str| address.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_ipv6());
@@ -197,7 +197,7 @@ impl CriService {
             .prepare_snapshot(&snapshotter, &id, &image.chain_id)
             .await
             .map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
-        crate::userdb::resolve_user(&*containerd, &snapshotter, &id, &mut spec).await?;
+        crate::spec::userdb::resolve_user(&*containerd, &snapshotter, &id, &mut spec).await?;
         let mut record = ContainerRecord {
             id: id.clone(),
             labels: [(LABEL_KIND.to_string(), KIND_SANDBOX.to_string())]
@@ -311,7 +311,7 @@ impl CriService {
                 .port_mappings
                 .iter()
                 .filter(|p| p.host_port > 0)
-                .map(|p| crate::backend::PortMapping {
+                .map(|p| crate::ports::PortMapping {
                     protocol: match p.protocol {
                         1 => "udp".into(),
                         2 => "sctp".into(),
@@ -442,7 +442,7 @@ pub(crate) fn ignore_not_found(result: Result<()>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::select_pod_ips;
-    use crate::backend::IpConfig;
+    use crate::ports::IpConfig;
 
     fn ip(interface: &str, address: &str) -> IpConfig {
         IpConfig { interface: interface.into(), address: address.into(), gateway: String::new() }

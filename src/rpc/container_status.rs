@@ -165,7 +165,7 @@ impl CriService {
             return Err(Error::precondition(format!(
                 "cannot update resources of container {:?} in {} state",
                 container.id,
-                crate::container_create::state_name(state)
+                crate::rpc::container_create::state_name(state)
             )));
         }
         // The checkpoint is the source of truth: write it first, then the running task.

@@ -11,12 +11,12 @@ use std::time::Duration;
 use k8s_cri::v1::{PullImageRequest, PullImageResponse};
 use tokio::sync::watch;
 
-use crate::backend::{
-    Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, RegistryAuth, ResolvedImage,
-};
 use crate::error::{Error, Result};
 use crate::kmutex::KeyedMutex;
 use crate::naming::normalize_image_ref;
+use crate::ports::{
+    Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, RegistryAuth, ResolvedImage,
+};
 use crate::service::CriService;
 use crate::store::Image;
 

@@ -8,10 +8,10 @@ use k8s_cri::v1::{
     ImageStatusResponse, ListImagesRequest, ListImagesResponse, RemoveImageRequest, RemoveImageResponse, UInt64Value,
 };
 
-use crate::backend::{IMAGE_MANAGED, LABEL_IMAGE_MANAGED, SnapshotUsage};
 use crate::error::{Error, Result};
-use crate::image_pull::image_from_content;
 use crate::naming::normalize_image_ref;
+use crate::ports::{IMAGE_MANAGED, LABEL_IMAGE_MANAGED, SnapshotUsage};
+use crate::rpc::image_pull::image_from_content;
 use crate::service::CriService;
 use crate::store::Image;
 
@@ -48,7 +48,7 @@ impl CriService {
         }
         // The sandbox image is pulled anonymously, as containerd does without a configured
         // credential for its registry.
-        let id = self.pull(reference, &crate::backend::RegistryAuth::default()).await?;
+        let id = self.pull(reference, &crate::ports::RegistryAuth::default()).await?;
         self.images.get(&id).ok_or_else(|| Error::not_found(format!("image {id:?} vanished after pull")))
     }
 
@@ -148,7 +148,7 @@ impl CriService {
             containerd.update_image(&record).await?;
         }
         if name != content.config_digest && containerd.get_image(&content.config_digest).await.is_err() {
-            let id_record = crate::backend::ImageRecord {
+            let id_record = crate::ports::ImageRecord {
                 name: content.config_digest.clone(),
                 target: record.target.clone(),
                 labels: record.labels.clone(),

@@ -1,0 +1,107 @@
+//! GetContainerEvents: every container event fanned out to every subscriber (B20).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
+use tokio::sync::mpsc;
+
+use crate::service::CriService;
+
+/// One GetContainerEvents subscriber: its own bounded buffer and its own drop count.
+struct Subscriber {
+    sender: mpsc::Sender<ContainerEventResponse>,
+    dropped: u64,
+}
+
+/// Fans every container event out to every subscriber. Sending never blocks: a full buffer
+/// drops the event for that subscriber and counts it (SPEC B20: 1.7 splits one channel between
+/// subscribers; here each one gets every event unless it falls behind).
+pub struct ContainerEventHub {
+    capacity: usize,
+    subscribers: Mutex<Vec<Subscriber>>,
+    pub dropped_total: AtomicU64,
+    pub sent_total: AtomicU64,
+}
+
+impl ContainerEventHub {
+    pub fn new(capacity: usize) -> Self {
+        assert!(capacity > 0);
+        ContainerEventHub {
+            capacity,
+            subscribers: Mutex::new(Vec::new()),
+            dropped_total: AtomicU64::new(0),
+            sent_total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn subscribe(&self) -> mpsc::Receiver<ContainerEventResponse> {
+        let (sender, receiver) = mpsc::channel(self.capacity);
+        self.subscribers.lock().unwrap().push(Subscriber { sender, dropped: 0 });
+        receiver
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        let mut subscribers = self.subscribers.lock().unwrap();
+        subscribers.retain(|s| !s.sender.is_closed());
+        subscribers.len()
+    }
+
+    pub fn publish(&self, event: ContainerEventResponse) {
+        self.sent_total.fetch_add(1, Ordering::Relaxed);
+        let mut subscribers = self.subscribers.lock().unwrap();
+        subscribers.retain_mut(|subscriber| match subscriber.sender.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                subscriber.dropped += 1;
+                self.dropped_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(dropped = subscriber.dropped, "container event subscriber is full; event dropped");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+}
+
+impl CriService {
+    /// Builds a CRI container event with the pod's status as of now and sends it to every
+    /// subscriber.
+    pub(crate) fn send_container_event(&self, container_id: &str, sandbox_id: &str, event_type: ContainerEventType) {
+        let sandbox_status = self.sandboxes.get(sandbox_id).ok().map(|s| self.sandbox_status_message(&s));
+        let containers_statuses = self
+            .containers
+            .list()
+            .into_iter()
+            .filter(|c| c.metadata.sandbox_id == sandbox_id)
+            .map(|c| self.container_status_message(&c))
+            .collect();
+        self.container_events.publish(ContainerEventResponse {
+            container_id: container_id.to_string(),
+            container_event_type: event_type as i32,
+            created_at: self.now_ns(),
+            pod_sandbox_status: sandbox_status,
+            containers_statuses,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subscriber_gets_every_event_and_drops_are_counted() {
+        let hub = ContainerEventHub::new(2);
+        let mut first = hub.subscribe();
+        let mut second = hub.subscribe();
+        for i in 0..3 {
+            hub.publish(ContainerEventResponse { container_id: format!("c{i}"), ..Default::default() });
+        }
+        assert_eq!(first.try_recv().unwrap().container_id, "c0");
+        assert_eq!(first.try_recv().unwrap().container_id, "c1");
+        assert_eq!(second.try_recv().unwrap().container_id, "c0");
+        assert_eq!(hub.dropped_total.load(Ordering::Relaxed), 2);
+        drop(first);
+        assert_eq!(hub.subscriber_count(), 1);
+    }
+}

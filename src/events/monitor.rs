@@ -1,0 +1,240 @@
+//! Exit monitors (one Wait per task) and the containerd event loop: how an exit or an OOM
+//! reaches the stores, and how work that failed goes to the backoff queue.
+
+use std::sync::Arc;
+
+use k8s_cri::v1::ContainerEventType;
+
+use super::backoff::Backoff;
+use super::{BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_TICK, HANDLE_EVENT_TIMEOUT, PendingEvent, RECONNECT_MAX, TaskKind};
+use crate::error::Result;
+use crate::ports::{Event, EventStream, ExitStatus};
+use crate::service::CriService;
+
+impl CriService {
+    /// Starts the exit monitor of a task. Call only after the object is in its store, so that an
+    /// immediate exit is never dropped as "not found" (B7).
+    pub(crate) fn start_exit_monitor(self: &Arc<Self>, kind: TaskKind, id: String) {
+        match kind {
+            TaskKind::Sandbox => assert!(self.sandboxes.contains(&id), "monitor before store add: {id}"),
+            TaskKind::Container => assert!(self.containers.contains(&id), "monitor before store add: {id}"),
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            let exit = service.wait_for_exit(&id).await;
+            service.handle_exit_or_backoff(kind, &id, exit).await;
+        });
+    }
+
+    /// Waits for the task's exit. A lost connection is retried rather than read as an exit, so a
+    /// containerd restart does not kill every container; a vanished task is an unknown exit.
+    async fn wait_for_exit(&self, id: &str) -> ExitStatus {
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
+        loop {
+            match self.backends.containerd.wait_task(id).await {
+                Ok(exit) => return exit,
+                Err(error) if error.kind == crate::error::ErrorKind::Unavailable => {
+                    tracing::warn!(id, %error, "wait for task exit failed; retrying");
+                    self.sleep(backoff.next_delay()).await;
+                }
+                Err(error) => {
+                    tracing::warn!(id, %error, "wait for task exit failed; treating as an unknown exit");
+                    return ExitStatus {
+                        exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
+                        exited_at_ns: self.now_ns(),
+                    };
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn handle_exit_or_backoff(self: &Arc<Self>, kind: TaskKind, id: &str, exit: ExitStatus) {
+        if self.monitor.is_in_backoff(id) {
+            self.monitor.push(id, PendingEvent::Exit { kind, exit }, self.now_ns());
+            return;
+        }
+        if let Err(error) =
+            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(kind, id, exit)).await
+        {
+            tracing::warn!(id, %error, "exit handling failed; queued for retry");
+            self.monitor.push(id, PendingEvent::Exit { kind, exit }, self.now_ns());
+        }
+    }
+
+    pub(crate) async fn handle_exit(self: &Arc<Self>, kind: TaskKind, id: &str, exit: ExitStatus) -> Result<()> {
+        match kind {
+            TaskKind::Container => self.handle_container_exit(id, exit).await,
+            TaskKind::Sandbox => self.handle_sandbox_exit(id, exit).await,
+        }
+    }
+
+    /// Records the exit once (persisted first), wakes Stop, sends STOPPED, then deletes the task
+    /// (NotFound tolerated). Persisting before deleting keeps the real exit code across a crash
+    /// in between. Idempotent: replays, duplicate events and the reconciler may all call it.
+    async fn handle_container_exit(self: &Arc<Self>, id: &str, exit: ExitStatus) -> Result<()> {
+        let Ok(container) = self.containers.get(id) else {
+            return Ok(()); // Removed meanwhile: nothing to record.
+        };
+        if container.id != id {
+            return Ok(()); // A prefix match is not this task.
+        }
+        let recorded = self
+            .update_container_status(&container, |status| {
+                if status.finished_at_ns != 0 {
+                    // Already recorded; an UNKNOWN container with a recorded exit only needs
+                    // its flag cleared (FinishedAt never changes once set).
+                    let was_unknown = status.unknown;
+                    status.unknown = false;
+                    return was_unknown;
+                }
+                status.finished_at_ns = exit.exited_at_ns.max(status.started_at_ns).max(1);
+                status.exit_code = exit.exit_code as i32;
+                status.pid = 0;
+                status.unknown = false;
+                if status.created_at_ns == 0 {
+                    // Only an UNKNOWN container loaded from a lost checkpoint lacks it.
+                    status.created_at_ns = status.finished_at_ns;
+                }
+                true
+            })
+            .await?;
+        container.mark_stopped();
+        if recorded {
+            self.send_container_event(id, &container.metadata.sandbox_id, ContainerEventType::ContainerStoppedEvent);
+        }
+        match self.backends.containerd.delete_task(id).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_not_found() => Ok(()),
+            Err(error) => Err(error.context("failed to delete task")),
+        }
+    }
+
+    async fn handle_sandbox_exit(self: &Arc<Self>, id: &str, exit: ExitStatus) -> Result<()> {
+        let Ok(sandbox) = self.sandboxes.get(id) else { return Ok(()) };
+        if sandbox.id != id {
+            return Ok(());
+        }
+        match self.backends.containerd.delete_task(id).await {
+            Ok(_) => {}
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error.context("failed to delete sandbox task")),
+        }
+        let mut changed = false;
+        sandbox.update_status(|status| {
+            if status.state != crate::store::SandboxState::NotReady {
+                status.state = crate::store::SandboxState::NotReady;
+                status.pid = 0;
+                status.exit_code = exit.exit_code;
+                status.exited_at_ns = exit.exited_at_ns;
+                changed = true;
+            }
+        });
+        sandbox.mark_stopped();
+        if changed {
+            self.send_container_event(id, id, ContainerEventType::ContainerStoppedEvent);
+        }
+        Ok(())
+    }
+
+    async fn handle_oom(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Ok(container) = self.containers.get(id) else { return Ok(()) };
+        if container.id != id {
+            return Ok(());
+        }
+        self.update_container_status(&container, |status| {
+            status.reason = crate::store::container::REASON_OOM_KILLED.to_string();
+            true
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) fn start_event_loops(self: &Arc<Self>, subscription: EventStream) {
+        let service = self.clone();
+        tokio::spawn(async move { service.event_loop(subscription).await });
+        let service = self.clone();
+        tokio::spawn(async move { service.backoff_loop().await });
+    }
+
+    /// Handles bus events; re-subscribes when the stream ends (containerd restarted) and then
+    /// re-reads the images it may have missed events for.
+    async fn event_loop(self: Arc<Self>, mut subscription: EventStream) {
+        let namespace = self.backends.containerd.namespace();
+        loop {
+            while let Some(envelope) = subscription.recv().await {
+                if envelope.namespace != namespace {
+                    continue;
+                }
+                self.handle_bus_event(envelope.event).await;
+            }
+            tracing::warn!("containerd event stream ended; re-subscribing");
+            let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
+            subscription = loop {
+                self.sleep(backoff.next_delay()).await;
+                match self.backends.containerd.subscribe().await {
+                    Ok(stream) => break stream,
+                    Err(error) => tracing::warn!(%error, "re-subscribe failed"),
+                }
+            };
+            // Events were missed while disconnected; image state is level-triggered, so re-read.
+            self.recover_images().await;
+        }
+    }
+
+    async fn handle_bus_event(self: &Arc<Self>, event: Event) {
+        match event {
+            Event::TaskOom { container_id } => {
+                if self.monitor.is_in_backoff(&container_id) {
+                    self.monitor.push(&container_id, PendingEvent::Oom, self.now_ns());
+                    return;
+                }
+                if let Err(error) =
+                    self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&container_id)).await
+                {
+                    tracing::warn!(container_id, %error, "OOM handling failed; queued for retry");
+                    self.monitor.push(&container_id, PendingEvent::Oom, self.now_ns());
+                }
+            }
+            Event::ImageCreate { name } | Event::ImageUpdate { name } | Event::ImageDelete { name } => {
+                // Image events are handled in tasks of their own, never behind exit handling or its
+                // backoff replays (those run on backoff_loop), so a slow replay cannot leave the image
+                // list stale (B3, §4.2); nor does a slow image update hold up the bus events after it.
+                let service = self.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = service.update_image_reference(&name).await {
+                        tracing::warn!(name, %error, "image event handling failed");
+                    }
+                });
+            }
+            // Exits come from the per-task Wait monitors, which are reliable where the bus is not.
+            Event::TaskExit { .. } | Event::Other { .. } => {}
+        }
+    }
+
+    async fn backoff_loop(self: Arc<Self>) {
+        loop {
+            self.sleep(BACKOFF_TICK).await;
+            for (id, mut events, duration) in self.monitor.take_expired(self.now_ns()) {
+                while let Some(event) = events.front().cloned() {
+                    let result = match event {
+                        PendingEvent::Exit { kind, exit } => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(kind, &id, exit))
+                                .await
+                        }
+                        PendingEvent::Oom => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&id)).await
+                        }
+                    };
+                    if let Err(error) = result {
+                        tracing::warn!(id, %error, retry_in = ?crate::events::backoff::after(duration, BACKOFF_MAX), "backoff retry failed");
+                        break;
+                    }
+                    events.pop_front();
+                }
+                if !events.is_empty() {
+                    self.monitor.requeue(id, events, duration, self.now_ns());
+                }
+            }
+        }
+    }
+}

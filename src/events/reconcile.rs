@@ -1,0 +1,91 @@
+//! The reconciler (B6): task state from containerd compared with the stores, for exits no
+//! monitor saw; and the periodic snapshot usage refresh.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::TaskKind;
+use crate::ports::{ExitStatus, TaskState};
+use crate::service::CriService;
+use crate::store::ContainerState;
+
+impl CriService {
+    pub(crate) fn start_reconciler(self: &Arc<Self>) {
+        if self.config.reconcile_period == 0 {
+            return;
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                service.sleep(Duration::from_secs(service.config.reconcile_period)).await;
+                service.reconcile().await;
+            }
+        });
+    }
+
+    /// Compares task state with the stores: a RUNNING container or READY sandbox whose task is
+    /// gone or stopped gets its exit handled even if no monitor ever saw it (B6).
+    pub async fn reconcile(self: &Arc<Self>) {
+        for container in self.containers.list() {
+            let status = container.status();
+            if status.state() != ContainerState::Running || status.starting || self.monitor.is_in_backoff(&container.id)
+            {
+                continue;
+            }
+            if let Some(exit) = self.observed_exit(&container.id).await {
+                tracing::warn!(id = container.id, "reconcile: container task is gone; recording its exit");
+                self.handle_exit_or_backoff(TaskKind::Container, &container.id, exit).await;
+            }
+        }
+        for sandbox in self.sandboxes.list() {
+            if sandbox.status().state != crate::store::SandboxState::Ready || self.monitor.is_in_backoff(&sandbox.id) {
+                continue;
+            }
+            if let Some(exit) = self.observed_exit(&sandbox.id).await {
+                tracing::warn!(id = sandbox.id, "reconcile: sandbox task is gone; recording its exit");
+                self.handle_exit_or_backoff(TaskKind::Sandbox, &sandbox.id, exit).await;
+            }
+        }
+    }
+
+    /// The exit of a task that is stopped or gone; None while it runs or when containerd is
+    /// unreachable (no conclusion can be drawn then).
+    async fn observed_exit(&self, id: &str) -> Option<ExitStatus> {
+        match self.backends.containerd.task_info(id).await {
+            Ok(info) if info.state == TaskState::Stopped => Some(info.exit.unwrap_or(ExitStatus {
+                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
+                exited_at_ns: self.now_ns(),
+            })),
+            Ok(_) => None,
+            Err(error) if error.is_not_found() => Some(ExitStatus {
+                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
+                exited_at_ns: self.now_ns(),
+            }),
+            Err(_) => None,
+        }
+    }
+
+    /// Refreshes the cached snapshot usage every `stats_collect_period` seconds (ImageFsInfo,
+    /// the containers' writable layers).
+    pub(crate) fn start_snapshot_syncer(self: &Arc<Self>) {
+        let period = Duration::from_secs(self.config.stats_collect_period.max(1));
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                service.refresh_snapshot_usage().await;
+                service.sleep(period).await;
+            }
+        });
+    }
+
+    pub(crate) async fn refresh_snapshot_usage(&self) {
+        let snapshotter = self.config.containerd.snapshotter.clone();
+        match self.backends.containerd.snapshots_usage(&snapshotter).await {
+            Ok(by_key) => {
+                *self.snapshot_usage.lock().unwrap() =
+                    crate::service::SnapshotUsageCache { by_key, sampled_at_ns: self.now_ns() }
+            }
+            Err(error) => tracing::debug!(%error, "snapshot usage refresh failed"),
+        }
+    }
+}
