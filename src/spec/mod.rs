@@ -706,6 +706,17 @@ mod tests {
         image: &ImageConfig,
         policy: &SpecPolicy,
     ) -> Result<WorkloadSpec> {
+        container_spec_targeting(config, sandbox, image, policy, 0)
+    }
+
+    /// As `container_spec_with`, with the pid of the TARGET pid mode's running container.
+    fn container_spec_targeting(
+        config: &ContainerConfig,
+        sandbox: &PodSandboxConfig,
+        image: &ImageConfig,
+        policy: &SpecPolicy,
+        target_pid: u32,
+    ) -> Result<WorkloadSpec> {
         container_spec(ContainerSpecInput {
             sandbox_id: "s1",
             config,
@@ -720,7 +731,7 @@ mod tests {
             node_hostname: "node-1".into(),
             sandbox_shm_dir: "/state/sandboxes/s1/shm".into(),
             container_root_dir: "/root/containers/c1",
-            target_pid: 0,
+            target_pid,
             policy,
         })
     }
@@ -972,23 +983,13 @@ mod tests {
             container_spec_with(&config, &PodSandboxConfig::default(), &ImageConfig::default(), &SpecPolicy::default())
                 .unwrap_err();
         assert_eq!(error.kind, crate::ErrorKind::FailedPrecondition);
-        let spec = container_spec(ContainerSpecInput {
-            sandbox_id: "s1",
-            config: &config,
-            sandbox_config: &PodSandboxConfig::default(),
-            image: &ImageConfig::default(),
-            netns_path: String::new(),
-            sandbox_pid: 1,
-            sandbox_root_dir: "/r",
-            own_oom_score_adj: 0,
-            restrict_oom_score_adj: false,
-            ignore_image_volumes: false,
-            node_hostname: "node-1".into(),
-            sandbox_shm_dir: "/shm".into(),
-            container_root_dir: "/c",
-            target_pid: 4242,
-            policy: &SpecPolicy::default(),
-        })
+        let spec = container_spec_targeting(
+            &config,
+            &PodSandboxConfig::default(),
+            &ImageConfig::default(),
+            &SpecPolicy::default(),
+            4242,
+        )
         .unwrap();
         assert_eq!((spec.target_pid, spec.own_pid_namespace, spec.host_pid), (4242, false, false));
     }

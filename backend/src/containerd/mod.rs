@@ -315,6 +315,10 @@ impl Containerd for RealContainerd {
     // ---- containers ----
 
     async fn create_container(&self, mut record: ContainerRecord) -> Result<ContainerRecord> {
+        // Nothing to look up on the host (the common case): no blocking task for an empty list.
+        if record.spec.resolved_devices.is_none() && record.spec.devices.is_empty() && !record.spec.host_devices {
+            record.spec.resolved_devices = Some(Vec::new());
+        }
         if record.spec.resolved_devices.is_none() {
             let spec = record.spec.clone();
             let devices = tokio::task::spawn_blocking(move || rootfs::resolve_devices(&spec))
