@@ -388,15 +388,15 @@ impl Containerd for FakeContainerd {
         after.finish(self.do_prepare_snapshot(snapshotter, key, parent_chain_id)).await
     }
 
-    async fn read_rootfs_file(
+    async fn read_rootfs_files(
         &self,
         snapshotter: &str,
         key: &str,
-        path: &str,
+        paths: &[&str],
         max_bytes: usize,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         let after = self.enter("containerd.read_rootfs_file", key).await?;
-        after.finish(self.do_read_rootfs_file(snapshotter, key, path, max_bytes)).await
+        after.finish(self.do_read_rootfs_files(snapshotter, key, paths, max_bytes)).await
     }
 
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {

@@ -180,21 +180,25 @@ impl FakeContainerd {
         Ok(())
     }
 
-    pub(super) fn do_read_rootfs_file(
+    pub(super) fn do_read_rootfs_files(
         &self,
         snapshotter: &str,
         key: &str,
-        path: &str,
+        paths: &[&str],
         max_bytes: usize,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         let mut state = self.raw_state();
         let snapshots = state.snapshotter(snapshotter);
         let Some(parent) = snapshots.active.get(key).cloned() else {
             return Err(Error::not_found(format!("snapshot {key} does not exist: not found")));
         };
         // The fake's images carry their account files by chain id, when a scenario gives any.
-        let file = state.rootfs_files.get(&parent).and_then(|files| files.get(path.trim_start_matches('/')));
-        Ok(file.filter(|bytes| bytes.len() <= max_bytes).cloned())
+        let files = state.rootfs_files.get(&parent);
+        let read = |path: &&str| {
+            let file = files.and_then(|files| files.get(path.trim_start_matches('/')));
+            file.filter(|bytes| bytes.len() <= max_bytes).cloned()
+        };
+        Ok(paths.iter().map(read).collect())
     }
 
     pub(super) fn do_remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {
