@@ -14,6 +14,7 @@ pub mod rpc;
 pub mod service;
 pub mod spec;
 pub mod store;
+pub mod streaming;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};

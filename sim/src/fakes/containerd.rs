@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -113,6 +114,19 @@ impl Process {
 struct Exec {
     process: Process,
     output: ExecOutput,
+    /// A streaming exec's client streams, until its first wait takes them to run the script.
+    streams: Option<ProcessIo>,
+    /// A `cat`: runs until its client's stdin ends.
+    echoes_stdin: bool,
+}
+
+/// A task's stdin, as attached clients see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskStdin {
+    /// Created without one.
+    None,
+    Open,
+    Closed,
 }
 
 struct Task {
@@ -130,6 +144,7 @@ struct Task {
     /// The resources of the container's spec when the task was created.
     created_with: Resources,
     log_reopens: u32,
+    stdin: TaskStdin,
 }
 
 impl Task {
@@ -194,6 +209,8 @@ impl<K: Ord + Clone> Dedup<K> {
 
 struct State {
     up: bool,
+    /// Terminal sizes asked for: (container id, exec id or "", size).
+    resizes: Vec<(String, String, TerminalSize)>,
     containers: BTreeMap<String, ContainerRecord>,
     tasks: BTreeMap<String, Task>,
     /// Container ids with a live shim: created with the task, reaped by delete_task.
@@ -227,6 +244,7 @@ impl State {
     fn new() -> Self {
         State {
             up: true,
+            resizes: Vec::new(),
             containers: BTreeMap::new(),
             tasks: BTreeMap::new(),
             shims: BTreeSet::new(),
@@ -764,6 +782,100 @@ impl FakeContainerd {
         self.raw_state().tasks.get(id).map_or(0, |task| task.log_reopens)
     }
 
+    async fn run_streaming_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        streams: ProcessIo,
+        output: ExecOutput,
+        echoes_stdin: bool,
+        mut exit_rx: watch::Receiver<Option<ExitStatus>>,
+    ) {
+        let ProcessIo { stdin, mut stdout, mut stderr } = streams;
+        let work = async move {
+            if let Some(writer) = stdout.as_mut() {
+                let _ = writer.write_all(&output.stdout).await;
+            }
+            if let Some(writer) = stderr.as_mut() {
+                let _ = writer.write_all(&output.stderr).await;
+            }
+            if echoes_stdin {
+                if let Some(mut reader) = stdin {
+                    let mut buf = vec![0u8; 4096];
+                    while let Ok(n) = reader.read(&mut buf).await
+                        && n > 0
+                    {
+                        if let Some(writer) = stdout.as_mut()
+                            && writer.write_all(&buf[..n]).await.is_err()
+                        {
+                            stdout = None;
+                        }
+                    }
+                }
+                let now_ns = self.clock.now_ns();
+                if let Ok(exec) = self.state().exec_mut(id, exec_id) {
+                    exec.process.finish(ExitStatus { exit_code: 0, exited_at_ns: now_ns });
+                }
+            }
+            for writer in [stdout.as_mut(), stderr.as_mut()].into_iter().flatten() {
+                let _ = writer.shutdown().await;
+            }
+        };
+        // A killed `cat` stops at once; its client's streams are dropped with the work.
+        let killed = async {
+            while exit_rx.borrow_and_update().is_none() {
+                if exit_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            () = work => {}
+            () = killed, if echoes_stdin => {}
+        }
+    }
+
+    /// Blocks until the task's init process exited (or the task is gone), without taking part
+    /// in the wait bookkeeping of `wait_task`.
+    async fn wait_init_exit(&self, id: &str) {
+        let mut task_changes = self.task_changes.subscribe();
+        loop {
+            let watched = {
+                let mut state = self.state();
+                state.tasks.get_mut(id).map(|task| {
+                    let deadline = task.init.scripted.map(|s| s.at).filter(|_| task.state == TaskState::Running);
+                    (task.init.exit_tx.subscribe(), deadline)
+                })
+            };
+            let Some((mut exit_rx, deadline)) = watched else { return };
+            if exit_rx.borrow_and_update().is_some() {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = exit_rx.changed() => {}
+                _ = task_changes.changed() => {}
+                () = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+
+    /// Terminal sizes asked for, in order: (container id, exec id or "", size).
+    pub fn resizes(&self) -> Vec<(String, String, TerminalSize)> {
+        self.raw_state().resizes.clone()
+    }
+
+    /// The stdin of a task, if it exists.
+    pub fn task_stdin(&self, id: &str) -> Option<TaskStdin> {
+        self.raw_state().tasks.get(id).map(|task| task.stdin)
+    }
+
     /// Every exec process not yet deleted, exited or not.
     pub fn live_execs(&self) -> Vec<ExecInfo> {
         let state = self.state();
@@ -893,7 +1005,7 @@ impl FakeContainerd {
 
     // ---- the parts of the trait methods that run under the lock ----
 
-    fn do_create_task(&self, id: &str) -> Result<u32> {
+    fn do_create_task(&self, id: &str, stdin: bool) -> Result<u32> {
         let mut state = self.state();
         let container = state.containers.get(id).ok_or_else(|| container_not_found(id))?.clone();
         if state.tasks.contains_key(id) {
@@ -922,6 +1034,7 @@ impl FakeContainerd {
             resources: None,
             created_with: container.spec.resources.clone(),
             log_reopens: 0,
+            stdin: if stdin { TaskStdin::Open } else { TaskStdin::None },
         };
         state.tasks.insert(id.to_string(), task);
         state.shims.insert(id.to_string());
@@ -993,7 +1106,7 @@ impl FakeContainerd {
         Ok(exit)
     }
 
-    fn do_exec_start(&self, id: &str, spec: &ExecSpec) -> Result<u32> {
+    fn do_exec_start(&self, id: &str, spec: &ExecSpec, streams: Option<ProcessIo>) -> Result<u32> {
         let mut state = self.state();
         let pid = state.next_pid;
         let task = state.task_mut(id)?;
@@ -1007,8 +1120,13 @@ impl FakeContainerd {
             return Err(Error::invalid("exec: args must not be empty"));
         }
         let now = virtual_now();
-        let mut exec = Exec { process: Process::new(pid), output: ExecOutput::default() };
-        match process::exec_script(&spec.args, spec.output_limit_bytes) {
+        let streaming = streams.is_some();
+        let mut exec = Exec { process: Process::new(pid), output: ExecOutput::default(), streams, echoes_stdin: false };
+        // A streaming exec's output goes to its client uncapped.
+        let limit = if streaming { usize::MAX } else { spec.output_limit_bytes };
+        match process::exec_script(&spec.args, limit) {
+            ExecScript::Cat if streaming => exec.echoes_stdin = true,
+            ExecScript::Cat => exec.process.finish(ExitStatus { exit_code: 0, exited_at_ns: self.clock.ns_at(now) }),
             ExecScript::Done { code, stdout, stderr } => {
                 exec.output = ExecOutput { stdout, stderr };
                 exec.process.finish(ExitStatus { exit_code: code, exited_at_ns: self.clock.ns_at(now) });
@@ -1173,9 +1291,9 @@ impl Containerd for FakeContainerd {
         after.finish(result).await
     }
 
-    async fn create_task(&self, id: &str, _io: &TaskIo) -> Result<u32> {
+    async fn create_task(&self, id: &str, io: &TaskIo) -> Result<u32> {
         let after = self.enter("containerd.create_task", id).await?;
-        let result = self.do_create_task(id);
+        let result = self.do_create_task(id, io.stdin);
         after.finish(result).await
     }
 
@@ -1253,12 +1371,21 @@ impl Containerd for FakeContainerd {
 
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<u32> {
         let after = self.enter("containerd.exec_start", &format!("{id}/{}", spec.exec_id)).await?;
-        let result = self.do_exec_start(id, spec);
+        let result = self.do_exec_start(id, spec, None);
         after.finish(result).await
     }
 
     async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
         let after = self.enter("containerd.exec_wait", &format!("{id}/{exec_id}")).await?;
+        // A streaming exec runs its script in the future of the first wait (the fake spawns
+        // nothing): its output reaches the client, a `cat` echoes stdin until its end.
+        let streaming = self.state().exec_mut(id, exec_id).ok().and_then(|exec| {
+            let streams = exec.streams.take()?;
+            Some((streams, exec.output.clone(), exec.echoes_stdin, exec.process.exit_tx.subscribe()))
+        });
+        if let Some((streams, output, echoes_stdin, exit_rx)) = streaming {
+            self.run_streaming_exec(id, exec_id, streams, output, echoes_stdin, exit_rx).await;
+        }
         let result = self.wait_process(id, Some(exec_id)).await;
         after.finish(result).await
     }
@@ -1289,6 +1416,64 @@ impl Containerd for FakeContainerd {
             exec.process.finish(ExitStatus { exit_code: EXIT_KILLED, exited_at_ns: now_ns });
             Ok(())
         })();
+        after.finish(result).await
+    }
+
+    async fn exec_start_streaming(&self, id: &str, spec: &ExecSpec, io: ProcessIo) -> Result<u32> {
+        let after = self.enter("stream.exec_start", &format!("{id}/{}", spec.exec_id)).await?;
+        let result = self.do_exec_start(id, spec, Some(io));
+        after.finish(result).await
+    }
+
+    async fn resize_pty(&self, id: &str, exec_id: &str, size: TerminalSize) -> Result<()> {
+        let after = self.enter("stream.exec_resize", &format!("{id}/{exec_id}")).await?;
+        let result = (|| {
+            let mut state = self.state();
+            if exec_id.is_empty() {
+                state.task_mut(id)?;
+            } else {
+                state.exec_mut(id, exec_id)?;
+            }
+            state.resizes.push((id.to_string(), exec_id.to_string(), size));
+            Ok(())
+        })();
+        after.finish(result).await
+    }
+
+    async fn open_task_stdin(&self, id: &str) -> Result<ByteWriter> {
+        let after = self.enter("stream.task_stdin", id).await?;
+        let result = (|| {
+            let mut state = self.state();
+            let task = state.task_mut(id)?;
+            match task.stdin {
+                // The fake init reads nothing: what the client sends is consumed.
+                TaskStdin::Open if !task.exited() => Ok(Box::new(tokio::io::sink()) as ByteWriter),
+                _ => Err(Error::precondition(format!("container {id} has no open stdin"))),
+            }
+        })();
+        after.finish(result).await
+    }
+
+    async fn attach_task_output(&self, id: &str, stdout: Option<ByteWriter>, stderr: Option<ByteWriter>) -> Result<()> {
+        let after = self.enter("stream.attach_output", id).await?;
+        let exists = self.state().task_mut(id).map(|_| ());
+        if exists.is_ok() {
+            // The fake init prints nothing: the output ends when the task exits.
+            self.wait_init_exit(id).await;
+            for mut writer in [stdout, stderr].into_iter().flatten() {
+                let _ = writer.shutdown().await;
+            }
+        }
+        after.finish(exists).await
+    }
+
+    async fn close_task_stdin(&self, id: &str) -> Result<()> {
+        let after = self.enter("stream.close_stdin", id).await?;
+        let result = self.state().task_mut(id).map(|task| {
+            if task.stdin == TaskStdin::Open {
+                task.stdin = TaskStdin::Closed;
+            }
+        });
         after.finish(result).await
     }
 
