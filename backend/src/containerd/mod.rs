@@ -601,7 +601,8 @@ impl Containerd for RealContainerd {
                 let _ = tasks.close_io(request).await;
             }
         };
-        let prepared = self.io.prepare_exec_streaming(id, &exec.exec_id, exec.tty, io, close_io)?;
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let prepared = self.io.prepare_exec_streaming(id, &exec.exec_id, exec.tty, io, started, close_io)?;
         let request = ExecProcessRequest {
             container_id: id.to_string(),
             stdin: prepared.stdin.clone(),
@@ -619,6 +620,7 @@ impl Containerd for RealContainerd {
         let start = StartRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
         let started = grpc(self.tasks().start(self.req(start)).await);
         drop(prepared.keepalive);
+        let _ = started_tx.send(());
         match started {
             Ok(response) => Ok(response.pid),
             Err(e) => {

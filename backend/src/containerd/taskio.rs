@@ -582,13 +582,16 @@ impl IoManager {
     /// Creates the FIFOs of an exec process wired to a client: its stdin from `io.stdin` (the
     /// client's EOF closes it), its output to `io`'s writers. The stdin copy starts at once (its
     /// FIFO is opened read-write, so it never waits for the shim); `on_stdin_end` runs after
-    /// the client's stdin ended and the FIFO was closed.
+    /// the client's stdin ended and the FIFO was closed. The FIFO is closed only once `started`
+    /// fired (or was dropped): closed before the shim opened it, the pipe would drop what the
+    /// client sent.
     pub fn prepare_exec_streaming(
         &self,
         id: &str,
         exec_id: &str,
         tty: bool,
         io: ProcessIo,
+        started: tokio::sync::oneshot::Receiver<()>,
         on_stdin_end: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<PreparedIo> {
         let dir = self.task_dir(id);
@@ -624,6 +627,7 @@ impl IoManager {
             prepared.stdin = fifo.to_string_lossy().into_owned();
             stdin_copier = Some(tokio::spawn(async move {
                 let _ = copy_stdin(&mut client, &mut sender).await;
+                let _ = started.await;
                 drop(sender);
                 on_stdin_end.await;
             }));
