@@ -199,32 +199,48 @@ impl CriService {
     where
         F: std::future::Future<Output = Result<String>> + Send + 'static,
     {
-        let existing = self.operations.lock().unwrap().get(&name).cloned();
-        let mut receiver = match existing {
-            Some(receiver) => receiver,
-            None => {
-                let (sender, receiver) = watch::channel(None);
-                self.operations.lock().unwrap().insert(name.clone(), receiver.clone());
-                let service = self.clone();
-                let op_name = name.clone();
-                tokio::spawn(async move {
-                    let result = operation.await;
-                    if result.is_err() {
-                        // Only successes are kept for a retry; a failure leaves nothing behind.
-                        service.operations.lock().unwrap().remove(&op_name);
-                    }
-                    sender.send_replace(Some(result));
-                });
-                receiver
+        // One lock acquisition decides join-or-start: with a separate get and insert, two callers
+        // on two threads could both miss the entry and run the operation twice.
+        let (mut receiver, start) = {
+            let mut operations = self.operations.lock().unwrap();
+            match operations.get(&name) {
+                Some(receiver) => (receiver.clone(), None),
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    operations.insert(name.clone(), receiver.clone());
+                    (receiver, Some(sender))
+                }
             }
         };
+        if let Some(sender) = start {
+            let service = self.clone();
+            let op_name = name.clone();
+            let own = receiver.clone();
+            tokio::spawn(async move {
+                let result = operation.await;
+                if result.is_err() {
+                    // Only successes are kept for a retry; a failure leaves nothing behind.
+                    service.forget_entry(&op_name, &own);
+                }
+                sender.send_replace(Some(result));
+            });
+        }
         let result = match receiver.wait_for(|r| r.is_some()).await {
             Ok(value) => value.clone().expect("checked by wait_for"),
             Err(_) => Err(Error::internal("operation ended without a result")),
         };
         // Delivered: a later call with this name is a new request, not a retry.
-        self.operations.lock().unwrap().remove(&name);
+        self.forget_entry(&name, &receiver);
         result
+    }
+
+    /// Removes `name`'s entry if it is still this operation's: a caller that joined late must not
+    /// remove the entry of a newer operation started under the same name meanwhile.
+    fn forget_entry(&self, name: &str, operation: &OperationResult) {
+        let mut operations = self.operations.lock().unwrap();
+        if operations.get(name).is_some_and(|entry| entry.same_channel(operation)) {
+            operations.remove(name);
+        }
     }
 
     /// Forgets an undelivered operation result for `name` (the object was removed).

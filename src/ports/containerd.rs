@@ -535,17 +535,17 @@ pub trait Containerd: Send + Sync + 'static {
     /// Prepares the writable rootfs snapshot `key` on top of `parent_chain_id`.
     async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()>;
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()>;
-    /// A regular file of the prepared snapshot `key` as the container will see it (`path`
-    /// relative to its root, e.g. `etc/passwd`), at most `max_bytes` long. None when absent,
-    /// not a regular file (a symlink is not followed: it could point anywhere on the host) or
-    /// larger.
-    async fn read_rootfs_file(
+    /// Regular files of the prepared snapshot `key` as the container will see them (`paths`
+    /// relative to its root, e.g. `etc/passwd`), each at most `max_bytes` long; one answer per
+    /// path, in order (one look-up of the snapshot's mounts for all). None when absent, not a
+    /// regular file (a symlink is not followed: it could point anywhere on the host) or larger.
+    async fn read_rootfs_files(
         &self,
         snapshotter: &str,
         key: &str,
-        path: &str,
+        paths: &[&str],
         max_bytes: usize,
-    ) -> Result<Option<Vec<u8>>>;
+    ) -> Result<Vec<Option<Vec<u8>>>>;
     /// The usage of every snapshot in `snapshotter`, by key (containerd's snapshots Usage).
     async fn snapshots_usage(&self, snapshotter: &str) -> Result<BTreeMap<String, SnapshotUsage>>;
     async fn create_image(&self, record: &ImageRecord) -> Result<()>;

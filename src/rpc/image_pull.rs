@@ -87,15 +87,24 @@ impl CriService {
         let normalized = normalize_image_ref(reference)?;
         let key =
             if auth.is_anonymous() { normalized.clone() } else { format!("{normalized} auth:{}", auth.fingerprint()) };
-        let existing = self.pulls.in_flight.lock().unwrap().get(&key).cloned();
-        let mut receiver = match existing {
-            Some(receiver) => {
-                self.pulls.pulls_joined_total.fetch_add(1, Ordering::Relaxed);
-                receiver
+        // Join or start under one lock acquisition: a separate get and insert would let two
+        // callers on two threads both start a pull of the same key.
+        let (mut receiver, start) = {
+            let mut in_flight = self.pulls.in_flight.lock().unwrap();
+            match in_flight.get(&key) {
+                Some(receiver) => (receiver.clone(), None),
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    in_flight.insert(key.clone(), receiver.clone());
+                    (receiver, Some(sender))
+                }
             }
+        };
+        match start {
             None => {
-                let (sender, receiver) = watch::channel(None);
-                self.pulls.in_flight.lock().unwrap().insert(key.clone(), receiver.clone());
+                self.pulls.pulls_joined_total.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(sender) => {
                 self.pulls.pulls_started_total.fetch_add(1, Ordering::Relaxed);
                 let service = self.clone();
                 let auth = auth.clone();
@@ -105,9 +114,8 @@ impl CriService {
                     service.pulls.in_flight.lock().unwrap().remove(&key);
                     sender.send_replace(Some(result));
                 });
-                receiver
             }
-        };
+        }
         match receiver.wait_for(|r| r.is_some()).await {
             Ok(result) => result.clone().expect("checked"),
             Err(_) => Err(Error::internal("pull ended without a result")),

@@ -822,21 +822,24 @@ impl Containerd for RealContainerd {
         grpc(self.snapshots().prepare(self.requests.with_lease(request, Some(&lease))).await).map(|_| ())
     }
 
-    async fn read_rootfs_file(
+    async fn read_rootfs_files(
         &self,
         snapshotter: &str,
         key: &str,
-        path: &str,
+        paths: &[&str],
         max_bytes: usize,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         let request = MountsRequest { snapshotter: snapshotter.to_string(), key: key.to_string() };
         let mounts = grpc(self.snapshots().mounts(self.req(request)).await)?.mounts;
         let mounts: Vec<(String, String, Vec<String>)> =
             mounts.into_iter().map(|m| (m.r#type, m.source, m.options)).collect();
-        let path = path.trim_start_matches('/').to_string();
-        tokio::task::spawn_blocking(move || userdb::read_layer_file(&userdb::layer_dirs(&mounts), &path, max_bytes))
-            .await
-            .map_err(|e| Error::internal(format!("read from the rootfs: {e}")))
+        let paths: Vec<String> = paths.iter().map(|p| p.trim_start_matches('/').to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let layers = userdb::layer_dirs(&mounts);
+            paths.iter().map(|path| userdb::read_layer_file(&layers, path, max_bytes)).collect()
+        })
+        .await
+        .map_err(|e| Error::internal(format!("read from the rootfs: {e}")))
     }
 
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {

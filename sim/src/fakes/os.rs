@@ -67,51 +67,6 @@ pub struct FakeOs {
 /// The simulated node's host name.
 pub const SIM_NODE_HOSTNAME: &str = "sim-node";
 
-/// The capabilities of root in the initial user namespace, which is what the CRI runs as.
-const ROOT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
-
 /// Collapses repeated and trailing slashes so that "/a//b/" and "/a/b" name one file.
 fn normalize(path: &str) -> String {
     let parts: Vec<&str> = path.split('/').filter(|part| !part.is_empty() && *part != ".").collect();
@@ -189,7 +144,7 @@ impl FakeOs {
                 mounts: BTreeMap::new(),
                 disk_full: false,
                 own_oom_score_adj: 0,
-                capabilities: ROOT_CAPABILITIES.iter().map(|cap| cap.to_string()).collect(),
+                capabilities: crid::ports::os::CAPABILITY_NAMES.iter().map(|cap| cap.to_string()).collect(),
             }),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             listeners: Mutex::new(BTreeMap::new()),

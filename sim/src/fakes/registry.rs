@@ -15,7 +15,7 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 /// The core's, the one definition: its known-answer test keeps the fakes honest too.
-pub use crid::rpc::image_pull::chain_ids;
+pub use crid::chain_ids;
 
 /// A made-up compressed layer digest for tests and default images.
 pub fn layer_digest(name: &str) -> String {
