@@ -51,18 +51,21 @@ impl PreparedIo {
     }
 }
 
-/// The CRI log file of one task, shared by its stdout and stderr copiers.
+/// The CRI log file of one task, shared by its stdout and stderr copiers; none for a container
+/// that has no log path (its output still reaches attached clients).
 struct LogSink {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Option<Mutex<File>>,
 }
 
 impl LogSink {
     fn open(path: &Path) -> Result<LogSink> {
-        Ok(LogSink { path: path.to_path_buf(), file: Mutex::new(open_log(path)?) })
+        let file = if path.as_os_str().is_empty() { None } else { Some(Mutex::new(open_log(path)?)) };
+        Ok(LogSink { path: path.to_path_buf(), file })
     }
 
     fn write_line(&self, stream: &str, partial: bool, content: &[u8]) {
+        let Some(file) = &self.file else { return };
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let tag = if partial { "P" } else { "F" };
         let mut line = Vec::with_capacity(content.len() + 48);
@@ -70,15 +73,16 @@ impl LogSink {
         line.extend_from_slice(content);
         line.push(b'\n');
         // One write per line under the lock keeps stdout and stderr lines whole.
-        let mut file = self.file.lock().unwrap();
+        let mut file = file.lock().unwrap();
         if let Err(e) = file.write_all(&line) {
             tracing::warn!(path = %self.path.display(), error = %e, "failed to write container log");
         }
     }
 
     fn reopen(&self) -> Result<()> {
+        let Some(file) = &self.file else { return Ok(()) };
         let fresh = open_log(&self.path)?;
-        *self.file.lock().unwrap() = fresh;
+        *file.lock().unwrap() = fresh;
         Ok(())
     }
 }
@@ -410,11 +414,11 @@ impl IoManager {
         self.root.join(id)
     }
 
-    /// Creates the FIFOs of a task and starts copying them into `log_path`. An empty log path
-    /// means the output is discarded (the shim then writes to /dev/null). With `stdin` the task
-    /// also gets a stdin FIFO, which attached clients write into.
+    /// Creates the FIFOs of a task and starts copying them into `log_path`. With `stdin` the
+    /// task also gets a stdin FIFO, which attached clients write into. Without either the
+    /// output is discarded (the shim then writes to /dev/null: sandboxes).
     pub fn prepare_task(&self, id: &str, log_path: &str, tty: bool, stdin: bool) -> Result<PreparedIo> {
-        if log_path.is_empty() {
+        if log_path.is_empty() && !stdin {
             return Ok(PreparedIo::null());
         }
         let dir = self.task_dir(id);

@@ -11,6 +11,7 @@
 //! upgrade 400; a subprotocol the server does not speak 403 (SPDY, as kubelet's
 //! `httpstream.Handshake`) or 400 (WebSocket); the body says why.
 
+mod over_spdy;
 mod websocket;
 
 use std::collections::HashMap;
@@ -185,7 +186,7 @@ fn handle(shared: &Arc<Shared>, mut request: Request<hyper::body::Incoming>) -> 
     };
     match upgrade {
         Upgrade::WebSocket => websocket::upgrade(&mut request, stream_request, handler),
-        Upgrade::Spdy => respond(StatusCode::NOT_IMPLEMENTED, "SPDY/3.1 streaming is not served yet; use websocket"),
+        Upgrade::Spdy => over_spdy::upgrade(&mut request, stream_request, handler),
     }
 }
 
