@@ -996,3 +996,95 @@ async fn websocket_exec_streams_and_reports_exit() {
     crid.stop_pod(&pod_id).await;
     crid.remove_pod(&pod_id).await;
 }
+
+/// Runs a shell command line (pipes, `script`), returning its stdout; panics unless it succeeds.
+fn shell(line: &str, cri: &Cri) -> String {
+    let output = Command::new("sh").args(["-c", line]).output().expect("run sh");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{line}: {}\nstdout: {stdout}\nstderr: {}\ncrid log:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        cri.log()
+    );
+    stdout
+}
+
+/// The stock crictl's interactive commands over crid's stream server (SPDY): `exec -i` with
+/// stdin piped in, `exec -it` under a pseudo-terminal whose size reaches the container,
+/// and `port-forward` with an HTTP request through it. (Attach is covered by critest's attach
+/// spec; a crictl attach test is still to come.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn crictl_streams_through_crid() {
+    let stack = stack();
+    let crictl_bin = client_from_env("CRID_CRICTL", "the stock crictl 1.29 (ci/critest build)");
+    let mut crid = Cri::crid(&stack, "crictl-streams", crid_binary()).await;
+    let socket = crid.dir.join("crid.sock");
+    let crictl_line = format!(
+        "{} --runtime-endpoint unix://{} --image-endpoint unix://{} --timeout 60s",
+        crictl_bin.display(),
+        socket.display(),
+        socket.display()
+    );
+    let busybox = crid.image("busybox:latest");
+    crid.pull(&busybox).await;
+    let pod = crid.pod_config(&unique("streams"));
+    let pod_id = crid.run_pod(&pod).await;
+    let web = "mkdir -p /www && echo hello-through-port-forward > /www/index.html && exec httpd -f -p 8080 -h /www";
+    let id = crid.create_container(&pod_id, &pod, "web", &["sh", "-c", web]).await;
+    crid.start_container(&id).await;
+
+    // exec -i: stdin piped in, its end ends `cat`; stdout back.
+    let echoed = shell(&format!("printf 'one\\ntwo\\n' | {crictl_line} exec -i {id} cat"), &crid);
+    assert_eq!(echoed, "one\ntwo\n");
+    // exec -it under a pseudo-terminal of 123x45: crictl sends the size on the resize stream.
+    let size = shell(
+        &format!(
+            "script -qec \"stty cols 123 rows 45; {crictl_line} exec -it {id} sh -c 'sleep 1; busybox stty size'\" /dev/null"
+        ),
+        &crid,
+    );
+    // (`script` shows the pseudo-terminal's own echo, e.g. a NUL as `^@`, around the output.)
+    assert!(size.lines().any(|line| line.trim_end().ends_with("45 123")), "{size:?}");
+    // A non-zero exit comes back through the v4 Status's ExitCode cause: client-go reports
+    // "command terminated with exit code 7" (crictl 1.29 then exits 1).
+    let failed = Command::new("sh")
+        .args(["-c", &format!("{crictl_line} exec {id} sh -c 'exit 7'")])
+        .output()
+        .expect("run crictl");
+    let said = String::from_utf8_lossy(&failed.stderr).into_owned() + &String::from_utf8_lossy(&failed.stdout);
+    assert!(!failed.status.success() && said.contains("command terminated with exit code 7"), "{said}");
+
+    // port-forward: a local port reaches the pod's httpd.
+    let local_port = 20000 + (std::process::id() % 10000) as u16;
+    let mut forward = Command::new(&crictl_bin)
+        .args(["--runtime-endpoint", &format!("unix://{}", socket.display())])
+        .args(["port-forward", &pod_id, &format!("{local_port}:8080")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("crictl port-forward");
+    let url = format!("http://127.0.0.1:{local_port}/index.html");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let output = Command::new("curl").args(["-s", "--max-time", "5", &url]).output().expect("curl");
+        let page = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && !page.is_empty() {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "no page through port-forward: {page:?}\n{}", crid.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(page, "hello-through-port-forward\n");
+
+    // No exec process outlives its session.
+    let processes = crid.ctr(&["task", "ps", &id]);
+    assert_eq!(processes.lines().count(), 2, "header and httpd (sh exec'd it), no exec left: {processes}");
+
+    crid.stop_pod(&pod_id).await;
+    crid.remove_pod(&pod_id).await;
+}
