@@ -8,6 +8,7 @@ pub mod error;
 pub mod inspect;
 pub mod naming;
 pub mod ports;
+pub mod streaming;
 
 mod checkpoint;
 mod events;

@@ -56,6 +56,8 @@ pub struct CriService {
     /// The snapshotter's usage by snapshot key, refreshed every `stats_collect_period`.
     pub(crate) snapshot_usage: Mutex<SnapshotUsageCache>,
     pub(crate) last_cni_load: Mutex<String>,
+    /// Exec/attach sessions and forwarded connections being served (bounded).
+    pub(crate) streams: crate::streaming::StreamSessions,
     initialized: AtomicBool,
 }
 
@@ -79,6 +81,7 @@ impl CriService {
             quarantine: Mutex::new(Vec::new()),
             snapshot_usage: Mutex::new(SnapshotUsageCache::default()),
             last_cni_load: Mutex::new(String::new()),
+            streams: crate::streaming::StreamSessions::default(),
             initialized: AtomicBool::new(false),
         }))
     }

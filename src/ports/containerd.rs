@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::Result;
+pub use crate::ports::stream::{ByteReader, ByteWriter, ProcessIo, TerminalSize};
 
 /// Label keys and values the CRI puts on containerd objects.
 pub const LABEL_KIND: &str = "io.cri-containerd.kind";
@@ -485,6 +486,26 @@ pub trait Containerd: Send + Sync + 'static {
     async fn exec_output(&self, id: &str, exec_id: &str) -> Result<ExecOutput>;
     /// Deletes the exec process and frees its IO. NotFound if absent.
     async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<()>;
+
+    // ---- interactive streams (Exec, Attach) ----
+    /// Creates and starts an exec process wired to a client instead of capturing its output:
+    /// `io.stdin` feeds its stdin (the client's EOF closes it); its stdout and stderr (stdout
+    /// alone with a tty) are copied to `io`'s writers, which are shut down when the output
+    /// ends. `exec_wait` returns once the process exited and that copy finished (bounded, as for
+    /// ExecSync). `spec.output_limit_bytes` does not apply.
+    async fn exec_start_streaming(&self, id: &str, spec: &ExecSpec, io: ProcessIo) -> Result<u32>;
+    /// Resizes the terminal of the task's init process (`exec_id` empty) or of an exec process.
+    async fn resize_pty(&self, id: &str, exec_id: &str, size: TerminalSize) -> Result<()>;
+    /// A writer into the stdin of a task created with `stdin` (several clients may hold one).
+    /// FailedPrecondition when the task has no stdin.
+    async fn open_task_stdin(&self, id: &str) -> Result<ByteWriter>;
+    /// Copies the task's output (stdout alone with a tty) to the given writers, besides its log,
+    /// until the output ends (the task exited) or the client stops reading; each writer is then
+    /// shut down. With no writer it still returns when the output ends. Dropping the future
+    /// detaches the client.
+    async fn attach_task_output(&self, id: &str, stdout: Option<ByteWriter>, stderr: Option<ByteWriter>) -> Result<()>;
+    /// Closes the task's stdin (a container with `stdin_once`, after its first attach).
+    async fn close_task_stdin(&self, id: &str) -> Result<()>;
 
     // ---- images and content ----
     /// Resolves a normalized reference at its registry (manifest for this platform, config).

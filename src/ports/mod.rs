@@ -14,7 +14,10 @@ pub use clock::{Clock, timeout};
 pub use cni::{Cni, CniResult, IpConfig, PodNetwork, PortMapping};
 pub use containerd::*;
 pub use os::Os;
-pub use stream::{StreamRequest, StreamServer};
+pub use stream::{
+    ByteReader, ByteWriter, ClientStreams, ProcessIo, SessionEnd, StreamHandler, StreamRequest, StreamServer,
+    TerminalSize,
+};
 
 use std::sync::Arc;
 

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use crate::error::Result;
+use crate::ports::stream::{ByteReader, ByteWriter};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
@@ -32,6 +33,10 @@ pub trait Os: Send + Sync + 'static {
     async fn netns_remove(&self, path: &str) -> Result<()>;
     /// True when the namespace at `path` no longer exists.
     async fn netns_closed(&self, path: &str) -> Result<bool>;
+
+    /// Connects to TCP `port` on the loopback of the network namespace at `netns_path` (the
+    /// host's when empty): the upstream of a port-forward. Unavailable when nothing listens.
+    async fn dial_port(&self, netns_path: &str, port: u16) -> Result<(ByteReader, ByteWriter)>;
 
     /// Mounts a tmpfs for the pod's /dev/shm.
     async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()>;

@@ -32,22 +32,25 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
-    ApplyRequest, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteImageRequest, DeleteProcessRequest, DeleteRequest as DeleteLeaseRequest,
-    DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetImageRequest, GetRequest, InfoRequest, KillRequest,
-    ListContainersRequest, ListImagesRequest, MetricsRequest, StartRequest, SubscribeRequest, UpdateContainerRequest,
-    UpdateImageRequest, UpdateRequest as UpdateContentRequest, UpdateTaskRequest, WaitRequest,
+    ApplyRequest, CloseIoRequest, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
+    CreateTaskRequest, DeleteContainerRequest, DeleteImageRequest, DeleteProcessRequest,
+    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetImageRequest,
+    GetRequest, InfoRequest, KillRequest, ListContainersRequest, ListImagesRequest, MetricsRequest, ResizePtyRequest,
+    StartRequest, SubscribeRequest, UpdateContainerRequest, UpdateImageRequest, UpdateRequest as UpdateContentRequest,
+    UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::types::Mount as ProtoMount;
 use containerd_client::types::v1::Status as ProcessStatus;
 use crid::error::{Error, ErrorKind, Result};
 use crid::ports::{
-    ContainerRecord, Containerd, Descriptor, EventStream, ExecOutput, ExecSpec, ExitStatus, ImageContent, ImageRecord,
-    ProgressFn, RegistryAuth, ResolvedImage, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState,
+    ByteWriter, ContainerRecord, Containerd, Descriptor, EventStream, ExecOutput, ExecSpec, ExitStatus, ImageContent,
+    ImageRecord, ProcessIo, ProgressFn, RegistryAuth, ResolvedImage, Resources, SnapshotUsage, TaskInfo, TaskIo,
+    TaskMetrics, TaskState, TerminalSize,
 };
 use futures::TryStreamExt;
 use hyper_util::rt::TokioIo;
 use prost_types::{Any, FieldMask};
+use tokio::io::AsyncWriteExt;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -391,11 +394,11 @@ impl Containerd for RealContainerd {
     async fn create_task(&self, id: &str, io: &TaskIo) -> Result<u32> {
         let record = self.get_container(id).await?;
         let rootfs = self.rootfs_mounts(&record).await?;
-        let prepared = self.io.prepare_task(id, &io.log_path, io.tty)?;
+        let prepared = self.io.prepare_task(id, &io.log_path, io.tty, io.stdin)?;
         let request = CreateTaskRequest {
             container_id: id.to_string(),
             rootfs,
-            stdin: String::new(),
+            stdin: prepared.stdin.clone(),
             stdout: prepared.stdout.clone(),
             stderr: prepared.stderr.clone(),
             terminal: prepared.terminal,
@@ -578,6 +581,117 @@ impl Containerd for RealContainerd {
         };
         self.io.remove_exec(id, exec_id).await;
         result
+    }
+
+    // ---- interactive streams ----
+
+    async fn exec_start_streaming(&self, id: &str, exec: &ExecSpec, io: ProcessIo) -> Result<u32> {
+        let record = self.get_container(id).await?;
+        let mut workload = record.spec.clone();
+        workload.args = exec.args.clone();
+        workload.tty = exec.tty;
+        let process = spec::process(&workload)?;
+        // After the client's stdin ends and its FIFO is closed, CloseIO makes the shim close
+        // the process's stdin even where the FIFO's EOF alone does not (a terminal).
+        let close_io = {
+            let mut tasks = self.tasks();
+            let request =
+                self.req(CloseIoRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone(), stdin: true });
+            async move {
+                let _ = tasks.close_io(request).await;
+            }
+        };
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let prepared = self.io.prepare_exec_streaming(id, &exec.exec_id, exec.tty, io, started, close_io)?;
+        let request = ExecProcessRequest {
+            container_id: id.to_string(),
+            stdin: prepared.stdin.clone(),
+            stdout: prepared.stdout.clone(),
+            stderr: prepared.stderr.clone(),
+            terminal: prepared.terminal,
+            spec: Some(json_any(spec::PROCESS_TYPE_URL, spec::to_json(&process)?)),
+            exec_id: exec.exec_id.clone(),
+        };
+        let created = grpc(self.tasks().exec(self.req(request)).await);
+        if let Err(e) = created {
+            self.io.remove_exec(id, &exec.exec_id).await;
+            return Err(e);
+        }
+        let start = StartRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
+        let started = grpc(self.tasks().start(self.req(start)).await);
+        drop(prepared.keepalive);
+        let _ = started_tx.send(());
+        match started {
+            Ok(response) => Ok(response.pid),
+            Err(e) => {
+                let delete = DeleteProcessRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
+                let _ = self.tasks().delete_process(self.req(delete)).await;
+                self.io.remove_exec(id, &exec.exec_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn resize_pty(&self, id: &str, exec_id: &str, size: TerminalSize) -> Result<()> {
+        let request = ResizePtyRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width: u32::from(size.width),
+            height: u32::from(size.height),
+        };
+        grpc(self.tasks().resize_pty(self.req(request)).await).map(|_| ())
+    }
+
+    async fn open_task_stdin(&self, id: &str) -> Result<ByteWriter> {
+        self.io.reattach(id);
+        self.io.task_stdin(id)
+    }
+
+    async fn attach_task_output(&self, id: &str, stdout: Option<ByteWriter>, stderr: Option<ByteWriter>) -> Result<()> {
+        self.io.reattach(id);
+        let (stdout_chunks, stderr_chunks) = self.io.subscribe_output(id)?;
+        // Each stream is forwarded until it ends or its client stops reading; the attach ends
+        // when the first one does (the task exited, or the client went away).
+        let forward = |chunks: Option<taskio::OutputChunks>, writer: Option<ByteWriter>| async move {
+            let Some(mut chunks) = chunks else {
+                if let Some(mut writer) = writer {
+                    let _ = writer.shutdown().await;
+                }
+                return false;
+            };
+            let mut writer = writer;
+            while let Some(chunk) = chunks.recv().await {
+                if let Some(out) = writer.as_mut()
+                    && out.write_all(&chunk).await.is_err()
+                {
+                    return true;
+                }
+            }
+            if let Some(mut out) = writer {
+                let _ = out.shutdown().await;
+            }
+            true
+        };
+        let has_stdout = stdout_chunks.is_some();
+        let (out, err) = (forward(stdout_chunks, stdout), forward(stderr_chunks, stderr));
+        if has_stdout {
+            // stdout always exists while the task runs; stderr ends with it (or never existed).
+            tokio::pin!(out, err);
+            tokio::select! {
+                biased;
+                _ = &mut out => {}
+                ended = &mut err => if ended { out.await; },
+            }
+        } else {
+            err.await;
+        }
+        Ok(())
+    }
+
+    async fn close_task_stdin(&self, id: &str) -> Result<()> {
+        self.io.close_task_stdin(id);
+        let request = CloseIoRequest { container_id: id.to_string(), exec_id: String::new(), stdin: true };
+        grpc(self.tasks().close_io(self.req(request)).await).map(|_| ())
     }
 
     // ---- images and content ----

@@ -9,8 +9,8 @@
 //!
 //! The parts: [`containers`] (records), [`tasks`] (tasks, exec processes, waits and signals),
 //! [`content`] (the registry it pulls from and the content store), [`snapshots`] (snapshotters
-//! and layer applies), [`images`] (image records, leases, garbage collection) and [`events`]
-//! (the event bus). This file holds the state they share, the call prologue and the trait's
+//! and layer applies), [`images`] (image records, leases, garbage collection), [`events`]
+//! (the event bus) and [`streams`] (interactive execs, attach, resize). This file holds the state they share, the call prologue and the trait's
 //! dispatch.
 
 mod containers;
@@ -18,6 +18,7 @@ mod content;
 mod events;
 mod images;
 mod snapshots;
+mod streams;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -44,7 +45,7 @@ use self::tasks::{Exec, Task};
 pub use self::content::FetchPlan;
 pub use self::events::EVENT_BUFFER;
 pub use self::snapshots::{ACTIVE_SNAPSHOT_BYTES, SnapshotInfo, SnapshotKind};
-pub use self::tasks::ExecInfo;
+pub use self::tasks::{ExecInfo, TaskStdin};
 pub use super::registry::chain_ids;
 
 pub const DEFAULT_NAMESPACE: &str = "k8s.io";
@@ -52,6 +53,8 @@ const FIRST_PID: u32 = 1000;
 
 struct State {
     up: bool,
+    /// Terminal sizes asked for: (container id, exec id or "", size).
+    resizes: Vec<(String, String, TerminalSize)>,
     containers: BTreeMap<String, ContainerRecord>,
     tasks: BTreeMap<String, Task>,
     /// Container ids with a live shim: created with the task, reaped by delete_task.
@@ -85,6 +88,7 @@ impl State {
     fn new() -> Self {
         State {
             up: true,
+            resizes: Vec::new(),
             containers: BTreeMap::new(),
             tasks: BTreeMap::new(),
             shims: BTreeSet::new(),
@@ -272,9 +276,9 @@ impl Containerd for FakeContainerd {
         after.finish(self.do_delete_container(id, cleanup_snapshot)).await
     }
 
-    async fn create_task(&self, id: &str, _io: &TaskIo) -> Result<u32> {
+    async fn create_task(&self, id: &str, io: &TaskIo) -> Result<u32> {
         let after = self.enter("containerd.create_task", id).await?;
-        after.finish(self.do_create_task(id)).await
+        after.finish(self.do_create_task(id, io.stdin)).await
     }
 
     async fn start_task(&self, id: &str) -> Result<u32> {
@@ -321,11 +325,12 @@ impl Containerd for FakeContainerd {
 
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<u32> {
         let after = self.enter("containerd.exec_start", &format!("{id}/{}", spec.exec_id)).await?;
-        after.finish(self.do_exec_start(id, spec)).await
+        after.finish(self.do_exec_start(id, spec, None)).await
     }
 
     async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
         let after = self.enter("containerd.exec_wait", &format!("{id}/{exec_id}")).await?;
+        self.run_streaming_exec(id, exec_id).await;
         after.finish(self.wait_process(id, Some(exec_id)).await).await
     }
 
@@ -342,6 +347,31 @@ impl Containerd for FakeContainerd {
     async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<()> {
         let after = self.enter("containerd.exec_delete", &format!("{id}/{exec_id}")).await?;
         after.finish(self.do_exec_delete(id, exec_id)).await
+    }
+
+    async fn exec_start_streaming(&self, id: &str, spec: &ExecSpec, io: ProcessIo) -> Result<u32> {
+        let after = self.enter("stream.exec_start", &format!("{id}/{}", spec.exec_id)).await?;
+        after.finish(self.do_exec_start(id, spec, Some(io))).await
+    }
+
+    async fn resize_pty(&self, id: &str, exec_id: &str, size: TerminalSize) -> Result<()> {
+        let after = self.enter("stream.exec_resize", &format!("{id}/{exec_id}")).await?;
+        after.finish(self.do_resize_pty(id, exec_id, size)).await
+    }
+
+    async fn open_task_stdin(&self, id: &str) -> Result<ByteWriter> {
+        let after = self.enter("stream.task_stdin", id).await?;
+        after.finish(self.do_open_task_stdin(id)).await
+    }
+
+    async fn attach_task_output(&self, id: &str, stdout: Option<ByteWriter>, stderr: Option<ByteWriter>) -> Result<()> {
+        let after = self.enter("stream.attach_output", id).await?;
+        after.finish(self.do_attach_task_output(id, stdout, stderr).await).await
+    }
+
+    async fn close_task_stdin(&self, id: &str) -> Result<()> {
+        let after = self.enter("stream.close_stdin", id).await?;
+        after.finish(self.do_close_task_stdin(id)).await
     }
 
     async fn resolve(&self, reference: &str, _auth: &RegistryAuth) -> Result<ResolvedImage> {

@@ -55,7 +55,7 @@ impl Process {
         }
     }
 
-    fn finish(&mut self, status: ExitStatus) {
+    pub(super) fn finish(&mut self, status: ExitStatus) {
         if self.exit.is_none() {
             self.exit = Some(status);
             self.exit_tx.send_replace(Some(status));
@@ -66,6 +66,19 @@ impl Process {
 pub(super) struct Exec {
     pub(super) process: Process,
     pub(super) output: ExecOutput,
+    /// A streaming exec's client streams, until its first wait takes them to run the script.
+    pub(super) streams: Option<ProcessIo>,
+    /// A `cat`: runs until its client's stdin ends.
+    pub(super) echoes_stdin: bool,
+}
+
+/// A task's stdin, as attached clients see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskStdin {
+    /// Created without one.
+    None,
+    Open,
+    Closed,
 }
 
 pub(super) struct Task {
@@ -83,6 +96,7 @@ pub(super) struct Task {
     /// The resources of the container's spec when the task was created.
     pub(super) created_with: Resources,
     pub(super) log_reopens: u32,
+    pub(super) stdin: TaskStdin,
 }
 
 impl Task {
@@ -91,7 +105,7 @@ impl Task {
         TaskInfo { pid: self.init.pid, state, exit: self.init.exit }
     }
 
-    fn exited(&self) -> bool {
+    pub(super) fn exited(&self) -> bool {
         self.init.exit.is_some()
     }
 }
@@ -335,7 +349,7 @@ impl FakeContainerd {
         execs
     }
 
-    pub(super) fn do_create_task(&self, id: &str) -> Result<u32> {
+    pub(super) fn do_create_task(&self, id: &str, stdin: bool) -> Result<u32> {
         let mut state = self.state();
         let container = state.containers.get(id).ok_or_else(|| container_not_found(id))?.clone();
         if state.tasks.contains_key(id) {
@@ -364,6 +378,7 @@ impl FakeContainerd {
             resources: None,
             created_with: container.spec.resources.clone(),
             log_reopens: 0,
+            stdin: if stdin { TaskStdin::Open } else { TaskStdin::None },
         };
         state.tasks.insert(id.to_string(), task);
         state.shims.insert(id.to_string());
@@ -435,7 +450,7 @@ impl FakeContainerd {
         Ok(exit)
     }
 
-    pub(super) fn do_exec_start(&self, id: &str, spec: &ExecSpec) -> Result<u32> {
+    pub(super) fn do_exec_start(&self, id: &str, spec: &ExecSpec, streams: Option<ProcessIo>) -> Result<u32> {
         let mut state = self.state();
         let pid = state.next_pid;
         let task = state.task_mut(id)?;
@@ -449,8 +464,13 @@ impl FakeContainerd {
             return Err(Error::invalid("exec: args must not be empty"));
         }
         let now = virtual_now();
-        let mut exec = Exec { process: Process::new(pid), output: ExecOutput::default() };
-        match process::exec_script(&spec.args, spec.output_limit_bytes) {
+        let streaming = streams.is_some();
+        let mut exec = Exec { process: Process::new(pid), output: ExecOutput::default(), streams, echoes_stdin: false };
+        // A streaming exec's output goes to its client uncapped.
+        let limit = if streaming { usize::MAX } else { spec.output_limit_bytes };
+        match process::exec_script(&spec.args, limit) {
+            ExecScript::Cat if streaming => exec.echoes_stdin = true,
+            ExecScript::Cat => exec.process.finish(ExitStatus { exit_code: 0, exited_at_ns: self.clock.ns_at(now) }),
             ExecScript::Done { code, stdout, stderr } => {
                 exec.output = ExecOutput { stdout, stderr };
                 exec.process.finish(ExitStatus { exit_code: code, exited_at_ns: self.clock.ns_at(now) });
