@@ -192,8 +192,15 @@ pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>)>
         RealCni::new(&config.cri.cni.bin_dir, &config.cri.cni.conf_dir, &state_dir.join("cni-cache").to_string_lossy());
     let stream = HttpStreamServer::bind(&config.cri.stream_server_address, &config.cri.stream_server_port).await?;
     tracing::info!(url = stream.base_url(), "stream server listening");
-    let backends =
-        Backends { containerd, cni: cni.clone(), os: Arc::new(LinuxOs), clock: Arc::new(SystemClock), stream };
+    // One client for both: fetched blobs go into containerd's content store.
+    let backends = Backends {
+        registry: containerd.clone(),
+        containerd,
+        cni: cni.clone(),
+        os: Arc::new(LinuxOs),
+        clock: Arc::new(SystemClock),
+        stream,
+    };
     Ok((backends, cni))
 }
 
