@@ -116,7 +116,7 @@ impl CriService {
 
     async fn pull_with_watchdog(self: &Arc<Self>, reference: &str, auth: &RegistryAuth) -> Result<String> {
         let progress = Arc::new(Progress::default());
-        let timeout = self.config.image_pull_progress_timeout();
+        let timeout = self.config.image_pull_progress_timeout;
         let pull = self.pull_steps(reference, auth, progress.clone());
         if timeout.is_zero() {
             return pull.await;
