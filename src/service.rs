@@ -20,10 +20,34 @@ use crate::store::{Container, ImageStore, Registrar, Sandbox, Table};
 /// held so that no new object can take it (B10, B11).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Quarantined {
-    pub kind: String,
+    pub kind: QuarantineKind,
     pub id: String,
     pub name: String,
     pub reason: String,
+}
+
+/// What a quarantined object was; serialised (verbose Status) as its containerd kind label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuarantineKind {
+    Sandbox,
+    Container,
+}
+
+impl QuarantineKind {
+    /// The value of the object's `io.cri-containerd.kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            QuarantineKind::Sandbox => crate::ports::KIND_SANDBOX,
+            QuarantineKind::Container => crate::ports::KIND_CONTAINER,
+        }
+    }
+}
+
+impl std::fmt::Display for QuarantineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
 }
 
 /// Results of RunPodSandbox/CreateContainer operations keyed by name, so that a kubelet retry

@@ -183,7 +183,7 @@ impl Interrupted {
 impl CriService {
     /// `stream_idle_timeout`; zero means none. Validated with the config.
     fn stream_idle_timeout(&self) -> Duration {
-        crate::config::parse_duration(&self.config.stream_idle_timeout).unwrap_or(Duration::ZERO)
+        self.config.stream_idle_timeout
     }
 
     /// Serves an exec or attach session to its end (see the module comment).

@@ -178,7 +178,7 @@ pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>, 
         registry_config_path,
         default_snapshotter: config.cri.containerd.snapshotter.clone(),
         max_log_line_bytes: config.cri.max_container_log_line_size,
-        exec_drain: config.cri.drain_exec_sync_io_timeout(),
+        exec_drain: config.cri.drain_exec_sync_io_timeout,
     })?);
     let version = tokio::time::timeout(CONTAINERD_CONNECT_TIMEOUT, containerd.version())
         .await
@@ -192,7 +192,9 @@ pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>, 
         RealCni::new(&config.cri.cni.bin_dir, &config.cri.cni.conf_dir, &state_dir.join("cni-cache").to_string_lossy());
     let stream = HttpStreamServer::bind(&config.cri.stream_server_address, &config.cri.stream_server_port).await?;
     tracing::info!(url = stream.base_url(), "stream server listening");
+    // One client for both: fetched blobs go into containerd's content store.
     let backends = Backends {
+        registry: containerd.clone(),
         containerd,
         cni: cni.clone(),
         os: Arc::new(LinuxOs),

@@ -124,7 +124,7 @@ impl CriService {
 
     async fn pull_with_watchdog(self: &Arc<Self>, reference: &str, auth: &RegistryAuth) -> Result<String> {
         let progress = Arc::new(Progress::default());
-        let timeout = self.config.image_pull_progress_timeout();
+        let timeout = self.config.image_pull_progress_timeout;
         let pull = self.pull_steps(reference, auth, progress.clone());
         if timeout.is_zero() {
             return pull.await;
@@ -174,7 +174,7 @@ impl CriService {
         self.backends.os.random_bytes(&mut lease_id);
         let lease = format!("crid-pull-{}", hex::encode(lease_id));
         containerd.create_lease(&lease).await?;
-        let result = self.pull_under_lease(reference, auth, &progress).await;
+        let result = self.pull_under_lease(reference, auth, &lease, &progress).await;
         if let Err(error) = containerd.delete_lease(&lease).await {
             tracing::warn!(lease, %error, "failed to delete pull lease");
         }
@@ -185,11 +185,11 @@ impl CriService {
         self: &Arc<Self>,
         reference: &str,
         auth: &RegistryAuth,
+        lease: &str,
         progress: &Arc<Progress>,
     ) -> Result<String> {
-        let containerd = self.backends.containerd.clone();
         progress.active.fetch_add(1, Ordering::Relaxed);
-        let resolved = containerd.resolve(reference, auth).await;
+        let resolved = self.backends.registry.resolve(reference, auth, lease).await;
         progress.active.fetch_sub(1, Ordering::Relaxed);
         let resolved = resolved.map_err(|e| e.context(format!("failed to resolve reference {reference:?}")))?;
         if resolved.layers.len() != resolved.diff_ids.len() {
@@ -211,7 +211,7 @@ impl CriService {
             let permits = &permits;
             fetches.push(async move {
                 let _permit = permits.acquire().await.expect("never closed");
-                self.fetch_once(reference, blob, auth, progress).await
+                self.fetch_once(reference, blob, auth, lease, progress).await
             });
         }
         futures::future::join_all(fetches).await.into_iter().collect::<Result<Vec<()>>>()?;
@@ -220,7 +220,7 @@ impl CriService {
         let chains = chain_ids(&resolved.diff_ids);
         let mut parent = String::new();
         for (layer, chain) in resolved.layers.iter().zip(&chains) {
-            self.apply_once(&snapshotter, chain, &parent, layer).await?;
+            self.apply_once(&snapshotter, chain, &parent, layer, lease).await?;
             parent = chain.clone();
         }
         self.create_image_references(reference, &resolved, &chains).await
@@ -231,29 +231,36 @@ impl CriService {
         reference: &str,
         blob: &Descriptor,
         auth: &RegistryAuth,
+        lease: &str,
         progress: &Progress,
     ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("blob://{}", blob.digest)).await;
-        let containerd = &self.backends.containerd;
-        if containerd.content_exists(&blob.digest).await? {
+        if self.backends.containerd.content_exists(&blob.digest).await? {
             return Ok(());
         }
         progress.active.fetch_add(1, Ordering::Relaxed);
         let report = |bytes: u64| {
             progress.bytes.fetch_add(bytes, Ordering::Relaxed);
         };
-        let result = containerd.fetch_blob(reference, blob, auth, &report).await;
+        let result = self.backends.registry.fetch_blob(reference, blob, auth, lease, &report).await;
         progress.active.fetch_sub(1, Ordering::Relaxed);
         result.map_err(|e| e.context(format!("failed to fetch {}", blob.digest)))
     }
 
-    async fn apply_once(&self, snapshotter: &str, chain_id: &str, parent: &str, layer: &Descriptor) -> Result<()> {
+    async fn apply_once(
+        &self,
+        snapshotter: &str,
+        chain_id: &str,
+        parent: &str,
+        layer: &Descriptor,
+        lease: &str,
+    ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("sn://{snapshotter}/{chain_id}")).await;
         let containerd = &self.backends.containerd;
         if containerd.snapshot_exists(snapshotter, chain_id).await? {
             return Ok(());
         }
-        match containerd.apply_layer(snapshotter, chain_id, parent, layer).await {
+        match containerd.apply_layer(snapshotter, chain_id, parent, layer, lease).await {
             Ok(()) => Ok(()),
             Err(error) if error.is_already_exists() => Ok(()),
             Err(error) => Err(error.context(format!("failed to unpack layer {}", layer.digest))),

@@ -1,13 +1,16 @@
 //! `RealContainerd`: the `Containerd` trait over containerd's gRPC API on its unix socket.
 //!
 //! Every request carries the `containerd-namespace` header of the namespace this client is bound
-//! to; pulls additionally carry a `containerd-lease` header so that blobs and snapshots written
-//! before the image record exists are not garbage-collected.
+//! to; what a pull writes additionally carries the pull's `containerd-lease` header so that
+//! blobs and snapshots written before the image record exists are not garbage-collected.
+//! `registry.rs` implements the `Registry` trait on the same client: fetched blobs go into
+//! containerd's content store.
 
 pub mod content;
 pub mod convert;
 pub mod events;
 pub mod metrics;
+pub mod registry;
 pub mod rootfs;
 pub mod spec;
 pub mod taskio;
@@ -44,10 +47,8 @@ use containerd_client::types::v1::Status as ProcessStatus;
 use crid::error::{Error, ErrorKind, Result};
 use crid::ports::{
     ByteWriter, ContainerRecord, Containerd, Descriptor, EventStream, ExecOutput, ExecSpec, ExitStatus, ImageContent,
-    ImageRecord, ProcessIo, ProgressFn, RegistryAuth, ResolvedImage, Resources, SnapshotUsage, TaskInfo, TaskIo,
-    TaskMetrics, TaskState, TerminalSize,
+    ImageRecord, ProcessIo, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState, TerminalSize,
 };
-use futures::TryStreamExt;
 use hyper_util::rt::TokioIo;
 use prost_types::{Any, FieldMask};
 use tokio::io::AsyncWriteExt;
@@ -60,9 +61,17 @@ use taskio::IoManager;
 
 /// gRPC messages above tonic's 4 MiB default occur in List calls of busy hosts.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// A pull lease is reused for this long, and expires (for containerd's GC) this much later.
-const PULL_LEASE_REUSE: Duration = Duration::from_secs(10 * 60);
-const PULL_LEASE_EXPIRY_SECS: i64 = 60 * 60;
+/// The rootfs lease is reused for this long.
+const ROOTFS_LEASE_REUSE: Duration = Duration::from_secs(10 * 60);
+/// Every lease crid creates expires (for containerd's GC) this long after its creation, so that
+/// one left behind by a crash does not hold content for good.
+const LEASE_EXPIRY_SECS: i64 = 60 * 60;
+
+/// The label that makes containerd's GC drop a lease after [`LEASE_EXPIRY_SECS`].
+fn lease_expiry_labels() -> HashMap<String, String> {
+    let expiry = chrono::Utc::now() + chrono::Duration::seconds(LEASE_EXPIRY_SECS);
+    HashMap::from([("containerd.io/gc.expire".to_string(), expiry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))])
+}
 
 /// Opens a lazily connecting channel to containerd's unix socket: a later containerd restart is
 /// survived by reconnecting on the next call.
@@ -127,8 +136,8 @@ pub struct RealContainerd {
     io: IoManager,
     registry: RegistryClient,
     default_snapshotter: String,
-    /// Current pull lease and when it was created.
-    pull_lease: tokio::sync::Mutex<Option<(String, Instant)>>,
+    /// Current rootfs lease and when it was created.
+    rootfs_lease: tokio::sync::Mutex<Option<(String, Instant)>>,
     /// Snapshotter each chain id was unpacked into, for the config's GC label.
     unpacked_into: Mutex<HashMap<String, String>>,
 }
@@ -154,7 +163,7 @@ impl RealContainerd {
             io: IoManager::new(options.fifo_dir).with_limits(options.max_log_line_bytes, options.exec_drain),
             registry: RegistryClient::new(options.registry_config_path)?,
             default_snapshotter: options.default_snapshotter,
-            pull_lease: tokio::sync::Mutex::new(None),
+            rootfs_lease: tokio::sync::Mutex::new(None),
             unpacked_into: Mutex::new(HashMap::new()),
         })
     }
@@ -182,23 +191,20 @@ impl RealContainerd {
         SnapshotsClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// A lease that expires by itself, shared by all pulls for a while: the blobs and snapshots
-    /// a pull writes stay until the image record (or a container) references them.
-    async fn pull_lease(&self) -> Result<String> {
-        let mut current = self.pull_lease.lock().await;
+    /// A lease that expires by itself, shared by all container creations for a while: a rootfs
+    /// snapshot prepared before its container record exists is not collected in between. (A
+    /// pull has a lease of its own, created by the core and given to every call that writes.)
+    async fn rootfs_lease(&self) -> Result<String> {
+        let mut current = self.rootfs_lease.lock().await;
         if let Some((id, created)) = current.as_ref()
-            && created.elapsed() < PULL_LEASE_REUSE
+            && created.elapsed() < ROOTFS_LEASE_REUSE
         {
             return Ok(id.clone());
         }
         let mut suffix = [0u8; 8];
         crate::os::fill_random(&mut suffix);
-        let id = format!("crid-pull-{}", hex::encode(suffix));
-        let expiry = chrono::Utc::now() + chrono::Duration::seconds(PULL_LEASE_EXPIRY_SECS);
-        let labels = HashMap::from([(
-            "containerd.io/gc.expire".to_string(),
-            expiry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )]);
+        let id = format!("crid-rootfs-{}", hex::encode(suffix));
+        let labels = lease_expiry_labels();
         grpc(
             LeasesClient::new(self.channel.clone())
                 .create(self.req(CreateLeaseRequest { id: id.clone(), labels }))
@@ -696,66 +702,8 @@ impl Containerd for RealContainerd {
 
     // ---- images and content ----
 
-    /// Resolves at the registry and stores the manifest in the content store, as containerd's
-    /// resolver does: the image record's target must be readable (recovery, image status) and
-    /// the manifest's GC labels are what keep the config and layers alive.
-    async fn resolve(&self, reference: &str, auth: &RegistryAuth) -> Result<ResolvedImage> {
-        let (resolved, manifest_bytes) = self.registry.resolve(reference, auth).await?;
-        if !self.content_info_exists(&resolved.manifest.digest).await? {
-            let labels = |bytes: &[u8]| ManifestDocument::parse(bytes).map(|m| m.gc_labels()).unwrap_or_default();
-            let mut suffix = [0u8; 4];
-            crate::os::fill_random(&mut suffix);
-            let write = content::BlobWrite {
-                write_ref: format!("crid-{}-{}", resolved.manifest.digest, hex::encode(suffix)),
-                digest: &resolved.manifest.digest,
-                size: resolved.manifest.size_bytes,
-                lease: Some(self.pull_lease().await?),
-                labels: &labels,
-                keep_bytes: true,
-            };
-            let body = futures::stream::iter([Ok(bytes::Bytes::from(manifest_bytes))]);
-            content::write_blob(&self.channel, &self.requests, write, body, &|_| {})
-                .await
-                .map_err(|e| e.context(format!("store manifest {}", resolved.manifest.digest)))?;
-        }
-        Ok(resolved)
-    }
-
     async fn content_exists(&self, digest: &str) -> Result<bool> {
         self.content_info_exists(digest).await
-    }
-
-    async fn fetch_blob(
-        &self,
-        reference: &str,
-        blob: &Descriptor,
-        auth: &RegistryAuth,
-        progress: ProgressFn<'_>,
-    ) -> Result<()> {
-        // The integration tests count these lines to prove that concurrent pulls fetch once.
-        tracing::debug!(digest = %blob.digest, media_type = %blob.media_type, reference, "fetching blob");
-        let response = self.registry.blob(reference, blob, auth).await?;
-        let body = response.bytes_stream().map_err(|e| Error::unavailable(format!("download {}: {e}", blob.digest)));
-        let is_manifest = pull::is_manifest_media_type(&blob.media_type);
-        let labels = move |bytes: &[u8]| -> BTreeMap<String, String> {
-            if !is_manifest {
-                return BTreeMap::new();
-            }
-            ManifestDocument::parse(bytes).map(|m| m.gc_labels()).unwrap_or_default()
-        };
-        let mut suffix = [0u8; 4];
-        crate::os::fill_random(&mut suffix);
-        let write = content::BlobWrite {
-            write_ref: format!("crid-{}-{}", blob.digest, hex::encode(suffix)),
-            digest: &blob.digest,
-            size: blob.size_bytes,
-            lease: Some(self.pull_lease().await?),
-            labels: &labels,
-            keep_bytes: is_manifest,
-        };
-        content::write_blob(&self.channel, &self.requests, write, Box::pin(body), progress)
-            .await
-            .map_err(|e| e.context(format!("fetch {}", blob.digest)))
     }
 
     async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool> {
@@ -773,8 +721,8 @@ impl Containerd for RealContainerd {
         chain_id: &str,
         parent_chain_id: &str,
         layer: &Descriptor,
+        lease: &str,
     ) -> Result<()> {
-        let lease = self.pull_lease().await?;
         let mut suffix = [0u8; 8];
         crate::os::fill_random(&mut suffix);
         // A unique key: a concurrent or crashed unpack of the same layer never collides with ours.
@@ -785,7 +733,7 @@ impl Containerd for RealContainerd {
             parent: parent_chain_id.to_string(),
             labels: HashMap::new(),
         };
-        let mounts = grpc(self.snapshots().prepare(self.requests.with_lease(prepare, Some(&lease))).await)?.mounts;
+        let mounts = grpc(self.snapshots().prepare(self.requests.with_lease(prepare, Some(lease))).await)?.mounts;
         let result = async {
             let apply = ApplyRequest {
                 diff: Some(convert::to_proto_descriptor(layer)),
@@ -793,14 +741,14 @@ impl Containerd for RealContainerd {
                 payloads: HashMap::new(),
                 sync_fs: false,
             };
-            grpc(DiffClient::new(self.channel.clone()).apply(self.requests.with_lease(apply, Some(&lease))).await)?;
+            grpc(DiffClient::new(self.channel.clone()).apply(self.requests.with_lease(apply, Some(lease))).await)?;
             let commit = CommitSnapshotRequest {
                 snapshotter: snapshotter.to_string(),
                 name: chain_id.to_string(),
                 key: key.clone(),
                 labels: HashMap::new(),
             };
-            grpc(self.snapshots().commit(self.requests.with_lease(commit, Some(&lease))).await).map(|_| ())
+            grpc(self.snapshots().commit(self.requests.with_lease(commit, Some(lease))).await).map(|_| ())
         }
         .await;
         if result.is_err() {
@@ -812,7 +760,7 @@ impl Containerd for RealContainerd {
     }
 
     async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()> {
-        let lease = self.pull_lease().await?;
+        let lease = self.rootfs_lease().await?;
         let request = PrepareSnapshotRequest {
             snapshotter: snapshotter.to_string(),
             key: key.to_string(),
@@ -926,7 +874,7 @@ impl Containerd for RealContainerd {
     }
 
     async fn create_lease(&self, id: &str) -> Result<()> {
-        let request = CreateLeaseRequest { id: id.to_string(), labels: HashMap::new() };
+        let request = CreateLeaseRequest { id: id.to_string(), labels: lease_expiry_labels() };
         grpc(LeasesClient::new(self.channel.clone()).create(self.req(request)).await).map(|_| ())
     }
 

@@ -3,7 +3,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crid::ports::containerd::{Descriptor, ImageConfig, ResolvedImage};
+use crid::ports::containerd::{Descriptor, ImageConfig};
+use crid::ports::registry::ResolvedImage;
 
 pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";

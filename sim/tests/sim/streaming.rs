@@ -116,7 +116,7 @@ async fn exec_session_streams_resizes_and_reports_the_exit() {
 /// process is killed and deleted, not leaked.
 #[madsim::test]
 async fn a_vanished_or_idle_client_leaves_no_exec_process() {
-    let config = crid::Config { stream_idle_timeout: "30s".into(), ..test_config() };
+    let config = crid::Config { stream_idle_timeout: std::time::Duration::from_secs(30), ..test_config() };
     let node = Node::start_with(config).await;
     let (_pod, id) = node.pod_with_running("exec", &["sleep", "inf"]).await;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crid::error::{Error, Result};
 use crid::ports::containerd::*;
+use crid::ports::registry::*;
 
 use super::super::registry;
 use super::FakeContainerd;
@@ -105,6 +106,11 @@ impl FakeContainerd {
         image
     }
 
+    /// What the registry serves for `reference`, for tests (no fault, no lease).
+    pub fn registry_image(&self, reference: &str) -> Option<ResolvedImage> {
+        self.raw_state().registry.get(reference).cloned()
+    }
+
     /// The registry stops serving `reference` (a deleted tag); stored content is unaffected.
     pub fn remove_registry_image(&self, reference: &str) -> bool {
         self.raw_state().registry.remove(reference).is_some()
@@ -183,11 +189,13 @@ impl FakeContainerd {
         &self,
         reference: &str,
         blob: &Descriptor,
+        lease: &str,
         progress: ProgressFn<'_>,
     ) -> Result<()> {
         let mut connection = self.connection.subscribe();
         let in_flight = {
             let mut state = self.raw_state();
+            state.check_lease(lease)?;
             let image =
                 state.registry.get(reference).ok_or_else(|| Error::not_found(format!("{reference}: not found")))?;
             let served = image.manifest.digest == blob.digest

@@ -4,10 +4,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crid::error::{Error, Result};
 use crid::ports::containerd::*;
+use crid::ports::registry::ResolvedImage;
 
 use super::{FakeContainerd, State, chain_ids};
 
 impl State {
+    /// What a write under a lease that does not exist gets, as from containerd: a pull must
+    /// write under the lease it created.
+    pub(super) fn check_lease(&self, lease: &str) -> Result<()> {
+        if self.leases.contains(lease) { Ok(()) } else { Err(Error::not_found(format!("lease {lease}: not found"))) }
+    }
+
     /// Drops content and committed snapshots that no image and no container rootfs reaches, as
     /// containerd's GC does. Any lease pauses it: a pull in progress holds its blobs that way.
     pub(super) fn collect_garbage(&mut self) {

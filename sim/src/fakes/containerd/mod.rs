@@ -34,6 +34,7 @@ use crate::fakes::clock::virtual_now;
 
 use crid::error::{Error, Result};
 use crid::ports::containerd::*;
+use crid::ports::registry::*;
 
 use super::clock::SimClock;
 use super::faults::{self, After, FaultInjector};
@@ -374,26 +375,10 @@ impl Containerd for FakeContainerd {
         after.finish(self.do_close_task_stdin(id)).await
     }
 
-    async fn resolve(&self, reference: &str, _auth: &RegistryAuth) -> Result<ResolvedImage> {
-        let after = self.enter("containerd.resolve", reference).await?;
-        after.finish(self.do_resolve(reference)).await
-    }
-
     async fn content_exists(&self, digest: &str) -> Result<bool> {
         let after = self.enter("containerd.content_exists", digest).await?;
         let exists = self.raw_state().content.contains_key(digest);
         after.finish(Ok(exists)).await
-    }
-
-    async fn fetch_blob(
-        &self,
-        reference: &str,
-        blob: &Descriptor,
-        _auth: &RegistryAuth,
-        progress: ProgressFn<'_>,
-    ) -> Result<()> {
-        let after = self.enter("containerd.fetch_blob", &blob.digest).await?;
-        after.finish(self.do_fetch_blob(reference, blob, progress).await).await
     }
 
     async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool> {
@@ -408,9 +393,10 @@ impl Containerd for FakeContainerd {
         chain_id: &str,
         parent_chain_id: &str,
         layer: &Descriptor,
+        lease: &str,
     ) -> Result<()> {
         let after = self.enter("containerd.apply_layer", chain_id).await?;
-        after.finish(self.do_apply_layer(snapshotter, chain_id, parent_chain_id, layer).await).await
+        after.finish(self.do_apply_layer(snapshotter, chain_id, parent_chain_id, layer, lease).await).await
     }
 
     async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()> {
@@ -483,5 +469,27 @@ impl Containerd for FakeContainerd {
     async fn subscribe(&self) -> Result<EventStream> {
         let after = self.enter("containerd.subscribe", "").await?;
         after.finish(Ok(self.do_subscribe())).await
+    }
+}
+
+/// The registry the fake serves from, with the same prologue; a fetch writes into the content
+/// store above (the manifest is read from the registry's copy, so a resolve writes nothing).
+#[async_trait]
+impl Registry for FakeContainerd {
+    async fn resolve(&self, reference: &str, _auth: &RegistryAuth, _lease: &str) -> Result<ResolvedImage> {
+        let after = self.enter("registry.resolve", reference).await?;
+        after.finish(self.do_resolve(reference)).await
+    }
+
+    async fn fetch_blob(
+        &self,
+        reference: &str,
+        blob: &Descriptor,
+        _auth: &RegistryAuth,
+        lease: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<()> {
+        let after = self.enter("registry.fetch_blob", &blob.digest).await?;
+        after.finish(self.do_fetch_blob(reference, blob, lease, progress).await).await
     }
 }

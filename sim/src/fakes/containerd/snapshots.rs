@@ -114,8 +114,10 @@ impl FakeContainerd {
         chain_id: &str,
         parent_chain_id: &str,
         layer: &Descriptor,
+        lease: &str,
     ) -> Result<InFlight<'_>> {
         let mut state = self.state();
+        state.check_lease(lease)?;
         if state.committed(snapshotter, chain_id) {
             state.applies.redundant += 1;
             return Err(Error::already_exists(format!("snapshot {chain_id}: already exists")));
@@ -156,9 +158,10 @@ impl FakeContainerd {
         chain_id: &str,
         parent_chain_id: &str,
         layer: &Descriptor,
+        lease: &str,
     ) -> Result<()> {
         let mut connection = self.connection.subscribe();
-        let in_flight = self.do_apply_begin(snapshotter, chain_id, parent_chain_id, layer)?;
+        let in_flight = self.do_apply_begin(snapshotter, chain_id, parent_chain_id, layer, lease)?;
         let latency = self.raw_state().apply_latency;
         self.pause(&mut connection, latency).await?;
         let committed = self.do_apply_commit(snapshotter, chain_id, parent_chain_id, layer);

@@ -186,11 +186,15 @@ async fn fetch_counts_and_concurrency() {
     let containerd = Arc::new(fake());
     let layers = vec![(layer_digest("a"), 1000), (layer_digest("b"), 10)];
     let image = containerd.add_registry_image("docker.io/library/x:1", layers, ImageConfig::default());
-    assert_eq!(containerd.resolve("docker.io/library/x:1", &RegistryAuth::default()).await.unwrap(), image);
+    let anonymous = RegistryAuth::default();
+    assert_eq!(containerd.resolve("docker.io/library/x:1", &anonymous, "pull").await.unwrap(), image);
     assert_eq!(
-        containerd.resolve("docker.io/library/y:1", &RegistryAuth::default()).await.unwrap_err().kind,
+        containerd.resolve("docker.io/library/y:1", &anonymous, "pull").await.unwrap_err().kind,
         ErrorKind::NotFound
     );
+    let error = containerd.fetch_blob("docker.io/library/x:1", &image.layers[0], &anonymous, "pull", &|_| {}).await;
+    assert_eq!(error.unwrap_err().kind, ErrorKind::NotFound, "a fetch writes under an existing lease");
+    containerd.create_lease("pull").await.unwrap();
     containerd.set_fetch_latency(Duration::from_millis(100));
     let layer = image.layers[0].clone();
     let fetches: Vec<_> = (0..2)
@@ -200,7 +204,7 @@ async fn fetch_counts_and_concurrency() {
                 let progress = Mutex::new(0u64);
                 let report = |bytes: u64| *progress.lock().unwrap() += bytes;
                 containerd
-                    .fetch_blob("docker.io/library/x:1", &layer, &RegistryAuth::default(), &report)
+                    .fetch_blob("docker.io/library/x:1", &layer, &RegistryAuth::default(), "pull", &report)
                     .await
                     .unwrap();
                 progress.into_inner().unwrap()
@@ -223,7 +227,8 @@ async fn cancelled_fetch_leaves_nothing_in_flight() {
     let image = containerd.add_registry_image("r/x:1", vec![(layer_digest("a"), 10)], ImageConfig::default());
     containerd.set_fetch_plan(&image.layers[0].digest, Some(FetchPlan::StallAfter { bytes: 10 }));
     let anonymous = RegistryAuth::default();
-    let fetch = containerd.fetch_blob("r/x:1", &image.layers[0], &anonymous, &|_| {});
+    containerd.create_lease("pull").await.unwrap();
+    let fetch = containerd.fetch_blob("r/x:1", &image.layers[0], &anonymous, "pull", &|_| {});
     assert!(tokio::time::timeout(Duration::from_secs(60), fetch).await.is_err());
     assert_eq!(containerd.pulls_in_flight(), 0);
     assert!(containerd.content().is_empty());
@@ -238,18 +243,20 @@ async fn pull_unpack_image_and_gc() {
         ImageConfig::default(),
     );
     let chain = chain_ids(&image.diff_ids);
+    containerd.create_lease("pull").await.unwrap();
     for blob in std::iter::once(&image.config).chain(&image.layers) {
-        containerd.fetch_blob("r/x:1", blob, &RegistryAuth::default(), &|_| {}).await.unwrap();
+        containerd.fetch_blob("r/x:1", blob, &RegistryAuth::default(), "pull", &|_| {}).await.unwrap();
     }
-    let error = containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1]).await.unwrap_err();
+    let error = containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1], "pull").await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::NotFound, "the parent must be committed first");
-    containerd.apply_layer("overlayfs", &chain[0], "", &image.layers[0]).await.unwrap();
-    containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1]).await.unwrap();
-    let again = containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1]).await.unwrap_err();
+    containerd.apply_layer("overlayfs", &chain[0], "", &image.layers[0], "pull").await.unwrap();
+    containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1], "pull").await.unwrap();
+    let again = containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1], "pull").await.unwrap_err();
     assert_eq!(again.kind, ErrorKind::AlreadyExists);
     assert_eq!(containerd.total_applies(), 2);
     let record = ImageRecord { name: "r/x:1".into(), target: image.manifest.clone(), labels: BTreeMap::new() };
     containerd.create_image(&record).await.unwrap();
+    containerd.delete_lease("pull").await.unwrap();
     let content = containerd.image_content(&record).await.unwrap();
     assert!(content.complete);
     assert_eq!((content.chain_id.as_str(), content.size_bytes), (chain[1].as_str(), 110));
