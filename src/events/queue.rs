@@ -94,11 +94,7 @@ mod tests {
     fn backoff_doubles_caps_and_keeps_order() {
         let monitor = EventMonitor::new(2);
         monitor.push("a", PendingEvent::Oom, 0);
-        monitor.push(
-            "a",
-            PendingEvent::Exit { kind: TaskKind::Container, exit: ExitStatus { exit_code: 1, exited_at_ns: 5 } },
-            0,
-        );
+        monitor.push("a", PendingEvent::Exit { kind: TaskKind::Container, exit: ExitStatus::new(1, 5) }, 0);
         assert!(monitor.take_expired(999_999_999).is_empty());
         let mut expired = monitor.take_expired(1_000_000_000);
         assert_eq!(expired.len(), 1);

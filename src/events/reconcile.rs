@@ -52,15 +52,13 @@ impl CriService {
     /// unreachable (no conclusion can be drawn then).
     async fn observed_exit(&self, id: &str) -> Option<ExitStatus> {
         match self.backends.containerd.task_info(id).await {
-            Ok(info) if info.state == TaskState::Stopped => Some(info.exit.unwrap_or(ExitStatus {
-                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                exited_at_ns: self.now_ns(),
-            })),
+            Ok(info) if info.state == TaskState::Stopped => Some(
+                info.exit.unwrap_or(ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns())),
+            ),
             Ok(_) => None,
-            Err(error) if error.is_not_found() => Some(ExitStatus {
-                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                exited_at_ns: self.now_ns(),
-            }),
+            Err(error) if error.is_not_found() => {
+                Some(ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns()))
+            }
             Err(_) => None,
         }
     }

@@ -81,10 +81,7 @@ impl CriService {
         match containerd.task_info(id).await {
             Err(error) if error.is_not_found() => {
                 // No task: nothing will ever report an exit, so record one now.
-                let exit = ExitStatus {
-                    exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                    exited_at_ns: self.now_ns(),
-                };
+                let exit = ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns());
                 return self.handle_exit(TaskKind::Sandbox, id, exit).await;
             }
             Err(error) => return Err(error.context("failed to get sandbox task")),
@@ -151,14 +148,12 @@ impl CriService {
 
     async fn observed_exit_for_stop(&self, id: &str) -> Option<ExitStatus> {
         match self.backends.containerd.task_info(id).await {
-            Ok(info) if info.state == crate::ports::TaskState::Stopped => Some(info.exit.unwrap_or(ExitStatus {
-                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                exited_at_ns: self.now_ns(),
-            })),
-            Err(error) if error.is_not_found() => Some(ExitStatus {
-                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                exited_at_ns: self.now_ns(),
-            }),
+            Ok(info) if info.state == crate::ports::TaskState::Stopped => Some(
+                info.exit.unwrap_or(ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns())),
+            ),
+            Err(error) if error.is_not_found() => {
+                Some(ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns()))
+            }
             _ => None,
         }
     }

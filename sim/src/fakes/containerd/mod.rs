@@ -54,6 +54,10 @@ struct State {
     up: bool,
     containers: BTreeMap<String, ContainerRecord>,
     tasks: BTreeMap<String, Task>,
+    /// How the init of each deleted task ended (when it ended before its delete), by container
+    /// id: what the oracle compares a container's recorded exit (code, OOM) with after the task
+    /// is gone.
+    deleted_exits: BTreeMap<String, ExitStatus>,
     /// Container ids with a live shim: created with the task, reaped by delete_task.
     shims: BTreeSet<String>,
     next_pid: u32,
@@ -87,6 +91,7 @@ impl State {
             up: true,
             containers: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            deleted_exits: BTreeMap::new(),
             shims: BTreeSet::new(),
             next_pid: FIRST_PID,
             snapshotters: BTreeMap::new(),
