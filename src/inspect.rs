@@ -57,6 +57,8 @@ pub struct StateSnapshot {
     pub quarantined: Vec<Quarantined>,
     pub events_sent: u64,
     pub events_dropped: u64,
+    /// Exits the reconciler recorded because no monitor had seen them.
+    pub reconciled_exits: u64,
 }
 
 impl CriService {
@@ -123,6 +125,7 @@ impl CriService {
             quarantined: self.quarantined(),
             events_sent: self.container_events.sent_total.load(Ordering::Relaxed),
             events_dropped: self.container_events.dropped_total.load(Ordering::Relaxed),
+            reconciled_exits: self.monitor.reconciled_exits_total.load(Ordering::Relaxed),
         }
     }
 }

@@ -22,8 +22,15 @@ impl CriService {
         let service = self.clone();
         tokio::spawn(async move {
             let exit = service.wait_for_exit(&id).await;
-            service.handle_exit_or_backoff(kind, &id, exit).await;
+            service.handle_monitored_exit(kind, &id, exit).await;
         });
+    }
+
+    /// Handles an exit a Wait reported, marked as in hand meanwhile so that the reconciler does
+    /// not take the (already stopped or deleted) task for one nobody saw.
+    pub(crate) async fn handle_monitored_exit(self: &Arc<Self>, kind: TaskKind, id: &str, exit: ExitStatus) {
+        let _in_hand = self.monitor.hold_exit(id);
+        self.handle_exit_or_backoff(kind, id, exit).await;
     }
 
     /// Waits for the task's exit. A lost connection is retried rather than read as an exit, so a

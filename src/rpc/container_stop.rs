@@ -64,7 +64,7 @@ impl CriService {
             let monitored = id.clone();
             tokio::spawn(async move {
                 if let Ok(exit) = service.backends.containerd.wait_task(&monitored).await {
-                    service.handle_exit_or_backoff(TaskKind::Container, &monitored, exit).await;
+                    service.handle_monitored_exit(TaskKind::Container, &monitored, exit).await;
                 }
             });
         }

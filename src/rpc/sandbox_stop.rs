@@ -93,7 +93,7 @@ impl CriService {
             let monitored = id.clone();
             tokio::spawn(async move {
                 if let Ok(exit) = service.backends.containerd.wait_task(&monitored).await {
-                    service.handle_exit_or_backoff(TaskKind::Sandbox, &monitored, exit).await;
+                    service.handle_monitored_exit(TaskKind::Sandbox, &monitored, exit).await;
                 }
             });
         }
