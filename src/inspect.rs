@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
+pub use crate::rpc::image_service::IMAGE_REF_LOCK_PREFIX;
 use crate::service::{CriService, Quarantined};
+pub use crate::store::container::{REASON_OOM_KILLED, REASON_START_ERROR, REASON_UNKNOWN};
 use crate::store::{ContainerState, ContainerStatus, SandboxState};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -55,6 +57,8 @@ pub struct StateSnapshot {
     pub quarantined: Vec<Quarantined>,
     pub events_sent: u64,
     pub events_dropped: u64,
+    /// Exits the reconciler recorded because no monitor had seen them.
+    pub reconciled_exits: u64,
 }
 
 impl CriService {
@@ -121,6 +125,37 @@ impl CriService {
             quarantined: self.quarantined(),
             events_sent: self.container_events.sent_total.load(Ordering::Relaxed),
             events_dropped: self.container_events.dropped_total.load(Ordering::Relaxed),
+            reconciled_exits: self.monitor.reconciled_exits_total.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// What kubelet reads of each object, built by the RPCs' own code: the ContainerStatus and
+/// PodSandboxStatus messages, and the image store as ListImages and ImageStatus serve it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubeletView {
+    pub containers: Vec<k8s_cri::v1::ContainerStatus>,
+    pub sandboxes: Vec<KubeletSandbox>,
+    /// Image id → its references, as ListImages lists them.
+    pub images: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubeletSandbox {
+    pub status: k8s_cri::v1::PodSandboxStatus,
+    pub host_network: bool,
+}
+
+impl CriService {
+    pub fn kubelet_view(&self) -> KubeletView {
+        let containers = self.containers.list().iter().map(|c| self.container_status_message(c)).collect();
+        let sandboxes = self
+            .sandboxes
+            .list()
+            .iter()
+            .map(|s| KubeletSandbox { status: self.sandbox_status_message(s), host_network: s.metadata.host_network })
+            .collect();
+        let images = self.images.list().into_iter().map(|i| (i.id, i.references.into_iter().collect())).collect();
+        KubeletView { containers, sandboxes, images }
     }
 }

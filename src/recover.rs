@@ -363,13 +363,16 @@ impl CriService {
                 if status.finished_at_ns == 0 || status.unknown {
                     // The exit comes from the task, which is kept until this is persisted, so
                     // the decision is the same after any number of restarts.
-                    let exit = info.exit.unwrap_or(crate::ports::ExitStatus {
-                        exit_code: EXIT_CODE_UNKNOWN as u32,
-                        exited_at_ns: status.started_at_ns.max(status.created_at_ns).max(1),
-                    });
+                    let exit = info.exit.unwrap_or(crate::ports::ExitStatus::new(
+                        EXIT_CODE_UNKNOWN as u32,
+                        status.started_at_ns.max(status.created_at_ns).max(1),
+                    ));
                     if status.finished_at_ns == 0 {
                         status.finished_at_ns = exit.exited_at_ns.max(status.started_at_ns).max(1);
                         status.exit_code = exit.exit_code as i32;
+                        if exit.oom_killed {
+                            status.reason = crate::store::container::REASON_OOM_KILLED.to_string();
+                        }
                     }
                     if status.created_at_ns == 0 {
                         status.created_at_ns = status.finished_at_ns;

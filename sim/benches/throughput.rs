@@ -1,5 +1,5 @@
 //! Simulator throughput on this machine: seeds per second and simulated/wall time ratio for
-//! each scenario, release build, each seed in a process of its own. Run with `cargo simbench`.
+//! each scenario, `sim` profile build, each seed in a process of its own. Run with `cargo simbench`.
 //! CRID_BENCH_SEEDS sets the seeds per scenario (default 40).
 
 #[cfg(not(madsim))]

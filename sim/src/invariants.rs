@@ -2,6 +2,7 @@
 //! recovery. A violation names the invariant, the object and the simulated time.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crid::inspect::StateSnapshot;
@@ -38,6 +39,9 @@ pub struct Checker {
     /// Pull-dedup check (redundant fetches and applies). It holds under crashes and image
     /// removal too; a scenario may switch it off to study other things.
     pub check_pull_dedup: bool,
+    /// RemoveImage calls the kubelet has in flight: while one runs, the image store may lag
+    /// containerd's references (invariant 25 waits for it).
+    pub image_removals_in_flight: AtomicU32,
 }
 
 impl Checker {
@@ -52,6 +56,7 @@ impl Checker {
             sandboxes: Mutex::new(BTreeMap::new()),
             incarnation: Mutex::new(0),
             check_pull_dedup,
+            image_removals_in_flight: AtomicU32::new(0),
         }
     }
 
@@ -97,6 +102,7 @@ impl Checker {
         self.check_sandbox_transitions(&snapshot);
         self.check_network(&snapshot);
         self.check_no_duplicate_work();
+        self.check_kubelet_view(&snapshot);
         for (object, detail) in self.oracle.check(&snapshot) {
             self.fail("oracle: acknowledged state", &object, detail);
         }
@@ -275,6 +281,99 @@ impl Checker {
                         allocations.get(&sandbox.id)
                     ),
                 );
+            }
+        }
+    }
+
+    /// 23–25. The fields kubelet reads, as the RPCs build them, against what the fakes know.
+    fn check_kubelet_view(&self, snapshot: &StateSnapshot) {
+        use crid::inspect::{IMAGE_REF_LOCK_PREFIX, REASON_OOM_KILLED, REASON_START_ERROR, REASON_UNKNOWN};
+        use k8s_cri::v1::{ContainerState as Cri, PodSandboxState};
+        let Some(service) = self.endpoint.service() else { return };
+        let view = service.kubelet_view();
+        let image_of: BTreeMap<&str, &str> =
+            snapshot.containers.iter().map(|c| (c.id.as_str(), c.image_ref.as_str())).collect();
+        for status in &view.containers {
+            let object = format!("container {}", short(&status.id));
+            let state = Cri::try_from(status.state).unwrap_or(Cri::ContainerUnknown);
+            // 23. Exit: the code the task ended with, and OOMKilled exactly when the OOM killer
+            // ended it. A start that failed (StartError), an exit the core reports as unknown (a
+            // task that vanished across a restart), or a task that vanished without an exit has
+            // nothing to compare with.
+            if state == Cri::ContainerExited
+                && status.reason != REASON_START_ERROR
+                && status.reason != REASON_UNKNOWN
+                && let Some(exit) = self.world.containerd.task_exit(&status.id)
+            {
+                if (status.reason == REASON_OOM_KILLED) != exit.oom_killed {
+                    self.fail(
+                        "23 OOMKilled iff OOM-killed",
+                        &object,
+                        format!("reason {:?}, but the task was OOM-killed: {}", status.reason, exit.oom_killed),
+                    );
+                }
+                if status.exit_code != exit.exit_code as i32 {
+                    self.fail(
+                        "23 exit code is the task's",
+                        &object,
+                        format!("exit code {}, the task exited with {}", status.exit_code, exit.exit_code),
+                    );
+                }
+            }
+            // 23. Times: created ≤ started ≤ finished, each set once its state is reached.
+            let (created, started, finished) = (status.created_at, status.started_at, status.finished_at);
+            let ordered = (state == Cri::ContainerUnknown || created > 0)
+                && (state != Cri::ContainerRunning || started > 0)
+                && (state != Cri::ContainerExited || finished > 0)
+                && (started == 0 || created <= started)
+                && (finished == 0 || created.max(started) <= finished);
+            if !ordered {
+                self.fail(
+                    "23 status times ordered",
+                    &object,
+                    format!("{state:?}: created {created}, started {started}, finished {finished}"),
+                );
+            }
+            // 23. Image: image_ref is the image's id or one of its digests in the store, and a
+            // tag shown in place of the config's image points at that image.
+            let Some(id) = image_of.get(status.id.as_str()) else { continue };
+            if status.image_ref != *id && snapshot.image_refs.get(&status.image_ref).map(String::as_str) != Some(*id) {
+                self.fail(
+                    "23 image ref in the store",
+                    &object,
+                    format!("image_ref {:?} is neither image {id} nor one of its references", status.image_ref),
+                );
+            }
+            let shown = status.image.as_ref().map(|i| i.image.as_str()).unwrap_or_default();
+            if view.images.contains_key(*id) && snapshot.image_refs.get(shown).is_some_and(|other| other != id) {
+                self.fail(
+                    "23 image ref in the store",
+                    &object,
+                    format!("shows image {shown:?}, which the store maps to another image than {id}"),
+                );
+            }
+        }
+        // 24. A READY pod on the pod network reports its IP.
+        for sandbox in view.sandboxes.iter().filter(|s| !s.host_network) {
+            let status = &sandbox.status;
+            if status.state == PodSandboxState::SandboxReady as i32
+                && status.network.as_ref().is_none_or(|n| n.ip.is_empty())
+            {
+                self.fail("24 READY has an IP", &format!("sandbox {}", short(&status.id)), "READY without an IP");
+            }
+        }
+        // 25. Once no pull, removal or reference update is in flight, the images served are
+        // containerd's references exactly.
+        let settled = snapshot.pulls_in_flight == 0
+            && self.image_removals_in_flight.load(Ordering::SeqCst) == 0
+            && !snapshot.lock_keys.iter().any(|k| k.starts_with(IMAGE_REF_LOCK_PREFIX));
+        if settled {
+            let k_names: BTreeSet<String> = self.world.containerd.images().into_keys().collect();
+            let served: BTreeSet<String> = view.images.values().flatten().cloned().collect();
+            if k_names != served {
+                let missing: Vec<_> = k_names.difference(&served).collect();
+                let extra: Vec<_> = served.difference(&k_names).collect();
+                self.fail("25 image list = K", "image store", format!("missing {missing:?}, extra {extra:?}"));
             }
         }
     }

@@ -200,19 +200,28 @@ impl Kubelet {
             let pulled = retry!(self, true, {
                 let reference = reference.clone();
                 let normalized = normalize_image_ref(&reference).unwrap();
-                self.call_then(
-                    "PullImage",
-                    &reference.clone(),
-                    move |s| async move {
-                        s.pull_image(PullImageRequest {
-                            image: Some(ImageSpec { image: reference, ..Default::default() }),
-                            ..Default::default()
-                        })
-                        .await
-                    },
-                    |r| self.checker.oracle.pulled_image(&normalized, &r.image_ref),
-                )
-                .await
+                let result = self
+                    .call_then(
+                        "PullImage",
+                        &reference.clone(),
+                        move |s| async move {
+                            s.pull_image(PullImageRequest {
+                                image: Some(ImageSpec { image: reference, ..Default::default() }),
+                                ..Default::default()
+                            })
+                            .await
+                        },
+                        |r| self.checker.oracle.pulled_image(&normalized, &r.image_ref),
+                    )
+                    .await;
+                // A reference that exists already is a successful pull, never an error (kubelet
+                // would report the pod's image as failed).
+                if let Err(error) = &result
+                    && error.kind == ErrorKind::AlreadyExists
+                {
+                    self.checker.fail("26 PullImage never AlreadyExists", &format!("image {image}"), &error.message);
+                }
+                result
             });
             if pulled.is_none() {
                 return false;
@@ -524,11 +533,17 @@ impl Kubelet {
         let reference = image.to_string();
         retry!(self, false, {
             let reference = reference.clone();
-            self.call("RemoveImage", &reference.clone(), move |s| async move {
-                s.remove_image(RemoveImageRequest { image: Some(ImageSpec { image: reference, ..Default::default() }) })
+            self.checker.image_removals_in_flight.fetch_add(1, Ordering::SeqCst);
+            let result = self
+                .call("RemoveImage", &reference.clone(), move |s| async move {
+                    s.remove_image(RemoveImageRequest {
+                        image: Some(ImageSpec { image: reference, ..Default::default() }),
+                    })
                     .await
-            })
-            .await
+                })
+                .await;
+            self.checker.image_removals_in_flight.fetch_sub(1, Ordering::SeqCst);
+            result
         });
     }
 

@@ -22,29 +22,45 @@ impl CriService {
         let service = self.clone();
         tokio::spawn(async move {
             let exit = service.wait_for_exit(&id).await;
-            service.handle_exit_or_backoff(kind, &id, exit).await;
+            service.handle_monitored_exit(kind, &id, exit).await;
         });
     }
 
+    /// Handles an exit a Wait reported, marked as in hand meanwhile so that the reconciler does
+    /// not take the (already stopped or deleted) task for one nobody saw.
+    pub(crate) async fn handle_monitored_exit(self: &Arc<Self>, kind: TaskKind, id: &str, exit: ExitStatus) {
+        let _in_hand = self.monitor.hold_exit(id);
+        self.handle_exit_or_backoff(kind, id, exit).await;
+    }
+
     /// Waits for the task's exit. A lost connection is retried rather than read as an exit, so a
-    /// containerd restart does not kill every container; a vanished task is an unknown exit.
+    /// containerd restart does not kill every container; a vanished task is an unknown exit. Any
+    /// other failed Wait is checked against the task's state: read as an exit, it would record
+    /// EXITED 255 for a container that runs on, and the exit path's task delete would kill it.
     async fn wait_for_exit(&self, id: &str) -> ExitStatus {
         let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
         loop {
-            match self.backends.containerd.wait_task(id).await {
+            let error = match self.backends.containerd.wait_task(id).await {
                 Ok(exit) => return exit,
-                Err(error) if error.kind == crate::error::ErrorKind::Unavailable => {
-                    tracing::warn!(id, %error, "wait for task exit failed; retrying");
-                    self.sleep(backoff.next_delay()).await;
-                }
-                Err(error) => {
-                    tracing::warn!(id, %error, "wait for task exit failed; treating as an unknown exit");
-                    return ExitStatus {
-                        exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                        exited_at_ns: self.now_ns(),
-                    };
+                Err(error) => error,
+            };
+            if error.kind != crate::error::ErrorKind::Unavailable {
+                match self.backends.containerd.task_info(id).await {
+                    Ok(info) if info.state == crate::ports::TaskState::Stopped => {
+                        let unknown =
+                            || ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns());
+                        return info.exit.unwrap_or_else(unknown);
+                    }
+                    Err(gone) if gone.is_not_found() => {
+                        tracing::warn!(id, %error, "wait for task exit failed and the task is gone; an unknown exit");
+                        return ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns());
+                    }
+                    // Still running (or unreadable): wait again.
+                    _ => {}
                 }
             }
+            tracing::warn!(id, %error, "wait for task exit failed; retrying");
+            self.sleep(backoff.next_delay()).await;
         }
     }
 
@@ -89,6 +105,10 @@ impl CriService {
                 }
                 status.finished_at_ns = exit.exited_at_ns.max(status.started_at_ns).max(1);
                 status.exit_code = exit.exit_code as i32;
+                if exit.oom_killed {
+                    // The exit's own account of the OOM: the bus's TaskOOM event may never come.
+                    status.reason = crate::store::container::REASON_OOM_KILLED.to_string();
+                }
                 status.pid = 0;
                 status.unknown = false;
                 if status.created_at_ns == 0 {

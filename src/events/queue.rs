@@ -20,12 +20,52 @@ pub struct EventMonitor {
     backoff: Mutex<BTreeMap<String, BackoffEntry>>,
     max_entries: usize,
     pub backoff_dropped_total: AtomicU64,
+    /// Ids whose exit a monitor has received and is handling, with how many monitors do: the
+    /// reconciler leaves them alone (their task may already be stopped or deleted, and the
+    /// container still RUNNING, for the length of one exit handling).
+    exits_in_hand: Mutex<BTreeMap<String, usize>>,
+    /// Exits the reconciler recorded (no monitor had seen them).
+    pub reconciled_exits_total: AtomicU64,
+}
+
+/// An exit a monitor is handling, until dropped.
+pub struct ExitInHand<'a> {
+    monitor: &'a EventMonitor,
+    id: String,
+}
+
+impl Drop for ExitInHand<'_> {
+    fn drop(&mut self) {
+        let mut in_hand = self.monitor.exits_in_hand.lock().unwrap();
+        if let Some(count) = in_hand.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                in_hand.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl EventMonitor {
     pub fn new(max_entries: usize) -> Self {
         assert!(max_entries > 0);
-        EventMonitor { backoff: Mutex::new(BTreeMap::new()), max_entries, backoff_dropped_total: AtomicU64::new(0) }
+        EventMonitor {
+            backoff: Mutex::new(BTreeMap::new()),
+            max_entries,
+            backoff_dropped_total: AtomicU64::new(0),
+            exits_in_hand: Mutex::new(BTreeMap::new()),
+            reconciled_exits_total: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks the id's exit as being handled by a monitor until the guard is dropped.
+    pub(super) fn hold_exit(&self, id: &str) -> ExitInHand<'_> {
+        *self.exits_in_hand.lock().unwrap().entry(id.to_string()).or_default() += 1;
+        ExitInHand { monitor: self, id: id.to_string() }
+    }
+
+    pub(super) fn is_exit_in_hand(&self, id: &str) -> bool {
+        self.exits_in_hand.lock().unwrap().contains_key(id)
     }
 
     pub fn is_in_backoff(&self, id: &str) -> bool {
@@ -94,11 +134,7 @@ mod tests {
     fn backoff_doubles_caps_and_keeps_order() {
         let monitor = EventMonitor::new(2);
         monitor.push("a", PendingEvent::Oom, 0);
-        monitor.push(
-            "a",
-            PendingEvent::Exit { kind: TaskKind::Container, exit: ExitStatus { exit_code: 1, exited_at_ns: 5 } },
-            0,
-        );
+        monitor.push("a", PendingEvent::Exit { kind: TaskKind::Container, exit: ExitStatus::new(1, 5) }, 0);
         assert!(monitor.take_expired(999_999_999).is_empty());
         let mut expired = monitor.take_expired(1_000_000_000);
         assert_eq!(expired.len(), 1);

@@ -24,25 +24,44 @@ impl CriService {
     }
 
     /// Compares task state with the stores: a RUNNING container or READY sandbox whose task is
-    /// gone or stopped gets its exit handled even if no monitor ever saw it (B6).
+    /// gone or stopped gets its exit handled even if no monitor ever saw it (B6). An exit that a
+    /// monitor is handling is not one: between the task's exit (or the exit path's task delete)
+    /// and the status update, the object is still RUNNING or READY. So the object is skipped
+    /// while its exit is in hand, and looked at again after containerd answered.
     pub async fn reconcile(self: &Arc<Self>) {
-        for container in self.containers.list() {
+        let container_unseen = |container: &crate::store::Container| {
             let status = container.status();
-            if status.state() != ContainerState::Running || status.starting || self.monitor.is_in_backoff(&container.id)
-            {
+            status.state() == ContainerState::Running
+                && !status.starting
+                && !self.monitor.is_in_backoff(&container.id)
+                && !self.monitor.is_exit_in_hand(&container.id)
+        };
+        for container in self.containers.list() {
+            if !container_unseen(&container) {
                 continue;
             }
-            if let Some(exit) = self.observed_exit(&container.id).await {
+            if let Some(exit) = self.observed_exit(&container.id).await
+                && container_unseen(&container)
+            {
                 tracing::warn!(id = container.id, "reconcile: container task is gone; recording its exit");
+                self.monitor.reconciled_exits_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.handle_exit_or_backoff(TaskKind::Container, &container.id, exit).await;
             }
         }
+        let sandbox_unseen = |sandbox: &crate::store::Sandbox| {
+            sandbox.status().state == crate::store::SandboxState::Ready
+                && !self.monitor.is_in_backoff(&sandbox.id)
+                && !self.monitor.is_exit_in_hand(&sandbox.id)
+        };
         for sandbox in self.sandboxes.list() {
-            if sandbox.status().state != crate::store::SandboxState::Ready || self.monitor.is_in_backoff(&sandbox.id) {
+            if !sandbox_unseen(&sandbox) {
                 continue;
             }
-            if let Some(exit) = self.observed_exit(&sandbox.id).await {
+            if let Some(exit) = self.observed_exit(&sandbox.id).await
+                && sandbox_unseen(&sandbox)
+            {
                 tracing::warn!(id = sandbox.id, "reconcile: sandbox task is gone; recording its exit");
+                self.monitor.reconciled_exits_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.handle_exit_or_backoff(TaskKind::Sandbox, &sandbox.id, exit).await;
             }
         }
@@ -52,15 +71,13 @@ impl CriService {
     /// unreachable (no conclusion can be drawn then).
     async fn observed_exit(&self, id: &str) -> Option<ExitStatus> {
         match self.backends.containerd.task_info(id).await {
-            Ok(info) if info.state == TaskState::Stopped => Some(info.exit.unwrap_or(ExitStatus {
-                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                exited_at_ns: self.now_ns(),
-            })),
+            Ok(info) if info.state == TaskState::Stopped => Some(
+                info.exit.unwrap_or(ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns())),
+            ),
             Ok(_) => None,
-            Err(error) if error.is_not_found() => Some(ExitStatus {
-                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                exited_at_ns: self.now_ns(),
-            }),
+            Err(error) if error.is_not_found() => {
+                Some(ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns()))
+            }
             Err(_) => None,
         }
     }

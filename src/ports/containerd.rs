@@ -235,6 +235,18 @@ pub enum TaskState {
 pub struct ExitStatus {
     pub exit_code: u32,
     pub exited_at_ns: i64,
+    /// The task's cgroup counted an OOM kill (cgroup v2 `memory.events` `oom_kill`, v1
+    /// `memory.oom_control`), read before the task was deleted. The exit path's own source for
+    /// the OOM: the bus's TaskOOM event may be lost, and then the reason would say `Error`.
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+impl ExitStatus {
+    /// An exit with no OOM kill.
+    pub fn new(exit_code: u32, exited_at_ns: i64) -> Self {
+        ExitStatus { exit_code, exited_at_ns, oom_killed: false }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

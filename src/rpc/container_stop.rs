@@ -52,7 +52,7 @@ impl CriService {
         match containerd.task_info(&id).await {
             Err(error) if error.is_not_found() => {
                 // No task and nobody to report an exit: record it here.
-                let exit = ExitStatus { exit_code: EXIT_CODE_UNKNOWN as u32, exited_at_ns: self.now_ns() };
+                let exit = ExitStatus::new(EXIT_CODE_UNKNOWN as u32, self.now_ns());
                 return self.handle_exit(TaskKind::Container, &id, exit).await;
             }
             Err(error) => return Err(error.context("failed to get task")),
@@ -64,7 +64,7 @@ impl CriService {
             let monitored = id.clone();
             tokio::spawn(async move {
                 if let Ok(exit) = service.backends.containerd.wait_task(&monitored).await {
-                    service.handle_exit_or_backoff(TaskKind::Container, &monitored, exit).await;
+                    service.handle_monitored_exit(TaskKind::Container, &monitored, exit).await;
                 }
             });
         }

@@ -283,7 +283,18 @@ impl CriService {
         names.push(format!("{repository}@{}", resolved.manifest.digest));
         names.push(image_id.clone());
         let labels: BTreeMap<String, String> = [(LABEL_IMAGE_MANAGED.to_string(), IMAGE_MANAGED.to_string())].into();
+        let size_bytes = resolved.layers.iter().map(|l| l.size_bytes).sum::<u64>() + resolved.config.size_bytes;
+        let content = ImageContent {
+            config_digest: image_id.clone(),
+            chain_id: chains.last().cloned().unwrap_or_default(),
+            size_bytes,
+            image_config: resolved.image_config.clone(),
+            complete: true,
+        };
+        // Each reference is created and stored under its lock, so that an image event handled
+        // meanwhile never acts on a read from before the create.
         for name in &names {
+            let _held = self.lock_image_reference(name).await;
             let record = ImageRecord { name: name.clone(), target: resolved.manifest.clone(), labels: labels.clone() };
             match self.backends.containerd.create_image(&record).await {
                 Ok(()) => {}
@@ -297,16 +308,6 @@ impl CriService {
                 }
                 Err(error) => return Err(error.context(format!("failed to create image reference {name:?}"))),
             }
-        }
-        let size_bytes = resolved.layers.iter().map(|l| l.size_bytes).sum::<u64>() + resolved.config.size_bytes;
-        let content = ImageContent {
-            config_digest: image_id.clone(),
-            chain_id: chains.last().cloned().unwrap_or_default(),
-            size_bytes,
-            image_config: resolved.image_config.clone(),
-            complete: true,
-        };
-        for name in &names {
             self.images.set_reference(name, Some(image_from_content(&content)));
         }
         Ok(image_id)

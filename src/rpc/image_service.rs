@@ -15,6 +15,11 @@ use crate::rpc::image_pull::image_from_content;
 use crate::service::CriService;
 use crate::store::Image;
 
+/// Keyed-lock prefix of one image reference: a change to the reference in containerd and the
+/// store's update that follows are made under it, so that an update can never act on a read of
+/// containerd older than another's write.
+pub const IMAGE_REF_LOCK_PREFIX: &str = "image://";
+
 fn image_message(image: &Image) -> k8s_cri::v1::Image {
     let user = &image.config.user;
     let user_part = user.split(':').next().unwrap_or_default();
@@ -92,18 +97,37 @@ impl CriService {
             Err(error) if error.is_not_found() => return Ok(RemoveImageResponse {}),
             Err(error) => return Err(error),
         };
-        let references: Vec<String> = image.references.iter().cloned().collect();
-        for (index, name) in references.iter().enumerate() {
-            // The last delete is synchronous so that garbage collection has run on return.
-            let last = index + 1 == references.len();
-            match self.backends.containerd.delete_image(name, last).await {
-                Ok(()) => {}
-                Err(error) if error.is_not_found() => {}
-                Err(error) => return Err(error.context(format!("failed to delete image reference {name:?}"))),
-            }
-            self.images.set_reference(name, None);
+        // The id reference goes last: until then an event for a name still finds the image by
+        // its id, and never re-creates an id reference for an image being removed.
+        let mut references: Vec<String> = image.references.iter().filter(|r| **r != image.id).cloned().collect();
+        if image.references.contains(&image.id) {
+            references.push(image.id.clone());
         }
+        // Detached: a caller that gives up must not leave a reference deleted in containerd but
+        // still in the store.
+        let service = self.clone();
+        self.detached(async move {
+            for (index, name) in references.iter().enumerate() {
+                // The last delete is synchronous so that garbage collection has run on return.
+                let last = index + 1 == references.len();
+                let _held = service.lock_image_reference(name).await;
+                match service.backends.containerd.delete_image(name, last).await {
+                    Ok(()) => {}
+                    Err(error) if error.is_not_found() => {}
+                    Err(error) => return Err(error.context(format!("failed to delete image reference {name:?}"))),
+                }
+                service.images.set_reference(name, None);
+            }
+            Ok(())
+        })
+        .await?;
         Ok(RemoveImageResponse {})
+    }
+
+    /// Holds one image reference (`IMAGE_REF_LOCK_PREFIX`): whoever changes the reference in
+    /// containerd, or reads it to update the store, does both under it.
+    pub(crate) async fn lock_image_reference(&self, name: &str) -> crate::kmutex::KeyGuard {
+        self.pulls.locks.lock(&format!("{IMAGE_REF_LOCK_PREFIX}{name}")).await
     }
 
     pub async fn image_fs_info(self: &Arc<Self>, _request: ImageFsInfoRequest) -> Result<ImageFsInfoResponse> {
@@ -126,8 +150,12 @@ impl CriService {
     }
 
     /// Re-reads one reference from containerd and updates the store: level-triggered, so
-    /// duplicated or reordered events do no harm. Adopts unmanaged images.
+    /// duplicated or reordered events do no harm. Adopts unmanaged images. The read and the
+    /// update are made under the reference's lock: a read that a pull or a removal overtook
+    /// before the update would otherwise undo what they did (a removed reference back in the
+    /// store, a created one dropped from it).
     pub(crate) async fn update_image_reference(&self, name: &str) -> Result<()> {
+        let _held = self.lock_image_reference(name).await;
         let containerd = &self.backends.containerd;
         let mut record = match containerd.get_image(name).await {
             Ok(record) => record,
@@ -147,15 +175,24 @@ impl CriService {
             record.labels.insert(LABEL_IMAGE_MANAGED.to_string(), IMAGE_MANAGED.to_string());
             containerd.update_image(&record).await?;
         }
-        if name != content.config_digest && containerd.get_image(&content.config_digest).await.is_err() {
-            let id_record = crate::ports::ImageRecord {
-                name: content.config_digest.clone(),
-                target: record.target.clone(),
-                labels: record.labels.clone(),
-            };
-            match containerd.create_image(&id_record).await {
-                Ok(()) => {}
-                Err(error) if error.is_already_exists() => {}
+        if name != content.config_digest {
+            // The id reference: created if missing, and in the store whenever it is in
+            // containerd (an id reference present in both is never left out of the store).
+            let _id_held = self.lock_image_reference(&content.config_digest).await;
+            match containerd.get_image(&content.config_digest).await {
+                Ok(_) => {}
+                Err(error) if error.is_not_found() => {
+                    let id_record = crate::ports::ImageRecord {
+                        name: content.config_digest.clone(),
+                        target: record.target.clone(),
+                        labels: record.labels.clone(),
+                    };
+                    match containerd.create_image(&id_record).await {
+                        Ok(()) => {}
+                        Err(error) if error.is_already_exists() => {}
+                        Err(error) => return Err(error),
+                    }
+                }
                 Err(error) => return Err(error),
             }
             self.images.set_reference(&content.config_digest, Some(image_from_content(&content)));
@@ -176,9 +213,14 @@ impl CriService {
                 failed += 1;
             }
         }
+        // Gone from the list: re-read each under its lock rather than drop it, since a pull may
+        // have created it since the list was read.
         for name in self.images.references().into_keys() {
-            if !present.contains(&name) {
-                self.images.set_reference(&name, None);
+            if !present.contains(&name)
+                && let Err(error) = self.update_image_reference(&name).await
+            {
+                tracing::warn!(name, %error, "failed to re-read image");
+                failed += 1;
             }
         }
         Ok(failed)

@@ -81,10 +81,7 @@ impl CriService {
         match containerd.task_info(id).await {
             Err(error) if error.is_not_found() => {
                 // No task: nothing will ever report an exit, so record one now.
-                let exit = ExitStatus {
-                    exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                    exited_at_ns: self.now_ns(),
-                };
+                let exit = ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns());
                 return self.handle_exit(TaskKind::Sandbox, id, exit).await;
             }
             Err(error) => return Err(error.context("failed to get sandbox task")),
@@ -96,7 +93,7 @@ impl CriService {
             let monitored = id.clone();
             tokio::spawn(async move {
                 if let Ok(exit) = service.backends.containerd.wait_task(&monitored).await {
-                    service.handle_exit_or_backoff(TaskKind::Sandbox, &monitored, exit).await;
+                    service.handle_monitored_exit(TaskKind::Sandbox, &monitored, exit).await;
                 }
             });
         }
@@ -151,14 +148,12 @@ impl CriService {
 
     async fn observed_exit_for_stop(&self, id: &str) -> Option<ExitStatus> {
         match self.backends.containerd.task_info(id).await {
-            Ok(info) if info.state == crate::ports::TaskState::Stopped => Some(info.exit.unwrap_or(ExitStatus {
-                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                exited_at_ns: self.now_ns(),
-            })),
-            Err(error) if error.is_not_found() => Some(ExitStatus {
-                exit_code: crate::store::container::EXIT_CODE_UNKNOWN as u32,
-                exited_at_ns: self.now_ns(),
-            }),
+            Ok(info) if info.state == crate::ports::TaskState::Stopped => Some(
+                info.exit.unwrap_or(ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns())),
+            ),
+            Err(error) if error.is_not_found() => {
+                Some(ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns()))
+            }
             _ => None,
         }
     }

@@ -15,6 +15,15 @@ pub struct V1Metrics {
     pub cpu: Option<V1CpuStat>,
     #[prost(message, optional, tag = "4")]
     pub memory: Option<V1MemoryStat>,
+    #[prost(message, optional, tag = "9")]
+    pub memory_oom_control: Option<V1MemoryOomControl>,
+}
+
+/// `memory.oom_control`: `oom_kill` counts the processes the OOM killer took in this cgroup.
+#[derive(Clone, PartialEq, Message)]
+pub struct V1MemoryOomControl {
+    #[prost(uint64, tag = "3")]
+    pub oom_kill: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -65,6 +74,15 @@ pub struct V2Metrics {
     pub cpu: Option<V2CpuStat>,
     #[prost(message, optional, tag = "4")]
     pub memory: Option<V2MemoryStat>,
+    #[prost(message, optional, tag = "8")]
+    pub memory_events: Option<V2MemoryEvents>,
+}
+
+/// `memory.events`: `oom_kill` counts the processes the OOM killer took in this cgroup.
+#[derive(Clone, PartialEq, Message)]
+pub struct V2MemoryEvents {
+    #[prost(uint64, tag = "5")]
+    pub oom_kill: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -124,6 +142,17 @@ pub fn decode(type_url: &str, value: &[u8], timestamp_ns: i64) -> Result<TaskMet
     }
 }
 
+/// How many OOM kills the cgroup statistics count (0 when they do not say).
+pub fn oom_kills(type_url: &str, value: &[u8]) -> Result<u64> {
+    let name = type_url.rsplit('/').next().unwrap_or(type_url);
+    let bad = |e: prost::DecodeError| Error::internal(format!("decode {name}: {e}"));
+    match name {
+        CGROUPS_V1_TYPE => Ok(V1Metrics::decode(value).map_err(bad)?.memory_oom_control.map_or(0, |m| m.oom_kill)),
+        CGROUPS_V2_TYPE => Ok(V2Metrics::decode(value).map_err(bad)?.memory_events.map_or(0, |m| m.oom_kill)),
+        other => Err(Error::unimplemented(format!("unknown metrics type {other:?}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,11 +167,22 @@ mod tests {
                 usage: Some(V1MemoryEntry { limit: 0, usage: 400 }),
                 ..Default::default()
             }),
+            memory_oom_control: None,
         };
         let decoded = decode(CGROUPS_V1_TYPE, &m.encode_to_vec(), 1).unwrap();
         assert_eq!(
             (decoded.cpu_usage_core_ns, decoded.memory_working_set_bytes, decoded.memory_rss_bytes),
             (7, 300, 50)
         );
+    }
+
+    #[test]
+    fn oom_kills_come_from_memory_events_or_oom_control() {
+        let v2 = V2Metrics { memory_events: Some(V2MemoryEvents { oom_kill: 2 }), ..Default::default() };
+        assert_eq!(oom_kills(CGROUPS_V2_TYPE, &v2.encode_to_vec()).unwrap(), 2);
+        let v1 = V1Metrics { memory_oom_control: Some(V1MemoryOomControl { oom_kill: 1 }), ..Default::default() };
+        assert_eq!(oom_kills(&format!("types/{CGROUPS_V1_TYPE}"), &v1.encode_to_vec()).unwrap(), 1);
+        assert_eq!(oom_kills(CGROUPS_V2_TYPE, &V2Metrics::default().encode_to_vec()).unwrap(), 0);
+        assert!(oom_kills("io.example.Other", &[]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! `crid-sim`: run seeded scenarios, replay a seed, check determinism, shrink a failure.
-//! Reach it as `cargo sim …` (a cargo alias that builds it in madsim mode, release).
+//! Reach it as `cargo sim …` (a cargo alias that builds it in madsim mode, `sim` profile).
 
 #[cfg(not(madsim))]
 fn main() -> std::process::ExitCode {

@@ -826,6 +826,49 @@ async fn lost_wait_is_repaired_by_the_reconciler() {
     let status = node.container_status(&id).await;
     assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 5));
     assert!(!node.world.containerd.tasks().contains_key(&id));
+    assert_eq!(node.svc.snapshot().reconciled_exits, 1, "the reconciler recorded the exit no monitor saw");
+}
+
+/// A reconcile pass that runs while a monitor handles a normal exit leaves it to the monitor: the
+/// container is still RUNNING and its task stopped (the checkpoint write is slow), which is not an
+/// exit nobody saw. Before, the reconciler took it for one, warned "task is gone" and handled the
+/// exit a second time, concurrently with the monitor.
+#[madsim::test]
+async fn reconciler_leaves_an_exit_in_hand_to_its_monitor() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("inhand", &["sleep", "inf"]).await;
+    node.faults.push("os.write_atomic", None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(3)));
+    assert!(node.world.containerd.exit_task_now(&id, 3));
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "the exit is being recorded");
+    assert_eq!(node.world.containerd.tasks()[&id].state, TaskState::Stopped);
+    node.svc.reconcile().await;
+    assert_eq!(node.svc.snapshot().reconciled_exits, 0, "the reconciler took a monitored exit for a lost one");
+    sleep(Duration::from_secs(5)).await;
+    let status = node.container_status(&id).await;
+    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 3));
+    assert!(!node.world.containerd.tasks().contains_key(&id));
+}
+
+/// The same for a sandbox, whose exit path deletes the task before it marks the sandbox NOTREADY:
+/// a reconcile pass in between finds a READY sandbox without a task.
+#[madsim::test]
+async fn reconciler_leaves_a_sandbox_exit_in_hand_to_its_monitor() {
+    let node = Node::start().await;
+    let pod = node.run_pod("inhand-pod").await;
+    node.faults.push(
+        "containerd.delete_task",
+        Some(&pod),
+        crid_sim::fakes::FaultAction::CompleteLate(Duration::from_secs(3)),
+    );
+    assert!(node.world.containerd.exit_task_now(&pod, 0));
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady, "the exit is being handled");
+    assert!(!node.world.containerd.tasks().contains_key(&pod), "the exit path deleted the task");
+    node.svc.reconcile().await;
+    assert_eq!(node.svc.snapshot().reconciled_exits, 0, "the reconciler took a monitored exit for a lost one");
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxNotready);
 }
 
 /// An exit whose handling fails (the task delete keeps failing) is recorded at once with its

@@ -1,7 +1,7 @@
 //! Every integration test of the simulator, in one test binary: the simulation build links it
 //! once instead of once per file (RisingWave keeps its simulation tests the same way). One
 //! module per file beside this one. `cargo simtest -p crid-sim` runs the madsim ones; a plain
-//! `cargo test` runs the one normal-mode module, `uds`. One module alone:
+//! `cargo test` runs the normal-mode modules, `races` and `uds`. One module alone:
 //! `cargo simtest -p crid-sim --test sim -- golden::`.
 
 // Simulation mode (madsim, `cargo simtest`).
@@ -37,5 +37,7 @@ mod seeds;
 mod streaming;
 
 // Normal mode (real tokio, `cargo test`).
+#[cfg(not(madsim))]
+mod races;
 #[cfg(not(madsim))]
 mod uds;

@@ -13,12 +13,17 @@ fn seeds() -> u64 {
 }
 
 fn check(name: &str) {
-    let scenario = Scenario::load(name).expect("embedded scenario");
+    check_seeds(name, (0..seeds()).collect());
+}
+
+fn check_seeds(name: &str, seeds: Vec<u64>) {
+    let scenario = Scenario::load(name).expect("embedded scenario or scenario file");
     let exe = Path::new(env!("CARGO_BIN_EXE_crid-sim"));
     // determinism-ok: worker count only; each seed runs alone.
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (summary, failed) = run_seeds(exe, &scenario, (0..seeds()).collect(), jobs, |_| {});
-    assert_eq!(summary.runs, seeds());
+    let count = seeds.len() as u64;
+    let (summary, failed) = run_seeds(exe, &scenario, seeds, jobs, |_| {});
+    assert_eq!(summary.runs, count);
     let described: Vec<String> = failed
         .iter()
         .take(5)
@@ -62,3 +67,20 @@ scenario_tests!(
     exec_storm,
     paused
 );
+
+/// Seeds that reproduced a bug before its fix, kept as regression tests. The bug's mutant in
+/// sim/mutants/ brings it back; `ci/mutants` checks that the scenario still catches it.
+///
+/// B28: an OOM-killed container whose TaskOOM event the bus dropped (or delivered after the
+/// exit) ended with reason `Error` (invariant 23).
+#[test]
+fn regression_b28_oom_reason_without_the_bus_event() {
+    check_seeds("event_storm", vec![0]);
+}
+
+/// B29: an image event's stale read of containerd, applied after a removal and a pull, left the
+/// store without an id reference containerd had (invariant 25).
+#[test]
+fn regression_b29_image_event_stale_read() {
+    check_seeds(concat!(env!("CARGO_MANIFEST_DIR"), "/mutants/scenarios/image_race.toml"), vec![2]);
+}

@@ -58,6 +58,10 @@ struct State {
     resizes: Vec<(String, String, TerminalSize)>,
     containers: BTreeMap<String, ContainerRecord>,
     tasks: BTreeMap<String, Task>,
+    /// How the init of each deleted task ended (when it ended before its delete), by container
+    /// id: what the oracle compares a container's recorded exit (code, OOM) with after the task
+    /// is gone.
+    deleted_exits: BTreeMap<String, ExitStatus>,
     /// Container ids with a live shim: created with the task, reaped by delete_task.
     shims: BTreeSet<String>,
     next_pid: u32,
@@ -92,6 +96,7 @@ impl State {
             resizes: Vec::new(),
             containers: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            deleted_exits: BTreeMap::new(),
             shims: BTreeSet::new(),
             next_pid: FIRST_PID,
             snapshotters: BTreeMap::new(),

@@ -43,7 +43,7 @@ impl FakeContainerd {
                 }
                 let now_ns = self.clock.now_ns();
                 if let Ok(exec) = self.state().exec_mut(id, exec_id) {
-                    exec.process.finish(ExitStatus { exit_code: 0, exited_at_ns: now_ns });
+                    exec.process.finish(ExitStatus::new(0, now_ns));
                 }
             }
             for writer in [stdout.as_mut(), stderr.as_mut()].into_iter().flatten() {

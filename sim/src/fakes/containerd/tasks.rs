@@ -121,8 +121,7 @@ impl FakeContainerd {
         }
         for exec in task.execs.values_mut() {
             if let Some(scripted) = exec.process.scripted.filter(|scripted| scripted.at <= now) {
-                exec.process
-                    .finish(ExitStatus { exit_code: scripted.code, exited_at_ns: self.clock.ns_at(scripted.at) });
+                exec.process.finish(ExitStatus::new(scripted.code, self.clock.ns_at(scripted.at)));
             }
         }
     }
@@ -140,9 +139,9 @@ impl FakeContainerd {
         if task.exited() {
             return;
         }
-        task.init.finish(ExitStatus { exit_code: code, exited_at_ns: at_ns });
+        task.init.finish(ExitStatus { exit_code: code, exited_at_ns: at_ns, oom_killed: oom });
         for exec in task.execs.values_mut() {
-            exec.process.finish(ExitStatus { exit_code: EXIT_KILLED, exited_at_ns: at_ns });
+            exec.process.finish(ExitStatus::new(EXIT_KILLED, at_ns));
         }
         if oom {
             events.push(Event::TaskOom { container_id: id.to_string() });
@@ -226,7 +225,7 @@ impl FakeContainerd {
         }
         match process::signal_exit_code(signal, process.ignores_sigterm) {
             Some(code) => {
-                process.finish(ExitStatus { exit_code: code, exited_at_ns: at_ns });
+                process.finish(ExitStatus::new(code, at_ns));
                 true
             }
             None => false,
@@ -308,7 +307,27 @@ impl FakeContainerd {
     pub fn remove_task_out_of_band(&self, id: &str) -> bool {
         let mut state = self.raw_state();
         state.shims.remove(id);
-        state.tasks.remove(id).is_some()
+        match state.tasks.remove(id) {
+            Some(task) => {
+                if let Some(exit) = task.init.exit {
+                    state.deleted_exits.insert(id.to_string(), exit);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How the task's init ended — an OOM kill included — whether the task is still there or
+    /// was deleted since; None while it runs, when it vanished without an exit, or when its
+    /// delete killed it.
+    /// Reads without settling due exits: an exit nobody has observed yet cannot be recorded.
+    pub fn task_exit(&self, id: &str) -> Option<ExitStatus> {
+        let state = self.raw_state();
+        match state.tasks.get(id) {
+            Some(task) => task.init.exit,
+            None => state.deleted_exits.get(id).copied(),
+        }
     }
 
     pub fn tasks(&self) -> BTreeMap<String, TaskInfo> {
@@ -442,9 +461,15 @@ impl FakeContainerd {
                 "task {id} must be stopped before deletion: running: failed precondition"
             )));
         }
+        // A task deleted while it runs dies with its delete: that is the caller's doing, not an
+        // exit of the process, so it leaves no exit to compare a container's status with.
+        let exited_before = task.exited();
         self.exit_task(id, task, EXIT_KILLED, now_ns, false, &mut events);
         let exit = task.init.exit.expect("exited above");
         state.tasks.remove(id);
+        if exited_before {
+            state.deleted_exits.insert(id.to_string(), exit);
+        }
         state.shims.remove(id);
         self.publish(&mut state, events);
         Ok(exit)
@@ -470,10 +495,10 @@ impl FakeContainerd {
         let limit = if streaming { usize::MAX } else { spec.output_limit_bytes };
         match process::exec_script(&spec.args, limit) {
             ExecScript::Cat if streaming => exec.echoes_stdin = true,
-            ExecScript::Cat => exec.process.finish(ExitStatus { exit_code: 0, exited_at_ns: self.clock.ns_at(now) }),
+            ExecScript::Cat => exec.process.finish(ExitStatus::new(0, self.clock.ns_at(now))),
             ExecScript::Done { code, stdout, stderr } => {
                 exec.output = ExecOutput { stdout, stderr };
-                exec.process.finish(ExitStatus { exit_code: code, exited_at_ns: self.clock.ns_at(now) });
+                exec.process.finish(ExitStatus::new(code, self.clock.ns_at(now)));
             }
             ExecScript::SleepThenExit { after } => {
                 exec.process.scripted = Some(ScriptedExit { at: now + after, code: 0, oom: false })
@@ -540,7 +565,7 @@ impl FakeContainerd {
         let task = state.task_mut(id)?;
         let mut exec = task.execs.remove(exec_id).ok_or_else(|| exec_not_found(id, exec_id))?;
         // Deleting a live exec kills it first, as the CRI's delete-with-kill does.
-        exec.process.finish(ExitStatus { exit_code: EXIT_KILLED, exited_at_ns: now_ns });
+        exec.process.finish(ExitStatus::new(EXIT_KILLED, now_ns));
         Ok(())
     }
 }

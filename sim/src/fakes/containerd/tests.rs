@@ -36,7 +36,7 @@ async fn scripted_exit_happens_at_its_time() {
     running(&containerd, "c1", &["exit", "3", "500"]).await;
     assert_eq!(containerd.task_info("c1").await.unwrap().state, TaskState::Running);
     let exit = containerd.wait_task("c1").await.unwrap();
-    assert_eq!(exit, ExitStatus { exit_code: 3, exited_at_ns: t0 + 500_000_000 });
+    assert_eq!(exit, ExitStatus::new(3, t0 + 500_000_000));
     let info = containerd.task_info("c1").await.unwrap();
     assert_eq!((info.state, info.exit), (TaskState::Stopped, Some(exit)));
     assert_eq!(containerd.delete_task("c1").await.unwrap(), exit);

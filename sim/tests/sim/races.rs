@@ -1,0 +1,147 @@
+//! Races madsim cannot show: the simulator runs every task on one thread, so a check and an
+//! insert under two acquisitions of one lock never interleave there. Here the core runs on a
+//! multi-threaded tokio runtime against the fakes (normal mode), and the callers of one round
+//! are released together from a barrier that holds every worker thread, so that they enter the
+//! join-or-start sections at the same instant. Each test fails within its rounds, with high
+//! probability, on the code these sections had before they were made single acquisitions
+//! (get, unlock, insert), and never on the current code.
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use crid::{Config, CriService};
+use crid_sim::fakes::faults::{FaultAction, ScriptedFaults};
+use crid_sim::fakes::{BUSYBOX_IMAGE, FakeWorld, NoFaults, PAUSE_IMAGE};
+use k8s_cri::v1::*;
+
+/// Worker threads of the runtime, and callers per round: one caller per thread.
+const THREADS: usize = 4;
+const ROUNDS: usize = 150;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(THREADS).enable_all().build().unwrap()
+}
+
+async fn service(world: &Arc<FakeWorld>) -> Arc<CriService> {
+    let config = Config { sandbox_image: PAUSE_IMAGE.into(), root_dir: "/var/lib/crid".into(), ..Config::default() };
+    let service = CriService::new(config, world.backends()).unwrap();
+    service.run().await.unwrap();
+    service
+}
+
+/// Runs `call` on THREADS tasks at once, each on a worker thread of its own: the barrier blocks
+/// every worker until all callers have arrived, so none can run two callers in sequence.
+async fn together<T, F, Fut>(call: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let mut handles = Vec::with_capacity(THREADS);
+    for caller in 0..THREADS {
+        let barrier = barrier.clone();
+        let future = call(caller);
+        handles.push(tokio::spawn(async move {
+            barrier.wait();
+            future.await
+        }));
+    }
+    let mut results = Vec::with_capacity(THREADS);
+    for handle in handles {
+        results.push(handle.await.unwrap());
+    }
+    results
+}
+
+fn pod_config(name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "races".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: format!("/var/log/pods/races_{name}"),
+        ..Default::default()
+    }
+}
+
+/// Concurrent RunPodSandbox calls with one name are one operation (`run_named_operation`): each
+/// caller gets the same id. Two operations started for one name would make all but one caller
+/// fail on the name reservation.
+#[test]
+fn concurrent_run_pod_sandbox_calls_join_one_operation() {
+    runtime().block_on(async {
+        // Slow enough that the operation is still running when the last caller arrives: a caller
+        // that comes after the reply is a new request and rightly finds the name taken.
+        let faults = Arc::new(ScriptedFaults::new());
+        faults.set_persistent("containerd.create_container", None, FaultAction::Delay(Duration::from_millis(20)));
+        let world = Arc::new(FakeWorld::new(7, faults).with_default_images());
+        let service = service(&world).await;
+        for round in 0..ROUNDS {
+            let name = format!("pod-{round}");
+            let results = together(|_| {
+                let (service, config) = (service.clone(), pod_config(&name));
+                async move {
+                    service
+                        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+                        .await
+                }
+            })
+            .await;
+            let ids: Vec<String> = results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|e| panic!("round {round}: a caller got {:?}: {}", e.kind, e.message)))
+                .map(|r| r.pod_sandbox_id)
+                .collect();
+            assert!(ids.iter().all(|id| *id == ids[0]), "round {round}: callers got different sandboxes {ids:?}");
+        }
+        assert_eq!(service.snapshot().sandboxes.len(), ROUNDS);
+        assert!(service.snapshot().operations.is_empty(), "no operation outlives its callers");
+    });
+}
+
+async fn pulls_started(service: &Arc<CriService>) -> u64 {
+    let status = service.status(StatusRequest { verbose: true }).await.unwrap();
+    let counters: serde_json::Value = serde_json::from_str(&status.info["counters"]).unwrap();
+    counters["pullsStarted"].as_u64().unwrap()
+}
+
+/// Concurrent PullImage calls of one reference share one pull (the pull dedup): one pull is
+/// started per round, every caller gets its image id.
+#[test]
+fn concurrent_pulls_of_one_reference_start_one_pull() {
+    runtime().block_on(async {
+        let world = Arc::new(FakeWorld::new(7, Arc::new(NoFaults)).with_default_images());
+        // Slow enough that a round's pull is still running when the last caller arrives.
+        world.containerd.set_fetch_latency(Duration::from_millis(20));
+        let service = service(&world).await;
+        for round in 0..ROUNDS {
+            let before = pulls_started(&service).await;
+            let results = together(|_| {
+                let service = service.clone();
+                async move {
+                    service
+                        .pull_image(PullImageRequest {
+                            image: Some(ImageSpec { image: BUSYBOX_IMAGE.into(), ..Default::default() }),
+                            ..Default::default()
+                        })
+                        .await
+                }
+            })
+            .await;
+            let ids: Vec<String> = results.into_iter().map(|r| r.unwrap().image_ref).collect();
+            assert!(ids.iter().all(|id| *id == ids[0]), "round {round}: {ids:?}");
+            assert_eq!(pulls_started(&service).await - before, 1, "round {round}: one pull for {THREADS} callers");
+            // Remove it, so that the next round pulls (and fetches) again.
+            service
+                .remove_image(RemoveImageRequest {
+                    image: Some(ImageSpec { image: BUSYBOX_IMAGE.into(), ..Default::default() }),
+                })
+                .await
+                .unwrap();
+        }
+    });
+}
