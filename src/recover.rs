@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::events::TaskKind;
+use crate::events::backoff::Backoff;
+use crate::events::{BACKOFF_INITIAL, RECONNECT_MAX, TaskKind};
 use crate::ports::{
     ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX,
     LABEL_KIND, TaskState,
@@ -36,6 +37,9 @@ struct Decision {
 
 /// Listing containers is retried this many times, a second apart, before recovery gives up.
 const LIST_ATTEMPTS: u32 = 10;
+/// A failed orphan removal is tried this many times in all, with the events' backoff between
+/// tries (about 4 minutes), before it waits for the next start.
+const ORPHAN_REMOVAL_ATTEMPTS: u32 = 10;
 
 impl CriService {
     pub(crate) async fn recover(self: &Arc<Self>) {
@@ -398,9 +402,30 @@ impl CriService {
         }
     }
 
+    /// Retries a failed orphan removal in the background: one failed remove at start-up must not
+    /// leave the dir until the next restart. Gives up after `ORPHAN_REMOVAL_ATTEMPTS` (the next
+    /// recovery tries again); a dir that vanished meanwhile is done.
+    fn retry_orphan_removal(self: &Arc<Self>, path: String) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
+            for attempt in 2..=ORPHAN_REMOVAL_ATTEMPTS {
+                service.sleep(backoff.next_delay()).await;
+                match service.backends.os.remove_all(&path).await {
+                    Ok(()) => return,
+                    Err(error) if error.is_not_found() => return,
+                    Err(error) if attempt == ORPHAN_REMOVAL_ATTEMPTS => {
+                        tracing::error!(path, %error, attempt, "giving up removing orphaned state until the next start");
+                    }
+                    Err(error) => tracing::warn!(path, %error, attempt, "failed to remove orphaned state; retrying"),
+                }
+            }
+        });
+    }
+
     /// Removes pod and container dirs that no containerd container owns. Never touches the dirs
     /// of a listed object; plain files other than half-deleted checkpoints are left alone.
-    async fn remove_orphan_dirs(&self, known: &BTreeSet<String>) {
+    async fn remove_orphan_dirs(self: &Arc<Self>, known: &BTreeSet<String>) {
         for base in [&self.config.root_dir, &self.config.state_dir] {
             for kind in ["sandboxes", "containers"] {
                 let dir = format!("{base}/{kind}");
@@ -412,7 +437,8 @@ impl CriService {
                     if orphan {
                         tracing::info!(path, "removing orphaned state");
                         if let Err(error) = self.backends.os.remove_all(&path).await {
-                            tracing::warn!(path, %error, "failed to remove orphaned state");
+                            tracing::warn!(path, %error, "failed to remove orphaned state; retrying");
+                            self.retry_orphan_removal(path);
                         }
                     }
                 }

@@ -10,7 +10,7 @@ use crate::common::*;
 use crid::ContainerState as StoreState;
 use crid::ports::{Containerd, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, TaskState};
 use crid::{ErrorKind, SandboxState};
-use crid_sim::fakes::{FakeWorld, ScriptedFaults};
+use crid_sim::fakes::{FakeWorld, FaultAction, ScriptedFaults};
 use k8s_cri::v1::*;
 
 /// What happens to a container's task or checkpoint while the CRI is down.
@@ -400,6 +400,21 @@ async fn orphan_dirs_are_removed() {
         assert_eq!(world.os.file(path).as_ref(), Some(data), "{path} of a live object was changed");
     }
     assert_eq!(node.container_state(&container).await, ContainerState::ContainerRunning);
+}
+
+/// An orphan dir whose removal fails at start-up is retried in the background until it is gone,
+/// instead of staying until the next restart.
+#[madsim::test]
+async fn a_failed_orphan_removal_is_retried() {
+    let (world, faults) = world(17);
+    let orphan = format!("{ROOT_DIR}/sandboxes/{}", "c".repeat(64));
+    world.os.put_file(&format!("{orphan}/hostname"), b"left over");
+    faults.push_n("os.remove_all", Some(&orphan), FaultAction::Fail(ErrorKind::Internal, "EBUSY".into()), 2);
+    let _node = Node::start_on(world.clone(), faults.clone(), test_config()).await;
+    assert!(world.os.exists(&orphan), "the first removal failed");
+    madsim::time::sleep(Duration::from_secs(10)).await;
+    assert!(!world.os.exists(&orphan), "the orphan was not removed by the retries");
+    assert_eq!(faults.calls_on("os.remove_all", &orphan), 3, "two failures, then one success");
 }
 
 /// Recovering twice with the world unchanged gives identical stores (invariant 21).
