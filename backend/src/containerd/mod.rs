@@ -656,41 +656,25 @@ impl Containerd for RealContainerd {
     async fn attach_task_output(&self, id: &str, stdout: Option<ByteWriter>, stderr: Option<ByteWriter>) -> Result<()> {
         self.io.reattach(id);
         let (stdout_chunks, stderr_chunks) = self.io.subscribe_output(id)?;
-        // Each stream is forwarded until it ends or its client stops reading; the attach ends
-        // when the first one does (the task exited, or the client went away).
+        // Each stream is forwarded until it ends (the task's output did: it exited) or its client
+        // stops reading; a stream that has already ended (or never exists: stderr with a tty)
+        // ends its writer at once. The attach ends when both have, as containerd's.
         let forward = |chunks: Option<taskio::OutputChunks>, writer: Option<ByteWriter>| async move {
-            let Some(mut chunks) = chunks else {
-                if let Some(mut writer) = writer {
-                    let _ = writer.shutdown().await;
-                }
-                return false;
-            };
             let mut writer = writer;
-            while let Some(chunk) = chunks.recv().await {
-                if let Some(out) = writer.as_mut()
-                    && out.write_all(&chunk).await.is_err()
-                {
-                    return true;
+            if let Some(mut chunks) = chunks {
+                while let Some(chunk) = chunks.recv().await {
+                    if let Some(out) = writer.as_mut()
+                        && out.write_all(&chunk).await.is_err()
+                    {
+                        return;
+                    }
                 }
             }
             if let Some(mut out) = writer {
                 let _ = out.shutdown().await;
             }
-            true
         };
-        let has_stdout = stdout_chunks.is_some();
-        let (out, err) = (forward(stdout_chunks, stdout), forward(stderr_chunks, stderr));
-        if has_stdout {
-            // stdout always exists while the task runs; stderr ends with it (or never existed).
-            tokio::pin!(out, err);
-            tokio::select! {
-                biased;
-                _ = &mut out => {}
-                ended = &mut err => if ended { out.await; },
-            }
-        } else {
-            err.await;
-        }
+        tokio::join!(forward(stdout_chunks, stdout), forward(stderr_chunks, stderr));
         Ok(())
     }
 
