@@ -830,19 +830,27 @@ async fn refuses_to_start_without_containerd() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A WebSocket exec client, as kubectl ≥ 1.30 speaks to a stream URL: each message carries one
-/// channel; returns stdout, stderr and the error channel once the server closed.
-async fn websocket_exec(url: &str, protocol: &str, stdin: &[u8]) -> (String, String, String) {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a WebSocket to a stream URL, asking for `protocol`; the server must agree to it.
+async fn websocket_connect(url: &str, protocol: &str) -> WebSocket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let ws_url = url.replacen("http://", "ws://", 1);
     let mut request = ws_url.as_str().into_client_request().unwrap();
     request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
     let host = ws_url.trim_start_matches("ws://").split('/').next().unwrap().to_string();
     let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
-    let (mut socket, response) = tokio_tungstenite::client_async(request, tcp).await.expect("websocket upgrade");
+    let (socket, response) = tokio_tungstenite::client_async(request, tcp).await.expect("websocket upgrade");
     assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), protocol);
+    socket
+}
+
+/// A WebSocket exec client, as kubectl ≥ 1.30 speaks to a stream URL: each message carries one
+/// channel; returns stdout, stderr and the error channel once the server closed.
+async fn websocket_exec(url: &str, protocol: &str, stdin: &[u8]) -> (String, String, String) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut socket = websocket_connect(url, protocol).await;
     if !stdin.is_empty() {
         let mut frame = vec![0u8];
         frame.extend_from_slice(stdin);
@@ -1081,4 +1089,99 @@ async fn reference_crictl_attach_on_containerd_cri() {
     let stack = stack();
     let mut reference = Cri::reference(&stack, "attach").await;
     crictl_attach(&mut reference).await;
+}
+
+/// The next binary message of a WebSocket as (channel, payload); None once the server closed
+/// (or after 30 s of silence).
+async fn next_channel_message(socket: &mut WebSocket) -> Option<(u8, Vec<u8>)> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) if !data.is_empty() => return Some((data[0], data[1..].to_vec())),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return None,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Port-forward over WebSocket, as kubelet frames it (`v4.channel.k8s.io`): the URL's `?port=`
+/// names the ports, port i gets data channel 2i and error channel 2i+1, each first carrying
+/// the port number (little-endian). An HTTP request to busybox httpd in the pod goes through
+/// the data channel; a port nobody listens on answers on its error channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn websocket_port_forward_reaches_the_pod() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "ws-pf", crid_binary()).await;
+    let (pod, pod_id) = crid.busybox_pod("ws-pf").await;
+    let web = "mkdir -p /www && echo hello-through-websocket > /www/index.html && exec httpd -f -p 8080 -h /www";
+    let web_id = crid.run_container(&pod_id, &pod, "web", &["sh", "-c", web]).await;
+    let forward_url = |crid: &mut Cri| {
+        let mut runtime = crid.runtime.clone();
+        let pod_id = pod_id.clone();
+        async move {
+            let request = PortForwardRequest { pod_sandbox_id: pod_id, port: vec![] };
+            runtime.port_forward(request).await.unwrap().into_inner().url
+        }
+    };
+
+    // httpd is up once a request from inside the pod gets the page.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while crid.exec(&web_id, &["busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/index.html"]).await.0 != 0 {
+        assert!(Instant::now() < deadline, "httpd did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = forward_url(&mut crid).await;
+    let mut socket = websocket_connect(&format!("{url}?port=8080"), "v4.channel.k8s.io").await;
+    assert_eq!(next_channel_message(&mut socket).await, Some((0, 8080u16.to_le_bytes().to_vec())));
+    assert_eq!(next_channel_message(&mut socket).await, Some((1, 8080u16.to_le_bytes().to_vec())));
+    let mut request = vec![0u8];
+    request.extend_from_slice(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n");
+    socket.send(Message::Binary(request.into())).await.unwrap();
+    let mut response = Vec::new();
+    while !String::from_utf8_lossy(&response).contains("hello-through-websocket\n") {
+        match next_channel_message(&mut socket).await {
+            Some((0, data)) => response.extend_from_slice(&data),
+            Some((1, error)) => panic!("error channel: {}", String::from_utf8_lossy(&error)),
+            Some(_) => {}
+            None => {
+                panic!("the connection ended before the page: {:?}\n{}", String::from_utf8_lossy(&response), crid.log())
+            }
+        }
+        assert!(Instant::now() < deadline, "no page: {:?}", String::from_utf8_lossy(&response));
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
+    socket.close(None).await.unwrap();
+
+    // Nothing listens on port 9: the reason comes on port 0's error channel, channel 1.
+    let url = forward_url(&mut crid).await;
+    let mut socket = websocket_connect(&format!("{url}?port=9"), "v4.channel.k8s.io").await;
+    let mut error = Vec::new();
+    while let Some((channel, data)) = next_channel_message(&mut socket).await {
+        if channel == 1 && data != 9u16.to_le_bytes() {
+            error = data;
+            break;
+        }
+    }
+    let error = String::from_utf8_lossy(&error).into_owned();
+    assert!(error.contains("error forwarding port 9") && error.contains(&pod_id), "{error:?}");
+    drop(socket);
+
+    // A port-forward URL without a port is refused.
+    let url = forward_url(&mut crid).await;
+    let output = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+        .args(["-H", "Sec-WebSocket-Version: 13", "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])
+        .args(["-H", "Sec-WebSocket-Protocol: v4.channel.k8s.io", &url])
+        .output()
+        .expect("curl");
+    let answer = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(answer.ends_with("\n400") && answer.contains("?port="), "{answer:?}");
+
+    crid.remove_pod(&pod_id).await;
+    crid.assert_no_leaks();
 }
