@@ -961,15 +961,25 @@ async fn crictl_streams_through_crid() {
     // exec -i: stdin piped in, its end ends `cat`; stdout back.
     let echoed = shell(&format!("printf 'one\\ntwo\\n' | {crictl_line} exec -i {id} cat"), &crid);
     assert_eq!(echoed, "one\ntwo\n");
-    // exec -it under a pseudo-terminal of 123x45: crictl sends the size on the resize stream.
-    let size = shell(
+    // exec -it under a pseudo-terminal of 123x45: crictl sends the size on the resize stream,
+    // and the process starts with it (containerd's would still be 0x0 here: it resizes only
+    // after the start). A later size (the terminal resized while crictl runs in the background
+    // of the same process group, so it gets the SIGWINCH) is a resize.
+    for _ in 0..3 {
+        let size = shell(
+            &format!("script -qec \"stty cols 123 rows 45; {crictl_line} exec -it {id} busybox stty size\" /dev/null"),
+            &crid,
+        );
+        // (`script` shows the pseudo-terminal's own echo, e.g. a NUL as `^@`, around the output.)
+        assert!(size.lines().any(|line| line.trim_end().ends_with("45 123")), "{size:?}");
+    }
+    let resized = shell(
         &format!(
-            "script -qec \"stty cols 123 rows 45; {crictl_line} exec -it {id} sh -c 'sleep 1; busybox stty size'\" /dev/null"
+            "script -qec \"stty cols 123 rows 45; {crictl_line} exec -it {id} sh -c 'sleep 2; busybox stty size' < /dev/tty & sleep 1; stty cols 90 rows 30; wait\" /dev/null"
         ),
         &crid,
     );
-    // (`script` shows the pseudo-terminal's own echo, e.g. a NUL as `^@`, around the output.)
-    assert!(size.lines().any(|line| line.trim_end().ends_with("45 123")), "{size:?}");
+    assert!(resized.lines().any(|line| line.trim_end().ends_with("30 90")), "{resized:?}");
     // A non-zero exit comes back through the v4 Status's ExitCode cause: client-go reports
     // "command terminated with exit code 7" (crictl 1.29 then exits 1).
     let failed = Command::new("sh")

@@ -311,7 +311,16 @@ impl RealContainerd {
         let mut workload = record.spec;
         workload.args = exec.args.clone();
         workload.tty = exec.tty;
-        let process = spec::process(&workload)?;
+        let mut process = spec::process(&workload)?;
+        if let Some(size) = exec.console_size.filter(|_| exec.tty) {
+            // runc sets the terminal's size before the process starts.
+            let size = oci_spec::runtime::BoxBuilder::default()
+                .height(u64::from(size.height))
+                .width(u64::from(size.width))
+                .build()
+                .map_err(|e| Error::internal(format!("console size: {e}")))?;
+            process.set_console_size(Some(size));
+        }
         Ok(json_any(spec::PROCESS_TYPE_URL, spec::to_json(&process)?))
     }
 
