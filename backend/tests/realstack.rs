@@ -1195,3 +1195,68 @@ async fn websocket_port_forward_reaches_the_pod() {
     crid.remove_pod(&pod_id).await;
     crid.assert_no_leaks();
 }
+
+/// `enable_tls_streaming`: the stream URLs are https. With no key pair the server makes a
+/// self-signed certificate (the stock crictl, which does not verify it, as kubelet's proxy,
+/// streams an exec through it); with `x509_key_pair_streaming` it serves that certificate (curl
+/// verifies it against the file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn streams_over_tls() {
+    let stack = stack();
+    let mut crid = Cri::crid_with_cri_config(&stack, "tls-self", crid_binary(), "enable_tls_streaming = true").await;
+    let crictl = Crictl::of(&crid);
+    let (pod, pod_id) = crid.busybox_pod("tls").await;
+    let id = crid.run_container(&pod_id, &pod, "app", &["sleep", "1000"]).await;
+    let request =
+        ExecRequest { container_id: id.clone(), cmd: vec!["true".into()], stdout: true, ..Default::default() };
+    let url = crid.runtime.exec(request).await.unwrap().into_inner().url;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let echoed = shell(&format!("printf 'over tls\\n' | {} exec -i {id} cat", crictl.line()), &crid);
+    assert_eq!(echoed, "over tls\n");
+    let failed = crictl.command().args(["exec", &id, "sh", "-c", "exit 4"]).output().expect("run crictl");
+    let said = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(!failed.status.success() && said.contains("command terminated with exit code 4"), "{said}");
+    // A client that verifies refuses the self-signed certificate; plain http gets no answer.
+    let base = url.split("/exec/").next().unwrap().to_string();
+    let curl = |args: &[&str]| {
+        let output = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).args(args).output();
+        String::from_utf8_lossy(&output.expect("curl").stdout).into_owned()
+    };
+    assert_eq!(curl(&["-k", &format!("{base}/exec/unknown")]), "400", "no upgrade asked for");
+    assert_eq!(curl(&[&format!("{base}/exec/unknown")]), "000", "self-signed: not trusted");
+    assert_eq!(curl(&[&format!("{}/exec/unknown", base.replacen("https", "http", 1))]), "000");
+    crid.remove_pod(&pod_id).await;
+    drop(crid);
+
+    // A configured key pair, made with openssl for 127.0.0.1.
+    let dir = PathBuf::from("/tmp").join(unique("crid-it-tls-pair"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=crid-stream"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let lines = format!(
+        "enable_tls_streaming = true\n[cri.x509_key_pair_streaming]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let mut crid = Cri::crid_with_cri_config(&stack, "tls-pair", crid_binary(), &lines).await;
+    let crictl = Crictl::of(&crid);
+    let (pod, pod_id) = crid.busybox_pod("tls-pair").await;
+    let id = crid.run_container(&pod_id, &pod, "app", &["sleep", "1000"]).await;
+    let echoed = shell(&format!("printf 'with our key\\n' | {} exec -i {id} cat", crictl.line()), &crid);
+    assert_eq!(echoed, "with our key\n");
+    let request = ExecRequest { container_id: id, cmd: vec!["true".into()], stdout: true, ..Default::default() };
+    let url = crid.runtime.exec(request).await.unwrap().into_inner().url;
+    let cacert = cert.to_string_lossy().into_owned();
+    assert_eq!(curl(&["--cacert", &cacert, &url]), "400", "the configured certificate is served: {url}");
+    crid.remove_pod(&pod_id).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -203,6 +203,15 @@ impl Cri {
 
     /// `crid` with a given `log_level` (a tracing filter).
     pub async fn crid_with_log(stack: &Stack, name: &str, binary: &Path, log_level: &str) -> Cri {
+        Cri::crid_with(stack, name, binary, log_level, "").await
+    }
+
+    /// `crid` with TOML lines added to its `[cri]` table (top-level keys of the CRI config).
+    pub async fn crid_with_cri_config(stack: &Stack, name: &str, binary: &Path, cri_lines: &str) -> Cri {
+        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", cri_lines).await
+    }
+
+    async fn crid_with(stack: &Stack, name: &str, binary: &Path, log_level: &str, cri_lines: &str) -> Cri {
         // Short base path: the socket path must fit in sun_path.
         let dir = PathBuf::from("/tmp").join(unique(&format!("crid-it-{name}")));
         std::fs::create_dir_all(&dir).unwrap();
@@ -222,6 +231,7 @@ restrict_oom_score_adj = true
 reconcile_period = 2
 # Netns pins under the test dir, so a failed test leaves none in /run/netns.
 netns_mounts_under_state_dir = true
+{cri_lines}
 [cri.cni]
 bin_dir = "{bin}"
 conf_dir = "{conf}"
