@@ -26,6 +26,11 @@ pub struct Config {
     pub stream_server_port: String,
     #[serde(with = "go_duration")]
     pub stream_idle_timeout: Duration,
+    /// Serve the stream URLs over https. Without `x509_key_pair_streaming`, a self-signed
+    /// certificate is made at start, as containerd does.
+    pub enable_tls_streaming: bool,
+    /// The stream server's certificate and key, PEM files (with `enable_tls_streaming`).
+    pub x509_key_pair_streaming: X509KeyPairStreaming,
     /// Between refreshes of the snapshot usage cache (an integer of seconds, as in containerd).
     #[serde(with = "seconds")]
     pub stats_collect_period: Duration,
@@ -132,6 +137,13 @@ pub struct CniConfig {
     pub ip_pref: String,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct X509KeyPairStreaming {
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -155,6 +167,8 @@ impl Default for Config {
             stream_server_address: "127.0.0.1".into(),
             stream_server_port: "0".into(),
             stream_idle_timeout: Duration::from_secs(4 * 3600),
+            enable_tls_streaming: false,
+            x509_key_pair_streaming: X509KeyPairStreaming::default(),
             stats_collect_period: Duration::from_secs(10),
             max_concurrent_downloads: 3,
             image_pull_progress_timeout: Duration::from_secs(5 * 60),
@@ -380,6 +394,12 @@ impl Config {
         if self.sandbox_image.is_empty() {
             return Err(Error::invalid("`sandbox_image` is empty"));
         }
+        let key_pair = &self.x509_key_pair_streaming;
+        if self.enable_tls_streaming && key_pair.tls_cert_file.is_empty() != key_pair.tls_key_file.is_empty() {
+            return Err(Error::invalid(
+                "`x509_key_pair_streaming`: set both `tls_cert_file` and `tls_key_file`, or neither (a self-signed certificate)",
+            ));
+        }
         if self.root_dir.is_empty() || self.state_dir.is_empty() {
             return Err(Error::invalid("`root_dir` and `state_dir` must be set"));
         }
@@ -567,6 +587,22 @@ mod tests {
         }
         Config::from_toml("enable_unprivileged_ports = true\nenable_unprivileged_icmp = true\nunset_seccomp_profile = \"runtime/default\"")
             .unwrap();
+    }
+
+    #[test]
+    fn tls_streaming_takes_both_files_or_neither() {
+        let config = Config::from_toml(
+            "enable_tls_streaming = true\n[x509_key_pair_streaming]\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"",
+        )
+        .unwrap();
+        assert_eq!(config.x509_key_pair_streaming.tls_key_file, "/k.pem");
+        Config::from_toml("enable_tls_streaming = true").unwrap();
+        let error =
+            Config::from_toml("enable_tls_streaming = true\n[x509_key_pair_streaming]\ntls_cert_file = \"/c.pem\"")
+                .unwrap_err();
+        assert!(error.message.contains("tls_key_file"), "{error}");
+        // Without TLS the key pair is not read, as in containerd.
+        Config::from_toml("[x509_key_pair_streaming]\ntls_cert_file = \"/c.pem\"").unwrap();
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! WebSocket framing, in the backend) hands the core abstract byte streams; everything that
 //! decides behaviour is here, so the simulator drives it with in-memory streams:
 //!
-//! - the exec process is started with the client's streams, resized on request, waited for and
-//!   always deleted — also when the client vanishes or stays idle, after a SIGKILL;
+//! - the exec process is started with the client's streams (a tty with the client's first size,
+//!   when it comes at once), resized on request, waited for and always deleted — also when the
+//!   client vanishes or stays idle, after a SIGKILL;
 //! - an attach feeds the task's stdin and reads its output until the output ends (the task
 //!   exited) or the client is gone; a container with `stdin_once` (and no tty, as containerd)
 //!   gets its stdin closed when the first attached client's stdin ends;
@@ -35,6 +36,9 @@ use crate::store::SandboxState;
 pub const MAX_CONCURRENT_STREAMS: usize = 256;
 /// After a kill (client gone, idle), how long to wait for the exec process to go away.
 const SESSION_KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a tty exec waits for the client's first terminal size before it starts without
+/// one. client-go sends it as soon as its streams exist, so it is there within milliseconds.
+const INITIAL_SIZE_WAIT: Duration = Duration::from_millis(500);
 const SIGKILL: u32 = 9;
 
 /// Live sessions, bounded.
@@ -223,11 +227,20 @@ impl CriService {
             return Err(Error::invalid("exec command must not be empty"));
         }
         let id = self.running_container(container_id)?;
+        let ClientStreams { io, mut resize, mut gone } = client;
+        // A tty process starts with the client's size when the client sent one at once: resized
+        // only after its start, a program that reads the size first would see 0x0.
+        let console_size = if tty { self.first_size(&mut resize).await } else { None };
         let mut suffix = [0u8; 8];
         self.backends.os.random_bytes(&mut suffix);
-        let spec = ExecSpec { exec_id: format!("exec-{}", hex::encode(suffix)), args: cmd, tty, output_limit_bytes: 0 };
+        let spec = ExecSpec {
+            exec_id: format!("exec-{}", hex::encode(suffix)),
+            args: cmd,
+            tty,
+            output_limit_bytes: 0,
+            console_size,
+        };
         let activity = Activity::new(self.backends.clock.clone());
-        let ClientStreams { io, mut resize, mut gone } = client;
         let containerd = self.backends.containerd.clone();
         containerd
             .exec_start_streaming(&id, &spec, track_io(io, &activity))
@@ -270,6 +283,19 @@ impl CriService {
             Err(error) => tracing::warn!(id, exec_id, %error, "failed to delete exec process"),
         }
         result
+    }
+
+    /// The client's first terminal size, if it comes within [`INITIAL_SIZE_WAIT`].
+    async fn first_size(&self, resize: &mut Option<mpsc::Receiver<TerminalSize>>) -> Option<TerminalSize> {
+        let receiver = resize.as_mut()?;
+        match crate::ports::timeout(self.backends.clock.as_ref(), INITIAL_SIZE_WAIT, receiver.recv()).await {
+            Ok(Some(size)) => Some(size),
+            Ok(None) => {
+                *resize = None;
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     async fn attach_session(self: Arc<Self>, container_id: &str, client: ClientStreams) -> Result<SessionEnd> {

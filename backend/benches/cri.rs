@@ -18,7 +18,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Cri, Kind, stack, unique};
@@ -139,7 +138,7 @@ async fn main() {
     // CRID_BENCH_LOG (a tracing filter) turns it up to see where a call's time goes; crid's log
     // is then kept in its directory, printed at the end.
     let log_level = std::env::var("CRID_BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    let mut crid = Cri::crid_with_log(&stack, "bench", Path::new(env!("CARGO_BIN_EXE_crid")), &log_level).await;
+    let mut crid = Cri::crid_with_log(&stack, "bench", common::crid_binary(), &log_level).await;
     let mut containerd = Cri::reference(&stack, "bench").await;
     assert_eq!((crid.kind, containerd.kind), (Kind::Crid, Kind::Containerd));
 

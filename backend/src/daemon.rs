@@ -190,7 +190,8 @@ pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>, 
     tracing::info!(address = %config.containerd.address, namespace = %config.containerd.namespace, %version, "connected to containerd");
     let cni =
         RealCni::new(&config.cri.cni.bin_dir, &config.cri.cni.conf_dir, &state_dir.join("cni-cache").to_string_lossy());
-    let stream = HttpStreamServer::bind(&config.cri.stream_server_address, &config.cri.stream_server_port).await?;
+    let tls = config.cri.enable_tls_streaming.then_some(&config.cri.x509_key_pair_streaming);
+    let stream = HttpStreamServer::bind(&config.cri.stream_server_address, &config.cri.stream_server_port, tls).await?;
     tracing::info!(url = stream.base_url(), "stream server listening");
     // One client for both: fetched blobs go into containerd's content store.
     let backends = Backends {

@@ -15,12 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cri, Kind, read_log, stack, unique};
+use common::{Cri, Crictl, Kind, client_from_env, crid_binary, read_log, shell, stack, unique};
 use k8s_cri::v1::*;
-
-fn crid_binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_crid"))
-}
 
 /// The kubelet-visible lifecycle of a pod with two containers, with the checks that hold for
 /// any CRI runtime that behaves like containerd's.
@@ -125,8 +121,7 @@ async fn lifecycle(cri: &mut Cri) {
     assert_eq!(listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec![id.as_str()], "{who}");
 
     // A second container that exits by itself reports its code.
-    let short = cri.create_container(&pod_id, &pod, "short", &["sh", "-c", "exit 7"]).await;
-    cri.start_container(&short).await;
+    let short = cri.run_container(&pod_id, &pod, "short", &["sh", "-c", "exit 7"]).await;
     assert_eq!(cri.wait_container_state(&short, ContainerState::ContainerExited).await, 7, "{who}");
 
     // Timeout 0: straight to SIGKILL (the graceful path has its own test).
@@ -160,34 +155,6 @@ async fn pod_and_container_lifecycle() {
     assert!(!crid.dir.join("crid.sock").exists());
 }
 
-/// A client binary the real-stack run provides (`ci/test` builds and exports them): a test that
-/// needs one fails, never passes, when it is missing.
-fn client_from_env(var: &str, what: &str) -> PathBuf {
-    let path =
-        std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| panic!("{var} is not set: the path of {what}"));
-    assert!(path.exists(), "{var}={} does not exist", path.display());
-    path
-}
-
-/// Runs the stock crictl against `socket`; panics with its output unless it succeeds.
-fn crictl(crictl: &Path, socket: &Path, args: &[&str], cri: &Cri) -> String {
-    let endpoint = format!("unix://{}", socket.display());
-    let output = Command::new(crictl)
-        .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--timeout", "60s"])
-        .args(args)
-        .output()
-        .expect("run crictl");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "crictl {args:?}: {}\nstdout: {stdout}\nstderr: {}\ncrid log:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        cri.log()
-    );
-    stdout
-}
-
 /// Clients we did not write reach crid over its unix socket with their default `:authority`
 /// (the socket path, which h2 alone rejects): the stock crictl 1.29 (grpc-go) drives a whole
 /// lifecycle, and grpc-python's default `unix:` target gets a Version answer.
@@ -195,17 +162,17 @@ fn crictl(crictl: &Path, socket: &Path, args: &[&str], cri: &Cri) -> String {
 #[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn stock_clients_drive_crid() {
     let stack = stack();
-    let crictl_bin = client_from_env("CRID_CRICTL", "the stock crictl 1.29 (ci/critest build)");
     let python = client_from_env("CRID_GRPC_PYTHON", "a python with grpcio >= 1.57");
     let crid = Cri::crid(&stack, "clients", crid_binary()).await;
-    let socket = crid.dir.join("crid.sock");
-    let run = |args: &[&str]| crictl(&crictl_bin, &socket, args, &crid);
+    let crictl = Crictl::of(&crid);
+    let socket = &crictl.socket;
+    let run = |args: &[&str]| crictl.run(args, &crid);
 
     let version = run(&["version"]);
     assert!(version.contains("RuntimeName:  crid") && version.contains("RuntimeApiVersion:  v1"), "{version}");
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/grpc_python_version.py");
-    let output = Command::new(&python).arg(&script).arg(&socket).output().expect("run python");
+    let output = Command::new(&python).arg(&script).arg(socket).output().expect("run python");
     let printed = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "grpc-python: {printed}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(
@@ -282,10 +249,7 @@ async fn reference_lifecycle_on_containerd_cri() {
 /// the OOM killer: EXITED, 137, reason OOMKilled.
 async fn resources_and_oom(cri: &mut Cri) {
     let who = cri.kind.name();
-    let busybox = cri.image("busybox:latest");
-    cri.pull(&busybox).await;
-    let pod = cri.pod_config(&unique("limits"));
-    let pod_id = cri.run_pod(&pod).await;
+    let (pod, pod_id) = cri.busybox_pod("limits").await;
     const MIB: i64 = 1 << 20;
     let limited = |cri: &Cri, name: &str, command: &[&str], memory_bytes: i64| {
         let mut config = cri.container_config(name, command);
@@ -299,8 +263,7 @@ async fn resources_and_oom(cri: &mut Cri) {
         config
     };
     let config = limited(cri, "limited", &["sh", "-c", "while true; do sleep 1; done"], 32 * MIB);
-    let id = cri.create_container_with(&pod_id, &pod, config).await;
-    cri.start_container(&id).await;
+    let id = cri.run_container_with(&pod_id, &pod, config).await;
     let memory_file = "/sys/fs/cgroup/memory/memory.limit_in_bytes";
     assert_eq!(
         cri.exec(&id, &["cat", memory_file]).await,
@@ -337,8 +300,7 @@ async fn resources_and_oom(cri: &mut Cri) {
 
     // A string that doubles until the 16 MiB limit stops it.
     let config = limited(cri, "hog", &["sh", "-c", "x=0123456789abcdef; while true; do x=$x$x; done"], 16 * MIB);
-    let hog = cri.create_container_with(&pod_id, &pod, config).await;
-    cri.start_container(&hog).await;
+    let hog = cri.run_container_with(&pod_id, &pod, config).await;
     assert_eq!(cri.wait_container_state(&hog, ContainerState::ContainerExited).await, 137, "{who}: killed");
     let status = cri
         .runtime
@@ -360,10 +322,7 @@ async fn resources_and_oom(cri: &mut Cri) {
 /// /dev/shm shared between its containers.
 async fn security_context_from_inside(cri: &mut Cri) {
     let who = cri.kind.name();
-    let busybox = cri.image("busybox:latest");
-    cri.pull(&busybox).await;
-    let pod = cri.pod_config(&unique("sec"));
-    let pod_id = cri.run_pod(&pod).await;
+    let (pod, pod_id) = cri.busybox_pod("sec").await;
     let mut config = cri.container_config("confined", &["sleep", "1000"]);
     config.linux = Some(LinuxContainerConfig {
         security_context: Some(LinuxContainerSecurityContext {
@@ -378,8 +337,7 @@ async fn security_context_from_inside(cri: &mut Cri) {
         }),
         ..Default::default()
     });
-    let id = cri.create_container_with(&pod_id, &pod, config).await;
-    cri.start_container(&id).await;
+    let id = cri.run_container_with(&pod_id, &pod, config).await;
     let (code, identity) = cri.exec(&id, &["id"]).await;
     assert_eq!(code, 0, "{who}: {identity}");
     // busybox's /etc/passwd has no uid 1000: group 0, as containerd does.
@@ -395,8 +353,7 @@ async fn security_context_from_inside(cri: &mut Cri) {
     let (_, hostname) = cri.exec(&id, &["sh", "-c", "echo $HOSTNAME"]).await;
     assert_eq!(hostname.trim(), pod.hostname, "{who}: HOSTNAME is the pod's hostname");
     // The pod's containers share its /dev/shm.
-    let other = cri.create_container(&pod_id, &pod, "neighbour", &["sleep", "1000"]).await;
-    cri.start_container(&other).await;
+    let other = cri.run_container(&pod_id, &pod, "neighbour", &["sleep", "1000"]).await;
     let (code, out) = cri.exec(&other, &["sh", "-c", "echo shared > /dev/shm/marker"]).await;
     assert_eq!(code, 0, "{who}: {out}");
     let (_, seen) = cri.exec(&id, &["cat", "/dev/shm/marker"]).await;
@@ -437,8 +394,7 @@ async fn image_and_devices_from_inside(cri: &mut Cri) {
         }),
         ..Default::default()
     });
-    let app = cri.create_container_with(&pod_id, &pod, config).await;
-    cri.start_container(&app).await;
+    let app = cri.run_container_with(&pod_id, &pod, config).await;
     let (code, identity) = cri.exec(&app, &["id"]).await;
     assert_eq!(code, 0, "{who}: {identity}");
     assert!(identity.starts_with("uid=1000(app) gid=1000(app)"), "{who}: the image's USER 1000:1000: {identity}");
@@ -469,8 +425,7 @@ async fn image_and_devices_from_inside(cri: &mut Cri) {
         }),
         ..Default::default()
     });
-    let debugger = cri.create_container_with(&pod_id, &pod, debug).await;
-    cri.start_container(&debugger).await;
+    let debugger = cri.run_container_with(&pod_id, &pod, debug).await;
     let (_, init) = cri.exec(&debugger, &["cat", "/proc/1/cmdline"]).await;
     assert_eq!(init.replace('\0', " ").trim(), "sleep 1000", "{who}: TARGET joins the target's PID namespace");
 
@@ -496,8 +451,7 @@ async fn image_and_devices_from_inside(cri: &mut Cri) {
         security_context: Some(LinuxContainerSecurityContext { privileged: true, ..Default::default() }),
         ..Default::default()
     });
-    let mounter = cri.create_container_with(&pod_id, &pod, privileged).await;
-    cri.start_container(&mounter).await;
+    let mounter = cri.run_container_with(&pod_id, &pod, privileged).await;
     let (code, out) = cri
         .exec(
             &mounter,
@@ -684,10 +638,7 @@ async fn reference_private_registry_on_containerd_cri() {
 async fn stop_escalates_after_the_grace_period() {
     let stack = stack();
     let mut crid = Cri::crid(&stack, "stop", crid_binary()).await;
-    let busybox = crid.image("busybox:latest");
-    crid.pull(&busybox).await;
-    let pod = crid.pod_config("stopper");
-    let pod_id = crid.run_pod(&pod).await;
+    let (pod, pod_id) = crid.busybox_pod("stopper").await;
     let id = crid
         .create_container(&pod_id, &pod, "stubborn", &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"])
         .await;
@@ -744,15 +695,11 @@ async fn concurrent_pulls_fetch_each_blob_once() {
 async fn state_survives_a_crid_crash() {
     let stack = stack();
     let mut crid = Cri::crid(&stack, "crash", crid_binary()).await;
-    let busybox = crid.image("busybox:latest");
-    crid.pull(&busybox).await;
-    let pod = crid.pod_config("survivor");
-    let pod_id = crid.run_pod(&pod).await;
+    let (pod, pod_id) = crid.busybox_pod("survivor").await;
     let running =
         crid.create_container(&pod_id, &pod, "running", &["sh", "-c", "while true; do echo tick; sleep 1; done"]).await;
     crid.start_container(&running).await;
-    let exited = crid.create_container(&pod_id, &pod, "exited", &["sh", "-c", "exit 4"]).await;
-    crid.start_container(&exited).await;
+    let exited = crid.run_container(&pod_id, &pod, "exited", &["sh", "-c", "exit 4"]).await;
     assert_eq!(crid.wait_container_state(&exited, ContainerState::ContainerExited).await, 4);
     let created = crid.create_container(&pod_id, &pod, "created", &["true"]).await;
 
@@ -838,10 +785,7 @@ fn restart_containerd(stack: &common::Stack) {
 async fn survives_a_containerd_restart() {
     let stack = stack();
     let mut crid = Cri::crid(&stack, "ctrd", crid_binary()).await;
-    let busybox = crid.image("busybox:latest");
-    crid.pull(&busybox).await;
-    let pod = crid.pod_config("steady");
-    let pod_id = crid.run_pod(&pod).await;
+    let (pod, pod_id) = crid.busybox_pod("steady").await;
     let waiter = crid
         .create_container(&pod_id, &pod, "waiter", &["sh", "-c", "while [ ! -f /tmp/go ]; do sleep 0.2; done; exit 5"])
         .await;
@@ -856,8 +800,7 @@ async fn survives_a_containerd_restart() {
         5,
         "the exit after the restart is seen"
     );
-    let after = crid.create_container(&pod_id, &pod, "after", &["sh", "-c", "exit 6"]).await;
-    crid.start_container(&after).await;
+    let after = crid.run_container(&pod_id, &pod, "after", &["sh", "-c", "exit 6"]).await;
     assert_eq!(crid.wait_container_state(&after, ContainerState::ContainerExited).await, 6);
     let status = crid.pod_status(&pod_id).await;
     assert_eq!(PodSandboxState::try_from(status.state).unwrap(), PodSandboxState::SandboxReady);
@@ -887,19 +830,27 @@ async fn refuses_to_start_without_containerd() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A WebSocket exec client, as kubectl ≥ 1.30 speaks to a stream URL: each message carries one
-/// channel; returns stdout, stderr and the error channel once the server closed.
-async fn websocket_exec(url: &str, protocol: &str, stdin: &[u8]) -> (String, String, String) {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a WebSocket to a stream URL, asking for `protocol`; the server must agree to it.
+async fn websocket_connect(url: &str, protocol: &str) -> WebSocket {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let ws_url = url.replacen("http://", "ws://", 1);
     let mut request = ws_url.as_str().into_client_request().unwrap();
     request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
     let host = ws_url.trim_start_matches("ws://").split('/').next().unwrap().to_string();
     let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
-    let (mut socket, response) = tokio_tungstenite::client_async(request, tcp).await.expect("websocket upgrade");
+    let (socket, response) = tokio_tungstenite::client_async(request, tcp).await.expect("websocket upgrade");
     assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), protocol);
+    socket
+}
+
+/// A WebSocket exec client, as kubectl ≥ 1.30 speaks to a stream URL: each message carries one
+/// channel; returns stdout, stderr and the error channel once the server closed.
+async fn websocket_exec(url: &str, protocol: &str, stdin: &[u8]) -> (String, String, String) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut socket = websocket_connect(url, protocol).await;
     if !stdin.is_empty() {
         let mut frame = vec![0u8];
         frame.extend_from_slice(stdin);
@@ -933,12 +884,8 @@ async fn websocket_exec(url: &str, protocol: &str, stdin: &[u8]) -> (String, Str
 async fn websocket_exec_streams_and_reports_exit() {
     let stack = stack();
     let mut crid = Cri::crid(&stack, "ws", crid_binary()).await;
-    let busybox = crid.image("busybox:latest");
-    crid.pull(&busybox).await;
-    let pod = crid.pod_config(&unique("ws"));
-    let pod_id = crid.run_pod(&pod).await;
-    let id = crid.create_container(&pod_id, &pod, "app", &["sleep", "1000"]).await;
-    crid.start_container(&id).await;
+    let (pod, pod_id) = crid.busybox_pod("ws").await;
+    let id = crid.run_container(&pod_id, &pod, "app", &["sleep", "1000"]).await;
 
     let exec = |cmd: &[&str], stdin: bool| ExecRequest {
         container_id: id.clone(),
@@ -997,57 +944,42 @@ async fn websocket_exec_streams_and_reports_exit() {
     crid.remove_pod(&pod_id).await;
 }
 
-/// Runs a shell command line (pipes, `script`), returning its stdout; panics unless it succeeds.
-fn shell(line: &str, cri: &Cri) -> String {
-    let output = Command::new("sh").args(["-c", line]).output().expect("run sh");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{line}: {}\nstdout: {stdout}\nstderr: {}\ncrid log:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        cri.log()
-    );
-    stdout
-}
-
 /// The stock crictl's interactive commands over crid's stream server (SPDY): `exec -i` with
 /// stdin piped in, `exec -it` under a pseudo-terminal whose size reaches the container,
-/// and `port-forward` with an HTTP request through it. (Attach is covered by critest's attach
-/// spec; a crictl attach test is still to come.)
+/// and `port-forward` with an HTTP request through it. (Attach: `crictl_attach_through_crid`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn crictl_streams_through_crid() {
     let stack = stack();
-    let crictl_bin = client_from_env("CRID_CRICTL", "the stock crictl 1.29 (ci/critest build)");
     let mut crid = Cri::crid(&stack, "crictl-streams", crid_binary()).await;
-    let socket = crid.dir.join("crid.sock");
-    let crictl_line = format!(
-        "{} --runtime-endpoint unix://{} --image-endpoint unix://{} --timeout 60s",
-        crictl_bin.display(),
-        socket.display(),
-        socket.display()
-    );
-    let busybox = crid.image("busybox:latest");
-    crid.pull(&busybox).await;
-    let pod = crid.pod_config(&unique("streams"));
-    let pod_id = crid.run_pod(&pod).await;
+    let crictl = Crictl::of(&crid);
+    let crictl_line = crictl.line();
+    let (pod, pod_id) = crid.busybox_pod("streams").await;
     let web = "mkdir -p /www && echo hello-through-port-forward > /www/index.html && exec httpd -f -p 8080 -h /www";
-    let id = crid.create_container(&pod_id, &pod, "web", &["sh", "-c", web]).await;
-    crid.start_container(&id).await;
+    let id = crid.run_container(&pod_id, &pod, "web", &["sh", "-c", web]).await;
 
     // exec -i: stdin piped in, its end ends `cat`; stdout back.
     let echoed = shell(&format!("printf 'one\\ntwo\\n' | {crictl_line} exec -i {id} cat"), &crid);
     assert_eq!(echoed, "one\ntwo\n");
-    // exec -it under a pseudo-terminal of 123x45: crictl sends the size on the resize stream.
-    let size = shell(
+    // exec -it under a pseudo-terminal of 123x45: crictl sends the size on the resize stream,
+    // and the process starts with it (containerd's would still be 0x0 here: it resizes only
+    // after the start). A later size (the terminal resized while crictl runs in the background
+    // of the same process group, so it gets the SIGWINCH) is a resize.
+    for _ in 0..3 {
+        let size = shell(
+            &format!("script -qec \"stty cols 123 rows 45; {crictl_line} exec -it {id} busybox stty size\" /dev/null"),
+            &crid,
+        );
+        // (`script` shows the pseudo-terminal's own echo, e.g. a NUL as `^@`, around the output.)
+        assert!(size.lines().any(|line| line.trim_end().ends_with("45 123")), "{size:?}");
+    }
+    let resized = shell(
         &format!(
-            "script -qec \"stty cols 123 rows 45; {crictl_line} exec -it {id} sh -c 'sleep 1; busybox stty size'\" /dev/null"
+            "script -qec \"stty cols 123 rows 45; {crictl_line} exec -it {id} sh -c 'sleep 2; busybox stty size' < /dev/tty & sleep 1; stty cols 90 rows 30; wait\" /dev/null"
         ),
         &crid,
     );
-    // (`script` shows the pseudo-terminal's own echo, e.g. a NUL as `^@`, around the output.)
-    assert!(size.lines().any(|line| line.trim_end().ends_with("45 123")), "{size:?}");
+    assert!(resized.lines().any(|line| line.trim_end().ends_with("30 90")), "{resized:?}");
     // A non-zero exit comes back through the v4 Status's ExitCode cause: client-go reports
     // "command terminated with exit code 7" (crictl 1.29 then exits 1).
     let failed = Command::new("sh")
@@ -1059,8 +991,8 @@ async fn crictl_streams_through_crid() {
 
     // port-forward: a local port reaches the pod's httpd.
     let local_port = 20000 + (std::process::id() % 10000) as u16;
-    let mut forward = Command::new(&crictl_bin)
-        .args(["--runtime-endpoint", &format!("unix://{}", socket.display())])
+    let mut forward = crictl
+        .command()
         .args(["port-forward", &pod_id, &format!("{local_port}:8080")])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -1087,4 +1019,244 @@ async fn crictl_streams_through_crid() {
 
     crid.stop_pod(&pod_id).await;
     crid.remove_pod(&pod_id).await;
+}
+
+/// Runs a shell command line: (exit code, stdout, stderr).
+fn shell_output(line: &str) -> (Option<i32>, String, String) {
+    let output = Command::new("sh").args(["-c", line]).output().expect("run sh");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code(), text(&output.stdout), text(&output.stderr))
+}
+
+/// The stock `crictl attach` to containers created with stdin, stdin_once and tty, as kubectl
+/// attach and run -it use them: what the container writes reaches the client (stdout and
+/// stderr apart without a tty), the client's stdin reaches the container, the end of a
+/// stdin_once stdin ends the container, and a tty attach carries the client's terminal size.
+async fn crictl_attach(cri: &mut Cri) {
+    let who = cri.kind.name();
+    let crictl = Crictl::of(cri);
+    let line = crictl.line();
+    let (pod, pod_id) = cri.busybox_pod("attach").await;
+
+    // Output only: a container that keeps writing to both streams; the attach goes on until
+    // the client leaves.
+    let mut config = cri.container_config(
+        "ticker",
+        &["sh", "-c", "i=0; while true; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 0.2; done"],
+    );
+    config.stdin = true;
+    let ticker = cri.run_container_with(&pod_id, &pod, config).await;
+    let (code, stdout, stderr) = shell_output(&format!("timeout 3 {line} attach {ticker}"));
+    assert_eq!(code, Some(124), "{who}: the attach lasts until the client goes; {stdout:?} {stderr:?}");
+    assert!(stdout.lines().filter(|l| l.starts_with("tick ")).count() >= 3, "{who}: stdout {stdout:?}");
+    assert!(stderr.lines().filter(|l| l.starts_with("tock ")).count() >= 3, "{who}: stderr {stderr:?}");
+    assert!(!stdout.contains("tock"), "{who}: stderr kept apart: {stdout:?}");
+
+    // stdin in, both streams out; the end of the client's stdin closes a stdin_once stdin, so
+    // the shell reaches its end and the attach ends with it.
+    let mut config = cri.container_config("shell", &["sh"]);
+    (config.stdin, config.stdin_once) = (true, true);
+    let shell_id = cri.run_container_with(&pod_id, &pod, config).await;
+    let (code, stdout, stderr) = shell_output(&format!(
+        "(sleep 1; printf 'echo hello from attach\\necho to-stderr >&2\\n') | timeout 30 {line} attach -i {shell_id}"
+    ));
+    assert_eq!(code, Some(0), "{who}: {stdout:?} {stderr:?}\n{}", cri.log());
+    assert_eq!(stdout, "hello from attach\n", "{who}: stderr {stderr:?}");
+    assert!(stderr.contains("to-stderr"), "{who}: {stderr:?}");
+    assert_eq!(cri.wait_container_state(&shell_id, ContainerState::ContainerExited).await, 0, "{who}");
+
+    // A tty: under a pseudo-terminal of 77x22 whose size crictl sends on the resize stream;
+    // `exit` ends the shell and the attach.
+    let mut config = cri.container_config("terminal", &["sh"]);
+    (config.stdin, config.stdin_once, config.tty) = (true, true, true);
+    let terminal = cri.run_container_with(&pod_id, &pod, config).await;
+    let typed = "(sleep 2; printf 'busybox stty size\\r'; sleep 1; printf 'echo $((6*7))\\r'; sleep 1; printf 'exit\\r'; sleep 5)";
+    let (code, output, _) = shell_output(&format!(
+        "{typed} | timeout 30 script -qec \"stty cols 77 rows 22; {line} attach -it {terminal}\" /dev/null"
+    ));
+    assert_eq!(code, Some(0), "{who}: {output:?}\n{}", cri.log());
+    let lines: Vec<&str> = output.lines().map(str::trim_end).collect();
+    assert!(lines.contains(&"22 77"), "{who}: the terminal size reached the container: {output:?}");
+    assert!(lines.contains(&"42"), "{who}: {output:?}");
+    assert_eq!(cri.wait_container_state(&terminal, ContainerState::ContainerExited).await, 0, "{who}");
+
+    cri.remove_pod(&pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn crictl_attach_through_crid() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "attach", crid_binary()).await;
+    crictl_attach(&mut crid).await;
+    crid.assert_no_leaks();
+}
+
+/// The same attach against containerd's own CRI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn reference_crictl_attach_on_containerd_cri() {
+    let stack = stack();
+    let mut reference = Cri::reference(&stack, "attach").await;
+    crictl_attach(&mut reference).await;
+}
+
+/// The next binary message of a WebSocket as (channel, payload); None once the server closed
+/// (or after 30 s of silence).
+async fn next_channel_message(socket: &mut WebSocket) -> Option<(u8, Vec<u8>)> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
+            Ok(Some(Ok(Message::Binary(data)))) if !data.is_empty() => return Some((data[0], data[1..].to_vec())),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return None,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Port-forward over WebSocket, as kubelet frames it (`v4.channel.k8s.io`): the URL's `?port=`
+/// names the ports, port i gets data channel 2i and error channel 2i+1, each first carrying
+/// the port number (little-endian). An HTTP request to busybox httpd in the pod goes through
+/// the data channel; a port nobody listens on answers on its error channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn websocket_port_forward_reaches_the_pod() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "ws-pf", crid_binary()).await;
+    let (pod, pod_id) = crid.busybox_pod("ws-pf").await;
+    let web = "mkdir -p /www && echo hello-through-websocket > /www/index.html && exec httpd -f -p 8080 -h /www";
+    let web_id = crid.run_container(&pod_id, &pod, "web", &["sh", "-c", web]).await;
+    let forward_url = |crid: &mut Cri| {
+        let mut runtime = crid.runtime.clone();
+        let pod_id = pod_id.clone();
+        async move {
+            let request = PortForwardRequest { pod_sandbox_id: pod_id, port: vec![] };
+            runtime.port_forward(request).await.unwrap().into_inner().url
+        }
+    };
+
+    // httpd is up once a request from inside the pod gets the page.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while crid.exec(&web_id, &["busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/index.html"]).await.0 != 0 {
+        assert!(Instant::now() < deadline, "httpd did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = forward_url(&mut crid).await;
+    let mut socket = websocket_connect(&format!("{url}?port=8080"), "v4.channel.k8s.io").await;
+    assert_eq!(next_channel_message(&mut socket).await, Some((0, 8080u16.to_le_bytes().to_vec())));
+    assert_eq!(next_channel_message(&mut socket).await, Some((1, 8080u16.to_le_bytes().to_vec())));
+    let mut request = vec![0u8];
+    request.extend_from_slice(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n");
+    socket.send(Message::Binary(request.into())).await.unwrap();
+    let mut response = Vec::new();
+    while !String::from_utf8_lossy(&response).contains("hello-through-websocket\n") {
+        match next_channel_message(&mut socket).await {
+            Some((0, data)) => response.extend_from_slice(&data),
+            Some((1, error)) => panic!("error channel: {}", String::from_utf8_lossy(&error)),
+            Some(_) => {}
+            None => {
+                panic!("the connection ended before the page: {:?}\n{}", String::from_utf8_lossy(&response), crid.log())
+            }
+        }
+        assert!(Instant::now() < deadline, "no page: {:?}", String::from_utf8_lossy(&response));
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
+    socket.close(None).await.unwrap();
+
+    // Nothing listens on port 9: the reason comes on port 0's error channel, channel 1.
+    let url = forward_url(&mut crid).await;
+    let mut socket = websocket_connect(&format!("{url}?port=9"), "v4.channel.k8s.io").await;
+    let mut error = Vec::new();
+    while let Some((channel, data)) = next_channel_message(&mut socket).await {
+        if channel == 1 && data != 9u16.to_le_bytes() {
+            error = data;
+            break;
+        }
+    }
+    let error = String::from_utf8_lossy(&error).into_owned();
+    assert!(error.contains("error forwarding port 9") && error.contains(&pod_id), "{error:?}");
+    drop(socket);
+
+    // A port-forward URL without a port is refused.
+    let url = forward_url(&mut crid).await;
+    let output = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+        .args(["-H", "Sec-WebSocket-Version: 13", "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])
+        .args(["-H", "Sec-WebSocket-Protocol: v4.channel.k8s.io", &url])
+        .output()
+        .expect("curl");
+    let answer = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(answer.ends_with("\n400") && answer.contains("?port="), "{answer:?}");
+
+    crid.remove_pod(&pod_id).await;
+    crid.assert_no_leaks();
+}
+
+/// `enable_tls_streaming`: the stream URLs are https. With no key pair the server makes a
+/// self-signed certificate (the stock crictl, which does not verify it, as kubelet's proxy,
+/// streams an exec through it); with `x509_key_pair_streaming` it serves that certificate (curl
+/// verifies it against the file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn streams_over_tls() {
+    let stack = stack();
+    let mut crid = Cri::crid_with_cri_config(&stack, "tls-self", crid_binary(), "enable_tls_streaming = true").await;
+    let crictl = Crictl::of(&crid);
+    let (pod, pod_id) = crid.busybox_pod("tls").await;
+    let id = crid.run_container(&pod_id, &pod, "app", &["sleep", "1000"]).await;
+    let request =
+        ExecRequest { container_id: id.clone(), cmd: vec!["true".into()], stdout: true, ..Default::default() };
+    let url = crid.runtime.exec(request).await.unwrap().into_inner().url;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let echoed = shell(&format!("printf 'over tls\\n' | {} exec -i {id} cat", crictl.line()), &crid);
+    assert_eq!(echoed, "over tls\n");
+    let failed = crictl.command().args(["exec", &id, "sh", "-c", "exit 4"]).output().expect("run crictl");
+    let said = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(!failed.status.success() && said.contains("command terminated with exit code 4"), "{said}");
+    // A client that verifies refuses the self-signed certificate; plain http gets no answer.
+    let base = url.split("/exec/").next().unwrap().to_string();
+    let curl = |args: &[&str]| {
+        let output = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).args(args).output();
+        String::from_utf8_lossy(&output.expect("curl").stdout).into_owned()
+    };
+    assert_eq!(curl(&["-k", &format!("{base}/exec/unknown")]), "400", "no upgrade asked for");
+    assert_eq!(curl(&[&format!("{base}/exec/unknown")]), "000", "self-signed: not trusted");
+    assert_eq!(curl(&[&format!("{}/exec/unknown", base.replacen("https", "http", 1))]), "000");
+    crid.remove_pod(&pod_id).await;
+    drop(crid);
+
+    // A configured key pair, made with openssl for 127.0.0.1.
+    let dir = PathBuf::from("/tmp").join(unique("crid-it-tls-pair"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=crid-stream"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let lines = format!(
+        "enable_tls_streaming = true\n[cri.x509_key_pair_streaming]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let mut crid = Cri::crid_with_cri_config(&stack, "tls-pair", crid_binary(), &lines).await;
+    let crictl = Crictl::of(&crid);
+    let (pod, pod_id) = crid.busybox_pod("tls-pair").await;
+    let id = crid.run_container(&pod_id, &pod, "app", &["sleep", "1000"]).await;
+    let echoed = shell(&format!("printf 'with our key\\n' | {} exec -i {id} cat", crictl.line()), &crid);
+    assert_eq!(echoed, "with our key\n");
+    let request = ExecRequest { container_id: id, cmd: vec!["true".into()], stdout: true, ..Default::default() };
+    let url = crid.runtime.exec(request).await.unwrap().into_inner().url;
+    let cacert = cert.to_string_lossy().into_owned();
+    assert_eq!(curl(&["--cacert", &cacert, &url]), "400", "the configured certificate is served: {url}");
+    crid.remove_pod(&pod_id).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

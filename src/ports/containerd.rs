@@ -276,6 +276,10 @@ pub struct ExecSpec {
     pub tty: bool,
     /// Each of stdout and stderr keeps at most this many bytes; the rest is discarded.
     pub output_limit_bytes: usize,
+    /// The terminal size the process starts with (a tty only); None: the runtime's default,
+    /// until a resize.
+    #[serde(default)]
+    pub console_size: Option<TerminalSize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

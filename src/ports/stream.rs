@@ -34,7 +34,7 @@ pub type ByteReader = Box<dyn AsyncRead + Send + Unpin>;
 pub type ByteWriter = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A terminal size as the client's resize stream sends it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct TerminalSize {
     pub width: u16,
     pub height: u16,

@@ -39,6 +39,7 @@ impl CriService {
             args: request.cmd,
             tty: false,
             output_limit_bytes: EXEC_SYNC_OUTPUT_LIMIT_BYTES,
+            console_size: None,
         };
         let service = self.clone();
         let id = container.id.clone();

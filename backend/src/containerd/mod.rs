@@ -57,7 +57,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::errors::from_status;
 use crate::pull::{self, ImageConfigDocument, ManifestDocument, RegistryClient};
-use taskio::IoManager;
+use taskio::{IoManager, PreparedIo};
 
 /// gRPC messages above tonic's 4 MiB default occur in List calls of busy hosts.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -322,6 +322,60 @@ impl RealContainerd {
     }
 }
 
+impl RealContainerd {
+    /// The OCI process of an exec: the container's own, with the exec's command and terminal.
+    async fn exec_process(&self, id: &str, exec: &ExecSpec) -> Result<Any> {
+        let record = self.get_container(id).await?;
+        let mut workload = record.spec;
+        workload.args = exec.args.clone();
+        workload.tty = exec.tty;
+        let mut process = spec::process(&workload)?;
+        if let Some(size) = exec.console_size.filter(|_| exec.tty) {
+            // runc sets the terminal's size before the process starts.
+            let size = oci_spec::runtime::BoxBuilder::default()
+                .height(u64::from(size.height))
+                .width(u64::from(size.width))
+                .build()
+                .map_err(|e| Error::internal(format!("console size: {e}")))?;
+            process.set_console_size(Some(size));
+        }
+        Ok(json_any(spec::PROCESS_TYPE_URL, spec::to_json(&process)?))
+    }
+
+    /// Creates and starts an exec process on the FIFOs of `prepared`; when either step fails,
+    /// nothing of it is left (the process deleted in containerd, its FIFOs and copiers gone).
+    async fn create_and_start_exec(&self, id: &str, exec_id: &str, process: Any, prepared: PreparedIo) -> Result<u32> {
+        let request = ExecProcessRequest {
+            container_id: id.to_string(),
+            stdin: prepared.stdin.clone(),
+            stdout: prepared.stdout.clone(),
+            stderr: prepared.stderr.clone(),
+            terminal: prepared.terminal,
+            spec: Some(process),
+            exec_id: exec_id.to_string(),
+        };
+        // Unlike a task's, an exec's FIFOs are opened by the shim at Start, so the dummy writers
+        // are held until then.
+        let created = grpc(self.tasks().exec(self.req(request)).await);
+        if let Err(e) = created {
+            self.io.remove_exec(id, exec_id).await;
+            return Err(e);
+        }
+        let start = StartRequest { container_id: id.to_string(), exec_id: exec_id.to_string() };
+        let started = grpc(self.tasks().start(self.req(start)).await);
+        drop(prepared.keepalive);
+        match started {
+            Ok(response) => Ok(response.pid),
+            Err(e) => {
+                let delete = DeleteProcessRequest { container_id: id.to_string(), exec_id: exec_id.to_string() };
+                let _ = self.tasks().delete_process(self.req(delete)).await;
+                self.io.remove_exec(id, exec_id).await;
+                Err(e)
+            }
+        }
+    }
+}
+
 fn task_state(status: i32) -> TaskState {
     match ProcessStatus::try_from(status).unwrap_or(ProcessStatus::Unknown) {
         ProcessStatus::Created => TaskState::Created,
@@ -542,40 +596,9 @@ impl Containerd for RealContainerd {
     // ---- exec processes ----
 
     async fn exec_start(&self, id: &str, exec: &ExecSpec) -> Result<u32> {
-        let record = self.get_container(id).await?;
-        let mut workload = record.spec.clone();
-        workload.args = exec.args.clone();
-        workload.tty = exec.tty;
-        let process = spec::process(&workload)?;
+        let process = self.exec_process(id, exec).await?;
         let prepared = self.io.prepare_exec(id, &exec.exec_id, exec.tty, exec.output_limit_bytes)?;
-        let request = ExecProcessRequest {
-            container_id: id.to_string(),
-            stdin: String::new(),
-            stdout: prepared.stdout.clone(),
-            stderr: prepared.stderr.clone(),
-            terminal: prepared.terminal,
-            spec: Some(json_any(spec::PROCESS_TYPE_URL, spec::to_json(&process)?)),
-            exec_id: exec.exec_id.clone(),
-        };
-        // Unlike a task's, an exec's FIFOs are opened by the shim at Start, so the dummy writers
-        // are held until then.
-        let created = grpc(self.tasks().exec(self.req(request)).await);
-        if let Err(e) = created {
-            self.io.remove_exec(id, &exec.exec_id).await;
-            return Err(e);
-        }
-        let start = StartRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
-        let started = grpc(self.tasks().start(self.req(start)).await);
-        drop(prepared.keepalive);
-        match started {
-            Ok(response) => Ok(response.pid),
-            Err(e) => {
-                let delete = DeleteProcessRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
-                let _ = self.tasks().delete_process(self.req(delete)).await;
-                self.io.remove_exec(id, &exec.exec_id).await;
-                Err(e)
-            }
-        }
+        self.create_and_start_exec(id, &exec.exec_id, process, prepared).await
     }
 
     /// Returns once the process exited and its output was drained (bounded: a background child
@@ -616,11 +639,7 @@ impl Containerd for RealContainerd {
     // ---- interactive streams ----
 
     async fn exec_start_streaming(&self, id: &str, exec: &ExecSpec, io: ProcessIo) -> Result<u32> {
-        let record = self.get_container(id).await?;
-        let mut workload = record.spec.clone();
-        workload.args = exec.args.clone();
-        workload.tty = exec.tty;
-        let process = spec::process(&workload)?;
+        let process = self.exec_process(id, exec).await?;
         // After the client's stdin ends and its FIFO is closed, CloseIO makes the shim close
         // the process's stdin even where the FIFO's EOF alone does not (a terminal).
         let close_io = {
@@ -633,33 +652,10 @@ impl Containerd for RealContainerd {
         };
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let prepared = self.io.prepare_exec_streaming(id, &exec.exec_id, exec.tty, io, started, close_io)?;
-        let request = ExecProcessRequest {
-            container_id: id.to_string(),
-            stdin: prepared.stdin.clone(),
-            stdout: prepared.stdout.clone(),
-            stderr: prepared.stderr.clone(),
-            terminal: prepared.terminal,
-            spec: Some(json_any(spec::PROCESS_TYPE_URL, spec::to_json(&process)?)),
-            exec_id: exec.exec_id.clone(),
-        };
-        let created = grpc(self.tasks().exec(self.req(request)).await);
-        if let Err(e) = created {
-            self.io.remove_exec(id, &exec.exec_id).await;
-            return Err(e);
-        }
-        let start = StartRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
-        let started = grpc(self.tasks().start(self.req(start)).await);
-        drop(prepared.keepalive);
+        let result = self.create_and_start_exec(id, &exec.exec_id, process, prepared).await;
+        // The shim has opened the stdin FIFO (or never will): the client's EOF may now close it.
         let _ = started_tx.send(());
-        match started {
-            Ok(response) => Ok(response.pid),
-            Err(e) => {
-                let delete = DeleteProcessRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
-                let _ = self.tasks().delete_process(self.req(delete)).await;
-                self.io.remove_exec(id, &exec.exec_id).await;
-                Err(e)
-            }
-        }
+        result
     }
 
     async fn resize_pty(&self, id: &str, exec_id: &str, size: TerminalSize) -> Result<()> {
@@ -680,41 +676,25 @@ impl Containerd for RealContainerd {
     async fn attach_task_output(&self, id: &str, stdout: Option<ByteWriter>, stderr: Option<ByteWriter>) -> Result<()> {
         self.io.reattach(id);
         let (stdout_chunks, stderr_chunks) = self.io.subscribe_output(id)?;
-        // Each stream is forwarded until it ends or its client stops reading; the attach ends
-        // when the first one does (the task exited, or the client went away).
+        // Each stream is forwarded until it ends (the task's output did: it exited) or its client
+        // stops reading; a stream that has already ended (or never exists: stderr with a tty)
+        // ends its writer at once. The attach ends when both have, as containerd's.
         let forward = |chunks: Option<taskio::OutputChunks>, writer: Option<ByteWriter>| async move {
-            let Some(mut chunks) = chunks else {
-                if let Some(mut writer) = writer {
-                    let _ = writer.shutdown().await;
-                }
-                return false;
-            };
             let mut writer = writer;
-            while let Some(chunk) = chunks.recv().await {
-                if let Some(out) = writer.as_mut()
-                    && out.write_all(&chunk).await.is_err()
-                {
-                    return true;
+            if let Some(mut chunks) = chunks {
+                while let Some(chunk) = chunks.recv().await {
+                    if let Some(out) = writer.as_mut()
+                        && out.write_all(&chunk).await.is_err()
+                    {
+                        return;
+                    }
                 }
             }
             if let Some(mut out) = writer {
                 let _ = out.shutdown().await;
             }
-            true
         };
-        let has_stdout = stdout_chunks.is_some();
-        let (out, err) = (forward(stdout_chunks, stdout), forward(stderr_chunks, stderr));
-        if has_stdout {
-            // stdout always exists while the task runs; stderr ends with it (or never existed).
-            tokio::pin!(out, err);
-            tokio::select! {
-                biased;
-                _ = &mut out => {}
-                ended = &mut err => if ended { out.await; },
-            }
-        } else {
-            err.await;
-        }
+        tokio::join!(forward(stdout_chunks, stdout), forward(stderr_chunks, stderr));
         Ok(())
     }
 

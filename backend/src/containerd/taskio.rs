@@ -440,7 +440,8 @@ impl IoManager {
             let path = fifo.to_string_lossy().into_owned();
             if stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
         }
-        if !tty {
+        // With a terminal there is no stderr stream: its attached clients get nothing, at once.
+        if tty {
             Subscribers::close(&stderr_clients);
         }
         let stdin = if stdin {

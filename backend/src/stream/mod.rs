@@ -7,11 +7,14 @@
 //! and its children only frame bytes: once a connection's streams are there, the core's
 //! [`StreamHandler`] runs the session, and its result goes back on the error stream.
 //!
+//! With `enable_tls_streaming` the server speaks https (`tls.rs`): the URLs it hands out say so.
+//!
 //! HTTP errors: an unknown, expired or already used token is 404; a request that asks for no
 //! upgrade 400; a subprotocol the server does not speak 403 (SPDY, as kubelet's
 //! `httpstream.Handshake`) or 400 (WebSocket); the body says why.
 
 mod over_spdy;
+mod tls;
 mod websocket;
 
 use std::collections::HashMap;
@@ -199,10 +202,30 @@ pub(crate) fn switching_protocols(upgrade: &'static str) -> Response<Body> {
     response
 }
 
+/// Serves one connection's HTTP/1.1 requests and the upgrades they ask for.
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let response = handle(&shared, request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+}
+
 impl HttpStreamServer {
-    /// Binds `address:port` ("0" = any free port) and serves in the background. Connections
-    /// are answered 503 until [`HttpStreamServer::serve_with`] names the handler.
-    pub async fn bind(address: &str, port: &str) -> Result<Arc<HttpStreamServer>> {
+    /// Binds `address:port` ("0" = any free port) and serves in the background, over TLS with
+    /// `tls` (the configured key pair; empty: a self-signed certificate). Connections are
+    /// answered 503 until [`HttpStreamServer::serve_with`] names the handler.
+    pub async fn bind(
+        address: &str,
+        port: &str,
+        tls: Option<&crid::config::X509KeyPairStreaming>,
+    ) -> Result<Arc<HttpStreamServer>> {
         let port: u16 = if port.is_empty() {
             0
         } else {
@@ -210,12 +233,17 @@ impl HttpStreamServer {
         };
         let ip: std::net::IpAddr =
             address.parse().map_err(|_| Error::invalid(format!("invalid stream_server_address {address:?}")))?;
+        let acceptor = match tls {
+            Some(key_pair) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(key_pair, ip)?)),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, port))
             .await
             .map_err(|e| crate::errors::from_io(e, format!("bind stream server on {address}:{port}")))?;
         let local = listener.local_addr().map_err(|e| crate::errors::from_io(e, "stream server address"))?;
         let shared = Arc::new(Shared { tokens: TokenCache::default(), handler: OnceLock::new() });
-        let server = Arc::new(HttpStreamServer { base_url: format!("http://{local}"), shared: shared.clone() });
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        let server = Arc::new(HttpStreamServer { base_url: format!("{scheme}://{local}"), shared: shared.clone() });
         tokio::spawn(async move {
             loop {
                 let (stream, _) = match listener.accept().await {
@@ -227,16 +255,20 @@ impl HttpStreamServer {
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
+                let (shared, acceptor) = (shared.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let response = handle(&shared, request);
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    match acceptor {
+                        None => serve_connection(stream, shared).await,
+                        Some(acceptor) => {
+                            // A client that never finishes its handshake does not hold a task.
+                            let accepted = tokio::time::timeout(STREAM_CREATION_TIMEOUT, acceptor.accept(stream)).await;
+                            match accepted {
+                                Ok(Ok(stream)) => serve_connection(stream, shared).await,
+                                Ok(Err(error)) => tracing::debug!(%error, "stream server TLS handshake failed"),
+                                Err(_) => tracing::debug!("stream server TLS handshake timed out"),
+                            }
+                        }
+                    }
                 });
             }
         });

@@ -104,6 +104,90 @@ pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// The `crid` binary cargo built for this test or bench.
+pub fn crid_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_crid"))
+}
+
+/// A client binary the real-stack run provides (`ci/test` builds and exports them): a test that
+/// needs one fails, never passes, when it is missing.
+pub fn client_from_env(var: &str, what: &str) -> PathBuf {
+    let path =
+        std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| panic!("{var} is not set: the path of {what}"));
+    assert!(path.exists(), "{var}={} does not exist", path.display());
+    path
+}
+
+/// Runs a shell command line (pipes, `script`), returning its stdout; panics unless it succeeds.
+pub fn shell(line: &str, cri: &Cri) -> String {
+    let output = Command::new("sh").args(["-c", line]).output().expect("run sh");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{line}: {}\nstdout: {stdout}\nstderr: {}\nruntime log:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        cri.log()
+    );
+    stdout
+}
+
+/// The stock crictl (`CRID_CRICTL`, built by `ci/critest tools`) pointed at one runtime.
+pub struct Crictl {
+    pub binary: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Crictl {
+    /// crictl for `cri`'s socket: crid's own, or the reference containerd's.
+    pub fn of(cri: &Cri) -> Crictl {
+        let binary = client_from_env("CRID_CRICTL", "the stock crictl 1.29 (ci/critest build)");
+        let socket = match cri.kind {
+            Kind::Crid => cri.dir.join("crid.sock"),
+            Kind::Containerd => PathBuf::from(&cri.containerd_address),
+        };
+        Crictl { binary, socket }
+    }
+
+    fn endpoint_args(&self) -> [String; 6] {
+        let endpoint = format!("unix://{}", self.socket.display());
+        [
+            "--runtime-endpoint".into(),
+            endpoint.clone(),
+            "--image-endpoint".into(),
+            endpoint,
+            "--timeout".into(),
+            "60s".into(),
+        ]
+    }
+
+    /// The command with its endpoints, to add arguments to.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.args(self.endpoint_args());
+        command
+    }
+
+    /// The command's start as a shell word list, for pipes and `script`.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.binary.display(), self.endpoint_args().join(" "))
+    }
+
+    /// Runs crictl with `args`; panics with its output and the runtime's log unless it succeeds.
+    pub fn run(&self, args: &[&str], cri: &Cri) -> String {
+        let output = self.command().args(args).output().expect("run crictl");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "crictl {args:?}: {}\nstdout: {stdout}\nstderr: {}\nruntime log:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            cri.log()
+        );
+        stdout
+    }
+}
+
 fn unconnected() -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
     (
         RuntimeServiceClient::new(Endpoint::from_static("http://unused").connect_lazy()),
@@ -119,6 +203,15 @@ impl Cri {
 
     /// `crid` with a given `log_level` (a tracing filter).
     pub async fn crid_with_log(stack: &Stack, name: &str, binary: &Path, log_level: &str) -> Cri {
+        Cri::crid_with(stack, name, binary, log_level, "").await
+    }
+
+    /// `crid` with TOML lines added to its `[cri]` table (top-level keys of the CRI config).
+    pub async fn crid_with_cri_config(stack: &Stack, name: &str, binary: &Path, cri_lines: &str) -> Cri {
+        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", cri_lines).await
+    }
+
+    async fn crid_with(stack: &Stack, name: &str, binary: &Path, log_level: &str, cri_lines: &str) -> Cri {
         // Short base path: the socket path must fit in sun_path.
         let dir = PathBuf::from("/tmp").join(unique(&format!("crid-it-{name}")));
         std::fs::create_dir_all(&dir).unwrap();
@@ -138,6 +231,7 @@ restrict_oom_score_adj = true
 reconcile_period = 2
 # Netns pins under the test dir, so a failed test leaves none in /run/netns.
 netns_mounts_under_state_dir = true
+{cri_lines}
 [cri.cni]
 bin_dir = "{bin}"
 conf_dir = "{conf}"
@@ -313,6 +407,39 @@ config_path = "{hosts}"
             .unwrap_or_else(|e| panic!("{}: run pod: {e}\n{}", self.kind.name(), self.log()))
             .into_inner()
             .pod_sandbox_id
+    }
+
+    /// Pulls busybox and runs a pod named `<prefix>-<unique>`: its config and id.
+    pub async fn busybox_pod(&mut self, prefix: &str) -> (PodSandboxConfig, String) {
+        let busybox = self.image("busybox:latest");
+        self.pull(&busybox).await;
+        let pod = self.pod_config(&unique(prefix));
+        let pod_id = self.run_pod(&pod).await;
+        (pod, pod_id)
+    }
+
+    /// Creates and starts a busybox container running `command`.
+    pub async fn run_container(
+        &mut self,
+        pod_id: &str,
+        pod: &PodSandboxConfig,
+        name: &str,
+        command: &[&str],
+    ) -> String {
+        let config = self.container_config(name, command);
+        self.run_container_with(pod_id, pod, config).await
+    }
+
+    /// Creates and starts a container.
+    pub async fn run_container_with(
+        &mut self,
+        pod_id: &str,
+        pod: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> String {
+        let id = self.create_container_with(pod_id, pod, config).await;
+        self.start_container(&id).await;
+        id
     }
 
     /// A busybox container config running `command`, logging to `<name>.log`.

@@ -65,8 +65,9 @@ async fn exec_url(node: &Node, id: &str, cmd: &[&str], stdin: bool, tty: bool) -
     request_of(node, &url)
 }
 
-/// An exec session copies the client's stdin to the process and its output back, resizes its
-/// terminal, reports the exit code, and leaves no exec process behind.
+/// An exec session copies the client's stdin to the process and its output back, starts its
+/// terminal with the client's first size and resizes it on later ones, reports the exit code,
+/// and leaves no exec process behind.
 #[madsim::test]
 async fn exec_session_streams_resizes_and_reports_the_exit() {
     let node = Node::start().await;
@@ -83,14 +84,19 @@ async fn exec_session_streams_resizes_and_reports_the_exit() {
     client.stdout.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"hello\n");
     assert_eq!(node.world.containerd.live_execs().len(), 1, "the exec runs while its client is there");
+    client.resize.send(TerminalSize { width: 100, height: 30 }).await.unwrap();
+    sleep(Duration::from_millis(10)).await;
     stdin.shutdown().await.unwrap();
     let end = session.await.unwrap();
     assert_eq!(end, Ok(SessionEnd::Exited { exit_code: 0 }), "stdin's end ends `cat`");
     assert_eq!(read_all(client.stdout).await, "", "stdout ends with the process");
+    let started_with = node.world.containerd.console_sizes();
+    assert_eq!(started_with.len(), 1, "{started_with:?}");
+    assert_eq!((started_with[0].0.as_str(), started_with[0].2), (id.as_str(), TerminalSize { width: 80, height: 24 }));
     let resizes = node.world.containerd.resizes();
-    assert_eq!(resizes.len(), 1, "{resizes:?}");
-    assert_eq!((resizes[0].0.as_str(), resizes[0].2), (id.as_str(), TerminalSize { width: 80, height: 24 }));
-    assert!(resizes[0].1.starts_with("exec-"), "the exec process is resized, not the task: {resizes:?}");
+    assert_eq!(resizes.len(), 1, "the first size is the start's, the next a resize: {resizes:?}");
+    assert_eq!((resizes[0].0.as_str(), resizes[0].2), (id.as_str(), TerminalSize { width: 100, height: 30 }));
+    assert_eq!(resizes[0].1, started_with[0].1, "the exec process is resized, not the task: {resizes:?}");
     assert_eq!(node.world.containerd.live_execs(), vec![], "the exec process is deleted");
     drop(client.connected);
 

@@ -56,6 +56,8 @@ struct State {
     up: bool,
     /// Terminal sizes asked for: (container id, exec id or "", size).
     resizes: Vec<(String, String, TerminalSize)>,
+    /// Terminal sizes exec processes started with: (container id, exec id, size).
+    console_sizes: Vec<(String, String, TerminalSize)>,
     containers: BTreeMap<String, ContainerRecord>,
     tasks: BTreeMap<String, Task>,
     /// How the init of each deleted task ended (when it ended before its delete), by container
@@ -94,6 +96,7 @@ impl State {
         State {
             up: true,
             resizes: Vec::new(),
+            console_sizes: Vec::new(),
             containers: BTreeMap::new(),
             tasks: BTreeMap::new(),
             deleted_exits: BTreeMap::new(),

@@ -143,6 +143,11 @@ impl FakeContainerd {
         self.raw_state().resizes.clone()
     }
 
+    /// Terminal sizes exec processes started with, in order: (container id, exec id, size).
+    pub fn console_sizes(&self) -> Vec<(String, String, TerminalSize)> {
+        self.raw_state().console_sizes.clone()
+    }
+
     /// The stdin of a task, if it exists.
     pub fn task_stdin(&self, id: &str) -> Option<TaskStdin> {
         self.raw_state().tasks.get(id).map(|task| task.stdin)

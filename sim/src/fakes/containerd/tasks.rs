@@ -506,6 +506,9 @@ impl FakeContainerd {
             ExecScript::UntilKilled => {}
         }
         task.execs.insert(spec.exec_id.clone(), exec);
+        if let Some(size) = spec.console_size.filter(|_| spec.tty) {
+            state.console_sizes.push((id.to_string(), spec.exec_id.clone(), size));
+        }
         state.next_pid += 1;
         Ok(pid)
     }

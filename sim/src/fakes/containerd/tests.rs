@@ -159,6 +159,7 @@ async fn exec_scripts_and_leaks() {
         args: args.iter().map(|arg| arg.to_string()).collect(),
         tty: false,
         output_limit_bytes: 16,
+        console_size: None,
     };
     containerd.exec_start("c1", &spec("e1", &["echo", "hi", "there"])).await.unwrap();
     assert_eq!(containerd.exec_wait("c1", "e1").await.unwrap().exit_code, 0);
