@@ -160,6 +160,25 @@ impl Checker {
         }
     }
 
+    /// Invariant 27: an ExecSync the service answered left no process of its own running, since
+    /// a timeout killed it before the reply (B25). Called right after the reply, with the probe's
+    /// command, which tells its exec process apart from those of other probes.
+    pub fn check_exec_ended(&self, container_id: &str, cmd: &[String]) {
+        let running = self
+            .world
+            .containerd
+            .live_execs()
+            .into_iter()
+            .find(|exec| exec.container_id == container_id && exec.args == cmd && !exec.exited);
+        if let Some(exec) = running {
+            self.fail(
+                "27 ExecSync leaves no process",
+                &format!("container {}", short(container_id)),
+                format!("exec {} ({}) still runs after ExecSync returned", exec.exec_id, cmd.join(" ")),
+            );
+        }
+    }
+
     /// 1. Registry ↔ store.
     fn check_registries(&self, snapshot: &StateSnapshot) {
         let in_flight: BTreeSet<&str> =

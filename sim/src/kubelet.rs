@@ -22,6 +22,8 @@ use crate::scenario::Scenario;
 use crate::trace::{Trace, short};
 
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// The error a call gets when the kubelet's own deadline passed before the reply.
+const KUBELET_DEADLINE: &str = "kubelet deadline exceeded";
 
 /// Retries an attempt (an expression evaluated anew each time) until it succeeds, or, when
 /// `until_drain`, until the kubelet drains. Backoff 1 s doubling to 10 s.
@@ -48,6 +50,8 @@ pub struct Kubelet {
     pub rpcs_total: AtomicU64,
     pub pods_total: AtomicU64,
     pub events_seen_total: AtomicU64,
+    /// ExecSync probes sent, which numbers them.
+    probes_total: AtomicU64,
     /// Workers still running.
     active_workers: AtomicU64,
     /// A second lock so that image removal does not race the image's own pulls in one worker.
@@ -105,6 +109,7 @@ impl Kubelet {
             rpcs_total: AtomicU64::new(0),
             pods_total: AtomicU64::new(0),
             events_seen_total: AtomicU64::new(0),
+            probes_total: AtomicU64::new(0),
             active_workers: AtomicU64::new(0),
             image_lock: tokio::sync::Mutex::new(()),
             subscribers_alive: Mutex::new(0),
@@ -140,23 +145,38 @@ impl Kubelet {
         F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R>> + Send + 'static,
     {
+        let result = self.send(handler).await.unwrap_or_else(|| Err(Error::deadline(KUBELET_DEADLINE)));
+        self.after_call(rpc, what, &result, |result| {
+            if let Ok(response) = result {
+                ack(response);
+            }
+        });
+        result
+    }
+
+    /// Sends one call under the kubelet's deadline. `None` when the deadline passed first: the
+    /// call was cancelled, and the service may still be working on it.
+    async fn send<R, F, Fut>(&self, handler: F) -> Option<Result<R>>
+    where
+        R: Send + 'static,
+        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+    {
         self.rpcs_total.fetch_add(1, Ordering::Relaxed);
         let deadline = Duration::from_secs(self.scenario.kubelet.deadline_s);
-        let result = match tokio::time::timeout(deadline, self.endpoint.call(handler)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::deadline("kubelet deadline exceeded")),
-        };
-        match &result {
+        tokio::time::timeout(deadline, self.endpoint.call(handler)).await.ok()
+    }
+
+    /// Traces a call's outcome, runs the call's own check on it, then the safety checks.
+    fn after_call<R>(&self, rpc: &str, what: &str, result: &Result<R>, check: impl FnOnce(&Result<R>)) {
+        match result {
             Ok(_) => self.trace.log("kubelet", format!("{rpc} {what} -> ok")),
             Err(error) => {
                 self.trace.log("kubelet", format!("{rpc} {what} -> {:?}: {}", error.kind, first_line(&error.message)))
             }
         }
-        if let Ok(response) = &result {
-            ack(response);
-        }
+        check(result);
         self.checker.check_safety();
-        result
     }
 
     pub async fn run_workload(self: Arc<Self>) {
@@ -268,7 +288,7 @@ impl Kubelet {
                 if state == ContainerState::ContainerRunning as i32
                     && rng.gen_bool(self.scenario.workload.exec_probability)
                 {
-                    self.exec_probe(&id).await;
+                    self.exec_probe(&id, rng).await;
                 }
                 if state == ContainerState::ContainerExited as i32
                     && restarts < self.scenario.workload.max_restarts
@@ -448,19 +468,31 @@ impl Kubelet {
         }
     }
 
-    async fn exec_probe(&self, id: &str) {
+    /// An ExecSync probe. Its command carries a word of its own (`probe-N`), so that its exec
+    /// process can be told apart from those of earlier probes that timed out.
+    async fn exec_probe(&self, id: &str, rng: &mut SmallRng) {
         let timeout = self.scenario.kubelet.exec_timeout_s;
-        let exec_id = id.to_string();
-        let _ = self
-            .call("ExecSync", short(id), move |s| async move {
-                s.exec_sync(ExecSyncRequest {
-                    container_id: exec_id,
-                    cmd: vec!["echo".into(), "probe".into()],
-                    timeout,
-                })
-                .await
+        let commands = &self.scenario.kubelet.exec_commands;
+        // No draw with a single command: the seed's stream stays as it was before the choice.
+        let pick = if commands.len() > 1 { rng.gen_range(0..commands.len()) } else { 0 };
+        let mut cmd = commands[pick].clone();
+        cmd.push(format!("probe-{}", self.probes_total.fetch_add(1, Ordering::Relaxed)));
+        let (exec_id, sent) = (id.to_string(), cmd.clone());
+        let answer =
+            self.send(move |s| async move {
+                s.exec_sync(ExecSyncRequest { container_id: exec_id, cmd: sent, timeout }).await
             })
             .await;
+        let answered = answer.is_some();
+        let result = answer.unwrap_or_else(|| Err(Error::deadline(KUBELET_DEADLINE)));
+        self.after_call("ExecSync", short(id), &result, |result| {
+            // The service answered (not the kubelet's deadline, not a lost connection): the
+            // call is over, and so is its exec process, whatever the outcome (B25).
+            let lost = matches!(result, Err(error) if error.kind == ErrorKind::Unavailable);
+            if answered && !lost {
+                self.checker.check_exec_ended(id, &cmd);
+            }
+        });
     }
 
     async fn stop_container(&self, id: &str) {

@@ -93,6 +93,10 @@ pub struct Kubelet {
     pub repeat_probability: f64,
     /// ExecSync timeout in seconds (0 = none).
     pub exec_timeout_s: i64,
+    /// ExecSync probe commands, one picked per probe (by the pod's seed when there are several).
+    /// The fake runtime interprets them: `echo WORDS` answers at once, `sleep MS` hangs for MS
+    /// milliseconds (past `exec_timeout_s`, a probe that times out).
+    pub exec_commands: Vec<Vec<String>>,
 }
 
 impl Default for Kubelet {
@@ -104,6 +108,7 @@ impl Default for Kubelet {
             event_subscribers: 1,
             repeat_probability: 0.1,
             exec_timeout_s: 5,
+            exec_commands: vec![vec!["echo".into(), "probe".into()]],
         }
     }
 }
@@ -259,6 +264,9 @@ impl Scenario {
         let w = &self.workload;
         if w.pods == 0 || w.containers_per_pod == 0 || w.images.is_empty() || w.commands.is_empty() {
             return Err(format!("scenario {}: workload needs pods, containers, images and commands", self.name));
+        }
+        if self.kubelet.exec_commands.is_empty() || self.kubelet.exec_commands.iter().any(Vec::is_empty) {
+            return Err(format!("scenario {}: kubelet.exec_commands needs at least one non-empty command", self.name));
         }
         if w.pod_lifetime_s.0 > w.pod_lifetime_s.1 || self.duration_s == 0 {
             return Err(format!("scenario {}: bad durations", self.name));

@@ -22,6 +22,8 @@ pub struct ExecInfo {
     pub exec_id: String,
     pub pid: u32,
     pub exited: bool,
+    /// The command it was started with.
+    pub args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +67,7 @@ impl Process {
 
 pub(super) struct Exec {
     pub(super) process: Process,
+    pub(super) args: Vec<String>,
     pub(super) output: ExecOutput,
     /// A streaming exec's client streams, until its first wait takes them to run the script.
     pub(super) streams: Option<ProcessIo>,
@@ -362,6 +365,7 @@ impl FakeContainerd {
                     exec_id: exec_id.clone(),
                     pid: exec.process.pid,
                     exited: exec.process.exit.is_some(),
+                    args: exec.args.clone(),
                 });
             }
         }
@@ -490,7 +494,13 @@ impl FakeContainerd {
         }
         let now = virtual_now();
         let streaming = streams.is_some();
-        let mut exec = Exec { process: Process::new(pid), output: ExecOutput::default(), streams, echoes_stdin: false };
+        let mut exec = Exec {
+            process: Process::new(pid),
+            args: spec.args.clone(),
+            output: ExecOutput::default(),
+            streams,
+            echoes_stdin: false,
+        };
         // A streaming exec's output goes to its client uncapped.
         let limit = if streaming { usize::MAX } else { spec.output_limit_bytes };
         match process::exec_script(&spec.args, limit) {
