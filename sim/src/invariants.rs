@@ -88,6 +88,12 @@ impl Checker {
         *self.incarnation.lock().unwrap() += 1;
     }
 
+    /// How many CRI processes have started: a call and its retry sent to the same one know
+    /// that no restart came in between.
+    pub fn incarnation(&self) -> u64 {
+        *self.incarnation.lock().unwrap()
+    }
+
     fn live_snapshot(&self) -> Option<StateSnapshot> {
         let service = self.endpoint.service()?;
         let snapshot = service.snapshot();

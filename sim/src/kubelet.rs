@@ -145,13 +145,38 @@ impl Kubelet {
         F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R>> + Send + 'static,
     {
-        let result = self.send(handler).await.unwrap_or_else(|| Err(Error::deadline(KUBELET_DEADLINE)));
+        self.create_call(rpc, what, handler, ack, &mut None).await.0
+    }
+
+    /// A create (RunPodSandbox, CreateContainer), which kubelet retries with the same name.
+    /// `abandoned` follows the calls of one name: the CRI incarnation a call was sent to when
+    /// the kubelet's deadline cut it, `None` once a call was answered. The second value is true
+    /// when this call retried an abandoned one and no CRI restart came in between: its original
+    /// operation is then still there to join or to collect (invariant 28, B12).
+    async fn create_call<R, F, Fut>(
+        &self,
+        rpc: &str,
+        what: &str,
+        handler: F,
+        ack: impl FnOnce(&R),
+        abandoned: &mut Option<u64>,
+    ) -> (Result<R>, bool)
+    where
+        R: Send + 'static,
+        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+    {
+        let sent_to = self.checker.incarnation();
+        let answer = self.send(handler).await;
+        let retried_abandoned = abandoned.is_some_and(|original| original == self.checker.incarnation());
+        *abandoned = if answer.is_none() { Some(sent_to) } else { None };
+        let result = answer.unwrap_or_else(|| Err(Error::deadline(KUBELET_DEADLINE)));
         self.after_call(rpc, what, &result, |result| {
             if let Ok(response) = result {
                 ack(response);
             }
         });
-        result
+        (result, retried_abandoned)
     }
 
     /// Sends one call under the kubelet's deadline. `None` when the deadline passed first: the
@@ -326,6 +351,7 @@ impl Kubelet {
     async fn run_sandbox(&self, name: &str, uid: &str, host_network: bool) -> Option<(String, PodSandboxConfig)> {
         let mut attempt = 0;
         let mut backoff = crid::Backoff::new(Duration::from_secs(1), RETRY_MAX);
+        let mut abandoned = None;
         loop {
             if self.draining() {
                 return None;
@@ -333,8 +359,8 @@ impl Kubelet {
             let config = pod_config(name, uid, host_network, attempt);
             let request = config.clone();
             let what = format!("{name}.{attempt}");
-            let result = self
-                .call_then(
+            let (result, retried_abandoned) = self
+                .create_call(
                     "RunPodSandbox",
                     &what,
                     move |s| async move {
@@ -345,6 +371,7 @@ impl Kubelet {
                         .await
                     },
                     |r| self.checker.oracle.ran_sandbox(&r.pod_sandbox_id),
+                    &mut abandoned,
                 )
                 .await;
             match result {
@@ -360,6 +387,25 @@ impl Kubelet {
                         })
                         .await;
                     let Ok(listed) = listed else { continue };
+                    if retried_abandoned {
+                        // Only a sandbox the original call failed to create, kept for Stop and
+                        // Remove, may hold the name; a READY one is the original's own result.
+                        let holder = listed
+                            .items
+                            .iter()
+                            .find(|s| s.metadata.as_ref().is_some_and(|m| m.name == name && m.attempt == attempt));
+                        if holder.is_none_or(|s| s.state == PodSandboxState::SandboxReady as i32) {
+                            self.checker.fail(
+                                "28 retry after a deadline gets the original",
+                                &format!("sandbox {what}"),
+                                format!(
+                                    "the retry got {:?}; the name is held by {}",
+                                    first_line(&error.message),
+                                    holder.map_or("no listed sandbox".into(), |s| format!("READY {}", short(&s.id)))
+                                ),
+                            );
+                        }
+                    }
                     if let Some(ready) = listed.items.iter().find(|s| s.state == PodSandboxState::SandboxReady as i32) {
                         self.trace.log("kubelet", format!("adopting READY sandbox {} of {name}", short(&ready.id)));
                         self.checker.oracle.ran_sandbox(&ready.id);
@@ -404,10 +450,11 @@ impl Kubelet {
             ..Default::default()
         };
         let what = format!("c{index}.{attempt} in {}", short(sandbox_id));
+        let mut abandoned = None;
         let created = retry!(self, true, {
             let (sent, pod, sandbox) = (config.clone(), pod.clone(), sandbox_id.to_string());
-            let result = self
-                .call_then(
+            let (result, retried_abandoned) = self
+                .create_call(
                     "CreateContainer",
                     &what,
                     move |s| async move {
@@ -422,6 +469,7 @@ impl Kubelet {
                         self.checker.oracle.created_container(&r.container_id, sandbox_id);
                         self.checker.check_container_spec(&r.container_id, &config);
                     },
+                    &mut abandoned,
                 )
                 .await;
             match result {
@@ -430,7 +478,30 @@ impl Kubelet {
                 // A container of an earlier call holds the name (kept after a failed
                 // rollback, or recovered): remove it, as kubelet's GC would, then retry.
                 Err(error) if error.kind == ErrorKind::AlreadyExists => {
-                    self.remove_stale_containers(sandbox_id, index).await;
+                    let listed = self.remove_stale_containers(sandbox_id, index).await;
+                    if let (true, Some(listed)) = (retried_abandoned, listed) {
+                        // Only a container the original call failed to create, kept UNKNOWN for
+                        // Remove, may hold the name; a CREATED one is the original's own result.
+                        let holder = listed.iter().find(|c| {
+                            c.metadata.as_ref().is_some_and(|m| m.name == format!("c{index}") && m.attempt == attempt)
+                        });
+                        let live = [ContainerState::ContainerCreated as i32, ContainerState::ContainerRunning as i32];
+                        if holder.is_none_or(|c| live.contains(&c.state)) {
+                            self.checker.fail(
+                                "28 retry after a deadline gets the original",
+                                &format!("container {what}"),
+                                format!(
+                                    "the retry got {:?}; the name is held by {}",
+                                    first_line(&error.message),
+                                    holder.map_or("no listed container".into(), |c| format!(
+                                        "{} in state {}",
+                                        short(&c.id),
+                                        c.state
+                                    ))
+                                ),
+                            );
+                        }
+                    }
                     Err(error)
                 }
                 other => other.map(Some),
@@ -450,7 +521,9 @@ impl Kubelet {
         Some(id)
     }
 
-    async fn remove_stale_containers(&self, sandbox_id: &str, index: u32) {
+    /// Removes the containers of slot `index` that do not run; returns what was listed (`None`
+    /// when the listing failed).
+    async fn remove_stale_containers(&self, sandbox_id: &str, index: u32) -> Option<Vec<Container>> {
         let filter = ContainerFilter {
             pod_sandbox_id: sandbox_id.to_string(),
             label_selector: HashMap::from([("container".to_string(), format!("c{index}"))]),
@@ -461,11 +534,13 @@ impl Kubelet {
                 s.list_containers(ListContainersRequest { filter: Some(filter) }).await
             })
             .await;
-        for container in listed.map(|l| l.containers).unwrap_or_default() {
+        let listed = listed.ok()?.containers;
+        for container in &listed {
             if container.state != ContainerState::ContainerRunning as i32 {
                 self.remove_container(&container.id).await;
             }
         }
+        Some(listed)
     }
 
     /// An ExecSync probe. Its command carries a word of its own (`probe-N`), so that its exec
