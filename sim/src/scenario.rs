@@ -20,6 +20,11 @@ pub struct Scenario {
     /// Simulated seconds allowed, after faults stop, for the system to converge.
     #[serde(default = "default_liveness_s")]
     pub liveness_s: u64,
+    /// Invariant 29: how long a RUNNING container or READY sandbox may outlive its task (unset:
+    /// not checked). Set where the Wait path has no faults of its own, so that only the exit
+    /// monitor, not the reconciler, can meet the bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_task_bound_s: Option<u64>,
     #[serde(default)]
     pub workload: Workload,
     #[serde(default)]

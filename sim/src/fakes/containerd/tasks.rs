@@ -95,6 +95,8 @@ pub(super) struct Task {
     pub(super) execs: BTreeMap<String, Exec>,
     /// Wait completions still to swallow (SPEC B6).
     pub(super) swallowed_waits: u32,
+    /// A wait completion of this task was ever set to be swallowed.
+    pub(super) wait_dropped: bool,
     pub(super) resources: Option<Resources>,
     /// The resources of the container's spec when the task was created.
     pub(super) created_with: Resources,
@@ -287,6 +289,7 @@ impl FakeContainerd {
         match self.raw_state().tasks.get_mut(id) {
             Some(task) => {
                 task.swallowed_waits += 1;
+                task.wait_dropped = true;
                 true
             }
             None => false,
@@ -331,6 +334,12 @@ impl FakeContainerd {
             Some(task) => task.init.exit,
             None => state.deleted_exits.get(id).copied(),
         }
+    }
+
+    /// Whether a wait completion of the task was ever swallowed ([`Self::drop_next_wait`]): its
+    /// exit then reaches the CRI only through the reconciler or a Stop (B6).
+    pub fn wait_dropped(&self, id: &str) -> bool {
+        self.raw_state().tasks.get(id).is_some_and(|task| task.wait_dropped)
     }
 
     pub fn tasks(&self) -> BTreeMap<String, TaskInfo> {
@@ -398,6 +407,7 @@ impl FakeContainerd {
             started_at: None,
             execs: BTreeMap::new(),
             swallowed_waits: 0,
+            wait_dropped: false,
             resources: None,
             created_with: container.spec.resources.clone(),
             log_reopens: 0,
