@@ -131,7 +131,7 @@ pub struct Faults {
     pub sites: Vec<String>,
     /// Fault kinds: `error`, `delay`, `hang`, `late` (effect happens, reply comes after the
     /// caller's deadline), `fail_after` (effect happens, an error is reported), `crash` (the CRI
-    /// process is killed at that await point).
+    /// process is killed at that await point), `data_loss` (the data is unreadable: DataLoss).
     pub kinds: Vec<FaultKind>,
     /// Upper bound of injected delays, in milliseconds.
     pub max_delay_ms: u64,
