@@ -51,6 +51,8 @@ pub struct StateSnapshot {
     /// ref → image id.
     pub image_refs: BTreeMap<String, String>,
     pub backoff_len: usize,
+    /// Ids with an exit being handled or work waiting in the backoff queue.
+    pub events_pending: Vec<String>,
     pub backoff_dropped: u64,
     pub lock_keys: Vec<String>,
     pub pulls_in_flight: usize,
@@ -119,6 +121,7 @@ impl CriService {
             undelivered,
             image_refs: self.images.references(),
             backoff_len: self.monitor.backoff_len(),
+            events_pending: self.monitor.pending_ids(),
             backoff_dropped: self.monitor.backoff_dropped_total.load(Ordering::Relaxed),
             lock_keys: self.pulls.locks.keys(),
             pulls_in_flight: self.pulls.in_flight(),

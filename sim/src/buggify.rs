@@ -99,6 +99,7 @@ impl FaultInjector for FaultPlan {
                 FaultKind::FailAfter => {
                     FaultAction::FailAfter(ErrorKind::Internal, format!("injected fault after {site}"))
                 }
+                FaultKind::DataLoss => FaultAction::Fail(ErrorKind::DataLoss, format!("injected data loss at {site}")),
                 FaultKind::Crash => {
                     self.crash_requested.notify_one();
                     FaultAction::Hang

@@ -39,6 +39,13 @@ pub struct Checker {
     /// Pull-dedup check (redundant fetches and applies). It holds under crashes and image
     /// removal too; a scenario may switch it off to study other things.
     pub check_pull_dedup: bool,
+    /// How long a RUNNING container or READY sandbox may keep a task that is gone (invariant 29;
+    /// `None`: not checked). Its exit monitor reports the exit at once; the reconciler, every
+    /// 10 s, must not be what records it.
+    pub gone_task_bound: Option<std::time::Duration>,
+    /// Since when (ms into the run) a RUNNING container or READY sandbox has had no running
+    /// task, per id, and in which incarnation (invariant 29).
+    gone_since_ms: Mutex<BTreeMap<String, (u64, u64)>>,
     /// RemoveImage calls the kubelet has in flight: while one runs, the image store may lag
     /// containerd's references (invariant 25 waits for it).
     pub image_removals_in_flight: AtomicU32,
@@ -57,6 +64,8 @@ impl Checker {
             incarnation: Mutex::new(0),
             check_pull_dedup,
             image_removals_in_flight: AtomicU32::new(0),
+            gone_task_bound: None,
+            gone_since_ms: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -88,6 +97,12 @@ impl Checker {
         *self.incarnation.lock().unwrap() += 1;
     }
 
+    /// How many CRI processes have started: a call and its retry sent to the same one know
+    /// that no restart came in between.
+    pub fn incarnation(&self) -> u64 {
+        *self.incarnation.lock().unwrap()
+    }
+
     fn live_snapshot(&self) -> Option<StateSnapshot> {
         let service = self.endpoint.service()?;
         let snapshot = service.snapshot();
@@ -103,6 +118,7 @@ impl Checker {
         self.check_network(&snapshot);
         self.check_no_duplicate_work();
         self.check_kubelet_view(&snapshot);
+        self.check_gone_tasks_recorded(&snapshot);
         for (object, detail) in self.oracle.check(&snapshot) {
             self.fail("oracle: acknowledged state", &object, detail);
         }
@@ -157,6 +173,25 @@ impl Checker {
                     format!("mount at {:?} is not the one asked for: {found:?}", mount.container_path),
                 );
             }
+        }
+    }
+
+    /// Invariant 27: an ExecSync the service answered left no process of its own running, since
+    /// a timeout killed it before the reply (B25). Called right after the reply, with the probe's
+    /// command, which tells its exec process apart from those of other probes.
+    pub fn check_exec_ended(&self, container_id: &str, cmd: &[String]) {
+        let running = self
+            .world
+            .containerd
+            .live_execs()
+            .into_iter()
+            .find(|exec| exec.container_id == container_id && exec.args == cmd && !exec.exited);
+        if let Some(exec) = running {
+            self.fail(
+                "27 ExecSync leaves no process",
+                &format!("container {}", short(container_id)),
+                format!("exec {} ({}) still runs after ExecSync returned", exec.exec_id, cmd.join(" ")),
+            );
         }
     }
 
@@ -374,6 +409,53 @@ impl Checker {
                 let missing: Vec<_> = k_names.difference(&served).collect();
                 let extra: Vec<_> = served.difference(&k_names).collect();
                 self.fail("25 image list = K", "image store", format!("missing {missing:?}, extra {extra:?}"));
+            }
+        }
+    }
+
+    /// Invariant 29: a task that is gone makes its container EXITED, or its sandbox NOTREADY,
+    /// within the scenario's bound of the CRI being able to see it: its exit monitor reports
+    /// it, never the reconciler alone (B7). Not counted: while the service holds the exit (being
+    /// handled, or queued for a retry after a failed write), while containerd is down (no Wait
+    /// completes), and for a task whose Wait completion was swallowed (the reconciler's case,
+    /// B6). Scenarios whose faults hit the Wait path itself do not set a bound.
+    fn check_gone_tasks_recorded(&self, snapshot: &StateSnapshot) {
+        let Some(bound) = self.gone_task_bound else { return };
+        let containerd = &self.world.containerd;
+        let mut since = self.gone_since_ms.lock().unwrap();
+        if !containerd.is_up() {
+            since.clear();
+            return;
+        }
+        let tasks = containerd.tasks();
+        let running = |id: &str| {
+            tasks
+                .get(id)
+                .is_some_and(|t| matches!(t.state, TaskState::Running | TaskState::Paused | TaskState::Pausing))
+        };
+        let stale: Vec<String> = snapshot
+            .containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .map(|c| c.id.clone())
+            .chain(snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.id.clone()))
+            .filter(|id| !running(id) && !containerd.wait_dropped(id) && !snapshot.events_pending.contains(id))
+            .collect();
+        let (now_ms, incarnation) = (self.trace.elapsed_ms(), *self.incarnation.lock().unwrap());
+        since.retain(|id, (_, seen_in)| *seen_in == incarnation && stale.contains(id));
+        for id in stale {
+            let (first_ms, _) = *since.entry(id.clone()).or_insert((now_ms, incarnation));
+            if now_ms - first_ms > bound.as_millis() as u64 {
+                let kind = if snapshot.sandboxes.iter().any(|s| s.id == id) { "sandbox" } else { "container" };
+                self.fail(
+                    "29 gone task recorded",
+                    &format!("{kind} {}", short(&id)),
+                    format!(
+                        "its task has been gone for {} ms and it is still {}",
+                        now_ms - first_ms,
+                        if kind == "sandbox" { "READY" } else { "RUNNING" }
+                    ),
+                );
             }
         }
     }

@@ -37,6 +37,9 @@ pub enum FaultKind {
     FailAfter,
     /// The CRI process is killed at that await point.
     Crash,
+    /// The data is there but unreadable (a corrupt file, a lost block of a synced file): the
+    /// call fails with DataLoss, a lasting error the caller must not retry.
+    DataLoss,
 }
 
 /// A whole-process or world event of the chaos schedule.
@@ -121,7 +124,7 @@ mod tests {
             assert_eq!(kind.as_str().parse::<ChaosKind>().unwrap(), kind);
         }
         let names: Vec<&str> = FaultKind::all().map(FaultKind::as_str).collect();
-        assert_eq!(names, ["error", "delay", "hang", "late", "fail_after", "crash"]);
+        assert_eq!(names, ["error", "delay", "hang", "late", "fail_after", "crash", "data_loss"]);
         assert_eq!(ChaosKind::all().count(), 9);
         assert!("power_cut".parse::<ChaosKind>().is_err());
     }

@@ -22,6 +22,8 @@ use crate::scenario::Scenario;
 use crate::trace::{Trace, short};
 
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// The error a call gets when the kubelet's own deadline passed before the reply.
+const KUBELET_DEADLINE: &str = "kubelet deadline exceeded";
 
 /// Retries an attempt (an expression evaluated anew each time) until it succeeds, or, when
 /// `until_drain`, until the kubelet drains. Backoff 1 s doubling to 10 s.
@@ -48,6 +50,8 @@ pub struct Kubelet {
     pub rpcs_total: AtomicU64,
     pub pods_total: AtomicU64,
     pub events_seen_total: AtomicU64,
+    /// ExecSync probes sent, which numbers them.
+    probes_total: AtomicU64,
     /// Workers still running.
     active_workers: AtomicU64,
     /// A second lock so that image removal does not race the image's own pulls in one worker.
@@ -105,6 +109,7 @@ impl Kubelet {
             rpcs_total: AtomicU64::new(0),
             pods_total: AtomicU64::new(0),
             events_seen_total: AtomicU64::new(0),
+            probes_total: AtomicU64::new(0),
             active_workers: AtomicU64::new(0),
             image_lock: tokio::sync::Mutex::new(()),
             subscribers_alive: Mutex::new(0),
@@ -140,23 +145,63 @@ impl Kubelet {
         F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R>> + Send + 'static,
     {
+        self.create_call(rpc, what, handler, ack, &mut None).await.0
+    }
+
+    /// A create (RunPodSandbox, CreateContainer), which kubelet retries with the same name.
+    /// `abandoned` follows the calls of one name: the CRI incarnation a call was sent to when
+    /// the kubelet's deadline cut it, `None` once a call was answered. The second value is true
+    /// when this call retried an abandoned one and no CRI restart came in between: its original
+    /// operation is then still there to join or to collect (invariant 28, B12).
+    async fn create_call<R, F, Fut>(
+        &self,
+        rpc: &str,
+        what: &str,
+        handler: F,
+        ack: impl FnOnce(&R),
+        abandoned: &mut Option<u64>,
+    ) -> (Result<R>, bool)
+    where
+        R: Send + 'static,
+        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+    {
+        let sent_to = self.checker.incarnation();
+        let answer = self.send(handler).await;
+        let retried_abandoned = abandoned.is_some_and(|original| original == self.checker.incarnation());
+        *abandoned = if answer.is_none() { Some(sent_to) } else { None };
+        let result = answer.unwrap_or_else(|| Err(Error::deadline(KUBELET_DEADLINE)));
+        self.after_call(rpc, what, &result, |result| {
+            if let Ok(response) = result {
+                ack(response);
+            }
+        });
+        (result, retried_abandoned)
+    }
+
+    /// Sends one call under the kubelet's deadline. `None` when the deadline passed first: the
+    /// call was cancelled, and the service may still be working on it.
+    async fn send<R, F, Fut>(&self, handler: F) -> Option<Result<R>>
+    where
+        R: Send + 'static,
+        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+    {
         self.rpcs_total.fetch_add(1, Ordering::Relaxed);
         let deadline = Duration::from_secs(self.scenario.kubelet.deadline_s);
-        let result = match tokio::time::timeout(deadline, self.endpoint.call(handler)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::deadline("kubelet deadline exceeded")),
-        };
-        match &result {
+        tokio::time::timeout(deadline, self.endpoint.call(handler)).await.ok()
+    }
+
+    /// Traces a call's outcome, runs the call's own check on it, then the safety checks.
+    fn after_call<R>(&self, rpc: &str, what: &str, result: &Result<R>, check: impl FnOnce(&Result<R>)) {
+        match result {
             Ok(_) => self.trace.log("kubelet", format!("{rpc} {what} -> ok")),
             Err(error) => {
                 self.trace.log("kubelet", format!("{rpc} {what} -> {:?}: {}", error.kind, first_line(&error.message)))
             }
         }
-        if let Ok(response) = &result {
-            ack(response);
-        }
+        check(result);
         self.checker.check_safety();
-        result
     }
 
     pub async fn run_workload(self: Arc<Self>) {
@@ -268,7 +313,7 @@ impl Kubelet {
                 if state == ContainerState::ContainerRunning as i32
                     && rng.gen_bool(self.scenario.workload.exec_probability)
                 {
-                    self.exec_probe(&id).await;
+                    self.exec_probe(&id, rng).await;
                 }
                 if state == ContainerState::ContainerExited as i32
                     && restarts < self.scenario.workload.max_restarts
@@ -306,6 +351,7 @@ impl Kubelet {
     async fn run_sandbox(&self, name: &str, uid: &str, host_network: bool) -> Option<(String, PodSandboxConfig)> {
         let mut attempt = 0;
         let mut backoff = crid::Backoff::new(Duration::from_secs(1), RETRY_MAX);
+        let mut abandoned = None;
         loop {
             if self.draining() {
                 return None;
@@ -313,8 +359,8 @@ impl Kubelet {
             let config = pod_config(name, uid, host_network, attempt);
             let request = config.clone();
             let what = format!("{name}.{attempt}");
-            let result = self
-                .call_then(
+            let (result, retried_abandoned) = self
+                .create_call(
                     "RunPodSandbox",
                     &what,
                     move |s| async move {
@@ -325,6 +371,7 @@ impl Kubelet {
                         .await
                     },
                     |r| self.checker.oracle.ran_sandbox(&r.pod_sandbox_id),
+                    &mut abandoned,
                 )
                 .await;
             match result {
@@ -340,6 +387,25 @@ impl Kubelet {
                         })
                         .await;
                     let Ok(listed) = listed else { continue };
+                    if retried_abandoned {
+                        // Only a sandbox the original call failed to create, kept for Stop and
+                        // Remove, may hold the name; a READY one is the original's own result.
+                        let holder = listed
+                            .items
+                            .iter()
+                            .find(|s| s.metadata.as_ref().is_some_and(|m| m.name == name && m.attempt == attempt));
+                        if holder.is_none_or(|s| s.state == PodSandboxState::SandboxReady as i32) {
+                            self.checker.fail(
+                                "28 retry after a deadline gets the original",
+                                &format!("sandbox {what}"),
+                                format!(
+                                    "the retry got {:?}; the name is held by {}",
+                                    first_line(&error.message),
+                                    holder.map_or("no listed sandbox".into(), |s| format!("READY {}", short(&s.id)))
+                                ),
+                            );
+                        }
+                    }
                     if let Some(ready) = listed.items.iter().find(|s| s.state == PodSandboxState::SandboxReady as i32) {
                         self.trace.log("kubelet", format!("adopting READY sandbox {} of {name}", short(&ready.id)));
                         self.checker.oracle.ran_sandbox(&ready.id);
@@ -384,10 +450,11 @@ impl Kubelet {
             ..Default::default()
         };
         let what = format!("c{index}.{attempt} in {}", short(sandbox_id));
+        let mut abandoned = None;
         let created = retry!(self, true, {
             let (sent, pod, sandbox) = (config.clone(), pod.clone(), sandbox_id.to_string());
-            let result = self
-                .call_then(
+            let (result, retried_abandoned) = self
+                .create_call(
                     "CreateContainer",
                     &what,
                     move |s| async move {
@@ -402,6 +469,7 @@ impl Kubelet {
                         self.checker.oracle.created_container(&r.container_id, sandbox_id);
                         self.checker.check_container_spec(&r.container_id, &config);
                     },
+                    &mut abandoned,
                 )
                 .await;
             match result {
@@ -410,7 +478,30 @@ impl Kubelet {
                 // A container of an earlier call holds the name (kept after a failed
                 // rollback, or recovered): remove it, as kubelet's GC would, then retry.
                 Err(error) if error.kind == ErrorKind::AlreadyExists => {
-                    self.remove_stale_containers(sandbox_id, index).await;
+                    let listed = self.remove_stale_containers(sandbox_id, index).await;
+                    if let (true, Some(listed)) = (retried_abandoned, listed) {
+                        // Only a container the original call failed to create, kept UNKNOWN for
+                        // Remove, may hold the name; a CREATED one is the original's own result.
+                        let holder = listed.iter().find(|c| {
+                            c.metadata.as_ref().is_some_and(|m| m.name == format!("c{index}") && m.attempt == attempt)
+                        });
+                        let live = [ContainerState::ContainerCreated as i32, ContainerState::ContainerRunning as i32];
+                        if holder.is_none_or(|c| live.contains(&c.state)) {
+                            self.checker.fail(
+                                "28 retry after a deadline gets the original",
+                                &format!("container {what}"),
+                                format!(
+                                    "the retry got {:?}; the name is held by {}",
+                                    first_line(&error.message),
+                                    holder.map_or("no listed container".into(), |c| format!(
+                                        "{} in state {}",
+                                        short(&c.id),
+                                        c.state
+                                    ))
+                                ),
+                            );
+                        }
+                    }
                     Err(error)
                 }
                 other => other.map(Some),
@@ -430,7 +521,9 @@ impl Kubelet {
         Some(id)
     }
 
-    async fn remove_stale_containers(&self, sandbox_id: &str, index: u32) {
+    /// Removes the containers of slot `index` that do not run; returns what was listed (`None`
+    /// when the listing failed).
+    async fn remove_stale_containers(&self, sandbox_id: &str, index: u32) -> Option<Vec<Container>> {
         let filter = ContainerFilter {
             pod_sandbox_id: sandbox_id.to_string(),
             label_selector: HashMap::from([("container".to_string(), format!("c{index}"))]),
@@ -441,26 +534,40 @@ impl Kubelet {
                 s.list_containers(ListContainersRequest { filter: Some(filter) }).await
             })
             .await;
-        for container in listed.map(|l| l.containers).unwrap_or_default() {
+        let listed = listed.ok()?.containers;
+        for container in &listed {
             if container.state != ContainerState::ContainerRunning as i32 {
                 self.remove_container(&container.id).await;
             }
         }
+        Some(listed)
     }
 
-    async fn exec_probe(&self, id: &str) {
+    /// An ExecSync probe. Its command carries a word of its own (`probe-N`), so that its exec
+    /// process can be told apart from those of earlier probes that timed out.
+    async fn exec_probe(&self, id: &str, rng: &mut SmallRng) {
         let timeout = self.scenario.kubelet.exec_timeout_s;
-        let exec_id = id.to_string();
-        let _ = self
-            .call("ExecSync", short(id), move |s| async move {
-                s.exec_sync(ExecSyncRequest {
-                    container_id: exec_id,
-                    cmd: vec!["echo".into(), "probe".into()],
-                    timeout,
-                })
-                .await
+        let commands = &self.scenario.kubelet.exec_commands;
+        // No draw with a single command: the seed's stream stays as it was before the choice.
+        let pick = if commands.len() > 1 { rng.gen_range(0..commands.len()) } else { 0 };
+        let mut cmd = commands[pick].clone();
+        cmd.push(format!("probe-{}", self.probes_total.fetch_add(1, Ordering::Relaxed)));
+        let (exec_id, sent) = (id.to_string(), cmd.clone());
+        let answer =
+            self.send(move |s| async move {
+                s.exec_sync(ExecSyncRequest { container_id: exec_id, cmd: sent, timeout }).await
             })
             .await;
+        let answered = answer.is_some();
+        let result = answer.unwrap_or_else(|| Err(Error::deadline(KUBELET_DEADLINE)));
+        self.after_call("ExecSync", short(id), &result, |result| {
+            // The service answered (not the kubelet's deadline, not a lost connection): the
+            // call is over, and so is its exec process, whatever the outcome (B25).
+            let lost = matches!(result, Err(error) if error.kind == ErrorKind::Unavailable);
+            if answered && !lost {
+                self.checker.check_exec_ended(id, &cmd);
+            }
+        });
     }
 
     async fn stop_container(&self, id: &str) {

@@ -203,7 +203,9 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
         world.containerd.set_gc_enabled(false);
     }
     let endpoint = CriEndpoint::default();
-    let checker = Arc::new(Checker::new(trace.clone(), world.clone(), endpoint.clone(), true));
+    let mut checker = Checker::new(trace.clone(), world.clone(), endpoint.clone(), true);
+    checker.gone_task_bound = scenario.gone_task_bound_s.map(Duration::from_secs);
+    let checker = Arc::new(checker);
     let config = sim_config();
     let cri = {
         let (world, endpoint, trace) = (world.clone(), endpoint.clone(), trace.clone());

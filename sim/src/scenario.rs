@@ -20,6 +20,11 @@ pub struct Scenario {
     /// Simulated seconds allowed, after faults stop, for the system to converge.
     #[serde(default = "default_liveness_s")]
     pub liveness_s: u64,
+    /// Invariant 29: how long a RUNNING container or READY sandbox may outlive its task (unset:
+    /// not checked). Set where the Wait path has no faults of its own, so that only the exit
+    /// monitor, not the reconciler, can meet the bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_task_bound_s: Option<u64>,
     #[serde(default)]
     pub workload: Workload,
     #[serde(default)]
@@ -93,6 +98,10 @@ pub struct Kubelet {
     pub repeat_probability: f64,
     /// ExecSync timeout in seconds (0 = none).
     pub exec_timeout_s: i64,
+    /// ExecSync probe commands, one picked per probe (by the pod's seed when there are several).
+    /// The fake runtime interprets them: `echo WORDS` answers at once, `sleep MS` hangs for MS
+    /// milliseconds (past `exec_timeout_s`, a probe that times out).
+    pub exec_commands: Vec<Vec<String>>,
 }
 
 impl Default for Kubelet {
@@ -104,6 +113,7 @@ impl Default for Kubelet {
             event_subscribers: 1,
             repeat_probability: 0.1,
             exec_timeout_s: 5,
+            exec_commands: vec![vec!["echo".into(), "probe".into()]],
         }
     }
 }
@@ -121,7 +131,7 @@ pub struct Faults {
     pub sites: Vec<String>,
     /// Fault kinds: `error`, `delay`, `hang`, `late` (effect happens, reply comes after the
     /// caller's deadline), `fail_after` (effect happens, an error is reported), `crash` (the CRI
-    /// process is killed at that await point).
+    /// process is killed at that await point), `data_loss` (the data is unreadable: DataLoss).
     pub kinds: Vec<FaultKind>,
     /// Upper bound of injected delays, in milliseconds.
     pub max_delay_ms: u64,
@@ -259,6 +269,9 @@ impl Scenario {
         let w = &self.workload;
         if w.pods == 0 || w.containers_per_pod == 0 || w.images.is_empty() || w.commands.is_empty() {
             return Err(format!("scenario {}: workload needs pods, containers, images and commands", self.name));
+        }
+        if self.kubelet.exec_commands.is_empty() || self.kubelet.exec_commands.iter().any(Vec::is_empty) {
+            return Err(format!("scenario {}: kubelet.exec_commands needs at least one non-empty command", self.name));
         }
         if w.pod_lifetime_s.0 > w.pod_lifetime_s.1 || self.duration_s == 0 {
             return Err(format!("scenario {}: bad durations", self.name));

@@ -72,6 +72,16 @@ impl EventMonitor {
         self.backoff.lock().unwrap().contains_key(id)
     }
 
+    /// Ids with an exit in hand or work in the backoff queue: what the service has received and
+    /// not yet finished handling (for the simulator's checks, through `inspect`).
+    pub fn pending_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.exits_in_hand.lock().unwrap().keys().cloned().collect();
+        ids.extend(self.backoff.lock().unwrap().keys().cloned());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
     pub fn backoff_len(&self) -> usize {
         self.backoff.lock().unwrap().len()
     }

@@ -94,10 +94,14 @@ impl CriService {
                 }
                 Err(error) => Err(error.context("failed to read exec output")),
             },
-            Some(Err(error)) => Err(error.context("failed to wait for exec")),
+            Some(Err(error)) => {
+                // A failed wait is not an exit: the process may still run, and the delete below
+                // may fail too. Killed first, it is gone whatever the delete does (B25).
+                self.kill_exec(id, &exec_id).await;
+                Err(error.context("failed to wait for exec"))
+            }
             None => {
-                let _ = containerd.exec_kill(id, &exec_id, SIGKILL).await;
-                let _ = self.with_timeout(EXEC_KILL_WAIT, "exec kill", containerd.exec_wait(id, &exec_id)).await;
+                self.kill_exec(id, &exec_id).await;
                 Err(Error::deadline(format!("timeout {timeout_s}s exceeded")))
             }
         };
@@ -107,6 +111,13 @@ impl CriService {
             Err(error) => tracing::warn!(id, exec_id, %error, "failed to delete exec process"),
         }
         result
+    }
+
+    /// SIGKILLs an exec process that has not been seen to exit and waits, bounded, for it to go.
+    async fn kill_exec(&self, id: &str, exec_id: &str) {
+        let containerd = &self.backends.containerd;
+        let _ = containerd.exec_kill(id, exec_id, SIGKILL).await;
+        let _ = self.with_timeout(EXEC_KILL_WAIT, "exec kill", containerd.exec_wait(id, exec_id)).await;
     }
 
     pub async fn exec(self: &Arc<Self>, request: ExecRequest) -> Result<ExecResponse> {

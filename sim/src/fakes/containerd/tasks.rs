@@ -22,6 +22,8 @@ pub struct ExecInfo {
     pub exec_id: String,
     pub pid: u32,
     pub exited: bool,
+    /// The command it was started with.
+    pub args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +67,7 @@ impl Process {
 
 pub(super) struct Exec {
     pub(super) process: Process,
+    pub(super) args: Vec<String>,
     pub(super) output: ExecOutput,
     /// A streaming exec's client streams, until its first wait takes them to run the script.
     pub(super) streams: Option<ProcessIo>,
@@ -92,6 +95,8 @@ pub(super) struct Task {
     pub(super) execs: BTreeMap<String, Exec>,
     /// Wait completions still to swallow (SPEC B6).
     pub(super) swallowed_waits: u32,
+    /// A wait completion of this task was ever set to be swallowed.
+    pub(super) wait_dropped: bool,
     pub(super) resources: Option<Resources>,
     /// The resources of the container's spec when the task was created.
     pub(super) created_with: Resources,
@@ -284,6 +289,7 @@ impl FakeContainerd {
         match self.raw_state().tasks.get_mut(id) {
             Some(task) => {
                 task.swallowed_waits += 1;
+                task.wait_dropped = true;
                 true
             }
             None => false,
@@ -330,6 +336,12 @@ impl FakeContainerd {
         }
     }
 
+    /// Whether a wait completion of the task was ever swallowed ([`Self::drop_next_wait`]): its
+    /// exit then reaches the CRI only through the reconciler or a Stop (B6).
+    pub fn wait_dropped(&self, id: &str) -> bool {
+        self.raw_state().tasks.get(id).is_some_and(|task| task.wait_dropped)
+    }
+
     pub fn tasks(&self) -> BTreeMap<String, TaskInfo> {
         self.state().tasks.iter().map(|(id, task)| (id.clone(), task.info())).collect()
     }
@@ -362,6 +374,7 @@ impl FakeContainerd {
                     exec_id: exec_id.clone(),
                     pid: exec.process.pid,
                     exited: exec.process.exit.is_some(),
+                    args: exec.args.clone(),
                 });
             }
         }
@@ -394,6 +407,7 @@ impl FakeContainerd {
             started_at: None,
             execs: BTreeMap::new(),
             swallowed_waits: 0,
+            wait_dropped: false,
             resources: None,
             created_with: container.spec.resources.clone(),
             log_reopens: 0,
@@ -490,7 +504,13 @@ impl FakeContainerd {
         }
         let now = virtual_now();
         let streaming = streams.is_some();
-        let mut exec = Exec { process: Process::new(pid), output: ExecOutput::default(), streams, echoes_stdin: false };
+        let mut exec = Exec {
+            process: Process::new(pid),
+            args: spec.args.clone(),
+            output: ExecOutput::default(),
+            streams,
+            echoes_stdin: false,
+        };
         // A streaming exec's output goes to its client uncapped.
         let limit = if streaming { usize::MAX } else { spec.output_limit_bytes };
         match process::exec_script(&spec.args, limit) {
