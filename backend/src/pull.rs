@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crid::error::{Error, ErrorKind, Result};
+use crid::naming::ImageRef;
 use crid::ports::{Descriptor, ImageConfig, RegistryAuth, ResolvedImage};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -38,49 +39,6 @@ pub fn is_manifest_media_type(media_type: &str) -> bool {
 
 pub fn is_index_media_type(media_type: &str) -> bool {
     matches!(media_type, MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST)
-}
-
-/// A parsed image reference: `domain/repository[:tag][@digest]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reference {
-    pub domain: String,
-    pub repository: String,
-    pub tag: Option<String>,
-    pub digest: Option<String>,
-}
-
-impl Reference {
-    pub fn parse(reference: &str) -> Result<Reference> {
-        let bad = || Error::invalid(format!("invalid image reference {reference:?}"));
-        let (name, digest) = match reference.split_once('@') {
-            Some((name, digest)) => (name, Some(digest.to_string())),
-            None => (reference, None),
-        };
-        let (domain, rest) = match name.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-                (first.to_string(), rest.to_string())
-            }
-            _ => ("docker.io".to_string(), name.to_string()),
-        };
-        let (repository, tag) = match rest.rsplit_once(':') {
-            Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), Some(tag.to_string())),
-            _ => (rest, None),
-        };
-        let repository = if domain == "docker.io" && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
-        if repository.is_empty() || (tag.is_none() && digest.is_none() && reference.is_empty()) {
-            return Err(bad());
-        }
-        Ok(Reference { domain, repository, tag, digest })
-    }
-
-    /// What the manifests endpoint is asked for: the digest when pinned, else the tag.
-    fn object(&self) -> String {
-        self.digest.clone().or_else(|| self.tag.clone()).unwrap_or_else(|| "latest".to_string())
-    }
 }
 
 #[derive(Deserialize, Debug)]
@@ -356,8 +314,8 @@ impl RegistryClient {
         Ok(client)
     }
 
-    fn endpoints(&self, reference: &Reference) -> Result<Vec<RegistryEndpoint>> {
-        endpoints_for(self.config_path.as_deref(), &reference.domain)
+    fn endpoints(&self, reference: &ImageRef) -> Result<Vec<RegistryEndpoint>> {
+        endpoints_for(self.config_path.as_deref(), reference.domain())
     }
 
     /// Answers a 401's challenge: how to authorize the retry.
@@ -477,18 +435,18 @@ impl RegistryClient {
     /// Tries each endpoint with the capability in turn; the last error is returned.
     async fn get_any(
         &self,
-        reference: &Reference,
+        reference: &ImageRef,
         path: &str,
         accept: Option<&str>,
         resolve: bool,
         auth: &RegistryAuth,
     ) -> Result<reqwest::Response> {
-        let mut last = Error::not_found(format!("no registry host can serve {}", reference.domain));
+        let mut last = Error::not_found(format!("no registry host can serve {}", reference.domain()));
         for endpoint in self.endpoints(reference)? {
             if (resolve && !endpoint.can_resolve) || (!resolve && !endpoint.can_pull) {
                 continue;
             }
-            match self.get(&endpoint, &reference.repository, path, accept, auth).await {
+            match self.get(&endpoint, reference.repository(), path, accept, auth).await {
                 Ok(response) => return Ok(response),
                 Err(e) => {
                     tracing::debug!(endpoint = %endpoint.base_url, error = %e, "registry endpoint failed");
@@ -511,7 +469,7 @@ impl RegistryClient {
     }
 
     /// Fetches a manifest (or index) by tag or digest: its media type and bytes.
-    async fn manifest(&self, reference: &Reference, object: &str, auth: &RegistryAuth) -> Result<(String, Vec<u8>)> {
+    async fn manifest(&self, reference: &ImageRef, object: &str, auth: &RegistryAuth) -> Result<(String, Vec<u8>)> {
         let response =
             self.get_any(reference, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT), true, auth).await?;
         let header_type = response
@@ -537,8 +495,8 @@ impl RegistryClient {
     /// Resolves `reference` to this platform's manifest, config and layers; also returns the
     /// manifest's bytes, which the caller stores (the image record points at them).
     pub async fn resolve(&self, name: &str, auth: &RegistryAuth) -> Result<(ResolvedImage, Vec<u8>)> {
-        let reference = Reference::parse(name)?;
-        let (mut media_type, mut bytes) = self.manifest(&reference, &reference.object(), auth).await?;
+        let reference = ImageRef::parse(name)?;
+        let (mut media_type, mut bytes) = self.manifest(&reference, reference.object(), auth).await?;
         let mut document = ManifestDocument::parse(&bytes)?;
         if is_index_media_type(&media_type) || (!document.manifests.is_empty() && document.config.is_none()) {
             let (os, arch) = host_platform();
@@ -579,7 +537,7 @@ impl RegistryClient {
 
     /// Starts the download of a blob (manifests come from the manifests endpoint).
     pub async fn blob(&self, name: &str, blob: &Descriptor, auth: &RegistryAuth) -> Result<reqwest::Response> {
-        let reference = Reference::parse(name)?;
+        let reference = ImageRef::parse(name)?;
         if is_manifest_media_type(&blob.media_type) {
             self.get_any(&reference, &format!("manifests/{}", blob.digest), Some(MANIFEST_ACCEPT), true, auth).await
         } else {
@@ -591,21 +549,6 @@ impl RegistryClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn references_parse_like_docker() {
-        let r = Reference::parse("127.0.0.1:5000/busybox:latest").unwrap();
-        assert_eq!(
-            (r.domain.as_str(), r.repository.as_str(), r.tag.as_deref()),
-            ("127.0.0.1:5000", "busybox", Some("latest"))
-        );
-        let r = Reference::parse("docker.io/library/busybox@sha256:abc").unwrap();
-        assert_eq!((r.repository.as_str(), r.digest.as_deref(), r.tag), ("library/busybox", Some("sha256:abc"), None));
-        let r = Reference::parse("busybox").unwrap();
-        assert_eq!((r.domain.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
-        let r = Reference::parse("localhost/a/b:1").unwrap();
-        assert_eq!((r.domain.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost", "a/b", Some("1")));
-    }
 
     #[test]
     fn bearer_challenge_parses() {
