@@ -198,7 +198,10 @@ impl CriService {
     {
         let existing = self.operations.lock().unwrap().get(&name).cloned();
         let mut receiver = match existing {
-            Some(receiver) => receiver,
+            Some(receiver) => {
+                cov_mark::hit!(retry_joined_running_operation);
+                receiver
+            }
             None => {
                 let (sender, receiver) = watch::channel(None);
                 self.operations.lock().unwrap().insert(name.clone(), receiver.clone());

@@ -33,6 +33,7 @@ impl CriService {
                 continue;
             }
             if let Some(exit) = self.observed_exit(&container.id).await {
+                cov_mark::hit!(reconciler_found_missed_exit);
                 tracing::warn!(id = container.id, "reconcile: container task is gone; recording its exit");
                 self.handle_exit_or_backoff(TaskKind::Container, &container.id, exit).await;
             }

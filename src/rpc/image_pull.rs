@@ -91,6 +91,7 @@ impl CriService {
         let existing = self.pulls.in_flight.lock().unwrap().get(&key).cloned();
         let mut receiver = match existing {
             Some(receiver) => {
+                cov_mark::hit!(pull_joined_in_flight);
                 self.pulls.pulls_joined_total.fetch_add(1, Ordering::Relaxed);
                 receiver
             }

@@ -207,6 +207,7 @@ async fn image_fs_info_reports_snapshot_usage() {
 /// the same ImageRef for all (B21, invariant 15).
 #[madsim::test]
 async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
+    cov_mark::check!(pull_joined_in_flight);
     let node = Node::start().await;
     node.world.containerd.set_fetch_latency(Duration::from_millis(300));
     node.world.containerd.set_apply_latency(Duration::from_millis(100));
