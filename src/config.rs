@@ -1,5 +1,7 @@
 //! The CRI plugin configuration: containerd's key names where they mean the same, defaults, and
-//! validation with clear errors. Durations are strings like containerd's (`"5m"`, `"10s"`).
+//! validation with clear errors. Times are `Duration`s; in the TOML they are written as in
+//! containerd: Go duration strings (`"4h0m0s"`, `"1m30s"`) or, where containerd counts
+//! seconds, integers.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,21 +24,29 @@ pub struct Config {
     pub cni: CniConfig,
     pub stream_server_address: String,
     pub stream_server_port: String,
-    pub stream_idle_timeout: String,
-    /// Seconds between refreshes of the snapshot usage cache.
-    pub stats_collect_period: u64,
+    #[serde(with = "go_duration")]
+    pub stream_idle_timeout: Duration,
+    /// Between refreshes of the snapshot usage cache (an integer of seconds, as in containerd).
+    #[serde(with = "seconds")]
+    pub stats_collect_period: Duration,
     pub max_concurrent_downloads: u32,
-    pub image_pull_progress_timeout: String,
-    pub drain_exec_sync_io_timeout: String,
+    /// A pull with requests in flight but no byte for this long is cancelled; zero: never.
+    #[serde(with = "go_duration")]
+    pub image_pull_progress_timeout: Duration,
+    /// How long ExecSync waits for the output after the process exited; zero: until it ends.
+    #[serde(with = "go_duration")]
+    pub drain_exec_sync_io_timeout: Duration,
     pub max_container_log_line_size: i64,
     pub restrict_oom_score_adj: bool,
     pub ignore_image_defined_volumes: bool,
     pub netns_mounts_under_state_dir: bool,
     pub disable_cgroup: bool,
     pub registry: RegistryConfig,
-    /// Seconds between task-state reconciliations (a container whose task is gone is marked
-    /// EXITED even when its exit was never observed). 0 disables. Not in containerd.
-    pub reconcile_period: u64,
+    /// Between task-state reconciliations (a container whose task is gone is marked EXITED
+    /// even when its exit was never observed), an integer of seconds; 0 disables. Not in
+    /// containerd.
+    #[serde(with = "seconds")]
+    pub reconcile_period: Duration,
     /// Capacity of each GetContainerEvents subscriber's buffer; a full buffer drops and counts.
     pub container_event_buffer: usize,
     /// Maximum ids waiting in the event backoff queue; beyond it new failures are dropped and
@@ -144,18 +154,18 @@ impl Default for Config {
             cni: CniConfig::default(),
             stream_server_address: "127.0.0.1".into(),
             stream_server_port: "0".into(),
-            stream_idle_timeout: "4h".into(),
-            stats_collect_period: 10,
+            stream_idle_timeout: Duration::from_secs(4 * 3600),
+            stats_collect_period: Duration::from_secs(10),
             max_concurrent_downloads: 3,
-            image_pull_progress_timeout: "5m".into(),
-            drain_exec_sync_io_timeout: "0s".into(),
+            image_pull_progress_timeout: Duration::from_secs(5 * 60),
+            drain_exec_sync_io_timeout: Duration::ZERO,
             max_container_log_line_size: 16 * 1024,
             restrict_oom_score_adj: false,
             ignore_image_defined_volumes: false,
             netns_mounts_under_state_dir: false,
             disable_cgroup: false,
             registry: RegistryConfig::default(),
-            reconcile_period: 10,
+            reconcile_period: Duration::from_secs(10),
             container_event_buffer: 1000,
             max_backoff_entries: 10_000,
             disable_apparmor: false,
@@ -213,8 +223,9 @@ impl Default for CniConfig {
     }
 }
 
-/// Parses a Go-style duration: a sequence of `<number><unit>` with units h, m, s, ms, us, ns.
-/// "0" alone is zero.
+/// Parses a Go duration (`time.ParseDuration`): a sequence of `<number><unit>`, the number
+/// possibly with a fraction, units h, m, s, ms, us (µs), ns; "0" alone is zero. No sign: a
+/// negative time means nothing in this config.
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let text = text.trim();
     if text == "0" {
@@ -226,13 +237,19 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     let mut total_ns: u128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        if digits == 0 {
+        let number_len = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let (whole, fraction) = rest[..number_len].split_once('.').unwrap_or((&rest[..number_len], ""));
+        if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
             return Err(Error::invalid(format!("invalid duration {text:?}: expected a number")));
         }
-        let value: u128 = rest[..digits].parse().map_err(|_| Error::invalid(format!("invalid duration {text:?}")))?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let invalid = || Error::invalid(format!("invalid duration {text:?}"));
+        let value: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| invalid())? };
+        // At most nine fractional digits matter (nanoseconds of a second); more are cut.
+        let fraction = &fraction[..fraction.len().min(18)];
+        let fraction_value: u128 = if fraction.is_empty() { 0 } else { fraction.parse().map_err(|_| invalid())? };
+        let fraction_scale = 10u128.pow(fraction.len() as u32);
+        rest = &rest[number_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit_ns: u128 = match &rest[..unit_len] {
             "h" => 3_600_000_000_000,
             "m" => 60_000_000_000,
@@ -243,9 +260,72 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
             unit => return Err(Error::invalid(format!("invalid duration {text:?}: unknown unit {unit:?}"))),
         };
         rest = &rest[unit_len..];
-        total_ns = total_ns.saturating_add(value.saturating_mul(unit_ns));
+        let part_ns = value.saturating_mul(unit_ns).saturating_add(fraction_value * unit_ns / fraction_scale);
+        total_ns = total_ns.saturating_add(part_ns);
     }
     Ok(Duration::from_nanos(total_ns.min(u64::MAX as u128) as u64))
+}
+
+/// Writes a duration as Go's `Duration.String` does (`4h0m0s`, `1m30s`, `250ms`, `0s`), the
+/// form containerd shows its config in.
+pub fn format_duration(duration: Duration) -> String {
+    let ns = duration.as_nanos();
+    let with_fraction = |value: u128, scale: u128, unit: &str| {
+        let (whole, fraction) = (value / scale, value % scale);
+        if fraction == 0 {
+            return format!("{whole}{unit}");
+        }
+        let digits = scale.ilog10() as usize;
+        let fraction = format!("{fraction:0digits$}");
+        format!("{whole}.{}{unit}", fraction.trim_end_matches('0'))
+    };
+    match ns {
+        0 => "0s".to_string(),
+        1..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => with_fraction(ns, 1_000, "µs"),
+        1_000_000..1_000_000_000 => with_fraction(ns, 1_000_000, "ms"),
+        _ => {
+            let seconds = with_fraction(ns % 60_000_000_000, 1_000_000_000, "s");
+            let minutes = ns / 60_000_000_000 % 60;
+            let hours = ns / 3_600_000_000_000;
+            match (hours, minutes) {
+                (0, 0) => seconds,
+                (0, _) => format!("{minutes}m{seconds}"),
+                _ => format!("{hours}h{minutes}m{seconds}"),
+            }
+        }
+    }
+}
+
+/// serde for a `Duration` written as a Go duration string.
+mod go_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_duration(*duration))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_duration(&text).map_err(|error| serde::de::Error::custom(error.message))
+    }
+}
+
+/// serde for a `Duration` written as an integer of seconds.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(duration.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_secs)
+    }
 }
 
 impl Config {
@@ -302,13 +382,6 @@ impl Config {
         }
         if self.root_dir.is_empty() || self.state_dir.is_empty() {
             return Err(Error::invalid("`root_dir` and `state_dir` must be set"));
-        }
-        for (key, value) in [
-            ("stream_idle_timeout", &self.stream_idle_timeout),
-            ("image_pull_progress_timeout", &self.image_pull_progress_timeout),
-            ("drain_exec_sync_io_timeout", &self.drain_exec_sync_io_timeout),
-        ] {
-            parse_duration(value).map_err(|e| Error::invalid(format!("invalid `{key}`: {}", e.message)))?;
         }
         if !matches!(self.cni.ip_pref.as_str(), "" | "ipv4" | "ipv6" | "cni") {
             return Err(Error::invalid(format!(
@@ -367,12 +440,6 @@ impl Config {
         resources
     }
 
-    pub fn image_pull_progress_timeout(&self) -> Duration {
-        parse_duration(&self.image_pull_progress_timeout).expect("validated")
-    }
-    pub fn drain_exec_sync_io_timeout(&self) -> Duration {
-        parse_duration(&self.drain_exec_sync_io_timeout).expect("validated")
-    }
     /// The snapshotter for a runtime handler: its own, else the global one.
     /// The runtime type of `handler`. A sandbox keeps its handler's name; a restart with a
     /// config that no longer has it fails the calls that need it, not the daemon.
@@ -411,8 +478,57 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        assert!(parse_duration("5 minutes").is_err());
-        assert!(parse_duration("m").is_err());
+        assert_eq!(parse_duration("4h0m0s").unwrap(), Duration::from_secs(4 * 3600));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2.25s").unwrap(), Duration::from_millis(2250));
+        assert_eq!(parse_duration("1µs500ns").unwrap(), Duration::from_nanos(1500));
+        for bad in ["5 minutes", "m", "5", "1..5s", "-5s", "", "5d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_print_like_go_and_read_back() {
+        for (duration, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(4 * 3600), "4h0m0s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_millis(2250), "2.25s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_nanos(1500), "1.5µs"),
+            (Duration::from_nanos(7), "7ns"),
+            (Duration::from_secs(3600) + Duration::from_millis(1), "1h0m0.001s"),
+        ] {
+            assert_eq!(format_duration(duration), text);
+            assert_eq!(parse_duration(text).unwrap(), duration, "{text}");
+        }
+    }
+
+    #[test]
+    fn time_keys_read_containerds_text_and_write_it_back() {
+        let config = Config::from_toml(
+            "stream_idle_timeout = \"4h0m0s\"\nimage_pull_progress_timeout = \"1m30s\"\n\
+             drain_exec_sync_io_timeout = \"0\"\nstats_collect_period = 3\nreconcile_period = 0",
+        )
+        .unwrap();
+        assert_eq!(config.stream_idle_timeout, Duration::from_secs(4 * 3600));
+        assert_eq!(config.image_pull_progress_timeout, Duration::from_secs(90));
+        assert_eq!(config.drain_exec_sync_io_timeout, Duration::ZERO);
+        assert_eq!((config.stats_collect_period, config.reconcile_period), (Duration::from_secs(3), Duration::ZERO));
+        let written = toml::to_string(&config).unwrap();
+        assert!(written.contains("stream_idle_timeout = \"4h0m0s\""), "{written}");
+        assert!(written.contains("stats_collect_period = 3\n"), "{written}");
+        assert_eq!(Config::from_toml(&written).unwrap(), config);
+        for (text, key) in [
+            ("stream_idle_timeout = \"4 hours\"", "stream_idle_timeout"),
+            ("drain_exec_sync_io_timeout = 5", "drain_exec_sync_io_timeout"),
+            ("stats_collect_period = \"10s\"", "stats_collect_period"),
+        ] {
+            let error = Config::from_toml(text).unwrap_err();
+            assert_eq!(error.kind, crate::ErrorKind::InvalidArgument);
+            assert!(error.message.contains(key), "{text}: {error}");
+        }
     }
 
     #[test]

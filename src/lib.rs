@@ -1,20 +1,27 @@
 //! crid's core: the CRI runtime service with containerd's semantics, written against four
 //! backend traits (containerd, CNI, OS, clock) and nothing else. See ARCHITECTURE.md.
 
-pub mod checkpoint;
+// The public surface: the config, errors, the ports a backend implements, the service and what
+// the simulator's checkers read. Everything else is the core's own business.
 pub mod config;
 pub mod error;
-pub mod events;
 pub mod inspect;
-pub mod kmutex;
 pub mod naming;
 pub mod ports;
-pub mod recover;
-pub mod rpc;
-pub mod service;
-pub mod spec;
-pub mod store;
+pub mod streaming;
+
+mod checkpoint;
+mod events;
+mod kmutex;
+mod recover;
+mod rpc;
+mod service;
+mod spec;
+mod store;
 
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
-pub use service::CriService;
+pub use events::backoff::Backoff;
+pub use rpc::image_pull::chain_ids;
+pub use service::{CriService, Quarantined};
+pub use store::{ContainerState, SandboxState};

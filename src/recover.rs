@@ -14,7 +14,7 @@ use crate::ports::{
     ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX,
     LABEL_KIND, TaskState,
 };
-use crate::service::{CriService, Quarantined};
+use crate::service::{CriService, QuarantineKind, Quarantined};
 use crate::store::container::{EXIT_CODE_START_ERROR, EXIT_CODE_UNKNOWN, REASON_START_ERROR, REASON_UNKNOWN};
 use crate::store::{
     Container, ContainerMetadata, ContainerState, ContainerStatus, Sandbox, SandboxMetadata, SandboxState,
@@ -44,7 +44,7 @@ impl CriService {
         for record in &sandbox_records {
             match self.load_sandbox(record).await {
                 Ok(sandbox) => sandboxes.push((record.created_at_ns, sandbox)),
-                Err(error) => self.quarantine(KIND_SANDBOX, &record.id, "", &error.message),
+                Err(error) => self.quarantine(QuarantineKind::Sandbox, &record.id, "", &error.message),
             }
         }
         let container_records = self.list_kind(KIND_CONTAINER).await;
@@ -52,7 +52,7 @@ impl CriService {
         for record in &container_records {
             match self.load_container(record).await {
                 Ok(loaded) => containers.push((record.created_at_ns, loaded)),
-                Err(error) => self.quarantine(KIND_CONTAINER, &record.id, "", &error.message),
+                Err(error) => self.quarantine(QuarantineKind::Container, &record.id, "", &error.message),
             }
         }
         // Two objects with one name can only mean that kubelet re-created an object it could not
@@ -64,7 +64,7 @@ impl CriService {
         for (_, sandbox) in sandboxes {
             let ready = sandbox.status().state == SandboxState::Ready;
             if self.admit(
-                KIND_SANDBOX,
+                QuarantineKind::Sandbox,
                 &sandbox.id,
                 &sandbox.name,
                 || self.sandboxes.add(&sandbox.id, sandbox.clone()),
@@ -76,7 +76,7 @@ impl CriService {
         }
         for (_, (container, monitor)) in containers {
             if self.admit(
-                KIND_CONTAINER,
+                QuarantineKind::Container,
                 &container.id,
                 &container.name,
                 || self.containers.add(&container.id, container.clone()),
@@ -133,7 +133,7 @@ impl CriService {
     /// Reserves the name, then adds to the store; a conflict quarantines instead of aborting.
     fn admit(
         &self,
-        kind: &str,
+        kind: QuarantineKind,
         id: &str,
         name: &str,
         add: impl FnOnce() -> Result<()>,
@@ -151,10 +151,10 @@ impl CriService {
         true
     }
 
-    fn quarantine(&self, kind: &str, id: &str, name: &str, reason: &str) {
-        tracing::error!(kind, id, name, reason, "object could not be recovered; quarantined");
+    fn quarantine(&self, kind: QuarantineKind, id: &str, name: &str, reason: &str) {
+        tracing::error!(%kind, id, name, reason, "object could not be recovered; quarantined");
         self.quarantine.lock().unwrap().push(Quarantined {
-            kind: kind.into(),
+            kind,
             id: id.into(),
             name: name.into(),
             reason: reason.into(),

@@ -20,10 +20,34 @@ use crate::store::{Container, ImageStore, Registrar, Sandbox, Table};
 /// held so that no new object can take it (B10, B11).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Quarantined {
-    pub kind: String,
+    pub kind: QuarantineKind,
     pub id: String,
     pub name: String,
     pub reason: String,
+}
+
+/// What a quarantined object was; serialised (verbose Status) as its containerd kind label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuarantineKind {
+    Sandbox,
+    Container,
+}
+
+impl QuarantineKind {
+    /// The value of the object's `io.cri-containerd.kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            QuarantineKind::Sandbox => crate::ports::KIND_SANDBOX,
+            QuarantineKind::Container => crate::ports::KIND_CONTAINER,
+        }
+    }
+}
+
+impl std::fmt::Display for QuarantineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
 }
 
 /// Results of RunPodSandbox/CreateContainer operations keyed by name, so that a kubelet retry
@@ -56,6 +80,8 @@ pub struct CriService {
     /// The snapshotter's usage by snapshot key, refreshed every `stats_collect_period`.
     pub(crate) snapshot_usage: Mutex<SnapshotUsageCache>,
     pub(crate) last_cni_load: Mutex<String>,
+    /// Exec/attach sessions and forwarded connections being served (bounded).
+    pub(crate) streams: crate::streaming::StreamSessions,
     initialized: AtomicBool,
 }
 
@@ -79,6 +105,7 @@ impl CriService {
             quarantine: Mutex::new(Vec::new()),
             snapshot_usage: Mutex::new(SnapshotUsageCache::default()),
             last_cni_load: Mutex::new(String::new()),
+            streams: crate::streaming::StreamSessions::default(),
             initialized: AtomicBool::new(false),
         }))
     }
@@ -196,35 +223,51 @@ impl CriService {
     where
         F: std::future::Future<Output = Result<String>> + Send + 'static,
     {
-        let existing = self.operations.lock().unwrap().get(&name).cloned();
-        let mut receiver = match existing {
-            Some(receiver) => {
-                cov_mark::hit!(retry_joined_running_operation);
-                receiver
-            }
-            None => {
-                let (sender, receiver) = watch::channel(None);
-                self.operations.lock().unwrap().insert(name.clone(), receiver.clone());
-                let service = self.clone();
-                let op_name = name.clone();
-                tokio::spawn(async move {
-                    let result = operation.await;
-                    if result.is_err() {
-                        // Only successes are kept for a retry; a failure leaves nothing behind.
-                        service.operations.lock().unwrap().remove(&op_name);
-                    }
-                    sender.send_replace(Some(result));
-                });
-                receiver
+        // One lock acquisition decides join-or-start: with a separate get and insert, two callers
+        // on two threads could both miss the entry and run the operation twice.
+        let (mut receiver, start) = {
+            let mut operations = self.operations.lock().unwrap();
+            match operations.get(&name) {
+                Some(receiver) => {
+                    cov_mark::hit!(retry_joined_running_operation);
+                    (receiver.clone(), None)
+                }
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    operations.insert(name.clone(), receiver.clone());
+                    (receiver, Some(sender))
+                }
             }
         };
+        if let Some(sender) = start {
+            let service = self.clone();
+            let op_name = name.clone();
+            let own = receiver.clone();
+            tokio::spawn(async move {
+                let result = operation.await;
+                if result.is_err() {
+                    // Only successes are kept for a retry; a failure leaves nothing behind.
+                    service.forget_entry(&op_name, &own);
+                }
+                sender.send_replace(Some(result));
+            });
+        }
         let result = match receiver.wait_for(|r| r.is_some()).await {
             Ok(value) => value.clone().expect("checked by wait_for"),
             Err(_) => Err(Error::internal("operation ended without a result")),
         };
         // Delivered: a later call with this name is a new request, not a retry.
-        self.operations.lock().unwrap().remove(&name);
+        self.forget_entry(&name, &receiver);
         result
+    }
+
+    /// Removes `name`'s entry if it is still this operation's: a caller that joined late must not
+    /// remove the entry of a newer operation started under the same name meanwhile.
+    fn forget_entry(&self, name: &str, operation: &OperationResult) {
+        let mut operations = self.operations.lock().unwrap();
+        if operations.get(name).is_some_and(|entry| entry.same_channel(operation)) {
+            operations.remove(name);
+        }
     }
 
     /// Forgets an undelivered operation result for `name` (the object was removed).

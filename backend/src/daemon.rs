@@ -167,7 +167,7 @@ async fn shutdown_signal() {
 }
 
 /// Builds the real backends; fails when containerd does not answer.
-pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>)> {
+pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>, Arc<HttpStreamServer>)> {
     let state_dir = PathBuf::from(&config.state_dir);
     let registry_config_path =
         (!config.cri.registry.config_path.is_empty()).then(|| PathBuf::from(&config.cri.registry.config_path));
@@ -178,7 +178,7 @@ pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>)>
         registry_config_path,
         default_snapshotter: config.cri.containerd.snapshotter.clone(),
         max_log_line_bytes: config.cri.max_container_log_line_size,
-        exec_drain: config.cri.drain_exec_sync_io_timeout(),
+        exec_drain: config.cri.drain_exec_sync_io_timeout,
     })?);
     let version = tokio::time::timeout(CONTAINERD_CONNECT_TIMEOUT, containerd.version())
         .await
@@ -192,9 +192,16 @@ pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>)>
         RealCni::new(&config.cri.cni.bin_dir, &config.cri.cni.conf_dir, &state_dir.join("cni-cache").to_string_lossy());
     let stream = HttpStreamServer::bind(&config.cri.stream_server_address, &config.cri.stream_server_port).await?;
     tracing::info!(url = stream.base_url(), "stream server listening");
-    let backends =
-        Backends { containerd, cni: cni.clone(), os: Arc::new(LinuxOs), clock: Arc::new(SystemClock), stream };
-    Ok((backends, cni))
+    // One client for both: fetched blobs go into containerd's content store.
+    let backends = Backends {
+        registry: containerd.clone(),
+        containerd,
+        cni: cni.clone(),
+        os: Arc::new(LinuxOs),
+        clock: Arc::new(SystemClock),
+        stream: stream.clone(),
+    };
+    Ok((backends, cni, stream))
 }
 
 /// Runs the daemon until a termination signal.
@@ -202,9 +209,10 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     for dir in [&config.root_dir, &config.state_dir] {
         std::fs::create_dir_all(dir).map_err(|e| crate::errors::from_io(e, format!("mkdir {dir}")))?;
     }
-    let (backends, cni) = backends(&config).await?;
+    let (backends, cni, stream) = backends(&config).await?;
     let service = crid::CriService::new(config.cri.clone(), backends)?;
     service.run().await?;
+    stream.serve_with(Arc::new(service.clone()));
     let _watcher = cni.spawn_watcher(CNI_CONF_POLL);
     let socket = PathBuf::from(&config.socket_path);
     let listener = bind_socket(&socket).await?;

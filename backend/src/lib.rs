@@ -12,6 +12,7 @@ pub mod errors;
 pub mod hosts;
 pub mod os;
 pub mod pull;
+pub mod spdy;
 pub mod stream;
 
 pub use clock::SystemClock;

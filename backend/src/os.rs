@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use crid::error::{Error, Result};
-use crid::ports::Os;
 use crid::ports::os::DirEntry;
+use crid::ports::{ByteReader, ByteWriter, Os};
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::errors::{IoContext, from_errno};
@@ -131,6 +131,29 @@ fn netns_create_sync(path: PathBuf) -> Result<()> {
     pinned
 }
 
+/// How long a port-forward waits for the pod's port to accept.
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connects to 127.0.0.1:`port` from inside the network namespace at `netns_path` (the host's
+/// when empty). The socket is created in a helper thread that joined the namespace: a socket
+/// stays in the namespace it was created in, and no runtime thread ever changes namespace.
+fn dial_port_sync(netns_path: String, port: u16) -> Result<std::net::TcpStream> {
+    std::thread::spawn(move || -> Result<std::net::TcpStream> {
+        if !netns_path.is_empty() {
+            let netns = fs::File::open(&netns_path).io_context(format!("open netns {netns_path}"))?;
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .io_context(format!("setns({netns_path})"))?;
+        }
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = std::net::TcpStream::connect_timeout(&address, DIAL_TIMEOUT)
+            .map_err(|e| Error::unavailable(format!("cannot connect to port {port} in the pod: {e}")).with_source(e))?;
+        stream.set_nonblocking(true).io_context("set_nonblocking")?;
+        Ok(stream)
+    })
+    .join()
+    .map_err(|_| Error::internal("dial helper thread panicked"))?
+}
+
 fn unmount_sync(path: &Path) -> Result<()> {
     // MNT_DETACH: a busy mount (a process still inside the netns) must not block removal;
     // the kernel frees it when the last user leaves.
@@ -152,54 +175,9 @@ pub fn fill_random(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the OS random source is available");
 }
 
-/// Names of capability bits 0..=40, as /proc/self/status numbers them.
-const CAPABILITY_NAMES: [&str; 41] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
-
 /// Capability names set in a `CapEff:` hex mask; bits beyond the known names are skipped.
 pub fn capabilities_from_mask(mask: u64) -> Vec<String> {
-    CAPABILITY_NAMES
+    crid::ports::os::CAPABILITY_NAMES
         .iter()
         .enumerate()
         .filter(|(bit, _)| mask & (1u64 << bit) != 0)
@@ -292,6 +270,14 @@ impl Os for LinuxOs {
             Ok(!is_nsfs(&path)?)
         })
         .await
+    }
+
+    async fn dial_port(&self, netns_path: &str, port: u16) -> Result<(ByteReader, ByteWriter)> {
+        let netns_path = netns_path.to_string();
+        let stream = blocking(move || dial_port_sync(netns_path, port)).await?;
+        let stream = tokio::net::TcpStream::from_std(stream).io_context("register the forwarded socket")?;
+        let (reader, writer) = stream.into_split();
+        Ok((Box::new(reader), Box::new(writer)))
     }
 
     async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()> {

@@ -191,7 +191,7 @@ pub fn image_config(config: &ImageConfiguration) -> ImageConfig {
 }
 
 /// The core's, the one definition (re-exported for the containerd backend).
-pub use crid::rpc::image_pull::chain_ids;
+pub use crid::chain_ids;
 
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

@@ -886,3 +886,205 @@ async fn refuses_to_start_without_containerd() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.toml"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A WebSocket exec client, as kubectl ≥ 1.30 speaks to a stream URL: each message carries one
+/// channel; returns stdout, stderr and the error channel once the server closed.
+async fn websocket_exec(url: &str, protocol: &str, stdin: &[u8]) -> (String, String, String) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws_url = url.replacen("http://", "ws://", 1);
+    let mut request = ws_url.as_str().into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", protocol.parse().unwrap());
+    let host = ws_url.trim_start_matches("ws://").split('/').next().unwrap().to_string();
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async(request, tcp).await.expect("websocket upgrade");
+    assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), protocol);
+    if !stdin.is_empty() {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(stdin);
+        socket.send(Message::Binary(frame.into())).await.unwrap();
+    }
+    // v5's close signal: stdin ends.
+    socket.send(Message::Binary(vec![255u8, 0].into())).await.unwrap();
+    let (mut stdout, mut stderr, mut error) = (Vec::new(), Vec::new(), Vec::new());
+    let deadline = Duration::from_secs(30);
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(deadline, socket.next()).await {
+        match message {
+            Message::Binary(data) if !data.is_empty() => match data[0] {
+                1 => stdout.extend_from_slice(&data[1..]),
+                2 => stderr.extend_from_slice(&data[1..]),
+                3 => error.extend_from_slice(&data[1..]),
+                _ => {}
+            },
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (text(stdout), text(stderr), text(error))
+}
+
+/// Exec over WebSocket (`v5.channel.k8s.io`): stdin in (its end signalled by v5's close
+/// message), stdout and stderr out, and the exit code in the error channel's Status; bad tokens
+/// and unknown subprotocols get clear HTTP errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn websocket_exec_streams_and_reports_exit() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "ws", crid_binary()).await;
+    let busybox = crid.image("busybox:latest");
+    crid.pull(&busybox).await;
+    let pod = crid.pod_config(&unique("ws"));
+    let pod_id = crid.run_pod(&pod).await;
+    let id = crid.create_container(&pod_id, &pod, "app", &["sleep", "1000"]).await;
+    crid.start_container(&id).await;
+
+    let exec = |cmd: &[&str], stdin: bool| ExecRequest {
+        container_id: id.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        stdin,
+        stdout: true,
+        stderr: true,
+    };
+    let script = ["sh", "-c", "cat; echo to-stderr >&2; exit 3"];
+    let url = crid.runtime.exec(exec(&script, true)).await.unwrap().into_inner().url;
+    let (stdout, stderr, error) = websocket_exec(&url, "v5.channel.k8s.io", b"hello over websocket\n").await;
+    assert_eq!(stdout, "hello over websocket\n", "stderr {stderr:?}, error {error:?}; crid log:\n{}", crid.log());
+    assert_eq!(stderr, "to-stderr\n");
+    let status: serde_json::Value = serde_json::from_str(&error).unwrap_or_else(|e| panic!("{e}: {error:?}"));
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["reason"], "ExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "3", "{status}");
+
+    let url = crid.runtime.exec(exec(&["echo", "ok"], false)).await.unwrap().into_inner().url;
+    let (stdout, _, error) = websocket_exec(&url, "v4.channel.k8s.io", b"").await;
+    assert_eq!(stdout, "ok\n");
+    let status: serde_json::Value = serde_json::from_str(&error).unwrap();
+    assert_eq!(status["status"], "Success", "{status}");
+
+    // No exec process is left behind by either session.
+    let processes = crid.ctr(&["task", "ps", &id]);
+    assert_eq!(processes.lines().count(), 2, "the init process alone (header + 1): {processes}");
+
+    // Clear HTTP errors: a used token, an unknown protocol.
+    let http = |url: &str, protocol: &str| {
+        let output = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Connection: Upgrade",
+                "-H",
+                "Upgrade: websocket",
+            ])
+            .args(["-H", "Sec-WebSocket-Version: 13", "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])
+            .args(["-H", &format!("Sec-WebSocket-Protocol: {protocol}"), url])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(http(&url, "v4.channel.k8s.io"), "404", "a token serves once");
+    let url = crid.runtime.exec(exec(&["true"], false)).await.unwrap().into_inner().url;
+    assert_eq!(http(&url, "v9.channel.k8s.io"), "400", "an unknown subprotocol");
+
+    crid.stop_pod(&pod_id).await;
+    crid.remove_pod(&pod_id).await;
+}
+
+/// Runs a shell command line (pipes, `script`), returning its stdout; panics unless it succeeds.
+fn shell(line: &str, cri: &Cri) -> String {
+    let output = Command::new("sh").args(["-c", line]).output().expect("run sh");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{line}: {}\nstdout: {stdout}\nstderr: {}\ncrid log:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        cri.log()
+    );
+    stdout
+}
+
+/// The stock crictl's interactive commands over crid's stream server (SPDY): `exec -i` with
+/// stdin piped in, `exec -it` under a pseudo-terminal whose size reaches the container,
+/// and `port-forward` with an HTTP request through it. (Attach is covered by critest's attach
+/// spec; a crictl attach test is still to come.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn crictl_streams_through_crid() {
+    let stack = stack();
+    let crictl_bin = client_from_env("CRID_CRICTL", "the stock crictl 1.29 (ci/critest build)");
+    let mut crid = Cri::crid(&stack, "crictl-streams", crid_binary()).await;
+    let socket = crid.dir.join("crid.sock");
+    let crictl_line = format!(
+        "{} --runtime-endpoint unix://{} --image-endpoint unix://{} --timeout 60s",
+        crictl_bin.display(),
+        socket.display(),
+        socket.display()
+    );
+    let busybox = crid.image("busybox:latest");
+    crid.pull(&busybox).await;
+    let pod = crid.pod_config(&unique("streams"));
+    let pod_id = crid.run_pod(&pod).await;
+    let web = "mkdir -p /www && echo hello-through-port-forward > /www/index.html && exec httpd -f -p 8080 -h /www";
+    let id = crid.create_container(&pod_id, &pod, "web", &["sh", "-c", web]).await;
+    crid.start_container(&id).await;
+
+    // exec -i: stdin piped in, its end ends `cat`; stdout back.
+    let echoed = shell(&format!("printf 'one\\ntwo\\n' | {crictl_line} exec -i {id} cat"), &crid);
+    assert_eq!(echoed, "one\ntwo\n");
+    // exec -it under a pseudo-terminal of 123x45: crictl sends the size on the resize stream.
+    let size = shell(
+        &format!(
+            "script -qec \"stty cols 123 rows 45; {crictl_line} exec -it {id} sh -c 'sleep 1; busybox stty size'\" /dev/null"
+        ),
+        &crid,
+    );
+    // (`script` shows the pseudo-terminal's own echo, e.g. a NUL as `^@`, around the output.)
+    assert!(size.lines().any(|line| line.trim_end().ends_with("45 123")), "{size:?}");
+    // A non-zero exit comes back through the v4 Status's ExitCode cause: client-go reports
+    // "command terminated with exit code 7" (crictl 1.29 then exits 1).
+    let failed = Command::new("sh")
+        .args(["-c", &format!("{crictl_line} exec {id} sh -c 'exit 7'")])
+        .output()
+        .expect("run crictl");
+    let said = String::from_utf8_lossy(&failed.stderr).into_owned() + &String::from_utf8_lossy(&failed.stdout);
+    assert!(!failed.status.success() && said.contains("command terminated with exit code 7"), "{said}");
+
+    // port-forward: a local port reaches the pod's httpd.
+    let local_port = 20000 + (std::process::id() % 10000) as u16;
+    let mut forward = Command::new(&crictl_bin)
+        .args(["--runtime-endpoint", &format!("unix://{}", socket.display())])
+        .args(["port-forward", &pod_id, &format!("{local_port}:8080")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("crictl port-forward");
+    let url = format!("http://127.0.0.1:{local_port}/index.html");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let output = Command::new("curl").args(["-s", "--max-time", "5", &url]).output().expect("curl");
+        let page = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && !page.is_empty() {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "no page through port-forward: {page:?}\n{}", crid.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(page, "hello-through-port-forward\n");
+
+    // No exec process outlives its session.
+    let processes = crid.ctr(&["task", "ps", &id]);
+    assert_eq!(processes.lines().count(), 2, "header and httpd (sh exec'd it), no exec left: {processes}");
+
+    crid.stop_pod(&pod_id).await;
+    crid.remove_pod(&pod_id).await;
+}

@@ -12,21 +12,13 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::fakes::{FaultAction, FaultInjector, sites};
-use crate::scenario::Scenario;
+use crate::kinds::FaultKind;
+use crate::scenario::{Scenario, site_matches};
 use crate::trace::{Trace, short};
 
-pub use crate::FAULT_KINDS as KINDS;
-
 /// `site/kind`, e.g. `containerd.delete_task/late`.
-pub fn point(site: &str, kind: &str) -> String {
+pub fn point(site: &str, kind: FaultKind) -> String {
     format!("{site}/{kind}")
-}
-
-fn site_matches(pattern: &str, site: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => site.starts_with(prefix),
-        None => pattern == site,
-    }
 }
 
 /// The points a scenario makes eligible, in a fixed order.
@@ -34,8 +26,8 @@ pub fn eligible_points(scenario: &Scenario) -> Vec<String> {
     let mut points = vec![];
     for site in sites() {
         if scenario.faults.sites.iter().any(|p| site_matches(p, site)) {
-            for kind in KINDS {
-                if scenario.faults.kinds.iter().any(|k| k == kind) {
+            for kind in FaultKind::all() {
+                if scenario.faults.kinds.contains(&kind) {
                     points.push(point(site, kind));
                 }
             }
@@ -89,7 +81,7 @@ impl FaultInjector for FaultPlan {
         if !self.enabled.load(Ordering::SeqCst) || self.active.is_empty() {
             return FaultAction::Proceed;
         }
-        for kind in KINDS {
+        for kind in FaultKind::all() {
             if !self.active.contains(&point(site, kind)) {
                 continue;
             }
@@ -99,24 +91,29 @@ impl FaultInjector for FaultPlan {
             }
             let delay = Duration::from_millis(rng.gen_range(1..=self.max_delay_ms));
             drop(rng);
-            let action = match *kind {
-                "error" => FaultAction::Fail(ErrorKind::Internal, format!("injected fault at {site}")),
-                "delay" => FaultAction::Delay(delay),
-                "hang" => FaultAction::Hang,
-                "late" => FaultAction::CompleteLate(delay),
-                "fail_after" => FaultAction::FailAfter(ErrorKind::Internal, format!("injected fault after {site}")),
-                "crash" => {
+            let action = match kind {
+                FaultKind::Error => FaultAction::Fail(ErrorKind::Internal, format!("injected fault at {site}")),
+                FaultKind::Delay => FaultAction::Delay(delay),
+                FaultKind::Hang => FaultAction::Hang,
+                FaultKind::Late => FaultAction::CompleteLate(delay),
+                FaultKind::FailAfter => {
+                    FaultAction::FailAfter(ErrorKind::Internal, format!("injected fault after {site}"))
+                }
+                FaultKind::Crash => {
                     self.crash_requested.notify_one();
                     FaultAction::Hang
                 }
-                _ => unreachable!("kinds are validated"),
             };
             self.trace.log(
                 "fault",
                 format!(
                     "{site} {} -> {kind}{}",
                     short(key),
-                    if matches!(*kind, "delay" | "late") { format!(" {}ms", delay.as_millis()) } else { String::new() }
+                    if matches!(kind, FaultKind::Delay | FaultKind::Late) {
+                        format!(" {}ms", delay.as_millis())
+                    } else {
+                        String::new()
+                    }
                 ),
             );
             return action;

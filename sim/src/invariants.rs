@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crid::inspect::StateSnapshot;
 use crid::ports::{KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskState};
-use crid::store::{ContainerState, SandboxState};
+use crid::{ContainerState, SandboxState};
 use serde::{Deserialize, Serialize};
 
 use crate::cri_node::CriEndpoint;

@@ -27,7 +27,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// `until_drain`, until the kubelet drains. Backoff 1 s doubling to 10 s.
 macro_rules! retry {
     ($kubelet:expr, $until_drain:expr, $attempt:expr) => {{
-        let mut backoff = crid::events::backoff::Backoff::new(Duration::from_secs(1), RETRY_MAX);
+        let mut backoff = crid::Backoff::new(Duration::from_secs(1), RETRY_MAX);
         loop {
             match $attempt {
                 Ok(value) => break Some(value),
@@ -296,7 +296,7 @@ impl Kubelet {
     /// sandbox of the pod is adopted, dead ones are removed and the next attempt is made.
     async fn run_sandbox(&self, name: &str, uid: &str, host_network: bool) -> Option<(String, PodSandboxConfig)> {
         let mut attempt = 0;
-        let mut backoff = crid::events::backoff::Backoff::new(Duration::from_secs(1), RETRY_MAX);
+        let mut backoff = crid::Backoff::new(Duration::from_secs(1), RETRY_MAX);
         loop {
             if self.draining() {
                 return None;

@@ -2,10 +2,8 @@
 //! builds) the harness that runs seeded scenarios with faults, invariants and replay.
 
 pub mod fakes;
+pub mod kinds;
 pub mod out;
-
-/// The fault kinds a scenario may name.
-pub const FAULT_KINDS: &[&str] = &["error", "delay", "hang", "late", "fail_after", "crash"];
 pub mod scenario;
 
 #[cfg(madsim)]

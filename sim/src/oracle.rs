@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crid::inspect::StateSnapshot;
-use crid::store::{ContainerState, SandboxState};
+use crid::{ContainerState, SandboxState};
 
 #[derive(Clone, Debug, Default)]
 struct SandboxModel {

@@ -12,6 +12,7 @@ use crate::buggify::FaultPlan;
 use crate::cri_node::{CriEndpoint, serve};
 use crate::fakes::{FakeWorld, PAUSE_IMAGE};
 use crate::invariants::{Checker, Failure};
+use crate::kinds::ChaosKind;
 use crate::kubelet::Kubelet;
 use crate::scenario::Scenario;
 use crate::trace::{Trace, short};
@@ -61,7 +62,7 @@ pub fn sim_config() -> crid::Config {
 /// A chaos event: what, when (ms into the run), and a draw that picks its target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChaosEvent {
-    pub kind: String,
+    pub kind: ChaosKind,
     pub at_ms: u64,
     pub draw: u64,
 }
@@ -73,7 +74,7 @@ impl ChaosEvent {
     pub fn decode(text: &str) -> Option<ChaosEvent> {
         let (kind, rest) = text.split_once('@')?;
         let (at, draw) = rest.split_once('#')?;
-        Some(ChaosEvent { kind: kind.into(), at_ms: at.parse().ok()?, draw: draw.parse().ok()? })
+        Some(ChaosEvent { kind: kind.parse().ok()?, at_ms: at.parse().ok()?, draw: draw.parse().ok()? })
     }
 
     /// An encoded event (`kind@ms#draw`, as reports and shrunk scenarios carry it) for people:
@@ -101,17 +102,8 @@ pub fn chaos_schedule(scenario: &Scenario, seed: u64) -> Vec<ChaosEvent> {
     let duration_ms = scenario.duration_s * 1000;
     let minutes = scenario.duration_s as f64 / 60.0;
     let mut events = vec![];
-    for (kind, per_min) in [
-        ("cri_crash", c.cri_crash_per_min),
-        ("containerd_restart", c.containerd_restart_per_min),
-        ("task_exit", c.task_exit_per_min),
-        ("task_oom", c.task_oom_per_min),
-        ("drop_wait", c.drop_wait_per_min),
-        ("task_vanish", c.task_vanish_per_min),
-        ("disk_full", c.disk_full_per_min),
-        ("pause_task", c.pause_task_per_min),
-        ("unkillable", c.unkillable_per_min),
-    ] {
+    for kind in ChaosKind::all() {
+        let per_min = c.per_min(kind);
         let expected = per_min * minutes;
         // Whole events plus one more with the fractional probability.
         let mut count = expected.floor() as u64;
@@ -119,10 +111,11 @@ pub fn chaos_schedule(scenario: &Scenario, seed: u64) -> Vec<ChaosEvent> {
             count += 1;
         }
         for _ in 0..count {
-            events.push(ChaosEvent { kind: kind.into(), at_ms: rng.gen_range(0..duration_ms), draw: rng.r#gen() });
+            events.push(ChaosEvent { kind, at_ms: rng.gen_range(0..duration_ms), draw: rng.r#gen() });
         }
     }
-    events.sort_by(|a, b| (a.at_ms, &a.kind, a.draw).cmp(&(b.at_ms, &b.kind, b.draw)));
+    // Ties are broken by the kind's name, as they always were.
+    events.sort_by(|a, b| (a.at_ms, a.kind.as_str(), a.draw).cmp(&(b.at_ms, b.kind.as_str(), b.draw)));
     events
 }
 
@@ -393,8 +386,8 @@ async fn apply_chaos(
     scenario: &Scenario,
     paused: &mut Vec<String>,
 ) {
-    match event.kind.as_str() {
-        "cri_crash" => {
+    match event.kind {
+        ChaosKind::CriCrash => {
             crash_cri(
                 handle,
                 cri,
@@ -408,7 +401,7 @@ async fn apply_chaos(
             )
             .await
         }
-        "containerd_restart" => {
+        ChaosKind::ContainerdRestart => {
             trace.log("chaos", "containerd restarting");
             world.containerd.crash();
             let world = world.clone();
@@ -417,7 +410,7 @@ async fn apply_chaos(
                 world.containerd.restart();
             });
         }
-        "disk_full" => {
+        ChaosKind::DiskFull => {
             trace.log("chaos", "disk full");
             world.os.set_disk_full(true);
             let world = world.clone();
@@ -427,26 +420,26 @@ async fn apply_chaos(
             });
         }
         kind => {
-            let Some(id) = pick_task(world, event.draw, kind == "unkillable") else { return };
+            let Some(id) = pick_task(world, event.draw, kind == ChaosKind::Unkillable) else { return };
             trace.log("chaos", format!("{kind} on task {}", short(&id)));
             match kind {
-                "task_exit" => {
+                ChaosKind::TaskExit => {
                     world.containerd.exit_task_now(&id, (event.draw % 3) as u32);
                 }
-                "task_oom" => {
+                ChaosKind::TaskOom => {
                     world.containerd.oom_task_now(&id);
                 }
-                "drop_wait" => {
+                ChaosKind::DropWait => {
                     world.containerd.drop_next_wait(&id);
                 }
-                "task_vanish" => {
+                ChaosKind::TaskVanish => {
                     world.containerd.remove_task_out_of_band(&id);
                 }
-                "pause_task" => {
+                ChaosKind::PauseTask => {
                     world.containerd.set_task_state(&id, crid::ports::TaskState::Paused);
                     paused.push(id);
                 }
-                "unkillable" => {
+                ChaosKind::Unkillable => {
                     world.containerd.set_unkillable(&id, true);
                     let world = world.clone();
                     tokio::spawn(async move {
@@ -454,7 +447,9 @@ async fn apply_chaos(
                         world.containerd.set_unkillable(&id, false);
                     });
                 }
-                other => trace.log("chaos", format!("unknown chaos kind {other}")),
+                ChaosKind::CriCrash | ChaosKind::ContainerdRestart | ChaosKind::DiskFull => {
+                    unreachable!("handled above")
+                }
             }
         }
     }
@@ -466,12 +461,12 @@ mod tests {
 
     #[test]
     fn chaos_events_read_in_seconds_and_encode_exactly() {
-        let event = ChaosEvent { kind: "task_exit".into(), at_ms: 20_649, draw: 13_443_341_983_834_114_641 };
+        let event = ChaosEvent { kind: ChaosKind::TaskExit, at_ms: 20_649, draw: 13_443_341_983_834_114_641 };
         assert_eq!(event.to_string(), "task_exit at 20.6s");
         assert_eq!(ChaosEvent::decode(&event.encode()), Some(event.clone()));
         assert_eq!(ChaosEvent::describe(&event.encode()), "task_exit at 20.6s");
         // A tenth is cut, never rounded up past the moment of the event.
-        let early = ChaosEvent { kind: "cri_crash".into(), at_ms: 999, draw: 0 };
+        let early = ChaosEvent { kind: ChaosKind::CriCrash, at_ms: 999, draw: 0 };
         assert_eq!(early.to_string(), "cri_crash at 0.9s");
         assert_eq!(ChaosEvent::describe("not an event"), "not an event");
     }

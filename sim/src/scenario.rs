@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kinds::{ChaosKind, FaultKind};
+
 /// A scenario: workload, kubelet behaviour, faults, phases and the checks to run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,7 +122,7 @@ pub struct Faults {
     /// Fault kinds: `error`, `delay`, `hang`, `late` (effect happens, reply comes after the
     /// caller's deadline), `fail_after` (effect happens, an error is reported), `crash` (the CRI
     /// process is killed at that await point).
-    pub kinds: Vec<String>,
+    pub kinds: Vec<FaultKind>,
     /// Upper bound of injected delays, in milliseconds.
     pub max_delay_ms: u64,
 }
@@ -131,7 +133,7 @@ impl Default for Faults {
             activation_probability: 0.0,
             rate: 0.0,
             sites: vec![],
-            kinds: vec!["error".into()],
+            kinds: vec![FaultKind::Error],
             max_delay_ms: 5_000,
         }
     }
@@ -179,6 +181,23 @@ impl Default for Chaos {
             unkillable_per_min: 0.0,
             chained_cni: false,
             tear_on_crash: false,
+        }
+    }
+}
+
+impl Chaos {
+    /// The rate of one kind of event, per simulated minute.
+    pub fn per_min(&self, kind: ChaosKind) -> f64 {
+        match kind {
+            ChaosKind::CriCrash => self.cri_crash_per_min,
+            ChaosKind::ContainerdRestart => self.containerd_restart_per_min,
+            ChaosKind::TaskExit => self.task_exit_per_min,
+            ChaosKind::TaskOom => self.task_oom_per_min,
+            ChaosKind::DropWait => self.drop_wait_per_min,
+            ChaosKind::TaskVanish => self.task_vanish_per_min,
+            ChaosKind::DiskFull => self.disk_full_per_min,
+            ChaosKind::PauseTask => self.pause_task_per_min,
+            ChaosKind::Unkillable => self.unkillable_per_min,
         }
     }
 }
@@ -255,17 +274,47 @@ impl Scenario {
                 return Err(format!("scenario {}: probabilities must be within 0..=1", self.name));
             }
         }
-        for kind in &self.faults.kinds {
-            if !crate::FAULT_KINDS.contains(&kind.as_str()) {
-                return Err(format!("scenario {}: unknown fault kind {kind:?}", self.name));
+        // Fault kinds are checked by parsing; a site pattern must name at least one site.
+        for pattern in &self.faults.sites {
+            if !crate::fakes::sites().iter().any(|site| site_matches(pattern, site)) {
+                return Err(format!("scenario {}: fault site pattern {pattern:?} matches no site", self.name));
+            }
+        }
+        for event in self.forced.iter().flat_map(|forced| forced.chaos_events.iter().flatten()) {
+            let kind = event.split_once('@').map_or(event.as_str(), |(kind, _)| kind);
+            if kind.parse::<ChaosKind>().is_err() {
+                return Err(format!("scenario {}: forced chaos event {event:?}: unknown kind {kind:?}", self.name));
             }
         }
         Ok(())
     }
 }
 
+/// A site pattern (`containerd.delete_task`, or a prefix and `*`: `containerd.*`) against a site.
+pub fn site_matches(pattern: &str, site: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => site.starts_with(prefix),
+        None => pattern == site,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unknown_names_are_parse_errors() {
+        let base = super::Scenario::load("smoke").unwrap();
+        let text = toml::to_string(&base).unwrap();
+        let with_kind = text.replace("kinds = [", "kinds = [\"power_cut\", ");
+        assert!(super::Scenario::parse(&with_kind).unwrap_err().contains("power_cut"), "{with_kind}");
+        let mut scenario = base.clone();
+        scenario.faults.sites = vec!["containerd.resolve".into()];
+        assert!(scenario.validate().unwrap_err().contains("matches no site"));
+        scenario.faults.sites = vec!["registry.*".into()];
+        scenario.validate().unwrap();
+        scenario.forced = Some(super::Forced { active_points: None, chaos_events: Some(vec!["meteor@1#2".into()]) });
+        assert!(scenario.validate().unwrap_err().contains("meteor"));
+    }
+
     #[test]
     fn every_embedded_scenario_parses() {
         for name in super::names() {

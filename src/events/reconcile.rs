@@ -11,13 +11,13 @@ use crate::store::ContainerState;
 
 impl CriService {
     pub(crate) fn start_reconciler(self: &Arc<Self>) {
-        if self.config.reconcile_period == 0 {
+        if self.config.reconcile_period.is_zero() {
             return;
         }
         let service = self.clone();
         tokio::spawn(async move {
             loop {
-                service.sleep(Duration::from_secs(service.config.reconcile_period)).await;
+                service.sleep(service.config.reconcile_period).await;
                 service.reconcile().await;
             }
         });
@@ -66,10 +66,10 @@ impl CriService {
         }
     }
 
-    /// Refreshes the cached snapshot usage every `stats_collect_period` seconds (ImageFsInfo,
+    /// Refreshes the cached snapshot usage every `stats_collect_period` (at least a second; ImageFsInfo,
     /// the containers' writable layers).
     pub(crate) fn start_snapshot_syncer(self: &Arc<Self>) {
-        let period = Duration::from_secs(self.config.stats_collect_period.max(1));
+        let period = self.config.stats_collect_period.max(Duration::from_secs(1));
         let service = self.clone();
         tokio::spawn(async move {
             loop {

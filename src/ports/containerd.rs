@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::Result;
+pub use crate::ports::stream::{ByteReader, ByteWriter, ProcessIo, TerminalSize};
 
 /// Label keys and values the CRI puts on containerd objects.
 pub const LABEL_KIND: &str = "io.cri-containerd.kind";
@@ -292,81 +293,6 @@ pub struct ImageConfig {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The registry credentials of one pull, from the CRI's `AuthConfig`. Kept in memory for the
-/// pull only: never persisted, and `Debug` shows no secret.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct RegistryAuth {
-    pub username: String,
-    pub password: String,
-    /// An OAuth2 refresh token, traded at the registry's token endpoint.
-    pub identity_token: String,
-    /// A bearer token sent to the registry as is.
-    pub registry_token: String,
-}
-
-impl RegistryAuth {
-    /// From the CRI's `AuthConfig`; its `auth` field is base64 of `username:password` and, when
-    /// set, wins over the separate fields (as containerd reads it).
-    pub fn from_cri(auth: Option<&k8s_cri::v1::AuthConfig>) -> Result<RegistryAuth> {
-        use base64::Engine;
-        let Some(auth) = auth else { return Ok(RegistryAuth::default()) };
-        let (mut username, mut password) = (auth.username.clone(), auth.password.clone());
-        if !auth.auth.is_empty() {
-            let invalid = || crate::error::Error::invalid("auth config: `auth` is not base64 of \"username:password\"");
-            let decoded = base64::engine::general_purpose::STANDARD.decode(auth.auth.trim()).map_err(|_| invalid())?;
-            let text = String::from_utf8(decoded).map_err(|_| invalid())?;
-            let (user, pass) = text.split_once(':').ok_or_else(invalid)?;
-            (username, password) = (user.to_string(), pass.to_string());
-        }
-        Ok(RegistryAuth {
-            username,
-            password,
-            identity_token: auth.identity_token.clone(),
-            registry_token: auth.registry_token.clone(),
-        })
-    }
-
-    pub fn is_anonymous(&self) -> bool {
-        *self == RegistryAuth::default()
-    }
-
-    /// A digest that tells credentials apart without holding them (in-memory keys only).
-    pub fn fingerprint(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut hash = Sha256::new();
-        for field in [&self.username, &self.password, &self.identity_token, &self.registry_token] {
-            hash.update((field.len() as u64).to_le_bytes());
-            hash.update(field.as_bytes());
-        }
-        hex::encode(&hash.finalize()[..8])
-    }
-}
-
-impl std::fmt::Debug for RegistryAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let set = |s: &String| if s.is_empty() { "" } else { "<redacted>" };
-        f.debug_struct("RegistryAuth")
-            .field("username", &self.username)
-            .field("password", &set(&self.password))
-            .field("identity_token", &set(&self.identity_token))
-            .field("registry_token", &set(&self.registry_token))
-            .finish()
-    }
-}
-
-/// A reference resolved at the registry: manifest for the host platform, config and layers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResolvedImage {
-    /// The normalized reference that was resolved.
-    pub name: String,
-    pub manifest: Descriptor,
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
-    /// Uncompressed layer digests (the rootfs diff ids), one per layer, for chain ids.
-    pub diff_ids: Vec<String>,
-    pub image_config: ImageConfig,
-}
-
 /// An image record in containerd's image store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -440,9 +366,6 @@ pub struct Envelope {
 /// A live event subscription. The stream ends (None) when the connection to containerd is lost.
 pub type EventStream = mpsc::Receiver<Envelope>;
 
-/// Called with the number of bytes received while a blob is fetched (pull progress).
-pub type ProgressFn<'a> = &'a (dyn Fn(u64) + Send + Sync);
-
 #[async_trait]
 pub trait Containerd: Send + Sync + 'static {
     /// The namespace this client is bound to.
@@ -486,45 +409,55 @@ pub trait Containerd: Send + Sync + 'static {
     /// Deletes the exec process and frees its IO. NotFound if absent.
     async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<()>;
 
+    // ---- interactive streams (Exec, Attach) ----
+    /// Creates and starts an exec process wired to a client instead of capturing its output:
+    /// `io.stdin` feeds its stdin (the client's EOF closes it); its stdout and stderr (stdout
+    /// alone with a tty) are copied to `io`'s writers, which are shut down when the output
+    /// ends. `exec_wait` returns once the process exited and that copy finished (bounded, as for
+    /// ExecSync). `spec.output_limit_bytes` does not apply.
+    async fn exec_start_streaming(&self, id: &str, spec: &ExecSpec, io: ProcessIo) -> Result<u32>;
+    /// Resizes the terminal of the task's init process (`exec_id` empty) or of an exec process.
+    async fn resize_pty(&self, id: &str, exec_id: &str, size: TerminalSize) -> Result<()>;
+    /// A writer into the stdin of a task created with `stdin` (several clients may hold one).
+    /// FailedPrecondition when the task has no stdin.
+    async fn open_task_stdin(&self, id: &str) -> Result<ByteWriter>;
+    /// Copies the task's output (stdout alone with a tty) to the given writers, besides its log,
+    /// until the output ends (the task exited) or the client stops reading; each writer is then
+    /// shut down. With no writer it still returns when the output ends. Dropping the future
+    /// detaches the client.
+    async fn attach_task_output(&self, id: &str, stdout: Option<ByteWriter>, stderr: Option<ByteWriter>) -> Result<()>;
+    /// Closes the task's stdin (a container with `stdin_once`, after its first attach).
+    async fn close_task_stdin(&self, id: &str) -> Result<()>;
+
     // ---- images and content ----
-    /// Resolves a normalized reference at its registry (manifest for this platform, config).
-    /// `auth` answers the registry's challenge; anonymous when default.
-    async fn resolve(&self, reference: &str, auth: &RegistryAuth) -> Result<ResolvedImage>;
     /// True when the blob is in the content store.
     async fn content_exists(&self, digest: &str) -> Result<bool>;
-    /// Fetches a blob into the content store, reporting progress in bytes.
-    async fn fetch_blob(
-        &self,
-        reference: &str,
-        blob: &Descriptor,
-        auth: &RegistryAuth,
-        progress: ProgressFn<'_>,
-    ) -> Result<()>;
     /// True when the committed snapshot `chain_id` exists in `snapshotter`.
     async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool>;
-    /// Prepares, applies `layer` on `parent_chain_id` ("" for the base) and commits as `chain_id`.
-    /// AlreadyExists when that snapshot is already committed.
+    /// Prepares, applies `layer` on `parent_chain_id` ("" for the base) and commits as `chain_id`,
+    /// under the pull's `lease`. AlreadyExists when that snapshot is already committed.
     async fn apply_layer(
         &self,
         snapshotter: &str,
         chain_id: &str,
         parent_chain_id: &str,
         layer: &Descriptor,
+        lease: &str,
     ) -> Result<()>;
     /// Prepares the writable rootfs snapshot `key` on top of `parent_chain_id`.
     async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()>;
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()>;
-    /// A regular file of the prepared snapshot `key` as the container will see it (`path`
-    /// relative to its root, e.g. `etc/passwd`), at most `max_bytes` long. None when absent,
-    /// not a regular file (a symlink is not followed: it could point anywhere on the host) or
-    /// larger.
-    async fn read_rootfs_file(
+    /// Regular files of the prepared snapshot `key` as the container will see them (`paths`
+    /// relative to its root, e.g. `etc/passwd`), each at most `max_bytes` long; one answer per
+    /// path, in order (one look-up of the snapshot's mounts for all). None when absent, not a
+    /// regular file (a symlink is not followed: it could point anywhere on the host) or larger.
+    async fn read_rootfs_files(
         &self,
         snapshotter: &str,
         key: &str,
-        path: &str,
+        paths: &[&str],
         max_bytes: usize,
-    ) -> Result<Option<Vec<u8>>>;
+    ) -> Result<Vec<Option<Vec<u8>>>>;
     /// The usage of every snapshot in `snapshotter`, by key (containerd's snapshots Usage).
     async fn snapshots_usage(&self, snapshotter: &str) -> Result<BTreeMap<String, SnapshotUsage>>;
     async fn create_image(&self, record: &ImageRecord) -> Result<()>;
@@ -535,41 +468,14 @@ pub trait Containerd: Send + Sync + 'static {
     async fn delete_image(&self, name: &str, sync: bool) -> Result<()>;
     /// Reads an image's config and chain id from the content store.
     async fn image_content(&self, record: &ImageRecord) -> Result<ImageContent>;
-    /// A lease protects content and snapshots of an in-progress pull from GC.
+    /// A lease protects what a pull writes (content, committed snapshots: every call given its
+    /// id) from GC until the image record references it; deleting it lets GC take the rest. An
+    /// implementation may let it expire by itself, so that a pull interrupted by a crash leaks
+    /// nothing for good.
     async fn create_lease(&self, id: &str) -> Result<()>;
     async fn delete_lease(&self, id: &str) -> Result<()>;
 
     // ---- events ----
     /// Subscribes to task OOM and image events of this namespace.
     async fn subscribe(&self) -> Result<EventStream>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_cri::v1::AuthConfig;
-
-    #[test]
-    fn registry_auth_reads_the_cri_config_and_hides_secrets() {
-        assert!(RegistryAuth::from_cri(None).unwrap().is_anonymous());
-        let plain = AuthConfig { username: "u".into(), password: "p".into(), ..Default::default() };
-        let plain = RegistryAuth::from_cri(Some(&plain)).unwrap();
-        assert_eq!((plain.username.as_str(), plain.password.as_str()), ("u", "p"));
-        // `auth` is base64("alice:s3:cret") and wins over the separate fields.
-        let encoded = AuthConfig { username: "u".into(), auth: "YWxpY2U6czM6Y3JldA==".into(), ..Default::default() };
-        let encoded = RegistryAuth::from_cri(Some(&encoded)).unwrap();
-        assert_eq!((encoded.username.as_str(), encoded.password.as_str()), ("alice", "s3:cret"));
-        for bad in ["not base64!", "bm9jb2xvbg=="] {
-            let config = AuthConfig { auth: bad.into(), ..Default::default() };
-            assert_eq!(
-                RegistryAuth::from_cri(Some(&config)).unwrap_err().kind,
-                crate::error::ErrorKind::InvalidArgument,
-                "{bad}"
-            );
-        }
-        let shown = format!("{encoded:?}");
-        assert!(shown.contains("alice") && !shown.contains("s3:cret"), "{shown}");
-        assert_ne!(plain.fingerprint(), encoded.fingerprint());
-        assert_eq!(plain.fingerprint(), plain.clone().fingerprint());
-    }
 }

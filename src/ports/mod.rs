@@ -1,4 +1,5 @@
-//! The four backend traits — the only way the core touches the world — plus the stream server.
+//! The backend traits — the only way the core touches the world: containerd, the image registry,
+//! CNI, the host and the clock, plus the stream server.
 //!
 //! Every process, file, socket, network namespace, clock reading and random number the core uses
 //! goes through one of these. The production crate implements them against containerd, CNI
@@ -8,13 +9,18 @@ pub mod clock;
 pub mod cni;
 pub mod containerd;
 pub mod os;
+pub mod registry;
 pub mod stream;
 
 pub use clock::{Clock, timeout};
 pub use cni::{Cni, CniResult, IpConfig, PodNetwork, PortMapping};
 pub use containerd::*;
 pub use os::Os;
-pub use stream::{StreamRequest, StreamServer};
+pub use registry::{ProgressFn, Registry, RegistryAuth, ResolvedImage};
+pub use stream::{
+    ByteReader, ByteWriter, ClientStreams, ProcessIo, SessionEnd, StreamHandler, StreamRequest, StreamServer,
+    TerminalSize,
+};
 
 use std::sync::Arc;
 
@@ -22,6 +28,7 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Backends {
     pub containerd: Arc<dyn Containerd>,
+    pub registry: Arc<dyn Registry>,
     pub cni: Arc<dyn Cni>,
     pub os: Arc<dyn Os>,
     pub clock: Arc<dyn Clock>,

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use crate::error::Result;
+use crate::ports::stream::{ByteReader, ByteWriter};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
@@ -33,6 +34,10 @@ pub trait Os: Send + Sync + 'static {
     /// True when the namespace at `path` no longer exists.
     async fn netns_closed(&self, path: &str) -> Result<bool>;
 
+    /// Connects to TCP `port` on the loopback of the network namespace at `netns_path` (the
+    /// host's when empty): the upstream of a port-forward. Unavailable when nothing listens.
+    async fn dial_port(&self, netns_path: &str, port: u16) -> Result<(ByteReader, ByteWriter)>;
+
     /// Mounts a tmpfs for the pod's /dev/shm.
     async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()>;
     /// Unmounts, tolerating a path that is not mounted.
@@ -52,3 +57,50 @@ pub trait Os: Send + Sync + 'static {
     /// Fills `buf` with random bytes (ids, tokens). The simulator draws them from the seed.
     fn random_bytes(&self, buf: &mut [u8]);
 }
+
+/// Linux capability names by bit number (0..=40, as capability.h numbers them): how a
+/// `/proc/<pid>/status` mask is read, and every capability root holds in the initial user
+/// namespace.
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];

@@ -156,17 +156,12 @@ impl CriService {
         let snapshotter = self.config.snapshotter_for(&sandbox.metadata.runtime_handler);
         // Before any side effect: the sandbox's handler may have left the config since a restart.
         let runtime = self.config.runtime_type_for(&sandbox.metadata.runtime_handler)?;
+        let log_path = crate::spec::log_file_path(&sandbox.config.log_directory, &config.log_path)?;
         let root_dir = self.container_root(id);
         undo.push(Undo::RemoveDirs);
         self.backends.os.mkdir_all(&root_dir).await?;
         self.backends.os.mkdir_all(&self.container_state_dir(id)).await?;
 
-        let log_directory = &sandbox.config.log_directory;
-        let log_path = if log_directory.is_empty() || config.log_path.is_empty() {
-            String::new()
-        } else {
-            format!("{log_directory}/{}", config.log_path)
-        };
         let policy =
             SpecPolicy::new(&self.config, &sandbox.metadata.runtime_handler, self.backends.os.apparmor_enabled())?;
         let target_pid = self.target_pid(config)?;

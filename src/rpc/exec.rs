@@ -172,7 +172,7 @@ impl CriService {
         Ok(PortForwardResponse { url })
     }
 
-    fn running_container(&self, id: &str) -> Result<String> {
+    pub(crate) fn running_container(&self, id: &str) -> Result<String> {
         let container = self.containers.get(id)?;
         if container.status().state() != ContainerState::Running {
             return Err(Error::precondition(format!("container {:?} is not running", container.id)));

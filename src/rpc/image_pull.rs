@@ -88,16 +88,25 @@ impl CriService {
         let normalized = reference.to_string();
         let key =
             if auth.is_anonymous() { normalized.clone() } else { format!("{normalized} auth:{}", auth.fingerprint()) };
-        let existing = self.pulls.in_flight.lock().unwrap().get(&key).cloned();
-        let mut receiver = match existing {
-            Some(receiver) => {
+        // Join or start under one lock acquisition: a separate get and insert would let two
+        // callers on two threads both start a pull of the same key.
+        let (mut receiver, start) = {
+            let mut in_flight = self.pulls.in_flight.lock().unwrap();
+            match in_flight.get(&key) {
+                Some(receiver) => (receiver.clone(), None),
+                None => {
+                    let (sender, receiver) = watch::channel(None);
+                    in_flight.insert(key.clone(), receiver.clone());
+                    (receiver, Some(sender))
+                }
+            }
+        };
+        match start {
+            None => {
                 cov_mark::hit!(pull_joined_in_flight);
                 self.pulls.pulls_joined_total.fetch_add(1, Ordering::Relaxed);
-                receiver
             }
-            None => {
-                let (sender, receiver) = watch::channel(None);
-                self.pulls.in_flight.lock().unwrap().insert(key.clone(), receiver.clone());
+            Some(sender) => {
                 self.pulls.pulls_started_total.fetch_add(1, Ordering::Relaxed);
                 let service = self.clone();
                 let auth = auth.clone();
@@ -107,9 +116,8 @@ impl CriService {
                     service.pulls.in_flight.lock().unwrap().remove(&key);
                     sender.send_replace(Some(result));
                 });
-                receiver
             }
-        };
+        }
         match receiver.wait_for(|r| r.is_some()).await {
             Ok(result) => result.clone().expect("checked"),
             Err(_) => Err(Error::internal("pull ended without a result")),
@@ -118,7 +126,7 @@ impl CriService {
 
     async fn pull_with_watchdog(self: &Arc<Self>, reference: &ImageRef, auth: &RegistryAuth) -> Result<String> {
         let progress = Arc::new(Progress::default());
-        let timeout = self.config.image_pull_progress_timeout();
+        let timeout = self.config.image_pull_progress_timeout;
         let pull = self.pull_steps(reference, auth, progress.clone());
         if timeout.is_zero() {
             return pull.await;
@@ -168,7 +176,7 @@ impl CriService {
         self.backends.os.random_bytes(&mut lease_id);
         let lease = format!("crid-pull-{}", hex::encode(lease_id));
         containerd.create_lease(&lease).await?;
-        let result = self.pull_under_lease(reference, auth, &progress).await;
+        let result = self.pull_under_lease(reference, auth, &lease, &progress).await;
         if let Err(error) = containerd.delete_lease(&lease).await {
             tracing::warn!(lease, %error, "failed to delete pull lease");
         }
@@ -179,12 +187,12 @@ impl CriService {
         self: &Arc<Self>,
         image_ref: &ImageRef,
         auth: &RegistryAuth,
+        lease: &str,
         progress: &Arc<Progress>,
     ) -> Result<String> {
-        let containerd = self.backends.containerd.clone();
         let reference = &image_ref.to_string();
         progress.active.fetch_add(1, Ordering::Relaxed);
-        let resolved = containerd.resolve(reference, auth).await;
+        let resolved = self.backends.registry.resolve(reference, auth, lease).await;
         progress.active.fetch_sub(1, Ordering::Relaxed);
         let resolved = resolved.map_err(|e| e.context(format!("failed to resolve reference {reference:?}")))?;
         if resolved.layers.len() != resolved.diff_ids.len() {
@@ -206,7 +214,7 @@ impl CriService {
             let permits = &permits;
             fetches.push(async move {
                 let _permit = permits.acquire().await.expect("never closed");
-                self.fetch_once(reference, blob, auth, progress).await
+                self.fetch_once(reference, blob, auth, lease, progress).await
             });
         }
         futures::future::join_all(fetches).await.into_iter().collect::<Result<Vec<()>>>()?;
@@ -215,7 +223,7 @@ impl CriService {
         let chains = chain_ids(&resolved.diff_ids);
         let mut parent = String::new();
         for (layer, chain) in resolved.layers.iter().zip(&chains) {
-            self.apply_once(&snapshotter, chain, &parent, layer).await?;
+            self.apply_once(&snapshotter, chain, &parent, layer, lease).await?;
             parent = chain.clone();
         }
         self.create_image_references(image_ref, &resolved, &chains).await
@@ -226,29 +234,36 @@ impl CriService {
         reference: &str,
         blob: &Descriptor,
         auth: &RegistryAuth,
+        lease: &str,
         progress: &Progress,
     ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("blob://{}", blob.digest)).await;
-        let containerd = &self.backends.containerd;
-        if containerd.content_exists(&blob.digest).await? {
+        if self.backends.containerd.content_exists(&blob.digest).await? {
             return Ok(());
         }
         progress.active.fetch_add(1, Ordering::Relaxed);
         let report = |bytes: u64| {
             progress.bytes.fetch_add(bytes, Ordering::Relaxed);
         };
-        let result = containerd.fetch_blob(reference, blob, auth, &report).await;
+        let result = self.backends.registry.fetch_blob(reference, blob, auth, lease, &report).await;
         progress.active.fetch_sub(1, Ordering::Relaxed);
         result.map_err(|e| e.context(format!("failed to fetch {}", blob.digest)))
     }
 
-    async fn apply_once(&self, snapshotter: &str, chain_id: &str, parent: &str, layer: &Descriptor) -> Result<()> {
+    async fn apply_once(
+        &self,
+        snapshotter: &str,
+        chain_id: &str,
+        parent: &str,
+        layer: &Descriptor,
+        lease: &str,
+    ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("sn://{snapshotter}/{chain_id}")).await;
         let containerd = &self.backends.containerd;
         if containerd.snapshot_exists(snapshotter, chain_id).await? {
             return Ok(());
         }
-        match containerd.apply_layer(snapshotter, chain_id, parent, layer).await {
+        match containerd.apply_layer(snapshotter, chain_id, parent, layer, lease).await {
             Ok(()) => Ok(()),
             Err(error) if error.is_already_exists() => Ok(()),
             Err(error) => Err(error.context(format!("failed to unpack layer {}", layer.digest))),

@@ -324,6 +324,66 @@ fn device_requests(config: &ContainerConfig) -> Result<Vec<DeviceRequest>> {
 }
 
 /// At most 256 characters of a request's text, for error messages.
+/// A CRI mount's place in the container: absolute, and cleaned lexically (`.`, `..` and
+/// repeated slashes resolved) so that no later join can climb out of the rootfs; the root itself
+/// is refused, since a mount over it would replace the image.
+fn mount_destination(container_path: &str) -> Result<String> {
+    if !container_path.starts_with('/') {
+        return Err(Error::invalid(format!("mount container path {:?} must be absolute", truncated(container_path))));
+    }
+    let cleaned = clean_absolute(container_path);
+    if cleaned == "/" {
+        return Err(Error::invalid(format!(
+            "mount container path {:?} would replace the container's root",
+            truncated(container_path)
+        )));
+    }
+    Ok(cleaned)
+}
+
+/// Lexical cleaning of an absolute path, as Go's `filepath.Clean` does: `..` at the root stays
+/// at the root.
+pub(crate) fn clean_absolute(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// A container's log file under its pod's log directory: `log_path` must be relative and stay
+/// below the directory once cleaned (kubelet sends `<name>/<attempt>.log`); anything else could
+/// write, and later remove, files anywhere on the host.
+pub fn log_file_path(log_directory: &str, log_path: &str) -> Result<String> {
+    if log_directory.is_empty() || log_path.is_empty() {
+        return Ok(String::new());
+    }
+    let escapes = log_path.starts_with('/') || {
+        let mut depth = 0i32;
+        log_path.split('/').any(|part| {
+            match part {
+                "" | "." => {}
+                ".." => depth -= 1,
+                _ => depth += 1,
+            }
+            depth < 0
+        })
+    };
+    if escapes || clean_absolute(&format!("/{log_path}")) == "/" {
+        return Err(Error::invalid(format!(
+            "log path {:?} must be a file below the pod's log directory",
+            truncated(log_path)
+        )));
+    }
+    Ok(format!("{}{}", log_directory.trim_end_matches('/'), clean_absolute(&format!("/{log_path}"))))
+}
+
 fn truncated(text: &str) -> String {
     match text.char_indices().nth(256) {
         Some((end, _)) => format!("{}…", &text[..end]),
@@ -498,7 +558,11 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> Result<WorkloadSpec> {
         .mounts
         .iter()
         .map(|m| {
-            let mut mount = bind(&m.host_path, &m.container_path, m.readonly);
+            let container_path = mount_destination(&m.container_path)?;
+            if !m.host_path.starts_with('/') {
+                return Err(Error::invalid(format!("mount host path {:?} must be absolute", truncated(&m.host_path))));
+            }
+            let mut mount = bind(&m.host_path, &container_path, m.readonly);
             if m.selinux_relabel {
                 mount.options.push("relabel".into());
             }
@@ -513,9 +577,9 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> Result<WorkloadSpec> {
                 }
                 .into(),
             );
-            mount
+            Ok(mount)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     // The pod's /dev/shm, shared by its containers (the host's for a host-IPC pod), unless the
     // CRI mounts one itself; as in containerd.
     if !mounts.iter().any(|m| m.destination == "/dev/shm") {
@@ -1107,5 +1171,35 @@ mod tests {
         };
         let spec = test_container_spec(&ContainerConfig::default(), &host_ipc, &ImageConfig::default());
         assert_eq!(spec.mounts.iter().find(|m| m.destination == "/dev/shm").unwrap().source, "/dev/shm");
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_stay_below_the_pod_log_directory() {
+        assert_eq!(log_file_path("/logs/p", "c/0.log").unwrap(), "/logs/p/c/0.log");
+        assert_eq!(log_file_path("/logs/p/", "./c//0.log").unwrap(), "/logs/p/c/0.log");
+        assert_eq!(log_file_path("/logs/p", "c/../d.log").unwrap(), "/logs/p/d.log");
+        assert_eq!(log_file_path("", "c/0.log").unwrap(), "");
+        assert_eq!(log_file_path("/logs/p", "").unwrap(), "");
+        for bad in ["../../../../tmp/escape.log", "/tmp/x.log", "c/../../x", ".", "c/.."] {
+            let error = log_file_path("/logs/p", bad).unwrap_err();
+            assert_eq!(error.kind, crate::ErrorKind::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn mount_destinations_are_absolute_clean_and_not_the_root() {
+        assert_eq!(mount_destination("/data/../cache//x/").unwrap(), "/cache/x");
+        assert_eq!(mount_destination("/../../etc").unwrap(), "/etc");
+        for bad in ["../../", "data", "", "/", "/a/..", "/../.."] {
+            assert_eq!(mount_destination(bad).unwrap_err().kind, crate::ErrorKind::InvalidArgument, "{bad:?}");
+        }
+        let long = format!("{}x", "a/".repeat(5000));
+        let message = mount_destination(&long).unwrap_err().message;
+        assert!(message.len() < 400, "the message quotes a bounded prefix: {} bytes", message.len());
     }
 }

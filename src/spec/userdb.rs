@@ -76,8 +76,11 @@ pub async fn resolve_user(
 impl UserDb {
     /// Reads the image's account files from the prepared rootfs `key`.
     pub async fn read(containerd: &dyn crate::ports::Containerd, snapshotter: &str, key: &str) -> Result<UserDb> {
-        let passwd = containerd.read_rootfs_file(snapshotter, key, "etc/passwd", MAX_ACCOUNT_FILE_BYTES).await?;
-        let group = containerd.read_rootfs_file(snapshotter, key, "etc/group", MAX_ACCOUNT_FILE_BYTES).await?;
+        let mut files = containerd
+            .read_rootfs_files(snapshotter, key, &["etc/passwd", "etc/group"], MAX_ACCOUNT_FILE_BYTES)
+            .await?
+            .into_iter();
+        let (passwd, group) = (files.next().flatten(), files.next().flatten());
         let text = |bytes: Option<Vec<u8>>| bytes.map(|b| String::from_utf8_lossy(&b).into_owned());
         Ok(UserDb::parse(text(passwd).as_deref(), text(group).as_deref()))
     }

@@ -45,17 +45,6 @@ impl Registrar {
         Ok(())
     }
 
-    pub fn key_of(&self, name: &str) -> Option<String> {
-        self.maps.lock().unwrap().key_by_name.get(name).cloned()
-    }
-
-    pub fn release_by_name(&self, name: &str) {
-        let mut maps = self.maps.lock().unwrap();
-        if let Some(key) = maps.key_by_name.remove(name) {
-            maps.name_by_key.remove(&key);
-        }
-    }
-
     pub fn release_by_key(&self, key: &str) {
         let mut maps = self.maps.lock().unwrap();
         if let Some(name) = maps.name_by_key.remove(key) {
@@ -84,7 +73,7 @@ mod tests {
         assert!(registrar.reserve("other", "id1").is_err());
         registrar.release_by_key("id1");
         registrar.reserve("pod", "id2").unwrap();
-        registrar.release_by_name("pod");
+        registrar.release_by_key("id2");
         assert!(registrar.entries().is_empty());
     }
 }

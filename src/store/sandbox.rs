@@ -104,12 +104,4 @@ impl Sandbox {
         // The sender lives as long as `self`, so the wait ends only by the flag.
         let _ = receiver.wait_for(|stopped| *stopped).await;
     }
-
-    pub fn host_network(&self) -> bool {
-        self.metadata.host_network
-    }
-
-    pub fn pod_namespace(&self) -> String {
-        self.config.metadata.as_ref().map(|m| m.namespace.clone()).unwrap_or_default()
-    }
 }

@@ -56,16 +56,8 @@ impl<T> Table<T> {
         self.objects.lock().unwrap().values().cloned().collect()
     }
 
-    pub fn ids(&self) -> Vec<String> {
-        self.objects.lock().unwrap().keys().cloned().collect()
-    }
-
     pub fn len(&self) -> usize {
         self.objects.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -83,6 +75,6 @@ mod tests {
         assert_eq!(table.get("ab").unwrap_err().kind, crate::error::ErrorKind::InvalidArgument);
         assert!(table.get("x").unwrap_err().is_not_found());
         assert!(table.add("abc123", Arc::new(3)).unwrap_err().is_already_exists());
-        assert_eq!(table.ids(), vec!["abc123", "abd456"]);
+        assert_eq!(table.list().iter().map(|v| **v).collect::<Vec<_>>(), vec![1, 2]);
     }
 }

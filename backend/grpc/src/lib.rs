@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crid::error::{Error, ErrorKind};
 
 pub mod authority;
-use crid::service::CriService;
+use crid::CriService;
 
 /// Largest message either way: ExecSync returns up to 16 MiB per stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -1,13 +1,16 @@
 //! `RealContainerd`: the `Containerd` trait over containerd's gRPC API on its unix socket.
 //!
 //! Every request carries the `containerd-namespace` header of the namespace this client is bound
-//! to; pulls additionally carry a `containerd-lease` header so that blobs and snapshots written
-//! before the image record exists are not garbage-collected.
+//! to; what a pull writes additionally carries the pull's `containerd-lease` header so that
+//! blobs and snapshots written before the image record exists are not garbage-collected.
+//! `registry.rs` implements the `Registry` trait on the same client: fetched blobs go into
+//! containerd's content store.
 
 pub mod content;
 pub mod convert;
 pub mod events;
 pub mod metrics;
+pub mod registry;
 pub mod rootfs;
 pub mod spec;
 pub mod taskio;
@@ -32,22 +35,23 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
-    ApplyRequest, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteImageRequest, DeleteProcessRequest, DeleteRequest as DeleteLeaseRequest,
-    DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetImageRequest, GetRequest, InfoRequest, KillRequest,
-    ListContainersRequest, ListImagesRequest, MetricsRequest, StartRequest, SubscribeRequest, UpdateContainerRequest,
-    UpdateImageRequest, UpdateRequest as UpdateContentRequest, UpdateTaskRequest, WaitRequest,
+    ApplyRequest, CloseIoRequest, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
+    CreateTaskRequest, DeleteContainerRequest, DeleteImageRequest, DeleteProcessRequest,
+    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetImageRequest,
+    GetRequest, InfoRequest, KillRequest, ListContainersRequest, ListImagesRequest, MetricsRequest, ResizePtyRequest,
+    StartRequest, SubscribeRequest, UpdateContainerRequest, UpdateImageRequest, UpdateRequest as UpdateContentRequest,
+    UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::types::Mount as ProtoMount;
 use containerd_client::types::v1::Status as ProcessStatus;
 use crid::error::{Error, ErrorKind, Result};
 use crid::ports::{
-    ContainerRecord, Containerd, Descriptor, EventStream, ExecOutput, ExecSpec, ExitStatus, ImageContent, ImageRecord,
-    ProgressFn, RegistryAuth, ResolvedImage, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState,
+    ByteWriter, ContainerRecord, Containerd, Descriptor, EventStream, ExecOutput, ExecSpec, ExitStatus, ImageContent,
+    ImageRecord, ProcessIo, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState, TerminalSize,
 };
-use futures::TryStreamExt;
 use hyper_util::rt::TokioIo;
 use prost_types::{Any, FieldMask};
+use tokio::io::AsyncWriteExt;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -58,9 +62,17 @@ use taskio::IoManager;
 
 /// gRPC messages above tonic's 4 MiB default occur in List calls of busy hosts.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// A pull lease is reused for this long, and expires (for containerd's GC) this much later.
-const PULL_LEASE_REUSE: Duration = Duration::from_secs(10 * 60);
-const PULL_LEASE_EXPIRY_SECS: i64 = 60 * 60;
+/// The rootfs lease is reused for this long.
+const ROOTFS_LEASE_REUSE: Duration = Duration::from_secs(10 * 60);
+/// Every lease crid creates expires (for containerd's GC) this long after its creation, so that
+/// one left behind by a crash does not hold content for good.
+const LEASE_EXPIRY_SECS: i64 = 60 * 60;
+
+/// The label that makes containerd's GC drop a lease after [`LEASE_EXPIRY_SECS`].
+fn lease_expiry_labels() -> HashMap<String, String> {
+    let expiry = chrono::Utc::now() + chrono::Duration::seconds(LEASE_EXPIRY_SECS);
+    HashMap::from([("containerd.io/gc.expire".to_string(), expiry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))])
+}
 
 /// Opens a lazily connecting channel to containerd's unix socket: a later containerd restart is
 /// survived by reconnecting on the next call.
@@ -125,8 +137,8 @@ pub struct RealContainerd {
     io: IoManager,
     registry: RegistryClient,
     default_snapshotter: String,
-    /// Current pull lease and when it was created.
-    pull_lease: tokio::sync::Mutex<Option<(String, Instant)>>,
+    /// Current rootfs lease and when it was created.
+    rootfs_lease: tokio::sync::Mutex<Option<(String, Instant)>>,
     /// Snapshotter each chain id was unpacked into, for the config's GC label.
     unpacked_into: Mutex<HashMap<String, String>>,
 }
@@ -152,7 +164,7 @@ impl RealContainerd {
             io: IoManager::new(options.fifo_dir).with_limits(options.max_log_line_bytes, options.exec_drain),
             registry: RegistryClient::new(options.registry_config_path)?,
             default_snapshotter: options.default_snapshotter,
-            pull_lease: tokio::sync::Mutex::new(None),
+            rootfs_lease: tokio::sync::Mutex::new(None),
             unpacked_into: Mutex::new(HashMap::new()),
         })
     }
@@ -180,23 +192,20 @@ impl RealContainerd {
         SnapshotsClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// A lease that expires by itself, shared by all pulls for a while: the blobs and snapshots
-    /// a pull writes stay until the image record (or a container) references them.
-    async fn pull_lease(&self) -> Result<String> {
-        let mut current = self.pull_lease.lock().await;
+    /// A lease that expires by itself, shared by all container creations for a while: a rootfs
+    /// snapshot prepared before its container record exists is not collected in between. (A
+    /// pull has a lease of its own, created by the core and given to every call that writes.)
+    async fn rootfs_lease(&self) -> Result<String> {
+        let mut current = self.rootfs_lease.lock().await;
         if let Some((id, created)) = current.as_ref()
-            && created.elapsed() < PULL_LEASE_REUSE
+            && created.elapsed() < ROOTFS_LEASE_REUSE
         {
             return Ok(id.clone());
         }
         let mut suffix = [0u8; 8];
         crate::os::fill_random(&mut suffix);
-        let id = format!("crid-pull-{}", hex::encode(suffix));
-        let expiry = chrono::Utc::now() + chrono::Duration::seconds(PULL_LEASE_EXPIRY_SECS);
-        let labels = HashMap::from([(
-            "containerd.io/gc.expire".to_string(),
-            expiry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )]);
+        let id = format!("crid-rootfs-{}", hex::encode(suffix));
+        let labels = lease_expiry_labels();
         grpc(
             LeasesClient::new(self.channel.clone())
                 .create(self.req(CreateLeaseRequest { id: id.clone(), labels }))
@@ -386,11 +395,11 @@ impl Containerd for RealContainerd {
     async fn create_task(&self, id: &str, io: &TaskIo) -> Result<u32> {
         let record = self.get_container(id).await?;
         let rootfs = self.rootfs_mounts(&record).await?;
-        let prepared = self.io.prepare_task(id, &io.log_path, io.tty)?;
+        let prepared = self.io.prepare_task(id, &io.log_path, io.tty, io.stdin)?;
         let request = CreateTaskRequest {
             container_id: id.to_string(),
             rootfs,
-            stdin: String::new(),
+            stdin: prepared.stdin.clone(),
             stdout: prepared.stdout.clone(),
             stderr: prepared.stderr.clone(),
             terminal: prepared.terminal,
@@ -575,69 +584,121 @@ impl Containerd for RealContainerd {
         result
     }
 
-    // ---- images and content ----
+    // ---- interactive streams ----
 
-    /// Resolves at the registry and stores the manifest in the content store, as containerd's
-    /// resolver does: the image record's target must be readable (recovery, image status) and
-    /// the manifest's GC labels are what keep the config and layers alive.
-    async fn resolve(&self, reference: &str, auth: &RegistryAuth) -> Result<ResolvedImage> {
-        let (resolved, manifest_bytes) = self.registry.resolve(reference, auth).await?;
-        if !self.content_info_exists(&resolved.manifest.digest).await? {
-            let labels = |bytes: &[u8]| ManifestDocument::parse(bytes, None).map(|m| m.gc_labels()).unwrap_or_default();
-            let mut suffix = [0u8; 4];
-            crate::os::fill_random(&mut suffix);
-            let write = content::BlobWrite {
-                write_ref: format!("crid-{}-{}", resolved.manifest.digest, hex::encode(suffix)),
-                digest: &resolved.manifest.digest,
-                size: resolved.manifest.size_bytes,
-                lease: Some(self.pull_lease().await?),
-                labels: &labels,
-                keep_bytes: true,
-            };
-            let body = futures::stream::iter([Ok(bytes::Bytes::from(manifest_bytes))]);
-            content::write_blob(&self.channel, &self.requests, write, body, &|_| {})
-                .await
-                .map_err(|e| e.context(format!("store manifest {}", resolved.manifest.digest)))?;
+    async fn exec_start_streaming(&self, id: &str, exec: &ExecSpec, io: ProcessIo) -> Result<u32> {
+        let record = self.get_container(id).await?;
+        let mut workload = record.spec.clone();
+        workload.args = exec.args.clone();
+        workload.tty = exec.tty;
+        let process = spec::process(&workload)?;
+        // After the client's stdin ends and its FIFO is closed, CloseIO makes the shim close
+        // the process's stdin even where the FIFO's EOF alone does not (a terminal).
+        let close_io = {
+            let mut tasks = self.tasks();
+            let request =
+                self.req(CloseIoRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone(), stdin: true });
+            async move {
+                let _ = tasks.close_io(request).await;
+            }
+        };
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let prepared = self.io.prepare_exec_streaming(id, &exec.exec_id, exec.tty, io, started, close_io)?;
+        let request = ExecProcessRequest {
+            container_id: id.to_string(),
+            stdin: prepared.stdin.clone(),
+            stdout: prepared.stdout.clone(),
+            stderr: prepared.stderr.clone(),
+            terminal: prepared.terminal,
+            spec: Some(json_any(spec::PROCESS_TYPE_URL, spec::to_json(&process)?)),
+            exec_id: exec.exec_id.clone(),
+        };
+        let created = grpc(self.tasks().exec(self.req(request)).await);
+        if let Err(e) = created {
+            self.io.remove_exec(id, &exec.exec_id).await;
+            return Err(e);
         }
-        Ok(resolved)
+        let start = StartRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
+        let started = grpc(self.tasks().start(self.req(start)).await);
+        drop(prepared.keepalive);
+        let _ = started_tx.send(());
+        match started {
+            Ok(response) => Ok(response.pid),
+            Err(e) => {
+                let delete = DeleteProcessRequest { container_id: id.to_string(), exec_id: exec.exec_id.clone() };
+                let _ = self.tasks().delete_process(self.req(delete)).await;
+                self.io.remove_exec(id, &exec.exec_id).await;
+                Err(e)
+            }
+        }
     }
+
+    async fn resize_pty(&self, id: &str, exec_id: &str, size: TerminalSize) -> Result<()> {
+        let request = ResizePtyRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width: u32::from(size.width),
+            height: u32::from(size.height),
+        };
+        grpc(self.tasks().resize_pty(self.req(request)).await).map(|_| ())
+    }
+
+    async fn open_task_stdin(&self, id: &str) -> Result<ByteWriter> {
+        self.io.reattach(id);
+        self.io.task_stdin(id)
+    }
+
+    async fn attach_task_output(&self, id: &str, stdout: Option<ByteWriter>, stderr: Option<ByteWriter>) -> Result<()> {
+        self.io.reattach(id);
+        let (stdout_chunks, stderr_chunks) = self.io.subscribe_output(id)?;
+        // Each stream is forwarded until it ends or its client stops reading; the attach ends
+        // when the first one does (the task exited, or the client went away).
+        let forward = |chunks: Option<taskio::OutputChunks>, writer: Option<ByteWriter>| async move {
+            let Some(mut chunks) = chunks else {
+                if let Some(mut writer) = writer {
+                    let _ = writer.shutdown().await;
+                }
+                return false;
+            };
+            let mut writer = writer;
+            while let Some(chunk) = chunks.recv().await {
+                if let Some(out) = writer.as_mut()
+                    && out.write_all(&chunk).await.is_err()
+                {
+                    return true;
+                }
+            }
+            if let Some(mut out) = writer {
+                let _ = out.shutdown().await;
+            }
+            true
+        };
+        let has_stdout = stdout_chunks.is_some();
+        let (out, err) = (forward(stdout_chunks, stdout), forward(stderr_chunks, stderr));
+        if has_stdout {
+            // stdout always exists while the task runs; stderr ends with it (or never existed).
+            tokio::pin!(out, err);
+            tokio::select! {
+                biased;
+                _ = &mut out => {}
+                ended = &mut err => if ended { out.await; },
+            }
+        } else {
+            err.await;
+        }
+        Ok(())
+    }
+
+    async fn close_task_stdin(&self, id: &str) -> Result<()> {
+        self.io.close_task_stdin(id);
+        let request = CloseIoRequest { container_id: id.to_string(), exec_id: String::new(), stdin: true };
+        grpc(self.tasks().close_io(self.req(request)).await).map(|_| ())
+    }
+
+    // ---- images and content ----
 
     async fn content_exists(&self, digest: &str) -> Result<bool> {
         self.content_info_exists(digest).await
-    }
-
-    async fn fetch_blob(
-        &self,
-        reference: &str,
-        blob: &Descriptor,
-        auth: &RegistryAuth,
-        progress: ProgressFn<'_>,
-    ) -> Result<()> {
-        // The integration tests count these lines to prove that concurrent pulls fetch once.
-        tracing::debug!(digest = %blob.digest, media_type = %blob.media_type, reference, "fetching blob");
-        let response = self.registry.blob(reference, blob, auth).await?;
-        let body = response.bytes_stream().map_err(|e| Error::unavailable(format!("download {}: {e}", blob.digest)));
-        let is_manifest = pull::is_manifest_media_type(&blob.media_type);
-        let media_type = blob.media_type.as_str();
-        let labels = move |bytes: &[u8]| -> BTreeMap<String, String> {
-            if !is_manifest {
-                return BTreeMap::new();
-            }
-            ManifestDocument::parse(bytes, Some(media_type)).map(|m| m.gc_labels()).unwrap_or_default()
-        };
-        let mut suffix = [0u8; 4];
-        crate::os::fill_random(&mut suffix);
-        let write = content::BlobWrite {
-            write_ref: format!("crid-{}-{}", blob.digest, hex::encode(suffix)),
-            digest: &blob.digest,
-            size: blob.size_bytes,
-            lease: Some(self.pull_lease().await?),
-            labels: &labels,
-            keep_bytes: is_manifest,
-        };
-        content::write_blob(&self.channel, &self.requests, write, Box::pin(body), progress)
-            .await
-            .map_err(|e| e.context(format!("fetch {}", blob.digest)))
     }
 
     async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool> {
@@ -655,8 +716,8 @@ impl Containerd for RealContainerd {
         chain_id: &str,
         parent_chain_id: &str,
         layer: &Descriptor,
+        lease: &str,
     ) -> Result<()> {
-        let lease = self.pull_lease().await?;
         let mut suffix = [0u8; 8];
         crate::os::fill_random(&mut suffix);
         // A unique key: a concurrent or crashed unpack of the same layer never collides with ours.
@@ -667,7 +728,7 @@ impl Containerd for RealContainerd {
             parent: parent_chain_id.to_string(),
             labels: HashMap::new(),
         };
-        let mounts = grpc(self.snapshots().prepare(self.requests.with_lease(prepare, Some(&lease))).await)?.mounts;
+        let mounts = grpc(self.snapshots().prepare(self.requests.with_lease(prepare, Some(lease))).await)?.mounts;
         let result = async {
             let apply = ApplyRequest {
                 diff: Some(convert::to_proto_descriptor(layer)),
@@ -675,14 +736,14 @@ impl Containerd for RealContainerd {
                 payloads: HashMap::new(),
                 sync_fs: false,
             };
-            grpc(DiffClient::new(self.channel.clone()).apply(self.requests.with_lease(apply, Some(&lease))).await)?;
+            grpc(DiffClient::new(self.channel.clone()).apply(self.requests.with_lease(apply, Some(lease))).await)?;
             let commit = CommitSnapshotRequest {
                 snapshotter: snapshotter.to_string(),
                 name: chain_id.to_string(),
                 key: key.clone(),
                 labels: HashMap::new(),
             };
-            grpc(self.snapshots().commit(self.requests.with_lease(commit, Some(&lease))).await).map(|_| ())
+            grpc(self.snapshots().commit(self.requests.with_lease(commit, Some(lease))).await).map(|_| ())
         }
         .await;
         if result.is_err() {
@@ -694,7 +755,7 @@ impl Containerd for RealContainerd {
     }
 
     async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()> {
-        let lease = self.pull_lease().await?;
+        let lease = self.rootfs_lease().await?;
         let request = PrepareSnapshotRequest {
             snapshotter: snapshotter.to_string(),
             key: key.to_string(),
@@ -704,21 +765,24 @@ impl Containerd for RealContainerd {
         grpc(self.snapshots().prepare(self.requests.with_lease(request, Some(&lease))).await).map(|_| ())
     }
 
-    async fn read_rootfs_file(
+    async fn read_rootfs_files(
         &self,
         snapshotter: &str,
         key: &str,
-        path: &str,
+        paths: &[&str],
         max_bytes: usize,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Vec<Option<Vec<u8>>>> {
         let request = MountsRequest { snapshotter: snapshotter.to_string(), key: key.to_string() };
         let mounts = grpc(self.snapshots().mounts(self.req(request)).await)?.mounts;
         let mounts: Vec<(String, String, Vec<String>)> =
             mounts.into_iter().map(|m| (m.r#type, m.source, m.options)).collect();
-        let path = path.trim_start_matches('/').to_string();
-        tokio::task::spawn_blocking(move || userdb::read_layer_file(&userdb::layer_dirs(&mounts), &path, max_bytes))
-            .await
-            .map_err(|e| Error::internal(format!("read from the rootfs: {e}")))
+        let paths: Vec<String> = paths.iter().map(|p| p.trim_start_matches('/').to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let layers = userdb::layer_dirs(&mounts);
+            paths.iter().map(|path| userdb::read_layer_file(&layers, path, max_bytes)).collect()
+        })
+        .await
+        .map_err(|e| Error::internal(format!("read from the rootfs: {e}")))
     }
 
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {
@@ -805,7 +869,7 @@ impl Containerd for RealContainerd {
     }
 
     async fn create_lease(&self, id: &str) -> Result<()> {
-        let request = CreateLeaseRequest { id: id.to_string(), labels: HashMap::new() };
+        let request = CreateLeaseRequest { id: id.to_string(), labels: lease_expiry_labels() };
         grpc(LeasesClient::new(self.channel.clone()).create(self.req(request)).await).map(|_| ())
     }
 

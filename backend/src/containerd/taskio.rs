@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crid::error::{Error, Result};
+use crid::ports::{ByteReader, ByteWriter, ProcessIo};
 use nix::sys::stat::Mode;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
@@ -30,6 +31,7 @@ const LOG_PATH_FILE: &str = "log_path";
 
 /// Paths handed to containerd's task Create / Exec.
 pub struct PreparedIo {
+    pub stdin: String,
     pub stdout: String,
     pub stderr: String,
     pub terminal: bool,
@@ -39,22 +41,31 @@ pub struct PreparedIo {
 
 impl PreparedIo {
     fn null() -> Self {
-        PreparedIo { stdout: String::new(), stderr: String::new(), terminal: false, keepalive: Vec::new() }
+        PreparedIo {
+            stdin: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            terminal: false,
+            keepalive: Vec::new(),
+        }
     }
 }
 
-/// The CRI log file of one task, shared by its stdout and stderr copiers.
+/// The CRI log file of one task, shared by its stdout and stderr copiers; none for a container
+/// that has no log path (its output still reaches attached clients).
 struct LogSink {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Option<Mutex<File>>,
 }
 
 impl LogSink {
     fn open(path: &Path) -> Result<LogSink> {
-        Ok(LogSink { path: path.to_path_buf(), file: Mutex::new(open_log(path)?) })
+        let file = if path.as_os_str().is_empty() { None } else { Some(Mutex::new(open_log(path)?)) };
+        Ok(LogSink { path: path.to_path_buf(), file })
     }
 
     fn write_line(&self, stream: &str, partial: bool, content: &[u8]) {
+        let Some(file) = &self.file else { return };
         let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let tag = if partial { "P" } else { "F" };
         let mut line = Vec::with_capacity(content.len() + 48);
@@ -62,15 +73,16 @@ impl LogSink {
         line.extend_from_slice(content);
         line.push(b'\n');
         // One write per line under the lock keeps stdout and stderr lines whole.
-        let mut file = self.file.lock().unwrap();
+        let mut file = file.lock().unwrap();
         if let Err(e) = file.write_all(&line) {
             tracing::warn!(path = %self.path.display(), error = %e, "failed to write container log");
         }
     }
 
     fn reopen(&self) -> Result<()> {
+        let Some(file) = &self.file else { return Ok(()) };
         let fresh = open_log(&self.path)?;
-        *self.file.lock().unwrap() = fresh;
+        *file.lock().unwrap() = fresh;
         Ok(())
     }
 }
@@ -125,6 +137,110 @@ impl LineSplitter {
 struct TaskLog {
     sink: Arc<LogSink>,
     copiers: Vec<JoinHandle<()>>,
+    /// Attached clients of stdout and stderr.
+    stdout_clients: Arc<Mutex<Subscribers>>,
+    stderr_clients: Arc<Mutex<Subscribers>>,
+    /// Our end of the task's stdin FIFO, opened read-write so that the shim never sees EOF
+    /// between attached clients; None when the task has no stdin or it was closed.
+    stdin: Option<SharedStdin>,
+}
+
+/// What an attached client receives of one output stream.
+pub type OutputChunks = tokio::sync::mpsc::Receiver<bytes::Bytes>;
+
+/// Attached clients of one output stream. The log copier hands each chunk to every client
+/// (waiting for a slow one, as containerd's broadcaster does) and closes them all at EOF.
+#[derive(Default)]
+pub struct Subscribers {
+    closed: bool,
+    next_id: u64,
+    clients: Vec<(u64, tokio::sync::mpsc::Sender<bytes::Bytes>)>,
+}
+
+impl Subscribers {
+    /// A receiver of the stream's chunks; None once the stream has ended.
+    fn subscribe(this: &Mutex<Subscribers>) -> Option<tokio::sync::mpsc::Receiver<bytes::Bytes>> {
+        let mut subscribers = this.lock().unwrap();
+        if subscribers.closed {
+            return None;
+        }
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        subscribers.next_id += 1;
+        let id = subscribers.next_id;
+        subscribers.clients.push((id, sender));
+        Some(receiver)
+    }
+
+    async fn publish(this: &Mutex<Subscribers>, chunk: &[u8]) {
+        let clients = this.lock().unwrap().clients.clone();
+        if clients.is_empty() {
+            return;
+        }
+        let chunk = bytes::Bytes::copy_from_slice(chunk);
+        let mut gone = Vec::new();
+        for (id, client) in clients {
+            if client.send(chunk.clone()).await.is_err() {
+                gone.push(id);
+            }
+        }
+        if !gone.is_empty() {
+            this.lock().unwrap().clients.retain(|(id, _)| !gone.contains(id));
+        }
+    }
+
+    fn close(this: &Mutex<Subscribers>) {
+        let mut subscribers = this.lock().unwrap();
+        subscribers.closed = true;
+        subscribers.clients.clear();
+    }
+}
+
+/// The write end of a task's stdin FIFO, shared by attached clients.
+#[derive(Clone)]
+pub struct SharedStdin {
+    sender: Arc<Mutex<Option<pipe::Sender>>>,
+}
+
+impl SharedStdin {
+    fn close(&self) {
+        self.sender.lock().unwrap().take();
+    }
+}
+
+/// One client's writer into a [`SharedStdin`]; its shutdown leaves the task's stdin open.
+struct StdinWriter {
+    shared: SharedStdin,
+}
+
+impl tokio::io::AsyncWrite for StdinWriter {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut sender = self.shared.sender.lock().unwrap();
+        match sender.as_mut() {
+            Some(sender) => std::pin::Pin::new(sender).poll_write(cx, data),
+            None => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the container's stdin is closed",
+            ))),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Output of one exec process, each stream capped.
@@ -133,6 +249,13 @@ struct ExecCapture {
     stderr: Arc<Mutex<Vec<u8>>>,
     copiers: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     dir_files: Vec<PathBuf>,
+    /// A streaming exec's copy of the client's stdin.
+    stdin_copier: Option<JoinHandle<()>>,
+}
+
+/// Copies a client's stdin into a FIFO until the client's EOF.
+async fn copy_stdin(client: &mut ByteReader, fifo: &mut pipe::Sender) -> std::io::Result<u64> {
+    tokio::io::copy(client, fifo).await
 }
 
 /// All FIFOs and copiers of this process, keyed by container id (and exec id).
@@ -175,15 +298,20 @@ fn spawn_log_copier(
     mut reader: pipe::Receiver,
     sink: Arc<LogSink>,
     max_line: Option<usize>,
+    clients: Arc<Mutex<Subscribers>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut splitter = LineSplitter { pending: Vec::new(), max_line: max_line.unwrap_or(usize::MAX) };
         let mut buf = vec![0u8; 32 * 1024];
         let mut emit = |partial: bool, content: &[u8]| sink.write_line(stream, partial, content);
+        let _closes = CloseOnDrop(clients.clone());
         loop {
             match reader.read(&mut buf).await {
                 Ok(0) => break,
-                Ok(n) => splitter.feed(&buf[..n], &mut emit),
+                Ok(n) => {
+                    splitter.feed(&buf[..n], &mut emit);
+                    Subscribers::publish(&clients, &buf[..n]).await;
+                }
                 Err(e) => {
                     tracing::warn!(stream, error = %e, "container log fifo read failed");
                     break;
@@ -192,6 +320,48 @@ fn spawn_log_copier(
         }
         splitter.finish(&mut emit);
     })
+}
+
+/// Ends a stream's attached clients when its copier ends, however it ends (EOF, abort).
+struct CloseOnDrop(Arc<Mutex<Subscribers>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        Subscribers::close(&self.0);
+    }
+}
+
+/// Copies an exec's output FIFO to the client's writer (or drops it when the client did not ask
+/// for the stream), then shuts the writer down.
+fn spawn_forward(mut reader: pipe::Receiver, mut writer: Option<ByteWriter>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(n) if n > 0 => {
+                    // A client that stopped reading no longer gets output; the FIFO is still
+                    // drained so that the process never blocks on it.
+                    if let Some(out) = writer.as_mut()
+                        && out.write_all(&buf[..n]).await.is_err()
+                    {
+                        writer = None;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if let Some(mut out) = writer {
+            let _ = out.shutdown().await;
+        }
+    })
+}
+
+/// Opens a FIFO read-write: never blocks and never signals EOF to its reader while held.
+fn open_fifo_writer(path: &Path) -> Result<pipe::Sender> {
+    pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(path)
+        .io_context(format!("open fifo {} for writing", path.display()))
 }
 
 fn spawn_capture(mut reader: pipe::Receiver, target: Arc<Mutex<Vec<u8>>>, limit: usize) -> JoinHandle<()> {
@@ -244,10 +414,11 @@ impl IoManager {
         self.root.join(id)
     }
 
-    /// Creates the FIFOs of a task and starts copying them into `log_path`. An empty log path
-    /// means the output is discarded (the shim then writes to /dev/null).
-    pub fn prepare_task(&self, id: &str, log_path: &str, tty: bool) -> Result<PreparedIo> {
-        if log_path.is_empty() {
+    /// Creates the FIFOs of a task and starts copying them into `log_path`. With `stdin` the
+    /// task also gets a stdin FIFO, which attached clients write into. Without either the
+    /// output is discarded (the shim then writes to /dev/null: sandboxes).
+    pub fn prepare_task(&self, id: &str, log_path: &str, tty: bool, stdin: bool) -> Result<PreparedIo> {
+        if log_path.is_empty() && !stdin {
             return Ok(PreparedIo::null());
         }
         let dir = self.task_dir(id);
@@ -255,6 +426,7 @@ impl IoManager {
         std::fs::write(dir.join(LOG_PATH_FILE), log_path).io_context("record log path")?;
         let sink = Arc::new(LogSink::open(Path::new(log_path))?);
         let mut prepared = PreparedIo { terminal: tty, ..PreparedIo::null() };
+        let (stdout_clients, stderr_clients) = (Arc::default(), Arc::default());
         let mut copiers = Vec::new();
         // With a terminal the shim merges both streams into stdout.
         let streams: &[&'static str] = if tty { &["stdout"] } else { &["stdout", "stderr"] };
@@ -263,11 +435,25 @@ impl IoManager {
             make_fifo(&fifo)?;
             let reader = open_reader(&fifo)?;
             prepared.keepalive.push(open_dummy_writer(&fifo)?);
-            copiers.push(spawn_log_copier(stream, reader, sink.clone(), self.max_line_bytes));
+            let clients = if stream == "stdout" { &stdout_clients } else { &stderr_clients };
+            copiers.push(spawn_log_copier(stream, reader, sink.clone(), self.max_line_bytes, Arc::clone(clients)));
             let path = fifo.to_string_lossy().into_owned();
             if stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
         }
-        if let Some(old) = self.tasks.lock().unwrap().insert(id.to_string(), TaskLog { sink, copiers }) {
+        if !tty {
+            Subscribers::close(&stderr_clients);
+        }
+        let stdin = if stdin {
+            let fifo = dir.join("stdin");
+            make_fifo(&fifo)?;
+            let sender = open_fifo_writer(&fifo)?;
+            prepared.stdin = fifo.to_string_lossy().into_owned();
+            Some(SharedStdin { sender: Arc::new(Mutex::new(Some(sender))) })
+        } else {
+            None
+        };
+        let log = TaskLog { sink, copiers, stdout_clients, stderr_clients, stdin };
+        if let Some(old) = self.tasks.lock().unwrap().insert(id.to_string(), log) {
             old.copiers.iter().for_each(|c| c.abort());
         }
         Ok(prepared)
@@ -283,17 +469,55 @@ impl IoManager {
         let Ok(log_path) = std::fs::read_to_string(dir.join(LOG_PATH_FILE)) else { return };
         let Ok(sink) = LogSink::open(Path::new(&log_path)) else { return };
         let sink = Arc::new(sink);
+        let (stdout_clients, stderr_clients): (Arc<Mutex<Subscribers>>, Arc<Mutex<Subscribers>>) =
+            (Arc::default(), Arc::default());
         let mut copiers = Vec::new();
         for stream in ["stdout", "stderr"] {
             let fifo = dir.join(stream);
+            let clients = if stream == "stdout" { &stdout_clients } else { &stderr_clients };
             if fifo.exists()
                 && let Ok(reader) = open_reader(&fifo)
             {
-                copiers.push(spawn_log_copier(stream, reader, sink.clone(), self.max_line_bytes));
+                copiers.push(spawn_log_copier(stream, reader, sink.clone(), self.max_line_bytes, Arc::clone(clients)));
+            } else {
+                Subscribers::close(clients);
             }
         }
-        tracing::info!(container_id = id, streams = copiers.len(), "reattached task io");
-        self.tasks.lock().unwrap().entry(id.to_string()).or_insert(TaskLog { sink, copiers });
+        let stdin_fifo = dir.join("stdin");
+        let stdin = stdin_fifo
+            .exists()
+            .then(|| open_fifo_writer(&stdin_fifo).ok())
+            .flatten()
+            .map(|sender| SharedStdin { sender: Arc::new(Mutex::new(Some(sender))) });
+        tracing::info!(container_id = id, streams = copiers.len(), stdin = stdin.is_some(), "reattached task io");
+        let log = TaskLog { sink, copiers, stdout_clients, stderr_clients, stdin };
+        self.tasks.lock().unwrap().entry(id.to_string()).or_insert(log);
+    }
+
+    /// A client's writer into the task's stdin.
+    pub fn task_stdin(&self, id: &str) -> Result<ByteWriter> {
+        let tasks = self.tasks.lock().unwrap();
+        let log = tasks.get(id).ok_or_else(|| Error::not_found(format!("no IO of task {id} is open")))?;
+        match &log.stdin {
+            Some(shared) if shared.sender.lock().unwrap().is_some() => {
+                Ok(Box::new(StdinWriter { shared: shared.clone() }))
+            }
+            _ => Err(Error::precondition(format!("container {id} has no open stdin"))),
+        }
+    }
+
+    /// Closes our end of the task's stdin FIFO: the shim then sees its EOF.
+    pub fn close_task_stdin(&self, id: &str) {
+        if let Some(stdin) = self.tasks.lock().unwrap().get(id).and_then(|log| log.stdin.clone()) {
+            stdin.close();
+        }
+    }
+
+    /// Receivers of the task's stdout and stderr chunks; None for a stream that has ended.
+    pub fn subscribe_output(&self, id: &str) -> Result<(Option<OutputChunks>, Option<OutputChunks>)> {
+        let tasks = self.tasks.lock().unwrap();
+        let log = tasks.get(id).ok_or_else(|| Error::not_found(format!("no IO of task {id} is open")))?;
+        Ok((Subscribers::subscribe(&log.stdout_clients), Subscribers::subscribe(&log.stderr_clients)))
     }
 
     pub fn reopen_log(&self, id: &str) -> Result<()> {
@@ -308,10 +532,15 @@ impl IoManager {
     pub async fn finish_task(&self, id: &str) {
         let log = self.tasks.lock().unwrap().remove(id);
         if let Some(log) = log {
+            if let Some(stdin) = &log.stdin {
+                stdin.close();
+            }
             join_bounded(log.copiers, DRAIN_TIMEOUT).await;
+            Subscribers::close(&log.stdout_clients);
+            Subscribers::close(&log.stderr_clients);
         }
         let dir = self.task_dir(id);
-        for name in ["stdout", "stderr", LOG_PATH_FILE] {
+        for name in ["stdout", "stderr", "stdin", LOG_PATH_FILE] {
             let _ = std::fs::remove_file(dir.join(name));
         }
         // Only removed when no exec FIFOs remain in it.
@@ -343,8 +572,77 @@ impl IoManager {
             }
             files.push(fifo);
         }
-        let capture =
-            Arc::new(ExecCapture { stdout, stderr, copiers: tokio::sync::Mutex::new(copiers), dir_files: files });
+        let capture = Arc::new(ExecCapture {
+            stdout,
+            stderr,
+            copiers: tokio::sync::Mutex::new(copiers),
+            dir_files: files,
+            stdin_copier: None,
+        });
+        self.execs.lock().unwrap().insert((id.to_string(), exec_id.to_string()), capture);
+        Ok(prepared)
+    }
+
+    /// Creates the FIFOs of an exec process wired to a client: its stdin from `io.stdin` (the
+    /// client's EOF closes it), its output to `io`'s writers. The stdin copy starts at once (its
+    /// FIFO is opened read-write, so it never waits for the shim); `on_stdin_end` runs after
+    /// the client's stdin ended and the FIFO was closed. The FIFO is closed only once `started`
+    /// fired (or was dropped): closed before the shim opened it, the pipe would drop what the
+    /// client sent.
+    pub fn prepare_exec_streaming(
+        &self,
+        id: &str,
+        exec_id: &str,
+        tty: bool,
+        io: ProcessIo,
+        started: tokio::sync::oneshot::Receiver<()>,
+        on_stdin_end: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<PreparedIo> {
+        let dir = self.task_dir(id);
+        std::fs::create_dir_all(&dir).io_context(format!("mkdir {}", dir.display()))?;
+        let mut prepared = PreparedIo { terminal: tty, ..PreparedIo::null() };
+        let mut copiers = Vec::new();
+        let mut files = Vec::new();
+        let ProcessIo { stdin, stdout, stderr } = io;
+        let mut writers = [("stdout", stdout), ("stderr", stderr)];
+        let streams = if tty { &mut writers[..1] } else { &mut writers[..] };
+        for (stream, writer) in streams {
+            let fifo = dir.join(format!("exec-{exec_id}-{stream}"));
+            make_fifo(&fifo)?;
+            files.push(fifo.clone());
+            let reader = open_reader(&fifo)?;
+            prepared.keepalive.push(open_dummy_writer(&fifo)?);
+            copiers.push(spawn_forward(reader, writer.take()));
+            let path = fifo.to_string_lossy().into_owned();
+            if *stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
+        }
+        // With a tty a stderr writer gets no bytes: end it with the output.
+        if tty && let Some(mut writer) = writers[1].1.take() {
+            copiers.push(tokio::spawn(async move {
+                let _ = writer.shutdown().await;
+            }));
+        }
+        let mut stdin_copier = None;
+        if let Some(mut client) = stdin {
+            let fifo = dir.join(format!("exec-{exec_id}-stdin"));
+            make_fifo(&fifo)?;
+            files.push(fifo.clone());
+            let mut sender = open_fifo_writer(&fifo)?;
+            prepared.stdin = fifo.to_string_lossy().into_owned();
+            stdin_copier = Some(tokio::spawn(async move {
+                let _ = copy_stdin(&mut client, &mut sender).await;
+                let _ = started.await;
+                drop(sender);
+                on_stdin_end.await;
+            }));
+        }
+        let capture = Arc::new(ExecCapture {
+            stdout: Arc::default(),
+            stderr: Arc::default(),
+            copiers: tokio::sync::Mutex::new(copiers),
+            dir_files: files,
+            stdin_copier,
+        });
         self.execs.lock().unwrap().insert((id.to_string(), exec_id.to_string()), capture);
         Ok(prepared)
     }
@@ -382,6 +680,9 @@ impl IoManager {
         let capture = self.execs.lock().unwrap().remove(&(id.to_string(), exec_id.to_string()));
         if let Some(capture) = capture {
             capture.copiers.lock().await.iter().for_each(|c| c.abort());
+            if let Some(copier) = &capture.stdin_copier {
+                copier.abort();
+            }
             for file in &capture.dir_files {
                 let _ = std::fs::remove_file(file);
             }
@@ -427,7 +728,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let io = IoManager::new(dir.path().join("io"));
         let log = dir.path().join("c.log");
-        let prepared = io.prepare_task("c1", &log.to_string_lossy(), false).unwrap();
+        let prepared = io.prepare_task("c1", &log.to_string_lossy(), false, false).unwrap();
         let mut writer = OpenOptions::new().write(true).open(&prepared.stdout).unwrap();
         drop(prepared.keepalive);
         let stderr_writer = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&prepared.stderr);

@@ -181,7 +181,7 @@ mod cli {
                 scenario.duration_s,
                 scenario.liveness_s,
                 scenario.faults.sites,
-                scenario.faults.kinds,
+                scenario.faults.kinds.iter().map(|kind| kind.as_str()).collect::<Vec<_>>(),
                 scenario.faults.rate
             );
             outln!("replay     {}", replay_command(&scenario.name, seed));

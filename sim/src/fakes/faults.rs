@@ -66,9 +66,9 @@ const SITES: &[&str] = &[
     "containerd.exec_kill",
     "containerd.exec_output",
     "containerd.exec_delete",
-    "containerd.resolve",
+    "registry.resolve",
     "containerd.content_exists",
-    "containerd.fetch_blob",
+    "registry.fetch_blob",
     "containerd.snapshot_exists",
     "containerd.apply_layer",
     "containerd.prepare_snapshot",
@@ -103,6 +103,14 @@ const SITES: &[&str] = &[
     "os.mount_shm",
     "os.unmount",
     "stream.register",
+    // The stream paths' containerd and OS calls: a prefix of their own, so that scenarios
+    // matching `containerd.*` or `os.*` keep their fault plans.
+    "stream.exec_start",
+    "stream.exec_resize",
+    "stream.task_stdin",
+    "stream.attach_output",
+    "stream.close_stdin",
+    "stream.dial_port",
 ];
 
 /// All site names, for generators that pick a site at random and for validating scenario files.

@@ -96,6 +96,8 @@ impl FakeWorld {
     pub fn backends(&self) -> Backends {
         Backends {
             containerd: self.containerd.clone(),
+            // The fake containerd serves as the registry too: fetches fill its content store.
+            registry: self.containerd.clone(),
             cni: self.cni.clone(),
             os: self.os.clone(),
             clock: self.clock.clone(),

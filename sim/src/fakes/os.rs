@@ -16,6 +16,9 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use crid::error::{Error, ErrorKind, Result};
 use crid::ports::os::{DirEntry, Os};
+use crid::ports::{ByteReader, ByteWriter};
+use tokio::io::DuplexStream;
+use tokio::sync::mpsc;
 
 use super::faults::{self, FaultInjector};
 
@@ -54,57 +57,15 @@ struct OsState {
 
 pub struct FakeOs {
     state: Mutex<OsState>,
+    /// What listens on a port of a network namespace ("" is the host's): each dial hands the
+    /// listener its end of an in-memory connection.
+    listeners: Mutex<BTreeMap<(String, u16), mpsc::UnboundedSender<DuplexStream>>>,
     rng: Mutex<SmallRng>,
     faults: Arc<dyn FaultInjector>,
 }
 
 /// The simulated node's host name.
 pub const SIM_NODE_HOSTNAME: &str = "sim-node";
-
-/// The capabilities of root in the initial user namespace, which is what the CRI runs as.
-const ROOT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
 
 /// Collapses repeated and trailing slashes so that "/a//b/" and "/a/b" name one file.
 fn normalize(path: &str) -> String {
@@ -183,11 +144,21 @@ impl FakeOs {
                 mounts: BTreeMap::new(),
                 disk_full: false,
                 own_oom_score_adj: 0,
-                capabilities: ROOT_CAPABILITIES.iter().map(|cap| cap.to_string()).collect(),
+                capabilities: crid::ports::os::CAPABILITY_NAMES.iter().map(|cap| cap.to_string()).collect(),
             }),
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            listeners: Mutex::new(BTreeMap::new()),
             faults,
         }
+    }
+
+    /// Listens on `port` inside `netns_path` ("" for the host): the receiver gets the server's
+    /// end of every connection a port-forward dials. Dropping it closes the port.
+    pub fn listen(&self, netns_path: &str, port: u16) -> mpsc::UnboundedReceiver<DuplexStream> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let key = (if netns_path.is_empty() { String::new() } else { normalize(netns_path) }, port);
+        self.listeners.lock().expect("fake os listeners lock poisoned").insert(key, sender);
+        receiver
     }
 
     fn state(&self) -> MutexGuard<'_, OsState> {
@@ -449,6 +420,27 @@ impl Os for FakeOs {
         let after = faults::before(&*self.faults, "os.netns_closed", &path).await?;
         let closed = !self.state().netns.contains(&path);
         after.finish(Ok(closed)).await
+    }
+
+    async fn dial_port(&self, netns_path: &str, port: u16) -> Result<(ByteReader, ByteWriter)> {
+        let netns = if netns_path.is_empty() { String::new() } else { normalize(netns_path) };
+        let after = faults::before(&*self.faults, "stream.dial_port", &format!("{netns}:{port}")).await?;
+        let result = (|| {
+            if !netns.is_empty() && !self.state().netns.contains(&netns) {
+                return Err(Error::not_found(format!("netns {netns}: no such file or directory")));
+            }
+            let refused = || Error::unavailable(format!("dial tcp 127.0.0.1:{port}: connect: connection refused"));
+            let mut listeners = self.listeners.lock().expect("fake os listeners lock poisoned");
+            let listener = listeners.get(&(netns.clone(), port)).ok_or_else(refused)?;
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            if listener.send(theirs).is_err() {
+                listeners.remove(&(netns.clone(), port));
+                return Err(refused());
+            }
+            let (reader, writer) = tokio::io::split(ours);
+            Ok((Box::new(reader) as ByteReader, Box::new(writer) as ByteWriter))
+        })();
+        after.finish(result).await
     }
 
     async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()> {

@@ -13,6 +13,7 @@
 //! - `["sh", "-c", "exit N"]`: exits N;
 //! - `["sleep", MS]`: exits 0 after MS (`inf`: runs until killed);
 //! - `["yes", N_BYTES]`: prints N_BYTES of `y`, exits 0;
+//! - `["cat"]`: copies a streaming client's stdin to its stdout, exits 0 at stdin's end;
 //! - anything else: "not found" on stderr, exit 127.
 
 use std::time::Duration;
@@ -79,6 +80,8 @@ pub enum ExecScript {
         after: Duration,
     },
     UntilKilled,
+    /// Copies its stdin to its stdout and exits 0 at stdin's end (at once without a client).
+    Cat,
 }
 
 /// Each stream is cut at `output_limit_bytes`, as the shim's capped buffers do.
@@ -99,6 +102,7 @@ pub fn exec_script(args: &[String], output_limit_bytes: usize) -> ExecScript {
             }
         }
         Some("sleep") if word(1) == Some("inf") => ExecScript::UntilKilled,
+        Some("cat") if args.len() == 1 => ExecScript::Cat,
         Some("sleep") if millis(args.get(1)).is_some() => {
             ExecScript::SleepThenExit { after: millis(args.get(1)).expect("checked by the guard") }
         }

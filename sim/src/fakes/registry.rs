@@ -3,7 +3,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crid::ports::containerd::{Descriptor, ImageConfig, ResolvedImage};
+use crid::ports::containerd::{Descriptor, ImageConfig};
+use crid::ports::registry::ResolvedImage;
 
 pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -15,7 +16,7 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 /// The core's, the one definition: its known-answer test keeps the fakes honest too.
-pub use crid::rpc::image_pull::chain_ids;
+pub use crid::chain_ids;
 
 /// A made-up compressed layer digest for tests and default images.
 pub fn layer_digest(name: &str) -> String {

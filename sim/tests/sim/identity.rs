@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use crid::ErrorKind;
-use crid::ports::{Containerd, ResolvedUser};
+use crid::ports::ResolvedUser;
 use crid_sim::fakes::chain_ids;
 use k8s_cri::v1::*;
 
@@ -15,7 +15,7 @@ fn security(context: LinuxContainerSecurityContext) -> Option<LinuxContainerConf
 /// Gives busybox's rootfs an account database: `app` (1000:1000), member of `extra` (2000).
 async fn busybox_with_accounts(node: &Node) {
     node.pull(BUSYBOX_IMAGE).await;
-    let image = node.world.containerd.resolve(BUSYBOX_IMAGE, &Default::default()).await.unwrap();
+    let image = node.world.containerd.registry_image(BUSYBOX_IMAGE).unwrap();
     let top = chain_ids(&image.diff_ids).last().cloned().unwrap();
     let containerd = &node.world.containerd;
     containerd.set_rootfs_file(&top, "etc/passwd", b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n");

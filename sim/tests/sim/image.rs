@@ -12,7 +12,7 @@ use k8s_cri::v1::*;
 
 /// What the registry serves for `reference` (read from the fake registry, not from the CRI).
 async fn registry_image(node: &Node, reference: &str) -> ResolvedImage {
-    node.world.containerd.resolve(reference, &crid::ports::RegistryAuth::default()).await.expect("registry image")
+    node.world.containerd.registry_image(reference).expect("registry image")
 }
 
 fn repository(reference: &str) -> &str {

@@ -33,6 +33,8 @@ mod runtime;
 mod sandbox;
 #[cfg(madsim)]
 mod seeds;
+#[cfg(madsim)]
+mod streaming;
 
 // Normal mode (real tokio, `cargo test`).
 #[cfg(not(madsim))]

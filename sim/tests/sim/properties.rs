@@ -5,27 +5,17 @@
 use std::path::Path;
 
 use crid_sim::buggify::eligible_points;
+use crid_sim::kinds::{ChaosKind, FaultKind};
 use crid_sim::scenario::{Forced, Scenario};
 use crid_sim::summary::run_seed_isolated;
 use proptest::prelude::*;
-
-const CHAOS_KINDS: &[&str] = &[
-    "cri_crash",
-    "task_exit",
-    "task_oom",
-    "drop_wait",
-    "task_vanish",
-    "disk_full",
-    "pause_task",
-    "containerd_restart",
-];
 
 fn base() -> Scenario {
     let mut scenario = Scenario::load("recovery").unwrap();
     scenario.name = "property".into();
     scenario.duration_s = 120;
     scenario.liveness_s = 900;
-    scenario.faults.kinds = vec!["error".into(), "delay".into(), "crash".into(), "late".into()];
+    scenario.faults.kinds = vec![FaultKind::Error, FaultKind::Delay, FaultKind::Crash, FaultKind::Late];
     scenario.faults.sites = vec!["containerd.*".into(), "cni.*".into(), "os.*".into()];
     scenario.faults.rate = 0.1;
     scenario
@@ -37,7 +27,10 @@ fn case() -> impl Strategy<Value = (Scenario, u64)> {
         1u32..4,
         1u32..3,
         proptest::sample::subsequence(points.clone(), 0..6),
-        proptest::collection::vec((proptest::sample::select(CHAOS_KINDS), 0u64..120_000, any::<u64>()), 0..6),
+        proptest::collection::vec(
+            (proptest::sample::select(ChaosKind::all().collect::<Vec<_>>()), 0u64..120_000, any::<u64>()),
+            0..6,
+        ),
         any::<u64>(),
     )
         .prop_map(|(pods, containers, active, chaos, seed)| {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
+use crid::ContainerState as StoreState;
 use crid::ports::{Containerd, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, TaskState};
-use crid::store::ContainerState as StoreState;
-use crid::{ErrorKind, store::SandboxState};
+use crid::{ErrorKind, SandboxState};
 use crid_sim::fakes::{FakeWorld, ScriptedFaults};
 use k8s_cri::v1::*;
 

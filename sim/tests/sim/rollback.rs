@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use crid::ErrorKind;
-use crid::store::SandboxState;
+use crid::SandboxState;
 use crid_sim::fakes::clock::virtual_now;
 use crid_sim::fakes::{FaultAction, PAUSE_IMAGE};
 use k8s_cri::v1::*;

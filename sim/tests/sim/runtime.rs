@@ -80,8 +80,7 @@ async fn every_rpc_is_refused_until_run() {
         );
     }
     assert!(!node.svc.snapshot().initialized);
-    for site in
-        ["containerd.create_container", "containerd.resolve", "containerd.fetch_blob", "cni.setup", "os.mkdir_all"]
+    for site in ["containerd.create_container", "registry.resolve", "registry.fetch_blob", "cni.setup", "os.mkdir_all"]
     {
         assert_eq!(faults.calls(site), 0, "{site} was called before run()");
     }

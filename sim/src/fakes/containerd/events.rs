@@ -1,0 +1,103 @@
+//! The event bus: what containerd publishes (task exits and OOMs, image changes), each event
+//! subject to the `containerd.event` fault site, with counters of what was dropped.
+
+use tokio::sync::mpsc;
+
+use crid::ports::Clock;
+use crid::ports::containerd::*;
+
+use super::super::faults::FaultAction;
+use super::{FakeContainerd, State};
+
+/// The capacity of each event subscription; past it events are dropped and counted.
+pub const EVENT_BUFFER: usize = 4096;
+/// How many published events the fake remembers for tests.
+const EVENT_LOG_LIMIT: usize = 10_000;
+
+fn topic_of(event: &Event) -> String {
+    match event {
+        Event::TaskOom { .. } => "/tasks/oom".to_string(),
+        Event::TaskExit { .. } => "/tasks/exit".to_string(),
+        Event::ImageCreate { .. } => "/images/create".to_string(),
+        Event::ImageUpdate { .. } => "/images/update".to_string(),
+        Event::ImageDelete { .. } => "/images/delete".to_string(),
+        Event::Other { topic } => topic.clone(),
+    }
+}
+
+fn event_key(event: &Event) -> &str {
+    match event {
+        Event::TaskOom { container_id } | Event::TaskExit { container_id, .. } => container_id,
+        Event::ImageCreate { name } | Event::ImageUpdate { name } | Event::ImageDelete { name } => name,
+        Event::Other { topic } => topic,
+    }
+}
+
+impl FakeContainerd {
+    pub(super) fn publish(&self, state: &mut State, events: Vec<Event>) {
+        for event in events {
+            if self.faults.at("containerd.event", event_key(&event)) != FaultAction::Proceed {
+                state.events_dropped_by_fault += 1;
+                continue;
+            }
+            let envelope = Envelope {
+                timestamp_ns: self.clock.now_ns(),
+                namespace: self.namespace.clone(),
+                topic: topic_of(&event),
+                event,
+            };
+            state.events_published += 1;
+            let mut dropped = 0;
+            state.subscribers.retain(|subscriber| match subscriber.try_send(envelope.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+            state.events_dropped_full += dropped;
+            if state.event_log.len() == EVENT_LOG_LIMIT {
+                state.event_log.pop_front();
+            }
+            state.event_log.push_back(envelope);
+        }
+    }
+
+    /// Publishes an event as if containerd had (for B3-style image events, or `Other` topics).
+    pub fn inject_event(&self, event: Event) {
+        let mut state = self.state();
+        self.publish(&mut state, vec![event]);
+    }
+
+    /// The most recent published events (up to 10,000), oldest first.
+    pub fn event_log(&self) -> Vec<Envelope> {
+        self.raw_state().event_log.iter().cloned().collect()
+    }
+
+    pub fn events_published(&self) -> u64 {
+        self.raw_state().events_published
+    }
+
+    /// Deliveries dropped because a subscriber's buffer was full.
+    pub fn events_dropped_full(&self) -> u64 {
+        self.raw_state().events_dropped_full
+    }
+
+    /// Events dropped by the `containerd.event` fault site.
+    pub fn events_dropped_by_fault(&self) -> u64 {
+        self.raw_state().events_dropped_by_fault
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        let mut state = self.raw_state();
+        state.subscribers.retain(|subscriber| !subscriber.is_closed());
+        state.subscribers.len()
+    }
+
+    pub(super) fn do_subscribe(&self) -> EventStream {
+        let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
+        self.raw_state().subscribers.push(sender);
+        receiver
+    }
+}

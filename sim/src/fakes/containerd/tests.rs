@@ -1,0 +1,290 @@
+use super::*;
+use crate::fakes::faults::{FaultAction, NoFaults, ScriptedFaults};
+use crate::fakes::registry::layer_digest;
+use crid::error::ErrorKind;
+use crid::ports::Clock;
+
+fn fake() -> FakeContainerd {
+    FakeContainerd::new(Arc::new(SimClock::new()), Arc::new(NoFaults))
+}
+
+fn record(id: &str, args: &[&str]) -> ContainerRecord {
+    ContainerRecord {
+        id: id.to_string(),
+        labels: BTreeMap::from([(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())]),
+        image: "docker.io/library/busybox:latest".to_string(),
+        runtime: "io.containerd.runc.v2".to_string(),
+        snapshotter: "overlayfs".to_string(),
+        snapshot_key: String::new(),
+        spec: WorkloadSpec { args: args.iter().map(|arg| arg.to_string()).collect(), ..WorkloadSpec::default() },
+        extensions: BTreeMap::new(),
+        created_at_ns: 0,
+    }
+}
+
+async fn running(containerd: &FakeContainerd, id: &str, args: &[&str]) -> u32 {
+    containerd.create_container(record(id, args)).await.unwrap();
+    let pid = containerd.create_task(id, &TaskIo::default()).await.unwrap();
+    assert_eq!(containerd.start_task(id).await.unwrap(), pid);
+    pid
+}
+
+#[tokio::test(start_paused = true)]
+async fn scripted_exit_happens_at_its_time() {
+    let containerd = fake();
+    let t0 = containerd.clock.now_ns();
+    running(&containerd, "c1", &["exit", "3", "500"]).await;
+    assert_eq!(containerd.task_info("c1").await.unwrap().state, TaskState::Running);
+    let exit = containerd.wait_task("c1").await.unwrap();
+    assert_eq!(exit, ExitStatus { exit_code: 3, exited_at_ns: t0 + 500_000_000 });
+    let info = containerd.task_info("c1").await.unwrap();
+    assert_eq!((info.state, info.exit), (TaskState::Stopped, Some(exit)));
+    assert_eq!(containerd.delete_task("c1").await.unwrap(), exit);
+    assert!(containerd.shims().is_empty());
+    assert_eq!(containerd.wait_task("c1").await.unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_before_start_sees_the_scripted_exit() {
+    let containerd = Arc::new(fake());
+    containerd.create_container(record("c1", &["exit", "0", "100"])).await.unwrap();
+    containerd.create_task("c1", &TaskIo::default()).await.unwrap();
+    let waiter = {
+        let containerd = containerd.clone();
+        tokio::spawn(async move { containerd.wait_task("c1").await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    containerd.start_task("c1").await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap().exit_code, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn kill_codes() {
+    let containerd = fake();
+    running(&containerd, "term", &["sleep", "inf"]).await;
+    running(&containerd, "stubborn", &["sleep", "inf", "ignore-sigterm"]).await;
+    containerd.kill_task("term", 15, false).await.unwrap();
+    assert_eq!(containerd.wait_task("term").await.unwrap().exit_code, 143);
+    containerd.kill_task("stubborn", 15, false).await.unwrap();
+    assert_eq!(containerd.task_info("stubborn").await.unwrap().state, TaskState::Running);
+    containerd.kill_task("stubborn", 9, false).await.unwrap();
+    assert_eq!(containerd.wait_task("stubborn").await.unwrap().exit_code, 137);
+    containerd.kill_task("stubborn", 9, false).await.unwrap();
+    assert_eq!(containerd.kill_task("missing", 9, false).await.unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[tokio::test(start_paused = true)]
+async fn oom_publishes_oom_then_exit() {
+    let containerd = fake();
+    let mut events = containerd.subscribe().await.unwrap();
+    running(&containerd, "c1", &["oom", "20"]).await;
+    assert_eq!(containerd.wait_task("c1").await.unwrap().exit_code, 137);
+    assert_eq!(events.recv().await.unwrap().event, Event::TaskOom { container_id: "c1".into() });
+    let exit = events.recv().await.unwrap();
+    assert_eq!(exit.topic, "/tasks/exit");
+    assert_eq!(exit.namespace, "k8s.io");
+}
+
+#[tokio::test(start_paused = true)]
+async fn delete_kills_and_container_delete_needs_no_task() {
+    let containerd = fake();
+    running(&containerd, "c1", &["sleep", "inf"]).await;
+    let error = containerd.delete_container("c1", true).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::FailedPrecondition);
+    assert_eq!(containerd.delete_task("c1").await.unwrap().exit_code, 137);
+    containerd.delete_container("c1", true).await.unwrap();
+    assert_eq!(containerd.delete_container("c1", true).await.unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[tokio::test(start_paused = true)]
+async fn swallowed_wait_hangs_but_status_shows_stopped() {
+    let containerd = fake();
+    running(&containerd, "c1", &["exit", "1", "10"]).await;
+    containerd.drop_next_wait("c1");
+    let waited = tokio::time::timeout(Duration::from_secs(5), containerd.wait_task("c1")).await;
+    assert!(waited.is_err(), "the swallowed wait must not return");
+    assert_eq!(containerd.task_info("c1").await.unwrap().state, TaskState::Stopped);
+    assert_eq!(containerd.wait_task("c1").await.unwrap().exit_code, 1, "only one completion is swallowed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_fails_calls_and_ends_subscriptions_but_tasks_survive() {
+    let containerd = Arc::new(fake());
+    running(&containerd, "c1", &["sleep", "inf"]).await;
+    let mut events = containerd.subscribe().await.unwrap();
+    let waiter = {
+        let containerd = containerd.clone();
+        tokio::spawn(async move { containerd.wait_task("c1").await })
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    containerd.crash();
+    assert_eq!(waiter.await.unwrap().unwrap_err().kind, ErrorKind::Unavailable);
+    assert!(events.recv().await.is_none());
+    assert_eq!(containerd.task_info("c1").await.unwrap_err().kind, ErrorKind::Unavailable);
+    containerd.restart();
+    assert_eq!(containerd.task_info("c1").await.unwrap().state, TaskState::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_tasks_and_out_of_band_removal() {
+    let containerd = fake();
+    running(&containerd, "c1", &["sleep", "inf"]).await;
+    assert!(containerd.set_task_state("c1", TaskState::Paused));
+    containerd.kill_task("c1", 15, false).await.unwrap();
+    assert_eq!(containerd.task_info("c1").await.unwrap().state, TaskState::Paused);
+    assert!(containerd.remove_task_out_of_band("c1"));
+    assert_eq!(containerd.task_info("c1").await.unwrap_err().kind, ErrorKind::NotFound);
+    assert!(containerd.shims().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn unkillable_task_survives_kill_and_blocks_delete() {
+    let containerd = fake();
+    running(&containerd, "pause", &["/pause"]).await;
+    assert!(containerd.set_unkillable("pause", true));
+    containerd.kill_task("pause", 9, true).await.unwrap();
+    assert_eq!(containerd.task_info("pause").await.unwrap().state, TaskState::Running);
+    assert_eq!(containerd.delete_task("pause").await.unwrap_err().kind, ErrorKind::FailedPrecondition);
+    containerd.set_unkillable("pause", false);
+    containerd.kill_task("pause", 9, true).await.unwrap();
+    assert_eq!(containerd.delete_task("pause").await.unwrap().exit_code, 137);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exec_scripts_and_leaks() {
+    let containerd = fake();
+    running(&containerd, "c1", &["sleep", "inf"]).await;
+    let spec = |exec_id: &str, args: &[&str]| ExecSpec {
+        exec_id: exec_id.to_string(),
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        tty: false,
+        output_limit_bytes: 16,
+    };
+    containerd.exec_start("c1", &spec("e1", &["echo", "hi", "there"])).await.unwrap();
+    assert_eq!(containerd.exec_wait("c1", "e1").await.unwrap().exit_code, 0);
+    assert_eq!(containerd.exec_output("c1", "e1").await.unwrap().stdout, b"hi there\n");
+    containerd.exec_start("c1", &spec("e2", &["sleep", "200"])).await.unwrap();
+    let start = virtual_now();
+    assert_eq!(containerd.exec_wait("c1", "e2").await.unwrap().exit_code, 0);
+    let slept = start.elapsed();
+    assert!(slept >= Duration::from_millis(200) && slept < Duration::from_millis(201), "{slept:?}");
+    containerd.exec_start("c1", &spec("e3", &["sleep", "inf"])).await.unwrap();
+    assert_eq!(containerd.live_execs().len(), 3);
+    containerd.exec_kill("c1", "e3", 9).await.unwrap();
+    assert_eq!(containerd.exec_wait("c1", "e3").await.unwrap().exit_code, 137);
+    for exec_id in ["e1", "e2", "e3"] {
+        containerd.exec_delete("c1", exec_id).await.unwrap();
+    }
+    assert!(containerd.live_execs().is_empty());
+    assert_eq!(containerd.exec_delete("c1", "e1").await.unwrap_err().kind, ErrorKind::NotFound);
+    containerd.exec_start("c1", &spec("e4", &["yes", "100"])).await.unwrap();
+    assert_eq!(containerd.exec_output("c1", "e4").await.unwrap().stdout.len(), 16);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetch_counts_and_concurrency() {
+    let containerd = Arc::new(fake());
+    let layers = vec![(layer_digest("a"), 1000), (layer_digest("b"), 10)];
+    let image = containerd.add_registry_image("docker.io/library/x:1", layers, ImageConfig::default());
+    let anonymous = RegistryAuth::default();
+    assert_eq!(containerd.resolve("docker.io/library/x:1", &anonymous, "pull").await.unwrap(), image);
+    assert_eq!(
+        containerd.resolve("docker.io/library/y:1", &anonymous, "pull").await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    let error = containerd.fetch_blob("docker.io/library/x:1", &image.layers[0], &anonymous, "pull", &|_| {}).await;
+    assert_eq!(error.unwrap_err().kind, ErrorKind::NotFound, "a fetch writes under an existing lease");
+    containerd.create_lease("pull").await.unwrap();
+    containerd.set_fetch_latency(Duration::from_millis(100));
+    let layer = image.layers[0].clone();
+    let fetches: Vec<_> = (0..2)
+        .map(|_| {
+            let (containerd, layer) = (containerd.clone(), layer.clone());
+            tokio::spawn(async move {
+                let progress = Mutex::new(0u64);
+                let report = |bytes: u64| *progress.lock().unwrap() += bytes;
+                containerd
+                    .fetch_blob("docker.io/library/x:1", &layer, &RegistryAuth::default(), "pull", &report)
+                    .await
+                    .unwrap();
+                progress.into_inner().unwrap()
+            })
+        })
+        .collect();
+    for fetch in fetches {
+        assert_eq!(fetch.await.unwrap(), 1000);
+    }
+    assert_eq!(containerd.fetch_count(&layer.digest), 2);
+    assert_eq!(containerd.total_fetches(), 2);
+    assert_eq!(containerd.max_concurrent_fetch_same_blob(), 2);
+    assert_eq!(containerd.pulls_in_flight(), 0);
+    assert!(containerd.content_exists(&layer.digest).await.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_fetch_leaves_nothing_in_flight() {
+    let containerd = fake();
+    let image = containerd.add_registry_image("r/x:1", vec![(layer_digest("a"), 10)], ImageConfig::default());
+    containerd.set_fetch_plan(&image.layers[0].digest, Some(FetchPlan::StallAfter { bytes: 10 }));
+    let anonymous = RegistryAuth::default();
+    containerd.create_lease("pull").await.unwrap();
+    let fetch = containerd.fetch_blob("r/x:1", &image.layers[0], &anonymous, "pull", &|_| {});
+    assert!(tokio::time::timeout(Duration::from_secs(60), fetch).await.is_err());
+    assert_eq!(containerd.pulls_in_flight(), 0);
+    assert!(containerd.content().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn pull_unpack_image_and_gc() {
+    let containerd = fake();
+    let image = containerd.add_registry_image(
+        "r/x:1",
+        vec![(layer_digest("a"), 100), (layer_digest("b"), 10)],
+        ImageConfig::default(),
+    );
+    let chain = chain_ids(&image.diff_ids);
+    containerd.create_lease("pull").await.unwrap();
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        containerd.fetch_blob("r/x:1", blob, &RegistryAuth::default(), "pull", &|_| {}).await.unwrap();
+    }
+    let error = containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1], "pull").await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::NotFound, "the parent must be committed first");
+    containerd.apply_layer("overlayfs", &chain[0], "", &image.layers[0], "pull").await.unwrap();
+    containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1], "pull").await.unwrap();
+    let again = containerd.apply_layer("overlayfs", &chain[1], &chain[0], &image.layers[1], "pull").await.unwrap_err();
+    assert_eq!(again.kind, ErrorKind::AlreadyExists);
+    assert_eq!(containerd.total_applies(), 2);
+    let record = ImageRecord { name: "r/x:1".into(), target: image.manifest.clone(), labels: BTreeMap::new() };
+    containerd.create_image(&record).await.unwrap();
+    containerd.delete_lease("pull").await.unwrap();
+    let content = containerd.image_content(&record).await.unwrap();
+    assert!(content.complete);
+    assert_eq!((content.chain_id.as_str(), content.size_bytes), (chain[1].as_str(), 110));
+    let usage = containerd.snapshots_usage("overlayfs").await.unwrap();
+    assert_eq!(SnapshotUsage::total(usage.values()), SnapshotUsage { size_bytes: 110, inodes: 2 });
+    containerd.prepare_snapshot("overlayfs", "c1", &chain[1]).await.unwrap();
+    containerd.delete_image("r/x:1", true).await.unwrap();
+    assert!(containerd.content().is_empty());
+    assert_eq!(containerd.snapshots("overlayfs").len(), 3, "the rootfs keeps its parents alive");
+    containerd.remove_snapshot("overlayfs", "c1").await.unwrap();
+    containerd.create_lease("l").await.unwrap();
+    containerd.delete_lease("l").await.unwrap();
+    assert!(containerd.snapshots("overlayfs").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn faults_apply_to_every_call() {
+    let faults = Arc::new(ScriptedFaults::new());
+    let containerd = FakeContainerd::new(Arc::new(SimClock::new()), faults.clone());
+    running(&containerd, "c1", &["sleep", "inf"]).await;
+    faults.push("containerd.delete_task", Some("c1"), FaultAction::CompleteLate(Duration::from_secs(30)));
+    let late = tokio::time::timeout(Duration::from_secs(10), containerd.delete_task("c1")).await;
+    assert!(late.is_err(), "the caller gave up");
+    assert!(containerd.tasks().is_empty() && containerd.shims().is_empty(), "but the delete happened (B4)");
+    faults.push("containerd.list_images", None, FaultAction::Fail(ErrorKind::Internal, "boom".into()));
+    assert_eq!(containerd.list_images().await.unwrap_err().kind, ErrorKind::Internal);
+    faults.set_persistent("containerd.event", None, FaultAction::Fail(ErrorKind::Internal, "lost".into()));
+    running(&containerd, "c2", &["exit", "0", "0"]).await;
+    containerd.wait_task("c2").await.unwrap();
+    assert_eq!(containerd.events_dropped_by_fault(), 1);
+}

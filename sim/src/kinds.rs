@@ -1,0 +1,128 @@
+//! The simulator's vocabularies as types: the fault kinds a scenario may activate and the chaos
+//! events a run may schedule. One enum each, iterated in declaration order (the order fault
+//! points and chaos draws are made in, so it is part of what a seed means); scenario files name
+//! them in snake case and an unknown name is a parse error.
+
+use serde::{Deserialize, Serialize};
+use strum::{EnumIter, EnumString, IntoEnumIterator, IntoStaticStr};
+
+/// What an active fault point does to a call.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    EnumIter,
+    EnumString,
+    IntoStaticStr,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum FaultKind {
+    /// Fail before doing anything.
+    Error,
+    /// Wait, then behave normally.
+    Delay,
+    /// Never reply; only the caller's deadline ends the call.
+    Hang,
+    /// The effect happens; the reply comes after the caller's deadline.
+    Late,
+    /// The effect happens; an error is reported.
+    FailAfter,
+    /// The CRI process is killed at that await point.
+    Crash,
+}
+
+/// A whole-process or world event of the chaos schedule.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    EnumIter,
+    EnumString,
+    IntoStaticStr,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum ChaosKind {
+    /// Kill and restart the CRI node.
+    CriCrash,
+    /// Restart containerd (connection lost, events missed while down).
+    ContainerdRestart,
+    /// A running task exits on its own.
+    TaskExit,
+    /// A running task is OOM-killed.
+    TaskOom,
+    /// A running task's next Wait completion is swallowed (B6).
+    DropWait,
+    /// A running task vanishes out of band (shim crash).
+    TaskVanish,
+    /// A full disk for a while (ENOSPC on writes).
+    DiskFull,
+    /// A running task is paused by another client (B27).
+    PauseTask,
+    /// A pause container ignores SIGKILL for a while (B19).
+    Unkillable,
+}
+
+macro_rules! names {
+    ($kind:ty) => {
+        impl $kind {
+            /// Every kind, in declaration order.
+            pub fn all() -> impl Iterator<Item = $kind> {
+                <$kind>::iter()
+            }
+
+            /// The name scenario files and traces use.
+            pub fn as_str(self) -> &'static str {
+                self.into()
+            }
+        }
+
+        impl std::fmt::Display for $kind {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names!(FaultKind);
+names!(ChaosKind);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// serde (scenario files) and strum (traces, encoded events) spell every kind alike.
+    #[test]
+    fn one_spelling_per_kind() {
+        for kind in FaultKind::all() {
+            let toml_name = serde_json::to_value(kind).unwrap();
+            assert_eq!(toml_name.as_str(), Some(kind.as_str()));
+            assert_eq!(kind.as_str().parse::<FaultKind>().unwrap(), kind);
+        }
+        for kind in ChaosKind::all() {
+            let toml_name = serde_json::to_value(kind).unwrap();
+            assert_eq!(toml_name.as_str(), Some(kind.as_str()));
+            assert_eq!(kind.as_str().parse::<ChaosKind>().unwrap(), kind);
+        }
+        let names: Vec<&str> = FaultKind::all().map(FaultKind::as_str).collect();
+        assert_eq!(names, ["error", "delay", "hang", "late", "fail_after", "crash"]);
+        assert_eq!(ChaosKind::all().count(), 9);
+        assert!("power_cut".parse::<ChaosKind>().is_err());
+    }
+}

@@ -1,0 +1,138 @@
+//! The registry boundary: what a pull asks of an image registry (resolve a reference, fetch its
+//! blobs), as opposed to containerd's content, image and snapshot stores ([`super::Containerd`]).
+//!
+//! A fetched blob lands in containerd's content store, so an implementation writes there too;
+//! the pull's lease (see [`super::Containerd::create_lease`]) keeps what it writes from
+//! garbage collection until the image record references it.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::containerd::{Descriptor, ImageConfig};
+use crate::error::Result;
+
+/// Called with the number of bytes received while a blob is fetched (pull progress).
+pub type ProgressFn<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+/// The registry credentials of one pull, from the CRI's `AuthConfig`. Kept in memory for the
+/// pull only: never persisted, and `Debug` shows no secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+    /// An OAuth2 refresh token, traded at the registry's token endpoint.
+    pub identity_token: String,
+    /// A bearer token sent to the registry as is.
+    pub registry_token: String,
+}
+
+impl RegistryAuth {
+    /// From the CRI's `AuthConfig`; its `auth` field is base64 of `username:password` and, when
+    /// set, wins over the separate fields (as containerd reads it).
+    pub fn from_cri(auth: Option<&k8s_cri::v1::AuthConfig>) -> Result<RegistryAuth> {
+        use base64::Engine;
+        let Some(auth) = auth else { return Ok(RegistryAuth::default()) };
+        let (mut username, mut password) = (auth.username.clone(), auth.password.clone());
+        if !auth.auth.is_empty() {
+            let invalid = || crate::error::Error::invalid("auth config: `auth` is not base64 of \"username:password\"");
+            let decoded = base64::engine::general_purpose::STANDARD.decode(auth.auth.trim()).map_err(|_| invalid())?;
+            let text = String::from_utf8(decoded).map_err(|_| invalid())?;
+            let (user, pass) = text.split_once(':').ok_or_else(invalid)?;
+            (username, password) = (user.to_string(), pass.to_string());
+        }
+        Ok(RegistryAuth {
+            username,
+            password,
+            identity_token: auth.identity_token.clone(),
+            registry_token: auth.registry_token.clone(),
+        })
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        *self == RegistryAuth::default()
+    }
+
+    /// A digest that tells credentials apart without holding them (in-memory keys only).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for field in [&self.username, &self.password, &self.identity_token, &self.registry_token] {
+            hash.update((field.len() as u64).to_le_bytes());
+            hash.update(field.as_bytes());
+        }
+        hex::encode(&hash.finalize()[..8])
+    }
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &String| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &set(&self.password))
+            .field("identity_token", &set(&self.identity_token))
+            .field("registry_token", &set(&self.registry_token))
+            .finish()
+    }
+}
+
+/// A reference resolved at the registry: manifest for the host platform, config and layers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    /// The normalized reference that was resolved.
+    pub name: String,
+    pub manifest: Descriptor,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+    /// Uncompressed layer digests (the rootfs diff ids), one per layer, for chain ids.
+    pub diff_ids: Vec<String>,
+    pub image_config: ImageConfig,
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Resolves a normalized reference at its registry (manifest for this platform, config).
+    /// `auth` answers the registry's challenge; anonymous when default. What the resolve stores
+    /// (the manifest, in containerd's content store) is held by `lease`.
+    async fn resolve(&self, reference: &str, auth: &RegistryAuth, lease: &str) -> Result<ResolvedImage>;
+    /// Fetches a blob of `reference` into the content store under `lease`, reporting progress
+    /// in bytes.
+    async fn fetch_blob(
+        &self,
+        reference: &str,
+        blob: &Descriptor,
+        auth: &RegistryAuth,
+        lease: &str,
+        progress: ProgressFn<'_>,
+    ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::AuthConfig;
+
+    #[test]
+    fn registry_auth_reads_the_cri_config_and_hides_secrets() {
+        assert!(RegistryAuth::from_cri(None).unwrap().is_anonymous());
+        let plain = AuthConfig { username: "u".into(), password: "p".into(), ..Default::default() };
+        let plain = RegistryAuth::from_cri(Some(&plain)).unwrap();
+        assert_eq!((plain.username.as_str(), plain.password.as_str()), ("u", "p"));
+        // `auth` is base64("alice:s3:cret") and wins over the separate fields.
+        let encoded = AuthConfig { username: "u".into(), auth: "YWxpY2U6czM6Y3JldA==".into(), ..Default::default() };
+        let encoded = RegistryAuth::from_cri(Some(&encoded)).unwrap();
+        assert_eq!((encoded.username.as_str(), encoded.password.as_str()), ("alice", "s3:cret"));
+        for bad in ["not base64!", "bm9jb2xvbg=="] {
+            let config = AuthConfig { auth: bad.into(), ..Default::default() };
+            assert_eq!(
+                RegistryAuth::from_cri(Some(&config)).unwrap_err().kind,
+                crate::error::ErrorKind::InvalidArgument,
+                "{bad}"
+            );
+        }
+        let shown = format!("{encoded:?}");
+        assert!(shown.contains("alice") && !shown.contains("s3:cret"), "{shown}");
+        assert_ne!(plain.fingerprint(), encoded.fingerprint());
+        assert_eq!(plain.fingerprint(), plain.clone().fingerprint());
+    }
+}
