@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::watch;
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::{Error, Result};

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::watch;
 use k8s_cri::v1::{PullImageRequest, PullImageResponse};
-use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::kmutex::KeyedMutex;
