@@ -2,13 +2,15 @@
 //! backend traits (containerd, CNI, OS, clock) and nothing else. See ARCHITECTURE.md.
 
 // The public surface: the config, errors, the ports a backend implements, the service and what
-// the simulator's checkers read. Everything else is the core's own business.
+// the simulator's checkers read, and the watch channel the fakes share. Everything else is the
+// core's own business.
 pub mod config;
 pub mod error;
 pub mod inspect;
 pub mod naming;
 pub mod ports;
 pub mod streaming;
+pub mod watch;
 
 mod checkpoint;
 mod events;

@@ -46,100 +46,217 @@ pub fn labels_match(selector: &HashMap<String, String>, labels: &BTreeMap<String
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-const DEFAULT_DOMAIN: &str = "docker.io";
+/// The longest prefix of a rejected reference that an error message quotes: a request may carry
+/// megabytes, an error (and the log line it becomes) should not.
+const QUOTED_INPUT_MAX_CHARS: usize = 256;
 
-/// Normalises an image reference the way docker does: `busybox` → `docker.io/library/busybox:latest`.
-/// A digest reference keeps its digest; a tag-less one gets `:latest`.
-pub fn normalize_image_ref(reference: &str) -> Result<String> {
-    let invalid = |why: &str| Error::invalid(format!("invalid image reference {reference:?}: {why}"));
-    if reference.is_empty() {
-        return Err(invalid("empty"));
-    }
-    if reference.starts_with("sha256:") {
-        return Err(invalid("an image id is not a reference"));
-    }
-    let (name_and_tag, digest) = match reference.split_once('@') {
-        Some((name, digest)) => {
-            let hex_part = digest.strip_prefix("sha256:").ok_or_else(|| invalid("unsupported digest algorithm"))?;
-            if hex_part.len() != 64 || !hex_part.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(invalid("bad digest"));
+/// The most characters the name (`domain/repository`) of a reference may have, as in docker's
+/// reference grammar. containerd 1.7 counts the domain and the `library/` it adds, so `"a" × 237`
+/// is the longest bare name accepted and `"a" × 5000` is refused, not normalised.
+pub const NAME_TOTAL_LENGTH_MAX: usize = 255;
+
+/// An image reference normalised by docker's rules, as containerd 1.7's CRI normalises every
+/// reference it is given (`ParseDockerRef`):
+/// - no domain means `docker.io`, and a one-component repository there gets `library/`
+///   (`busybox` → `docker.io/library/busybox:latest`; `index.docker.io` is `docker.io`);
+/// - the first component is a domain when it has a `.` or a `:`, is `localhost`, or has an
+///   uppercase letter (`127.0.0.1:5000/x`, `localhost/a/b`, `Foo/bar`);
+/// - no tag and no digest means `:latest`; with both, the digest wins and the tag is dropped;
+/// - a 64-hex-digit string is an image id, not a reference, and is refused.
+///
+/// The grammar is `oci-spec`'s distribution reference. Two deliberate differences from
+/// containerd: a digest must be `sha256` (containerd also parses `sha384`/`sha512`, which
+/// nothing here can verify), and a bracketed IPv6 registry host is not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ImageRef(oci_spec::distribution::Reference);
+
+impl ImageRef {
+    /// Parses and normalises `reference`; a bad one is InvalidArgument.
+    pub fn parse(reference: &str) -> Result<ImageRef> {
+        let invalid = |why: &dyn std::fmt::Display| {
+            let quoted: String = reference.chars().take(QUOTED_INPUT_MAX_CHARS).collect();
+            let cut = if quoted.len() < reference.len() {
+                format!("{quoted:?}… ({} bytes)", reference.len())
+            } else {
+                format!("{quoted:?}")
+            };
+            Error::invalid(format!("invalid image reference {cut}: {why}"))
+        };
+        // The grammar is ASCII; the regex's `\w` for tags would otherwise take any letter.
+        if !reference.is_ascii() {
+            return Err(invalid(&"invalid reference format"));
+        }
+        if reference.len() == 64 && reference.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(invalid(&"a 64-hex-digit string is an image id, not a repository name"));
+        }
+        let parsed = oci_spec::distribution::Reference::try_from(reference).map_err(|e| invalid(&e).with_source(e))?;
+        // oci-spec files an uppercase first component under docker.io; containerd makes it the
+        // domain (the path grammar is lowercase, so an uppercase letter can only be there).
+        let (domain, repository) = match parsed.repository().split_once('/') {
+            Some((first, rest))
+                if parsed.registry() == "docker.io" && first.bytes().any(|b| b.is_ascii_uppercase()) =>
+            {
+                (first.to_string(), rest.to_string())
             }
-            (name, Some(digest))
+            _ => (parsed.registry().to_string(), parsed.repository().to_string()),
+        };
+        if domain.len() + 1 + repository.len() > NAME_TOTAL_LENGTH_MAX {
+            return Err(invalid(&format_args!(
+                "repository name must not be more than {NAME_TOTAL_LENGTH_MAX} characters"
+            )));
         }
-        None => (reference, None),
-    };
-    // A tag follows the last ':' that comes after the last '/', so `host:5000/x` has no tag.
-    let last_slash = name_and_tag.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match name_and_tag[last_slash..].rfind(':') {
-        Some(i) => (&name_and_tag[..last_slash + i], Some(&name_and_tag[last_slash + i + 1..])),
-        None => (name_and_tag, None),
-    };
-    if let Some(tag) = tag {
-        let valid =
-            !tag.is_empty() && tag.len() <= 128 && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !valid {
-            return Err(invalid("bad tag"));
-        }
+        let normalized = match parsed.digest() {
+            Some(digest) => {
+                let hex_part =
+                    digest.strip_prefix("sha256:").ok_or_else(|| invalid(&"unsupported digest algorithm"))?;
+                if !hex_part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    return Err(invalid(&"invalid digest format"));
+                }
+                oci_spec::distribution::Reference::with_digest(domain, repository, digest.to_string())
+            }
+            None => {
+                let tag = parsed.tag().unwrap_or("latest").to_string();
+                oci_spec::distribution::Reference::with_tag(domain, repository, tag)
+            }
+        };
+        Ok(ImageRef(normalized))
     }
-    let (domain, path) = match name.split_once('/') {
-        Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            (first.to_string(), rest.to_string())
-        }
-        _ => (DEFAULT_DOMAIN.to_string(), name.to_string()),
-    };
-    let path = if domain == DEFAULT_DOMAIN && !path.contains('/') { format!("library/{path}") } else { path };
-    let path_ok = !path.is_empty()
-        && path.split('/').all(|part| {
-            !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-        });
-    if !path_ok {
-        return Err(invalid("repository name must be lowercase alphanumerics separated by '/', '.', '_' or '-'"));
+
+    /// The registry host, with its port if it has one: `docker.io`, `127.0.0.1:5000`.
+    pub fn domain(&self) -> &str {
+        self.0.registry()
     }
-    let mut out = format!("{domain}/{path}");
-    match (tag, digest) {
-        (Some(tag), _) => {
-            out.push(':');
-            out.push_str(tag);
-        }
-        (None, None) => out.push_str(":latest"),
-        (None, Some(_)) => {}
+
+    /// The repository path within the registry: `library/busybox`.
+    pub fn repository(&self) -> &str {
+        self.0.repository()
     }
-    if let Some(digest) = digest {
-        out.push('@');
-        out.push_str(digest);
+
+    /// The tag; None when the reference is pinned by digest.
+    pub fn tag(&self) -> Option<&str> {
+        self.0.tag()
     }
-    Ok(out)
+
+    /// The `sha256:…` digest the reference is pinned to, if any.
+    pub fn digest(&self) -> Option<&str> {
+        self.0.digest()
+    }
+
+    /// `domain/repository`, without tag or digest.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.domain(), self.repository())
+    }
+
+    /// What a registry's manifests endpoint is asked for: the digest when pinned, else the tag.
+    pub fn object(&self) -> &str {
+        self.digest().or(self.tag()).unwrap_or("latest")
+    }
 }
 
-/// The repository part of a normalised reference (no tag, no digest).
-pub fn repository_of(normalized: &str) -> &str {
-    let without_digest = normalized.split('@').next().unwrap_or(normalized);
-    let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
-    match without_digest[last_slash..].rfind(':') {
-        Some(i) => &without_digest[..last_slash + i],
-        None => without_digest,
+impl std::fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
+}
+
+impl std::str::FromStr for ImageRef {
+    type Err = Error;
+
+    fn from_str(reference: &str) -> Result<ImageRef> {
+        ImageRef::parse(reference)
+    }
+}
+
+/// The normalised text of a reference (see [`ImageRef`]).
+pub fn normalize_image_ref(reference: &str) -> Result<String> {
+    ImageRef::parse(reference).map(|r| r.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// Known answers of containerd 1.7's `ParseDockerRef` for each reference.
     #[test]
-    fn references_normalise_like_docker() {
-        assert_eq!(normalize_image_ref("busybox").unwrap(), "docker.io/library/busybox:latest");
-        assert_eq!(normalize_image_ref("user/app:v1").unwrap(), "docker.io/user/app:v1");
-        assert_eq!(normalize_image_ref("localhost:5000/x").unwrap(), "localhost:5000/x:latest");
-        assert_eq!(normalize_image_ref("127.0.0.1:5000/a/b:2").unwrap(), "127.0.0.1:5000/a/b:2");
-        let digest = format!("sha256:{}", "a".repeat(64));
+    fn references_normalise_like_containerd() {
+        let long_ok = "a".repeat(NAME_TOTAL_LENGTH_MAX - "docker.io/library/".len());
+        let cases: Vec<(String, String)> = vec![
+            ("busybox".into(), "docker.io/library/busybox:latest".into()),
+            ("busybox:1.36".into(), "docker.io/library/busybox:1.36".into()),
+            ("user/app:v1".into(), "docker.io/user/app:v1".into()),
+            ("docker.io/busybox".into(), "docker.io/library/busybox:latest".into()),
+            ("index.docker.io/library/busybox".into(), "docker.io/library/busybox:latest".into()),
+            ("library/foo/bar".into(), "docker.io/library/foo/bar:latest".into()),
+            ("localhost/a/b:1".into(), "localhost/a/b:1".into()),
+            ("localhost:5000/x".into(), "localhost:5000/x:latest".into()),
+            ("127.0.0.1:5000/x:tag".into(), "127.0.0.1:5000/x:tag".into()),
+            ("127.0.0.1:5000/a/b:2".into(), "127.0.0.1:5000/a/b:2".into()),
+            ("test_com/foo".into(), "docker.io/test_com/foo:latest".into()),
+            ("Foo/bar".into(), "Foo/bar:latest".into()),
+            ("busybox:Tag_1.x-y".into(), "docker.io/library/busybox:Tag_1.x-y".into()),
+            (format!("busybox@{DIGEST}"), format!("docker.io/library/busybox@{DIGEST}")),
+            (format!("busybox:1.36@{DIGEST}"), format!("docker.io/library/busybox@{DIGEST}")),
+            (format!("sha256:{}", &DIGEST[7..]), format!("docker.io/library/sha256:{}", &DIGEST[7..])),
+            (long_ok.clone(), format!("docker.io/library/{long_ok}:latest")),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(ImageRef::parse(&input).map(|r| r.to_string()), Ok(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn invalid_references_are_invalid_argument() {
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "at least one component"),
+            ("UPPER".into(), "invalid reference format"),
+            ("docker/Docker".into(), "invalid reference format"),
+            ("a:b:c".into(), "invalid reference format"),
+            ("busybox:bad tag".into(), "invalid reference format"),
+            ("busybox:-tag".into(), "invalid reference format"),
+            ("busybox:tägé".into(), "invalid reference format"),
+            ("docker///docker".into(), "invalid reference format"),
+            ("-docker".into(), "invalid reference format"),
+            ("https://github.com/docker/docker".into(), "invalid reference format"),
+            (format!("busybox:{}", "t".repeat(129)), "invalid reference format"),
+            ("busybox@sha256:abc".into(), "invalid reference format"),
+            (format!("busybox@sha256:{}", "a".repeat(63)), "digest length"),
+            (format!("busybox@sha512:{}", "a".repeat(128)), "unsupported digest algorithm"),
+            (format!("busybox@sha256:{}", "A".repeat(64)), "invalid digest format"),
+            (DIGEST[7..].to_string(), "image id"),
+            ("a".repeat(NAME_TOTAL_LENGTH_MAX - "docker.io/library/".len() + 1), "255 characters"),
+        ];
+        for (input, why) in cases {
+            let error = ImageRef::parse(&input).unwrap_err();
+            assert_eq!(error.kind, crate::error::ErrorKind::InvalidArgument, "{input}");
+            assert!(error.to_string().contains(why), "{input}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_error_quotes_a_bounded_prefix_of_the_input() {
+        let huge = "a".repeat(5000);
+        let message = ImageRef::parse(&huge).unwrap_err().to_string();
+        assert!(message.contains(&format!("\"{}\"… (5000 bytes)", "a".repeat(QUOTED_INPUT_MAX_CHARS))), "{message}");
+        assert!(message.len() < QUOTED_INPUT_MAX_CHARS + 200, "{} bytes", message.len());
+    }
+
+    #[test]
+    fn parts_and_object() {
+        let tagged = ImageRef::parse("127.0.0.1:5000/a/b:2").unwrap();
         assert_eq!(
-            normalize_image_ref(&format!("busybox@{digest}")).unwrap(),
-            format!("docker.io/library/busybox@{digest}")
+            (tagged.domain(), tagged.repository(), tagged.tag(), tagged.digest()),
+            ("127.0.0.1:5000", "a/b", Some("2"), None)
         );
-        assert!(normalize_image_ref("UPPER").is_err());
-        assert!(normalize_image_ref("").is_err());
-        assert!(normalize_image_ref("a:b:c").is_err());
-        assert_eq!(repository_of("docker.io/library/busybox:latest"), "docker.io/library/busybox");
-        assert_eq!(repository_of("localhost:5000/x:1"), "localhost:5000/x");
+        assert_eq!((tagged.name(), tagged.object()), ("127.0.0.1:5000/a/b".to_string(), "2"));
+        let pinned = ImageRef::parse(&format!("busybox:1@{DIGEST}")).unwrap();
+        assert_eq!((pinned.tag(), pinned.digest(), pinned.object()), (None, Some(DIGEST), DIGEST));
+        assert_eq!(pinned.name(), "docker.io/library/busybox");
+        // Normalising is idempotent: the backend re-parses what the core normalised.
+        for reference in ["busybox", "Foo/bar:1", "localhost/a/b:1"] {
+            let once = ImageRef::parse(reference).unwrap();
+            assert_eq!(ImageRef::parse(&once.to_string()).unwrap(), once);
+        }
     }
 }

@@ -312,6 +312,7 @@ impl CriService {
             }
         };
         let start_error = |status: &mut ContainerStatus| {
+            cov_mark::hit!(interrupted_start_became_start_error);
             status.finished_at_ns = now;
             status.exit_code = EXIT_CODE_START_ERROR;
             status.reason = REASON_START_ERROR.into();
@@ -354,6 +355,7 @@ impl CriService {
                 // A lost checkpoint stays UNKNOWN (never RUNNING with CreatedAt=0, B9); the
                 // monitor turns it EXITED when the task ends, or kubelet stops it.
                 ContainerState::Unknown => {
+                    cov_mark::hit!(lost_checkpoint_kept_unknown);
                     status.pid = info.pid;
                     Decision { status, monitor: true, delete_task: false, stable: true }
                 }

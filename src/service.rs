@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::watch;
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -228,7 +228,10 @@ impl CriService {
         let (mut receiver, start) = {
             let mut operations = self.operations.lock().unwrap();
             match operations.get(&name) {
-                Some(receiver) => (receiver.clone(), None),
+                Some(receiver) => {
+                    cov_mark::hit!(retry_joined_running_operation);
+                    (receiver.clone(), None)
+                }
                 None => {
                     let (sender, receiver) = watch::channel(None);
                     operations.insert(name.clone(), receiver.clone());

@@ -14,11 +14,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crid::error::{Error, ErrorKind, Result};
+use crid::naming::ImageRef;
 use crid::ports::{Descriptor, ImageConfig, RegistryAuth, ResolvedImage};
+use oci_spec::image::{Arch, DigestAlgorithm, ImageConfiguration, ImageIndex, ImageManifest, Os};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -40,186 +43,150 @@ pub fn is_index_media_type(media_type: &str) -> bool {
     matches!(media_type, MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST)
 }
 
-/// A parsed image reference: `domain/repository[:tag][@digest]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reference {
-    pub domain: String,
-    pub repository: String,
-    pub tag: Option<String>,
-    pub digest: Option<String>,
-}
-
-impl Reference {
-    pub fn parse(reference: &str) -> Result<Reference> {
-        let bad = || Error::invalid(format!("invalid image reference {reference:?}"));
-        let (name, digest) = match reference.split_once('@') {
-            Some((name, digest)) => (name, Some(digest.to_string())),
-            None => (reference, None),
-        };
-        let (domain, rest) = match name.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-                (first.to_string(), rest.to_string())
-            }
-            _ => ("docker.io".to_string(), name.to_string()),
-        };
-        let (repository, tag) = match rest.rsplit_once(':') {
-            Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), Some(tag.to_string())),
-            _ => (rest, None),
-        };
-        let repository = if domain == "docker.io" && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
-        if repository.is_empty() || (tag.is_none() && digest.is_none() && reference.is_empty()) {
-            return Err(bad());
-        }
-        Ok(Reference { domain, repository, tag, digest })
-    }
-
-    /// What the manifests endpoint is asked for: the digest when pinned, else the tag.
-    fn object(&self) -> String {
-        self.digest.clone().or_else(|| self.tag.clone()).unwrap_or_else(|| "latest".to_string())
-    }
-}
-
-#[derive(Deserialize, Debug)]
-struct ManifestDescriptor {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: i64,
-    #[serde(default)]
-    platform: Option<Platform>,
-}
-
-#[derive(Deserialize, Debug)]
-struct Platform {
-    architecture: String,
-    os: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-/// Either an image manifest (config + layers) or an index (manifests).
-#[derive(Deserialize, Debug)]
-pub struct ManifestDocument {
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    config: Option<ManifestDescriptor>,
-    #[serde(default)]
-    layers: Vec<ManifestDescriptor>,
-    #[serde(default)]
-    manifests: Vec<ManifestDescriptor>,
+/// A manifest or an index, as `oci-spec` reads them. Docker's schema 2 manifest and manifest
+/// list have the same shape as their OCI counterparts; oci-spec keeps their media types (and
+/// Docker's layer and config types) as `MediaType::Other` with the text intact. A digest that
+/// is malformed fails the parse; one that is well formed but not sha256 fails when it is used.
+#[derive(Debug)]
+pub enum ManifestDocument {
+    // Boxed: both are hundreds of bytes of descriptors, and a document is moved around.
+    Index(Box<ImageIndex>),
+    Manifest(Box<ImageManifest>),
 }
 
 impl ManifestDocument {
-    pub fn parse(bytes: &[u8]) -> Result<ManifestDocument> {
-        serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("bad manifest: {e}")))
+    /// Parses a manifest or an index. Which one it is comes from the document's own
+    /// `mediaType`, else from `declared` (the registry's Content-Type or the descriptor that
+    /// pointed here), else from whether it lists `manifests`.
+    pub fn parse(bytes: &[u8], declared: Option<&str>) -> Result<ManifestDocument> {
+        #[derive(Deserialize)]
+        struct Shape {
+            #[serde(rename = "mediaType", default)]
+            media_type: Option<String>,
+            #[serde(default)]
+            manifests: Option<serde::de::IgnoredAny>,
+        }
+        let bad = |e: serde_json::Error| Error::invalid(format!("bad manifest: {e}")).with_source(e);
+        let shape: Shape = serde_json::from_slice(bytes).map_err(bad)?;
+        let own = shape.media_type.as_deref().filter(|t| is_manifest_media_type(t));
+        let is_index = match own.or(declared.filter(|t| is_manifest_media_type(t))) {
+            Some(media_type) => is_index_media_type(media_type),
+            None => shape.manifests.is_some(),
+        };
+        Ok(if is_index {
+            ManifestDocument::Index(Box::new(serde_json::from_slice(bytes).map_err(bad)?))
+        } else {
+            ManifestDocument::Manifest(Box::new(serde_json::from_slice(bytes).map_err(bad)?))
+        })
+    }
+
+    /// The document's media type: its own field, else the OCI type of its kind.
+    pub fn media_type(&self) -> String {
+        let (own, default) = match self {
+            ManifestDocument::Index(index) => (index.media_type(), MEDIA_OCI_INDEX),
+            ManifestDocument::Manifest(manifest) => (manifest.media_type(), MEDIA_OCI_MANIFEST),
+        };
+        own.as_ref().map_or_else(|| default.to_string(), |t| t.to_string())
     }
 
     /// Labels that make containerd's garbage collector keep what this blob refers to.
     pub fn gc_labels(&self) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::new();
-        if let Some(config) = &self.config {
-            labels.insert("containerd.io/gc.ref.content.config".to_string(), config.digest.clone());
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), layer.digest.clone());
-        }
-        for (i, manifest) in self.manifests.iter().enumerate() {
-            labels.insert(format!("containerd.io/gc.ref.content.m.{i}"), manifest.digest.clone());
+        match self {
+            ManifestDocument::Manifest(manifest) => {
+                labels
+                    .insert("containerd.io/gc.ref.content.config".to_string(), manifest.config().digest().to_string());
+                for (i, layer) in manifest.layers().iter().enumerate() {
+                    labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), layer.digest().to_string());
+                }
+            }
+            ManifestDocument::Index(index) => {
+                for (i, manifest) in index.manifests().iter().enumerate() {
+                    labels.insert(format!("containerd.io/gc.ref.content.m.{i}"), manifest.digest().to_string());
+                }
+            }
         }
         labels
     }
 
-    pub fn config_digest(&self) -> Option<&str> {
-        self.config.as_ref().map(|c| c.digest.as_str())
+    /// The config's descriptor; None for an index.
+    pub fn config(&self) -> Option<Result<Descriptor>> {
+        match self {
+            ManifestDocument::Manifest(manifest) => Some(descriptor(manifest.config())),
+            ManifestDocument::Index(_) => None,
+        }
     }
 
-    pub fn layer_descriptors(&self) -> Vec<Descriptor> {
-        self.layers.iter().map(descriptor).collect()
+    /// The layers, in order; none for an index.
+    pub fn layer_descriptors(&self) -> Result<Vec<Descriptor>> {
+        match self {
+            ManifestDocument::Manifest(manifest) => manifest.layers().iter().map(descriptor).collect(),
+            ManifestDocument::Index(_) => Ok(vec![]),
+        }
     }
 
-    /// The digest of this platform's manifest in an index.
-    pub fn platform_manifest(&self) -> Option<Descriptor> {
+    /// This platform's manifest in an index; None for a manifest or when no entry matches.
+    pub fn platform_manifest(&self) -> Option<Result<Descriptor>> {
+        let ManifestDocument::Index(index) = self else { return None };
         let (os, arch) = host_platform();
-        self.manifests
+        index
+            .manifests()
             .iter()
             .find(|m| {
-                m.platform.as_ref().is_some_and(|p| {
-                    p.os == os && p.architecture == arch && p.variant.as_deref().unwrap_or("") != "unknown"
+                m.platform().as_ref().is_some_and(|p| {
+                    *p.os() == os && *p.architecture() == arch && p.variant().as_deref().unwrap_or("") != "unknown"
                 })
             })
             .map(descriptor)
     }
 }
 
-fn descriptor(d: &ManifestDescriptor) -> Descriptor {
-    Descriptor { media_type: d.media_type.clone(), digest: d.digest.clone(), size_bytes: d.size.max(0) as u64 }
+/// The core's descriptor of an oci-spec one. crid addresses content by sha256 only (as the
+/// registry client verifies it), so another algorithm is refused here rather than later.
+fn descriptor(d: &oci_spec::image::Descriptor) -> Result<Descriptor> {
+    let digest = sha256_only(d.digest())?;
+    Ok(Descriptor { media_type: d.media_type().to_string(), digest, size_bytes: d.size() })
 }
 
-pub fn host_platform() -> (&'static str, &'static str) {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    };
-    ("linux", arch)
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(rename_all = "PascalCase", default)]
-struct ContainerConfigJson {
-    entrypoint: Option<Vec<String>>,
-    cmd: Option<Vec<String>>,
-    env: Option<Vec<String>>,
-    working_dir: String,
-    user: String,
-    stop_signal: String,
-    volumes: Option<HashMap<String, serde_json::Value>>,
-    labels: Option<HashMap<String, String>>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-struct RootFs {
-    diff_ids: Vec<String>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-pub struct ImageConfigDocument {
-    config: Option<ContainerConfigJson>,
-    rootfs: RootFs,
-}
-
-impl ImageConfigDocument {
-    pub fn parse(bytes: &[u8]) -> Result<ImageConfigDocument> {
-        serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("bad image config: {e}")))
+fn sha256_only(digest: &oci_spec::image::Digest) -> Result<String> {
+    if *digest.algorithm() != DigestAlgorithm::Sha256 {
+        return Err(Error::invalid(format!("unsupported digest algorithm in {digest}: only sha256 is supported")));
     }
+    Ok(digest.to_string())
+}
 
-    pub fn diff_ids(&self) -> &[String] {
-        &self.rootfs.diff_ids
+/// The platform whose manifest is picked from an index: Linux on this machine's architecture.
+pub fn host_platform() -> (Os, Arch) {
+    (Os::Linux, Arch::default())
+}
+
+/// Parses an image config (OCI or Docker's, which has the same fields). Its diff ids name
+/// snapshots (chain ids), so each must be a well-formed sha256 digest.
+pub fn parse_image_config(bytes: &[u8]) -> Result<ImageConfiguration> {
+    let config: ImageConfiguration =
+        serde_json::from_slice(bytes).map_err(|e| Error::invalid(format!("bad image config: {e}")).with_source(e))?;
+    for diff_id in config.rootfs().diff_ids() {
+        let digest = oci_spec::image::Digest::from_str(diff_id)
+            .map_err(|e| Error::invalid(format!("bad image config: diff id {diff_id:?}: {e}")).with_source(e))?;
+        sha256_only(&digest)?;
     }
+    Ok(config)
+}
 
-    pub fn image_config(&self) -> ImageConfig {
-        let c = self.config.as_ref();
-        let mut volumes: Vec<String> =
-            c.and_then(|c| c.volumes.as_ref()).map(|v| v.keys().cloned().collect()).unwrap_or_default();
-        volumes.sort();
-        ImageConfig {
-            entrypoint: c.and_then(|c| c.entrypoint.clone()).unwrap_or_default(),
-            cmd: c.and_then(|c| c.cmd.clone()).unwrap_or_default(),
-            env: c.and_then(|c| c.env.clone()).unwrap_or_default(),
-            working_dir: c.map(|c| c.working_dir.clone()).unwrap_or_default(),
-            user: c.map(|c| c.user.clone()).unwrap_or_default(),
-            stop_signal: c.map(|c| c.stop_signal.clone()).unwrap_or_default(),
-            volumes,
-            labels: c.and_then(|c| c.labels.clone()).map(|l| l.into_iter().collect()).unwrap_or_default(),
-        }
+/// What the core needs of an image config: the process defaults, volumes and labels.
+pub fn image_config(config: &ImageConfiguration) -> ImageConfig {
+    let Some(c) = config.config() else { return ImageConfig::default() };
+    let mut volumes = c.volumes().clone().unwrap_or_default();
+    volumes.sort();
+    ImageConfig {
+        entrypoint: c.entrypoint().clone().unwrap_or_default(),
+        cmd: c.cmd().clone().unwrap_or_default(),
+        env: c.env().clone().unwrap_or_default(),
+        working_dir: c.working_dir().clone().unwrap_or_default(),
+        user: c.user().clone().unwrap_or_default(),
+        stop_signal: c.stop_signal().clone().unwrap_or_default(),
+        volumes,
+        labels: c.labels().clone().map(|l| l.into_iter().collect()).unwrap_or_default(),
     }
 }
 
@@ -356,8 +323,8 @@ impl RegistryClient {
         Ok(client)
     }
 
-    fn endpoints(&self, reference: &Reference) -> Result<Vec<RegistryEndpoint>> {
-        endpoints_for(self.config_path.as_deref(), &reference.domain)
+    fn endpoints(&self, reference: &ImageRef) -> Result<Vec<RegistryEndpoint>> {
+        endpoints_for(self.config_path.as_deref(), reference.domain())
     }
 
     /// Answers a 401's challenge: how to authorize the retry.
@@ -477,18 +444,18 @@ impl RegistryClient {
     /// Tries each endpoint with the capability in turn; the last error is returned.
     async fn get_any(
         &self,
-        reference: &Reference,
+        reference: &ImageRef,
         path: &str,
         accept: Option<&str>,
         resolve: bool,
         auth: &RegistryAuth,
     ) -> Result<reqwest::Response> {
-        let mut last = Error::not_found(format!("no registry host can serve {}", reference.domain));
+        let mut last = Error::not_found(format!("no registry host can serve {}", reference.domain()));
         for endpoint in self.endpoints(reference)? {
             if (resolve && !endpoint.can_resolve) || (!resolve && !endpoint.can_pull) {
                 continue;
             }
-            match self.get(&endpoint, &reference.repository, path, accept, auth).await {
+            match self.get(&endpoint, reference.repository(), path, accept, auth).await {
                 Ok(response) => return Ok(response),
                 Err(e) => {
                     tracing::debug!(endpoint = %endpoint.base_url, error = %e, "registry endpoint failed");
@@ -510,8 +477,13 @@ impl RegistryClient {
         Ok(bytes.to_vec())
     }
 
-    /// Fetches a manifest (or index) by tag or digest: its media type and bytes.
-    async fn manifest(&self, reference: &Reference, object: &str, auth: &RegistryAuth) -> Result<(String, Vec<u8>)> {
+    /// Fetches a manifest (or index) by tag or digest: the document and its bytes.
+    async fn manifest(
+        &self,
+        reference: &ImageRef,
+        object: &str,
+        auth: &RegistryAuth,
+    ) -> Result<(ManifestDocument, Vec<u8>)> {
         let response =
             self.get_any(reference, &format!("manifests/{object}"), Some(MANIFEST_ACCEPT), true, auth).await?;
         let header_type = response
@@ -521,65 +493,56 @@ impl RegistryClient {
             .map(|v| v.split(';').next().unwrap_or_default().trim().to_string())
             .unwrap_or_default();
         let bytes = Self::read_small(response, "manifest").await?;
-        let document = ManifestDocument::parse(&bytes)?;
-        let media_type = match document.media_type {
-            Some(t) if !t.is_empty() => t,
-            _ if is_manifest_media_type(&header_type) => header_type,
-            _ if !document.manifests.is_empty() => MEDIA_OCI_INDEX.to_string(),
-            _ => MEDIA_OCI_MANIFEST.to_string(),
-        };
         if object.starts_with("sha256:") && sha256_digest(&bytes) != object {
             return Err(Error::invalid(format!("manifest digest mismatch for {object}")));
         }
-        Ok((media_type, bytes))
+        let document = ManifestDocument::parse(&bytes, Some(&header_type))?;
+        Ok((document, bytes))
     }
 
     /// Resolves `reference` to this platform's manifest, config and layers; also returns the
     /// manifest's bytes, which the caller stores (the image record points at them).
     pub async fn resolve(&self, name: &str, auth: &RegistryAuth) -> Result<(ResolvedImage, Vec<u8>)> {
-        let reference = Reference::parse(name)?;
-        let (mut media_type, mut bytes) = self.manifest(&reference, &reference.object(), auth).await?;
-        let mut document = ManifestDocument::parse(&bytes)?;
-        if is_index_media_type(&media_type) || (!document.manifests.is_empty() && document.config.is_none()) {
+        let reference = ImageRef::parse(name)?;
+        let (mut document, mut bytes) = self.manifest(&reference, reference.object(), auth).await?;
+        if let ManifestDocument::Index(_) = document {
             let (os, arch) = host_platform();
             let chosen = document
                 .platform_manifest()
-                .ok_or_else(|| Error::not_found(format!("{name}: no manifest for {os}/{arch}")))?;
-            (media_type, bytes) = self.manifest(&reference, &chosen.digest, auth).await?;
-            document = ManifestDocument::parse(&bytes)?;
+                .ok_or_else(|| Error::not_found(format!("{name}: no manifest for {os}/{arch}")))??;
+            (document, bytes) = self.manifest(&reference, &chosen.digest, auth).await?;
         }
         let config = document
-            .config
-            .as_ref()
-            .map(descriptor)
-            .ok_or_else(|| Error::invalid(format!("{name}: manifest has no config")))?;
+            .config()
+            .ok_or_else(|| Error::invalid(format!("{name}: the platform's manifest is an index")))??;
         let config_bytes = Self::read_small(self.blob(name, &config, auth).await?, "image config").await?;
         if sha256_digest(&config_bytes) != config.digest {
             return Err(Error::invalid(format!("{name}: config digest mismatch")));
         }
-        let config_document = ImageConfigDocument::parse(&config_bytes)?;
-        let layers = document.layer_descriptors();
-        if config_document.diff_ids().len() != layers.len() {
-            return Err(Error::invalid(format!(
-                "{name}: {} layers but {} diff ids",
-                layers.len(),
-                config_document.diff_ids().len()
-            )));
+        let config_document = parse_image_config(&config_bytes)?;
+        let layers = document.layer_descriptors()?;
+        let diff_ids = config_document.rootfs().diff_ids();
+        if diff_ids.len() != layers.len() {
+            return Err(Error::invalid(format!("{name}: {} layers but {} diff ids", layers.len(), diff_ids.len())));
         }
         let resolved = ResolvedImage {
             name: name.to_string(),
-            manifest: Descriptor { media_type, digest: sha256_digest(&bytes), size_bytes: bytes.len() as u64 },
+            manifest: Descriptor {
+                media_type: document.media_type(),
+                digest: sha256_digest(&bytes),
+                size_bytes: bytes.len() as u64,
+            },
             config,
             layers,
-            diff_ids: config_document.diff_ids().to_vec(),
-            image_config: config_document.image_config(),
+            diff_ids: diff_ids.clone(),
+            image_config: image_config(&config_document),
         };
         Ok((resolved, bytes))
     }
 
     /// Starts the download of a blob (manifests come from the manifests endpoint).
     pub async fn blob(&self, name: &str, blob: &Descriptor, auth: &RegistryAuth) -> Result<reqwest::Response> {
-        let reference = Reference::parse(name)?;
+        let reference = ImageRef::parse(name)?;
         if is_manifest_media_type(&blob.media_type) {
             self.get_any(&reference, &format!("manifests/{}", blob.digest), Some(MANIFEST_ACCEPT), true, auth).await
         } else {
@@ -592,19 +555,120 @@ impl RegistryClient {
 mod tests {
     use super::*;
 
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    /// A Docker schema 2 manifest, as the local registry serves one pushed by docker.
+    fn docker_manifest(config_digest: &str) -> String {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{MEDIA_DOCKER_MANIFEST}",
+            "config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":1469,"digest":"{config_digest}"}},
+            "layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":772788,"digest":"{}"}},
+                      {{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":12,"digest":"{}"}}]}}"#,
+            digest('b'),
+            digest('c')
+        )
+    }
+
     #[test]
-    fn references_parse_like_docker() {
-        let r = Reference::parse("127.0.0.1:5000/busybox:latest").unwrap();
+    fn docker_schema2_manifest_keeps_its_media_types() {
+        let document = ManifestDocument::parse(docker_manifest(&digest('a')).as_bytes(), None).unwrap();
+        assert_eq!(document.media_type(), MEDIA_DOCKER_MANIFEST);
+        let config = document.config().unwrap().unwrap();
         assert_eq!(
-            (r.domain.as_str(), r.repository.as_str(), r.tag.as_deref()),
-            ("127.0.0.1:5000", "busybox", Some("latest"))
+            (config.media_type.as_str(), config.digest.clone(), config.size_bytes),
+            ("application/vnd.docker.container.image.v1+json", digest('a'), 1469)
         );
-        let r = Reference::parse("docker.io/library/busybox@sha256:abc").unwrap();
-        assert_eq!((r.repository.as_str(), r.digest.as_deref(), r.tag), ("library/busybox", Some("sha256:abc"), None));
-        let r = Reference::parse("busybox").unwrap();
-        assert_eq!((r.domain.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
-        let r = Reference::parse("localhost/a/b:1").unwrap();
-        assert_eq!((r.domain.as_str(), r.repository.as_str(), r.tag.as_deref()), ("localhost", "a/b", Some("1")));
+        let layers = document.layer_descriptors().unwrap();
+        assert_eq!(layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>(), [digest('b'), digest('c')]);
+        assert_eq!(layers[0].media_type, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+        assert_eq!(layers[0].size_bytes, 772788);
+        let labels = document.gc_labels();
+        assert_eq!(labels["containerd.io/gc.ref.content.config"], digest('a'));
+        assert_eq!(labels["containerd.io/gc.ref.content.l.1"], digest('c'));
+        assert_eq!(labels.len(), 3);
+        assert!(document.platform_manifest().is_none());
+    }
+
+    #[test]
+    fn an_index_yields_this_platforms_manifest() {
+        let (_, arch) = host_platform();
+        let other = if arch == Arch::Amd64 { "arm64" } else { "amd64" };
+        // No mediaType in the document: the declared type (a Docker manifest list) decides.
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[
+            {{"mediaType":"{MEDIA_DOCKER_MANIFEST}","size":1,"digest":"{}","platform":{{"architecture":"{other}","os":"linux"}}}},
+            {{"mediaType":"{MEDIA_DOCKER_MANIFEST}","size":2,"digest":"{}","platform":{{"architecture":"{arch}","os":"windows"}}}},
+            {{"mediaType":"{MEDIA_DOCKER_MANIFEST}","size":3,"digest":"{}","platform":{{"architecture":"{arch}","os":"linux"}}}}]}}"#,
+            digest('1'),
+            digest('2'),
+            digest('3')
+        );
+        let document = ManifestDocument::parse(index.as_bytes(), Some(MEDIA_DOCKER_LIST)).unwrap();
+        assert!(matches!(document, ManifestDocument::Index(_)));
+        assert_eq!(document.media_type(), MEDIA_OCI_INDEX, "no mediaType of its own");
+        let chosen = document.platform_manifest().unwrap().unwrap();
+        assert_eq!(
+            (chosen.digest, chosen.size_bytes, chosen.media_type.as_str()),
+            (digest('3'), 3, MEDIA_DOCKER_MANIFEST)
+        );
+        assert!(document.config().is_none());
+        assert_eq!(document.gc_labels()["containerd.io/gc.ref.content.m.2"], digest('3'));
+        // Without a declared type, listing manifests makes it an index.
+        assert!(matches!(ManifestDocument::parse(index.as_bytes(), None).unwrap(), ManifestDocument::Index(_)));
+    }
+
+    #[test]
+    fn bad_digests_are_errors_not_panics() {
+        for bad in ["sha256:xyz", "sha256:", "nocolon", &format!("sha256:{}", "A".repeat(64))] {
+            let error = ManifestDocument::parse(docker_manifest(bad).as_bytes(), None).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::InvalidArgument, "{bad}");
+            assert!(error.message.contains("bad manifest"), "{bad}: {error}");
+        }
+        // Well formed but not sha256: parses, and is refused where it would be used.
+        let sha512 = format!("sha512:{}", "a".repeat(128));
+        let document = ManifestDocument::parse(docker_manifest(&sha512).as_bytes(), None).unwrap();
+        let error = document.config().unwrap().unwrap_err();
+        assert_eq!(error.kind, ErrorKind::InvalidArgument);
+        assert!(error.message.contains("only sha256"), "{error}");
+        assert!(ManifestDocument::parse(b"{not json", None).is_err());
+        assert!(ManifestDocument::parse(b"[]", None).is_err());
+    }
+
+    /// A Docker image config (busybox's shape): the fields the core uses, volumes sorted.
+    #[test]
+    fn docker_image_config_gives_the_process_defaults() {
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin"],"Cmd":["sh"],
+            "Entrypoint":["/init"],"WorkingDir":"/w","User":"1000:1000","StopSignal":"SIGQUIT",
+            "Volumes":{{"/var":{{}},"/data":{{}}}},"Labels":{{"b":"2","a":"1"}}}},
+            "rootfs":{{"type":"layers","diff_ids":["{}","{}"]}},"history":[{{"created_by":"x"}}]}}"#,
+            digest('d'),
+            digest('e')
+        );
+        let parsed = parse_image_config(config.as_bytes()).unwrap();
+        assert_eq!(parsed.rootfs().diff_ids(), &[digest('d'), digest('e')]);
+        let image = image_config(&parsed);
+        assert_eq!(image.entrypoint, ["/init"]);
+        assert_eq!(image.cmd, ["sh"]);
+        assert_eq!(image.env, ["PATH=/bin"]);
+        assert_eq!(
+            (image.working_dir.as_str(), image.user.as_str(), image.stop_signal.as_str()),
+            ("/w", "1000:1000", "SIGQUIT")
+        );
+        assert_eq!(image.volumes, ["/data", "/var"]);
+        assert_eq!(image.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(), ["a=1", "b=2"]);
+        // No config section: empty defaults.
+        let bare = r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        assert_eq!(image_config(&parse_image_config(bare.as_bytes()).unwrap()), ImageConfig::default());
+        for bad_diff in ["sha256:zz".to_string(), format!("sha512:{}", "a".repeat(128))] {
+            let bad = format!(
+                r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{bad_diff}"]}}}}"#
+            );
+            let error = parse_image_config(bad.as_bytes()).unwrap_err();
+            assert_eq!(error.kind, ErrorKind::InvalidArgument, "{bad_diff}: {error}");
+        }
     }
 
     #[test]

@@ -53,6 +53,7 @@ impl ContainerEventHub {
         subscribers.retain_mut(|subscriber| match subscriber.sender.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
+                cov_mark::hit!(full_subscriber_event_dropped);
                 subscriber.dropped += 1;
                 self.dropped_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(dropped = subscriber.dropped, "container event subscriber is full; event dropped");

@@ -72,6 +72,7 @@ impl CriService {
         if let Err(error) =
             self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(kind, id, exit)).await
         {
+            cov_mark::hit!(exit_handling_failed_retry_queued);
             tracing::warn!(id, %error, "exit handling failed; queued for retry");
             self.monitor.push(id, PendingEvent::Exit { kind, exit }, self.now_ns());
         }
@@ -97,6 +98,7 @@ impl CriService {
         let recorded = self
             .update_container_status(&container, |status| {
                 if status.finished_at_ns != 0 {
+                    cov_mark::hit!(exit_already_recorded);
                     // Already recorded; an UNKNOWN container with a recorded exit only needs
                     // its flag cleared (FinishedAt never changes once set).
                     let was_unknown = status.unknown;
@@ -124,7 +126,10 @@ impl CriService {
         }
         match self.backends.containerd.delete_task(id).await {
             Ok(_) => Ok(()),
-            Err(error) if error.is_not_found() => Ok(()),
+            Err(error) if error.is_not_found() => {
+                cov_mark::hit!(exit_task_already_deleted);
+                Ok(())
+            }
             Err(error) => Err(error.context("failed to delete task")),
         }
     }

@@ -94,6 +94,7 @@ impl EventMonitor {
             return;
         }
         if backoff.len() >= self.max_entries {
+            cov_mark::hit!(backoff_queue_full_event_dropped);
             self.backoff_dropped_total.fetch_add(1, Ordering::Relaxed);
             tracing::error!(id, ?event, "backoff queue full: event dropped; the reconciler will repair the object");
             return;
@@ -161,6 +162,7 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_and_counts_drops() {
+        cov_mark::check!(backoff_queue_full_event_dropped);
         let monitor = EventMonitor::new(1);
         monitor.push("a", PendingEvent::Oom, 0);
         monitor.push("b", PendingEvent::Oom, 0);

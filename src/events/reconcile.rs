@@ -43,6 +43,7 @@ impl CriService {
             if let Some(exit) = self.observed_exit(&container.id).await
                 && container_unseen(&container)
             {
+                cov_mark::hit!(reconciler_found_missed_exit);
                 tracing::warn!(id = container.id, "reconcile: container task is gone; recording its exit");
                 self.monitor.reconciled_exits_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.handle_exit_or_backoff(TaskKind::Container, &container.id, exit).await;

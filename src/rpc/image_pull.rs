@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::watch;
 use k8s_cri::v1::{PullImageRequest, PullImageResponse};
-use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::kmutex::KeyedMutex;
-use crate::naming::normalize_image_ref;
+use crate::naming::ImageRef;
 use crate::ports::{
     Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, RegistryAuth, ResolvedImage,
 };
@@ -84,7 +84,8 @@ impl CriService {
     /// pulls with the same credentials are joined: one that cannot authenticate must not fail
     /// the others, nor succeed on their credentials. Blobs are still fetched once across all.
     pub(crate) async fn pull(self: &Arc<Self>, reference: &str, auth: &RegistryAuth) -> Result<String> {
-        let normalized = normalize_image_ref(reference)?;
+        let reference = ImageRef::parse(reference)?;
+        let normalized = reference.to_string();
         let key =
             if auth.is_anonymous() { normalized.clone() } else { format!("{normalized} auth:{}", auth.fingerprint()) };
         // Join or start under one lock acquisition: a separate get and insert would let two
@@ -102,6 +103,7 @@ impl CriService {
         };
         match start {
             None => {
+                cov_mark::hit!(pull_joined_in_flight);
                 self.pulls.pulls_joined_total.fetch_add(1, Ordering::Relaxed);
             }
             Some(sender) => {
@@ -110,7 +112,7 @@ impl CriService {
                 let auth = auth.clone();
                 // Its own task: the pull completes for the others if the first caller leaves.
                 tokio::spawn(async move {
-                    let result = service.pull_with_watchdog(&normalized, &auth).await;
+                    let result = service.pull_with_watchdog(&reference, &auth).await;
                     service.pulls.in_flight.lock().unwrap().remove(&key);
                     sender.send_replace(Some(result));
                 });
@@ -122,7 +124,7 @@ impl CriService {
         }
     }
 
-    async fn pull_with_watchdog(self: &Arc<Self>, reference: &str, auth: &RegistryAuth) -> Result<String> {
+    async fn pull_with_watchdog(self: &Arc<Self>, reference: &ImageRef, auth: &RegistryAuth) -> Result<String> {
         let progress = Arc::new(Progress::default());
         let timeout = self.config.image_pull_progress_timeout;
         let pull = self.pull_steps(reference, auth, progress.clone());
@@ -165,7 +167,7 @@ impl CriService {
 
     async fn pull_steps(
         self: &Arc<Self>,
-        reference: &str,
+        reference: &ImageRef,
         auth: &RegistryAuth,
         progress: Arc<Progress>,
     ) -> Result<String> {
@@ -183,11 +185,12 @@ impl CriService {
 
     async fn pull_under_lease(
         self: &Arc<Self>,
-        reference: &str,
+        image_ref: &ImageRef,
         auth: &RegistryAuth,
         lease: &str,
         progress: &Arc<Progress>,
     ) -> Result<String> {
+        let reference = &image_ref.to_string();
         progress.active.fetch_add(1, Ordering::Relaxed);
         let resolved = self.backends.registry.resolve(reference, auth, lease).await;
         progress.active.fetch_sub(1, Ordering::Relaxed);
@@ -223,7 +226,7 @@ impl CriService {
             self.apply_once(&snapshotter, chain, &parent, layer, lease).await?;
             parent = chain.clone();
         }
-        self.create_image_references(reference, &resolved, &chains).await
+        self.create_image_references(image_ref, &resolved, &chains).await
     }
 
     async fn fetch_once(
@@ -270,17 +273,16 @@ impl CriService {
     /// Creates (or moves) the tag, digest and id references and updates the store.
     async fn create_image_references(
         &self,
-        reference: &str,
+        reference: &ImageRef,
         resolved: &ResolvedImage,
         chains: &[String],
     ) -> Result<String> {
         let image_id = resolved.config.digest.clone();
-        let repository = crate::naming::repository_of(reference);
         let mut names = vec![];
-        if !reference.contains('@') {
+        if reference.tag().is_some() {
             names.push(reference.to_string());
         }
-        names.push(format!("{repository}@{}", resolved.manifest.digest));
+        names.push(format!("{}@{}", reference.name(), resolved.manifest.digest));
         names.push(image_id.clone());
         let labels: BTreeMap<String, String> = [(LABEL_IMAGE_MANAGED.to_string(), IMAGE_MANAGED.to_string())].into();
         let size_bytes = resolved.layers.iter().map(|l| l.size_bytes).sum::<u64>() + resolved.config.size_bytes;

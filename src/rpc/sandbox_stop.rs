@@ -25,7 +25,10 @@ impl CriService {
         self.check_initialized()?;
         let sandbox = match self.sandboxes.get(&request.pod_sandbox_id) {
             Ok(sandbox) => sandbox,
-            Err(error) if error.is_not_found() => return Ok(StopPodSandboxResponse {}),
+            Err(error) if error.is_not_found() => {
+                cov_mark::hit!(stop_of_unknown_sandbox_is_ok);
+                return Ok(StopPodSandboxResponse {});
+            }
             Err(error) => return Err(error),
         };
         let service = self.clone();
@@ -141,6 +144,7 @@ impl CriService {
                 }
             }
             if self.now_ns() >= deadline_ns {
+                cov_mark::hit!(stop_gave_up_on_unkillable_task);
                 return Err(Error::deadline(format!("{kind:?} {id:?} did not exit within {bound:?} of SIGKILL")));
             }
         }
@@ -167,6 +171,9 @@ impl CriService {
         }
         let closed = self.backends.os.netns_closed(&metadata.netns_path).await?;
         if metadata.network_setup_attempted || metadata.cni_result.is_some() {
+            if metadata.cni_result.is_none() {
+                cov_mark::hit!(network_teardown_without_saved_result);
+            }
             let mut network = self.pod_network(metadata, &sandbox.config);
             if closed {
                 network.netns_path = String::new();

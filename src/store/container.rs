@@ -2,8 +2,8 @@
 
 use std::sync::Mutex;
 
+use crate::watch;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::ports::Resources;

@@ -56,7 +56,8 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::errors::from_status;
-use crate::pull::{self, ImageConfigDocument, ManifestDocument, RegistryClient};
+use crate::pull::{self, ManifestDocument, RegistryClient};
+use oci_spec::image::ImageConfiguration;
 use taskio::{IoManager, PreparedIo};
 
 /// gRPC messages above tonic's 4 MiB default occur in List calls of busy hosts.
@@ -235,26 +236,20 @@ impl RealContainerd {
     async fn read_image(
         &self,
         target: &Descriptor,
-    ) -> Result<(Descriptor, ManifestDocument, Descriptor, ImageConfigDocument)> {
+    ) -> Result<(Descriptor, ManifestDocument, Descriptor, ImageConfiguration)> {
         let mut manifest_desc = target.clone();
-        let mut document =
-            ManifestDocument::parse(&content::read_blob(&self.channel, &self.requests, &target.digest).await?)?;
-        if pull::is_index_media_type(&target.media_type) || document.config_digest().is_none() {
+        let read = |digest: String| async move { content::read_blob(&self.channel, &self.requests, &digest).await };
+        let mut document = ManifestDocument::parse(&read(target.digest.clone()).await?, Some(&target.media_type))?;
+        if let ManifestDocument::Index(_) = document {
             manifest_desc =
-                document.platform_manifest().ok_or_else(|| Error::not_found("no manifest for this platform"))?;
-            document = ManifestDocument::parse(
-                &content::read_blob(&self.channel, &self.requests, &manifest_desc.digest).await?,
-            )?;
+                document.platform_manifest().ok_or_else(|| Error::not_found("no manifest for this platform"))??;
+            document =
+                ManifestDocument::parse(&read(manifest_desc.digest.clone()).await?, Some(&manifest_desc.media_type))?;
         }
-        let config_digest =
-            document.config_digest().ok_or_else(|| Error::invalid("manifest without config"))?.to_string();
-        let config_bytes = content::read_blob(&self.channel, &self.requests, &config_digest).await?;
-        let config = Descriptor {
-            media_type: "application/vnd.oci.image.config.v1+json".into(),
-            digest: config_digest,
-            size_bytes: config_bytes.len() as u64,
-        };
-        Ok((manifest_desc, document, config, ImageConfigDocument::parse(&config_bytes)?))
+        let mut config = document.config().ok_or_else(|| Error::invalid("the platform's manifest is an index"))??;
+        let config_bytes = read(config.digest.clone()).await?;
+        config.size_bytes = config_bytes.len() as u64;
+        Ok((manifest_desc, document, config, pull::parse_image_config(&config_bytes)?))
     }
 
     /// Labels the image config with its unpacked snapshot so that containerd's GC keeps the
@@ -266,7 +261,7 @@ impl RealContainerd {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
         };
-        let Some(chain_id) = pull::chain_ids(config_doc.diff_ids()).pop() else { return Ok(()) };
+        let Some(chain_id) = pull::chain_ids(config_doc.rootfs().diff_ids()).pop() else { return Ok(()) };
         let snapshotter = self
             .unpacked_into
             .lock()
@@ -860,7 +855,7 @@ impl Containerd for RealContainerd {
 
     async fn image_content(&self, record: &ImageRecord) -> Result<ImageContent> {
         let (manifest, document, config, config_doc) = self.read_image(&record.target).await?;
-        let layers = document.layer_descriptors();
+        let layers = document.layer_descriptors()?;
         let mut complete = true;
         for layer in &layers {
             if !self.content_info_exists(&layer.digest).await? {
@@ -870,9 +865,9 @@ impl Containerd for RealContainerd {
         let size_bytes = manifest.size_bytes + config.size_bytes + layers.iter().map(|l| l.size_bytes).sum::<u64>();
         Ok(ImageContent {
             config_digest: config.digest,
-            chain_id: pull::chain_ids(config_doc.diff_ids()).pop().unwrap_or_default(),
+            chain_id: pull::chain_ids(config_doc.rootfs().diff_ids()).pop().unwrap_or_default(),
             size_bytes,
-            image_config: config_doc.image_config(),
+            image_config: pull::image_config(&config_doc),
             complete,
         })
     }

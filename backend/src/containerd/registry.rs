@@ -20,7 +20,7 @@ impl Registry for RealContainerd {
     async fn resolve(&self, reference: &str, auth: &RegistryAuth, lease: &str) -> Result<ResolvedImage> {
         let (resolved, manifest_bytes) = self.registry.resolve(reference, auth).await?;
         if !self.content_info_exists(&resolved.manifest.digest).await? {
-            let labels = |bytes: &[u8]| ManifestDocument::parse(bytes).map(|m| m.gc_labels()).unwrap_or_default();
+            let labels = |bytes: &[u8]| ManifestDocument::parse(bytes, None).map(|m| m.gc_labels()).unwrap_or_default();
             let mut suffix = [0u8; 4];
             crate::os::fill_random(&mut suffix);
             let write = content::BlobWrite {
@@ -52,11 +52,12 @@ impl Registry for RealContainerd {
         let response = self.registry.blob(reference, blob, auth).await?;
         let body = response.bytes_stream().map_err(|e| Error::unavailable(format!("download {}: {e}", blob.digest)));
         let is_manifest = pull::is_manifest_media_type(&blob.media_type);
+        let media_type = blob.media_type.as_str();
         let labels = move |bytes: &[u8]| -> BTreeMap<String, String> {
             if !is_manifest {
                 return BTreeMap::new();
             }
-            ManifestDocument::parse(bytes).map(|m| m.gc_labels()).unwrap_or_default()
+            ManifestDocument::parse(bytes, Some(media_type)).map(|m| m.gc_labels()).unwrap_or_default()
         };
         let mut suffix = [0u8; 4];
         crate::os::fill_random(&mut suffix);

@@ -812,6 +812,7 @@ async fn cancelled_exec_sync_leaves_no_process() {
 /// task stopped and handles the exit within its period.
 #[madsim::test]
 async fn lost_wait_is_repaired_by_the_reconciler() {
+    cov_mark::check!(reconciler_found_missed_exit);
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("lostwait", &["sleep", "inf"]).await;
     assert!(node.world.containerd.drop_next_wait(&id));
@@ -876,6 +877,8 @@ async fn reconciler_leaves_a_sandbox_exit_in_hand_to_its_monitor() {
 /// and its shim are gone (B4, B5).
 #[madsim::test]
 async fn failed_exit_handling_is_retried_with_backoff() {
+    cov_mark::check!(exit_handling_failed_retry_queued);
+    cov_mark::check!(exit_already_recorded);
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("backoff", &["sleep", "inf"]).await;
     node.faults.push_n(
@@ -902,6 +905,30 @@ async fn failed_exit_handling_is_retried_with_backoff() {
     assert!(!node.world.containerd.tasks().contains_key(&id), "the task was finally deleted");
     assert!(!node.world.containerd.shims().contains(&id), "and its shim reaped");
     assert_eq!(node.container_status(&id).await.exit_code, 9, "replays do not change the recorded exit");
+}
+
+/// A task delete that did its work but reported an error (B5): the exit is recorded once, the
+/// replay from the backoff queue finds it recorded and the task already gone, and that is success.
+#[madsim::test]
+async fn a_delete_that_failed_after_deleting_is_done_on_replay() {
+    cov_mark::check!(exit_handling_failed_retry_queued);
+    cov_mark::check!(exit_already_recorded);
+    cov_mark::check!(exit_task_already_deleted);
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("late-delete", &["sleep", "inf"]).await;
+    node.faults.push(
+        "containerd.delete_task",
+        Some(&id),
+        crid_sim::fakes::FaultAction::FailAfter(ErrorKind::Internal, "injected: deleted, then failed".into()),
+    );
+    assert!(node.world.containerd.exit_task_now(&id, 3));
+    sleep(Duration::from_millis(500)).await;
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the delete did its work");
+    assert_eq!(node.svc.snapshot().backoff_len, 1, "but reported a failure, so it waits for a replay");
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.svc.snapshot().backoff_len, 0, "the replay's NotFound is success");
+    let status = node.container_status(&id).await;
+    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 3));
 }
 
 /// ContainerStatus names the image as containerd 1.7 does: by its first repo tag and its first

@@ -120,6 +120,7 @@ async fn subscribers_come_and_go() {
 /// (SPEC B20, invariant 10); the other subscribers are not affected.
 #[madsim::test]
 async fn a_full_subscriber_drops_and_counts() {
+    cov_mark::check!(full_subscriber_event_dropped);
     let mut config = test_config();
     config.container_event_buffer = 3;
     let node = Node::start_with(config).await;

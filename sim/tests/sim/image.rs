@@ -69,14 +69,20 @@ async fn pull_image_errors() {
     assert_eq!(err_kind(no_spec), ErrorKind::InvalidArgument, "no image spec");
     let cases: &[(&str, ErrorKind)] = &[
         ("", ErrorKind::InvalidArgument),
-        ("UPPER/case", ErrorKind::InvalidArgument),
+        ("docker/Docker", ErrorKind::InvalidArgument),
+        // An uppercase first component is a registry host, as in containerd: valid, but unknown.
+        ("UPPER/case", ErrorKind::NotFound),
         ("a:b:c", ErrorKind::InvalidArgument),
         ("busybox@sha256:abc", ErrorKind::InvalidArgument),
         ("busybox:bad tag", ErrorKind::InvalidArgument),
-        ("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", ErrorKind::InvalidArgument),
+        // An image id is not a reference; with the `sha256:` prefix it is a tag of library/sha256.
+        ("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", ErrorKind::InvalidArgument),
+        ("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", ErrorKind::NotFound),
         ("docker.io/library/nope:1", ErrorKind::NotFound),
     ];
-    for (reference, kind) in cases {
+    let too_long = "a".repeat(5000);
+    let cases = [cases, &[(too_long.as_str(), ErrorKind::InvalidArgument)]].concat();
+    for (reference, kind) in &cases {
         let result =
             node.svc.pull_image(PullImageRequest { image: Some(image_spec(reference)), ..Default::default() }).await;
         assert_eq!(err_kind(result), *kind, "pull {reference:?}");
@@ -201,6 +207,7 @@ async fn image_fs_info_reports_snapshot_usage() {
 /// the same ImageRef for all (B21, invariant 15).
 #[madsim::test]
 async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
+    cov_mark::check!(pull_joined_in_flight);
     let node = Node::start().await;
     node.world.containerd.set_fetch_latency(Duration::from_millis(300));
     node.world.containerd.set_apply_latency(Duration::from_millis(100));

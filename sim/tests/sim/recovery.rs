@@ -162,6 +162,7 @@ fn apply_while_down(world: &FakeWorld, id: &str, change: WhileDown) {
 /// invariant 19), the pod is READY, and the names are reserved again.
 #[madsim::test]
 async fn containers_recover_to_the_state_the_world_implies() {
+    cov_mark::check!(lost_checkpoint_kept_unknown);
     let (world, faults) = world(11);
     let (pod, before) = build_first_life(world.clone(), faults.clone()).await;
     for case in cases() {
@@ -450,6 +451,7 @@ async fn recovery_is_idempotent() {
 /// outcome: EXITED with StartError, never a silent CREATED (B8).
 #[madsim::test]
 async fn interrupted_start_is_a_start_error() {
+    cov_mark::check!(interrupted_start_became_start_error);
     let (world, faults) = world(17);
     // The start hangs at task start; the process dies while it is in flight.
     faults.push("containerd.start_task", None, crid_sim::fakes::FaultAction::Proceed); // the pause task

@@ -130,6 +130,8 @@ async fn hung_step_times_out_and_rolls_back() {
 /// by a later Stop + Remove (B14: the IP is not leaked).
 #[madsim::test]
 async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
+    // The partial ADD leaves no CNI result; Stop must still issue DEL (B17).
+    cov_mark::check!(network_teardown_without_saved_result);
     struct Critical {
         name: &'static str,
         step: Case,

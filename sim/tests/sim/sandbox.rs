@@ -318,6 +318,7 @@ async fn same_sandbox_name_is_reserved() {
 /// Stop and Remove are idempotent, including on ids that never existed or are gone (B18).
 #[madsim::test]
 async fn stop_and_remove_are_idempotent() {
+    cov_mark::check!(stop_of_unknown_sandbox_is_ok);
     let node = Node::start().await;
     let missing = "feedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedfacefeedface";
     node.stop_pod(missing).await;
@@ -445,6 +446,7 @@ async fn list_pod_sandbox_stats_lists_ready_sandboxes_only() {
 /// id and only one pod exists (B12).
 #[madsim::test]
 async fn concurrent_runs_of_one_pod_share_the_operation() {
+    cov_mark::check!(retry_joined_running_operation);
     let node = Node::start().await;
     node.pull(PAUSE_IMAGE).await;
     node.faults.push("cni.setup", None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(5)));
@@ -525,6 +527,7 @@ async fn concurrent_stop_and_remove_both_succeed() {
 /// of hanging, and succeeds once the task can die.
 #[madsim::test]
 async fn stop_of_an_unkillable_pod_is_bounded() {
+    cov_mark::check!(stop_gave_up_on_unkillable_task);
     let node = Node::start().await;
     let id = node.run_pod("stuck").await;
     assert!(node.world.containerd.set_unkillable(&id, true));

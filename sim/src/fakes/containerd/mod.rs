@@ -28,7 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, watch};
+use crid::watch;
+use tokio::sync::mpsc;
 
 use crate::fakes::clock::virtual_now;
 

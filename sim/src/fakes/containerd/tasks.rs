@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tokio::sync::watch;
+use crid::watch;
 use tokio::time::Instant;
 
 use crate::fakes::clock::virtual_now;
