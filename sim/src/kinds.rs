@@ -128,4 +128,39 @@ mod tests {
         assert_eq!(ChaosKind::all().count(), 9);
         assert!("power_cut".parse::<ChaosKind>().is_err());
     }
+
+    /// The README's tables are the newcomer's map of the simulator: they must name every fault
+    /// kind and chaos kind there is, and every invariant of docs/invariants.md, and nothing else.
+    #[test]
+    fn readme_tables_match_the_kinds_and_the_invariants() {
+        let readme = include_str!("../../README.md");
+        let fault_rows: Vec<&str> =
+            readme.lines().filter_map(|line| line.strip_prefix("| `")?.split('`').next()).collect();
+        let kinds: Vec<&str> = FaultKind::all().map(FaultKind::as_str).collect();
+        assert_eq!(fault_rows, kinds, "README fault kind table");
+        let chaos_paragraph = readme.split("Chaos events, drawn at").nth(1).expect("chaos paragraph");
+        let chaos_paragraph = chaos_paragraph.split("\n\n").next().unwrap();
+        let chaos_named: Vec<&str> = chaos_paragraph.split('`').skip(1).step_by(2).collect();
+        let chaos: Vec<&str> = ChaosKind::all().map(ChaosKind::as_str).collect();
+        assert_eq!(chaos_named, chaos, "README chaos list");
+
+        let invariants = include_str!("../../docs/invariants.md");
+        let documented: Vec<String> = invariants
+            .lines()
+            .filter_map(|line| line.strip_prefix("### "))
+            .filter(|heading| heading.starts_with(|c: char| c.is_ascii_digit()))
+            .map(|heading| heading.to_string())
+            .collect();
+        let listed: Vec<String> = readme
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.strip_prefix("| ")?.split(" | ");
+                let number = cells.next()?;
+                number.parse::<u32>().ok()?;
+                let name = cells.next()?.split(':').next()?;
+                Some(format!("{number} {name}"))
+            })
+            .collect();
+        assert_eq!(listed, documented, "README invariant table");
+    }
 }
