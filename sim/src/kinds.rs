@@ -37,6 +37,25 @@ pub enum FaultKind {
     FailAfter,
     /// The CRI process is killed at that await point.
     Crash,
+    /// The dependency cannot be reached (containerd restarting, the registry's connection
+    /// refused): gRPC Unavailable, nothing applied. Remote services only (containerd, registry).
+    Unavailable,
+    /// The dependency's deadline passed: gRPC DeadlineExceeded, and the effect may or may not
+    /// have happened (drawn per call). Remote services only (containerd, registry).
+    DeadlineExceeded,
+}
+
+impl FaultKind {
+    /// Whether a site can fail this way: only a remote service answers with gRPC codes; CNI
+    /// plugins and the OS fail with their own errors.
+    pub fn applies_to(self, site: &str) -> bool {
+        match self {
+            FaultKind::Unavailable | FaultKind::DeadlineExceeded => {
+                site.starts_with("containerd.") || site.starts_with("registry.")
+            }
+            _ => true,
+        }
+    }
 }
 
 /// A whole-process or world event of the chaos schedule.

@@ -141,7 +141,17 @@ impl Kubelet {
         Fut: Future<Output = Result<R>> + Send + 'static,
     {
         self.rpcs_total.fetch_add(1, Ordering::Relaxed);
-        let deadline = Duration::from_secs(self.scenario.kubelet.deadline_s);
+        // kubelet's runtime client adds the call's own budget to its request timeout: the grace
+        // period for StopContainer, the command's timeout for ExecSync. Without it a grace
+        // period longer than the deadline makes every Stop of a container that ignores SIGTERM
+        // time out, forever.
+        let k = &self.scenario.kubelet;
+        let budget_s = match rpc {
+            "StopContainer" => k.stop_timeout_s.max(0) as u64,
+            "ExecSync" => k.exec_timeout_s.max(0) as u64,
+            _ => 0,
+        };
+        let deadline = Duration::from_secs(k.deadline_s + budget_s);
         let result = match tokio::time::timeout(deadline, self.endpoint.call(handler)).await {
             Ok(result) => result,
             Err(_) => Err(Error::deadline("kubelet deadline exceeded")),
