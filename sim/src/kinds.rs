@@ -40,6 +40,25 @@ pub enum FaultKind {
     /// The data is there but unreadable (a corrupt file, a lost block of a synced file): the
     /// call fails with DataLoss, a lasting error the caller must not retry.
     DataLoss,
+    /// The dependency cannot be reached (containerd restarting, the registry's connection
+    /// refused): gRPC Unavailable, nothing applied. Remote services only (containerd, registry).
+    Unavailable,
+    /// The dependency's deadline passed: gRPC DeadlineExceeded, and the effect may or may not
+    /// have happened (drawn per call). Remote services only (containerd, registry).
+    DeadlineExceeded,
+}
+
+impl FaultKind {
+    /// Whether a site can fail this way: only a remote service answers with gRPC codes; CNI
+    /// plugins and the OS fail with their own errors.
+    pub fn applies_to(self, site: &str) -> bool {
+        match self {
+            FaultKind::Unavailable | FaultKind::DeadlineExceeded => {
+                site.starts_with("containerd.") || site.starts_with("registry.")
+            }
+            _ => true,
+        }
+    }
 }
 
 /// A whole-process or world event of the chaos schedule.
@@ -124,7 +143,10 @@ mod tests {
             assert_eq!(kind.as_str().parse::<ChaosKind>().unwrap(), kind);
         }
         let names: Vec<&str> = FaultKind::all().map(FaultKind::as_str).collect();
-        assert_eq!(names, ["error", "delay", "hang", "late", "fail_after", "crash", "data_loss"]);
+        assert_eq!(
+            names,
+            ["error", "delay", "hang", "late", "fail_after", "crash", "data_loss", "unavailable", "deadline_exceeded"]
+        );
         assert_eq!(ChaosKind::all().count(), 9);
         assert!("power_cut".parse::<ChaosKind>().is_err());
     }
