@@ -122,7 +122,10 @@ impl CriService {
     async fn list_kind(&self, kind: &str) -> Vec<ContainerRecord> {
         let filter: BTreeMap<String, String> = [(LABEL_KIND.to_string(), kind.to_string())].into();
         for attempt in 1..=LIST_ATTEMPTS {
-            match self.backends.containerd.list_containers(&filter).await {
+            // Each try has a deadline: a call that never returns must not keep the service
+            // uninitialized for good.
+            let call = self.backends.containerd.list_containers(&filter);
+            match self.with_timeout(RECOVER_OBJECT_TIMEOUT, "list containers", call).await {
                 Ok(records) => return records,
                 Err(error) => {
                     tracing::error!(kind, attempt, %error, "failed to list containers for recovery");
@@ -404,10 +407,11 @@ impl CriService {
         }
     }
 
-    /// Retries a failed orphan removal in the background: one failed remove at start-up must not
-    /// leave the dir until the next restart. Gives up after `ORPHAN_REMOVAL_ATTEMPTS` (the next
-    /// recovery tries again); a dir that vanished meanwhile is done.
-    fn retry_orphan_removal(self: &Arc<Self>, path: String) {
+    /// Retries a failed removal in the background: one failed remove (of an orphan at
+    /// start-up, of a rolled-back object's dir) must not leave the dir until the next restart.
+    /// Gives up after `ORPHAN_REMOVAL_ATTEMPTS` (the next recovery tries again); a dir that
+    /// vanished meanwhile is done.
+    fn retry_removal(self: &Arc<Self>, path: String) {
         let service = self.clone();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
@@ -417,12 +421,28 @@ impl CriService {
                     Ok(()) => return,
                     Err(error) if error.is_not_found() => return,
                     Err(error) if attempt == ORPHAN_REMOVAL_ATTEMPTS => {
-                        tracing::error!(path, %error, attempt, "giving up removing orphaned state until the next start");
+                        tracing::error!(path, %error, attempt, "giving up removing the dir until the next start");
                     }
-                    Err(error) => tracing::warn!(path, %error, attempt, "failed to remove orphaned state; retrying"),
+                    Err(error) => tracing::warn!(path, %error, attempt, "failed to remove the dir; retrying"),
                 }
             }
         });
+    }
+
+    /// Removes a rolled-back object's dirs. Nobody retries a rollback, so a dir that cannot be
+    /// removed now is retried in the background instead of staying behind for good.
+    pub(crate) async fn remove_dirs_or_retry(self: &Arc<Self>, dirs: [String; 2]) {
+        for dir in dirs {
+            match self.backends.os.remove_all(&dir).await {
+                Ok(()) => {}
+                Err(error) if error.is_not_found() => {}
+                Err(error) => {
+                    tracing::warn!(dir, %error, "failed to remove a rolled-back object's dir; retrying in the background");
+                    cov_mark::hit!(rollback_dir_removal_retried);
+                    self.retry_removal(dir);
+                }
+            }
+        }
     }
 
     /// Removes pod and container dirs that no containerd container owns. Never touches the dirs
@@ -440,7 +460,7 @@ impl CriService {
                         tracing::info!(path, "removing orphaned state");
                         if let Err(error) = self.backends.os.remove_all(&path).await {
                             tracing::warn!(path, %error, "failed to remove orphaned state; retrying");
-                            self.retry_orphan_removal(path);
+                            self.retry_removal(path);
                         }
                     }
                 }

@@ -114,7 +114,9 @@ impl CriService {
     /// Returns once the service answers RPCs; the loops run until the runtime stops.
     pub async fn run(self: &Arc<Self>) -> Result<()> {
         assert!(!self.is_initialized(), "run() called twice");
-        let cni_load = match self.backends.cni.load().await {
+        // Bounded: a start-up that waits for good on the CNI config never serves.
+        let load = self.backends.cni.load();
+        let cni_load = match self.with_timeout(crate::recover::RECOVER_OBJECT_TIMEOUT, "CNI config load", load).await {
             Ok(()) => "OK".to_string(),
             Err(error) => {
                 tracing::warn!(%error, "initial CNI config load failed");
@@ -128,7 +130,8 @@ impl CriService {
         let mut backoff =
             crate::events::backoff::Backoff::new(crate::events::BACKOFF_INITIAL, crate::events::RECONNECT_MAX);
         let subscription = loop {
-            match self.backends.containerd.subscribe().await {
+            let subscribe = self.backends.containerd.subscribe();
+            match self.with_timeout(crate::recover::RECOVER_OBJECT_TIMEOUT, "subscribe", subscribe).await {
                 Ok(subscription) => break subscription,
                 Err(error) => {
                     let delay = backoff.next_delay();

@@ -50,12 +50,15 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Whether a site can fail this way: only a remote service answers with gRPC codes; CNI
-    /// plugins and the OS fail with their own errors.
+    /// plugins and the OS fail with their own errors. Only calls that can block on another
+    /// process (a remote service, a CNI plugin) hang or answer late: a local file or mount call
+    /// is slow at worst (`delay`), and a disk that never answers is out of the model.
     pub fn applies_to(self, site: &str) -> bool {
         match self {
             FaultKind::Unavailable | FaultKind::DeadlineExceeded => {
                 site.starts_with("containerd.") || site.starts_with("registry.")
             }
+            FaultKind::Hang | FaultKind::Late => !site.starts_with("os."),
             _ => true,
         }
     }

@@ -71,7 +71,10 @@ impl Scenario {
                 }
             }
         }
-        let all_kinds: Vec<FaultKind> = FaultKind::all().collect();
+        // Not data_loss: a lost checkpoint of an EXITED container loses its exit for good (the
+        // task is deleted), which invariant 2 cannot tell from a bug. It has a scenario of its
+        // own (sim/mutants/scenarios/lost_checkpoint.toml) whose containers never exit.
+        let all_kinds: Vec<FaultKind> = FaultKind::all().filter(|kind| *kind != FaultKind::DataLoss).collect();
         f.kinds = all_kinds.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
         if f.kinds.is_empty() {
             f.kinds = vec![*all_kinds.choose(&mut rng).expect("fault kinds")];

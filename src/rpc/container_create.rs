@@ -32,6 +32,10 @@ enum Undo {
     DeleteCheckpoint,
 }
 
+/// Upper bound of a whole StartContainer; past it, the start is abandoned and rolled back (the
+/// task deleted, the container EXITED with a start error), as for RUN_SANDBOX_TIMEOUT.
+pub const START_CONTAINER_TIMEOUT: Duration = Duration::from_secs(240);
+
 impl CriService {
     pub async fn create_container(
         self: &Arc<Self>,
@@ -110,8 +114,9 @@ impl CriService {
                                     Ok(())
                                 }
                                 Undo::RemoveDirs => {
-                                    self.backends.os.remove_all(&self.container_root(&id)).await?;
-                                    self.backends.os.remove_all(&self.container_state_dir(&id)).await
+                                    let dirs = [self.container_root(&id), self.container_state_dir(&id)];
+                                    self.remove_dirs_or_retry(dirs).await;
+                                    Ok(())
                                 }
                                 Undo::RemoveSnapshot => {
                                     ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, &id).await)
@@ -293,7 +298,10 @@ impl CriService {
             Ok(())
         })
         .await?;
-        let result = self.start_container_steps(&container).await;
+        // Bounded, as RunPodSandbox is: the start runs detached from its caller, so a hung
+        // containerd call would otherwise keep the container "starting" (unremovable) for good.
+        let steps = self.start_container_steps(&container);
+        let result = self.with_timeout(START_CONTAINER_TIMEOUT, "start container", steps).await;
         if let Err(error) = &result {
             tracing::warn!(id = container.id, %error, "StartContainer failed");
             let _ = self

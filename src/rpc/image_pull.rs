@@ -50,6 +50,13 @@ impl PullManager {
     }
 }
 
+/// A bound on a pull's metadata calls to containerd (does a blob or snapshot exist, leases,
+/// image references), which answer in milliseconds: a call that never returns would otherwise
+/// hold the blob's, layer's or reference's lock and every later pull of it for good, since the
+/// progress watchdog only watches downloads. Unpacking a layer has no such bound; it can take
+/// minutes for a large layer.
+pub(crate) const IMAGE_METADATA_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Bytes received and requests active, for the progress watchdog.
 #[derive(Default)]
 struct Progress {
@@ -175,9 +182,11 @@ impl CriService {
         let mut lease_id = [0u8; 8];
         self.backends.os.random_bytes(&mut lease_id);
         let lease = format!("crid-pull-{}", hex::encode(lease_id));
-        containerd.create_lease(&lease).await?;
+        self.with_timeout(IMAGE_METADATA_TIMEOUT, "create lease", containerd.create_lease(&lease)).await?;
         let result = self.pull_under_lease(reference, auth, &lease, &progress).await;
-        if let Err(error) = containerd.delete_lease(&lease).await {
+        if let Err(error) =
+            self.with_timeout(IMAGE_METADATA_TIMEOUT, "delete lease", containerd.delete_lease(&lease)).await
+        {
             tracing::warn!(lease, %error, "failed to delete pull lease");
         }
         result
@@ -226,7 +235,8 @@ impl CriService {
             self.apply_once(&snapshotter, chain, &parent, layer, lease).await?;
             parent = chain.clone();
         }
-        self.create_image_references(image_ref, &resolved, &chains).await
+        let references = self.create_image_references(image_ref, &resolved, &chains);
+        self.with_timeout(IMAGE_METADATA_TIMEOUT, "create image references", references).await
     }
 
     async fn fetch_once(
@@ -238,7 +248,8 @@ impl CriService {
         progress: &Progress,
     ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("blob://{}", blob.digest)).await;
-        if self.backends.containerd.content_exists(&blob.digest).await? {
+        let exists = self.backends.containerd.content_exists(&blob.digest);
+        if self.with_timeout(IMAGE_METADATA_TIMEOUT, "content exists", exists).await? {
             return Ok(());
         }
         progress.active.fetch_add(1, Ordering::Relaxed);
@@ -260,7 +271,8 @@ impl CriService {
     ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("sn://{snapshotter}/{chain_id}")).await;
         let containerd = &self.backends.containerd;
-        if containerd.snapshot_exists(snapshotter, chain_id).await? {
+        let exists = containerd.snapshot_exists(snapshotter, chain_id);
+        if self.with_timeout(IMAGE_METADATA_TIMEOUT, "snapshot exists", exists).await? {
             return Ok(());
         }
         match containerd.apply_layer(snapshotter, chain_id, parent, layer, lease).await {
@@ -308,7 +320,18 @@ impl CriService {
                         self.backends.containerd.update_image(&record).await?;
                     }
                 }
-                Err(error) => return Err(error.context(format!("failed to create image reference {name:?}"))),
+                Err(error) => {
+                    // A deadline or a lost connection says nothing about whether the create was
+                    // applied: read back, so that a reference containerd has is never missing
+                    // from the store (invariant 25) nor the pull failed for it.
+                    let read = self.backends.containerd.get_image(name);
+                    match self.with_timeout(IMAGE_METADATA_TIMEOUT, "read back image", read).await {
+                        Ok(existing) if existing.target == record.target => {
+                            cov_mark::hit!(image_create_applied_despite_error);
+                        }
+                        _ => return Err(error.context(format!("failed to create image reference {name:?}"))),
+                    }
+                }
             }
             self.images.set_reference(name, Some(image_from_content(&content)));
         }

@@ -111,10 +111,21 @@ impl CriService {
                 // The last delete is synchronous so that garbage collection has run on return.
                 let last = index + 1 == references.len();
                 let _held = service.lock_image_reference(name).await;
-                match service.backends.containerd.delete_image(name, last).await {
+                let deadline = super::image_pull::IMAGE_METADATA_TIMEOUT;
+                let delete = service.backends.containerd.delete_image(name, last);
+                match service.with_timeout(deadline, "delete image", delete).await {
                     Ok(()) => {}
                     Err(error) if error.is_not_found() => {}
-                    Err(error) => return Err(error.context(format!("failed to delete image reference {name:?}"))),
+                    Err(error) => {
+                        // A deadline or a lost connection says nothing about whether the delete
+                        // was applied: read back, so the store never keeps a reference
+                        // containerd no longer has.
+                        let read = service.backends.containerd.get_image(name);
+                        match service.with_timeout(deadline, "read back image", read).await {
+                            Err(gone) if gone.is_not_found() => {}
+                            _ => return Err(error.context(format!("failed to delete image reference {name:?}"))),
+                        }
+                    }
                 }
                 service.images.set_reference(name, None);
             }
@@ -154,7 +165,14 @@ impl CriService {
     /// update are made under the reference's lock: a read that a pull or a removal overtook
     /// before the update would otherwise undo what they did (a removed reference back in the
     /// store, a created one dropped from it).
+    /// Every such update has a deadline (`IMAGE_METADATA_TIMEOUT`): a containerd call that
+    /// never returns must not hold the reference's lock, and every pull of it, for good.
     pub(crate) async fn update_image_reference(&self, name: &str) -> Result<()> {
+        let update = self.update_image_reference_locked(name);
+        self.with_timeout(super::image_pull::IMAGE_METADATA_TIMEOUT, "image reference update", update).await
+    }
+
+    async fn update_image_reference_locked(&self, name: &str) -> Result<()> {
         let _held = self.lock_image_reference(name).await;
         let containerd = &self.backends.containerd;
         let mut record = match containerd.get_image(name).await {
@@ -204,7 +222,10 @@ impl CriService {
     /// Makes the store match containerd's image list: adds what is there, drops what is gone.
     /// Returns how many images failed to load.
     pub(crate) async fn resync_images(&self) -> Result<usize> {
-        let records = self.backends.containerd.list_images().await?;
+        // A deadline: recovery waits for this, and a call that never returns must not keep
+        // the service uninitialized for good.
+        let deadline = super::image_pull::IMAGE_METADATA_TIMEOUT;
+        let records = self.with_timeout(deadline, "list images", self.backends.containerd.list_images()).await?;
         let present: std::collections::BTreeSet<String> = records.iter().map(|r| r.name.clone()).collect();
         let mut failed = 0;
         for record in &records {

@@ -391,8 +391,8 @@ impl CriService {
                             ignore_not_found(self.backends.containerd.delete_container(&id, true).await)
                         }
                         Undo::RemoveDirs => {
-                            self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
-                            self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await
+                            self.remove_dirs_or_retry([self.sandbox_root(&id), self.sandbox_state_dir(&id)]).await;
+                            Ok(())
                         }
                         Undo::CleanupFiles => self.cleanup_sandbox_files(&id).await,
                         Undo::RemoveNetns => self.backends.os.netns_remove(&state.metadata.netns_path).await,

@@ -174,6 +174,8 @@ mod cli {
         if !hash_only {
             outln!("seed       {seed}");
             outln!("scenario   {}", scenario.name);
+            // A swarm scenario's knobs are the seed's draw, not the file's.
+            let scenario = &scenario.for_seed(seed);
             outln!(
                 "options    {} pods x {} containers, {}s faults + {}s liveness, faults at {:?} ({:?}), rate {}",
                 scenario.workload.pods,
