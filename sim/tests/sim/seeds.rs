@@ -65,7 +65,8 @@ scenario_tests!(
     idempotence,
     pull_stall,
     exec_storm,
-    paused
+    paused,
+    swarm
 );
 
 /// Seeds that reproduced a bug before its fix, kept as regression tests. The bug's mutant in
@@ -83,4 +84,11 @@ fn regression_b28_oom_reason_without_the_bus_event() {
 #[test]
 fn regression_b29_image_event_stale_read() {
     check_seeds(concat!(env!("CARGO_MANIFEST_DIR"), "/mutants/scenarios/image_race.toml"), vec![2]);
+}
+
+/// Swarm seeds that found a rolled-back sandbox's or container's dir left behind when its
+/// removal failed once (invariant 13), before the rollback retried it in the background.
+#[test]
+fn regression_swarm_rollback_dir_removal() {
+    check_seeds("swarm", vec![118, 144]);
 }
