@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use crate::watch;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::SandboxId;
 use crate::ports::CniResult;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -19,7 +20,7 @@ pub enum SandboxState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxMetadata {
     pub version: String,
-    pub id: String,
+    pub id: SandboxId,
     pub name: String,
     /// The `PodSandboxConfig`, protobuf-encoded as hex.
     pub config: String,
@@ -43,7 +44,7 @@ pub struct SandboxStatus {
 }
 
 pub struct Sandbox {
-    pub id: String,
+    pub id: SandboxId,
     pub name: String,
     pub metadata: SandboxMetadata,
     pub config: k8s_cri::v1::PodSandboxConfig,
