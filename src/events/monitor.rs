@@ -156,7 +156,7 @@ impl CriService {
                 status.exited_at_ns = exit.exited_at_ns;
                 changed = true;
             }
-        });
+        })?;
         sandbox.mark_stopped();
         if changed {
             self.send_container_event(id.as_str(), id, ContainerEventType::ContainerStoppedEvent);

@@ -174,7 +174,7 @@ impl Container {
 
 /// A refused transition is a bug in crid: the simulator stops on it (it must see every one);
 /// production fails the one call with Internal and keeps serving.
-fn illegal(message: String) -> Error {
+pub(super) fn illegal(message: String) -> Error {
     if cfg!(madsim) {
         panic!("{message}");
     }
