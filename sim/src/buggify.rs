@@ -27,7 +27,7 @@ pub fn eligible_points(scenario: &Scenario) -> Vec<String> {
     for &site in FaultSite::ALL {
         if scenario.faults.sites.iter().any(|p| p.matches(site)) {
             for kind in FaultKind::all() {
-                if scenario.faults.kinds.contains(&kind) {
+                if scenario.faults.kinds.contains(&kind) && kind.applies_to(site) {
                     points.push(point(site, kind));
                 }
             }
@@ -90,6 +90,7 @@ impl FaultInjector for FaultPlan {
                 continue;
             }
             let delay = Duration::from_millis(rng.gen_range(1..=self.max_delay_ms));
+            let applied = kind == FaultKind::DeadlineExceeded && rng.gen_bool(0.5);
             drop(rng);
             let action = match kind {
                 FaultKind::Error => FaultAction::Fail(ErrorKind::Internal, format!("injected fault at {site}")),
@@ -100,6 +101,16 @@ impl FaultInjector for FaultPlan {
                     FaultAction::FailAfter(ErrorKind::Internal, format!("injected fault after {site}"))
                 }
                 FaultKind::DataLoss => FaultAction::Fail(ErrorKind::DataLoss, format!("injected data loss at {site}")),
+                FaultKind::Unavailable => {
+                    FaultAction::Fail(ErrorKind::Unavailable, format!("injected: connection to {site} refused"))
+                }
+                FaultKind::DeadlineExceeded if applied => FaultAction::FailAfter(
+                    ErrorKind::DeadlineExceeded,
+                    format!("injected: {site} timed out after applying"),
+                ),
+                FaultKind::DeadlineExceeded => {
+                    FaultAction::Fail(ErrorKind::DeadlineExceeded, format!("injected: {site} timed out"))
+                }
                 FaultKind::Crash => {
                     self.crash_requested.notify_one();
                     FaultAction::Hang
@@ -112,6 +123,8 @@ impl FaultInjector for FaultPlan {
                     short(key),
                     if matches!(kind, FaultKind::Delay | FaultKind::Late) {
                         format!(" {}ms", delay.as_millis())
+                    } else if applied {
+                        " (applied)".to_string()
                     } else {
                         String::new()
                     }

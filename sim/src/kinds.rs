@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use strum::{EnumIter, EnumString, IntoEnumIterator, IntoStaticStr};
 
+use crate::fakes::FaultSite;
+
 /// What an active fault point does to a call.
 #[derive(
     Clone,
@@ -40,6 +42,25 @@ pub enum FaultKind {
     /// The data is there but unreadable (a corrupt file, a lost block of a synced file): the
     /// call fails with DataLoss, a lasting error the caller must not retry.
     DataLoss,
+    /// The dependency cannot be reached (containerd restarting, the registry's connection
+    /// refused): gRPC Unavailable, nothing applied. Remote services only (containerd, registry).
+    Unavailable,
+    /// The dependency's deadline passed: gRPC DeadlineExceeded, and the effect may or may not
+    /// have happened (drawn per call). Remote services only (containerd, registry).
+    DeadlineExceeded,
+}
+
+impl FaultKind {
+    /// Whether a site can fail this way: only a remote service answers with gRPC codes; CNI
+    /// plugins and the OS fail with their own errors.
+    pub fn applies_to(self, site: FaultSite) -> bool {
+        match self {
+            FaultKind::Unavailable | FaultKind::DeadlineExceeded => {
+                site.name().starts_with("containerd.") || site.name().starts_with("registry.")
+            }
+            _ => true,
+        }
+    }
 }
 
 /// A whole-process or world event of the chaos schedule.
@@ -124,8 +145,46 @@ mod tests {
             assert_eq!(kind.as_str().parse::<ChaosKind>().unwrap(), kind);
         }
         let names: Vec<&str> = FaultKind::all().map(FaultKind::as_str).collect();
-        assert_eq!(names, ["error", "delay", "hang", "late", "fail_after", "crash", "data_loss"]);
+        assert_eq!(
+            names,
+            ["error", "delay", "hang", "late", "fail_after", "crash", "data_loss", "unavailable", "deadline_exceeded"]
+        );
         assert_eq!(ChaosKind::all().count(), 9);
         assert!("power_cut".parse::<ChaosKind>().is_err());
+    }
+
+    /// The README's tables are the newcomer's map of the simulator: they must name every fault
+    /// kind and chaos kind there is, and every invariant of docs/invariants.md, and nothing else.
+    #[test]
+    fn readme_tables_match_the_kinds_and_the_invariants() {
+        let readme = include_str!("../../README.md");
+        let fault_rows: Vec<&str> =
+            readme.lines().filter_map(|line| line.strip_prefix("| `")?.split('`').next()).collect();
+        let kinds: Vec<&str> = FaultKind::all().map(FaultKind::as_str).collect();
+        assert_eq!(fault_rows, kinds, "README fault kind table");
+        let chaos_paragraph = readme.split("Chaos events, drawn at").nth(1).expect("chaos paragraph");
+        let chaos_paragraph = chaos_paragraph.split("\n\n").next().unwrap();
+        let chaos_named: Vec<&str> = chaos_paragraph.split('`').skip(1).step_by(2).collect();
+        let chaos: Vec<&str> = ChaosKind::all().map(ChaosKind::as_str).collect();
+        assert_eq!(chaos_named, chaos, "README chaos list");
+
+        let invariants = include_str!("../../docs/invariants.md");
+        let documented: Vec<String> = invariants
+            .lines()
+            .filter_map(|line| line.strip_prefix("### "))
+            .filter(|heading| heading.starts_with(|c: char| c.is_ascii_digit()))
+            .map(|heading| heading.to_string())
+            .collect();
+        let listed: Vec<String> = readme
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.strip_prefix("| ")?.split(" | ");
+                let number = cells.next()?;
+                number.parse::<u32>().ok()?;
+                let name = cells.next()?.split(':').next()?;
+                Some(format!("{number} {name}"))
+            })
+            .collect();
+        assert_eq!(listed, documented, "README invariant table");
     }
 }

@@ -167,7 +167,7 @@ impl Kubelet {
         Fut: Future<Output = Result<R>> + Send + 'static,
     {
         let sent_to = self.checker.incarnation();
-        let answer = self.send(handler).await;
+        let answer = self.send(rpc, handler).await;
         let retried_abandoned = abandoned.is_some_and(|original| original == self.checker.incarnation());
         *abandoned = if answer.is_none() { Some(sent_to) } else { None };
         let result = answer.unwrap_or_else(|| Err(Error::deadline(KUBELET_DEADLINE)));
@@ -181,14 +181,24 @@ impl Kubelet {
 
     /// Sends one call under the kubelet's deadline. `None` when the deadline passed first: the
     /// call was cancelled, and the service may still be working on it.
-    async fn send<R, F, Fut>(&self, handler: F) -> Option<Result<R>>
+    async fn send<R, F, Fut>(&self, rpc: &str, handler: F) -> Option<Result<R>>
     where
         R: Send + 'static,
         F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R>> + Send + 'static,
     {
         self.rpcs_total.fetch_add(1, Ordering::Relaxed);
-        let deadline = Duration::from_secs(self.scenario.kubelet.deadline_s);
+        // kubelet's runtime client adds the call's own budget to its request timeout: the grace
+        // period for StopContainer, the command's timeout for ExecSync. Without it a grace
+        // period longer than the deadline makes every Stop of a container that ignores SIGTERM
+        // time out, forever.
+        let k = &self.scenario.kubelet;
+        let budget_s = match rpc {
+            "StopContainer" => k.stop_timeout_s.max(0) as u64,
+            "ExecSync" => k.exec_timeout_s.max(0) as u64,
+            _ => 0,
+        };
+        let deadline = Duration::from_secs(k.deadline_s + budget_s);
         tokio::time::timeout(deadline, self.endpoint.call(handler)).await.ok()
     }
 
@@ -553,8 +563,8 @@ impl Kubelet {
         let mut cmd = commands[pick].clone();
         cmd.push(format!("probe-{}", self.probes_total.fetch_add(1, Ordering::Relaxed)));
         let (exec_id, sent) = (id.to_string(), cmd.clone());
-        let answer =
-            self.send(move |s| async move {
+        let answer = self
+            .send("ExecSync", move |s| async move {
                 s.exec_sync(ExecSyncRequest { container_id: exec_id, cmd: sent, timeout }).await
             })
             .await;

@@ -22,4 +22,5 @@ pub mod runner;
 pub mod shrink;
 #[cfg(madsim)]
 pub mod summary;
+pub mod swarm;
 pub mod trace;

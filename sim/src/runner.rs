@@ -186,11 +186,18 @@ pub fn run_seed(scenario: &Scenario, seed: u64, echo_trace: bool) -> RunReport {
 
 async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport {
     trace.begin();
+    let swarm = scenario.swarm;
+    let scenario = scenario.for_seed(seed);
     let handle = madsim::runtime::Handle::current();
     let crash_requested = Arc::new(tokio::sync::Notify::new());
     let plan = Arc::new(FaultPlan::new(&scenario, seed, trace.clone(), crash_requested.clone()));
     let chaos = chaos_schedule(&scenario, seed);
     trace.log("sim", format!("scenario {} seed {seed}", scenario.name));
+    if swarm {
+        for knobs in scenario.knobs() {
+            trace.log("sim", format!("swarm {knobs}"));
+        }
+    }
     trace.log("sim", format!("active fault points: [{}]", plan.active_points().join(", ")));
     trace.log(
         "sim",

@@ -34,6 +34,10 @@ pub struct Scenario {
     pub faults: Faults,
     #[serde(default)]
     pub chaos: Chaos,
+    /// Draw the workload, kubelet, fault and chaos knobs from the seed (`swarm.rs`); the
+    /// file's own values then serve only as the pool of commands and images.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub swarm: bool,
     /// Overrides of the choices a seed would otherwise make (written by `shrink`).
     #[serde(default)]
     pub forced: Option<Forced>,
@@ -237,6 +241,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("exec_storm", include_str!("../../scenarios/exec_storm.toml")),
     ("paused", include_str!("../../scenarios/paused.toml")),
     ("smoke", include_str!("../../scenarios/smoke.toml")),
+    ("swarm", include_str!("../../scenarios/swarm.toml")),
 ];
 
 /// Names of the embedded scenarios.

@@ -20,6 +20,8 @@ fn first_invariant(report: &RunReport) -> Option<String> {
 
 /// Returns None when the seed does not fail.
 pub fn shrink(exe: &Path, original: &Scenario, seed: u64, mut progress: impl FnMut(&str)) -> Option<Shrunk> {
+    // A swarm's knobs are the seed's: shrink the configuration the seed drew.
+    let original = &original.for_seed(seed);
     let report = run_seed_isolated(exe, original, seed);
     let target = first_invariant(&report)?;
     let mut best = original.clone();
