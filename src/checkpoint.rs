@@ -2,6 +2,7 @@
 //! after the write succeeded.
 
 use crate::error::{Error, Result};
+use crate::ids::ContainerId;
 use crate::service::CriService;
 use crate::store::container::Checkpoint;
 use crate::store::{Container, ContainerStatus};
@@ -27,7 +28,7 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Result<ContainerStatus> {
 }
 
 impl CriService {
-    pub(crate) async fn write_checkpoint(&self, id: &str, status: &ContainerStatus) -> Result<()> {
+    pub(crate) async fn write_checkpoint(&self, id: &ContainerId, status: &ContainerStatus) -> Result<()> {
         let path = self.checkpoint_path(id);
         let bytes = encode_checkpoint(status);
         let mut result = self.backends.os.write_atomic(&path, &bytes).await;
@@ -40,13 +41,13 @@ impl CriService {
         result.map_err(|e| e.context("failed to checkpoint container status"))
     }
 
-    pub(crate) async fn read_checkpoint(&self, id: &str) -> Result<ContainerStatus> {
+    pub(crate) async fn read_checkpoint(&self, id: &ContainerId) -> Result<ContainerStatus> {
         decode_checkpoint(&self.backends.os.read_file(&self.checkpoint_path(id)).await?)
     }
 
     /// Deletes the checkpoint: rename out of the way first so that a crash never leaves a
     /// half-removed file under the real name. Idempotent.
-    pub(crate) async fn delete_checkpoint(&self, id: &str) -> Result<()> {
+    pub(crate) async fn delete_checkpoint(&self, id: &ContainerId) -> Result<()> {
         let path = self.checkpoint_path(id);
         let deleted = format!("{}/containers/{id}.del-status", self.config.root_dir);
         match self.backends.os.rename(&path, &deleted).await {

@@ -72,7 +72,7 @@ impl CriService {
             .map(|s| {
                 let status = s.status();
                 SandboxView {
-                    id: s.id.clone(),
+                    id: s.id.to_string(),
                     name: s.name.clone(),
                     state: status.state,
                     pid: status.pid,
@@ -93,9 +93,9 @@ impl CriService {
             .map(|c| {
                 let status = c.status();
                 ContainerView {
-                    id: c.id.clone(),
+                    id: c.id.to_string(),
                     name: c.name.clone(),
-                    sandbox_id: c.metadata.sandbox_id.clone(),
+                    sandbox_id: c.metadata.sandbox_id.to_string(),
                     state: status.state(),
                     status,
                     image_ref: c.metadata.image_ref.clone(),
@@ -115,8 +115,8 @@ impl CriService {
             initialized: self.is_initialized(),
             sandboxes,
             containers,
-            sandbox_names: self.sandbox_names.entries(),
-            container_names: self.container_names.entries(),
+            sandbox_names: self.sandbox_names.entries().into_iter().map(|(name, id)| (name, id.into())).collect(),
+            container_names: self.container_names.entries().into_iter().map(|(name, id)| (name, id.into())).collect(),
             operations,
             undelivered,
             image_refs: self.images.references(),

@@ -6,6 +6,7 @@
 // core's own business.
 pub mod config;
 pub mod error;
+pub mod ids;
 pub mod inspect;
 pub mod naming;
 pub mod ports;

@@ -4,13 +4,15 @@
 //! already taken, is quarantined (logged and listed in verbose Status) and left in containerd
 //! for an operator (B10, B11). Monitors start only after the object is in its store (B7).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::events::backoff::Backoff;
-use crate::events::{BACKOFF_INITIAL, RECONNECT_MAX, TaskKind};
+use crate::events::{BACKOFF_INITIAL, RECONNECT_MAX};
+use crate::ids::{ContainerId, TaskId};
 use crate::ports::{
     ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX,
     LABEL_KIND, TaskState,
@@ -75,7 +77,7 @@ impl CriService {
                 &self.sandbox_names,
             ) && ready
             {
-                monitors.push((TaskKind::Sandbox, sandbox.id.clone()));
+                monitors.push(TaskId::Sandbox(sandbox.id.clone()));
             }
         }
         for (_, (container, monitor)) in containers {
@@ -87,12 +89,12 @@ impl CriService {
                 &self.container_names,
             ) && monitor
             {
-                monitors.push((TaskKind::Container, container.id.clone()));
+                monitors.push(TaskId::Container(container.id.clone()));
             }
         }
         // Every object is in its store now, so no exit can be dropped as "not found" (B7).
-        for (kind, id) in monitors {
-            self.start_exit_monitor(kind, id);
+        for task in monitors {
+            self.start_exit_monitor(task);
         }
         self.recover_images().await;
         let known: BTreeSet<String> = sandbox_records.iter().chain(&container_records).map(|r| r.id.clone()).collect();
@@ -138,21 +140,21 @@ impl CriService {
     }
 
     /// Reserves the name, then adds to the store; a conflict quarantines instead of aborting.
-    fn admit(
+    fn admit<K: Ord + Clone + Borrow<str>>(
         &self,
         kind: QuarantineKind,
-        id: &str,
+        id: &K,
         name: &str,
         add: impl FnOnce() -> Result<()>,
-        names: &crate::store::Registrar,
+        names: &crate::store::Registrar<K>,
     ) -> bool {
         if let Err(error) = names.reserve(name, id) {
-            self.quarantine(kind, id, name, &format!("duplicate name: {}", error.message));
+            self.quarantine(kind, id.borrow(), name, &format!("duplicate name: {}", error.message));
             return false;
         }
         if let Err(error) = add() {
             names.release_by_key(id);
-            self.quarantine(kind, id, name, &error.message);
+            self.quarantine(kind, id.borrow(), name, &error.message);
             return false;
         }
         true
@@ -175,7 +177,7 @@ impl CriService {
             .ok_or_else(|| Error::internal("sandbox metadata extension is missing"))?;
         let metadata: SandboxMetadata =
             serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("bad sandbox metadata: {e}")))?;
-        if metadata.version != "v1" || metadata.id != record.id {
+        if metadata.version != "v1" || metadata.id.as_str() != record.id {
             return Err(Error::internal(format!(
                 "bad sandbox metadata: version {:?}, id {:?}",
                 metadata.version, metadata.id
@@ -223,14 +225,14 @@ impl CriService {
             .ok_or_else(|| Error::internal("container metadata extension is missing"))?;
         let metadata: ContainerMetadata =
             serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("bad container metadata: {e}")))?;
-        if metadata.version != "v1" || metadata.id != record.id {
+        if metadata.version != "v1" || metadata.id.as_str() != record.id {
             return Err(Error::internal(format!(
                 "bad container metadata: version {:?}, id {:?}",
                 metadata.version, metadata.id
             )));
         }
         let config = decode_message(&metadata.config)?;
-        let checkpoint = self.load_checkpoint(&record.id).await;
+        let checkpoint = self.load_checkpoint(&metadata.id).await;
         let decision = self.reconcile_container_status(&record.id, checkpoint.clone()).await;
         let mut status = decision.status;
         // Persist what recovery decided before acting on it or serving it; an unchanged status
@@ -240,7 +242,7 @@ impl CriService {
             crate::checkpoint::encode_checkpoint(&status) != crate::checkpoint::encode_checkpoint(&checkpoint);
         let persisted = !changed || {
             let written = self
-                .with_timeout(RECOVER_OBJECT_TIMEOUT, "write checkpoint", self.write_checkpoint(&record.id, &status))
+                .with_timeout(RECOVER_OBJECT_TIMEOUT, "write checkpoint", self.write_checkpoint(&metadata.id, &status))
                 .await;
             if let Err(error) = &written {
                 tracing::error!(id = record.id, %error, "failed to persist the recovered status");
@@ -290,11 +292,11 @@ impl CriService {
     }
 
     /// The checkpoint, or the UNKNOWN status when it is missing, corrupt or unreadable.
-    async fn load_checkpoint(&self, id: &str) -> ContainerStatus {
+    async fn load_checkpoint(&self, id: &ContainerId) -> ContainerStatus {
         match self.retry_transient("read checkpoint", || self.read_checkpoint(id)).await {
             Ok(status) => status,
             Err(error) => {
-                tracing::warn!(id, %error, "status checkpoint unusable; container is UNKNOWN");
+                tracing::warn!(%id, %error, "status checkpoint unusable; container is UNKNOWN");
                 ContainerStatus::unknown_status()
             }
         }

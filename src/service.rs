@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{ContainerEventHub, EventMonitor};
+use crate::ids::{ContainerId, SandboxId};
 use crate::ports::{Backends, SnapshotUsage};
 use crate::rpc::image_pull::PullManager;
 use crate::store::{Container, ImageStore, Registrar, Sandbox, Table};
@@ -67,11 +68,11 @@ pub(crate) struct SnapshotUsageCache {
 pub struct CriService {
     pub(crate) config: Config,
     pub(crate) backends: Backends,
-    pub(crate) sandboxes: Table<Sandbox>,
-    pub(crate) containers: Table<Container>,
+    pub(crate) sandboxes: Table<SandboxId, Sandbox>,
+    pub(crate) containers: Table<ContainerId, Container>,
     pub(crate) images: ImageStore,
-    pub(crate) sandbox_names: Registrar,
-    pub(crate) container_names: Registrar,
+    pub(crate) sandbox_names: Registrar<SandboxId>,
+    pub(crate) container_names: Registrar<ContainerId>,
     pub(crate) operations: Mutex<BTreeMap<String, OperationResult>>,
     pub(crate) container_events: ContainerEventHub,
     pub(crate) monitor: EventMonitor,
@@ -192,26 +193,26 @@ impl CriService {
         self.quarantine.lock().unwrap().clone()
     }
 
-    pub(crate) fn sandbox_root(&self, id: &str) -> String {
+    pub(crate) fn sandbox_root(&self, id: &SandboxId) -> String {
         format!("{}/sandboxes/{id}", self.config.root_dir)
     }
-    pub(crate) fn sandbox_state_dir(&self, id: &str) -> String {
+    pub(crate) fn sandbox_state_dir(&self, id: &SandboxId) -> String {
         format!("{}/sandboxes/{id}", self.config.state_dir)
     }
     /// The pod's /dev/shm tmpfs, mounted by RunPodSandbox and shared by its containers.
-    pub(crate) fn sandbox_shm_dir(&self, id: &str) -> String {
+    pub(crate) fn sandbox_shm_dir(&self, id: &SandboxId) -> String {
         format!("{}/shm", self.sandbox_state_dir(id))
     }
-    pub(crate) fn container_root(&self, id: &str) -> String {
+    pub(crate) fn container_root(&self, id: &ContainerId) -> String {
         format!("{}/containers/{id}", self.config.root_dir)
     }
-    pub(crate) fn container_state_dir(&self, id: &str) -> String {
+    pub(crate) fn container_state_dir(&self, id: &ContainerId) -> String {
         format!("{}/containers/{id}", self.config.state_dir)
     }
-    pub(crate) fn checkpoint_path(&self, id: &str) -> String {
+    pub(crate) fn checkpoint_path(&self, id: &ContainerId) -> String {
         format!("{}/status", self.container_root(id))
     }
-    pub(crate) fn netns_path(&self, id: &str) -> String {
+    pub(crate) fn netns_path(&self, id: &SandboxId) -> String {
         if self.config.netns_mounts_under_state_dir {
             format!("{}/netns/cni-{id}", self.config.state_dir)
         } else {

@@ -11,21 +11,21 @@ use crid::error::ErrorKind;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::fakes::{FaultAction, FaultInjector, sites};
+use crate::fakes::{FaultAction, FaultInjector, FaultSite};
 use crate::kinds::FaultKind;
-use crate::scenario::{Scenario, site_matches};
+use crate::scenario::Scenario;
 use crate::trace::{Trace, short};
 
 /// `site/kind`, e.g. `containerd.delete_task/late`.
-pub fn point(site: &str, kind: FaultKind) -> String {
+pub fn point(site: FaultSite, kind: FaultKind) -> String {
     format!("{site}/{kind}")
 }
 
 /// The points a scenario makes eligible, in a fixed order.
 pub fn eligible_points(scenario: &Scenario) -> Vec<String> {
     let mut points = vec![];
-    for site in sites() {
-        if scenario.faults.sites.iter().any(|p| site_matches(p, site)) {
+    for &site in FaultSite::ALL {
+        if scenario.faults.sites.iter().any(|p| p.matches(site)) {
             for kind in FaultKind::all() {
                 if scenario.faults.kinds.contains(&kind) && kind.applies_to(site) {
                     points.push(point(site, kind));
@@ -77,7 +77,7 @@ impl FaultPlan {
 }
 
 impl FaultInjector for FaultPlan {
-    fn at(&self, site: &str, key: &str) -> FaultAction {
+    fn at(&self, site: FaultSite, key: &str) -> FaultAction {
         if !self.enabled.load(Ordering::SeqCst) || self.active.is_empty() {
             return FaultAction::Proceed;
         }

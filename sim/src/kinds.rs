@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use strum::{EnumIter, EnumString, IntoEnumIterator, IntoStaticStr};
 
+use crate::fakes::FaultSite;
+
 /// What an active fault point does to a call.
 #[derive(
     Clone,
@@ -53,12 +55,12 @@ impl FaultKind {
     /// plugins and the OS fail with their own errors. Only calls that can block on another
     /// process (a remote service, a CNI plugin) hang or answer late: a local file or mount call
     /// is slow at worst (`delay`), and a disk that never answers is out of the model.
-    pub fn applies_to(self, site: &str) -> bool {
+    pub fn applies_to(self, site: FaultSite) -> bool {
         match self {
             FaultKind::Unavailable | FaultKind::DeadlineExceeded => {
-                site.starts_with("containerd.") || site.starts_with("registry.")
+                site.name().starts_with("containerd.") || site.name().starts_with("registry.")
             }
-            FaultKind::Hang | FaultKind::Late => !site.starts_with("os."),
+            FaultKind::Hang | FaultKind::Late => !site.name().starts_with("os."),
             _ => true,
         }
     }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fakes::FaultSite;
 use crate::kinds::{ChaosKind, FaultKind};
 
 /// A scenario: workload, kubelet behaviour, faults, phases and the checks to run.
@@ -132,7 +133,7 @@ pub struct Faults {
     /// Firing probability per call of an active point.
     pub rate: f64,
     /// Site patterns eligible for faults (`containerd.*`, `cni.setup`, …).
-    pub sites: Vec<String>,
+    pub sites: Vec<SitePattern>,
     /// Fault kinds: `error`, `delay`, `hang`, `late` (effect happens, reply comes after the
     /// caller's deadline), `fail_after` (effect happens, an error is reported), `crash` (the CRI
     /// process is killed at that await point), `data_loss` (the data is unreadable: DataLoss).
@@ -292,10 +293,13 @@ impl Scenario {
                 return Err(format!("scenario {}: probabilities must be within 0..=1", self.name));
             }
         }
-        // Fault kinds are checked by parsing; a site pattern must name at least one site.
-        for pattern in &self.faults.sites {
-            if !crate::fakes::sites().iter().any(|site| site_matches(pattern, site)) {
-                return Err(format!("scenario {}: fault site pattern {pattern:?} matches no site", self.name));
+        // Fault kinds and site patterns are checked by parsing.
+        for point in self.forced.iter().flat_map(|forced| forced.active_points.iter().flatten()) {
+            let parsed = point
+                .split_once('/')
+                .and_then(|(site, kind)| Some((site.parse::<FaultSite>().ok()?, kind.parse::<FaultKind>().ok()?)));
+            if parsed.is_none() {
+                return Err(format!("scenario {}: forced fault point {point:?} is not a known site/kind", self.name));
             }
         }
         for event in self.forced.iter().flat_map(|forced| forced.chaos_events.iter().flatten()) {
@@ -308,11 +312,67 @@ impl Scenario {
     }
 }
 
-/// A site pattern (`containerd.delete_task`, or a prefix and `*`: `containerd.*`) against a site.
-pub fn site_matches(pattern: &str, site: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => site.starts_with(prefix),
-        None => pattern == site,
+/// The sites a scenario makes eligible for faults: one site (`containerd.delete_task`) or every
+/// site whose name starts with a prefix (`containerd.*`). Written as that string; a site that does
+/// not exist, or a prefix that no site has, is a parse error.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SitePattern {
+    Site(FaultSite),
+    /// The text before the `*`.
+    Prefix(String),
+}
+
+impl SitePattern {
+    pub fn matches(&self, site: FaultSite) -> bool {
+        match self {
+            SitePattern::Site(only) => *only == site,
+            SitePattern::Prefix(prefix) => site.name().starts_with(prefix.as_str()),
+        }
+    }
+}
+
+impl From<FaultSite> for SitePattern {
+    fn from(site: FaultSite) -> Self {
+        SitePattern::Site(site)
+    }
+}
+
+impl TryFrom<String> for SitePattern {
+    type Error = String;
+
+    fn try_from(pattern: String) -> Result<Self, String> {
+        match pattern.strip_suffix('*') {
+            Some(prefix) if FaultSite::ALL.iter().any(|site| site.name().starts_with(prefix)) => {
+                Ok(SitePattern::Prefix(prefix.to_string()))
+            }
+            Some(_) => Err(format!("fault site pattern {pattern:?} matches no site")),
+            None => pattern.parse().map(SitePattern::Site),
+        }
+    }
+}
+
+impl From<SitePattern> for String {
+    fn from(pattern: SitePattern) -> String {
+        match pattern {
+            SitePattern::Site(site) => site.name().to_string(),
+            SitePattern::Prefix(prefix) => format!("{prefix}*"),
+        }
+    }
+}
+
+/// As written in the scenario file (`"containerd.*"`), which is how a run's header shows it.
+impl std::fmt::Debug for SitePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&String::from(self.clone()), f)
+    }
+}
+
+impl std::str::FromStr for SitePattern {
+    type Err = String;
+
+    fn from_str(pattern: &str) -> Result<Self, String> {
+        SitePattern::try_from(pattern.to_string())
     }
 }
 
@@ -324,11 +384,23 @@ mod tests {
         let text = toml::to_string(&base).unwrap();
         let with_kind = text.replace("kinds = [", "kinds = [\"power_cut\", ");
         assert!(super::Scenario::parse(&with_kind).unwrap_err().contains("power_cut"), "{with_kind}");
+        // A misspelt site, or a prefix no site has, is named by the parse error.
+        assert!(text.contains("sites = []"), "{text}");
+        let with_site = text.replace("sites = []", "sites = [\"containerd.resolve\"]");
+        let error = super::Scenario::parse(&with_site).unwrap_err();
+        assert!(error.contains("unknown fault site \"containerd.resolve\""), "{error}");
+        let with_prefix = text.replace("sites = []", "sites = [\"contanerd.*\"]");
+        let error = super::Scenario::parse(&with_prefix).unwrap_err();
+        assert!(error.contains("fault site pattern \"contanerd.*\" matches no site"), "{error}");
+        let with_sites = text.replace("sites = []", "sites = [\"registry.*\", \"os.unmount\"]");
+        let parsed = super::Scenario::parse(&with_sites).unwrap();
+        assert_eq!(parsed.faults.sites, ["registry.*".parse().unwrap(), super::FaultSite::OsUnmount.into()]);
+        assert!(parsed.faults.sites[0].matches(super::FaultSite::RegistryFetchBlob));
+        assert!(!parsed.faults.sites[1].matches(super::FaultSite::OsRemoveAll));
         let mut scenario = base.clone();
-        scenario.faults.sites = vec!["containerd.resolve".into()];
-        assert!(scenario.validate().unwrap_err().contains("matches no site"));
-        scenario.faults.sites = vec!["registry.*".into()];
-        scenario.validate().unwrap();
+        scenario.forced =
+            Some(super::Forced { active_points: Some(vec!["os.unmount/eror".into()]), chaos_events: None });
+        assert!(scenario.validate().unwrap_err().contains("os.unmount/eror"));
         scenario.forced = Some(super::Forced { active_points: None, chaos_events: Some(vec!["meteor@1#2".into()]) });
         assert!(scenario.validate().unwrap_err().contains("meteor"));
     }

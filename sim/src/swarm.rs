@@ -13,8 +13,9 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::fakes::FaultSite;
 use crate::kinds::{ChaosKind, FaultKind};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, SitePattern};
 
 /// Site groups a swarm draws from, each in or out as a whole or by single sites.
 const SITE_GROUPS: &[&str] = &["containerd.*", "registry.*", "cni.*", "os.*"];
@@ -59,15 +60,15 @@ impl Scenario {
         for group in SITE_GROUPS {
             match rng.gen_range(0..3) {
                 0 => {}
-                1 => f.sites.push((*group).to_string()),
+                1 => f.sites.push(group.parse().expect("a group names sites")),
                 _ => {
                     // A few single sites of the group: a fault concentrated on one call.
                     let prefix = group.trim_end_matches('*');
-                    let mut sites: Vec<&str> =
-                        crate::fakes::sites().iter().copied().filter(|site| site.starts_with(prefix)).collect();
+                    let mut sites: Vec<FaultSite> =
+                        FaultSite::ALL.iter().copied().filter(|site| site.name().starts_with(prefix)).collect();
                     sites.shuffle(&mut rng);
                     let n = rng.gen_range(1..=sites.len().min(3));
-                    f.sites.extend(sites[..n].iter().map(|site| site.to_string()));
+                    f.sites.extend(sites[..n].iter().map(|&site| SitePattern::from(site)));
                 }
             }
         }

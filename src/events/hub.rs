@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
 use tokio::sync::mpsc;
 
+use crate::ids::SandboxId;
 use crate::service::CriService;
 
 /// One GetContainerEvents subscriber: its own bounded buffer and its own drop count.
@@ -67,13 +68,19 @@ impl ContainerEventHub {
 impl CriService {
     /// Builds a CRI container event with the pod's status as of now and sends it to every
     /// subscriber.
-    pub(crate) fn send_container_event(&self, container_id: &str, sandbox_id: &str, event_type: ContainerEventType) {
-        let sandbox_status = self.sandboxes.get(sandbox_id).ok().map(|s| self.sandbox_status_message(&s));
+    /// `container_id` is the sandbox's own id for the events of its pause container.
+    pub(crate) fn send_container_event(
+        &self,
+        container_id: &str,
+        sandbox_id: &SandboxId,
+        event_type: ContainerEventType,
+    ) {
+        let sandbox_status = self.sandboxes.get(sandbox_id.as_str()).ok().map(|s| self.sandbox_status_message(&s));
         let containers_statuses = self
             .containers
             .list()
             .into_iter()
-            .filter(|c| c.metadata.sandbox_id == sandbox_id)
+            .filter(|c| c.metadata.sandbox_id == *sandbox_id)
             .map(|c| self.container_status_message(&c))
             .collect();
         self.container_events.publish(ContainerEventResponse {

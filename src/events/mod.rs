@@ -24,16 +24,10 @@ pub const BACKOFF_TICK: Duration = Duration::from_secs(1);
 /// Bounds the wait between re-subscriptions and re-waits when containerd is unreachable.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
-/// Which store an exiting task belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TaskKind {
-    Sandbox,
-    Container,
-}
-
-/// Work that failed once and waits in the backoff queue.
+/// Work that failed once and waits in the backoff queue, under its task (`TaskId`: the task's
+/// kind says which store an exit goes to).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PendingEvent {
-    Exit { kind: TaskKind, exit: ExitStatus },
+    Exit(ExitStatus),
     Oom,
 }

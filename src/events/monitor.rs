@@ -6,31 +6,32 @@ use std::sync::Arc;
 use k8s_cri::v1::ContainerEventType;
 
 use super::backoff::Backoff;
-use super::{BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_TICK, HANDLE_EVENT_TIMEOUT, PendingEvent, RECONNECT_MAX, TaskKind};
+use super::{BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_TICK, HANDLE_EVENT_TIMEOUT, PendingEvent, RECONNECT_MAX};
 use crate::error::Result;
+use crate::ids::{ContainerId, SandboxId, TaskId};
 use crate::ports::{Event, EventStream, ExitStatus};
 use crate::service::CriService;
 
 impl CriService {
     /// Starts the exit monitor of a task. Call only after the object is in its store, so that an
     /// immediate exit is never dropped as "not found" (B7).
-    pub(crate) fn start_exit_monitor(self: &Arc<Self>, kind: TaskKind, id: String) {
-        match kind {
-            TaskKind::Sandbox => assert!(self.sandboxes.contains(&id), "monitor before store add: {id}"),
-            TaskKind::Container => assert!(self.containers.contains(&id), "monitor before store add: {id}"),
+    pub(crate) fn start_exit_monitor(self: &Arc<Self>, task: TaskId) {
+        match &task {
+            TaskId::Sandbox(id) => assert!(self.sandboxes.contains(id), "monitor before store add: {id}"),
+            TaskId::Container(id) => assert!(self.containers.contains(id), "monitor before store add: {id}"),
         }
         let service = self.clone();
         tokio::spawn(async move {
-            let exit = service.wait_for_exit(&id).await;
-            service.handle_monitored_exit(kind, &id, exit).await;
+            let exit = service.wait_for_exit(task.as_str()).await;
+            service.handle_monitored_exit(&task, exit).await;
         });
     }
 
     /// Handles an exit a Wait reported, marked as in hand meanwhile so that the reconciler does
     /// not take the (already stopped or deleted) task for one nobody saw.
-    pub(crate) async fn handle_monitored_exit(self: &Arc<Self>, kind: TaskKind, id: &str, exit: ExitStatus) {
-        let _in_hand = self.monitor.hold_exit(id);
-        self.handle_exit_or_backoff(kind, id, exit).await;
+    pub(crate) async fn handle_monitored_exit(self: &Arc<Self>, task: &TaskId, exit: ExitStatus) {
+        let _in_hand = self.monitor.hold_exit(task);
+        self.handle_exit_or_backoff(task, exit).await;
     }
 
     /// Waits for the task's exit. A lost connection is retried rather than read as an exit, so a
@@ -64,35 +65,33 @@ impl CriService {
         }
     }
 
-    pub(crate) async fn handle_exit_or_backoff(self: &Arc<Self>, kind: TaskKind, id: &str, exit: ExitStatus) {
-        if self.monitor.is_in_backoff(id) {
-            self.monitor.push(id, PendingEvent::Exit { kind, exit }, self.now_ns());
+    pub(crate) async fn handle_exit_or_backoff(self: &Arc<Self>, task: &TaskId, exit: ExitStatus) {
+        if self.monitor.is_in_backoff(task) {
+            self.monitor.push(task, PendingEvent::Exit(exit), self.now_ns());
             return;
         }
-        if let Err(error) =
-            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(kind, id, exit)).await
-        {
+        if let Err(error) = self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(task, exit)).await {
             cov_mark::hit!(exit_handling_failed_retry_queued);
-            tracing::warn!(id, %error, "exit handling failed; queued for retry");
-            self.monitor.push(id, PendingEvent::Exit { kind, exit }, self.now_ns());
+            tracing::warn!(id = %task, %error, "exit handling failed; queued for retry");
+            self.monitor.push(task, PendingEvent::Exit(exit), self.now_ns());
         }
     }
 
-    pub(crate) async fn handle_exit(self: &Arc<Self>, kind: TaskKind, id: &str, exit: ExitStatus) -> Result<()> {
-        match kind {
-            TaskKind::Container => self.handle_container_exit(id, exit).await,
-            TaskKind::Sandbox => self.handle_sandbox_exit(id, exit).await,
+    pub(crate) async fn handle_exit(self: &Arc<Self>, task: &TaskId, exit: ExitStatus) -> Result<()> {
+        match task {
+            TaskId::Container(id) => self.handle_container_exit(id, exit).await,
+            TaskId::Sandbox(id) => self.handle_sandbox_exit(id, exit).await,
         }
     }
 
     /// Records the exit once (persisted first), wakes Stop, sends STOPPED, then deletes the task
     /// (NotFound tolerated). Persisting before deleting keeps the real exit code across a crash
     /// in between. Idempotent: replays, duplicate events and the reconciler may all call it.
-    async fn handle_container_exit(self: &Arc<Self>, id: &str, exit: ExitStatus) -> Result<()> {
-        let Ok(container) = self.containers.get(id) else {
+    async fn handle_container_exit(self: &Arc<Self>, id: &ContainerId, exit: ExitStatus) -> Result<()> {
+        let Ok(container) = self.containers.get(id.as_str()) else {
             return Ok(()); // Removed meanwhile: nothing to record.
         };
-        if container.id != id {
+        if container.id != *id {
             return Ok(()); // A prefix match is not this task.
         }
         let recorded = self
@@ -122,9 +121,13 @@ impl CriService {
             .await?;
         container.mark_stopped();
         if recorded {
-            self.send_container_event(id, &container.metadata.sandbox_id, ContainerEventType::ContainerStoppedEvent);
+            self.send_container_event(
+                id.as_str(),
+                &container.metadata.sandbox_id,
+                ContainerEventType::ContainerStoppedEvent,
+            );
         }
-        match self.backends.containerd.delete_task(id).await {
+        match self.backends.containerd.delete_task(id.as_str()).await {
             Ok(_) => Ok(()),
             Err(error) if error.is_not_found() => {
                 cov_mark::hit!(exit_task_already_deleted);
@@ -134,12 +137,12 @@ impl CriService {
         }
     }
 
-    async fn handle_sandbox_exit(self: &Arc<Self>, id: &str, exit: ExitStatus) -> Result<()> {
-        let Ok(sandbox) = self.sandboxes.get(id) else { return Ok(()) };
-        if sandbox.id != id {
+    async fn handle_sandbox_exit(self: &Arc<Self>, id: &SandboxId, exit: ExitStatus) -> Result<()> {
+        let Ok(sandbox) = self.sandboxes.get(id.as_str()) else { return Ok(()) };
+        if sandbox.id != *id {
             return Ok(());
         }
-        match self.backends.containerd.delete_task(id).await {
+        match self.backends.containerd.delete_task(id.as_str()).await {
             Ok(_) => {}
             Err(error) if error.is_not_found() => {}
             Err(error) => return Err(error.context("failed to delete sandbox task")),
@@ -153,17 +156,17 @@ impl CriService {
                 status.exited_at_ns = exit.exited_at_ns;
                 changed = true;
             }
-        });
+        })?;
         sandbox.mark_stopped();
         if changed {
-            self.send_container_event(id, id, ContainerEventType::ContainerStoppedEvent);
+            self.send_container_event(id.as_str(), id, ContainerEventType::ContainerStoppedEvent);
         }
         Ok(())
     }
 
-    async fn handle_oom(self: &Arc<Self>, id: &str) -> Result<()> {
-        let Ok(container) = self.containers.get(id) else { return Ok(()) };
-        if container.id != id {
+    async fn handle_oom(self: &Arc<Self>, id: &ContainerId) -> Result<()> {
+        let Ok(container) = self.containers.get(id.as_str()) else { return Ok(()) };
+        if container.id != *id {
             return Ok(());
         }
         self.update_container_status(&container, |status| {
@@ -209,15 +212,17 @@ impl CriService {
     async fn handle_bus_event(self: &Arc<Self>, event: Event) {
         match event {
             Event::TaskOom { container_id } => {
-                if self.monitor.is_in_backoff(&container_id) {
-                    self.monitor.push(&container_id, PendingEvent::Oom, self.now_ns());
+                let container_id = ContainerId::from(container_id);
+                let task = TaskId::Container(container_id.clone());
+                if self.monitor.is_in_backoff(&task) {
+                    self.monitor.push(&task, PendingEvent::Oom, self.now_ns());
                     return;
                 }
                 if let Err(error) =
                     self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&container_id)).await
                 {
-                    tracing::warn!(container_id, %error, "OOM handling failed; queued for retry");
-                    self.monitor.push(&container_id, PendingEvent::Oom, self.now_ns());
+                    tracing::warn!(%container_id, %error, "OOM handling failed; queued for retry");
+                    self.monitor.push(&task, PendingEvent::Oom, self.now_ns());
                 }
             }
             Event::ImageCreate { name } | Event::ImageUpdate { name } | Event::ImageDelete { name } => {
@@ -239,25 +244,26 @@ impl CriService {
     async fn backoff_loop(self: Arc<Self>) {
         loop {
             self.sleep(BACKOFF_TICK).await;
-            for (id, mut events, duration) in self.monitor.take_expired(self.now_ns()) {
+            for (task, mut events, duration) in self.monitor.take_expired(self.now_ns()) {
                 while let Some(event) = events.front().cloned() {
-                    let result = match event {
-                        PendingEvent::Exit { kind, exit } => {
-                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(kind, &id, exit))
-                                .await
+                    let result = match (event, &task) {
+                        (PendingEvent::Exit(exit), _) => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(&task, exit)).await
                         }
-                        PendingEvent::Oom => {
-                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&id)).await
+                        (PendingEvent::Oom, TaskId::Container(id)) => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(id)).await
                         }
+                        // Only a container's task is queued with an OOM.
+                        (PendingEvent::Oom, TaskId::Sandbox(_)) => Ok(()),
                     };
                     if let Err(error) = result {
-                        tracing::warn!(id, %error, retry_in = ?crate::events::backoff::after(duration, BACKOFF_MAX), "backoff retry failed");
+                        tracing::warn!(id = %task, %error, retry_in = ?crate::events::backoff::after(duration, BACKOFF_MAX), "backoff retry failed");
                         break;
                     }
                     events.pop_front();
                 }
                 if !events.is_empty() {
-                    self.monitor.requeue(id, events, duration, self.now_ns());
+                    self.monitor.requeue(task, events, duration, self.now_ns());
                 }
             }
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::TaskKind;
+use crate::ids::TaskId;
 use crate::ports::{ExitStatus, TaskState};
 use crate::service::CriService;
 use crate::store::ContainerState;
@@ -29,41 +29,39 @@ impl CriService {
     /// and the status update, the object is still RUNNING or READY. So the object is skipped
     /// while its exit is in hand, and looked at again after containerd answered.
     pub async fn reconcile(self: &Arc<Self>) {
-        let container_unseen = |container: &crate::store::Container| {
+        let unseen = |task: &TaskId| !self.monitor.is_in_backoff(task) && !self.monitor.is_exit_in_hand(task);
+        let container_unseen = |container: &crate::store::Container, task: &TaskId| {
             let status = container.status();
-            status.state() == ContainerState::Running
-                && !status.starting
-                && !self.monitor.is_in_backoff(&container.id)
-                && !self.monitor.is_exit_in_hand(&container.id)
+            status.state() == ContainerState::Running && !status.starting && unseen(task)
         };
         for container in self.containers.list() {
-            if !container_unseen(&container) {
+            let task = TaskId::Container(container.id.clone());
+            if !container_unseen(&container, &task) {
                 continue;
             }
-            if let Some(exit) = self.observed_exit(&container.id).await
-                && container_unseen(&container)
+            if let Some(exit) = self.observed_exit(task.as_str()).await
+                && container_unseen(&container, &task)
             {
                 cov_mark::hit!(reconciler_found_missed_exit);
-                tracing::warn!(id = container.id, "reconcile: container task is gone; recording its exit");
+                tracing::warn!(id = %container.id, "reconcile: container task is gone; recording its exit");
                 self.monitor.reconciled_exits_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.handle_exit_or_backoff(TaskKind::Container, &container.id, exit).await;
+                self.handle_exit_or_backoff(&task, exit).await;
             }
         }
-        let sandbox_unseen = |sandbox: &crate::store::Sandbox| {
-            sandbox.status().state == crate::store::SandboxState::Ready
-                && !self.monitor.is_in_backoff(&sandbox.id)
-                && !self.monitor.is_exit_in_hand(&sandbox.id)
+        let sandbox_unseen = |sandbox: &crate::store::Sandbox, task: &TaskId| {
+            sandbox.status().state == crate::store::SandboxState::Ready && unseen(task)
         };
         for sandbox in self.sandboxes.list() {
-            if !sandbox_unseen(&sandbox) {
+            let task = TaskId::Sandbox(sandbox.id.clone());
+            if !sandbox_unseen(&sandbox, &task) {
                 continue;
             }
-            if let Some(exit) = self.observed_exit(&sandbox.id).await
-                && sandbox_unseen(&sandbox)
+            if let Some(exit) = self.observed_exit(task.as_str()).await
+                && sandbox_unseen(&sandbox, &task)
             {
-                tracing::warn!(id = sandbox.id, "reconcile: sandbox task is gone; recording its exit");
+                tracing::warn!(id = %sandbox.id, "reconcile: sandbox task is gone; recording its exit");
                 self.monitor.reconciled_exits_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.handle_exit_or_backoff(TaskKind::Sandbox, &sandbox.id, exit).await;
+                self.handle_exit_or_backoff(&task, exit).await;
             }
         }
     }

@@ -9,8 +9,8 @@ use k8s_cri::v1::{
 };
 
 use crate::error::{Error, Result};
-use crate::events::TaskKind;
-use crate::naming::{container_name, generate_id, sorted};
+use crate::ids::{ContainerId, TaskId};
+use crate::naming::{container_name, sorted};
 use crate::ports::{ContainerRecord, EXTENSION_CONTAINER_METADATA, KIND_CONTAINER, LABEL_KIND, TaskIo};
 use crate::rpc::sandbox_run::{ROLLBACK_TIMEOUT, ignore_not_found};
 use crate::service::CriService;
@@ -81,7 +81,7 @@ impl CriService {
         name: String,
         config: ContainerConfig,
     ) -> Result<String> {
-        let id = generate_id(&*self.backends.os);
+        let id = ContainerId::generate(&*self.backends.os);
         self.container_names
             .reserve(&name, &id)
             .map_err(|e| Error::already_exists(format!("failed to reserve container name {name:?}: {}", e.message)))?;
@@ -95,9 +95,9 @@ impl CriService {
             )
             .await;
         match outcome {
-            Ok(()) => Ok(id),
+            Ok(()) => Ok(id.into()),
             Err(error) => {
-                tracing::warn!(id, name, %error, "CreateContainer failed; rolling back");
+                tracing::warn!(%id, name, %error, "CreateContainer failed; rolling back");
                 let snapshotter = self.config.snapshotter_for(&sandbox.metadata.runtime_handler);
                 // Set when the containerd container could not be deleted: it is then kept in
                 // the store, with its name, so that kubelet sees it and removes it.
@@ -118,18 +118,18 @@ impl CriService {
                                     self.remove_dirs_or_retry(dirs).await;
                                     Ok(())
                                 }
-                                Undo::RemoveSnapshot => {
-                                    ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, &id).await)
-                                }
+                                Undo::RemoveSnapshot => ignore_not_found(
+                                    self.backends.containerd.remove_snapshot(&snapshotter, id.as_str()).await,
+                                ),
                                 Undo::DeleteContainer => {
-                                    ignore_not_found(self.backends.containerd.delete_container(&id, true).await)
+                                    ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)
                                 }
                                 Undo::DeleteCheckpoint => self.delete_checkpoint(&id).await,
                             }
                         })
                         .await;
                     if let Err(rollback_error) = result {
-                        tracing::error!(id, ?step, %rollback_error, "CreateContainer rollback step failed");
+                        tracing::error!(%id, ?step, %rollback_error, "CreateContainer rollback step failed");
                         kept |= matches!(step, Undo::DeleteContainer);
                     }
                 }
@@ -137,7 +137,7 @@ impl CriService {
                     let status = ContainerStatus { created_at_ns: self.now_ns(), ..ContainerStatus::unknown_status() };
                     if let Err(add_error) = self.containers.add(&id, Arc::new(Container::new(metadata, config, status)))
                     {
-                        tracing::error!(id, %add_error, "could not keep the half-created container");
+                        tracing::error!(%id, %add_error, "could not keep the half-created container");
                     }
                 }
                 Err(error)
@@ -148,7 +148,7 @@ impl CriService {
     async fn create_container_inner(
         &self,
         sandbox: &Sandbox,
-        id: &str,
+        id: &ContainerId,
         name: &str,
         config: &ContainerConfig,
         undo: &mut Vec<Undo>,
@@ -171,7 +171,7 @@ impl CriService {
             SpecPolicy::new(&self.config, &sandbox.metadata.runtime_handler, self.backends.os.apparmor_enabled())?;
         let target_pid = self.target_pid(config)?;
         let mut spec = container_spec(ContainerSpecInput {
-            sandbox_id: &sandbox.id,
+            sandbox_id: sandbox.id.as_str(),
             config,
             sandbox_config: &sandbox.config,
             image: &image.config,
@@ -189,7 +189,7 @@ impl CriService {
         })?;
         let metadata = ContainerMetadata {
             version: "v1".into(),
-            id: id.to_string(),
+            id: id.clone(),
             name: name.to_string(),
             sandbox_id: sandbox.id.clone(),
             config: encode_message(config),
@@ -201,10 +201,10 @@ impl CriService {
         undo.push(Undo::RemoveSnapshot);
         self.backends
             .containerd
-            .prepare_snapshot(&snapshotter, id, &image.chain_id)
+            .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id)
             .await
             .map_err(|e| e.context("failed to prepare container rootfs"))?;
-        crate::spec::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id, &mut spec).await?;
+        crate::spec::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id.as_str(), &mut spec).await?;
         let record = ContainerRecord {
             id: id.to_string(),
             labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())]
@@ -243,7 +243,7 @@ impl CriService {
         self.write_checkpoint(id, &status).await?;
         let container = Arc::new(Container::new(metadata, config.clone(), status));
         self.containers.add(id, container)?;
-        self.send_container_event(id, &sandbox.id, ContainerEventType::ContainerCreatedEvent);
+        self.send_container_event(id.as_str(), &sandbox.id, ContainerEventType::ContainerCreatedEvent);
         Ok(())
     }
 
@@ -303,10 +303,10 @@ impl CriService {
         let steps = self.start_container_steps(&container);
         let result = self.with_timeout(START_CONTAINER_TIMEOUT, "start container", steps).await;
         if let Err(error) = &result {
-            tracing::warn!(id = container.id, %error, "StartContainer failed");
+            tracing::warn!(id = %container.id, %error, "StartContainer failed");
             let _ = self
                 .with_timeout(ROLLBACK_TIMEOUT, "rollback", async {
-                    ignore_not_found(self.backends.containerd.delete_task(&container.id).await.map(|_| ()))
+                    ignore_not_found(self.backends.containerd.delete_task(container.id.as_str()).await.map(|_| ()))
                 })
                 .await;
             let message = error.message.clone();
@@ -323,7 +323,7 @@ impl CriService {
                 })
                 .await;
             if let Err(checkpoint_error) = recorded {
-                tracing::error!(id = container.id, %checkpoint_error, "could not record the start failure");
+                tracing::error!(id = %container.id, %checkpoint_error, "could not record the start failure");
                 let _ = self
                     .update_container_memory(&container, |status| {
                         status.starting = false;
@@ -335,17 +335,19 @@ impl CriService {
             return result;
         }
         self.send_container_event(
-            &container.id,
+            container.id.as_str(),
             &container.metadata.sandbox_id,
             ContainerEventType::ContainerStartedEvent,
         );
-        self.start_exit_monitor(TaskKind::Container, container.id.clone());
+        self.start_exit_monitor(TaskId::Container(container.id.clone()));
         Ok(())
     }
 
     async fn start_container_steps(&self, container: &Container) -> Result<()> {
-        let sandbox =
-            self.sandboxes.get(&container.metadata.sandbox_id).map_err(|e| e.context("sandbox of the container"))?;
+        let sandbox = self
+            .sandboxes
+            .get(container.metadata.sandbox_id.as_str())
+            .map_err(|e| e.context("sandbox of the container"))?;
         if sandbox.status().state != SandboxState::Ready {
             return Err(Error::precondition(format!("sandbox container {:?} is not running", sandbox.id)));
         }
@@ -364,13 +366,13 @@ impl CriService {
         };
         self.backends
             .containerd
-            .create_task(&container.id, &io)
+            .create_task(container.id.as_str(), &io)
             .await
             .map_err(|e| e.context("failed to create containerd task"))?;
         let pid = self
             .backends
             .containerd
-            .start_task(&container.id)
+            .start_task(container.id.as_str())
             .await
             .map_err(|e| e.context("failed to start containerd task"))?;
         let now = self.now_ns();
@@ -399,8 +401,10 @@ impl CriService {
         };
         let resources = self.config.runtime_resources(&resources);
         let containerd = &self.backends.containerd;
-        let mut record =
-            containerd.get_container(&container.id).await.map_err(|e| e.context("failed to read container spec"))?;
+        let mut record = containerd
+            .get_container(container.id.as_str())
+            .await
+            .map_err(|e| e.context("failed to read container spec"))?;
         if record.spec.resources == resources {
             return Ok(());
         }

@@ -57,7 +57,7 @@ impl CriService {
             self.images.get(&container.metadata.image_ref).as_ref(),
         );
         k8s_cri::v1::ContainerStatus {
-            id: container.id.clone(),
+            id: container.id.to_string(),
             metadata: container.config.metadata.clone(),
             state: cri_state(state) as i32,
             created_at: status.created_at_ns,
@@ -134,8 +134,8 @@ impl CriService {
             .map(|c| {
                 let status = c.status();
                 k8s_cri::v1::Container {
-                    id: c.id.clone(),
-                    pod_sandbox_id: c.metadata.sandbox_id.clone(),
+                    id: c.id.to_string(),
+                    pod_sandbox_id: c.metadata.sandbox_id.to_string(),
                     metadata: c.config.metadata.clone(),
                     image: c.config.image.clone(),
                     image_ref: c.metadata.image_ref.clone(),
@@ -177,13 +177,13 @@ impl CriService {
             && let Err(error) = self
                 .backends
                 .containerd
-                .update_task_resources(&container.id, &self.config.runtime_resources(&resources))
+                .update_task_resources(container.id.as_str(), &self.config.runtime_resources(&resources))
                 .await
         {
             // The task kept its old limits: so must the checkpoint, or the next restart
             // would report limits the caller was told had failed.
             if let Err(restore_error) = self.write_checkpoint(&container.id, &previous).await {
-                tracing::error!(id = container.id, %restore_error, "failed to restore the checkpoint after a failed resource update");
+                tracing::error!(id = %container.id, %restore_error, "failed to restore the checkpoint after a failed resource update");
             }
             return Err(error.context("failed to update task resources"));
         }
@@ -202,7 +202,7 @@ impl CriService {
         }
         self.backends
             .containerd
-            .reopen_task_log(&container.id)
+            .reopen_task_log(container.id.as_str())
             .await
             .map_err(|e| e.context("failed to reopen container log"))?;
         Ok(ReopenContainerLogResponse {})
@@ -210,13 +210,13 @@ impl CriService {
 
     pub(crate) async fn container_stats_message(&self, container: &Container) -> ContainerStats {
         let attributes = ContainerAttributes {
-            id: container.id.clone(),
+            id: container.id.to_string(),
             metadata: container.config.metadata.clone(),
             labels: container.config.labels.clone(),
             annotations: container.config.annotations.clone(),
         };
         let metrics = if container.status().state() == ContainerState::Running {
-            self.backends.containerd.task_metrics(&container.id).await.ok()
+            self.backends.containerd.task_metrics(container.id.as_str()).await.ok()
         } else {
             None
         };
@@ -225,7 +225,7 @@ impl CriService {
         // one not sampled yet uses nothing at no time, as in containerd.
         let (writable, sampled_at_ns) = {
             let cache = self.snapshot_usage.lock().unwrap();
-            match cache.by_key.get(&container.id) {
+            match cache.by_key.get(container.id.as_str()) {
                 Some(usage) => (usage.clone(), cache.sampled_at_ns),
                 None => (Default::default(), 0),
             }

@@ -9,7 +9,7 @@ use k8s_cri::v1::{
 };
 
 use crate::error::{Error, Result};
-use crate::events::TaskKind;
+use crate::ids::TaskId;
 use crate::ports::ExitStatus;
 use crate::rpc::container_create::state_name;
 use crate::rpc::sandbox_run::ignore_not_found;
@@ -49,11 +49,11 @@ impl CriService {
             return Ok(());
         }
         let containerd = &self.backends.containerd;
-        match containerd.task_info(&id).await {
+        match containerd.task_info(id.as_str()).await {
             Err(error) if error.is_not_found() => {
                 // No task and nobody to report an exit: record it here.
                 let exit = ExitStatus::new(EXIT_CODE_UNKNOWN as u32, self.now_ns());
-                return self.handle_exit(TaskKind::Container, &id, exit).await;
+                return self.handle_exit(&TaskId::Container(id), exit).await;
             }
             Err(error) => return Err(error.context("failed to get task")),
             Ok(_) => {}
@@ -63,15 +63,15 @@ impl CriService {
             let service = self.clone();
             let monitored = id.clone();
             tokio::spawn(async move {
-                if let Ok(exit) = service.backends.containerd.wait_task(&monitored).await {
-                    service.handle_monitored_exit(TaskKind::Container, &monitored, exit).await;
+                if let Ok(exit) = service.backends.containerd.wait_task(monitored.as_str()).await {
+                    service.handle_monitored_exit(&TaskId::Container(monitored), exit).await;
                 }
             });
         }
         if timeout_s > 0 {
             if container.take_stop_signal() {
                 let signal = self.stop_signal_of(container);
-                match containerd.kill_task(&id, signal, false).await {
+                match containerd.kill_task(id.as_str(), signal, false).await {
                     Ok(()) => {}
                     Err(error) if error.is_not_found() => {}
                     Err(error) => return Err(error.context(format!("failed to stop container {id:?}"))),
@@ -87,14 +87,13 @@ impl CriService {
                 return Ok(());
             }
         }
-        match containerd.kill_task(&id, SIGKILL, true).await {
+        match containerd.kill_task(id.as_str(), SIGKILL, true).await {
             Ok(()) => {}
             Err(error) if error.is_not_found() => {}
             Err(error) => return Err(error.context(format!("failed to kill container {id:?}"))),
         }
         self.wait_exit_handled(
-            TaskKind::Container,
-            &id,
+            &TaskId::Container(id),
             CONTAINER_KILL_WAIT,
             || container.is_stopped(),
             container.wait_stopped(),
@@ -109,7 +108,7 @@ impl CriService {
             return SIGTERM;
         }
         parse_signal(signal).unwrap_or_else(|| {
-            tracing::warn!(id = container.id, signal, "unknown stop signal; using SIGTERM");
+            tracing::warn!(id = %container.id, signal, "unknown stop signal; using SIGTERM");
             SIGTERM
         })
     }
@@ -175,9 +174,9 @@ impl CriService {
         self.update_container_status(container, |_| true).await?;
         // A task can outlive the exit handling (recovery keeps a stopped task until the status is
         // persisted; a delete may have completed late): it must go before the container.
-        ignore_not_found(self.backends.containerd.delete_task(id).await.map(|_| ()))
+        ignore_not_found(self.backends.containerd.delete_task(id.as_str()).await.map(|_| ()))
             .map_err(|e| e.context("failed to delete task"))?;
-        ignore_not_found(self.backends.containerd.delete_container(id, true).await)
+        ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)
             .map_err(|e| e.context("failed to delete containerd container"))?;
         self.delete_checkpoint(id).await?;
         self.backends.os.remove_all(&self.container_root(id)).await?;
@@ -185,7 +184,11 @@ impl CriService {
         if self.containers.remove(id).is_some() {
             self.container_names.release_by_key(id);
             self.forget_operation(&format!("container/{}", container.name));
-            self.send_container_event(id, &container.metadata.sandbox_id, ContainerEventType::ContainerDeletedEvent);
+            self.send_container_event(
+                id.as_str(),
+                &container.metadata.sandbox_id,
+                ContainerEventType::ContainerDeletedEvent,
+            );
         }
         Ok(())
     }

@@ -47,7 +47,8 @@ impl CriService {
         // as a timeout would.
         let (_caller_alive, caller_gone) = tokio::sync::oneshot::channel::<()>();
         // Detached: the process and its IO are cleaned up even if the caller goes away (B25).
-        self.detached(async move { service.exec_sync_inner(&id, spec, request.timeout, caller_gone).await }).await
+        self.detached(async move { service.exec_sync_inner(id.as_str(), spec, request.timeout, caller_gone).await })
+            .await
     }
 
     async fn exec_sync_inner(
@@ -179,7 +180,7 @@ impl CriService {
         let url = self
             .backends
             .stream
-            .register(StreamRequest::PortForward { sandbox_id: sandbox.id.clone(), ports: request.port })
+            .register(StreamRequest::PortForward { sandbox_id: sandbox.id.to_string(), ports: request.port })
             .await?;
         Ok(PortForwardResponse { url })
     }
@@ -189,6 +190,6 @@ impl CriService {
         if container.status().state() != ContainerState::Running {
             return Err(Error::precondition(format!("container {:?} is not running", container.id)));
         }
-        Ok(container.id.clone())
+        Ok(container.id.to_string())
     }
 }

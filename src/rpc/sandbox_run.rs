@@ -11,8 +11,8 @@ use std::time::Duration;
 use k8s_cri::v1::{ContainerEventType, PodSandboxConfig, RunPodSandboxRequest, RunPodSandboxResponse};
 
 use crate::error::{Error, Result};
-use crate::events::TaskKind;
-use crate::naming::{generate_id, sandbox_name, sorted, validate_sandbox_metadata};
+use crate::ids::{SandboxId, TaskId};
+use crate::naming::{sandbox_name, sorted, validate_sandbox_metadata};
 use crate::ports::{ContainerRecord, EXTENSION_SANDBOX_METADATA, KIND_SANDBOX, LABEL_KIND, PodNetwork, TaskIo};
 use crate::service::CriService;
 use crate::spec::{SandboxSpecInput, host_network, sandbox_spec};
@@ -111,7 +111,7 @@ impl CriService {
     }
 
     async fn run_sandbox(self: Arc<Self>, name: String, config: PodSandboxConfig, handler: String) -> Result<String> {
-        let id = generate_id(&*self.backends.os);
+        let id = SandboxId::generate(&*self.backends.os);
         self.sandbox_names
             .reserve(&name, &id)
             .map_err(|e| Error::already_exists(format!("failed to reserve sandbox name {name:?}: {}", e.message)))?;
@@ -138,9 +138,9 @@ impl CriService {
         let outcome =
             self.with_timeout(RUN_SANDBOX_TIMEOUT, "run pod sandbox", self.run_sandbox_steps(&mut state)).await;
         match outcome {
-            Ok(()) => Ok(id),
+            Ok(()) => Ok(id.into()),
             Err(error) => {
-                tracing::warn!(id, name, %error, "RunPodSandbox failed; rolling back");
+                tracing::warn!(%id, name, %error, "RunPodSandbox failed; rolling back");
                 self.roll_back_run(&state).await;
                 Err(error)
             }
@@ -165,7 +165,7 @@ impl CriService {
         let root_dir = self.sandbox_root(&id);
         let state_dir = self.sandbox_state_dir(&id);
         let host_ipc = crate::spec::sandbox_spec(SandboxSpecInput {
-            id: &id,
+            id: id.as_str(),
             config: &state.config,
             image: &image.config,
             netns_path: String::new(),
@@ -179,7 +179,7 @@ impl CriService {
         let shm_path = (!host_ipc).then(|| self.sandbox_shm_dir(&id));
         let spec_for = |netns_path: String| {
             sandbox_spec(SandboxSpecInput {
-                id: &id,
+                id: id.as_str(),
                 config: &state.config,
                 image: &image.config,
                 netns_path,
@@ -194,12 +194,12 @@ impl CriService {
 
         state.undo.push(Undo::RemoveSnapshot);
         containerd
-            .prepare_snapshot(&snapshotter, &id, &image.chain_id)
+            .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id)
             .await
             .map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
-        crate::spec::userdb::resolve_user(&*containerd, &snapshotter, &id, &mut spec).await?;
+        crate::spec::userdb::resolve_user(&*containerd, &snapshotter, id.as_str(), &mut spec).await?;
         let mut record = ContainerRecord {
-            id: id.clone(),
+            id: id.to_string(),
             labels: [(LABEL_KIND.to_string(), KIND_SANDBOX.to_string())]
                 .into_iter()
                 .chain(sorted(&state.config.labels))
@@ -207,7 +207,7 @@ impl CriService {
             image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
             runtime,
             snapshotter: snapshotter.clone(),
-            snapshot_key: id.clone(),
+            snapshot_key: id.to_string(),
             spec,
             extensions: [(
                 EXTENSION_SANDBOX_METADATA.to_string(),
@@ -259,10 +259,10 @@ impl CriService {
 
         state.undo.push(Undo::DeleteTask);
         containerd
-            .create_task(&id, &TaskIo::default())
+            .create_task(id.as_str(), &TaskIo::default())
             .await
             .map_err(|e| e.context("failed to create sandbox task"))?;
-        let pid = containerd.start_task(&id).await.map_err(|e| e.context("failed to start sandbox task"))?;
+        let pid = containerd.start_task(id.as_str()).await.map_err(|e| e.context("failed to start sandbox task"))?;
 
         let sandbox = Arc::new(Sandbox::new(
             state.metadata.clone(),
@@ -276,10 +276,10 @@ impl CriService {
             },
         ));
         self.sandboxes.add(&id, sandbox)?;
-        self.send_container_event(&id, &id, ContainerEventType::ContainerCreatedEvent);
-        self.send_container_event(&id, &id, ContainerEventType::ContainerStartedEvent);
+        self.send_container_event(id.as_str(), &id, ContainerEventType::ContainerCreatedEvent);
+        self.send_container_event(id.as_str(), &id, ContainerEventType::ContainerStartedEvent);
         // After the store add and after STARTED: an instant exit is neither lost nor reordered.
-        self.start_exit_monitor(TaskKind::Sandbox, id);
+        self.start_exit_monitor(TaskId::Sandbox(id));
         Ok(())
     }
 
@@ -297,13 +297,13 @@ impl CriService {
     pub(crate) fn pod_network(&self, metadata: &SandboxMetadata, config: &PodSandboxConfig) -> PodNetwork {
         let pod = config.metadata.clone().unwrap_or_default();
         PodNetwork {
-            sandbox_id: metadata.id.clone(),
+            sandbox_id: metadata.id.to_string(),
             netns_path: metadata.netns_path.clone(),
             interface_name: "eth0".into(),
             args: [
                 ("K8S_POD_NAMESPACE".to_string(), pod.namespace),
                 ("K8S_POD_NAME".to_string(), pod.name),
-                ("K8S_POD_INFRA_CONTAINER_ID".to_string(), metadata.id.clone()),
+                ("K8S_POD_INFRA_CONTAINER_ID".to_string(), metadata.id.to_string()),
                 ("K8S_POD_UID".to_string(), pod.uid),
             ]
             .into(),
@@ -363,7 +363,7 @@ impl CriService {
         Ok(())
     }
 
-    pub(crate) async fn cleanup_sandbox_files(&self, id: &str) -> Result<()> {
+    pub(crate) async fn cleanup_sandbox_files(&self, id: &SandboxId) -> Result<()> {
         let shm = self.sandbox_shm_dir(id);
         self.backends.os.unmount(&shm).await.map_err(|e| e.context("failed to unmount sandbox shm"))
     }
@@ -385,10 +385,10 @@ impl CriService {
                             Ok(())
                         }
                         Undo::RemoveSnapshot => {
-                            ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, &id).await)
+                            ignore_not_found(self.backends.containerd.remove_snapshot(&snapshotter, id.as_str()).await)
                         }
                         Undo::DeleteContainer => {
-                            ignore_not_found(self.backends.containerd.delete_container(&id, true).await)
+                            ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)
                         }
                         Undo::RemoveDirs => {
                             self.remove_dirs_or_retry([self.sandbox_root(&id), self.sandbox_state_dir(&id)]).await;
@@ -400,13 +400,13 @@ impl CriService {
                             self.backends.cni.teardown(&self.pod_network(&state.metadata, &state.config)).await
                         }
                         Undo::DeleteTask => {
-                            ignore_not_found(self.backends.containerd.delete_task(&id).await.map(|_| ()))
+                            ignore_not_found(self.backends.containerd.delete_task(id.as_str()).await.map(|_| ()))
                         }
                     }
                 })
                 .await;
             if let Err(error) = result {
-                tracing::error!(id, ?step, %error, "RunPodSandbox rollback step failed");
+                tracing::error!(%id, ?step, %error, "RunPodSandbox rollback step failed");
                 if step.is_critical() {
                     cleanup_failed = true;
                 }
@@ -426,7 +426,7 @@ impl CriService {
                 },
             );
             if let Err(error) = self.sandboxes.add(&id, Arc::new(sandbox)) {
-                tracing::error!(id, %error, "could not keep the half-created sandbox");
+                tracing::error!(%id, %error, "could not keep the half-created sandbox");
             }
         }
     }

@@ -35,7 +35,7 @@ impl CriService {
             }),
         });
         PodSandboxStatus {
-            id: sandbox.id.clone(),
+            id: sandbox.id.to_string(),
             metadata: sandbox.config.metadata.clone(),
             state: cri_state(status.state) as i32,
             created_at: status.created_at_ns,
@@ -92,7 +92,7 @@ impl CriService {
             .filter(|s| filter.state.as_ref().is_none_or(|want| cri_state(s.status().state) as i32 == want.state))
             .filter(|s| labels_match(&filter.label_selector, &sorted(&s.config.labels)))
             .map(|s| PodSandbox {
-                id: s.id.clone(),
+                id: s.id.to_string(),
                 metadata: s.config.metadata.clone(),
                 state: cri_state(s.status().state) as i32,
                 created_at: s.status().created_at_ns,
@@ -116,7 +116,7 @@ impl CriService {
         let now = self.now_ns();
         PodSandboxStats {
             attributes: Some(k8s_cri::v1::PodSandboxAttributes {
-                id: sandbox.id.clone(),
+                id: sandbox.id.to_string(),
                 metadata: sandbox.config.metadata.clone(),
                 labels: sandbox.config.labels.clone(),
                 annotations: sandbox.config.annotations.clone(),

@@ -10,7 +10,7 @@ use k8s_cri::v1::{
 };
 
 use crate::error::{Error, Result};
-use crate::events::TaskKind;
+use crate::ids::TaskId;
 use crate::ports::ExitStatus;
 use crate::service::CriService;
 use crate::store::{Sandbox, SandboxState};
@@ -81,11 +81,11 @@ impl CriService {
     async fn stop_sandbox_task(self: &Arc<Self>, sandbox: &Arc<Sandbox>) -> Result<()> {
         let id = &sandbox.id;
         let containerd = &self.backends.containerd;
-        match containerd.task_info(id).await {
+        match containerd.task_info(id.as_str()).await {
             Err(error) if error.is_not_found() => {
                 // No task: nothing will ever report an exit, so record one now.
                 let exit = ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns());
-                return self.handle_exit(TaskKind::Sandbox, id, exit).await;
+                return self.handle_exit(&TaskId::Sandbox(id.clone()), exit).await;
             }
             Err(error) => return Err(error.context("failed to get sandbox task")),
             Ok(_) => {}
@@ -95,19 +95,18 @@ impl CriService {
             let service = self.clone();
             let monitored = id.clone();
             tokio::spawn(async move {
-                if let Ok(exit) = service.backends.containerd.wait_task(&monitored).await {
-                    service.handle_monitored_exit(TaskKind::Sandbox, &monitored, exit).await;
+                if let Ok(exit) = service.backends.containerd.wait_task(monitored.as_str()).await {
+                    service.handle_monitored_exit(&TaskId::Sandbox(monitored), exit).await;
                 }
             });
         }
-        match containerd.kill_task(id, SIGKILL, true).await {
+        match containerd.kill_task(id.as_str(), SIGKILL, true).await {
             Ok(()) => {}
             Err(error) if error.is_not_found() => {}
             Err(error) => return Err(error.context("failed to kill sandbox task")),
         }
         self.wait_exit_handled(
-            TaskKind::Sandbox,
-            id,
+            &TaskId::Sandbox(id.clone()),
             SANDBOX_KILL_WAIT,
             || sandbox.is_stopped(),
             sandbox.wait_stopped(),
@@ -120,8 +119,7 @@ impl CriService {
     /// report (B5, B6).
     pub(crate) async fn wait_exit_handled(
         self: &Arc<Self>,
-        kind: TaskKind,
-        id: &str,
+        task: &TaskId,
         bound: Duration,
         is_stopped: impl Fn() -> bool,
         stopped: impl std::future::Future<Output = ()>,
@@ -137,15 +135,19 @@ impl CriService {
             if is_stopped() {
                 return Ok(());
             }
-            if let Some(exit) = self.observed_exit_for_stop(id).await {
-                self.handle_exit_or_backoff(kind, id, exit).await;
+            if let Some(exit) = self.observed_exit_for_stop(task.as_str()).await {
+                self.handle_exit_or_backoff(task, exit).await;
                 if is_stopped() {
                     return Ok(());
                 }
             }
             if self.now_ns() >= deadline_ns {
                 cov_mark::hit!(stop_gave_up_on_unkillable_task);
-                return Err(Error::deadline(format!("{kind:?} {id:?} did not exit within {bound:?} of SIGKILL")));
+                return Err(Error::deadline(format!(
+                    "{} {:?} did not exit within {bound:?} of SIGKILL",
+                    task.kind_name(),
+                    task.as_str()
+                )));
             }
         }
     }
@@ -213,12 +215,12 @@ impl CriService {
         }
         self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
         self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await?;
-        crate::rpc::sandbox_run::ignore_not_found(self.backends.containerd.delete_container(&id, true).await)
+        crate::rpc::sandbox_run::ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)
             .map_err(|e| e.context("failed to delete sandbox container"))?;
         if self.sandboxes.remove(&id).is_some() {
             self.sandbox_names.release_by_key(&id);
             self.forget_operation(&format!("sandbox/{}", sandbox.name));
-            self.send_container_event(&id, &id, ContainerEventType::ContainerDeletedEvent);
+            self.send_container_event(id.as_str(), &id, ContainerEventType::ContainerDeletedEvent);
         }
         Ok(())
     }

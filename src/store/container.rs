@@ -6,6 +6,7 @@ use crate::watch;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::ids::{ContainerId, SandboxId};
 use crate::ports::Resources;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -30,9 +31,9 @@ pub const EXIT_CODE_UNKNOWN: i32 = 255;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ContainerMetadata {
     pub version: String,
-    pub id: String,
+    pub id: ContainerId,
     pub name: String,
-    pub sandbox_id: String,
+    pub sandbox_id: SandboxId,
     /// The `ContainerConfig`, protobuf-encoded as hex.
     pub config: String,
     pub image_ref: String,
@@ -99,7 +100,7 @@ pub struct Checkpoint {
 }
 
 pub struct Container {
-    pub id: String,
+    pub id: ContainerId,
     pub name: String,
     pub metadata: ContainerMetadata,
     pub config: k8s_cri::v1::ContainerConfig,
@@ -173,7 +174,7 @@ impl Container {
 
 /// A refused transition is a bug in crid: the simulator stops on it (it must see every one);
 /// production fails the one call with Internal and keeps serving.
-fn illegal(message: String) -> Error {
+pub(super) fn illegal(message: String) -> Error {
     if cfg!(madsim) {
         panic!("{message}");
     }
@@ -181,7 +182,7 @@ fn illegal(message: String) -> Error {
     Error::internal(message)
 }
 
-fn check_transition(id: &str, old: &ContainerStatus, new: &ContainerStatus) -> std::result::Result<(), String> {
+fn check_transition(id: &ContainerId, old: &ContainerStatus, new: &ContainerStatus) -> std::result::Result<(), String> {
     use ContainerState::*;
     let (before, after) = (old.state(), new.state());
     let allowed = before == after
@@ -222,11 +223,25 @@ mod tests {
         assert_eq!(ContainerStatus::default().state(), ContainerState::Unknown);
     }
 
+    /// Metadata as crid wrote it before ids had types: it must read back, and write back the same.
+    #[test]
+    fn metadata_persisted_with_string_ids_reads_back_unchanged() {
+        let persisted = r#"{"version":"v1","id":"c0ffee","name":"app_pod_default_uid_0","sandbox_id":"5a4d","config":"0a00","image_ref":"sha256:ab","log_path":"app/0.log","stop_signal":"SIGTERM"}"#;
+        let metadata: ContainerMetadata = serde_json::from_str(persisted).unwrap();
+        assert_eq!(metadata.id, ContainerId::from("c0ffee"));
+        assert_eq!(metadata.sandbox_id, SandboxId::from("5a4d"));
+        assert_eq!(serde_json::to_string(&metadata).unwrap(), persisted);
+        let persisted = r#"{"version":"v1","id":"5a4d","name":"pod_default_uid_0","config":"","netns_path":"/var/run/netns/cni-5a4d","ip":"10.88.0.2","additional_ips":[],"runtime_handler":"","cni_result":null,"network_setup_attempted":true,"host_network":false}"#;
+        let metadata: crate::store::SandboxMetadata = serde_json::from_str(persisted).unwrap();
+        assert_eq!(metadata.id, SandboxId::from("5a4d"));
+        assert_eq!(serde_json::to_string(&metadata).unwrap(), persisted);
+    }
+
     #[test]
     fn exited_never_runs_again() {
         let exited = ContainerStatus { created_at_ns: 1, started_at_ns: 2, finished_at_ns: 3, ..Default::default() };
         let running = ContainerStatus { created_at_ns: 1, started_at_ns: 2, ..Default::default() };
-        let refused = check_transition("c", &exited, &running).unwrap_err();
+        let refused = check_transition(&"c".into(), &exited, &running).unwrap_err();
         assert!(refused.contains("illegal transition Exited -> Running"), "{refused}");
     }
 

@@ -1,59 +1,63 @@
 //! A 1:1 name ↔ key registrar. It is the only guard against two objects with one CRI name:
 //! containerd itself accepts them because their ids differ.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
-#[derive(Default)]
-struct Maps {
-    key_by_name: BTreeMap<String, String>,
-    name_by_key: BTreeMap<String, String>,
+struct Maps<K> {
+    key_by_name: BTreeMap<String, K>,
+    name_by_key: BTreeMap<K, String>,
 }
 
-#[derive(Default)]
-pub struct Registrar {
-    maps: Mutex<Maps>,
+/// Names → keys of one kind (`K`: a sandbox's or a container's id).
+pub struct Registrar<K> {
+    maps: Mutex<Maps<K>>,
 }
 
-impl Registrar {
+impl<K: Ord + Clone + Borrow<str>> Registrar<K> {
     pub fn new() -> Self {
-        Self::default()
+        Registrar { maps: Mutex::new(Maps { key_by_name: BTreeMap::new(), name_by_key: BTreeMap::new() }) }
     }
 
     /// Reserves `name` for `key`. Idempotent for the same pair; AlreadyExists if either side is
     /// held by another pair.
-    pub fn reserve(&self, name: &str, key: &str) -> Result<()> {
-        if name.is_empty() || key.is_empty() {
+    pub fn reserve(&self, name: &str, key: &K) -> Result<()> {
+        let key_text: &str = key.borrow();
+        if name.is_empty() || key_text.is_empty() {
             return Err(Error::invalid("name and key must not be empty"));
         }
         let mut maps = self.maps.lock().unwrap();
-        match (maps.key_by_name.get(name), maps.name_by_key.get(key)) {
+        match (maps.key_by_name.get(name), maps.name_by_key.get::<str>(key_text)) {
             (Some(held_key), _) if held_key == key => return Ok(()),
             (Some(held_key), _) => {
-                return Err(Error::already_exists(format!("name {name:?} is reserved for {held_key:?}")));
+                return Err(Error::already_exists(format!(
+                    "name {name:?} is reserved for {:?}",
+                    Borrow::<str>::borrow(held_key)
+                )));
             }
             (None, Some(held_name)) => {
-                return Err(Error::already_exists(format!("key {key:?} is reserved by {held_name:?}")));
+                return Err(Error::already_exists(format!("key {key_text:?} is reserved by {held_name:?}")));
             }
             (None, None) => {}
         }
-        maps.key_by_name.insert(name.to_string(), key.to_string());
-        maps.name_by_key.insert(key.to_string(), name.to_string());
+        maps.key_by_name.insert(name.to_string(), key.clone());
+        maps.name_by_key.insert(key.clone(), name.to_string());
         assert_eq!(maps.key_by_name.len(), maps.name_by_key.len());
         Ok(())
     }
 
-    pub fn release_by_key(&self, key: &str) {
+    pub fn release_by_key(&self, key: &K) {
         let mut maps = self.maps.lock().unwrap();
-        if let Some(name) = maps.name_by_key.remove(key) {
+        if let Some(name) = maps.name_by_key.remove::<str>(key.borrow()) {
             maps.key_by_name.remove(&name);
         }
     }
 
     /// Every (name, key) pair, sorted by name.
-    pub fn entries(&self) -> Vec<(String, String)> {
+    pub fn entries(&self) -> Vec<(String, K)> {
         let maps = self.maps.lock().unwrap();
         maps.key_by_name.iter().map(|(n, k)| (n.clone(), k.clone())).collect()
     }
@@ -62,18 +66,20 @@ impl Registrar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::SandboxId;
 
     #[test]
     fn reserve_is_idempotent_and_exclusive() {
+        let (id1, id2) = (SandboxId::from("id1"), SandboxId::from("id2"));
         let registrar = Registrar::new();
-        registrar.reserve("pod", "id1").unwrap();
-        registrar.reserve("pod", "id1").unwrap();
-        let error = registrar.reserve("pod", "id2").unwrap_err();
+        registrar.reserve("pod", &id1).unwrap();
+        registrar.reserve("pod", &id1).unwrap();
+        let error = registrar.reserve("pod", &id2).unwrap_err();
         assert!(error.message.contains("is reserved for \"id1\""), "{error}");
-        assert!(registrar.reserve("other", "id1").is_err());
-        registrar.release_by_key("id1");
-        registrar.reserve("pod", "id2").unwrap();
-        registrar.release_by_key("id2");
+        assert!(registrar.reserve("other", &id1).is_err());
+        registrar.release_by_key(&id1);
+        registrar.reserve("pod", &id2).unwrap();
+        registrar.release_by_key(&id2);
         assert!(registrar.entries().is_empty());
     }
 }

@@ -5,7 +5,10 @@ use std::sync::Mutex;
 use crate::watch;
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
+use crate::ids::SandboxId;
 use crate::ports::CniResult;
+use crate::store::container::illegal;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum SandboxState {
@@ -19,7 +22,7 @@ pub enum SandboxState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxMetadata {
     pub version: String,
-    pub id: String,
+    pub id: SandboxId,
     pub name: String,
     /// The `PodSandboxConfig`, protobuf-encoded as hex.
     pub config: String,
@@ -43,7 +46,7 @@ pub struct SandboxStatus {
 }
 
 pub struct Sandbox {
-    pub id: String,
+    pub id: SandboxId,
     pub name: String,
     pub metadata: SandboxMetadata,
     pub config: k8s_cri::v1::PodSandboxConfig,
@@ -70,24 +73,27 @@ impl Sandbox {
         self.status.lock().unwrap().clone()
     }
 
-    /// Applies `change` to the status, checking the allowed transitions (SPEC §10 invariant 3).
-    pub fn update_status(&self, change: impl FnOnce(&mut SandboxStatus)) -> SandboxStatus {
-        let mut status = self.status.lock().unwrap();
-        let before = status.state;
-        change(&mut status);
-        let after = status.state;
-        assert!(
-            before == after
-                || matches!(
-                    (before, after),
-                    (SandboxState::Unknown, SandboxState::Ready)
-                        | (SandboxState::Unknown, SandboxState::NotReady)
-                        | (SandboxState::Ready, SandboxState::NotReady)
-                ),
-            "sandbox {}: illegal transition {before:?} -> {after:?}",
-            self.id
-        );
-        status.clone()
+    /// Applies `change` to a copy of the status and keeps it if the transition is allowed (SPEC
+    /// §10 invariant 3). An illegal one is refused with the lock released and the status as it
+    /// was, so it fails one call and never poisons the status.
+    pub fn update_status(&self, change: impl FnOnce(&mut SandboxStatus)) -> Result<SandboxStatus> {
+        let mut status = self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut new = status.clone();
+        change(&mut new);
+        let (before, after) = (status.state, new.state);
+        let allowed = before == after
+            || matches!(
+                (before, after),
+                (SandboxState::Unknown, SandboxState::Ready)
+                    | (SandboxState::Unknown, SandboxState::NotReady)
+                    | (SandboxState::Ready, SandboxState::NotReady)
+            );
+        if !allowed {
+            drop(status);
+            return Err(illegal(format!("sandbox {}: illegal transition {before:?} -> {after:?}", self.id)));
+        }
+        *status = new.clone();
+        Ok(new)
     }
 
     pub fn mark_stopped(&self) {
@@ -103,5 +109,36 @@ impl Sandbox {
         let mut receiver = self.stopped.subscribe();
         // The sender lives as long as `self`, so the wait ends only by the flag.
         let _ = receiver.wait_for(|stopped| *stopped).await;
+    }
+}
+
+// The simulation build panics on an illegal transition instead (see `illegal`).
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_illegal_transition_fails_the_call_and_keeps_the_status() {
+        let metadata = SandboxMetadata {
+            version: "v1".into(),
+            id: "s".into(),
+            name: String::new(),
+            config: String::new(),
+            netns_path: String::new(),
+            ip: String::new(),
+            additional_ips: vec![],
+            runtime_handler: String::new(),
+            cni_result: None,
+            network_setup_attempted: false,
+            host_network: false,
+        };
+        let status =
+            SandboxStatus { state: SandboxState::NotReady, pid: 0, created_at_ns: 1, exited_at_ns: 2, exit_code: 0 };
+        let sandbox = Sandbox::new(metadata, Default::default(), status);
+        let error = sandbox.update_status(|status| status.state = SandboxState::Ready).unwrap_err();
+        assert_eq!(error.kind, crate::ErrorKind::Internal);
+        assert_eq!(sandbox.status().state, SandboxState::NotReady, "unchanged, and the lock is not poisoned");
+        sandbox.update_status(|status| status.exit_code = 3).unwrap();
+        assert_eq!(sandbox.status().exit_code, 3);
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use crid::error::{Error, ErrorKind, Result};
 use crid::ports::cni::{Cni, CniResult, IpConfig, PodNetwork};
 
-use super::faults::{self, FaultInjector};
+use super::faults::{self, FaultInjector, FaultSite};
 use super::os::FakeOs;
 
 pub const CONF_DIR: &str = "/etc/cni/net.d";
@@ -215,7 +215,7 @@ impl FakeCni {
 #[async_trait]
 impl Cni for FakeCni {
     async fn load(&self) -> Result<()> {
-        let after = faults::before(&*self.faults, "cni.load", CONF_DIR).await?;
+        let after = faults::before(&*self.faults, FaultSite::CniLoad, CONF_DIR).await?;
         let result = {
             let mut state = self.state();
             state.loaded = state.config_present;
@@ -229,14 +229,14 @@ impl Cni for FakeCni {
     }
 
     async fn status(&self) -> Result<()> {
-        let after = faults::before(&*self.faults, "cni.status", CONF_DIR).await?;
+        let after = faults::before(&*self.faults, FaultSite::CniStatus, CONF_DIR).await?;
         let result = if self.state().loaded { Ok(()) } else { Err(not_initialized()) };
         after.finish(result).await
     }
 
     async fn setup(&self, network: &PodNetwork) -> Result<CniResult> {
         let id = network.sandbox_id.as_str();
-        let after = match faults::before(&*self.faults, "cni.setup", id).await {
+        let after = match faults::before(&*self.faults, FaultSite::CniSetup, id).await {
             Ok(after) => after,
             Err(error) => {
                 let result: Result<()> = Err(error.clone());
@@ -251,7 +251,7 @@ impl Cni for FakeCni {
 
     async fn teardown(&self, network: &PodNetwork) -> Result<()> {
         let id = network.sandbox_id.as_str();
-        let after = match faults::before(&*self.faults, "cni.teardown", id).await {
+        let after = match faults::before(&*self.faults, FaultSite::CniTeardown, id).await {
             Ok(after) => after,
             Err(error) => {
                 let result: Result<()> = Err(error.clone());
@@ -284,7 +284,7 @@ impl Cni for FakeCni {
 
     async fn write_config(&self, file_name: &str, contents: &str) -> Result<String> {
         let path = format!("{CONF_DIR}/{file_name}");
-        let after = faults::before(&*self.faults, "cni.write_config", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::CniWriteConfig, &path).await?;
         {
             let mut state = self.state();
             state.conf_files.insert(path.clone(), contents.to_string());
@@ -333,7 +333,11 @@ mod tests {
         cni.set_chained_failure(true);
         assert!(cni.setup(&pod("a")).await.is_err());
         assert_eq!(cni.allocations()["a"], "10.88.0.2", "IPAM allocated despite the failed ADD");
-        faults.push("cni.teardown", Some("a"), FaultAction::Fail(ErrorKind::Internal, "plugin 2 failed DEL".into()));
+        faults.push(
+            FaultSite::CniTeardown,
+            Some("a"),
+            FaultAction::Fail(ErrorKind::Internal, "plugin 2 failed DEL".into()),
+        );
         assert!(cni.teardown(&pod("a")).await.is_err());
         assert_eq!(cni.allocations().len(), 1);
         cni.teardown(&pod("a")).await.unwrap();

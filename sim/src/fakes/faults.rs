@@ -1,6 +1,6 @@
 //! Fault injection: every fake call asks a [`FaultInjector`] what to do before it acts.
 //!
-//! A call is identified by its *site* (`<backend>.<method>`, stable, listed by [`sites`]) and a
+//! A call is identified by its *site* (a [`FaultSite`], named `<backend>.<method>`) and a
 //! *key* (the object id, path or digest it acts on), so a scenario can target one object or all.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -31,7 +31,7 @@ pub enum FaultAction {
 /// Decides the fault for each call. Implementations must be deterministic for a given sequence
 /// of calls: draw from a seeded generator, never from the OS.
 pub trait FaultInjector: Send + Sync + 'static {
-    fn at(&self, site: &str, key: &str) -> FaultAction;
+    fn at(&self, site: FaultSite, key: &str) -> FaultAction;
 }
 
 /// The injector of a fault-free run.
@@ -39,83 +39,134 @@ pub trait FaultInjector: Send + Sync + 'static {
 pub struct NoFaults;
 
 impl FaultInjector for NoFaults {
-    fn at(&self, _site: &str, _key: &str) -> FaultAction {
+    fn at(&self, _site: FaultSite, _key: &str) -> FaultAction {
         FaultAction::Proceed
     }
 }
 
-/// Every site a fake consults, one per async backend method, plus `containerd.event` (consulted
-/// once per published event: anything but Proceed drops that event, as a lossy bus does).
-const SITES: &[&str] = &[
-    "containerd.create_container",
-    "containerd.get_container",
-    "containerd.list_containers",
-    "containerd.update_container",
-    "containerd.delete_container",
-    "containerd.create_task",
-    "containerd.start_task",
-    "containerd.kill_task",
-    "containerd.delete_task",
-    "containerd.wait_task",
-    "containerd.task_info",
-    "containerd.task_metrics",
-    "containerd.update_task_resources",
-    "containerd.reopen_task_log",
-    "containerd.exec_start",
-    "containerd.exec_wait",
-    "containerd.exec_kill",
-    "containerd.exec_output",
-    "containerd.exec_delete",
-    "registry.resolve",
-    "containerd.content_exists",
-    "registry.fetch_blob",
-    "containerd.snapshot_exists",
-    "containerd.apply_layer",
-    "containerd.prepare_snapshot",
-    "containerd.remove_snapshot",
-    "containerd.read_rootfs_file",
-    "containerd.snapshots_usage",
-    "containerd.create_image",
-    "containerd.update_image",
-    "containerd.get_image",
-    "containerd.list_images",
-    "containerd.delete_image",
-    "containerd.image_content",
-    "containerd.create_lease",
-    "containerd.delete_lease",
-    "containerd.subscribe",
-    "containerd.event",
-    "cni.load",
-    "cni.status",
-    "cni.setup",
-    "cni.teardown",
-    "cni.write_config",
-    "os.mkdir_all",
-    "os.remove_all",
-    "os.write_atomic",
-    "os.write_file",
-    "os.read_file",
-    "os.rename",
-    "os.read_dir",
-    "os.netns_create",
-    "os.netns_remove",
-    "os.netns_closed",
-    "os.mount_shm",
-    "os.unmount",
-    "stream.register",
+/// Declares [`FaultSite`] from `Variant = "name"` pairs: the enum, its names and its order.
+macro_rules! fault_sites {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// Every site a fake consults, one per async backend method, plus `containerd.event`
+        /// (consulted once per published event: anything but Proceed drops that event, as a lossy
+        /// bus does). Named `<backend>.<method>` in scenario files and traces. The declaration
+        /// order is the order fault points are drawn in, so it is part of what a seed means: add
+        /// a site at the end.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum FaultSite {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl FaultSite {
+            /// Every site, in declaration order.
+            pub const ALL: &'static [FaultSite] = &[$(FaultSite::$variant,)*];
+
+            /// The site's name, `<backend>.<method>`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(FaultSite::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+fault_sites! {
+    ContainerdCreateContainer = "containerd.create_container",
+    ContainerdGetContainer = "containerd.get_container",
+    ContainerdListContainers = "containerd.list_containers",
+    ContainerdUpdateContainer = "containerd.update_container",
+    ContainerdDeleteContainer = "containerd.delete_container",
+    ContainerdCreateTask = "containerd.create_task",
+    ContainerdStartTask = "containerd.start_task",
+    ContainerdKillTask = "containerd.kill_task",
+    ContainerdDeleteTask = "containerd.delete_task",
+    ContainerdWaitTask = "containerd.wait_task",
+    ContainerdTaskInfo = "containerd.task_info",
+    ContainerdTaskMetrics = "containerd.task_metrics",
+    ContainerdUpdateTaskResources = "containerd.update_task_resources",
+    ContainerdReopenTaskLog = "containerd.reopen_task_log",
+    ContainerdExecStart = "containerd.exec_start",
+    ContainerdExecWait = "containerd.exec_wait",
+    ContainerdExecKill = "containerd.exec_kill",
+    ContainerdExecOutput = "containerd.exec_output",
+    ContainerdExecDelete = "containerd.exec_delete",
+    RegistryResolve = "registry.resolve",
+    ContainerdContentExists = "containerd.content_exists",
+    RegistryFetchBlob = "registry.fetch_blob",
+    ContainerdSnapshotExists = "containerd.snapshot_exists",
+    ContainerdApplyLayer = "containerd.apply_layer",
+    ContainerdPrepareSnapshot = "containerd.prepare_snapshot",
+    ContainerdRemoveSnapshot = "containerd.remove_snapshot",
+    ContainerdReadRootfsFile = "containerd.read_rootfs_file",
+    ContainerdSnapshotsUsage = "containerd.snapshots_usage",
+    ContainerdCreateImage = "containerd.create_image",
+    ContainerdUpdateImage = "containerd.update_image",
+    ContainerdGetImage = "containerd.get_image",
+    ContainerdListImages = "containerd.list_images",
+    ContainerdDeleteImage = "containerd.delete_image",
+    ContainerdImageContent = "containerd.image_content",
+    ContainerdCreateLease = "containerd.create_lease",
+    ContainerdDeleteLease = "containerd.delete_lease",
+    ContainerdSubscribe = "containerd.subscribe",
+    ContainerdEvent = "containerd.event",
+    CniLoad = "cni.load",
+    CniStatus = "cni.status",
+    CniSetup = "cni.setup",
+    CniTeardown = "cni.teardown",
+    CniWriteConfig = "cni.write_config",
+    OsMkdirAll = "os.mkdir_all",
+    OsRemoveAll = "os.remove_all",
+    OsWriteAtomic = "os.write_atomic",
+    OsWriteFile = "os.write_file",
+    OsReadFile = "os.read_file",
+    OsRename = "os.rename",
+    OsReadDir = "os.read_dir",
+    OsNetnsCreate = "os.netns_create",
+    OsNetnsRemove = "os.netns_remove",
+    OsNetnsClosed = "os.netns_closed",
+    OsMountShm = "os.mount_shm",
+    OsUnmount = "os.unmount",
+    StreamRegister = "stream.register",
     // The stream paths' containerd and OS calls: a prefix of their own, so that scenarios
     // matching `containerd.*` or `os.*` keep their fault plans.
-    "stream.exec_start",
-    "stream.exec_resize",
-    "stream.task_stdin",
-    "stream.attach_output",
-    "stream.close_stdin",
-    "stream.dial_port",
-];
+    StreamExecStart = "stream.exec_start",
+    StreamExecResize = "stream.exec_resize",
+    StreamTaskStdin = "stream.task_stdin",
+    StreamAttachOutput = "stream.attach_output",
+    StreamCloseStdin = "stream.close_stdin",
+    StreamDialPort = "stream.dial_port",
+}
 
-/// All site names, for generators that pick a site at random and for validating scenario files.
-pub fn sites() -> &'static [&'static str] {
-    SITES
+impl std::fmt::Display for FaultSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for FaultSite {
+    type Err = String;
+
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        FaultSite::ALL
+            .iter()
+            .copied()
+            .find(|site| site.name() == name)
+            .ok_or_else(|| format!("unknown fault site {name:?}"))
+    }
+}
+
+impl serde::Serialize for FaultSite {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FaultSite {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The part of a fault that applies after the operation ran. Returned by [`before`], consumed by
@@ -129,11 +180,10 @@ pub struct After {
 
 /// Consults `injector` and carries out the part of the fault that comes before the operation.
 /// Err means the operation must not run and the error is the reply.
-pub async fn before(injector: &dyn FaultInjector, site: &str, key: &str) -> Result<After> {
-    debug_assert!(SITES.contains(&site), "fault site {site} is not listed in SITES");
+pub async fn before(injector: &dyn FaultInjector, site: FaultSite, key: &str) -> Result<After> {
     let action = injector.at(site, key);
     if action != FaultAction::Proceed {
-        tracing::debug!(site, key, ?action, "fault injected");
+        tracing::debug!(%site, key, ?action, "fault injected");
     }
     match action {
         FaultAction::Proceed => Ok(After { late: None, fail: None }),
@@ -170,19 +220,19 @@ pub struct ScriptedFaults {
 #[derive(Default)]
 struct Script {
     /// Key `None` matches any key of the site; a keyed queue takes precedence.
-    queues: BTreeMap<(String, Option<String>), VecDeque<FaultAction>>,
+    queues: BTreeMap<(FaultSite, Option<String>), VecDeque<FaultAction>>,
     /// Applies once the queues are empty, until cleared.
-    persistent: BTreeMap<(String, Option<String>), FaultAction>,
+    persistent: BTreeMap<(FaultSite, Option<String>), FaultAction>,
     default: Option<FaultAction>,
     /// (site, key) → times consulted.
-    calls: BTreeMap<(String, String), u64>,
+    calls: BTreeMap<(FaultSite, String), u64>,
     injected: Vec<InjectedFault>,
 }
 
 /// One fault that was handed out, for traces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InjectedFault {
-    pub site: String,
+    pub site: FaultSite,
     pub key: String,
     pub action: FaultAction,
 }
@@ -208,27 +258,25 @@ impl ScriptedFaults {
     }
 
     /// Queues `action` for the next call of `site` (on `key`, or on any key when None).
-    pub fn push(&self, site: &str, key: Option<&str>, action: FaultAction) {
-        assert!(SITES.contains(&site), "unknown fault site {site}");
-        let slot = (site.to_string(), key.map(str::to_string));
+    pub fn push(&self, site: FaultSite, key: Option<&str>, action: FaultAction) {
+        let slot = (site, key.map(str::to_string));
         self.script().queues.entry(slot).or_default().push_back(action);
     }
 
     /// Queues `action` for the next `times` calls.
-    pub fn push_n(&self, site: &str, key: Option<&str>, action: FaultAction, times: usize) {
+    pub fn push_n(&self, site: FaultSite, key: Option<&str>, action: FaultAction, times: usize) {
         for _ in 0..times {
             self.push(site, key, action.clone());
         }
     }
 
     /// Applies `action` to every call of `site` (on `key` or any) once its queue is empty.
-    pub fn set_persistent(&self, site: &str, key: Option<&str>, action: FaultAction) {
-        assert!(SITES.contains(&site), "unknown fault site {site}");
-        self.script().persistent.insert((site.to_string(), key.map(str::to_string)), action);
+    pub fn set_persistent(&self, site: FaultSite, key: Option<&str>, action: FaultAction) {
+        self.script().persistent.insert((site, key.map(str::to_string)), action);
     }
 
-    pub fn clear_persistent(&self, site: &str, key: Option<&str>) {
-        self.script().persistent.remove(&(site.to_string(), key.map(str::to_string)));
+    pub fn clear_persistent(&self, site: FaultSite, key: Option<&str>) {
+        self.script().persistent.remove(&(site, key.map(str::to_string)));
     }
 
     /// Drops every queued and persistent action and the default.
@@ -240,13 +288,13 @@ impl ScriptedFaults {
     }
 
     /// How many times `site` was consulted, on any key, whatever the outcome.
-    pub fn calls(&self, site: &str) -> u64 {
-        self.script().calls.iter().filter(|((called, _), _)| called == site).map(|(_, count)| count).sum()
+    pub fn calls(&self, site: FaultSite) -> u64 {
+        self.script().calls.iter().filter(|((called, _), _)| *called == site).map(|(_, count)| count).sum()
     }
 
     /// How many times `site` was consulted on `key` (e.g. "was Delete run twice on this task").
-    pub fn calls_on(&self, site: &str, key: &str) -> u64 {
-        self.script().calls.get(&(site.to_string(), key.to_string())).copied().unwrap_or(0)
+    pub fn calls_on(&self, site: FaultSite, key: &str) -> u64 {
+        self.script().calls.get(&(site, key.to_string())).copied().unwrap_or(0)
     }
 
     /// Every non-Proceed action handed out, in order.
@@ -261,11 +309,11 @@ impl ScriptedFaults {
 }
 
 impl FaultInjector for ScriptedFaults {
-    fn at(&self, site: &str, key: &str) -> FaultAction {
+    fn at(&self, site: FaultSite, key: &str) -> FaultAction {
         let mut script = self.script();
-        *script.calls.entry((site.to_string(), key.to_string())).or_default() += 1;
-        let keyed = (site.to_string(), Some(key.to_string()));
-        let any = (site.to_string(), None);
+        *script.calls.entry((site, key.to_string())).or_default() += 1;
+        let keyed = (site, Some(key.to_string()));
+        let any = (site, None);
         let queued =
             [&keyed, &any].into_iter().find_map(|slot| script.queues.get_mut(slot).and_then(VecDeque::pop_front));
         let action = queued
@@ -273,11 +321,7 @@ impl FaultInjector for ScriptedFaults {
             .or_else(|| script.default.clone())
             .unwrap_or(FaultAction::Proceed);
         if action != FaultAction::Proceed {
-            script.injected.push(InjectedFault {
-                site: site.to_string(),
-                key: key.to_string(),
-                action: action.clone(),
-            });
+            script.injected.push(InjectedFault { site, key: key.to_string(), action: action.clone() });
         }
         action
     }
@@ -291,24 +335,27 @@ mod tests {
     fn keyed_queue_wins_then_site_queue_then_default() {
         let faults = ScriptedFaults::new();
         faults.set_default(FaultAction::Delay(Duration::from_millis(1)));
-        faults.push("cni.setup", None, FaultAction::Hang);
-        faults.push("cni.setup", Some("sb1"), FaultAction::Fail(ErrorKind::Internal, "boom".into()));
-        assert_eq!(faults.at("cni.setup", "sb1"), FaultAction::Fail(ErrorKind::Internal, "boom".into()));
-        assert_eq!(faults.at("cni.setup", "sb1"), FaultAction::Hang);
-        assert_eq!(faults.at("cni.setup", "sb1"), FaultAction::Delay(Duration::from_millis(1)));
-        assert_eq!(faults.calls("cni.setup"), 3);
-        assert_eq!(faults.calls_on("cni.setup", "sb1"), 3);
-        assert_eq!(faults.calls_on("cni.setup", "sb2"), 0);
+        faults.push(FaultSite::CniSetup, None, FaultAction::Hang);
+        faults.push(FaultSite::CniSetup, Some("sb1"), FaultAction::Fail(ErrorKind::Internal, "boom".into()));
+        assert_eq!(faults.at(FaultSite::CniSetup, "sb1"), FaultAction::Fail(ErrorKind::Internal, "boom".into()));
+        assert_eq!(faults.at(FaultSite::CniSetup, "sb1"), FaultAction::Hang);
+        assert_eq!(faults.at(FaultSite::CniSetup, "sb1"), FaultAction::Delay(Duration::from_millis(1)));
+        assert_eq!(faults.calls(FaultSite::CniSetup), 3);
+        assert_eq!(faults.calls_on(FaultSite::CniSetup, "sb1"), 3);
+        assert_eq!(faults.calls_on(FaultSite::CniSetup, "sb2"), 0);
         assert_eq!(faults.injected().len(), 3);
         assert_eq!(faults.pending(), 0);
     }
 
     #[test]
-    fn sites_are_unique_and_dotted() {
+    fn site_names_are_unique_dotted_and_parse_back() {
         let mut seen = std::collections::BTreeSet::new();
-        for site in sites() {
-            assert!(seen.insert(*site), "duplicate site {site}");
-            assert!(site.split_once('.').is_some_and(|(backend, method)| !backend.is_empty() && !method.is_empty()));
+        for site in FaultSite::ALL {
+            let name = site.name();
+            assert!(seen.insert(name), "duplicate site {name}");
+            assert!(name.split_once('.').is_some_and(|(backend, method)| !backend.is_empty() && !method.is_empty()));
+            assert_eq!(name.parse::<FaultSite>(), Ok(*site));
         }
+        assert_eq!("cni.setpu".parse::<FaultSite>().unwrap_err(), "unknown fault site \"cni.setpu\"");
     }
 }

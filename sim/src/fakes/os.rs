@@ -20,7 +20,7 @@ use crid::ports::{ByteReader, ByteWriter};
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 
-use super::faults::{self, FaultInjector};
+use super::faults::{self, FaultInjector, FaultSite};
 
 /// A file as the test sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,7 +268,7 @@ impl FakeOs {
 impl Os for FakeOs {
     async fn mkdir_all(&self, path: &str) -> Result<()> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.mkdir_all", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsMkdirAll, &path).await?;
         let result = (|| {
             let mut state = self.state();
             let mut missing = Vec::new();
@@ -291,7 +291,7 @@ impl Os for FakeOs {
 
     async fn remove_all(&self, path: &str) -> Result<()> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.remove_all", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsRemoveAll, &path).await?;
         let result = (|| {
             let mut state = self.state();
             if let Some(point) = state.busy_below(&path) {
@@ -306,21 +306,21 @@ impl Os for FakeOs {
 
     async fn write_atomic(&self, path: &str, data: &[u8]) -> Result<()> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.write_atomic", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsWriteAtomic, &path).await?;
         let result = self.state().write(&path, data, true);
         after.finish(result).await
     }
 
     async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.write_file", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsWriteFile, &path).await?;
         let result = self.state().write(&path, data, false);
         after.finish(result).await
     }
 
     async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.read_file", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsReadFile, &path).await?;
         let result = {
             let state = self.state();
             match state.files.get(&path) {
@@ -334,7 +334,7 @@ impl Os for FakeOs {
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let (from, to) = (normalize(from), normalize(to));
-        let after = faults::before(&*self.faults, "os.rename", &from).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsRename, &from).await?;
         let result = (|| {
             let mut state = self.state();
             state.require_parent_dir(&to)?;
@@ -367,7 +367,7 @@ impl Os for FakeOs {
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.read_dir", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsReadDir, &path).await?;
         let result = (|| {
             let state = self.state();
             if state.files.contains_key(&path) {
@@ -399,7 +399,7 @@ impl Os for FakeOs {
 
     async fn netns_create(&self, path: &str) -> Result<()> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.netns_create", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsNetnsCreate, &path).await?;
         let result = if self.state().netns.insert(path.clone()) {
             Ok(())
         } else {
@@ -410,21 +410,21 @@ impl Os for FakeOs {
 
     async fn netns_remove(&self, path: &str) -> Result<()> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.netns_remove", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsNetnsRemove, &path).await?;
         self.state().netns.remove(&path);
         after.finish(Ok(())).await
     }
 
     async fn netns_closed(&self, path: &str) -> Result<bool> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.netns_closed", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsNetnsClosed, &path).await?;
         let closed = !self.state().netns.contains(&path);
         after.finish(Ok(closed)).await
     }
 
     async fn dial_port(&self, netns_path: &str, port: u16) -> Result<(ByteReader, ByteWriter)> {
         let netns = if netns_path.is_empty() { String::new() } else { normalize(netns_path) };
-        let after = faults::before(&*self.faults, "stream.dial_port", &format!("{netns}:{port}")).await?;
+        let after = faults::before(&*self.faults, FaultSite::StreamDialPort, &format!("{netns}:{port}")).await?;
         let result = (|| {
             if !netns.is_empty() && !self.state().netns.contains(&netns) {
                 return Err(Error::not_found(format!("netns {netns}: no such file or directory")));
@@ -445,7 +445,7 @@ impl Os for FakeOs {
 
     async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.mount_shm", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsMountShm, &path).await?;
         let result = {
             let mut state = self.state();
             if state.is_dir(&path) {
@@ -460,7 +460,7 @@ impl Os for FakeOs {
 
     async fn unmount(&self, path: &str) -> Result<()> {
         let path = normalize(path);
-        let after = faults::before(&*self.faults, "os.unmount", &path).await?;
+        let after = faults::before(&*self.faults, FaultSite::OsUnmount, &path).await?;
         self.state().mounts.remove(&path);
         after.finish(Ok(())).await
     }

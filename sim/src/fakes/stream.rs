@@ -13,7 +13,7 @@ use crid::error::{Error, ErrorKind, Result};
 use crid::ports::clock::Clock;
 use crid::ports::stream::{StreamRequest, StreamServer};
 
-use super::faults::{self, FaultInjector};
+use super::faults::{self, FaultInjector, FaultSite};
 
 pub const BASE_URL: &str = "http://127.0.0.1:10010";
 /// The kubelet's streaming cache bounds, which the CRI's server copies.
@@ -95,7 +95,7 @@ fn key_of(request: &StreamRequest) -> &str {
 #[async_trait]
 impl StreamServer for FakeStreamServer {
     async fn register(&self, request: StreamRequest) -> Result<String> {
-        let after = faults::before(&*self.faults, "stream.register", key_of(&request)).await?;
+        let after = faults::before(&*self.faults, FaultSite::StreamRegister, key_of(&request)).await?;
         let now_ns = self.clock.now_ns();
         let result = {
             let mut pending = self.pending();

@@ -12,7 +12,7 @@ use crid::{Config, CriService, ErrorKind};
 use crid_sim::fakes::{FakeWorld, PAUSE_IMAGE, ScriptedFaults, SnapshotKind};
 use k8s_cri::v1::*;
 
-pub use crid_sim::fakes::{BUSYBOX_IMAGE, NGINX_IMAGE};
+pub use crid_sim::fakes::{BUSYBOX_IMAGE, FaultSite, NGINX_IMAGE};
 
 pub const ROOT_DIR: &str = "/var/lib/crid";
 pub const STATE_DIR: &str = "/run/crid";

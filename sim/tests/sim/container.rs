@@ -752,7 +752,7 @@ async fn concurrent_stops_signal_once() {
     for stop in stops {
         stop.await.unwrap().unwrap();
     }
-    assert_eq!(node.faults.calls_on("containerd.kill_task", &id), 1, "one SIGTERM, no SIGKILL");
+    assert_eq!(node.faults.calls_on(FaultSite::ContainerdKillTask, &id), 1, "one SIGTERM, no SIGKILL");
     let status = node.container_status(&id).await;
     assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 143));
 }
@@ -767,7 +767,7 @@ async fn failed_resource_update_changes_nothing() {
     let checkpoint_path = format!("{ROOT_DIR}/containers/{id}/status");
     let before = node.world.os.file(&checkpoint_path).unwrap();
     node.faults.push(
-        "containerd.update_task_resources",
+        FaultSite::ContainerdUpdateTaskResources,
         Some(&id),
         crid_sim::fakes::FaultAction::Fail(ErrorKind::Internal, "injected: cgroup write failed".into()),
     );
@@ -838,7 +838,7 @@ async fn lost_wait_is_repaired_by_the_reconciler() {
 async fn reconciler_leaves_an_exit_in_hand_to_its_monitor() {
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("inhand", &["sleep", "inf"]).await;
-    node.faults.push("os.write_atomic", None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(3)));
+    node.faults.push(FaultSite::OsWriteAtomic, None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(3)));
     assert!(node.world.containerd.exit_task_now(&id, 3));
     sleep(Duration::from_millis(500)).await;
     assert_eq!(node.container_state(&id).await, ContainerState::ContainerRunning, "the exit is being recorded");
@@ -858,7 +858,7 @@ async fn reconciler_leaves_a_sandbox_exit_in_hand_to_its_monitor() {
     let node = Node::start().await;
     let pod = node.run_pod("inhand-pod").await;
     node.faults.push(
-        "containerd.delete_task",
+        FaultSite::ContainerdDeleteTask,
         Some(&pod),
         crid_sim::fakes::FaultAction::CompleteLate(Duration::from_secs(3)),
     );
@@ -882,7 +882,7 @@ async fn failed_exit_handling_is_retried_with_backoff() {
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("backoff", &["sleep", "inf"]).await;
     node.faults.push_n(
-        "containerd.delete_task",
+        FaultSite::ContainerdDeleteTask,
         Some(&id),
         crid_sim::fakes::FaultAction::Fail(ErrorKind::Internal, "injected: shim busy".into()),
         3,
@@ -917,7 +917,7 @@ async fn a_delete_that_failed_after_deleting_is_done_on_replay() {
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("late-delete", &["sleep", "inf"]).await;
     node.faults.push(
-        "containerd.delete_task",
+        FaultSite::ContainerdDeleteTask,
         Some(&id),
         crid_sim::fakes::FaultAction::FailAfter(ErrorKind::Internal, "injected: deleted, then failed".into()),
     );

@@ -16,7 +16,7 @@ fn base() -> Scenario {
     scenario.duration_s = 120;
     scenario.liveness_s = 900;
     scenario.faults.kinds = vec![FaultKind::Error, FaultKind::Delay, FaultKind::Crash, FaultKind::Late];
-    scenario.faults.sites = vec!["containerd.*".into(), "cni.*".into(), "os.*".into()];
+    scenario.faults.sites = ["containerd.*", "cni.*", "os.*"].map(|p| p.parse().unwrap()).to_vec();
     scenario.faults.rate = 0.1;
     // The generated schedules hit the Wait path itself (wait_task faults, dropped waits,
     // containerd restarts and their reconnect backoff), where the reconciler legitimately is

@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use crid::{Config, CriService};
-use crid_sim::fakes::faults::{FaultAction, ScriptedFaults};
+use crid_sim::fakes::faults::{FaultAction, FaultSite, ScriptedFaults};
 use crid_sim::fakes::{BUSYBOX_IMAGE, FakeWorld, NoFaults, PAUSE_IMAGE};
 use k8s_cri::v1::*;
 
@@ -77,7 +77,11 @@ fn concurrent_run_pod_sandbox_calls_join_one_operation() {
         // Slow enough that the operation is still running when the last caller arrives: a caller
         // that comes after the reply is a new request and rightly finds the name taken.
         let faults = Arc::new(ScriptedFaults::new());
-        faults.set_persistent("containerd.create_container", None, FaultAction::Delay(Duration::from_millis(20)));
+        faults.set_persistent(
+            FaultSite::ContainerdCreateContainer,
+            None,
+            FaultAction::Delay(Duration::from_millis(20)),
+        );
         let world = Arc::new(FakeWorld::new(7, faults).with_default_images());
         let service = service(&world).await;
         for round in 0..ROUNDS {

@@ -410,12 +410,12 @@ async fn a_failed_orphan_removal_is_retried() {
     let (world, faults) = world(17);
     let orphan = format!("{ROOT_DIR}/sandboxes/{}", "c".repeat(64));
     world.os.put_file(&format!("{orphan}/hostname"), b"left over");
-    faults.push_n("os.remove_all", Some(&orphan), FaultAction::Fail(ErrorKind::Internal, "EBUSY".into()), 2);
+    faults.push_n(FaultSite::OsRemoveAll, Some(&orphan), FaultAction::Fail(ErrorKind::Internal, "EBUSY".into()), 2);
     let _node = Node::start_on(world.clone(), faults.clone(), test_config()).await;
     assert!(world.os.exists(&orphan), "the first removal failed");
     madsim::time::sleep(Duration::from_secs(10)).await;
     assert!(!world.os.exists(&orphan), "the orphan was not removed by the retries");
-    assert_eq!(faults.calls_on("os.remove_all", &orphan), 3, "two failures, then one success");
+    assert_eq!(faults.calls_on(FaultSite::OsRemoveAll, &orphan), 3, "two failures, then one success");
 }
 
 /// Recovering twice with the world unchanged gives identical stores (invariant 21).
@@ -454,8 +454,8 @@ async fn interrupted_start_is_a_start_error() {
     cov_mark::check!(interrupted_start_became_start_error);
     let (world, faults) = world(17);
     // The start hangs at task start; the process dies while it is in flight.
-    faults.push("containerd.start_task", None, crid_sim::fakes::FaultAction::Proceed); // the pause task
-    faults.push("containerd.start_task", None, crid_sim::fakes::FaultAction::Hang);
+    faults.push(FaultSite::ContainerdStartTask, None, crid_sim::fakes::FaultAction::Proceed); // the pause task
+    faults.push(FaultSite::ContainerdStartTask, None, crid_sim::fakes::FaultAction::Hang);
     let (pod, id) = in_process(world.clone(), faults.clone(), |node| async move {
         node.pull(BUSYBOX_IMAGE).await;
         let pod = node.run_pod("b8").await;

@@ -14,18 +14,18 @@ use k8s_cri::v1::*;
 /// One injected failure: the `skip`-th call (0-based) of `site` during RunPodSandbox gets
 /// `action`; the calls before it proceed.
 struct Case {
-    site: &'static str,
+    site: FaultSite,
     skip: usize,
     action: FaultAction,
 }
 
-fn fail(site: &'static str, skip: usize) -> Case {
+fn fail(site: FaultSite, skip: usize) -> Case {
     Case { site, skip, action: FaultAction::Fail(ErrorKind::Internal, format!("injected failure at {site}#{skip}")) }
 }
 
 /// The operation happens, then the call reports an error anyway: the rollback must undo an
 /// effect the caller was told did not happen.
-fn fail_after(site: &'static str, skip: usize) -> Case {
+fn fail_after(site: FaultSite, skip: usize) -> Case {
     Case {
         site,
         skip,
@@ -35,23 +35,23 @@ fn fail_after(site: &'static str, skip: usize) -> Case {
 
 /// Every backend call RunPodSandbox makes once the sandbox image is present, in order.
 fn every_run_step() -> Vec<Case> {
-    let mut cases = vec![fail("os.netns_create", 0)];
-    for make in [fail as fn(&'static str, usize) -> Case, fail_after] {
+    let mut cases = vec![fail(FaultSite::OsNetnsCreate, 0)];
+    for make in [fail as fn(FaultSite, usize) -> Case, fail_after] {
         cases.extend([
-            make("containerd.prepare_snapshot", 0),
-            make("containerd.create_container", 0),
-            make("os.mkdir_all", 0),  // root dir
-            make("os.mkdir_all", 1),  // state dir
-            make("os.write_file", 0), // hostname
-            make("os.write_file", 1), // hosts
-            make("os.write_file", 2), // resolv.conf
-            make("os.mkdir_all", 2),  // shm dir
-            make("os.mount_shm", 0),
-            make("containerd.update_container", 0), // metadata with the netns path
-            make("cni.setup", 0),
-            make("containerd.update_container", 1), // metadata with the CNI result
-            make("containerd.create_task", 0),
-            make("containerd.start_task", 0),
+            make(FaultSite::ContainerdPrepareSnapshot, 0),
+            make(FaultSite::ContainerdCreateContainer, 0),
+            make(FaultSite::OsMkdirAll, 0),  // root dir
+            make(FaultSite::OsMkdirAll, 1),  // state dir
+            make(FaultSite::OsWriteFile, 0), // hostname
+            make(FaultSite::OsWriteFile, 1), // hosts
+            make(FaultSite::OsWriteFile, 2), // resolv.conf
+            make(FaultSite::OsMkdirAll, 2),  // shm dir
+            make(FaultSite::OsMountShm, 0),
+            make(FaultSite::ContainerdUpdateContainer, 0), // metadata with the netns path
+            make(FaultSite::CniSetup, 0),
+            make(FaultSite::ContainerdUpdateContainer, 1), // metadata with the CNI result
+            make(FaultSite::ContainerdCreateTask, 0),
+            make(FaultSite::ContainerdStartTask, 0),
         ]);
     }
     cases
@@ -112,14 +112,14 @@ async fn every_run_step_failure_rolls_back_completely() {
 /// the name.
 #[madsim::test]
 async fn hung_step_times_out_and_rolls_back() {
-    for site in ["cni.setup", "containerd.start_task", "os.netns_create"] {
+    for site in [FaultSite::CniSetup, FaultSite::ContainerdStartTask, FaultSite::OsNetnsCreate] {
         let node = node_with_pause_image().await;
         node.faults.push(site, None, FaultAction::Hang);
         let started = virtual_now();
         let error = node.svc.run_pod_sandbox(run_request("hang")).await.unwrap_err();
         assert_eq!(error.kind, ErrorKind::DeadlineExceeded, "{site}: {error}");
         assert!(started.elapsed() <= Duration::from_secs(241), "{site}: bounded, took {:?}", started.elapsed());
-        node.assert_no_sandbox_leftovers(site);
+        node.assert_no_sandbox_leftovers(site.name());
         let id = node.run_pod("hang").await;
         assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady, "{site}");
     }
@@ -135,7 +135,7 @@ async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
     struct Critical {
         name: &'static str,
         step: Case,
-        rollback_site: &'static str,
+        rollback_site: FaultSite,
         /// The resource the failed rollback left behind, checked before Stop.
         holds_ip: bool,
         holds_task: bool,
@@ -143,37 +143,37 @@ async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
     let cases = [
         Critical {
             name: "CNI DEL fails after a partial ADD",
-            step: fail_after("cni.setup", 0),
-            rollback_site: "cni.teardown",
+            step: fail_after(FaultSite::CniSetup, 0),
+            rollback_site: FaultSite::CniTeardown,
             holds_ip: true,
             holds_task: false,
         },
         Critical {
             name: "task delete fails",
-            step: fail("containerd.start_task", 0),
-            rollback_site: "containerd.delete_task",
+            step: fail(FaultSite::ContainerdStartTask, 0),
+            rollback_site: FaultSite::ContainerdDeleteTask,
             holds_ip: true,
             holds_task: true,
         },
         Critical {
             name: "netns removal fails",
-            step: fail("containerd.start_task", 0),
-            rollback_site: "os.netns_remove",
+            step: fail(FaultSite::ContainerdStartTask, 0),
+            rollback_site: FaultSite::OsNetnsRemove,
             holds_ip: false,
             holds_task: false,
         },
         Critical {
             name: "container delete fails",
-            step: fail("containerd.start_task", 0),
-            rollback_site: "containerd.delete_container",
+            step: fail(FaultSite::ContainerdStartTask, 0),
+            rollback_site: FaultSite::ContainerdDeleteContainer,
             holds_ip: false,
             holds_task: false,
         },
         // A /dev/shm still mounted pins the state directory: found by the property test.
         Critical {
             name: "shm unmount fails",
-            step: fail("containerd.start_task", 0),
-            rollback_site: "os.unmount",
+            step: fail(FaultSite::ContainerdStartTask, 0),
+            rollback_site: FaultSite::OsUnmount,
             holds_ip: false,
             holds_task: false,
         },
@@ -246,7 +246,7 @@ async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
 async fn netns_created_then_reported_failed_is_removed() {
     let node = node_with_pause_image().await;
     node.faults.push(
-        "os.netns_create",
+        FaultSite::OsNetnsCreate,
         None,
         FaultAction::FailAfter(ErrorKind::Internal, "injected: netns pinned, then failed".into()),
     );
@@ -261,13 +261,13 @@ async fn netns_created_then_reported_failed_is_removed() {
 #[madsim::test]
 async fn every_create_container_step_failure_rolls_back() {
     let mut cases = vec![];
-    for make in [fail as fn(&'static str, usize) -> Case, fail_after] {
+    for make in [fail as fn(FaultSite, usize) -> Case, fail_after] {
         cases.extend([
-            make("os.mkdir_all", 0), // container root dir
-            make("os.mkdir_all", 1), // container state dir
-            make("containerd.prepare_snapshot", 0),
-            make("containerd.create_container", 0),
-            make("os.write_atomic", 0), // the status checkpoint
+            make(FaultSite::OsMkdirAll, 0), // container root dir
+            make(FaultSite::OsMkdirAll, 1), // container state dir
+            make(FaultSite::ContainerdPrepareSnapshot, 0),
+            make(FaultSite::ContainerdCreateContainer, 0),
+            make(FaultSite::OsWriteAtomic, 0), // the status checkpoint
         ]);
     }
     for case in cases {
@@ -327,12 +327,12 @@ async fn every_create_container_step_failure_rolls_back() {
 #[madsim::test]
 async fn start_container_failures_leave_a_start_error() {
     let cases = [
-        fail("containerd.create_task", 0),
-        fail_after("containerd.create_task", 0),
-        fail("containerd.start_task", 0),
-        fail_after("containerd.start_task", 0),
+        fail(FaultSite::ContainerdCreateTask, 0),
+        fail_after(FaultSite::ContainerdCreateTask, 0),
+        fail(FaultSite::ContainerdStartTask, 0),
+        fail_after(FaultSite::ContainerdStartTask, 0),
         // The start intent is checkpointed before the task is created (B8).
-        fail("os.write_atomic", 0),
+        fail(FaultSite::OsWriteAtomic, 0),
     ];
     for case in cases {
         let what = format!("{} #{} {:?}", case.site, case.skip, case.action);
@@ -342,7 +342,7 @@ async fn start_container_failures_leave_a_start_error() {
         let id = node.create(&pod, "sc", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
         node.faults.push_n(case.site, Some(&id), FaultAction::Proceed, case.skip);
         node.faults.push(case.site, Some(&id), case.action.clone());
-        if case.site == "os.write_atomic" {
+        if case.site == FaultSite::OsWriteAtomic {
             // Checkpoint writes are keyed by path.
             node.faults.clear();
             node.faults.push(case.site, Some(&format!("{ROOT_DIR}/containers/{id}/status")), case.action.clone());
@@ -370,7 +370,7 @@ async fn stop_pod_retries_a_failed_network_teardown() {
     let node = node_with_pause_image().await;
     let id = node.run_pod("teardown").await;
     node.faults.push(
-        "cni.teardown",
+        FaultSite::CniTeardown,
         Some(&id),
         FaultAction::Fail(ErrorKind::Internal, "injected: plugin failed DEL".into()),
     );
@@ -397,7 +397,7 @@ async fn remove_container_retries_a_failed_delete() {
     let node = node_with_pause_image().await;
     let (_, id) = node.pod_with_running("rmfail", &["sleep", "inf"]).await;
     node.faults.push(
-        "containerd.delete_container",
+        FaultSite::ContainerdDeleteContainer,
         Some(&id),
         FaultAction::Fail(ErrorKind::Internal, "injected: delete failed".into()),
     );

@@ -80,8 +80,13 @@ async fn every_rpc_is_refused_until_run() {
         );
     }
     assert!(!node.svc.snapshot().initialized);
-    for site in ["containerd.create_container", "registry.resolve", "registry.fetch_blob", "cni.setup", "os.mkdir_all"]
-    {
+    for site in [
+        FaultSite::ContainerdCreateContainer,
+        FaultSite::RegistryResolve,
+        FaultSite::RegistryFetchBlob,
+        FaultSite::CniSetup,
+        FaultSite::OsMkdirAll,
+    ] {
         assert_eq!(faults.calls(site), 0, "{site} was called before run()");
     }
 

@@ -251,7 +251,7 @@ async fn run_pod_sandbox_rejects_invalid_requests() {
         assert_eq!(err_kind(node.svc.run_pod_sandbox(request).await), ErrorKind::InvalidArgument, "{name}");
     }
     node.assert_no_sandbox_leftovers("after invalid requests");
-    assert_eq!(node.faults.calls("containerd.create_container"), 0);
+    assert_eq!(node.faults.calls(FaultSite::ContainerdCreateContainer), 0);
 }
 
 /// Reads of unknown or empty ids.
@@ -449,7 +449,7 @@ async fn concurrent_runs_of_one_pod_share_the_operation() {
     cov_mark::check!(retry_joined_running_operation);
     let node = Node::start().await;
     node.pull(PAUSE_IMAGE).await;
-    node.faults.push("cni.setup", None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(5)));
+    node.faults.push(FaultSite::CniSetup, None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(5)));
     let svc = node.svc.clone();
     let first = tokio::spawn(async move {
         svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("slow")), ..Default::default() }).await
@@ -473,7 +473,11 @@ async fn concurrent_runs_of_one_pod_share_the_operation() {
 async fn abandoned_run_is_collected_by_the_retry() {
     let node = Node::start().await;
     node.pull(PAUSE_IMAGE).await;
-    node.faults.push("containerd.start_task", None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(10)));
+    node.faults.push(
+        FaultSite::ContainerdStartTask,
+        None,
+        crid_sim::fakes::FaultAction::Delay(Duration::from_secs(10)),
+    );
     let request = || RunPodSandboxRequest { config: Some(pod_config("impatient")), ..Default::default() };
     let gave_up = tokio::time::timeout(Duration::from_secs(2), node.svc.run_pod_sandbox(request())).await;
     assert!(gave_up.is_err(), "the first caller gave up");

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use crid::ports::Clock;
 use crid::ports::containerd::*;
 
-use super::super::faults::FaultAction;
+use super::super::faults::{FaultAction, FaultSite};
 use super::{FakeContainerd, State};
 
 /// The capacity of each event subscription; past it events are dropped and counted.
@@ -36,7 +36,7 @@ fn event_key(event: &Event) -> &str {
 impl FakeContainerd {
     pub(super) fn publish(&self, state: &mut State, events: Vec<Event>) {
         for event in events {
-            if self.faults.at("containerd.event", event_key(&event)) != FaultAction::Proceed {
+            if self.faults.at(FaultSite::ContainerdEvent, event_key(&event)) != FaultAction::Proceed {
                 state.events_dropped_by_fault += 1;
                 continue;
             }

@@ -38,7 +38,7 @@ use crid::ports::containerd::*;
 use crid::ports::registry::*;
 
 use super::clock::SimClock;
-use super::faults::{self, After, FaultInjector};
+use super::faults::{self, After, FaultInjector, FaultSite};
 
 use self::content::Dedup;
 use self::snapshots::Snapshotter;
@@ -214,7 +214,7 @@ impl FakeContainerd {
     }
 
     /// The prologue of every call: containerd must be up, then the injected fault runs.
-    async fn enter(&self, site: &str, key: &str) -> Result<After> {
+    async fn enter(&self, site: FaultSite, key: &str) -> Result<After> {
         self.check_up()?;
         let after = faults::before(&*self.faults, site, key).await?;
         self.check_up()?;
@@ -262,136 +262,136 @@ impl Containerd for FakeContainerd {
     }
 
     async fn create_container(&self, record: ContainerRecord) -> Result<ContainerRecord> {
-        let after = self.enter("containerd.create_container", &record.id).await?;
+        let after = self.enter(FaultSite::ContainerdCreateContainer, &record.id).await?;
         after.finish(self.do_create_container(record)).await
     }
 
     async fn get_container(&self, id: &str) -> Result<ContainerRecord> {
-        let after = self.enter("containerd.get_container", id).await?;
+        let after = self.enter(FaultSite::ContainerdGetContainer, id).await?;
         after.finish(self.do_get_container(id)).await
     }
 
     async fn list_containers(&self, labels: &BTreeMap<String, String>) -> Result<Vec<ContainerRecord>> {
-        let after = self.enter("containerd.list_containers", "").await?;
+        let after = self.enter(FaultSite::ContainerdListContainers, "").await?;
         after.finish(Ok(self.do_list_containers(labels))).await
     }
 
     async fn update_container(&self, record: &ContainerRecord) -> Result<()> {
-        let after = self.enter("containerd.update_container", &record.id).await?;
+        let after = self.enter(FaultSite::ContainerdUpdateContainer, &record.id).await?;
         after.finish(self.do_update_container(record)).await
     }
 
     async fn delete_container(&self, id: &str, cleanup_snapshot: bool) -> Result<()> {
-        let after = self.enter("containerd.delete_container", id).await?;
+        let after = self.enter(FaultSite::ContainerdDeleteContainer, id).await?;
         after.finish(self.do_delete_container(id, cleanup_snapshot)).await
     }
 
     async fn create_task(&self, id: &str, io: &TaskIo) -> Result<u32> {
-        let after = self.enter("containerd.create_task", id).await?;
+        let after = self.enter(FaultSite::ContainerdCreateTask, id).await?;
         after.finish(self.do_create_task(id, io.stdin)).await
     }
 
     async fn start_task(&self, id: &str) -> Result<u32> {
-        let after = self.enter("containerd.start_task", id).await?;
+        let after = self.enter(FaultSite::ContainerdStartTask, id).await?;
         let result = self.do_start_task(id);
         self.task_changes.send_modify(|generation| *generation += 1);
         after.finish(result).await
     }
 
     async fn kill_task(&self, id: &str, signal: u32, all: bool) -> Result<()> {
-        let after = self.enter("containerd.kill_task", id).await?;
+        let after = self.enter(FaultSite::ContainerdKillTask, id).await?;
         after.finish(self.do_kill_task(id, signal, all)).await
     }
 
     async fn delete_task(&self, id: &str) -> Result<ExitStatus> {
-        let after = self.enter("containerd.delete_task", id).await?;
+        let after = self.enter(FaultSite::ContainerdDeleteTask, id).await?;
         after.finish(self.do_delete_task(id)).await
     }
 
     async fn wait_task(&self, id: &str) -> Result<ExitStatus> {
-        let after = self.enter("containerd.wait_task", id).await?;
+        let after = self.enter(FaultSite::ContainerdWaitTask, id).await?;
         after.finish(self.wait_process(id, None).await).await
     }
 
     async fn task_info(&self, id: &str) -> Result<TaskInfo> {
-        let after = self.enter("containerd.task_info", id).await?;
+        let after = self.enter(FaultSite::ContainerdTaskInfo, id).await?;
         after.finish(self.do_task_info(id)).await
     }
 
     async fn task_metrics(&self, id: &str) -> Result<TaskMetrics> {
-        let after = self.enter("containerd.task_metrics", id).await?;
+        let after = self.enter(FaultSite::ContainerdTaskMetrics, id).await?;
         after.finish(self.do_task_metrics(id)).await
     }
 
     async fn update_task_resources(&self, id: &str, resources: &Resources) -> Result<()> {
-        let after = self.enter("containerd.update_task_resources", id).await?;
+        let after = self.enter(FaultSite::ContainerdUpdateTaskResources, id).await?;
         after.finish(self.do_update_task_resources(id, resources)).await
     }
 
     async fn reopen_task_log(&self, id: &str) -> Result<()> {
-        let after = self.enter("containerd.reopen_task_log", id).await?;
+        let after = self.enter(FaultSite::ContainerdReopenTaskLog, id).await?;
         after.finish(self.do_reopen_task_log(id)).await
     }
 
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<u32> {
-        let after = self.enter("containerd.exec_start", &format!("{id}/{}", spec.exec_id)).await?;
+        let after = self.enter(FaultSite::ContainerdExecStart, &format!("{id}/{}", spec.exec_id)).await?;
         after.finish(self.do_exec_start(id, spec, None)).await
     }
 
     async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
-        let after = self.enter("containerd.exec_wait", &format!("{id}/{exec_id}")).await?;
+        let after = self.enter(FaultSite::ContainerdExecWait, &format!("{id}/{exec_id}")).await?;
         self.run_streaming_exec(id, exec_id).await;
         after.finish(self.wait_process(id, Some(exec_id)).await).await
     }
 
     async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {
-        let after = self.enter("containerd.exec_kill", &format!("{id}/{exec_id}")).await?;
+        let after = self.enter(FaultSite::ContainerdExecKill, &format!("{id}/{exec_id}")).await?;
         after.finish(self.do_exec_kill(id, exec_id, signal)).await
     }
 
     async fn exec_output(&self, id: &str, exec_id: &str) -> Result<ExecOutput> {
-        let after = self.enter("containerd.exec_output", &format!("{id}/{exec_id}")).await?;
+        let after = self.enter(FaultSite::ContainerdExecOutput, &format!("{id}/{exec_id}")).await?;
         after.finish(self.do_exec_output(id, exec_id)).await
     }
 
     async fn exec_delete(&self, id: &str, exec_id: &str) -> Result<()> {
-        let after = self.enter("containerd.exec_delete", &format!("{id}/{exec_id}")).await?;
+        let after = self.enter(FaultSite::ContainerdExecDelete, &format!("{id}/{exec_id}")).await?;
         after.finish(self.do_exec_delete(id, exec_id)).await
     }
 
     async fn exec_start_streaming(&self, id: &str, spec: &ExecSpec, io: ProcessIo) -> Result<u32> {
-        let after = self.enter("stream.exec_start", &format!("{id}/{}", spec.exec_id)).await?;
+        let after = self.enter(FaultSite::StreamExecStart, &format!("{id}/{}", spec.exec_id)).await?;
         after.finish(self.do_exec_start(id, spec, Some(io))).await
     }
 
     async fn resize_pty(&self, id: &str, exec_id: &str, size: TerminalSize) -> Result<()> {
-        let after = self.enter("stream.exec_resize", &format!("{id}/{exec_id}")).await?;
+        let after = self.enter(FaultSite::StreamExecResize, &format!("{id}/{exec_id}")).await?;
         after.finish(self.do_resize_pty(id, exec_id, size)).await
     }
 
     async fn open_task_stdin(&self, id: &str) -> Result<ByteWriter> {
-        let after = self.enter("stream.task_stdin", id).await?;
+        let after = self.enter(FaultSite::StreamTaskStdin, id).await?;
         after.finish(self.do_open_task_stdin(id)).await
     }
 
     async fn attach_task_output(&self, id: &str, stdout: Option<ByteWriter>, stderr: Option<ByteWriter>) -> Result<()> {
-        let after = self.enter("stream.attach_output", id).await?;
+        let after = self.enter(FaultSite::StreamAttachOutput, id).await?;
         after.finish(self.do_attach_task_output(id, stdout, stderr).await).await
     }
 
     async fn close_task_stdin(&self, id: &str) -> Result<()> {
-        let after = self.enter("stream.close_stdin", id).await?;
+        let after = self.enter(FaultSite::StreamCloseStdin, id).await?;
         after.finish(self.do_close_task_stdin(id)).await
     }
 
     async fn content_exists(&self, digest: &str) -> Result<bool> {
-        let after = self.enter("containerd.content_exists", digest).await?;
+        let after = self.enter(FaultSite::ContainerdContentExists, digest).await?;
         let exists = self.raw_state().content.contains_key(digest);
         after.finish(Ok(exists)).await
     }
 
     async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool> {
-        let after = self.enter("containerd.snapshot_exists", chain_id).await?;
+        let after = self.enter(FaultSite::ContainerdSnapshotExists, chain_id).await?;
         let exists = self.raw_state().committed(snapshotter, chain_id);
         after.finish(Ok(exists)).await
     }
@@ -404,12 +404,12 @@ impl Containerd for FakeContainerd {
         layer: &Descriptor,
         lease: &str,
     ) -> Result<()> {
-        let after = self.enter("containerd.apply_layer", chain_id).await?;
+        let after = self.enter(FaultSite::ContainerdApplyLayer, chain_id).await?;
         after.finish(self.do_apply_layer(snapshotter, chain_id, parent_chain_id, layer, lease).await).await
     }
 
     async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()> {
-        let after = self.enter("containerd.prepare_snapshot", key).await?;
+        let after = self.enter(FaultSite::ContainerdPrepareSnapshot, key).await?;
         after.finish(self.do_prepare_snapshot(snapshotter, key, parent_chain_id)).await
     }
 
@@ -420,63 +420,63 @@ impl Containerd for FakeContainerd {
         paths: &[&str],
         max_bytes: usize,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let after = self.enter("containerd.read_rootfs_file", key).await?;
+        let after = self.enter(FaultSite::ContainerdReadRootfsFile, key).await?;
         after.finish(self.do_read_rootfs_files(snapshotter, key, paths, max_bytes)).await
     }
 
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {
-        let after = self.enter("containerd.remove_snapshot", key).await?;
+        let after = self.enter(FaultSite::ContainerdRemoveSnapshot, key).await?;
         after.finish(self.do_remove_snapshot(snapshotter, key)).await
     }
 
     async fn snapshots_usage(&self, snapshotter: &str) -> Result<BTreeMap<String, SnapshotUsage>> {
-        let after = self.enter("containerd.snapshots_usage", snapshotter).await?;
+        let after = self.enter(FaultSite::ContainerdSnapshotsUsage, snapshotter).await?;
         after.finish(Ok(self.do_snapshots_usage(snapshotter))).await
     }
 
     async fn create_image(&self, record: &ImageRecord) -> Result<()> {
-        let after = self.enter("containerd.create_image", &record.name).await?;
+        let after = self.enter(FaultSite::ContainerdCreateImage, &record.name).await?;
         after.finish(self.do_create_image(record)).await
     }
 
     async fn update_image(&self, record: &ImageRecord) -> Result<()> {
-        let after = self.enter("containerd.update_image", &record.name).await?;
+        let after = self.enter(FaultSite::ContainerdUpdateImage, &record.name).await?;
         after.finish(self.do_update_image(record)).await
     }
 
     async fn get_image(&self, name: &str) -> Result<ImageRecord> {
-        let after = self.enter("containerd.get_image", name).await?;
+        let after = self.enter(FaultSite::ContainerdGetImage, name).await?;
         after.finish(self.do_get_image(name)).await
     }
 
     async fn list_images(&self) -> Result<Vec<ImageRecord>> {
-        let after = self.enter("containerd.list_images", "").await?;
+        let after = self.enter(FaultSite::ContainerdListImages, "").await?;
         let images = self.raw_state().images.values().cloned().collect();
         after.finish(Ok(images)).await
     }
 
     async fn delete_image(&self, name: &str, _sync: bool) -> Result<()> {
-        let after = self.enter("containerd.delete_image", name).await?;
+        let after = self.enter(FaultSite::ContainerdDeleteImage, name).await?;
         after.finish(self.do_delete_image(name)).await
     }
 
     async fn image_content(&self, record: &ImageRecord) -> Result<ImageContent> {
-        let after = self.enter("containerd.image_content", &record.name).await?;
+        let after = self.enter(FaultSite::ContainerdImageContent, &record.name).await?;
         after.finish(self.do_image_content(record)).await
     }
 
     async fn create_lease(&self, id: &str) -> Result<()> {
-        let after = self.enter("containerd.create_lease", id).await?;
+        let after = self.enter(FaultSite::ContainerdCreateLease, id).await?;
         after.finish(self.do_create_lease(id)).await
     }
 
     async fn delete_lease(&self, id: &str) -> Result<()> {
-        let after = self.enter("containerd.delete_lease", id).await?;
+        let after = self.enter(FaultSite::ContainerdDeleteLease, id).await?;
         after.finish(self.do_delete_lease(id)).await
     }
 
     async fn subscribe(&self) -> Result<EventStream> {
-        let after = self.enter("containerd.subscribe", "").await?;
+        let after = self.enter(FaultSite::ContainerdSubscribe, "").await?;
         after.finish(Ok(self.do_subscribe())).await
     }
 }
@@ -486,7 +486,7 @@ impl Containerd for FakeContainerd {
 #[async_trait]
 impl Registry for FakeContainerd {
     async fn resolve(&self, reference: &str, _auth: &RegistryAuth, _lease: &str) -> Result<ResolvedImage> {
-        let after = self.enter("registry.resolve", reference).await?;
+        let after = self.enter(FaultSite::RegistryResolve, reference).await?;
         after.finish(self.do_resolve(reference)).await
     }
 
@@ -498,7 +498,7 @@ impl Registry for FakeContainerd {
         lease: &str,
         progress: ProgressFn<'_>,
     ) -> Result<()> {
-        let after = self.enter("registry.fetch_blob", &blob.digest).await?;
+        let after = self.enter(FaultSite::RegistryFetchBlob, &blob.digest).await?;
         after.finish(self.do_fetch_blob(reference, blob, lease, progress).await).await
     }
 }

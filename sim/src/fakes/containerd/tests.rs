@@ -1,5 +1,5 @@
 use super::*;
-use crate::fakes::faults::{FaultAction, NoFaults, ScriptedFaults};
+use crate::fakes::faults::{FaultAction, FaultSite, NoFaults, ScriptedFaults};
 use crate::fakes::registry::layer_digest;
 use crid::error::ErrorKind;
 use crid::ports::Clock;
@@ -278,13 +278,13 @@ async fn faults_apply_to_every_call() {
     let faults = Arc::new(ScriptedFaults::new());
     let containerd = FakeContainerd::new(Arc::new(SimClock::new()), faults.clone());
     running(&containerd, "c1", &["sleep", "inf"]).await;
-    faults.push("containerd.delete_task", Some("c1"), FaultAction::CompleteLate(Duration::from_secs(30)));
+    faults.push(FaultSite::ContainerdDeleteTask, Some("c1"), FaultAction::CompleteLate(Duration::from_secs(30)));
     let late = tokio::time::timeout(Duration::from_secs(10), containerd.delete_task("c1")).await;
     assert!(late.is_err(), "the caller gave up");
     assert!(containerd.tasks().is_empty() && containerd.shims().is_empty(), "but the delete happened (B4)");
-    faults.push("containerd.list_images", None, FaultAction::Fail(ErrorKind::Internal, "boom".into()));
+    faults.push(FaultSite::ContainerdListImages, None, FaultAction::Fail(ErrorKind::Internal, "boom".into()));
     assert_eq!(containerd.list_images().await.unwrap_err().kind, ErrorKind::Internal);
-    faults.set_persistent("containerd.event", None, FaultAction::Fail(ErrorKind::Internal, "lost".into()));
+    faults.set_persistent(FaultSite::ContainerdEvent, None, FaultAction::Fail(ErrorKind::Internal, "lost".into()));
     running(&containerd, "c2", &["exit", "0", "0"]).await;
     containerd.wait_task("c2").await.unwrap();
     assert_eq!(containerd.events_dropped_by_fault(), 1);
