@@ -15,6 +15,7 @@ pub mod watch;
 mod checkpoint;
 mod events;
 mod kmutex;
+mod lease;
 mod recover;
 mod rpc;
 mod service;

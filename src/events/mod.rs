@@ -34,6 +34,13 @@ pub enum TaskKind {
 /// Work that failed once and waits in the backoff queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PendingEvent {
-    Exit { kind: TaskKind, exit: ExitStatus },
+    Exit {
+        kind: TaskKind,
+        exit: ExitStatus,
+    },
     Oom,
+    /// A lease to delete (keyed by the lease id): its operation ended or was dropped.
+    DeleteLease,
+    /// A lease sweep whose listing failed.
+    SweepLeases,
 }

@@ -249,6 +249,12 @@ impl CriService {
                         PendingEvent::Oom => {
                             self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&id)).await
                         }
+                        PendingEvent::DeleteLease => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "delete lease", self.delete_lease(&id)).await
+                        }
+                        PendingEvent::SweepLeases => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "sweep leases", self.try_sweep_leases()).await
+                        }
                     };
                     if let Err(error) = result {
                         tracing::warn!(id, %error, retry_in = ?crate::events::backoff::after(duration, BACKOFF_MAX), "backoff retry failed");

@@ -87,7 +87,7 @@ impl EventMonitor {
     }
 
     /// Appends to the id's queue (keeping per-id order) or creates an entry due in 1 s.
-    pub(super) fn push(&self, id: &str, event: PendingEvent, now_ns: i64) {
+    pub(crate) fn push(&self, id: &str, event: PendingEvent, now_ns: i64) {
         let mut backoff = self.backoff.lock().unwrap();
         if let Some(entry) = backoff.get_mut(id) {
             entry.events.push_back(event);

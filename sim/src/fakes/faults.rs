@@ -83,6 +83,7 @@ const SITES: &[&str] = &[
     "containerd.image_content",
     "containerd.create_lease",
     "containerd.delete_lease",
+    "containerd.list_leases",
     "containerd.subscribe",
     "containerd.event",
     "cni.load",
