@@ -16,6 +16,7 @@ pub mod watch;
 mod checkpoint;
 mod events;
 mod kmutex;
+mod lease;
 mod recover;
 mod rpc;
 mod service;

@@ -99,6 +99,8 @@ impl CriService {
         self.recover_images().await;
         let known: BTreeSet<String> = sandbox_records.iter().chain(&container_records).map(|r| r.id.clone()).collect();
         self.remove_orphan_dirs(&known).await;
+        // After the images: what a pull cut short by the crash wrote is then garbage.
+        self.sweep_leases().await;
         tracing::info!(
             sandboxes = self.sandboxes.len(),
             containers = self.containers.len(),

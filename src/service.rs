@@ -77,6 +77,8 @@ pub struct CriService {
     pub(crate) container_events: ContainerEventHub,
     pub(crate) monitor: EventMonitor,
     pub(crate) pulls: PullManager,
+    /// The leases this process's operations hold (`lease.rs`).
+    pub(crate) leases: crate::lease::LeaseTable,
     pub(crate) quarantine: Mutex<Vec<Quarantined>>,
     /// The snapshotter's usage by snapshot key, refreshed every `stats_collect_period`.
     pub(crate) snapshot_usage: Mutex<SnapshotUsageCache>,
@@ -103,6 +105,7 @@ impl CriService {
             container_events: ContainerEventHub::new(event_buffer),
             monitor: EventMonitor::new(max_backoff),
             pulls: PullManager::new(),
+            leases: crate::lease::LeaseTable::default(),
             quarantine: Mutex::new(Vec::new()),
             snapshot_usage: Mutex::new(SnapshotUsageCache::default()),
             last_cni_load: Mutex::new(String::new()),

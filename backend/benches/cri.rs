@@ -1,7 +1,9 @@
 //! CRI latency, crid against containerd's own CRI, on the real stack (`ci/realstack up`).
 //!
 //! Each round runs one pod lifecycle on each runtime, in alternating order so that neither
-//! always runs on a warmer machine: RemoveImage + PullImage, RunPodSandbox, CreateContainer,
+//! always runs on a warmer machine: RemoveImage, then a cold PullImage (RemoveImage's garbage
+//! collection left nothing of the image: every blob is fetched and every layer unpacked), a
+//! warm one (the image is there: only the manifest is resolved), RunPodSandbox, CreateContainer,
 //! StartContainer, StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox. Every call is
 //! timed at the client, over each runtime's unix socket; the first round warms both up and is
 //! not counted. The table gives, per call, the median and p90 of each runtime and the ratio
@@ -24,8 +26,9 @@ use common::{Cri, Kind, stack, unique};
 use k8s_cri::v1::*;
 
 /// The calls measured, in lifecycle order.
-const CALLS: [&str; 8] = [
-    "PullImage",
+const CALLS: [&str; 9] = [
+    "PullImage cold",
+    "PullImage warm",
     "RunPodSandbox",
     "CreateContainer",
     "StartContainer",
@@ -49,8 +52,8 @@ async fn timed<F: std::future::Future<Output = T>, T>(samples: &mut Samples, cal
 /// One lifecycle on `cri`, every call timed into `samples`.
 async fn round(cri: &mut Cri, samples: &mut Samples) {
     let busybox = cri.image("busybox:latest");
-    // A real pull each round: the image goes first (its blobs may linger until containerd's
-    // garbage collector runs, the same way for both runtimes).
+    // A cold pull each round: the image goes first, and with it (synchronous garbage
+    // collection, both runtimes) its blobs and snapshots.
     let present = cri
         .images
         .image_status(ImageStatusRequest {
@@ -65,7 +68,8 @@ async fn round(cri: &mut Cri, samples: &mut Samples) {
     if present {
         cri.remove_image(&busybox).await;
     }
-    timed(samples, "PullImage", cri.pull(&busybox)).await;
+    timed(samples, "PullImage cold", cri.pull(&busybox)).await;
+    timed(samples, "PullImage warm", cri.pull(&busybox)).await;
 
     let pod = cri.pod_config(&unique("bench"));
     let pod_id = timed(samples, "RunPodSandbox", cri.run_pod(&pod)).await;

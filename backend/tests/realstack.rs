@@ -1260,3 +1260,190 @@ async fn streams_over_tls() {
     crid.remove_pod(&pod_id).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The rows `ctr <store> ls` prints for crid's namespace (without its header line).
+fn store_rows(cri: &Cri, store: &str) -> Vec<String> {
+    cri.ctr(&[store, "ls"]).lines().skip(1).filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+/// The first column of each row: a digest, a snapshot key or a lease id.
+fn store_ids(cri: &Cri, store: &str) -> Vec<String> {
+    store_rows(cri, store).iter().filter_map(|row| row.split_whitespace().next().map(str::to_string)).collect()
+}
+
+/// ImageFsInfo's used bytes (the snapshot usage crid last sampled).
+async fn image_fs_used_bytes(cri: &mut Cri) -> u64 {
+    let response = cri.images.image_fs_info(ImageFsInfoRequest {}).await.unwrap().into_inner();
+    response.image_filesystems.iter().filter_map(|fs| fs.used_bytes.as_ref()).map(|used| used.value).sum()
+}
+
+/// Polls `check` every 100 ms until it holds, for at most `within`; panics with `what` otherwise.
+async fn eventually<F: FnMut() -> bool>(within: Duration, what: &str, cri: &Cri, mut check: F) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < within, "{what} not within {within:?}\nruntime log:\n{}", cri.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+/// Waits until ImageFsInfo reports `want` bytes (it follows the reconciler's usage refresh).
+async fn image_fs_becomes(cri: &mut Cri, within: Duration, what: &str, want: impl Fn(u64) -> bool) -> u64 {
+    let started = Instant::now();
+    loop {
+        let used = image_fs_used_bytes(cri).await;
+        if want(used) {
+            return used;
+        }
+        assert!(started.elapsed() < within, "{what}: ImageFsInfo still says {used} bytes after {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// RemoveImage gives the disk back: once an image's last reference goes, its blobs and
+/// snapshots leave containerd's stores (garbage collection runs before the reply), and
+/// ImageFsInfo drops to what it said before the pull. No lease outlives its pull. With two
+/// images that share a layer, the shared layer stays until the second image goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn remove_image_frees_content_and_snapshots() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "gc", crid_binary()).await;
+    let used_before = image_fs_used_bytes(&mut crid).await;
+    assert!(store_rows(&crid, "content").is_empty() && store_rows(&crid, "snapshots").is_empty(), "a fresh namespace");
+
+    let busybox = crid.image("busybox:latest");
+    crid.pull(&busybox).await;
+    let blobs = store_ids(&crid, "content");
+    let snapshots = store_ids(&crid, "snapshots");
+    assert!(blobs.len() >= 3 && !snapshots.is_empty(), "a pull stores blobs {blobs:?} and snapshots {snapshots:?}");
+    assert_eq!(store_rows(&crid, "leases"), Vec::<String>::new(), "the pull's lease is gone once the pull is done");
+    let used_pulled =
+        image_fs_becomes(&mut crid, Duration::from_secs(10), "after the pull", |used| used > used_before).await;
+    crid.remove_image(&busybox).await;
+    let freed_after = eventually(Duration::from_secs(3), "empty content and snapshot stores", &crid, || {
+        store_rows(&crid, "content").is_empty() && store_rows(&crid, "snapshots").is_empty()
+    })
+    .await;
+    let used_after =
+        image_fs_becomes(&mut crid, Duration::from_secs(10), "after RemoveImage", |used| used == used_before).await;
+    eprintln!(
+        "one image: {} blobs, {} snapshots, ImageFsInfo {used_before} -> {used_pulled} -> {used_after} bytes; \
+         stores empty {freed_after:?} after RemoveImage",
+        blobs.len(),
+        snapshots.len()
+    );
+
+    // Two images sharing their base layer.
+    let nonroot = crid.image("nonroot:latest");
+    crid.pull(&busybox).await;
+    let busybox_blobs = store_ids(&crid, "content");
+    let busybox_snapshots = store_ids(&crid, "snapshots");
+    crid.pull(&nonroot).await;
+    let both_blobs = store_ids(&crid, "content");
+    let both_snapshots = store_ids(&crid, "snapshots");
+    assert_eq!(busybox_snapshots.len(), 1, "busybox has one layer: {busybox_snapshots:?}");
+    assert!(both_snapshots.contains(&busybox_snapshots[0]) && both_snapshots.len() == 2, "{both_snapshots:?}");
+    assert_eq!(both_blobs.len(), busybox_blobs.len() + 3, "nonroot adds a manifest, a config and one layer");
+    let used_both = image_fs_becomes(&mut crid, Duration::from_secs(10), "two images", |used| used > used_pulled).await;
+
+    crid.remove_image(&busybox).await;
+    // What only busybox used (its manifest and config) goes; the shared layer and its snapshot
+    // stay for nonroot.
+    let left_blobs = store_ids(&crid, "content");
+    let kept_of_busybox: Vec<&String> = busybox_blobs.iter().filter(|b| left_blobs.contains(b)).collect();
+    assert_eq!(left_blobs.len(), both_blobs.len() - 2, "busybox's manifest and config go: {left_blobs:?}");
+    assert_eq!(kept_of_busybox.len(), 1, "busybox's layer stays, shared with nonroot: {kept_of_busybox:?}");
+    assert!(left_blobs.iter().all(|b| both_blobs.contains(b)));
+    assert_eq!(store_ids(&crid, "snapshots"), both_snapshots, "both snapshots are nonroot's chain");
+    crid.remove_image(&nonroot).await;
+    eventually(Duration::from_secs(3), "empty content and snapshot stores after the second image", &crid, || {
+        store_rows(&crid, "content").is_empty() && store_rows(&crid, "snapshots").is_empty()
+    })
+    .await;
+    let used_end = image_fs_becomes(&mut crid, Duration::from_secs(10), "after both", |used| used == used_before).await;
+    eprintln!(
+        "two images: {} blobs, {} snapshots, ImageFsInfo {used_both} bytes; after removing busybox {} blobs, {} \
+         snapshots; after both {used_end} bytes",
+        both_blobs.len(),
+        both_snapshots.len(),
+        left_blobs.len(),
+        both_snapshots.len()
+    );
+    assert_eq!(store_rows(&crid, "leases"), Vec::<String>::new());
+}
+
+/// Leases deleted behind crid's back (an operator, or containerd's state lost) break nothing
+/// for long: while something deletes every lease it sees, pulls and creations may fail, but
+/// once it stops the next pull and the next container creation succeed (no lease id is
+/// cached). No lease outlives its operation, and recovery deletes the leases of a crid that
+/// died mid-pull (crid's label), leaving others' alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn leases_deleted_behind_crids_back() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "lease", crid_binary()).await;
+    let (pod, pod_id) = crid.busybox_pod("lease").await;
+    let first = crid.create_container(&pod_id, &pod, "first", &["sleep", "60"]).await;
+    assert_eq!(store_rows(&crid, "leases"), Vec::<String>::new(), "no lease outlives its pull or creation");
+
+    // A deleter that removes every lease of crid's namespace it sees, for three seconds.
+    let (address, namespace) = (crid.containerd_address.clone(), crid.namespace.clone());
+    let deleter = std::thread::spawn(move || {
+        let ctr = |args: &[&str]| {
+            let output = Command::new("ctr").args(["--address", &address, "-n", &namespace]).args(args).output();
+            String::from_utf8_lossy(&output.expect("run ctr").stdout).into_owned()
+        };
+        let (started, mut deleted) = (Instant::now(), 0);
+        while started.elapsed() < Duration::from_secs(3) {
+            for lease in ctr(&["leases", "ls", "-q"]).lines().filter(|l| !l.trim().is_empty()) {
+                ctr(&["leases", "rm", lease.trim()]);
+                deleted += 1;
+            }
+        }
+        deleted
+    });
+    let nonroot = crid.image("nonroot:latest");
+    let (started, mut pulls, mut failed_pulls, mut creates, mut failed_creates) = (Instant::now(), 0, 0, 0, 0);
+    while started.elapsed() < Duration::from_secs(3) {
+        crid.remove_image(&nonroot).await;
+        let request = PullImageRequest {
+            image: Some(ImageSpec { image: nonroot.clone(), ..Default::default() }),
+            ..Default::default()
+        };
+        pulls += 1;
+        failed_pulls += usize::from(crid.images.pull_image(request).await.is_err());
+        let config = crid.container_config(&unique("churn"), &["true"]);
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        };
+        creates += 1;
+        match crid.runtime.create_container(request).await {
+            Ok(response) => crid.remove_container(&response.into_inner().container_id).await,
+            Err(_) => failed_creates += 1,
+        }
+    }
+    let deleted = deleter.join().unwrap();
+    eprintln!(
+        "while leases were deleted behind crid's back: {deleted} deleted, {failed_pulls}/{pulls} pulls and \
+         {failed_creates}/{creates} creations failed"
+    );
+    crid.pull(&nonroot).await;
+    let second = crid.create_container(&pod_id, &pod, "second", &["sleep", "60"]).await;
+    crid.start_container(&second).await;
+    assert_eq!(store_rows(&crid, "leases"), Vec::<String>::new(), "no lease outlives its operation");
+
+    // A pull lease left by a crid that died mid-pull, and a lease that is not crid's.
+    crid.ctr(&["leases", "create", "--id", "crid-pull-leftover", "io.crid.lease=pull"]);
+    crid.ctr(&["leases", "create", "--id", "someone-else", "owner=other"]);
+    crid.kill9();
+    crid.spawn(crid_binary()).await;
+    assert_eq!(store_ids(&crid, "leases"), vec!["someone-else".to_string()], "recovery deletes crid's leftover leases");
+    crid.ctr(&["leases", "rm", "someone-else"]);
+
+    crid.remove_container(&first).await;
+    crid.remove_pod(&pod_id).await;
+    crid.assert_no_leaks();
+}

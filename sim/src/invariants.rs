@@ -600,6 +600,26 @@ impl Checker {
             let extra: Vec<_> = store_names.difference(&k_names).collect();
             self.fail("16 image store = K", "image store", format!("missing {missing:?}, extra {extra:?}"));
         }
+        // 30. The image disk is given back: no lease outlives its operation, and no blob or
+        // snapshot stays that no image reference or container needs (nothing is in flight).
+        let leases = containerd.leases();
+        if !leases.is_empty() {
+            self.fail("30 image disk released", "lease store", format!("leases held at quiescence: {leases:?}"));
+        }
+        if containerd.gc_enabled() {
+            let garbage = containerd.unreferenced(false);
+            if !garbage.content.is_empty() || !garbage.snapshots.is_empty() {
+                self.fail(
+                    "30 image disk released",
+                    "content store",
+                    format!(
+                        "held by no image or container: blobs {:?}, snapshots {:?}",
+                        garbage.content.iter().map(|digest| short(digest)).collect::<Vec<_>>(),
+                        garbage.snapshots.iter().map(|(_, key)| short(key)).collect::<Vec<_>>()
+                    ),
+                );
+            }
+        }
         // 7 (at rest). Lock table empty.
         if !snapshot.lock_keys.is_empty() {
             self.fail("7 kmutex", "lock table", format!("keys held at quiescence: {:?}", snapshot.lock_keys));

@@ -24,10 +24,45 @@ pub const BACKOFF_TICK: Duration = Duration::from_secs(1);
 /// Bounds the wait between re-subscriptions and re-waits when containerd is unreachable.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
+/// What a backoff entry holds work for: a task's exit or OOM, a lease to delete, or the lease
+/// sweep. Tasks sort first, by id, as before leases had entries.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BackoffKey {
+    Task(crate::ids::TaskId),
+    Lease(String),
+    LeaseSweep,
+}
+
+impl From<&crate::ids::TaskId> for BackoffKey {
+    fn from(task: &crate::ids::TaskId) -> Self {
+        BackoffKey::Task(task.clone())
+    }
+}
+
+impl From<crate::ids::TaskId> for BackoffKey {
+    fn from(task: crate::ids::TaskId) -> Self {
+        BackoffKey::Task(task)
+    }
+}
+
+impl std::fmt::Display for BackoffKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackoffKey::Task(task) => write!(f, "{task}"),
+            BackoffKey::Lease(id) => write!(f, "lease {id}"),
+            BackoffKey::LeaseSweep => f.write_str("lease sweep"),
+        }
+    }
+}
+
 /// Work that failed once and waits in the backoff queue, under its task (`TaskId`: the task's
 /// kind says which store an exit goes to).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PendingEvent {
     Exit(ExitStatus),
     Oom,
+    /// A lease to delete (keyed by the lease id): its operation ended or was dropped.
+    DeleteLease,
+    /// A lease sweep whose listing failed.
+    SweepLeases,
 }

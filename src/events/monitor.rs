@@ -6,7 +6,9 @@ use std::sync::Arc;
 use k8s_cri::v1::ContainerEventType;
 
 use super::backoff::Backoff;
-use super::{BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_TICK, HANDLE_EVENT_TIMEOUT, PendingEvent, RECONNECT_MAX};
+use super::{
+    BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_TICK, BackoffKey, HANDLE_EVENT_TIMEOUT, PendingEvent, RECONNECT_MAX,
+};
 use crate::error::Result;
 use crate::ids::{ContainerId, SandboxId, TaskId};
 use crate::ports::{Event, EventStream, ExitStatus};
@@ -244,26 +246,33 @@ impl CriService {
     async fn backoff_loop(self: Arc<Self>) {
         loop {
             self.sleep(BACKOFF_TICK).await;
-            for (task, mut events, duration) in self.monitor.take_expired(self.now_ns()) {
+            for (key, mut events, duration) in self.monitor.take_expired(self.now_ns()) {
                 while let Some(event) = events.front().cloned() {
-                    let result = match (event, &task) {
-                        (PendingEvent::Exit(exit), _) => {
-                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(&task, exit)).await
+                    let result = match (event, &key) {
+                        (PendingEvent::Exit(exit), BackoffKey::Task(task)) => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(task, exit)).await
                         }
-                        (PendingEvent::Oom, TaskId::Container(id)) => {
+                        (PendingEvent::Oom, BackoffKey::Task(TaskId::Container(id))) => {
                             self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(id)).await
                         }
-                        // Only a container's task is queued with an OOM.
-                        (PendingEvent::Oom, TaskId::Sandbox(_)) => Ok(()),
+                        (PendingEvent::DeleteLease, BackoffKey::Lease(id)) => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "delete lease", self.delete_lease(id)).await
+                        }
+                        (PendingEvent::SweepLeases, BackoffKey::LeaseSweep) => {
+                            self.with_timeout(HANDLE_EVENT_TIMEOUT, "sweep leases", self.try_sweep_leases()).await
+                        }
+                        // Never queued so (an OOM goes with a container's task, lease work under
+                        // its lease key): nothing to do.
+                        _ => Ok(()),
                     };
                     if let Err(error) = result {
-                        tracing::warn!(id = %task, %error, retry_in = ?crate::events::backoff::after(duration, BACKOFF_MAX), "backoff retry failed");
+                        tracing::warn!(id = %key, %error, retry_in = ?crate::events::backoff::after(duration, BACKOFF_MAX), "backoff retry failed");
                         break;
                     }
                     events.pop_front();
                 }
                 if !events.is_empty() {
-                    self.monitor.requeue(task, events, duration, self.now_ns());
+                    self.monitor.requeue(key, events, duration, self.now_ns());
                 }
             }
         }

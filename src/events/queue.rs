@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{BACKOFF_INITIAL, BACKOFF_MAX, PendingEvent};
+use super::{BACKOFF_INITIAL, BACKOFF_MAX, BackoffKey, PendingEvent};
 use crate::ids::TaskId;
 
 struct BackoffEntry {
@@ -18,7 +18,7 @@ struct BackoffEntry {
 /// `max_entries` ids; a failure for a new id beyond that is dropped and counted, and the
 /// reconciler repairs that object later from containerd's task state.
 pub struct EventMonitor {
-    backoff: Mutex<BTreeMap<TaskId, BackoffEntry>>,
+    backoff: Mutex<BTreeMap<BackoffKey, BackoffEntry>>,
     max_entries: usize,
     pub backoff_dropped_total: AtomicU64,
     /// Ids whose exit a monitor has received and is handling, with how many monitors do: the
@@ -70,7 +70,7 @@ impl EventMonitor {
     }
 
     pub fn is_in_backoff(&self, task: &TaskId) -> bool {
-        self.backoff.lock().unwrap().contains_key(task)
+        self.backoff.lock().unwrap().contains_key(&BackoffKey::from(task))
     }
 
     /// Ids with an exit in hand or work in the backoff queue: what the service has received and
@@ -88,20 +88,21 @@ impl EventMonitor {
     }
 
     /// Appends to the id's queue (keeping per-id order) or creates an entry due in 1 s.
-    pub(super) fn push(&self, task: &TaskId, event: PendingEvent, now_ns: i64) {
+    pub(crate) fn push(&self, key: impl Into<BackoffKey>, event: PendingEvent, now_ns: i64) {
+        let key = key.into();
         let mut backoff = self.backoff.lock().unwrap();
-        if let Some(entry) = backoff.get_mut(task) {
+        if let Some(entry) = backoff.get_mut(&key) {
             entry.events.push_back(event);
             return;
         }
         if backoff.len() >= self.max_entries {
             cov_mark::hit!(backoff_queue_full_event_dropped);
             self.backoff_dropped_total.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(id = %task, ?event, "backoff queue full: event dropped; the reconciler will repair the object");
+            tracing::error!(id = %key, ?event, "backoff queue full: event dropped; the reconciler will repair the object");
             return;
         }
         backoff.insert(
-            task.clone(),
+            key,
             BackoffEntry {
                 events: VecDeque::from([event]),
                 expire_at_ns: now_ns + BACKOFF_INITIAL.as_nanos() as i64,
@@ -111,28 +112,35 @@ impl EventMonitor {
     }
 
     /// Removes and returns every expired entry, in id order.
-    pub(super) fn take_expired(&self, now_ns: i64) -> Vec<(TaskId, VecDeque<PendingEvent>, Duration)> {
+    pub(super) fn take_expired(&self, now_ns: i64) -> Vec<(BackoffKey, VecDeque<PendingEvent>, Duration)> {
         let mut backoff = self.backoff.lock().unwrap();
-        let expired: Vec<TaskId> =
-            backoff.iter().filter(|(_, e)| e.expire_at_ns <= now_ns).map(|(task, _)| task.clone()).collect();
+        let expired: Vec<BackoffKey> =
+            backoff.iter().filter(|(_, e)| e.expire_at_ns <= now_ns).map(|(key, _)| key.clone()).collect();
         expired
             .into_iter()
-            .map(|task| {
-                let entry = backoff.remove(&task).expect("listed above");
-                (task, entry.events, entry.duration)
+            .map(|key| {
+                let entry = backoff.remove(&key).expect("listed above");
+                (key, entry.events, entry.duration)
             })
             .collect()
     }
 
     /// Puts the unprocessed rest back, due after twice the previous wait (capped).
-    pub(super) fn requeue(&self, task: TaskId, mut events: VecDeque<PendingEvent>, previous: Duration, now_ns: i64) {
+    pub(super) fn requeue(
+        &self,
+        key: impl Into<BackoffKey>,
+        mut events: VecDeque<PendingEvent>,
+        previous: Duration,
+        now_ns: i64,
+    ) {
+        let key = key.into();
         let duration = crate::events::backoff::after(previous, BACKOFF_MAX);
         let mut backoff = self.backoff.lock().unwrap();
         // Events that arrived for this id while it was being replayed go after the rest.
-        if let Some(newer) = backoff.remove(&task) {
+        if let Some(newer) = backoff.remove(&key) {
             events.extend(newer.events);
         }
-        backoff.insert(task, BackoffEntry { events, expire_at_ns: now_ns + duration.as_nanos() as i64, duration });
+        backoff.insert(key, BackoffEntry { events, expire_at_ns: now_ns + duration.as_nanos() as i64, duration });
     }
 }
 
@@ -148,8 +156,8 @@ mod tests {
     #[test]
     fn backoff_doubles_caps_and_keeps_order() {
         let monitor = EventMonitor::new(2);
-        monitor.push(&container("a"), PendingEvent::Oom, 0);
-        monitor.push(&container("a"), PendingEvent::Exit(ExitStatus::new(1, 5)), 0);
+        monitor.push(container("a"), PendingEvent::Oom, 0);
+        monitor.push(container("a"), PendingEvent::Exit(ExitStatus::new(1, 5)), 0);
         assert!(monitor.take_expired(999_999_999).is_empty());
         let mut expired = monitor.take_expired(1_000_000_000);
         assert_eq!(expired.len(), 1);
@@ -168,12 +176,12 @@ mod tests {
     fn backoff_is_bounded_and_counts_drops() {
         cov_mark::check!(backoff_queue_full_event_dropped);
         let monitor = EventMonitor::new(1);
-        monitor.push(&container("a"), PendingEvent::Oom, 0);
-        monitor.push(&container("b"), PendingEvent::Oom, 0);
+        monitor.push(container("a"), PendingEvent::Oom, 0);
+        monitor.push(container("b"), PendingEvent::Oom, 0);
         assert_eq!(monitor.backoff_len(), 1);
         assert_eq!(monitor.backoff_dropped_total.load(Ordering::Relaxed), 1);
         // Same id still appends: per-id order matters more than the bound.
-        monitor.push(&container("a"), PendingEvent::Oom, 0);
+        monitor.push(container("a"), PendingEvent::Oom, 0);
         assert_eq!(monitor.backoff_dropped_total.load(Ordering::Relaxed), 1);
     }
 }

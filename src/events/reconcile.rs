@@ -19,6 +19,7 @@ impl CriService {
             loop {
                 service.sleep(service.config.reconcile_period).await;
                 service.reconcile().await;
+                service.sweep_leases().await;
             }
         });
     }

@@ -19,6 +19,9 @@ pub const KIND_SANDBOX: &str = "sandbox";
 pub const KIND_CONTAINER: &str = "container";
 pub const LABEL_IMAGE_MANAGED: &str = "io.cri-containerd.image";
 pub const IMAGE_MANAGED: &str = "managed";
+/// On every lease crid creates; its value says what the lease protects ([`LeasePurpose`]).
+/// Recovery deletes the leases that carry it: none of them outlives the crid that made it.
+pub const LABEL_LEASE: &str = "io.crid.lease";
 pub const EXTENSION_SANDBOX_METADATA: &str = "io.cri-containerd.sandbox.metadata";
 pub const EXTENSION_CONTAINER_METADATA: &str = "io.cri-containerd.container.metadata";
 
@@ -309,6 +312,31 @@ pub struct ImageConfig {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What a lease crid creates protects, until the record that owns it exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeasePurpose {
+    /// A pull's blobs and committed snapshots, until its image references exist.
+    Pull,
+    /// A container's or sandbox's rootfs snapshot, until its container record exists.
+    Rootfs,
+}
+
+impl LeasePurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeasePurpose::Pull => "pull",
+            LeasePurpose::Rootfs => "rootfs",
+        }
+    }
+}
+
+/// A lease in containerd's lease store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// An image record in containerd's image store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -460,8 +488,9 @@ pub trait Containerd: Send + Sync + 'static {
         layer: &Descriptor,
         lease: &str,
     ) -> Result<()>;
-    /// Prepares the writable rootfs snapshot `key` on top of `parent_chain_id`.
-    async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()>;
+    /// Prepares the writable rootfs snapshot `key` on top of `parent_chain_id`, under `lease`
+    /// (it holds the snapshot until a container record references it).
+    async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str, lease: &str) -> Result<()>;
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()>;
     /// Regular files of the prepared snapshot `key` as the container will see them (`paths`
     /// relative to its root, e.g. `etc/passwd`), each at most `max_bytes` long; one answer per
@@ -480,15 +509,25 @@ pub trait Containerd: Send + Sync + 'static {
     async fn update_image(&self, record: &ImageRecord) -> Result<()>;
     async fn get_image(&self, name: &str) -> Result<ImageRecord>;
     async fn list_images(&self) -> Result<Vec<ImageRecord>>;
-    /// With `sync`, returns after garbage collection ran.
+    /// With `sync`, returns after garbage collection ran: content and snapshots that nothing
+    /// references any more (no image, container, lease) are gone.
     async fn delete_image(&self, name: &str, sync: bool) -> Result<()>;
     /// Reads an image's config and chain id from the content store.
     async fn image_content(&self, record: &ImageRecord) -> Result<ImageContent>;
-    /// A lease protects what a pull writes (content, committed snapshots: every call given its
-    /// id) from GC until the image record references it; deleting it lets GC take the rest. An
-    /// implementation may let it expire by itself, so that a pull interrupted by a crash leaks
-    /// nothing for good.
-    async fn create_lease(&self, id: &str) -> Result<()>;
+    /// A lease protects what is written under it (blobs and committed snapshots of a pull, a
+    /// prepared rootfs snapshot: every call given its id) from garbage collection until a
+    /// record references it; deleting it lets GC take the rest. It expires by itself after
+    /// `expire_after`, so that one left by a crash holds nothing for good. AlreadyExists when
+    /// the id is taken.
+    async fn create_lease(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        expire_after: std::time::Duration,
+    ) -> Result<()>;
+    /// Every lease of the namespace, sorted by id.
+    async fn list_leases(&self) -> Result<Vec<LeaseRecord>>;
+    /// NotFound when it does not exist (any more: an expired lease is gone).
     async fn delete_lease(&self, id: &str) -> Result<()>;
 
     // ---- events ----

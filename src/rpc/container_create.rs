@@ -11,7 +11,7 @@ use k8s_cri::v1::{
 use crate::error::{Error, Result};
 use crate::ids::{ContainerId, TaskId};
 use crate::naming::{container_name, sorted};
-use crate::ports::{ContainerRecord, EXTENSION_CONTAINER_METADATA, KIND_CONTAINER, LABEL_KIND, TaskIo};
+use crate::ports::{ContainerRecord, EXTENSION_CONTAINER_METADATA, KIND_CONTAINER, LABEL_KIND, LeasePurpose, TaskIo};
 use crate::rpc::sandbox_run::{ROLLBACK_TIMEOUT, ignore_not_found};
 use crate::service::CriService;
 use crate::spec::{ContainerSpecInput, SpecPolicy, container_spec};
@@ -198,37 +198,46 @@ impl CriService {
             stop_signal: image.config.stop_signal.clone(),
         };
         *kept_metadata = Some(metadata.clone());
-        undo.push(Undo::RemoveSnapshot);
-        self.backends
-            .containerd
-            .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id)
-            .await
-            .map_err(|e| e.context("failed to prepare container rootfs"))?;
-        crate::spec::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id.as_str(), &mut spec).await?;
-        let record = ContainerRecord {
-            id: id.to_string(),
-            labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())]
-                .into_iter()
-                .chain(sorted(&config.labels))
-                .collect(),
-            image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
-            runtime,
-            snapshotter,
-            snapshot_key: id.to_string(),
-            spec,
-            extensions: [(
-                EXTENSION_CONTAINER_METADATA.to_string(),
-                serde_json::to_vec(&metadata).expect("serialises"),
-            )]
-            .into(),
-            created_at_ns: 0,
-        };
-        undo.push(Undo::DeleteContainer);
-        self.backends
-            .containerd
-            .create_container(record)
-            .await
-            .map_err(|e| e.context("failed to create containerd container"))?;
+        // The rootfs snapshot is held by a lease of its own until the container record
+        // references it (§5.4).
+        let lease = self.hold_lease(LeasePurpose::Rootfs).await?;
+        let created = async {
+            undo.push(Undo::RemoveSnapshot);
+            self.backends
+                .containerd
+                .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id, lease.id())
+                .await
+                .map_err(|e| e.context("failed to prepare container rootfs"))?;
+            crate::spec::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id.as_str(), &mut spec).await?;
+            let record = ContainerRecord {
+                id: id.to_string(),
+                labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())]
+                    .into_iter()
+                    .chain(sorted(&config.labels))
+                    .collect(),
+                image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
+                runtime,
+                snapshotter,
+                snapshot_key: id.to_string(),
+                spec,
+                extensions: [(
+                    EXTENSION_CONTAINER_METADATA.to_string(),
+                    serde_json::to_vec(&metadata).expect("serialises"),
+                )]
+                .into(),
+                created_at_ns: 0,
+            };
+            undo.push(Undo::DeleteContainer);
+            self.backends
+                .containerd
+                .create_container(record)
+                .await
+                .map_err(|e| e.context("failed to create containerd container"))?;
+            Ok::<(), Error>(())
+        }
+        .await;
+        lease.release().await;
+        created?;
 
         let status = ContainerStatus {
             created_at_ns: self.now_ns(),

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::kmutex::KeyedMutex;
 use crate::naming::ImageRef;
 use crate::ports::{
-    Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, RegistryAuth, ResolvedImage,
+    Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, LeasePurpose, RegistryAuth,
+    ResolvedImage,
 };
 use crate::service::CriService;
 use crate::store::Image;
@@ -178,17 +179,11 @@ impl CriService {
         auth: &RegistryAuth,
         progress: Arc<Progress>,
     ) -> Result<String> {
-        let containerd = self.backends.containerd.clone();
-        let mut lease_id = [0u8; 8];
-        self.backends.os.random_bytes(&mut lease_id);
-        let lease = format!("crid-pull-{}", hex::encode(lease_id));
-        self.with_timeout(IMAGE_METADATA_TIMEOUT, "create lease", containerd.create_lease(&lease)).await?;
-        let result = self.pull_under_lease(reference, auth, &lease, &progress).await;
-        if let Err(error) =
-            self.with_timeout(IMAGE_METADATA_TIMEOUT, "delete lease", containerd.delete_lease(&lease)).await
-        {
-            tracing::warn!(lease, %error, "failed to delete pull lease");
-        }
+        // One lease per pull (joined pulls share it), gone once the image references hold
+        // what it protected, or the pull failed (§5.4).
+        let lease = self.hold_lease(LeasePurpose::Pull).await?;
+        let result = self.pull_under_lease(reference, auth, lease.id(), &progress).await;
+        lease.release().await;
         result
     }
 

@@ -13,7 +13,9 @@ use k8s_cri::v1::{ContainerEventType, PodSandboxConfig, RunPodSandboxRequest, Ru
 use crate::error::{Error, Result};
 use crate::ids::{SandboxId, TaskId};
 use crate::naming::{sandbox_name, sorted, validate_sandbox_metadata};
-use crate::ports::{ContainerRecord, EXTENSION_SANDBOX_METADATA, KIND_SANDBOX, LABEL_KIND, PodNetwork, TaskIo};
+use crate::ports::{
+    ContainerRecord, EXTENSION_SANDBOX_METADATA, KIND_SANDBOX, LABEL_KIND, LeasePurpose, PodNetwork, TaskIo,
+};
 use crate::service::CriService;
 use crate::spec::{SandboxSpecInput, host_network, sandbox_spec};
 use crate::store::{Sandbox, SandboxMetadata, SandboxState, SandboxStatus, encode_message};
@@ -192,35 +194,44 @@ impl CriService {
         };
         let mut spec = spec_for(state.metadata.netns_path.clone());
 
-        state.undo.push(Undo::RemoveSnapshot);
-        containerd
-            .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id)
-            .await
-            .map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
-        crate::spec::userdb::resolve_user(&*containerd, &snapshotter, id.as_str(), &mut spec).await?;
-        let mut record = ContainerRecord {
-            id: id.to_string(),
-            labels: [(LABEL_KIND.to_string(), KIND_SANDBOX.to_string())]
-                .into_iter()
-                .chain(sorted(&state.config.labels))
-                .collect(),
-            image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
-            runtime,
-            snapshotter: snapshotter.clone(),
-            snapshot_key: id.to_string(),
-            spec,
-            extensions: [(
-                EXTENSION_SANDBOX_METADATA.to_string(),
-                serde_json::to_vec(&state.metadata).expect("serialises"),
-            )]
-            .into(),
-            created_at_ns: 0,
-        };
-        state.undo.push(Undo::DeleteContainer);
-        let created = containerd
-            .create_container(record.clone())
-            .await
-            .map_err(|e| e.context("failed to create containerd container"))?;
+        // The rootfs snapshot is held by a lease of its own until the container record
+        // references it (§5.4).
+        let lease = self.hold_lease(LeasePurpose::Rootfs).await?;
+        let created = async {
+            state.undo.push(Undo::RemoveSnapshot);
+            containerd
+                .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id, lease.id())
+                .await
+                .map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
+            crate::spec::userdb::resolve_user(&*containerd, &snapshotter, id.as_str(), &mut spec).await?;
+            let record = ContainerRecord {
+                id: id.to_string(),
+                labels: [(LABEL_KIND.to_string(), KIND_SANDBOX.to_string())]
+                    .into_iter()
+                    .chain(sorted(&state.config.labels))
+                    .collect(),
+                image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
+                runtime,
+                snapshotter: snapshotter.clone(),
+                snapshot_key: id.to_string(),
+                spec,
+                extensions: [(
+                    EXTENSION_SANDBOX_METADATA.to_string(),
+                    serde_json::to_vec(&state.metadata).expect("serialises"),
+                )]
+                .into(),
+                created_at_ns: 0,
+            };
+            state.undo.push(Undo::DeleteContainer);
+            let created = containerd
+                .create_container(record.clone())
+                .await
+                .map_err(|e| e.context("failed to create containerd container"))?;
+            Ok::<_, Error>((record, created))
+        }
+        .await;
+        lease.release().await;
+        let (mut record, created) = created?;
         state.created_at_ns = created.created_at_ns;
 
         state.undo.push(Undo::RemoveDirs);

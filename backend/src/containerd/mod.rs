@@ -19,7 +19,7 @@ pub mod userdb;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -38,16 +38,17 @@ use containerd_client::services::v1::{
     ApplyRequest, CloseIoRequest, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
     CreateTaskRequest, DeleteContainerRequest, DeleteImageRequest, DeleteProcessRequest,
     DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetImageRequest,
-    GetRequest, InfoRequest, KillRequest, ListContainersRequest, ListImagesRequest, MetricsRequest, ResizePtyRequest,
-    StartRequest, SubscribeRequest, UpdateContainerRequest, UpdateImageRequest, UpdateRequest as UpdateContentRequest,
-    UpdateTaskRequest, WaitRequest,
+    GetRequest, InfoRequest, KillRequest, ListContainersRequest, ListImagesRequest, ListRequest as ListLeasesRequest,
+    MetricsRequest, ResizePtyRequest, StartRequest, SubscribeRequest, UpdateContainerRequest, UpdateImageRequest,
+    UpdateRequest as UpdateContentRequest, UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::types::Mount as ProtoMount;
 use containerd_client::types::v1::Status as ProcessStatus;
 use crid::error::{Error, ErrorKind, Result};
 use crid::ports::{
     ByteWriter, ContainerRecord, Containerd, Descriptor, EventStream, ExecOutput, ExecSpec, ExitStatus, ImageContent,
-    ImageRecord, ProcessIo, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState, TerminalSize,
+    ImageRecord, LeaseRecord, ProcessIo, Resources, SnapshotUsage, TaskInfo, TaskIo, TaskMetrics, TaskState,
+    TerminalSize,
 };
 use hyper_util::rt::TokioIo;
 use prost_types::{Any, FieldMask};
@@ -62,17 +63,8 @@ use taskio::{IoManager, PreparedIo};
 
 /// gRPC messages above tonic's 4 MiB default occur in List calls of busy hosts.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-/// The rootfs lease is reused for this long.
-const ROOTFS_LEASE_REUSE: Duration = Duration::from_secs(10 * 60);
-/// Every lease crid creates expires (for containerd's GC) this long after its creation, so that
-/// one left behind by a crash does not hold content for good.
-const LEASE_EXPIRY_SECS: i64 = 60 * 60;
-
-/// The label that makes containerd's GC drop a lease after [`LEASE_EXPIRY_SECS`].
-fn lease_expiry_labels() -> HashMap<String, String> {
-    let expiry = chrono::Utc::now() + chrono::Duration::seconds(LEASE_EXPIRY_SECS);
-    HashMap::from([("containerd.io/gc.expire".to_string(), expiry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))])
-}
+/// The label that makes containerd's GC drop a lease at a time (RFC 3339).
+const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
 
 /// Opens a lazily connecting channel to containerd's unix socket: a later containerd restart is
 /// survived by reconnecting on the next call.
@@ -137,8 +129,6 @@ pub struct RealContainerd {
     io: IoManager,
     registry: RegistryClient,
     default_snapshotter: String,
-    /// Current rootfs lease and when it was created.
-    rootfs_lease: tokio::sync::Mutex<Option<(String, Instant)>>,
     /// Snapshotter each chain id was unpacked into, for the config's GC label.
     unpacked_into: Mutex<HashMap<String, String>>,
 }
@@ -164,7 +154,6 @@ impl RealContainerd {
             io: IoManager::new(options.fifo_dir).with_limits(options.max_log_line_bytes, options.exec_drain),
             registry: RegistryClient::new(options.registry_config_path)?,
             default_snapshotter: options.default_snapshotter,
-            rootfs_lease: tokio::sync::Mutex::new(None),
             unpacked_into: Mutex::new(HashMap::new()),
         })
     }
@@ -190,29 +179,6 @@ impl RealContainerd {
     }
     fn snapshots(&self) -> SnapshotsClient<Channel> {
         SnapshotsClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
-    }
-
-    /// A lease that expires by itself, shared by all container creations for a while: a rootfs
-    /// snapshot prepared before its container record exists is not collected in between. (A
-    /// pull has a lease of its own, created by the core and given to every call that writes.)
-    async fn rootfs_lease(&self) -> Result<String> {
-        let mut current = self.rootfs_lease.lock().await;
-        if let Some((id, created)) = current.as_ref()
-            && created.elapsed() < ROOTFS_LEASE_REUSE
-        {
-            return Ok(id.clone());
-        }
-        let mut suffix = [0u8; 8];
-        crate::os::fill_random(&mut suffix);
-        let id = format!("crid-rootfs-{}", hex::encode(suffix));
-        let labels = lease_expiry_labels();
-        grpc(
-            LeasesClient::new(self.channel.clone())
-                .create(self.req(CreateLeaseRequest { id: id.clone(), labels }))
-                .await,
-        )?;
-        *current = Some((id.clone(), Instant::now()));
-        Ok(id)
     }
 
     async fn rootfs_mounts(&self, record: &ContainerRecord) -> Result<Vec<ProtoMount>> {
@@ -758,15 +724,14 @@ impl Containerd for RealContainerd {
         result.map_err(|e| e.context(format!("unpack layer {}", layer.digest)))
     }
 
-    async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()> {
-        let lease = self.rootfs_lease().await?;
+    async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str, lease: &str) -> Result<()> {
         let request = PrepareSnapshotRequest {
             snapshotter: snapshotter.to_string(),
             key: key.to_string(),
             parent: parent_chain_id.to_string(),
             labels: HashMap::new(),
         };
-        grpc(self.snapshots().prepare(self.requests.with_lease(request, Some(&lease))).await).map(|_| ())
+        grpc(self.snapshots().prepare(self.requests.with_lease(request, Some(lease))).await).map(|_| ())
     }
 
     async fn read_rootfs_files(
@@ -872,9 +837,26 @@ impl Containerd for RealContainerd {
         })
     }
 
-    async fn create_lease(&self, id: &str) -> Result<()> {
-        let request = CreateLeaseRequest { id: id.to_string(), labels: lease_expiry_labels() };
+    async fn create_lease(&self, id: &str, labels: &BTreeMap<String, String>, expire_after: Duration) -> Result<()> {
+        let expire_after = chrono::Duration::from_std(expire_after)
+            .map_err(|_| Error::invalid(format!("lease expiry {expire_after:?} out of range")))?;
+        let expires_at = chrono::Utc::now() + expire_after;
+        let mut labels: HashMap<String, String> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        labels.insert(LABEL_GC_EXPIRE.to_string(), expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let request = CreateLeaseRequest { id: id.to_string(), labels };
         grpc(LeasesClient::new(self.channel.clone()).create(self.req(request)).await).map(|_| ())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<LeaseRecord>> {
+        let response =
+            grpc(LeasesClient::new(self.channel.clone()).list(self.req(ListLeasesRequest::default())).await)?;
+        let mut leases: Vec<LeaseRecord> = response
+            .leases
+            .into_iter()
+            .map(|lease| LeaseRecord { id: lease.id, labels: lease.labels.into_iter().collect() })
+            .collect();
+        leases.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(leases)
     }
 
     async fn delete_lease(&self, id: &str) -> Result<()> {

@@ -108,6 +108,7 @@ fault_sites! {
     ContainerdImageContent = "containerd.image_content",
     ContainerdCreateLease = "containerd.create_lease",
     ContainerdDeleteLease = "containerd.delete_lease",
+    ContainerdListLeases = "containerd.list_leases",
     ContainerdSubscribe = "containerd.subscribe",
     ContainerdEvent = "containerd.event",
     CniLoad = "cni.load",

@@ -23,7 +23,9 @@ use crid::ports::containerd::ImageConfig;
 
 pub use self::clock::SimClock;
 pub use self::cni::{CniOp, FakeCni, LedgerEntry};
-pub use self::containerd::{ACTIVE_SNAPSHOT_BYTES, ExecInfo, FakeContainerd, FetchPlan, SnapshotInfo, SnapshotKind};
+pub use self::containerd::{
+    ACTIVE_SNAPSHOT_BYTES, ExecInfo, FakeContainerd, FetchPlan, Holdings, SnapshotInfo, SnapshotKind,
+};
 pub use self::faults::{FaultAction, FaultInjector, FaultSite, NoFaults, ScriptedFaults};
 pub use self::os::{FakeFile, FakeOs};
 pub use self::registry::{chain_ids, layer_digest};

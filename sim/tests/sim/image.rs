@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::*;
 use crid::ErrorKind;
 use crid::ports::{Containerd, ResolvedImage, SnapshotUsage};
-use crid_sim::fakes::{PAUSE_IMAGE, SnapshotKind, chain_ids};
+use crid_sim::fakes::{FetchPlan, Holdings, PAUSE_IMAGE, SnapshotKind, chain_ids};
 use k8s_cri::v1::*;
 
 /// What the registry serves for `reference` (read from the fake registry, not from the CRI).
@@ -310,4 +310,104 @@ async fn a_cancelled_pull_does_not_cancel_the_others() {
     }
     assert_eq!(image_status(&node, NGINX_IMAGE).await.map(|i| i.id), Some(expected));
     assert_quiescent(&node);
+}
+
+/// Nothing is left that no image or container references (invariant 30's end state).
+fn assert_disk_released(node: &Node) {
+    assert!(node.world.containerd.leases().is_empty(), "leases left: {:?}", node.world.containerd.leases());
+    assert_eq!(node.world.containerd.unreferenced(false), Holdings::default(), "garbage left");
+}
+
+/// RemoveImage frees what only the image held; a container's rootfs keeps its snapshots (not
+/// its blobs) until the container goes, and a layer shared with another image stays with it
+/// (§5.4, B30).
+#[madsim::test]
+async fn remove_image_frees_what_only_it_held() {
+    let node = Node::start().await;
+    let remove = |image: &str| RemoveImageRequest { image: Some(image_spec(image)) };
+    let busybox = registry_image(&node, BUSYBOX_IMAGE).await;
+    let nginx = registry_image(&node, NGINX_IMAGE).await;
+    let pod = node.run_pod("gc").await;
+    node.pull(BUSYBOX_IMAGE).await;
+    let container = node.create(&pod, "gc", "c", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.pull(NGINX_IMAGE).await;
+    assert_disk_released(&node);
+    node.svc.remove_image(remove(BUSYBOX_IMAGE)).await.unwrap();
+    let content = node.world.containerd.content();
+    assert!(!content.contains_key(&busybox.config.digest), "busybox's config goes at once");
+    assert!(content.contains_key(&busybox.layers[0].digest), "the layer shared with nginx stays");
+    let chains = chain_ids(&busybox.diff_ids);
+    let snapshots = node.world.containerd.snapshots(SNAPSHOTTER);
+    assert!(chains.iter().all(|chain| snapshots.contains_key(chain)), "the container's rootfs holds its chain");
+    assert_disk_released(&node);
+    node.stop_container(&container, 0).await;
+    node.remove_container(&container).await;
+    let snapshots = node.world.containerd.snapshots(SNAPSHOTTER);
+    assert!(!snapshots.contains_key(chains.last().unwrap()), "busybox's top layer went with the container");
+    assert!(snapshots.contains_key(&chains[0]), "the shared base layer stays for nginx");
+    node.stop_pod(&pod).await;
+    node.remove_pod(&pod).await;
+    for image in [NGINX_IMAGE, PAUSE_IMAGE] {
+        node.svc.remove_image(remove(image)).await.unwrap();
+    }
+    assert!(node.world.containerd.content().is_empty(), "{:?}", node.world.containerd.content());
+    assert!(node.world.containerd.snapshots(SNAPSHOTTER).is_empty());
+    assert!(nginx.layers.iter().all(|layer| !node.world.containerd.content().contains_key(&layer.digest)));
+}
+
+/// A pull the watchdog cancels is dropped mid-flight: its lease's delete is queued, and what it
+/// fetched is collected once the queue ran (B23, B30).
+#[madsim::test]
+async fn a_cancelled_pull_leaves_no_lease() {
+    cov_mark::check!(dropped_lease_queued_for_delete);
+    let node =
+        Node::start_with(crid::Config { image_pull_progress_timeout: Duration::from_secs(5), ..test_config() }).await;
+    let nginx = registry_image(&node, NGINX_IMAGE).await;
+    let stalled = nginx.layers.last().unwrap().digest.clone();
+    node.world.containerd.set_fetch_plan(&stalled, Some(FetchPlan::StallAfter { bytes: 10 }));
+    let result = node.svc.pull_image(PullImageRequest { image: Some(image_spec(NGINX_IMAGE)), ..Default::default() });
+    assert_eq!(err_kind(result.await), ErrorKind::DeadlineExceeded);
+    sleep(Duration::from_secs(5)).await;
+    assert_quiescent(&node);
+    assert_eq!(node.svc.snapshot().backoff_len, 0);
+    assert!(node.world.containerd.content().is_empty(), "the cancelled pull's blobs are garbage");
+    node.world.containerd.set_fetch_plan(&stalled, None);
+    node.pull(NGINX_IMAGE).await;
+    assert_disk_released(&node);
+}
+
+/// Leases crid made and no longer holds are swept at start-up (a crid that crashed mid-pull);
+/// others' leases are left alone. A lease deleted behind crid's back fails only the pull that
+/// held it (§5.4, B30).
+#[madsim::test]
+async fn leftover_and_vanished_leases() {
+    cov_mark::check!(sweep_deleted_unheld_lease);
+    let (world, faults) = world(7);
+    let containerd = world.containerd.clone();
+    let busybox = containerd.registry_image(BUSYBOX_IMAGE).unwrap();
+    let crids: std::collections::BTreeMap<String, String> = [("io.crid.lease".into(), "pull".into())].into();
+    let day = Duration::from_secs(24 * 3600);
+    containerd.create_lease("crid-pull-crashed", &crids, day).await.unwrap();
+    containerd.create_lease("someone-else", &Default::default(), day).await.unwrap();
+    let anonymous = crid::ports::RegistryAuth::default();
+    let registry: &dyn crid::ports::Registry = &*containerd;
+    registry.fetch_blob(BUSYBOX_IMAGE, &busybox.layers[0], &anonymous, "crid-pull-crashed", &|_| {}).await.unwrap();
+    let node = Node::start_on(world, faults, test_config()).await;
+    assert_eq!(containerd.leases(), BTreeSet::from(["someone-else".to_string()]));
+    assert!(containerd.content().is_empty(), "what the crashed pull fetched is collected");
+    containerd.delete_lease("someone-else").await.unwrap();
+
+    // The lease vanishes while a pull runs: that pull fails, the next one succeeds.
+    containerd.set_fetch_latency(Duration::from_secs(2));
+    let svc = node.svc.clone();
+    let pull = tokio::spawn(async move {
+        svc.pull_image(PullImageRequest { image: Some(image_spec(BUSYBOX_IMAGE)), ..Default::default() }).await
+    });
+    sleep(Duration::from_millis(500)).await;
+    let leases = containerd.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    containerd.delete_lease(leases.iter().next().unwrap()).await.unwrap();
+    assert_eq!(err_kind(pull.await.unwrap()), ErrorKind::NotFound);
+    node.pull(BUSYBOX_IMAGE).await;
+    assert_disk_released(&node);
 }

@@ -62,6 +62,8 @@ impl FakeContainerd {
         if cleanup_snapshot && !record.snapshot_key.is_empty() {
             state.snapshotter(&record.snapshotter).active.remove(&record.snapshot_key);
         }
+        // What only this container's rootfs held (an image removed meanwhile) goes.
+        state.collect_garbage();
         Ok(())
     }
 }

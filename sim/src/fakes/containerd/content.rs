@@ -220,8 +220,15 @@ impl FakeContainerd {
             let _ = connection.changed().await;
             return Err(Self::connection_lost());
         }
-        self.raw_state().content.insert(blob.digest.clone(), blob.size_bytes);
+        // The commit, as containerd's: under a lease that still exists, which then holds it.
+        let committed = {
+            let mut state = self.state();
+            state.check_lease(lease).map(|()| {
+                state.content.insert(blob.digest.clone(), blob.size_bytes);
+                state.leases.get_mut(lease).expect("checked").content.insert(blob.digest.clone());
+            })
+        };
         drop(in_flight);
-        Ok(())
+        committed
     }
 }

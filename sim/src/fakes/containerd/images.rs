@@ -4,47 +4,107 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crid::error::{Error, Result};
 use crid::ports::containerd::*;
-use crid::ports::registry::ResolvedImage;
+
+use crid::ports::Clock;
 
 use super::{FakeContainerd, State, chain_ids};
 
+/// A lease: what was written under it, held from GC until it is deleted or expires.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Lease {
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) expires_at_ns: i64,
+    pub(super) content: BTreeSet<String>,
+    /// (snapshotter, key): committed chains and prepared rootfs snapshots.
+    pub(super) snapshots: BTreeSet<(String, String)>,
+}
+
+/// What GC keeps: content and snapshots something references, and why not the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holdings {
+    pub content: BTreeSet<String>,
+    /// (snapshotter, key).
+    pub snapshots: BTreeSet<(String, String)>,
+}
+
 impl State {
-    /// What a write under a lease that does not exist gets, as from containerd: a pull must
-    /// write under the lease it created.
+    /// What a write under a lease that does not exist (or expired) gets, as from containerd: a
+    /// pull must write under the lease it created.
     pub(super) fn check_lease(&self, lease: &str) -> Result<()> {
-        if self.leases.contains(lease) { Ok(()) } else { Err(Error::not_found(format!("lease {lease}: not found"))) }
+        if self.leases.contains_key(lease) {
+            Ok(())
+        } else {
+            Err(Error::not_found(format!("lease {lease}: not found")))
+        }
     }
 
-    /// Drops content and committed snapshots that no image and no container rootfs reaches, as
-    /// containerd's GC does. Any lease pauses it: a pull in progress holds its blobs that way.
-    pub(super) fn collect_garbage(&mut self) {
-        if !self.gc_enabled || !self.leases.is_empty() {
-            return;
+    /// Drops the leases whose expiry passed, and collects what they alone held.
+    pub(super) fn expire_leases(&mut self, now_ns: i64) {
+        let before = self.leases.len();
+        self.leases.retain(|_, lease| lease.expires_at_ns > now_ns);
+        if self.leases.len() != before {
+            self.collect_garbage();
         }
-        let images: Vec<&ResolvedImage> =
-            self.images.values().filter_map(|record| self.manifests.get(&record.target.digest)).collect();
-        let mut live_content: BTreeSet<String> = BTreeSet::new();
-        let mut image_chains: BTreeSet<String> = BTreeSet::new();
-        for image in &images {
-            live_content.insert(image.manifest.digest.clone());
-            live_content.insert(image.config.digest.clone());
-            live_content.extend(image.layers.iter().map(|layer| layer.digest.clone()));
-            image_chains.extend(chain_ids(&image.diff_ids));
-        }
-        self.content.retain(|digest, _| live_content.contains(digest));
-        for snapshots in self.snapshotters.values_mut() {
-            let mut live: BTreeSet<String> =
-                image_chains.iter().filter(|chain| snapshots.committed.contains_key(*chain)).cloned().collect();
-            let mut pending: Vec<String> = live.iter().cloned().chain(snapshots.active.values().cloned()).collect();
-            while let Some(chain) = pending.pop() {
-                if let Some((parent, _)) = snapshots.committed.get(&chain) {
-                    live.insert(chain);
-                    if !parent.is_empty() && !live.contains(parent) {
-                        pending.push(parent.clone());
+    }
+
+    /// What is referenced, directly or through a parent: content by image records (their
+    /// manifest, config and layers) and leases; snapshots by images (their chains), container
+    /// records (their rootfs) and leases, each with its parents.
+    pub(super) fn referenced(&self, with_leases: bool) -> Holdings {
+        let mut held = Holdings::default();
+        let mut roots: BTreeSet<(String, String)> = BTreeSet::new();
+        for record in self.images.values() {
+            held.content.insert(record.target.digest.clone());
+            if let Some(image) = self.manifests.get(&record.target.digest) {
+                held.content.insert(image.config.digest.clone());
+                held.content.extend(image.layers.iter().map(|layer| layer.digest.clone()));
+                // The image's chain, in every snapshotter that has it (containerd's config
+                // labels name the snapshotter it was unpacked into).
+                for chain in chain_ids(&image.diff_ids) {
+                    for name in self.snapshotters.keys() {
+                        roots.insert((name.clone(), chain.clone()));
                     }
                 }
             }
-            snapshots.committed.retain(|chain, _| live.contains(chain));
+        }
+        for record in self.containers.values().filter(|record| !record.snapshot_key.is_empty()) {
+            roots.insert((record.snapshotter.clone(), record.snapshot_key.clone()));
+        }
+        if with_leases {
+            for lease in self.leases.values() {
+                held.content.extend(lease.content.iter().cloned());
+                roots.extend(lease.snapshots.iter().cloned());
+            }
+        }
+        let mut pending: Vec<(String, String)> = roots.into_iter().collect();
+        while let Some((name, key)) = pending.pop() {
+            let Some(snapshots) = self.snapshotters.get(&name) else { continue };
+            let parent = match (snapshots.committed.get(&key), snapshots.active.get(&key)) {
+                (Some((parent, _)), _) => parent.clone(),
+                (None, Some(parent)) => parent.clone(),
+                (None, None) => continue,
+            };
+            if held.snapshots.insert((name.clone(), key)) && !parent.is_empty() {
+                pending.push((name, parent));
+            }
+        }
+        held
+    }
+
+    /// Drops content and snapshots (committed and prepared) that nothing references, as
+    /// containerd's GC does: image records, container records and leases hold them.
+    pub(super) fn collect_garbage(&mut self) {
+        if !self.gc_enabled {
+            return;
+        }
+        let held = self.referenced(true);
+        self.content.retain(|digest, _| held.content.contains(digest));
+        for (name, snapshots) in self.snapshotters.iter_mut() {
+            let live = |key: &String| held.snapshots.contains(&(name.clone(), key.clone()));
+            snapshots.committed.retain(|chain, _| live(chain));
+            snapshots.active.retain(|key, _| live(key));
+            let active = snapshots.active.clone();
+            snapshots.written.retain(|key, _| active.contains_key(key));
         }
     }
 }
@@ -59,8 +119,32 @@ impl FakeContainerd {
         self.raw_state().images.clone()
     }
 
+    /// The ids of the leases that exist (not expired).
     pub fn leases(&self) -> BTreeSet<String> {
-        self.raw_state().leases.clone()
+        self.state().leases.keys().cloned().collect()
+    }
+
+    /// Whether garbage collection is on (it is unless a scenario never removes images).
+    pub fn gc_enabled(&self) -> bool {
+        self.raw_state().gc_enabled
+    }
+
+    /// Content and snapshots that exist but that no image record, container record or lease
+    /// references (with `with_leases` false: that no record references) — what a GC would take.
+    pub fn unreferenced(&self, with_leases: bool) -> Holdings {
+        let state = self.state();
+        let held = state.referenced(with_leases);
+        let mut garbage = Holdings::default();
+        garbage.content.extend(state.content.keys().filter(|digest| !held.content.contains(*digest)).cloned());
+        for (name, snapshots) in &state.snapshotters {
+            for key in snapshots.committed.keys().chain(snapshots.active.keys()) {
+                let id = (name.clone(), key.clone());
+                if !held.snapshots.contains(&id) {
+                    garbage.snapshots.insert(id);
+                }
+            }
+        }
+        garbage
     }
 
     pub(super) fn do_create_image(&self, record: &ImageRecord) -> Result<()> {
@@ -125,17 +209,31 @@ impl FakeContainerd {
         })
     }
 
-    pub(super) fn do_create_lease(&self, id: &str) -> Result<()> {
-        if self.raw_state().leases.insert(id.to_string()) {
-            Ok(())
-        } else {
-            Err(Error::already_exists(format!("lease {id}: already exists")))
+    pub(super) fn do_create_lease(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        expire_after: std::time::Duration,
+    ) -> Result<()> {
+        let mut state = self.state();
+        if state.leases.contains_key(id) {
+            return Err(Error::already_exists(format!("lease {id}: already exists")));
         }
+        let expires_at_ns =
+            self.clock.now_ns().saturating_add(i64::try_from(expire_after.as_nanos()).unwrap_or(i64::MAX));
+        let lease = Lease { labels: labels.clone(), expires_at_ns, ..Lease::default() };
+        state.leases.insert(id.to_string(), lease);
+        Ok(())
+    }
+
+    pub(super) fn do_list_leases(&self) -> Vec<LeaseRecord> {
+        let state = self.state();
+        state.leases.iter().map(|(id, lease)| LeaseRecord { id: id.clone(), labels: lease.labels.clone() }).collect()
     }
 
     pub(super) fn do_delete_lease(&self, id: &str) -> Result<()> {
-        let mut state = self.raw_state();
-        if state.leases.remove(id) {
+        let mut state = self.state();
+        if state.leases.remove(id).is_some() {
             state.collect_garbage();
             Ok(())
         } else {

@@ -46,6 +46,7 @@ use self::tasks::{Exec, Task};
 
 pub use self::content::FetchPlan;
 pub use self::events::EVENT_BUFFER;
+pub use self::images::Holdings;
 pub use self::snapshots::{ACTIVE_SNAPSHOT_BYTES, SnapshotInfo, SnapshotKind};
 pub use self::tasks::{ExecInfo, TaskStdin};
 pub use super::registry::chain_ids;
@@ -76,7 +77,7 @@ struct State {
     /// Digest → size of blobs in the content store.
     content: BTreeMap<String, u64>,
     images: BTreeMap<String, ImageRecord>,
-    leases: BTreeSet<String>,
+    leases: BTreeMap<String, images::Lease>,
     subscribers: Vec<mpsc::Sender<Envelope>>,
     event_log: VecDeque<Envelope>,
     events_published: u64,
@@ -108,7 +109,7 @@ impl State {
             manifests: BTreeMap::new(),
             content: BTreeMap::new(),
             images: BTreeMap::new(),
-            leases: BTreeSet::new(),
+            leases: BTreeMap::new(),
             subscribers: Vec::new(),
             event_log: VecDeque::new(),
             events_published: 0,
@@ -200,6 +201,7 @@ impl FakeContainerd {
             self.settle(id, task, now, &mut events);
         }
         self.publish(&mut state, events);
+        state.expire_leases(crid::ports::Clock::now_ns(&*self.clock));
         state
     }
 
@@ -408,9 +410,9 @@ impl Containerd for FakeContainerd {
         after.finish(self.do_apply_layer(snapshotter, chain_id, parent_chain_id, layer, lease).await).await
     }
 
-    async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()> {
+    async fn prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str, lease: &str) -> Result<()> {
         let after = self.enter(FaultSite::ContainerdPrepareSnapshot, key).await?;
-        after.finish(self.do_prepare_snapshot(snapshotter, key, parent_chain_id)).await
+        after.finish(self.do_prepare_snapshot(snapshotter, key, parent_chain_id, lease)).await
     }
 
     async fn read_rootfs_files(
@@ -465,9 +467,14 @@ impl Containerd for FakeContainerd {
         after.finish(self.do_image_content(record)).await
     }
 
-    async fn create_lease(&self, id: &str) -> Result<()> {
+    async fn create_lease(&self, id: &str, labels: &BTreeMap<String, String>, expire_after: Duration) -> Result<()> {
         let after = self.enter(FaultSite::ContainerdCreateLease, id).await?;
-        after.finish(self.do_create_lease(id)).await
+        after.finish(self.do_create_lease(id, labels, expire_after)).await
+    }
+
+    async fn list_leases(&self) -> Result<Vec<LeaseRecord>> {
+        let after = self.enter(FaultSite::ContainerdListLeases, "").await?;
+        after.finish(Ok(self.do_list_leases())).await
     }
 
     async fn delete_lease(&self, id: &str) -> Result<()> {

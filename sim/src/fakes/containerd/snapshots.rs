@@ -139,16 +139,25 @@ impl FakeContainerd {
         chain_id: &str,
         parent_chain_id: &str,
         layer: &Descriptor,
+        lease: &str,
     ) -> Result<()> {
         let mut state = self.state();
         // Another apply of the same chain may have committed while this one unpacked.
         if state.committed(snapshotter, chain_id) {
             return Err(Error::already_exists(format!("snapshot {chain_id}: already exists")));
         }
+        // The lease must still exist, and holds the commit; the parent may have been collected
+        // meanwhile if nothing held it.
+        state.check_lease(lease)?;
+        if !parent_chain_id.is_empty() && !state.committed(snapshotter, parent_chain_id) {
+            return Err(Error::not_found(format!("parent snapshot {parent_chain_id} does not exist: not found")));
+        }
         state
             .snapshotter(snapshotter)
             .committed
             .insert(chain_id.to_string(), (parent_chain_id.to_string(), layer.size_bytes));
+        let key = (snapshotter.to_string(), chain_id.to_string());
+        state.leases.get_mut(lease).expect("checked").snapshots.insert(key);
         Ok(())
     }
 
@@ -164,13 +173,22 @@ impl FakeContainerd {
         let in_flight = self.do_apply_begin(snapshotter, chain_id, parent_chain_id, layer, lease)?;
         let latency = self.raw_state().apply_latency;
         self.pause(&mut connection, latency).await?;
-        let committed = self.do_apply_commit(snapshotter, chain_id, parent_chain_id, layer);
+        let committed = self.do_apply_commit(snapshotter, chain_id, parent_chain_id, layer, lease);
         drop(in_flight);
         committed
     }
 
-    pub(super) fn do_prepare_snapshot(&self, snapshotter: &str, key: &str, parent_chain_id: &str) -> Result<()> {
-        let mut state = self.raw_state();
+    pub(super) fn do_prepare_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent_chain_id: &str,
+        lease: &str,
+    ) -> Result<()> {
+        let mut state = self.state();
+        state.check_lease(lease)?;
+        let holding = (snapshotter.to_string(), key.to_string());
+        state.leases.get_mut(lease).expect("checked").snapshots.insert(holding);
         let snapshots = state.snapshotter(snapshotter);
         if snapshots.active.contains_key(key) || snapshots.committed.contains_key(key) {
             return Err(Error::already_exists(format!("snapshot {key}: already exists")));
@@ -208,6 +226,9 @@ impl FakeContainerd {
         let mut state = self.raw_state();
         let snapshots = state.snapshotter(snapshotter);
         if snapshots.active.remove(key).is_some() {
+            snapshots.written.remove(key);
+            // Its parents may now be garbage (an image removed while the container lived).
+            state.collect_garbage();
             return Ok(());
         }
         if !snapshots.committed.contains_key(key) {
@@ -217,6 +238,7 @@ impl FakeContainerd {
             return Err(Error::precondition(format!("cannot remove snapshot {key} with child: failed precondition")));
         }
         snapshots.committed.remove(key);
+        state.collect_garbage();
         Ok(())
     }
 

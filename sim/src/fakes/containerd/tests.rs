@@ -8,6 +8,11 @@ fn fake() -> FakeContainerd {
     FakeContainerd::new(Arc::new(SimClock::new()), Arc::new(NoFaults))
 }
 
+/// A lease with no labels that expires in an hour.
+async fn lease(containerd: &FakeContainerd, id: &str) {
+    containerd.create_lease(id, &BTreeMap::new(), Duration::from_secs(3600)).await.unwrap();
+}
+
 fn record(id: &str, args: &[&str]) -> ContainerRecord {
     ContainerRecord {
         id: id.to_string(),
@@ -195,7 +200,7 @@ async fn fetch_counts_and_concurrency() {
     );
     let error = containerd.fetch_blob("docker.io/library/x:1", &image.layers[0], &anonymous, "pull", &|_| {}).await;
     assert_eq!(error.unwrap_err().kind, ErrorKind::NotFound, "a fetch writes under an existing lease");
-    containerd.create_lease("pull").await.unwrap();
+    lease(&containerd, "pull").await;
     containerd.set_fetch_latency(Duration::from_millis(100));
     let layer = image.layers[0].clone();
     let fetches: Vec<_> = (0..2)
@@ -228,7 +233,7 @@ async fn cancelled_fetch_leaves_nothing_in_flight() {
     let image = containerd.add_registry_image("r/x:1", vec![(layer_digest("a"), 10)], ImageConfig::default());
     containerd.set_fetch_plan(&image.layers[0].digest, Some(FetchPlan::StallAfter { bytes: 10 }));
     let anonymous = RegistryAuth::default();
-    containerd.create_lease("pull").await.unwrap();
+    lease(&containerd, "pull").await;
     let fetch = containerd.fetch_blob("r/x:1", &image.layers[0], &anonymous, "pull", &|_| {});
     assert!(tokio::time::timeout(Duration::from_secs(60), fetch).await.is_err());
     assert_eq!(containerd.pulls_in_flight(), 0);
@@ -244,7 +249,7 @@ async fn pull_unpack_image_and_gc() {
         ImageConfig::default(),
     );
     let chain = chain_ids(&image.diff_ids);
-    containerd.create_lease("pull").await.unwrap();
+    lease(&containerd, "pull").await;
     for blob in std::iter::once(&image.config).chain(&image.layers) {
         containerd.fetch_blob("r/x:1", blob, &RegistryAuth::default(), "pull", &|_| {}).await.unwrap();
     }
@@ -263,14 +268,63 @@ async fn pull_unpack_image_and_gc() {
     assert_eq!((content.chain_id.as_str(), content.size_bytes), (chain[1].as_str(), 110));
     let usage = containerd.snapshots_usage("overlayfs").await.unwrap();
     assert_eq!(SnapshotUsage::total(usage.values()), SnapshotUsage { size_bytes: 110, inodes: 2 });
-    containerd.prepare_snapshot("overlayfs", "c1", &chain[1]).await.unwrap();
+    assert!(containerd.unreferenced(true).content.is_empty(), "the image holds its content");
+    // A rootfs prepared under a lease, then held by its container record.
+    lease(&containerd, "rootfs").await;
+    containerd.prepare_snapshot("overlayfs", "c1", &chain[1], "rootfs").await.unwrap();
+    let container = ContainerRecord { snapshot_key: "c1".into(), ..self::record("c1", &["sleep", "inf"]) };
+    containerd.create_container(container).await.unwrap();
+    containerd.delete_lease("rootfs").await.unwrap();
     containerd.delete_image("r/x:1", true).await.unwrap();
     assert!(containerd.content().is_empty());
     assert_eq!(containerd.snapshots("overlayfs").len(), 3, "the rootfs keeps its parents alive");
-    containerd.remove_snapshot("overlayfs", "c1").await.unwrap();
-    containerd.create_lease("l").await.unwrap();
-    containerd.delete_lease("l").await.unwrap();
-    assert!(containerd.snapshots("overlayfs").is_empty());
+    containerd.delete_container("c1", true).await.unwrap();
+    assert!(containerd.snapshots("overlayfs").is_empty(), "the container's parents went with it");
+    assert_eq!(containerd.unreferenced(true), Holdings::default());
+}
+
+/// A lease holds what was written under it, and only that; one that expires frees it, and a
+/// prepared snapshot that neither a lease nor a container record holds is collected.
+#[tokio::test(start_paused = true)]
+async fn leases_hold_what_was_written_under_them() {
+    let containerd = fake();
+    let image = containerd.add_registry_image("r/x:1", vec![(layer_digest("a"), 100)], ImageConfig::default());
+    let other = containerd.add_registry_image("r/y:1", vec![(layer_digest("b"), 10)], ImageConfig::default());
+    let anonymous = RegistryAuth::default();
+    containerd.create_lease("short", &BTreeMap::new(), Duration::from_secs(60)).await.unwrap();
+    lease(&containerd, "long").await;
+    containerd.fetch_blob("r/x:1", &image.layers[0], &anonymous, "short", &|_| {}).await.unwrap();
+    containerd.fetch_blob("r/y:1", &other.layers[0], &anonymous, "long", &|_| {}).await.unwrap();
+    let chain = chain_ids(&image.diff_ids);
+    containerd.apply_layer("overlayfs", &chain[0], "", &image.layers[0], "short").await.unwrap();
+    assert_eq!(containerd.unreferenced(false).content.len(), 2, "no record holds either blob");
+    assert_eq!(containerd.unreferenced(true), Holdings::default(), "the leases hold both");
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    assert_eq!(containerd.leases(), BTreeSet::from(["long".to_string()]), "the short lease expired");
+    assert_eq!(containerd.content().keys().collect::<Vec<_>>(), vec![&other.layers[0].digest]);
+    assert!(containerd.snapshots("overlayfs").is_empty(), "what the expired lease alone held is gone");
+    let error = containerd.fetch_blob("r/x:1", &image.layers[0], &anonymous, "short", &|_| {}).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::NotFound, "no write under an expired lease");
+    // A rootfs whose lease goes before any container record references it is garbage.
+    containerd.fetch_blob("r/x:1", &image.layers[0], &anonymous, "long", &|_| {}).await.unwrap();
+    containerd.apply_layer("overlayfs", &chain[0], "", &image.layers[0], "long").await.unwrap();
+    lease(&containerd, "rootfs").await;
+    containerd.prepare_snapshot("overlayfs", "c1", &chain[0], "rootfs").await.unwrap();
+    containerd.delete_lease("rootfs").await.unwrap();
+    assert_eq!(containerd.snapshots("overlayfs").len(), 1, "only the lease-held layer stays");
+    let labels = BTreeMap::from([("k".to_string(), "v".to_string())]);
+    containerd.create_lease("labelled", &labels, Duration::from_secs(60)).await.unwrap();
+    let listed = containerd.list_leases().await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            LeaseRecord { id: "labelled".into(), labels: labels.clone() },
+            LeaseRecord { id: "long".into(), labels: BTreeMap::new() },
+        ]
+    );
+    containerd.delete_lease("long").await.unwrap();
+    assert!(containerd.content().is_empty() && containerd.snapshots("overlayfs").is_empty());
+    assert_eq!(containerd.delete_lease("long").await.unwrap_err().kind, ErrorKind::NotFound);
 }
 
 #[tokio::test(start_paused = true)]
