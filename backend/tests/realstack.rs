@@ -734,50 +734,6 @@ async fn state_survives_a_crid_crash() {
     crid.assert_no_leaks();
 }
 
-/// Restarts the stack's containerd (its shims, and so the containers, live on), as an upgrade
-/// or a crash of containerd would, and waits until it answers again.
-fn restart_containerd(stack: &common::Stack) {
-    let pid_file = stack.dir.join("containerd.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        // Gone, or a zombie that its parent has not reaped: either way it serves no more.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "containerd ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log =
-        std::fs::OpenOptions::new().create(true).append(true).open(stack.dir.join("logs/containerd.log")).unwrap();
-    // setsid: the new containerd must outlive this test process, as the first one did.
-    #[expect(
-        clippy::zombie_processes,
-        reason = "the restarted containerd outlives the test; ci/realstack down stops it"
-    )]
-    let child = Command::new("setsid")
-        .arg("containerd")
-        .arg("--config")
-        .arg(stack.dir.join("containerd/config.toml"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("restart containerd");
-    std::fs::write(&pid_file, child.id().to_string()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !Command::new("ctr")
-        .args(["--address", &stack.containerd_address, "version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        assert!(Instant::now() < deadline, "containerd did not come back");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// containerd restarts under a running crid: crid keeps serving, an exit that happens after the
 /// restart still reaches ContainerStatus with its code, and new containers start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -791,7 +747,7 @@ async fn survives_a_containerd_restart() {
         .await;
     crid.start_container(&waiter).await;
 
-    restart_containerd(&stack);
+    common::restart_containerd(&stack);
 
     assert_eq!(crid.container_state(&waiter).await.0, ContainerState::ContainerRunning);
     assert_eq!(crid.exec(&waiter, &["touch", "/tmp/go"]).await.0, 0);

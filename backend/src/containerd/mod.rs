@@ -417,8 +417,16 @@ impl Containerd for RealContainerd {
     }
 
     async fn delete_container(&self, id: &str, cleanup_snapshot: bool) -> Result<()> {
-        let record = self.get_container(id).await?;
+        let record = match self.get_container(id).await {
+            Err(e) if e.is_not_found() => {
+                self.io.forget_container(id).await;
+                return Err(e);
+            }
+            other => other?,
+        };
         grpc(self.containers().delete(self.req(DeleteContainerRequest { id: id.to_string() })).await)?;
+        // The container is gone from containerd: so are its FIFOs, whatever became of its task.
+        self.io.forget_container(id).await;
         if cleanup_snapshot && !record.snapshot_key.is_empty() {
             match self.remove_snapshot(&record.snapshotter, &record.snapshot_key).await {
                 Err(e) if !e.is_not_found() => return Err(e.context(format!("remove snapshot of {id}"))),
@@ -495,6 +503,11 @@ impl Containerd for RealContainerd {
                 }
                 self.wait_process(id, "").await?;
                 delete().await?
+            }
+            Err(e) if e.is_not_found() => {
+                // Deleted before (a delete whose reply was lost, or one while crid was down).
+                self.io.finish_task(id).await;
+                return Err(e);
             }
             other => other?,
         };

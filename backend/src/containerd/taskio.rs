@@ -548,6 +548,19 @@ impl IoManager {
         let _ = std::fs::remove_dir(&dir);
     }
 
+    /// Drops everything of a container whose containerd record is gone: its task's copiers and
+    /// FIFOs and any exec FIFOs left in its dir (a task that vanished while crid was down never
+    /// got `finish_task`).
+    pub async fn forget_container(&self, id: &str) {
+        self.finish_task(id).await;
+        let dir = self.task_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "failed to remove a container's FIFO dir"),
+        }
+    }
+
     /// Creates the FIFOs of an exec process and starts capturing its output.
     pub fn prepare_exec(&self, id: &str, exec_id: &str, tty: bool, limit: usize) -> Result<PreparedIo> {
         let dir = self.task_dir(id);

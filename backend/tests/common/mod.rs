@@ -46,6 +46,50 @@ pub fn stack() -> Stack {
     }
 }
 
+/// Restarts the stack's containerd (its shims, and so the containers, live on), as an upgrade
+/// or a crash of containerd would, and waits until it answers again.
+pub fn restart_containerd(stack: &Stack) {
+    let pid_file = stack.dir.join("containerd.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Gone, or a zombie that its parent has not reaped: either way it serves no more.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "containerd ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(stack.dir.join("logs/containerd.log")).unwrap();
+    // setsid: the new containerd must outlive this test process, as the first one did.
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the restarted containerd outlives the test; ci/realstack down stops it"
+    )]
+    let child = Command::new("setsid")
+        .arg("containerd")
+        .arg("--config")
+        .arg(stack.dir.join("containerd/config.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("restart containerd");
+    std::fs::write(&pid_file, child.id().to_string()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Command::new("ctr")
+        .args(["--address", &stack.containerd_address, "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "containerd did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Which runtime a `Cri` drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -326,6 +370,11 @@ config_path = "{hosts}"
                 lines[lines.len().saturating_sub(60)..].join("\n")
             }
         }
+    }
+
+    /// The crid daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn kill9(&mut self) {

@@ -1,0 +1,572 @@
+//! The soak: the `crid` binary on the real stack (`ci/realstack up`) churns pods and containers
+//! from many concurrent clients while crid is SIGKILLed and containerd restarted at random
+//! intervals. Then it checks what a kubelet relies on: every acknowledged pod and container is
+//! still there (or gone, if its removal was acknowledged), crid's view agrees with containerd's,
+//! and once every pod is drained nothing is left behind — no containerd container, task, shim,
+//! active snapshot or lease, no mount or netns pin, no FIFO, no IP — and crid's memory is bounded.
+//!
+//! `ci/soak [MINUTES]` runs it; `CRID_SOAK_SECONDS` (default 120), `CRID_SOAK_PODS` (concurrent
+//! pod lifecycles, default 20) and `CRID_SOAK_SEED` (the chaos schedule; printed, random when
+//! unset) tune it. `#[ignore]`d like the other real-stack tests; it takes the whole stack's
+//! containerd, so it must not run beside other real-stack tests.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Cri, crid_binary, read_log, stack, unique};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A call without a reply for this long is a hang: the soak fails. Longer than any timeout a
+/// call of the workload asks for (StopContainer's grace period is 2 s).
+const HANG_AFTER: Duration = Duration::from_secs(120);
+/// How long crid's view may take to agree with containerd's once the chaos stopped: a few of
+/// the test config's reconcile periods (2 s).
+const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
+/// crid's resident memory after the drain may not exceed this.
+const RSS_BOUND_KIB: u64 = 200 * 1024;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(text) => text.parse().unwrap_or_else(|_| panic!("{name}={text} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// A channel to crid's socket that connects on first use and reconnects after crid restarts.
+fn lazy_channel(socket: PathBuf) -> Channel {
+    Endpoint::try_from("http://[::]:50051").unwrap().connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+        let socket = socket.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+    }))
+}
+
+/// What happened to each object, as far as crid acknowledged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Created (the call returned its id) and not acknowledged removed.
+    Alive,
+    /// Its removal was acknowledged.
+    Removed,
+    /// A removal was tried and failed (crid may have died half-way): there or gone.
+    InDoubt,
+}
+
+#[derive(Default)]
+struct Ledger {
+    pods: BTreeMap<String, Fate>,
+    /// Each container's pod and fate.
+    containers: BTreeMap<String, (String, Fate)>,
+    /// Calls per RPC: successes and errors by code.
+    calls: BTreeMap<&'static str, (u64, BTreeMap<String, u64>)>,
+    /// The first message of each (RPC, code), to tell what the errors were.
+    samples: BTreeMap<(&'static str, String), String>,
+    hangs: Vec<String>,
+    /// Replies that contradict what was acknowledged before (wrong output, wrong state).
+    wrong: Vec<String>,
+}
+
+struct Soak {
+    ledger: Mutex<Ledger>,
+    log_root: PathBuf,
+    image: String,
+    deadline: Instant,
+}
+
+impl Soak {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap()
+    }
+
+    /// Runs one call, recording its outcome; a call past `HANG_AFTER` is recorded as a hang.
+    async fn call<T>(
+        &self,
+        rpc: &'static str,
+        what: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, tonic::Code> {
+        let outcome = tokio::time::timeout(HANG_AFTER, call).await;
+        let mut guard = self.ledger();
+        let ledger = &mut *guard;
+        let entry = ledger.calls.entry(rpc).or_default();
+        match outcome {
+            Ok(Ok(reply)) => {
+                entry.0 += 1;
+                Ok(reply.into_inner())
+            }
+            Ok(Err(status)) => {
+                let code = format!("{:?}", status.code());
+                *entry.1.entry(code.clone()).or_default() += 1;
+                ledger.samples.entry((rpc, code)).or_insert_with(|| status.message().chars().take(160).collect());
+                Err(status.code())
+            }
+            Err(_) => {
+                *entry.1.entry("Hang".into()).or_default() += 1;
+                ledger.hangs.push(format!("{rpc} {what}"));
+                Err(tonic::Code::DeadlineExceeded)
+            }
+        }
+    }
+
+    fn wrong(&self, what: String) {
+        eprintln!("soak: WRONG: {what}");
+        self.ledger().wrong.push(what);
+    }
+
+    fn container_config(&self, name: &str, command: &str) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(ImageSpec { image: self.image.clone(), ..Default::default() }),
+            command: vec!["sh".into(), "-c".into(), command.into()],
+            log_path: format!("{name}.log"),
+            linux: Some(LinuxContainerConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    /// Creates and starts a container; its id once created (None if the create failed) and
+    /// whether the start was acknowledged.
+    async fn run_container(
+        &self,
+        rt: &mut RuntimeServiceClient<Channel>,
+        pod_id: &str,
+        pod: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> (Option<String>, bool) {
+        let name = config.metadata.as_ref().unwrap().name.clone();
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        };
+        let Ok(created) = self.call("CreateContainer", &name, rt.create_container(request)).await else {
+            return (None, false);
+        };
+        let id = created.container_id;
+        self.ledger().containers.insert(id.clone(), (pod_id.to_string(), Fate::Alive));
+        let started = self
+            .call("StartContainer", &id, rt.start_container(StartContainerRequest { container_id: id.clone() }))
+            .await;
+        (Some(id), started.is_ok())
+    }
+
+    async fn status(&self, rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Result<ContainerStatus, tonic::Code> {
+        let request = ContainerStatusRequest { container_id: id.into(), verbose: false };
+        self.call("ContainerStatus", id, rt.container_status(request)).await.map(|r| r.status.unwrap_or_default())
+    }
+
+    /// One pod's lifecycle as a kubelet drives it, with checks of what each acknowledged reply
+    /// implies. Any failed call ends the lifecycle early: the pod is torn down if it can be, and
+    /// the drain removes whatever is left.
+    async fn cycle(&self, rt: &mut RuntimeServiceClient<Channel>, worker: u64, round: u64) {
+        let name = format!("soak-{worker}-{round}");
+        let pod = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.clone(),
+                uid: unique("uid"),
+                namespace: "soak".into(),
+                attempt: 0,
+            }),
+            hostname: name.clone(),
+            log_directory: self.log_root.join(&name).to_string_lossy().into_owned(),
+            linux: Some(LinuxPodSandboxConfig::default()),
+            ..Default::default()
+        };
+        let request = RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() };
+        let Ok(reply) = self.call("RunPodSandbox", &name, rt.run_pod_sandbox(request)).await else {
+            // As kubelet backs off: no busy loop against a crid that is down.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            return;
+        };
+        let pod_id = reply.pod_sandbox_id;
+        self.ledger().pods.insert(pod_id.clone(), Fate::Alive);
+        self.containers(rt, &pod_id, &pod, round).await;
+        let stop = StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() };
+        if self.call("StopPodSandbox", &pod_id, rt.stop_pod_sandbox(stop)).await.is_err() {
+            return;
+        }
+        let remove = RemovePodSandboxRequest { pod_sandbox_id: pod_id.clone() };
+        let fate = match self.call("RemovePodSandbox", &pod_id, rt.remove_pod_sandbox(remove)).await {
+            Ok(_) => Fate::Removed,
+            Err(_) => Fate::InDoubt,
+        };
+        let mut ledger = self.ledger();
+        ledger.pods.insert(pod_id.clone(), fate);
+        // RemovePodSandbox removes the pod's containers with it (or may have, if it failed).
+        for (pod, container_fate) in ledger.containers.values_mut() {
+            if *pod == pod_id && *container_fate != Fate::Removed {
+                *container_fate = fate;
+            }
+        }
+    }
+
+    async fn containers(
+        &self,
+        rt: &mut RuntimeServiceClient<Channel>,
+        pod_id: &str,
+        pod: &PodSandboxConfig,
+        round: u64,
+    ) {
+        let main = self.container_config("main", "trap 'exit 0' TERM; while true; do sleep 1; done");
+        let (Some(main), true) = self.run_container(rt, pod_id, pod, main).await else { return };
+        let token = format!("soak-{round}");
+        let exec = ExecSyncRequest { container_id: main.clone(), cmd: vec!["echo".into(), token.clone()], timeout: 30 };
+        if let Ok(reply) = self.call("ExecSync", &main, rt.exec_sync(exec)).await
+            && (reply.exit_code != 0 || reply.stdout != format!("{token}\n").into_bytes())
+        {
+            self.wrong(format!(
+                "ExecSync echo in {main}: exit {} stdout {:?}",
+                reply.exit_code,
+                String::from_utf8_lossy(&reply.stdout)
+            ));
+        }
+        let oneshot = self.container_config("oneshot", "exit 3");
+        if let (Some(oneshot), true) = self.run_container(rt, pod_id, pod, oneshot).await {
+            let deadline = Instant::now() + CONVERGE_WITHIN;
+            loop {
+                let Ok(status) = self.status(rt, &oneshot).await else { break };
+                if status.state == ContainerState::ContainerExited as i32 {
+                    if status.exit_code != 3 {
+                        self.wrong(format!("{oneshot} exited with {} ({}), not 3", status.exit_code, status.reason));
+                    }
+                    break;
+                }
+                if Instant::now() > deadline {
+                    self.wrong(format!("{oneshot} (exit 3) still {:?} after {CONVERGE_WITHIN:?}", status.state));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            self.remove_container(rt, &oneshot).await;
+        }
+        let stop = StopContainerRequest { container_id: main.clone(), timeout: 2 };
+        if self.call("StopContainer", &main, rt.stop_container(stop)).await.is_ok() {
+            // An acknowledged stop leaves the container EXITED, also across a crid restart.
+            if let Ok(status) = self.status(rt, &main).await
+                && status.state != ContainerState::ContainerExited as i32
+            {
+                self.wrong(format!("{main}: state {} after an acknowledged StopContainer", status.state));
+            }
+            self.remove_container(rt, &main).await;
+        }
+    }
+
+    async fn remove_container(&self, rt: &mut RuntimeServiceClient<Channel>, id: &str) {
+        let request = RemoveContainerRequest { container_id: id.into() };
+        let fate = match self.call("RemoveContainer", id, rt.remove_container(request)).await {
+            Ok(_) => Fate::Removed,
+            Err(_) => Fate::InDoubt,
+        };
+        if let Some(entry) = self.ledger().containers.get_mut(id) {
+            entry.1 = fate;
+        }
+    }
+}
+
+/// Whether a status call's code is what the object's acknowledged fate allows.
+fn acknowledged(fate: Fate, code: tonic::Code) -> bool {
+    match fate {
+        Fate::Alive => code == tonic::Code::Ok,
+        Fate::Removed => code == tonic::Code::NotFound,
+        Fate::InDoubt => matches!(code, tonic::Code::Ok | tonic::Code::NotFound),
+    }
+}
+
+/// crid's resident set size in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The files host-local keeps for allocated addresses (one per IP) in `dir`.
+fn ip_files(dir: &Path) -> BTreeSet<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return BTreeSet::new() };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.parse::<std::net::IpAddr>().is_ok())
+        .collect()
+}
+
+/// FIFOs anywhere under `dir`.
+fn fifos(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_fifo() {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Rows of a `ctr … ls` table, without its header.
+fn ctr_rows(cri: &Cri, args: &[&str]) -> Vec<String> {
+    cri.ctr(args).lines().skip(1).filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+/// The disagreements between crid's containers and containerd's: crid RUNNING without a
+/// running task, a running task crid does not call RUNNING, containerd containers crid does
+/// not know.
+async fn disagreements(cri: &mut Cri) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(reply) = cri.runtime.list_containers(ListContainersRequest::default()).await else {
+        return vec!["ListContainers failed".into()];
+    };
+    let Ok(pods) = cri.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await else {
+        return vec!["ListPodSandbox failed".into()];
+    };
+    let tasks: BTreeMap<String, String> = ctr_rows(cri, &["tasks", "ls"])
+        .iter()
+        .filter_map(|row| {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            Some((cols.first()?.to_string(), cols.get(2)?.to_string()))
+        })
+        .collect();
+    let mut known: BTreeSet<String> = pods.into_inner().items.into_iter().map(|p| p.id).collect();
+    for container in reply.into_inner().containers {
+        let task = tasks.get(&container.id).map(String::as_str);
+        let running = container.state == ContainerState::ContainerRunning as i32;
+        if running != (task == Some("RUNNING")) {
+            found.push(format!("{}: crid state {}, containerd task {task:?}", container.id, container.state));
+        }
+        known.insert(container.id);
+    }
+    for id in cri.ctr(&["containers", "ls", "-q"]).lines() {
+        if !known.contains(id) {
+            found.push(format!("containerd container {id} unknown to crid"));
+        }
+    }
+    found
+}
+
+/// What the drained stack still holds of crid's: one line per leaked thing.
+fn leaks(cri: &Cri, ips_before: &BTreeSet<String>) -> Vec<String> {
+    let mut found = Vec::new();
+    for id in cri.ctr(&["containers", "ls", "-q"]).lines() {
+        found.push(format!("containerd container {id}"));
+    }
+    for id in cri.ctr(&["tasks", "ls", "-q"]).lines() {
+        found.push(format!("containerd task {id}"));
+    }
+    for id in cri.shim_ids() {
+        found.push(format!("shim {id}"));
+    }
+    for row in ctr_rows(cri, &["snapshots", "ls"]) {
+        if row.split_whitespace().nth(2) == Some("Active") {
+            found.push(format!("active snapshot {row}"));
+        }
+    }
+    for row in ctr_rows(cri, &["leases", "ls"]) {
+        found.push(format!("lease {row}"));
+    }
+    for point in cri.pod_mounts() {
+        found.push(format!("mount {point}"));
+    }
+    for entry in std::fs::read_dir(cri.dir.join("state/io")).into_iter().flatten().flatten() {
+        found.push(format!("FIFO dir {}", entry.path().display()));
+    }
+    for fifo in fifos(&cri.dir) {
+        found.push(format!("FIFO {}", fifo.display()));
+    }
+    for ip in ip_files(&cri.ipam_dir).difference(ips_before) {
+        found.push(format!("IP {ip}"));
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack and takes it whole: ci/soak [MINUTES]"]
+async fn soak() {
+    let stack = stack();
+    let seconds = env_u64("CRID_SOAK_SECONDS", 120);
+    let pods = env_u64("CRID_SOAK_PODS", 20);
+    let seed = env_u64("CRID_SOAK_SEED", rand::random::<u32>().into());
+    println!("soak: {seconds} s, {pods} concurrent pod lifecycles, chaos seed {seed}");
+    println!("soak: replay the chaos schedule: CRID_SOAK_SEED={seed} ci/soak {}", seconds.div_ceil(60));
+
+    let mut cri = Cri::crid(&stack, "soak", crid_binary()).await;
+    let ips_before = ip_files(&cri.ipam_dir);
+    let image = cri.image("busybox:latest");
+    cri.pull(&image).await;
+    let socket = cri.dir.join("crid.sock");
+    let start = Instant::now();
+    let soak = Arc::new(Soak {
+        ledger: Mutex::default(),
+        log_root: cri.dir.join("logs"),
+        image,
+        deadline: start + Duration::from_secs(seconds),
+    });
+
+    let mut workers = Vec::new();
+    for worker in 0..pods {
+        let soak = soak.clone();
+        let mut rt = RuntimeServiceClient::new(lazy_channel(socket.clone()));
+        workers.push(tokio::spawn(async move {
+            let mut round = 0;
+            while Instant::now() < soak.deadline {
+                soak.cycle(&mut rt, worker, round).await;
+                round += 1;
+            }
+        }));
+    }
+
+    // The chaos, from the seed: every 4–15 s crid is SIGKILLed (and restarted 0–1.5 s later) or
+    // containerd is restarted.
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut kills, mut restarts, mut peak_rss_kib) = (0u32, 0u32, 0u64);
+    loop {
+        let pause = Duration::from_millis(rng.gen_range(4_000..15_000));
+        if Instant::now() + pause >= soak.deadline {
+            break;
+        }
+        let sampled = Instant::now();
+        while sampled.elapsed() < pause {
+            peak_rss_kib = peak_rss_kib.max(cri.pid().and_then(rss_kib).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let at = start.elapsed().as_secs_f32();
+        if rng.gen_bool(0.6) {
+            let down = Duration::from_millis(rng.gen_range(0..1_500));
+            println!("soak: {at:7.1} s  SIGKILL crid, restart after {} ms", down.as_millis());
+            cri.kill9();
+            tokio::time::sleep(down).await;
+            cri.spawn(crid_binary()).await;
+            kills += 1;
+        } else {
+            println!("soak: {at:7.1} s  restart containerd");
+            let stack = common::stack();
+            tokio::task::spawn_blocking(move || common::restart_containerd(&stack)).await.unwrap();
+            restarts += 1;
+        }
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    println!("soak: churn ended after {:.1} s; checking", start.elapsed().as_secs_f32());
+
+    // Everything acknowledged is as acknowledged.
+    let ledger = std::mem::take(&mut *soak.ledger());
+    let mut lost = Vec::new();
+    for (id, fate) in &ledger.pods {
+        let request = PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false };
+        let code = match cri.runtime.pod_sandbox_status(request).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        if !acknowledged(*fate, code) {
+            lost.push(format!("pod {id}: acknowledged {fate:?}, PodSandboxStatus says {code:?}"));
+        }
+    }
+    for (id, (_, fate)) in &ledger.containers {
+        let request = ContainerStatusRequest { container_id: id.clone(), verbose: false };
+        let code = match cri.runtime.container_status(request).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        if !acknowledged(*fate, code) {
+            lost.push(format!("container {id}: acknowledged {fate:?}, ContainerStatus says {code:?}"));
+        }
+    }
+    // crid agrees with containerd within a few reconcile periods.
+    let converge = Instant::now();
+    let mut disagree = disagreements(&mut cri).await;
+    while !disagree.is_empty() && converge.elapsed() < CONVERGE_WITHIN {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        disagree = disagreements(&mut cri).await;
+    }
+
+    // Drain, as kubelet would when every pod is deleted.
+    let listed = cri.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    let drained = listed.len();
+    for pod in listed {
+        let mut attempts = 0;
+        loop {
+            let stop = cri.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
+            let removed = match stop {
+                Ok(_) => {
+                    cri.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await
+                }
+                Err(e) => Err(e),
+            };
+            match removed {
+                Ok(_) => break,
+                Err(e) if attempts < 5 => {
+                    eprintln!("soak: drain {}: {e}; retrying", pod.id);
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => panic!("drain of pod {} failed: {e}\n{}", pod.id, cri.log()),
+            }
+        }
+    }
+    let settle = Instant::now();
+    let mut leaked = leaks(&cri, &ips_before);
+    while !leaked.is_empty() && settle.elapsed() < CONVERGE_WITHIN {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        leaked = leaks(&cri, &ips_before);
+    }
+    let final_rss_kib = cri.pid().and_then(rss_kib).unwrap_or(0);
+    let version = cri.runtime.version(VersionRequest { version: "v1".into() }).await;
+    let log = read_log(&cri.dir.join("crid.log"));
+    let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+
+    // The figures.
+    let mut total = (0u64, 0u64);
+    println!("soak: {:<18} {:>7} {:>7}  errors by code", "rpc", "ok", "error");
+    for (rpc, (ok, errors)) in &ledger.calls {
+        let failed: u64 = errors.values().sum();
+        total = (total.0 + ok, total.1 + failed);
+        println!("soak: {rpc:<18} {ok:>7} {failed:>7}  {errors:?}");
+    }
+    println!("soak: {:<18} {:>7} {:>7}", "all", total.0, total.1);
+    for ((rpc, code), message) in &ledger.samples {
+        println!("soak: e.g. {rpc} {code}: {message}");
+    }
+    println!(
+        "soak: pods acknowledged {}, containers acknowledged {}; crid SIGKILLed {kills}, containerd restarted {restarts}",
+        ledger.pods.len(),
+        ledger.containers.len()
+    );
+    println!(
+        "soak: drained {drained} pods; leaks {}; lost {}; wrong replies {}; hangs {}; disagreements {}; panics {}",
+        leaked.len(),
+        lost.len(),
+        ledger.wrong.len(),
+        ledger.hangs.len(),
+        disagree.len(),
+        panics.len()
+    );
+    println!(
+        "soak: crid RSS peak {} MiB during the churn, {} MiB after the drain",
+        peak_rss_kib / 1024,
+        final_rss_kib / 1024
+    );
+
+    assert!(version.is_ok(), "crid stopped answering Version: {version:?}");
+    assert!(kills + restarts > 0 || seconds < 20, "no chaos was injected in {seconds} s");
+    assert!(total.0 > 0, "no call succeeded");
+    assert!(ledger.hangs.is_empty(), "calls without a reply in {HANG_AFTER:?}: {:#?}", ledger.hangs);
+    assert!(ledger.wrong.is_empty(), "replies that contradict what was acknowledged: {:#?}", ledger.wrong);
+    assert!(lost.is_empty(), "acknowledged state lost: {lost:#?}");
+    assert!(disagree.is_empty(), "crid and containerd disagree after {CONVERGE_WITHIN:?}: {disagree:#?}");
+    assert!(leaked.is_empty(), "left behind after the drain: {leaked:#?}");
+    assert!(panics.is_empty(), "crid panicked: {panics:#?}");
+    assert!(final_rss_kib <= RSS_BOUND_KIB, "crid's RSS after the drain is {final_rss_kib} KiB");
+}
