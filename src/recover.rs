@@ -403,11 +403,26 @@ impl CriService {
         }
     }
 
+    /// Deletes a container's finished (or never started) task, bounded: recovery must not keep
+    /// the socket closed on one task (a delete that has to kill and wait, a containerd that
+    /// is restarting). A delete that fails or times out is handed to the exit path's retries,
+    /// which delete the task in the background once crid serves; the status is persisted
+    /// already, so the retry records nothing new.
     async fn delete_task_quietly(&self, id: &str) {
-        match self.backends.containerd.delete_task(id).await {
-            Ok(_) => {}
-            Err(error) if error.is_not_found() => {}
-            Err(error) => tracing::warn!(id, %error, "failed to delete task during recovery"),
+        let deleted = self
+            .with_timeout(RECOVER_OBJECT_TIMEOUT, "delete task", async {
+                match self.backends.containerd.delete_task(id).await {
+                    Err(error) if error.is_not_found() => Ok(()),
+                    other => other.map(|_| ()),
+                }
+            })
+            .await;
+        if let Err(error) = deleted {
+            cov_mark::hit!(recovery_task_delete_retried);
+            tracing::warn!(id, %error, "failed to delete task during recovery; retrying in the background");
+            let task = TaskId::Container(ContainerId::from(id));
+            let exit = crate::ports::ExitStatus::new(EXIT_CODE_UNKNOWN as u32, self.now_ns());
+            self.monitor.push(&task, crate::events::PendingEvent::Exit(exit), self.now_ns());
         }
     }
 

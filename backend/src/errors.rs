@@ -12,6 +12,11 @@ pub struct ShimConnectionClosed(#[source] pub tonic::Status);
 /// The text containerd passes on from a shim whose ttrpc connection closed.
 const SHIM_CLOSED_TEXT: &str = "ttrpc: closed";
 
+/// What containerd 1.6 answers to a delete of a task that still runs: the shim's
+/// FailedPrecondition arrives as Unknown (the code is lost between shim and containerd), so
+/// only the text tells it from other failures.
+const RUNNING_PROCESS_TEXT: &str = "cannot delete a running process";
+
 /// Maps a gRPC status from containerd to crid's error kinds, keeping the status as the source.
 /// containerd's errdefs travel as gRPC codes, so the code alone carries NotFound, AlreadyExists,
 /// FailedPrecondition, Unavailable.
@@ -31,6 +36,9 @@ fn kind_of_status(status: &tonic::Status) -> Error {
     // (an exit monitor must not read a broken Wait as the task's exit).
     if status.code() == Code::Unknown && std::error::Error::source(status).is_some() {
         return Error::new(ErrorKind::Unavailable, format!("containerd connection lost: {}", status.message()));
+    }
+    if status.code() == Code::Unknown && status.message().contains(RUNNING_PROCESS_TEXT) {
+        return Error::new(ErrorKind::FailedPrecondition, format!("containerd: {}", status.message()));
     }
     let kind = match status.code() {
         Code::NotFound => ErrorKind::NotFound,
@@ -95,6 +103,13 @@ mod tests {
         let server = tonic::Status::unknown("failed to delete task: ttrpc: closed");
         assert_eq!(from_status(server).kind, ErrorKind::Unknown);
         assert_eq!(from_status(tonic::Status::not_found("task x")).kind, ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_running_process_delete_is_a_failed_precondition() {
+        let status = tonic::Status::unknown("failed to delete task: cannot delete a running process: unknown");
+        assert_eq!(from_status(status).kind, ErrorKind::FailedPrecondition);
+        assert_eq!(from_status(tonic::Status::unknown("something else")).kind, ErrorKind::Unknown);
     }
 
     #[test]

@@ -11,7 +11,9 @@ use k8s_cri::v1::{
 use crate::error::{Error, Result};
 use crate::ids::{ContainerId, TaskId};
 use crate::naming::{container_name, sorted};
-use crate::ports::{ContainerRecord, EXTENSION_CONTAINER_METADATA, KIND_CONTAINER, LABEL_KIND, LeasePurpose, TaskIo};
+use crate::ports::{
+    ContainerRecord, EXTENSION_CONTAINER_METADATA, ExitStatus, KIND_CONTAINER, LABEL_KIND, LeasePurpose, TaskIo,
+};
 use crate::rpc::sandbox_run::{ROLLBACK_TIMEOUT, ignore_not_found};
 use crate::service::CriService;
 use crate::spec::{ContainerSpecInput, SpecPolicy, container_spec};
@@ -313,7 +315,7 @@ impl CriService {
         let result = self.with_timeout(START_CONTAINER_TIMEOUT, "start container", steps).await;
         if let Err(error) = &result {
             tracing::warn!(id = %container.id, %error, "StartContainer failed");
-            let _ = self
+            let rollback = self
                 .with_timeout(ROLLBACK_TIMEOUT, "rollback", async {
                     ignore_not_found(self.backends.containerd.delete_task(container.id.as_str()).await.map(|_| ()))
                 })
@@ -341,6 +343,17 @@ impl CriService {
                     .await;
             }
             container.mark_stopped();
+            if let Err(rollback_error) = rollback {
+                // The start may have happened although its reply was an error (containerd went
+                // away mid-call): a task left running under an EXITED container would run for
+                // good, since nothing watches it. The exit path's retries delete it (killing it
+                // first if it runs), with the events' backoff, until containerd answers.
+                cov_mark::hit!(start_rollback_task_delete_retried);
+                tracing::warn!(id = %container.id, %rollback_error, "could not delete the failed start's task; retrying");
+                let task = TaskId::Container(container.id.clone());
+                let exit = ExitStatus::new(EXIT_CODE_START_ERROR as u32, now);
+                self.monitor.push(&task, crate::events::PendingEvent::Exit(exit), self.now_ns());
+            }
             return result;
         }
         self.send_container_event(

@@ -409,3 +409,36 @@ async fn remove_container_retries_a_failed_delete() {
     assert!(node.list_containers(None).await.is_empty());
     assert_eq!(node.leaks_of(&id), Vec::<String>::new());
 }
+
+/// A start whose task started although containerd's reply was an error, and whose rollback
+/// delete also failed (containerd restarting, as the real-stack soak found): the task must not
+/// run on under an EXITED container. The delete is retried until it succeeds.
+#[madsim::test]
+async fn failed_start_rollback_delete_is_retried() {
+    cov_mark::check!(start_rollback_task_delete_retried);
+    let node = node_with_pause_image().await;
+    node.pull(BUSYBOX_IMAGE).await;
+    let pod = node.run_pod("sr").await;
+    let id = node.create(&pod, "sr", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.faults.push(
+        FaultSite::ContainerdStartTask,
+        Some(&id),
+        FaultAction::FailAfter(ErrorKind::Unavailable, "injected: started, then the connection was lost".into()),
+    );
+    node.faults.push(
+        FaultSite::ContainerdDeleteTask,
+        Some(&id),
+        FaultAction::Fail(ErrorKind::Unavailable, "injected: containerd is restarting".into()),
+    );
+    let error = node.svc.start_container(StartContainerRequest { container_id: id.clone() }).await.expect_err("start");
+    assert!(error.message.contains("injected"), "{error}");
+    assert_eq!(node.faults.pending(), 0, "both faults were reached");
+    assert!(node.world.containerd.tasks().contains_key(&id), "the started task outlived the failed rollback");
+    let status = node.container_status(&id).await;
+    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 128));
+    sleep(Duration::from_secs(30)).await;
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the failed start's task was deleted on retry");
+    assert!(!node.world.containerd.shims().contains(&id), "its shim is gone");
+    node.remove_container(&id).await;
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+}
