@@ -711,6 +711,7 @@ async fn soak() {
         disagree.len(),
         panics.len()
     );
+    println!("soak: shims containerd lost (interrupted task creates; not crid's to free, killed): {}", orphans.len());
     println!(
         "soak: crid RSS peak {} MiB during the churn, {} MiB after the drain",
         peak_rss_kib / 1024,
