@@ -125,7 +125,7 @@ fn case(known: Vec<String>) -> impl Strategy<Value = Case> {
         0..RPCS.len(),
         prop::collection::vec(text(known), 16),
         prop::collection::vec(number(), 12),
-        prop::collection::vec(any::<bool>(), 8),
+        prop::collection::vec(any::<bool>(), 10),
         labels,
     )
         .prop_map(|(rpc, texts, numbers, flags, labels)| Case { rpc, texts, numbers, flags, labels })
@@ -229,9 +229,47 @@ async fn send(cri: &Cri, case: &Case, known_pod: &PodSandboxConfig) -> Outcome {
                 namespace_options: Some(NamespaceOption { pid: n(11) as i32, target_id: t(0), ..Default::default() }),
                 ..Default::default()
             }),
-            ..Default::default()
         }),
         ..Default::default()
+    };
+    // Half the pods and containers keep hostile values out of the fields that are checked first
+    // (names, log paths, mounts), so that the rest of the request reaches containerd and CNI.
+    let sane = |text: String| {
+        let kept: String = text.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
+        format!("fz-{}", kept.to_ascii_lowercase())
+    };
+    let pod_config = if b(8) {
+        let name = sane(t(1));
+        let logs = std::path::Path::new(&known_pod.log_directory).parent().unwrap().join(&name);
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.clone(),
+                uid: sane(t(2)),
+                namespace: "fuzz".into(),
+                attempt: 0,
+            }),
+            hostname: name,
+            log_directory: logs.to_string_lossy().into_owned(),
+            dns_config: None,
+            linux: Some(LinuxPodSandboxConfig::default()),
+            ..pod_config
+        }
+    } else {
+        pod_config
+    };
+    let container_config = if b(9) {
+        let name = sane(t(1));
+        ContainerConfig {
+            metadata: Some(ContainerMetadata { name: name.clone(), attempt: 0 }),
+            image: Some(ImageSpec { image: fixture(known_pod, FIXTURE_IMAGE), ..Default::default() }),
+            log_path: format!("{name}.log"),
+            mounts: vec![],
+            devices: vec![],
+            linux: Some(LinuxContainerConfig { resources: b(7).then(|| resources.clone()), security_context: None }),
+            ..container_config
+        }
+    } else {
+        container_config
     };
     let sandbox_config = if b(6) { Some(known_pod.clone()) } else { Some(pod_config.clone()) };
     let (mut rt, mut im) = (cri.runtime.clone(), cri.images.clone());
@@ -239,7 +277,10 @@ async fn send(cri: &Cri, case: &Case, known_pod: &PodSandboxConfig) -> Outcome {
         let result: Result<(), tonic::Status> = match RPCS[case.rpc] {
             "Version" => rt.version(VersionRequest { version: t(0) }).await.map(drop),
             "RunPodSandbox" => rt
-                .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config), runtime_handler: t(0) })
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(pod_config),
+                    runtime_handler: if b(8) { String::new() } else { t(0) },
+                })
                 .await
                 .map(drop),
             "StopPodSandbox" => rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: t(0) }).await.map(drop),
@@ -261,7 +302,7 @@ async fn send(cri: &Cri, case: &Case, known_pod: &PodSandboxConfig) -> Outcome {
                 .map(drop),
             "CreateContainer" => rt
                 .create_container(CreateContainerRequest {
-                    pod_sandbox_id: t(0),
+                    pod_sandbox_id: if b(9) { fixture(known_pod, FIXTURE_POD) } else { t(0) },
                     config: Some(container_config),
                     sandbox_config,
                 })
@@ -391,6 +432,15 @@ async fn send(cri: &Cri, case: &Case, known_pod: &PodSandboxConfig) -> Outcome {
     }
 }
 
+/// What the fixture pod's config carries in its annotations for the cases: the image its
+/// containers run and its id.
+fn fixture(pod: &PodSandboxConfig, key: &str) -> String {
+    pod.annotations.get(key).cloned().unwrap_or_default()
+}
+
+const FIXTURE_IMAGE: &str = "fuzz.crid/image";
+const FIXTURE_POD: &str = "fuzz.crid/pod";
+
 /// A status that says the connection, not crid, failed.
 fn is_transport_failure(status: &tonic::Status) -> bool {
     let message = status.message().to_ascii_lowercase();
@@ -420,7 +470,10 @@ pub async fn fuzz_every_rpc() {
     let (pod, pod_id) = cri.busybox_pod("fuzz").await;
     let container_id = cri.run_container(&pod_id, &pod, "fuzzed", &["sleep", "3600"]).await;
     let busybox = cri.image("busybox:latest");
-    let known = vec![pod_id.clone(), container_id.clone(), busybox, "sha256:".to_string()];
+    let known = vec![pod_id.clone(), container_id.clone(), busybox.clone(), "sha256:".to_string()];
+    let mut fixture_pod = pod.clone();
+    fixture_pod.annotations.insert(FIXTURE_IMAGE.into(), busybox);
+    fixture_pod.annotations.insert(FIXTURE_POD.into(), pod_id.clone());
 
     let mut seed_bytes = [0u8; 32];
     seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
@@ -428,6 +481,8 @@ pub async fn fuzz_every_rpc() {
     let strategy = case(known);
     let mut calls: BTreeMap<&str, usize> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_rpc: BTreeMap<&str, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut first_messages: BTreeMap<(&str, String), String> = BTreeMap::new();
     let mut longest_message = 0usize;
     let mut slowest = (Duration::ZERO, "");
     let started = Instant::now();
@@ -436,7 +491,7 @@ pub async fn fuzz_every_rpc() {
         let rpc = RPCS[case.rpc];
         *calls.entry(rpc).or_default() += 1;
         let began = Instant::now();
-        let outcome = send(&cri, &case, &pod).await;
+        let outcome = send(&cri, &case, &fixture_pod).await;
         if began.elapsed() > slowest.0 {
             slowest = (began.elapsed(), rpc);
         }
@@ -446,7 +501,10 @@ pub async fn fuzz_every_rpc() {
             shown
         };
         match outcome {
-            Outcome::Ok => *outcomes.entry("OK".into()).or_default() += 1,
+            Outcome::Ok => {
+                *outcomes.entry("OK".into()).or_default() += 1;
+                *by_rpc.entry(rpc).or_default().entry("OK".into()).or_default() += 1;
+            }
             Outcome::Hung => {
                 panic!("case {index} ({rpc}) did not end within {CALL_BOUND:?}: {}\n{}", shown(), cri.log())
             }
@@ -464,6 +522,10 @@ pub async fn fuzz_every_rpc() {
                 );
                 longest_message = longest_message.max(status.message().len());
                 *outcomes.entry(format!("{:?}", status.code())).or_default() += 1;
+                *by_rpc.entry(rpc).or_default().entry(format!("{:?}", status.code())).or_default() += 1;
+                first_messages
+                    .entry((rpc, format!("{:?}", status.code())))
+                    .or_insert_with(|| status.message().chars().take(160).collect());
             }
         }
         let version = tokio::time::timeout(Duration::from_secs(10), cri.runtime.version(VersionRequest::default()))
@@ -491,6 +553,14 @@ pub async fn fuzz_every_rpc() {
     eprintln!("fuzz: seed {seed}, {cases} cases in {:.1} s, Version answered after each", elapsed.as_secs_f64());
     eprintln!("fuzz: calls per RPC: {calls:?}");
     eprintln!("fuzz: outcomes by code: {outcomes:?}");
+    for (rpc, codes) in &by_rpc {
+        eprintln!("fuzz:   {rpc}: {codes:?}");
+    }
+    if std::env::var_os("CRID_FUZZ_MESSAGES").is_some() {
+        for ((rpc, code), message) in &first_messages {
+            eprintln!("fuzz:   first {rpc} {code}: {message}");
+        }
+    }
     eprintln!(
         "fuzz: 0 panics, 0 hangs, 0 dropped connections; longest error message {longest_message} bytes; slowest call \
          {:.2} s ({}); {made_pods} pods standing at the end, removed",
