@@ -112,6 +112,19 @@ impl std::error::Error for Error {
     }
 }
 
+/// The most characters of a request's text that an error message quotes: a request may carry
+/// megabytes, an error (and the log line it becomes) should not.
+pub const QUOTED_INPUT_MAX_CHARS: usize = 256;
+
+/// `text` as an error message quotes it: Debug-quoted (control characters and NULs escaped),
+/// and, past [`QUOTED_INPUT_MAX_CHARS`] characters, cut with `…` and the full length in bytes.
+pub fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_INPUT_MAX_CHARS) {
+        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
+        None => format!("{text:?}"),
+    }
+}
+
 /// Adds context to a `Result`'s error.
 pub trait ResultExt<T> {
     fn context(self, what: impl fmt::Display) -> Result<T>;
@@ -130,6 +143,18 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("the disk said no")]
     struct DiskRefused;
+
+    #[test]
+    fn quoted_input_is_bounded() {
+        assert_eq!(quoted("a/b"), "\"a/b\"");
+        assert_eq!(quoted("nul\0"), "\"nul\\0\"");
+        let huge = "é".repeat(5000);
+        let message = quoted(&huge);
+        assert!(message.ends_with("… (10000 bytes)"), "{message}");
+        assert_eq!(message.chars().filter(|&c| c == 'é').count(), QUOTED_INPUT_MAX_CHARS);
+        let exact = "x".repeat(QUOTED_INPUT_MAX_CHARS);
+        assert_eq!(quoted(&exact), format!("{exact:?}"), "nothing is cut at the limit");
+    }
 
     #[test]
     fn the_source_survives_context_and_is_found_by_type() {

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 use crate::ports::Os;
 
 /// A fresh 64-hex-digit id drawn from the OS's randomness (seeded in the simulator).
@@ -33,11 +33,31 @@ pub fn validate_sandbox_metadata(
 ) -> Result<&k8s_cri::v1::PodSandboxMetadata> {
     let metadata = metadata.ok_or_else(|| Error::invalid("sandbox config must include metadata"))?;
     for (field, value) in [("name", &metadata.name), ("namespace", &metadata.namespace), ("uid", &metadata.uid)] {
-        if value.is_empty() {
-            return Err(Error::invalid(format!("sandbox config metadata.{field} must not be empty")));
-        }
+        check_name_part(&format!("sandbox config metadata.{field}"), value)?;
     }
     Ok(metadata)
+}
+
+/// The characters a CRI name part (a pod's name, namespace or uid, a container's name) must not
+/// hold. `/` would make it several path components wherever it names a directory or a file (as
+/// kubelet's pod log directories do); `;` and `=` are the separators of the CNI_ARGS the pod's
+/// name, namespace and uid are passed to plugins in, so a name holding them could set other
+/// arguments (a static `IP=`); NUL and other control characters cut or garble C strings, logs
+/// and labels. Kubernetes names (DNS labels, UUIDs) never hold any of these; containerd does
+/// not check, and lets such a name through to the CNI plugins and the runtime.
+fn forbidden_in_name(c: char) -> bool {
+    matches!(c, '/' | ';' | '=') || c.is_control()
+}
+
+/// A part of a CRI object's name: not empty, and none of [`forbidden_in_name`]'s characters.
+pub fn check_name_part(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(format!("{field} must not be empty")));
+    }
+    if let Some(c) = value.chars().find(|&c| forbidden_in_name(c)) {
+        return Err(Error::invalid(format!("{field} {} must not contain {c:?}", quoted(value))));
+    }
+    Ok(())
 }
 
 /// True when `labels` contain every pair of `selector`.
@@ -45,10 +65,6 @@ pub fn validate_sandbox_metadata(
 pub fn labels_match(selector: &HashMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
-
-/// The longest prefix of a rejected reference that an error message quotes: a request may carry
-/// megabytes, an error (and the log line it becomes) should not.
-const QUOTED_INPUT_MAX_CHARS: usize = 256;
 
 /// The most characters the name (`domain/repository`) of a reference may have, as in docker's
 /// reference grammar. containerd 1.7 counts the domain and the `library/` it adds, so `"a" × 237`
@@ -74,13 +90,7 @@ impl ImageRef {
     /// Parses and normalises `reference`; a bad one is InvalidArgument.
     pub fn parse(reference: &str) -> Result<ImageRef> {
         let invalid = |why: &dyn std::fmt::Display| {
-            let quoted: String = reference.chars().take(QUOTED_INPUT_MAX_CHARS).collect();
-            let cut = if quoted.len() < reference.len() {
-                format!("{quoted:?}… ({} bytes)", reference.len())
-            } else {
-                format!("{quoted:?}")
-            };
-            Error::invalid(format!("invalid image reference {cut}: {why}"))
+            Error::invalid(format!("invalid image reference {}: {why}", quoted(reference)))
         };
         // The grammar is ASCII; the regex's `\w` for tags would otherwise take any letter.
         if !reference.is_ascii() {
@@ -236,10 +246,34 @@ mod tests {
 
     #[test]
     fn an_error_quotes_a_bounded_prefix_of_the_input() {
+        use crate::error::QUOTED_INPUT_MAX_CHARS;
         let huge = "a".repeat(5000);
         let message = ImageRef::parse(&huge).unwrap_err().to_string();
         assert!(message.contains(&format!("\"{}\"… (5000 bytes)", "a".repeat(QUOTED_INPUT_MAX_CHARS))), "{message}");
         assert!(message.len() < QUOTED_INPUT_MAX_CHARS + 200, "{} bytes", message.len());
+    }
+
+    #[test]
+    fn name_parts_with_separators_or_control_characters_are_refused() {
+        for good in ["web-0", "kube-system", "0b5a7c1e-3f7e-4e8e-9a8a-1c2d3e4f5a6b", "Upper.dots_under"] {
+            check_name_part("name", good).unwrap();
+        }
+        for bad in ["", "../x", "a/b", "/", "x;IP=10.0.0.9", "a=b", "nul\0", "line\nbreak", "tab\t"] {
+            let error = check_name_part("name", bad).unwrap_err();
+            assert_eq!(error.kind, crate::error::ErrorKind::InvalidArgument, "{bad:?}");
+        }
+        let metadata = |name: &str| k8s_cri::v1::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "ns".into(),
+            uid: "u".into(),
+            attempt: 0,
+        };
+        assert!(validate_sandbox_metadata(Some(&metadata("web"))).is_ok());
+        let error = validate_sandbox_metadata(Some(&metadata("../../etc"))).unwrap_err();
+        assert!(error.message.contains("metadata.name \"../../etc\" must not contain '/'"), "{error}");
+        let long = format!("{}/", "a".repeat(5000));
+        let message = validate_sandbox_metadata(Some(&metadata(&long))).unwrap_err().message;
+        assert!(message.len() < 400, "{} bytes", message.len());
     }
 
     #[test]

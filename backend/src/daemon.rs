@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! socket_path = "/run/crid/crid.sock"
+//! socket_mode = 0o660             # no bits for others: the socket is root on the host
+//! socket_group = ""               # a group name or gid that may use the socket; "" keeps root's
 //! log_format = "human"            # or "json"
 //! log_level = "info"              # a tracing EnvFilter; RUST_LOG overrides it
 //! root_dir = "/var/lib/crid"      # persistent CRI state
@@ -30,6 +32,8 @@ use crate::{HttpStreamServer, LinuxOs, RealCni, SystemClock};
 /// How long start-up waits for containerd to answer before refusing to start.
 const CONTAINERD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CNI_CONF_POLL: Duration = Duration::from_secs(1);
+/// Root and the socket's group may use the CRI; nobody else.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,6 +61,12 @@ impl Default for ContainerdClientConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
     pub socket_path: String,
+    /// The CRI socket's permission bits. Whoever may write to it runs anything as root, so
+    /// bits for others are refused.
+    pub socket_mode: u32,
+    /// The group that owns the socket (a name or a numeric gid), so that its members may use
+    /// it; empty keeps the daemon's own group.
+    pub socket_group: String,
     pub log_format: LogFormat,
     pub log_level: String,
     pub root_dir: String,
@@ -71,6 +81,8 @@ impl Default for DaemonConfig {
         let cri = crid::Config::default();
         DaemonConfig {
             socket_path: "/run/crid/crid.sock".into(),
+            socket_mode: DEFAULT_SOCKET_MODE,
+            socket_group: String::new(),
             log_format: LogFormat::Human,
             log_level: "info".into(),
             root_dir: cri.root_dir.clone(),
@@ -98,6 +110,12 @@ impl DaemonConfig {
         // sun_path holds 108 bytes including the terminating NUL.
         if self.socket_path.len() > 107 {
             return Err(Error::invalid(format!("`socket_path` is longer than 107 bytes: {}", self.socket_path)));
+        }
+        if self.socket_mode & !0o777 != 0 || self.socket_mode & 0o007 != 0 {
+            return Err(Error::invalid(format!(
+                "`socket_mode` {:#o} must be within 0o770: whoever may write to the CRI socket is root on the host",
+                self.socket_mode
+            )));
         }
         if self.containerd.namespace.is_empty() {
             return Err(Error::invalid("`containerd.namespace` must be set"));
@@ -133,8 +151,23 @@ pub fn init_logging(config: &DaemonConfig) {
     };
 }
 
-/// Binds the CRI socket: a stale socket file of a dead crid is replaced; a live one is not.
-async fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+/// The gid of `group`: a numeric gid as is, else a group name looked up in the host's database.
+fn group_id(group: &str) -> Result<nix::unistd::Gid> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(gid));
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid),
+        Ok(None) => Err(Error::invalid(format!("`socket_group` {group:?}: no such group"))),
+        Err(e) => Err(Error::internal(format!("`socket_group` {group:?}: {e}")).with_source(e)),
+    }
+}
+
+/// Binds the CRI socket with its mode and group set before anyone can connect: it is bound
+/// under a temporary name in the same directory, given its mode and owner there, then renamed
+/// into place (a rename is atomic), so no client ever sees it with the umask's bits. A stale
+/// socket file of a dead crid is replaced; a live one is not.
+async fn bind_socket(path: &Path, mode: u32, group: &str) -> Result<tokio::net::UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| crate::errors::from_io(e, format!("mkdir {}", parent.display())))?;
@@ -146,13 +179,28 @@ async fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(Error::precondition(format!("another server is listening on {}", path.display())));
         }
-        let _ = std::fs::remove_file(path);
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| crate::errors::from_io(e, format!("bind {}", path.display())))?;
-    // Only root and the socket's group may talk to the runtime.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| crate::errors::from_io(e, format!("chmod {}", path.display())))?;
+    let gid = if group.is_empty() { None } else { Some(group_id(group)?) };
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(format!(".{}.new", std::process::id()));
+    let staged = PathBuf::from(staged);
+    let _ = std::fs::remove_file(&staged);
+    let listener = tokio::net::UnixListener::bind(&staged)
+        .map_err(|e| crate::errors::from_io(e, format!("bind {}", staged.display())))?;
+    let placed = (|| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| crate::errors::from_io(e, format!("chmod {}", staged.display())))?;
+        if let Some(gid) = gid {
+            nix::unistd::chown(&staged, None, Some(gid))
+                .map_err(|e| Error::internal(format!("chown {}: {e}", staged.display())).with_source(e))?;
+        }
+        std::fs::rename(&staged, path)
+            .map_err(|e| crate::errors::from_io(e, format!("rename {} into place", staged.display())))
+    })();
+    if let Err(error) = placed {
+        let _ = std::fs::remove_file(&staged);
+        return Err(error);
+    }
     Ok(listener)
 }
 
@@ -216,7 +264,7 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     stream.serve_with(Arc::new(service.clone()));
     let _watcher = cni.spawn_watcher(CNI_CONF_POLL);
     let socket = PathBuf::from(&config.socket_path);
-    let listener = bind_socket(&socket).await?;
+    let listener = bind_socket(&socket, config.socket_mode, &config.socket_group).await?;
     tracing::info!(socket = %socket.display(), "serving CRI");
     let served = crid_grpc::serve_unix(service, listener, shutdown_signal()).await;
     let _ = std::fs::remove_file(&socket);
@@ -254,6 +302,41 @@ sandbox_image = "127.0.0.1:5000/pause:3.8"
         assert_eq!(config.cri.root_dir, "/tmp/root");
         assert_eq!(config.cri.sandbox_image, "127.0.0.1:5000/pause:3.8");
         assert_eq!(config.containerd.namespace, "test");
+    }
+
+    #[test]
+    fn the_socket_is_for_root_and_its_group_only() {
+        let defaults = DaemonConfig::default();
+        assert_eq!((defaults.socket_mode, defaults.socket_group.as_str()), (0o660, ""));
+        assert_eq!(defaults.cri.stream_server_address, "127.0.0.1", "the stream server is loopback unless configured");
+        let config = DaemonConfig::parse("socket_mode = 0o600\nsocket_group = \"crid\"\n").unwrap();
+        assert_eq!((config.socket_mode, config.socket_group.as_str()), (0o600, "crid"));
+        for mode in ["0o666", "0o662", "0o1660", "0o777"] {
+            let error = DaemonConfig::parse(&format!("socket_mode = {mode}\n")).unwrap_err();
+            assert!(error.message.contains("root on the host"), "{mode}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_with_its_mode_and_group() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crid.sock");
+        let own_gid = nix::unistd::getegid().as_raw();
+        let listener = bind_socket(&path, 0o640, &own_gid.to_string()).await.unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o640, own_gid));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("crid.sock")], "no staged name is left behind");
+        tokio::net::UnixStream::connect(&path).await.expect("the listener serves the renamed socket");
+        let error = bind_socket(&path, 0o660, "").await.unwrap_err();
+        assert!(error.message.contains("another server"), "{error}");
+        drop(listener);
+        let error = bind_socket(&dir.path().join("other.sock"), 0o660, "no-such-group-crid").await.unwrap_err();
+        assert!(error.message.contains("no such group"), "{error}");
+        bind_socket(&path, 0o660, "").await.expect("a stale socket is replaced");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o660);
     }
 
     #[test]

@@ -44,6 +44,12 @@ impl RegistryEndpoint {
     pub fn default_tls(&self) -> bool {
         !self.skip_verify && self.ca_files.is_empty() && self.client_certs.is_empty()
     }
+
+    /// `host[:port]` of the endpoint: what a pull's credentials are matched against.
+    pub fn host(&self) -> &str {
+        let rest = self.base_url.split_once("://").map_or(self.base_url.as_str(), |(_, rest)| rest);
+        rest.split('/').next().unwrap_or_default()
+    }
 }
 
 /// One host's keys, as containerd reads them; the file's top level holds the `server`'s own.
@@ -286,6 +292,8 @@ server = "https://upstream"
         assert_eq!(urls, ["http://mirror-b:5000/v2", "https://mirror-a/v2", "https://upstream/v2"]);
         assert!(eps[0].can_pull && !eps[0].can_resolve);
         assert!(eps[1].skip_verify);
+        let hosts: Vec<_> = eps.iter().map(|e| e.host()).collect();
+        assert_eq!(hosts, ["mirror-b:5000", "mirror-a", "upstream"], "what credentials are matched against");
     }
 
     #[test]

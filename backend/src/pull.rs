@@ -455,7 +455,10 @@ impl RegistryClient {
             if (resolve && !endpoint.can_resolve) || (!resolve && !endpoint.can_pull) {
                 continue;
             }
-            match self.get(&endpoint, reference.repository(), path, accept, auth).await {
+            // Each endpoint gets only the credentials meant for its host: a mirror ahead of
+            // the registry is asked anonymously.
+            let auth = auth.for_host(endpoint.host(), reference.domain());
+            match self.get(&endpoint, reference.repository(), path, accept, &auth).await {
                 Ok(response) => return Ok(response),
                 Err(e) => {
                     tracing::debug!(endpoint = %endpoint.base_url, error = %e, "registry endpoint failed");

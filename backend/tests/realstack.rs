@@ -9,6 +9,7 @@
 //! uses its own containerd namespace and directories, so crid tests may run in parallel.
 
 mod common;
+mod fuzz;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1402,4 +1403,286 @@ async fn leases_deleted_behind_crids_back() {
     crid.remove_container(&first).await;
     crid.remove_pod(&pod_id).await;
     crid.assert_no_leaks();
+}
+
+/// A loopback HTTP server standing in for a registry mirror: it answers every request with 401
+/// and a Basic challenge (so a client holding credentials would retry with them, and one
+/// without moves on to the next endpoint), and records each request's Authorization header.
+struct RecordingMirror {
+    port: u16,
+    /// One entry per request: its Authorization header, empty when it had none.
+    authorizations: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RecordingMirror {
+    async fn start() -> RecordingMirror {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let authorizations = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = authorizations.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let authorization = head
+                        .lines()
+                        .filter_map(|line| line.split_once(':'))
+                        .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+                        .map(|(_, value)| value.trim().to_string())
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push(authorization);
+                    let answer = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"mirror\"\r\n\
+                                  Content-Length: 0\r\nConnection: close\r\n\r\n";
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        RecordingMirror { port, authorizations }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.authorizations.lock().unwrap().clone()
+    }
+}
+
+/// Credentials go only to the host they are for: a mirror listed ahead of the credentialed
+/// registry in its hosts.toml is asked (and asks for credentials) but never receives them,
+/// whether the AuthConfig names its `server_address` or leaves it empty; and credentials whose
+/// `server_address` names the mirror are not sent to the registry either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn credentials_never_reach_another_host() {
+    let stack = stack();
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let registry = var("CRID_AUTH_REGISTRY");
+    let (user, password) = (var("CRID_AUTH_REGISTRY_USER"), var("CRID_AUTH_REGISTRY_PASSWORD"));
+    let mirror = RecordingMirror::start().await;
+    let mirror_host = format!("127.0.0.1:{}", mirror.port);
+    let hosts = PathBuf::from("/tmp").join(unique("crid-it-hosts"));
+    std::fs::create_dir_all(hosts.join(&registry)).unwrap();
+    std::fs::write(
+        hosts.join(&registry).join("hosts.toml"),
+        format!(
+            "server = \"http://{registry}\"\n\
+             [host.\"http://{mirror_host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\
+             [host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut crid = Cri::crid_with_registry_hosts(&stack, "secrets", crid_binary(), &hosts).await;
+    let image = format!("{registry}/private/busybox:latest");
+    let pull = |server_address: &str| PullImageRequest {
+        image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
+        auth: Some(AuthConfig {
+            username: user.clone(),
+            password: password.clone(),
+            server_address: server_address.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    for server_address in ["", registry.as_str(), &format!("http://{registry}/v2/")] {
+        let before = mirror.requests().len();
+        let id = crid
+            .images
+            .pull_image(pull(server_address))
+            .await
+            .unwrap_or_else(|e| panic!("pull with server_address {server_address:?}: {e}\n{}", crid.log()))
+            .into_inner()
+            .image_ref;
+        assert!(id.starts_with("sha256:"), "{id}");
+        let requests = mirror.requests();
+        let asked = &requests[before..];
+        assert!(!asked.is_empty(), "the mirror comes first in hosts.toml, so it is asked");
+        assert!(asked.iter().all(|a| a.is_empty()), "{server_address:?}: the mirror got credentials: {asked:?}");
+        crid.remove_image(&image).await;
+    }
+    let error = crid
+        .images
+        .pull_image(pull(&format!("http://{mirror_host}")))
+        .await
+        .expect_err("credentials for the mirror do not open the registry");
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error:?}");
+    let sent: Vec<String> = mirror.requests().into_iter().filter(|a| !a.is_empty()).collect();
+    assert!(!sent.is_empty(), "the credentials meant for the mirror reach it: {:?}", mirror.requests());
+    assert!(!crid.log().contains(&password), "the password never reaches crid's log");
+    eprintln!("mirror asked {} times, {} of them with its own credentials", mirror.requests().len(), sent.len());
+    crid.assert_no_leaks();
+    let _ = std::fs::remove_dir_all(&hosts);
+}
+
+/// Bad input is refused with InvalidArgument before anything is made, and nothing is written
+/// outside the directories crid owns: log paths that climb out of the pod's log directory,
+/// mounts over the root or with relative paths, devices that are missing or no device, resource
+/// values no runtime honours, names with path separators; error messages quote a bounded
+/// prefix of a huge input. crid still serves afterwards and holds no half-made container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn bad_input_is_refused_and_nothing_escapes() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "refuse", crid_binary()).await;
+    let (pod, pod_id) = crid.busybox_pod("refuse").await;
+    let escape = PathBuf::from("/tmp").join(unique("crid-escape")).with_extension("log");
+    let escape_name = escape.file_name().unwrap().to_string_lossy().into_owned();
+    let base = crid.container_config("c", &["sleep", "60"]);
+    let mount = |host: &str, container: &str| Mount {
+        host_path: host.into(),
+        container_path: container.into(),
+        ..Default::default()
+    };
+    let device =
+        |host: &str| Device { host_path: host.into(), container_path: "/dev/x".into(), permissions: "rw".into() };
+    let resources = |r: LinuxContainerResources| LinuxContainerConfig { resources: Some(r), ..Default::default() };
+    let not_a_device = crid.dir.join("crid.toml").to_string_lossy().into_owned();
+    let cases: Vec<(&str, ContainerConfig)> = vec![
+        (
+            "log path climbing out",
+            ContainerConfig { log_path: format!("../../../../../../../../tmp/{escape_name}"), ..base.clone() },
+        ),
+        ("absolute log path", ContainerConfig { log_path: escape.to_string_lossy().into_owned(), ..base.clone() }),
+        ("mount over the root", ContainerConfig { mounts: vec![mount("/", "../../")], ..base.clone() }),
+        ("mount cleaned to the root", ContainerConfig { mounts: vec![mount("/", "/x/../..")], ..base.clone() }),
+        ("relative mount", ContainerConfig { mounts: vec![mount("/tmp", "data")], ..base.clone() }),
+        ("empty mount host path", ContainerConfig { mounts: vec![mount("", "/data")], ..base.clone() }),
+        ("missing device", ContainerConfig { devices: vec![device("/dev/crid-no-such-device")], ..base.clone() }),
+        ("file as a device", ContainerConfig { devices: vec![device(&not_a_device)], ..base.clone() }),
+        (
+            "negative cpu shares",
+            ContainerConfig {
+                linux: Some(resources(LinuxContainerResources { cpu_shares: -2, ..Default::default() })),
+                ..base.clone()
+            },
+        ),
+        (
+            "oom_score_adj out of range",
+            ContainerConfig {
+                linux: Some(resources(LinuxContainerResources { oom_score_adj: 5000, ..Default::default() })),
+                ..base.clone()
+            },
+        ),
+        (
+            "name with a path separator",
+            ContainerConfig { metadata: Some(ContainerMetadata { name: "../x".into(), attempt: 0 }), ..base.clone() },
+        ),
+    ];
+    for (what, config) in cases {
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        };
+        let error = crid.runtime.create_container(request).await.expect_err(what);
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{what}: {error:?}");
+        crid.runtime.version(VersionRequest::default()).await.unwrap_or_else(|e| panic!("after {what}: {e}"));
+    }
+    assert!(!escape.exists(), "nothing written outside the pod's log directory");
+    let containers = crid.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner();
+    assert!(containers.containers.is_empty(), "no half-made container: {:?}", containers.containers);
+
+    let mut bad_pod = crid.pod_config("bad");
+    bad_pod.metadata.as_mut().unwrap().name = "a/../../b".into();
+    let request = RunPodSandboxRequest { config: Some(bad_pod), runtime_handler: String::new() };
+    let error = crid.runtime.run_pod_sandbox(request).await.expect_err("a pod name with a separator");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+
+    // A running container's resources cannot be updated to values no runtime honours either.
+    let id = crid.run_container(&pod_id, &pod, "ok", &["sleep", "60"]).await;
+    let update = UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(LinuxContainerResources { cpu_period: -5, ..Default::default() }),
+        ..Default::default()
+    };
+    let error = crid.runtime.update_container_resources(update).await.expect_err("a negative period");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+
+    let huge = format!("{}/x:{}", "a".repeat(5000), "t".repeat(10));
+    let pull =
+        PullImageRequest { image: Some(ImageSpec { image: huge.clone(), ..Default::default() }), ..Default::default() };
+    let error = crid.images.pull_image(pull).await.expect_err("a 5,000-character reference");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+    let mut huge_image = crid.container_config("huge", &["true"]);
+    huge_image.image = Some(ImageSpec { image: huge.clone(), ..Default::default() });
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod_id.clone(),
+        config: Some(huge_image),
+        sandbox_config: Some(pod.clone()),
+    };
+    let not_found = crid.runtime.create_container(request).await.expect_err("an image that is not there");
+    let status = crid.runtime.container_status(ContainerStatusRequest { container_id: huge.clone(), verbose: false });
+    let unknown = status.await.expect_err("an id that is not there");
+    for error in [&error, &not_found, &unknown] {
+        assert!(error.message().len() < 1024, "{} bytes: {}", error.message().len(), error.message());
+    }
+    eprintln!(
+        "messages for a {}-byte input: {}, {} and {} bytes",
+        huge.len(),
+        error.message().len(),
+        not_found.message().len(),
+        unknown.message().len()
+    );
+
+    crid.stop_container(&id, 0).await;
+    crid.remove_container(&id).await;
+    crid.remove_pod(&pod_id).await;
+    crid.assert_no_leaks();
+}
+
+/// What crid exposes: its CRI socket with mode 0660 by default, and on TCP only the stream
+/// server, on the loopback address it is configured with by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn only_the_socket_and_a_loopback_stream_server_are_exposed() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let stack = stack();
+    let crid = Cri::crid(&stack, "expose", crid_binary()).await;
+    let meta = std::fs::metadata(crid.dir.join("crid.sock")).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.mode() & 0o7777, 0o660, "the CRI socket is for root and its group only");
+
+    let pid = crid.pid().expect("crid runs");
+    let own_sockets: std::collections::BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    // (local address in /proc's hex form, family) of every TCP socket of crid that listens.
+    let mut listening = Vec::new();
+    for (table, family) in [("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1, st (0A = LISTEN) field 3, inode field 9.
+            if fields.len() > 9 && fields[3] == "0A" && own_sockets.contains(fields[9]) {
+                listening.push((fields[1].to_string(), family));
+            }
+        }
+    }
+    assert_eq!(listening.len(), 1, "one TCP listener, the stream server's: {listening:?}");
+    let (address, family) = &listening[0];
+    assert_eq!(*family, 4);
+    assert!(address.starts_with("0100007F:"), "bound to 127.0.0.1, not {address}");
+    eprintln!("crid listens on TCP at {address} only (127.0.0.1, the stream server)");
+}
+
+/// Every RPC with generated and malformed fields (see `fuzz/mod.rs`); `CRID_FUZZ_CASES` and
+/// `CRID_FUZZ_SEED` choose how many cases and which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn fuzzed_rpcs_get_typed_answers() {
+    fuzz::fuzz_every_rpc().await;
 }

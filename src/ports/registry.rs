@@ -24,6 +24,10 @@ pub struct RegistryAuth {
     pub identity_token: String,
     /// A bearer token sent to the registry as is.
     pub registry_token: String,
+    /// The registry the credentials are for (`host[:port]`, with or without a scheme and a
+    /// path, as kubelet's keyring names it); empty means the registry of the pulled reference.
+    /// Only that host ever receives them (see [`RegistryAuth::for_host`]).
+    pub server_address: String,
 }
 
 impl RegistryAuth {
@@ -45,18 +49,44 @@ impl RegistryAuth {
             password,
             identity_token: auth.identity_token.clone(),
             registry_token: auth.registry_token.clone(),
+            server_address: auth.server_address.clone(),
         })
     }
 
+    /// No secret to send.
     pub fn is_anonymous(&self) -> bool {
-        *self == RegistryAuth::default()
+        [&self.username, &self.password, &self.identity_token, &self.registry_token].iter().all(|s| s.is_empty())
+    }
+
+    /// The credentials `endpoint_host` (`host[:port]` of one endpoint a pull tries, a mirror
+    /// or the registry itself) may receive: all of them when it is the host they are for —
+    /// `server_address`'s, else `requested_domain`, the pulled reference's registry — and
+    /// none otherwise. A mirror listed in hosts.toml ahead of the registry is thus asked
+    /// anonymously and never sees another host's secret, as containerd's CRI matches each
+    /// host it tries against `server_address`. One deliberate difference: containerd, with
+    /// no `server_address`, hands the credentials to every endpoint; here only the
+    /// requested registry gets them.
+    pub fn for_host(&self, endpoint_host: &str, requested_domain: &str) -> RegistryAuth {
+        let owner = if self.server_address.is_empty() {
+            requested_domain
+        } else {
+            let address = self.server_address.trim();
+            let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
+            rest.split('/').next().unwrap_or_default()
+        };
+        if !owner.is_empty() && same_registry(endpoint_host, owner) {
+            self.clone()
+        } else {
+            RegistryAuth { server_address: self.server_address.clone(), ..RegistryAuth::default() }
+        }
     }
 
     /// A digest that tells credentials apart without holding them (in-memory keys only).
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
-        for field in [&self.username, &self.password, &self.identity_token, &self.registry_token] {
+        for field in [&self.username, &self.password, &self.identity_token, &self.registry_token, &self.server_address]
+        {
             hash.update((field.len() as u64).to_le_bytes());
             hash.update(field.as_bytes());
         }
@@ -74,6 +104,20 @@ impl std::fmt::Debug for RegistryAuth {
             .field("registry_token", &set(&self.registry_token))
             .finish()
     }
+}
+
+/// Host names (with their ports) are equal in any letter case; Docker Hub's names are one host:
+/// references say `docker.io`, kubelet's keyring `index.docker.io`, and its API answers at
+/// `registry-1.docker.io`.
+fn same_registry(a: &str, b: &str) -> bool {
+    let canonical = |host: &str| {
+        let host = host.to_ascii_lowercase();
+        match host.as_str() {
+            "index.docker.io" | "registry-1.docker.io" => "docker.io".to_string(),
+            _ => host,
+        }
+    };
+    canonical(a) == canonical(b)
 }
 
 /// A reference resolved at the registry: manifest for the host platform, config and layers.
@@ -134,5 +178,42 @@ mod tests {
         assert!(shown.contains("alice") && !shown.contains("s3:cret"), "{shown}");
         assert_ne!(plain.fingerprint(), encoded.fingerprint());
         assert_eq!(plain.fingerprint(), plain.clone().fingerprint());
+        let scoped = AuthConfig { server_address: "reg:5001".into(), registry_token: "t".into(), ..Default::default() };
+        let scoped = RegistryAuth::from_cri(Some(&scoped)).unwrap();
+        assert!(!format!("{scoped:?}").contains("\"t\""), "{scoped:?}");
+        let nobody = AuthConfig { server_address: "reg:5001".into(), ..Default::default() };
+        assert!(RegistryAuth::from_cri(Some(&nobody)).unwrap().is_anonymous());
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_host_they_are_for() {
+        let auth = |server_address: &str| RegistryAuth {
+            username: "u".into(),
+            password: "secret".into(),
+            server_address: server_address.into(),
+            ..Default::default()
+        };
+        // (server_address, endpoint tried, requested registry, whether it gets the secret)
+        let cases = [
+            ("", "127.0.0.1:5001", "127.0.0.1:5001", true),
+            ("", "127.0.0.1:5000", "127.0.0.1:5001", false),
+            ("", "mirror.internal", "docker.io", false),
+            ("", "registry-1.docker.io", "docker.io", true),
+            ("127.0.0.1:5001", "127.0.0.1:5001", "127.0.0.1:5001", true),
+            ("http://127.0.0.1:5001", "127.0.0.1:5001", "docker.io", true),
+            ("http://127.0.0.1:5001", "127.0.0.1:5000", "127.0.0.1:5001", false),
+            ("https://index.docker.io/v1/", "registry-1.docker.io", "docker.io", true),
+            ("https://index.docker.io/v1/", "mirror.gcr.io", "docker.io", false),
+            ("Registry.Example.com", "registry.example.com", "x", true),
+            ("registry.example.com", "registry.example.com:5000", "registry.example.com", false),
+            ("https:///", "127.0.0.1:5001", "127.0.0.1:5001", false),
+        ];
+        for (server_address, endpoint, requested, gets) in cases {
+            let given = auth(server_address).for_host(endpoint, requested);
+            assert_eq!(!given.is_anonymous(), gets, "{server_address:?} {endpoint} {requested}");
+            if !gets {
+                assert!(given.password.is_empty() && given.username.is_empty());
+            }
+        }
     }
 }

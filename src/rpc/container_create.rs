@@ -8,7 +8,7 @@ use k8s_cri::v1::{
     StartContainerResponse,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 use crate::ids::{ContainerId, TaskId};
 use crate::naming::{container_name, sorted};
 use crate::ports::{
@@ -47,9 +47,7 @@ impl CriService {
         let config = request.config.ok_or_else(|| Error::invalid("container config is required"))?;
         let metadata =
             config.metadata.clone().ok_or_else(|| Error::invalid("container config must include metadata"))?;
-        if metadata.name.is_empty() {
-            return Err(Error::invalid("container config metadata.name must not be empty"));
-        }
+        crate::naming::check_name_part("container config metadata.name", &metadata.name)?;
         if config.image.as_ref().is_none_or(|i| i.image.is_empty()) {
             return Err(Error::invalid("container config must name an image"));
         }
@@ -60,6 +58,9 @@ impl CriService {
             && security.run_as_username.is_empty()
         {
             return Err(Error::invalid("run_as_group is set without run_as_user or run_as_username"));
+        }
+        if let Some(resources) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
+            crate::spec::check_resources(resources)?;
         }
         let sandbox = self.sandboxes.get(&request.pod_sandbox_id).map_err(|e| e.context("failed to find sandbox"))?;
         if sandbox.status().state != SandboxState::Ready {
@@ -84,9 +85,9 @@ impl CriService {
         config: ContainerConfig,
     ) -> Result<String> {
         let id = ContainerId::generate(&*self.backends.os);
-        self.container_names
-            .reserve(&name, &id)
-            .map_err(|e| Error::already_exists(format!("failed to reserve container name {name:?}: {}", e.message)))?;
+        self.container_names.reserve(&name, &id).map_err(|e| {
+            Error::already_exists(format!("failed to reserve container name {}: {}", quoted(&name), e.message))
+        })?;
         let mut undo = vec![Undo::ReleaseName];
         let mut metadata = None;
         let outcome = self
@@ -159,7 +160,7 @@ impl CriService {
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         let image = self
             .local_resolve(&image_name)
-            .map_err(|e| e.context(format!("failed to resolve image {image_name:?}")))?;
+            .map_err(|e| e.context(format!("failed to resolve image {}", quoted(&image_name))))?;
         let snapshotter = self.config.snapshotter_for(&sandbox.metadata.runtime_handler);
         // Before any side effect: the sandbox's handler may have left the config since a restart.
         let runtime = self.config.runtime_type_for(&sandbox.metadata.runtime_handler)?;

@@ -156,7 +156,7 @@ impl CriService {
 }
 
 fn validate_cidr(range: &str) -> Result<()> {
-    let invalid = || Error::invalid(format!("invalid pod CIDR {range:?}"));
+    let invalid = || Error::invalid(format!("invalid pod CIDR {}", crate::error::quoted(range)));
     let (address, prefix) = range.split_once('/').ok_or_else(invalid)?;
     let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
     match address.parse::<std::net::IpAddr>().map_err(|_| invalid())? {

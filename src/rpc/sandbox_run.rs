@@ -95,13 +95,21 @@ impl CriService {
         self.check_initialized()?;
         let config = request.config.ok_or_else(|| Error::invalid("sandbox config is required"))?;
         let name = sandbox_name(validate_sandbox_metadata(config.metadata.as_ref())?);
+        // Container log paths are joined to it: a relative one would put them wherever crid's
+        // working directory happens to be.
+        if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
+            return Err(Error::invalid(format!(
+                "sandbox config log_directory {} must be absolute",
+                crate::error::quoted(&config.log_directory)
+            )));
+        }
         let handler = if request.runtime_handler.is_empty() {
             self.config.containerd.default_runtime_name.clone()
         } else {
             request.runtime_handler
         };
         if !self.config.containerd.runtimes.contains_key(&handler) {
-            return Err(Error::invalid(format!("no runtime for {handler:?} is configured")));
+            return Err(Error::invalid(format!("no runtime for {} is configured", crate::error::quoted(&handler))));
         }
         let service = self.clone();
         let operation_name = format!("sandbox/{name}");
@@ -114,9 +122,13 @@ impl CriService {
 
     async fn run_sandbox(self: Arc<Self>, name: String, config: PodSandboxConfig, handler: String) -> Result<String> {
         let id = SandboxId::generate(&*self.backends.os);
-        self.sandbox_names
-            .reserve(&name, &id)
-            .map_err(|e| Error::already_exists(format!("failed to reserve sandbox name {name:?}: {}", e.message)))?;
+        self.sandbox_names.reserve(&name, &id).map_err(|e| {
+            Error::already_exists(format!(
+                "failed to reserve sandbox name {}: {}",
+                crate::error::quoted(&name),
+                e.message
+            ))
+        })?;
         let metadata = SandboxMetadata {
             version: "v1".into(),
             id: id.clone(),

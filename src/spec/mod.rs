@@ -3,7 +3,7 @@
 use k8s_cri::v1::{ContainerConfig, LinuxContainerResources, NamespaceMode, PodSandboxConfig};
 
 use crate::config::{Config, RuntimeConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 use crate::naming::sorted;
 use crate::ports::{DeviceRequest, ImageConfig, MountSpec, Resources, WorkloadSpec};
 
@@ -94,6 +94,47 @@ fn namespace_mode(config: &PodSandboxConfig, pick: impl Fn(&k8s_cri::v1::Namespa
         .unwrap_or(NamespaceMode::Pod as i32)
 }
 
+/// The lowest and highest `oom_score_adj` the kernel takes.
+pub const OOM_SCORE_ADJ_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+
+/// Refuses resource values no runtime can honour, before anything is created or changed.
+/// containerd 1.7 passes them on unchecked: a negative period or shares is cast to a huge
+/// unsigned number and an out-of-range `oom_score_adj` is written as is, so the task fails to
+/// start (or the update fails) with the runtime's words, or, for values the backend only sets
+/// when positive, the limit is silently not applied. Refusing at the call says which field is
+/// wrong and leaves nothing half-made. `-1` stays accepted for the quota and the memory and swap
+/// limits: it is runc's "unlimited", the same as not setting them.
+pub fn check_resources(r: &LinuxContainerResources) -> Result<()> {
+    let at_least = |field: &str, value: i64, min: i64| {
+        if value < min {
+            Err(Error::invalid(format!("resources: {field} {value} must be at least {min}")))
+        } else {
+            Ok(())
+        }
+    };
+    at_least("cpu_period", r.cpu_period, 0)?;
+    at_least("cpu_shares", r.cpu_shares, 0)?;
+    at_least("cpu_quota", r.cpu_quota, -1)?;
+    at_least("memory_limit_in_bytes", r.memory_limit_in_bytes, -1)?;
+    at_least("memory_swap_limit_in_bytes", r.memory_swap_limit_in_bytes, -1)?;
+    if !OOM_SCORE_ADJ_RANGE.contains(&r.oom_score_adj) {
+        return Err(Error::invalid(format!(
+            "resources: oom_score_adj {} must be within {}..={}",
+            r.oom_score_adj,
+            OOM_SCORE_ADJ_RANGE.start(),
+            OOM_SCORE_ADJ_RANGE.end()
+        )));
+    }
+    // Unified keys are file names in the container's cgroup directory (as runc writes them).
+    let bad_key = sorted(&r.unified)
+        .into_keys()
+        .find(|key| key.is_empty() || key == "." || key == ".." || key.contains(['/', '\0']));
+    if let Some(key) = bad_key {
+        return Err(Error::invalid(format!("resources: unified key {} must be a cgroup file name", quoted(&key))));
+    }
+    Ok(())
+}
+
 pub fn resources_from(cri: Option<&LinuxContainerResources>) -> Resources {
     let Some(r) = cri else { return Resources::default() };
     Resources {
@@ -170,6 +211,44 @@ mod resources_tests {
         assert_eq!(resources.unified, [("memory.high".to_string(), "200000000".to_string())].into());
         assert_eq!(resources_to_cri(&resources), cri(), "ContainerStatus reports what was asked for");
         assert_eq!(resources_from(None), Resources::default());
+    }
+
+    #[test]
+    fn resources_no_runtime_can_honour_are_refused() {
+        check_resources(&cri()).unwrap();
+        let unlimited = LinuxContainerResources {
+            cpu_quota: -1,
+            memory_limit_in_bytes: -1,
+            memory_swap_limit_in_bytes: -1,
+            oom_score_adj: -1000,
+            ..Default::default()
+        };
+        check_resources(&unlimited).unwrap();
+        check_resources(&LinuxContainerResources { oom_score_adj: 1000, ..Default::default() }).unwrap();
+        let cases: Vec<(&str, LinuxContainerResources)> = vec![
+            ("cpu_period -1", LinuxContainerResources { cpu_period: -1, ..Default::default() }),
+            ("cpu_shares -2", LinuxContainerResources { cpu_shares: -2, ..Default::default() }),
+            ("cpu_quota -2", LinuxContainerResources { cpu_quota: -2, ..Default::default() }),
+            ("memory_limit_in_bytes -5", LinuxContainerResources { memory_limit_in_bytes: -5, ..Default::default() }),
+            (
+                "memory_swap_limit_in_bytes -2",
+                LinuxContainerResources { memory_swap_limit_in_bytes: -2, ..Default::default() },
+            ),
+            ("oom_score_adj 1001", LinuxContainerResources { oom_score_adj: 1001, ..Default::default() }),
+            ("oom_score_adj -1001", LinuxContainerResources { oom_score_adj: -1001, ..Default::default() }),
+            (
+                "unified key \"../memory.max\"",
+                LinuxContainerResources {
+                    unified: [("../memory.max".to_string(), "1".to_string())].into(),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (why, resources) in cases {
+            let error = check_resources(&resources).unwrap_err();
+            assert_eq!(error.kind, crate::ErrorKind::InvalidArgument, "{why}");
+            assert!(error.message.contains(why), "{why}: {error}");
+        }
     }
 
     #[test]
@@ -300,22 +379,22 @@ fn device_requests(config: &ContainerConfig) -> Result<Vec<DeviceRequest>> {
         .iter()
         .map(|d| {
             if !d.host_path.starts_with('/') {
-                return Err(Error::invalid(format!("device host path {:?} must be absolute", truncated(&d.host_path))));
+                return Err(Error::invalid(format!("device host path {} must be absolute", quoted(&d.host_path))));
             }
             let container_path =
                 if d.container_path.is_empty() { d.host_path.clone() } else { d.container_path.clone() };
             if !container_path.starts_with('/') || container_path.split('/').any(|part| part == "..") {
                 return Err(Error::invalid(format!(
-                    "device container path {:?} must be absolute and stay under /",
-                    truncated(&container_path)
+                    "device container path {} must be absolute and stay under /",
+                    quoted(&container_path)
                 )));
             }
             let permissions = if d.permissions.is_empty() { "rwm".to_string() } else { d.permissions.clone() };
             if !permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
                 return Err(Error::invalid(format!(
-                    "device {:?}: permissions {:?} must be drawn from \"rwm\"",
-                    truncated(&d.host_path),
-                    truncated(&permissions)
+                    "device {}: permissions {} must be drawn from \"rwm\"",
+                    quoted(&d.host_path),
+                    quoted(&permissions)
                 )));
             }
             Ok(DeviceRequest { host_path: d.host_path.clone(), container_path, permissions })
@@ -323,19 +402,18 @@ fn device_requests(config: &ContainerConfig) -> Result<Vec<DeviceRequest>> {
         .collect()
 }
 
-/// At most 256 characters of a request's text, for error messages.
 /// A CRI mount's place in the container: absolute, and cleaned lexically (`.`, `..` and
 /// repeated slashes resolved) so that no later join can climb out of the rootfs; the root itself
 /// is refused, since a mount over it would replace the image.
 fn mount_destination(container_path: &str) -> Result<String> {
     if !container_path.starts_with('/') {
-        return Err(Error::invalid(format!("mount container path {:?} must be absolute", truncated(container_path))));
+        return Err(Error::invalid(format!("mount container path {} must be absolute", quoted(container_path))));
     }
     let cleaned = clean_absolute(container_path);
     if cleaned == "/" {
         return Err(Error::invalid(format!(
-            "mount container path {:?} would replace the container's root",
-            truncated(container_path)
+            "mount container path {} would replace the container's root",
+            quoted(container_path)
         )));
     }
     Ok(cleaned)
@@ -377,18 +455,11 @@ pub fn log_file_path(log_directory: &str, log_path: &str) -> Result<String> {
     };
     if escapes || clean_absolute(&format!("/{log_path}")) == "/" {
         return Err(Error::invalid(format!(
-            "log path {:?} must be a file below the pod's log directory",
-            truncated(log_path)
+            "log path {} must be a file below the pod's log directory",
+            quoted(log_path)
         )));
     }
     Ok(format!("{}{}", log_directory.trim_end_matches('/'), clean_absolute(&format!("/{log_path}"))))
-}
-
-fn truncated(text: &str) -> String {
-    match text.char_indices().nth(256) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
 }
 
 /// containerd's user string: the CRI's uid, else its user name, else the image's USER; with
@@ -560,7 +631,7 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> Result<WorkloadSpec> {
         .map(|m| {
             let container_path = mount_destination(&m.container_path)?;
             if !m.host_path.starts_with('/') {
-                return Err(Error::invalid(format!("mount host path {:?} must be absolute", truncated(&m.host_path))));
+                return Err(Error::invalid(format!("mount host path {} must be absolute", quoted(&m.host_path))));
             }
             let mut mount = bind(&m.host_path, &container_path, m.readonly);
             if m.selinux_relabel {

@@ -110,7 +110,7 @@ impl ImageStore {
                 return Ok(image.clone());
             }
         }
-        Err(Error::not_found(format!("image {id_or_ref:?} not found")))
+        Err(Error::not_found(format!("image {} not found", crate::error::quoted(id_or_ref))))
     }
 
     pub fn get(&self, id: &str) -> Option<Image> {

@@ -34,12 +34,16 @@ impl<K: Ord + Clone + Borrow<str>> Registrar<K> {
             (Some(held_key), _) if held_key == key => return Ok(()),
             (Some(held_key), _) => {
                 return Err(Error::already_exists(format!(
-                    "name {name:?} is reserved for {:?}",
+                    "name {} is reserved for {:?}",
+                    crate::error::quoted(name),
                     Borrow::<str>::borrow(held_key)
                 )));
             }
             (None, Some(held_name)) => {
-                return Err(Error::already_exists(format!("key {key_text:?} is reserved by {held_name:?}")));
+                return Err(Error::already_exists(format!(
+                    "key {key_text:?} is reserved by {}",
+                    crate::error::quoted(held_name)
+                )));
             }
             (None, None) => {}
         }

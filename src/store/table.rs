@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 
 /// Keyed by a typed id (`K`); only a lookup by what a client sent (a full id or a prefix) takes
 /// a string.
@@ -45,8 +45,10 @@ impl<K: Ord + Clone + Borrow<str>, T> Table<K, T> {
             .take_while(|(id, _)| (*id).borrow().starts_with(id_or_prefix));
         match (matches.next(), matches.next()) {
             (Some((_, object)), None) => Ok(object.clone()),
-            (Some(_), Some(_)) => Err(Error::invalid(format!("{} id prefix {id_or_prefix:?} is ambiguous", self.kind))),
-            (None, _) => Err(Error::not_found(format!("{} {id_or_prefix:?} not found", self.kind))),
+            (Some(_), Some(_)) => {
+                Err(Error::invalid(format!("{} id prefix {} is ambiguous", self.kind, quoted(id_or_prefix))))
+            }
+            (None, _) => Err(Error::not_found(format!("{} {} not found", self.kind, quoted(id_or_prefix)))),
         }
     }
 

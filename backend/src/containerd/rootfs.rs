@@ -86,15 +86,18 @@ pub fn resolve_devices(workload: &WorkloadSpec) -> Result<Vec<ResolvedDevice>> {
     }
     for request in &workload.devices {
         let host = Path::new(&request.host_path);
-        let meta = fs::metadata(host)
-            .map_err(|e| Error::invalid(format!("device {:?} cannot be used: {e}", request.host_path)))?;
+        let meta = fs::metadata(host).map_err(|e| {
+            Error::invalid(format!("device {} cannot be used: {e}", crid::error::quoted(&request.host_path)))
+        })?;
         let found = if meta.is_dir() {
             let mut found = Vec::new();
             devices_under(host, &request.container_path, &request.permissions, workload.device_owner, &[], &mut found);
             found
         } else {
             let device = device_at(host, request.container_path.clone(), &request.permissions, workload.device_owner)
-                .ok_or_else(|| Error::invalid(format!("{:?} is not a device node", request.host_path)))?;
+                .ok_or_else(|| {
+                Error::invalid(format!("{} is not a device node", crid::error::quoted(&request.host_path)))
+            })?;
             vec![device]
         };
         for device in found {

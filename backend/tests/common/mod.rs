@@ -247,15 +247,21 @@ impl Cri {
 
     /// `crid` with a given `log_level` (a tracing filter).
     pub async fn crid_with_log(stack: &Stack, name: &str, binary: &Path, log_level: &str) -> Cri {
-        Cri::crid_with(stack, name, binary, log_level, "").await
+        Cri::crid_with(stack, name, binary, log_level, "", &stack.registry_config_path).await
     }
 
     /// `crid` with TOML lines added to its `[cri]` table (top-level keys of the CRI config).
     pub async fn crid_with_cri_config(stack: &Stack, name: &str, binary: &Path, cri_lines: &str) -> Cri {
-        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", cri_lines).await
+        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", cri_lines, &stack.registry_config_path).await
     }
 
-    async fn crid_with(stack: &Stack, name: &str, binary: &Path, log_level: &str, cri_lines: &str) -> Cri {
+    /// `crid` reading registry hosts (`<host>/hosts.toml`) from `hosts_dir` instead of the stack's.
+    pub async fn crid_with_registry_hosts(stack: &Stack, name: &str, binary: &Path, hosts_dir: &Path) -> Cri {
+        let hosts = hosts_dir.to_string_lossy();
+        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", "", &hosts).await
+    }
+
+    async fn crid_with(stack: &Stack, name: &str, binary: &Path, log_level: &str, cri_lines: &str, hosts: &str) -> Cri {
         // Short base path: the socket path must fit in sun_path.
         let dir = PathBuf::from("/tmp").join(unique(&format!("crid-it-{name}")));
         std::fs::create_dir_all(&dir).unwrap();
@@ -287,7 +293,6 @@ config_path = "{hosts}"
             registry = stack.registry,
             bin = stack.cni_bin_dir,
             conf = stack.cni_conf_dir,
-            hosts = stack.registry_config_path,
         );
         std::fs::write(dir.join("crid.toml"), config).unwrap();
         let (runtime, images) = unconnected();

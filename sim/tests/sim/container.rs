@@ -308,10 +308,69 @@ async fn create_container_errors() {
         ("unknown sandbox", request("0123456789abcdef0123", Some(good())), ErrorKind::NotFound),
         ("empty sandbox id", request("", Some(good())), ErrorKind::InvalidArgument),
         ("sandbox not ready", request(&dead_pod, Some(good())), ErrorKind::FailedPrecondition),
+        (
+            "log path out of the pod's log directory",
+            request(&pod, Some(ContainerConfig { log_path: "../../../../tmp/escape.log".into(), ..good() })),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "mount over the root",
+            request(
+                &pod,
+                Some(ContainerConfig {
+                    mounts: vec![k8s_cri::v1::Mount {
+                        host_path: "/".into(),
+                        container_path: "../../".into(),
+                        ..Default::default()
+                    }],
+                    ..good()
+                }),
+            ),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "mount without a host path",
+            request(
+                &pod,
+                Some(ContainerConfig {
+                    mounts: vec![k8s_cri::v1::Mount { container_path: "/data".into(), ..Default::default() }],
+                    ..good()
+                }),
+            ),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "negative cpu shares",
+            request(
+                &pod,
+                Some(ContainerConfig {
+                    linux: Some(k8s_cri::v1::LinuxContainerConfig {
+                        resources: Some(k8s_cri::v1::LinuxContainerResources { cpu_shares: -2, ..Default::default() }),
+                        ..Default::default()
+                    }),
+                    ..good()
+                }),
+            ),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "name with a path separator",
+            request(
+                &pod,
+                Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata { name: "a/../b".into(), attempt: 0 }),
+                    ..good()
+                }),
+            ),
+            ErrorKind::InvalidArgument,
+        ),
     ];
     for (name, request, kind) in cases {
         assert_eq!(err_kind(node.svc.create_container(request).await), kind, "{name}");
     }
+    let huge = "a".repeat(5000);
+    let error = node.svc.create_container(request(&pod, Some(container_config("c", &huge, &[])))).await.unwrap_err();
+    assert!(error.message.len() < 1024, "a 5,000-character image quoted in {} bytes", error.message.len());
     assert!(node.list_containers(None).await.is_empty());
     let snapshot = node.svc.snapshot();
     assert!(snapshot.container_names.is_empty(), "no name left reserved: {:?}", snapshot.container_names);

@@ -242,6 +242,16 @@ async fn run_pod_sandbox_rejects_invalid_requests() {
         ("empty name", with_metadata(meta("", "default", "u"))),
         ("empty namespace", with_metadata(meta("x", "", "u"))),
         ("empty uid", with_metadata(meta("x", "default", ""))),
+        ("name with a path separator", with_metadata(meta("../../x", "default", "u"))),
+        ("namespace with a NUL", with_metadata(meta("x", "default\0", "u"))),
+        ("uid that sets a CNI argument", with_metadata(meta("x", "default", "u;IP=10.0.0.9"))),
+        (
+            "relative log directory",
+            RunPodSandboxRequest {
+                config: Some(PodSandboxConfig { log_directory: "logs/x".into(), ..pod_config("x") }),
+                ..Default::default()
+            },
+        ),
         (
             "unknown runtime handler",
             RunPodSandboxRequest { config: Some(pod_config("x")), runtime_handler: "kata".into() },
