@@ -32,6 +32,8 @@ const HANG_AFTER: Duration = Duration::from_secs(120);
 /// How long crid's view may take to agree with containerd's once the chaos stopped: a few of
 /// the test config's reconcile periods (2 s).
 const CONVERGE_WITHIN: Duration = Duration::from_secs(30);
+/// How long a restarted crid may take to serve again (recovery of every pod and container).
+const SERVE_WITHIN: Duration = Duration::from_secs(180);
 /// crid's resident memory after the drain may not exceed this.
 const RSS_BOUND_KIB: u64 = 200 * 1024;
 
@@ -579,7 +581,7 @@ async fn soak() {
     // The chaos, from the seed: every 4–15 s crid is SIGKILLed (and restarted 0–1.5 s later) or
     // containerd is restarted.
     let mut rng = StdRng::seed_from_u64(seed);
-    let (mut kills, mut restarts, mut peak_rss_kib) = (0u32, 0u32, 0u64);
+    let (mut kills, mut restarts, mut peak_rss_kib, mut slowest_recovery_ms) = (0u32, 0u32, 0u64, 0u128);
     loop {
         let pause = Duration::from_millis(rng.gen_range(4_000..15_000));
         if Instant::now() + pause >= soak.deadline {
@@ -597,8 +599,9 @@ async fn soak() {
             cri.kill9();
             tokio::time::sleep(down).await;
             let spawned = Instant::now();
-            cri.spawn(crid_binary()).await;
+            cri.spawn_within(crid_binary(), SERVE_WITHIN).await;
             let serving_ms = spawned.elapsed().as_millis();
+            slowest_recovery_ms = slowest_recovery_ms.max(serving_ms);
             println!("soak: {:7.1} s  crid serves again after {serving_ms} ms", start.elapsed().as_secs_f32());
             kills += 1;
         } else {
@@ -711,6 +714,7 @@ async fn soak() {
         disagree.len(),
         panics.len()
     );
+    println!("soak: slowest restart of crid until it served again: {slowest_recovery_ms} ms");
     println!("soak: shims containerd lost (interrupted task creates; not crid's to free, killed): {}", orphans.len());
     println!(
         "soak: crid RSS peak {} MiB during the churn, {} MiB after the drain",

@@ -337,6 +337,11 @@ config_path = "{hosts}"
 
     /// Starts (or restarts) the crid daemon and waits until its socket answers.
     pub async fn spawn(&mut self, binary: &Path) {
+        self.spawn_within(binary, Duration::from_secs(30)).await;
+    }
+
+    /// Starts (or restarts) the crid daemon and waits up to `within` until its socket answers.
+    pub async fn spawn_within(&mut self, binary: &Path, within: Duration) {
         assert_eq!(self.kind, Kind::Crid);
         let socket = self.dir.join("crid.sock");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("crid.log")).unwrap();
@@ -349,7 +354,7 @@ config_path = "{hosts}"
             .spawn()
             .expect("spawn crid");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("crid exited early with {status}; log:\n{}", self.log());
