@@ -92,3 +92,11 @@ fn regression_b29_image_event_stale_read() {
 fn regression_swarm_rollback_dir_removal() {
     check_seeds("swarm", vec![118]);
 }
+
+/// B25 by another way: an exec start answered with an error although the process started (a
+/// retry answered AlreadyExists, a reply lost to a deadline) left the process running after
+/// ExecSync returned (invariant 27).
+#[test]
+fn regression_b25_exec_start_failed_but_applied() {
+    check_seeds("exec_storm", vec![2, 3]);
+}
