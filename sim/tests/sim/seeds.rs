@@ -100,3 +100,12 @@ fn regression_swarm_rollback_dir_removal() {
 fn regression_b25_exec_start_failed_but_applied() {
     check_seeds("exec_storm", vec![2, 3]);
 }
+
+/// Swarm seeds where containerd answered a create with AlreadyExists, the create having been
+/// applied before (a retry's answer): a pull lease's (seed 114, PullImage failed AlreadyExists,
+/// invariant 26) and a sandbox container's (seed 83, RunPodSandbox failed AlreadyExists for a
+/// name nobody held, invariant 28). The ids are fresh, so the object is the call's own.
+#[test]
+fn regression_swarm_create_already_applied() {
+    check_seeds("swarm", vec![83, 114]);
+}
