@@ -62,9 +62,12 @@ impl CriService {
         // A create that failed may still have happened (a reply lost): the guard's drop
         // queues the delete either way.
         let create = self.backends.containerd.create_lease(&lease.id, &labels, expire_after);
-        self.with_timeout(LEASE_CALL_TIMEOUT, "create lease", create)
-            .await
-            .map_err(|e| e.context(format!("failed to create {} lease", purpose.as_str())))?;
+        // The id is fresh: AlreadyExists means this create was applied before its reply was lost.
+        let created = match self.with_timeout(LEASE_CALL_TIMEOUT, "create lease", create).await {
+            Err(error) if error.is_already_exists() => Ok(()),
+            other => other,
+        };
+        created.map_err(|e| e.context(format!("failed to create {} lease", purpose.as_str())))?;
         Ok(lease)
     }
 

@@ -268,6 +268,14 @@ impl CriService {
                 _ = &mut idle_expired => break Err(Interrupted::Idle),
             }
         };
+        if let Ok(Ok(_)) = &waited {
+            // The client gets the output up to its end (or the drain bound) before the exit.
+            tokio::select! {
+                biased;
+                () = self.drain_exec_output(&id, exec_id) => {}
+                _ = &mut gone => {}
+            }
+        }
         let result = match waited {
             Ok(Ok(exit)) => Ok(SessionEnd::Exited { exit_code: exit.exit_code as i32 }),
             Ok(Err(error)) => Err(error.context("failed to wait for exec")),

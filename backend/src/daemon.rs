@@ -226,7 +226,6 @@ pub async fn backends(config: &DaemonConfig) -> Result<(Backends, Arc<RealCni>, 
         registry_config_path,
         default_snapshotter: config.cri.containerd.snapshotter.clone(),
         max_log_line_bytes: config.cri.max_container_log_line_size,
-        exec_drain: config.cri.drain_exec_sync_io_timeout,
     })?);
     let version = tokio::time::timeout(CONTAINERD_CONNECT_TIMEOUT, containerd.version())
         .await

@@ -50,10 +50,23 @@ pub struct FaultPlan {
 impl FaultPlan {
     pub fn new(scenario: &Scenario, seed: u64, trace: Arc<Trace>, crash_requested: Arc<tokio::sync::Notify>) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x0B06_61F7);
+        let mut late_rng = SmallRng::seed_from_u64(seed ^ 0x1A7E_D4A3);
         let eligible = eligible_points(scenario);
+        let p = scenario.faults.activation_probability;
         let active: BTreeSet<String> = match scenario.forced.as_ref().and_then(|f| f.active_points.clone()) {
             Some(forced) => forced.into_iter().collect(),
-            None => eligible.into_iter().filter(|_| rng.gen_bool(scenario.faults.activation_probability)).collect(),
+            None => {
+                let late = |point: &String| {
+                    point
+                        .rsplit_once('/')
+                        .and_then(|(_, kind)| kind.parse::<FaultKind>().ok())
+                        .is_some_and(FaultKind::drawn_late)
+                };
+                let (late_points, points): (Vec<String>, Vec<String>) = eligible.into_iter().partition(late);
+                let mut active: BTreeSet<String> = points.into_iter().filter(|_| rng.gen_bool(p)).collect();
+                active.extend(late_points.into_iter().filter(|_| late_rng.gen_bool(p)));
+                active
+            }
         };
         FaultPlan {
             active,
@@ -111,6 +124,30 @@ impl FaultInjector for FaultPlan {
                 FaultKind::DeadlineExceeded => {
                     FaultAction::Fail(ErrorKind::DeadlineExceeded, format!("injected: {site} timed out"))
                 }
+                FaultKind::NotFound
+                    if matches!(site, FaultSite::ContainerdKillTask | FaultSite::ContainerdExecKill) =>
+                {
+                    FaultAction::ExitedFirst(
+                        ErrorKind::NotFound,
+                        format!("injected: {site}: process already finished: not found"),
+                    )
+                }
+                FaultKind::NotFound => {
+                    FaultAction::Raced(ErrorKind::NotFound, format!("injected: {site}: already removed: not found"))
+                }
+                FaultKind::AlreadyExists => {
+                    FaultAction::Raced(ErrorKind::AlreadyExists, format!("injected: {site}: already exists"))
+                }
+                FaultKind::FailedPrecondition if site == FaultSite::ContainerdStartTask => FaultAction::Raced(
+                    ErrorKind::FailedPrecondition,
+                    format!("injected: {site}: task already started: failed precondition"),
+                ),
+                FaultKind::FailedPrecondition => FaultAction::ExitedFirst(
+                    ErrorKind::FailedPrecondition,
+                    format!("injected: {site}: task exited: failed precondition"),
+                ),
+                FaultKind::Duplicate => FaultAction::Duplicate,
+                FaultKind::Reorder => FaultAction::Reorder(delay),
                 FaultKind::Crash => {
                     self.crash_requested.notify_one();
                     FaultAction::Hang
@@ -121,7 +158,7 @@ impl FaultInjector for FaultPlan {
                 format!(
                     "{site} {} -> {kind}{}",
                     short(key),
-                    if matches!(kind, FaultKind::Delay | FaultKind::Late) {
+                    if matches!(kind, FaultKind::Delay | FaultKind::Late | FaultKind::Reorder) {
                         format!(" {}ms", delay.as_millis())
                     } else if applied {
                         " (applied)".to_string()

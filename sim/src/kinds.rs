@@ -48,6 +48,22 @@ pub enum FaultKind {
     /// The dependency's deadline passed: gRPC DeadlineExceeded, and the effect may or may not
     /// have happened (drawn per call). Remote services only (containerd, registry).
     DeadlineExceeded,
+    /// containerd answers NotFound, having lost a race: a removal an earlier attempt already
+    /// applied (the object is deleted, the retry finds it gone), or a kill of a process that
+    /// finished just before the signal. Removal and kill calls only.
+    NotFound,
+    /// containerd answers AlreadyExists: a create an earlier attempt already applied (the
+    /// object exists as asked). Create calls only.
+    AlreadyExists,
+    /// containerd answers FailedPrecondition, the task being in the wrong state: a start that
+    /// an earlier attempt applied (the task runs), an exec or resource update on a task that
+    /// exited just before. Those task calls only.
+    FailedPrecondition,
+    /// The event bus delivers an event twice (`containerd.event` only).
+    Duplicate,
+    /// The event bus delivers an event late, after events published later (`containerd.event`
+    /// only): an OOM after its exit, an image's create after its delete.
+    Reorder,
 }
 
 impl FaultKind {
@@ -56,13 +72,49 @@ impl FaultKind {
     /// process (a remote service, a CNI plugin) hang or answer late: a local file or mount call
     /// is slow at worst (`delay`), and a disk that never answers is out of the model.
     pub fn applies_to(self, site: FaultSite) -> bool {
+        use FaultSite::*;
         match self {
+            FaultKind::NotFound => matches!(
+                site,
+                ContainerdDeleteContainer
+                    | ContainerdDeleteTask
+                    | ContainerdKillTask
+                    | ContainerdExecKill
+                    | ContainerdExecDelete
+                    | ContainerdRemoveSnapshot
+                    | ContainerdDeleteImage
+                    | ContainerdDeleteLease
+            ),
+            FaultKind::AlreadyExists => matches!(
+                site,
+                ContainerdCreateContainer
+                    | ContainerdCreateTask
+                    | ContainerdExecStart
+                    | ContainerdApplyLayer
+                    | ContainerdPrepareSnapshot
+                    | ContainerdCreateImage
+                    | ContainerdCreateLease
+            ),
+            FaultKind::FailedPrecondition => {
+                matches!(site, ContainerdStartTask | ContainerdExecStart | ContainerdUpdateTaskResources)
+            }
+            FaultKind::Duplicate | FaultKind::Reorder => site == ContainerdEvent,
             FaultKind::Unavailable | FaultKind::DeadlineExceeded => {
                 site.name().starts_with("containerd.") || site.name().starts_with("registry.")
             }
             FaultKind::Hang | FaultKind::Late => !site.name().starts_with("os."),
-            _ => true,
+            FaultKind::Error | FaultKind::Delay | FaultKind::FailAfter | FaultKind::Crash | FaultKind::DataLoss => true,
         }
+    }
+}
+
+impl FaultKind {
+    /// Kinds added after seeds of the other kinds were recorded (the codes of lost races and the
+    /// bus's duplicates and reorders): their fault points are activated from a random stream of
+    /// their own, and a swarm draws them after every other knob, so that their arrival did not
+    /// change what an existing seed runs.
+    pub fn drawn_late(self) -> bool {
+        self >= FaultKind::NotFound
     }
 }
 
@@ -150,10 +202,58 @@ mod tests {
         let names: Vec<&str> = FaultKind::all().map(FaultKind::as_str).collect();
         assert_eq!(
             names,
-            ["error", "delay", "hang", "late", "fail_after", "crash", "data_loss", "unavailable", "deadline_exceeded"]
+            [
+                "error",
+                "delay",
+                "hang",
+                "late",
+                "fail_after",
+                "crash",
+                "data_loss",
+                "unavailable",
+                "deadline_exceeded",
+                "not_found",
+                "already_exists",
+                "failed_precondition",
+                "duplicate",
+                "reorder"
+            ]
         );
         assert_eq!(ChaosKind::all().count(), 9);
         assert!("power_cut".parse::<ChaosKind>().is_err());
+    }
+
+    /// The codes of lost races hit only containerd calls that answer with them, and the bus's
+    /// duplicates and reorders only the bus; every kind hits some site.
+    #[test]
+    fn race_and_bus_kinds_hit_only_their_sites() {
+        for kind in FaultKind::all() {
+            let sites: Vec<FaultSite> = FaultSite::ALL.iter().copied().filter(|site| kind.applies_to(*site)).collect();
+            assert!(!sites.is_empty(), "{kind} hits no site");
+            match kind {
+                FaultKind::NotFound | FaultKind::AlreadyExists | FaultKind::FailedPrecondition => {
+                    assert!(sites.iter().all(|site| site.name().starts_with("containerd.")), "{kind}: {sites:?}");
+                    assert!(!sites.contains(&FaultSite::ContainerdEvent));
+                }
+                FaultKind::Duplicate | FaultKind::Reorder => assert_eq!(sites, [FaultSite::ContainerdEvent]),
+                _ => {}
+            }
+        }
+        assert!(FaultKind::NotFound.applies_to(FaultSite::ContainerdDeleteTask));
+        assert!(!FaultKind::NotFound.applies_to(FaultSite::ContainerdCreateTask));
+        assert!(FaultKind::AlreadyExists.applies_to(FaultSite::ContainerdCreateLease));
+        assert!(FaultKind::FailedPrecondition.applies_to(FaultSite::ContainerdStartTask));
+        let late: Vec<FaultKind> = FaultKind::all().filter(|kind| kind.drawn_late()).collect();
+        assert_eq!(
+            late,
+            [
+                FaultKind::NotFound,
+                FaultKind::AlreadyExists,
+                FaultKind::FailedPrecondition,
+                FaultKind::Duplicate,
+                FaultKind::Reorder
+            ]
+        );
     }
 
     /// The README's tables are the newcomer's map of the simulator: they must name every fault

@@ -136,7 +136,10 @@ pub struct Faults {
     pub sites: Vec<SitePattern>,
     /// Fault kinds: `error`, `delay`, `hang`, `late` (effect happens, reply comes after the
     /// caller's deadline), `fail_after` (effect happens, an error is reported), `crash` (the CRI
-    /// process is killed at that await point), `data_loss` (the data is unreadable: DataLoss).
+    /// process is killed at that await point), `data_loss` (the data is unreadable: DataLoss),
+    /// `unavailable`, `deadline_exceeded`, the codes of lost races (`not_found`,
+    /// `already_exists`, `failed_precondition`) and the bus's `duplicate` and `reorder`; each
+    /// hits only the sites where it can happen (`FaultKind::applies_to`).
     pub kinds: Vec<FaultKind>,
     /// Upper bound of injected delays, in milliseconds.
     pub max_delay_ms: u64,

@@ -446,7 +446,13 @@ pub trait Containerd: Send + Sync + 'static {
     // ---- exec processes ----
     /// Creates and starts an exec process; its output is captured up to the spec's limit.
     async fn exec_start(&self, id: &str, spec: &ExecSpec) -> Result<u32>;
+    /// Returns once the process exited. Its output may still be open then: a child it left
+    /// in the background can hold its pipes (see `exec_output_closed`).
     async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitStatus>;
+    /// Returns once the exec's output has ended: every writer of its pipes closed, the process
+    /// and any child holding them. Unbounded (the caller bounds it, `drain_exec_sync_io_timeout`);
+    /// the delete frees the pipes whatever holds them.
+    async fn exec_output_closed(&self, id: &str, exec_id: &str) -> Result<()>;
     async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<()>;
     /// Output captured so far (each stream capped by the spec's limit).
     async fn exec_output(&self, id: &str, exec_id: &str) -> Result<ExecOutput>;
@@ -457,8 +463,8 @@ pub trait Containerd: Send + Sync + 'static {
     /// Creates and starts an exec process wired to a client instead of capturing its output:
     /// `io.stdin` feeds its stdin (the client's EOF closes it); its stdout and stderr (stdout
     /// alone with a tty) are copied to `io`'s writers, which are shut down when the output
-    /// ends. `exec_wait` returns once the process exited and that copy finished (bounded, as for
-    /// ExecSync). `spec.output_limit_bytes` does not apply.
+    /// ends. `exec_wait` returns once the process exited, `exec_output_closed` once that copy
+    /// finished. `spec.output_limit_bytes` does not apply.
     async fn exec_start_streaming(&self, id: &str, spec: &ExecSpec, io: ProcessIo) -> Result<u32>;
     /// Resizes the terminal of the task's init process (`exec_id` empty) or of an exec process.
     async fn resize_pty(&self, id: &str, exec_id: &str, size: TerminalSize) -> Result<()>;

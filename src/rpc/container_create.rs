@@ -231,9 +231,7 @@ impl CriService {
                 created_at_ns: 0,
             };
             undo.push(Undo::DeleteContainer);
-            self.backends
-                .containerd
-                .create_container(record)
+            self.create_fresh_container(record)
                 .await
                 .map_err(|e| e.context("failed to create containerd container"))?;
             Ok::<(), Error>(())
@@ -387,9 +385,7 @@ impl CriService {
             stdin: container.config.stdin,
             tty: container.config.tty,
         };
-        self.backends
-            .containerd
-            .create_task(container.id.as_str(), &io)
+        self.create_fresh_task(container.id.as_str(), &io)
             .await
             .map_err(|e| e.context("failed to create containerd task"))?;
         let pid = self

@@ -59,8 +59,16 @@ impl CriService {
         caller_gone: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<ExecSyncResponse> {
         let containerd = self.backends.containerd.clone();
-        containerd.exec_start(id, &spec).await.map_err(|e| e.context("failed to start exec"))?;
         let exec_id = spec.exec_id.clone();
+        if let Err(error) = containerd.exec_start(id, &spec).await {
+            // A start that failed may still have started the process: a reply lost to a
+            // deadline or a broken connection, a retry answered AlreadyExists. Killed and
+            // deleted like one that timed out, it is gone when ExecSync returns (B25).
+            cov_mark::hit!(exec_start_failed_cleaned_up);
+            self.kill_exec(id, &exec_id).await;
+            self.delete_exec(id, &exec_id).await;
+            return Err(error.context("failed to start exec"));
+        }
         let wait = async {
             if timeout_s > 0 {
                 crate::ports::timeout(
@@ -74,11 +82,20 @@ impl CriService {
                 Some(containerd.exec_wait(id, &exec_id).await)
             }
         };
+        tokio::pin!(caller_gone);
         let waited = tokio::select! {
             biased;
             waited = wait => waited,
-            _ = caller_gone => None,
+            _ = &mut caller_gone => None,
         };
+        if let Some(Ok(_)) = waited {
+            // The process exited; its output may still be held open by a child it left behind.
+            tokio::select! {
+                biased;
+                () = self.drain_exec_output(id, &exec_id) => {}
+                _ = &mut caller_gone => {}
+            }
+        }
         let result = match waited {
             Some(Ok(exit)) => match containerd.exec_output(id, &exec_id).await {
                 Ok(output) => {
@@ -106,12 +123,36 @@ impl CriService {
                 Err(Error::deadline(format!("timeout {timeout_s}s exceeded")))
             }
         };
-        match containerd.exec_delete(id, &exec_id).await {
+        self.delete_exec(id, &exec_id).await;
+        result
+    }
+
+    async fn delete_exec(&self, id: &str, exec_id: &str) {
+        match self.backends.containerd.exec_delete(id, exec_id).await {
             Ok(()) => {}
             Err(error) if error.is_not_found() => {}
             Err(error) => tracing::warn!(id, exec_id, %error, "failed to delete exec process"),
         }
-        result
+    }
+
+    /// Waits for the output of an exec whose process exited to end, for at most
+    /// `drain_exec_sync_io_timeout` (zero: until it ends, as containerd): a child the process
+    /// left in the background can hold its pipes open for good. Past the bound, what was read
+    /// is the output, and the exec's delete frees the pipes.
+    pub(crate) async fn drain_exec_output(&self, id: &str, exec_id: &str) {
+        let closed = self.backends.containerd.exec_output_closed(id, exec_id);
+        let bound = self.config.drain_exec_sync_io_timeout;
+        let result = if bound.is_zero() {
+            closed.await
+        } else {
+            crate::ports::timeout(&*self.backends.clock, bound, closed).await.unwrap_or_else(|_| {
+                cov_mark::hit!(exec_output_drain_bounded);
+                Err(Error::deadline(format!("the output is still held open {bound:?} after the exit")))
+            })
+        };
+        if let Err(error) = result {
+            tracing::warn!(id, exec_id, %error, "exec output not drained");
+        }
     }
 
     /// SIGKILLs an exec process that has not been seen to exit and waits, bounded, for it to go.

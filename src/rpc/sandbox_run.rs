@@ -235,8 +235,8 @@ impl CriService {
                 created_at_ns: 0,
             };
             state.undo.push(Undo::DeleteContainer);
-            let created = containerd
-                .create_container(record.clone())
+            let created = self
+                .create_fresh_container(record.clone())
                 .await
                 .map_err(|e| e.context("failed to create containerd container"))?;
             Ok::<_, Error>((record, created))
@@ -281,8 +281,7 @@ impl CriService {
         }
 
         state.undo.push(Undo::DeleteTask);
-        containerd
-            .create_task(id.as_str(), &TaskIo::default())
+        self.create_fresh_task(id.as_str(), &TaskIo::default())
             .await
             .map_err(|e| e.context("failed to create sandbox task"))?;
         let pid = containerd.start_task(id.as_str()).await.map_err(|e| e.context("failed to start sandbox task"))?;
@@ -451,6 +450,38 @@ impl CriService {
             if let Err(error) = self.sandboxes.add(&id, Arc::new(sandbox)) {
                 tracing::error!(%id, %error, "could not keep the half-created sandbox");
             }
+        }
+    }
+}
+
+impl CriService {
+    /// Creates a containerd container under a fresh id. AlreadyExists can then only mean that
+    /// this very create was applied before its reply was lost (a retry answered it): the
+    /// record is read back, and the create succeeded. Passed on, containerd's AlreadyExists
+    /// would reach kubelet as a name conflict of RunPodSandbox or CreateContainer.
+    pub(crate) async fn create_fresh_container(&self, record: ContainerRecord) -> Result<ContainerRecord> {
+        let containerd = &self.backends.containerd;
+        let id = record.id.clone();
+        match containerd.create_container(record).await {
+            Err(error) if error.is_already_exists() => {
+                cov_mark::hit!(container_create_applied_before);
+                containerd.get_container(&id).await.map_err(|e| e.context("read back the created container"))
+            }
+            other => other,
+        }
+    }
+
+    /// Creates the task of a container; AlreadyExists means, as for the container, that this
+    /// create was applied before (a task is only ever created once per container): its pid is
+    /// read back.
+    pub(crate) async fn create_fresh_task(&self, id: &str, io: &TaskIo) -> Result<u32> {
+        let containerd = &self.backends.containerd;
+        match containerd.create_task(id, io).await {
+            Err(error) if error.is_already_exists() => {
+                cov_mark::hit!(task_create_applied_before);
+                containerd.task_info(id).await.map(|info| info.pid).map_err(|e| e.context("read back the created task"))
+            }
+            other => other,
         }
     }
 }

@@ -118,8 +118,6 @@ pub struct ContainerdOptions {
     pub default_snapshotter: String,
     /// `max_container_log_line_size`: zero or less is unlimited.
     pub max_log_line_bytes: i64,
-    /// `drain_exec_sync_io_timeout`: zero waits for the output's end.
-    pub exec_drain: std::time::Duration,
 }
 
 pub struct RealContainerd {
@@ -151,7 +149,7 @@ impl RealContainerd {
             channel: connect_lazy(&options.socket_path)?,
             requests: Requests::new(&options.namespace)?,
             namespace: options.namespace,
-            io: IoManager::new(options.fifo_dir).with_limits(options.max_log_line_bytes, options.exec_drain),
+            io: IoManager::new(options.fifo_dir).with_limits(options.max_log_line_bytes),
             registry: RegistryClient::new(options.registry_config_path)?,
             default_snapshotter: options.default_snapshotter,
             unpacked_into: Mutex::new(HashMap::new()),
@@ -575,12 +573,12 @@ impl Containerd for RealContainerd {
         self.create_and_start_exec(id, &exec.exec_id, process, prepared).await
     }
 
-    /// Returns once the process exited and its output was drained (bounded: a background child
-    /// holding the pipe open does not block forever).
     async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
-        let status = self.wait_process(id, exec_id).await?;
-        self.io.drain_exec(id, exec_id).await?;
-        Ok(status)
+        self.wait_process(id, exec_id).await
+    }
+
+    async fn exec_output_closed(&self, id: &str, exec_id: &str) -> Result<()> {
+        self.io.drain_exec(id, exec_id).await
     }
 
     async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {

@@ -263,9 +263,6 @@ pub struct IoManager {
     root: PathBuf,
     /// Longest log line before it is split (`max_container_log_line_size`); None: unlimited.
     max_line_bytes: Option<usize>,
-    /// How long an ExecSync waits for its output after the process exited
-    /// (`drain_exec_sync_io_timeout`); None: until the output ends, as containerd's zero.
-    exec_drain: Option<Duration>,
     tasks: Mutex<HashMap<String, TaskLog>>,
     execs: Mutex<HashMap<(String, String), Arc<ExecCapture>>>,
 }
@@ -396,17 +393,14 @@ impl IoManager {
         IoManager {
             root: root.into(),
             max_line_bytes: Some(MAX_LOG_LINE_BYTES),
-            exec_drain: Some(DRAIN_TIMEOUT),
             tasks: Mutex::new(HashMap::new()),
             execs: Mutex::new(HashMap::new()),
         }
     }
 
-    /// containerd's meanings: a line size of zero or less is unlimited; a zero drain timeout
-    /// waits for the output's end.
-    pub fn with_limits(mut self, max_line_bytes: i64, exec_drain: Duration) -> Self {
+    /// containerd's meaning: a line size of zero or less is unlimited.
+    pub fn with_limits(mut self, max_line_bytes: i64) -> Self {
         self.max_line_bytes = usize::try_from(max_line_bytes).ok().filter(|&n| n > 0);
-        self.exec_drain = (!exec_drain.is_zero()).then_some(exec_drain);
         self
     }
 
@@ -670,16 +664,15 @@ impl IoManager {
             .ok_or_else(|| Error::not_found(format!("exec {exec_id} in {id} not found")))
     }
 
-    /// Waits (bounded) until the exec's output has been read to EOF.
+    /// Waits until the exec's output has been read to EOF (every writer of its pipes closed).
+    /// Unbounded: the core bounds it (`drain_exec_sync_io_timeout`). A wait given up leaves the
+    /// copiers in place, for `remove_exec` to stop.
     pub async fn drain_exec(&self, id: &str, exec_id: &str) -> Result<()> {
         let capture = self.exec(id, exec_id)?;
-        let handles = std::mem::take(&mut *capture.copiers.lock().await);
-        match self.exec_drain {
-            Some(timeout) => join_bounded(handles, timeout).await,
-            None => {
-                futures::future::join_all(handles).await;
-            }
-        }
+        let mut copiers = capture.copiers.lock().await;
+        futures::future::join_all(copiers.iter_mut()).await;
+        // Finished: a handle must not be polled again.
+        copiers.clear();
         Ok(())
     }
 

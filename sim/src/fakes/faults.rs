@@ -26,6 +26,20 @@ pub enum FaultAction {
     /// Do the operation, then report an error anyway (an fsync that failed after the rename, a
     /// CNI plugin that freed the address but exited non-zero).
     FailAfter(ErrorKind, String),
+    /// The call lost a race the real dependency answers with a code of its own: the call is
+    /// applied (as an earlier attempt whose reply was lost applied it: a removal done, a create
+    /// made), and a reply that would have been success is this error (NotFound after a delete,
+    /// AlreadyExists after a create). A call that fails on its own keeps its own error.
+    Raced(ErrorKind, String),
+    /// The process the call acts on exits on its own just before the call (a kill or an exec
+    /// arriving as the process finishes); the call then runs on the exited process, and a reply
+    /// that would have been success is this error (NotFound: "process already finished").
+    ExitedFirst(ErrorKind, String),
+    /// For the `containerd.event` site only: the event is delivered twice.
+    Duplicate,
+    /// For the `containerd.event` site only: the event is held back this long, so that events
+    /// published after it overtake it.
+    Reorder(Duration),
 }
 
 /// Decides the fault for each call. Implementations must be deterministic for a given sequence
@@ -48,8 +62,8 @@ impl FaultInjector for NoFaults {
 macro_rules! fault_sites {
     ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
         /// Every site a fake consults, one per async backend method, plus `containerd.event`
-        /// (consulted once per published event: anything but Proceed drops that event, as a lossy
-        /// bus does). Named `<backend>.<method>` in scenario files and traces. The declaration
+        /// (consulted once per published event: Duplicate delivers it twice, Reorder holds it
+        /// back, anything else but Proceed drops it, as a lossy bus does). Named `<backend>.<method>` in scenario files and traces. The declaration
         /// order is the order fault points are drawn in, so it is part of what a seed means: add
         /// a site at the end.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -137,6 +151,7 @@ fault_sites! {
     StreamAttachOutput = "stream.attach_output",
     StreamCloseStdin = "stream.close_stdin",
     StreamDialPort = "stream.dial_port",
+    ContainerdExecOutputClosed = "containerd.exec_output_closed",
 }
 
 impl std::fmt::Display for FaultSite {
@@ -177,6 +192,9 @@ impl<'de> serde::Deserialize<'de> for FaultSite {
 pub struct After {
     late: Option<Duration>,
     fail: Option<Error>,
+    /// Replaces a successful reply only (FaultAction::Raced and ExitedFirst).
+    raced: Option<Error>,
+    exit_first: bool,
 }
 
 /// Consults `injector` and carries out the part of the fault that comes before the operation.
@@ -186,28 +204,47 @@ pub async fn before(injector: &dyn FaultInjector, site: FaultSite, key: &str) ->
     if action != FaultAction::Proceed {
         tracing::debug!(%site, key, ?action, "fault injected");
     }
+    let proceed = After { late: None, fail: None, raced: None, exit_first: false };
     match action {
-        FaultAction::Proceed => Ok(After { late: None, fail: None }),
+        // The bus's own actions mean nothing to a call.
+        FaultAction::Proceed | FaultAction::Duplicate | FaultAction::Reorder(_) => Ok(proceed),
         FaultAction::Fail(kind, message) => Err(Error::new(kind, message)),
         FaultAction::Delay(duration) => {
             tokio::time::sleep(duration).await;
-            Ok(After { late: None, fail: None })
+            Ok(proceed)
         }
         FaultAction::Hang => std::future::pending().await,
-        FaultAction::CompleteLate(duration) => Ok(After { late: Some(duration), fail: None }),
-        FaultAction::FailAfter(kind, message) => Ok(After { late: None, fail: Some(Error::new(kind, message)) }),
+        FaultAction::CompleteLate(duration) => Ok(After { late: Some(duration), ..proceed }),
+        FaultAction::FailAfter(kind, message) => Ok(After { fail: Some(Error::new(kind, message)), ..proceed }),
+        FaultAction::Raced(kind, message) => Ok(After { raced: Some(Error::new(kind, message)), ..proceed }),
+        FaultAction::ExitedFirst(kind, message) => {
+            Ok(After { raced: Some(Error::new(kind, message)), exit_first: true, ..proceed })
+        }
     }
 }
 
 impl After {
+    /// Whether the process the call acts on must exit on its own before the call runs
+    /// (FaultAction::ExitedFirst): only the fake that runs processes can make it so.
+    pub fn exit_first(&self) -> bool {
+        self.exit_first
+    }
+
+    /// The race did not happen after all (the process could not exit first): the call runs and
+    /// replies as it would have.
+    pub fn without_race(self) -> After {
+        After { raced: None, exit_first: false, ..self }
+    }
+
     /// Carries out the part of the fault that comes after the operation and returns the reply.
     pub async fn finish<T>(self, result: Result<T>) -> Result<T> {
         if let Some(duration) = self.late {
             tokio::time::sleep(duration).await;
         }
-        match self.fail {
-            Some(error) => Err(error),
-            None => result,
+        match (self.fail, self.raced) {
+            (Some(error), _) => Err(error),
+            (None, Some(error)) if result.is_ok() => Err(error),
+            (None, _) => result,
         }
     }
 }

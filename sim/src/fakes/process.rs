@@ -14,6 +14,8 @@
 //! - `["sleep", MS]`: exits 0 after MS (`inf`: runs until killed);
 //! - `["yes", N_BYTES]`: prints N_BYTES of `y`, exits 0;
 //! - `["cat"]`: copies a streaming client's stdin to its stdout, exits 0 at stdin's end;
+//! - `["background", MS, WORDS..]`: prints the words, exits 0, and leaves a child in the
+//!   background that holds its output open for MS (`inf`: until the exec is deleted);
 //! - anything else: "not found" on stderr, exit 127.
 
 use std::time::Duration;
@@ -82,6 +84,12 @@ pub enum ExecScript {
     UntilKilled,
     /// Copies its stdin to its stdout and exits 0 at stdin's end (at once without a client).
     Cat,
+    /// Prints, exits 0 at once, and leaves a child holding its output open this long (None:
+    /// until the exec is deleted or its task ends).
+    Backgrounded {
+        stdout: Vec<u8>,
+        output_held: Option<Duration>,
+    },
 }
 
 /// Each stream is cut at `output_limit_bytes`, as the shim's capped buffers do.
@@ -103,6 +111,9 @@ pub fn exec_script(args: &[String], output_limit_bytes: usize) -> ExecScript {
         }
         Some("sleep") if word(1) == Some("inf") => ExecScript::UntilKilled,
         Some("cat") if args.len() == 1 => ExecScript::Cat,
+        Some("background") if word(1) == Some("inf") || millis(args.get(1)).is_some() => {
+            ExecScript::Backgrounded { stdout: line(&args[2..]), output_held: millis(args.get(1)) }
+        }
         Some("sleep") if millis(args.get(1)).is_some() => {
             ExecScript::SleepThenExit { after: millis(args.get(1)).expect("checked by the guard") }
         }

@@ -5,8 +5,10 @@
 use std::time::Duration;
 
 use crate::common::*;
+use crid::Config;
 use crid::ErrorKind;
 use crid::ports::{Resources, SnapshotUsage, StreamRequest, TaskState};
+use crid_sim::fakes::FaultAction;
 use crid_sim::fakes::clock::virtual_now;
 use k8s_cri::v1::*;
 
@@ -1175,4 +1177,69 @@ async fn swap_hugepages_and_unified_are_kept() {
     let task = node.world.containerd.task_resources(&id).unwrap();
     assert_eq!((task.memory_swap_limit_bytes, task.hugepage_limits[0].limit), (0, 1 << 30));
     assert_eq!(task.unified.get("pids.max").map(String::as_str), Some("100"));
+}
+
+/// An exec whose process exits but leaves a child holding its output (`sh -c 'sleep 100 &'`):
+/// ExecSync waits for the output's end at most `drain_exec_sync_io_timeout` after the exit,
+/// and with the default zero until the output ends, as containerd does; the output read is
+/// returned, and no exec is left once the call is over (invariant 27).
+#[madsim::test]
+async fn exec_sync_drains_output_held_open_within_the_bound() {
+    let exec =
+        |id: &str, cmd: &[&str], timeout: i64| ExecSyncRequest { container_id: id.into(), cmd: strings(cmd), timeout };
+    // Zero: until the output ends, however long after the exit.
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("drain-zero", &["sleep", "inf"]).await;
+    let started = virtual_now();
+    let response = node.svc.exec_sync(exec(&id, &["background", "3000", "held"], 1)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!((response.exit_code, response.stdout.as_slice()), (0, b"held\n".as_slice()));
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(4), "returned after {took:?}");
+    assert_eq!(node.world.containerd.live_execs(), vec![]);
+    // Held for good: the call lasts until its caller goes away, then nothing is left.
+    let call = node.svc.exec_sync(exec(&id, &["background", "inf", "held"], 1));
+    assert!(tokio::time::timeout(Duration::from_secs(20), call).await.is_err(), "zero waits for the end");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.world.containerd.live_execs(), vec![], "the abandoned exec is deleted");
+
+    // A bound: the call returns that long after the exit, with the output read so far.
+    let config = Config { drain_exec_sync_io_timeout: Duration::from_secs(2), ..test_config() };
+    let node = Node::start_with(config).await;
+    let (_, id) = node.pod_with_running("drain-bound", &["sleep", "inf"]).await;
+    for (cmd, at_least, below) in [
+        (&["background", "inf", "held"][..], 2, 3),
+        (&["background", "500", "held"][..], 0, 1),
+        (&["echo", "held"][..], 0, 1),
+    ] {
+        let started = virtual_now();
+        let response = node.svc.exec_sync(exec(&id, cmd, 1)).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(response.stdout, b"held\n", "{cmd:?}");
+        assert!(
+            took >= Duration::from_secs(at_least) && took < Duration::from_secs(below),
+            "{cmd:?}: returned after {took:?}"
+        );
+        assert_eq!(node.world.containerd.live_execs(), vec![], "{cmd:?}");
+    }
+}
+
+/// An exec start that failed may have started the process (its reply lost, a retry answered
+/// AlreadyExists): ExecSync kills and deletes it before it returns the error (B25).
+#[madsim::test]
+async fn exec_sync_cleans_up_a_failed_start_that_was_applied() {
+    cov_mark::check!(exec_start_failed_cleaned_up);
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("exec-raced", &["sleep", "inf"]).await;
+    for (action, kind) in [
+        (FaultAction::Raced(ErrorKind::AlreadyExists, "raced".into()), ErrorKind::AlreadyExists),
+        (FaultAction::FailAfter(ErrorKind::DeadlineExceeded, "timed out".into()), ErrorKind::DeadlineExceeded),
+    ] {
+        node.faults.push(FaultSite::ContainerdExecStart, None, action.clone());
+        let request = ExecSyncRequest { container_id: id.clone(), cmd: strings(&["sleep", "inf"]), timeout: 5 };
+        let error = node.svc.exec_sync(request).await.unwrap_err();
+        assert_eq!(error.kind, kind, "{action:?}");
+        let left: Vec<_> = node.world.containerd.live_execs().into_iter().filter(|exec| !exec.exited).collect();
+        assert_eq!(left, vec![], "{action:?}: an exec process runs on after ExecSync returned");
+    }
+    assert_eq!(node.world.containerd.live_execs(), vec![]);
 }

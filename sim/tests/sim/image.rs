@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::*;
 use crid::ErrorKind;
 use crid::ports::{Containerd, ResolvedImage, SnapshotUsage};
-use crid_sim::fakes::{FetchPlan, Holdings, PAUSE_IMAGE, SnapshotKind, chain_ids};
+use crid_sim::fakes::{FaultAction, FetchPlan, Holdings, PAUSE_IMAGE, SnapshotKind, chain_ids};
 use k8s_cri::v1::*;
 
 /// What the registry serves for `reference` (read from the fake registry, not from the CRI).
@@ -409,5 +409,52 @@ async fn leftover_and_vanished_leases() {
     containerd.delete_lease(leases.iter().next().unwrap()).await.unwrap();
     assert_eq!(err_kind(pull.await.unwrap()), ErrorKind::NotFound);
     node.pull(BUSYBOX_IMAGE).await;
+    assert_disk_released(&node);
+}
+
+/// Concurrent pulls of one private image with different credentials are not joined: a pull
+/// with a wrong password fails (unauthorized) without failing one with the right password that
+/// started meanwhile, and a pull without credentials does not succeed by joining one that has
+/// them.
+#[madsim::test]
+async fn pulls_with_different_credentials_are_not_joined() {
+    let node = Node::start().await;
+    let containerd = node.world.containerd.clone();
+    containerd.require_credentials(BUSYBOX_IMAGE, "alice", "right");
+    containerd.set_fetch_latency(Duration::from_secs(2));
+    let pull = |credentials: Option<(&str, &str)>| {
+        let svc = node.svc.clone();
+        let auth = credentials.map(|(username, password)| AuthConfig {
+            username: username.into(),
+            password: password.into(),
+            ..Default::default()
+        });
+        tokio::spawn(async move {
+            svc.pull_image(PullImageRequest { image: Some(image_spec(BUSYBOX_IMAGE)), auth, ..Default::default() })
+                .await
+        })
+    };
+
+    // The right credentials first; the wrong ones and none while that pull runs.
+    let right = pull(Some(("alice", "right")));
+    sleep(Duration::from_millis(100)).await;
+    let wrong = pull(Some(("alice", "wrong")));
+    let anonymous = pull(None);
+    assert_eq!(err_kind(wrong.await.unwrap()), ErrorKind::FailedPrecondition);
+    assert_eq!(err_kind(anonymous.await.unwrap()), ErrorKind::FailedPrecondition, "no success by joining");
+    let image_ref = right.await.unwrap().expect("the right credentials pull").image_ref;
+    assert_eq!(image_ref, registry_image(&node, BUSYBOX_IMAGE).await.config.digest);
+
+    // The wrong credentials first (slow to be refused); the right ones while that pull runs.
+    node.svc
+        .remove_image(RemoveImageRequest { image: Some(image_spec(BUSYBOX_IMAGE)) })
+        .await
+        .expect("remove the image");
+    node.faults.push(FaultSite::RegistryResolve, None, FaultAction::Delay(Duration::from_secs(1)));
+    let wrong = pull(Some(("alice", "wrong")));
+    sleep(Duration::from_millis(100)).await;
+    let right = pull(Some(("alice", "right")));
+    assert_eq!(err_kind(wrong.await.unwrap()), ErrorKind::FailedPrecondition);
+    assert_eq!(right.await.unwrap().expect("not failed by the wrong credentials").image_ref, image_ref);
     assert_disk_released(&node);
 }

@@ -92,3 +92,20 @@ fn regression_b29_image_event_stale_read() {
 fn regression_swarm_rollback_dir_removal() {
     check_seeds("swarm", vec![118]);
 }
+
+/// B25 by another way: an exec start answered with an error although the process started (a
+/// retry answered AlreadyExists, a reply lost to a deadline) left the process running after
+/// ExecSync returned (invariant 27).
+#[test]
+fn regression_b25_exec_start_failed_but_applied() {
+    check_seeds("exec_storm", vec![2, 3]);
+}
+
+/// Swarm seeds where containerd answered a create with AlreadyExists, the create having been
+/// applied before (a retry's answer): a pull lease's (seed 114, PullImage failed AlreadyExists,
+/// invariant 26) and a sandbox container's (seed 83, RunPodSandbox failed AlreadyExists for a
+/// name nobody held, invariant 28). The ids are fresh, so the object is the call's own.
+#[test]
+fn regression_swarm_create_already_applied() {
+    check_seeds("swarm", vec![83, 114]);
+}

@@ -106,6 +106,15 @@ impl FakeContainerd {
         image
     }
 
+    /// The registry serves `reference` only to pulls with this username and password; any
+    /// other credentials, or none, are refused as unauthorized (FailedPrecondition, as the real
+    /// backend reports a 401 or 403).
+    pub fn require_credentials(&self, reference: &str, username: &str, password: &str) {
+        self.raw_state()
+            .registry_credentials
+            .insert(reference.to_string(), (username.to_string(), password.to_string()));
+    }
+
     /// What the registry serves for `reference`, for tests (no fault, no lease).
     pub fn registry_image(&self, reference: &str) -> Option<ResolvedImage> {
         self.raw_state().registry.get(reference).cloned()
@@ -179,7 +188,18 @@ impl FakeContainerd {
         }
     }
 
-    pub(super) fn do_resolve(&self, reference: &str) -> Result<ResolvedImage> {
+    /// Refuses credentials the registry does not take for `reference`.
+    pub(super) fn authorize(&self, reference: &str, auth: &RegistryAuth) -> Result<()> {
+        match self.raw_state().registry_credentials.get(reference) {
+            Some((username, password)) if (username, password) != (&auth.username, &auth.password) => {
+                Err(Error::precondition(format!("{reference}: unauthorized: authentication required")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn do_resolve(&self, reference: &str, auth: &RegistryAuth) -> Result<ResolvedImage> {
+        self.authorize(reference, auth)?;
         self.raw_state().registry.get(reference).cloned().ok_or_else(|| {
             Error::not_found(format!("failed to resolve reference \"{reference}\": {reference}: not found"))
         })

@@ -1,9 +1,12 @@
 //! The event bus: what containerd publishes (task exits and OOMs, image changes), each event
-//! subject to the `containerd.event` fault site, with counters of what was dropped.
+//! subject to the `containerd.event` fault site (dropped, duplicated or held back to be
+//! delivered after later events), with counters of each.
 
 use tokio::sync::mpsc;
 
 use crid::ports::Clock;
+
+use crate::fakes::clock::virtual_now;
 use crid::ports::containerd::*;
 
 use super::super::faults::{FaultAction, FaultSite};
@@ -36,32 +39,60 @@ fn event_key(event: &Event) -> &str {
 impl FakeContainerd {
     pub(super) fn publish(&self, state: &mut State, events: Vec<Event>) {
         for event in events {
-            if self.faults.at(FaultSite::ContainerdEvent, event_key(&event)) != FaultAction::Proceed {
-                state.events_dropped_by_fault += 1;
-                continue;
-            }
             let envelope = Envelope {
                 timestamp_ns: self.clock.now_ns(),
                 namespace: self.namespace.clone(),
                 topic: topic_of(&event),
                 event,
             };
-            state.events_published += 1;
-            let mut dropped = 0;
-            state.subscribers.retain(|subscriber| match subscriber.try_send(envelope.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    dropped += 1;
-                    true
+            match self.faults.at(FaultSite::ContainerdEvent, event_key(&envelope.event)) {
+                FaultAction::Proceed => Self::deliver(state, envelope),
+                FaultAction::Duplicate => {
+                    state.events_duplicated += 1;
+                    Self::deliver(state, envelope.clone());
+                    Self::deliver(state, envelope);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
-            state.events_dropped_full += dropped;
-            if state.event_log.len() == EVENT_LOG_LIMIT {
-                state.event_log.pop_front();
+                FaultAction::Reorder(hold) => {
+                    state.events_reordered += 1;
+                    state.held_events.push((virtual_now() + hold, envelope));
+                }
+                _ => state.events_dropped_by_fault += 1,
             }
-            state.event_log.push_back(envelope);
         }
+        Self::deliver_held(state);
+    }
+
+    /// Delivers the held-back events whose time has come, after the events published meanwhile.
+    /// Checked on every publish and every look at the state, as exits are.
+    pub(super) fn deliver_held(state: &mut State) {
+        let now = virtual_now();
+        if state.held_events.iter().all(|(due, _)| *due > now) {
+            return;
+        }
+        let (due, held): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut state.held_events).into_iter().partition(|(due, _)| *due <= now);
+        state.held_events = held;
+        for (_, envelope) in due {
+            Self::deliver(state, envelope);
+        }
+    }
+
+    fn deliver(state: &mut State, envelope: Envelope) {
+        state.events_published += 1;
+        let mut dropped = 0;
+        state.subscribers.retain(|subscriber| match subscriber.try_send(envelope.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                dropped += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        state.events_dropped_full += dropped;
+        if state.event_log.len() == EVENT_LOG_LIMIT {
+            state.event_log.pop_front();
+        }
+        state.event_log.push_back(envelope);
     }
 
     /// Publishes an event as if containerd had (for B3-style image events, or `Other` topics).
@@ -82,6 +113,16 @@ impl FakeContainerd {
     /// Deliveries dropped because a subscriber's buffer was full.
     pub fn events_dropped_full(&self) -> u64 {
         self.raw_state().events_dropped_full
+    }
+
+    /// Events the `containerd.event` fault site delivered twice.
+    pub fn events_duplicated(&self) -> u64 {
+        self.raw_state().events_duplicated
+    }
+
+    /// Events the `containerd.event` fault site held back (delivered after later ones).
+    pub fn events_reordered(&self) -> u64 {
+        self.raw_state().events_reordered
     }
 
     /// Events dropped by the `containerd.event` fault site.

@@ -72,6 +72,8 @@ struct State {
     snapshotters: BTreeMap<String, Snapshotter>,
     /// Reference → what the registry serves for it.
     registry: BTreeMap<String, ResolvedImage>,
+    /// Reference → the (username, password) the registry serves it to; others are refused.
+    registry_credentials: BTreeMap<String, (String, String)>,
     /// Manifest digest → image, for reading configs of stored images (any manifest ever served).
     manifests: BTreeMap<String, ResolvedImage>,
     /// Digest → size of blobs in the content store.
@@ -83,6 +85,10 @@ struct State {
     events_published: u64,
     events_dropped_full: u64,
     events_dropped_by_fault: u64,
+    events_duplicated: u64,
+    events_reordered: u64,
+    /// Events held back by the `containerd.event` fault site, with when they are delivered.
+    held_events: Vec<(tokio::time::Instant, Envelope)>,
     fetches: Dedup<String>,
     applies: Dedup<(String, String)>,
     fetch_latency: Duration,
@@ -106,6 +112,7 @@ impl State {
             next_pid: FIRST_PID,
             snapshotters: BTreeMap::new(),
             registry: BTreeMap::new(),
+            registry_credentials: BTreeMap::new(),
             manifests: BTreeMap::new(),
             content: BTreeMap::new(),
             images: BTreeMap::new(),
@@ -115,6 +122,9 @@ impl State {
             events_published: 0,
             events_dropped_full: 0,
             events_dropped_by_fault: 0,
+            events_duplicated: 0,
+            events_reordered: 0,
+            held_events: Vec::new(),
             fetches: Dedup::new(),
             applies: Dedup::new(),
             fetch_latency: Duration::ZERO,
@@ -200,6 +210,7 @@ impl FakeContainerd {
         for (id, task) in state.tasks.iter_mut() {
             self.settle(id, task, now, &mut events);
         }
+        // Also delivers the held-back events that are due.
         self.publish(&mut state, events);
         state.expire_leases(crid::ports::Clock::now_ns(&*self.clock));
         state
@@ -218,8 +229,20 @@ impl FakeContainerd {
     /// The prologue of every call: containerd must be up, then the injected fault runs.
     async fn enter(&self, site: FaultSite, key: &str) -> Result<After> {
         self.check_up()?;
-        let after = faults::before(&*self.faults, site, key).await?;
+        let mut after = faults::before(&*self.faults, site, key).await?;
         self.check_up()?;
+        if after.exit_first() {
+            // The process the call acts on finishes just before it: an exec for exec_kill, the
+            // task's init otherwise (an exec start or resource update on a task that just ended).
+            let (id, exec_id) = match key.split_once('/') {
+                Some((id, exec_id)) if site == FaultSite::ContainerdExecKill => (id, Some(exec_id)),
+                Some((id, _)) => (id, None),
+                None => (key, None),
+            };
+            if !self.exit_on_its_own_now(id, exec_id) {
+                after = after.without_race();
+            }
+        }
         Ok(after)
     }
 
@@ -242,6 +265,8 @@ impl FakeContainerd {
         let mut state = self.raw_state();
         state.up = false;
         state.subscribers.clear();
+        // Events in flight die with the connection.
+        state.held_events.clear();
         drop(state);
         self.connection.send_modify(|generation| *generation += 1);
     }
@@ -344,6 +369,11 @@ impl Containerd for FakeContainerd {
         let after = self.enter(FaultSite::ContainerdExecWait, &format!("{id}/{exec_id}")).await?;
         self.run_streaming_exec(id, exec_id).await;
         after.finish(self.wait_process(id, Some(exec_id)).await).await
+    }
+
+    async fn exec_output_closed(&self, id: &str, exec_id: &str) -> Result<()> {
+        let after = self.enter(FaultSite::ContainerdExecOutputClosed, &format!("{id}/{exec_id}")).await?;
+        after.finish(self.output_closed(id, exec_id).await).await
     }
 
     async fn exec_kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {
@@ -492,20 +522,23 @@ impl Containerd for FakeContainerd {
 /// store above (the manifest is read from the registry's copy, so a resolve writes nothing).
 #[async_trait]
 impl Registry for FakeContainerd {
-    async fn resolve(&self, reference: &str, _auth: &RegistryAuth, _lease: &str) -> Result<ResolvedImage> {
+    async fn resolve(&self, reference: &str, auth: &RegistryAuth, _lease: &str) -> Result<ResolvedImage> {
         let after = self.enter(FaultSite::RegistryResolve, reference).await?;
-        after.finish(self.do_resolve(reference)).await
+        after.finish(self.do_resolve(reference, auth)).await
     }
 
     async fn fetch_blob(
         &self,
         reference: &str,
         blob: &Descriptor,
-        _auth: &RegistryAuth,
+        auth: &RegistryAuth,
         lease: &str,
         progress: ProgressFn<'_>,
     ) -> Result<()> {
         let after = self.enter(FaultSite::RegistryFetchBlob, &blob.digest).await?;
+        if let Err(refused) = self.authorize(reference, auth) {
+            return after.finish(Err(refused)).await;
+        }
         after.finish(self.do_fetch_blob(reference, blob, lease, progress).await).await
     }
 }

@@ -73,6 +73,17 @@ pub(super) struct Exec {
     pub(super) streams: Option<ProcessIo>,
     /// A `cat`: runs until its client's stdin ends.
     pub(super) echoes_stdin: bool,
+    /// How long the output stays open after the process exits (a child holding its pipes).
+    pub(super) output_held: OutputHold,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OutputHold {
+    /// The output ends with the process.
+    AtExit,
+    Until(Instant),
+    /// Until the exec is deleted or its task ends.
+    Forever,
 }
 
 /// A task's stdin, as attached clients see it.
@@ -260,6 +271,27 @@ impl FakeContainerd {
         };
         self.publish(&mut state, events);
         ended
+    }
+
+    /// The process exits on its own now, with code 0: a task's init, or one of its execs. False
+    /// when it cannot (gone or exited already, paused, unkillable): nothing changes then.
+    pub(super) fn exit_on_its_own_now(&self, id: &str, exec_id: Option<&str>) -> bool {
+        let mut state = self.state();
+        let now_ns = self.clock.now_ns();
+        let Some(task) = state.tasks.get_mut(id) else { return false };
+        if task.exited() || task.state != TaskState::Running || task.init.unkillable {
+            return false;
+        }
+        let mut events = Vec::new();
+        match exec_id {
+            None => self.exit_task(id, task, 0, now_ns, false, &mut events),
+            Some(exec_id) => match task.execs.get_mut(exec_id) {
+                Some(exec) if exec.process.exit.is_none() => exec.process.finish(ExitStatus::new(0, now_ns)),
+                _ => return false,
+            },
+        }
+        self.publish(&mut state, events);
+        true
     }
 
     /// Forces the task's state, as another client would (e.g. `Paused` by `ctr task pause`).
@@ -510,6 +542,7 @@ impl FakeContainerd {
             output: ExecOutput::default(),
             streams,
             echoes_stdin: false,
+            output_held: OutputHold::AtExit,
         };
         // A streaming exec's output goes to its client uncapped.
         let limit = if streaming { usize::MAX } else { spec.output_limit_bytes };
@@ -524,6 +557,11 @@ impl FakeContainerd {
                 exec.process.scripted = Some(ScriptedExit { at: now + after, code: 0, oom: false })
             }
             ExecScript::UntilKilled => {}
+            ExecScript::Backgrounded { stdout, output_held } => {
+                exec.output = ExecOutput { stdout, stderr: Vec::new() };
+                exec.process.finish(ExitStatus::new(0, self.clock.ns_at(now)));
+                exec.output_held = output_held.map_or(OutputHold::Forever, |held| OutputHold::Until(now + held));
+            }
         }
         task.execs.insert(spec.exec_id.clone(), exec);
         if let Some(size) = spec.console_size.filter(|_| spec.tty) {
@@ -531,6 +569,43 @@ impl FakeContainerd {
         }
         state.next_pid += 1;
         Ok(pid)
+    }
+
+    /// Returns once the exec's output has ended: the process exited and no child holds the
+    /// output any more, or the task's init ended (its children die with it).
+    pub(super) async fn output_closed(&self, id: &str, exec_id: &str) -> Result<()> {
+        let mut connection = self.connection.subscribe();
+        loop {
+            let (mut init_exit, mut exec_exit, wake_at) = {
+                let mut state = self.state();
+                let task = state.task_mut(id)?;
+                let exec = task.execs.get(exec_id).ok_or_else(|| exec_not_found(id, exec_id))?;
+                let now = virtual_now();
+                if task.init.exit.is_some() {
+                    return Ok(());
+                }
+                let wake_at = match (exec.process.exit, exec.output_held) {
+                    (Some(_), OutputHold::AtExit) => return Ok(()),
+                    (Some(_), OutputHold::Until(at)) if at <= now => return Ok(()),
+                    (Some(_), OutputHold::Until(at)) => Some(at),
+                    (Some(_), OutputHold::Forever) => None,
+                    (None, _) => exec.process.scripted.map(|scripted| scripted.at),
+                };
+                (task.init.exit_tx.subscribe(), exec.process.exit_tx.subscribe(), wake_at)
+            };
+            tokio::select! {
+                biased;
+                _ = connection.changed() => return Err(Self::connection_lost()),
+                _ = init_exit.changed() => {}
+                _ = exec_exit.changed() => {}
+                () = async {
+                    match wake_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
     }
 
     pub(super) fn do_task_info(&self, id: &str) -> Result<TaskInfo> {

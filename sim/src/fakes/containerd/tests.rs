@@ -343,3 +343,78 @@ async fn faults_apply_to_every_call() {
     containerd.wait_task("c2").await.unwrap();
     assert_eq!(containerd.events_dropped_by_fault(), 1);
 }
+
+/// The codes of lost races: the effect is there and the reply is the code containerd gives the
+/// loser; a race that cannot happen (an unkillable process cannot have finished) is no race.
+#[tokio::test(start_paused = true)]
+async fn lost_races_apply_then_answer_their_code() {
+    let faults = Arc::new(ScriptedFaults::new());
+    let containerd = FakeContainerd::new(Arc::new(SimClock::new()), faults.clone());
+    let raced = |kind: ErrorKind| FaultAction::Raced(kind, "raced".into());
+    let exited_first = |kind: ErrorKind| FaultAction::ExitedFirst(kind, "raced".into());
+
+    faults.push(FaultSite::ContainerdCreateContainer, Some("c1"), raced(ErrorKind::AlreadyExists));
+    let error = containerd.create_container(record("c1", &["sleep", "inf"])).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::AlreadyExists);
+    assert!(containerd.get_container("c1").await.is_ok(), "the create was applied");
+    containerd.create_task("c1", &TaskIo::default()).await.unwrap();
+    faults.push(FaultSite::ContainerdStartTask, Some("c1"), raced(ErrorKind::FailedPrecondition));
+    assert_eq!(containerd.start_task("c1").await.unwrap_err().kind, ErrorKind::FailedPrecondition);
+    assert_eq!(containerd.task_info("c1").await.unwrap().state, TaskState::Running, "the start was applied");
+
+    // A kill that finds the process finished: it exited on its own (code 0), the kill says NotFound.
+    faults.push(FaultSite::ContainerdKillTask, Some("c1"), exited_first(ErrorKind::NotFound));
+    assert_eq!(containerd.kill_task("c1", 15, false).await.unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(containerd.task_exit("c1").map(|exit| exit.exit_code), Some(0));
+    faults.push(FaultSite::ContainerdDeleteTask, Some("c1"), raced(ErrorKind::NotFound));
+    assert_eq!(containerd.delete_task("c1").await.unwrap_err().kind, ErrorKind::NotFound);
+    assert!(containerd.tasks().is_empty() && containerd.shims().is_empty(), "the delete was applied");
+
+    // An unkillable process cannot have finished: the kill answers as it would.
+    running(&containerd, "c2", &["sleep", "inf"]).await;
+    containerd.set_unkillable("c2", true);
+    faults.push(FaultSite::ContainerdKillTask, Some("c2"), exited_first(ErrorKind::NotFound));
+    containerd.kill_task("c2", 9, false).await.unwrap();
+    assert_eq!(containerd.task_info("c2").await.unwrap().state, TaskState::Running);
+    containerd.set_unkillable("c2", false);
+
+    // An exec start on a task that exited just before is refused as containerd refuses it.
+    let spec = ExecSpec {
+        exec_id: "e1".into(),
+        args: vec!["echo".into(), "hi".into()],
+        tty: false,
+        output_limit_bytes: 1024,
+        console_size: None,
+    };
+    faults.push(FaultSite::ContainerdExecStart, Some("c2/e1"), exited_first(ErrorKind::FailedPrecondition));
+    assert_eq!(containerd.exec_start("c2", &spec).await.unwrap_err().kind, ErrorKind::FailedPrecondition);
+    assert_eq!(containerd.task_info("c2").await.unwrap().state, TaskState::Stopped);
+    // A failing call keeps its own error: the delete of a missing task is NotFound anyway, the
+    // create of a container whose id is taken AlreadyExists with the record unchanged.
+    faults.push(FaultSite::ContainerdCreateContainer, Some("c1"), raced(ErrorKind::AlreadyExists));
+    let error = containerd.create_container(record("c1", &["other"])).await.unwrap_err();
+    assert_ne!(error.message, "raced");
+}
+
+/// The bus's duplicates and reorders: an event delivered twice, and one held back until after
+/// the events published later.
+#[tokio::test(start_paused = true)]
+async fn the_bus_duplicates_and_reorders() {
+    let faults = Arc::new(ScriptedFaults::new());
+    let containerd = FakeContainerd::new(Arc::new(SimClock::new()), faults.clone());
+    let mut events = containerd.subscribe().await.unwrap();
+    faults.push(FaultSite::ContainerdEvent, Some("c1"), FaultAction::Reorder(Duration::from_secs(2)));
+    faults.push(FaultSite::ContainerdEvent, Some("c1"), FaultAction::Duplicate);
+    running(&containerd, "c1", &["oom", "0"]).await;
+    containerd.wait_task("c1").await.unwrap();
+    let topic = |envelope: Envelope| envelope.topic;
+    assert_eq!(topic(events.recv().await.unwrap()), "/tasks/exit");
+    assert_eq!(topic(events.recv().await.unwrap()), "/tasks/exit", "delivered twice");
+    assert!(events.try_recv().is_err(), "the OOM is held back");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Delivered at the first look at the state once due, before what is published then.
+    containerd.inject_event(Event::ImageCreate { name: "x".into() });
+    assert_eq!(topic(events.recv().await.unwrap()), "/tasks/oom", "after the exit published after it");
+    assert_eq!(topic(events.recv().await.unwrap()), "/images/create");
+    assert_eq!((containerd.events_duplicated(), containerd.events_reordered()), (1, 1));
+}
