@@ -14,8 +14,9 @@ const SHIM_CLOSED_TEXT: &str = "ttrpc: closed";
 
 /// What containerd 1.6 answers to a delete of a task that still runs: the shim's
 /// FailedPrecondition arrives as Unknown (the code is lost between shim and containerd), so
-/// only the text tells it from other failures.
-const RUNNING_PROCESS_TEXT: &str = "cannot delete a running process";
+/// only the text tells it from other failures. The second is runc's own refusal, passed on
+/// when the shim thought the task stopped (a start that containerd's restart interrupted).
+const RUNNING_PROCESS_TEXTS: [&str; 2] = ["cannot delete a running process", "that is not stopped: running"];
 
 /// Maps a gRPC status from containerd to crid's error kinds, keeping the status as the source.
 /// containerd's errdefs travel as gRPC codes, so the code alone carries NotFound, AlreadyExists,
@@ -37,7 +38,7 @@ fn kind_of_status(status: &tonic::Status) -> Error {
     if status.code() == Code::Unknown && std::error::Error::source(status).is_some() {
         return Error::new(ErrorKind::Unavailable, format!("containerd connection lost: {}", status.message()));
     }
-    if status.code() == Code::Unknown && status.message().contains(RUNNING_PROCESS_TEXT) {
+    if status.code() == Code::Unknown && RUNNING_PROCESS_TEXTS.iter().any(|text| status.message().contains(text)) {
         return Error::new(ErrorKind::FailedPrecondition, format!("containerd: {}", status.message()));
     }
     let kind = match status.code() {
@@ -109,6 +110,10 @@ mod tests {
     fn a_running_process_delete_is_a_failed_precondition() {
         let status = tonic::Status::unknown("failed to delete task: cannot delete a running process: unknown");
         assert_eq!(from_status(status).kind, ErrorKind::FailedPrecondition);
+        let runc = tonic::Status::unknown(
+            "failed to delete task: cannot delete container 1790f722 that is not stopped: running: unknown",
+        );
+        assert_eq!(from_status(runc).kind, ErrorKind::FailedPrecondition);
         assert_eq!(from_status(tonic::Status::unknown("something else")).kind, ErrorKind::Unknown);
     }
 
