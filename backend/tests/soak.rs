@@ -496,16 +496,13 @@ fn kill_shims_of(cri: &Cri, ids: &[String]) {
 /// What the drained stack still holds of crid's: one line per leaked thing.
 fn leaks(cri: &Cri, ips_before: &BTreeSet<String>) -> Vec<String> {
     let mut found = Vec::new();
-    for id in cri.ctr(&["containers", "ls", "-q"]).lines() {
-        found.push(format!("containerd container {id}"));
-    }
-    for id in cri.ctr(&["tasks", "ls", "-q"]).lines() {
-        found.push(format!("containerd task {id}"));
-    }
+    let containers: BTreeSet<String> = cri.ctr(&["containers", "ls", "-q"]).lines().map(str::to_string).collect();
     let tasks: BTreeSet<String> = cri.ctr(&["tasks", "ls", "-q"]).lines().map(str::to_string).collect();
+    found.extend(containers.iter().map(|id| format!("containerd container {id}")));
+    found.extend(tasks.iter().map(|id| format!("containerd task {id}")));
     for id in cri.shim_ids() {
         // A shim containerd itself lost (see `containerd_orphans`) is not crid's to free.
-        if tasks.contains(&id) || cri.ctr(&["containers", "info", &id]).contains(&id) {
+        if tasks.contains(&id) || containers.contains(&id) {
             found.push(format!("shim {id}"));
         }
     }
