@@ -373,6 +373,20 @@ impl CriService {
                 }
             },
             TaskState::Stopped => {
+                let oom_killed = if status.finished_at_ns == 0 {
+                    match self.retry_transient("OOM kill count", || self.oom_killed_at_exit(id)).await {
+                        Ok(oom_killed) => oom_killed,
+                        Err(error) => {
+                            // Left to the exit path: its Wait returns at once for the stopped
+                            // task, and it retries from the backoff queue until the count is
+                            // readable, so the exit is recorded with its OOM.
+                            tracing::warn!(id, %error, "exited task's OOM kill count unreadable; exit left to the monitor");
+                            return Decision { status, monitor: true, delete_task: false, stable: true };
+                        }
+                    }
+                } else {
+                    false
+                };
                 if status.finished_at_ns == 0 || status.unknown {
                     // The exit comes from the task, which is kept until this is persisted, so
                     // the decision is the same after any number of restarts.
@@ -383,7 +397,7 @@ impl CriService {
                     if status.finished_at_ns == 0 {
                         status.finished_at_ns = exit.exited_at_ns.max(status.started_at_ns).max(1);
                         status.exit_code = exit.exit_code as i32;
-                        if exit.oom_killed {
+                        if oom_killed {
                             status.reason = crate::store::container::REASON_OOM_KILLED.to_string();
                         }
                     }

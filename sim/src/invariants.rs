@@ -338,13 +338,14 @@ impl Checker {
             if state == Cri::ContainerExited
                 && status.reason != REASON_START_ERROR
                 && status.reason != REASON_UNKNOWN
-                && let Some(exit) = self.world.containerd.task_exit(&status.id)
+                && let Some(end) = self.world.containerd.task_exit(&status.id)
             {
-                if (status.reason == REASON_OOM_KILLED) != exit.oom_killed {
+                let exit = end.exit;
+                if (status.reason == REASON_OOM_KILLED) != end.oom_killed {
                     self.fail(
                         "23 OOMKilled iff OOM-killed",
                         &object,
-                        format!("reason {:?}, but the task was OOM-killed: {}", status.reason, exit.oom_killed),
+                        format!("reason {:?}, but the task was OOM-killed: {}", status.reason, end.oom_killed),
                     );
                 }
                 if status.exit_code != exit.exit_code as i32 {

@@ -968,6 +968,43 @@ async fn failed_exit_handling_is_retried_with_backoff() {
     assert_eq!(node.container_status(&id).await.exit_code, 9, "replays do not change the recorded exit");
 }
 
+/// OOMKilled is decided by the exit path from the task's cgroup (its metrics' OOM kill count,
+/// read before the task delete), not only from the bus (B28): with the TaskOOM event dropped
+/// and the first two metrics reads failing, the exit waits in the backoff queue and is then
+/// recorded as OOMKilled. A container whose task is deleted before its exit is handled has no
+/// count to read, and only then is the bus its one source.
+#[madsim::test]
+async fn oom_reason_comes_from_the_task_cgroup_when_the_bus_drops_it() {
+    cov_mark::check!(exit_handling_failed_retry_queued);
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("oom", &["sleep", "inf"]).await;
+    // The first event of this task on the bus is its TaskOOM (published before the exit).
+    node.faults.push(FaultSite::ContainerdEvent, Some(&id), FaultAction::Fail(ErrorKind::Internal, "dropped".into()));
+    node.faults.push_n(
+        FaultSite::ContainerdTaskMetrics,
+        Some(&id),
+        FaultAction::Fail(ErrorKind::Unavailable, "injected: containerd restarting".into()),
+        2,
+    );
+    assert!(node.world.containerd.oom_task_now(&id));
+    sleep(Duration::from_millis(500)).await;
+    let status = node.container_status(&id).await;
+    assert_eq!(
+        status.state,
+        ContainerState::ContainerRunning as i32,
+        "no exit is recorded while the OOM kill count is unreadable"
+    );
+    assert!(node.world.containerd.tasks().contains_key(&id), "and the task, with its cgroup, is kept");
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(node.faults.pending(), 0, "every injected failure was hit");
+    let status = node.container_status(&id).await;
+    assert_eq!(
+        (status.state, status.exit_code, status.reason.as_str()),
+        (ContainerState::ContainerExited as i32, 137, "OOMKilled")
+    );
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the task is deleted after the exit is recorded");
+}
+
 /// A task delete that did its work but reported an error (B5): the exit is recorded once, the
 /// replay from the backoff queue finds it recorded and the task already gone, and that is success.
 #[madsim::test]
