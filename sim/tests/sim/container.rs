@@ -465,6 +465,37 @@ async fn remove_running_container_force_stops_it() {
     );
 }
 
+/// On a full disk, calls that must persist are refused with ResourceExhausted, while removal,
+/// which only frees space, still works when the checkpoint already holds the served status.
+#[madsim::test]
+async fn a_full_disk_refuses_writes_but_not_removal() {
+    let node = Node::start().await;
+    let (pod, exited) = node.pod_with_running("full", &["sleep", "inf"]).await;
+    node.stop_container(&exited, 0).await;
+    let created = node.create(&pod, "full", "created", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let kept = node.create(&pod, "full", "kept", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+
+    node.world.os.set_disk_full(true);
+    let start = node.svc.start_container(StartContainerRequest { container_id: kept.clone() }).await;
+    assert_eq!(err_kind(start), ErrorKind::ResourceExhausted);
+    assert_eq!(node.container_state(&kept).await, ContainerState::ContainerCreated, "a refused start changes nothing");
+    let create = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config("refused", BUSYBOX_IMAGE, &["sleep", "inf"])),
+        sandbox_config: Some(pod_config("full")),
+    };
+    assert_eq!(err_kind(node.svc.create_container(create).await), ErrorKind::ResourceExhausted);
+    node.remove_container(&exited).await;
+    node.remove_container(&created).await;
+    assert_eq!(sorted_ids(node.list_containers(None).await.into_iter().map(|c| c.id)), vec![kept.clone()]);
+    assert_eq!(node.leaks_of(&exited), Vec::<String>::new());
+    assert_eq!(node.leaks_of(&created), Vec::<String>::new());
+
+    node.world.os.set_disk_full(false);
+    node.start_container(&kept).await;
+    assert_eq!(node.container_state(&kept).await, ContainerState::ContainerRunning);
+}
+
 /// Stop and Remove are idempotent and accept ids that do not exist (B18); Stop of a container
 /// that is not running does nothing.
 #[madsim::test]
