@@ -109,3 +109,15 @@ fn regression_b25_exec_start_failed_but_applied() {
 fn regression_swarm_create_already_applied() {
     check_seeds("swarm", vec![83, 114]);
 }
+
+/// A known failure, not fixed yet: seed 21 of the rollback_names scenario (mutants only) fails
+/// invariant 28 on the unmutated core. A CreateContainer slowed past kubelet's deadline by slow
+/// checkpoint writes is retried twice; the second retry gets "name is reserved" while the name's
+/// holder is a CREATED container, where it should get the original's id or error. It surfaced
+/// when RemoveContainer stopped rewriting an unchanged checkpoint, which moved the fault draws
+/// of this seed. Ignored, so that it is reported, until the cause is found.
+#[test]
+#[ignore = "known failure: rollback_names seed 21, invariant 28 (see the comment)"]
+fn known_failure_rollback_names_seed_21() {
+    check_seeds(concat!(env!("CARGO_MANIFEST_DIR"), "/mutants/scenarios/rollback_names.toml"), vec![21]);
+}
