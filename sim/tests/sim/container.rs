@@ -386,16 +386,19 @@ async fn same_container_name_is_reserved() {
     busybox_id(&node).await;
     let pod = node.run_pod("names").await;
     let first = node.create(&pod, "names", "c", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    // The same request again is a retry whose answer may have been lost: it gets the original.
+    let again = node.create(&pod, "names", "c", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    assert_eq!(again, first, "an identical retry gets the original id");
     let error = node
         .svc
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(container_config("c", BUSYBOX_IMAGE, &["sleep", "inf"])),
+            config: Some(container_config("c", BUSYBOX_IMAGE, &["sleep", "1"])),
             sandbox_config: Some(pod_config("names")),
         })
         .await
         .unwrap_err();
-    assert_eq!(error.kind, ErrorKind::AlreadyExists, "{error}");
+    assert_eq!(error.kind, ErrorKind::AlreadyExists, "a different request under the name: {error}");
     assert!(error.message.contains("is reserved for") && error.message.contains(&first), "{}", error.message);
     assert_eq!(node.list_containers(None).await.len(), 1);
     let mut retry = container_config("c", BUSYBOX_IMAGE, &["sleep", "inf"]);

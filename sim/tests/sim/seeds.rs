@@ -110,14 +110,13 @@ fn regression_swarm_create_already_applied() {
     check_seeds("swarm", vec![83, 114]);
 }
 
-/// A known failure, not fixed yet: seed 21 of the rollback_names scenario (mutants only) fails
-/// invariant 28 on the unmutated core. A CreateContainer slowed past kubelet's deadline by slow
-/// checkpoint writes is retried twice; the second retry gets "name is reserved" while the name's
-/// holder is a CREATED container, where it should get the original's id or error. It surfaced
-/// when RemoveContainer stopped rewriting an unchanged checkpoint, which moved the fault draws
-/// of this seed. Ignored, so that it is reported, until the cause is found.
+/// A reply lost to the caller's deadline (B12): a CreateContainer slowed past kubelet's deadline
+/// by slow checkpoint writes finished in the instant the first retry's deadline passed, so the
+/// retry's handler received the id and its reply was dropped. The service took the result as
+/// delivered and forgot it, and the second retry got "name is reserved" while the name's holder
+/// was the CREATED container it had asked for (invariant 28). Successes are now kept until the
+/// object is removed.
 #[test]
-#[ignore = "known failure: rollback_names seed 21, invariant 28 (see the comment)"]
-fn known_failure_rollback_names_seed_21() {
+fn regression_b12_reply_lost_at_the_deadline() {
     check_seeds(concat!(env!("CARGO_MANIFEST_DIR"), "/mutants/scenarios/rollback_names.toml"), vec![21]);
 }
