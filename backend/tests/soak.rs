@@ -778,6 +778,8 @@ async fn soak() {
     // Drain, as kubelet would when every pod is deleted.
     let listed = cri.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
     let drained = listed.len();
+    // Pods the drain could not remove: reported with the figures, then failed on.
+    let mut undrained = Vec::new();
     for pod in listed {
         let mut attempts = 0;
         loop {
@@ -795,7 +797,10 @@ async fn soak() {
                     attempts += 1;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                Err(e) => panic!("drain of pod {} failed: {e}\n{}", pod.id, cri.log()),
+                Err(e) => {
+                    undrained.push(format!("pod {}: {e}", pod.id));
+                    break;
+                }
             }
         }
     }
@@ -854,9 +859,13 @@ async fn soak() {
         final_rss_kib / 1024
     );
 
-    for problem in lost.iter().chain(&disagree).chain(&leaked) {
+    if !undrained.is_empty() {
+        println!("soak: pods the drain could not remove: {}", undrained.len());
+    }
+    for problem in undrained.iter().chain(&lost).chain(&disagree).chain(&leaked) {
         println!("soak: PROBLEM {problem}");
     }
+    assert!(undrained.is_empty(), "the drain could not remove: {undrained:#?}\n{}", cri.log());
     assert!(version.is_ok(), "crid stopped answering Version: {version:?}");
     assert!(kills + restarts > 0 || seconds < 20, "no chaos was injected in {seconds} s");
     assert!(total.0 > 0, "no call succeeded");
