@@ -1752,6 +1752,9 @@ async fn a_full_state_disk_refuses_typed_and_recovers() {
     let waiter = crid
         .run_container(&pod_id, &pod, "waiter", &["sh", "-c", "while [ ! -f /tmp/go ]; do sleep 0.2; done; exit 5"])
         .await;
+    let stopped = crid
+        .run_container(&pod_id, &pod, "stopped", &["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.2; done"])
+        .await;
     let created = crid.create_container(&pod_id, &pod, "created", &["sh", "-c", "exit 3"]).await;
     let doomed = crid.create_container(&pod_id, &pod, "doomed", &["true"]).await;
 
@@ -1809,6 +1812,25 @@ async fn a_full_state_disk_refuses_typed_and_recovers() {
         ContainerState::ContainerRunning,
         "an exit not yet persisted is not served"
     );
+    // Stop on the full disk: the container exits on SIGTERM, its exit cannot be recorded, and
+    // Stop says so, typed, once the grace period is over, rather than DeadlineExceeded after
+    // the 30 s wait for an exit after SIGKILL. The container stays as acknowledged.
+    let asked = Instant::now();
+    let stop = StopContainerRequest { container_id: stopped.clone(), timeout: 2 };
+    let refused_stop = crid.runtime.stop_container(stop.clone()).await;
+    let stop_took = asked.elapsed();
+    assert_eq!(
+        code_of(&refused_stop),
+        tonic::Code::ResourceExhausted,
+        "StopContainer on a full disk: {refused_stop:?}"
+    );
+    assert!(stop_took < Duration::from_secs(10), "StopContainer (timeout 2 s) on a full disk took {stop_took:?}");
+    eprintln!("refused on the full disk after {stop_took:?}: StopContainer {:?}", refused_stop.unwrap_err().message());
+    assert_eq!(
+        crid.container_state(&stopped).await.0,
+        ContainerState::ContainerRunning,
+        "an exit a refused Stop could not persist is not served"
+    );
 
     // A crash on the full disk: recovery finds every acknowledged object.
     crid.kill9();
@@ -1818,7 +1840,7 @@ async fn a_full_state_disk_refuses_typed_and_recovers() {
         ids.sort();
         ids
     };
-    let mut want = vec![waiter.clone(), created.clone()];
+    let mut want = vec![waiter.clone(), stopped.clone(), created.clone()];
     want.sort();
     let listed = crid.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
     assert_eq!(ids(listed), want, "containers after a restart on the full disk");
@@ -1829,6 +1851,11 @@ async fn a_full_state_disk_refuses_typed_and_recovers() {
     // Recovery reads the exit from the stopped task, which stays until the exit is persisted:
     // a later restart decides the same.
     assert_eq!(crid.container_state(&waiter).await, (ContainerState::ContainerExited, 5), "the exit, from the task");
+    assert_eq!(
+        crid.container_state(&stopped).await,
+        (ContainerState::ContainerExited, 7),
+        "the stop's exit, from the task"
+    );
     assert!(crid.pid().is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()), "crid still runs");
 
     // Space returns: the refused calls succeed, and the exit is recorded with its code.
@@ -1838,6 +1865,8 @@ async fn a_full_state_disk_refuses_typed_and_recovers() {
     let new_container = crid.runtime.create_container(create).await.unwrap().into_inner().container_id;
     crid.start_container(&new_container).await;
     crid.start_container(&created).await;
+    crid.runtime.stop_container(stop).await.unwrap();
+    assert_eq!(crid.container_state(&stopped).await, (ContainerState::ContainerExited, 7));
     assert_eq!(crid.wait_container_state(&created, ContainerState::ContainerExited).await, 3);
     assert_eq!(crid.wait_container_state(&new_container, ContainerState::ContainerExited).await, 9);
 
@@ -1845,11 +1874,12 @@ async fn a_full_state_disk_refuses_typed_and_recovers() {
     // unfinished write left in the state directory.
     crid.kill9();
     crid.spawn(crid_binary()).await;
-    let mut want = vec![waiter.clone(), created.clone(), new_container.clone()];
+    let mut want = vec![waiter.clone(), stopped.clone(), created.clone(), new_container.clone()];
     want.sort();
     let listed = crid.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
     assert_eq!(ids(listed), want, "containers after space returned and a restart");
     assert_eq!(crid.container_state(&waiter).await, (ContainerState::ContainerExited, 5));
+    assert_eq!(crid.container_state(&stopped).await, (ContainerState::ContainerExited, 7));
     assert_eq!(crid.container_state(&created).await, (ContainerState::ContainerExited, 3));
     assert_eq!(crid.container_state(&new_container).await, (ContainerState::ContainerExited, 9));
     let mut pods: Vec<String> = crid

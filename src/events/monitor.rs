@@ -75,7 +75,7 @@ impl CriService {
         if let Err(error) = self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(task, exit)).await {
             cov_mark::hit!(exit_handling_failed_retry_queued);
             tracing::warn!(id = %task, %error, "exit handling failed; queued for retry");
-            self.monitor.push(task, PendingEvent::Exit(exit), self.now_ns());
+            self.monitor.push_failed(task, PendingEvent::Exit(exit), error, self.now_ns());
         }
     }
 
@@ -243,7 +243,7 @@ impl CriService {
                     self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle oom", self.handle_oom(&container_id)).await
                 {
                     tracing::warn!(%container_id, %error, "OOM handling failed; queued for retry");
-                    self.monitor.push(&task, PendingEvent::Oom, self.now_ns());
+                    self.monitor.push_failed(&task, PendingEvent::Oom, error, self.now_ns());
                 }
             }
             Event::ImageCreate { name } | Event::ImageUpdate { name } | Event::ImageDelete { name } => {
@@ -266,6 +266,7 @@ impl CriService {
         loop {
             self.sleep(BACKOFF_TICK).await;
             for (key, mut events, duration) in self.monitor.take_expired(self.now_ns()) {
+                let mut failure = None;
                 while let Some(event) = events.front().cloned() {
                     let result = match (event, &key) {
                         (PendingEvent::Exit(exit), BackoffKey::Task(task)) => {
@@ -286,12 +287,13 @@ impl CriService {
                     };
                     if let Err(error) = result {
                         tracing::warn!(id = %key, %error, retry_in = ?crate::events::backoff::after(duration, BACKOFF_MAX), "backoff retry failed");
+                        failure = Some(error);
                         break;
                     }
                     events.pop_front();
                 }
                 if !events.is_empty() {
-                    self.monitor.requeue(key, events, duration, self.now_ns());
+                    self.monitor.requeue(key, events, duration, self.now_ns(), failure);
                 }
             }
         }

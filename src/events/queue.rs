@@ -6,12 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{BACKOFF_INITIAL, BACKOFF_MAX, BackoffKey, PendingEvent};
+use crate::error::Error;
 use crate::ids::TaskId;
 
 struct BackoffEntry {
     events: VecDeque<PendingEvent>,
     expire_at_ns: i64,
     duration: Duration,
+    /// Why the last attempt at this id's work failed, for a caller that waits on the work and
+    /// must tell a cause that will not pass by itself (a full disk) from a slow one.
+    last_failure: Option<Error>,
 }
 
 /// The backoff queue: task → events replayed in order once the entry expires. Bounded by
@@ -83,6 +87,11 @@ impl EventMonitor {
         ids
     }
 
+    /// Why the last attempt at the task's queued work failed, while it waits in the queue.
+    pub fn last_failure(&self, task: &TaskId) -> Option<Error> {
+        self.backoff.lock().unwrap().get(&BackoffKey::from(task)).and_then(|entry| entry.last_failure.clone())
+    }
+
     pub fn backoff_len(&self) -> usize {
         self.backoff.lock().unwrap().len()
     }
@@ -107,8 +116,18 @@ impl EventMonitor {
                 events: VecDeque::from([event]),
                 expire_at_ns: now_ns + BACKOFF_INITIAL.as_nanos() as i64,
                 duration: BACKOFF_INITIAL,
+                last_failure: None,
             },
         );
+    }
+
+    /// Queues work whose attempt just failed with `failure`, as `push` does, and keeps why.
+    pub(crate) fn push_failed(&self, key: impl Into<BackoffKey>, event: PendingEvent, failure: Error, now_ns: i64) {
+        let key = key.into();
+        self.push(key.clone(), event, now_ns);
+        if let Some(entry) = self.backoff.lock().unwrap().get_mut(&key) {
+            entry.last_failure = Some(failure);
+        }
     }
 
     /// Removes and returns every expired entry, in id order.
@@ -125,22 +144,29 @@ impl EventMonitor {
             .collect()
     }
 
-    /// Puts the unprocessed rest back, due after twice the previous wait (capped).
+    /// Puts the unprocessed rest back, due after twice the previous wait (capped), with why the
+    /// replay failed.
     pub(super) fn requeue(
         &self,
         key: impl Into<BackoffKey>,
         mut events: VecDeque<PendingEvent>,
         previous: Duration,
         now_ns: i64,
+        failure: Option<Error>,
     ) {
         let key = key.into();
         let duration = crate::events::backoff::after(previous, BACKOFF_MAX);
         let mut backoff = self.backoff.lock().unwrap();
         // Events that arrived for this id while it was being replayed go after the rest.
+        let mut last_failure = failure;
         if let Some(newer) = backoff.remove(&key) {
             events.extend(newer.events);
+            last_failure = last_failure.or(newer.last_failure);
         }
-        backoff.insert(key, BackoffEntry { events, expire_at_ns: now_ns + duration.as_nanos() as i64, duration });
+        backoff.insert(
+            key,
+            BackoffEntry { events, expire_at_ns: now_ns + duration.as_nanos() as i64, duration, last_failure },
+        );
     }
 }
 
@@ -163,11 +189,11 @@ mod tests {
         assert_eq!(expired.len(), 1);
         let (id, events, duration) = expired.pop().unwrap();
         assert_eq!(events.front(), Some(&PendingEvent::Oom));
-        monitor.requeue(id, events, duration, 0);
+        monitor.requeue(id, events, duration, 0, None);
         assert!(monitor.take_expired(1_999_999_999).is_empty());
         let (_, _, duration) = monitor.take_expired(2_000_000_000).pop().unwrap();
         assert_eq!(duration, Duration::from_secs(2));
-        monitor.requeue(container("a"), VecDeque::from([PendingEvent::Oom]), BACKOFF_MAX, 0);
+        monitor.requeue(container("a"), VecDeque::from([PendingEvent::Oom]), BACKOFF_MAX, 0, None);
         let (_, _, duration) = monitor.take_expired(i64::MAX).pop().unwrap();
         assert_eq!(duration, BACKOFF_MAX);
     }

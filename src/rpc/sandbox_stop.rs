@@ -9,7 +9,8 @@ use k8s_cri::v1::{
     StopPodSandboxResponse,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::HANDLE_EVENT_TIMEOUT;
 use crate::ids::TaskId;
 use crate::ports::ExitStatus;
 use crate::service::CriService;
@@ -136,9 +137,31 @@ impl CriService {
                 return Ok(());
             }
             if let Some(exit) = self.observed_exit_for_stop(task.as_str()).await {
-                self.handle_exit_or_backoff(task, exit).await;
+                // The task has ended. If its exit cannot be recorded because the disk is full,
+                // which does not pass within this wait, the caller hears that now, typed, rather
+                // than a deadline later. The exit stays queued and is recorded once space
+                // returns; until then the object keeps the state it was acknowledged in, which a
+                // restart agrees with.
+                let disk_full = |error: &Error| error.kind == ErrorKind::ResourceExhausted;
+                let failure = if self.monitor.last_failure(task).is_some_and(|f| disk_full(&f)) {
+                    // Space may have returned since the queued attempt: try now rather than
+                    // after the queue's backoff (handling an exit is idempotent; the queued one
+                    // stays for its replay).
+                    self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(task, exit)).await.err()
+                } else {
+                    self.handle_exit_or_backoff(task, exit).await;
+                    self.monitor.last_failure(task)
+                };
                 if is_stopped() {
                     return Ok(());
+                }
+                if let Some(failure) = failure.filter(disk_full) {
+                    cov_mark::hit!(stop_could_not_record_exit);
+                    return Err(failure.context(format!(
+                        "{} {:?} exited, but its exit could not be recorded",
+                        task.kind_name(),
+                        task.as_str()
+                    )));
                 }
             }
             if self.now_ns() >= deadline_ns {

@@ -499,6 +499,50 @@ async fn a_full_disk_refuses_writes_but_not_removal() {
     assert_eq!(node.container_state(&kept).await, ContainerState::ContainerRunning);
 }
 
+/// StopContainer on a full disk: the task ends but its exit cannot be recorded. Stop answers
+/// ResourceExhausted once the grace period is over (not DeadlineExceeded after the 30 s wait
+/// for an exit after SIGKILL), serves no exit it could not persist, and StopPodSandbox says the
+/// same; once space returns, Stop records the exit the task ended with.
+#[madsim::test]
+async fn stop_on_a_full_disk_answers_resource_exhausted() {
+    cov_mark::check!(stop_could_not_record_exit);
+    let node = Node::start().await;
+    let (pod, id) = node.pod_with_running("fullstop", &["sleep", "inf"]).await;
+
+    node.world.os.set_disk_full(true);
+    for timeout_s in [10, 0] {
+        let started = virtual_now();
+        let request = StopContainerRequest { container_id: id.clone(), timeout: timeout_s };
+        let error = node.svc.stop_container(request).await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::ResourceExhausted, "{error}");
+        assert!(
+            started.elapsed() <= Duration::from_secs(timeout_s as u64 + 3),
+            "Stop (timeout {timeout_s} s) answered after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            node.container_state(&id).await,
+            ContainerState::ContainerRunning,
+            "an unrecorded exit is not served"
+        );
+    }
+    let error = node.svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::ResourceExhausted, "{error}");
+    assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady);
+    // Long enough for the queued exit's backoff to grow past the next Stop.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+
+    node.world.os.set_disk_full(false);
+    let started = virtual_now();
+    node.stop_container(&id, 10).await;
+    assert!(started.elapsed() <= Duration::from_secs(13), "Stop after space returned took {:?}", started.elapsed());
+    let status = node.container_status(&id).await;
+    assert_eq!((status.state, status.exit_code), (ContainerState::ContainerExited as i32, 143), "the SIGTERM exit");
+    node.stop_pod(&pod).await;
+    node.remove_pod(&pod).await;
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+}
+
 /// Stop and Remove are idempotent and accept ids that do not exist (B18); Stop of a container
 /// that is not running does nothing.
 #[madsim::test]
