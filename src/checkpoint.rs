@@ -77,6 +77,21 @@ impl CriService {
         Ok(true)
     }
 
+    /// Persists the status as served, unless the checkpoint already holds exactly that: the
+    /// write is then skipped, so that a caller that only needs the two to agree (removal, which
+    /// frees space) still works on a full disk.
+    pub(crate) async fn persist_served_status(&self, container: &Container) -> Result<()> {
+        let _guard = container.update_lock.lock().await;
+        let status = container.status();
+        let bytes = encode_checkpoint(&status);
+        let on_disk = self.backends.os.read_file(&self.checkpoint_path(&container.id)).await;
+        if on_disk.is_ok_and(|on_disk| on_disk == bytes) {
+            return Ok(());
+        }
+        container.check_status(&status)?;
+        self.write_checkpoint(&container.id, &status).await
+    }
+
     /// Changes in-memory-only fields (Starting, Removing) under the same lock.
     pub(crate) async fn update_container_memory<T>(
         &self,

@@ -46,7 +46,7 @@ pub struct StateSnapshot {
     pub container_names: Vec<(String, String)>,
     /// Names of RunPodSandbox/CreateContainer operations in flight.
     pub operations: Vec<String>,
-    /// Names of finished operations whose result no caller received yet (kept for a retry).
+    /// Names of finished operations whose success is kept for a retry until the object goes.
     pub undelivered: Vec<String>,
     /// ref → image id.
     pub image_refs: BTreeMap<String, String>,
@@ -105,7 +105,7 @@ impl CriService {
         // One lock for both lists (two guards in one expression would deadlock).
         let (undelivered, operations): (Vec<String>, Vec<String>) = {
             let all = self.operations.lock().unwrap();
-            let (done, running): (Vec<_>, Vec<_>) = all.iter().partition(|(_, result)| result.borrow().is_some());
+            let (done, running): (Vec<_>, Vec<_>) = all.iter().partition(|(_, entry)| entry.result.borrow().is_some());
             (
                 done.into_iter().map(|(name, _)| name.clone()).collect(),
                 running.into_iter().map(|(name, _)| name.clone()).collect(),

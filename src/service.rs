@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::watch;
+use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -56,6 +57,20 @@ impl std::fmt::Display for QuarantineKind {
 /// (B12), instead of failing with "name is reserved".
 pub(crate) type OperationResult = watch::Receiver<Option<Result<String>>>;
 
+/// What a RunPodSandbox or CreateContainer asked for: a call under a name joins the operation
+/// of that name only when it asks for the same thing (a retry).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum OperationRequest {
+    Sandbox { config: Box<PodSandboxConfig>, runtime_handler: String },
+    Container { sandbox_id: String, config: Box<ContainerConfig> },
+}
+
+/// A named operation: the request it serves and its result, `None` while it runs.
+pub(crate) struct Operation {
+    request: OperationRequest,
+    pub(crate) result: OperationResult,
+}
+
 /// The snapshot usage cache (containerd's snapshot store): ImageFsInfo sums it, a container's
 /// writable layer is its snapshot's entry.
 #[derive(Clone, Debug, Default)]
@@ -73,7 +88,7 @@ pub struct CriService {
     pub(crate) images: ImageStore,
     pub(crate) sandbox_names: Registrar<SandboxId>,
     pub(crate) container_names: Registrar<ContainerId>,
-    pub(crate) operations: Mutex<BTreeMap<String, OperationResult>>,
+    pub(crate) operations: Mutex<BTreeMap<String, Operation>>,
     pub(crate) container_events: ContainerEventHub,
     pub(crate) monitor: EventMonitor,
     pub(crate) pulls: PullManager,
@@ -225,8 +240,17 @@ impl CriService {
 
     /// Runs `operation` as its own task so that a caller that gives up (kubelet's deadline, a
     /// dropped connection) does not cut it in half: it finishes and rolls back on a context of its
-    /// own (B15). The result is kept under `name` until some caller receives it (B12).
-    pub(crate) async fn run_named_operation<F>(self: &Arc<Self>, name: String, operation: F) -> Result<String>
+    /// own (B15). A success stays under `name` until its object is removed, so that a retry of
+    /// the same request gets the original id (B12) even when the answer to an earlier attempt
+    /// was lost on its way: a reply that leaves the handler as the caller's deadline passes
+    /// never reaches it, and the service cannot tell. A different request under the same name
+    /// joins nothing and meets the name's reservation, as in containerd.
+    pub(crate) async fn run_named_operation<F>(
+        self: &Arc<Self>,
+        name: String,
+        request: OperationRequest,
+        operation: F,
+    ) -> Result<String>
     where
         F: std::future::Future<Output = Result<String>> + Send + 'static,
     {
@@ -235,52 +259,55 @@ impl CriService {
         let (mut receiver, start) = {
             let mut operations = self.operations.lock().unwrap();
             match operations.get(&name) {
-                Some(receiver) => {
+                Some(entry) if entry.request == request => {
                     cov_mark::hit!(retry_joined_running_operation);
-                    (receiver.clone(), None)
+                    (entry.result.clone(), None)
+                }
+                Some(_) => {
+                    cov_mark::hit!(different_request_under_a_reserved_name);
+                    let (sender, receiver) = watch::channel(None);
+                    (receiver, Some((sender, false)))
                 }
                 None => {
                     let (sender, receiver) = watch::channel(None);
-                    operations.insert(name.clone(), receiver.clone());
-                    (receiver, Some(sender))
+                    operations.insert(name.clone(), Operation { request, result: receiver.clone() });
+                    (receiver, Some((sender, true)))
                 }
             }
         };
-        if let Some(sender) = start {
+        if let Some((sender, registered)) = start {
             let service = self.clone();
             let op_name = name.clone();
             let own = receiver.clone();
             tokio::spawn(async move {
                 let result = operation.await;
-                if result.is_err() {
+                if result.is_err() && registered {
                     // Only successes are kept for a retry; a failure leaves nothing behind.
                     service.forget_entry(&op_name, &own);
                 }
                 sender.send_replace(Some(result));
             });
         }
-        let result = match receiver.wait_for(|r| r.is_some()).await {
+        match receiver.wait_for(|r| r.is_some()).await {
             Ok(value) => value.clone().expect("checked by wait_for"),
             Err(_) => Err(Error::internal("operation ended without a result")),
-        };
-        // Delivered: a later call with this name is a new request, not a retry.
-        self.forget_entry(&name, &receiver);
-        result
+        }
     }
 
     /// Removes `name`'s entry if it is still this operation's: a caller that joined late must not
     /// remove the entry of a newer operation started under the same name meanwhile.
     fn forget_entry(&self, name: &str, operation: &OperationResult) {
         let mut operations = self.operations.lock().unwrap();
-        if operations.get(name).is_some_and(|entry| entry.same_channel(operation)) {
+        if operations.get(name).is_some_and(|entry| entry.result.same_channel(operation)) {
             operations.remove(name);
         }
     }
 
-    /// Forgets an undelivered operation result for `name` (the object was removed).
+    /// Forgets the kept result for `name`: its object was removed, so a later call under the
+    /// name is a new request.
     pub(crate) fn forget_operation(&self, name: &str) {
         let mut operations = self.operations.lock().unwrap();
-        if operations.get(name).is_some_and(|r| r.borrow().is_some()) {
+        if operations.get(name).is_some_and(|entry| entry.result.borrow().is_some()) {
             operations.remove(name);
         }
     }

@@ -57,7 +57,9 @@ fn kind_of_status(status: &tonic::Status) -> Error {
     Error::new(kind, format!("containerd: {}", status.message()))
 }
 
-/// Maps an I/O error; NotFound and AlreadyExists keep their meaning for the core.
+/// Maps an I/O error; NotFound and AlreadyExists keep their meaning for the core. A full disk
+/// (ENOSPC, EDQUOT) or exhausted memory is ResourceExhausted: the caller's request was fine and
+/// may succeed once space returns, which Internal would not tell kubelet.
 pub fn from_io(err: std::io::Error, what: impl std::fmt::Display) -> Error {
     use std::io::ErrorKind as Io;
     let kind = match err.kind() {
@@ -65,6 +67,7 @@ pub fn from_io(err: std::io::Error, what: impl std::fmt::Display) -> Error {
         Io::AlreadyExists => ErrorKind::AlreadyExists,
         Io::InvalidInput | Io::InvalidData => ErrorKind::InvalidArgument,
         Io::TimedOut => ErrorKind::DeadlineExceeded,
+        Io::StorageFull | Io::QuotaExceeded | Io::OutOfMemory => ErrorKind::ResourceExhausted,
         _ => ErrorKind::Internal,
     };
     Error::new(kind, format!("{what}: {err}")).with_source(err)
@@ -126,5 +129,15 @@ mod tests {
         assert!(other.is_not_found() && other.find_cause::<ShimConnectionClosed>().is_none());
         let io = from_io(std::io::Error::from(std::io::ErrorKind::NotFound), "open x");
         assert!(io.is_not_found() && io.find_cause::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted() {
+        for errno in [nix::errno::Errno::ENOSPC, nix::errno::Errno::EDQUOT, nix::errno::Errno::ENOMEM] {
+            let error = from_errno(errno, "write /var/lib/crid/containers/c1/status");
+            assert_eq!(error.kind, ErrorKind::ResourceExhausted, "{errno}");
+            assert!(error.message.starts_with("write /var/lib/crid/containers/c1/status: "), "{}", error.message);
+        }
+        assert_eq!(from_errno(nix::errno::Errno::EIO, "write x").kind, ErrorKind::Internal);
     }
 }

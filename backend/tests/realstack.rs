@@ -1686,3 +1686,305 @@ async fn only_the_socket_and_a_loopback_stream_server_are_exposed() {
 async fn fuzzed_rpcs_get_typed_answers() {
     fuzz::fuzz_every_rpc().await;
 }
+
+/// The size of the tmpfs the full-disk test gives crid's `root_dir`: room for a few pods'
+/// files and checkpoints, small enough to fill in a moment.
+const SMALL_ROOT_DIR_BYTES: u64 = 4 << 20;
+
+/// Writes `path` until the filesystem refuses (ENOSPC); returns how many bytes went in.
+fn fill_until_full(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut written = 0u64;
+    // Large chunks first, then single pages, so that no free page is left over.
+    for chunk in [vec![0xa5u8; 256 << 10], vec![0x5au8; 4 << 10]] {
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("fill {}: {e}", path.display()),
+            }
+        }
+    }
+    written
+}
+
+/// The gRPC code of a reply (Ok for a success).
+fn code_of<T>(reply: &Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
+    reply.as_ref().map_or_else(|status| status.code(), |_| tonic::Code::Ok)
+}
+
+/// What verbose Status lists as quarantined (objects recovery could not load).
+async fn quarantined(cri: &mut Cri) -> Vec<serde_json::Value> {
+    let info = cri.runtime.status(StatusRequest { verbose: true }).await.unwrap().into_inner().info;
+    let text = info.get("quarantine").expect("verbose Status has a quarantine entry");
+    serde_json::from_str(text).unwrap()
+}
+
+/// Files under `dir` whose name says they are an unfinished atomic write.
+fn temp_files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(temp_files_under(&path));
+        } else if entry.file_name().to_string_lossy().contains(".tmp-") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// crid's `root_dir` (its status checkpoints and pod files) is a small tmpfs that fills up while
+/// pods run. Calls that must persist are refused with ResourceExhausted, and nothing is left
+/// half-done; calls that only read or remove keep working; a container that exits meanwhile
+/// keeps its acknowledged state until its exit can be recorded. crid neither panics nor wedges,
+/// a restart (SIGKILL) on the full disk recovers everything, and once space returns the refused
+/// calls succeed and a last restart finds every acknowledged object, nothing quarantined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn a_full_state_disk_refuses_typed_and_recovers() {
+    let stack = stack();
+    let mut crid = Cri::crid_with_small_root_dir(&stack, "disk", crid_binary(), SMALL_ROOT_DIR_BYTES).await;
+    let root = crid.dir.join("root");
+    let (pod, pod_id) = crid.busybox_pod("full").await;
+    let waiter = crid
+        .run_container(&pod_id, &pod, "waiter", &["sh", "-c", "while [ ! -f /tmp/go ]; do sleep 0.2; done; exit 5"])
+        .await;
+    let created = crid.create_container(&pod_id, &pod, "created", &["sh", "-c", "exit 3"]).await;
+    let doomed = crid.create_container(&pod_id, &pod, "doomed", &["true"]).await;
+
+    let filler = root.join("filler");
+    let filled = fill_until_full(&filler);
+    let free = nix::sys::statvfs::statvfs(&root).unwrap();
+    eprintln!("filled crid's root_dir with {filled} bytes; {} blocks free", free.blocks_available());
+
+    // Calls that must persist are refused, typed, and leave nothing behind.
+    let containerd_before = crid.ctr(&["containers", "ls", "-q"]);
+    let run =
+        RunPodSandboxRequest { config: Some(crid.pod_config(&unique("refused"))), runtime_handler: String::new() };
+    let refused_pod = crid.runtime.run_pod_sandbox(run.clone()).await;
+    assert_eq!(code_of(&refused_pod), tonic::Code::ResourceExhausted, "RunPodSandbox on a full disk: {refused_pod:?}");
+    let create = CreateContainerRequest {
+        pod_sandbox_id: pod_id.clone(),
+        config: Some(crid.container_config("refused", &["sh", "-c", "exit 9"])),
+        sandbox_config: Some(pod.clone()),
+    };
+    let refused_create = crid.runtime.create_container(create.clone()).await;
+    assert_eq!(
+        code_of(&refused_create),
+        tonic::Code::ResourceExhausted,
+        "CreateContainer on a full disk: {refused_create:?}"
+    );
+    let start = StartContainerRequest { container_id: created.clone() };
+    let refused_start = crid.runtime.start_container(start.clone()).await;
+    assert_eq!(
+        code_of(&refused_start),
+        tonic::Code::ResourceExhausted,
+        "StartContainer on a full disk: {refused_start:?}"
+    );
+    eprintln!(
+        "refused on the full disk: RunPodSandbox {:?}; CreateContainer {:?}; StartContainer {:?}",
+        refused_pod.unwrap_err().message(),
+        refused_create.unwrap_err().message(),
+        refused_start.unwrap_err().message()
+    );
+    assert_eq!(crid.ctr(&["containers", "ls", "-q"]), containerd_before, "a refused call leaves no containerd object");
+    assert_eq!(
+        crid.container_state(&created).await.0,
+        ContainerState::ContainerCreated,
+        "a refused start changes nothing"
+    );
+    // Removal needs no space, and frees some: fill that again.
+    crid.remove_container(&doomed).await;
+    fill_until_full(&root.join("filler2"));
+
+    // The waiter exits while its exit cannot be recorded: it stays as acknowledged (RUNNING),
+    // never a state that a restart could contradict.
+    assert_eq!(crid.exec(&waiter, &["touch", "/tmp/go"]).await.0, 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        crid.container_state(&waiter).await.0,
+        ContainerState::ContainerRunning,
+        "an exit not yet persisted is not served"
+    );
+
+    // A crash on the full disk: recovery finds every acknowledged object.
+    crid.kill9();
+    crid.spawn(crid_binary()).await;
+    let ids = |items: Vec<Container>| -> Vec<String> {
+        let mut ids: Vec<String> = items.into_iter().map(|c| c.id).collect();
+        ids.sort();
+        ids
+    };
+    let mut want = vec![waiter.clone(), created.clone()];
+    want.sort();
+    let listed = crid.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert_eq!(ids(listed), want, "containers after a restart on the full disk");
+    assert_eq!(crid.container_state(&created).await.0, ContainerState::ContainerCreated);
+    let pods = crid.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert_eq!(pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), vec![pod_id.as_str()]);
+    assert_eq!(quarantined(&mut crid).await, Vec::<serde_json::Value>::new(), "nothing quarantined on the full disk");
+    // Recovery reads the exit from the stopped task, which stays until the exit is persisted:
+    // a later restart decides the same.
+    assert_eq!(crid.container_state(&waiter).await, (ContainerState::ContainerExited, 5), "the exit, from the task");
+    assert!(crid.pid().is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()), "crid still runs");
+
+    // Space returns: the refused calls succeed, and the exit is recorded with its code.
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(root.join("filler2")).unwrap();
+    let new_pod = crid.runtime.run_pod_sandbox(run).await.unwrap().into_inner().pod_sandbox_id;
+    let new_container = crid.runtime.create_container(create).await.unwrap().into_inner().container_id;
+    crid.start_container(&new_container).await;
+    crid.start_container(&created).await;
+    assert_eq!(crid.wait_container_state(&created, ContainerState::ContainerExited).await, 3);
+    assert_eq!(crid.wait_container_state(&new_container, ContainerState::ContainerExited).await, 9);
+
+    // A last crash: everything acknowledged comes back as it was, nothing quarantined, no
+    // unfinished write left in the state directory.
+    crid.kill9();
+    crid.spawn(crid_binary()).await;
+    let mut want = vec![waiter.clone(), created.clone(), new_container.clone()];
+    want.sort();
+    let listed = crid.runtime.list_containers(ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert_eq!(ids(listed), want, "containers after space returned and a restart");
+    assert_eq!(crid.container_state(&waiter).await, (ContainerState::ContainerExited, 5));
+    assert_eq!(crid.container_state(&created).await, (ContainerState::ContainerExited, 3));
+    assert_eq!(crid.container_state(&new_container).await, (ContainerState::ContainerExited, 9));
+    let mut pods: Vec<String> = crid
+        .runtime
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    pods.sort();
+    let mut want_pods = vec![pod_id.clone(), new_pod.clone()];
+    want_pods.sort();
+    assert_eq!(pods, want_pods);
+    assert_eq!(quarantined(&mut crid).await, Vec::<serde_json::Value>::new(), "nothing quarantined");
+    assert_eq!(temp_files_under(&root), Vec::<PathBuf>::new(), "no unfinished write left behind");
+    let log = crid.log();
+    assert!(!log.contains("panicked"), "crid panicked:\n{log}");
+
+    crid.remove_pod(&pod_id).await;
+    crid.remove_pod(&new_pod).await;
+    crid.assert_no_leaks();
+}
+
+/// Pods (each with one running container) the memory test runs and removes;
+/// `CRID_BURST_PODS` overrides it.
+const BURST_PODS: usize = 40;
+/// How many of them are in flight at once, as kubelet's workers would be;
+/// `CRID_BURST_CONCURRENCY` overrides it.
+const BURST_CONCURRENCY: usize = 8;
+/// The ExecSync output each pod of the burst asks for, in MiB, so that reply buffers are part
+/// of the load; `CRID_BURST_EXEC_MIB` overrides it.
+const BURST_EXEC_OUTPUT_MIB: usize = 1;
+/// How far above its level before the burst crid's resident memory may stay once every pod
+/// of the burst is gone.
+const RSS_RETURN_BOUND_KIB: u64 = 30 * 1024;
+
+/// A field of /proc/PID/status in KiB: `VmRSS` (resident memory) or `RssAnon` (its part that
+/// is not mapped from files: the heap, stacks).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.split(':').next() == Some(field)).expect("the field in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS")
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).map_or(default, |text| text.parse().unwrap_or_else(|_| panic!("{name}={text}")))
+}
+
+/// One pod of the burst: runs it with a container, execs in it (a line, then
+/// BURST_EXEC_OUTPUT_MIB of output), then stops and removes it.
+async fn burst_pod(
+    cri: &Cri,
+    mut runtime: runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    name: String,
+) {
+    let pod = cri.pod_config(&name);
+    let request = RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() };
+    let pod_id = runtime.run_pod_sandbox(request).await.unwrap().into_inner().pod_sandbox_id;
+    let create = CreateContainerRequest {
+        pod_sandbox_id: pod_id.clone(),
+        config: Some(cri.container_config("app", &["sh", "-c", "while true; do echo tick; sleep 1; done"])),
+        sandbox_config: Some(pod),
+    };
+    let id = runtime.create_container(create).await.unwrap().into_inner().container_id;
+    runtime.start_container(StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    let exec = ExecSyncRequest { container_id: id.clone(), cmd: vec!["echo".into(), "hi".into()], timeout: 10 };
+    assert_eq!(runtime.exec_sync(exec).await.unwrap().into_inner().stdout, b"hi\n");
+    let output_mib = env_usize("CRID_BURST_EXEC_MIB", BURST_EXEC_OUTPUT_MIB);
+    if output_mib > 0 {
+        let dd = format!("dd if=/dev/zero bs=1048576 count={output_mib} 2>/dev/null");
+        let exec = ExecSyncRequest { container_id: id, cmd: vec!["sh".into(), "-c".into(), dd], timeout: 30 };
+        assert_eq!(runtime.exec_sync(exec).await.unwrap().into_inner().stdout.len(), output_mib << 20);
+    }
+    runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() }).await.unwrap();
+    runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod_id }).await.unwrap();
+}
+
+/// After a burst of pods is created and removed, crid's resident memory comes back to within
+/// RSS_RETURN_BOUND_KIB of its level before the burst: nothing per pod stays behind, and what
+/// the allocator keeps for reuse is bounded. `CRID_BURST_PODS`, `CRID_BURST_CONCURRENCY` and
+/// `CRID_BURST_EXEC_MIB` make the burst larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn memory_returns_after_a_burst() {
+    let stack = stack();
+    let mut crid = Cri::crid_with_log(&stack, "rss", crid_binary(), "info").await;
+    let pid = crid.pid().unwrap();
+    let busybox = crid.image("busybox:latest");
+    crid.pull(&busybox).await;
+    // One pod first, so that what is allocated once (the sandbox image, CNI, the stream server)
+    // counts in the level before the burst.
+    burst_pod(&crid, crid.runtime.clone(), unique("warm")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_kib = rss_kib(pid);
+    let anon_before_kib = proc_status_kib(pid, "RssAnon");
+    let (burst_pods, concurrency) =
+        (env_usize("CRID_BURST_PODS", BURST_PODS), env_usize("CRID_BURST_CONCURRENCY", BURST_CONCURRENCY));
+
+    let crid = std::sync::Arc::new(crid);
+    let started = Instant::now();
+    let mut peak_kib = before_kib;
+    for wave in 0..burst_pods.div_ceil(concurrency) {
+        let mut pods = Vec::new();
+        for n in 0..concurrency.min(burst_pods - wave * concurrency) {
+            let crid = crid.clone();
+            let name = unique(&format!("burst{wave}x{n}"));
+            pods.push(tokio::spawn(async move { burst_pod(&crid, crid.runtime.clone(), name).await }));
+        }
+        for pod in pods {
+            pod.await.unwrap();
+        }
+        peak_kib = peak_kib.max(rss_kib(pid));
+    }
+    let burst = started.elapsed();
+    let mut crid = std::sync::Arc::into_inner(crid).unwrap();
+    let pods = crid.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert!(pods.is_empty(), "the burst's pods are gone: {pods:?}");
+    // A few reconcile periods (2 s) for what runs after a removal.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after_kib = rss_kib(pid);
+    let anon_after_kib = proc_status_kib(pid, "RssAnon");
+    eprintln!(
+        "crid RSS: {before_kib} KiB before {burst_pods} pods ({concurrency} at a time, {burst:.1?}), peak \
+         {peak_kib} KiB, {after_kib} KiB after they were removed (anonymous: {anon_before_kib} -> {anon_after_kib} KiB)"
+    );
+    assert!(
+        after_kib <= before_kib + RSS_RETURN_BOUND_KIB,
+        "crid's RSS stays at {after_kib} KiB after the burst, {before_kib} KiB before it"
+    );
+    crid.assert_no_leaks();
+}

@@ -119,6 +119,7 @@ impl Checker {
         self.check_no_duplicate_work();
         self.check_kubelet_view(&snapshot);
         self.check_gone_tasks_recorded(&snapshot);
+        self.check_exited_containers_have_no_running_task(&snapshot);
         for (object, detail) in self.oracle.check(&snapshot) {
             self.fail("oracle: acknowledged state", &object, detail);
         }
@@ -338,13 +339,14 @@ impl Checker {
             if state == Cri::ContainerExited
                 && status.reason != REASON_START_ERROR
                 && status.reason != REASON_UNKNOWN
-                && let Some(exit) = self.world.containerd.task_exit(&status.id)
+                && let Some(end) = self.world.containerd.task_exit(&status.id)
             {
-                if (status.reason == REASON_OOM_KILLED) != exit.oom_killed {
+                let exit = end.exit;
+                if (status.reason == REASON_OOM_KILLED) != end.oom_killed {
                     self.fail(
                         "23 OOMKilled iff OOM-killed",
                         &object,
-                        format!("reason {:?}, but the task was OOM-killed: {}", status.reason, exit.oom_killed),
+                        format!("reason {:?}, but the task was OOM-killed: {}", status.reason, end.oom_killed),
                     );
                 }
                 if status.exit_code != exit.exit_code as i32 {
@@ -455,6 +457,29 @@ impl Checker {
                         now_ms - first_ms,
                         if kind == "sandbox" { "READY" } else { "RUNNING" }
                     ),
+                );
+            }
+        }
+    }
+
+    /// Invariant 31: an EXITED container has no running task, unless the service holds work for it (a
+    /// failed start whose task delete waits in the backoff queue): kubelet takes EXITED for
+    /// "the process is gone" and starts the next attempt beside it (B32).
+    fn check_exited_containers_have_no_running_task(&self, snapshot: &StateSnapshot) {
+        let containerd = &self.world.containerd;
+        if !containerd.is_up() {
+            return;
+        }
+        let tasks = containerd.tasks();
+        for container in snapshot.containers.iter().filter(|c| c.state == ContainerState::Exited) {
+            let Some(task) = tasks.get(&container.id) else { continue };
+            if matches!(task.state, TaskState::Running | TaskState::Paused | TaskState::Pausing)
+                && !snapshot.events_pending.contains(&container.id)
+            {
+                self.fail(
+                    "31 EXITED container has no running task",
+                    &format!("container {}", short(&container.id)),
+                    format!("its task is {:?} and the service holds no work for it", task.state),
                 );
             }
         }

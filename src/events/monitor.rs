@@ -96,6 +96,9 @@ impl CriService {
         if container.id != *id {
             return Ok(()); // A prefix match is not this task.
         }
+        // Read only while the exit is unrecorded: once recorded, the task may be deleted and
+        // its cgroup gone.
+        let oom_killed = container.status().finished_at_ns == 0 && self.oom_killed_at_exit(id.as_str()).await?;
         let recorded = self
             .update_container_status(&container, |status| {
                 if status.finished_at_ns != 0 {
@@ -108,7 +111,7 @@ impl CriService {
                 }
                 status.finished_at_ns = exit.exited_at_ns.max(status.started_at_ns).max(1);
                 status.exit_code = exit.exit_code as i32;
-                if exit.oom_killed {
+                if oom_killed {
                     // The exit's own account of the OOM: the bus's TaskOOM event may never come.
                     status.reason = crate::store::container::REASON_OOM_KILLED.to_string();
                 }
@@ -164,6 +167,22 @@ impl CriService {
             self.send_container_event(id.as_str(), id, ContainerEventType::ContainerStoppedEvent);
         }
         Ok(())
+    }
+
+    /// Whether the OOM killer ended the task, decided from its cgroup's OOM kill count, which
+    /// the exit leaves readable until the task is deleted. The exit path's own source besides
+    /// the bus's TaskOOM event, which may be lost or come after the exit is recorded (B28).
+    /// A task already deleted leaves only the bus to say so. Any other failure is returned:
+    /// the exit is handled again from the backoff queue rather than recorded without its OOM.
+    pub(crate) async fn oom_killed_at_exit(&self, id: &str) -> Result<bool> {
+        match self.backends.containerd.task_metrics(id).await {
+            Ok(metrics) => Ok(metrics.oom_kills > 0),
+            Err(error) if error.is_not_found() => {
+                cov_mark::hit!(oom_kill_count_gone_with_task);
+                Ok(false)
+            }
+            Err(error) => Err(error.context("read the exited task's OOM kill count")),
+        }
     }
 
     async fn handle_oom(self: &Arc<Self>, id: &ContainerId) -> Result<()> {

@@ -238,17 +238,11 @@ pub enum TaskState {
 pub struct ExitStatus {
     pub exit_code: u32,
     pub exited_at_ns: i64,
-    /// The task's cgroup counted an OOM kill (cgroup v2 `memory.events` `oom_kill`, v1
-    /// `memory.oom_control`), read before the task was deleted. The exit path's own source for
-    /// the OOM: the bus's TaskOOM event may be lost, and then the reason would say `Error`.
-    #[serde(default)]
-    pub oom_killed: bool,
 }
 
 impl ExitStatus {
-    /// An exit with no OOM kill.
     pub fn new(exit_code: u32, exited_at_ns: i64) -> Self {
-        ExitStatus { exit_code, exited_at_ns, oom_killed: false }
+        ExitStatus { exit_code, exited_at_ns }
     }
 }
 
@@ -269,6 +263,11 @@ pub struct TaskMetrics {
     pub memory_rss_bytes: u64,
     pub memory_page_faults: u64,
     pub memory_major_page_faults: u64,
+    /// How many processes of the task's cgroup the OOM killer ended (cgroup v2 `memory.events`
+    /// `oom_kill`, v1 `memory.oom_control`). The cgroup outlives the exit until the task is
+    /// deleted, so the exit path reads it there: its own source for OOMKilled besides the bus's
+    /// TaskOOM event, which may be lost.
+    pub oom_kills: u64,
 }
 
 /// An exec process: the command and how much output to keep.

@@ -15,7 +15,7 @@ use crate::ports::{
     ContainerRecord, EXTENSION_CONTAINER_METADATA, ExitStatus, KIND_CONTAINER, LABEL_KIND, LeasePurpose, TaskIo,
 };
 use crate::rpc::sandbox_run::{ROLLBACK_TIMEOUT, ignore_not_found};
-use crate::service::CriService;
+use crate::service::{CriService, OperationRequest};
 use crate::spec::{ContainerSpecInput, SpecPolicy, container_spec};
 use crate::store::container::{EXIT_CODE_START_ERROR, REASON_START_ERROR};
 use crate::store::{
@@ -70,8 +70,12 @@ impl CriService {
         let name = container_name(&metadata, &pod);
         let service = self.clone();
         let create_name = name.clone();
+        let asked = OperationRequest::Container {
+            sandbox_id: request.pod_sandbox_id.clone(),
+            config: Box::new(config.clone()),
+        };
         let id = self
-            .run_named_operation(format!("container/{name}"), async move {
+            .run_named_operation(format!("container/{name}"), asked, async move {
                 service.create_container_steps(sandbox, create_name, config).await
             })
             .await?;

@@ -171,7 +171,7 @@ impl CriService {
         let id = &container.id;
         // Persist the status as served before the task goes: recovery may have served an exit
         // it could not write yet, and without the task a restart would decide differently.
-        self.update_container_status(container, |_| true).await?;
+        self.persist_served_status(container).await?;
         // A task can outlive the exit handling (recovery keeps a stopped task until the status is
         // persisted; a delete may have completed late): it must go before the container.
         ignore_not_found(self.backends.containerd.delete_task(id.as_str()).await.map(|_| ()))

@@ -16,7 +16,7 @@ use crate::naming::{sandbox_name, sorted, validate_sandbox_metadata};
 use crate::ports::{
     ContainerRecord, EXTENSION_SANDBOX_METADATA, KIND_SANDBOX, LABEL_KIND, LeasePurpose, PodNetwork, TaskIo,
 };
-use crate::service::CriService;
+use crate::service::{CriService, OperationRequest};
 use crate::spec::{SandboxSpecInput, host_network, sandbox_spec};
 use crate::store::{Sandbox, SandboxMetadata, SandboxState, SandboxStatus, encode_message};
 
@@ -114,8 +114,11 @@ impl CriService {
         let service = self.clone();
         let operation_name = format!("sandbox/{name}");
         let run_name = name.clone();
-        let id = self
-            .run_named_operation(operation_name, async move { service.run_sandbox(run_name, config, handler).await })
+        let asked = OperationRequest::Sandbox { config: Box::new(config.clone()), runtime_handler: handler.clone() };
+        let id =
+            self.run_named_operation(operation_name, asked, async move {
+                service.run_sandbox(run_name, config, handler).await
+            })
             .await?;
         Ok(RunPodSandboxResponse { pod_sandbox_id: id })
     }

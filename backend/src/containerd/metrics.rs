@@ -123,6 +123,7 @@ pub fn decode(type_url: &str, value: &[u8], timestamp_ns: i64) -> Result<TaskMet
                 memory_rss_bytes: memory.total_rss,
                 memory_page_faults: memory.total_pg_fault,
                 memory_major_page_faults: memory.total_pg_maj_fault,
+                oom_kills: m.memory_oom_control.map_or(0, |control| control.oom_kill),
             })
         }
         CGROUPS_V2_TYPE => {
@@ -136,19 +137,9 @@ pub fn decode(type_url: &str, value: &[u8], timestamp_ns: i64) -> Result<TaskMet
                 memory_rss_bytes: memory.anon,
                 memory_page_faults: memory.pgfault,
                 memory_major_page_faults: memory.pgmajfault,
+                oom_kills: m.memory_events.map_or(0, |events| events.oom_kill),
             })
         }
-        other => Err(Error::unimplemented(format!("unknown metrics type {other:?}"))),
-    }
-}
-
-/// How many OOM kills the cgroup statistics count (0 when they do not say).
-pub fn oom_kills(type_url: &str, value: &[u8]) -> Result<u64> {
-    let name = type_url.rsplit('/').next().unwrap_or(type_url);
-    let bad = |e: prost::DecodeError| Error::internal(format!("decode {name}: {e}"));
-    match name {
-        CGROUPS_V1_TYPE => Ok(V1Metrics::decode(value).map_err(bad)?.memory_oom_control.map_or(0, |m| m.oom_kill)),
-        CGROUPS_V2_TYPE => Ok(V2Metrics::decode(value).map_err(bad)?.memory_events.map_or(0, |m| m.oom_kill)),
         other => Err(Error::unimplemented(format!("unknown metrics type {other:?}"))),
     }
 }
@@ -179,10 +170,10 @@ mod tests {
     #[test]
     fn oom_kills_come_from_memory_events_or_oom_control() {
         let v2 = V2Metrics { memory_events: Some(V2MemoryEvents { oom_kill: 2 }), ..Default::default() };
-        assert_eq!(oom_kills(CGROUPS_V2_TYPE, &v2.encode_to_vec()).unwrap(), 2);
+        assert_eq!(decode(CGROUPS_V2_TYPE, &v2.encode_to_vec(), 1).unwrap().oom_kills, 2);
         let v1 = V1Metrics { memory_oom_control: Some(V1MemoryOomControl { oom_kill: 1 }), ..Default::default() };
-        assert_eq!(oom_kills(&format!("types/{CGROUPS_V1_TYPE}"), &v1.encode_to_vec()).unwrap(), 1);
-        assert_eq!(oom_kills(CGROUPS_V2_TYPE, &V2Metrics::default().encode_to_vec()).unwrap(), 0);
-        assert!(oom_kills("io.example.Other", &[]).is_err());
+        assert_eq!(decode(&format!("types/{CGROUPS_V1_TYPE}"), &v1.encode_to_vec(), 1).unwrap().oom_kills, 1);
+        assert_eq!(decode(CGROUPS_V2_TYPE, &V2Metrics::default().encode_to_vec(), 1).unwrap().oom_kills, 0);
+        assert!(decode("io.example.Other", &[], 1).is_err());
     }
 }

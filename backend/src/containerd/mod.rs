@@ -255,24 +255,6 @@ impl RealContainerd {
         Ok(exit_status(response.exit_status, response.exited_at.as_ref()))
     }
 
-    /// Whether the task's cgroup counted an OOM kill, from the shim's cgroup statistics. Asked
-    /// after the exit and before the delete, while the cgroup still exists. Unreadable
-    /// statistics count as no OOM (the bus's TaskOOM event may still say so).
-    async fn oom_killed(&self, id: &str) -> bool {
-        let request = MetricsRequest { filters: vec![format!("id=={id}")] };
-        let kills = grpc(self.tasks().metrics(self.req(request)).await).and_then(|response| {
-            let data = response.metrics.into_iter().find(|m| m.id == id).and_then(|m| m.data);
-            data.map_or(Ok(0), |data| metrics::oom_kills(&data.type_url, &data.value))
-        });
-        match kills {
-            Ok(kills) => kills > 0,
-            Err(error) => {
-                tracing::debug!(id, %error, "cgroup statistics unreadable after the exit; no OOM assumed");
-                false
-            }
-        }
-    }
-
     async fn kill_process(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let request = KillRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), signal, all };
         let result = grpc(self.tasks().kill(self.req(request)).await).map(|_| ());
@@ -515,9 +497,7 @@ impl Containerd for RealContainerd {
 
     async fn wait_task(&self, id: &str) -> Result<ExitStatus> {
         self.io.reattach(id);
-        let mut exit = self.wait_process(id, "").await?;
-        exit.oom_killed = self.oom_killed(id).await;
-        Ok(exit)
+        self.wait_process(id, "").await
     }
 
     async fn task_info(&self, id: &str) -> Result<TaskInfo> {
@@ -529,11 +509,7 @@ impl Containerd for RealContainerd {
         if matches!(state, TaskState::Running | TaskState::Created | TaskState::Paused) {
             self.io.reattach(id);
         }
-        let mut exit =
-            (state == TaskState::Stopped).then(|| exit_status(process.exit_status, process.exited_at.as_ref()));
-        if let Some(exit) = exit.as_mut() {
-            exit.oom_killed = self.oom_killed(id).await;
-        }
+        let exit = (state == TaskState::Stopped).then(|| exit_status(process.exit_status, process.exited_at.as_ref()));
         Ok(TaskInfo { pid: process.pid, state, exit })
     }
 

@@ -247,24 +247,53 @@ impl Cri {
 
     /// `crid` with a given `log_level` (a tracing filter).
     pub async fn crid_with_log(stack: &Stack, name: &str, binary: &Path, log_level: &str) -> Cri {
-        Cri::crid_with(stack, name, binary, log_level, "", &stack.registry_config_path).await
+        Cri::crid_with(stack, name, binary, log_level, "", &stack.registry_config_path, None).await
+    }
+
+    /// `crid` whose `root_dir` (status checkpoints, pod files) is a tmpfs of `size_bytes`, so a
+    /// test can fill it. Dropping the `Cri` unmounts it.
+    pub async fn crid_with_small_root_dir(stack: &Stack, name: &str, binary: &Path, size_bytes: u64) -> Cri {
+        let hosts = &stack.registry_config_path;
+        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", "", hosts, Some(size_bytes)).await
     }
 
     /// `crid` with TOML lines added to its `[cri]` table (top-level keys of the CRI config).
     pub async fn crid_with_cri_config(stack: &Stack, name: &str, binary: &Path, cri_lines: &str) -> Cri {
-        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", cri_lines, &stack.registry_config_path).await
+        let hosts = &stack.registry_config_path;
+        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", cri_lines, hosts, None).await
     }
 
     /// `crid` reading registry hosts (`<host>/hosts.toml`) from `hosts_dir` instead of the stack's.
     pub async fn crid_with_registry_hosts(stack: &Stack, name: &str, binary: &Path, hosts_dir: &Path) -> Cri {
         let hosts = hosts_dir.to_string_lossy();
-        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", "", &hosts).await
+        Cri::crid_with(stack, name, binary, "info,crid_backend=debug", "", &hosts, None).await
     }
 
-    async fn crid_with(stack: &Stack, name: &str, binary: &Path, log_level: &str, cri_lines: &str, hosts: &str) -> Cri {
+    async fn crid_with(
+        stack: &Stack,
+        name: &str,
+        binary: &Path,
+        log_level: &str,
+        cri_lines: &str,
+        hosts: &str,
+        root_disk_bytes: Option<u64>,
+    ) -> Cri {
         // Short base path: the socket path must fit in sun_path.
         let dir = PathBuf::from("/tmp").join(unique(&format!("crid-it-{name}")));
         std::fs::create_dir_all(&dir).unwrap();
+        if let Some(size_bytes) = root_disk_bytes {
+            let root = dir.join("root");
+            std::fs::create_dir_all(&root).unwrap();
+            let options = format!("size={size_bytes},mode=0700");
+            nix::mount::mount(
+                Some("crid-root"),
+                &root,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(options.as_str()),
+            )
+            .unwrap_or_else(|e| panic!("mount a tmpfs on {}: {e}", root.display()));
+        }
         let namespace = unique(&format!("it-{name}"));
         let config = format!(
             r#"

@@ -386,16 +386,19 @@ async fn same_container_name_is_reserved() {
     busybox_id(&node).await;
     let pod = node.run_pod("names").await;
     let first = node.create(&pod, "names", "c", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    // The same request again is a retry whose answer may have been lost: it gets the original.
+    let again = node.create(&pod, "names", "c", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    assert_eq!(again, first, "an identical retry gets the original id");
     let error = node
         .svc
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(container_config("c", BUSYBOX_IMAGE, &["sleep", "inf"])),
+            config: Some(container_config("c", BUSYBOX_IMAGE, &["sleep", "1"])),
             sandbox_config: Some(pod_config("names")),
         })
         .await
         .unwrap_err();
-    assert_eq!(error.kind, ErrorKind::AlreadyExists, "{error}");
+    assert_eq!(error.kind, ErrorKind::AlreadyExists, "a different request under the name: {error}");
     assert!(error.message.contains("is reserved for") && error.message.contains(&first), "{}", error.message);
     assert_eq!(node.list_containers(None).await.len(), 1);
     let mut retry = container_config("c", BUSYBOX_IMAGE, &["sleep", "inf"]);
@@ -463,6 +466,37 @@ async fn remove_running_container_force_stops_it() {
         "only the pause shim is left: {:?}",
         node.world.containerd.shims()
     );
+}
+
+/// On a full disk, calls that must persist are refused with ResourceExhausted, while removal,
+/// which only frees space, still works when the checkpoint already holds the served status.
+#[madsim::test]
+async fn a_full_disk_refuses_writes_but_not_removal() {
+    let node = Node::start().await;
+    let (pod, exited) = node.pod_with_running("full", &["sleep", "inf"]).await;
+    node.stop_container(&exited, 0).await;
+    let created = node.create(&pod, "full", "created", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    let kept = node.create(&pod, "full", "kept", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+
+    node.world.os.set_disk_full(true);
+    let start = node.svc.start_container(StartContainerRequest { container_id: kept.clone() }).await;
+    assert_eq!(err_kind(start), ErrorKind::ResourceExhausted);
+    assert_eq!(node.container_state(&kept).await, ContainerState::ContainerCreated, "a refused start changes nothing");
+    let create = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config("refused", BUSYBOX_IMAGE, &["sleep", "inf"])),
+        sandbox_config: Some(pod_config("full")),
+    };
+    assert_eq!(err_kind(node.svc.create_container(create).await), ErrorKind::ResourceExhausted);
+    node.remove_container(&exited).await;
+    node.remove_container(&created).await;
+    assert_eq!(sorted_ids(node.list_containers(None).await.into_iter().map(|c| c.id)), vec![kept.clone()]);
+    assert_eq!(node.leaks_of(&exited), Vec::<String>::new());
+    assert_eq!(node.leaks_of(&created), Vec::<String>::new());
+
+    node.world.os.set_disk_full(false);
+    node.start_container(&kept).await;
+    assert_eq!(node.container_state(&kept).await, ContainerState::ContainerRunning);
 }
 
 /// Stop and Remove are idempotent and accept ids that do not exist (B18); Stop of a container
@@ -966,6 +1000,43 @@ async fn failed_exit_handling_is_retried_with_backoff() {
     assert!(!node.world.containerd.tasks().contains_key(&id), "the task was finally deleted");
     assert!(!node.world.containerd.shims().contains(&id), "and its shim reaped");
     assert_eq!(node.container_status(&id).await.exit_code, 9, "replays do not change the recorded exit");
+}
+
+/// OOMKilled is decided by the exit path from the task's cgroup (its metrics' OOM kill count,
+/// read before the task delete), not only from the bus (B28): with the TaskOOM event dropped
+/// and the first two metrics reads failing, the exit waits in the backoff queue and is then
+/// recorded as OOMKilled. A container whose task is deleted before its exit is handled has no
+/// count to read, and only then is the bus its one source.
+#[madsim::test]
+async fn oom_reason_comes_from_the_task_cgroup_when_the_bus_drops_it() {
+    cov_mark::check!(exit_handling_failed_retry_queued);
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("oom", &["sleep", "inf"]).await;
+    // The first event of this task on the bus is its TaskOOM (published before the exit).
+    node.faults.push(FaultSite::ContainerdEvent, Some(&id), FaultAction::Fail(ErrorKind::Internal, "dropped".into()));
+    node.faults.push_n(
+        FaultSite::ContainerdTaskMetrics,
+        Some(&id),
+        FaultAction::Fail(ErrorKind::Unavailable, "injected: containerd restarting".into()),
+        2,
+    );
+    assert!(node.world.containerd.oom_task_now(&id));
+    sleep(Duration::from_millis(500)).await;
+    let status = node.container_status(&id).await;
+    assert_eq!(
+        status.state,
+        ContainerState::ContainerRunning as i32,
+        "no exit is recorded while the OOM kill count is unreadable"
+    );
+    assert!(node.world.containerd.tasks().contains_key(&id), "and the task, with its cgroup, is kept");
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(node.faults.pending(), 0, "every injected failure was hit");
+    let status = node.container_status(&id).await;
+    assert_eq!(
+        (status.state, status.exit_code, status.reason.as_str()),
+        (ContainerState::ContainerExited as i32, 137, "OOMKilled")
+    );
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the task is deleted after the exit is recorded");
 }
 
 /// A task delete that did its work but reported an error (B5): the exit is recorded once, the

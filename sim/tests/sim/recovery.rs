@@ -483,3 +483,50 @@ async fn interrupted_start_is_a_start_error() {
     assert_eq!(node.container_state(&replacement).await, ContainerState::ContainerRunning);
     assert!(node.svc.snapshot().sandboxes.iter().all(|s| s.state != SandboxState::Unknown));
 }
+
+/// A start whose task started although containerd answered an error, whose rollback delete
+/// failed, and whose retried delete died with the process (B32, found by the real-stack soak):
+/// the recovered container stays EXITED with StartError, as kubelet was told, and recovery
+/// deletes the task, killing it; it is never served as UNKNOWN over a running task.
+#[madsim::test]
+async fn a_failed_start_whose_task_runs_is_finished_by_recovery() {
+    cov_mark::check!(failed_start_task_deleted_at_recovery);
+    let (world, faults) = world(23);
+    let (pod, id) = in_process(world.clone(), faults.clone(), |node| async move {
+        node.pull(BUSYBOX_IMAGE).await;
+        let pod = node.run_pod("b32").await;
+        let id = node.create(&pod, "b32", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+        node.faults.push(
+            FaultSite::ContainerdStartTask,
+            Some(&id),
+            FaultAction::FailAfter(ErrorKind::Unavailable, "injected: started, then the connection was lost".into()),
+        );
+        // The rollback's delete and every retry fail until the crash.
+        node.faults.push_n(
+            FaultSite::ContainerdDeleteTask,
+            Some(&id),
+            FaultAction::Fail(ErrorKind::Unavailable, "injected: containerd is restarting".into()),
+            100,
+        );
+        let error =
+            node.svc.start_container(StartContainerRequest { container_id: id.clone() }).await.expect_err("start");
+        assert_eq!(error.kind, ErrorKind::Unavailable, "{error}");
+        sleep(Duration::from_secs(5)).await;
+        (pod, id)
+    })
+    .await;
+    assert_eq!(world.containerd.tasks()[&id].state, TaskState::Running, "the failed start's task outlived the crash");
+    faults.clear();
+
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    let status = node.container_status(&id).await;
+    assert_eq!(
+        (status.state, status.exit_code, status.reason.as_str()),
+        (ContainerState::ContainerExited as i32, 128, "StartError"),
+        "{status:?}"
+    );
+    assert!(!world.containerd.tasks().contains_key(&id), "recovery deleted the failed start's task");
+    assert!(!world.containerd.shims().contains(&id), "and its shim is gone");
+    node.remove_container(&id).await;
+    assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady);
+}

@@ -304,9 +304,12 @@ async fn sandbox_reads_of_unknown_ids() {
 async fn same_sandbox_name_is_reserved() {
     let node = Node::start().await;
     let first = node.run_pod("dup").await;
+    assert_eq!(node.run_pod("dup").await, first, "an identical retry gets the original id");
+    let mut different = pod_config("dup");
+    different.labels = labels(&[("changed", "yes")]);
     let error = node
         .svc
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("dup")), ..Default::default() })
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(different), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(error.kind, ErrorKind::AlreadyExists, "{error}");
@@ -470,11 +473,45 @@ async fn concurrent_runs_of_one_pod_share_the_operation() {
     assert_eq!(first, second, "the retry joined the running operation");
     assert_eq!(node.list_pods(None).await.len(), 1);
     assert_eq!(node.world.cni.allocations().len(), 1);
-    assert!(node.svc.snapshot().operations.is_empty(), "delivered results are forgotten");
-    // Acknowledged: a later call with the name is a new request and is refused.
-    let later =
-        node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("slow")), ..Default::default() }).await;
+    assert!(node.svc.snapshot().operations.is_empty(), "nothing runs any more");
+    assert_eq!(node.svc.snapshot().undelivered, vec!["sandbox/slow_default_uid-slow_0".to_string()]);
+    // A later call asking for something else under the name is refused.
+    let mut different = pod_config("slow");
+    different.annotations = labels(&[("changed", "yes")]);
+    let later = node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(different), ..Default::default() }).await;
     assert_eq!(err_kind(later), ErrorKind::AlreadyExists);
+    // Removing the pod forgets the kept result: the name is free for a new request.
+    node.stop_pod(&first).await;
+    node.svc.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: first.clone() }).await.unwrap();
+    assert!(node.svc.snapshot().undelivered.is_empty());
+    assert_ne!(node.run_pod("slow").await, first);
+}
+
+/// A reply that leaves the service as the caller's deadline passes is lost on the way, and the
+/// service cannot tell: the retry of the same request still gets the original id, and a
+/// different request under the name joins nothing (it meets the reservation).
+#[madsim::test]
+async fn a_retry_after_a_lost_reply_gets_the_original() {
+    cov_mark::check!(different_request_under_a_reserved_name);
+    let node = Node::start().await;
+    node.pull(PAUSE_IMAGE).await;
+    node.faults.push(FaultSite::CniSetup, None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(5)));
+    let svc = node.svc.clone();
+    let first = tokio::spawn(async move {
+        svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("lost")), ..Default::default() }).await
+    });
+    sleep(Duration::from_secs(1)).await;
+    let mut different = pod_config("lost");
+    different.labels = labels(&[("changed", "yes")]);
+    let during = node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(different), ..Default::default() }).await;
+    assert_eq!(err_kind(during), ErrorKind::AlreadyExists, "a different request does not join");
+    // The first answer is received by the handler and then dropped, as a reply is that meets
+    // its deadline on the wire.
+    let delivered = first.await.unwrap().unwrap().pod_sandbox_id;
+    drop(delivered);
+    let retried = node.run_pod("lost").await;
+    assert_eq!(node.list_pods(None).await.len(), 1);
+    assert_eq!(retried, node.list_pods(None).await[0].id);
 }
 
 /// A caller that gives up (kubelet's deadline) does not cut the run in half: it finishes, and

@@ -109,3 +109,14 @@ fn regression_b25_exec_start_failed_but_applied() {
 fn regression_swarm_create_already_applied() {
     check_seeds("swarm", vec![83, 114]);
 }
+
+/// A reply lost to the caller's deadline (B12): a CreateContainer slowed past kubelet's deadline
+/// by slow checkpoint writes finished in the instant the first retry's deadline passed, so the
+/// retry's handler received the id and its reply was dropped. The service took the result as
+/// delivered and forgot it, and the second retry got "name is reserved" while the name's holder
+/// was the CREATED container it had asked for (invariant 28). Successes are now kept until the
+/// object is removed.
+#[test]
+fn regression_b12_reply_lost_at_the_deadline() {
+    check_seeds(concat!(env!("CARGO_MANIFEST_DIR"), "/mutants/scenarios/rollback_names.toml"), vec![21]);
+}

@@ -48,6 +48,7 @@ pub use self::content::FetchPlan;
 pub use self::events::EVENT_BUFFER;
 pub use self::images::Holdings;
 pub use self::snapshots::{ACTIVE_SNAPSHOT_BYTES, SnapshotInfo, SnapshotKind};
+pub use self::tasks::TaskEnd;
 pub use self::tasks::{ExecInfo, TaskStdin};
 pub use super::registry::chain_ids;
 
@@ -65,7 +66,7 @@ struct State {
     /// How the init of each deleted task ended (when it ended before its delete), by container
     /// id: what the oracle compares a container's recorded exit (code, OOM) with after the task
     /// is gone.
-    deleted_exits: BTreeMap<String, ExitStatus>,
+    deleted_exits: BTreeMap<String, tasks::TaskEnd>,
     /// Container ids with a live shim: created with the task, reaped by delete_task.
     shims: BTreeSet<String>,
     next_pid: u32,

@@ -113,6 +113,8 @@ pub(super) struct Task {
     pub(super) created_with: Resources,
     pub(super) log_reopens: u32,
     pub(super) stdin: TaskStdin,
+    /// The cgroup's OOM kill count (its metrics report it until the task is deleted).
+    pub(super) oom_kills: u64,
 }
 
 impl Task {
@@ -124,6 +126,18 @@ impl Task {
     pub(super) fn exited(&self) -> bool {
         self.init.exit.is_some()
     }
+
+    fn end(&self) -> Option<TaskEnd> {
+        self.init.exit.map(|exit| TaskEnd { exit, oom_killed: self.oom_kills > 0 })
+    }
+}
+
+/// How a task's init ended, as only the fake knows it: the exit, and whether the OOM killer
+/// caused it (what the exit path must find out for itself, from the task's metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskEnd {
+    pub exit: ExitStatus,
+    pub oom_killed: bool,
 }
 
 impl FakeContainerd {
@@ -155,11 +169,12 @@ impl FakeContainerd {
         if task.exited() {
             return;
         }
-        task.init.finish(ExitStatus { exit_code: code, exited_at_ns: at_ns, oom_killed: oom });
+        task.init.finish(ExitStatus::new(code, at_ns));
         for exec in task.execs.values_mut() {
             exec.process.finish(ExitStatus::new(EXIT_KILLED, at_ns));
         }
         if oom {
+            task.oom_kills += 1;
             events.push(Event::TaskOom { container_id: id.to_string() });
         }
         events.push(Event::TaskExit {
@@ -347,8 +362,8 @@ impl FakeContainerd {
         state.shims.remove(id);
         match state.tasks.remove(id) {
             Some(task) => {
-                if let Some(exit) = task.init.exit {
-                    state.deleted_exits.insert(id.to_string(), exit);
+                if let Some(end) = task.end() {
+                    state.deleted_exits.insert(id.to_string(), end);
                 }
                 true
             }
@@ -360,10 +375,10 @@ impl FakeContainerd {
     /// was deleted since; None while it runs, when it vanished without an exit, or when its
     /// delete killed it.
     /// Reads without settling due exits: an exit nobody has observed yet cannot be recorded.
-    pub fn task_exit(&self, id: &str) -> Option<ExitStatus> {
+    pub fn task_exit(&self, id: &str) -> Option<TaskEnd> {
         let state = self.raw_state();
         match state.tasks.get(id) {
-            Some(task) => task.init.exit,
+            Some(task) => task.end(),
             None => state.deleted_exits.get(id).copied(),
         }
     }
@@ -443,6 +458,7 @@ impl FakeContainerd {
             resources: None,
             created_with: container.spec.resources.clone(),
             log_reopens: 0,
+            oom_kills: 0,
             stdin: if stdin { TaskStdin::Open } else { TaskStdin::None },
         };
         state.tasks.insert(id.to_string(), task);
@@ -511,14 +527,14 @@ impl FakeContainerd {
         // exit of the process, so it leaves no exit to compare a container's status with.
         let exited_before = task.exited();
         self.exit_task(id, task, EXIT_KILLED, now_ns, false, &mut events);
-        let exit = task.init.exit.expect("exited above");
+        let end = task.end().expect("exited above");
         state.tasks.remove(id);
         if exited_before {
-            state.deleted_exits.insert(id.to_string(), exit);
+            state.deleted_exits.insert(id.to_string(), end);
         }
         state.shims.remove(id);
         self.publish(&mut state, events);
-        Ok(exit)
+        Ok(end.exit)
     }
 
     pub(super) fn do_exec_start(&self, id: &str, spec: &ExecSpec, streams: Option<ProcessIo>) -> Result<u32> {
@@ -627,6 +643,7 @@ impl FakeContainerd {
                 memory_rss_bytes: working_set - (1 << 20),
                 memory_page_faults: 1000 + pid,
                 memory_major_page_faults: pid % 10,
+                oom_kills: task.oom_kills,
             }
         });
         result.ok_or_else(|| task_not_found(id))

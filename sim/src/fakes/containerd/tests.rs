@@ -365,7 +365,7 @@ async fn lost_races_apply_then_answer_their_code() {
     // A kill that finds the process finished: it exited on its own (code 0), the kill says NotFound.
     faults.push(FaultSite::ContainerdKillTask, Some("c1"), exited_first(ErrorKind::NotFound));
     assert_eq!(containerd.kill_task("c1", 15, false).await.unwrap_err().kind, ErrorKind::NotFound);
-    assert_eq!(containerd.task_exit("c1").map(|exit| exit.exit_code), Some(0));
+    assert_eq!(containerd.task_exit("c1").map(|end| end.exit.exit_code), Some(0));
     faults.push(FaultSite::ContainerdDeleteTask, Some("c1"), raced(ErrorKind::NotFound));
     assert_eq!(containerd.delete_task("c1").await.unwrap_err().kind, ErrorKind::NotFound);
     assert!(containerd.tasks().is_empty() && containerd.shims().is_empty(), "the delete was applied");
