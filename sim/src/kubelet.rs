@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crid::CriService;
-use crid::error::{Error, ErrorKind, Result};
 use crid::naming::normalize_image_ref;
 use k8s_cri::v1::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tonic::{Code, Response, Status};
 
-use crate::cri_node::CriEndpoint;
+use crate::cri_node::{CriClient, CriConnection};
 use crate::invariants::Checker;
 use crate::scenario::Scenario;
 use crate::trace::{Trace, short};
@@ -43,7 +42,8 @@ macro_rules! retry {
 pub struct Kubelet {
     scenario: Scenario,
     seed: u64,
-    endpoint: CriEndpoint,
+    /// The CRI as kubelet reaches it: gRPC, so what it sees are codes and messages.
+    cri: CriConnection,
     checker: Arc<Checker>,
     trace: Arc<Trace>,
     draining: AtomicBool,
@@ -98,11 +98,11 @@ fn security_for(index: u32) -> LinuxContainerConfig {
 }
 
 impl Kubelet {
-    pub fn new(scenario: Scenario, seed: u64, endpoint: CriEndpoint, checker: Arc<Checker>, trace: Arc<Trace>) -> Self {
+    pub fn new(scenario: Scenario, seed: u64, checker: Arc<Checker>, trace: Arc<Trace>) -> Self {
         Kubelet {
             scenario,
             seed,
-            endpoint,
+            cri: CriConnection::default(),
             checker,
             trace,
             draining: AtomicBool::new(false),
@@ -129,21 +129,21 @@ impl Kubelet {
     }
 
     /// One CRI call under the kubelet's deadline, traced, followed by the safety checks.
-    async fn call<R, F, Fut>(&self, rpc: &str, what: &str, handler: F) -> Result<R>
+    async fn call<R, F, Fut>(&self, rpc: &str, what: &str, handler: F) -> Result<R, Status>
     where
         R: Send + 'static,
-        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<R>> + Send + 'static,
+        F: FnOnce(CriClient) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
     {
         self.call_then(rpc, what, handler, |_| {}).await
     }
 
     /// A call whose success is recorded in the oracle (`ack`) before the safety checks run.
-    async fn call_then<R, F, Fut>(&self, rpc: &str, what: &str, handler: F, ack: impl FnOnce(&R)) -> Result<R>
+    async fn call_then<R, F, Fut>(&self, rpc: &str, what: &str, handler: F, ack: impl FnOnce(&R)) -> Result<R, Status>
     where
         R: Send + 'static,
-        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<R>> + Send + 'static,
+        F: FnOnce(CriClient) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
     {
         self.create_call(rpc, what, handler, ack, &mut None).await.0
     }
@@ -160,17 +160,17 @@ impl Kubelet {
         handler: F,
         ack: impl FnOnce(&R),
         abandoned: &mut Option<u64>,
-    ) -> (Result<R>, bool)
+    ) -> (Result<R, Status>, bool)
     where
         R: Send + 'static,
-        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<R>> + Send + 'static,
+        F: FnOnce(CriClient) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
     {
         let sent_to = self.checker.incarnation();
         let answer = self.send(rpc, handler).await;
         let retried_abandoned = abandoned.is_some_and(|original| original == self.checker.incarnation());
         *abandoned = if answer.is_none() { Some(sent_to) } else { None };
-        let result = answer.unwrap_or_else(|| Err(Error::deadline(KUBELET_DEADLINE)));
+        let result = answer.unwrap_or_else(|| Err(Status::deadline_exceeded(KUBELET_DEADLINE)));
         self.after_call(rpc, what, &result, |result| {
             if let Ok(response) = result {
                 ack(response);
@@ -181,11 +181,11 @@ impl Kubelet {
 
     /// Sends one call under the kubelet's deadline. `None` when the deadline passed first: the
     /// call was cancelled, and the service may still be working on it.
-    async fn send<R, F, Fut>(&self, rpc: &str, handler: F) -> Option<Result<R>>
+    async fn send<R, F, Fut>(&self, rpc: &str, handler: F) -> Option<Result<R, Status>>
     where
         R: Send + 'static,
-        F: FnOnce(Arc<CriService>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<R>> + Send + 'static,
+        F: FnOnce(CriClient) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
     {
         self.rpcs_total.fetch_add(1, Ordering::Relaxed);
         // kubelet's runtime client adds the call's own budget to its request timeout: the grace
@@ -199,16 +199,20 @@ impl Kubelet {
             _ => 0,
         };
         let deadline = Duration::from_secs(k.deadline_s + budget_s);
-        tokio::time::timeout(deadline, self.endpoint.call(handler)).await.ok()
+        // The call's stream stays open while the kubelet waits; dropped at the deadline, it
+        // resets, and the CRI drops the call's handler.
+        let (client, _stream) = self.cri.open_call();
+        let answer = tokio::time::timeout(deadline, handler(client)).await.ok();
+        answer.map(|result| result.map(Response::into_inner))
     }
 
     /// Traces a call's outcome, runs the call's own check on it, then the safety checks.
-    fn after_call<R>(&self, rpc: &str, what: &str, result: &Result<R>, check: impl FnOnce(&Result<R>)) {
+    fn after_call<R>(&self, rpc: &str, what: &str, result: &Result<R, Status>, check: impl FnOnce(&Result<R, Status>)) {
         match result {
             Ok(_) => self.trace.log("kubelet", format!("{rpc} {what} -> ok")),
-            Err(error) => {
-                self.trace.log("kubelet", format!("{rpc} {what} -> {:?}: {}", error.kind, first_line(&error.message)))
-            }
+            Err(error) => self
+                .trace
+                .log("kubelet", format!("{rpc} {what} -> {:?}: {}", error.code(), first_line(error.message()))),
         }
         check(result);
         self.checker.check_safety();
@@ -259,12 +263,13 @@ impl Kubelet {
                     .call_then(
                         "PullImage",
                         &reference.clone(),
-                        move |s| async move {
-                            s.pull_image(PullImageRequest {
-                                image: Some(ImageSpec { image: reference, ..Default::default() }),
-                                ..Default::default()
-                            })
-                            .await
+                        move |mut c| async move {
+                            c.image
+                                .pull_image(PullImageRequest {
+                                    image: Some(ImageSpec { image: reference, ..Default::default() }),
+                                    ..Default::default()
+                                })
+                                .await
                         },
                         |r| self.checker.oracle.pulled_image(&normalized, &r.image_ref),
                     )
@@ -272,9 +277,9 @@ impl Kubelet {
                 // A reference that exists already is a successful pull, never an error (kubelet
                 // would report the pod's image as failed).
                 if let Err(error) = &result
-                    && error.kind == ErrorKind::AlreadyExists
+                    && error.code() == Code::AlreadyExists
                 {
-                    self.checker.fail("26 PullImage never AlreadyExists", &format!("image {image}"), &error.message);
+                    self.checker.fail("26 PullImage never AlreadyExists", &format!("image {image}"), error.message());
                 }
                 result
             });
@@ -314,8 +319,10 @@ impl Kubelet {
             for (index, (id, attempt)) in containers.clone() {
                 let status_id = id.clone();
                 let status = self
-                    .call("ContainerStatus", short(&id), move |s| async move {
-                        s.container_status(ContainerStatusRequest { container_id: status_id, verbose: false }).await
+                    .call("ContainerStatus", short(&id), move |mut c| async move {
+                        c.runtime
+                            .container_status(ContainerStatusRequest { container_id: status_id, verbose: false })
+                            .await
                     })
                     .await;
                 let Ok(status) = status else { continue };
@@ -373,12 +380,13 @@ impl Kubelet {
                 .create_call(
                     "RunPodSandbox",
                     &what,
-                    move |s| async move {
-                        s.run_pod_sandbox(RunPodSandboxRequest {
-                            config: Some(request),
-                            runtime_handler: String::new(),
-                        })
-                        .await
+                    move |mut c| async move {
+                        c.runtime
+                            .run_pod_sandbox(RunPodSandboxRequest {
+                                config: Some(request),
+                                runtime_handler: String::new(),
+                            })
+                            .await
                     },
                     |r| self.checker.oracle.ran_sandbox(&r.pod_sandbox_id),
                     &mut abandoned,
@@ -386,14 +394,15 @@ impl Kubelet {
                 .await;
             match result {
                 Ok(response) => return Some((response.pod_sandbox_id, config)),
-                Err(error) if error.kind == ErrorKind::AlreadyExists => {
+                Err(error) if error.code() == Code::AlreadyExists => {
                     let selector = HashMap::from([("app".to_string(), name.to_string())]);
                     let listed = self
-                        .call("ListPodSandbox", name, move |s| async move {
-                            s.list_pod_sandbox(ListPodSandboxRequest {
-                                filter: Some(PodSandboxFilter { label_selector: selector, ..Default::default() }),
-                            })
-                            .await
+                        .call("ListPodSandbox", name, move |mut c| async move {
+                            c.runtime
+                                .list_pod_sandbox(ListPodSandboxRequest {
+                                    filter: Some(PodSandboxFilter { label_selector: selector, ..Default::default() }),
+                                })
+                                .await
                         })
                         .await;
                     let Ok(listed) = listed else { continue };
@@ -410,7 +419,7 @@ impl Kubelet {
                                 &format!("sandbox {what}"),
                                 format!(
                                     "the retry got {:?}; the name is held by {}",
-                                    first_line(&error.message),
+                                    first_line(error.message()),
                                     holder.map_or("no listed sandbox".into(), |s| format!("READY {}", short(&s.id)))
                                 ),
                             );
@@ -467,13 +476,14 @@ impl Kubelet {
                 .create_call(
                     "CreateContainer",
                     &what,
-                    move |s| async move {
-                        s.create_container(CreateContainerRequest {
-                            pod_sandbox_id: sandbox,
-                            config: Some(sent),
-                            sandbox_config: Some(pod),
-                        })
-                        .await
+                    move |mut c| async move {
+                        c.runtime
+                            .create_container(CreateContainerRequest {
+                                pod_sandbox_id: sandbox,
+                                config: Some(sent),
+                                sandbox_config: Some(pod),
+                            })
+                            .await
                     },
                     |r| {
                         self.checker.oracle.created_container(&r.container_id, sandbox_id);
@@ -484,10 +494,10 @@ impl Kubelet {
                 .await;
             match result {
                 // The sandbox died or was stopped meanwhile: no point retrying.
-                Err(error) if matches!(error.kind, ErrorKind::FailedPrecondition | ErrorKind::NotFound) => Ok(None),
+                Err(error) if matches!(error.code(), Code::FailedPrecondition | Code::NotFound) => Ok(None),
                 // A container of an earlier call holds the name (kept after a failed
                 // rollback, or recovered): remove it, as kubelet's GC would, then retry.
-                Err(error) if error.kind == ErrorKind::AlreadyExists => {
+                Err(error) if error.code() == Code::AlreadyExists => {
                     let listed = self.remove_stale_containers(sandbox_id, index).await;
                     if let (true, Some(listed)) = (retried_abandoned, listed) {
                         // Only a container the original call failed to create, kept UNKNOWN for
@@ -502,7 +512,7 @@ impl Kubelet {
                                 &format!("container {what}"),
                                 format!(
                                     "the retry got {:?}; the name is held by {}",
-                                    first_line(&error.message),
+                                    first_line(error.message()),
                                     holder.map_or("no listed container".into(), |c| format!(
                                         "{} in state {}",
                                         short(&c.id),
@@ -524,7 +534,9 @@ impl Kubelet {
             .call_then(
                 "StartContainer",
                 short(&id),
-                move |s| async move { s.start_container(StartContainerRequest { container_id: start_id }).await },
+                move |mut c| async move {
+                    c.runtime.start_container(StartContainerRequest { container_id: start_id }).await
+                },
                 |_| self.checker.oracle.started_container(&id),
             )
             .await;
@@ -540,8 +552,8 @@ impl Kubelet {
             ..Default::default()
         };
         let listed = self
-            .call("ListContainers", &format!("c{index}"), move |s| async move {
-                s.list_containers(ListContainersRequest { filter: Some(filter) }).await
+            .call("ListContainers", &format!("c{index}"), move |mut c| async move {
+                c.runtime.list_containers(ListContainersRequest { filter: Some(filter) }).await
             })
             .await;
         let listed = listed.ok()?.containers;
@@ -564,16 +576,16 @@ impl Kubelet {
         cmd.push(format!("probe-{}", self.probes_total.fetch_add(1, Ordering::Relaxed)));
         let (exec_id, sent) = (id.to_string(), cmd.clone());
         let answer = self
-            .send("ExecSync", move |s| async move {
-                s.exec_sync(ExecSyncRequest { container_id: exec_id, cmd: sent, timeout }).await
+            .send("ExecSync", move |mut c| async move {
+                c.runtime.exec_sync(ExecSyncRequest { container_id: exec_id, cmd: sent, timeout }).await
             })
             .await;
         let answered = answer.is_some();
-        let result = answer.unwrap_or_else(|| Err(Error::deadline(KUBELET_DEADLINE)));
+        let result = answer.unwrap_or_else(|| Err(Status::deadline_exceeded(KUBELET_DEADLINE)));
         self.after_call("ExecSync", short(id), &result, |result| {
             // The service answered (not the kubelet's deadline, not a lost connection): the
             // call is over, and so is its exec process, whatever the outcome (B25).
-            let lost = matches!(result, Err(error) if error.kind == ErrorKind::Unavailable);
+            let lost = matches!(result, Err(error) if error.code() == Code::Unavailable);
             if answered && !lost {
                 self.checker.check_exec_ended(id, &cmd);
             }
@@ -588,7 +600,9 @@ impl Kubelet {
             self.call_then(
                 "StopContainer",
                 short(&id.clone()),
-                move |s| async move { s.stop_container(StopContainerRequest { container_id: id, timeout }).await },
+                move |mut c| async move {
+                    c.runtime.stop_container(StopContainerRequest { container_id: id, timeout }).await
+                },
                 |_| self.checker.oracle.stopped_container(container_id),
             )
             .await
@@ -603,7 +617,7 @@ impl Kubelet {
             self.call_then(
                 "RemoveContainer",
                 short(&id.clone()),
-                move |s| async move { s.remove_container(RemoveContainerRequest { container_id: id }).await },
+                move |mut c| async move { c.runtime.remove_container(RemoveContainerRequest { container_id: id }).await },
                 |_| self.checker.oracle.removed_container(container_id),
             )
             .await
@@ -621,7 +635,9 @@ impl Kubelet {
                 self.call_then(
                     "StopPodSandbox",
                     short(&id.clone()),
-                    move |s| async move { s.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id }).await },
+                    move |mut c| async move {
+                        c.runtime.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id }).await
+                    },
                     |_| self.checker.oracle.stopped_sandbox(sandbox_id),
                 )
                 .await
@@ -632,7 +648,9 @@ impl Kubelet {
                 self.call_then(
                     "RemovePodSandbox",
                     short(&id.clone()),
-                    move |s| async move { s.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await },
+                    move |mut c| async move {
+                        c.runtime.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await
+                    },
                     |_| self.checker.oracle.removed_sandbox(sandbox_id),
                 )
                 .await
@@ -652,11 +670,12 @@ impl Kubelet {
             let reference = reference.clone();
             self.checker.image_removals_in_flight.fetch_add(1, Ordering::SeqCst);
             let result = self
-                .call("RemoveImage", &reference.clone(), move |s| async move {
-                    s.remove_image(RemoveImageRequest {
-                        image: Some(ImageSpec { image: reference, ..Default::default() }),
-                    })
-                    .await
+                .call("RemoveImage", &reference.clone(), move |mut c| async move {
+                    c.image
+                        .remove_image(RemoveImageRequest {
+                            image: Some(ImageSpec { image: reference, ..Default::default() }),
+                        })
+                        .await
                 })
                 .await;
             self.checker.image_removals_in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -671,8 +690,8 @@ impl Kubelet {
         let Some(sandboxes) = retry!(
             self,
             false,
-            self.call("ListPodSandbox", "all", |s| async move {
-                s.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await
+            self.call("ListPodSandbox", "all", |mut c| async move {
+                c.runtime.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await
             })
             .await
         ) else {
@@ -685,8 +704,8 @@ impl Kubelet {
         let Some(containers) = retry!(
             self,
             false,
-            self.call("ListContainers", "all", |s| async move {
-                s.list_containers(ListContainersRequest { filter: None }).await
+            self.call("ListContainers", "all", |mut c| async move {
+                c.runtime.list_containers(ListContainersRequest { filter: None }).await
             })
             .await
         ) else {
@@ -705,13 +724,15 @@ impl Kubelet {
     async fn subscribe_events(self: Arc<Self>, subscriber: u32) {
         *self.subscribers_alive.lock().unwrap() += 1;
         while !self.draining() {
-            let receiver = self.endpoint.call(|s| async move { s.get_container_events(GetEventsRequest {}) }).await;
-            let Ok(mut receiver) = receiver else {
+            let (mut client, _stream) = self.cri.open_call();
+            let Ok(events) = client.runtime.get_container_events(GetEventsRequest {}).await else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
+            let mut events = events.into_inner();
             let mut rank_by_id: BTreeMap<String, i32> = BTreeMap::new();
-            while let Some(event) = receiver.recv().await {
+            // The stream ends with an error when the CRI process dies.
+            while let Ok(Some(event)) = events.message().await {
                 self.events_seen_total.fetch_add(1, Ordering::Relaxed);
                 let rank = event.container_event_type;
                 let last = rank_by_id.get(&event.container_id).copied().unwrap_or(-1);

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::buggify::FaultPlan;
-use crate::cri_node::{CriEndpoint, serve};
+use crate::cri_node::{CRI_ADDR, CriEndpoint, KUBELET_IP, serve};
 use crate::fakes::{FakeWorld, PAUSE_IMAGE};
 use crate::invariants::{Checker, Failure};
 use crate::kinds::ChaosKind;
@@ -57,6 +57,16 @@ pub fn sim_config() -> crid::Config {
         state_dir: "/run/crid".into(),
         ..crid::Config::default()
     }
+}
+
+/// The simulated machine: kubelet and the CRI talk over a unix socket, so a message takes tens
+/// of microseconds, not madsim's default of milliseconds between hosts.
+pub fn runtime_config() -> madsim::Config {
+    let net = madsim::net::Config {
+        send_latency: Duration::from_micros(10)..Duration::from_micros(100),
+        ..madsim::net::Config::default()
+    };
+    madsim::Config { net, ..madsim::Config::default() }
 }
 
 /// A chaos event: what, when (ms into the run), and a draw that picks its target.
@@ -134,7 +144,7 @@ pub fn run_seed(scenario: &Scenario, seed: u64, echo_trace: bool) -> RunReport {
                 reason = "wall time is measured for the report only, never used by the run"
             )]
             let wall = std::time::Instant::now();
-            let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+            let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, runtime_config());
             let run_trace = trace.clone();
             let scenario = scenario_for_thread.clone();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -219,11 +229,12 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
         handle
             .create_node()
             .name("cri")
+            .ip(CRI_ADDR.ip())
             .init(move || serve(config.clone(), world.clone(), endpoint.clone(), trace.clone()))
             .build()
     };
-    let kubelet = Arc::new(Kubelet::new(scenario.clone(), seed, endpoint.clone(), checker.clone(), trace.clone()));
-    let kubelet_node = handle.create_node().name("kubelet").build();
+    let kubelet = Arc::new(Kubelet::new(scenario.clone(), seed, checker.clone(), trace.clone()));
+    let kubelet_node = handle.create_node().name("kubelet").ip(KUBELET_IP).build();
     let workload = kubelet_node.spawn(kubelet.clone().run_workload());
 
     // The fault phase: chaos events and crash requests, then the liveness phase.

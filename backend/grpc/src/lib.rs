@@ -1,20 +1,31 @@
-//! The gRPC layer: k8s-cri's tonic server traits, each method a one-line call into the core.
+//! The gRPC layer: the CRI's tonic server traits, each method a one-line call into the core.
 //! No behaviour lives here; the one mapping of core errors to gRPC codes does. A crate of its
-//! own, so the pure core knows no server, socket or HTTP/2; the simulator runs the core without
-//! it, and its unix-socket test (normal mode) with it.
-#![cfg(not(madsim))]
+//! own, so the pure core knows no server, socket or HTTP/2.
+//!
+//! The service stubs are generated here (build.rs) from the CRI proto that k8s-cri ships, over
+//! k8s-cri's message types: real tonic in a normal build, which the `crid` binary serves on its
+//! unix socket; madsim-tonic's simulated transport with `--cfg madsim`, which the simulator's
+//! CRI node serves to its kubelet. Both builds run the same impl below and the same
+//! [`status_from`], so the simulator sees the codes a client sees.
 
 use std::sync::Arc;
 
-use k8s_cri::v1::image_service_server::{ImageService, ImageServiceServer};
-use k8s_cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
+use cri::image_service_server::{ImageService, ImageServiceServer};
+use cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+use crid::CriService;
 use crid::error::{Error, ErrorKind};
 
+#[cfg(not(madsim))]
 pub mod authority;
-use crid::CriService;
+
+/// The CRI's `runtime.v1` services: servers and clients, generated for this build's tonic.
+pub mod cri {
+    #![allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+    tonic::include_proto!("runtime.v1");
+}
 
 /// Largest message either way: ExecSync returns up to 16 MiB per stream.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -38,6 +49,16 @@ pub fn status_from(error: Error) -> Status {
     Status::new(code, error.message)
 }
 
+/// The generated servers over [`CriGrpc`]; madsim-tonic's carry their interceptor's type.
+#[cfg(not(madsim))]
+pub type RuntimeServer = RuntimeServiceServer<CriGrpc>;
+#[cfg(madsim)]
+pub type RuntimeServer = RuntimeServiceServer<CriGrpc, tonic::codegen::IdentityInterceptor>;
+#[cfg(not(madsim))]
+pub type ImageServer = ImageServiceServer<CriGrpc>;
+#[cfg(madsim)]
+pub type ImageServer = ImageServiceServer<CriGrpc, tonic::codegen::IdentityInterceptor>;
+
 /// Serves both CRI services on behalf of one `CriService`.
 #[derive(Clone)]
 pub struct CriGrpc {
@@ -49,13 +70,13 @@ impl CriGrpc {
         CriGrpc { service }
     }
 
-    pub fn runtime_server(&self) -> RuntimeServiceServer<CriGrpc> {
+    pub fn runtime_server(&self) -> RuntimeServer {
         RuntimeServiceServer::new(self.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    pub fn image_server(&self) -> ImageServiceServer<CriGrpc> {
+    pub fn image_server(&self) -> ImageServer {
         ImageServiceServer::new(self.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -65,7 +86,7 @@ impl CriGrpc {
 /// Serves the CRI on an already-bound unix listener until `shutdown` completes. Each
 /// connection goes through [`authority::AuthorityFixingStream`], so that clients which send the
 /// socket path as `:authority` (grpc-go, grpc-python, grpc-java) are served.
-#[cfg(unix)]
+#[cfg(all(unix, not(madsim)))]
 pub async fn serve_unix(
     service: Arc<CriService>,
     listener: tokio::net::UnixListener,

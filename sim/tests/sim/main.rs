@@ -18,6 +18,8 @@ mod events;
 #[cfg(madsim)]
 mod golden;
 #[cfg(madsim)]
+mod grpc;
+#[cfg(madsim)]
 mod identity;
 #[cfg(madsim)]
 mod image;
