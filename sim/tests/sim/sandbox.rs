@@ -455,18 +455,26 @@ async fn list_pod_sandbox_stats_lists_ready_sandboxes_only() {
     assert_eq!(one.unwrap().stats.unwrap().attributes.unwrap().id, stopped);
 }
 
+/// Starts a RunPodSandbox of `name` whose network setup takes 5 s, in the background.
+async fn spawn_slow_run(
+    node: &Node,
+    name: &'static str,
+) -> tokio::task::JoinHandle<crid::error::Result<RunPodSandboxResponse>> {
+    node.pull(PAUSE_IMAGE).await;
+    node.faults.push(FaultSite::CniSetup, None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(5)));
+    let svc = node.svc.clone();
+    tokio::spawn(async move {
+        svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config(name)), ..Default::default() }).await
+    })
+}
+
 /// A kubelet retry of a RunPodSandbox that is still running joins it: both calls get the same
 /// id and only one pod exists (B12).
 #[madsim::test]
 async fn concurrent_runs_of_one_pod_share_the_operation() {
     cov_mark::check!(retry_joined_running_operation);
     let node = Node::start().await;
-    node.pull(PAUSE_IMAGE).await;
-    node.faults.push(FaultSite::CniSetup, None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(5)));
-    let svc = node.svc.clone();
-    let first = tokio::spawn(async move {
-        svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("slow")), ..Default::default() }).await
-    });
+    let first = spawn_slow_run(&node, "slow").await;
     sleep(Duration::from_secs(1)).await;
     let second = node.run_pod("slow").await;
     let first = first.await.unwrap().unwrap().pod_sandbox_id;
@@ -494,12 +502,7 @@ async fn concurrent_runs_of_one_pod_share_the_operation() {
 async fn a_retry_after_a_lost_reply_gets_the_original() {
     cov_mark::check!(different_request_under_a_reserved_name);
     let node = Node::start().await;
-    node.pull(PAUSE_IMAGE).await;
-    node.faults.push(FaultSite::CniSetup, None, crid_sim::fakes::FaultAction::Delay(Duration::from_secs(5)));
-    let svc = node.svc.clone();
-    let first = tokio::spawn(async move {
-        svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("lost")), ..Default::default() }).await
-    });
+    let first = spawn_slow_run(&node, "lost").await;
     sleep(Duration::from_secs(1)).await;
     let mut different = pod_config("lost");
     different.labels = labels(&[("changed", "yes")]);
@@ -507,8 +510,7 @@ async fn a_retry_after_a_lost_reply_gets_the_original() {
     assert_eq!(err_kind(during), ErrorKind::AlreadyExists, "a different request does not join");
     // The first answer is received by the handler and then dropped, as a reply is that meets
     // its deadline on the wire.
-    let delivered = first.await.unwrap().unwrap().pod_sandbox_id;
-    drop(delivered);
+    first.await.unwrap().unwrap();
     let retried = node.run_pod("lost").await;
     assert_eq!(node.list_pods(None).await.len(), 1);
     assert_eq!(retried, node.list_pods(None).await[0].id);
