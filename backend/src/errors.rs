@@ -12,11 +12,23 @@ pub struct ShimConnectionClosed(#[source] pub tonic::Status);
 /// The text containerd passes on from a shim whose ttrpc connection closed.
 const SHIM_CLOSED_TEXT: &str = "ttrpc: closed";
 
-/// What containerd 1.6 answers to a delete of a task that still runs: the shim's
+/// What containerd 1.6 answers to a delete of a task that still runs or is frozen: the shim's
 /// FailedPrecondition arrives as Unknown (the code is lost between shim and containerd), so
-/// only the text tells it from other failures. The second is runc's own refusal, passed on
-/// when the shim thought the task stopped (a start that containerd's restart interrupted).
-const RUNNING_PROCESS_TEXTS: [&str; 2] = ["cannot delete a running process", "that is not stopped: running"];
+/// only the text tells it from other failures.
+/// - The shim's own refusals, of a running and of a paused process.
+/// - runc's refusals, passed on when the shim thought the task stopped: a start that
+///   containerd's restart interrupted leaves it running; a kill of every process cut off
+///   between runc's freeze and thaw leaves the cgroup frozen, and runc then calls the
+///   container paused, even when no process is left in it.
+///
+/// A kill of every process is the answer to each (runc thaws the cgroup after signalling), and
+/// the delete that follows succeeds, as containerd's CRI kills before every delete.
+const NOT_STOPPED_TEXTS: [&str; 4] = [
+    "cannot delete a running process",
+    "cannot delete a paused process",
+    "that is not stopped: running",
+    "that is not stopped: paused",
+];
 
 /// Maps a gRPC status from containerd to crid's error kinds, keeping the status as the source.
 /// containerd's errdefs travel as gRPC codes, so the code alone carries NotFound, AlreadyExists,
@@ -38,7 +50,7 @@ fn kind_of_status(status: &tonic::Status) -> Error {
     if status.code() == Code::Unknown && std::error::Error::source(status).is_some() {
         return Error::new(ErrorKind::Unavailable, format!("containerd connection lost: {}", status.message()));
     }
-    if status.code() == Code::Unknown && RUNNING_PROCESS_TEXTS.iter().any(|text| status.message().contains(text)) {
+    if status.code() == Code::Unknown && NOT_STOPPED_TEXTS.iter().any(|text| status.message().contains(text)) {
         return Error::new(ErrorKind::FailedPrecondition, format!("containerd: {}", status.message()));
     }
     let kind = match status.code() {
@@ -110,13 +122,20 @@ mod tests {
     }
 
     #[test]
-    fn a_running_process_delete_is_a_failed_precondition() {
+    fn a_delete_refused_as_not_stopped_is_a_failed_precondition() {
         let status = tonic::Status::unknown("failed to delete task: cannot delete a running process: unknown");
         assert_eq!(from_status(status).kind, ErrorKind::FailedPrecondition);
         let runc = tonic::Status::unknown(
             "failed to delete task: cannot delete container 1790f722 that is not stopped: running: unknown",
         );
         assert_eq!(from_status(runc).kind, ErrorKind::FailedPrecondition);
+        // Seen in the soak: a kill of every process cut off by containerd's restart.
+        let frozen = tonic::Status::unknown(
+            "failed to delete task: cannot delete container 33e98087 that is not stopped: paused: unknown",
+        );
+        assert_eq!(from_status(frozen).kind, ErrorKind::FailedPrecondition);
+        let paused = tonic::Status::unknown("failed to delete task: cannot delete a paused process: unknown");
+        assert_eq!(from_status(paused).kind, ErrorKind::FailedPrecondition);
         assert_eq!(from_status(tonic::Status::unknown("something else")).kind, ErrorKind::Unknown);
     }
 

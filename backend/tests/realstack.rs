@@ -737,6 +737,90 @@ async fn state_survives_a_crid_crash() {
 
 /// containerd restarts under a running crid: crid keeps serving, an exit that happens after the
 /// restart still reaches ContainerStatus with its code, and new containers start.
+/// The init's pid as containerd's task list shows it.
+fn task_pid(cri: &Cri, id: &str) -> i32 {
+    let tasks = cri.ctr(&["tasks", "ls"]);
+    tasks
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(id)).then(|| fields.next().and_then(|pid| pid.parse().ok())).flatten()
+        })
+        .unwrap_or_else(|| panic!("no task {id} in:\n{tasks}"))
+}
+
+/// The file that freezes the cgroup of `pid`: the v1 freezer's state, or v2's cgroup.freeze.
+fn freezer_of(pid: i32) -> (PathBuf, &'static str) {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path_of = |controller: &str| {
+        cgroups.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            (controllers == controller).then(|| path.trim_start_matches('/').to_string())
+        })
+    };
+    match path_of("freezer") {
+        Some(path) => (Path::new("/sys/fs/cgroup/freezer").join(path).join("freezer.state"), "FROZEN"),
+        None => (Path::new("/sys/fs/cgroup").join(path_of("").unwrap()).join("cgroup.freeze"), "1"),
+    }
+}
+
+/// What runc leaves when a kill of every process is cut off between freezing the container's
+/// cgroup and thawing it (the shim's call to runc is killed as containerd restarts): the
+/// processes are gone but the cgroup stays frozen, so runc reports the container paused and
+/// refuses to delete it ("cannot delete container … that is not stopped: paused"), while the
+/// shim, which saw the init exit, refuses a resume. The container's exit is served, and its
+/// removal still succeeds and leaves nothing behind.
+async fn frozen_leftovers_do_not_block_removal(cri: &mut Cri) {
+    let (pod, pod_id) = cri.busybox_pod("frozen").await;
+    // A pid namespace of its own, as kubelet asks by default: the shim then does not kill the
+    // rest of the container when the init exits, which would thaw the cgroup.
+    let mut config = cri.container_config("left", &["sleep", "1000"]);
+    let linux = config.linux.get_or_insert_with(Default::default);
+    linux.security_context = Some(LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption { pid: NamespaceMode::Container as i32, ..Default::default() }),
+        ..Default::default()
+    });
+    let id = cri.run_container_with(&pod_id, &pod, config).await;
+    let init = task_pid(cri, &id);
+    let (freezer, frozen) = freezer_of(init);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Freeze once the init has died (frozen first, it would wait for a thaw to die: another
+    // case), microseconds later, long before the exit reaches the runtime and its delete.
+    let dead = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with(['Z', 'X'])))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dead(init) {
+        assert!(Instant::now() < deadline, "SIGKILL did not end pid {init}");
+        std::hint::spin_loop();
+    }
+    std::fs::write(&freezer, frozen)
+        .unwrap_or_else(|e| panic!("freeze {}: {e} (the task went first)", freezer.display()));
+    assert_eq!(cri.wait_container_state(&id, ContainerState::ContainerExited).await, 137);
+    cri.remove_container(&id).await;
+    assert!(!freezer.exists(), "{}: the container's cgroup is gone", cri.kind.name());
+    cri.remove_pod(&pod_id).await;
+    cri.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn a_frozen_leftover_does_not_block_removal() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "frozen", crid_binary()).await;
+    frozen_leftovers_do_not_block_removal(&mut crid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn reference_frozen_leftover_on_containerd_cri() {
+    let stack = stack();
+    let mut reference = Cri::reference(&stack, "frozen").await;
+    frozen_leftovers_do_not_block_removal(&mut reference).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn survives_a_containerd_restart() {

@@ -476,7 +476,8 @@ impl Containerd for RealContainerd {
                 }
             }
             Err(e) if e.kind == ErrorKind::FailedPrecondition => {
-                // Still running: kill everything in it, wait for the exit, then delete.
+                // Still running, or frozen: kill everything in it (runc thaws the cgroup after
+                // signalling), wait for the exit, then delete.
                 match self.kill_process(id, "", libc::SIGKILL as u32, true).await {
                     Err(e) if !e.is_not_found() => return Err(e),
                     _ => {}
