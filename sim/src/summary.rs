@@ -25,6 +25,13 @@ pub struct Summary {
     pub wall_ms: u64,
     /// Wall time of the whole batch (workers run in parallel).
     pub elapsed_ms: u64,
+    /// The seed range asked for, `[start, end)`, before sharding. Absent in summaries written
+    /// before it was recorded, and in merged ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<(u64, u64)>,
+    /// The shard of `range` this summary covers, if the range was sharded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 impl Summary {
@@ -199,14 +206,177 @@ pub fn parse_seed_range(text: &str) -> Result<std::ops::Range<u64>, String> {
     }
 }
 
-/// Parses `I/N` and returns the seeds of that shard.
-pub fn shard(range: std::ops::Range<u64>, shard: Option<&str>) -> Result<Vec<u64>, String> {
-    let Some(shard) = shard else { return Ok(range.collect()) };
-    let (index, count) = shard.split_once('/').ok_or_else(|| format!("bad shard {shard:?}: want I/N"))?;
-    let index: u64 = index.parse().map_err(|_| format!("bad shard {shard:?}"))?;
-    let count: u64 = count.parse().map_err(|_| format!("bad shard {shard:?}"))?;
-    if count == 0 || index >= count {
-        return Err(format!("bad shard {shard:?}: want 0 <= I < N"));
+/// One part of a seed range: the seeds with `seed % count == index`. Shards of one range are
+/// disjoint and together cover it, whatever its bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+/// The variables of a Kubernetes Indexed Job that name a pod's shard: Kubernetes sets the
+/// index in every pod; the manifest sets the count, equal to the Job's `completions`.
+pub const JOB_INDEX_VAR: &str = "JOB_COMPLETION_INDEX";
+pub const JOB_COUNT_VAR: &str = "JOB_COMPLETIONS";
+
+impl Shard {
+    pub fn new(index: u64, count: u64) -> Result<Shard, String> {
+        if count == 0 || index >= count {
+            return Err(format!("bad shard {index}/{count}: want 0 <= I < N"));
+        }
+        Ok(Shard { index, count })
     }
-    Ok(range.filter(|seed| seed % count == index).collect())
+
+    /// `I/N`, as `--shard` takes it.
+    pub fn parse(spec: &str) -> Result<Shard, String> {
+        let (index, count) = spec.split_once('/').ok_or_else(|| format!("bad shard {spec:?}: want I/N"))?;
+        let number = |text: &str| text.trim().parse::<u64>().map_err(|_| format!("bad shard {spec:?}: want I/N"));
+        Shard::new(number(index)?, number(count)?)
+    }
+
+    /// The shard an Indexed Job's pod runs, from the values of `JOB_COMPLETION_INDEX` and
+    /// `JOB_COMPLETIONS`: none when neither is set; an error when only one is, so that a pod
+    /// never runs the whole range, or a wrong part of it, in silence.
+    pub fn from_job(index: Option<&str>, count: Option<&str>) -> Result<Option<Shard>, String> {
+        match (index, count) {
+            (None, None) => Ok(None),
+            (Some(index), Some(count)) => {
+                let number = |name: &str, text: &str| {
+                    text.trim().parse::<u64>().map_err(|_| format!("{name}={text:?} is not a number"))
+                };
+                let shard = Shard::new(number(JOB_INDEX_VAR, index)?, number(JOB_COUNT_VAR, count)?)
+                    .map_err(|e| format!("{JOB_INDEX_VAR}={index}, {JOB_COUNT_VAR}={count}: {e}"))?;
+                Ok(Some(shard))
+            }
+            (Some(_), None) => {
+                Err(format!("{JOB_INDEX_VAR} is set but {JOB_COUNT_VAR} is not: set it to the Job's completions"))
+            }
+            (None, Some(_)) => Err(format!("{JOB_COUNT_VAR} is set but {JOB_INDEX_VAR} is not")),
+        }
+    }
+
+    pub fn seeds(self, range: std::ops::Range<u64>) -> Vec<u64> {
+        range.filter(|seed| seed % self.count == self.index).collect()
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Merges the summaries of one sweep. When they carry their shard, they must be the shards of
+/// one range of one scenario, each once, all of them: a lost or repeated shard would make a
+/// sweep look complete, or count seeds twice. Summaries without a shard are added up.
+pub fn merge_summaries(summaries: &[Summary]) -> Result<Summary, String> {
+    let mut total = Summary::default();
+    let Some(first) = summaries.first() else { return Err("no summaries to merge".to_string()) };
+    if let Some(other) = summaries.iter().find(|s| s.scenario != first.scenario) {
+        return Err(format!("summaries of different scenarios: {} and {}", first.scenario, other.scenario));
+    }
+    let sharded: Vec<Shard> = summaries.iter().filter_map(|s| s.shard).collect();
+    if !sharded.is_empty() {
+        if sharded.len() != summaries.len() {
+            return Err("some summaries are shards and some are not".to_string());
+        }
+        let count = sharded[0].count;
+        if let Some(other) =
+            summaries.iter().find(|s| s.range != first.range || s.shard.map(|s| s.count) != Some(count))
+        {
+            return Err(format!(
+                "shards of different sweeps: range {:?} in {} shards, and range {:?} in {}",
+                first.range,
+                count,
+                other.range,
+                other.shard.map_or(0, |s| s.count)
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for shard in &sharded {
+            if !seen.insert(shard.index) {
+                return Err(format!("shard {shard} is there twice"));
+            }
+        }
+        let missing: Vec<String> = (0..count).filter(|i| !seen.contains(i)).map(|i| i.to_string()).collect();
+        if !missing.is_empty() {
+            return Err(format!("{} of {count} shards missing: {}", missing.len(), missing.join(", ")));
+        }
+    }
+    for summary in summaries {
+        total.merge(summary);
+    }
+    total.range = first.range.filter(|_| summaries.iter().all(|s| s.range == first.range));
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard_summary(index: u64, count: u64, failed: &[u64]) -> Summary {
+        let shard = Shard::new(index, count).unwrap();
+        Summary {
+            scenario: "names".into(),
+            runs: shard.seeds(0..10).len() as u64,
+            failed_seeds: failed.to_vec(),
+            failures_by_invariant: BTreeMap::from([("28 names".to_string(), failed.to_vec())]),
+            range: Some((0, 10)),
+            shard: Some(shard),
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn shards_are_disjoint_and_cover_the_range() {
+        let count = 3;
+        let mut all: Vec<u64> = (0..count).flat_map(|i| Shard::new(i, count).unwrap().seeds(5..17)).collect();
+        all.sort_unstable();
+        assert_eq!(all, (5..17).collect::<Vec<_>>());
+        assert_eq!(Shard::parse("2/8").unwrap(), Shard { index: 2, count: 8 });
+        for bad in ["8/8", "1/0", "x/2", "3", ""] {
+            assert!(Shard::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn an_indexed_jobs_environment_names_the_shard() {
+        assert_eq!(Shard::from_job(None, None), Ok(None));
+        assert_eq!(Shard::from_job(Some("4"), Some("16")), Ok(Some(Shard { index: 4, count: 16 })));
+        let half = Shard::from_job(Some("4"), None).unwrap_err();
+        assert!(half.contains(JOB_COUNT_VAR), "{half}");
+        assert!(Shard::from_job(None, Some("16")).is_err());
+        assert!(Shard::from_job(Some("16"), Some("16")).is_err(), "index out of range");
+        assert!(Shard::from_job(Some("one"), Some("16")).is_err());
+    }
+
+    #[test]
+    fn merging_needs_every_shard_of_one_sweep_once() {
+        let shards = [shard_summary(0, 3, &[]), shard_summary(1, 3, &[7]), shard_summary(2, 3, &[2])];
+        let total = merge_summaries(&shards).unwrap();
+        assert_eq!(total.runs, 10);
+        assert_eq!(total.failed_seeds, vec![2, 7]);
+        assert_eq!(total.failures_by_invariant["28 names"], vec![2, 7]);
+        assert_eq!(total.range, Some((0, 10)));
+
+        let missing = merge_summaries(&shards[..2]).unwrap_err();
+        assert!(missing.contains("1 of 3 shards missing: 2"), "{missing}");
+        let twice = merge_summaries(&[shards[0].clone(), shards[1].clone(), shards[1].clone()]).unwrap_err();
+        assert!(twice.contains("shard 1/3 is there twice"), "{twice}");
+        let mut other_range = shards[2].clone();
+        other_range.range = Some((0, 20));
+        assert!(merge_summaries(&[shards[0].clone(), shards[1].clone(), other_range]).is_err());
+        let mut other_scenario = shards[2].clone();
+        other_scenario.scenario = "exits".into();
+        assert!(merge_summaries(&[shards[0].clone(), shards[1].clone(), other_scenario]).is_err());
+        assert!(merge_summaries(&[]).is_err());
+    }
+
+    #[test]
+    fn summaries_without_shards_add_up_and_old_files_still_read() {
+        let old = r#"{"scenario":"names","runs":4,"failed_seeds":[],"failures_by_invariant":{},"sim_ms":1,"wall_ms":1,"elapsed_ms":1}"#;
+        let summary: Summary = serde_json::from_str(old).unwrap();
+        assert_eq!((summary.range, summary.shard), (None, None));
+        assert_eq!(merge_summaries(&[summary.clone(), summary]).unwrap().runs, 8);
+    }
 }

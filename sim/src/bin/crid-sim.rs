@@ -22,7 +22,9 @@ mod cli {
     use crid_sim::outln;
     use crid_sim::runner::{ChaosEvent, replay_command, run_seed};
     use crid_sim::scenario::{Scenario, names};
-    use crid_sim::summary::{Summary, parse_seed_range, run_seeds, shard};
+    use crid_sim::summary::{
+        JOB_COUNT_VAR, JOB_INDEX_VAR, Shard, Summary, merge_summaries, parse_seed_range, run_seeds,
+    };
 
     fn own_exe() -> std::path::PathBuf {
         // determinism-ok: locating this binary to start child runs.
@@ -66,7 +68,8 @@ mod cli {
             /// A range `A..B` (end exclusive).
             #[arg(long)]
             seeds: Option<String>,
-            /// Run only shard I of N of the range (seeds with seed % N == I).
+            /// Run only shard I of N of the range (seeds with seed % N == I). Without it, a pod
+            /// of a Kubernetes Indexed Job runs shard JOB_COMPLETION_INDEX of JOB_COMPLETIONS.
             #[arg(long)]
             shard: Option<String>,
             /// Worker threads for a range (default: available cores).
@@ -110,8 +113,12 @@ mod cli {
             #[arg(long)]
             keep_trace: bool,
         },
-        /// Merge shard summaries written with `run --json`.
-        Merge { files: Vec<String> },
+        /// Merge shard summaries written with `run --json`: files, or directories whose
+        /// `*.json` files are read (a Job's results volume).
+        Merge {
+            #[arg(required = true)]
+            files: Vec<String>,
+        },
         /// List the embedded scenarios.
         List,
     }
@@ -143,11 +150,25 @@ mod cli {
                             Ok(r) => r,
                             Err(e) => return usage_error(&e),
                         };
-                        let seeds = match shard(range, shard_spec.as_deref()) {
-                            Ok(s) => s,
+                        let shard = match shard_spec {
+                            Some(spec) => Shard::parse(&spec).map(Some),
+                            None => {
+                                // determinism-ok: the CLI reads which shard to run, before any run.
+                                let var = |name: &str| std::env::var(name).ok();
+                                let shard =
+                                    Shard::from_job(var(JOB_INDEX_VAR).as_deref(), var(JOB_COUNT_VAR).as_deref());
+                                if let Ok(Some(shard)) = &shard {
+                                    // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
+                                    eprintln!("shard {shard} (from {JOB_INDEX_VAR} and {JOB_COUNT_VAR})");
+                                }
+                                shard
+                            }
+                        };
+                        let shard = match shard {
+                            Ok(shard) => shard,
                             Err(e) => return usage_error(&e),
                         };
-                        run_range(&scenario, seeds, jobs, json)
+                        run_range(&scenario, range, shard, jobs, json)
                     }
                 }
             }
@@ -241,7 +262,18 @@ mod cli {
         }
     }
 
-    fn run_range(scenario: &Scenario, seeds: Vec<u64>, jobs: Option<usize>, json: Option<String>) -> i32 {
+    fn run_range(
+        scenario: &Scenario,
+        range: std::ops::Range<u64>,
+        shard: Option<Shard>,
+        jobs: Option<usize>,
+        json: Option<String>,
+    ) -> i32 {
+        let bounds = (range.start, range.end);
+        let seeds = match shard {
+            Some(shard) => shard.seeds(range),
+            None => range.collect(),
+        };
         // determinism-ok: the number of worker threads does not affect any run.
         let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         let total = seeds.len() as u64;
@@ -253,7 +285,7 @@ mod cli {
         );
         bar.set_prefix(scenario.name.clone());
         let failed_count = std::sync::atomic::AtomicU64::new(0);
-        let (summary, failed) = run_seeds(&own_exe(), scenario, seeds, jobs, |report| {
+        let (mut summary, failed) = run_seeds(&own_exe(), scenario, seeds, jobs, |report| {
             if !report.passed() {
                 failed_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -261,6 +293,8 @@ mod cli {
             bar.inc(1);
         });
         bar.finish();
+        summary.range = Some(bounds);
+        summary.shard = shard;
         outln!("{}", summary.render());
         for report in failed.iter().take(3) {
             let first = &report.failures[0];
@@ -348,9 +382,28 @@ mod cli {
         0
     }
 
-    fn merge(files: &[String]) -> i32 {
-        let mut total = Summary::default();
-        for file in files {
+    fn merge(paths: &[String]) -> i32 {
+        let mut files = Vec::new();
+        for path in paths {
+            // determinism-ok: reading finished shard reports.
+            match std::fs::read_dir(path) {
+                Ok(entries) => {
+                    let mut found: Vec<String> = entries
+                        .filter_map(|entry| entry.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|ext| ext == "json"))
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .collect();
+                    if found.is_empty() {
+                        return usage_error(&format!("no *.json summaries in {path}"));
+                    }
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(_) => files.push(path.clone()),
+            }
+        }
+        let mut summaries = Vec::new();
+        for file in &files {
             // determinism-ok: reading finished shard reports.
             let text = match std::fs::read_to_string(file) {
                 // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
@@ -358,10 +411,14 @@ mod cli {
                 Err(e) => return usage_error(&format!("cannot read {file}: {e}")),
             };
             match serde_json::from_str::<Summary>(&text) {
-                Ok(summary) => total.merge(&summary),
+                Ok(summary) => summaries.push(summary),
                 Err(e) => return usage_error(&format!("{file}: {e}")),
             }
         }
+        let total = match merge_summaries(&summaries) {
+            Ok(total) => total,
+            Err(e) => return usage_error(&e),
+        };
         outln!("{}", total.render());
         if total.failed_seeds.is_empty() { 0 } else { 1 }
     }

@@ -36,6 +36,8 @@ mod sandbox;
 #[cfg(madsim)]
 mod seeds;
 #[cfg(madsim)]
+mod sharding;
+#[cfg(madsim)]
 mod streaming;
 
 // Normal mode (real tokio, `cargo test`).
