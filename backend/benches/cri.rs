@@ -1,16 +1,20 @@
-//! CRI latency, crid against containerd's own CRI, on the real stack (`ci/realstack up`).
+//! CRI latency and throughput, crid against containerd's own CRI, on the real stack
+//! (`ci/realstack up`).
 //!
-//! Each round runs one pod lifecycle on each runtime, in alternating order so that neither
-//! always runs on a warmer machine: RemoveImage, then a cold PullImage (RemoveImage's garbage
-//! collection left nothing of the image: every blob is fetched and every layer unpacked), a
-//! warm one (the image is there: only the manifest is resolved), RunPodSandbox, CreateContainer,
-//! StartContainer, StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox. Every call is
-//! timed at the client, over each runtime's unix socket; the first round warms both up and is
-//! not counted. The table gives, per call, the median and p90 of each runtime and the ratio
-//! crid / containerd (below 1: crid is faster).
+//! Each round runs on each runtime, in alternating order so that neither always runs on a
+//! warmer machine: RemoveImage, then a cold PullImage (RemoveImage's garbage collection left
+//! nothing of the image: every blob is fetched and every layer unpacked), a warm one (the image
+//! is there: only the manifest is resolved); then CRID_BENCH_PARALLEL pod lifecycles at once
+//! (default 1; `ci/bench-cri` runs 5, as critest's benchmark does), each on a connection of its
+//! own: RunPodSandbox, CreateContainer, StartContainer, StopContainer, RemoveContainer,
+//! StopPodSandbox, RemovePodSandbox. Every call is timed at the client, over each runtime's unix
+//! socket; the first round warms both up and is not counted. The table gives, per call, the
+//! median and p90 of each runtime and the ratio crid / containerd (below 1: crid is faster), and
+//! the throughput: pod lifecycles completed per second of the concurrent phase (ratio above 1:
+//! crid is faster).
 //!
-//!   ci/bench-cri [ROUNDS]                       # brings the stack up, then runs this
-//!   CRID_BENCH_ROUNDS=20 cargo bench -p crid-backend --bench cri
+//!   ci/bench-cri [ROUNDS] [--parallel N]        # brings the stack up, then runs this
+//!   CRID_BENCH_ROUNDS=20 CRID_BENCH_PARALLEL=5 cargo bench -p crid-backend --bench cri
 //!
 //! Both runtimes pull from the same local registry into their own containerd, run runc through
 //! their own shim, and set up the pod network with the same CNI plugins on bridges of their
@@ -23,7 +27,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{Cri, Kind, stack, unique};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
+use tonic::transport::Channel;
 
 /// The calls measured, in lifecycle order.
 const CALLS: [&str; 9] = [
@@ -49,8 +55,8 @@ async fn timed<F: std::future::Future<Output = T>, T>(samples: &mut Samples, cal
     result
 }
 
-/// One lifecycle on `cri`, every call timed into `samples`.
-async fn round(cri: &mut Cri, samples: &mut Samples) {
+/// The cold and the warm pull of one round, timed into `samples`.
+async fn pulls(cri: &mut Cri, samples: &mut Samples) {
     let busybox = cri.image("busybox:latest");
     // A cold pull each round: the image goes first, and with it (synchronous garbage
     // collection, both runtimes) its blobs and snapshots.
@@ -70,24 +76,91 @@ async fn round(cri: &mut Cri, samples: &mut Samples) {
     }
     timed(samples, "PullImage cold", cri.pull(&busybox)).await;
     timed(samples, "PullImage warm", cri.pull(&busybox)).await;
+}
 
-    let pod = cri.pod_config(&unique("bench"));
-    let pod_id = timed(samples, "RunPodSandbox", cri.run_pod(&pod)).await;
+/// One pod lifecycle over its own client (a connection of its own: tonic's channels multiplex,
+/// and kubelet's pod workers do not wait for each other), every call timed.
+async fn lifecycle(
+    mut client: RuntimeServiceClient<Channel>,
+    who: &'static str,
+    pod: PodSandboxConfig,
+    container: ContainerConfig,
+) -> Samples {
+    let mut samples = Samples::new();
+    let fail = |call: &str, e: tonic::Status| -> ! { panic!("{who}: {call}: {e}") };
+    let run = RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() };
+    let pod_id = timed(&mut samples, "RunPodSandbox", client.run_pod_sandbox(run))
+        .await
+        .unwrap_or_else(|e| fail("RunPodSandbox", e))
+        .into_inner()
+        .pod_sandbox_id;
+    let create =
+        CreateContainerRequest { pod_sandbox_id: pod_id.clone(), config: Some(container), sandbox_config: Some(pod) };
+    let id = timed(&mut samples, "CreateContainer", client.create_container(create))
+        .await
+        .unwrap_or_else(|e| fail("CreateContainer", e))
+        .into_inner()
+        .container_id;
+    let start = StartContainerRequest { container_id: id.clone() };
+    timed(&mut samples, "StartContainer", client.start_container(start))
+        .await
+        .unwrap_or_else(|e| fail("StartContainer", e));
+    let stop = StopContainerRequest { container_id: id.clone(), timeout: 10 };
+    timed(&mut samples, "StopContainer", client.stop_container(stop))
+        .await
+        .unwrap_or_else(|e| fail("StopContainer", e));
+    let status = client
+        .container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false })
+        .await
+        .unwrap_or_else(|e| fail("ContainerStatus", e))
+        .into_inner()
+        .status
+        .expect("a status");
+    assert_eq!(
+        (ContainerState::try_from(status.state), status.exit_code),
+        (Ok(ContainerState::ContainerExited), 0),
+        "{who}: the container exits on SIGTERM"
+    );
+    let remove = RemoveContainerRequest { container_id: id };
+    timed(&mut samples, "RemoveContainer", client.remove_container(remove))
+        .await
+        .unwrap_or_else(|e| fail("RemoveContainer", e));
+    let stop = StopPodSandboxRequest { pod_sandbox_id: pod_id.clone() };
+    timed(&mut samples, "StopPodSandbox", client.stop_pod_sandbox(stop))
+        .await
+        .unwrap_or_else(|e| fail("StopPodSandbox", e));
+    let remove = RemovePodSandboxRequest { pod_sandbox_id: pod_id };
+    timed(&mut samples, "RemovePodSandbox", client.remove_pod_sandbox(remove))
+        .await
+        .unwrap_or_else(|e| fail("RemovePodSandbox", e));
+    samples
+}
+
+/// One round on `cri`: the pulls, then `parallel` pod lifecycles at once. Returns the wall time
+/// of the lifecycles.
+async fn round(cri: &mut Cri, samples: &mut Samples, parallel: usize) -> Duration {
+    pulls(cri, samples).await;
     // Exits at once on SIGTERM: `wait` is interrupted by the trapped signal.
     let command = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
-    let id = timed(samples, "CreateContainer", cri.create_container(&pod_id, &pod, "app", &command)).await;
-    timed(samples, "StartContainer", cri.start_container(&id)).await;
-    timed(samples, "StopContainer", cri.stop_container(&id, 10)).await;
-    let (state, code) = cri.container_state(&id).await;
-    assert_eq!(
-        (state, code),
-        (ContainerState::ContainerExited, 0),
-        "{}: the container exits on SIGTERM",
-        cri.kind.name()
-    );
-    timed(samples, "RemoveContainer", cri.remove_container(&id)).await;
-    timed(samples, "StopPodSandbox", cri.stop_pod(&pod_id)).await;
-    timed(samples, "RemovePodSandbox", cri.remove_pod_only(&pod_id)).await;
+    let mut lifecycles = Vec::new();
+    for _ in 0..parallel {
+        let pod = cri.pod_config(&unique("bench"));
+        let container = cri.container_config("app", &command);
+        let client = RuntimeServiceClient::new(common::connect(&cri.socket()).await);
+        lifecycles.push((client, pod, container));
+    }
+    let who = cri.kind.name();
+    let started = Instant::now();
+    let tasks: Vec<_> = lifecycles
+        .into_iter()
+        .map(|(client, pod, container)| tokio::spawn(lifecycle(client, who, pod, container)))
+        .collect();
+    for task in tasks {
+        for (call, durations) in task.await.expect("a lifecycle panicked") {
+            samples.entry(call).or_default().extend(durations);
+        }
+    }
+    started.elapsed()
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
@@ -101,9 +174,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn report(rounds: usize, crid: &Samples, containerd: &Samples) {
+/// Wall time of each round's concurrent lifecycles, per runtime.
+struct Throughput {
+    lifecycles: usize,
+    crid: Duration,
+    containerd: Duration,
+}
+
+fn report(rounds: usize, parallel: usize, crid: &Samples, containerd: &Samples, throughput: &Throughput) {
     println!();
-    println!("CRI latency over {rounds} rounds (ms, measured at the client; ratio = crid / containerd)");
+    println!(
+        "CRI latency over {rounds} rounds of {parallel} concurrent pod lifecycles (ms, measured at the client; \
+         ratio = crid / containerd)"
+    );
     println!(
         "{:<18} {:>10} {:>12} {:>8}   {:>10} {:>12} {:>8}",
         "call", "crid p50", "ctrd p50", "ratio", "crid p90", "ctrd p90", "ratio"
@@ -130,6 +213,33 @@ fn report(rounds: usize, crid: &Samples, containerd: &Samples) {
     };
     let (ta, tb) = (total(crid), total(containerd));
     println!("{:<18} {:>10.1} {:>12.1} {:>7.2}x   (mean per round)", "whole lifecycle", ta, tb, ta / tb);
+    // StopContainer leaves the task's delete to the exit path, which RemoveContainer may meet:
+    // the two are judged together.
+    let pair = |s: &Samples, p: usize| {
+        let mut sums: Vec<Duration> =
+            s["StopContainer"].iter().zip(&s["RemoveContainer"]).map(|(stop, remove)| *stop + *remove).collect();
+        sums.sort();
+        percentile(&sums, p)
+    };
+    println!(
+        "{:<18} {:>10.1} {:>12.1} {:>7.2}x   {:>10.1} {:>12.1} {:>7.2}x",
+        "Stop+RemoveCtr",
+        ms(pair(crid, 50)),
+        ms(pair(containerd, 50)),
+        ms(pair(crid, 50)) / ms(pair(containerd, 50)),
+        ms(pair(crid, 90)),
+        ms(pair(containerd, 90)),
+        ms(pair(crid, 90)) / ms(pair(containerd, 90))
+    );
+    let per_second = |wall: Duration| throughput.lifecycles as f64 / wall.as_secs_f64();
+    let (a, b) = (per_second(throughput.crid), per_second(throughput.containerd));
+    println!();
+    println!(
+        "throughput: crid {a:.2} pod lifecycles/s, containerd {b:.2}/s: {:.2}x containerd's ({} lifecycles each, \
+         {parallel} at a time)",
+        a / b,
+        throughput.lifecycles
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -138,6 +248,8 @@ async fn main() {
     let stack = stack();
     let rounds: usize = std::env::var("CRID_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     assert!(rounds >= 1, "CRID_BENCH_ROUNDS must be at least 1");
+    let parallel: usize = std::env::var("CRID_BENCH_PARALLEL").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    assert!(parallel >= 1, "CRID_BENCH_PARALLEL must be at least 1");
     // Warnings only by default: crid's own logging should not be what is measured.
     // CRID_BENCH_LOG (a tracing filter) turns it up to see where a call's time goes; crid's log
     // is then kept in its directory, printed at the end.
@@ -147,17 +259,21 @@ async fn main() {
     assert_eq!((crid.kind, containerd.kind), (Kind::Crid, Kind::Containerd));
 
     let (mut crid_samples, mut containerd_samples) = (Samples::new(), Samples::new());
+    let mut throughput = Throughput { lifecycles: 0, crid: Duration::ZERO, containerd: Duration::ZERO };
     let warmup = 1;
     for n in 0..warmup + rounds {
         let (mut a, mut b) = (Samples::new(), Samples::new());
-        if n % 2 == 0 {
-            round(&mut crid, &mut a).await;
-            round(&mut containerd, &mut b).await;
+        let (wall_a, wall_b) = if n % 2 == 0 {
+            let wall_a = round(&mut crid, &mut a, parallel).await;
+            (wall_a, round(&mut containerd, &mut b, parallel).await)
         } else {
-            round(&mut containerd, &mut b).await;
-            round(&mut crid, &mut a).await;
-        }
+            let wall_b = round(&mut containerd, &mut b, parallel).await;
+            (round(&mut crid, &mut a, parallel).await, wall_b)
+        };
         if n >= warmup {
+            throughput.lifecycles += parallel;
+            throughput.crid += wall_a;
+            throughput.containerd += wall_b;
             for (into, from) in [(&mut crid_samples, a), (&mut containerd_samples, b)] {
                 for (call, samples) in from {
                     into.entry(call).or_default().extend(samples);
@@ -168,9 +284,12 @@ async fn main() {
     }
     eprintln!();
     for samples in [&crid_samples, &containerd_samples] {
-        assert!(CALLS.iter().all(|c| samples[c].len() == rounds), "every call measured once per round");
+        for call in CALLS {
+            let per_round = if call.starts_with("PullImage") { 1 } else { parallel };
+            assert_eq!(samples[call].len(), rounds * per_round, "{call}: measured {per_round} times a round");
+        }
     }
-    report(rounds, &crid_samples, &containerd_samples);
+    report(rounds, parallel, &crid_samples, &containerd_samples, &throughput);
     crid.assert_no_leaks();
     containerd.assert_no_leaks();
     if std::env::var_os("CRID_BENCH_LOG").is_some() {

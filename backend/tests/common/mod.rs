@@ -186,11 +186,7 @@ impl Crictl {
     /// crictl for `cri`'s socket: crid's own, or the reference containerd's.
     pub fn of(cri: &Cri) -> Crictl {
         let binary = client_from_env("CRID_CRICTL", "the stock crictl 1.29 (ci/critest build)");
-        let socket = match cri.kind {
-            Kind::Crid => cri.dir.join("crid.sock"),
-            Kind::Containerd => PathBuf::from(&cri.containerd_address),
-        };
-        Crictl { binary, socket }
+        Crictl { binary, socket: cri.socket() }
     }
 
     fn endpoint_args(&self) -> [String; 6] {
@@ -435,6 +431,14 @@ config_path = "{hosts}"
             }
             assert!(Instant::now() < deadline, "crid ignored SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The CRI socket: crid's own, or the reference containerd's.
+    pub fn socket(&self) -> PathBuf {
+        match self.kind {
+            Kind::Crid => self.dir.join("crid.sock"),
+            Kind::Containerd => PathBuf::from(&self.containerd_address),
         }
     }
 
