@@ -116,10 +116,14 @@ async fn lifecycle(
         .into_inner()
         .status
         .expect("a status");
-    assert_eq!(
-        (ContainerState::try_from(status.state), status.exit_code),
-        (Ok(ContainerState::ContainerExited), 0),
-        "{who}: the container exits on SIGTERM"
+    // 0 from the trap; 143 when SIGTERM came before the shell had set the trap (a stop right
+    // after the start, under load).
+    assert!(
+        ContainerState::try_from(status.state) == Ok(ContainerState::ContainerExited)
+            && [0, 143].contains(&status.exit_code),
+        "{who}: the container exits on SIGTERM: state {}, exit code {}",
+        status.state,
+        status.exit_code
     );
     let remove = RemoveContainerRequest { container_id: id };
     timed(&mut samples, "RemoveContainer", client.remove_container(remove))
