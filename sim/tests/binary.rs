@@ -1,6 +1,8 @@
 //! The crid-sim binary starts and knows its embedded scenarios. A small test target of its own:
 //! `ci/mutants` builds it (with `--no-run`) to get the binary with the test build's dependency
-//! features, without compiling the whole simulation suite for every mutant.
+//! features, without compiling the whole simulation suite for every mutant. Simulation mode
+//! only: a normal build of crid-sim refuses to run.
+#![cfg(madsim)]
 
 use std::process::Command;
 

@@ -15,6 +15,11 @@ use crate::errors::from_status;
 /// Largest blob read whole into memory (manifests, indexes, configs).
 const MAX_READ_BYTES: usize = 8 * 1024 * 1024;
 
+/// Bytes sent to containerd per Write message. The registry's body arrives in chunks of a few
+/// KiB, and containerd answers every message: one message per chunk made a 2 MiB layer some 150
+/// round trips. 1 MiB stays well under the 4 MiB gRPC message limit of containerd's server.
+const WRITE_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// Reads a whole (small) blob.
 pub async fn read_blob(channel: &Channel, requests: &Requests, digest: &str) -> Result<Vec<u8>> {
     let mut client = ContentClient::new(channel.clone());
@@ -76,17 +81,34 @@ where
     let feed = async move {
         let mut offset: u64 = 0;
         let mut kept = Vec::new();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
-            if write.keep_bytes {
-                kept.extend_from_slice(&chunk);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut ended = false;
+        while !ended {
+            match body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    if write.keep_bytes {
+                        kept.extend_from_slice(&chunk);
+                    }
+                    // Progress counts bytes as they arrive, for the pull's stall watchdog.
+                    progress(chunk.len() as u64);
+                    pending.extend_from_slice(&chunk);
+                    if pending.len() < WRITE_MESSAGE_BYTES {
+                        continue;
+                    }
+                }
+                None => ended = true,
             }
-            let message = WriteContentRequest { offset: offset as i64, data: chunk.to_vec(), ..base.clone() };
-            offset += chunk.len() as u64;
+            if pending.is_empty() {
+                continue;
+            }
+            let data = std::mem::take(&mut pending);
+            let length = data.len() as u64;
+            let message = WriteContentRequest { offset: offset as i64, data, ..base.clone() };
+            offset += length;
             if tx.send(message).await.is_err() {
                 return Err(Error::unavailable("containerd closed the content write"));
             }
-            progress(chunk.len() as u64);
         }
         if offset != write.size {
             return Err(Error::invalid(format!("blob {}: got {offset} bytes, expected {}", write.digest, write.size)));
