@@ -259,7 +259,26 @@ impl RealContainerd {
         let request = KillRequest { container_id: id.to_string(), exec_id: exec_id.to_string(), signal, all };
         let result = grpc(self.tasks().kill(self.req(request)).await).map(|_| ());
         tracing::debug!(container_id = id, exec_id, signal, all, ok = result.is_ok(), "kill");
-        result
+        match result {
+            // The shim exited during the kill: its task's delete (the exit path's, racing this
+            // kill) shut it down. Whether anything is left to signal is containerd's to say:
+            // a task that is gone or stopped has nothing left, as if the kill had found none.
+            Err(e) if e.find_cause::<crate::errors::ShimConnectionClosed>().is_some() => {
+                let request = GetRequest { container_id: id.to_string(), exec_id: exec_id.to_string() };
+                match grpc(self.tasks().get(self.req(request)).await) {
+                    Err(gone) if gone.is_not_found() => {
+                        Err(Error::not_found(format!("task {id}: gone as its shim exited ({})", e.message)))
+                    }
+                    Ok(response)
+                        if response.process.as_ref().is_some_and(|p| task_state(p.status) == TaskState::Stopped) =>
+                    {
+                        Err(Error::not_found(format!("task {id}: stopped as its shim exited ({})", e.message)))
+                    }
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 }
 
