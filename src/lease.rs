@@ -134,6 +134,28 @@ impl HeldLease<'_> {
     }
 }
 
+impl HeldLease<'_> {
+    /// As `release`, but the delete runs after the caller has moved on: once a record
+    /// references what the lease protected, nothing waits on its delete, and the call it
+    /// served need not pay for a round trip. The id stays held until the delete is done or
+    /// queued, so the sweep never races it.
+    pub(crate) fn release_detached(mut self, service: std::sync::Arc<CriService>) {
+        self.released = true;
+        let id = std::mem::take(&mut self.id);
+        tokio::spawn(async move {
+            match service.delete_lease(&id).await {
+                Ok(()) => {
+                    service.leases.held.lock().unwrap().remove(&id);
+                }
+                Err(error) => {
+                    tracing::warn!(lease = id, %error, "failed to delete lease; retrying later");
+                    service.queue_lease_delete(&id);
+                }
+            }
+        });
+    }
+}
+
 impl Drop for HeldLease<'_> {
     fn drop(&mut self) {
         if !self.released {

@@ -212,7 +212,16 @@ impl CriService {
             Err(error) => tracing::warn!(id = record.id, %error, "sandbox task state unknown"),
             Ok(info) => match info.state {
                 TaskState::Running | TaskState::Paused | TaskState::Pausing => {
-                    status.state = SandboxState::Ready;
+                    // RunPodSandbox starts the task while the network is set up; a crash before
+                    // the network's result was persisted leaves a task with no IP behind, and
+                    // such a sandbox was never ready (its RunPodSandbox never succeeded).
+                    let network_unfinished =
+                        metadata.network_setup_attempted && metadata.cni_result.is_none() && !metadata.host_network;
+                    if network_unfinished {
+                        cov_mark::hit!(recovered_sandbox_without_network);
+                    } else {
+                        status.state = SandboxState::Ready;
+                    }
                     status.pid = info.pid;
                 }
                 _ => {

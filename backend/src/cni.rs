@@ -194,6 +194,7 @@ impl RealCni {
         let kind = config.get("type").and_then(Value::as_str).unwrap_or_default();
         let binary = self.find_plugin(kind)?;
         let cni_path = std::env::join_paths(&self.bin_dirs).unwrap_or_default();
+        let started = std::time::Instant::now();
         let mut child = tokio::process::Command::new(&binary)
             .env_clear()
             .env("CNI_COMMAND", command)
@@ -218,6 +219,7 @@ impl RealCni {
             .await
             .map_err(|_| Error::deadline(format!("CNI plugin {kind} {command} timed out")))?
             .io_context(format!("wait for CNI plugin {kind}"))?;
+        tracing::debug!(kind, command, elapsed_us = started.elapsed().as_micros() as u64, "CNI plugin ran");
         if !output.status.success() {
             // Plugins report errors as JSON {code, msg, details} on stdout.
             let detail: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);

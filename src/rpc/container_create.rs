@@ -153,7 +153,7 @@ impl CriService {
     }
 
     async fn create_container_inner(
-        &self,
+        self: &Arc<Self>,
         sandbox: &Sandbox,
         id: &ContainerId,
         name: &str,
@@ -241,7 +241,7 @@ impl CriService {
             Ok::<(), Error>(())
         }
         .await;
-        lease.release().await;
+        lease.release_detached(self.clone());
         created?;
 
         let status = ContainerStatus {

@@ -245,7 +245,7 @@ impl CriService {
             Ok::<_, Error>((record, created))
         }
         .await;
-        lease.release().await;
+        lease.release_detached(self.clone());
         let (mut record, created) = created?;
         state.created_at_ns = created.created_at_ns;
 
@@ -268,6 +268,19 @@ impl CriService {
             state.undo.push(Undo::TeardownNetwork);
             state.metadata.network_setup_attempted = true;
             self.persist_sandbox_metadata(&mut record, &state.metadata).await?;
+        }
+
+        // The pause task needs only the netns to exist, not its interfaces, so the task's create
+        // and start (a shim, runc) run while the CNI plugins set the network up: the call takes
+        // the longer of the two rather than their sum. Both run to their end before either
+        // result is looked at, so that a rollback never races a create still in flight.
+        // A crash before the network's result is persisted leaves a running task with no IP,
+        // which recovery loads as UNKNOWN, for Stop and Remove to finish.
+        state.undo.push(Undo::DeleteTask);
+        let network = async {
+            if state.metadata.host_network {
+                return Ok(None);
+            }
             let result = self
                 .backends
                 .cni
@@ -277,17 +290,24 @@ impl CriService {
             let Some((primary, additional)) = select_pod_ips(&result.ips, &self.config.cni.ip_pref) else {
                 return Err(Error::internal("CNI result has no IP address for eth0"));
             };
+            Ok(Some((result, primary, additional)))
+        };
+        let task = async {
+            self.create_fresh_task(id.as_str(), &TaskIo::default())
+                .await
+                .map_err(|e| e.context("failed to create sandbox task"))?;
+            containerd.start_task(id.as_str()).await.map_err(|e| e.context("failed to start sandbox task"))
+        };
+        let (network, pid) = futures::join!(network, task);
+        if let Some((result, primary, additional)) = network? {
             state.metadata.ip = primary;
             state.metadata.additional_ips = additional;
             state.metadata.cni_result = Some(result);
+        }
+        let pid = pid?;
+        if !state.metadata.host_network {
             self.persist_sandbox_metadata(&mut record, &state.metadata).await?;
         }
-
-        state.undo.push(Undo::DeleteTask);
-        self.create_fresh_task(id.as_str(), &TaskIo::default())
-            .await
-            .map_err(|e| e.context("failed to create sandbox task"))?;
-        let pid = containerd.start_task(id.as_str()).await.map_err(|e| e.context("failed to start sandbox task"))?;
 
         let sandbox = Arc::new(Sandbox::new(
             state.metadata.clone(),

@@ -66,12 +66,20 @@ impl CriService {
 
     pub(crate) async fn stop_sandbox(self: &Arc<Self>, sandbox: &Arc<Sandbox>) -> Result<()> {
         let id = sandbox.id.clone();
-        for container in self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == id) {
-            self.stop_container_inner(&container, 0)
+        // The pod's containers are killed at once rather than one after another: each stop is
+        // a kill and a wait for its exit, independent of the others'.
+        let containers: Vec<_> = self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == id).collect();
+        let stops = containers.iter().map(|container| async move {
+            self.stop_container_inner(container, 0)
                 .await
-                .map_err(|e| e.context(format!("failed to stop container {:?}", container.id)))?;
+                .map_err(|e| e.context(format!("failed to stop container {:?}", container.id)))
+        });
+        for stopped in futures::future::join_all(stops).await {
+            stopped?;
         }
         self.cleanup_sandbox_files(&id).await?;
+        // The network is torn down only once the pause task is gone: a stop that fails before
+        // leaves the sandbox READY, and a READY sandbox keeps its netns and its IP.
         let state = sandbox.status().state;
         if matches!(state, SandboxState::Ready | SandboxState::Unknown) {
             self.stop_sandbox_task(sandbox).await?;
@@ -82,16 +90,22 @@ impl CriService {
     async fn stop_sandbox_task(self: &Arc<Self>, sandbox: &Arc<Sandbox>) -> Result<()> {
         let id = &sandbox.id;
         let containerd = &self.backends.containerd;
-        match containerd.task_info(id.as_str()).await {
-            Err(error) if error.is_not_found() => {
-                // No task: nothing will ever report an exit, so record one now.
-                let exit = ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns());
-                return self.handle_exit(&TaskId::Sandbox(id.clone()), exit).await;
+        // When the task does not exist, nothing will ever report an exit: record one now.
+        let record_exit_if_task_gone = || async {
+            match containerd.task_info(id.as_str()).await {
+                Err(error) if error.is_not_found() => {
+                    let exit = ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns());
+                    self.handle_exit(&TaskId::Sandbox(id.clone()), exit).await?;
+                    Ok(true)
+                }
+                Err(error) => Err(error.context("failed to get sandbox task")),
+                Ok(_) => Ok(false),
             }
-            Err(error) => return Err(error.context("failed to get sandbox task")),
-            Ok(_) => {}
-        }
+        };
         if sandbox.status().state == SandboxState::Unknown {
+            if record_exit_if_task_gone().await? {
+                return Ok(());
+            }
             // No monitor was started for an UNKNOWN sandbox; start one for this stop.
             let service = self.clone();
             let monitored = id.clone();
@@ -101,9 +115,15 @@ impl CriService {
                 }
             });
         }
+        // A READY sandbox's task is killed without asking for it first; only a kill that finds
+        // no process asks whether the task is gone.
         match containerd.kill_task(id.as_str(), SIGKILL, true).await {
             Ok(()) => {}
-            Err(error) if error.is_not_found() => {}
+            Err(error) if error.is_not_found() => {
+                if record_exit_if_task_gone().await? {
+                    return Ok(());
+                }
+            }
             Err(error) => return Err(error.context("failed to kill sandbox task")),
         }
         self.wait_exit_handled(
@@ -194,6 +214,12 @@ impl CriService {
         if metadata.host_network || metadata.netns_path.is_empty() {
             return Ok(());
         }
+        if sandbox.network_torn_down() {
+            // StopPodSandbox already ran DEL and removed the netns; RemovePodSandbox's stop
+            // need not run the plugins again.
+            cov_mark::hit!(network_teardown_already_done);
+            return Ok(());
+        }
         let closed = self.backends.os.netns_closed(&metadata.netns_path).await?;
         if metadata.network_setup_attempted || metadata.cni_result.is_some() {
             if metadata.cni_result.is_none() {
@@ -216,6 +242,7 @@ impl CriService {
                 .await
                 .map_err(|e| e.context("failed to remove network namespace"))?;
         }
+        sandbox.mark_network_torn_down();
         Ok(())
     }
 

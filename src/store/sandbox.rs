@@ -53,6 +53,10 @@ pub struct Sandbox {
     status: Mutex<SandboxStatus>,
     /// Flips to true once the sandbox's exit has been handled.
     stopped: watch::Sender<bool>,
+    /// Set once this process ran CNI DEL and removed the netns with success: RemovePodSandbox's
+    /// own stop then skips a second DEL. Memory only: after a restart DEL runs again, which is
+    /// what a lost flag costs (DEL is idempotent).
+    network_torn_down: std::sync::atomic::AtomicBool,
 }
 
 impl Sandbox {
@@ -66,7 +70,16 @@ impl Sandbox {
             config,
             status: Mutex::new(status),
             stopped: watch::channel(already_stopped).0,
+            network_torn_down: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn network_torn_down(&self) -> bool {
+        self.network_torn_down.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn mark_network_torn_down(&self) {
+        self.network_torn_down.store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn status(&self) -> SandboxStatus {

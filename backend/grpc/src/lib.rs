@@ -115,7 +115,16 @@ macro_rules! forward_impl {
             $(
                 async fn $method(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
                     tracing::debug!(rpc = stringify!($method), "request");
-                    self.service.$method(request.into_inner()).await.map(Response::new).map_err(status_from)
+                    // tokio's clock: the simulator's virtual time in a simulated build.
+                    let started = tokio::time::Instant::now();
+                    let reply = self.service.$method(request.into_inner()).await;
+                    tracing::debug!(
+                        rpc = stringify!($method),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        ok = reply.is_ok(),
+                        "reply"
+                    );
+                    reply.map(Response::new).map_err(status_from)
                 }
             )*
             $($extra)*

@@ -2,12 +2,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::timing::TimedChannel as Channel;
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::{AbortRequest, ReadContentRequest, WriteAction, WriteContentRequest};
 use crid::error::{Error, ErrorKind, Result};
 use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::Requests;
 use crate::errors::from_status;

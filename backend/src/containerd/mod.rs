@@ -14,6 +14,7 @@ pub mod registry;
 pub mod rootfs;
 pub mod spec;
 pub mod taskio;
+pub mod timing;
 pub mod userdb;
 
 use std::collections::{BTreeMap, HashMap};
@@ -52,9 +53,10 @@ use crid::ports::{
 };
 use hyper_util::rt::TokioIo;
 use prost_types::{Any, FieldMask};
+use timing::TimedChannel;
 use tokio::io::AsyncWriteExt;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Endpoint, Uri};
 
 use crate::errors::from_status;
 use crate::pull::{self, ManifestDocument, RegistryClient};
@@ -68,16 +70,16 @@ const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
 
 /// Opens a lazily connecting channel to containerd's unix socket: a later containerd restart is
 /// survived by reconnecting on the next call.
-pub fn connect_lazy(socket_path: &str) -> Result<Channel> {
+pub fn connect_lazy(socket_path: &str) -> Result<TimedChannel> {
     let path = PathBuf::from(socket_path);
     // The URI is required by tonic but unused: the connector dials the socket.
     let endpoint = Endpoint::try_from("http://[::]:50051")
         .map_err(|e| Error::internal(format!("endpoint: {e}")))?
         .connect_timeout(Duration::from_secs(10));
-    Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+    Ok(TimedChannel::new(endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
         let path = path.clone();
         async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-    })))
+    }))))
 }
 
 /// Builds requests carrying the namespace (and optionally a lease) header.
@@ -121,7 +123,7 @@ pub struct ContainerdOptions {
 }
 
 pub struct RealContainerd {
-    channel: Channel,
+    channel: TimedChannel,
     namespace: String,
     requests: Requests,
     io: IoManager,
@@ -166,16 +168,16 @@ impl RealContainerd {
         self.requests.plain(message)
     }
 
-    fn containers(&self) -> ContainersClient<Channel> {
+    fn containers(&self) -> ContainersClient<TimedChannel> {
         ContainersClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
-    fn tasks(&self) -> TasksClient<Channel> {
+    fn tasks(&self) -> TasksClient<TimedChannel> {
         TasksClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
-    fn images(&self) -> ImagesClient<Channel> {
+    fn images(&self) -> ImagesClient<TimedChannel> {
         ImagesClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
-    fn snapshots(&self) -> SnapshotsClient<Channel> {
+    fn snapshots(&self) -> SnapshotsClient<TimedChannel> {
         SnapshotsClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 

@@ -310,6 +310,41 @@ async fn sandboxes_recover_from_their_tasks() {
     }
 }
 
+/// RunPodSandbox starts the pause task while the CNI plugins run. A crash after the task
+/// started but before the network's result was persisted leaves a running task without an IP:
+/// recovery serves it as not ready (its RunPodSandbox never succeeded), and Stop kills the task
+/// and runs DEL, Remove leaves nothing behind.
+#[madsim::test]
+async fn a_sandbox_whose_network_never_finished_is_not_ready_after_recovery() {
+    cov_mark::check!(recovered_sandbox_without_network);
+    let (world, faults) = world(29);
+    faults.push(FaultSite::CniSetup, None, FaultAction::Hang);
+    let id = in_process(world.clone(), faults.clone(), |node| async move {
+        let svc = node.svc.clone();
+        tokio::spawn(async move {
+            svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("netless")), ..Default::default() })
+                .await
+        });
+        sleep(Duration::from_secs(2)).await;
+        let tasks = node.world.containerd.tasks();
+        assert_eq!(tasks.len(), 1, "the pause task was started while the network hung: {tasks:?}");
+        tasks.into_keys().next().unwrap()
+    })
+    .await;
+    assert_eq!(world.containerd.tasks()[&id].state, TaskState::Running);
+    faults.clear();
+
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxNotready);
+    let view = node.svc.snapshot().sandboxes.into_iter().find(|v| v.id == id).unwrap();
+    assert!(!view.has_cni_result, "{view:?}");
+    node.stop_pod(&id).await;
+    assert!(!world.containerd.tasks().contains_key(&id), "Stop killed and deleted the pause task");
+    node.remove_pod(&id).await;
+    node.assert_no_sandbox_leftovers("the half-run pod removed");
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+}
+
 /// A container or sandbox whose metadata extension cannot be read is quarantined: recovery
 /// finishes, the rest is served, and verbose Status reports it (B10, B11, invariant 18).
 #[madsim::test]
