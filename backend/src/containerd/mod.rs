@@ -131,6 +131,20 @@ pub struct RealContainerd {
     default_snapshotter: String,
     /// Snapshotter each chain id was unpacked into, for the config's GC label.
     unpacked_into: Mutex<HashMap<String, String>>,
+    /// What this process knows without asking: the records it created or updated, and the
+    /// mounts Prepare answered with. Task create and container delete need the record's
+    /// snapshot and runtime options and the snapshot's mounts; containerd's own client asks for
+    /// them on every call (a Containers/Get and a Snapshots/Mounts), which under load costs
+    /// milliseconds each. Both are fixed for the life of the object (only crid writes its
+    /// namespace; overlay mounts name the snapshot's directories, which a containerd restart
+    /// keeps), and a miss — after a restart of crid — asks containerd as before.
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    records: HashMap<String, ContainerRecord>,
+    mounts: HashMap<(String, String), Vec<ProtoMount>>,
 }
 
 fn grpc<T>(result: std::result::Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
@@ -155,6 +169,7 @@ impl RealContainerd {
             registry: RegistryClient::new(options.registry_config_path)?,
             default_snapshotter: options.default_snapshotter,
             unpacked_into: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
         })
     }
 
@@ -185,8 +200,26 @@ impl RealContainerd {
         if record.snapshot_key.is_empty() {
             return Ok(Vec::new());
         }
-        let request = MountsRequest { snapshotter: record.snapshotter.clone(), key: record.snapshot_key.clone() };
-        Ok(grpc(self.snapshots().mounts(self.req(request)).await)?.mounts)
+        self.snapshot_mounts(&record.snapshotter, &record.snapshot_key).await
+    }
+
+    async fn snapshot_mounts(&self, snapshotter: &str, key: &str) -> Result<Vec<ProtoMount>> {
+        let known = (snapshotter.to_string(), key.to_string());
+        if let Some(mounts) = self.known.lock().unwrap().mounts.get(&known) {
+            return Ok(mounts.clone());
+        }
+        let request = MountsRequest { snapshotter: known.0.clone(), key: known.1.clone() };
+        let mounts = grpc(self.snapshots().mounts(self.req(request)).await)?.mounts;
+        self.known.lock().unwrap().mounts.insert(known, mounts.clone());
+        Ok(mounts)
+    }
+
+    /// The record as this process last wrote it, else as containerd has it.
+    async fn known_container(&self, id: &str) -> Result<ContainerRecord> {
+        if let Some(record) = self.known.lock().unwrap().records.get(id) {
+            return Ok(record.clone());
+        }
+        self.get_container(id).await
     }
 
     async fn content_info_exists(&self, digest: &str) -> Result<bool> {
@@ -388,7 +421,9 @@ impl Containerd for RealContainerd {
         let response =
             grpc(self.containers().create(self.req(CreateContainerRequest { container: Some(container) })).await)?;
         let created = response.container.ok_or_else(|| Error::internal("containerd returned no container"))?;
-        convert::from_proto_container(created)
+        let created = convert::from_proto_container(created)?;
+        self.known.lock().unwrap().records.insert(created.id.clone(), created.clone());
+        Ok(created)
     }
 
     async fn get_container(&self, id: &str) -> Result<ContainerRecord> {
@@ -414,18 +449,32 @@ impl Containerd for RealContainerd {
         // The OCI spec is derived from the workload, so it is rewritten with it.
         let mask = FieldMask { paths: vec!["labels".into(), "extensions".into(), "spec".into()] };
         let request = UpdateContainerRequest { container: Some(container), update_mask: Some(mask) };
-        grpc(self.containers().update(self.req(request)).await).map(|_| ())
+        // Forgotten first: should the update fail after it was applied, the next use asks.
+        self.known.lock().unwrap().records.remove(&record.id);
+        let updated = grpc(self.containers().update(self.req(request)).await)?;
+        if let Some(updated) = updated.container {
+            let updated = convert::from_proto_container(updated)?;
+            self.known.lock().unwrap().records.insert(updated.id.clone(), updated);
+        }
+        Ok(())
     }
 
     async fn delete_container(&self, id: &str, cleanup_snapshot: bool) -> Result<()> {
-        let record = match self.get_container(id).await {
+        let record = match self.known_container(id).await {
             Err(e) if e.is_not_found() => {
                 self.io.forget_container(id).await;
                 return Err(e);
             }
             other => other?,
         };
-        grpc(self.containers().delete(self.req(DeleteContainerRequest { id: id.to_string() })).await)?;
+        let deleted = grpc(self.containers().delete(self.req(DeleteContainerRequest { id: id.to_string() })).await);
+        self.known.lock().unwrap().records.remove(id);
+        if let Err(error) = deleted {
+            if error.is_not_found() {
+                self.io.forget_container(id).await;
+            }
+            return Err(error);
+        }
         // The container is gone from containerd: so are its FIFOs, whatever became of its task.
         self.io.forget_container(id).await;
         if cleanup_snapshot && !record.snapshot_key.is_empty() {
@@ -440,7 +489,7 @@ impl Containerd for RealContainerd {
     // ---- tasks ----
 
     async fn create_task(&self, id: &str, io: &TaskIo) -> Result<u32> {
-        let record = self.get_container(id).await?;
+        let record = self.known_container(id).await?;
         let rootfs = self.rootfs_mounts(&record).await?;
         let prepared = self.io.prepare_task(id, &io.log_path, io.tty, io.stdin)?;
         let request = CreateTaskRequest {
@@ -740,7 +789,9 @@ impl Containerd for RealContainerd {
             parent: parent_chain_id.to_string(),
             labels: HashMap::new(),
         };
-        grpc(self.snapshots().prepare(self.requests.with_lease(request, Some(lease))).await).map(|_| ())
+        let prepared = grpc(self.snapshots().prepare(self.requests.with_lease(request, Some(lease))).await)?;
+        self.known.lock().unwrap().mounts.insert((snapshotter.to_string(), key.to_string()), prepared.mounts);
+        Ok(())
     }
 
     async fn read_rootfs_files(
@@ -750,8 +801,7 @@ impl Containerd for RealContainerd {
         paths: &[&str],
         max_bytes: usize,
     ) -> Result<Vec<Option<Vec<u8>>>> {
-        let request = MountsRequest { snapshotter: snapshotter.to_string(), key: key.to_string() };
-        let mounts = grpc(self.snapshots().mounts(self.req(request)).await)?.mounts;
+        let mounts = self.snapshot_mounts(snapshotter, key).await?;
         let mounts: Vec<(String, String, Vec<String>)> =
             mounts.into_iter().map(|m| (m.r#type, m.source, m.options)).collect();
         let paths: Vec<String> = paths.iter().map(|p| p.trim_start_matches('/').to_string()).collect();
@@ -764,6 +814,7 @@ impl Containerd for RealContainerd {
     }
 
     async fn remove_snapshot(&self, snapshotter: &str, key: &str) -> Result<()> {
+        self.known.lock().unwrap().mounts.remove(&(snapshotter.to_string(), key.to_string()));
         let request = RemoveSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.to_string() };
         grpc(self.snapshots().remove(self.req(request)).await).map(|_| ())
     }
