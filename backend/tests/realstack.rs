@@ -1378,6 +1378,14 @@ async fn remove_image_frees_content_and_snapshots() {
     // Two images sharing their base layer.
     let nonroot = crid.image("nonroot:latest");
     crid.pull(&busybox).await;
+    // Pulled again after its blobs were collected: the config written anew is labelled with
+    // its snapshot again (crid remembers which configs it labelled, and a blob written again
+    // drops what it remembered), else the next collection would take the unpacked snapshot.
+    let labelled: Vec<String> = store_rows(&crid, "content")
+        .into_iter()
+        .filter(|row| row.contains("containerd.io/gc.ref.snapshot.overlayfs="))
+        .collect();
+    assert_eq!(labelled.len(), 1, "one config holds the snapshot: {:?}", store_rows(&crid, "content"));
     let busybox_blobs = store_ids(&crid, "content");
     let busybox_snapshots = store_ids(&crid, "snapshots");
     crid.pull(&nonroot).await;

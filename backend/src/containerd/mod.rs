@@ -145,6 +145,19 @@ pub struct RealContainerd {
 struct Known {
     records: HashMap<String, ContainerRecord>,
     mounts: HashMap<(String, String), Vec<ProtoMount>>,
+    /// Image targets (manifest digests) whose config this process has labelled with its
+    /// snapshot, with the config's digest. A pull creates three references to one target;
+    /// the first labels the config (four round trips), the other two need not. A blob
+    /// written again (it had been garbage-collected, and came back without labels) drops
+    /// every entry that names it.
+    labelled: HashMap<String, String>,
+}
+
+impl RealContainerd {
+    /// A blob is about to be written anew: what was known of its labels no longer holds.
+    fn forget_labels_of(&self, digest: &str) {
+        self.known.lock().unwrap().labelled.retain(|target, config| target != digest && config != digest);
+    }
 }
 
 fn grpc<T>(result: std::result::Result<tonic::Response<T>, tonic::Status>) -> Result<T> {
@@ -254,6 +267,9 @@ impl RealContainerd {
     /// Labels the image config with its unpacked snapshot so that containerd's GC keeps the
     /// snapshot chain while the image exists (what containerd's unpacker does).
     async fn label_config_snapshot(&self, record: &ImageRecord) -> Result<()> {
+        if self.known.lock().unwrap().labelled.contains_key(&record.target.digest) {
+            return Ok(());
+        }
         let (_, _, config, config_doc) = match self.read_image(&record.target).await {
             Ok(found) => found,
             // Not yet complete: nothing to protect.
@@ -281,7 +297,9 @@ impl RealContainerd {
             update_mask: Some(FieldMask { paths: vec![format!("labels.{key}")] }),
         };
         let mut client = containerd_client::services::v1::content_client::ContentClient::new(self.channel.clone());
-        grpc(client.update(self.req(request)).await).map(|_| ())
+        grpc(client.update(self.req(request)).await)?;
+        self.known.lock().unwrap().labelled.insert(record.target.digest.clone(), config.digest);
+        Ok(())
     }
 
     async fn wait_process(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {

@@ -32,6 +32,7 @@ impl Registry for RealContainerd {
                 keep_bytes: true,
             };
             let body = futures::stream::iter([Ok(bytes::Bytes::from(manifest_bytes))]);
+            self.forget_labels_of(&resolved.manifest.digest);
             content::write_blob(&self.channel, &self.requests, write, body, &|_| {})
                 .await
                 .map_err(|e| e.context(format!("store manifest {}", resolved.manifest.digest)))?;
@@ -69,6 +70,7 @@ impl Registry for RealContainerd {
             labels: &labels,
             keep_bytes: is_manifest,
         };
+        self.forget_labels_of(&blob.digest);
         content::write_blob(&self.channel, &self.requests, write, Box::pin(body), progress)
             .await
             .map_err(|e| e.context(format!("fetch {}", blob.digest)))
