@@ -10,13 +10,17 @@ fn main() {
 #[cfg(madsim)]
 fn main() {
     use crid_sim::scenario::{Scenario, names};
-    use crid_sim::summary::run_seeds;
+    use crid_sim::summary::{ISOLATION_VAR, Isolation, run_seeds};
     // determinism-ok: benchmark configuration and wall-clock measurement, outside any run.
     let seeds: u64 = std::env::var("CRID_BENCH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("crid-sim");
     assert!(exe.exists(), "build the simulator first: cargo sim list ({} missing)", exe.display());
-    println!("{seeds} seeds per scenario, {jobs} workers, one process per seed\n");
+    let isolation = match Isolation::from_env() {
+        Isolation::Fork => "one forked process per seed, one fork server per worker",
+        Isolation::Spawn => "one spawned process per seed",
+    };
+    println!("{seeds} seeds per scenario, {jobs} workers, {isolation} ({ISOLATION_VAR}=spawn|fork)\n");
     println!(
         "{:<20} {:>10} {:>14} {:>16} {:>14}",
         "scenario", "seeds/s", "sim/wall", "sim s per seed", "rpcs per seed"
