@@ -9,6 +9,12 @@
 //! Prints the wall time of the exits alone (from the first exit of a wave until the last is
 //! recorded, summed over the waves) and, apart, that of setting the containers up and removing
 //! them. Run with `cargo simbench --bench exit_storm`.
+//!
+//! Measured on 2 cores: 100,000 exits in 100 waves of 1,000, 9.6 s wall for the exits (96 us per
+//! exit), 143 s to set up and remove the containers. Issue 15 asks for 1 s. A profile of one
+//! wave puts about 70 us of each exit in building its STOPPED event (`send_container_event`
+//! lists every container of the service to pick the pod's and builds their status messages);
+//! most of the rest is the checkpoint write.
 
 #[cfg(not(madsim))]
 fn main() {
