@@ -130,7 +130,7 @@ impl Checker {
     /// the fake containerd holds, i.e. what the runtime would be handed.
     pub fn check_container_spec(&self, id: &str, config: &k8s_cri::v1::ContainerConfig) {
         use k8s_cri::v1::NamespaceMode;
-        let Some(record) = self.world.containerd.containers().remove(id) else { return };
+        let Some(record) = self.world.containerd.container(id) else { return };
         let object = format!("container {}", short(id));
         let spec = &record.spec;
         let security = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
@@ -198,8 +198,13 @@ impl Checker {
 
     /// 1. Registry ↔ store.
     fn check_registries(&self, snapshot: &StateSnapshot) {
-        let in_flight: BTreeSet<&str> =
-            snapshot.operations.iter().chain(&snapshot.undelivered).map(String::as_str).collect();
+        // Operation names are "{kind}/{name}"; kept split so that a lookup needs no allocation.
+        let in_flight: BTreeSet<(&str, &str)> = snapshot
+            .operations
+            .iter()
+            .chain(&snapshot.undelivered)
+            .filter_map(|operation| operation.split_once('/'))
+            .collect();
         let sandboxes: BTreeMap<&str, &str> =
             snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.name.as_str())).collect();
         let containers: BTreeMap<&str, &str> =
@@ -214,7 +219,7 @@ impl Checker {
                     self.fail("1 registry injective", &format!("{kind} {}", short(id)), "one id holds two names");
                 }
                 let stored = store.get(id.as_str()) == Some(&name.as_str());
-                let in_flight_op = in_flight.contains(format!("{kind}/{name}").as_str());
+                let in_flight_op = in_flight.contains(&(kind, name.as_str()));
                 if !stored && !in_flight_op && !quarantined.contains(id.as_str()) {
                     self.fail(
                         "1 registry <-> store",
@@ -242,10 +247,11 @@ impl Checker {
         let incarnation = *self.incarnation.lock().unwrap();
         let mut seen = self.containers.lock().unwrap();
         for container in &snapshot.containers {
-            let object = format!("container {}", short(&container.id));
+            // Named only when an invariant fails: this runs for every container after every call.
+            let object = || format!("container {}", short(&container.id));
             let (state, finished) = (container.state, container.status.finished_at_ns);
             if container.status.created_at_ns == 0 && state != Unknown {
-                self.fail("2 CreatedAt set", &object, format!("{state:?} with CreatedAt=0 (B9)"));
+                self.fail("2 CreatedAt set", &object(), format!("{state:?} with CreatedAt=0 (B9)"));
             }
             if let Some(&(before, before_finished, before_incarnation)) = seen.get(&container.id) {
                 let restart = before_incarnation != incarnation;
@@ -258,15 +264,20 @@ impl Checker {
                 if !allowed {
                     self.fail(
                         "2 monotone container state",
-                        &object,
+                        &object(),
                         format!("{before:?} -> {state:?}{}", if restart { " across a restart" } else { "" }),
                     );
                 }
                 if before_finished != 0 && finished != before_finished {
-                    self.fail("2 FinishedAt immutable", &object, format!("{before_finished} -> {finished}"));
+                    self.fail("2 FinishedAt immutable", &object(), format!("{before_finished} -> {finished}"));
                 }
             }
-            seen.insert(container.id.clone(), (state, finished, incarnation));
+            match seen.get_mut(&container.id) {
+                Some(last) => *last = (state, finished, incarnation),
+                None => {
+                    seen.insert(container.id.clone(), (state, finished, incarnation));
+                }
+            }
         }
     }
 
@@ -289,7 +300,12 @@ impl Checker {
                     );
                 }
             }
-            seen.insert(sandbox.id.clone(), (sandbox.state, incarnation));
+            match seen.get_mut(&sandbox.id) {
+                Some(last) => *last = (sandbox.state, incarnation),
+                None => {
+                    seen.insert(sandbox.id.clone(), (sandbox.state, incarnation));
+                }
+            }
         }
     }
 
@@ -297,20 +313,20 @@ impl Checker {
     fn check_network(&self, snapshot: &StateSnapshot) {
         let allocations = self.world.cni.allocations();
         for sandbox in snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready && !s.stopped) {
-            let object = format!("sandbox {}", short(&sandbox.id));
+            let object = || format!("sandbox {}", short(&sandbox.id));
             if sandbox.host_network {
                 if !sandbox.netns_path.is_empty() || allocations.contains_key(&sandbox.id) {
-                    self.fail("4 network", &object, "host-network sandbox has a netns or an IP");
+                    self.fail("4 network", &object(), "host-network sandbox has a netns or an IP");
                 }
                 continue;
             }
             if !self.world.os.netns_exists(&sandbox.netns_path) {
-                self.fail("4 network", &object, format!("READY but netns {} is missing", sandbox.netns_path));
+                self.fail("4 network", &object(), format!("READY but netns {} is missing", sandbox.netns_path));
             }
             if sandbox.ip.is_empty() || !sandbox.has_cni_result || allocations.get(&sandbox.id) != Some(&sandbox.ip) {
                 self.fail(
                     "4 network",
-                    &object,
+                    &object(),
                     format!(
                         "READY but IP {:?} is not its live allocation {:?}",
                         sandbox.ip,
@@ -330,7 +346,7 @@ impl Checker {
         let image_of: BTreeMap<&str, &str> =
             snapshot.containers.iter().map(|c| (c.id.as_str(), c.image_ref.as_str())).collect();
         for status in &view.containers {
-            let object = format!("container {}", short(&status.id));
+            let object = || format!("container {}", short(&status.id));
             let state = Cri::try_from(status.state).unwrap_or(Cri::ContainerUnknown);
             // 23. Exit: the code the task ended with, and OOMKilled exactly when the OOM killer
             // ended it. A start that failed (StartError), an exit the core reports as unknown (a
@@ -345,14 +361,14 @@ impl Checker {
                 if (status.reason == REASON_OOM_KILLED) != end.oom_killed {
                     self.fail(
                         "23 OOMKilled iff OOM-killed",
-                        &object,
+                        &object(),
                         format!("reason {:?}, but the task was OOM-killed: {}", status.reason, end.oom_killed),
                     );
                 }
                 if status.exit_code != exit.exit_code as i32 {
                     self.fail(
                         "23 exit code is the task's",
-                        &object,
+                        &object(),
                         format!("exit code {}, the task exited with {}", status.exit_code, exit.exit_code),
                     );
                 }
@@ -367,7 +383,7 @@ impl Checker {
             if !ordered {
                 self.fail(
                     "23 status times ordered",
-                    &object,
+                    &object(),
                     format!("{state:?}: created {created}, started {started}, finished {finished}"),
                 );
             }
@@ -377,7 +393,7 @@ impl Checker {
             if status.image_ref != *id && snapshot.image_refs.get(&status.image_ref).map(String::as_str) != Some(*id) {
                 self.fail(
                     "23 image ref in the store",
-                    &object,
+                    &object(),
                     format!("image_ref {:?} is neither image {id} nor one of its references", status.image_ref),
                 );
             }
@@ -385,7 +401,7 @@ impl Checker {
             if view.images.contains_key(*id) && snapshot.image_refs.get(shown).is_some_and(|other| other != id) {
                 self.fail(
                     "23 image ref in the store",
-                    &object,
+                    &object(),
                     format!("shows image {shown:?}, which the store maps to another image than {id}"),
                 );
             }
@@ -405,7 +421,7 @@ impl Checker {
             && self.image_removals_in_flight.load(Ordering::SeqCst) == 0
             && !snapshot.lock_keys.iter().any(|k| k.starts_with(IMAGE_REF_LOCK_PREFIX));
         if settled {
-            let k_names: BTreeSet<String> = self.world.containerd.images().into_keys().collect();
+            let k_names = self.world.containerd.image_names();
             let served: BTreeSet<String> = view.images.values().flatten().cloned().collect();
             if k_names != served {
                 let missing: Vec<_> = k_names.difference(&served).collect();

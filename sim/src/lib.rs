@@ -10,6 +10,8 @@ pub mod scenario;
 pub mod buggify;
 #[cfg(madsim)]
 pub mod cri_node;
+#[cfg(all(madsim, unix))]
+pub mod forks;
 #[cfg(madsim)]
 pub mod invariants;
 #[cfg(madsim)]

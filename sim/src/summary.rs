@@ -95,24 +95,7 @@ pub fn run_seed_isolated(exe: &Path, scenario: &Scenario, seed: u64) -> RunRepor
 
 /// As [`run_seed_isolated`]; with `keep_trace` the report carries the trace even when it passed.
 pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_trace: bool) -> RunReport {
-    let failed = |detail: String| RunReport {
-        scenario: scenario.name.clone(),
-        seed,
-        failures: vec![Failure {
-            invariant: "simulator process failed".into(),
-            object: "-".into(),
-            sim_time: "-".into(),
-            detail,
-        }],
-        trace_hash: String::new(),
-        trace: vec![],
-        sim_ms: 0,
-        wall_ms: 0,
-        active_points: vec![],
-        chaos_events: vec![],
-        rpcs: 0,
-        pods: 0,
-    };
+    let failed = |detail: String| failed_report(scenario, seed, detail);
     let text = toml::to_string(scenario).expect("scenario serialises");
     #[expect(
         clippy::disallowed_methods,
@@ -144,13 +127,118 @@ pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_t
     }
 }
 
+/// How [`run_seeds`] gives each seed a process of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// One fork server per worker forks a child per seed (sim/src/forks.rs). Falls back to
+    /// [`Isolation::Spawn`] for a worker whose server cannot start.
+    Fork,
+    /// `crid-sim run-isolated` is started anew for every seed.
+    Spawn,
+}
+
+/// The variable that chooses the isolation: `spawn` or `fork` (the default where fork exists).
+pub const ISOLATION_VAR: &str = "CRID_SIM_ISOLATION";
+
+impl Isolation {
+    /// From [`ISOLATION_VAR`]: fork unless it says `spawn` or the system has no fork.
+    pub fn from_env() -> Isolation {
+        // determinism-ok: chooses how seeds are started, outside any run; runs are the same.
+        let spawn = std::env::var(ISOLATION_VAR).is_ok_and(|v| v == "spawn");
+        if spawn || !cfg!(unix) { Isolation::Spawn } else { Isolation::Fork }
+    }
+}
+
+/// The report of a seed whose process failed before it could report.
+fn failed_report(scenario: &Scenario, seed: u64, detail: String) -> RunReport {
+    RunReport {
+        scenario: scenario.name.clone(),
+        seed,
+        failures: vec![Failure {
+            invariant: "simulator process failed".into(),
+            object: "-".into(),
+            sim_time: "-".into(),
+            detail,
+        }],
+        trace_hash: String::new(),
+        trace: vec![],
+        sim_ms: 0,
+        wall_ms: 0,
+        active_points: vec![],
+        chaos_events: vec![],
+        rpcs: 0,
+        pods: 0,
+    }
+}
+
 /// Runs `seeds` with `jobs` workers, each seed in its own process, calling `on_done` after each
-/// run (progress).
+/// run (progress). The isolation comes from [`Isolation::from_env`].
 pub fn run_seeds(
     exe: &Path,
     scenario: &Scenario,
     seeds: Vec<u64>,
     jobs: usize,
+    on_done: impl Fn(&RunReport) + Send + Sync,
+) -> (Summary, Vec<RunReport>) {
+    run_seeds_with(exe, scenario, seeds, jobs, Isolation::from_env(), on_done)
+}
+
+/// One worker's way of running seeds: its fork server, or spawning.
+struct Worker<'a> {
+    exe: &'a Path,
+    scenario: &'a Scenario,
+    #[cfg(unix)]
+    server: Option<crate::forks::ForkServer>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(exe: &'a Path, scenario: &'a Scenario, isolation: Isolation) -> Worker<'a> {
+        #[cfg(unix)]
+        let server = match isolation {
+            Isolation::Fork => crate::forks::ForkServer::start(exe, scenario)
+                .inspect_err(|e| eprintln!("warning: {e}; starting a process per seed instead"))
+                .ok(),
+            Isolation::Spawn => None,
+        };
+        #[cfg(not(unix))]
+        let _ = isolation;
+        Worker {
+            exe,
+            scenario,
+            #[cfg(unix)]
+            server,
+        }
+    }
+
+    fn run(&mut self, seed: u64, keep_trace: bool) -> RunReport {
+        #[cfg(unix)]
+        if let Some(server) = &mut self.server {
+            return match server.run(seed, keep_trace) {
+                Ok(report) => report,
+                Err(error) => {
+                    // The server may be gone with its child: the next seed gets a new one.
+                    self.server = crate::forks::ForkServer::start(self.exe, self.scenario).ok();
+                    failed_report(self.scenario, seed, error)
+                }
+            };
+        }
+        run_seed_isolated_with(self.exe, self.scenario, seed, keep_trace)
+    }
+}
+
+/// Runs one seed through a fresh fork server (a test compares it with the spawn path).
+#[cfg(unix)]
+pub fn run_seed_forked(exe: &Path, scenario: &Scenario, seed: u64, keep_trace: bool) -> Result<RunReport, String> {
+    crate::forks::ForkServer::start(exe, scenario)?.run(seed, keep_trace)
+}
+
+/// As [`run_seeds`], with the isolation given.
+pub fn run_seeds_with(
+    exe: &Path,
+    scenario: &Scenario,
+    seeds: Vec<u64>,
+    jobs: usize,
+    isolation: Isolation,
     on_done: impl Fn(&RunReport) + Send + Sync,
 ) -> (Summary, Vec<RunReport>) {
     assert!(jobs > 0);
@@ -164,9 +252,10 @@ pub fn run_seeds(
     std::thread::scope(|scope| {
         for _ in 0..jobs {
             scope.spawn(|| {
+                let mut worker = Worker::new(exe, scenario, isolation);
                 loop {
                     let Some(seed) = queue.lock().unwrap().pop_front() else { break };
-                    let report = run_seed_isolated(exe, scenario, seed);
+                    let report = worker.run(seed, false);
                     summary.lock().unwrap().add(&report);
                     done.fetch_add(1, Ordering::Relaxed);
                     on_done(&report);

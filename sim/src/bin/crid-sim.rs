@@ -113,6 +113,10 @@ mod cli {
             #[arg(long)]
             keep_trace: bool,
         },
+        /// Serve seeds of one scenario, each in a forked child (sim/src/forks.rs): the scenario
+        /// as length-prefixed TOML on stdin, then one request line per seed.
+        #[command(hide = true)]
+        ForkServer,
         /// Merge shard summaries written with `run --json`: files, or directories whose
         /// `*.json` files are read (a Job's results volume).
         Merge {
@@ -176,6 +180,7 @@ mod cli {
             Command::Shrink { scenario, seed, out } => shrink(&scenario, seed, out),
             Command::Merge { files } => merge(&files),
             Command::RunIsolated { seed, keep_trace } => run_isolated(seed, keep_trace),
+            Command::ForkServer => crid_sim::forks::serve(),
             Command::List => {
                 for name in names() {
                     let scenario = Scenario::load(name).expect("embedded scenarios parse");

@@ -100,10 +100,18 @@ fn no_space(path: &str) -> Error {
 
 impl OsState {
     fn is_dir(&self, path: &str) -> bool {
-        path == "/"
-            || self.dirs.contains(path)
-            // A file seeded by a test implies its directories, as on a real disk image.
-            || self.files.keys().any(|file| is_within(file, path) && file != path)
+        if path == "/" || self.dirs.contains(path) {
+            return true;
+        }
+        // A file seeded by a test implies its directories, as on a real disk image. The files
+        // within `path` are those that start with `path/`: in sorted order, the first one at or
+        // after that prefix says whether there is any (a scan of every file made each write
+        // cost as much as there are files).
+        let prefix = format!("{path}/");
+        self.files
+            .range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded))
+            .next()
+            .is_some_and(|(file, _)| file.starts_with(&prefix))
     }
 
     fn require_parent_dir(&self, path: &str) -> Result<()> {

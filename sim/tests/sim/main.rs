@@ -16,6 +16,8 @@ mod determinism;
 #[cfg(madsim)]
 mod events;
 #[cfg(madsim)]
+mod forks;
+#[cfg(madsim)]
 mod golden;
 #[cfg(madsim)]
 mod grpc;

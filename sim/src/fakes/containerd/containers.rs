@@ -13,6 +13,12 @@ impl FakeContainerd {
         self.state().containers.clone()
     }
 
+    /// One record: what [`Self::containers`] holds under `id`, without copying the others. It
+    /// settles due exits as every other read does.
+    pub fn container(&self, id: &str) -> Option<ContainerRecord> {
+        self.state().containers.get(id).cloned()
+    }
+
     pub(super) fn do_create_container(&self, record: ContainerRecord) -> Result<ContainerRecord> {
         let mut state = self.state();
         if state.containers.contains_key(&record.id) {

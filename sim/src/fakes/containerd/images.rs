@@ -119,6 +119,11 @@ impl FakeContainerd {
         self.raw_state().images.clone()
     }
 
+    /// The names of [`Self::images`], without copying their records.
+    pub fn image_names(&self) -> BTreeSet<String> {
+        self.raw_state().images.keys().cloned().collect()
+    }
+
     /// The ids of the leases that exist (not expired).
     pub fn leases(&self) -> BTreeSet<String> {
         self.state().leases.keys().cloned().collect()

@@ -96,11 +96,29 @@ struct State {
     fetch_plans: BTreeMap<String, FetchPlan>,
     apply_latency: Duration,
     gc_enabled: bool,
+    /// No scripted exit of a task's init or of an exec is due before this (`None`: none is
+    /// scripted): until then a read need not visit every task to settle due exits, which made
+    /// every read cost as much as there are tasks. A bound, not the exact time: it is lowered
+    /// where an exit is scripted and recomputed by the pass that settles.
+    settle_due: Option<tokio::time::Instant>,
     /// Files of an image's rootfs (its account files), by the chain id of its top layer.
     rootfs_files: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
+/// The earlier of two optional times (`None`: never).
+fn earliest(a: Option<tokio::time::Instant>, b: Option<tokio::time::Instant>) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 impl State {
+    /// An exit was scripted at `due`: reads settle from then on.
+    fn exit_scripted(&mut self, due: Option<tokio::time::Instant>) {
+        self.settle_due = earliest(self.settle_due, due);
+    }
+
     fn new() -> Self {
         State {
             up: true,
@@ -108,6 +126,7 @@ impl State {
             console_sizes: Vec::new(),
             containers: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            settle_due: None,
             deleted_exits: BTreeMap::new(),
             shims: BTreeSet::new(),
             next_pid: FIRST_PID,
@@ -208,8 +227,13 @@ impl FakeContainerd {
         let mut state = self.raw_state();
         let now = virtual_now();
         let mut events = Vec::new();
-        for (id, task) in state.tasks.iter_mut() {
-            self.settle(id, task, now, &mut events);
+        if state.settle_due.is_some_and(|due| due <= now) {
+            let mut next_due = None;
+            for (id, task) in state.tasks.iter_mut() {
+                self.settle(id, task, now, &mut events);
+                next_due = earliest(next_due, task.unsettled_due());
+            }
+            state.settle_due = next_due;
         }
         // Also delivers the held-back events that are due.
         self.publish(&mut state, events);

@@ -130,6 +130,13 @@ impl Task {
     fn end(&self) -> Option<TaskEnd> {
         self.init.exit.map(|exit| TaskEnd { exit, oom_killed: self.oom_kills > 0 })
     }
+
+    /// The earliest scripted exit of its processes that has not happened yet: what
+    /// [`FakeContainerd::settle`] may still have to apply.
+    pub(super) fn unsettled_due(&self) -> Option<Instant> {
+        let pending = |process: &Process| process.scripted.filter(|_| process.exit.is_none()).map(|s| s.at);
+        self.execs.values().map(|exec| pending(&exec.process)).fold(pending(&self.init), super::earliest)
+    }
 }
 
 /// How a task's init ended, as only the fake knows it: the exit, and whether the OOM killer
@@ -487,7 +494,9 @@ impl FakeContainerd {
         task.state = TaskState::Running;
         task.running_since = now;
         task.started_at = Some(now);
-        Ok(task.init.pid)
+        let (pid, due) = (task.init.pid, task.init.scripted.map(|scripted| scripted.at));
+        state.exit_scripted(due);
+        Ok(pid)
     }
 
     pub(super) fn do_kill_task(&self, id: &str, signal: u32, all: bool) -> Result<()> {
@@ -579,7 +588,9 @@ impl FakeContainerd {
                 exec.output_held = output_held.map_or(OutputHold::Forever, |held| OutputHold::Until(now + held));
             }
         }
+        let due = exec.process.scripted.map(|scripted| scripted.at);
         task.execs.insert(spec.exec_id.clone(), exec);
+        state.exit_scripted(due);
         if let Some(size) = spec.console_size.filter(|_| spec.tty) {
             state.console_sizes.push((id.to_string(), spec.exec_id.clone(), size));
         }
