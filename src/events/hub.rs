@@ -78,10 +78,9 @@ impl CriService {
         let sandbox_status = self.sandboxes.get(sandbox_id.as_str()).ok().map(|s| self.sandbox_status_message(&s));
         let containers_statuses = self
             .containers
-            .list()
-            .into_iter()
             .filter(|c| c.metadata.sandbox_id == *sandbox_id)
-            .map(|c| self.container_status_message(&c))
+            .iter()
+            .map(|c| self.container_status_message(c))
             .collect();
         self.container_events.publish(ContainerEventResponse {
             container_id: container_id.to_string(),

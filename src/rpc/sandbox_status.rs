@@ -106,7 +106,7 @@ impl CriService {
 
     async fn sandbox_stats(self: &Arc<Self>, sandbox: &Sandbox) -> PodSandboxStats {
         let mut containers = vec![];
-        for container in self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == sandbox.id) {
+        for container in self.containers.filter(|c| c.metadata.sandbox_id == sandbox.id) {
             containers.push(self.container_stats_message(&container).await);
         }
         let cpu_total: u64 =

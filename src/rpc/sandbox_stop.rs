@@ -68,7 +68,7 @@ impl CriService {
         let id = sandbox.id.clone();
         // The pod's containers are killed at once rather than one after another: each stop is
         // a kill and a wait for its exit, independent of the others'.
-        let containers: Vec<_> = self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == id).collect();
+        let containers: Vec<_> = self.containers.filter(|c| c.metadata.sandbox_id == id);
         let stops = containers.iter().map(|container| async move {
             self.stop_container_inner(container, 0)
                 .await
@@ -258,7 +258,7 @@ impl CriService {
                 sandbox.metadata.netns_path
             )));
         }
-        for container in self.containers.list().into_iter().filter(|c| c.metadata.sandbox_id == id) {
+        for container in self.containers.filter(|c| c.metadata.sandbox_id == id) {
             self.remove_container_inner(&container)
                 .await
                 .map_err(|e| e.context(format!("failed to remove container {:?}", container.id)))?;
