@@ -80,6 +80,19 @@ impl CriService {
         }
     }
 
+    /// Deletes a lease an operation held and lets go of it; a failure queues the delete.
+    async fn delete_held_lease(&self, id: &str) {
+        match self.delete_lease(id).await {
+            Ok(()) => {
+                self.leases.held.lock().unwrap().remove(id);
+            }
+            Err(error) => {
+                tracing::warn!(lease = id, %error, "failed to delete lease; retrying later");
+                self.queue_lease_delete(id);
+            }
+        }
+    }
+
     /// Queues the delete of a lease no operation holds any more.
     fn queue_lease_delete(&self, id: &str) {
         self.monitor.push(BackoffKey::Lease(id.to_string()), PendingEvent::DeleteLease, self.now_ns());
@@ -121,15 +134,7 @@ impl HeldLease<'_> {
 
     /// Deletes the lease (what it alone held becomes garbage); a failure queues the delete.
     pub(crate) async fn release(mut self) {
-        match self.service.delete_lease(&self.id).await {
-            Ok(()) => {
-                self.service.leases.held.lock().unwrap().remove(&self.id);
-            }
-            Err(error) => {
-                tracing::warn!(lease = self.id, %error, "failed to delete lease; retrying later");
-                self.service.queue_lease_delete(&self.id);
-            }
-        }
+        self.service.delete_held_lease(&self.id).await;
         self.released = true;
     }
 }
@@ -142,17 +147,7 @@ impl HeldLease<'_> {
     pub(crate) fn release_detached(mut self, service: std::sync::Arc<CriService>) {
         self.released = true;
         let id = std::mem::take(&mut self.id);
-        tokio::spawn(async move {
-            match service.delete_lease(&id).await {
-                Ok(()) => {
-                    service.leases.held.lock().unwrap().remove(&id);
-                }
-                Err(error) => {
-                    tracing::warn!(lease = id, %error, "failed to delete lease; retrying later");
-                    service.queue_lease_delete(&id);
-                }
-            }
-        });
+        tokio::spawn(async move { service.delete_held_lease(&id).await });
     }
 }
 

@@ -39,6 +39,28 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The report of a seed that ended before its checks could report: one failure, no trace.
+    pub fn without_run(scenario: &str, seed: u64, invariant: &str, detail: String) -> RunReport {
+        RunReport {
+            scenario: scenario.to_string(),
+            seed,
+            failures: vec![Failure {
+                invariant: invariant.to_string(),
+                object: "-".into(),
+                sim_time: "-".into(),
+                detail,
+            }],
+            trace_hash: String::new(),
+            trace: vec![],
+            sim_ms: 0,
+            wall_ms: 0,
+            active_points: vec![],
+            chaos_events: vec![],
+            rpcs: 0,
+            pods: 0,
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }
@@ -168,24 +190,7 @@ pub fn run_seed(scenario: &Scenario, seed: u64, echo_trace: bool) -> RunReport {
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic".into());
             trace.log("VIOLATED", format!("assertion: {message}"));
-            RunReport {
-                scenario: scenario.name.clone(),
-                seed,
-                failures: vec![Failure {
-                    invariant: "assertion (core or harness panicked)".into(),
-                    object: "-".into(),
-                    sim_time: "-".into(),
-                    detail: message,
-                }],
-                trace_hash: String::new(),
-                trace: vec![],
-                sim_ms: 0,
-                wall_ms: 0,
-                active_points: vec![],
-                chaos_events: vec![],
-                rpcs: 0,
-                pods: 0,
-            }
+            RunReport::without_run(&scenario.name, seed, "assertion (core or harness panicked)", message)
         }
     };
     report.wall_ms = wall_ms;

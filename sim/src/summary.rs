@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 
-use crate::invariants::Failure;
 use crate::runner::{RunReport, replay_command};
 use crate::scenario::Scenario;
 
@@ -151,24 +150,7 @@ impl Isolation {
 
 /// The report of a seed whose process failed before it could report.
 fn failed_report(scenario: &Scenario, seed: u64, detail: String) -> RunReport {
-    RunReport {
-        scenario: scenario.name.clone(),
-        seed,
-        failures: vec![Failure {
-            invariant: "simulator process failed".into(),
-            object: "-".into(),
-            sim_time: "-".into(),
-            detail,
-        }],
-        trace_hash: String::new(),
-        trace: vec![],
-        sim_ms: 0,
-        wall_ms: 0,
-        active_points: vec![],
-        chaos_events: vec![],
-        rpcs: 0,
-        pods: 0,
-    }
+    RunReport::without_run(&scenario.name, seed, "simulator process failed", detail)
 }
 
 /// Runs `seeds` with `jobs` workers, each seed in its own process, calling `on_done` after each

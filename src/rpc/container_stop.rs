@@ -9,7 +9,7 @@ use k8s_cri::v1::{
 };
 
 use crate::error::{Error, Result};
-use crate::ids::{ContainerId, TaskId};
+use crate::ids::TaskId;
 use crate::ports::ExitStatus;
 use crate::rpc::container_create::state_name;
 use crate::rpc::sandbox_run::ignore_not_found;
@@ -50,7 +50,7 @@ impl CriService {
         }
         let containerd = &self.backends.containerd;
         if state == ContainerState::Unknown {
-            if self.record_exit_if_task_gone(&id).await? {
+            if self.record_exit_if_task_gone(&TaskId::Container(id.clone())).await? {
                 return Ok(());
             }
             // An UNKNOWN container has no monitor; this one reports the exit of this stop.
@@ -70,7 +70,7 @@ impl CriService {
                 match containerd.kill_task(id.as_str(), signal, false).await {
                     Ok(()) => {}
                     Err(error) if error.is_not_found() => {
-                        if self.record_exit_if_task_gone(&id).await? {
+                        if self.record_exit_if_task_gone(&TaskId::Container(id.clone())).await? {
                             return Ok(());
                         }
                     }
@@ -90,7 +90,7 @@ impl CriService {
         match containerd.kill_task(id.as_str(), SIGKILL, true).await {
             Ok(()) => {}
             Err(error) if error.is_not_found() => {
-                if self.record_exit_if_task_gone(&id).await? {
+                if self.record_exit_if_task_gone(&TaskId::Container(id.clone())).await? {
                     return Ok(());
                 }
             }
@@ -105,17 +105,20 @@ impl CriService {
         .await
     }
 
-    /// When the container's task does not exist, nothing will ever report its exit: it is
-    /// recorded here, as unknown, and true is returned. A task that exists (running, or stopped
-    /// with its exit on the way to the monitor) returns false.
-    async fn record_exit_if_task_gone(self: &Arc<Self>, id: &ContainerId) -> Result<bool> {
-        match self.backends.containerd.task_info(id.as_str()).await {
+    /// When the task does not exist, nothing will ever report its exit: it is recorded here,
+    /// as unknown, and true is returned. A task that exists (running, or stopped with its exit
+    /// on the way to the monitor) returns false.
+    pub(crate) async fn record_exit_if_task_gone(self: &Arc<Self>, task: &TaskId) -> Result<bool> {
+        match self.backends.containerd.task_info(task.as_str()).await {
             Err(error) if error.is_not_found() => {
                 let exit = ExitStatus::new(EXIT_CODE_UNKNOWN as u32, self.now_ns());
-                self.handle_exit(&TaskId::Container(id.clone()), exit).await?;
+                self.handle_exit(task, exit).await?;
                 Ok(true)
             }
-            Err(error) => Err(error.context("failed to get task")),
+            Err(error) => Err(error.context(match task {
+                TaskId::Container(_) => "failed to get task",
+                TaskId::Sandbox(_) => "failed to get sandbox task",
+            })),
             Ok(_) => Ok(false),
         }
     }

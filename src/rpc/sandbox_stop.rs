@@ -90,20 +90,9 @@ impl CriService {
     async fn stop_sandbox_task(self: &Arc<Self>, sandbox: &Arc<Sandbox>) -> Result<()> {
         let id = &sandbox.id;
         let containerd = &self.backends.containerd;
-        // When the task does not exist, nothing will ever report an exit: record one now.
-        let record_exit_if_task_gone = || async {
-            match containerd.task_info(id.as_str()).await {
-                Err(error) if error.is_not_found() => {
-                    let exit = ExitStatus::new(crate::store::container::EXIT_CODE_UNKNOWN as u32, self.now_ns());
-                    self.handle_exit(&TaskId::Sandbox(id.clone()), exit).await?;
-                    Ok(true)
-                }
-                Err(error) => Err(error.context("failed to get sandbox task")),
-                Ok(_) => Ok(false),
-            }
-        };
+        let task = TaskId::Sandbox(id.clone());
         if sandbox.status().state == SandboxState::Unknown {
-            if record_exit_if_task_gone().await? {
+            if self.record_exit_if_task_gone(&task).await? {
                 return Ok(());
             }
             // No monitor was started for an UNKNOWN sandbox; start one for this stop.
@@ -120,7 +109,7 @@ impl CriService {
         match containerd.kill_task(id.as_str(), SIGKILL, true).await {
             Ok(()) => {}
             Err(error) if error.is_not_found() => {
-                if record_exit_if_task_gone().await? {
+                if self.record_exit_if_task_gone(&task).await? {
                     return Ok(());
                 }
             }
