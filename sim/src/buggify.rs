@@ -2,7 +2,7 @@
 //! is activated or not, drawn from the seed and printed; an active point then fires on a call
 //! with the scenario's rate. Every firing is logged in the trace.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +38,9 @@ pub fn eligible_points(scenario: &Scenario) -> Vec<String> {
 
 pub struct FaultPlan {
     active: BTreeSet<String>,
+    /// `active` by site, in `FaultKind::all()` order: `at` runs on every call of every fake, so
+    /// it must not format a point's name per kind to look it up.
+    active_kinds: BTreeMap<FaultSite, Vec<FaultKind>>,
     rate: f64,
     max_delay_ms: u64,
     enabled: AtomicBool,
@@ -68,8 +71,17 @@ impl FaultPlan {
                 active
             }
         };
+        let mut active_kinds: BTreeMap<FaultSite, Vec<FaultKind>> = BTreeMap::new();
+        for &site in FaultSite::ALL {
+            for kind in FaultKind::all() {
+                if active.contains(&point(site, kind)) {
+                    active_kinds.entry(site).or_default().push(kind);
+                }
+            }
+        }
         FaultPlan {
             active,
+            active_kinds,
             rate: scenario.faults.rate,
             max_delay_ms: scenario.faults.max_delay_ms.max(1),
             enabled: AtomicBool::new(true),
@@ -94,10 +106,8 @@ impl FaultInjector for FaultPlan {
         if !self.enabled.load(Ordering::SeqCst) || self.active.is_empty() {
             return FaultAction::Proceed;
         }
-        for kind in FaultKind::all() {
-            if !self.active.contains(&point(site, kind)) {
-                continue;
-            }
+        let Some(kinds) = self.active_kinds.get(&site) else { return FaultAction::Proceed };
+        for &kind in kinds {
             let mut rng = self.rng.lock().unwrap();
             if !rng.gen_bool(self.rate) {
                 continue;
