@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crid::inspect::StateSnapshot;
-use crid::ports::{KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskState};
+use crid::ports::{KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskInfo, TaskState};
 use crid::{ContainerState, SandboxState};
 use serde::{Deserialize, Serialize};
 
@@ -118,8 +118,10 @@ impl Checker {
         self.check_network(&snapshot);
         self.check_no_duplicate_work();
         self.check_kubelet_view(&snapshot);
-        self.check_gone_tasks_recorded(&snapshot);
-        self.check_exited_containers_have_no_running_task(&snapshot);
+        // Both task checks read the same tasks; one copy of them serves both.
+        let tasks = self.world.containerd.is_up().then(|| self.world.containerd.tasks());
+        self.check_gone_tasks_recorded(&snapshot, tasks.as_ref());
+        self.check_exited_containers_have_no_running_task(&snapshot, tasks.as_ref());
         for (object, detail) in self.oracle.check(&snapshot) {
             self.fail("oracle: acknowledged state", &object, detail);
         }
@@ -437,15 +439,15 @@ impl Checker {
     /// handled, or queued for a retry after a failed write), while containerd is down (no Wait
     /// completes), and for a task whose Wait completion was swallowed (the reconciler's case,
     /// B6). Scenarios whose faults hit the Wait path itself do not set a bound.
-    fn check_gone_tasks_recorded(&self, snapshot: &StateSnapshot) {
+    /// `tasks` is None while containerd is down.
+    fn check_gone_tasks_recorded(&self, snapshot: &StateSnapshot, tasks: Option<&BTreeMap<String, TaskInfo>>) {
         let Some(bound) = self.gone_task_bound else { return };
         let containerd = &self.world.containerd;
         let mut since = self.gone_since_ms.lock().unwrap();
-        if !containerd.is_up() {
+        let Some(tasks) = tasks else {
             since.clear();
             return;
-        }
-        let tasks = containerd.tasks();
+        };
         let running = |id: &str| {
             tasks
                 .get(id)
@@ -481,12 +483,12 @@ impl Checker {
     /// Invariant 31: an EXITED container has no running task, unless the service holds work for it (a
     /// failed start whose task delete waits in the backoff queue): kubelet takes EXITED for
     /// "the process is gone" and starts the next attempt beside it (B32).
-    fn check_exited_containers_have_no_running_task(&self, snapshot: &StateSnapshot) {
-        let containerd = &self.world.containerd;
-        if !containerd.is_up() {
-            return;
-        }
-        let tasks = containerd.tasks();
+    fn check_exited_containers_have_no_running_task(
+        &self,
+        snapshot: &StateSnapshot,
+        tasks: Option<&BTreeMap<String, TaskInfo>>,
+    ) {
+        let Some(tasks) = tasks else { return };
         for container in snapshot.containers.iter().filter(|c| c.state == ContainerState::Exited) {
             let Some(task) = tasks.get(&container.id) else { continue };
             if matches!(task.state, TaskState::Running | TaskState::Paused | TaskState::Pausing)
