@@ -4,14 +4,13 @@
 use crate::error::{Error, Result};
 use crate::ids::ContainerId;
 use crate::service::CriService;
-use crate::store::container::Checkpoint;
+use crate::store::container::{Checkpoint, CheckpointRef};
 use crate::store::{Container, ContainerStatus};
 
 pub const CHECKPOINT_VERSION: &str = "v1";
 
 pub fn encode_checkpoint(status: &ContainerStatus) -> Vec<u8> {
-    let checkpoint = Checkpoint { version: CHECKPOINT_VERSION.to_string(), status: status.clone() };
-    serde_json::to_vec(&checkpoint).expect("status serialises")
+    serde_json::to_vec(&CheckpointRef { version: CHECKPOINT_VERSION, status }).expect("status serialises")
 }
 
 /// Parses a checkpoint; a torn or corrupt file is an error, never a partial status.
@@ -120,5 +119,30 @@ mod tests {
         assert!(!decoded.starting, "in-memory flags are not persisted");
         let bytes = encode_checkpoint(&status);
         assert!(decode_checkpoint(&bytes[..bytes.len() / 2]).is_err(), "a torn write is rejected");
+    }
+
+    /// The borrowed encoding writes exactly what the owned one did: checkpoints on disk, and the
+    /// comparison that skips rewriting an unchanged one, depend on the bytes.
+    #[test]
+    fn checkpoint_bytes_are_those_of_the_owned_encoding() {
+        let status = ContainerStatus {
+            pid: 7,
+            created_at_ns: 1,
+            started_at_ns: 2,
+            finished_at_ns: 3,
+            exit_code: 137,
+            reason: "OOMKilled".into(),
+            message: "a \"quoted\" message".into(),
+            resources: Some(Default::default()),
+            start_requested: true,
+            removing: true,
+            ..Default::default()
+        };
+        let owned = Checkpoint { version: CHECKPOINT_VERSION.to_string(), status: status.clone() };
+        assert_eq!(encode_checkpoint(&status), serde_json::to_vec(&owned).unwrap());
+        assert_eq!(
+            String::from_utf8(encode_checkpoint(&ContainerStatus::default())).unwrap(),
+            r#"{"version":"v1","pid":0,"created_at_ns":0,"started_at_ns":0,"finished_at_ns":0,"exit_code":0,"reason":"","message":"","resources":null,"start_requested":false}"#
+        );
     }
 }

@@ -64,6 +64,12 @@ pub struct StateSnapshot {
 }
 
 impl CriService {
+    /// Container events sent so far, as `snapshot().events_sent` counts them, without the rest
+    /// of a snapshot (every object's status): for a caller that polls for events to be through.
+    pub fn container_events_sent(&self) -> u64 {
+        self.container_events.sent_total.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> StateSnapshot {
         let sandboxes = self
             .sandboxes

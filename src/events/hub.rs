@@ -76,12 +76,8 @@ impl CriService {
         event_type: ContainerEventType,
     ) {
         let sandbox_status = self.sandboxes.get(sandbox_id.as_str()).ok().map(|s| self.sandbox_status_message(&s));
-        let containers_statuses = self
-            .containers
-            .filter(|c| c.metadata.sandbox_id == *sandbox_id)
-            .iter()
-            .map(|c| self.container_status_message(c))
-            .collect();
+        let containers_statuses =
+            self.containers.in_group(sandbox_id).iter().map(|c| self.container_status_message(c)).collect();
         self.container_events.publish(ContainerEventResponse {
             container_id: container_id.to_string(),
             container_event_type: event_type as i32,

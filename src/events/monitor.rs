@@ -98,7 +98,8 @@ impl CriService {
         }
         // Read only while the exit is unrecorded: once recorded, the task may be deleted and
         // its cgroup gone.
-        let oom_killed = container.status().finished_at_ns == 0 && self.oom_killed_at_exit(id.as_str()).await?;
+        let unrecorded = container.read_status(|status| status.finished_at_ns == 0);
+        let oom_killed = unrecorded && self.oom_killed_at_exit(id.as_str()).await?;
         let recorded = self
             .update_container_status(&container, |status| {
                 if status.finished_at_ns != 0 {

@@ -30,16 +30,11 @@ fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
 /// container was created from (`image_id`) is known, its first repo tag and its first repo
 /// digest; otherwise the config's image and that id.
 fn status_image(config_image: Option<&ImageSpec>, image_id: &str, image: Option<&Image>) -> (ImageSpec, String) {
-    let mut spec = config_image.cloned().unwrap_or_default();
-    let mut image_ref = image_id.to_string();
-    if let Some(image) = image {
-        if let Some(tag) = image.repo_tags().into_iter().next() {
-            spec = ImageSpec { image: tag, ..Default::default() };
-        }
-        if let Some(digest) = image.repo_digests().into_iter().next() {
-            image_ref = digest;
-        }
-    }
+    let spec = match image.and_then(|image| image.tags().next()) {
+        Some(tag) => ImageSpec { image: tag.to_string(), ..Default::default() },
+        None => config_image.cloned().unwrap_or_default(),
+    };
+    let image_ref = image.and_then(|image| image.digests().next()).unwrap_or(image_id).to_string();
     (spec, image_ref)
 }
 
@@ -51,11 +46,9 @@ impl CriService {
         if state == ContainerState::Exited && reason.is_empty() {
             reason = if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR }.to_string();
         }
-        let (image, image_ref) = status_image(
-            container.config.image.as_ref(),
-            &container.metadata.image_ref,
-            self.images.get(&container.metadata.image_ref).as_ref(),
-        );
+        let (image, image_ref) = self.images.read(&container.metadata.image_ref, |image| {
+            status_image(container.config.image.as_ref(), &container.metadata.image_ref, image)
+        });
         k8s_cri::v1::ContainerStatus {
             id: container.id.to_string(),
             metadata: container.config.metadata.clone(),
@@ -103,11 +96,6 @@ impl CriService {
     }
 
     fn filter_containers(&self, filter: &ContainerFilter) -> Vec<Arc<Container>> {
-        let candidates = if filter.id.is_empty() {
-            self.containers.list()
-        } else {
-            self.containers.get(&filter.id).into_iter().collect()
-        };
         let sandbox_id = if filter.pod_sandbox_id.is_empty() {
             None
         } else {
@@ -116,6 +104,13 @@ impl CriService {
                 // A filter on an unknown sandbox matches nothing.
                 Err(_) => return vec![],
             }
+        };
+        let candidates = if !filter.id.is_empty() {
+            self.containers.get(&filter.id).into_iter().collect()
+        } else if let Some(sandbox_id) = &sandbox_id {
+            self.containers.in_group(sandbox_id)
+        } else {
+            self.containers.list()
         };
         candidates
             .into_iter()

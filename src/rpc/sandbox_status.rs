@@ -67,12 +67,7 @@ impl CriService {
             info.insert("info".to_string(), verbose.to_string());
         }
         let containers_statuses = if request.verbose {
-            self.containers
-                .list()
-                .into_iter()
-                .filter(|c| c.metadata.sandbox_id == sandbox.id)
-                .map(|c| self.container_status_message(&c))
-                .collect()
+            self.containers.in_group(&sandbox.id).iter().map(|c| self.container_status_message(c)).collect()
         } else {
             vec![]
         };
@@ -106,7 +101,7 @@ impl CriService {
 
     async fn sandbox_stats(self: &Arc<Self>, sandbox: &Sandbox) -> PodSandboxStats {
         let mut containers = vec![];
-        for container in self.containers.filter(|c| c.metadata.sandbox_id == sandbox.id) {
+        for container in self.containers.in_group(&sandbox.id) {
             containers.push(self.container_stats_message(&container).await);
         }
         let cpu_total: u64 =

@@ -68,7 +68,7 @@ impl CriService {
         let id = sandbox.id.clone();
         // The pod's containers are killed at once rather than one after another: each stop is
         // a kill and a wait for its exit, independent of the others'.
-        let containers: Vec<_> = self.containers.filter(|c| c.metadata.sandbox_id == id);
+        let containers: Vec<_> = self.containers.in_group(&id);
         let stops = containers.iter().map(|container| async move {
             self.stop_container_inner(container, 0)
                 .await
@@ -247,7 +247,7 @@ impl CriService {
                 sandbox.metadata.netns_path
             )));
         }
-        for container in self.containers.filter(|c| c.metadata.sandbox_id == id) {
+        for container in self.containers.in_group(&id) {
             self.remove_container_inner(&container)
                 .await
                 .map_err(|e| e.context(format!("failed to remove container {:?}", container.id)))?;

@@ -99,6 +99,15 @@ pub struct Checkpoint {
     pub status: ContainerStatus,
 }
 
+/// What [`Checkpoint`] writes, borrowed: the same bytes, without copying the status first (a
+/// checkpoint is written on every exit).
+#[derive(Serialize)]
+pub struct CheckpointRef<'a> {
+    pub version: &'a str,
+    #[serde(flatten)]
+    pub status: &'a ContainerStatus,
+}
+
 pub struct Container {
     pub id: ContainerId,
     pub name: String,
@@ -136,8 +145,14 @@ impl Container {
     /// Checks that `new` may follow the current status in the monotone state machine (SPEC §10
     /// inv. 2, 6); callers that persist check before writing the checkpoint.
     pub fn check_status(&self, new: &ContainerStatus) -> Result<()> {
-        let old = self.status();
-        check_transition(&self.id, &old, new).map_err(illegal)
+        // Compared in place; the lock is released before a refusal is raised.
+        let checked = check_transition(&self.id, &self.status.lock().unwrap(), new);
+        checked.map_err(illegal)
+    }
+
+    /// What `read` makes of the status, read in place rather than copied out.
+    pub fn read_status<R>(&self, read: impl FnOnce(&ContainerStatus) -> R) -> R {
+        read(&self.status.lock().unwrap())
     }
 
     /// Replaces the in-memory status if the state machine allows it. Callers that persist write

@@ -19,10 +19,18 @@ pub struct Image {
 
 impl Image {
     pub fn repo_tags(&self) -> Vec<String> {
-        self.references.iter().filter(|r| !r.contains('@') && !r.starts_with("sha256:")).cloned().collect()
+        self.tags().map(str::to_string).collect()
     }
     pub fn repo_digests(&self) -> Vec<String> {
-        self.references.iter().filter(|r| r.contains('@')).cloned().collect()
+        self.digests().map(str::to_string).collect()
+    }
+    /// The repo tags, sorted, borrowed: a container status names only the first.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.references.iter().map(String::as_str).filter(|r| !r.contains('@') && !r.starts_with("sha256:"))
+    }
+    /// The repo digests, sorted, borrowed.
+    pub fn digests(&self) -> impl Iterator<Item = &str> {
+        self.references.iter().map(String::as_str).filter(|r| r.contains('@'))
     }
 }
 
@@ -115,6 +123,13 @@ impl ImageStore {
 
     pub fn get(&self, id: &str) -> Option<Image> {
         self.inner.lock().unwrap().images.get(id).cloned()
+    }
+
+    /// What `read` makes of the image with this id, borrowed under the store's lock rather than
+    /// cloned out whole (its config and every reference), for callers that need a name or two of
+    /// it on every container status. `read` must not call back into the store.
+    pub fn read<R>(&self, id: &str, read: impl FnOnce(Option<&Image>) -> R) -> R {
+        read(self.inner.lock().unwrap().images.get(id))
     }
 
     pub fn list(&self) -> Vec<Image> {

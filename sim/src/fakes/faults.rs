@@ -262,8 +262,9 @@ struct Script {
     /// Applies once the queues are empty, until cleared.
     persistent: BTreeMap<(FaultSite, Option<String>), FaultAction>,
     default: Option<FaultAction>,
-    /// (site, key) → times consulted.
-    calls: BTreeMap<(FaultSite, String), u64>,
+    /// site → key → times consulted. Every call of every fake is counted here, with a path or
+    /// an id as its key: nested by site, a key already seen is found without copying it.
+    calls: BTreeMap<FaultSite, BTreeMap<String, u64>>,
     injected: Vec<InjectedFault>,
 }
 
@@ -327,12 +328,12 @@ impl ScriptedFaults {
 
     /// How many times `site` was consulted, on any key, whatever the outcome.
     pub fn calls(&self, site: FaultSite) -> u64 {
-        self.script().calls.iter().filter(|((called, _), _)| *called == site).map(|(_, count)| count).sum()
+        self.script().calls.get(&site).map_or(0, |counts| counts.values().sum())
     }
 
     /// How many times `site` was consulted on `key` (e.g. "was Delete run twice on this task").
     pub fn calls_on(&self, site: FaultSite, key: &str) -> u64 {
-        self.script().calls.get(&(site, key.to_string())).copied().unwrap_or(0)
+        self.script().calls.get(&site).and_then(|counts| counts.get(key)).copied().unwrap_or(0)
     }
 
     /// Every non-Proceed action handed out, in order.
@@ -349,13 +350,30 @@ impl ScriptedFaults {
 impl FaultInjector for ScriptedFaults {
     fn at(&self, site: FaultSite, key: &str) -> FaultAction {
         let mut script = self.script();
-        *script.calls.entry((site, key.to_string())).or_default() += 1;
-        let keyed = (site, Some(key.to_string()));
-        let any = (site, None);
-        let queued =
-            [&keyed, &any].into_iter().find_map(|slot| script.queues.get_mut(slot).and_then(VecDeque::pop_front));
+        let counts = script.calls.entry(site).or_default();
+        match counts.get_mut(key) {
+            Some(count) => *count += 1,
+            None => {
+                counts.insert(key.to_string(), 1);
+            }
+        }
+        // Most runs script no queue or persistent action at all: the slots are built (the key
+        // copied) only when there is something to look them up in.
+        let slots = || ((site, Some(key.to_string())), (site, None));
+        let queued = if script.queues.is_empty() {
+            None
+        } else {
+            let (keyed, any) = slots();
+            [&keyed, &any].into_iter().find_map(|slot| script.queues.get_mut(slot).and_then(VecDeque::pop_front))
+        };
         let action = queued
-            .or_else(|| script.persistent.get(&keyed).or_else(|| script.persistent.get(&any)).cloned())
+            .or_else(|| {
+                if script.persistent.is_empty() {
+                    return None;
+                }
+                let (keyed, any) = slots();
+                script.persistent.get(&keyed).or_else(|| script.persistent.get(&any)).cloned()
+            })
             .or_else(|| script.default.clone())
             .unwrap_or(FaultAction::Proceed);
         if action != FaultAction::Proceed {

@@ -69,6 +69,15 @@ pub const SIM_NODE_HOSTNAME: &str = "sim-node";
 
 /// Collapses repeated and trailing slashes so that "/a//b/" and "/a/b" name one file.
 fn normalize(path: &str) -> String {
+    // Nearly every path the core passes is already in normal form: it is copied as it is rather
+    // than split and joined again on each call.
+    let normal = !path.is_empty()
+        && path.split('/').skip(1).all(|part| !part.is_empty() && part != ".")
+        && !path.starts_with("./")
+        && path != ".";
+    if normal || path == "/" {
+        return path.to_string();
+    }
     let parts: Vec<&str> = path.split('/').filter(|part| !part.is_empty() && *part != ".").collect();
     let joined = parts.join("/");
     if path.starts_with('/') { format!("/{joined}") } else { joined }
@@ -80,6 +89,14 @@ fn parent(path: &str) -> Option<String> {
         Some(0) | None => None,
         Some(index) => Some(path[..index].to_string()),
     }
+}
+
+/// The bounds of the paths strictly below `root`, in sorted order: those that start with
+/// `root/` run from `root/` up to `root0`, as '0' is the byte after '/'. A removal then costs
+/// what it removes rather than a scan of every file and directory.
+fn below(root: &str) -> (std::ops::Bound<String>, std::ops::Bound<String>) {
+    let trunk = if root == "/" { "" } else { root };
+    (std::ops::Bound::Included(format!("{trunk}/")), std::ops::Bound::Excluded(format!("{trunk}0")))
 }
 
 /// True when `path` is `root` or lies below it.
@@ -130,9 +147,21 @@ impl OsState {
         if self.is_dir(path) {
             return Err(Error::precondition(format!("open {path}: is a directory")));
         }
-        let old_durable = self.files.get(path).and_then(|file| file.durable.clone());
-        let durable = if durable { Some(data.to_vec()) } else { old_durable };
-        self.files.insert(path.to_string(), File { data: data.to_vec(), durable });
+        // An existing file is overwritten in place (its path is not copied again, nor its old
+        // durable contents when the write replaces them too).
+        match self.files.get_mut(path) {
+            Some(file) => {
+                file.data.clear();
+                file.data.extend_from_slice(data);
+                if durable {
+                    file.durable = Some(data.to_vec());
+                }
+            }
+            None => {
+                let file = File { data: data.to_vec(), durable: durable.then(|| data.to_vec()) };
+                self.files.insert(path.to_string(), file);
+            }
+        }
         Ok(())
     }
 
@@ -305,8 +334,14 @@ impl Os for FakeOs {
             if let Some(point) = state.busy_below(&path) {
                 return Err(Error::precondition(format!("unlinkat {point}: device or resource busy")));
             }
-            state.files.retain(|file, _| !is_within(file, &path));
-            state.dirs.retain(|dir| !is_within(dir, &path));
+            let files: Vec<String> = state.files.range(below(&path)).map(|(file, _)| file.clone()).collect();
+            let dirs: Vec<String> = state.dirs.range(below(&path)).cloned().collect();
+            for file in files.iter().chain([&path]) {
+                state.files.remove(file);
+            }
+            for dir in dirs.iter().chain([&path]) {
+                state.dirs.remove(dir);
+            }
             Ok(())
         })();
         after.finish(result).await
@@ -511,6 +546,49 @@ mod tests {
         assert_eq!(os.file("/var/lib/crid/sandboxes/a/meta").unwrap(), b"v1");
         assert_eq!(os.file("/var/lib/crid/sandboxes/a/hosts"), None);
         assert!(os.exists("/var/lib/crid/sandboxes/a"));
+    }
+
+    /// A removal takes the path and what is below it, and nothing that merely shares its name as
+    /// a prefix ("/a/b-x" and "/a/b0" sort around "/a/b/…").
+    #[tokio::test(start_paused = true)]
+    async fn remove_all_takes_what_is_below_and_nothing_beside() {
+        let os = os();
+        for dir in ["/a/b/c", "/a/b-x", "/a/b0", "/a/bc", "/a/b.d"] {
+            os.mkdir_all(dir).await.unwrap();
+        }
+        for file in ["/a/b/f", "/a/b/c/g", "/a/b-x/f", "/a/b0/f", "/a/bc/f", "/a/b.d/f", "/a/b!"] {
+            os.write_atomic(file, b"x").await.unwrap();
+        }
+        os.remove_all("/a//b/").await.unwrap();
+        let files: Vec<String> = os.files().into_keys().collect();
+        assert_eq!(files, ["/a/b!", "/a/b-x/f", "/a/b.d/f", "/a/b0/f", "/a/bc/f"]);
+        assert_eq!(os.dirs().into_iter().collect::<Vec<_>>(), ["/a", "/a/b-x", "/a/b.d", "/a/b0", "/a/bc"]);
+        assert!(!os.exists("/a/b"));
+        // A file is removed by its own path; the root takes everything.
+        os.remove_all("/a/b!").await.unwrap();
+        assert!(!os.exists("/a/b!"));
+        os.remove_all("/").await.unwrap();
+        assert!(os.files().is_empty() && os.dirs().is_empty());
+    }
+
+    /// Paths name one file however they are spelled; the spellings in normal form are kept as
+    /// they are.
+    #[test]
+    fn normalize_collapses_slashes_and_dots() {
+        for (path, normal) in [
+            ("/a/b", "/a/b"),
+            ("/a//b/", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("//a", "/a"),
+            ("/", "/"),
+            ("a/b", "a/b"),
+            ("./a", "a"),
+            (".", ""),
+            ("", ""),
+            ("/a/../b", "/a/../b"),
+        ] {
+            assert_eq!(normalize(path), normal, "{path:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
