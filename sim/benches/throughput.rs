@@ -3,21 +3,23 @@
 //! per worker; CRID_SIM_ISOLATION=spawn spawns one instead). Run with `cargo simbench`.
 //! CRID_BENCH_SEEDS sets the seeds per scenario (default 40).
 //!
-//! Measured on 2 cores with 2 workers, 20 seeds, while another build loaded the machine (load
-//! 4-6: seeds/s are depressed alike; CPU ms per seed is the steadier figure). Before: 4366b3e.
-//! After: cheaper safety checks (no whole-store clones, names built only for a failure), fake
-//! containerd reads that settle exits only when one may be due, the fake disk's directory test
-//! by range, and the fork server.
+//! Measured on 2 cores, 2 workers, 40 seeds, on a quiet machine (`crid-sim run --seeds 0..40`,
+//! which runs seeds as this benchmark does; CPU time is the whole process tree's). Before: the
+//! binary of 1a0f505. After: the simulation binaries allocate through mimalloc, fault points
+//! are found by site without formatting their names, containers are indexed by pod, a status
+//! message borrows its image, one copy of the fake containerd's tasks serves a whole check, and
+//! the fake disk overwrites in place.
 //!
-//! | scenario    | before: seeds/s, CPU ms/seed | after, spawn | after, fork server |
-//! |-------------|------------------------------|--------------|--------------------|
-//! | recovery    | 3.7, 264                     | 4.5, 218     | 5.2, 191           |
-//! | event_storm | 0.9, 1104                    | 1.3, 786     | 1.2, 811           |
-//! | exits       | 4.4, 229                     | 4.9, 200     | 6.4, 153           |
+//! | scenario    | before: seeds/s, CPU ms/seed | after: seeds/s, CPU ms/seed |
+//! |-------------|------------------------------|-----------------------------|
+//! | recovery    | 10.6, 187                    | 15.6, 123                   |
+//! | event_storm | 1.6, 1206                    | 3.6, 543                    |
+//! | exits       | 9.6, 205                     | 19.5, 101                   |
+//! | exec_storm  | 7.4, 264                     | 10.4, 189                   |
 //!
-//! The fork server saves about 30-50 ms of CPU per seed (exec, loading, one-time setup such as
-//! the image reference regex); the rest of a seed is the safety checks' full snapshot and
-//! kubelet view after every call, madsim's gRPC transport, and allocation.
+//! What a seed's CPU goes to now (perf, frame-pointer build, recovery): about a third to the
+//! safety checks' full snapshot and kubelet view after every call and every simulated second,
+//! about a tenth to madsim's gRPC transport; the rest is spread thin over the core and fakes.
 
 #[cfg(not(madsim))]
 fn main() {
