@@ -17,6 +17,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+// determinism-ok: the server and its pipes live outside any run; each forked child runs one seed alone.
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 
 use crate::runner::{RunReport, run_seed};
@@ -37,6 +38,7 @@ impl ForkServer {
             clippy::disallowed_methods,
             reason = "the parent only starts the fork server; each of its children is one deterministic run"
         )]
+        // determinism-ok: starts the fork server, outside any run.
         let mut child = std::process::Command::new(exe)
             .arg("fork-server")
             .stdin(Stdio::piped())
@@ -205,6 +207,7 @@ fn child(scenario: &Scenario, seed: u64, keep_trace: bool, report: OwnedFd, stde
             run.trace.clear();
         }
         let json = serde_json::to_string(&run).expect("report serialises");
+        // determinism-ok: the report is written after the run has ended.
         std::fs::File::from(report).write_all(json.as_bytes())
     }));
     let code = match outcome {
@@ -222,6 +225,7 @@ fn child(scenario: &Scenario, seed: u64, keep_trace: bool, report: OwnedFd, stde
 /// Reads a child's report and stderr pipes to their ends, together, so that neither fills up
 /// while the other is read.
 fn read_both(report: OwnedFd, stderr: OwnedFd) -> (std::io::Result<Vec<u8>>, std::io::Result<Vec<u8>>) {
+    // determinism-ok: the parent reads a finished child's pipes, outside any run.
     let mut files = [Some(std::fs::File::from(report)), Some(std::fs::File::from(stderr))];
     let mut data = [Vec::new(), Vec::new()];
     let mut buffer = vec![0; 64 * 1024];

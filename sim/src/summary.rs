@@ -100,6 +100,7 @@ pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_t
         clippy::disallowed_methods,
         reason = "the parent only starts children; each child is one deterministic run"
     )]
+    // determinism-ok: starts a seed's own process, outside any run.
     let child = std::process::Command::new(exe)
         .args(["run-isolated", "--seed", &seed.to_string()])
         .args(keep_trace.then_some("--keep-trace"))
@@ -225,6 +226,7 @@ pub fn run_seeds_with(
 ) -> (Summary, Vec<RunReport>) {
     assert!(jobs > 0);
     #[expect(clippy::disallowed_methods, reason = "wall time measures the batch for the report; runs never read it")]
+    // determinism-ok: wall time of the batch, for the report; runs never read it.
     let started = std::time::Instant::now();
     let queue = Arc::new(Mutex::new(seeds.into_iter().collect::<std::collections::VecDeque<u64>>()));
     let failed = Mutex::new(vec![]);

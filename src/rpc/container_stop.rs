@@ -49,8 +49,9 @@ impl CriService {
             return Ok(());
         }
         let containerd = &self.backends.containerd;
+        let task = TaskId::Container(id.clone());
         if state == ContainerState::Unknown {
-            if self.record_exit_if_task_gone(&TaskId::Container(id.clone())).await? {
+            if self.record_exit_if_task_gone(&task).await? {
                 return Ok(());
             }
             // An UNKNOWN container has no monitor; this one reports the exit of this stop.
@@ -70,7 +71,7 @@ impl CriService {
                 match containerd.kill_task(id.as_str(), signal, false).await {
                     Ok(()) => {}
                     Err(error) if error.is_not_found() => {
-                        if self.record_exit_if_task_gone(&TaskId::Container(id.clone())).await? {
+                        if self.record_exit_if_task_gone(&task).await? {
                             return Ok(());
                         }
                     }
@@ -90,19 +91,13 @@ impl CriService {
         match containerd.kill_task(id.as_str(), SIGKILL, true).await {
             Ok(()) => {}
             Err(error) if error.is_not_found() => {
-                if self.record_exit_if_task_gone(&TaskId::Container(id.clone())).await? {
+                if self.record_exit_if_task_gone(&task).await? {
                     return Ok(());
                 }
             }
             Err(error) => return Err(error.context(format!("failed to kill container {id:?}"))),
         }
-        self.wait_exit_handled(
-            &TaskId::Container(id),
-            CONTAINER_KILL_WAIT,
-            || container.is_stopped(),
-            container.wait_stopped(),
-        )
-        .await
+        self.wait_exit_handled(&task, CONTAINER_KILL_WAIT, || container.is_stopped(), container.wait_stopped()).await
     }
 
     /// When the task does not exist, nothing will ever report its exit: it is recorded here,

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 /// through here.
 #[cfg_attr(madsim, expect(clippy::disallowed_methods, reason = "under madsim this instant is virtual time"))]
 pub fn virtual_now() -> Instant {
+    // determinism-ok: under madsim this instant is virtual time.
     Instant::now()
 }
 
