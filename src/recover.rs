@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::events::backoff::Backoff;
 use crate::events::{BACKOFF_INITIAL, RECONNECT_MAX};
-use crate::ids::{ContainerId, TaskId};
+use crate::ids::{ContainerId, SandboxId, TaskId};
 use crate::ports::{
     ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX,
     LABEL_KIND, TaskState,
@@ -225,11 +225,10 @@ impl CriService {
                     status.pid = info.pid;
                 }
                 _ => {
-                    match self.backends.containerd.delete_task(&record.id).await {
-                        Ok(_) => {}
-                        Err(error) if error.is_not_found() => {}
-                        Err(error) => tracing::warn!(id = record.id, %error, "failed to delete stopped sandbox task"),
-                    }
+                    // Bounded like a container's: a delete that hangs in containerd (seen for
+                    // 28 s on a task create its own restart interrupted) kept the socket closed.
+                    let task = TaskId::Sandbox(SandboxId::from(record.id.as_str()));
+                    self.delete_task_quietly(&task).await;
                     status.state = SandboxState::NotReady;
                     if let Some(exit) = info.exit {
                         status.exit_code = exit.exit_code;
@@ -276,7 +275,7 @@ impl CriService {
         };
         if persisted {
             if decision.delete_task {
-                self.delete_task_quietly(&record.id).await;
+                self.delete_task_quietly(&TaskId::Container(metadata.id.clone())).await;
             }
         } else if !decision.stable {
             // A decision that a later restart could make differently (its times come from now)
@@ -449,12 +448,14 @@ impl CriService {
         }
     }
 
-    /// Deletes a container's finished (or never started) task, bounded: recovery must not keep
-    /// the socket closed on one task (a delete that has to kill and wait, a containerd that
-    /// is restarting). A delete that fails or times out is handed to the exit path's retries,
-    /// which delete the task in the background once crid serves; the status is persisted
-    /// already, so the retry records nothing new.
-    async fn delete_task_quietly(&self, id: &str) {
+    /// Deletes a finished (or never started) task of a container or a pod, bounded: recovery
+    /// must not keep the socket closed on one task (a delete that has to kill and wait, a
+    /// containerd that is restarting). A delete that fails or times out is handed to the exit
+    /// path's retries, which delete the task in the background once crid serves. The retry
+    /// records nothing new: a container's status is persisted already, and a pod whose task
+    /// is not running is loaded NOTREADY, which the exit path leaves as it is.
+    async fn delete_task_quietly(&self, task: &TaskId) {
+        let id = task.as_str();
         let deleted = self
             .with_timeout(RECOVER_OBJECT_TIMEOUT, "delete task", async {
                 match self.backends.containerd.delete_task(id).await {
@@ -466,9 +467,8 @@ impl CriService {
         if let Err(error) = deleted {
             cov_mark::hit!(recovery_task_delete_retried);
             tracing::warn!(id, %error, "failed to delete task during recovery; retrying in the background");
-            let task = TaskId::Container(ContainerId::from(id));
             let exit = crate::ports::ExitStatus::new(EXIT_CODE_UNKNOWN as u32, self.now_ns());
-            self.monitor.push(&task, crate::events::PendingEvent::Exit(exit), self.now_ns());
+            self.monitor.push(task, crate::events::PendingEvent::Exit(exit), self.now_ns());
         }
     }
 

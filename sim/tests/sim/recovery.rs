@@ -310,6 +310,31 @@ async fn sandboxes_recover_from_their_tasks() {
     }
 }
 
+/// A pod's stopped task whose delete hangs in containerd (the real-stack soak saw one take 28 s
+/// after containerd's own restart) holds recovery for the per-object bound only: crid serves,
+/// the pod is NOTREADY, and the exit path deletes the task in the background.
+#[madsim::test]
+async fn a_hung_sandbox_task_delete_does_not_hold_recovery() {
+    cov_mark::check!(recovery_task_delete_retried);
+    let (world, faults) = world(29);
+    let pod = in_process(world.clone(), faults.clone(), |node| async move { node.run_pod("hung").await }).await;
+    assert!(world.containerd.exit_task_now(&pod, 0));
+    faults.push(FaultSite::ContainerdDeleteTask, Some(&pod), FaultAction::Hang);
+
+    let started = crid_sim::fakes::clock::virtual_now();
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    let waited = started.elapsed();
+    // The per-object bound is 10 s.
+    assert!(waited <= Duration::from_secs(11), "recovery took {waited:?}");
+    assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxNotready);
+    sleep(Duration::from_secs(10)).await;
+    assert!(!world.containerd.tasks().contains_key(&pod), "the background retry deleted the stopped pause task");
+    node.stop_pod(&pod).await;
+    node.remove_pod(&pod).await;
+    node.assert_no_sandbox_leftovers("the recovered pod removed");
+    assert_eq!(node.leaks_of(&pod), Vec::<String>::new());
+}
+
 /// RunPodSandbox starts the pause task while the CNI plugins run. A crash after the task
 /// started but before the network's result was persisted leaves a running task without an IP:
 /// recovery serves it as not ready (its RunPodSandbox never succeeded), and Stop kills the task
