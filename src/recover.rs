@@ -225,10 +225,7 @@ impl CriService {
                     status.pid = info.pid;
                 }
                 _ => {
-                    // Bounded like a container's: a delete that hangs in containerd (seen for
-                    // 28 s on a task create its own restart interrupted) kept the socket closed.
-                    let task = TaskId::Sandbox(SandboxId::from(record.id.as_str()));
-                    self.delete_task_quietly(&task).await;
+                    self.delete_task_later(&TaskId::Sandbox(SandboxId::from(record.id.as_str())));
                     status.state = SandboxState::NotReady;
                     if let Some(exit) = info.exit {
                         status.exit_code = exit.exit_code;
@@ -275,7 +272,7 @@ impl CriService {
         };
         if persisted {
             if decision.delete_task {
-                self.delete_task_quietly(&TaskId::Container(metadata.id.clone())).await;
+                self.delete_task_later(&TaskId::Container(metadata.id.clone()));
             }
         } else if !decision.stable {
             // A decision that a later restart could make differently (its times come from now)
@@ -448,28 +445,18 @@ impl CriService {
         }
     }
 
-    /// Deletes a finished (or never started) task of a container or a pod, bounded: recovery
-    /// must not keep the socket closed on one task (a delete that has to kill and wait, a
-    /// containerd that is restarting). A delete that fails or times out is handed to the exit
-    /// path's retries, which delete the task in the background once crid serves. The retry
-    /// records nothing new: a container's status is persisted already, and a pod whose task
-    /// is not running is loaded NOTREADY, which the exit path leaves as it is.
-    async fn delete_task_quietly(&self, task: &TaskId) {
-        let id = task.as_str();
-        let deleted = self
-            .with_timeout(RECOVER_OBJECT_TIMEOUT, "delete task", async {
-                match self.backends.containerd.delete_task(id).await {
-                    Err(error) if error.is_not_found() => Ok(()),
-                    other => other.map(|_| ()),
-                }
-            })
-            .await;
-        if let Err(error) = deleted {
-            cov_mark::hit!(recovery_task_delete_retried);
-            tracing::warn!(id, %error, "failed to delete task during recovery; retrying in the background");
-            let exit = crate::ports::ExitStatus::new(EXIT_CODE_UNKNOWN as u32, self.now_ns());
-            self.monitor.push(task, crate::events::PendingEvent::Exit(exit), self.now_ns());
-        }
+    /// Hands a finished (or never started) task of a recovered container or pod to the exit
+    /// path, which deletes it (killing it first if it runs) from the backoff queue once crid
+    /// serves, and retries with backoff until containerd answers. Recovery does not wait for
+    /// the delete: containerd can hold one for many seconds (the real-stack soak saw 28 s for
+    /// a task create its own restart had interrupted), and the socket would stay closed that
+    /// long. Nothing is lost by waiting: a container's decision is persisted already, and a
+    /// pod whose task is not running is loaded NOTREADY, which the exit path leaves as it is.
+    /// Queued, the task counts as work the service holds (invariant 31) from here on.
+    fn delete_task_later(&self, task: &TaskId) {
+        cov_mark::hit!(recovery_task_delete_deferred);
+        let exit = crate::ports::ExitStatus::new(EXIT_CODE_UNKNOWN as u32, self.now_ns());
+        self.monitor.push(task, crate::events::PendingEvent::Exit(exit), self.now_ns());
     }
 
     /// Retries a failed removal in the background: one failed remove (of an orphan at

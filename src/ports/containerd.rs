@@ -423,6 +423,8 @@ pub trait Containerd: Send + Sync + 'static {
     /// Replaces labels, extensions and the spec.
     async fn update_container(&self, record: &ContainerRecord) -> Result<()>;
     /// Deletes the record and, with `cleanup_snapshot`, its rootfs snapshot. NotFound if absent.
+    /// Delete the task first: containerd's API deletes a record whose task still exists and
+    /// leaves the task and its shim behind (its Go client refuses instead, as the fake does).
     async fn delete_container(&self, id: &str, cleanup_snapshot: bool) -> Result<()>;
 
     // ---- tasks ----

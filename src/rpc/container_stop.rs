@@ -20,6 +20,10 @@ use crate::store::{Container, ContainerState};
 
 /// After SIGKILL, how long Stop waits for the exit before returning a typed error.
 pub const CONTAINER_KILL_WAIT: Duration = Duration::from_secs(30);
+/// Bound of RemoveContainer's steps, as CreateContainer's and StartContainer's are: the removal
+/// runs detached from its caller, so a containerd call that hangs would otherwise keep the
+/// container "being removed", refusing every retry, until crid restarts.
+pub const REMOVE_CONTAINER_TIMEOUT: Duration = Duration::from_secs(240);
 const SIGKILL: u32 = 9;
 const SIGTERM: u32 = 15;
 
@@ -172,7 +176,9 @@ impl CriService {
             Ok(())
         })
         .await?;
-        let result = self.remove_container_steps(container).await;
+        let result = self
+            .with_timeout(REMOVE_CONTAINER_TIMEOUT, "remove container", self.remove_container_steps(container))
+            .await;
         if result.is_err() {
             let _ = self
                 .update_container_memory(container, |status| {

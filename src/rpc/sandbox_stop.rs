@@ -254,6 +254,12 @@ impl CriService {
         }
         self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
         self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await?;
+        // The pause task goes before its record, as a container's does in RemoveContainer: a
+        // NOTREADY pod's task may still exist, its delete owed by the exit path (deferred by
+        // recovery, or queued after a failed attempt), and containerd deletes a record whose
+        // task exists, leaving the task and its shim to nobody once the pod leaves the store.
+        crate::rpc::sandbox_run::ignore_not_found(self.backends.containerd.delete_task(id.as_str()).await.map(|_| ()))
+            .map_err(|e| e.context("failed to delete sandbox task"))?;
         crate::rpc::sandbox_run::ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)
             .map_err(|e| e.context("failed to delete sandbox container"))?;
         if self.sandboxes.remove(&id).is_some() {

@@ -410,6 +410,27 @@ async fn remove_container_retries_a_failed_delete() {
     assert_eq!(node.leaks_of(&id), Vec::<String>::new());
 }
 
+/// A RemoveContainer whose containerd call hangs runs on after kubelet gave up on it (it is
+/// detached), so it is bounded: until then every retry is refused as "already being
+/// removed", and once the bound passes a retry removes the container.
+#[madsim::test]
+async fn a_hung_remove_ends_at_its_bound_and_a_retry_removes() {
+    let node = node_with_pause_image().await;
+    let (_, id) = node.pod_with_running("rmhang", &["sleep", "inf"]).await;
+    node.stop_container(&id, 0).await;
+    node.faults.push(FaultSite::ContainerdDeleteContainer, Some(&id), FaultAction::Hang);
+    let request = || RemoveContainerRequest { container_id: id.clone() };
+    let kubelet_deadline = Duration::from_secs(30);
+    assert!(tokio::time::timeout(kubelet_deadline, node.svc.remove_container(request())).await.is_err());
+    let refused = node.svc.remove_container(request()).await.unwrap_err();
+    assert!(refused.message.contains("already being removed"), "{refused}");
+    // The bound is 240 s.
+    sleep(Duration::from_secs(240)).await;
+    node.remove_container(&id).await;
+    assert!(node.list_containers(None).await.is_empty());
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+}
+
 /// A start whose task started although containerd's reply was an error, and whose rollback
 /// delete also failed (containerd restarting, as the real-stack soak found): the task must not
 /// run on under an EXITED container. The delete is retried until it succeeds.
