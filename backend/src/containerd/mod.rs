@@ -302,6 +302,30 @@ impl RealContainerd {
         Ok(())
     }
 
+    /// One Tasks/Delete. A shim that exits while containerd talks to it (its last task went,
+    /// it was killed, or a concurrent delete of the same task finished first) makes containerd
+    /// answer with the shim's error, although it has dropped the task all the same; whether
+    /// the task is gone is then a question for containerd.
+    async fn delete_task_once(&self, id: &str) -> Result<ExitStatus> {
+        let delete = || async move {
+            let mut tasks = self.tasks();
+            grpc(tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await)
+        };
+        let response = match delete().await {
+            Err(e) if e.find_cause::<crate::errors::ShimConnectionClosed>().is_some() => {
+                let request = GetRequest { container_id: id.to_string(), exec_id: String::new() };
+                match grpc(self.tasks().get(self.req(request)).await) {
+                    Err(gone) if gone.is_not_found() => {
+                        return Err(Error::not_found(format!("task {id}: deleted as its shim exited ({})", e.message)));
+                    }
+                    _ => delete().await?,
+                }
+            }
+            other => other?,
+        };
+        Ok(exit_status(response.exit_status, response.exited_at.as_ref()))
+    }
+
     async fn wait_process(&self, id: &str, exec_id: &str) -> Result<ExitStatus> {
         let request = WaitRequest { container_id: id.to_string(), exec_id: exec_id.to_string() };
         let response = grpc(self.tasks().wait(self.req(request)).await)?;
@@ -545,24 +569,7 @@ impl Containerd for RealContainerd {
     }
 
     async fn delete_task(&self, id: &str) -> Result<ExitStatus> {
-        let delete = || async move {
-            let mut tasks = self.tasks();
-            grpc(tasks.delete(self.req(DeleteTaskRequest { container_id: id.to_string() })).await)
-        };
-        let response = match delete().await {
-            // The shim exited while containerd talked to it (its last task went, or it was
-            // killed). containerd has dropped the task from its list all the same but answers
-            // with the shim's error; whether the task is gone is a question for containerd.
-            Err(e) if e.find_cause::<crate::errors::ShimConnectionClosed>().is_some() => {
-                let request = GetRequest { container_id: id.to_string(), exec_id: String::new() };
-                match grpc(self.tasks().get(self.req(request)).await) {
-                    Err(gone) if gone.is_not_found() => {
-                        self.io.finish_task(id).await;
-                        return Err(Error::not_found(format!("task {id}: deleted as its shim exited ({})", e.message)));
-                    }
-                    _ => delete().await?,
-                }
-            }
+        let response = match self.delete_task_once(id).await {
             Err(e) if e.kind == ErrorKind::FailedPrecondition => {
                 // Still running, or frozen: kill everything in it (runc thaws the cgroup after
                 // signalling), wait for the exit, then delete.
@@ -570,18 +577,32 @@ impl Containerd for RealContainerd {
                     Err(e) if !e.is_not_found() => return Err(e),
                     _ => {}
                 }
-                self.wait_process(id, "").await?;
-                delete().await?
+                match self.wait_process(id, "").await {
+                    // Gone meanwhile: a concurrent delete finished first.
+                    Err(e) if e.is_not_found() => Err(e),
+                    // Its shim exited during the wait; the delete asks containerd what is left.
+                    Err(e) if e.find_cause::<crate::errors::ShimConnectionClosed>().is_some() => {
+                        self.delete_task_once(id).await
+                    }
+                    Err(e) => return Err(e),
+                    Ok(_) => self.delete_task_once(id).await,
+                }
+            }
+            other => other,
+        };
+        match response {
+            Ok(exit) => {
+                self.io.finish_task(id).await;
+                Ok(exit)
             }
             Err(e) if e.is_not_found() => {
-                // Deleted before (a delete whose reply was lost, or one while crid was down).
+                // Deleted before: a delete whose reply was lost, one while crid was down, or a
+                // concurrent one (the exit path's and RemoveContainer's) that finished first.
                 self.io.finish_task(id).await;
-                return Err(e);
+                Err(e)
             }
-            other => other?,
-        };
-        self.io.finish_task(id).await;
-        Ok(exit_status(response.exit_status, response.exited_at.as_ref()))
+            Err(e) => Err(e),
+        }
     }
 
     async fn wait_task(&self, id: &str) -> Result<ExitStatus> {
