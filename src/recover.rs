@@ -52,24 +52,30 @@ const ORPHAN_REMOVAL_ATTEMPTS: u32 = 10;
 impl CriService {
     pub(crate) async fn recover(self: &Arc<Self>) {
         use futures::StreamExt;
-        let sandbox_records = self.list_kind(KIND_SANDBOX).await;
-        // The loads are built first and run RECOVER_CONCURRENCY at a time, their results in
-        // the listing's order. (A stream that borrows each record in a closure trips the
-        // compiler's Send check of the spawned recovery future.)
-        let loads: Vec<_> = sandbox_records.iter().map(|record| self.load_sandbox(record)).collect();
-        let loaded: Vec<_> = futures::stream::iter(loads).buffered(RECOVER_CONCURRENCY).collect().await;
+        // Pods and containers are listed and loaded at once: no load reads another object's
+        // result (a container's status comes from its own checkpoint and task), and containerd
+        // can take seconds to answer for one task (2 s for a task whose create its own restart
+        // cut short), which paid once per phase kept the socket closed twice as long.
+        let (sandbox_records, container_records) =
+            futures::join!(self.list_kind(KIND_SANDBOX), self.list_kind(KIND_CONTAINER));
+        // The loads are built first and run RECOVER_CONCURRENCY at a time per kind, their
+        // results in the listing's order. (A stream that borrows each record in a closure trips
+        // the compiler's Send check of the spawned recovery future.)
+        let sandbox_loads: Vec<_> = sandbox_records.iter().map(|record| self.load_sandbox(record)).collect();
+        let container_loads: Vec<_> = container_records.iter().map(|record| self.load_container(record)).collect();
+        let (sandboxes_loaded, containers_loaded): (Vec<_>, Vec<_>) = futures::join!(
+            futures::stream::iter(sandbox_loads).buffered(RECOVER_CONCURRENCY).collect(),
+            futures::stream::iter(container_loads).buffered(RECOVER_CONCURRENCY).collect(),
+        );
         let mut sandboxes = vec![];
-        for (record, result) in sandbox_records.iter().zip(loaded) {
+        for (record, result) in sandbox_records.iter().zip(sandboxes_loaded) {
             match result {
                 Ok(sandbox) => sandboxes.push((record.created_at_ns, sandbox)),
                 Err(error) => self.quarantine(QuarantineKind::Sandbox, &record.id, "", &error.message),
             }
         }
-        let container_records = self.list_kind(KIND_CONTAINER).await;
-        let loads: Vec<_> = container_records.iter().map(|record| self.load_container(record)).collect();
-        let loaded: Vec<_> = futures::stream::iter(loads).buffered(RECOVER_CONCURRENCY).collect().await;
         let mut containers = vec![];
-        for (record, result) in container_records.iter().zip(loaded) {
+        for (record, result) in container_records.iter().zip(containers_loaded) {
             match result {
                 Ok(loaded) => containers.push((record.created_at_ns, loaded)),
                 Err(error) => self.quarantine(QuarantineKind::Container, &record.id, "", &error.message),
@@ -450,7 +456,7 @@ impl CriService {
     /// serves, and retries with backoff until containerd answers. Recovery does not wait for
     /// the delete: containerd can hold one for many seconds (the real-stack soak saw 28 s for
     /// a task create its own restart had interrupted), and the socket would stay closed that
-    /// long. Nothing is lost by waiting: a container's decision is persisted already, and a
+    /// long. Nothing is lost by not waiting: a container's decision is persisted already, and a
     /// pod whose task is not running is loaded NOTREADY, which the exit path leaves as it is.
     /// Queued, the task counts as work the service holds (invariant 31) from here on.
     fn delete_task_later(&self, task: &TaskId) {

@@ -205,45 +205,6 @@ impl CriService {
             stop_signal: image.config.stop_signal.clone(),
         };
         *kept_metadata = Some(metadata.clone());
-        // The rootfs snapshot is held by a lease of its own until the container record
-        // references it (§5.4).
-        let lease = self.hold_lease(LeasePurpose::Rootfs).await?;
-        let created = async {
-            undo.push(Undo::RemoveSnapshot);
-            self.backends
-                .containerd
-                .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id, lease.id())
-                .await
-                .map_err(|e| e.context("failed to prepare container rootfs"))?;
-            crate::spec::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id.as_str(), &mut spec).await?;
-            let record = ContainerRecord {
-                id: id.to_string(),
-                labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())]
-                    .into_iter()
-                    .chain(sorted(&config.labels))
-                    .collect(),
-                image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
-                runtime,
-                snapshotter,
-                snapshot_key: id.to_string(),
-                spec,
-                extensions: [(
-                    EXTENSION_CONTAINER_METADATA.to_string(),
-                    serde_json::to_vec(&metadata).expect("serialises"),
-                )]
-                .into(),
-                created_at_ns: 0,
-            };
-            undo.push(Undo::DeleteContainer);
-            self.create_fresh_container(record)
-                .await
-                .map_err(|e| e.context("failed to create containerd container"))?;
-            Ok::<(), Error>(())
-        }
-        .await;
-        lease.release_detached(self.clone());
-        created?;
-
         let status = ContainerStatus {
             created_at_ns: self.now_ns(),
             resources: config
@@ -253,8 +214,57 @@ impl CriService {
                 .map(|r| crate::spec::resources_from(Some(r))),
             ..Default::default()
         };
+        // The checkpoint is written while containerd prepares the rootfs and records the
+        // container: neither reads the other, and the write's fsync is a few ms of the call.
+        // A crash in between leaves what recovery already handles: a checkpoint without a
+        // containerd record is an orphan dir, which it removes; a record without a checkpoint
+        // is an UNKNOWN container, which kubelet removes (as when the write came second).
         undo.push(Undo::DeleteCheckpoint);
-        self.write_checkpoint(id, &status).await?;
+        let checkpointed = self.write_checkpoint(id, &status);
+        let created = async {
+            // The rootfs snapshot is held by a lease of its own until the container record
+            // references it (§5.4).
+            let lease = self.hold_lease(LeasePurpose::Rootfs).await?;
+            let created = async {
+                undo.push(Undo::RemoveSnapshot);
+                self.backends
+                    .containerd
+                    .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id, lease.id())
+                    .await
+                    .map_err(|e| e.context("failed to prepare container rootfs"))?;
+                crate::spec::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id.as_str(), &mut spec)
+                    .await?;
+                let record = ContainerRecord {
+                    id: id.to_string(),
+                    labels: [(LABEL_KIND.to_string(), KIND_CONTAINER.to_string())]
+                        .into_iter()
+                        .chain(sorted(&config.labels))
+                        .collect(),
+                    image: image.references.iter().next().cloned().unwrap_or_else(|| image.id.clone()),
+                    runtime,
+                    snapshotter,
+                    snapshot_key: id.to_string(),
+                    spec,
+                    extensions: [(
+                        EXTENSION_CONTAINER_METADATA.to_string(),
+                        serde_json::to_vec(&metadata).expect("serialises"),
+                    )]
+                    .into(),
+                    created_at_ns: 0,
+                };
+                undo.push(Undo::DeleteContainer);
+                self.create_fresh_container(record)
+                    .await
+                    .map_err(|e| e.context("failed to create containerd container"))?;
+                Ok::<(), Error>(())
+            }
+            .await;
+            lease.release_detached(self.clone());
+            created
+        };
+        let (created, checkpointed) = futures::join!(created, checkpointed);
+        created?;
+        checkpointed?;
         let container = Arc::new(Container::new(metadata, config.clone(), status));
         self.containers.add(id, container)?;
         self.send_container_event(id.as_str(), &sandbox.id, ContainerEventType::ContainerCreatedEvent);

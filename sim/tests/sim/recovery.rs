@@ -343,6 +343,28 @@ async fn a_hung_sandbox_task_delete_does_not_hold_recovery() {
     assert_eq!(node.leaks_of(&pod), Vec::<String>::new());
 }
 
+/// Pods and containers are loaded at once: containerd answering slowly for one pod's task and
+/// for one container's (as for tasks whose create its own restart cut short: 2 s each on the
+/// real stack) holds the socket for one of those delays, not their sum.
+#[madsim::test]
+async fn slow_task_answers_for_a_pod_and_a_container_are_waited_for_once() {
+    let (world, faults) = world(37);
+    let (pod, container) = in_process(world.clone(), faults.clone(), |node| async move {
+        node.pod_with_running("slow", &["sleep", "inf"]).await
+    })
+    .await;
+    faults.push(FaultSite::ContainerdTaskInfo, Some(&pod), FaultAction::Delay(Duration::from_secs(2)));
+    faults.push(FaultSite::ContainerdTaskInfo, Some(&container), FaultAction::Delay(Duration::from_secs(2)));
+
+    let started = crid_sim::fakes::clock::virtual_now();
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2), "both answers were delayed: {waited:?}");
+    assert!(waited < Duration::from_secs(3), "recovery waited {waited:?}: the two loads ran one after the other");
+    assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady);
+    assert_eq!(node.container_state(&container).await, ContainerState::ContainerRunning);
+}
+
 /// Recovery leaves a NOTREADY pod's stopped task to the exit path. A RemovePodSandbox that
 /// comes first deletes the task itself before the pod's record, as RemoveContainer does, so
 /// the task is not left to nobody once the pod is gone from the store.
