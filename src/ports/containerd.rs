@@ -481,10 +481,16 @@ pub trait Containerd: Send + Sync + 'static {
     async fn close_task_stdin(&self, id: &str) -> Result<()>;
 
     // ---- images and content ----
-    /// True when the blob is in the content store.
-    async fn content_exists(&self, digest: &str) -> Result<bool>;
-    /// True when the committed snapshot `chain_id` exists in `snapshotter`.
-    async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool>;
+    /// True when the blob is in the content store. The blob is first added to `lease` (as
+    /// containerd's own content writer does for a blob it finds): content that no record
+    /// references yet is the garbage collector's until a lease holds it, and containerd collects
+    /// in the background, some time after the delete that left it unreferenced. A pull that
+    /// skipped the fetch on a blob it merely saw would then fail to unpack it. NotFound when the
+    /// lease does not exist.
+    async fn content_exists(&self, digest: &str, lease: &str) -> Result<bool>;
+    /// True when the committed snapshot `chain_id` exists in `snapshotter`; held by `lease`
+    /// first, as a blob is by `content_exists` (containerd's unpacker does the same).
+    async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str, lease: &str) -> Result<bool>;
     /// Prepares, applies `layer` on `parent_chain_id` ("" for the base) and commits as `chain_id`,
     /// under the pull's `lease`. AlreadyExists when that snapshot is already committed.
     async fn apply_layer(

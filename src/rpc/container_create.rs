@@ -386,22 +386,30 @@ impl CriService {
         if sandbox.status().state != SandboxState::Ready {
             return Err(Error::precondition(format!("sandbox container {:?} is not running", sandbox.id)));
         }
-        // Persist the intent first: a restart between here and the started checkpoint then
-        // resolves to EXITED(StartError), never to a silent CREATED (B8).
-        self.update_container_status(container, |status| {
+        // Persist the intent before the task starts: a restart between here and the started
+        // checkpoint then resolves to EXITED(StartError), never to a silent CREATED (B8). The
+        // write runs while the task is created (runc's create, about 100 ms on the real
+        // stack, hides the fsync): a task that exists but never started is a StartError at
+        // recovery whether or not the intent reached the disk, and no task without the intent
+        // is a CREATED container that never began to start.
+        let intent = self.update_container_status(container, |status| {
             status.start_requested = true;
             true
-        })
-        .await?;
-        self.apply_updated_resources(container).await?;
-        let io = TaskIo {
-            log_path: container.metadata.log_path.clone(),
-            stdin: container.config.stdin,
-            tty: container.config.tty,
+        });
+        let created = async {
+            self.apply_updated_resources(container).await?;
+            let io = TaskIo {
+                log_path: container.metadata.log_path.clone(),
+                stdin: container.config.stdin,
+                tty: container.config.tty,
+            };
+            self.create_fresh_task(container.id.as_str(), &io)
+                .await
+                .map_err(|e| e.context("failed to create containerd task"))
         };
-        self.create_fresh_task(container.id.as_str(), &io)
-            .await
-            .map_err(|e| e.context("failed to create containerd task"))?;
+        let (intent, created) = futures::join!(intent, created);
+        intent?;
+        created?;
         let pid = self
             .backends
             .containerd

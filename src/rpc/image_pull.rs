@@ -243,7 +243,7 @@ impl CriService {
         progress: &Progress,
     ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("blob://{}", blob.digest)).await;
-        let exists = self.backends.containerd.content_exists(&blob.digest);
+        let exists = self.backends.containerd.content_exists(&blob.digest, lease);
         if self.with_timeout(IMAGE_METADATA_TIMEOUT, "content exists", exists).await? {
             return Ok(());
         }
@@ -266,7 +266,7 @@ impl CriService {
     ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("sn://{snapshotter}/{chain_id}")).await;
         let containerd = &self.backends.containerd;
-        let exists = containerd.snapshot_exists(snapshotter, chain_id);
+        let exists = containerd.snapshot_exists(snapshotter, chain_id, lease);
         if self.with_timeout(IMAGE_METADATA_TIMEOUT, "snapshot exists", exists).await? {
             return Ok(());
         }

@@ -36,12 +36,13 @@ use containerd_client::services::v1::snapshots::{
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
-    ApplyRequest, CloseIoRequest, CreateContainerRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
-    CreateTaskRequest, DeleteContainerRequest, DeleteImageRequest, DeleteProcessRequest,
-    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetImageRequest,
-    GetRequest, InfoRequest, KillRequest, ListContainersRequest, ListImagesRequest, ListRequest as ListLeasesRequest,
-    MetricsRequest, ResizePtyRequest, StartRequest, SubscribeRequest, UpdateContainerRequest, UpdateImageRequest,
-    UpdateRequest as UpdateContentRequest, UpdateTaskRequest, WaitRequest,
+    AddResourceRequest, ApplyRequest, CloseIoRequest, CreateContainerRequest, CreateImageRequest,
+    CreateRequest as CreateLeaseRequest, CreateTaskRequest, DeleteContainerRequest, DeleteImageRequest,
+    DeleteProcessRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, ExecProcessRequest,
+    GetContainerRequest, GetImageRequest, GetRequest, InfoRequest, KillRequest, ListContainersRequest,
+    ListImagesRequest, ListRequest as ListLeasesRequest, MetricsRequest, ResizePtyRequest, Resource as LeaseResource,
+    StartRequest, SubscribeRequest, UpdateContainerRequest, UpdateImageRequest, UpdateRequest as UpdateContentRequest,
+    UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::types::Mount as ProtoMount;
 use containerd_client::types::v1::Status as ProcessStatus;
@@ -233,6 +234,18 @@ impl RealContainerd {
             return Ok(record.clone());
         }
         self.get_container(id).await
+    }
+
+    /// References a blob or snapshot from a lease, whether or not it exists yet: from then on
+    /// containerd's garbage collector keeps it until the lease goes (see `content_exists`).
+    pub(crate) async fn add_to_lease(&self, lease: &str, id: &str, kind: &str) -> Result<()> {
+        let request = AddResourceRequest {
+            id: lease.to_string(),
+            resource: Some(LeaseResource { id: id.to_string(), r#type: kind.to_string() }),
+        };
+        grpc(LeasesClient::new(self.channel.clone()).add_resource(self.req(request)).await)
+            .map(|_| ())
+            .map_err(|e| e.context(format!("hold {kind} {id} under lease {lease}")))
     }
 
     async fn content_info_exists(&self, digest: &str) -> Result<bool> {
@@ -764,11 +777,13 @@ impl Containerd for RealContainerd {
 
     // ---- images and content ----
 
-    async fn content_exists(&self, digest: &str) -> Result<bool> {
+    async fn content_exists(&self, digest: &str, lease: &str) -> Result<bool> {
+        self.add_to_lease(lease, digest, "content").await?;
         self.content_info_exists(digest).await
     }
 
-    async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool> {
+    async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str, lease: &str) -> Result<bool> {
+        self.add_to_lease(lease, chain_id, &format!("snapshots/{snapshotter}")).await?;
         let request = StatSnapshotRequest { snapshotter: snapshotter.to_string(), key: chain_id.to_string() };
         match self.snapshots().stat(self.req(request)).await {
             Ok(_) => Ok(true),

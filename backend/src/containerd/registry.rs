@@ -19,6 +19,9 @@ impl Registry for RealContainerd {
     /// the manifest's GC labels are what keep the config and layers alive.
     async fn resolve(&self, reference: &str, auth: &RegistryAuth, lease: &str) -> Result<ResolvedImage> {
         let (resolved, manifest_bytes) = self.registry.resolve(reference, auth).await?;
+        // Held by the pull's lease before it is looked for, so that a manifest left unreferenced
+        // by an earlier delete is not collected between this check and the image record.
+        self.add_to_lease(lease, &resolved.manifest.digest, "content").await?;
         if !self.content_info_exists(&resolved.manifest.digest).await? {
             let labels = |bytes: &[u8]| ManifestDocument::parse(bytes, None).map(|m| m.gc_labels()).unwrap_or_default();
             let mut suffix = [0u8; 4];

@@ -214,6 +214,25 @@ impl FakeContainerd {
         })
     }
 
+    /// Leases/AddResource, then Content/Info, as the backend calls them. The lease references
+    /// the digest whether or not the blob exists (containerd's does too). The state is read raw,
+    /// as it always was for these checks: they settle no task and deliver no event.
+    pub(super) fn do_content_exists(&self, digest: &str, lease: &str) -> Result<bool> {
+        let mut state = self.raw_state();
+        state.check_lease(lease)?;
+        state.leases.get_mut(lease).expect("checked").content.insert(digest.to_string());
+        Ok(state.content.contains_key(digest))
+    }
+
+    /// Leases/AddResource, then Snapshots/Stat (see `do_content_exists`).
+    pub(super) fn do_snapshot_exists(&self, snapshotter: &str, chain_id: &str, lease: &str) -> Result<bool> {
+        let mut state = self.raw_state();
+        state.check_lease(lease)?;
+        let held = (snapshotter.to_string(), chain_id.to_string());
+        state.leases.get_mut(lease).expect("checked").snapshots.insert(held);
+        Ok(state.committed(snapshotter, chain_id))
+    }
+
     pub(super) fn do_create_lease(
         &self,
         id: &str,

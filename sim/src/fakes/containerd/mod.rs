@@ -441,16 +441,14 @@ impl Containerd for FakeContainerd {
         after.finish(self.do_close_task_stdin(id)).await
     }
 
-    async fn content_exists(&self, digest: &str) -> Result<bool> {
+    async fn content_exists(&self, digest: &str, lease: &str) -> Result<bool> {
         let after = self.enter(FaultSite::ContainerdContentExists, digest).await?;
-        let exists = self.raw_state().content.contains_key(digest);
-        after.finish(Ok(exists)).await
+        after.finish(self.do_content_exists(digest, lease)).await
     }
 
-    async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str) -> Result<bool> {
+    async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str, lease: &str) -> Result<bool> {
         let after = self.enter(FaultSite::ContainerdSnapshotExists, chain_id).await?;
-        let exists = self.raw_state().committed(snapshotter, chain_id);
-        after.finish(Ok(exists)).await
+        after.finish(self.do_snapshot_exists(snapshotter, chain_id, lease)).await
     }
 
     async fn apply_layer(

@@ -224,7 +224,12 @@ async fn fetch_counts_and_concurrency() {
     assert_eq!(containerd.total_fetches(), 2);
     assert_eq!(containerd.max_concurrent_fetch_same_blob(), 2);
     assert_eq!(containerd.pulls_in_flight(), 0);
-    assert!(containerd.content_exists(&layer.digest).await.unwrap());
+    assert!(containerd.content_exists(&layer.digest, "pull").await.unwrap());
+    assert_eq!(
+        containerd.content_exists(&layer.digest, "gone").await.unwrap_err().kind,
+        ErrorKind::NotFound,
+        "the blob is held by a lease that must exist"
+    );
 }
 
 #[tokio::test(start_paused = true)]
