@@ -1479,7 +1479,16 @@ async fn what_a_pull_finds_is_held_by_its_lease() {
     })
     .expect("a client of the test's containerd");
     containerd.create_lease("probe", &Default::default(), Duration::from_secs(600)).await.unwrap();
-    let held = pulled[0].clone();
+    // A layer: the manifest would hold the config and layers through its GC labels.
+    let listing = crid.ctr(&["content", "ls"]);
+    let held = pulled
+        .iter()
+        .find(|digest| {
+            listing.lines().any(|l| l.starts_with(digest.as_str()) && !l.contains("containerd.io/gc.ref.content"))
+                && !listing.lines().any(|l| l.starts_with(digest.as_str()) && l.contains("gc.ref.snapshot"))
+        })
+        .expect("a blob that references nothing: a layer")
+        .clone();
     assert!(containerd.content_exists(&held, "probe").await.unwrap());
     assert!(containerd.snapshot_exists("overlayfs", &chain_id, "probe").await.unwrap());
     let missing = containerd.content_exists(&format!("sha256:{}", "0".repeat(64)), "no-such-lease").await.unwrap_err();
