@@ -1449,9 +1449,8 @@ async fn what_a_pull_finds_is_held_by_its_lease() {
     use crid::ports::Containerd;
     let stack = stack();
     let mut crid = Cri::crid(&stack, "hold", crid_binary()).await;
-    let content = |crid: &Cri| -> std::collections::BTreeSet<String> {
-        crid.ctr(&["content", "ls", "-q"]).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
-    };
+    let content =
+        |crid: &Cri| -> std::collections::BTreeSet<String> { store_ids(crid, "content").into_iter().collect() };
     // `ctr snapshots ls`: KEY, PARENT (empty for a base layer), KIND.
     let committed = |crid: &Cri| -> std::collections::BTreeSet<String> {
         crid.ctr(&["snapshots", "ls"])
@@ -1480,15 +1479,13 @@ async fn what_a_pull_finds_is_held_by_its_lease() {
     .expect("a client of the test's containerd");
     containerd.create_lease("probe", &Default::default(), Duration::from_secs(600)).await.unwrap();
     // A layer: the manifest would hold the config and layers through its GC labels.
-    let listing = crid.ctr(&["content", "ls"]);
-    let held = pulled
+    let held = store_rows(&crid, "content")
         .iter()
-        .find(|digest| {
-            listing.lines().any(|l| l.starts_with(digest.as_str()) && !l.contains("containerd.io/gc.ref.content"))
-                && !listing.lines().any(|l| l.starts_with(digest.as_str()) && l.contains("gc.ref.snapshot"))
-        })
-        .expect("a blob that references nothing: a layer")
-        .clone();
+        .filter(|row| !row.contains("containerd.io/gc.ref."))
+        .filter_map(|row| row.split_whitespace().next())
+        .find(|digest| pulled.iter().any(|blob| blob == digest))
+        .expect("a pulled blob that references nothing: a layer")
+        .to_string();
     assert!(containerd.content_exists(&held, "probe").await.unwrap());
     assert!(containerd.snapshot_exists("overlayfs", &chain_id, "probe").await.unwrap());
     let missing = containerd.content_exists(&format!("sha256:{}", "0".repeat(64)), "no-such-lease").await.unwrap_err();

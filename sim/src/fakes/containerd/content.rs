@@ -243,10 +243,14 @@ impl FakeContainerd {
         // The commit, as containerd's: under a lease that still exists, which then holds it.
         let committed = {
             let mut state = self.state();
-            state.check_lease(lease).map(|()| {
-                state.content.insert(blob.digest.clone(), blob.size_bytes);
-                state.leases.get_mut(lease).expect("checked").content.insert(blob.digest.clone());
-            })
+            match state.lease_mut(lease) {
+                Ok(held) => {
+                    held.content.insert(blob.digest.clone());
+                    state.content.insert(blob.digest.clone(), blob.size_bytes);
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            }
         };
         drop(in_flight);
         committed

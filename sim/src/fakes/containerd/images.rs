@@ -38,6 +38,12 @@ impl State {
         }
     }
 
+    /// The lease a write holds its result under, refused as `check_lease` refuses it.
+    pub(super) fn lease_mut(&mut self, lease: &str) -> Result<&mut Lease> {
+        self.check_lease(lease)?;
+        Ok(self.leases.get_mut(lease).expect("checked above"))
+    }
+
     /// Drops the leases whose expiry passed, and collects what they alone held.
     pub(super) fn expire_leases(&mut self, now_ns: i64) {
         let before = self.leases.len();
@@ -219,17 +225,15 @@ impl FakeContainerd {
     /// as it always was for these checks: they settle no task and deliver no event.
     pub(super) fn do_content_exists(&self, digest: &str, lease: &str) -> Result<bool> {
         let mut state = self.raw_state();
-        state.check_lease(lease)?;
-        state.leases.get_mut(lease).expect("checked").content.insert(digest.to_string());
+        state.lease_mut(lease)?.content.insert(digest.to_string());
         Ok(state.content.contains_key(digest))
     }
 
     /// Leases/AddResource, then Snapshots/Stat (see `do_content_exists`).
     pub(super) fn do_snapshot_exists(&self, snapshotter: &str, chain_id: &str, lease: &str) -> Result<bool> {
         let mut state = self.raw_state();
-        state.check_lease(lease)?;
         let held = (snapshotter.to_string(), chain_id.to_string());
-        state.leases.get_mut(lease).expect("checked").snapshots.insert(held);
+        state.lease_mut(lease)?.snapshots.insert(held);
         Ok(state.committed(snapshotter, chain_id))
     }
 

@@ -157,7 +157,7 @@ impl FakeContainerd {
             .committed
             .insert(chain_id.to_string(), (parent_chain_id.to_string(), layer.size_bytes));
         let key = (snapshotter.to_string(), chain_id.to_string());
-        state.leases.get_mut(lease).expect("checked").snapshots.insert(key);
+        state.lease_mut(lease)?.snapshots.insert(key);
         Ok(())
     }
 
@@ -186,9 +186,8 @@ impl FakeContainerd {
         lease: &str,
     ) -> Result<()> {
         let mut state = self.state();
-        state.check_lease(lease)?;
         let holding = (snapshotter.to_string(), key.to_string());
-        state.leases.get_mut(lease).expect("checked").snapshots.insert(holding);
+        state.lease_mut(lease)?.snapshots.insert(holding);
         let snapshots = state.snapshotter(snapshotter);
         if snapshots.active.contains_key(key) || snapshots.committed.contains_key(key) {
             return Err(Error::already_exists(format!("snapshot {key}: already exists")));
