@@ -262,9 +262,12 @@ struct Script {
     /// Applies once the queues are empty, until cleared.
     persistent: BTreeMap<(FaultSite, Option<String>), FaultAction>,
     default: Option<FaultAction>,
-    /// site → key → times consulted. Every call of every fake is counted here, with a path or
-    /// an id as its key: nested by site, a key already seen is found without copying it.
-    calls: BTreeMap<FaultSite, BTreeMap<String, u64>>,
+    /// site → times consulted, on any key.
+    calls: BTreeMap<FaultSite, u64>,
+    /// (site, key) → times consulted, for the pairs a test asked to count (`count_calls_on`).
+    /// Not every key: a run's keys are mostly ids and paths under a few long prefixes, one
+    /// table of them all grew with every object made and every call paid for a lookup in it.
+    counted: BTreeMap<(FaultSite, String), u64>,
     injected: Vec<InjectedFault>,
 }
 
@@ -328,12 +331,24 @@ impl ScriptedFaults {
 
     /// How many times `site` was consulted, on any key, whatever the outcome.
     pub fn calls(&self, site: FaultSite) -> u64 {
-        self.script().calls.get(&site).map_or(0, |counts| counts.values().sum())
+        self.script().calls.get(&site).copied().unwrap_or(0)
     }
 
-    /// How many times `site` was consulted on `key` (e.g. "was Delete run twice on this task").
+    /// Counts the calls of `site` on `key` from now on, for `calls_on`.
+    pub fn count_calls_on(&self, site: FaultSite, key: &str) {
+        self.script().counted.entry((site, key.to_string())).or_insert(0);
+    }
+
+    /// How many times `site` was consulted on `key` since `count_calls_on` (e.g. "was Delete
+    /// run twice on this task").
+    ///
+    /// # Panics
+    /// If the pair is not counted: a count that was never kept must not read as zero calls.
     pub fn calls_on(&self, site: FaultSite, key: &str) -> u64 {
-        self.script().calls.get(&site).and_then(|counts| counts.get(key)).copied().unwrap_or(0)
+        let script = self.script();
+        let counted = script.counted.get(&(site, key.to_string()));
+        *counted
+            .unwrap_or_else(|| panic!("calls of {} on {key} are not counted: call count_calls_on first", site.name()))
     }
 
     /// Every non-Proceed action handed out, in order.
@@ -350,12 +365,11 @@ impl ScriptedFaults {
 impl FaultInjector for ScriptedFaults {
     fn at(&self, site: FaultSite, key: &str) -> FaultAction {
         let mut script = self.script();
-        let counts = script.calls.entry(site).or_default();
-        match counts.get_mut(key) {
-            Some(count) => *count += 1,
-            None => {
-                counts.insert(key.to_string(), 1);
-            }
+        *script.calls.entry(site).or_default() += 1;
+        if !script.counted.is_empty()
+            && let Some(count) = script.counted.get_mut(&(site, key.to_string()))
+        {
+            *count += 1;
         }
         // Most runs script no queue or persistent action at all: the slots are built (the key
         // copied) only when there is something to look them up in.
@@ -393,6 +407,8 @@ mod tests {
         faults.set_default(FaultAction::Delay(Duration::from_millis(1)));
         faults.push(FaultSite::CniSetup, None, FaultAction::Hang);
         faults.push(FaultSite::CniSetup, Some("sb1"), FaultAction::Fail(ErrorKind::Internal, "boom".into()));
+        faults.count_calls_on(FaultSite::CniSetup, "sb1");
+        faults.count_calls_on(FaultSite::CniSetup, "sb2");
         assert_eq!(faults.at(FaultSite::CniSetup, "sb1"), FaultAction::Fail(ErrorKind::Internal, "boom".into()));
         assert_eq!(faults.at(FaultSite::CniSetup, "sb1"), FaultAction::Hang);
         assert_eq!(faults.at(FaultSite::CniSetup, "sb1"), FaultAction::Delay(Duration::from_millis(1)));
@@ -401,6 +417,14 @@ mod tests {
         assert_eq!(faults.calls_on(FaultSite::CniSetup, "sb2"), 0);
         assert_eq!(faults.injected().len(), 3);
         assert_eq!(faults.pending(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "not counted")]
+    fn calls_on_a_key_nobody_counted_is_refused() {
+        let faults = ScriptedFaults::new();
+        faults.at(FaultSite::CniSetup, "sb1");
+        faults.calls_on(FaultSite::CniSetup, "sb1");
     }
 
     #[test]

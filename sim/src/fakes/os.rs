@@ -143,25 +143,23 @@ impl OsState {
         if self.disk_full {
             return Err(no_space(path));
         }
+        // An existing file is overwritten in place (its path is not copied again, nor its old
+        // durable contents when the write replaces them too). It is no directory and its parent
+        // is one, so the checks below, four ordered lookups, are for new files alone.
+        if let Some(file) = self.files.get_mut(path) {
+            file.data.clear();
+            file.data.extend_from_slice(data);
+            if durable {
+                file.durable = Some(data.to_vec());
+            }
+            return Ok(());
+        }
         self.require_parent_dir(path)?;
         if self.is_dir(path) {
             return Err(Error::precondition(format!("open {path}: is a directory")));
         }
-        // An existing file is overwritten in place (its path is not copied again, nor its old
-        // durable contents when the write replaces them too).
-        match self.files.get_mut(path) {
-            Some(file) => {
-                file.data.clear();
-                file.data.extend_from_slice(data);
-                if durable {
-                    file.durable = Some(data.to_vec());
-                }
-            }
-            None => {
-                let file = File { data: data.to_vec(), durable: durable.then(|| data.to_vec()) };
-                self.files.insert(path.to_string(), file);
-            }
-        }
+        let file = File { data: data.to_vec(), durable: durable.then(|| data.to_vec()) };
+        self.files.insert(path.to_string(), file);
         Ok(())
     }
 

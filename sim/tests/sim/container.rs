@@ -879,6 +879,7 @@ async fn container_stats() {
 async fn concurrent_stops_signal_once() {
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("stops", &["sleep", "inf"]).await;
+    node.faults.count_calls_on(FaultSite::ContainerdKillTask, &id);
     let stops: Vec<_> = (0..3)
         .map(|_| {
             let svc = node.svc.clone();

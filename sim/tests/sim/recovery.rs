@@ -520,6 +520,7 @@ async fn a_failed_orphan_removal_is_retried() {
     let orphan = format!("{ROOT_DIR}/sandboxes/{}", "c".repeat(64));
     world.os.put_file(&format!("{orphan}/hostname"), b"left over");
     faults.push_n(FaultSite::OsRemoveAll, Some(&orphan), FaultAction::Fail(ErrorKind::Internal, "EBUSY".into()), 2);
+    faults.count_calls_on(FaultSite::OsRemoveAll, &orphan);
     let _node = Node::start_on(world.clone(), faults.clone(), test_config()).await;
     assert!(world.os.exists(&orphan), "the first removal failed");
     madsim::time::sleep(Duration::from_secs(10)).await;

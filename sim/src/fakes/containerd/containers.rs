@@ -65,6 +65,10 @@ impl FakeContainerd {
             return Err(Error::precondition(format!("cannot delete running task {id}: failed precondition")));
         }
         let record = state.containers.remove(id).expect("checked above");
+        // The exit its last task ended with was kept for the oracle until now: a container
+        // whose record is deleted is on its way out of the CRI's store as well (which recovery
+        // would not load it into), and the table grew with every container a run made.
+        state.deleted_exits.remove(id);
         if cleanup_snapshot && !record.snapshot_key.is_empty() {
             state.snapshotter(&record.snapshotter).active.remove(&record.snapshot_key);
         }

@@ -65,7 +65,7 @@ struct State {
     tasks: BTreeMap<String, Task>,
     /// How the init of each deleted task ended (when it ended before its delete), by container
     /// id: what the oracle compares a container's recorded exit (code, OOM) with after the task
-    /// is gone.
+    /// is gone, until the container record is deleted.
     deleted_exits: BTreeMap<String, tasks::TaskEnd>,
     /// Container ids with a live shim: created with the task, reaped by delete_task.
     shims: BTreeSet<String>,
@@ -198,8 +198,6 @@ pub struct FakeContainerd {
     /// Bumped whenever containerd goes down, so that calls blocked inside it fail as a broken
     /// connection would fail them.
     connection: watch::Sender<u64>,
-    /// Bumped when a task starts or changes state by hand, so that waiters re-arm their deadline.
-    task_changes: watch::Sender<u64>,
 }
 
 impl FakeContainerd {
@@ -214,7 +212,6 @@ impl FakeContainerd {
             faults,
             state: Mutex::new(State::new()),
             connection: watch::channel(0).0,
-            task_changes: watch::channel(0).0,
         }
     }
 
@@ -346,7 +343,6 @@ impl Containerd for FakeContainerd {
     async fn start_task(&self, id: &str) -> Result<u32> {
         let after = self.enter(FaultSite::ContainerdStartTask, id).await?;
         let result = self.do_start_task(id);
-        self.task_changes.send_modify(|generation| *generation += 1);
         after.finish(result).await
     }
 

@@ -68,16 +68,15 @@ impl FakeContainerd {
     /// Blocks until the task's init process exited (or the task is gone), without taking part
     /// in the wait bookkeeping of `wait_task`.
     async fn wait_init_exit(&self, id: &str) {
-        let mut task_changes = self.task_changes.subscribe();
         loop {
             let watched = {
                 let mut state = self.state();
                 state.tasks.get_mut(id).map(|task| {
                     let deadline = task.init.scripted.map(|s| s.at).filter(|_| task.state == TaskState::Running);
-                    (task.init.exit_tx.subscribe(), deadline)
+                    (task.init.exit_tx.subscribe(), task.changes.subscribe(), deadline)
                 })
             };
-            let Some((mut exit_rx, deadline)) = watched else { return };
+            let Some((mut exit_rx, mut task_changes, deadline)) = watched else { return };
             if exit_rx.borrow_and_update().is_some() {
                 return;
             }

@@ -115,6 +115,9 @@ pub(super) struct Task {
     pub(super) stdin: TaskStdin,
     /// The cgroup's OOM kill count (its metrics report it until the task is deleted).
     pub(super) oom_kills: u64,
+    /// Bumped when the task starts or changes state by hand, so that its waiters re-arm their
+    /// deadline. One per task: a start wakes only the waiters of the task that started.
+    pub(super) changes: watch::Sender<()>,
 }
 
 impl Task {
@@ -195,9 +198,8 @@ impl FakeContainerd {
     /// Blocks until the process exits, containerd goes down, or (for a swallowed wait) forever.
     pub(super) async fn wait_process(&self, id: &str, exec_id: Option<&str>) -> Result<ExitStatus> {
         let mut connection = self.connection.subscribe();
-        let mut task_changes = self.task_changes.subscribe();
         loop {
-            let (mut exit_rx, deadline) = {
+            let (mut exit_rx, mut task_changes, deadline) = {
                 let mut state = self.state();
                 let task = state.task_mut(id)?;
                 // A created or paused init has no deadline yet: start or resume re-arms the loop.
@@ -209,7 +211,7 @@ impl FakeContainerd {
                     }
                 };
                 let deadline = process.scripted.map(|scripted| scripted.at).filter(|_| deadline_applies);
-                (process.exit_tx.subscribe(), deadline)
+                (process.exit_tx.subscribe(), task.changes.subscribe(), deadline)
             };
             let exit = *exit_rx.borrow_and_update();
             if let Some(exit) = exit {
@@ -329,8 +331,7 @@ impl FakeContainerd {
                     task.running_since = virtual_now();
                 }
                 task.state = task_state;
-                drop(state);
-                self.task_changes.send_modify(|generation| *generation += 1);
+                task.changes.send_modify(|()| {});
                 true
             }
             _ => false,
@@ -467,6 +468,7 @@ impl FakeContainerd {
             log_reopens: 0,
             oom_kills: 0,
             stdin: if stdin { TaskStdin::Open } else { TaskStdin::None },
+            changes: watch::channel(()).0,
         };
         state.tasks.insert(id.to_string(), task);
         state.shims.insert(id.to_string());
@@ -494,6 +496,7 @@ impl FakeContainerd {
         task.state = TaskState::Running;
         task.running_since = now;
         task.started_at = Some(now);
+        task.changes.send_modify(|()| {});
         let (pid, due) = (task.init.pid, task.init.scripted.map(|scripted| scripted.at));
         state.exit_scripted(due);
         Ok(pid)
