@@ -45,6 +45,11 @@ const RECOVER_CONCURRENCY: usize = 16;
 
 /// Listing containers is retried this many times, a second apart, before recovery gives up.
 const LIST_ATTEMPTS: u32 = 10;
+
+/// A recovery call that takes this long is logged with its object: each one keeps the socket
+/// closed (containerd takes 2 s to answer for a task whose create its own restart cut short).
+const SLOW_RECOVERY_CALL_MS: i64 = 500;
+
 /// A failed orphan removal is tried this many times in all, with the events' backoff between
 /// tries (about 4 minutes), before it waits for the next start.
 const ORPHAN_REMOVAL_ATTEMPTS: u32 = 10;
@@ -56,8 +61,10 @@ impl CriService {
         // result (a container's status comes from its own checkpoint and task), and containerd
         // can take seconds to answer for one task (2 s for a task whose create its own restart
         // cut short), which paid once per phase kept the socket closed twice as long.
+        let started_ns = self.now_ns();
         let (sandbox_records, container_records) =
             futures::join!(self.list_kind(KIND_SANDBOX), self.list_kind(KIND_CONTAINER));
+        let listed_ns = self.now_ns();
         // The loads are built first and run RECOVER_CONCURRENCY at a time per kind, their
         // results in the listing's order. (A stream that borrows each record in a closure trips
         // the compiler's Send check of the spawned recovery future.)
@@ -67,6 +74,7 @@ impl CriService {
             futures::stream::iter(sandbox_loads).buffered(RECOVER_CONCURRENCY).collect(),
             futures::stream::iter(container_loads).buffered(RECOVER_CONCURRENCY).collect(),
         );
+        let loaded_ns = self.now_ns();
         let mut sandboxes = vec![];
         for (record, result) in sandbox_records.iter().zip(sandboxes_loaded) {
             match result {
@@ -117,14 +125,21 @@ impl CriService {
             self.start_exit_monitor(task);
         }
         self.recover_images().await;
+        let images_ns = self.now_ns();
         let known: BTreeSet<String> = sandbox_records.iter().chain(&container_records).map(|r| r.id.clone()).collect();
         self.remove_orphan_dirs(&known).await;
         // After the images: what a pull cut short by the crash wrote is then garbage.
         self.sweep_leases().await;
+        // The phases' times say where a slow restart went (the socket stays closed until here).
+        let ms = |from_ns: i64, to_ns: i64| (to_ns - from_ns).max(0) / 1_000_000;
         tracing::info!(
             sandboxes = self.sandboxes.len(),
             containers = self.containers.len(),
             quarantined = self.quarantined().len(),
+            list_ms = ms(started_ns, listed_ns),
+            load_ms = ms(listed_ns, loaded_ns),
+            images_ms = ms(loaded_ns, images_ns),
+            cleanup_ms = ms(images_ns, self.now_ns()),
             "recovered state"
         );
     }
@@ -293,14 +308,20 @@ impl CriService {
     /// Runs `call` until it succeeds or fails for a lasting reason (NotFound, DataLoss), at most
     /// LIST_ATTEMPTS times a second apart, each within RECOVER_OBJECT_TIMEOUT. A transient error
     /// must not turn into a lasting decision (an UNKNOWN container, an erased exit).
-    async fn retry_transient<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>
+    async fn retry_transient<T, F, Fut>(&self, what: &str, id: &str, mut call: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let mut attempt = 1;
         loop {
-            match self.with_timeout(RECOVER_OBJECT_TIMEOUT, what, call()).await {
+            let started_ns = self.now_ns();
+            let result = self.with_timeout(RECOVER_OBJECT_TIMEOUT, what, call()).await;
+            let took_ms = (self.now_ns() - started_ns) / 1_000_000;
+            if took_ms >= SLOW_RECOVERY_CALL_MS {
+                tracing::info!(what, id, attempt, took_ms, "slow recovery call");
+            }
+            match result {
                 Err(error)
                     if !matches!(error.kind, crate::error::ErrorKind::DataLoss | crate::error::ErrorKind::NotFound)
                         && attempt < LIST_ATTEMPTS =>
@@ -315,12 +336,12 @@ impl CriService {
     }
 
     async fn task_info_retrying(&self, id: &str) -> Result<crate::ports::TaskInfo> {
-        self.retry_transient("task info", || self.backends.containerd.task_info(id)).await
+        self.retry_transient("task info", id, || self.backends.containerd.task_info(id)).await
     }
 
     /// The checkpoint, or the UNKNOWN status when it is missing, corrupt or unreadable.
     async fn load_checkpoint(&self, id: &ContainerId) -> ContainerStatus {
-        match self.retry_transient("read checkpoint", || self.read_checkpoint(id)).await {
+        match self.retry_transient("read checkpoint", id.as_str(), || self.read_checkpoint(id)).await {
             Ok(status) => status,
             Err(error) => {
                 tracing::warn!(%id, %error, "status checkpoint unusable; container is UNKNOWN");
@@ -408,7 +429,7 @@ impl CriService {
             },
             TaskState::Stopped => {
                 let oom_killed = if status.finished_at_ns == 0 {
-                    match self.retry_transient("OOM kill count", || self.oom_killed_at_exit(id)).await {
+                    match self.retry_transient("OOM kill count", id, || self.oom_killed_at_exit(id)).await {
                         Ok(oom_killed) => oom_killed,
                         Err(error) => {
                             // Left to the exit path: its Wait returns at once for the stopped

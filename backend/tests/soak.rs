@@ -721,11 +721,21 @@ async fn soak() {
             println!("soak: {at:7.1} s  SIGKILL crid, restart after {} ms", down.as_millis());
             cri.kill9();
             tokio::time::sleep(down).await;
+            let log_path = cri.dir.join("crid.log");
+            let logged_before = read_log(&log_path).len();
             let spawned = Instant::now();
             cri.spawn_within(crid_binary(), SERVE_WITHIN).await;
             let serving_ms = spawned.elapsed().as_millis();
             slowest_recovery_ms = slowest_recovery_ms.max(serving_ms);
             println!("soak: {:7.1} s  crid serves again after {serving_ms} ms", start.elapsed().as_secs_f32());
+            // Where the restart's time went: recovery's phases and any call that took long.
+            let log = read_log(&log_path);
+            let restart_log = log.get(logged_before..).unwrap_or_default();
+            for line in
+                restart_log.lines().filter(|l| l.contains("slow recovery call") || l.contains("recovered state"))
+            {
+                println!("soak:            {}", line.trim());
+            }
             kills += 1;
         } else {
             println!("soak: {at:7.1} s  restart containerd");
