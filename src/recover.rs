@@ -54,9 +54,23 @@ const SLOW_RECOVERY_CALL_MS: i64 = 500;
 /// tries (about 4 minutes), before it waits for the next start.
 const ORPHAN_REMOVAL_ATTEMPTS: u32 = 10;
 
+/// Runs `loads` RECOVER_CONCURRENCY at a time and returns their results in the order given.
+///
+/// A slot frees as soon as its load ends, whatever the others do: with results delivered in
+/// order as they come (`buffered`), a finished load kept its slot until every load before it
+/// had finished, so one task that containerd took 2 s to answer for held back the loads queued
+/// behind it for those 2 s, and a restart that should take 2 s took 4.
+async fn in_listing_order<T>(loads: Vec<impl std::future::Future<Output = T>>) -> Vec<T> {
+    use futures::StreamExt;
+    let indexed = loads.into_iter().enumerate().map(|(index, load)| async move { (index, load.await) });
+    let mut results: Vec<(usize, T)> =
+        futures::stream::iter(indexed).buffer_unordered(RECOVER_CONCURRENCY).collect().await;
+    results.sort_by_key(|(index, _)| *index);
+    results.into_iter().map(|(_, result)| result).collect()
+}
+
 impl CriService {
     pub(crate) async fn recover(self: &Arc<Self>) {
-        use futures::StreamExt;
         // Pods and containers are listed and loaded at once: no load reads another object's
         // result (a container's status comes from its own checkpoint and task), and containerd
         // can take seconds to answer for one task (2 s for a task whose create its own restart
@@ -70,10 +84,8 @@ impl CriService {
         // the compiler's Send check of the spawned recovery future.)
         let sandbox_loads: Vec<_> = sandbox_records.iter().map(|record| self.load_sandbox(record)).collect();
         let container_loads: Vec<_> = container_records.iter().map(|record| self.load_container(record)).collect();
-        let (sandboxes_loaded, containers_loaded): (Vec<_>, Vec<_>) = futures::join!(
-            futures::stream::iter(sandbox_loads).buffered(RECOVER_CONCURRENCY).collect(),
-            futures::stream::iter(container_loads).buffered(RECOVER_CONCURRENCY).collect(),
-        );
+        let (sandboxes_loaded, containers_loaded) =
+            futures::join!(in_listing_order(sandbox_loads), in_listing_order(container_loads));
         let loaded_ns = self.now_ns();
         let mut sandboxes = vec![];
         for (record, result) in sandbox_records.iter().zip(sandboxes_loaded) {

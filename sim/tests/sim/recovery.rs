@@ -365,6 +365,37 @@ async fn slow_task_answers_for_a_pod_and_a_container_are_waited_for_once() {
     assert_eq!(node.container_state(&container).await, ContainerState::ContainerRunning);
 }
 
+/// A load that waits on containerd holds only its own slot: with 20 pods loaded 16 at a time,
+/// slow answers for the first pod listed and for the seventeenth (which waits for a free slot)
+/// cost one delay, not two. Slots used to stay taken by finished loads until every load before
+/// them had finished, and the soak saw restarts of 4 s where 2 s was containerd's share.
+#[madsim::test]
+async fn a_slow_load_does_not_hold_back_the_loads_queued_behind_it() {
+    let (world, faults) = world(41);
+    let mut pods = in_process(world.clone(), faults.clone(), |node| async move {
+        let mut pods = vec![];
+        for index in 0..20 {
+            pods.push(node.run_pod(&format!("queued-{index}")).await);
+        }
+        pods
+    })
+    .await;
+    // The fake containerd lists containers by id, and recovery loads them in listing order.
+    pods.sort();
+    for pod in [&pods[0], &pods[16]] {
+        faults.push(FaultSite::ContainerdTaskInfo, Some(pod), FaultAction::Delay(Duration::from_secs(2)));
+    }
+
+    let started = crid_sim::fakes::clock::virtual_now();
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2), "both answers were delayed: {waited:?}");
+    assert!(waited < Duration::from_secs(3), "recovery waited {waited:?}: the seventeenth load waited for the first");
+    for pod in &pods {
+        assert_eq!(node.pod_state(pod).await, PodSandboxState::SandboxReady, "pod {pod}");
+    }
+}
+
 /// Recovery leaves a NOTREADY pod's stopped task to the exit path. A RemovePodSandbox that
 /// comes first deletes the task itself before the pod's record, as RemoveContainer does, so
 /// the task is not left to nobody once the pod is gone from the store.
