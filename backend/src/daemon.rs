@@ -143,7 +143,9 @@ impl DaemonConfig {
 pub fn init_logging(config: &DaemonConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: a log file or journald would keep the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // try_init: a second init (tests) keeps the first subscriber.
     let _ = match config.log_format {
         LogFormat::Json => builder.json().try_init(),
