@@ -165,7 +165,10 @@ mod storm {
             // Every exit is handled within simulated moments; the check of the stores is a full
             // snapshot, so it runs only once the event count says they are all through.
             let mut waited = Duration::ZERO;
-            let delivered = || !subscribed || ids.iter().all(|id| stopped.lock().unwrap().contains_key(id));
+            let delivered = || {
+                let stopped = stopped.lock().unwrap();
+                !subscribed || ids.iter().all(|id| stopped.contains_key(id))
+            };
             while svc.container_events_sent() < sent_before + size as u64 || !delivered() {
                 assert!(waited < Duration::from_secs(60), "exits still unrecorded after {waited:?} simulated");
                 tokio::time::sleep(Duration::from_millis(10)).await;

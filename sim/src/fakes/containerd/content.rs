@@ -243,14 +243,13 @@ impl FakeContainerd {
         // The commit, as containerd's: under a lease that still exists, which then holds it.
         let committed = {
             let mut state = self.state();
-            match state.lease_mut(lease) {
-                Ok(held) => {
-                    held.content.insert(blob.digest.clone());
-                    state.content.insert(blob.digest.clone(), blob.size_bytes);
-                    Ok(())
-                }
-                Err(error) => Err(error),
+            let held = state.lease_mut(lease).map(|held| {
+                held.content.insert(blob.digest.clone());
+            });
+            if held.is_ok() {
+                state.content.insert(blob.digest.clone(), blob.size_bytes);
             }
+            held
         };
         drop(in_flight);
         committed
