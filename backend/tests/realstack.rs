@@ -587,6 +587,9 @@ async fn tls_pull(cri: &mut Cri) {
     let who = cri.kind.name();
     let registry = std::env::var("CRID_TLS_REGISTRY").expect("CRID_TLS_REGISTRY");
     let image = format!("{registry}/tls/busybox:latest");
+    // The refusal below needs a name without any hosts.toml; a `_default` would answer for it.
+    let fallback = std::path::Path::new(&stack().registry_config_path).join("_default");
+    assert!(!fallback.exists(), "{who}: {} sends unknown registries elsewhere; remove it", fallback.display());
     let id = cri.pull(&image).await;
     assert!(id.starts_with("sha256:"), "{who}: {id}");
     cri.remove_image(&image).await;
