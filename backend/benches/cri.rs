@@ -139,7 +139,77 @@ async fn lifecycle(
 
 /// One round on `cri`: the pulls, then `parallel` pod lifecycles at once. Returns the wall time
 /// of the lifecycles.
-async fn round(cri: &mut Cri, samples: &mut Samples, parallel: usize) -> Duration {
+/// What the whole machine's CPUs have done so far (every process, kernel included), from the
+/// first line of /proc/stat: a round's cost beyond its wall time, and whether it left the
+/// CPUs idle (then the lifecycles wait on something other than CPU). `daemons` is the part of
+/// `busy` spent in the runtime's own processes (crid and its containerd, or containerd with
+/// its CRI plugin); shims, runc and the CNI plugins are the rest.
+#[derive(Clone, Copy, Default)]
+struct MachineCpu {
+    busy: Duration,
+    io_wait: Duration,
+    idle: Duration,
+    daemons: Duration,
+}
+
+impl MachineCpu {
+    fn now(daemons: &[u32]) -> MachineCpu {
+        let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+        let line = stat.lines().next().expect("/proc/stat has a first line");
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().expect("a tick count")).collect();
+        assert!(ticks.len() >= 7, "/proc/stat's cpu line: {line}");
+        // SAFETY: sysconf only reads a configuration value.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        assert!(per_second > 0, "sysconf(_SC_CLK_TCK)");
+        let time = |t: u64| Duration::from_secs_f64(t as f64 / per_second as f64);
+        // utime and stime, the 14th and 15th fields, counted after the parenthesised name.
+        let process_ticks = |pid: &u32| -> u64 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read a daemon's stat");
+            let after_name = &stat[stat.rfind(')').expect("stat names the process") + 1..];
+            after_name.split_whitespace().skip(11).take(2).map(|f| f.parse::<u64>().expect("a tick count")).sum()
+        };
+        // user nice system idle iowait irq softirq (steal, the hypervisor's, is not counted).
+        MachineCpu {
+            busy: time(ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]),
+            io_wait: time(ticks[4]),
+            idle: time(ticks[3]),
+            daemons: time(daemons.iter().map(process_ticks).sum()),
+        }
+    }
+
+    fn since(self, before: MachineCpu) -> MachineCpu {
+        MachineCpu {
+            busy: self.busy.saturating_sub(before.busy),
+            io_wait: self.io_wait.saturating_sub(before.io_wait),
+            idle: self.idle.saturating_sub(before.idle),
+            daemons: self.daemons.saturating_sub(before.daemons),
+        }
+    }
+
+    fn add(&mut self, other: MachineCpu) {
+        self.busy += other.busy;
+        self.io_wait += other.io_wait;
+        self.idle += other.idle;
+        self.daemons += other.daemons;
+    }
+
+    /// CPU ms per lifecycle (all, and the daemons'), and the shares of the CPUs' time that
+    /// were busy and in I/O wait.
+    fn describe(&self, lifecycles: usize) -> String {
+        let total = (self.busy + self.io_wait + self.idle).as_secs_f64().max(1e-9);
+        format!(
+            "{:.0} ms CPU per lifecycle ({:.0} ms of it in the daemons), CPUs {:.0}% busy, {:.0}% in I/O wait",
+            ms(self.busy) / lifecycles as f64,
+            ms(self.daemons) / lifecycles as f64,
+            100.0 * self.busy.as_secs_f64() / total,
+            100.0 * self.io_wait.as_secs_f64() / total
+        )
+    }
+}
+
+/// Runs one round: the pulls, then `parallel` lifecycles at once. Returns the lifecycles' wall
+/// time and what the machine's CPUs did during them.
+async fn round(cri: &mut Cri, samples: &mut Samples, parallel: usize) -> (Duration, MachineCpu) {
     pulls(cri, samples).await;
     // Exits at once on SIGTERM: `wait` is interrupted by the trapped signal.
     let command = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
@@ -151,6 +221,9 @@ async fn round(cri: &mut Cri, samples: &mut Samples, parallel: usize) -> Duratio
         lifecycles.push((client, pod, container));
     }
     let who = cri.kind.name();
+    let daemons = cri.daemon_pids();
+    assert!(!daemons.is_empty(), "{who}: no daemon process found");
+    let cpu_before = MachineCpu::now(&daemons);
     let started = Instant::now();
     let tasks: Vec<_> = lifecycles
         .into_iter()
@@ -161,7 +234,7 @@ async fn round(cri: &mut Cri, samples: &mut Samples, parallel: usize) -> Duratio
             samples.entry(call).or_default().extend(durations);
         }
     }
-    started.elapsed()
+    (started.elapsed(), MachineCpu::now(&daemons).since(cpu_before))
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
@@ -180,6 +253,8 @@ struct Throughput {
     lifecycles: usize,
     crid: Duration,
     containerd: Duration,
+    crid_cpu: MachineCpu,
+    containerd_cpu: MachineCpu,
 }
 
 fn report(rounds: usize, parallel: usize, crid: &Samples, containerd: &Samples, throughput: &Throughput) {
@@ -241,6 +316,11 @@ fn report(rounds: usize, parallel: usize, crid: &Samples, containerd: &Samples, 
         a / b,
         throughput.lifecycles
     );
+    // Whether the lifecycles were bound by CPU (shims, runc, CNI plugins, the daemons) or
+    // waited on something else, and what each runtime's lifecycle cost the machine.
+    let n = throughput.lifecycles;
+    println!("machine during crid's lifecycles: {}", throughput.crid_cpu.describe(n));
+    println!("machine during containerd's lifecycles: {}", throughput.containerd_cpu.describe(n));
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -260,21 +340,29 @@ async fn main() {
     assert_eq!((crid.kind, containerd.kind), (Kind::Crid, Kind::Containerd));
 
     let (mut crid_samples, mut containerd_samples) = (Samples::new(), Samples::new());
-    let mut throughput = Throughput { lifecycles: 0, crid: Duration::ZERO, containerd: Duration::ZERO };
+    let mut throughput = Throughput {
+        lifecycles: 0,
+        crid: Duration::ZERO,
+        containerd: Duration::ZERO,
+        crid_cpu: MachineCpu::default(),
+        containerd_cpu: MachineCpu::default(),
+    };
     let warmup = 1;
     for n in 0..warmup + rounds {
         let (mut a, mut b) = (Samples::new(), Samples::new());
-        let (wall_a, wall_b) = if n % 2 == 0 {
-            let wall_a = round(&mut crid, &mut a, parallel).await;
-            (wall_a, round(&mut containerd, &mut b, parallel).await)
+        let (crid_round, containerd_round) = if n % 2 == 0 {
+            let crid_round = round(&mut crid, &mut a, parallel).await;
+            (crid_round, round(&mut containerd, &mut b, parallel).await)
         } else {
-            let wall_b = round(&mut containerd, &mut b, parallel).await;
-            (round(&mut crid, &mut a, parallel).await, wall_b)
+            let containerd_round = round(&mut containerd, &mut b, parallel).await;
+            (round(&mut crid, &mut a, parallel).await, containerd_round)
         };
         if n >= warmup {
             throughput.lifecycles += parallel;
-            throughput.crid += wall_a;
-            throughput.containerd += wall_b;
+            throughput.crid += crid_round.0;
+            throughput.containerd += containerd_round.0;
+            throughput.crid_cpu.add(crid_round.1);
+            throughput.containerd_cpu.add(containerd_round.1);
             for (into, from) in [(&mut crid_samples, a), (&mut containerd_samples, b)] {
                 for (call, samples) in from {
                     into.entry(call).or_default().extend(samples);

@@ -435,6 +435,21 @@ config_path = "{hosts}"
     }
 
     /// The CRI socket: crid's own, or the reference containerd's.
+    /// The processes that serve this runtime: crid and the containerd it drives, or the
+    /// containerd whose CRI plugin is the reference (found by the `--config` ci/realstack starts
+    /// it with, next to its socket).
+    pub fn daemon_pids(&self) -> Vec<u32> {
+        let config = Path::new(&self.containerd_address).with_file_name("config.toml");
+        let wanted = format!("--config\0{}\0", config.display());
+        let containerd = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.ends_with(wanted.as_bytes())));
+        self.child.as_ref().map(Child::id).into_iter().chain(containerd).collect()
+    }
+
     pub fn socket(&self) -> PathBuf {
         match self.kind {
             Kind::Crid => self.dir.join("crid.sock"),
