@@ -137,8 +137,6 @@ async fn lifecycle(
     samples
 }
 
-/// One round on `cri`: the pulls, then `parallel` pod lifecycles at once. Returns the wall time
-/// of the lifecycles.
 /// What the whole machine's CPUs have done so far (every process, kernel included), from the
 /// first line of /proc/stat: a round's cost beyond its wall time, and whether it left the
 /// CPUs idle (then the lifecycles wait on something other than CPU). `daemons` is the part of
@@ -207,8 +205,8 @@ impl MachineCpu {
     }
 }
 
-/// Runs one round: the pulls, then `parallel` lifecycles at once. Returns the lifecycles' wall
-/// time and what the machine's CPUs did during them.
+/// One round on `cri`: the pulls, then `parallel` pod lifecycles at once. Returns the wall time
+/// of the lifecycles and what the machine's CPUs did during them.
 async fn round(cri: &mut Cri, samples: &mut Samples, parallel: usize) -> (Duration, MachineCpu) {
     pulls(cri, samples).await;
     // Exits at once on SIGTERM: `wait` is interrupted by the trapped signal.
