@@ -379,7 +379,13 @@ impl Os for FakeOs {
         let result = (|| {
             let mut state = self.state();
             state.require_parent_dir(&to)?;
-            if let Some(file) = state.files.remove(&from) {
+            // As rename(2): a file replaces a file but never a directory; a directory replaces
+            // only an empty directory, and never a file.
+            if state.files.contains_key(&from) {
+                if state.is_dir(&to) {
+                    return Err(Error::precondition(format!("rename {from} {to}: is a directory")));
+                }
+                let file = state.files.remove(&from).expect("checked above");
                 state.files.insert(to.clone(), file);
                 return Ok(());
             }
@@ -388,6 +394,16 @@ impl Os for FakeOs {
             }
             if is_within(&to, &from) {
                 return Err(Error::invalid(format!("rename {from} {to}: invalid argument")));
+            }
+            if state.files.contains_key(&to) {
+                return Err(Error::precondition(format!("rename {from} {to}: not a directory")));
+            }
+            if state.is_dir(&to) {
+                let below = |path: &String| path != &to && is_within(path, &to);
+                if state.files.keys().any(below) || state.dirs.iter().any(below) {
+                    return Err(Error::precondition(format!("rename {from} {to}: directory not empty")));
+                }
+                state.dirs.remove(&to);
             }
             // A directory moves with everything below it.
             let moved = |path: &str| format!("{to}{}", &path[from.len()..]);
@@ -652,6 +668,30 @@ mod tests {
         assert!(!os.exists("/a/b"));
         os.rename("/a/c/f", "/a/g").await.unwrap();
         assert_eq!(os.read_file("/a/g").await.unwrap(), b"1");
+    }
+
+    /// What rename(2) refuses: a file onto a directory, a directory onto a file or onto a
+    /// directory that holds anything; each refusal leaves both paths as they were. An empty
+    /// directory is replaced.
+    #[tokio::test(start_paused = true)]
+    async fn rename_refuses_what_the_kernel_refuses() {
+        let os = os();
+        os.mkdir_all("/a/d/sub").await.unwrap();
+        os.mkdir_all("/a/empty").await.unwrap();
+        os.mkdir_all("/a/tree").await.unwrap();
+        os.write_atomic("/a/f", b"1").await.unwrap();
+        os.write_atomic("/a/tree/t", b"2").await.unwrap();
+        let refused = [("/a/f", "/a/d", "is a directory"), ("/a/tree", "/a/f", "not a directory")];
+        for (from, to, why) in refused.into_iter().chain([("/a/tree", "/a/d", "directory not empty")]) {
+            let error = os.rename(from, to).await.expect_err(why);
+            assert!(error.to_string().contains(why), "{from} -> {to}: {error}");
+        }
+        assert_eq!(os.file("/a/f").unwrap(), b"1");
+        assert_eq!(os.file("/a/tree/t").unwrap(), b"2");
+        assert!(os.exists("/a/d/sub"));
+        os.rename("/a/tree", "/a/empty").await.unwrap();
+        assert_eq!(os.file("/a/empty/t").unwrap(), b"2");
+        assert!(!os.exists("/a/tree"));
     }
 
     #[tokio::test(start_paused = true)]
