@@ -52,8 +52,7 @@ mod normal {
     /// `calls` sequential Version + ListContainers pairs; the latency of each pair.
     async fn sequential(client: &mut RuntimeServiceClient<Channel>, calls: usize, out: &mut Vec<Duration>) {
         for _ in 0..calls {
-            // determinism-ok: a normal-mode benchmark; wall time is what it measures.
-            let started = Instant::now();
+            let started = Instant::now(); // determinism-ok: a normal-mode benchmark; wall time is what it measures.
             client.version(VersionRequest { version: "v1".into() }).await.unwrap();
             client.list_containers(ListContainersRequest::default()).await.unwrap();
             out.push(started.elapsed());
@@ -66,8 +65,7 @@ mod normal {
         for _ in 0..PARALLEL_CLIENTS {
             clients.push(RuntimeServiceClient::new(connect(socket.to_path_buf()).await));
         }
-        // determinism-ok: a normal-mode benchmark; wall time is what it measures.
-        let started = Instant::now();
+        let started = Instant::now(); // determinism-ok: a normal-mode benchmark; wall time is what it measures.
         let tasks: Vec<_> = clients
             .into_iter()
             .map(|mut client| {
@@ -158,8 +156,7 @@ mod normal {
         }
         let mut rewriter = AuthorityRewriter::new();
         let mut out = Vec::with_capacity(stream.len() + 1024);
-        // determinism-ok: a normal-mode benchmark; wall time is what it measures.
-        let started = Instant::now();
+        let started = Instant::now(); // determinism-ok: a normal-mode benchmark; wall time is what it measures.
         for chunk in stream.chunks(32 * 1024) {
             rewriter.feed(chunk, &mut out).unwrap();
         }

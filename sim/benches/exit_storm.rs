@@ -44,8 +44,7 @@ fn main() {
 
 #[cfg(madsim)]
 fn main() {
-    // determinism-ok: benchmark configuration, read before the run.
-    let setting = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let setting = |name: &str, default: usize| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default); // determinism-ok: benchmark configuration, read before the run.
     let exits = setting("CRID_BENCH_EXITS", 100_000);
     let wave = setting("CRID_BENCH_WAVE", 1_000).clamp(1, exits.max(1));
     for subscribed in [false, true] {

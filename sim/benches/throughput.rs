@@ -30,8 +30,7 @@ fn main() {
 fn main() {
     use crid_sim::scenario::{Scenario, names};
     use crid_sim::summary::{ISOLATION_VAR, Isolation, run_seeds};
-    // determinism-ok: benchmark configuration and wall-clock measurement, outside any run.
-    let seeds: u64 = std::env::var("CRID_BENCH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let seeds: u64 = std::env::var("CRID_BENCH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40); // determinism-ok: benchmark configuration and wall-clock measurement, outside any run.
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("crid-sim");
     assert!(exe.exists(), "build the simulator first: cargo sim list ({} missing)", exe.display());

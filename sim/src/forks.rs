@@ -17,8 +17,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-// determinism-ok: the server and its pipes live outside any run; each forked child runs one seed alone.
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio}; // determinism-ok: the server and its pipes live outside any run; each forked child runs one seed alone.
 
 use crate::runner::{RunReport, run_seed};
 use crate::scenario::Scenario;
@@ -38,8 +37,7 @@ impl ForkServer {
             clippy::disallowed_methods,
             reason = "the parent only starts the fork server; each of its children is one deterministic run"
         )]
-        // determinism-ok: starts the fork server, outside any run.
-        let mut child = std::process::Command::new(exe)
+        let mut child = std::process::Command::new(exe) // determinism-ok: starts the fork server, outside any run.
             .arg("fork-server")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -207,8 +205,7 @@ fn child(scenario: &Scenario, seed: u64, keep_trace: bool, report: OwnedFd, stde
             run.trace.clear();
         }
         let json = serde_json::to_string(&run).expect("report serialises");
-        // determinism-ok: the report is written after the run has ended.
-        std::fs::File::from(report).write_all(json.as_bytes())
+        std::fs::File::from(report).write_all(json.as_bytes()) // determinism-ok: the report is written after the run has ended.
     }));
     let code = match outcome {
         Ok(Ok(())) => 0,
@@ -225,8 +222,7 @@ fn child(scenario: &Scenario, seed: u64, keep_trace: bool, report: OwnedFd, stde
 /// Reads a child's report and stderr pipes to their ends, together, so that neither fills up
 /// while the other is read.
 fn read_both(report: OwnedFd, stderr: OwnedFd) -> (std::io::Result<Vec<u8>>, std::io::Result<Vec<u8>>) {
-    // determinism-ok: the parent reads a finished child's pipes, outside any run.
-    let mut files = [Some(std::fs::File::from(report)), Some(std::fs::File::from(stderr))];
+    let mut files = [Some(std::fs::File::from(report)), Some(std::fs::File::from(stderr))]; // determinism-ok: the parent reads a finished child's pipes, outside any run.
     let mut data = [Vec::new(), Vec::new()];
     let mut buffer = vec![0; 64 * 1024];
     while files.iter().any(Option::is_some) {

@@ -42,8 +42,7 @@ pub fn line(text: &str) {
     reason = "nobody reads the output any more; unwinding through a simulated run to return from main would only delay the end"
 )]
 fn quit(status: i32) -> ! {
-    // determinism-ok: ends the process once its output is gone; no run reads anything after.
-    std::process::exit(status)
+    std::process::exit(status) // determinism-ok: ends the process once its output is gone; no run reads anything after.
 }
 
 /// `println!` through [`line`]: `outln!()`, `outln!("{x}")`.

@@ -155,8 +155,7 @@ pub fn chaos_schedule(scenario: &Scenario, seed: u64) -> Vec<ChaosEvent> {
 /// runtime) and turns a panic of the simulation into a failure.
 pub fn run_seed(scenario: &Scenario, seed: u64, echo_trace: bool) -> RunReport {
     let scenario_for_thread = scenario.clone();
-    // determinism-ok: one OS thread per seed is what makes a seed replayable; it does no I/O.
-    let joined = std::thread::Builder::new()
+    let joined = std::thread::Builder::new() // determinism-ok: one OS thread per seed is what makes a seed replayable; it does no I/O.
         .name(format!("seed-{seed}"))
         .stack_size(64 * 1024 * 1024)
         .spawn(move || {

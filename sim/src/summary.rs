@@ -100,13 +100,12 @@ pub fn run_seed_isolated_with(exe: &Path, scenario: &Scenario, seed: u64, keep_t
         clippy::disallowed_methods,
         reason = "the parent only starts children; each child is one deterministic run"
     )]
-    // determinism-ok: starts a seed's own process, outside any run.
-    let child = std::process::Command::new(exe)
+    let child = std::process::Command::new(exe) // determinism-ok: starts a seed's own process, outside any run.
         .args(["run-isolated", "--seed", &seed.to_string()])
         .args(keep_trace.then_some("--keep-trace"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::piped()) // determinism-ok: starts a seed's own process, outside any run.
+        .stdout(std::process::Stdio::piped()) // determinism-ok: starts a seed's own process, outside any run.
+        .stderr(std::process::Stdio::piped()) // determinism-ok: starts a seed's own process, outside any run.
         .spawn();
     let mut child = match child {
         Ok(child) => child,
@@ -143,8 +142,7 @@ pub const ISOLATION_VAR: &str = "CRID_SIM_ISOLATION";
 impl Isolation {
     /// From [`ISOLATION_VAR`]: fork unless it says `spawn` or the system has no fork.
     pub fn from_env() -> Isolation {
-        // determinism-ok: chooses how seeds are started, outside any run; runs are the same.
-        let spawn = std::env::var(ISOLATION_VAR).is_ok_and(|v| v == "spawn");
+        let spawn = std::env::var(ISOLATION_VAR).is_ok_and(|v| v == "spawn"); // determinism-ok: chooses how seeds are started, outside any run; runs are the same.
         if spawn || !cfg!(unix) { Isolation::Spawn } else { Isolation::Fork }
     }
 }
@@ -226,8 +224,7 @@ pub fn run_seeds_with(
 ) -> (Summary, Vec<RunReport>) {
     assert!(jobs > 0);
     #[expect(clippy::disallowed_methods, reason = "wall time measures the batch for the report; runs never read it")]
-    // determinism-ok: wall time of the batch, for the report; runs never read it.
-    let started = std::time::Instant::now();
+    let started = std::time::Instant::now(); // determinism-ok: wall time of the batch, for the report; runs never read it.
     let queue = Arc::new(Mutex::new(seeds.into_iter().collect::<std::collections::VecDeque<u64>>()));
     let failed = Mutex::new(vec![]);
     let summary = Mutex::new(Summary { scenario: scenario.name.clone(), ..Default::default() });

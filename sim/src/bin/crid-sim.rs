@@ -27,14 +27,13 @@ mod cli {
     };
 
     fn own_exe() -> std::path::PathBuf {
-        // determinism-ok: locating this binary to start child runs.
-        std::env::current_exe().expect("own path")
+        std::env::current_exe().expect("own path") // determinism-ok: locating this binary to start child runs.
     }
 
     fn run_isolated(seed: u64, keep_trace: bool) -> i32 {
         let mut text = String::new();
-        // determinism-ok: the scenario arrives on stdin before the run starts.
-        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+        let read = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text); // determinism-ok: the scenario arrives on stdin before the run starts.
+        if let Err(e) = read {
             return usage_error(&format!("cannot read scenario: {e}"));
         }
         let scenario = match Scenario::parse(&text) {
@@ -129,8 +128,8 @@ mod cli {
 
     pub fn main() -> i32 {
         // CRID_SIM_LOG=debug shows the core's own logs on stderr (not part of the trace).
-        // determinism-ok: reading the environment once, before any run.
-        if let Ok(filter) = std::env::var("CRID_SIM_LOG") {
+        let log_filter = std::env::var("CRID_SIM_LOG"); // determinism-ok: reading the environment once, before any run.
+        if let Ok(filter) = log_filter {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
                 .without_time()
@@ -157,13 +156,11 @@ mod cli {
                         let shard = match shard_spec {
                             Some(spec) => Shard::parse(&spec).map(Some),
                             None => {
-                                // determinism-ok: the CLI reads which shard to run, before any run.
-                                let var = |name: &str| std::env::var(name).ok();
+                                let var = |name: &str| std::env::var(name).ok(); // determinism-ok: the CLI reads which shard to run, before any run.
                                 let shard =
                                     Shard::from_job(var(JOB_INDEX_VAR).as_deref(), var(JOB_COUNT_VAR).as_deref());
                                 if let Ok(Some(shard)) = &shard {
-                                    // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
-                                    eprintln!("shard {shard} (from {JOB_INDEX_VAR} and {JOB_COUNT_VAR})");
+                                    eprintln!("shard {shard} (from {JOB_INDEX_VAR} and {JOB_COUNT_VAR})"); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
                                 }
                                 shard
                             }
@@ -279,8 +276,7 @@ mod cli {
             Some(shard) => shard.seeds(range),
             None => range.collect(),
         };
-        // determinism-ok: the number of worker threads does not affect any run.
-        let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())); // determinism-ok: the number of worker threads does not affect any run.
         let total = seeds.len() as u64;
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
@@ -313,10 +309,10 @@ mod cli {
             );
         }
         if let Some(path) = json {
-            // determinism-ok: writing the report after every run finished.
-            if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("summary serialises")) {
-                // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
-                eprintln!("error: cannot write {path}: {e}");
+            let text = serde_json::to_string_pretty(&summary).expect("summary serialises");
+            let written = std::fs::write(&path, text); // determinism-ok: writing the report after every run finished.
+            if let Err(e) = written {
+                eprintln!("error: cannot write {path}: {e}"); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
                 return 2;
             }
         }
@@ -328,14 +324,12 @@ mod cli {
             Ok(r) => r,
             Err(e) => return usage_error(&e),
         };
-        // determinism-ok: the check itself runs the simulator in child processes.
-        let exe = std::env::current_exe().expect("own path");
+        let exe = std::env::current_exe().expect("own path"); // determinism-ok: the check itself runs the simulator in child processes.
         let mut mismatches = 0;
         for seed in range {
             let hashes: Vec<String> = (0..2)
                 .map(|_| {
-                    // determinism-ok: a separate process per run is the point of the check.
-                    let output = std::process::Command::new(&exe)
+                    let output = std::process::Command::new(&exe) // determinism-ok: a separate process per run is the point of the check.
                         .args(["run", "--scenario", scenario, "--seed", &seed.to_string(), "--hash-only"])
                         .output()
                         .expect("run child"); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
@@ -374,10 +368,9 @@ mod cli {
         };
         let path = out.unwrap_or_else(|| format!("shrunk-{}-{seed}.toml", scenario.name));
         let text = toml::to_string_pretty(&shrunk.scenario).expect("scenario serialises");
-        // determinism-ok: writing the result after all runs finished.
-        if let Err(e) = std::fs::write(&path, &text) {
-            // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
-            eprintln!("error: cannot write {path}: {e}");
+        let written = std::fs::write(&path, &text); // determinism-ok: writing the result after all runs finished.
+        if let Err(e) = written {
+            eprintln!("error: cannot write {path}: {e}"); // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
             return 2;
         }
         let failure = &shrunk.report.failures[0];
@@ -390,8 +383,8 @@ mod cli {
     fn merge(paths: &[String]) -> i32 {
         let mut files = Vec::new();
         for path in paths {
-            // determinism-ok: reading finished shard reports.
-            match std::fs::read_dir(path) {
+            let listing = std::fs::read_dir(path); // determinism-ok: reading finished shard reports.
+            match listing {
                 Ok(entries) => {
                     let mut found: Vec<String> = entries
                         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -409,10 +402,9 @@ mod cli {
         }
         let mut summaries = Vec::new();
         for file in &files {
-            // determinism-ok: reading finished shard reports.
-            let text = match std::fs::read_to_string(file) {
-                // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
-                Ok(t) => t,
+            let read = std::fs::read_to_string(file); // determinism-ok: reading finished shard reports.
+            let text = match read {
+                Ok(t) => t, // determinism-ok: outside any simulated run (CLI, files, wall-clock report)
                 Err(e) => return usage_error(&format!("cannot read {file}: {e}")),
             };
             match serde_json::from_str::<Summary>(&text) {

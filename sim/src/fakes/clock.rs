@@ -7,13 +7,12 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 /// Now, on the runtime's clock: madsim's virtual clock in the simulator (where
-/// `tokio::time::Instant` is `std::time::Instant` with time supplied by madsim), real time in the
+/// `tokio::time::Instant` is the standard library's Instant with time supplied by madsim), real time in the
 /// normal-mode tests. Every simulated-time reading of the fakes, the trace and the tests goes
 /// through here.
 #[cfg_attr(madsim, expect(clippy::disallowed_methods, reason = "under madsim this instant is virtual time"))]
 pub fn virtual_now() -> Instant {
-    // determinism-ok: under madsim this instant is virtual time.
-    Instant::now()
+    Instant::now() // determinism-ok: under madsim this instant is virtual time.
 }
 
 /// 2023-11-14T22:13:20Z: a plausible wall time, so that timestamps look real in traces.

@@ -8,8 +8,7 @@ use crid_sim::scenario::{Scenario, names as scenario_names};
 use crid_sim::summary::run_seeds;
 
 fn seeds() -> u64 {
-    // determinism-ok: the test reads its seed count once; runs never see it.
-    std::env::var("CRID_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+    std::env::var("CRID_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200) // determinism-ok: the test reads its seed count once; runs never see it.
 }
 
 fn check(name: &str) {
@@ -19,8 +18,7 @@ fn check(name: &str) {
 fn check_seeds(name: &str, seeds: Vec<u64>) {
     let scenario = Scenario::load(name).expect("embedded scenario or scenario file");
     let exe = Path::new(env!("CARGO_BIN_EXE_crid-sim"));
-    // determinism-ok: worker count only; each seed runs alone.
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()); // determinism-ok: worker count only; each seed runs alone.
     let count = seeds.len() as u64;
     let (summary, failed) = run_seeds(exe, &scenario, seeds, jobs, |_| {});
     assert_eq!(summary.runs, count);
