@@ -42,6 +42,11 @@ fn image_message(image: &Image) -> k8s_cri::v1::Image {
 impl CriService {
     /// Resolves an image locally: by id, by (normalised) reference, or by id prefix.
     pub(crate) fn local_resolve(&self, id_or_ref: &str) -> Result<Image> {
+        // An id (what kubelet sends in CreateContainer) or a normalised reference needs no parse,
+        // and parsing a reference is most of the cost of a lookup.
+        if let Some(image) = self.images.find_exact(id_or_ref) {
+            return Ok(image);
+        }
         let normalized = normalize_image_ref(id_or_ref).ok();
         self.images.resolve(id_or_ref, normalized.as_deref())
     }

@@ -97,6 +97,14 @@ impl ImageStore {
         }
     }
 
+    /// The image whose id, or one of whose (normalised) references, is exactly `id_or_ref`:
+    /// the first two ways [`Self::resolve`] tries, without the reference parse the others need.
+    pub fn find_exact(&self, id_or_ref: &str) -> Option<Image> {
+        let inner = self.inner.lock().unwrap();
+        let image = inner.images.get(id_or_ref);
+        image.or_else(|| inner.id_by_ref.get(id_or_ref).map(|id| &inner.images[id])).cloned()
+    }
+
     /// Resolves an id, a unique id prefix (with or without `sha256:`), or a reference.
     pub fn resolve(&self, id_or_ref: &str, normalized_ref: Option<&str>) -> Result<Image> {
         let inner = self.inner.lock().unwrap();
@@ -169,6 +177,20 @@ mod tests {
         assert_eq!(store.list().len(), 1);
         assert!(store.resolve("sha256:aaaa", None).is_err());
         assert_eq!(store.resolve("docker.io/library/a:1", None).unwrap().id, "sha256:bbbb");
+    }
+
+    #[test]
+    fn exact_lookup_takes_ids_and_stored_references_only() {
+        let store = ImageStore::new();
+        store.set_reference("docker.io/library/a:1", Some(image("sha256:aaaa")));
+        store.set_reference("sha256:aaaa", Some(image("sha256:aaaa")));
+        assert_eq!(store.find_exact("sha256:aaaa").unwrap().id, "sha256:aaaa");
+        assert_eq!(store.find_exact("docker.io/library/a:1").unwrap().id, "sha256:aaaa");
+        // A prefix or a name still to be normalised is for `resolve`.
+        assert!(store.find_exact("aaaa").is_none());
+        assert!(store.find_exact("a:1").is_none());
+        store.set_reference("docker.io/library/a:1", None);
+        assert!(store.find_exact("docker.io/library/a:1").is_none());
     }
 
     #[test]
