@@ -42,13 +42,7 @@ fn image_message(image: &Image) -> k8s_cri::v1::Image {
 impl CriService {
     /// Resolves an image locally: by id, by (normalised) reference, or by id prefix.
     pub(crate) fn local_resolve(&self, id_or_ref: &str) -> Result<Image> {
-        // An id (what kubelet sends in CreateContainer) or a normalised reference needs no parse,
-        // and parsing a reference is most of the cost of a lookup.
-        if let Some(image) = self.images.find_exact(id_or_ref) {
-            return Ok(image);
-        }
-        let normalized = normalize_image_ref(id_or_ref).ok();
-        self.images.resolve(id_or_ref, normalized.as_deref())
+        self.images.resolve(id_or_ref, |reference| normalize_image_ref(reference).ok())
     }
 
     /// The image, pulled first if it is not present (the sandbox image).

@@ -97,24 +97,25 @@ impl ImageStore {
         }
     }
 
-    /// The image whose id, or one of whose (normalised) references, is exactly `id_or_ref`:
-    /// the first two ways [`Self::resolve`] tries, without the reference parse the others need.
-    pub fn find_exact(&self, id_or_ref: &str) -> Option<Image> {
+    /// The image whose id, or one of whose (normalised) references, is exactly `id_or_ref`.
+    fn find_exact(&self, id_or_ref: &str) -> Option<Image> {
         let inner = self.inner.lock().unwrap();
         let image = inner.images.get(id_or_ref);
         image.or_else(|| inner.id_by_ref.get(id_or_ref).map(|id| &inner.images[id])).cloned()
     }
 
-    /// Resolves an id, a unique id prefix (with or without `sha256:`), or a reference.
-    pub fn resolve(&self, id_or_ref: &str, normalized_ref: Option<&str>) -> Result<Image> {
-        let inner = self.inner.lock().unwrap();
-        if let Some(image) = inner.images.get(id_or_ref) {
-            return Ok(image.clone());
+    /// Resolves an id, a reference as given or as `normalize` makes it, or a unique id prefix
+    /// (with or without `sha256:`). `normalize` runs only when the exact lookups miss: an id (what
+    /// kubelet sends in CreateContainer) or a normalised reference needs no parse, and parsing
+    /// a reference is most of the cost of a lookup.
+    pub fn resolve(&self, id_or_ref: &str, normalize: impl FnOnce(&str) -> Option<String>) -> Result<Image> {
+        if let Some(image) = self.find_exact(id_or_ref) {
+            return Ok(image);
         }
-        for reference in [Some(id_or_ref), normalized_ref].into_iter().flatten() {
-            if let Some(id) = inner.id_by_ref.get(reference) {
-                return Ok(inner.images[id].clone());
-            }
+        let normalized = normalize(id_or_ref);
+        let inner = self.inner.lock().unwrap();
+        if let Some(id) = normalized.as_deref().and_then(|reference| inner.id_by_ref.get(reference)) {
+            return Ok(inner.images[id].clone());
         }
         let prefix =
             if id_or_ref.starts_with("sha256:") { id_or_ref.to_string() } else { format!("sha256:{id_or_ref}") };
@@ -170,13 +171,13 @@ mod tests {
         store.set_reference("docker.io/library/a:1", Some(image("sha256:aaaa")));
         store.set_reference("sha256:aaaa", Some(image("sha256:aaaa")));
         assert_eq!(store.list().len(), 1);
-        assert_eq!(store.resolve("aaaa", None).unwrap().references.len(), 2);
+        assert_eq!(store.resolve("aaaa", |_| None).unwrap().references.len(), 2);
         store.set_reference("docker.io/library/a:1", Some(image("sha256:bbbb")));
         assert_eq!(store.list().len(), 2);
         store.set_reference("sha256:aaaa", None);
         assert_eq!(store.list().len(), 1);
-        assert!(store.resolve("sha256:aaaa", None).is_err());
-        assert_eq!(store.resolve("docker.io/library/a:1", None).unwrap().id, "sha256:bbbb");
+        assert!(store.resolve("sha256:aaaa", |_| None).is_err());
+        assert_eq!(store.resolve("docker.io/library/a:1", |_| None).unwrap().id, "sha256:bbbb");
     }
 
     #[test]
@@ -198,9 +199,9 @@ mod tests {
         let store = ImageStore::new();
         let sha512 = format!("sha512:{}", "c".repeat(128));
         store.set_reference("docker.io/library/big:1", Some(image(&sha512)));
-        assert_eq!(store.resolve("docker.io/library/big:1", None).unwrap().id, sha512);
+        assert_eq!(store.resolve("docker.io/library/big:1", |_| None).unwrap().id, sha512);
         store.set_reference("docker.io/library/bad:1", Some(image("not a digest")));
-        assert!(store.resolve("docker.io/library/bad:1", None).is_err());
+        assert!(store.resolve("docker.io/library/bad:1", |_| None).is_err());
         assert_eq!(store.list().len(), 1, "the store is still usable");
         assert!(!is_digest("sha256:") && !is_digest(":abc") && !is_digest("SHA256:ab") && is_digest("sha256:ab"));
     }
