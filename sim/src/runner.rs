@@ -164,7 +164,7 @@ pub fn run_seed(scenario: &Scenario, seed: u64, echo_trace: bool) -> RunReport {
                 clippy::disallowed_methods,
                 reason = "wall time is measured for the report only, never used by the run"
             )]
-            let wall = std::time::Instant::now();
+            let wall = std::time::Instant::now(); // determinism-ok: wall time for the report; the run never reads it.
             let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, runtime_config());
             let run_trace = trace.clone();
             let scenario = scenario_for_thread.clone();

@@ -265,7 +265,8 @@ impl Scenario {
             return Scenario::parse(text);
         }
         #[expect(clippy::disallowed_methods, reason = "reading the scenario file happens before any simulation starts")]
-        let text = std::fs::read_to_string(name_or_path).map_err(|e| {
+        let read = std::fs::read_to_string(name_or_path); // determinism-ok: the scenario file is read before any run.
+        let text = read.map_err(|e| {
             format!(
                 "no embedded scenario {name_or_path:?} and cannot read it as a file: {e}; known: {}",
                 names().join(", ")

@@ -4,7 +4,7 @@
 //! only: a normal build of crid-sim refuses to run.
 #![cfg(madsim)]
 
-use std::process::Command;
+use std::process::Command; // determinism-ok: the test starts the built binary, outside any run.
 
 #[test]
 #[expect(clippy::disallowed_methods, reason = "the test runs the command line as a shell would")]

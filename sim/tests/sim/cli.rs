@@ -2,12 +2,12 @@
 //! the reader stops reading, with no panic and status 0.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio}; // determinism-ok: the test runs the binary as a shell would.
 
 /// Starts `crid-sim run --scenario SCENARIO --seed SEED --trace`, reads `keep` lines of its
 /// stdout, closes the pipe, and returns the exit status and stderr.
 #[expect(clippy::disallowed_methods, reason = "the test runs the command line as a shell would")]
-fn run_and_close_after(scenario: &str, seed: u64, keep: usize) -> (std::process::ExitStatus, String) {
+fn run_and_close_after(scenario: &str, seed: u64, keep: usize) -> (ExitStatus, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_crid-sim"))
         .args(["run", "--scenario", scenario, "--seed", &seed.to_string(), "--trace"])
         .stdout(Stdio::piped())

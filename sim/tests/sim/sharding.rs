@@ -4,7 +4,7 @@
 //! summary of the whole range, and refuses a set with a shard missing.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output}; // determinism-ok: the test runs each shard as a process of its own.
 
 use crid_sim::summary::Summary;
 
@@ -24,7 +24,8 @@ fn crid_sim(args: &[&str], env: &[(&str, String)]) -> Output {
 
 #[expect(clippy::disallowed_methods, reason = "the summaries are files the shards wrote, read after they ended")]
 fn read_summary(path: &Path) -> Summary {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("summary written")).expect("summary parses")
+    let text = std::fs::read_to_string(path).expect("summary written"); // determinism-ok: a finished shard's file.
+    serde_json::from_str(&text).expect("summary parses")
 }
 
 #[test]
@@ -63,7 +64,7 @@ fn indexed_job_shards_merge_into_the_whole_sweep() {
     assert!(stdout.contains(&format!("failures            {}", whole.failed_seeds.len())), "{stdout}");
 
     // A Job's results volume: the directory's *.json files, the whole sweep's among them.
-    std::fs::remove_file(&whole_file).unwrap();
+    std::fs::remove_file(&whole_file).unwrap(); // determinism-ok: test set-up between finished runs.
     let merged = crid_sim(&["merge", dir.path().to_str().unwrap()], &[]);
     assert!(merged.status.success(), "merge of the directory: {}", String::from_utf8_lossy(&merged.stderr));
     assert!(String::from_utf8_lossy(&merged.stdout).contains("runs                12"));
