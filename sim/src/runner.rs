@@ -478,20 +478,3 @@ async fn apply_chaos(
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chaos_events_read_in_seconds_and_encode_exactly() {
-        let event = ChaosEvent { kind: ChaosKind::TaskExit, at_ms: 20_649, draw: 13_443_341_983_834_114_641 };
-        assert_eq!(event.to_string(), "task_exit at 20.6s");
-        assert_eq!(ChaosEvent::decode(&event.encode()), Some(event.clone()));
-        assert_eq!(ChaosEvent::describe(&event.encode()), "task_exit at 20.6s");
-        // A tenth is cut, never rounded up past the moment of the event.
-        let early = ChaosEvent { kind: ChaosKind::CriCrash, at_ms: 999, draw: 0 };
-        assert_eq!(early.to_string(), "cri_crash at 0.9s");
-        assert_eq!(ChaosEvent::describe("not an event"), "not an event");
-    }
-}

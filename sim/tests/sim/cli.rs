@@ -1,8 +1,12 @@
 //! The command line as a shell uses it: `crid-sim run ... --trace | head` must end quietly when
-//! the reader stops reading, with no panic and status 0.
+//! the reader stops reading, with no panic and status 0; and the chaos events of a replay line
+//! read back exactly.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitStatus, Stdio}; // determinism-ok: the test runs the binary as a shell would.
+
+use crid_sim::kinds::ChaosKind;
+use crid_sim::runner::ChaosEvent;
 
 /// Starts `crid-sim run --scenario SCENARIO --seed SEED --trace`, reads `keep` lines of its
 /// stdout, closes the pipe, and returns the exit status and stderr.
@@ -38,4 +42,17 @@ fn a_reader_gone_during_the_trace_ends_the_run_quietly() {
     let (status, stderr) = run_and_close_after("interrupted_start", 3, 10);
     assert!(status.success(), "status {status}, stderr: {stderr}");
     assert_eq!(stderr, "");
+}
+
+// How a replay line names a chaos event.
+#[test]
+fn chaos_events_read_in_seconds_and_encode_exactly() {
+    let event = ChaosEvent { kind: ChaosKind::TaskExit, at_ms: 20_649, draw: 13_443_341_983_834_114_641 };
+    assert_eq!(event.to_string(), "task_exit at 20.6s");
+    assert_eq!(ChaosEvent::decode(&event.encode()), Some(event.clone()));
+    assert_eq!(ChaosEvent::describe(&event.encode()), "task_exit at 20.6s");
+    // A tenth is cut, never rounded up past the moment of the event.
+    let early = ChaosEvent { kind: ChaosKind::CriCrash, at_ms: 999, draw: 0 };
+    assert_eq!(early.to_string(), "cri_crash at 0.9s");
+    assert_eq!(ChaosEvent::describe("not an event"), "not an event");
 }

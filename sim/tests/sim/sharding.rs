@@ -1,12 +1,14 @@
 //! A sweep split as a Kubernetes Indexed Job splits it (deploy/sim-job.yaml): each shard is a
 //! separate crid-sim process that learns its shard from JOB_COMPLETION_INDEX and
 //! JOB_COMPLETIONS and writes its summary; `crid-sim merge` combines the files into the
-//! summary of the whole range, and refuses a set with a shard missing.
+//! summary of the whole range, and refuses a set with a shard missing. Below that, the shard
+//! arithmetic and the merge's refusals without processes.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output}; // determinism-ok: the test runs each shard as a process of its own.
 
-use crid_sim::summary::Summary;
+use crid_sim::summary::{JOB_COUNT_VAR, Shard, Summary, merge_summaries};
 
 const SCENARIO: &str = "names";
 const SEEDS: &str = "0..12";
@@ -81,4 +83,72 @@ fn half_an_indexed_jobs_environment_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("JOB_COMPLETIONS is not"), "{stderr}");
+}
+
+// The shard arithmetic and the merge, without processes.
+
+fn shard_summary(index: u64, count: u64, failed: &[u64]) -> Summary {
+    let shard = Shard::new(index, count).unwrap();
+    Summary {
+        scenario: "names".into(),
+        runs: shard.seeds(0..10).len() as u64,
+        failed_seeds: failed.to_vec(),
+        failures_by_invariant: BTreeMap::from([("28 names".to_string(), failed.to_vec())]),
+        range: Some((0, 10)),
+        shard: Some(shard),
+        ..Summary::default()
+    }
+}
+
+#[test]
+fn shards_are_disjoint_and_cover_the_range() {
+    let count = 3;
+    let mut all: Vec<u64> = (0..count).flat_map(|i| Shard::new(i, count).unwrap().seeds(5..17)).collect();
+    all.sort_unstable();
+    assert_eq!(all, (5..17).collect::<Vec<_>>());
+    assert_eq!(Shard::parse("2/8").unwrap(), Shard { index: 2, count: 8 });
+    for bad in ["8/8", "1/0", "x/2", "3", ""] {
+        assert!(Shard::parse(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn an_indexed_jobs_environment_names_the_shard() {
+    assert_eq!(Shard::from_job(None, None), Ok(None));
+    assert_eq!(Shard::from_job(Some("4"), Some("16")), Ok(Some(Shard { index: 4, count: 16 })));
+    let half = Shard::from_job(Some("4"), None).unwrap_err();
+    assert!(half.contains(JOB_COUNT_VAR), "{half}");
+    assert!(Shard::from_job(None, Some("16")).is_err());
+    assert!(Shard::from_job(Some("16"), Some("16")).is_err(), "index out of range");
+    assert!(Shard::from_job(Some("one"), Some("16")).is_err());
+}
+
+#[test]
+fn merging_needs_every_shard_of_one_sweep_once() {
+    let shards = [shard_summary(0, 3, &[]), shard_summary(1, 3, &[7]), shard_summary(2, 3, &[2])];
+    let total = merge_summaries(&shards).unwrap();
+    assert_eq!(total.runs, 10);
+    assert_eq!(total.failed_seeds, vec![2, 7]);
+    assert_eq!(total.failures_by_invariant["28 names"], vec![2, 7]);
+    assert_eq!(total.range, Some((0, 10)));
+
+    let missing = merge_summaries(&shards[..2]).unwrap_err();
+    assert!(missing.contains("1 of 3 shards missing: 2"), "{missing}");
+    let twice = merge_summaries(&[shards[0].clone(), shards[1].clone(), shards[1].clone()]).unwrap_err();
+    assert!(twice.contains("shard 1/3 is there twice"), "{twice}");
+    let mut other_range = shards[2].clone();
+    other_range.range = Some((0, 20));
+    assert!(merge_summaries(&[shards[0].clone(), shards[1].clone(), other_range]).is_err());
+    let mut other_scenario = shards[2].clone();
+    other_scenario.scenario = "exits".into();
+    assert!(merge_summaries(&[shards[0].clone(), shards[1].clone(), other_scenario]).is_err());
+    assert!(merge_summaries(&[]).is_err());
+}
+
+#[test]
+fn summaries_without_shards_add_up_and_old_files_still_read() {
+    let old = r#"{"scenario":"names","runs":4,"failed_seeds":[],"failures_by_invariant":{},"sim_ms":1,"wall_ms":1,"elapsed_ms":1}"#;
+    let summary: Summary = serde_json::from_str(old).unwrap();
+    assert_eq!((summary.range, summary.shard), (None, None));
+    assert_eq!(merge_summaries(&[summary.clone(), summary]).unwrap().runs, 8);
 }
