@@ -84,7 +84,7 @@ mod normal {
 
     #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
     pub async fn main() {
-        let calls: usize = std::env::var("CRID_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+        let calls: usize = std::env::var("CRID_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000); // determinism-ok: a normal-mode benchmark's configuration; no simulation runs here.
         let dir = tempfile::tempdir().unwrap();
         let world = Arc::new(FakeWorld::new(7, Arc::new(NoFaults)).with_default_images());
         let config = Config { sandbox_image: PAUSE_IMAGE.into(), ..Config::default() };

@@ -31,8 +31,8 @@ fn main() {
     use crid_sim::scenario::{Scenario, names};
     use crid_sim::summary::{ISOLATION_VAR, Isolation, run_seeds};
     let seeds: u64 = std::env::var("CRID_BENCH_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40); // determinism-ok: benchmark configuration and wall-clock measurement, outside any run.
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("crid-sim");
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get()); // determinism-ok: the worker count of the sweep, chosen outside any run.
+    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("crid-sim"); // determinism-ok: where the simulator binary is, found outside any run.
     assert!(exe.exists(), "build the simulator first: cargo sim list ({} missing)", exe.display());
     let isolation = match Isolation::from_env() {
         Isolation::Fork => "one forked process per seed, one fork server per worker",
