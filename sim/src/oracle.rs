@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crid::inspect::StateSnapshot;
 use crid::{ContainerState, SandboxState};
@@ -33,6 +34,9 @@ pub struct Oracle {
     removed_containers: Mutex<std::collections::BTreeSet<String>>,
     /// normalized ref → image id, for refs never removed.
     images: Mutex<BTreeMap<String, Option<String>>>,
+    /// Bumped by every record of an acknowledged call: the safety checks skip a world that
+    /// has not changed since they last ran, and the acknowledged history is part of it.
+    changes: AtomicU64,
 }
 
 /// A disagreement: (object, what was expected, what was found).
@@ -40,9 +44,11 @@ pub type Mismatch = (String, String);
 
 impl Oracle {
     pub fn ran_sandbox(&self, id: &str) {
+        self.changed();
         self.sandboxes.lock().unwrap().entry(id.to_string()).or_default();
     }
     pub fn stopped_sandbox(&self, id: &str) {
+        self.changed();
         if let Some(model) = self.sandboxes.lock().unwrap().get_mut(id) {
             model.stopped = true;
         }
@@ -54,14 +60,17 @@ impl Oracle {
         }
     }
     pub fn removing_sandbox(&self, id: &str) {
+        self.changed();
         self.sandboxes.lock().unwrap().entry(id.to_string()).or_default().remove_issued = true;
     }
     pub fn removing_container(&self, id: &str) {
+        self.changed();
         if let Some(model) = self.containers.lock().unwrap().get_mut(id) {
             model.remove_issued = true;
         }
     }
     pub fn removed_sandbox(&self, id: &str) {
+        self.changed();
         if let Some(model) = self.sandboxes.lock().unwrap().get_mut(id) {
             model.removed = true;
             model.stopped = true;
@@ -71,6 +80,7 @@ impl Oracle {
         }
     }
     pub fn created_container(&self, id: &str, sandbox_id: &str) {
+        self.changed();
         self.containers
             .lock()
             .unwrap()
@@ -78,11 +88,13 @@ impl Oracle {
             .or_insert_with(|| ContainerModel { sandbox_id: sandbox_id.to_string(), ..Default::default() });
     }
     pub fn started_container(&self, id: &str) {
+        self.changed();
         if let Some(model) = self.containers.lock().unwrap().get_mut(id) {
             model.started = true;
         }
     }
     pub fn stopped_container(&self, id: &str) {
+        self.changed();
         // A Stop of a container whose start was not acknowledged promises nothing: the start
         // may still be running.
         if let Some(model) = self.containers.lock().unwrap().get_mut(id).filter(|m| m.started) {
@@ -90,11 +102,13 @@ impl Oracle {
         }
     }
     pub fn removed_container(&self, id: &str) {
+        self.changed();
         if let Some(model) = self.containers.lock().unwrap().get_mut(id) {
             model.removed = true;
         }
     }
     pub fn pulled_image(&self, reference: &str, id: &str) {
+        self.changed();
         let mut images = self.images.lock().unwrap();
         // A ref that was ever removed is no longer tracked: a concurrent pull may race it.
         if !matches!(images.get(reference), Some(None)) {
@@ -102,7 +116,17 @@ impl Oracle {
         }
     }
     pub fn removing_image(&self, reference: &str) {
+        self.changed();
         self.images.lock().unwrap().insert(reference.to_string(), None);
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many records of acknowledged calls the history has had: equal counts, equal history.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 
     /// Compares the service's state with the acknowledged history.

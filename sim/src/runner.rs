@@ -331,10 +331,11 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
         checker.fail("liveness: convergence", "system", detail);
     }
     let failures = checker.failures();
+    let (checks, unchanged) = checker.safety_checks();
     trace.log(
         "sim",
         format!(
-            "done: {} failures, {} rpcs, {} pods",
+            "done: {} failures, {} rpcs, {} pods, {checks} safety checks ({unchanged} found nothing changed)",
             failures.len(),
             kubelet.rpcs_total.load(std::sync::atomic::Ordering::Relaxed),
             kubelet.pods_total.load(std::sync::atomic::Ordering::Relaxed)
