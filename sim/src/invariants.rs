@@ -161,8 +161,8 @@ impl Checker {
         self.check_registries(snapshot);
         self.check_container_transitions(snapshot);
         self.check_sandbox_transitions(snapshot);
-        self.check_network(snapshot, &world.allocations);
-        self.check_kubelet_view(snapshot, &world.image_names);
+        self.check_network(&world);
+        self.check_kubelet_view(&world);
         for (object, detail) in self.oracle.check(snapshot) {
             self.fail("oracle: acknowledged state", &object, detail);
         }
@@ -360,7 +360,8 @@ impl Checker {
     }
 
     /// 4. A READY pod network has its netns, IP, result and a live allocation.
-    fn check_network(&self, snapshot: &StateSnapshot, allocations: &BTreeMap<String, String>) {
+    fn check_network(&self, world: &CheckedWorld) {
+        let (snapshot, allocations) = (&world.snapshot, &world.allocations);
         for sandbox in snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready && !s.stopped) {
             let object = || format!("sandbox {}", short(&sandbox.id));
             if sandbox.host_network {
@@ -387,11 +388,14 @@ impl Checker {
     }
 
     /// 23–25. The fields kubelet reads, as the RPCs build them, against what the fakes know.
-    fn check_kubelet_view(&self, snapshot: &StateSnapshot, k_names: &BTreeSet<String>) {
+    /// Reads only what `world` holds of the fakes and the checker, so that the skip of an
+    /// unchanged world stays exact.
+    fn check_kubelet_view(&self, world: &CheckedWorld) {
         use crid::inspect::{IMAGE_REF_LOCK_PREFIX, REASON_OOM_KILLED, REASON_START_ERROR, REASON_UNKNOWN};
         use k8s_cri::v1::{ContainerState as Cri, PodSandboxState};
         let Some(service) = self.endpoint.service() else { return };
         let view = service.kubelet_view();
+        let (snapshot, k_names) = (&world.snapshot, &world.image_names);
         let image_of: BTreeMap<&str, &str> =
             snapshot.containers.iter().map(|c| (c.id.as_str(), c.image_ref.as_str())).collect();
         for status in &view.containers {
@@ -467,7 +471,7 @@ impl Checker {
         // 25. Once no pull, removal or reference update is in flight, the images served are
         // containerd's references exactly.
         let settled = snapshot.pulls_in_flight == 0
-            && self.image_removals_in_flight.load(Ordering::SeqCst) == 0
+            && world.image_removals_in_flight == 0
             && !snapshot.lock_keys.iter().any(|k| k.starts_with(IMAGE_REF_LOCK_PREFIX));
         if settled {
             let served: BTreeSet<String> = view.images.values().flatten().cloned().collect();
