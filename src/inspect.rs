@@ -157,7 +157,7 @@ pub struct KubeletSandbox {
 
 impl CriService {
     pub fn kubelet_view(&self) -> KubeletView {
-        let containers = self.containers.list().iter().map(|c| self.container_status_message(c)).collect();
+        let containers = self.container_status_messages(&self.containers.list());
         let sandboxes = self
             .sandboxes
             .list()

@@ -36,6 +36,12 @@
 //! 1 s: without a subscriber that is within the noise of a run, not reliably under it; with
 //! one, building each event's eleven statuses (and the image lookup of each) is most of the
 //! difference.
+//!
+//! Since then an event's statuses are built as a batch (each status read in place, each image
+//! looked up once) and the fake containerd reads the clock only when something waits for a
+//! time. The same bench with frame pointers, before and after, alternately five times each on
+//! one core of a faster day of the same VM: medians 0.57 -> 0.52 s without a subscriber,
+//! 1.51 -> 1.27 s with one (the runs vary by ±15 %).
 
 #[cfg(not(madsim))]
 fn main() {

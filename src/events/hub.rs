@@ -100,8 +100,7 @@ impl CriService {
     ) {
         self.container_events.publish_with(|| {
             let sandbox_status = self.sandboxes.get(sandbox_id.as_str()).ok().map(|s| self.sandbox_status_message(&s));
-            let containers_statuses =
-                self.containers.in_group(sandbox_id).iter().map(|c| self.container_status_message(c)).collect();
+            let containers_statuses = self.container_status_messages(&self.containers.in_group(sandbox_id));
             ContainerEventResponse {
                 container_id: container_id.to_string(),
                 container_event_type: event_type as i32,

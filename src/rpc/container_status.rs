@@ -26,51 +26,93 @@ fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
     }
 }
 
+/// What a status takes from the image store: the image's first repo tag and first repo digest
+/// (none when the image is gone).
+#[derive(Clone, Debug, Default)]
+struct ImageNames {
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+impl ImageNames {
+    fn of(image: Option<&Image>) -> Self {
+        ImageNames {
+            tag: image.and_then(|image| image.tags().next()).map(str::to_string),
+            digest: image.and_then(|image| image.digests().next()).map(str::to_string),
+        }
+    }
+}
+
 /// The image a container status names, as containerd 1.7 reports it: while the image the
 /// container was created from (`image_id`) is known, its first repo tag and its first repo
 /// digest; otherwise the config's image and that id.
-fn status_image(config_image: Option<&ImageSpec>, image_id: &str, image: Option<&Image>) -> (ImageSpec, String) {
-    let spec = match image.and_then(|image| image.tags().next()) {
-        Some(tag) => ImageSpec { image: tag.to_string(), ..Default::default() },
+fn status_image(config_image: Option<&ImageSpec>, image_id: &str, names: &ImageNames) -> (ImageSpec, String) {
+    let spec = match &names.tag {
+        Some(tag) => ImageSpec { image: tag.clone(), ..Default::default() },
         None => config_image.cloned().unwrap_or_default(),
     };
-    let image_ref = image.and_then(|image| image.digests().next()).unwrap_or(image_id).to_string();
-    (spec, image_ref)
+    (spec, names.digest.as_deref().unwrap_or(image_id).to_string())
 }
 
 impl CriService {
     pub(crate) fn container_status_message(&self, container: &Container) -> k8s_cri::v1::ContainerStatus {
-        let status = container.status();
-        let state = status.state();
-        let mut reason = status.reason.clone();
-        if state == ContainerState::Exited && reason.is_empty() {
-            reason = if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR }.to_string();
+        self.container_status_messages(std::slice::from_ref(container)).pop().expect("one status per container")
+    }
+
+    /// The statuses of `containers`, in order. A pod's containers mostly share an image, and a
+    /// container event carries the status of every container of its pod (an exit storm builds
+    /// ten for each exit): each image is looked up once, and each status is read in place
+    /// rather than copied out whole.
+    pub(crate) fn container_status_messages<C: std::borrow::Borrow<Container>>(
+        &self,
+        containers: &[C],
+    ) -> Vec<k8s_cri::v1::ContainerStatus> {
+        let mut images: Vec<(&str, ImageNames)> = Vec::new();
+        let mut statuses = Vec::with_capacity(containers.len());
+        for container in containers {
+            let container = container.borrow();
+            let image_id = container.metadata.image_ref.as_str();
+            let names = match images.iter().find(|(id, _)| *id == image_id) {
+                Some((_, names)) => names,
+                None => {
+                    let names = self.images.read(image_id, ImageNames::of);
+                    images.push((image_id, names));
+                    &images.last().expect("just pushed").1
+                }
+            };
+            let (image, image_ref) = status_image(container.config.image.as_ref(), image_id, names);
+            statuses.push(container.read_status(|status| {
+                let state = status.state();
+                let reason = if state == ContainerState::Exited && status.reason.is_empty() {
+                    if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR }.to_string()
+                } else {
+                    status.reason.clone()
+                };
+                k8s_cri::v1::ContainerStatus {
+                    id: container.id.to_string(),
+                    metadata: container.config.metadata.clone(),
+                    state: cri_state(state) as i32,
+                    created_at: status.created_at_ns,
+                    started_at: status.started_at_ns,
+                    finished_at: status.finished_at_ns,
+                    exit_code: status.exit_code,
+                    image: Some(image),
+                    image_ref,
+                    reason,
+                    message: status.message.clone(),
+                    labels: container.config.labels.clone(),
+                    annotations: container.config.annotations.clone(),
+                    mounts: container.config.mounts.clone(),
+                    log_path: container.metadata.log_path.clone(),
+                    resources: status.resources.as_ref().map(|r| k8s_cri::v1::ContainerResources {
+                        linux: Some(crate::spec::resources_to_cri(r)),
+                        windows: None,
+                    }),
+                    ..Default::default()
+                }
+            }));
         }
-        let (image, image_ref) = self.images.read(&container.metadata.image_ref, |image| {
-            status_image(container.config.image.as_ref(), &container.metadata.image_ref, image)
-        });
-        k8s_cri::v1::ContainerStatus {
-            id: container.id.to_string(),
-            metadata: container.config.metadata.clone(),
-            state: cri_state(state) as i32,
-            created_at: status.created_at_ns,
-            started_at: status.started_at_ns,
-            finished_at: status.finished_at_ns,
-            exit_code: status.exit_code,
-            image: Some(image),
-            image_ref,
-            reason,
-            message: status.message.clone(),
-            labels: container.config.labels.clone(),
-            annotations: container.config.annotations.clone(),
-            mounts: container.config.mounts.clone(),
-            log_path: container.metadata.log_path.clone(),
-            resources: status.resources.as_ref().map(|r| k8s_cri::v1::ContainerResources {
-                linux: Some(crate::spec::resources_to_cri(r)),
-                windows: None,
-            }),
-            ..Default::default()
-        }
+        statuses
     }
 
     pub async fn container_status(
@@ -315,21 +357,22 @@ mod tests {
             "docker.io/library/alpine@sha256:aaaa",
             ID,
         ]);
-        let (spec, image_ref) = status_image(Some(&config), ID, Some(&known));
+        let (spec, image_ref) = status_image(Some(&config), ID, &ImageNames::of(Some(&known)));
         assert_eq!(spec, ImageSpec { image: "docker.io/library/alpine:3".into(), ..Default::default() });
         assert_eq!(image_ref, "docker.io/library/alpine@sha256:aaaa");
 
         // Only a digest reference left: the config's image spec (as sent) and the digest.
-        let (spec, image_ref) = status_image(Some(&config), ID, Some(&image(&["r/x@sha256:cccc", ID])));
+        let (spec, image_ref) =
+            status_image(Some(&config), ID, &ImageNames::of(Some(&image(&["r/x@sha256:cccc", ID]))));
         assert_eq!(spec, config);
         assert_eq!(image_ref, "r/x@sha256:cccc");
 
         // Only a tag: the tag, and the id.
-        let (spec, image_ref) = status_image(Some(&config), ID, Some(&image(&["r/x:1", ID])));
+        let (spec, image_ref) = status_image(Some(&config), ID, &ImageNames::of(Some(&image(&["r/x:1", ID]))));
         assert_eq!(spec.image, "r/x:1");
         assert_eq!(image_ref, ID);
 
         // The image is gone: the config's spec and the id the container was created from.
-        assert_eq!(status_image(Some(&config), ID, None), (config.clone(), ID.to_string()));
+        assert_eq!(status_image(Some(&config), ID, &ImageNames::of(None)), (config.clone(), ID.to_string()));
     }
 }

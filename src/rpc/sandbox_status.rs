@@ -67,7 +67,7 @@ impl CriService {
             info.insert("info".to_string(), verbose.to_string());
         }
         let containers_statuses = if request.verbose {
-            self.containers.in_group(&sandbox.id).iter().map(|c| self.container_status_message(c)).collect()
+            self.container_status_messages(&self.containers.in_group(&sandbox.id))
         } else {
             vec![]
         };

@@ -65,6 +65,9 @@ impl FakeContainerd {
     /// Delivers the held-back events whose time has come, after the events published meanwhile.
     /// Checked on every publish and every look at the state, as exits are.
     pub(super) fn deliver_held(state: &mut State) {
+        if state.held_events.is_empty() {
+            return;
+        }
         let now = virtual_now();
         if state.held_events.iter().all(|(due, _)| *due > now) {
             return;

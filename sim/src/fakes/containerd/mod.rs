@@ -222,9 +222,14 @@ impl FakeContainerd {
     /// The state with every exit that is due by now applied (and its events published).
     fn state(&self) -> MutexGuard<'_, State> {
         let mut state = self.raw_state();
-        let now = virtual_now();
         let mut events = Vec::new();
-        if state.settle_due.is_some_and(|due| due <= now) {
+        // The clock is read only when something waits for a time: a read is a call into
+        // madsim's clock, and this runs on every call of the fake.
+        let settle_now = state.settle_due.and_then(|due| {
+            let now = virtual_now();
+            (due <= now).then_some(now)
+        });
+        if let Some(now) = settle_now {
             let mut next_due = None;
             for (id, task) in state.tasks.iter_mut() {
                 self.settle(id, task, now, &mut events);
@@ -234,7 +239,9 @@ impl FakeContainerd {
         }
         // Also delivers the held-back events that are due.
         self.publish(&mut state, events);
-        state.expire_leases(crid::ports::Clock::now_ns(&*self.clock));
+        if !state.leases.is_empty() {
+            state.expire_leases(crid::ports::Clock::now_ns(&*self.clock));
+        }
         state
     }
 
