@@ -61,8 +61,8 @@ impl CriService {
 
     /// The statuses of `containers`, in order. A pod's containers mostly share an image, and a
     /// container event carries the status of every container of its pod (an exit storm builds
-    /// ten for each exit): each image is looked up once, and each status is read in place
-    /// rather than copied out whole.
+    /// ten for each exit): each image is looked up once, and only the fields a status names are
+    /// copied out of each container's status record.
     pub(crate) fn container_status_messages<C: std::borrow::Borrow<Container>>(
         &self,
         containers: &[C],
@@ -81,36 +81,38 @@ impl CriService {
                 }
             };
             let (image, image_ref) = status_image(container.config.image.as_ref(), image_id, names);
-            statuses.push(container.read_status(|status| {
+            // Only what changes is read under the status lock; the rest is the container's own.
+            let (state, times, exit_code, reason, message, resources) = container.read_status(|status| {
                 let state = status.state();
                 let reason = if state == ContainerState::Exited && status.reason.is_empty() {
                     if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR }.to_string()
                 } else {
                     status.reason.clone()
                 };
-                k8s_cri::v1::ContainerStatus {
-                    id: container.id.to_string(),
-                    metadata: container.config.metadata.clone(),
-                    state: cri_state(state) as i32,
-                    created_at: status.created_at_ns,
-                    started_at: status.started_at_ns,
-                    finished_at: status.finished_at_ns,
-                    exit_code: status.exit_code,
-                    image: Some(image),
-                    image_ref,
-                    reason,
-                    message: status.message.clone(),
-                    labels: container.config.labels.clone(),
-                    annotations: container.config.annotations.clone(),
-                    mounts: container.config.mounts.clone(),
-                    log_path: container.metadata.log_path.clone(),
-                    resources: status.resources.as_ref().map(|r| k8s_cri::v1::ContainerResources {
-                        linux: Some(crate::spec::resources_to_cri(r)),
-                        windows: None,
-                    }),
-                    ..Default::default()
-                }
-            }));
+                let times = (status.created_at_ns, status.started_at_ns, status.finished_at_ns);
+                let resources = status.resources.as_ref().map(crate::spec::resources_to_cri);
+                (state, times, status.exit_code, reason, status.message.clone(), resources)
+            });
+            let (created_at, started_at, finished_at) = times;
+            statuses.push(k8s_cri::v1::ContainerStatus {
+                id: container.id.to_string(),
+                metadata: container.config.metadata.clone(),
+                state: cri_state(state) as i32,
+                created_at,
+                started_at,
+                finished_at,
+                exit_code,
+                image: Some(image),
+                image_ref,
+                reason,
+                message,
+                labels: container.config.labels.clone(),
+                annotations: container.config.annotations.clone(),
+                mounts: container.config.mounts.clone(),
+                log_path: container.metadata.log_path.clone(),
+                resources: resources.map(|linux| k8s_cri::v1::ContainerResources { linux: Some(linux), windows: None }),
+                ..Default::default()
+            });
         }
         statuses
     }
