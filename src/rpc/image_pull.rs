@@ -305,13 +305,19 @@ impl CriService {
         for name in &names {
             let _held = self.lock_image_reference(name).await;
             let record = ImageRecord { name: name.clone(), target: resolved.manifest.clone(), labels: labels.clone() };
+            // A re-pull (kubelet's Always policy) mostly finds the reference as the last pull
+            // left it: read it first and write only what differs, rather than a create that
+            // containerd refuses with AlreadyExists followed by the same read.
+            if self.images.points_at(name, &image_id) && self.refresh_image_reference(&record).await? {
+                cov_mark::hit!(image_reference_refreshed_without_create);
+                self.images.set_reference(name, Some(image_from_content(&content)));
+                continue;
+            }
             match self.backends.containerd.create_image(&record).await {
                 Ok(()) => {}
                 Err(error) if error.is_already_exists() => {
                     let existing = self.backends.containerd.get_image(name).await?;
-                    if existing.target != record.target
-                        || existing.labels.get(LABEL_IMAGE_MANAGED) != Some(&IMAGE_MANAGED.to_string())
-                    {
+                    if !holds_record(&existing, &record) {
                         self.backends.containerd.update_image(&record).await?;
                     }
                 }
@@ -332,6 +338,27 @@ impl CriService {
         }
         Ok(image_id)
     }
+
+    /// Points an existing image reference at the record's target, with the managed label,
+    /// unless it already is. False when containerd has no such reference.
+    async fn refresh_image_reference(&self, record: &ImageRecord) -> Result<bool> {
+        let existing = match self.backends.containerd.get_image(&record.name).await {
+            Ok(existing) => existing,
+            Err(error) if error.is_not_found() => return Ok(false),
+            Err(error) => return Err(error),
+        };
+        if !holds_record(&existing, record) {
+            self.backends.containerd.update_image(record).await?;
+        }
+        Ok(true)
+    }
+}
+
+/// Whether an existing image reference already is what the pull would write: the same target,
+/// marked as managed by the CRI.
+fn holds_record(existing: &ImageRecord, record: &ImageRecord) -> bool {
+    existing.target == record.target
+        && existing.labels.get(LABEL_IMAGE_MANAGED).map(String::as_str) == Some(IMAGE_MANAGED)
 }
 
 pub(crate) fn image_from_content(content: &ImageContent) -> Image {

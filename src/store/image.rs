@@ -130,6 +130,11 @@ impl ImageStore {
         Err(Error::not_found(format!("image {} not found", crate::error::quoted(id_or_ref))))
     }
 
+    /// Whether the store has `reference` pointing at the image `id`.
+    pub fn points_at(&self, reference: &str, id: &str) -> bool {
+        self.inner.lock().unwrap().id_by_ref.get(reference).is_some_and(|known| known == id)
+    }
+
     pub fn get(&self, id: &str) -> Option<Image> {
         self.inner.lock().unwrap().images.get(id).cloned()
     }

@@ -205,6 +205,34 @@ async fn image_fs_info_reports_snapshot_usage() {
 
 /// 20 concurrent pulls of one image: every blob fetched once, every layer applied once, and
 /// the same ImageRef for all (B21, invariant 15).
+/// A re-pull (kubelet's Always policy) finds its references as the first pull left them: it
+/// reads each and creates or updates none. A reference another client changed (here: the
+/// managed label taken off) is written back (SPEC §5.1).
+#[madsim::test]
+async fn a_repull_reads_its_references_and_rewrites_only_a_changed_one() {
+    cov_mark::check!(image_reference_refreshed_without_create);
+    let node = Node::start().await;
+    node.pull(BUSYBOX_IMAGE).await;
+    // The image events of the first pull are handled (each reads its reference) before counting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let creates = node.faults.calls(FaultSite::ContainerdCreateImage);
+    let updates = node.faults.calls(FaultSite::ContainerdUpdateImage);
+    let reads = node.faults.calls(FaultSite::ContainerdGetImage);
+    node.pull(BUSYBOX_IMAGE).await;
+    assert_eq!(node.faults.calls(FaultSite::ContainerdCreateImage), creates, "a re-pull creates no reference");
+    assert_eq!(node.faults.calls(FaultSite::ContainerdUpdateImage), updates, "nor rewrites one that is right");
+    assert_eq!(node.faults.calls(FaultSite::ContainerdGetImage), reads + 3, "it reads its three references");
+
+    let mut tag = node.world.containerd.images()[BUSYBOX_IMAGE].clone();
+    tag.labels.clear();
+    node.world.containerd.update_image(&tag).await.expect("another client updates the tag");
+    node.pull(BUSYBOX_IMAGE).await;
+    let tag = &node.world.containerd.images()[BUSYBOX_IMAGE];
+    assert_eq!(tag.labels.get("io.cri-containerd.image").map(String::as_str), Some("managed"), "label written back");
+    assert_eq!(node.faults.calls(FaultSite::ContainerdUpdateImage), updates + 2, "the other client's and the pull's");
+    assert!(node.world.containerd.leases().is_empty(), "no pull lease is left");
+}
+
 #[madsim::test]
 async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
     cov_mark::check!(pull_joined_in_flight);
