@@ -28,7 +28,7 @@ fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
 
 /// What a status takes from the image store: the image's first repo tag and first repo digest
 /// (none when the image is gone).
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 struct ImageNames {
     tag: Option<String>,
     digest: Option<String>,

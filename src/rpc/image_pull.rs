@@ -308,57 +308,56 @@ impl CriService {
             // A re-pull (kubelet's Always policy) mostly finds the reference as the last pull
             // left it: read it first and write only what differs, rather than a create that
             // containerd refuses with AlreadyExists followed by the same read.
-            if self.images.points_at(name, &image_id) && self.refresh_image_reference(&record).await? {
+            let refreshed = self.images.points_at(name, &image_id)
+                && match self.refresh_image_reference(&record).await {
+                    Ok(()) => true,
+                    // Gone meanwhile: created below.
+                    Err(error) if error.is_not_found() => false,
+                    Err(error) => return Err(error),
+                };
+            if refreshed {
                 cov_mark::hit!(image_reference_refreshed_without_create);
-                self.images.set_reference(name, Some(image_from_content(&content)));
-                continue;
-            }
-            match self.backends.containerd.create_image(&record).await {
-                Ok(()) => {}
-                Err(error) if error.is_already_exists() => {
-                    let existing = self.backends.containerd.get_image(name).await?;
-                    if !holds_record(&existing, &record) {
-                        self.backends.containerd.update_image(&record).await?;
-                    }
-                }
-                Err(error) => {
-                    // A deadline or a lost connection says nothing about whether the create was
-                    // applied: read back, so that a reference containerd has is never missing
-                    // from the store (invariant 25) nor the pull failed for it.
-                    let read = self.backends.containerd.get_image(name);
-                    match self.with_timeout(IMAGE_METADATA_TIMEOUT, "read back image", read).await {
-                        Ok(existing) if existing.target == record.target => {
-                            cov_mark::hit!(image_create_applied_despite_error);
-                        }
-                        _ => return Err(error.context(format!("failed to create image reference {name:?}"))),
-                    }
-                }
+            } else {
+                self.create_image_reference(&record).await?;
             }
             self.images.set_reference(name, Some(image_from_content(&content)));
         }
         Ok(image_id)
     }
 
+    /// Creates the reference; one that exists is refreshed, and a create whose outcome is
+    /// unknown is read back.
+    async fn create_image_reference(&self, record: &ImageRecord) -> Result<()> {
+        let name = &record.name;
+        match self.backends.containerd.create_image(record).await {
+            Ok(()) => {}
+            Err(error) if error.is_already_exists() => self.refresh_image_reference(record).await?,
+            Err(error) => {
+                // A deadline or a lost connection says nothing about whether the create was
+                // applied: read back, so that a reference containerd has is never missing
+                // from the store (invariant 25) nor the pull failed for it.
+                let read = self.backends.containerd.get_image(name);
+                match self.with_timeout(IMAGE_METADATA_TIMEOUT, "read back image", read).await {
+                    Ok(existing) if existing.target == record.target => {
+                        cov_mark::hit!(image_create_applied_despite_error);
+                    }
+                    _ => return Err(error.context(format!("failed to create image reference {name:?}"))),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Points an existing image reference at the record's target, with the managed label,
-    /// unless it already is. False when containerd has no such reference.
-    async fn refresh_image_reference(&self, record: &ImageRecord) -> Result<bool> {
-        let existing = match self.backends.containerd.get_image(&record.name).await {
-            Ok(existing) => existing,
-            Err(error) if error.is_not_found() => return Ok(false),
-            Err(error) => return Err(error),
-        };
-        if !holds_record(&existing, record) {
+    /// unless it already is.
+    async fn refresh_image_reference(&self, record: &ImageRecord) -> Result<()> {
+        let existing = self.backends.containerd.get_image(&record.name).await?;
+        let managed = existing.labels.get(LABEL_IMAGE_MANAGED).map(String::as_str) == Some(IMAGE_MANAGED);
+        if existing.target != record.target || !managed {
             self.backends.containerd.update_image(record).await?;
         }
-        Ok(true)
+        Ok(())
     }
-}
-
-/// Whether an existing image reference already is what the pull would write: the same target,
-/// marked as managed by the CRI.
-fn holds_record(existing: &ImageRecord, record: &ImageRecord) -> bool {
-    existing.target == record.target
-        && existing.labels.get(LABEL_IMAGE_MANAGED).map(String::as_str) == Some(IMAGE_MANAGED)
 }
 
 pub(crate) fn image_from_content(content: &ImageContent) -> Image {
