@@ -15,7 +15,7 @@ pub mod watch;
 
 mod checkpoint;
 mod events;
-mod kmutex;
+pub mod kmutex;
 mod lease;
 mod recover;
 mod rpc;

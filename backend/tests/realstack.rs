@@ -696,6 +696,25 @@ async fn concurrent_pulls_fetch_each_blob_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn a_repull_downloads_nothing() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "repull", crid_binary()).await;
+    let busybox = crid.image("busybox:latest");
+    let downloads = |log: &str| {
+        let count = |what: &str| log.lines().filter(|line| line.contains(what)).count();
+        (count("downloading image config"), count("fetching blob"), count("image config read from the content store"))
+    };
+    let first = crid.pull(&busybox).await;
+    let (configs, blobs, stored) = downloads(&crid.log());
+    assert!(configs >= 1 && blobs >= 1, "the first pull downloads: {configs} configs, {blobs} blobs\n{}", crid.log());
+    assert_eq!(crid.pull(&busybox).await, first, "the same image");
+    let after = downloads(&crid.log());
+    assert_eq!((after.0, after.1), (configs, blobs), "the re-pull downloaded:\n{}", crid.log());
+    assert_eq!(after.2, stored + 1, "the re-pull read its config from the content store:\n{}", crid.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn state_survives_a_crid_crash() {
     let stack = stack();
     let mut crid = Cri::crid(&stack, "crash", crid_binary()).await;

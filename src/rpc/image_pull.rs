@@ -221,14 +221,31 @@ impl CriService {
                 self.fetch_once(reference, blob, auth, lease, progress).await
             });
         }
-        futures::future::join_all(fetches).await.into_iter().collect::<Result<Vec<()>>>()?;
-
         let snapshotter = self.config.containerd.snapshotter.clone();
         let chains = chain_ids(&resolved.diff_ids);
-        let mut parent = String::new();
-        for (layer, chain) in resolved.layers.iter().zip(&chains) {
-            self.apply_once(&snapshotter, chain, &parent, layer, lease).await?;
-            parent = chain.clone();
+        // The image's top snapshot is looked for while the blobs are: a re-pull finds it, and
+        // then its parents too (containerd removes no snapshot before its children), held by
+        // the lease through it, so nothing is unpacked and the unpack's round trips per layer
+        // are not waited for after the blobs'.
+        let unpacked = async {
+            match chains.last() {
+                Some(top) => {
+                    let exists = self.backends.containerd.snapshot_exists(&snapshotter, top, lease);
+                    self.with_timeout(IMAGE_METADATA_TIMEOUT, "snapshot exists", exists).await
+                }
+                None => Ok(false),
+            }
+        };
+        let (fetched, unpacked) = futures::join!(futures::future::join_all(fetches), unpacked);
+        fetched.into_iter().collect::<Result<Vec<()>>>()?;
+        if unpacked? {
+            cov_mark::hit!(pull_found_its_top_snapshot);
+        } else {
+            let mut parent = String::new();
+            for (layer, chain) in resolved.layers.iter().zip(&chains) {
+                self.apply_once(&snapshotter, chain, &parent, layer, lease).await?;
+                parent = chain.clone();
+            }
         }
         let references = self.create_image_references(image_ref, &resolved, &chains);
         self.with_timeout(IMAGE_METADATA_TIMEOUT, "create image references", references).await
@@ -300,9 +317,10 @@ impl CriService {
             image_config: resolved.image_config.clone(),
             complete: true,
         };
-        // Each reference is created and stored under its lock, so that an image event handled
-        // meanwhile never acts on a read from before the create.
-        for name in &names {
+        // The references are independent of each other and written at once, each created and
+        // stored under its own lock, so that an image event handled meanwhile never acts on a
+        // read from before the create. The first failure (in name order) is the pull's.
+        let writes = names.iter().map(|name| async {
             let _held = self.lock_image_reference(name).await;
             let record = ImageRecord { name: name.clone(), target: resolved.manifest.clone(), labels: labels.clone() };
             // A re-pull (kubelet's Always policy) mostly finds the reference as the last pull
@@ -321,7 +339,9 @@ impl CriService {
                 self.create_image_reference(&record).await?;
             }
             self.images.set_reference(name, Some(image_from_content(&content)));
-        }
+            Ok(())
+        });
+        futures::future::join_all(writes).await.into_iter().collect::<Result<Vec<()>>>()?;
         Ok(image_id)
     }
 

@@ -140,6 +140,10 @@ pub struct RealContainerd {
     /// namespace; overlay mounts name the snapshot's directories, which a containerd restart
     /// keeps), and a miss — after a restart of crid — asks containerd as before.
     known: Mutex<Known>,
+    /// One labelling of an image target at a time: a pull writes its three references at
+    /// once, and the two that wait find the first one's label in `known` rather than
+    /// reading and labelling the same config again.
+    labelling: crid::kmutex::KeyedMutex,
 }
 
 #[derive(Default)]
@@ -184,6 +188,7 @@ impl RealContainerd {
             default_snapshotter: options.default_snapshotter,
             unpacked_into: Mutex::new(HashMap::new()),
             known: Mutex::new(Known::default()),
+            labelling: crid::kmutex::KeyedMutex::new(),
         })
     }
 
@@ -280,7 +285,12 @@ impl RealContainerd {
     /// Labels the image config with its unpacked snapshot so that containerd's GC keeps the
     /// snapshot chain while the image exists (what containerd's unpacker does).
     async fn label_config_snapshot(&self, record: &ImageRecord) -> Result<()> {
-        if self.known.lock().unwrap().labelled.contains_key(&record.target.digest) {
+        let labelled = || self.known.lock().unwrap().labelled.contains_key(&record.target.digest);
+        if labelled() {
+            return Ok(());
+        }
+        let _labelling = self.labelling.lock(&record.target.digest).await;
+        if labelled() {
             return Ok(());
         }
         let (_, _, config, config_doc) = match self.read_image(&record.target).await {

@@ -18,7 +18,21 @@ impl Registry for RealContainerd {
     /// resolver does: the image record's target must be readable (recovery, image status) and
     /// the manifest's GC labels are what keep the config and layers alive.
     async fn resolve(&self, reference: &str, auth: &RegistryAuth, lease: &str) -> Result<ResolvedImage> {
-        let (resolved, manifest_bytes) = self.registry.resolve(reference, auth).await?;
+        // A re-pull finds the config in the content store: a read there is a fraction of a
+        // download from the registry (which served it in ~5 ms on the test VM, against ~0.5 ms).
+        // Whatever the read returns is checked against the digest before use.
+        let stored = |digest: String| async move {
+            match content::read_blob(&self.channel, &self.requests, &digest).await {
+                Ok(bytes) => Some(bytes),
+                Err(error) => {
+                    if !error.is_not_found() {
+                        tracing::debug!(%digest, %error, "stored config unreadable; downloading it");
+                    }
+                    None
+                }
+            }
+        };
+        let (resolved, manifest_bytes) = self.registry.resolve(reference, auth, stored).await?;
         // Held by the pull's lease before it is looked for, so that a manifest left unreferenced
         // by an earlier delete is not collected between this check and the image record.
         self.add_to_lease(lease, &resolved.manifest.digest, "content").await?;

@@ -234,6 +234,37 @@ async fn a_repull_reads_its_references_and_rewrites_only_a_changed_one() {
 }
 
 #[madsim::test]
+async fn a_repull_finds_its_top_snapshot_and_unpacks_nothing() {
+    let node = Node::start().await;
+    let image = registry_image(&node, NGINX_IMAGE).await;
+    assert!(image.layers.len() > 1, "a multi-layer image");
+    let chains = chain_ids(&image.diff_ids);
+    node.pull(NGINX_IMAGE).await;
+    let looks = node.faults.calls(FaultSite::ContainerdSnapshotExists);
+    let applies = node.world.containerd.total_applies();
+    {
+        cov_mark::check!(pull_found_its_top_snapshot);
+        node.pull(NGINX_IMAGE).await;
+    }
+    assert_eq!(
+        node.faults.calls(FaultSite::ContainerdSnapshotExists),
+        looks + 1,
+        "only the top snapshot is looked for"
+    );
+    assert_eq!(node.world.containerd.total_applies(), applies, "nothing is unpacked again");
+    let snapshots = node.world.containerd.snapshots("overlayfs");
+    for chain in &chains {
+        assert!(snapshots.contains_key(chain), "snapshot {chain} is still there");
+    }
+    assert!(node.world.containerd.leases().is_empty(), "no pull lease is left");
+    // Gone meanwhile (the image removed and collected), the snapshots are unpacked again.
+    node.svc.remove_image(RemoveImageRequest { image: Some(image_spec(NGINX_IMAGE)) }).await.expect("remove");
+    assert!(!node.world.containerd.snapshots("overlayfs").contains_key(chains.last().unwrap()), "collected");
+    node.pull(NGINX_IMAGE).await;
+    assert_eq!(node.world.containerd.total_applies(), applies + chains.len() as u64, "each layer unpacked");
+}
+
+#[madsim::test]
 async fn concurrent_pulls_of_one_image_fetch_each_blob_once() {
     cov_mark::check!(pull_joined_in_flight);
     let node = Node::start().await;
