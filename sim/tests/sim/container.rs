@@ -991,10 +991,11 @@ async fn reconciler_leaves_an_exit_in_hand_to_its_monitor() {
     assert!(!node.world.containerd.tasks().contains_key(&id));
 }
 
-/// The same for a sandbox, whose exit path deletes the task before it marks the sandbox NOTREADY:
-/// a reconcile pass in between finds a READY sandbox without a task.
+/// A sandbox's exit path marks it NOTREADY before it deletes the task (as a container's records
+/// its exit first): a reconcile pass while the delete is still in flight finds a NOTREADY
+/// sandbox and takes nothing for a lost exit, and the task is gone once the delete returns.
 #[madsim::test]
-async fn reconciler_leaves_a_sandbox_exit_in_hand_to_its_monitor() {
+async fn a_sandbox_exit_is_recorded_before_its_task_delete() {
     let node = Node::start().await;
     let pod = node.run_pod("inhand-pod").await;
     node.faults.push(
@@ -1004,12 +1005,14 @@ async fn reconciler_leaves_a_sandbox_exit_in_hand_to_its_monitor() {
     );
     assert!(node.world.containerd.exit_task_now(&pod, 0));
     sleep(Duration::from_millis(500)).await;
-    assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady, "the exit is being handled");
-    assert!(!node.world.containerd.tasks().contains_key(&pod), "the exit path deleted the task");
+    assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxNotready, "recorded before the delete returns");
+    assert_eq!(node.svc.snapshot().backoff_len, 0, "the delete is in flight, not failed");
     node.svc.reconcile().await;
     assert_eq!(node.svc.snapshot().reconciled_exits, 0, "the reconciler took a monitored exit for a lost one");
     sleep(Duration::from_secs(5)).await;
     assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxNotready);
+    assert!(!node.world.containerd.tasks().contains_key(&pod), "the exit path deleted the task");
+    assert_eq!(node.svc.snapshot().backoff_len, 0);
 }
 
 /// An exit whose handling fails (the task delete keeps failing) is recorded at once with its
