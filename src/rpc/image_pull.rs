@@ -229,10 +229,7 @@ impl CriService {
         // are not waited for after the blobs'.
         let unpacked = async {
             match chains.last() {
-                Some(top) => {
-                    let exists = self.backends.containerd.snapshot_exists(&snapshotter, top, lease);
-                    self.with_timeout(IMAGE_METADATA_TIMEOUT, "snapshot exists", exists).await
-                }
+                Some(top) => self.snapshot_present(&snapshotter, top, lease).await,
                 None => Ok(false),
             }
         };
@@ -273,6 +270,12 @@ impl CriService {
         result.map_err(|e| e.context(format!("failed to fetch {}", blob.digest)))
     }
 
+    /// Whether the committed snapshot `chain_id` exists, held by `lease` first (§5.4).
+    async fn snapshot_present(&self, snapshotter: &str, chain_id: &str, lease: &str) -> Result<bool> {
+        let exists = self.backends.containerd.snapshot_exists(snapshotter, chain_id, lease);
+        self.with_timeout(IMAGE_METADATA_TIMEOUT, "snapshot exists", exists).await
+    }
+
     async fn apply_once(
         &self,
         snapshotter: &str,
@@ -282,12 +285,10 @@ impl CriService {
         lease: &str,
     ) -> Result<()> {
         let _held = self.pulls.locks.lock(&format!("sn://{snapshotter}/{chain_id}")).await;
-        let containerd = &self.backends.containerd;
-        let exists = containerd.snapshot_exists(snapshotter, chain_id, lease);
-        if self.with_timeout(IMAGE_METADATA_TIMEOUT, "snapshot exists", exists).await? {
+        if self.snapshot_present(snapshotter, chain_id, lease).await? {
             return Ok(());
         }
-        match containerd.apply_layer(snapshotter, chain_id, parent, layer, lease).await {
+        match self.backends.containerd.apply_layer(snapshotter, chain_id, parent, layer, lease).await {
             Ok(()) => Ok(()),
             Err(error) if error.is_already_exists() => Ok(()),
             Err(error) => Err(error.context(format!("failed to unpack layer {}", layer.digest))),

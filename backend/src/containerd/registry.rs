@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use crid::error::{Error, Result};
-use crid::ports::{Descriptor, ProgressFn, Registry, RegistryAuth, ResolvedImage};
+use crid::ports::{Containerd, Descriptor, ProgressFn, Registry, RegistryAuth, ResolvedImage};
 use futures::TryStreamExt;
 
 use super::{RealContainerd, content};
@@ -36,8 +36,7 @@ impl Registry for RealContainerd {
         // Held by the pull's lease before it is looked for, so that a manifest left unreferenced
         // by an earlier delete is not collected between this check and the image record.
         let keep_manifest = |manifest: Descriptor, bytes: Vec<u8>| async move {
-            self.add_to_lease(lease, &manifest.digest, "content").await?;
-            if self.content_info_exists(&manifest.digest).await? {
+            if self.content_exists(&manifest.digest, lease).await? {
                 return Ok(());
             }
             let labels = |bytes: &[u8]| ManifestDocument::parse(bytes, None).map(|m| m.gc_labels()).unwrap_or_default();
@@ -57,8 +56,7 @@ impl Registry for RealContainerd {
                 .await
                 .map_err(|e| e.context(format!("store manifest {}", manifest.digest)))
         };
-        let resolved = self.registry.resolve(reference, auth, stored, keep_manifest).await?;
-        Ok(resolved)
+        self.registry.resolve(reference, auth, stored, keep_manifest).await
     }
 
     async fn fetch_blob(
