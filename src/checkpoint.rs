@@ -1,6 +1,8 @@
 //! Container status checkpoints: written atomically through the Os trait, memory changed only
 //! after the write succeeded.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::ids::ContainerId;
 use crate::service::CriService;
@@ -48,13 +50,25 @@ impl CriService {
     /// half-removed file under the real name. Idempotent.
     pub(crate) async fn delete_checkpoint(&self, id: &ContainerId) -> Result<()> {
         let path = self.checkpoint_path(id);
-        let deleted = format!("{}/containers/{id}.del-status", self.config.root_dir);
+        let deleted = self.deleted_checkpoint_path(id);
         match self.backends.os.rename(&path, &deleted).await {
             Ok(()) => {}
             Err(error) if error.is_not_found() => {}
             Err(error) => return Err(error),
         }
         self.backends.os.remove_all(&deleted).await
+    }
+
+    /// A rolled-back container's checkpoint delete. Nobody retries a rollback, and the
+    /// renamed checkpoint lies beside the container's dir, not in it: one that cannot be
+    /// removed now is retried in the background, as the rollback's dirs are, instead of staying
+    /// until the next start's orphan sweep.
+    pub(crate) async fn delete_checkpoint_or_retry(self: &Arc<Self>, id: &ContainerId) {
+        if let Err(error) = self.delete_checkpoint(id).await {
+            tracing::warn!(%id, %error, "failed to delete a rolled-back container's checkpoint; retrying in the background");
+            cov_mark::hit!(rollback_checkpoint_removal_retried);
+            self.retry_removal(self.deleted_checkpoint_path(id));
+        }
     }
 
     /// The status transaction: `change` edits a copy and says whether anything changed; the copy

@@ -56,6 +56,11 @@ pub struct StateSnapshot {
     pub backoff_dropped: u64,
     pub lock_keys: Vec<String>,
     pub pulls_in_flight: usize,
+    /// Leases this process holds: those of operations in flight, and those whose delete runs
+    /// after the call they served answered (until it is done or queued).
+    pub leases_held: Vec<String>,
+    /// Image references (or a whole resync) queued for a retry after an update failed.
+    pub image_work_pending: usize,
     pub quarantined: Vec<Quarantined>,
     pub events_sent: u64,
     pub events_dropped: u64,
@@ -131,6 +136,8 @@ impl CriService {
             backoff_dropped: self.monitor.backoff_dropped_total.load(Ordering::Relaxed),
             lock_keys: self.pulls.locks.keys(),
             pulls_in_flight: self.pulls.in_flight(),
+            leases_held: self.leases.held(),
+            image_work_pending: self.monitor.image_work_pending(),
             quarantined: self.quarantined(),
             events_sent: self.container_events.sent_total.load(Ordering::Relaxed),
             events_dropped: self.container_events.dropped_total.load(Ordering::Relaxed),

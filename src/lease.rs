@@ -46,6 +46,13 @@ pub(crate) struct HeldLease<'a> {
     released: bool,
 }
 
+impl LeaseTable {
+    /// The ids held now, in order.
+    pub fn held(&self) -> Vec<String> {
+        self.held.lock().unwrap().iter().cloned().collect()
+    }
+}
+
 impl CriService {
     /// Creates a fresh lease for one operation.
     pub(crate) async fn hold_lease(&self, purpose: LeasePurpose) -> Result<HeldLease<'_>> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::events::backoff::Backoff;
-use crate::events::{BACKOFF_INITIAL, RECONNECT_MAX};
+use crate::events::{BACKOFF_INITIAL, BackoffKey, PendingEvent, RECONNECT_MAX};
 use crate::ids::{ContainerId, SandboxId, TaskId};
 use crate::ports::{
     ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX,
@@ -167,7 +167,11 @@ impl CriService {
             }
             self.sleep(Duration::from_secs(1)).await;
         }
-        tracing::error!("images still failing to load; the event loop will pick them up on their next event");
+        // No event may ever come for an image that is not changing: the resync goes on in the
+        // backoff queue, and the service starts with what loaded.
+        cov_mark::hit!(image_resync_queued);
+        tracing::error!("images still failing to load; resyncing in the background");
+        self.monitor.push(BackoffKey::ImageResync, PendingEvent::ResyncImages, self.now_ns());
     }
 
     async fn list_kind(&self, kind: &str) -> Vec<ContainerRecord> {
@@ -502,7 +506,7 @@ impl CriService {
     /// start-up, of a rolled-back object's dir) must not leave the dir until the next restart.
     /// Gives up after `ORPHAN_REMOVAL_ATTEMPTS` (the next recovery tries again); a dir that
     /// vanished meanwhile is done.
-    fn retry_removal(self: &Arc<Self>, path: String) {
+    pub(crate) fn retry_removal(self: &Arc<Self>, path: String) {
         let service = self.clone();
         tokio::spawn(async move {
             let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
@@ -536,13 +540,35 @@ impl CriService {
         }
     }
 
+    /// A dir's entries for the orphan sweep; None when it does not exist. A transient error is
+    /// retried like a list of containerd's: the sweep runs once per start, before the socket
+    /// opens, so a dir it could not read would keep a removed object's state until the next
+    /// restart (a crash between deleting the containerd container and removing the dir).
+    async fn read_dir_retrying(&self, dir: &str) -> Option<Vec<crate::ports::os::DirEntry>> {
+        for attempt in 1..=LIST_ATTEMPTS {
+            match self.backends.os.read_dir(dir).await {
+                Ok(entries) => return Some(entries),
+                Err(error) if error.is_not_found() => return None,
+                Err(error) if attempt == LIST_ATTEMPTS => {
+                    tracing::error!(dir, %error, attempt, "cannot read the dir; its orphans stay until the next start");
+                }
+                Err(error) => {
+                    cov_mark::hit!(orphan_sweep_read_dir_retried);
+                    tracing::warn!(dir, %error, attempt, "failed to read the dir for orphans; retrying");
+                    self.sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        None
+    }
+
     /// Removes pod and container dirs that no containerd container owns. Never touches the dirs
     /// of a listed object; plain files other than half-deleted checkpoints are left alone.
     async fn remove_orphan_dirs(self: &Arc<Self>, known: &BTreeSet<String>) {
         for base in [&self.config.root_dir, &self.config.state_dir] {
             for kind in ["sandboxes", "containers"] {
                 let dir = format!("{base}/{kind}");
-                let Ok(entries) = self.backends.os.read_dir(&dir).await else { continue };
+                let Some(entries) = self.read_dir_retrying(&dir).await else { continue };
                 for entry in entries {
                     let path = format!("{dir}/{}", entry.name);
                     let orphan =

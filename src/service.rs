@@ -232,6 +232,11 @@ impl CriService {
     pub(crate) fn checkpoint_path(&self, id: &ContainerId) -> String {
         format!("{}/status", self.container_root(id))
     }
+    /// Where a checkpoint is renamed to while it is deleted: beside the container's dir, so
+    /// that a crash in between leaves no half-removed file under the real name.
+    pub(crate) fn deleted_checkpoint_path(&self, id: &ContainerId) -> String {
+        format!("{}/containers/{id}.del-status", self.config.root_dir)
+    }
     pub(crate) fn netns_path(&self, id: &SandboxId) -> String {
         if self.config.netns_mounts_under_state_dir {
             format!("{}/netns/cni-{id}", self.config.state_dir)

@@ -468,9 +468,10 @@ impl Checker {
                 self.fail("24 READY has an IP", &format!("sandbox {}", short(&status.id)), "READY without an IP");
             }
         }
-        // 25. Once no pull, removal or reference update is in flight, the images served are
-        // containerd's references exactly.
+        // 25. Once no pull, removal or reference update is in flight or queued for a retry, the
+        // images served are containerd's references exactly.
         let settled = snapshot.pulls_in_flight == 0
+            && snapshot.image_work_pending == 0
             && world.image_removals_in_flight == 0
             && !snapshot.lock_keys.iter().any(|k| k.starts_with(IMAGE_REF_LOCK_PREFIX));
         if settled {
@@ -568,7 +569,13 @@ impl Checker {
     pub fn quiescent(&self) -> bool {
         match self.live_snapshot() {
             Some(s) => {
-                s.operations.is_empty() && s.backoff_len == 0 && s.lock_keys.is_empty() && s.pulls_in_flight == 0
+                // A lease released after its call answered is deleted in the background: what
+                // it protected is garbage only once that delete is done or queued.
+                s.operations.is_empty()
+                    && s.backoff_len == 0
+                    && s.lock_keys.is_empty()
+                    && s.pulls_in_flight == 0
+                    && s.leases_held.is_empty()
             }
             None => false,
         }

@@ -190,9 +190,14 @@ impl Oracle {
                 mismatches.push((format!("container {}", container.id), "it was removed but is listed again".into()));
             }
         }
+        // A restart whose image resync failed (or an image update that failed) starts serving
+        // without the images it could not read and retries them in the background: until then
+        // a pulled image may be missing, never another one in its place.
+        let images_pending = snapshot.image_work_pending > 0;
         for (reference, id) in self.images.lock().unwrap().iter() {
             if let Some(id) = id
                 && snapshot.image_refs.get(reference) != Some(id)
+                && (!images_pending || snapshot.image_refs.contains_key(reference))
             {
                 mismatches.push((
                     format!("image {reference}"),

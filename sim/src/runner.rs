@@ -317,13 +317,15 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
             Some(service) => {
                 let s = service.snapshot();
                 format!(
-                    "not quiescent after {}s: workload finished={}, operations={:?}, backoff={}, locks={:?}, pulls={}",
+                    "not quiescent after {}s: workload finished={}, operations={:?}, backoff={}, locks={:?}, pulls={}, \
+                     leases held={:?}",
                     scenario.liveness_s,
                     workload.is_finished(),
                     s.operations,
                     s.backoff_len,
                     s.lock_keys,
-                    s.pulls_in_flight
+                    s.pulls_in_flight,
+                    s.leases_held
                 )
             }
             None => "the CRI service is down".into(),

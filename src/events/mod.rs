@@ -24,13 +24,23 @@ pub const BACKOFF_TICK: Duration = Duration::from_secs(1);
 /// Bounds the wait between re-subscriptions and re-waits when containerd is unreachable.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
-/// What a backoff entry holds work for: a task's exit or OOM, a lease to delete, or the lease
-/// sweep. Tasks sort first, by id, as before leases had entries.
+/// What a backoff entry holds work for: a task's exit or OOM, a lease to delete, the lease
+/// sweep, an image reference to re-read or the whole image list to resync. Tasks sort first,
+/// by id, as before leases had entries.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum BackoffKey {
     Task(crate::ids::TaskId),
     Lease(String),
     LeaseSweep,
+    Image(String),
+    ImageResync,
+}
+
+impl BackoffKey {
+    /// Work that brings the image store back in step with containerd's image list.
+    pub fn is_image_work(&self) -> bool {
+        matches!(self, BackoffKey::Image(_) | BackoffKey::ImageResync)
+    }
 }
 
 impl From<&crate::ids::TaskId> for BackoffKey {
@@ -51,6 +61,8 @@ impl std::fmt::Display for BackoffKey {
             BackoffKey::Task(task) => write!(f, "{task}"),
             BackoffKey::Lease(id) => write!(f, "lease {id}"),
             BackoffKey::LeaseSweep => f.write_str("lease sweep"),
+            BackoffKey::Image(name) => write!(f, "image {name}"),
+            BackoffKey::ImageResync => f.write_str("image resync"),
         }
     }
 }
@@ -65,4 +77,8 @@ pub enum PendingEvent {
     DeleteLease,
     /// A lease sweep whose listing failed.
     SweepLeases,
+    /// An image reference whose update failed (keyed by its name): re-read it from containerd.
+    RefreshImage,
+    /// A resync of the image list that recovery could not finish.
+    ResyncImages,
 }

@@ -9,7 +9,7 @@ use super::backoff::Backoff;
 use super::{
     BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_TICK, BackoffKey, HANDLE_EVENT_TIMEOUT, PendingEvent, RECONNECT_MAX,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::{ContainerId, SandboxId, TaskId};
 use crate::ports::{Event, EventStream, ExitStatus};
 use crate::service::CriService;
@@ -259,7 +259,7 @@ impl CriService {
                 let service = self.clone();
                 tokio::spawn(async move {
                     if let Err(error) = service.update_image_reference(&name).await {
-                        tracing::warn!(name, %error, "image event handling failed");
+                        service.queue_image_refresh(name, error);
                     }
                 });
             }
@@ -287,6 +287,15 @@ impl CriService {
                         (PendingEvent::SweepLeases, BackoffKey::LeaseSweep) => {
                             self.with_timeout(HANDLE_EVENT_TIMEOUT, "sweep leases", self.try_sweep_leases()).await
                         }
+                        // Each bounded by the image metadata deadline inside.
+                        (PendingEvent::RefreshImage, BackoffKey::Image(name)) => {
+                            self.update_image_reference(name).await
+                        }
+                        (PendingEvent::ResyncImages, BackoffKey::ImageResync) => match self.resync_images().await {
+                            Ok(0) => Ok(()),
+                            Ok(failed) => Err(Error::unavailable(format!("{failed} images failed to load"))),
+                            Err(error) => Err(error),
+                        },
                         // Never queued so (an OOM goes with a container's task, lease work under
                         // its lease key): nothing to do.
                         _ => Ok(()),

@@ -131,7 +131,10 @@ impl CriService {
                                 Undo::DeleteContainer => {
                                     ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)
                                 }
-                                Undo::DeleteCheckpoint => self.delete_checkpoint(&id).await,
+                                Undo::DeleteCheckpoint => {
+                                    self.delete_checkpoint_or_retry(&id).await;
+                                    Ok(())
+                                }
                             }
                         })
                         .await;

@@ -54,9 +54,20 @@ impl PullManager {
 /// A bound on a pull's metadata calls to containerd (does a blob or snapshot exist, leases,
 /// image references), which answer in milliseconds: a call that never returns would otherwise
 /// hold the blob's, layer's or reference's lock and every later pull of it for good, since the
-/// progress watchdog only watches downloads. Unpacking a layer has no such bound; it can take
-/// minutes for a large layer.
+/// progress watchdog only watches downloads. Unpacking a layer has its own, longer bound.
 pub(crate) const IMAGE_METADATA_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A bound on unpacking one layer: minutes for a large layer, never forever. A diff apply that
+/// never returns would hold the layer's lock, and with it every later pull of an image that
+/// shares the layer (the sandbox image's included), and the watchdog cannot see it: an unpack
+/// reports no bytes. Five minutes (containerd's pull progress timeout) plus a second for every
+/// MiB of the compressed layer, a floor no live unpack falls under.
+const LAYER_UNPACK_TIMEOUT_BASE: Duration = Duration::from_secs(5 * 60);
+const LAYER_UNPACK_MIN_BYTES_PER_S: u64 = 1 << 20;
+
+fn layer_unpack_timeout(layer: &Descriptor) -> Duration {
+    LAYER_UNPACK_TIMEOUT_BASE + Duration::from_secs(layer.size_bytes / LAYER_UNPACK_MIN_BYTES_PER_S)
+}
 
 /// Bytes received and requests active, for the progress watchdog.
 #[derive(Default)]
@@ -288,7 +299,10 @@ impl CriService {
         if self.snapshot_present(snapshotter, chain_id, lease).await? {
             return Ok(());
         }
-        match self.backends.containerd.apply_layer(snapshotter, chain_id, parent, layer, lease).await {
+        // A timed-out unpack is dropped, and with it the layer's lock; the pull fails and the
+        // next one finds the snapshot if containerd finished it after all.
+        let apply = self.backends.containerd.apply_layer(snapshotter, chain_id, parent, layer, lease);
+        match self.with_timeout(layer_unpack_timeout(layer), "unpack layer", apply).await {
             Ok(()) => Ok(()),
             Err(error) if error.is_already_exists() => Ok(()),
             Err(error) => Err(error.context(format!("failed to unpack layer {}", layer.digest))),
@@ -362,7 +376,15 @@ impl CriService {
                     Ok(existing) if existing.target == record.target => {
                         cov_mark::hit!(image_create_applied_despite_error);
                     }
-                    _ => return Err(error.context(format!("failed to create image reference {name:?}"))),
+                    Ok(_) => return Err(error.context(format!("failed to create image reference {name:?}"))),
+                    Err(read_error) => {
+                        // Unknown whether containerd has the reference: the pull fails, and a
+                        // re-read brings the store in step whichever way it went.
+                        if !read_error.is_not_found() {
+                            self.queue_image_refresh(name.clone(), read_error);
+                        }
+                        return Err(error.context(format!("failed to create image reference {name:?}")));
+                    }
                 }
             }
         }

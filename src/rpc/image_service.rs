@@ -9,6 +9,7 @@ use k8s_cri::v1::{
 };
 
 use crate::error::{Error, Result};
+use crate::events::{BackoffKey, PendingEvent};
 use crate::naming::normalize_image_ref;
 use crate::ports::{IMAGE_MANAGED, LABEL_IMAGE_MANAGED, SnapshotUsage};
 use crate::rpc::image_pull::image_from_content;
@@ -216,6 +217,15 @@ impl CriService {
         }
         self.images.set_reference(name, Some(image_from_content(&content)));
         Ok(())
+    }
+
+    /// Queues a re-read of an image reference whose update failed. Nothing else would repair
+    /// it: containerd sends no second event for a reference that did not change again, and a
+    /// name missing from (or stale in) the store breaks invariant 25 until a restart.
+    pub(crate) fn queue_image_refresh(&self, name: String, error: Error) {
+        cov_mark::hit!(image_refresh_queued);
+        tracing::warn!(name, %error, "image reference update failed; queued for retry");
+        self.monitor.push_failed(BackoffKey::Image(name), PendingEvent::RefreshImage, error, self.now_ns());
     }
 
     /// Makes the store match containerd's image list: adds what is there, drops what is gone.

@@ -91,6 +91,46 @@ fn regression_swarm_rollback_dir_removal() {
     check_seeds("swarm", vec![118]);
 }
 
+/// Swarm seeds of a wide sweep (20000..23000) that found leaks and stalls no seed of 0..200
+/// reached. A rolled-back container's renamed checkpoint (`.del-status`, beside its dir) whose
+/// removal failed stayed behind for good (invariant 13): it is now retried in the background.
+#[test]
+fn regression_swarm_rollback_checkpoint_removal() {
+    check_seeds("swarm", vec![20032, 20967]);
+}
+
+/// A crash between deleting a container in containerd and removing its dir, then a restart
+/// whose orphan sweep could not read the containers dir once: the dir stayed until the next
+/// start (invariant 13). The sweep now retries the read before the socket opens.
+#[test]
+fn regression_swarm_orphan_sweep_read_dir_retried() {
+    check_seeds("swarm", vec![20450, 21269]);
+}
+
+/// A layer unpack that never returned held the layer's lock, and every later pull of an image
+/// sharing it (the sandbox image's, so every RunPodSandbox) waited on it for good (liveness).
+/// Unpacks are now bounded.
+#[test]
+fn regression_swarm_hung_layer_unpack_bounded() {
+    check_seeds("swarm", vec![20178, 20437]);
+}
+
+/// An image reference containerd has but the store missed for good (invariant 25): an image
+/// event whose handling failed (22544, 21262), and a restart whose image resync failed ten
+/// times (21364). Both are retried in the backoff queue now.
+#[test]
+fn regression_swarm_image_reference_refresh_retried() {
+    check_seeds("swarm", vec![21262, 21364, 22544]);
+}
+
+/// A rootfs lease whose delete (after the call it served answered) hung: the checker called
+/// the system quiescent while the delete was still in flight and found the image's disk held
+/// (invariant 30). Quiescence now waits for the leases this process holds.
+#[test]
+fn regression_swarm_detached_lease_release_awaited() {
+    check_seeds("swarm", vec![21289, 22452]);
+}
+
 /// B25 by another way: an exec start answered with an error although the process started (a
 /// retry answered AlreadyExists, a reply lost to a deadline) left the process running after
 /// ExecSync returned (invariant 27).
