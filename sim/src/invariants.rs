@@ -422,7 +422,10 @@ impl Checker {
                     self.fail(
                         "23 exit code is the task's",
                         &object(),
-                        format!("exit code {}, the task exited with {}", status.exit_code, exit.exit_code),
+                        format!(
+                            "exit code {} (reason {:?}), the task exited with {}",
+                            status.exit_code, status.reason, exit.exit_code
+                        ),
                     );
                 }
             }

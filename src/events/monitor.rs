@@ -112,7 +112,16 @@ impl CriService {
                 }
                 status.finished_at_ns = exit.exited_at_ns.max(status.started_at_ns).max(1);
                 status.exit_code = exit.exit_code as i32;
-                if oom_killed {
+                if status.started_at_ns == 0 && !status.unknown {
+                    // Never recorded as started (and not an UNKNOWN container whose checkpoint
+                    // was lost, whose start time is unknown too): a StartContainer that failed and could not
+                    // record its failure (a full disk), whose task the exit path's retries
+                    // delete, killing it if the start went through after all. The exit is that
+                    // failed start's, as a restart would resolve it, not the kill's.
+                    cov_mark::hit!(unrecorded_start_failure_exit);
+                    status.exit_code = crate::store::container::EXIT_CODE_START_ERROR;
+                    status.reason = crate::store::container::REASON_START_ERROR.to_string();
+                } else if oom_killed {
                     // The exit's own account of the OOM: the bus's TaskOOM event may never come.
                     status.reason = crate::store::container::REASON_OOM_KILLED.to_string();
                 }
@@ -197,6 +206,12 @@ impl CriService {
             return Ok(());
         }
         self.update_container_status(&container, |status| {
+            // A start that failed stays a StartError with the failed start's code: its task
+            // ran only by accident (the start went through although its reply failed).
+            if status.reason == crate::store::container::REASON_START_ERROR {
+                cov_mark::hit!(oom_after_failed_start_ignored);
+                return false;
+            }
             status.reason = crate::store::container::REASON_OOM_KILLED.to_string();
             true
         })

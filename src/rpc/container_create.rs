@@ -230,9 +230,7 @@ impl CriService {
             let lease = self.hold_lease(LeasePurpose::Rootfs).await?;
             let created = async {
                 undo.push(Undo::RemoveSnapshot);
-                self.backends
-                    .containerd
-                    .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id, lease.id())
+                self.prepare_fresh_snapshot(&snapshotter, id.as_str(), &image.chain_id, lease.id())
                     .await
                     .map_err(|e| e.context("failed to prepare container rootfs"))?;
                 crate::spec::userdb::resolve_user(&*self.backends.containerd, &snapshotter, id.as_str(), &mut spec)

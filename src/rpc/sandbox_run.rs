@@ -214,8 +214,7 @@ impl CriService {
         let lease = self.hold_lease(LeasePurpose::Rootfs).await?;
         let created = async {
             state.undo.push(Undo::RemoveSnapshot);
-            containerd
-                .prepare_snapshot(&snapshotter, id.as_str(), &image.chain_id, lease.id())
+            self.prepare_fresh_snapshot(&snapshotter, id.as_str(), &image.chain_id, lease.id())
                 .await
                 .map_err(|e| e.context("failed to prepare sandbox rootfs"))?;
             crate::spec::userdb::resolve_user(&*containerd, &snapshotter, id.as_str(), &mut spec).await?;
@@ -489,6 +488,26 @@ impl CriService {
             Err(error) if error.is_already_exists() => {
                 cov_mark::hit!(container_create_applied_before);
                 containerd.get_container(&id).await.map_err(|e| e.context("read back the created container"))
+            }
+            other => other,
+        }
+    }
+
+    /// Prepares the rootfs snapshot of a fresh id. As for the container, AlreadyExists can only
+    /// mean that this prepare was applied before its reply was lost: the key is the object's own
+    /// new id, the parent and the lease the same. Passed on, it would fail RunPodSandbox or
+    /// CreateContainer with an AlreadyExists that kubelet reads as a name conflict.
+    pub(crate) async fn prepare_fresh_snapshot(
+        &self,
+        snapshotter: &str,
+        key: &str,
+        parent_chain_id: &str,
+        lease: &str,
+    ) -> Result<()> {
+        match self.backends.containerd.prepare_snapshot(snapshotter, key, parent_chain_id, lease).await {
+            Err(error) if error.is_already_exists() => {
+                cov_mark::hit!(snapshot_prepare_applied_before);
+                Ok(())
             }
             other => other,
         }

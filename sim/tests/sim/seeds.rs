@@ -131,6 +131,24 @@ fn regression_swarm_detached_lease_release_awaited() {
     check_seeds("swarm", vec![21289, 22452]);
 }
 
+/// A rootfs snapshot prepare applied before its reply was lost (AlreadyExists for the new
+/// object's own fresh key) failed RunPodSandbox, and the retry after kubelet's deadline got
+/// that error for a name no sandbox held (invariant 28). Taken as done now, as a container
+/// create is.
+#[test]
+fn regression_swarm_snapshot_prepare_already_applied() {
+    check_seeds("swarm", vec![30393]);
+}
+
+/// A StartContainer that failed on a full disk and could not record its failure, whose task
+/// started after all and was OOM-killed: the exit path's retry recorded the failed start's code
+/// under the exit's reason (OOMKilled), not StartError (invariant 23). An exit of a container
+/// never recorded as started is now its StartError, and a later OOM leaves that alone.
+#[test]
+fn regression_swarm_unrecorded_start_failure() {
+    check_seeds("swarm", vec![34799]);
+}
+
 /// B25 by another way: an exec start answered with an error although the process started (a
 /// retry answered AlreadyExists, a reply lost to a deadline) left the process running after
 /// ExecSync returned (invariant 27).
