@@ -540,35 +540,23 @@ impl CriService {
         }
     }
 
-    /// A dir's entries for the orphan sweep; None when it does not exist. A transient error is
-    /// retried like a list of containerd's: the sweep runs once per start, before the socket
-    /// opens, so a dir it could not read would keep a removed object's state until the next
-    /// restart (a crash between deleting the containerd container and removing the dir).
-    async fn read_dir_retrying(&self, dir: &str) -> Option<Vec<crate::ports::os::DirEntry>> {
-        for attempt in 1..=LIST_ATTEMPTS {
-            match self.backends.os.read_dir(dir).await {
-                Ok(entries) => return Some(entries),
-                Err(error) if error.is_not_found() => return None,
-                Err(error) if attempt == LIST_ATTEMPTS => {
-                    tracing::error!(dir, %error, attempt, "cannot read the dir; its orphans stay until the next start");
-                }
-                Err(error) => {
-                    cov_mark::hit!(orphan_sweep_read_dir_retried);
-                    tracing::warn!(dir, %error, attempt, "failed to read the dir for orphans; retrying");
-                    self.sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-        None
-    }
-
     /// Removes pod and container dirs that no containerd container owns. Never touches the dirs
     /// of a listed object; plain files other than half-deleted checkpoints are left alone.
     async fn remove_orphan_dirs(self: &Arc<Self>, known: &BTreeSet<String>) {
         for base in [&self.config.root_dir, &self.config.state_dir] {
             for kind in ["sandboxes", "containers"] {
                 let dir = format!("{base}/{kind}");
-                let Some(entries) = self.read_dir_retrying(&dir).await else { continue };
+                // Retried as recovery's other reads are: the sweep runs once per start, so a dir
+                // it could not read would keep a removed object's state until the next restart.
+                let entries = match self.retry_transient("read dir", &dir, || self.backends.os.read_dir(&dir)).await {
+                    Ok(entries) => entries,
+                    Err(error) => {
+                        if !error.is_not_found() {
+                            tracing::error!(dir, %error, "cannot read the dir; its orphans stay until the next start");
+                        }
+                        continue;
+                    }
+                };
                 for entry in entries {
                     let path = format!("{dir}/{}", entry.name);
                     let orphan =

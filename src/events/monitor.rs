@@ -114,10 +114,11 @@ impl CriService {
                 status.exit_code = exit.exit_code as i32;
                 if status.started_at_ns == 0 && !status.unknown {
                     // Never recorded as started (and not an UNKNOWN container whose checkpoint
-                    // was lost, whose start time is unknown too): a StartContainer that failed and could not
-                    // record its failure (a full disk), whose task the exit path's retries
-                    // delete, killing it if the start went through after all. The exit is that
-                    // failed start's, as a restart would resolve it, not the kill's.
+                    // was lost, whose start time is unknown too): a StartContainer that failed
+                    // and could not record its failure (a full disk), whose task the exit
+                    // path's retries delete, killing it if the start went through after all.
+                    // The exit is that failed start's, as a restart would resolve it, not the
+                    // kill's.
                     cov_mark::hit!(unrecorded_start_failure_exit);
                     status.exit_code = crate::store::container::EXIT_CODE_START_ERROR;
                     status.reason = crate::store::container::REASON_START_ERROR.to_string();

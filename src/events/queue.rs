@@ -77,14 +77,14 @@ impl EventMonitor {
         self.backoff.lock().unwrap().contains_key(&BackoffKey::from(task))
     }
 
-    /// Ids with an exit in hand or work in the backoff queue: what the service has received and
-    /// not yet finished handling (for the simulator's checks, through `inspect`).
     /// Image references (or a whole image resync) waiting for a retry: until they are done the
     /// image store may differ from containerd's list.
     pub fn image_work_pending(&self) -> usize {
         self.backoff.lock().unwrap().keys().filter(|key| key.is_image_work()).count()
     }
 
+    /// Ids with an exit in hand or work in the backoff queue: what the service has received and
+    /// not yet finished handling (for the simulator's checks, through `inspect`).
     pub fn pending_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.exits_in_hand.lock().unwrap().keys().map(|t| t.to_string()).collect();
         ids.extend(self.backoff.lock().unwrap().keys().map(|t| t.to_string()));

@@ -376,11 +376,12 @@ impl CriService {
                     Ok(existing) if existing.target == record.target => {
                         cov_mark::hit!(image_create_applied_despite_error);
                     }
-                    Ok(_) => return Err(error.context(format!("failed to create image reference {name:?}"))),
-                    Err(read_error) => {
-                        // Unknown whether containerd has the reference: the pull fails, and a
-                        // re-read brings the store in step whichever way it went.
-                        if !read_error.is_not_found() {
+                    read => {
+                        // A read that failed leaves unknown whether containerd has the
+                        // reference: a re-read brings the store in step whichever way it went.
+                        if let Err(read_error) = read
+                            && !read_error.is_not_found()
+                        {
                             self.queue_image_refresh(name.clone(), read_error);
                         }
                         return Err(error.context(format!("failed to create image reference {name:?}")));
