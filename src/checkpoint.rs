@@ -83,6 +83,13 @@ impl CriService {
         if !change(&mut status) {
             return Ok(false);
         }
+        if status.removing {
+            // The removal may have deleted the checkpoint already, and a write now would bring
+            // it back for an object about to go. The event path retries the change: it then
+            // finds the container gone, or, had the removal failed, applies it.
+            cov_mark::hit!(status_change_during_removal_deferred);
+            return Err(Error::unavailable(format!("container {:?} is being removed", container.id.as_str())));
+        }
         // Checked before the write: an illegal status is never persisted.
         container.check_status(&status)?;
         self.write_checkpoint(&container.id, &status).await?;

@@ -213,6 +213,9 @@ impl CriService {
                 cov_mark::hit!(oom_after_failed_start_ignored);
                 return false;
             }
+            if status.reason == crate::store::container::REASON_OOM_KILLED {
+                return false; // The exit recorded it already: nothing to write.
+            }
             status.reason = crate::store::container::REASON_OOM_KILLED.to_string();
             true
         })
@@ -323,9 +326,7 @@ impl CriService {
                     }
                     events.pop_front();
                 }
-                if !events.is_empty() {
-                    self.monitor.requeue(key, events, duration, self.now_ns(), failure);
-                }
+                self.monitor.finish_replay(key, events, duration, self.now_ns(), failure);
             }
         }
     }

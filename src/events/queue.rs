@@ -16,6 +16,10 @@ struct BackoffEntry {
     /// Why the last attempt at this id's work failed, for a caller that waits on the work and
     /// must tell a cause that will not pass by itself (a full disk) from a slow one.
     last_failure: Option<Error>,
+    /// The backoff loop has taken the entry's events and is replaying them. The entry stays
+    /// so that the id still counts as in backoff: a new event for it queues behind the replay
+    /// instead of overtaking it, and the work counts as pending until the replay is done.
+    replaying: bool,
 }
 
 /// The backoff queue: task → events replayed in order once the entry expires. Bounded by
@@ -123,6 +127,7 @@ impl EventMonitor {
                 expire_at_ns: now_ns + BACKOFF_INITIAL.as_nanos() as i64,
                 duration: BACKOFF_INITIAL,
                 last_failure: None,
+                replaying: false,
             },
         );
     }
@@ -139,39 +144,49 @@ impl EventMonitor {
     /// Removes and returns every expired entry, in id order.
     pub(super) fn take_expired(&self, now_ns: i64) -> Vec<(BackoffKey, VecDeque<PendingEvent>, Duration)> {
         let mut backoff = self.backoff.lock().unwrap();
-        let expired: Vec<BackoffKey> =
-            backoff.iter().filter(|(_, e)| e.expire_at_ns <= now_ns).map(|(key, _)| key.clone()).collect();
-        expired
-            .into_iter()
-            .map(|key| {
-                let entry = backoff.remove(&key).expect("listed above");
-                (key, entry.events, entry.duration)
+        backoff
+            .iter_mut()
+            .filter(|(_, entry)| !entry.replaying && entry.expire_at_ns <= now_ns)
+            .map(|(key, entry)| {
+                entry.replaying = true;
+                (key.clone(), std::mem::take(&mut entry.events), entry.duration)
             })
             .collect()
     }
 
-    /// Puts the unprocessed rest back, due after twice the previous wait (capped), with why the
-    /// replay failed.
-    pub(super) fn requeue(
+    /// Ends the replay of `key`'s events: `left` are those not done, after a failure (then
+    /// retried after a doubled delay, before any event that came meanwhile), or none. An entry
+    /// whose work is all done goes; events that came during a successful replay start afresh.
+    pub(super) fn finish_replay(
         &self,
         key: impl Into<BackoffKey>,
-        mut events: VecDeque<PendingEvent>,
+        mut left: VecDeque<PendingEvent>,
         previous: Duration,
         now_ns: i64,
         failure: Option<Error>,
     ) {
         let key = key.into();
-        let duration = crate::events::backoff::after(previous, BACKOFF_MAX);
         let mut backoff = self.backoff.lock().unwrap();
-        // Events that arrived for this id while it was being replayed go after the rest.
+        let newer = backoff.remove(&key);
         let mut last_failure = failure;
-        if let Some(newer) = backoff.remove(&key) {
-            events.extend(newer.events);
+        let duration =
+            if left.is_empty() { BACKOFF_INITIAL } else { crate::events::backoff::after(previous, BACKOFF_MAX) };
+        if let Some(newer) = newer {
+            left.extend(newer.events);
             last_failure = last_failure.or(newer.last_failure);
+        }
+        if left.is_empty() {
+            return;
         }
         backoff.insert(
             key,
-            BackoffEntry { events, expire_at_ns: now_ns + duration.as_nanos() as i64, duration, last_failure },
+            BackoffEntry {
+                events: left,
+                expire_at_ns: now_ns + duration.as_nanos() as i64,
+                duration,
+                last_failure,
+                replaying: false,
+            },
         );
     }
 }
@@ -195,13 +210,36 @@ mod tests {
         assert_eq!(expired.len(), 1);
         let (id, events, duration) = expired.pop().unwrap();
         assert_eq!(events.front(), Some(&PendingEvent::Oom));
-        monitor.requeue(id, events, duration, 0, None);
+        // While replayed the id is still in backoff: a new event queues behind the replay.
+        assert!(monitor.is_in_backoff(&container("a")));
+        assert_eq!(monitor.backoff_len(), 1);
+        assert!(monitor.take_expired(i64::MAX).is_empty());
+        monitor.push(container("a"), PendingEvent::Exit(ExitStatus::new(2, 6)), 0);
+        monitor.finish_replay(id, events, duration, 0, None);
         assert!(monitor.take_expired(1_999_999_999).is_empty());
-        let (_, _, duration) = monitor.take_expired(2_000_000_000).pop().unwrap();
+        let (id, events, duration) = monitor.take_expired(2_000_000_000).pop().unwrap();
         assert_eq!(duration, Duration::from_secs(2));
-        monitor.requeue(container("a"), VecDeque::from([PendingEvent::Oom]), BACKOFF_MAX, 0, None);
-        let (_, _, duration) = monitor.take_expired(i64::MAX).pop().unwrap();
+        assert_eq!(events.len(), 3, "the failed replay's events, then the one that came meanwhile");
+        assert_eq!(events.back(), Some(&PendingEvent::Exit(ExitStatus::new(2, 6))));
+        monitor.finish_replay(id, VecDeque::from([PendingEvent::Oom]), BACKOFF_MAX, 0, None);
+        let (id, _, duration) = monitor.take_expired(i64::MAX).pop().unwrap();
         assert_eq!(duration, BACKOFF_MAX);
+        // All done: the entry goes.
+        monitor.finish_replay(id, VecDeque::new(), duration, 0, None);
+        assert_eq!(monitor.backoff_len(), 0);
+        assert!(!monitor.is_in_backoff(&container("a")));
+    }
+
+    #[test]
+    fn events_during_a_successful_replay_start_afresh() {
+        let monitor = EventMonitor::new(2);
+        monitor.push(container("a"), PendingEvent::Oom, 0);
+        let (id, _, duration) = monitor.take_expired(i64::MAX).pop().unwrap();
+        monitor.push(container("a"), PendingEvent::Exit(ExitStatus::new(1, 5)), 0);
+        monitor.finish_replay(id, VecDeque::new(), duration, 10, None);
+        let (_, events, duration) = monitor.take_expired(i64::MAX).pop().unwrap();
+        assert_eq!(duration, BACKOFF_INITIAL);
+        assert_eq!(events, VecDeque::from([PendingEvent::Exit(ExitStatus::new(1, 5))]));
     }
 
     #[test]

@@ -201,6 +201,10 @@ impl CriService {
         let _serialised = container.update_lock.lock().await;
         let mut status = container.status();
         let state = status.state();
+        if status.removing {
+            // The removal may have deleted the checkpoint already; a write would bring it back.
+            return Err(Error::precondition(format!("container {:?} is being removed", container.id.as_str())));
+        }
         if !matches!(state, ContainerState::Created | ContainerState::Running) {
             return Err(Error::precondition(format!(
                 "cannot update resources of container {:?} in {} state",

@@ -366,7 +366,17 @@ impl CriService {
         let name = &record.name;
         match self.backends.containerd.create_image(record).await {
             Ok(()) => {}
-            Err(error) if error.is_already_exists() => self.refresh_image_reference(record).await?,
+            Err(error) if error.is_already_exists() => {
+                if let Err(error) = self.refresh_image_reference(record).await {
+                    // containerd has the reference but the store may not: a re-read brings the
+                    // store in step, as the image event would had it not been lost.
+                    if !error.is_not_found() {
+                        cov_mark::hit!(existing_image_reference_refresh_queued);
+                        self.queue_image_refresh(name.clone(), error.clone());
+                    }
+                    return Err(error);
+                }
+            }
             Err(error) => {
                 // A deadline or a lost connection says nothing about whether the create was
                 // applied: read back, so that a reference containerd has is never missing

@@ -176,3 +176,31 @@ fn regression_swarm_create_already_applied() {
 fn regression_b12_reply_lost_at_the_deadline() {
     check_seeds(concat!(env!("CARGO_MANIFEST_DIR"), "/mutants/scenarios/rollback_names.toml"), vec![21]);
 }
+
+/// An OOM event queued behind a failed exit (its task delete failed) was retried while
+/// RemoveContainer was between deleting the checkpoint and dropping the container: the OOM's
+/// status write brought the removed container's checkpoint back (invariant 13). A status change
+/// of a container being removed now waits for the removal's outcome.
+#[test]
+fn regression_swarm_status_write_during_removal() {
+    check_seeds("swarm", vec![50353]);
+}
+
+/// A recovery's lease delete that hung was queued, and its retry hung too: while the backoff
+/// loop replayed it the queue looked empty, so the checker called the system quiescent with the
+/// lease still in containerd (invariant 30), and a new event for an id being replayed would
+/// have overtaken the replay. An entry now stays queued until its replay is done.
+#[test]
+fn regression_swarm_backoff_replay_counts_as_pending() {
+    check_seeds("swarm", vec![55604]);
+}
+
+/// A pull's reference create was answered AlreadyExists (it had been applied) and the read of
+/// the existing reference failed: the pull failed with containerd holding the reference and
+/// the store not, and its image event was held back past the check (invariant 25). A failed
+/// read of an existing reference now queues a re-read, as a failed read-back after an unclear
+/// create already did.
+#[test]
+fn regression_swarm_existing_reference_read_failed() {
+    check_seeds("swarm", vec![63676]);
+}
