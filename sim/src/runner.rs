@@ -266,6 +266,7 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
             apply_chaos(&event, &handle, &cri, &endpoint, &world, &checker, &trace, &scenario, &mut paused).await;
         }
         checker.check_safety();
+        world.containerd.deliver_due_events();
     }
 
     // Liveness: faults stop, everything heals, the kubelet drains.
@@ -308,6 +309,7 @@ async fn simulate(scenario: Scenario, seed: u64, trace: Arc<Trace>) -> RunReport
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         checker.check_safety();
+        world.containerd.deliver_due_events();
     }
     if converged {
         trace.log("sim", "quiescent; checking liveness invariants");

@@ -104,6 +104,14 @@ impl FakeContainerd {
         self.publish(&mut state, vec![event]);
     }
 
+    /// Delivers the held-back events whose time has come. The fake delivers them on its next
+    /// call that looks at the state; the runner calls this every simulated second too, so that
+    /// a held event is late by about its hold, as containerd's would be, and not until the
+    /// next task call, which a node without pods may not make for minutes.
+    pub fn deliver_due_events(&self) {
+        Self::deliver_held(&mut self.raw_state());
+    }
+
     /// The most recent published events (up to 10,000), oldest first.
     pub fn event_log(&self) -> Vec<Envelope> {
         self.raw_state().event_log.iter().cloned().collect()

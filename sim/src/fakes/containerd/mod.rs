@@ -258,7 +258,14 @@ impl FakeContainerd {
     /// The prologue of every call: containerd must be up, then the injected fault runs.
     async fn enter(&self, site: FaultSite, key: &str) -> Result<After> {
         self.check_up()?;
-        let mut after = faults::before(&*self.faults, site, key).await?;
+        // A call delayed or hung by a fault fails when containerd goes down meanwhile, as a
+        // gRPC call fails when its connection closes.
+        let mut connection = self.connection.subscribe();
+        let mut after = tokio::select! {
+            biased;
+            _ = connection.changed() => return Err(Self::connection_lost()),
+            after = faults::before(&*self.faults, site, key) => after?,
+        };
         self.check_up()?;
         if after.exit_first() {
             // The process the call acts on finishes just before it: an exec for exec_kill, the
