@@ -123,7 +123,16 @@ impl CriService {
                         let read = service.backends.containerd.get_image(name);
                         match service.with_timeout(deadline, "read back image", read).await {
                             Err(gone) if gone.is_not_found() => {}
-                            _ => return Err(error.context(format!("failed to delete image reference {name:?}"))),
+                            read => {
+                                // A read that failed leaves unknown whether containerd still has
+                                // the reference (the delete's event may be lost too): a re-read
+                                // brings the store in step whichever way it went.
+                                if let Err(read_error) = read {
+                                    cov_mark::hit!(unclear_image_delete_refresh_queued);
+                                    service.queue_image_refresh(name.clone(), read_error);
+                                }
+                                return Err(error.context(format!("failed to delete image reference {name:?}")));
+                            }
                         }
                     }
                 }

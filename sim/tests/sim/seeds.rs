@@ -204,3 +204,11 @@ fn regression_swarm_backoff_replay_counts_as_pending() {
 fn regression_swarm_existing_reference_read_failed() {
     check_seeds("swarm", vec![63676]);
 }
+
+/// A RemoveImage whose reference delete was applied but answered DeadlineExceeded, its event
+/// lost, and its read-back failed: the store kept a reference containerd no longer had
+/// (invariant 25). The failed read-back now queues a re-read, as the pull's does.
+#[test]
+fn regression_swarm_unclear_image_delete() {
+    check_seeds("swarm", vec![100244]);
+}
