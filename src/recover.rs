@@ -244,7 +244,7 @@ impl CriService {
             exited_at_ns: 0,
             exit_code: 0,
         };
-        match self.task_info_retrying(&record.id).await {
+        match self.task_info_settled(&record.id).await {
             Err(error) if error.is_not_found() => status.state = SandboxState::NotReady,
             Err(error) => tracing::warn!(id = record.id, %error, "sandbox task state unknown"),
             Ok(info) => match info.state {
@@ -355,6 +355,25 @@ impl CriService {
         self.retry_transient("task info", id, || self.backends.containerd.task_info(id)).await
     }
 
+    /// The task's info, asked again a second apart (at most LIST_ATTEMPTS times) while
+    /// containerd answers its state UNKNOWN. containerd does that for a task whose shim it has
+    /// not reached again yet after its own restart, which mostly settles within seconds. Taken
+    /// at its word, a container would stay UNKNOWN, with no exit monitor, until kubelet stops
+    /// it, and a sandbox's running pause task would be killed.
+    async fn task_info_settled(&self, id: &str) -> Result<crate::ports::TaskInfo> {
+        let mut attempt = 1;
+        loop {
+            let info = self.task_info_retrying(id).await?;
+            if info.state != TaskState::Unknown || attempt >= LIST_ATTEMPTS {
+                return Ok(info);
+            }
+            cov_mark::hit!(unknown_task_state_asked_again);
+            tracing::info!(id, attempt, "containerd cannot tell the task's state yet; asking again");
+            attempt += 1;
+            self.sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// The checkpoint, or the UNKNOWN status when it is missing, corrupt or unreadable.
     async fn load_checkpoint(&self, id: &ContainerId) -> ContainerStatus {
         match self.retry_transient("read checkpoint", id.as_str(), || self.read_checkpoint(id)).await {
@@ -371,7 +390,7 @@ impl CriService {
     async fn reconcile_container_status(&self, id: &str, mut status: ContainerStatus) -> Decision {
         let now = self.now_ns();
         let state = status.state();
-        let info = match self.task_info_retrying(id).await {
+        let info = match self.task_info_settled(id).await {
             Ok(info) => Some(info),
             Err(error) if error.is_not_found() => None,
             Err(error) => {
@@ -482,6 +501,7 @@ impl CriService {
                 Decision { status, monitor: false, delete_task: true, stable: true }
             }
             TaskState::Unknown => {
+                tracing::warn!(id, "containerd still cannot tell the task's state; container is UNKNOWN");
                 status.unknown = true;
                 Decision { status, monitor: false, delete_task: false, stable: true }
             }

@@ -557,14 +557,18 @@ fn ctr_rows(cri: &Cri, args: &[&str]) -> Vec<String> {
 
 /// The disagreements between crid's containers and containerd's: crid RUNNING without a
 /// running task, a running task crid does not call RUNNING, containerd containers crid does
-/// not know.
-async fn disagreements(cri: &mut Cri) -> Vec<String> {
+/// not know. Also how many UNKNOWN containers have a running task, which is no disagreement:
+/// when containerd answers a task's state UNKNOWN at a restart of crid (its shim did not
+/// answer in time after containerd's own restart), the container is UNKNOWN, in containerd's
+/// CRI as in crid, with no exit monitor, until kubelet stops it.
+async fn disagreements(cri: &mut Cri) -> (Vec<String>, usize) {
     let mut found = Vec::new();
+    let mut unknown_running = 0;
     let Ok(reply) = cri.runtime.list_containers(ListContainersRequest::default()).await else {
-        return vec!["ListContainers failed".into()];
+        return (vec!["ListContainers failed".into()], 0);
     };
     let Ok(pods) = cri.runtime.list_pod_sandbox(ListPodSandboxRequest::default()).await else {
-        return vec!["ListPodSandbox failed".into()];
+        return (vec!["ListPodSandbox failed".into()], 0);
     };
     let tasks: BTreeMap<String, String> = ctr_rows(cri, &["tasks", "ls"])
         .iter()
@@ -577,7 +581,9 @@ async fn disagreements(cri: &mut Cri) -> Vec<String> {
     for container in reply.into_inner().containers {
         let task = tasks.get(&container.id).map(String::as_str);
         let running = container.state == ContainerState::ContainerRunning as i32;
-        if running != (task == Some("RUNNING")) {
+        if container.state == ContainerState::ContainerUnknown as i32 && task == Some("RUNNING") {
+            unknown_running += 1;
+        } else if running != (task == Some("RUNNING")) {
             found.push(format!("{}: crid state {}, containerd task {task:?}", container.id, container.state));
         }
         known.insert(container.id);
@@ -587,7 +593,7 @@ async fn disagreements(cri: &mut Cri) -> Vec<String> {
             found.push(format!("containerd container {id} unknown to crid"));
         }
     }
-    found
+    (found, unknown_running)
 }
 
 /// Shims of crid's namespace that containerd no longer knows (no container record, no task):
@@ -779,10 +785,10 @@ async fn soak() {
     }
     // crid agrees with containerd within a few reconcile periods.
     let converge = Instant::now();
-    let mut disagree = disagreements(&mut cri).await;
+    let (mut disagree, mut unknown_running) = disagreements(&mut cri).await;
     while !disagree.is_empty() && converge.elapsed() < CONVERGE_WITHIN {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        disagree = disagreements(&mut cri).await;
+        (disagree, unknown_running) = disagreements(&mut cri).await;
     }
 
     // Drain, as kubelet would when every pod is deleted.
@@ -862,6 +868,10 @@ async fn soak() {
         ledger.peak_listed_pods
     );
     println!("soak: slowest restart of crid until it served again: {slowest_recovery_ms} ms");
+    println!(
+        "soak: containers UNKNOWN with a running task (containerd answered their task state UNKNOWN at a \
+         restart of crid; kubelet stops them): {unknown_running}"
+    );
     println!("soak: shims containerd lost (interrupted task creates; not crid's to free, killed): {}", orphans.len());
     println!(
         "soak: crid RSS peak {} MiB during the churn, {} MiB after the drain",

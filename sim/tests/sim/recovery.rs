@@ -677,3 +677,33 @@ async fn a_failed_start_whose_task_runs_is_finished_by_recovery() {
     node.remove_container(&id).await;
     assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady);
 }
+
+/// containerd answers a task's state UNKNOWN while it has not reached the task's shim again
+/// after its own restart. Recovery asks again a second later rather than take that at its word:
+/// the container would stay UNKNOWN with no exit monitor, and the pod's running pause task would
+/// be killed.
+#[madsim::test]
+async fn a_task_state_containerd_cannot_tell_yet_is_asked_again() {
+    cov_mark::check!(unknown_task_state_asked_again);
+    let (world, faults) = world(12);
+    let (pod, before) = build_first_life(world.clone(), faults.clone()).await;
+    let (id, old) = before["running"].clone();
+    for task in [id.as_str(), pod.as_str()] {
+        assert!(world.containerd.set_task_state(task, TaskState::Unknown));
+    }
+    let settle = world.clone();
+    let (settle_id, settle_pod) = (id.clone(), pod.clone());
+    tokio::spawn(async move {
+        sleep(Duration::from_millis(1500)).await;
+        for task in [settle_id.as_str(), settle_pod.as_str()] {
+            assert!(settle.containerd.set_task_state(task, TaskState::Running));
+        }
+    });
+
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady);
+    let status = node.container_status(&id).await;
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    assert_eq!(status.started_at, old.started_at, "StartedAt is kept");
+    assert!(world.containerd.tasks().contains_key(&pod), "the pause task was not killed");
+}
