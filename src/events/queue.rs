@@ -141,7 +141,8 @@ impl EventMonitor {
         }
     }
 
-    /// Removes and returns every expired entry, in id order.
+    /// Takes the events of every expired entry not already being replayed, in id order; each
+    /// entry stays, marked as replaying, until `finish_replay`.
     pub(super) fn take_expired(&self, now_ns: i64) -> Vec<(BackoffKey, VecDeque<PendingEvent>, Duration)> {
         let mut backoff = self.backoff.lock().unwrap();
         backoff
