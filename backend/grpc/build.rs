@@ -9,6 +9,12 @@
 //! lock file and the local sources, without network, and its resolve graph names the very
 //! k8s-cri this crate depends on, whatever other versions the tree may hold.
 //! `CRID_CRI_PROTO` overrides the path for a build that cannot run cargo.
+//!
+//! A second set of servers (`OUT_DIR/sending/`, used by the real build) sends
+//! GetContainerEvents' messages as the core's `crid::ContainerEvent`, which encodes itself as a
+//! `ContainerEventResponse` straight from the statuses it read (see the core's
+//! `events/container_event.rs`) instead of first copying them into CRI messages. Clients, and
+//! madsim's transport (which hands the message over as a value), keep k8s-cri's type.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +35,15 @@ fn main() {
         .extern_path(".runtime.v1", "::k8s_cri::v1")
         .compile_protos(&[&proto], &[&include])
         .unwrap_or_else(|error| panic!("generating the CRI services from {}: {error}", proto.display()));
+    let sending = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("sending");
+    std::fs::create_dir_all(&sending).expect("create the sending servers' directory");
+    madsim_tonic_build::configure()
+        .build_client(false)
+        .out_dir(&sending)
+        .extern_path(".runtime.v1", "::k8s_cri::v1")
+        .extern_path(".runtime.v1.ContainerEventResponse", "::crid::ContainerEvent")
+        .compile_protos(&[&proto], &[&include])
+        .unwrap_or_else(|error| panic!("generating the CRI servers from {}: {error}", proto.display()));
 }
 
 /// The source directory of the k8s-cri package this crate depends on.

@@ -14,7 +14,8 @@
 //!
 //! Prints, per run, the wall time of the exits alone (from the first exit of a wave until the
 //! last is recorded, summed over the waves) and, apart, that of setting the containers up and
-//! removing them. Run with `cargo simbench --bench exit_storm`.
+//! removing them. Run with `cargo simbench --bench exit_storm`; to profile the exits alone, set
+//! CRID_BENCH_PERF_CTL to the control fifo of a `perf record --control fifo:PATH -D -1`.
 //!
 //! Measured on 2 cores, quiet, 100,000 exits in 100 waves of 1,000, the binary of cb91068 and
 //! the one after these changes run one after the other (two runs of the latter):
@@ -99,6 +100,16 @@ mod storm {
         now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
     }
 
+    /// With CRID_BENCH_PERF_CTL naming perf's control fifo, switches `perf record` on
+    /// ("enable") and off ("disable") around the exits, so that a profile shows the storm and
+    /// not the set-up: `perf record --control fifo:PATH -D -1 ...`.
+    fn perf_ctl(command: &str) {
+        let Some(path) = std::env::var_os("CRID_BENCH_PERF_CTL") else { return }; // determinism-ok: profiling aid outside the run's decisions.
+        use std::io::Write;
+        let mut fifo = std::fs::OpenOptions::new().write(true).open(&path).expect("open perf's control fifo");
+        writeln!(fifo, "{command}").expect("write to perf's control fifo");
+    }
+
     fn image(name: &str) -> Option<ImageSpec> {
         Some(ImageSpec { image: name.into(), ..Default::default() })
     }
@@ -148,9 +159,8 @@ mod storm {
             let stopped = stopped.clone();
             tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
-                    if event.container_event_type == ContainerEventType::ContainerStoppedEvent as i32 {
-                        let own = event.containers_statuses.iter().find(|status| status.id == event.container_id);
-                        let code = own.map_or(-1, |status| status.exit_code);
+                    if event.event_type() == Some(ContainerEventType::ContainerStoppedEvent) {
+                        let code = event.own_status().map_or(-1, |status| status.exit_code());
                         stopped.lock().unwrap().insert(event.container_id, code);
                     }
                 }
@@ -162,6 +172,7 @@ mod storm {
             let started_ns = wall_ns();
             let ids = set_up(&svc, result.waves, size).await;
             let stormed_ns = wall_ns();
+            perf_ctl("enable");
             // The count alone: a snapshot would build every container's status, inside the timing.
             let sent_before = svc.container_events_sent();
             for (offset, id) in ids.iter().enumerate() {
@@ -180,6 +191,7 @@ mod storm {
                 waited += Duration::from_millis(10);
             }
             let recorded_ns = wall_ns();
+            perf_ctl("disable");
             check_recorded(&svc, &ids, result.exits, sent_before);
             if subscribed {
                 let mut stopped = stopped.lock().unwrap();

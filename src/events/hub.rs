@@ -3,15 +3,16 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
+use k8s_cri::v1::ContainerEventType;
 use tokio::sync::mpsc;
 
+use super::ContainerEvent;
 use crate::ids::SandboxId;
 use crate::service::CriService;
 
 /// One GetContainerEvents subscriber: its own bounded buffer and its own drop count.
 struct Subscriber {
-    sender: mpsc::Sender<ContainerEventResponse>,
+    sender: mpsc::Sender<ContainerEvent>,
     dropped: u64,
 }
 
@@ -36,7 +37,7 @@ impl ContainerEventHub {
         }
     }
 
-    pub fn subscribe(&self) -> mpsc::Receiver<ContainerEventResponse> {
+    pub fn subscribe(&self) -> mpsc::Receiver<ContainerEvent> {
         let (sender, receiver) = mpsc::channel(self.capacity);
         self.subscribers.lock().unwrap().push(Subscriber { sender, dropped: 0 });
         receiver
@@ -54,7 +55,7 @@ impl ContainerEventHub {
     /// of the cost of recording an exit; kubelet subscribes only with its EventedPLEG feature
     /// on. A subscriber that joins while the event is built misses it, as it would had it
     /// joined just after.
-    pub fn publish_with(&self, build: impl FnOnce() -> ContainerEventResponse) {
+    pub fn publish_with(&self, build: impl FnOnce() -> ContainerEvent) {
         if self.subscriber_count() == 0 {
             cov_mark::hit!(event_without_subscribers_not_built);
             self.sent_total.fetch_add(1, Ordering::Relaxed);
@@ -63,7 +64,7 @@ impl ContainerEventHub {
         self.publish(build());
     }
 
-    pub fn publish(&self, event: ContainerEventResponse) {
+    pub fn publish(&self, event: ContainerEvent) {
         self.sent_total.fetch_add(1, Ordering::Relaxed);
         let mut subscribers = self.subscribers.lock().unwrap();
         // Each subscriber but the last gets a copy; the last (usually the only one) the event.
@@ -100,13 +101,13 @@ impl CriService {
     ) {
         self.container_events.publish_with(|| {
             let sandbox_status = self.sandboxes.get(sandbox_id.as_str()).ok().map(|s| self.sandbox_status_message(&s));
-            let containers_statuses = self.container_status_messages(&self.containers.in_group(sandbox_id));
-            ContainerEventResponse {
+            let containers = self.container_status_views(&self.containers.in_group(sandbox_id));
+            ContainerEvent {
                 container_id: container_id.to_string(),
-                container_event_type: event_type as i32,
-                created_at: self.now_ns(),
+                event_type: event_type as i32,
+                created_at_ns: self.now_ns(),
                 pod_sandbox_status: sandbox_status,
-                containers_statuses,
+                containers,
             }
         });
     }
@@ -122,7 +123,7 @@ mod tests {
         let mut first = hub.subscribe();
         let mut second = hub.subscribe();
         for i in 0..3 {
-            hub.publish(ContainerEventResponse { container_id: format!("c{i}"), ..Default::default() });
+            hub.publish(ContainerEvent { container_id: format!("c{i}"), ..Default::default() });
         }
         assert_eq!(first.try_recv().unwrap().container_id, "c0");
         assert_eq!(first.try_recv().unwrap().container_id, "c1");
@@ -141,7 +142,7 @@ mod tests {
         }
         assert_eq!(hub.sent_total.load(Ordering::Relaxed), 1);
         let mut listener = hub.subscribe();
-        hub.publish_with(|| ContainerEventResponse { container_id: "c1".into(), ..Default::default() });
+        hub.publish_with(|| ContainerEvent { container_id: "c1".into(), ..Default::default() });
         assert_eq!(listener.try_recv().unwrap().container_id, "c1");
         drop(listener);
         hub.publish_with(|| panic!("built after the last subscriber left"));

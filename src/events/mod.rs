@@ -1,6 +1,7 @@
 //! What happens after a reply: exit monitors and the containerd event loop (`monitor.rs`), the
 //! bounded backoff queue for work that failed once (`queue.rs`), the reconciler and the snapshot
-//! usage syncer (`reconcile.rs`), the GetContainerEvents fan-out (`hub.rs`), and the one backoff
+//! usage syncer (`reconcile.rs`), the GetContainerEvents fan-out (`hub.rs`) and its events
+//! (`container_event.rs`), and the one backoff
 //! schedule (`backoff.rs`).
 
 use std::time::Duration;
@@ -8,11 +9,14 @@ use std::time::Duration;
 use crate::ports::ExitStatus;
 
 pub mod backoff;
+mod container_event;
 mod hub;
 mod monitor;
 mod queue;
 mod reconcile;
 
+pub(crate) use container_event::cri_state;
+pub use container_event::{ContainerEvent, ContainerStatusView, ImageNames};
 pub use hub::ContainerEventHub;
 pub use queue::EventMonitor;
 

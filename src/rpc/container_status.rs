@@ -5,114 +5,48 @@ use std::sync::Arc;
 
 use k8s_cri::v1::{
     ContainerAttributes, ContainerFilter, ContainerStats, ContainerStatsRequest, ContainerStatsResponse,
-    ContainerStatusRequest, ContainerStatusResponse, CpuUsage, FilesystemUsage, ImageSpec, ListContainerStatsRequest,
+    ContainerStatusRequest, ContainerStatusResponse, CpuUsage, FilesystemUsage, ListContainerStatsRequest,
     ListContainerStatsResponse, ListContainersRequest, ListContainersResponse, MemoryUsage, ReopenContainerLogRequest,
     ReopenContainerLogResponse, UInt64Value, UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
 };
 
 use crate::error::{Error, Result};
+use crate::events::{ContainerStatusView, ImageNames, cri_state};
 use crate::naming::{labels_match, sorted};
 use crate::service::CriService;
-use crate::store::container::{REASON_COMPLETED, REASON_ERROR};
-use crate::store::image::Image;
 use crate::store::{Container, ContainerState};
 
-fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
-    match state {
-        ContainerState::Created => k8s_cri::v1::ContainerState::ContainerCreated,
-        ContainerState::Running => k8s_cri::v1::ContainerState::ContainerRunning,
-        ContainerState::Exited => k8s_cri::v1::ContainerState::ContainerExited,
-        ContainerState::Unknown => k8s_cri::v1::ContainerState::ContainerUnknown,
-    }
-}
-
-/// What a status takes from the image store: the image's first repo tag and first repo digest
-/// (none when the image is gone).
-#[derive(Debug)]
-struct ImageNames {
-    tag: Option<String>,
-    digest: Option<String>,
-}
-
-impl ImageNames {
-    fn of(image: Option<&Image>) -> Self {
-        ImageNames {
-            tag: image.and_then(|image| image.tags().next()).map(str::to_string),
-            digest: image.and_then(|image| image.digests().next()).map(str::to_string),
-        }
-    }
-}
-
-/// The image a container status names, as containerd 1.7 reports it: while the image the
-/// container was created from (`image_id`) is known, its first repo tag and its first repo
-/// digest; otherwise the config's image and that id.
-fn status_image(config_image: Option<&ImageSpec>, image_id: &str, names: &ImageNames) -> (ImageSpec, String) {
-    let spec = match &names.tag {
-        Some(tag) => ImageSpec { image: tag.clone(), ..Default::default() },
-        None => config_image.cloned().unwrap_or_default(),
-    };
-    (spec, names.digest.as_deref().unwrap_or(image_id).to_string())
-}
-
 impl CriService {
-    pub(crate) fn container_status_message(&self, container: &Container) -> k8s_cri::v1::ContainerStatus {
-        self.container_status_messages(std::slice::from_ref(container)).pop().expect("one status per container")
+    pub(crate) fn container_status_message(&self, container: &Arc<Container>) -> k8s_cri::v1::ContainerStatus {
+        self.container_status_views(std::slice::from_ref(container))
+            .pop()
+            .expect("one status per container")
+            .to_message()
     }
 
-    /// The statuses of `containers`, in order. A pod's containers mostly share an image, and a
-    /// container event carries the status of every container of its pod (an exit storm builds
-    /// ten for each exit): each image is looked up once, and only the fields a status names are
-    /// copied out of each container's status record.
-    pub(crate) fn container_status_messages<C: std::borrow::Borrow<Container>>(
-        &self,
-        containers: &[C],
-    ) -> Vec<k8s_cri::v1::ContainerStatus> {
-        let mut images: Vec<(&str, ImageNames)> = Vec::new();
+    /// The statuses of `containers`, in order, as CRI messages.
+    pub(crate) fn container_status_messages(&self, containers: &[Arc<Container>]) -> Vec<k8s_cri::v1::ContainerStatus> {
+        self.container_status_views(containers).iter().map(ContainerStatusView::to_message).collect()
+    }
+
+    /// The statuses of `containers`, in order, as of now. A pod's containers mostly share an
+    /// image, and a container event carries the status of every container of its pod (an exit
+    /// storm reads ten for each exit): each image is looked up once, and each status copies
+    /// only what can change (see [`ContainerStatusView`]).
+    pub(crate) fn container_status_views(&self, containers: &[Arc<Container>]) -> Vec<ContainerStatusView> {
+        let mut images: Vec<(&str, Arc<ImageNames>)> = Vec::new();
         let mut statuses = Vec::with_capacity(containers.len());
         for container in containers {
-            let container = container.borrow();
             let image_id = container.metadata.image_ref.as_str();
             let names = match images.iter().find(|(id, _)| *id == image_id) {
-                Some((_, names)) => names,
+                Some((_, names)) => names.clone(),
                 None => {
-                    let names = self.images.read(image_id, ImageNames::of);
-                    images.push((image_id, names));
-                    &images.last().expect("just pushed").1
+                    let names = Arc::new(self.images.read(image_id, ImageNames::of));
+                    images.push((image_id, names.clone()));
+                    names
                 }
             };
-            let (image, image_ref) = status_image(container.config.image.as_ref(), image_id, names);
-            // Only what changes is read under the status lock; the rest is the container's own.
-            let (state, times, exit_code, reason, message, resources) = container.read_status(|status| {
-                let state = status.state();
-                let reason = if state == ContainerState::Exited && status.reason.is_empty() {
-                    if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR }.to_string()
-                } else {
-                    status.reason.clone()
-                };
-                let times = (status.created_at_ns, status.started_at_ns, status.finished_at_ns);
-                let resources = status.resources.as_ref().map(crate::spec::resources_to_cri);
-                (state, times, status.exit_code, reason, status.message.clone(), resources)
-            });
-            let (created_at, started_at, finished_at) = times;
-            statuses.push(k8s_cri::v1::ContainerStatus {
-                id: container.id.to_string(),
-                metadata: container.config.metadata.clone(),
-                state: cri_state(state) as i32,
-                created_at,
-                started_at,
-                finished_at,
-                exit_code,
-                image: Some(image),
-                image_ref,
-                reason,
-                message,
-                labels: container.config.labels.clone(),
-                annotations: container.config.annotations.clone(),
-                mounts: container.config.mounts.clone(),
-                log_path: container.metadata.log_path.clone(),
-                resources: resources.map(|linux| k8s_cri::v1::ContainerResources { linux: Some(linux), windows: None }),
-                ..Default::default()
-            });
+            statuses.push(ContainerStatusView::read(container.clone(), names));
         }
         statuses
     }
@@ -328,57 +262,5 @@ impl CriService {
             stats.push(self.container_stats_message(&container).await);
         }
         Ok(ListContainerStatsResponse { stats })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use super::*;
-
-    const ID: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-    fn image(references: &[&str]) -> Image {
-        Image {
-            id: ID.into(),
-            references: references.iter().map(|r| r.to_string()).collect::<BTreeSet<_>>(),
-            chain_id: "sha256:c".into(),
-            size_bytes: 1,
-            config: Default::default(),
-        }
-    }
-
-    #[test]
-    fn status_image_names_the_first_tag_and_the_first_digest() {
-        let config = ImageSpec {
-            image: ID.into(),
-            annotations: [("a".to_string(), "b".to_string())].into(),
-            ..Default::default()
-        };
-        let known = image(&[
-            "docker.io/library/busybox:latest",
-            "docker.io/library/alpine:3",
-            "docker.io/library/busybox@sha256:bbbb",
-            "docker.io/library/alpine@sha256:aaaa",
-            ID,
-        ]);
-        let (spec, image_ref) = status_image(Some(&config), ID, &ImageNames::of(Some(&known)));
-        assert_eq!(spec, ImageSpec { image: "docker.io/library/alpine:3".into(), ..Default::default() });
-        assert_eq!(image_ref, "docker.io/library/alpine@sha256:aaaa");
-
-        // Only a digest reference left: the config's image spec (as sent) and the digest.
-        let (spec, image_ref) =
-            status_image(Some(&config), ID, &ImageNames::of(Some(&image(&["r/x@sha256:cccc", ID]))));
-        assert_eq!(spec, config);
-        assert_eq!(image_ref, "r/x@sha256:cccc");
-
-        // Only a tag: the tag, and the id.
-        let (spec, image_ref) = status_image(Some(&config), ID, &ImageNames::of(Some(&image(&["r/x:1", ID]))));
-        assert_eq!(spec.image, "r/x:1");
-        assert_eq!(image_ref, ID);
-
-        // The image is gone: the config's spec and the id the container was created from.
-        assert_eq!(status_image(Some(&config), ID, &ImageNames::of(None)), (config.clone(), ID.to_string()));
     }
 }

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use k8s_cri::v1::{
-    CheckpointContainerRequest, CheckpointContainerResponse, ContainerEventResponse, GetEventsRequest,
-    LinuxRuntimeConfiguration, ListMetricDescriptorsRequest, ListMetricDescriptorsResponse,
-    ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse, RuntimeCondition, RuntimeConfigRequest,
-    RuntimeConfigResponse, RuntimeStatus, StatusRequest, StatusResponse, UpdateRuntimeConfigRequest,
-    UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
+    CheckpointContainerRequest, CheckpointContainerResponse, GetEventsRequest, LinuxRuntimeConfiguration,
+    ListMetricDescriptorsRequest, ListMetricDescriptorsResponse, ListPodSandboxMetricsRequest,
+    ListPodSandboxMetricsResponse, RuntimeCondition, RuntimeConfigRequest, RuntimeConfigResponse, RuntimeStatus,
+    StatusRequest, StatusResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest,
+    VersionResponse,
 };
 use tokio::sync::mpsc;
 
@@ -125,7 +125,7 @@ impl CriService {
     pub fn get_container_events(
         self: &Arc<Self>,
         _request: GetEventsRequest,
-    ) -> Result<mpsc::Receiver<ContainerEventResponse>> {
+    ) -> Result<mpsc::Receiver<crate::events::ContainerEvent>> {
         self.check_initialized()?;
         Ok(self.container_events.subscribe())
     }

@@ -13,10 +13,16 @@ use std::sync::Arc;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
+#[cfg(madsim)]
 use cri::image_service_server::{ImageService, ImageServiceServer};
+#[cfg(madsim)]
 use cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use crid::CriService;
 use crid::error::{Error, ErrorKind};
+#[cfg(not(madsim))]
+use sending::image_service_server::{ImageService, ImageServiceServer};
+#[cfg(not(madsim))]
+use sending::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 
 #[cfg(not(madsim))]
 pub mod authority;
@@ -25,6 +31,32 @@ pub mod authority;
 pub mod cri {
     #![allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
     tonic::include_proto!("runtime.v1");
+}
+
+/// The servers the `crid` binary serves: those of [`cri`], but GetContainerEvents sends the
+/// core's [`crid::ContainerEvent`], which encodes as `ContainerEventResponse` from the statuses
+/// it read without copying them into CRI messages first (build.rs).
+#[cfg(not(madsim))]
+mod sending {
+    #![allow(clippy::all, clippy::pedantic, missing_docs, unused_qualifications)]
+    include!(concat!(env!("OUT_DIR"), "/sending/runtime.v1.rs"));
+}
+
+/// What GetContainerEvents sends: the core's event, which encodes itself, on the wire; in the
+/// simulator, whose transport hands messages over as values, the CRI message clients expect.
+#[cfg(not(madsim))]
+type EventMessage = crid::ContainerEvent;
+#[cfg(madsim)]
+type EventMessage = ContainerEventResponse;
+
+#[cfg(not(madsim))]
+fn event_message(event: crid::ContainerEvent) -> EventMessage {
+    event
+}
+
+#[cfg(madsim)]
+fn event_message(event: crid::ContainerEvent) -> EventMessage {
+    event.to_response()
 }
 
 /// Largest message either way: ExecSync returns up to 16 MiB per stream.
@@ -164,12 +196,12 @@ forward_impl! {
         runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse;
     }
 
-    type GetContainerEventsStream = futures::stream::BoxStream<'static, Result<ContainerEventResponse, Status>>;
+    type GetContainerEventsStream = futures::stream::BoxStream<'static, Result<EventMessage, Status>>;
 
     async fn get_container_events(&self, request: Request<GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         use futures::StreamExt;
         let receiver = self.service.get_container_events(request.into_inner()).map_err(status_from)?;
-        let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|event| (Ok(event), receiver)) });
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|event| (Ok(event_message(event)), receiver)) });
         Ok(Response::new(stream.boxed()))
     }
 }

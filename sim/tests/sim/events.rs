@@ -10,12 +10,24 @@ use tokio::sync::mpsc::Receiver;
 
 use ContainerEventType::*;
 
-fn drain(receiver: &mut Receiver<ContainerEventResponse>) -> Vec<ContainerEventResponse> {
+/// The events received so far, as the CRI messages a gRPC subscriber decodes: each is encoded
+/// as the gRPC layer sends it and decoded, and the decoded message must equal the one built
+/// from the same event in memory.
+fn drain(receiver: &mut Receiver<crid::ContainerEvent>) -> Vec<ContainerEventResponse> {
     let mut events = vec![];
     while let Ok(event) = receiver.try_recv() {
-        events.push(event);
+        events.push(wire_roundtrip(&event));
     }
     events
+}
+
+fn wire_roundtrip(event: &crid::ContainerEvent) -> ContainerEventResponse {
+    use prost::Message;
+    let bytes = event.encode_to_vec();
+    assert_eq!(bytes.len(), event.encoded_len(), "encoded_len of {event:?}");
+    let decoded = ContainerEventResponse::decode(bytes.as_slice()).expect("the encoded event decodes");
+    assert_eq!(decoded, event.to_response(), "decoded event");
+    decoded
 }
 
 /// Per id, the event types in the order received.
@@ -92,6 +104,68 @@ async fn events_embed_the_pod_and_container_statuses() {
     assert!(stopped.created_at > 0);
     let sandbox_created = received.iter().find(|e| e.container_id == pod).expect("sandbox events use the sandbox id");
     assert_eq!(sandbox_created.container_event_type, ContainerCreatedEvent as i32);
+}
+
+/// An event is encoded straight from the statuses it read; a gRPC subscriber decodes exactly
+/// the message built from them, with every field of a status set: metadata, labels,
+/// annotations, mounts, resources, a reason and message, an image known and then removed
+/// (the status then names the config's image and the image id).
+#[madsim::test]
+async fn events_encode_as_the_status_messages_they_carry() {
+    let node = Node::start().await;
+    let image_id = node.pull(BUSYBOX_IMAGE).await;
+    let mut events = node.svc.get_container_events(GetEventsRequest {}).unwrap();
+    let pod = node.run_pod("wire").await;
+    let mut config = container_config("full", BUSYBOX_IMAGE, &["exit", "137", "50"]);
+    config.labels = labels(&[("app", "wire"), ("empty", ""), ("ünïcode", "✓")]);
+    config.annotations = labels(&[("note", &"x".repeat(300))]);
+    config.mounts = vec![
+        Mount {
+            container_path: "/data".into(),
+            host_path: "/var/lib/data".into(),
+            readonly: true,
+            ..Default::default()
+        },
+        Mount { container_path: "/tmp/x".into(), host_path: "/tmp".into(), ..Default::default() },
+    ];
+    config.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let full = node.create_with(&pod, "wire", config).await;
+    let plain = node.create(&pod, "wire", "plain", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.start_container(&full).await;
+    node.start_container(&plain).await;
+    sleep(Duration::from_millis(500)).await;
+    node.stop_container(&plain, 0).await;
+    node.svc.remove_image(RemoveImageRequest { image: Some(image_spec(&image_id)) }).await.expect("remove the image");
+    node.remove_container(&plain).await;
+
+    let received = drain(&mut events);
+    let stopped = received
+        .iter()
+        .find(|e| e.container_id == full && e.container_event_type == ContainerStoppedEvent as i32)
+        .expect("a STOPPED event for the full container");
+    let status = stopped.containers_statuses.iter().find(|s| s.id == full).expect("its own status");
+    assert_eq!(status.exit_code, 137);
+    assert_eq!(status.labels.get("ünïcode").map(String::as_str), Some("✓"));
+    assert_eq!(status.mounts.len(), 2);
+    assert!(status.resources.as_ref().and_then(|r| r.linux.as_ref()).is_some(), "resources are carried");
+    assert_eq!(status.image.as_ref().map(|i| i.image.as_str()), Some(BUSYBOX_IMAGE));
+    // The last event (plain's DELETED) came after the image was removed: its statuses name the
+    // config's image and the image id.
+    let deleted = received.last().expect("events");
+    assert_eq!(
+        (deleted.container_id.as_str(), deleted.container_event_type),
+        (plain.as_str(), ContainerDeletedEvent as i32)
+    );
+    let after = deleted.containers_statuses.iter().find(|s| s.id == full).expect("full is still in the pod");
+    assert_eq!(after.image_ref, image_id, "the image id once the image is gone");
+    assert_eq!(after.reason, "Error", "an exit without a reason is named by its code");
 }
 
 /// A subscriber that goes away does not disturb the others; one that joins late sees only

@@ -49,6 +49,13 @@ fn container_config(name: &str) -> ContainerConfig {
         image: Some(ImageSpec { image: "busybox".into(), ..Default::default() }),
         command: vec!["sleep".into(), "inf".into()],
         log_path: format!("{name}/0.log"),
+        labels: [("app".to_string(), name.to_string())].into(),
+        mounts: vec![Mount {
+            container_path: "/data".into(),
+            host_path: "/tmp".into(),
+            readonly: true,
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }
@@ -157,11 +164,28 @@ async fn cri_over_a_unix_socket() {
 
     // The event stream saw the whole lifecycle of both objects.
     let mut seen: Vec<(String, i32)> = vec![];
+    let mut stopped = None;
     while seen.len() < 8 {
         let next = tokio::time::timeout(Duration::from_secs(10), events.message()).await.expect("events keep coming");
         let event = next.unwrap().expect("the stream is open");
+        if event.container_id == container
+            && event.container_event_type == ContainerEventType::ContainerStoppedEvent as i32
+        {
+            stopped = Some(event.clone());
+        }
         seen.push((event.container_id, event.container_event_type));
     }
+    // The server encodes an event from the statuses it read (crid::ContainerEvent); a client
+    // decodes the CRI message with the pod's and the container's status.
+    let stopped = stopped.expect("a STOPPED event for the container");
+    assert_eq!(stopped.pod_sandbox_status.as_ref().map(|p| p.id.as_str()), Some(pod.as_str()));
+    let [status] = stopped.containers_statuses.as_slice() else { panic!("one status: {stopped:?}") };
+    assert_eq!((status.id.as_str(), status.state), (container.as_str(), ContainerState::ContainerExited as i32));
+    assert_eq!(status.metadata.as_ref().map(|m| m.name.as_str()), Some("app"));
+    assert!(status.image_ref.starts_with("docker.io/library/busybox@sha256:"), "the repo digest: {status:?}");
+    assert_eq!(status.labels, container_config("app").labels);
+    assert_eq!(status.mounts, container_config("app").mounts);
+    assert!(status.log_path.ends_with("app/0.log") && status.finished_at > 0, "{status:?}");
     for id in [&pod, &container] {
         let kinds: Vec<i32> = seen.iter().filter(|(c, _)| c == id).map(|(_, kind)| *kind).collect();
         let lifecycle = [

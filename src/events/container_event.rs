@@ -1,0 +1,431 @@
+//! A container event as the core sends it to GetContainerEvents subscribers, and the status of a
+//! container as of one moment, read once and shared.
+//!
+//! A CRI container event carries the status of every container of its pod: an exit storm in
+//! pods of ten reads ten statuses per exit. Built as `k8s_cri` messages, each status copied the
+//! container's id, name, labels, annotations, mounts and log path (about seven allocations) on
+//! the exit path, only for the transport to encode and drop them. A [`ContainerStatusView`]
+//! instead holds the container itself (whose config never changes) and copies only what can
+//! change: state, times, exit code, reason, message, resources, and the image names as the
+//! image store had them. The event encodes straight from the views ([`prost::Message`] for
+//! [`ContainerEvent`]), with the bytes a `ContainerEventResponse` built from the same moment
+//! would have; [`ContainerEvent::to_response`] builds that message for in-process consumers.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use k8s_cri::v1::{ContainerEventResponse, ContainerEventType, ImageSpec, LinuxContainerResources, PodSandboxStatus};
+use prost::bytes::{Buf, BufMut};
+use prost::encoding::{self, DecodeContext, WireType};
+
+use crate::store::container::{REASON_COMPLETED, REASON_ERROR};
+use crate::store::image::Image;
+use crate::store::{Container, ContainerState};
+
+/// What a status takes from the image store: the image's first repo tag and first repo digest
+/// (none when the image is gone). Shared by the statuses of one batch.
+#[derive(Debug, Default)]
+pub struct ImageNames {
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+impl ImageNames {
+    pub(crate) fn of(image: Option<&Image>) -> Self {
+        ImageNames {
+            tag: image.and_then(|image| image.tags().next()).map(str::to_string),
+            digest: image.and_then(|image| image.digests().next()).map(str::to_string),
+        }
+    }
+}
+
+pub(crate) fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
+    match state {
+        ContainerState::Created => k8s_cri::v1::ContainerState::ContainerCreated,
+        ContainerState::Running => k8s_cri::v1::ContainerState::ContainerRunning,
+        ContainerState::Exited => k8s_cri::v1::ContainerState::ContainerExited,
+        ContainerState::Unknown => k8s_cri::v1::ContainerState::ContainerUnknown,
+    }
+}
+
+/// A container's CRI status as of the moment it was read: the container (its id and config
+/// are fixed at creation) and a copy of what changes.
+#[derive(Clone)]
+pub struct ContainerStatusView {
+    container: Arc<Container>,
+    images: Arc<ImageNames>,
+    state: ContainerState,
+    created_at_ns: i64,
+    started_at_ns: i64,
+    finished_at_ns: i64,
+    exit_code: i32,
+    reason: Cow<'static, str>,
+    message: String,
+    /// Boxed: a status is read ten times per event, and the resources are most of its size.
+    resources: Option<Box<LinuxContainerResources>>,
+}
+
+impl ContainerStatusView {
+    /// Reads `container`'s status now; `images` are the names of its image (`image_ref`).
+    pub(crate) fn read(container: Arc<Container>, images: Arc<ImageNames>) -> Self {
+        // Only what changes is read under the status lock; the rest is the container's own.
+        let (state, times, exit_code, reason, message, resources) = container.read_status(|status| {
+            let state = status.state();
+            // containerd 1.7 names an exit without a reason by its code.
+            let reason: Cow<'static, str> = if state == ContainerState::Exited && status.reason.is_empty() {
+                Cow::Borrowed(if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR })
+            } else if status.reason.is_empty() {
+                Cow::Borrowed("")
+            } else {
+                Cow::Owned(status.reason.clone())
+            };
+            let times = (status.created_at_ns, status.started_at_ns, status.finished_at_ns);
+            let resources = status.resources.as_ref().map(|r| Box::new(crate::spec::resources_to_cri(r)));
+            (state, times, status.exit_code, reason, status.message.clone(), resources)
+        });
+        let (created_at_ns, started_at_ns, finished_at_ns) = times;
+        ContainerStatusView {
+            container,
+            images,
+            state,
+            created_at_ns,
+            started_at_ns,
+            finished_at_ns,
+            exit_code,
+            reason,
+            message,
+            resources,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.container.id.as_str()
+    }
+
+    pub fn state(&self) -> ContainerState {
+        self.state
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        self.exit_code
+    }
+
+    /// The image a status names, as containerd 1.7 reports it: while the image the container
+    /// was created from is known, its first repo tag (else the config's image) and its first
+    /// repo digest (else that image's id).
+    fn image_tag(&self) -> Option<&str> {
+        self.images.tag.as_deref()
+    }
+
+    fn image_ref(&self) -> &str {
+        self.images.digest.as_deref().unwrap_or(self.container.metadata.image_ref.as_str())
+    }
+
+    /// The status as a CRI message.
+    pub fn to_message(&self) -> k8s_cri::v1::ContainerStatus {
+        let container = &self.container;
+        let (image, image_ref) =
+            status_image(container.config.image.as_ref(), &container.metadata.image_ref, &self.images);
+        k8s_cri::v1::ContainerStatus {
+            id: container.id.to_string(),
+            metadata: container.config.metadata.clone(),
+            state: cri_state(self.state) as i32,
+            created_at: self.created_at_ns,
+            started_at: self.started_at_ns,
+            finished_at: self.finished_at_ns,
+            exit_code: self.exit_code,
+            image: Some(image),
+            image_ref,
+            reason: self.reason.to_string(),
+            message: self.message.clone(),
+            labels: container.config.labels.clone(),
+            annotations: container.config.annotations.clone(),
+            mounts: container.config.mounts.clone(),
+            log_path: container.metadata.log_path.clone(),
+            resources: self
+                .resources
+                .as_deref()
+                .map(|linux| k8s_cri::v1::ContainerResources { linux: Some(linux.clone()), windows: None }),
+            ..Default::default()
+        }
+    }
+
+    // The fields of `runtime.v1.ContainerStatus`, written in field order as prost writes the
+    // message `to_message` builds: proto3 leaves out a scalar or string at its default and
+    // writes every present message, even an empty one.
+
+    fn image_spec_len(&self) -> usize {
+        match (self.image_tag(), &self.container.config.image) {
+            (Some(tag), _) => str_len(1, tag),
+            (None, Some(spec)) => prost::Message::encoded_len(spec),
+            (None, None) => 0,
+        }
+    }
+
+    fn resources_len(linux: &LinuxContainerResources) -> usize {
+        encoding::message::encoded_len(1, linux)
+    }
+
+    fn encoded_len(&self) -> usize {
+        let container = &self.container;
+        let config = &container.config;
+        let image_len = self.image_spec_len();
+        str_len(1, container.id.as_str())
+            + config.metadata.as_ref().map_or(0, |m| encoding::message::encoded_len(2, m))
+            + int64_len(3, cri_state(self.state) as i64)
+            + int64_len(4, self.created_at_ns)
+            + int64_len(5, self.started_at_ns)
+            + int64_len(6, self.finished_at_ns)
+            + int64_len(7, i64::from(self.exit_code))
+            + encoding::key_len(8)
+            + encoding::encoded_len_varint(image_len as u64)
+            + image_len
+            + str_len(9, self.image_ref())
+            + str_len(10, &self.reason)
+            + str_len(11, &self.message)
+            + string_map_len(12, &config.labels)
+            + string_map_len(13, &config.annotations)
+            + encoding::message::encoded_len_repeated(14, &config.mounts)
+            + str_len(15, &container.metadata.log_path)
+            + self.resources.as_ref().map_or(0, |linux| {
+                let inner = Self::resources_len(linux);
+                encoding::key_len(16) + encoding::encoded_len_varint(inner as u64) + inner
+            })
+    }
+
+    fn encode_fields(&self, buf: &mut impl BufMut) {
+        let container = &self.container;
+        let config = &container.config;
+        put_str(1, container.id.as_str(), buf);
+        if let Some(metadata) = &config.metadata {
+            encoding::message::encode(2, metadata, buf);
+        }
+        put_int(3, cri_state(self.state) as i64, buf);
+        put_int(4, self.created_at_ns, buf);
+        put_int(5, self.started_at_ns, buf);
+        put_int(6, self.finished_at_ns, buf);
+        put_int(7, i64::from(self.exit_code), buf);
+        encoding::encode_key(8, WireType::LengthDelimited, buf);
+        encoding::encode_varint(self.image_spec_len() as u64, buf);
+        match (self.image_tag(), &config.image) {
+            (Some(tag), _) => put_str(1, tag, buf),
+            (None, Some(spec)) => prost::Message::encode_raw(spec, buf),
+            (None, None) => {}
+        }
+        put_str(9, self.image_ref(), buf);
+        put_str(10, &self.reason, buf);
+        put_str(11, &self.message, buf);
+        put_string_map(12, &config.labels, buf);
+        put_string_map(13, &config.annotations, buf);
+        encoding::message::encode_repeated(14, &config.mounts, buf);
+        put_str(15, &container.metadata.log_path, buf);
+        if let Some(linux) = &self.resources {
+            encoding::encode_key(16, WireType::LengthDelimited, buf);
+            encoding::encode_varint(Self::resources_len(linux) as u64, buf);
+            encoding::message::encode(1, linux, buf);
+        }
+    }
+}
+
+impl std::fmt::Debug for ContainerStatusView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerStatusView")
+            .field("id", &self.id())
+            .field("state", &self.state)
+            .field("exit_code", &self.exit_code)
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The image a container status names, as containerd 1.7 reports it: while the image the
+/// container was created from (`image_id`) is known, its first repo tag and its first repo
+/// digest; otherwise the config's image and that id. (The encoder writes the same from
+/// [`ContainerStatusView::image_tag`] and [`ContainerStatusView::image_ref`].)
+fn status_image(config_image: Option<&ImageSpec>, image_id: &str, names: &ImageNames) -> (ImageSpec, String) {
+    let spec = match &names.tag {
+        Some(tag) => ImageSpec { image: tag.clone(), ..Default::default() },
+        None => config_image.cloned().unwrap_or_default(),
+    };
+    (spec, names.digest.as_deref().unwrap_or(image_id).to_string())
+}
+
+fn str_len(tag: u32, value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        encoding::key_len(tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
+    }
+}
+
+fn put_str(tag: u32, value: &str, buf: &mut impl BufMut) {
+    if !value.is_empty() {
+        encoding::encode_key(tag, WireType::LengthDelimited, buf);
+        encoding::encode_varint(value.len() as u64, buf);
+        buf.put_slice(value.as_bytes());
+    }
+}
+
+/// An int32 or int64 field (int32 is written as its sign-extended 64-bit varint).
+fn int64_len(tag: u32, value: i64) -> usize {
+    if value == 0 { 0 } else { encoding::key_len(tag) + encoding::encoded_len_varint(value as u64) }
+}
+
+fn put_int(tag: u32, value: i64, buf: &mut impl BufMut) {
+    if value != 0 {
+        encoding::encode_key(tag, WireType::Varint, buf);
+        encoding::encode_varint(value as u64, buf);
+    }
+}
+
+type StringMap = std::collections::HashMap<String, String>;
+
+fn string_map_len(tag: u32, map: &StringMap) -> usize {
+    encoding::hash_map::encoded_len(encoding::string::encoded_len, encoding::string::encoded_len, tag, map)
+}
+
+fn put_string_map(tag: u32, map: &StringMap, buf: &mut impl BufMut) {
+    encoding::hash_map::encode(
+        encoding::string::encode,
+        encoding::string::encoded_len,
+        encoding::string::encode,
+        encoding::string::encoded_len,
+        tag,
+        map,
+        buf,
+    );
+}
+
+/// One container event (`runtime.v1.ContainerEventResponse`): its container, type and time, and
+/// the status of its pod and of each of the pod's containers as of that time.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerEvent {
+    pub container_id: String,
+    pub event_type: i32,
+    pub created_at_ns: i64,
+    pub pod_sandbox_status: Option<PodSandboxStatus>,
+    pub containers: Vec<ContainerStatusView>,
+}
+
+impl ContainerEvent {
+    pub fn event_type(&self) -> Option<ContainerEventType> {
+        ContainerEventType::try_from(self.event_type).ok()
+    }
+
+    /// The status of the event's own container, when its pod still has it.
+    pub fn own_status(&self) -> Option<&ContainerStatusView> {
+        self.containers.iter().find(|status| status.id() == self.container_id)
+    }
+
+    /// The event as a CRI message.
+    pub fn to_response(&self) -> ContainerEventResponse {
+        ContainerEventResponse {
+            container_id: self.container_id.clone(),
+            container_event_type: self.event_type,
+            created_at: self.created_at_ns,
+            pod_sandbox_status: self.pod_sandbox_status.clone(),
+            containers_statuses: self.containers.iter().map(ContainerStatusView::to_message).collect(),
+        }
+    }
+}
+
+/// Encodes as `runtime.v1.ContainerEventResponse`, what the gRPC layer sends. Decoding is not
+/// supported: nothing receives this type (clients decode `ContainerEventResponse`), so a decode
+/// skips every field.
+impl prost::Message for ContainerEvent {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        put_str(1, &self.container_id, buf);
+        put_int(2, i64::from(self.event_type), buf);
+        put_int(3, self.created_at_ns, buf);
+        if let Some(pod) = &self.pod_sandbox_status {
+            encoding::message::encode(4, pod, buf);
+        }
+        for status in &self.containers {
+            encoding::encode_key(5, WireType::LengthDelimited, buf);
+            encoding::encode_varint(status.encoded_len() as u64, buf);
+            status.encode_fields(buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        str_len(1, &self.container_id)
+            + int64_len(2, i64::from(self.event_type))
+            + int64_len(3, self.created_at_ns)
+            + self.pod_sandbox_status.as_ref().map_or(0, |pod| encoding::message::encoded_len(4, pod))
+            + self
+                .containers
+                .iter()
+                .map(|status| {
+                    let len = status.encoded_len();
+                    encoding::key_len(5) + encoding::encoded_len_varint(len as u64) + len
+                })
+                .sum::<usize>()
+    }
+
+    fn clear(&mut self) {
+        *self = ContainerEvent::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::store::image::Image;
+
+    const ID: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn image(references: &[&str]) -> Image {
+        Image {
+            id: ID.into(),
+            references: references.iter().map(|r| r.to_string()).collect::<BTreeSet<_>>(),
+            chain_id: "sha256:c".into(),
+            size_bytes: 1,
+            config: Default::default(),
+        }
+    }
+
+    #[test]
+    fn status_image_names_the_first_tag_and_the_first_digest() {
+        let config = ImageSpec {
+            image: ID.into(),
+            annotations: [("a".to_string(), "b".to_string())].into(),
+            ..Default::default()
+        };
+        let known = image(&[
+            "docker.io/library/busybox:latest",
+            "docker.io/library/alpine:3",
+            "docker.io/library/busybox@sha256:bbbb",
+            "docker.io/library/alpine@sha256:aaaa",
+            ID,
+        ]);
+        let (spec, image_ref) = status_image(Some(&config), ID, &ImageNames::of(Some(&known)));
+        assert_eq!(spec, ImageSpec { image: "docker.io/library/alpine:3".into(), ..Default::default() });
+        assert_eq!(image_ref, "docker.io/library/alpine@sha256:aaaa");
+
+        // Only a digest reference left: the config's image spec (as sent) and the digest.
+        let (spec, image_ref) =
+            status_image(Some(&config), ID, &ImageNames::of(Some(&image(&["r/x@sha256:cccc", ID]))));
+        assert_eq!(spec, config);
+        assert_eq!(image_ref, "r/x@sha256:cccc");
+
+        // Only a tag: the tag, and the id.
+        let (spec, image_ref) = status_image(Some(&config), ID, &ImageNames::of(Some(&image(&["r/x:1", ID]))));
+        assert_eq!(spec.image, "r/x:1");
+        assert_eq!(image_ref, ID);
+
+        // The image is gone: the config's spec and the id the container was created from.
+        assert_eq!(status_image(Some(&config), ID, &ImageNames::of(None)), (config.clone(), ID.to_string()));
+    }
+}
