@@ -45,6 +45,8 @@ const RECOVER_CONCURRENCY: usize = 16;
 
 /// Listing containers is retried this many times, a second apart, before recovery gives up.
 const LIST_ATTEMPTS: u32 = 10;
+/// How long recovery keeps asking about a task whose state containerd answers UNKNOWN.
+const UNKNOWN_STATE_SETTLE: Duration = Duration::from_secs(5);
 
 /// A recovery call that takes this long is logged with its object: each one keeps the socket
 /// closed (containerd takes 2 s to answer for a task whose create its own restart cut short).
@@ -355,16 +357,28 @@ impl CriService {
         self.retry_transient("task info", id, || self.backends.containerd.task_info(id)).await
     }
 
-    /// The task's info, asked again a second apart (at most LIST_ATTEMPTS times) while
-    /// containerd answers its state UNKNOWN. containerd does that for a task whose shim it has
-    /// not reached again yet after its own restart, which mostly settles within seconds. Taken
-    /// at its word, a container would stay UNKNOWN, with no exit monitor, until kubelet stops
-    /// it, and a sandbox's running pause task would be killed.
+    /// The task's info, asked again a second apart while containerd answers its state UNKNOWN,
+    /// for at most UNKNOWN_STATE_SETTLE. containerd does that for a task whose shim it has not
+    /// reached again yet after its own restart (or whose shim did not answer within its own
+    /// 2 s), which mostly settles within seconds. Taken at its word, a container would stay
+    /// UNKNOWN, with no exit monitor, until kubelet stops it, and a sandbox's running pause
+    /// task would be killed. The bound is short because crid serves nothing until recovery
+    /// ends: a shim that never answers again (the soak saw two, 2 s a question) held a restart
+    /// for 29 s when the bound was ten questions.
     async fn task_info_settled(&self, id: &str) -> Result<crate::ports::TaskInfo> {
+        let first_ns = self.now_ns();
         let mut attempt = 1;
         loop {
             let info = self.task_info_retrying(id).await?;
-            if info.state != TaskState::Unknown || attempt >= LIST_ATTEMPTS {
+            let asked_for = Duration::from_nanos(u64::try_from(self.now_ns() - first_ns).unwrap_or(0));
+            if info.state != TaskState::Unknown || asked_for >= UNKNOWN_STATE_SETTLE {
+                if info.state == TaskState::Unknown {
+                    tracing::warn!(
+                        id,
+                        attempts = attempt,
+                        "containerd still cannot tell the task's state; taken as UNKNOWN"
+                    );
+                }
                 return Ok(info);
             }
             cov_mark::hit!(unknown_task_state_asked_again);
@@ -501,7 +515,7 @@ impl CriService {
                 Decision { status, monitor: false, delete_task: true, stable: true }
             }
             TaskState::Unknown => {
-                tracing::warn!(id, "containerd still cannot tell the task's state; container is UNKNOWN");
+                // task_info_settled warned.
                 status.unknown = true;
                 Decision { status, monitor: false, delete_task: false, stable: true }
             }

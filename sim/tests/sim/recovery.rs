@@ -10,6 +10,7 @@ use crate::common::*;
 use crid::ContainerState as StoreState;
 use crid::ports::{Containerd, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, TaskState};
 use crid::{ErrorKind, SandboxState};
+use crid_sim::fakes::clock::virtual_now;
 use crid_sim::fakes::{FakeWorld, FaultAction, ScriptedFaults};
 use k8s_cri::v1::*;
 
@@ -706,4 +707,22 @@ async fn a_task_state_containerd_cannot_tell_yet_is_asked_again() {
     assert_eq!(status.state, ContainerState::ContainerRunning as i32);
     assert_eq!(status.started_at, old.started_at, "StartedAt is kept");
     assert!(world.containerd.tasks().contains_key(&pod), "the pause task was not killed");
+}
+
+/// A task whose state containerd never tells again (a shim that does not answer) is asked
+/// about for a few seconds only, then taken as UNKNOWN, as containerd's CRI takes it: crid
+/// serves nothing until recovery ends.
+#[madsim::test]
+async fn a_task_state_that_never_settles_holds_recovery_only_seconds() {
+    let (world, faults) = world(13);
+    let (_pod, before) = build_first_life(world.clone(), faults.clone()).await;
+    let (id, _) = before["running"].clone();
+    assert!(world.containerd.set_task_state(&id, TaskState::Unknown));
+
+    let started = virtual_now();
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(4), "recovery asked again for a while: {took:?}");
+    assert!(took < Duration::from_secs(8), "recovery was held for {took:?}");
+    assert_eq!(node.container_state(&id).await, ContainerState::ContainerUnknown);
 }
