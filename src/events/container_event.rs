@@ -110,13 +110,12 @@ impl ContainerStatusView {
         self.exit_code
     }
 
-    /// The image a status names, as containerd 1.7 reports it: while the image the container
-    /// was created from is known, its first repo tag (else the config's image) and its first
-    /// repo digest (else that image's id).
+    /// The image's first repo tag, when the image is known (see [`status_image`]).
     fn image_tag(&self) -> Option<&str> {
         self.images.tag.as_deref()
     }
 
+    /// The image's first repo digest, else the id of the image the container was created from.
     fn image_ref(&self) -> &str {
         self.images.digest.as_deref().unwrap_or(self.container.metadata.image_ref.as_str())
     }
