@@ -55,7 +55,12 @@ fn cri_crate_dir() -> PathBuf {
         .arg(manifest_dir.join("Cargo.toml"))
         .output()
         .expect("run cargo metadata");
-    assert!(output.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "cargo metadata failed (it runs offline and needs every package of Cargo.lock: run `cargo fetch --locked`, \
+         as ci/deps does): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
     let packages = metadata["packages"].as_array().expect("metadata lists packages");
     let ours = std::env::var("CARGO_PKG_NAME").expect("CARGO_PKG_NAME");
