@@ -37,6 +37,14 @@ impl ImageNames {
             digest: image.and_then(|image| image.digests().next()).map(str::to_string),
         }
     }
+
+    pub(crate) fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    pub(crate) fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
 }
 
 pub(crate) fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
@@ -112,12 +120,12 @@ impl ContainerStatusView {
 
     /// The image's first repo tag, when the image is known (see [`status_image`]).
     fn image_tag(&self) -> Option<&str> {
-        self.images.tag.as_deref()
+        self.images.tag()
     }
 
     /// The image's first repo digest, else the id of the image the container was created from.
     fn image_ref(&self) -> &str {
-        self.images.digest.as_deref().unwrap_or(self.container.metadata.image_ref.as_str())
+        self.images.digest().unwrap_or(self.container.metadata.image_ref.as_str())
     }
 
     /// The status as a CRI message.

@@ -282,7 +282,8 @@ impl CriService {
                     }
                 });
             }
-            // Exits come from the per-task Wait monitors, which are reliable where the bus is not.
+            // Exits come from the per-task Wait monitors, which are reliable where the bus is not
+            // (the subscription leaves them out; a backend that sends one anyway is ignored).
             Event::TaskExit { .. } | Event::Other { .. } => {}
         }
     }

@@ -544,6 +544,7 @@ pub trait Containerd: Send + Sync + 'static {
     async fn delete_lease(&self, id: &str) -> Result<()>;
 
     // ---- events ----
-    /// Subscribes to task OOM and image events of this namespace.
+    /// Subscribes to task OOM and image events of this namespace. Not to task exits: the
+    /// per-task Wait monitors record them, reliably where the bus is not.
     async fn subscribe(&self) -> Result<EventStream>;
 }

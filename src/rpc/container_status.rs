@@ -41,7 +41,7 @@ impl CriService {
             let names = match images.iter().find(|(id, _)| *id == image_id) {
                 Some((_, names)) => names.clone(),
                 None => {
-                    let names = Arc::new(self.images.read(image_id, ImageNames::of));
+                    let names = self.images.names(image_id);
                     images.push((image_id, names.clone()));
                     names
                 }

@@ -1,9 +1,10 @@
 //! The image store: id (config digest) → image with its references, plus ref → id.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::events::ImageNames;
 use crate::ports::ImageConfig;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +39,10 @@ impl Image {
 struct Inner {
     images: BTreeMap<String, Image>,
     id_by_ref: BTreeMap<String, String>,
+    /// The names a container status takes from each image, made on first use and dropped
+    /// whenever the image's references change: every container event reads them for each
+    /// container of its pod.
+    names: BTreeMap<String, Arc<ImageNames>>,
 }
 
 #[derive(Default)]
@@ -69,6 +74,7 @@ impl ImageStore {
     pub fn set_reference(&self, reference: &str, image: Option<Image>) {
         let mut inner = self.inner.lock().unwrap();
         if let Some(old_id) = inner.id_by_ref.remove(reference) {
+            inner.names.remove(&old_id);
             let drop_image = match inner.images.get_mut(&old_id) {
                 Some(old) => {
                     old.references.remove(reference);
@@ -93,6 +99,7 @@ impl ImageStore {
             });
             entry.references.insert(reference.to_string());
             let id = entry.id.clone();
+            inner.names.remove(&id);
             inner.id_by_ref.insert(reference.to_string(), id);
         }
     }
@@ -139,11 +146,18 @@ impl ImageStore {
         self.inner.lock().unwrap().images.get(id).cloned()
     }
 
-    /// What `read` makes of the image with this id, borrowed under the store's lock rather than
-    /// cloned out whole (its config and every reference), for callers that need a name or two of
-    /// it on every container status. `read` must not call back into the store.
-    pub fn read<R>(&self, id: &str, read: impl FnOnce(Option<&Image>) -> R) -> R {
-        read(self.inner.lock().unwrap().images.get(id))
+    /// The names a container status takes from the image with this id (empty when there is no
+    /// such image), shared until the image's references change.
+    pub(crate) fn names(&self, id: &str) -> Arc<ImageNames> {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(names) = inner.names.get(id) {
+            return names.clone();
+        }
+        let names = Arc::new(ImageNames::of(inner.images.get(id)));
+        if inner.images.contains_key(id) {
+            inner.names.insert(id.to_string(), names.clone());
+        }
+        names
     }
 
     pub fn list(&self) -> Vec<Image> {
@@ -183,6 +197,30 @@ mod tests {
         assert_eq!(store.list().len(), 1);
         assert!(store.resolve("sha256:aaaa", |_| None).is_err());
         assert_eq!(store.resolve("docker.io/library/a:1", |_| None).unwrap().id, "sha256:bbbb");
+    }
+
+    #[test]
+    fn status_names_follow_the_references() {
+        let store = ImageStore::new();
+        assert_eq!(store.names("sha256:aaaa").tag(), None, "no image, no names");
+        store.set_reference("docker.io/library/a:1", Some(image("sha256:aaaa")));
+        let first = store.names("sha256:aaaa");
+        assert_eq!(first.tag(), Some("docker.io/library/a:1"));
+        assert_eq!(first.digest(), None);
+        assert!(Arc::ptr_eq(&first, &store.names("sha256:aaaa")), "unchanged names are shared");
+        // A tag that sorts first, then a digest: each change is seen at once.
+        store.set_reference("docker.io/library/a:0", Some(image("sha256:aaaa")));
+        assert_eq!(store.names("sha256:aaaa").tag(), Some("docker.io/library/a:0"));
+        store.set_reference("docker.io/library/a@sha256:dddd", Some(image("sha256:aaaa")));
+        assert_eq!(store.names("sha256:aaaa").digest(), Some("docker.io/library/a@sha256:dddd"));
+        // A reference moved to another image changes the names of the one it left.
+        store.set_reference("docker.io/library/a:0", Some(image("sha256:bbbb")));
+        assert_eq!(store.names("sha256:aaaa").tag(), Some("docker.io/library/a:1"));
+        assert_eq!(store.names("sha256:bbbb").tag(), Some("docker.io/library/a:0"));
+        store.set_reference("docker.io/library/a:1", None);
+        store.set_reference("docker.io/library/a@sha256:dddd", None);
+        assert_eq!(store.names("sha256:aaaa").tag(), None, "the image is gone");
+        assert_eq!(store.names("sha256:aaaa").digest(), None);
     }
 
     #[test]

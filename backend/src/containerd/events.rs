@@ -10,9 +10,11 @@ use prost::Message;
 
 use super::convert::timestamp_ns;
 
-/// Filters for Subscribe: the topics the CRI acts on, in this namespace only.
+/// Filters for Subscribe: the topics the CRI acts on, in this namespace only. Not task exits:
+/// the per-task Wait monitors record those, and each exit's event would only be sent, decoded
+/// and dropped.
 pub fn subscribe_filters(namespace: &str) -> Vec<String> {
-    ["topic==\"/tasks/oom\"", "topic==\"/tasks/exit\"", "topic~=\"^/images/\""]
+    ["topic==\"/tasks/oom\"", "topic~=\"^/images/\""]
         .iter()
         .map(|topic| format!("namespace=={namespace},{topic}"))
         .collect()

@@ -150,7 +150,13 @@ impl OsState {
             file.data.clear();
             file.data.extend_from_slice(data);
             if durable {
-                file.durable = Some(data.to_vec());
+                match &mut file.durable {
+                    Some(durable) => {
+                        durable.clear();
+                        durable.extend_from_slice(data);
+                    }
+                    None => file.durable = Some(data.to_vec()),
+                }
             }
             return Ok(());
         }

@@ -62,11 +62,16 @@ struct State {
     /// Terminal sizes exec processes started with: (container id, exec id, size).
     console_sizes: Vec<(String, String, TerminalSize)>,
     containers: BTreeMap<String, ContainerRecord>,
-    tasks: BTreeMap<String, Task>,
+    /// Boxed: a task is several hundred bytes, and a map's insert and remove move its
+    /// neighbours within their node (an exit storm deletes a task per exit).
+    tasks: BTreeMap<String, Box<Task>>,
     /// How the init of each deleted task ended (when it ended before its delete), by container
     /// id: what the oracle compares a container's recorded exit (code, OOM) with after the task
     /// is gone, until the container record is deleted.
     deleted_exits: BTreeMap<String, tasks::TaskEnd>,
+    /// Wait completions set to be swallowed and not swallowed yet, over every task (an upper
+    /// bound: a deleted task takes its own with it): while none, an exit's Wait looks up nothing.
+    waits_to_swallow: u32,
     /// Container ids with a live shim: created with the task, reaped by delete_task.
     shims: BTreeSet<String>,
     next_pid: u32,
@@ -140,6 +145,7 @@ impl State {
             subscribers: Vec::new(),
             event_log: VecDeque::new(),
             events_published: 0,
+            waits_to_swallow: 0,
             events_dropped_full: 0,
             events_dropped_by_fault: 0,
             events_duplicated: 0,
@@ -162,7 +168,7 @@ impl State {
     }
 
     fn task_mut(&mut self, id: &str) -> Result<&mut Task> {
-        self.tasks.get_mut(id).ok_or_else(|| task_not_found(id))
+        self.tasks.get_mut(id).map(|task| &mut **task).ok_or_else(|| task_not_found(id))
     }
 
     fn exec_mut(&mut self, id: &str, exec_id: &str) -> Result<&mut Exec> {
@@ -259,12 +265,20 @@ impl FakeContainerd {
     async fn enter(&self, site: FaultSite, key: &str) -> Result<After> {
         self.check_up()?;
         // A call delayed or hung by a fault fails when containerd goes down meanwhile, as a
-        // gRPC call fails when its connection closes.
-        let mut connection = self.connection.subscribe();
-        let mut after = tokio::select! {
-            biased;
-            _ = connection.changed() => return Err(Self::connection_lost()),
-            after = faults::before(&*self.faults, site, key) => after?,
+        // gRPC call fails when its connection closes. Most calls meet no delay: their fault
+        // decision is ready at once, and the connection (up, just checked) is watched only for
+        // the calls that wait, rather than registered and dropped on every call.
+        let mut before = std::pin::pin!(faults::before(&*self.faults, site, key));
+        let mut after = match futures::FutureExt::now_or_never(before.as_mut()) {
+            Some(after) => after?,
+            None => {
+                let mut connection = self.connection.subscribe();
+                tokio::select! {
+                    biased;
+                    _ = connection.changed() => return Err(Self::connection_lost()),
+                    after = before => after?,
+                }
+            }
         };
         self.check_up()?;
         if after.exit_first() {

@@ -244,12 +244,20 @@ impl FakeContainerd {
         exit: ExitStatus,
         connection: &mut watch::Receiver<u64>,
     ) -> Result<ExitStatus> {
-        let swallow = exec_id.is_none()
-            && self.raw_state().tasks.get_mut(id).is_some_and(|task| {
-                let swallow = task.swallowed_waits > 0;
-                task.swallowed_waits = task.swallowed_waits.saturating_sub(1);
-                swallow
-            });
+        let swallow = exec_id.is_none() && {
+            let mut state = self.raw_state();
+            // Nearly always none anywhere: the task is then not looked up for each exit.
+            let swallow = state.waits_to_swallow > 0
+                && state.tasks.get_mut(id).is_some_and(|task| {
+                    let swallow = task.swallowed_waits > 0;
+                    task.swallowed_waits = task.swallowed_waits.saturating_sub(1);
+                    swallow
+                });
+            if swallow {
+                state.waits_to_swallow -= 1;
+            }
+            swallow
+        };
         if swallow {
             tracing::debug!(id, "fake containerd swallowed a wait completion");
             // As with a real dropped exit, only a broken connection ends this call.
@@ -341,10 +349,12 @@ impl FakeContainerd {
     /// The next wait_task completion for this task is swallowed: that call never returns
     /// (SPEC B6). False when there is no task.
     pub fn drop_next_wait(&self, id: &str) -> bool {
-        match self.raw_state().tasks.get_mut(id) {
+        let mut state = self.raw_state();
+        match state.tasks.get_mut(id) {
             Some(task) => {
                 task.swallowed_waits += 1;
                 task.wait_dropped = true;
+                state.waits_to_swallow += 1;
                 true
             }
             None => false,
@@ -470,7 +480,7 @@ impl FakeContainerd {
             stdin: if stdin { TaskStdin::Open } else { TaskStdin::None },
             changes: watch::channel(()).0,
         };
-        state.tasks.insert(id.to_string(), task);
+        state.tasks.insert(id.to_string(), Box::new(task));
         state.shims.insert(id.to_string());
         Ok(pid)
     }
@@ -529,8 +539,10 @@ impl FakeContainerd {
         let mut state = self.state();
         let now_ns = self.clock.now_ns();
         let mut events = Vec::new();
-        let task = state.task_mut(id)?;
+        // Taken out at once (one search of the map, not two), and put back if it cannot go.
+        let Some((id_key, mut task)) = state.tasks.remove_entry(id) else { return Err(task_not_found(id)) };
         if task.init.unkillable && !task.exited() {
+            state.tasks.insert(id_key, task);
             return Err(Error::precondition(format!(
                 "task {id} must be stopped before deletion: running: failed precondition"
             )));
@@ -538,11 +550,10 @@ impl FakeContainerd {
         // A task deleted while it runs dies with its delete: that is the caller's doing, not an
         // exit of the process, so it leaves no exit to compare a container's status with.
         let exited_before = task.exited();
-        self.exit_task(id, task, EXIT_KILLED, now_ns, false, &mut events);
+        self.exit_task(id, &mut task, EXIT_KILLED, now_ns, false, &mut events);
         let end = task.end().expect("exited above");
-        state.tasks.remove(id);
         if exited_before {
-            state.deleted_exits.insert(id.to_string(), end);
+            state.deleted_exits.insert(id_key, end);
         }
         state.shims.remove(id);
         self.publish(&mut state, events);
@@ -639,7 +650,7 @@ impl FakeContainerd {
     }
 
     pub(super) fn do_task_info(&self, id: &str) -> Result<TaskInfo> {
-        self.state().tasks.get(id).map(Task::info).ok_or_else(|| task_not_found(id))
+        self.state().tasks.get(id).map(|task| task.info()).ok_or_else(|| task_not_found(id))
     }
 
     pub(super) fn do_task_metrics(&self, id: &str) -> Result<TaskMetrics> {
