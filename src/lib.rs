@@ -26,7 +26,7 @@ mod store;
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use events::backoff::Backoff;
-pub use events::{ContainerEvent, ContainerStatusView};
+pub use events::{ContainerEvent, ContainerStatusView, PodSandboxStatusView};
 pub use rpc::image_pull::chain_ids;
 pub use service::{CriService, Quarantined};
 pub use store::{ContainerState, SandboxState};

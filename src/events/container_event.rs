@@ -7,20 +7,25 @@
 //! the exit path, only for the transport to encode and drop them. A [`ContainerStatusView`]
 //! instead holds the container itself (whose config never changes) and copies only what can
 //! change: state, times, exit code, reason, message, resources, and the image names as the
-//! image store had them. The event encodes straight from the views ([`prost::Message`] for
-//! [`ContainerEvent`]), with the bytes a `ContainerEventResponse` built from the same moment
-//! would have; [`ContainerEvent::to_response`] builds that message for in-process consumers.
+//! image store had them. The pod's status is read the same way ([`PodSandboxStatusView`]: the
+//! sandbox and its state, not copies of its metadata, labels and annotations). The event
+//! encodes straight from the views ([`prost::Message`] for [`ContainerEvent`]), with the bytes a
+//! `ContainerEventResponse` built from the same moment would have;
+//! [`ContainerEvent::to_response`] builds that message for in-process consumers.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use k8s_cri::v1::{ContainerEventResponse, ContainerEventType, ImageSpec, LinuxContainerResources, PodSandboxStatus};
+use k8s_cri::v1::{
+    ContainerEventResponse, ContainerEventType, ImageSpec, LinuxContainerResources, LinuxPodSandboxStatus, Namespace,
+    NamespaceOption, PodIp, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
+};
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
 use crate::store::container::{REASON_COMPLETED, REASON_ERROR};
 use crate::store::image::Image;
-use crate::store::{Container, ContainerState};
+use crate::store::{Container, ContainerState, Sandbox, SandboxState};
 
 /// What a status takes from the image store: the image's first repo tag and first repo digest
 /// (none when the image is gone). Shared by the statuses of one batch.
@@ -245,6 +250,153 @@ impl std::fmt::Debug for ContainerStatusView {
     }
 }
 
+pub(crate) fn sandbox_cri_state(state: SandboxState) -> PodSandboxState {
+    match state {
+        SandboxState::Ready => PodSandboxState::SandboxReady,
+        SandboxState::NotReady | SandboxState::Unknown => PodSandboxState::SandboxNotready,
+    }
+}
+
+/// A pod's CRI status as of the moment it was read: the sandbox (its id and config are fixed
+/// at creation) and a copy of what changes. Every container event carries its pod's status,
+/// and built as a message it copied the pod's metadata, labels and annotations each time.
+#[derive(Clone)]
+pub struct PodSandboxStatusView {
+    sandbox: Arc<Sandbox>,
+    state: SandboxState,
+    created_at_ns: i64,
+    /// Whether the pod's IPs are reported: only while its network namespace is open, until
+    /// the pod is stopped, and never for a pod on the host's network.
+    network: bool,
+}
+
+impl PodSandboxStatusView {
+    pub(crate) fn read(sandbox: Arc<Sandbox>) -> Self {
+        let status = sandbox.status();
+        let network = !sandbox.metadata.host_network && !sandbox.is_stopped() && status.state == SandboxState::Ready;
+        PodSandboxStatusView { state: status.state, created_at_ns: status.created_at_ns, network, sandbox }
+    }
+
+    pub fn id(&self) -> &str {
+        self.sandbox.id.as_str()
+    }
+
+    /// The status as a CRI message.
+    pub fn to_message(&self) -> PodSandboxStatus {
+        let sandbox = &self.sandbox;
+        PodSandboxStatus {
+            id: sandbox.id.to_string(),
+            metadata: sandbox.config.metadata.clone(),
+            state: sandbox_cri_state(self.state) as i32,
+            created_at: self.created_at_ns,
+            network: self.network.then(|| PodSandboxNetworkStatus {
+                ip: sandbox.metadata.ip.clone(),
+                additional_ips: sandbox.metadata.additional_ips.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
+            }),
+            linux: self
+                .namespace_options()
+                .map(|options| LinuxPodSandboxStatus { namespaces: Some(Namespace { options: options.cloned() }) }),
+            labels: sandbox.config.labels.clone(),
+            annotations: sandbox.config.annotations.clone(),
+            runtime_handler: sandbox.metadata.runtime_handler.clone(),
+        }
+    }
+
+    /// With a Linux config, the namespace options its status reports (maybe none).
+    fn namespace_options(&self) -> Option<Option<&NamespaceOption>> {
+        let linux = self.sandbox.config.linux.as_ref()?;
+        Some(linux.security_context.as_ref().and_then(|context| context.namespace_options.as_ref()))
+    }
+
+    /// The length of the `PodSandboxNetworkStatus` message's fields.
+    fn network_len(&self) -> usize {
+        let metadata = &self.sandbox.metadata;
+        str_len(1, &metadata.ip)
+            + metadata
+                .additional_ips
+                .iter()
+                .map(|ip| {
+                    let len = str_len(1, ip);
+                    encoding::key_len(2) + encoding::encoded_len_varint(len as u64) + len
+                })
+                .sum::<usize>()
+    }
+
+    /// The lengths of the `Namespace` and the `LinuxPodSandboxStatus` messages' fields.
+    fn linux_lens(options: Option<&NamespaceOption>) -> (usize, usize) {
+        let namespace = options.map_or(0, |options| encoding::message::encoded_len(2, options));
+        (namespace, encoding::key_len(1) + encoding::encoded_len_varint(namespace as u64) + namespace)
+    }
+
+    // The fields of `runtime.v1.PodSandboxStatus`, in field order as prost writes them.
+
+    fn encoded_len(&self) -> usize {
+        let sandbox = &self.sandbox;
+        let config = &sandbox.config;
+        str_len(1, sandbox.id.as_str())
+            + config.metadata.as_ref().map_or(0, |m| encoding::message::encoded_len(2, m))
+            + int64_len(3, sandbox_cri_state(self.state) as i64)
+            + int64_len(4, self.created_at_ns)
+            + if self.network {
+                let len = self.network_len();
+                encoding::key_len(5) + encoding::encoded_len_varint(len as u64) + len
+            } else {
+                0
+            }
+            + self.namespace_options().map_or(0, |options| {
+                let (_, len) = Self::linux_lens(options);
+                encoding::key_len(6) + encoding::encoded_len_varint(len as u64) + len
+            })
+            + string_map_len(7, &config.labels)
+            + string_map_len(8, &config.annotations)
+            + str_len(9, &sandbox.metadata.runtime_handler)
+    }
+
+    fn encode_fields(&self, buf: &mut impl BufMut) {
+        let sandbox = &self.sandbox;
+        let config = &sandbox.config;
+        put_str(1, sandbox.id.as_str(), buf);
+        if let Some(metadata) = &config.metadata {
+            encoding::message::encode(2, metadata, buf);
+        }
+        put_int(3, sandbox_cri_state(self.state) as i64, buf);
+        put_int(4, self.created_at_ns, buf);
+        if self.network {
+            encoding::encode_key(5, WireType::LengthDelimited, buf);
+            encoding::encode_varint(self.network_len() as u64, buf);
+            put_str(1, &sandbox.metadata.ip, buf);
+            for ip in &sandbox.metadata.additional_ips {
+                encoding::encode_key(2, WireType::LengthDelimited, buf);
+                encoding::encode_varint(str_len(1, ip) as u64, buf);
+                put_str(1, ip, buf);
+            }
+        }
+        if let Some(options) = self.namespace_options() {
+            let (namespace, linux) = Self::linux_lens(options);
+            encoding::encode_key(6, WireType::LengthDelimited, buf);
+            encoding::encode_varint(linux as u64, buf);
+            encoding::encode_key(1, WireType::LengthDelimited, buf);
+            encoding::encode_varint(namespace as u64, buf);
+            if let Some(options) = options {
+                encoding::message::encode(2, options, buf);
+            }
+        }
+        put_string_map(7, &config.labels, buf);
+        put_string_map(8, &config.annotations, buf);
+        put_str(9, &sandbox.metadata.runtime_handler, buf);
+    }
+}
+
+impl std::fmt::Debug for PodSandboxStatusView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodSandboxStatusView")
+            .field("id", &self.id())
+            .field("state", &self.state)
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The image a container status names, as containerd 1.7 reports it: while the image the
 /// container was created from (`image_id`) is known, its first repo tag and its first repo
 /// digest; otherwise the config's image and that id. (The encoder writes the same from
@@ -310,7 +462,7 @@ pub struct ContainerEvent {
     pub container_id: String,
     pub event_type: i32,
     pub created_at_ns: i64,
-    pub pod_sandbox_status: Option<PodSandboxStatus>,
+    pub pod_sandbox_status: Option<PodSandboxStatusView>,
     pub containers: Vec<ContainerStatusView>,
 }
 
@@ -330,7 +482,7 @@ impl ContainerEvent {
             container_id: self.container_id.clone(),
             container_event_type: self.event_type,
             created_at: self.created_at_ns,
-            pod_sandbox_status: self.pod_sandbox_status.clone(),
+            pod_sandbox_status: self.pod_sandbox_status.as_ref().map(PodSandboxStatusView::to_message),
             containers_statuses: self.containers.iter().map(ContainerStatusView::to_message).collect(),
         }
     }
@@ -345,7 +497,9 @@ impl prost::Message for ContainerEvent {
         put_int(2, i64::from(self.event_type), buf);
         put_int(3, self.created_at_ns, buf);
         if let Some(pod) = &self.pod_sandbox_status {
-            encoding::message::encode(4, pod, buf);
+            encoding::encode_key(4, WireType::LengthDelimited, buf);
+            encoding::encode_varint(pod.encoded_len() as u64, buf);
+            pod.encode_fields(buf);
         }
         for status in &self.containers {
             encoding::encode_key(5, WireType::LengthDelimited, buf);
@@ -368,7 +522,10 @@ impl prost::Message for ContainerEvent {
         str_len(1, &self.container_id)
             + int64_len(2, i64::from(self.event_type))
             + int64_len(3, self.created_at_ns)
-            + self.pod_sandbox_status.as_ref().map_or(0, |pod| encoding::message::encoded_len(4, pod))
+            + self.pod_sandbox_status.as_ref().map_or(0, |pod| {
+                let len = pod.encoded_len();
+                encoding::key_len(4) + encoding::encoded_len_varint(len as u64) + len
+            })
             + self
                 .containers
                 .iter()
@@ -400,6 +557,85 @@ mod tests {
             chain_id: "sha256:c".into(),
             size_bytes: 1,
             config: Default::default(),
+        }
+    }
+
+    fn sandbox(ip: &str, additional_ips: &[&str], config: k8s_cri::v1::PodSandboxConfig) -> Arc<Sandbox> {
+        let metadata = crate::store::SandboxMetadata {
+            version: "v1".into(),
+            id: "5a2d".into(),
+            name: "web_default_uid_0".into(),
+            config: String::new(),
+            netns_path: String::new(),
+            ip: ip.into(),
+            additional_ips: additional_ips.iter().map(|ip| ip.to_string()).collect(),
+            runtime_handler: "runc".into(),
+            cni_result: None,
+            network_setup_attempted: true,
+            host_network: false,
+        };
+        let status = crate::store::SandboxStatus {
+            state: SandboxState::Ready,
+            pid: 7,
+            created_at_ns: 1_700_000_000_000_000_000,
+            exited_at_ns: 0,
+            exit_code: 0,
+        };
+        Arc::new(Sandbox::new(metadata, config, status))
+    }
+
+    /// Encoded from the view, a pod status decodes as the message built from it, field for
+    /// field: each optional part present and absent.
+    #[test]
+    fn pod_status_encodes_as_its_message() {
+        use k8s_cri::v1::{
+            LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, PodSandboxConfig, PodSandboxMetadata,
+        };
+        use prost::Message;
+        let full = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                uid: "uid".into(),
+                namespace: "default".into(),
+                attempt: 2,
+            }),
+            labels: [("app".to_string(), "web".to_string()), ("empty".to_string(), String::new())].into(),
+            annotations: [("note".to_string(), "ü".repeat(200))].into(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: NamespaceMode::Container as i32,
+                        target_id: "c0".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // A Linux config without a security context still reports its (empty) namespaces.
+        let bare_linux = PodSandboxConfig { linux: Some(LinuxPodSandboxConfig::default()), ..Default::default() };
+        let cases = [
+            sandbox("10.88.0.5", &["fd00::5", "", "10.89.0.5"], full.clone()),
+            sandbox("", &[], full),
+            sandbox("10.88.0.6", &[], bare_linux),
+            sandbox("10.88.0.7", &[], PodSandboxConfig::default()),
+        ];
+        for sandbox in cases {
+            for stopped in [false, true] {
+                if stopped {
+                    sandbox.update_status(|status| status.state = SandboxState::NotReady).unwrap();
+                }
+                let view = PodSandboxStatusView::read(sandbox.clone());
+                assert_eq!(view.network, !stopped, "the network is reported while the pod is ready");
+                let mut bytes = Vec::new();
+                view.encode_fields(&mut bytes);
+                assert_eq!(bytes.len(), view.encoded_len(), "encoded length of {view:?}");
+                let decoded = PodSandboxStatus::decode(bytes.as_slice()).expect("decodes");
+                assert_eq!(decoded, view.to_message(), "{view:?}");
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use k8s_cri::v1::ContainerEventType;
 use tokio::sync::mpsc;
 
-use super::ContainerEvent;
+use super::{ContainerEvent, PodSandboxStatusView};
 use crate::ids::SandboxId;
 use crate::service::CriService;
 
@@ -100,7 +100,7 @@ impl CriService {
         event_type: ContainerEventType,
     ) {
         self.container_events.publish_with(|| {
-            let sandbox_status = self.sandboxes.get(sandbox_id.as_str()).ok().map(|s| self.sandbox_status_message(&s));
+            let sandbox_status = self.sandboxes.get(sandbox_id.as_str()).ok().map(PodSandboxStatusView::read);
             let containers = self.container_status_views(&self.containers.in_group(sandbox_id));
             ContainerEvent {
                 container_id: container_id.to_string(),

@@ -16,7 +16,8 @@ mod queue;
 mod reconcile;
 
 pub(crate) use container_event::cri_state;
-pub use container_event::{ContainerEvent, ContainerStatusView, ImageNames};
+pub(crate) use container_event::sandbox_cri_state;
+pub use container_event::{ContainerEvent, ContainerStatusView, ImageNames, PodSandboxStatusView};
 pub use hub::ContainerEventHub;
 pub use queue::EventMonitor;
 

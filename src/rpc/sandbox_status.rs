@@ -3,48 +3,20 @@
 use std::sync::Arc;
 
 use k8s_cri::v1::{
-    ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodIp,
-    PodSandbox, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStats, PodSandboxStatsRequest,
-    PodSandboxStatsResponse, PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
+    ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodSandbox,
+    PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, PodSandboxStatus, PodSandboxStatusRequest,
+    PodSandboxStatusResponse,
 };
 
 use crate::error::Result;
+use crate::events::{PodSandboxStatusView, sandbox_cri_state as cri_state};
 use crate::naming::{labels_match, sorted};
 use crate::service::CriService;
 use crate::store::{Sandbox, SandboxState};
 
-fn cri_state(state: SandboxState) -> PodSandboxState {
-    match state {
-        SandboxState::Ready => PodSandboxState::SandboxReady,
-        SandboxState::NotReady | SandboxState::Unknown => PodSandboxState::SandboxNotready,
-    }
-}
-
 impl CriService {
-    pub(crate) fn sandbox_status_message(&self, sandbox: &Sandbox) -> PodSandboxStatus {
-        let status = sandbox.status();
-        // The IP is reported only while the network namespace is open (i.e. until Stop).
-        let network = (!sandbox.metadata.host_network && !sandbox.is_stopped() && status.state == SandboxState::Ready)
-            .then(|| PodSandboxNetworkStatus {
-                ip: sandbox.metadata.ip.clone(),
-                additional_ips: sandbox.metadata.additional_ips.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
-            });
-        let linux = sandbox.config.linux.as_ref().map(|l| k8s_cri::v1::LinuxPodSandboxStatus {
-            namespaces: Some(k8s_cri::v1::Namespace {
-                options: l.security_context.as_ref().and_then(|s| s.namespace_options.clone()),
-            }),
-        });
-        PodSandboxStatus {
-            id: sandbox.id.to_string(),
-            metadata: sandbox.config.metadata.clone(),
-            state: cri_state(status.state) as i32,
-            created_at: status.created_at_ns,
-            network,
-            linux,
-            labels: sandbox.config.labels.clone(),
-            annotations: sandbox.config.annotations.clone(),
-            runtime_handler: sandbox.metadata.runtime_handler.clone(),
-        }
+    pub(crate) fn sandbox_status_message(&self, sandbox: &Arc<Sandbox>) -> PodSandboxStatus {
+        PodSandboxStatusView::read(sandbox.clone()).to_message()
     }
 
     pub async fn pod_sandbox_status(

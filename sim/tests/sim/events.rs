@@ -115,7 +115,17 @@ async fn events_encode_as_the_status_messages_they_carry() {
     let node = Node::start().await;
     let image_id = node.pull(BUSYBOX_IMAGE).await;
     let mut events = node.svc.get_container_events(GetEventsRequest {}).unwrap();
-    let pod = node.run_pod("wire").await;
+    let mut pod_config = pod_config("wire");
+    pod_config.labels = labels(&[("app", "wire"), ("tier", ""), ("ünïcode", "✓")]);
+    pod_config.annotations = labels(&[("kubernetes.io/config.seen", &"y".repeat(300))]);
+    pod_config.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption { pid: NamespaceMode::Pod as i32, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = node.run_pod_with(pod_config).await;
     let mut config = container_config("full", BUSYBOX_IMAGE, &["exit", "137", "50"]);
     config.labels = labels(&[("app", "wire"), ("empty", ""), ("ünïcode", "✓")]);
     config.annotations = labels(&[("note", &"x".repeat(300))]);
@@ -156,6 +166,12 @@ async fn events_encode_as_the_status_messages_they_carry() {
     assert_eq!(status.mounts.len(), 2);
     assert!(status.resources.as_ref().and_then(|r| r.linux.as_ref()).is_some(), "resources are carried");
     assert_eq!(status.image.as_ref().map(|i| i.image.as_str()), Some(BUSYBOX_IMAGE));
+    // The pod's status in the event is what PodSandboxStatus reports (the pod is unchanged since).
+    let pod_status = node.pod_status(&pod).await;
+    assert_eq!(stopped.pod_sandbox_status.as_ref(), Some(&pod_status));
+    assert_eq!(pod_status.labels.get("ünïcode").map(String::as_str), Some("✓"));
+    assert!(pod_status.network.as_ref().is_some_and(|n| !n.ip.is_empty()), "a ready pod's IP is reported");
+    assert!(pod_status.linux.is_some(), "the pod's namespaces are reported");
     // The last event (plain's DELETED) came after the image was removed: its statuses name the
     // config's image and the image id.
     let deleted = received.last().expect("events");
