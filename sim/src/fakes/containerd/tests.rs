@@ -79,15 +79,18 @@ async fn kill_codes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn oom_publishes_oom_then_exit() {
+async fn oom_publishes_oom_then_exit_and_subscriptions_get_the_oom() {
     let containerd = fake();
     let mut events = containerd.subscribe().await.unwrap();
     running(&containerd, "c1", &["oom", "20"]).await;
     assert_eq!(containerd.wait_task("c1").await.unwrap().exit_code, 137);
-    assert_eq!(events.recv().await.unwrap().event, Event::TaskOom { container_id: "c1".into() });
-    let exit = events.recv().await.unwrap();
-    assert_eq!(exit.topic, "/tasks/exit");
-    assert_eq!(exit.namespace, "k8s.io");
+    let oom = events.recv().await.unwrap();
+    assert_eq!(oom.event, Event::TaskOom { container_id: "c1".into() });
+    assert_eq!((oom.topic.as_str(), oom.namespace.as_str()), ("/tasks/oom", "k8s.io"));
+    // The exit is published after it, but the CRI's subscription leaves task exits out.
+    assert!(events.try_recv().is_err(), "no task exit reaches a subscription");
+    let published: Vec<String> = containerd.event_log().into_iter().map(|envelope| envelope.topic).collect();
+    assert_eq!(published, ["/tasks/oom", "/tasks/exit"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -408,18 +411,22 @@ async fn the_bus_duplicates_and_reorders() {
     let faults = Arc::new(ScriptedFaults::new());
     let containerd = FakeContainerd::new(Arc::new(SimClock::new()), faults.clone());
     let mut events = containerd.subscribe().await.unwrap();
-    faults.push(FaultSite::ContainerdEvent, Some("c1"), FaultAction::Reorder(Duration::from_secs(2)));
+    // The OOM (the first event of c1) is delivered twice; the image event of "x" is held back.
     faults.push(FaultSite::ContainerdEvent, Some("c1"), FaultAction::Duplicate);
+    faults.push(FaultSite::ContainerdEvent, Some("x"), FaultAction::Reorder(Duration::from_secs(2)));
     running(&containerd, "c1", &["oom", "0"]).await;
     containerd.wait_task("c1").await.unwrap();
     let topic = |envelope: Envelope| envelope.topic;
-    assert_eq!(topic(events.recv().await.unwrap()), "/tasks/exit");
-    assert_eq!(topic(events.recv().await.unwrap()), "/tasks/exit", "delivered twice");
-    assert!(events.try_recv().is_err(), "the OOM is held back");
+    assert_eq!(topic(events.recv().await.unwrap()), "/tasks/oom");
+    assert_eq!(topic(events.recv().await.unwrap()), "/tasks/oom", "delivered twice");
+    containerd.inject_event(Event::ImageCreate { name: "x".into() });
+    containerd.inject_event(Event::ImageUpdate { name: "y".into() });
+    assert_eq!(topic(events.recv().await.unwrap()), "/images/update", "published after the held event");
+    assert!(events.try_recv().is_err(), "the image event of x is held back");
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Delivered at the first look at the state once due, before what is published then.
-    containerd.inject_event(Event::ImageCreate { name: "x".into() });
-    assert_eq!(topic(events.recv().await.unwrap()), "/tasks/oom", "after the exit published after it");
-    assert_eq!(topic(events.recv().await.unwrap()), "/images/create");
+    containerd.inject_event(Event::ImageDelete { name: "z".into() });
+    assert_eq!(topic(events.recv().await.unwrap()), "/images/create", "after the event published after it");
+    assert_eq!(topic(events.recv().await.unwrap()), "/images/delete");
     assert_eq!((containerd.events_duplicated(), containerd.events_reordered()), (1, 1));
 }
