@@ -126,8 +126,7 @@ mod storm {
     fn perf_ctl(command: &str) {
         let Some(path) = std::env::var_os("CRID_BENCH_PERF_CTL") else { return }; // determinism-ok: profiling aid outside the run's decisions.
         use std::io::Write;
-        // determinism-ok: perf's control fifo, written only when profiling; the run reads nothing from it.
-        let mut fifo = std::fs::OpenOptions::new().write(true).open(&path).expect("open perf's control fifo");
+        let mut fifo = std::fs::OpenOptions::new().write(true).open(&path).expect("open perf's control fifo"); // determinism-ok: perf's control fifo, written only when profiling; the run reads nothing from it.
         writeln!(fifo, "{command}").expect("write to perf's control fifo");
     }
 

@@ -189,9 +189,7 @@ impl ContainerStatusView {
             + int64_len(5, self.started_at_ns)
             + int64_len(6, self.finished_at_ns)
             + int64_len(7, i64::from(self.exit_code))
-            + encoding::key_len(8)
-            + encoding::encoded_len_varint(image_len as u64)
-            + image_len
+            + delimited_len(8, image_len)
             + str_len(9, self.image_ref())
             + str_len(10, &self.reason)
             + str_len(11, &self.message)
@@ -199,10 +197,7 @@ impl ContainerStatusView {
             + string_map_len(13, &config.annotations)
             + encoding::message::encoded_len_repeated(14, &config.mounts)
             + str_len(15, &container.metadata.log_path)
-            + self.resources.as_ref().map_or(0, |linux| {
-                let inner = Self::resources_len(linux);
-                encoding::key_len(16) + encoding::encoded_len_varint(inner as u64) + inner
-            })
+            + self.resources.as_ref().map_or(0, |linux| delimited_len(16, Self::resources_len(linux)))
     }
 
     fn encode_fields(&self, buf: &mut impl BufMut) {
@@ -217,8 +212,7 @@ impl ContainerStatusView {
         put_int(5, self.started_at_ns, buf);
         put_int(6, self.finished_at_ns, buf);
         put_int(7, i64::from(self.exit_code), buf);
-        encoding::encode_key(8, WireType::LengthDelimited, buf);
-        encoding::encode_varint(self.image_spec_len() as u64, buf);
+        put_delimited_header(8, self.image_spec_len(), buf);
         match (self.image_tag(), &config.image) {
             (Some(tag), _) => put_str(1, tag, buf),
             (None, Some(spec)) => prost::Message::encode_raw(spec, buf),
@@ -232,8 +226,7 @@ impl ContainerStatusView {
         encoding::message::encode_repeated(14, &config.mounts, buf);
         put_str(15, &container.metadata.log_path, buf);
         if let Some(linux) = &self.resources {
-            encoding::encode_key(16, WireType::LengthDelimited, buf);
-            encoding::encode_varint(Self::resources_len(linux) as u64, buf);
+            put_delimited_header(16, Self::resources_len(linux), buf);
             encoding::message::encode(1, linux, buf);
         }
     }
@@ -312,20 +305,13 @@ impl PodSandboxStatusView {
     fn network_len(&self) -> usize {
         let metadata = &self.sandbox.metadata;
         str_len(1, &metadata.ip)
-            + metadata
-                .additional_ips
-                .iter()
-                .map(|ip| {
-                    let len = str_len(1, ip);
-                    encoding::key_len(2) + encoding::encoded_len_varint(len as u64) + len
-                })
-                .sum::<usize>()
+            + metadata.additional_ips.iter().map(|ip| delimited_len(2, str_len(1, ip))).sum::<usize>()
     }
 
     /// The lengths of the `Namespace` and the `LinuxPodSandboxStatus` messages' fields.
     fn linux_lens(options: Option<&NamespaceOption>) -> (usize, usize) {
         let namespace = options.map_or(0, |options| encoding::message::encoded_len(2, options));
-        (namespace, encoding::key_len(1) + encoding::encoded_len_varint(namespace as u64) + namespace)
+        (namespace, delimited_len(1, namespace))
     }
 
     // The fields of `runtime.v1.PodSandboxStatus`, in field order as prost writes them.
@@ -337,16 +323,8 @@ impl PodSandboxStatusView {
             + config.metadata.as_ref().map_or(0, |m| encoding::message::encoded_len(2, m))
             + int64_len(3, sandbox_cri_state(self.state) as i64)
             + int64_len(4, self.created_at_ns)
-            + if self.network {
-                let len = self.network_len();
-                encoding::key_len(5) + encoding::encoded_len_varint(len as u64) + len
-            } else {
-                0
-            }
-            + self.namespace_options().map_or(0, |options| {
-                let (_, len) = Self::linux_lens(options);
-                encoding::key_len(6) + encoding::encoded_len_varint(len as u64) + len
-            })
+            + if self.network { delimited_len(5, self.network_len()) } else { 0 }
+            + self.namespace_options().map_or(0, |options| delimited_len(6, Self::linux_lens(options).1))
             + string_map_len(7, &config.labels)
             + string_map_len(8, &config.annotations)
             + str_len(9, &sandbox.metadata.runtime_handler)
@@ -362,21 +340,17 @@ impl PodSandboxStatusView {
         put_int(3, sandbox_cri_state(self.state) as i64, buf);
         put_int(4, self.created_at_ns, buf);
         if self.network {
-            encoding::encode_key(5, WireType::LengthDelimited, buf);
-            encoding::encode_varint(self.network_len() as u64, buf);
+            put_delimited_header(5, self.network_len(), buf);
             put_str(1, &sandbox.metadata.ip, buf);
             for ip in &sandbox.metadata.additional_ips {
-                encoding::encode_key(2, WireType::LengthDelimited, buf);
-                encoding::encode_varint(str_len(1, ip) as u64, buf);
+                put_delimited_header(2, str_len(1, ip), buf);
                 put_str(1, ip, buf);
             }
         }
         if let Some(options) = self.namespace_options() {
             let (namespace, linux) = Self::linux_lens(options);
-            encoding::encode_key(6, WireType::LengthDelimited, buf);
-            encoding::encode_varint(linux as u64, buf);
-            encoding::encode_key(1, WireType::LengthDelimited, buf);
-            encoding::encode_varint(namespace as u64, buf);
+            put_delimited_header(6, linux, buf);
+            put_delimited_header(1, namespace, buf);
             if let Some(options) = options {
                 encoding::message::encode(2, options, buf);
             }
@@ -409,18 +383,25 @@ fn status_image(config_image: Option<&ImageSpec>, image_id: &str, names: &ImageN
     (spec, names.digest.as_deref().unwrap_or(image_id).to_string())
 }
 
+/// The length of a length-delimited field (a string or a message) whose contents take `len`
+/// bytes.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    encoding::key_len(tag) + encoding::encoded_len_varint(len as u64) + len
+}
+
+/// The key and length of a length-delimited field; its `len` bytes of contents follow.
+fn put_delimited_header(tag: u32, len: usize, buf: &mut impl BufMut) {
+    encoding::encode_key(tag, WireType::LengthDelimited, buf);
+    encoding::encode_varint(len as u64, buf);
+}
+
 fn str_len(tag: u32, value: &str) -> usize {
-    if value.is_empty() {
-        0
-    } else {
-        encoding::key_len(tag) + encoding::encoded_len_varint(value.len() as u64) + value.len()
-    }
+    if value.is_empty() { 0 } else { delimited_len(tag, value.len()) }
 }
 
 fn put_str(tag: u32, value: &str, buf: &mut impl BufMut) {
     if !value.is_empty() {
-        encoding::encode_key(tag, WireType::LengthDelimited, buf);
-        encoding::encode_varint(value.len() as u64, buf);
+        put_delimited_header(tag, value.len(), buf);
         buf.put_slice(value.as_bytes());
     }
 }
@@ -497,13 +478,11 @@ impl prost::Message for ContainerEvent {
         put_int(2, i64::from(self.event_type), buf);
         put_int(3, self.created_at_ns, buf);
         if let Some(pod) = &self.pod_sandbox_status {
-            encoding::encode_key(4, WireType::LengthDelimited, buf);
-            encoding::encode_varint(pod.encoded_len() as u64, buf);
+            put_delimited_header(4, pod.encoded_len(), buf);
             pod.encode_fields(buf);
         }
         for status in &self.containers {
-            encoding::encode_key(5, WireType::LengthDelimited, buf);
-            encoding::encode_varint(status.encoded_len() as u64, buf);
+            put_delimited_header(5, status.encoded_len(), buf);
             status.encode_fields(buf);
         }
     }
@@ -522,18 +501,8 @@ impl prost::Message for ContainerEvent {
         str_len(1, &self.container_id)
             + int64_len(2, i64::from(self.event_type))
             + int64_len(3, self.created_at_ns)
-            + self.pod_sandbox_status.as_ref().map_or(0, |pod| {
-                let len = pod.encoded_len();
-                encoding::key_len(4) + encoding::encoded_len_varint(len as u64) + len
-            })
-            + self
-                .containers
-                .iter()
-                .map(|status| {
-                    let len = status.encoded_len();
-                    encoding::key_len(5) + encoding::encoded_len_varint(len as u64) + len
-                })
-                .sum::<usize>()
+            + self.pod_sandbox_status.as_ref().map_or(0, |pod| delimited_len(4, pod.encoded_len()))
+            + self.containers.iter().map(|status| delimited_len(5, status.encoded_len())).sum::<usize>()
     }
 
     fn clear(&mut self) {
