@@ -320,6 +320,13 @@ fn report(rounds: usize, parallel: usize, crid: &Samples, containerd: &Samples, 
     let n = throughput.lifecycles;
     println!("machine during crid's lifecycles: {}", throughput.crid_cpu.describe(n));
     println!("machine during containerd's lifecycles: {}", throughput.containerd_cpu.describe(n));
+    let load: u32 = std::env::var("CRID_BENCH_LOAD").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if load > 0 {
+        println!(
+            "under load: {load} busy process(es) ran throughout, for both runtimes alike; the machine's CPU \
+             figures include them"
+        );
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
