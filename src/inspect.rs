@@ -2,6 +2,7 @@
 //! changes nothing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
@@ -32,7 +33,8 @@ pub struct ContainerView {
     pub name: String,
     pub sandbox_id: String,
     pub state: ContainerState,
-    pub status: ContainerStatus,
+    /// Shared with the store: equal to a later snapshot's by identity while it did not change.
+    pub status: Arc<ContainerStatus>,
     pub image_ref: String,
 }
 
@@ -102,7 +104,7 @@ impl CriService {
             .list()
             .iter()
             .map(|c| {
-                let status = c.status();
+                let status = c.shared_status();
                 ContainerView {
                     id: c.id.to_string(),
                     name: c.name.clone(),
@@ -164,7 +166,14 @@ pub struct KubeletSandbox {
 
 impl CriService {
     pub fn kubelet_view(&self) -> KubeletView {
-        let containers = self.container_status_messages(&self.containers.list());
+        self.kubelet_view_of(|_| true)
+    }
+
+    /// [`Self::kubelet_view`] with the status of only the containers `include` picks (every
+    /// sandbox and image still): for a checker that knows which containers changed.
+    pub fn kubelet_view_of(&self, include: impl Fn(&str) -> bool) -> KubeletView {
+        let picked: Vec<_> = self.containers.list().into_iter().filter(|c| include(c.id.as_str())).collect();
+        let containers = self.container_status_messages(&picked);
         let sandboxes = self
             .sandboxes
             .list()

@@ -292,6 +292,9 @@ impl CriService {
             let service = self.clone();
             let op_name = name.clone();
             let own = receiver.clone();
+            // Boxed: an operation's future is large, and the spawn would otherwise copy it
+            // whole through each layer of the runtime's task machinery.
+            let operation = Box::pin(operation);
             tokio::spawn(async move {
                 let result = operation.await;
                 if result.is_err() && registered {

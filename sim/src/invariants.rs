@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crid::inspect::StateSnapshot;
+use crid::inspect::{ContainerView, KubeletView, StateSnapshot};
 use crid::ports::{KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskInfo, TaskState};
 use crid::{ContainerState, SandboxState};
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,8 @@ pub struct Checker {
     pub image_removals_in_flight: AtomicU32,
     /// What the last full safety check read, and how many checks found it unchanged.
     last_checked: Mutex<Option<CheckedWorld>>,
+    /// The images the last kubelet view served (id → references).
+    last_view_images: Mutex<BTreeMap<String, Vec<String>>>,
     safety_checks: AtomicU64,
     unchanged_checks: AtomicU64,
 }
@@ -64,7 +66,7 @@ pub struct Checker {
 struct CheckedWorld {
     snapshot: StateSnapshot,
     tasks: Option<BTreeMap<String, TaskInfo>>,
-    allocations: BTreeMap<String, String>,
+    allocations: BTreeMap<String, std::net::Ipv4Addr>,
     netns: BTreeSet<String>,
     image_names: BTreeSet<String>,
     incarnation: u64,
@@ -88,6 +90,7 @@ impl Checker {
             gone_task_bound: None,
             gone_since_ms: Mutex::new(BTreeMap::new()),
             last_checked: Mutex::new(None),
+            last_view_images: Mutex::new(BTreeMap::new()),
             safety_checks: AtomicU64::new(0),
             unchanged_checks: AtomicU64::new(0),
         }
@@ -162,7 +165,7 @@ impl Checker {
         self.check_container_transitions(snapshot);
         self.check_sandbox_transitions(snapshot);
         self.check_network(&world);
-        self.check_kubelet_view(&world);
+        self.check_kubelet_view(&world, last.as_ref());
         for (object, detail) in self.oracle.check(snapshot) {
             self.fail("oracle: acknowledged state", &object, detail);
         }
@@ -373,7 +376,9 @@ impl Checker {
             if !self.world.os.netns_exists(&sandbox.netns_path) {
                 self.fail("4 network", &object(), format!("READY but netns {} is missing", sandbox.netns_path));
             }
-            if sandbox.ip.is_empty() || !sandbox.has_cni_result || allocations.get(&sandbox.id) != Some(&sandbox.ip) {
+            // The core's IP is text; an unparsable one matches no allocation.
+            let ip = sandbox.ip.parse::<std::net::Ipv4Addr>().ok();
+            if ip.is_none() || !sandbox.has_cni_result || allocations.get(&sandbox.id) != ip.as_ref() {
                 self.fail(
                     "4 network",
                     &object(),
@@ -387,14 +392,53 @@ impl Checker {
         }
     }
 
+    /// The kubelet's view for checks 23–25, with the status of each container that may judge
+    /// differently from the last check (`last`): a container's verdict is a function of its
+    /// status message (built from its status, its metadata and its image's names), its task's
+    /// end and the images served, so a container whose view and task are as `last` saw them,
+    /// with the image store as it was, would only be judged again as it was.
+    fn kubelet_view_to_check<'a>(
+        &self,
+        service: &crid::CriService,
+        world: &'a CheckedWorld,
+        last: Option<&'a CheckedWorld>,
+    ) -> KubeletView {
+        let comparable = last.filter(|last| {
+            last.snapshot.image_refs == world.snapshot.image_refs
+                && last.image_names == world.image_names
+                && last.tasks.is_some()
+                && world.tasks.is_some()
+        });
+        let mut last_images = self.last_view_images.lock().unwrap();
+        if let Some(last) = comparable {
+            // Both lists are in id order (as the store and the fake list them), so one walk
+            // over each pair finds what differs.
+            let by_id = |containers: &'a [ContainerView]| containers.iter().map(|c| (c.id.as_str(), c));
+            let mut changed = differing_keys(by_id(&last.snapshot.containers), by_id(&world.snapshot.containers));
+            if last.tasks != world.tasks {
+                let by_id = |tasks: &'a Option<BTreeMap<String, TaskInfo>>| {
+                    tasks.iter().flatten().map(|(id, task)| (id.as_str(), task))
+                };
+                changed.extend(differing_keys(by_id(&last.tasks), by_id(&world.tasks)));
+            }
+            let view = service.kubelet_view_of(|id| changed.contains(id));
+            if view.images == *last_images {
+                return view;
+            }
+        }
+        let view = service.kubelet_view();
+        last_images.clone_from(&view.images);
+        view
+    }
+
     /// 23–25. The fields kubelet reads, as the RPCs build them, against what the fakes know.
     /// Reads only what `world` holds of the fakes and the checker, so that the skip of an
     /// unchanged world stays exact.
-    fn check_kubelet_view(&self, world: &CheckedWorld) {
+    fn check_kubelet_view(&self, world: &CheckedWorld, last: Option<&CheckedWorld>) {
         use crid::inspect::{IMAGE_REF_LOCK_PREFIX, REASON_OOM_KILLED, REASON_START_ERROR, REASON_UNKNOWN};
         use k8s_cri::v1::{ContainerState as Cri, PodSandboxState};
         let Some(service) = self.endpoint.service() else { return };
-        let view = service.kubelet_view();
+        let view = self.kubelet_view_to_check(&service, world, last);
         let (snapshot, k_names) = (&world.snapshot, &world.image_names);
         let image_of: BTreeMap<&str, &str> =
             snapshot.containers.iter().map(|c| (c.id.as_str(), c.image_ref.as_str())).collect();
@@ -727,5 +771,72 @@ impl Checker {
         if !snapshot.lock_keys.is_empty() {
             self.fail("7 kmutex", "lock table", format!("keys held at quiescence: {:?}", snapshot.lock_keys));
         }
+    }
+}
+
+/// The keys whose values differ between two id-ordered sequences, or that only one of them has.
+fn differing_keys<'a, V: PartialEq + 'a>(
+    before: impl Iterator<Item = (&'a str, &'a V)>,
+    after: impl Iterator<Item = (&'a str, &'a V)>,
+) -> BTreeSet<&'a str> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let mut differing = BTreeSet::new();
+    let (mut before, mut after) = (before.peekable(), after.peekable());
+    loop {
+        match (before.peek(), after.peek()) {
+            (None, None) => return differing,
+            (Some(&(key, _)), None) => {
+                differing.insert(key);
+                before.next();
+            }
+            (None, Some(&(key, _))) => {
+                differing.insert(key);
+                after.next();
+            }
+            (Some(&(old_key, old)), Some(&(new_key, new))) => match old_key.cmp(new_key) {
+                Less => {
+                    differing.insert(old_key);
+                    before.next();
+                }
+                Greater => {
+                    differing.insert(new_key);
+                    after.next();
+                }
+                Equal => {
+                    if old != new {
+                        differing.insert(new_key);
+                    }
+                    before.next();
+                    after.next();
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::differing_keys;
+
+    fn keys<'a>(before: &'a [(&'a str, u32)], after: &'a [(&'a str, u32)]) -> Vec<&'a str> {
+        let pairs = |list: &'a [(&'a str, u32)]| list.iter().map(|(k, v)| (*k, v));
+        differing_keys(pairs(before), pairs(after)).into_iter().collect()
+    }
+
+    #[test]
+    fn differing_keys_finds_changed_added_and_removed() {
+        assert!(keys(&[("a", 1), ("b", 2)], &[("a", 1), ("b", 2)]).is_empty());
+        assert_eq!(keys(&[("a", 1), ("b", 2)], &[("a", 1), ("b", 3)]), ["b"]);
+        assert_eq!(keys(&[("a", 1), ("c", 3)], &[("b", 2), ("c", 3), ("d", 4)]), ["a", "b", "d"]);
+        assert_eq!(keys(&[], &[("a", 1)]), ["a"]);
+        assert_eq!(keys(&[("a", 1)], &[]), ["a"]);
+    }
+
+    #[test]
+    fn differing_keys_never_misses_a_change_out_of_order() {
+        // Out of order, a key may be named though it is unchanged, but a changed one never goes
+        // unnamed.
+        let found = keys(&[("b", 1), ("a", 1)], &[("a", 2), ("b", 1)]);
+        assert!(found.contains(&"a"), "{found:?}");
     }
 }

@@ -391,15 +391,7 @@ async fn crash_cri(
 
 /// Picks a running task by the event's draw.
 fn pick_task(world: &FakeWorld, draw: u64, sandboxes_only: bool) -> Option<String> {
-    let records = world.containerd.containers();
-    let candidates: Vec<String> = world
-        .containerd
-        .tasks()
-        .into_iter()
-        .filter(|(_, t)| t.state == crid::ports::TaskState::Running)
-        .filter(|(id, _)| !sandboxes_only || records.get(id).is_some_and(|r| r.spec.sandbox))
-        .map(|(id, _)| id)
-        .collect();
+    let candidates = world.containerd.running_task_ids(sandboxes_only);
     (!candidates.is_empty()).then(|| candidates[(draw % candidates.len() as u64) as usize].clone())
 }
 

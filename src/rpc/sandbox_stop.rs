@@ -58,7 +58,7 @@ impl CriService {
         &self,
         future: impl std::future::Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
-        match tokio::spawn(future).await {
+        match tokio::spawn(Box::pin(future)).await {
             Ok(result) => result,
             Err(error) => Err(Error::internal(format!("operation task failed: {error}"))),
         }

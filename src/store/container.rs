@@ -1,6 +1,6 @@
 //! A container: metadata persisted in containerd, status checkpointed in a file by the core.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::watch;
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,10 @@ pub struct Container {
     pub name: String,
     pub metadata: ContainerMetadata,
     pub config: k8s_cri::v1::ContainerConfig,
-    status: Mutex<ContainerStatus>,
+    /// Shared, and replaced whole on a change: a reader that keeps a status (the inspection
+    /// snapshot) holds it without copying it, and one kept status compares equal to the
+    /// current one by identity while nothing changed.
+    status: Mutex<Arc<ContainerStatus>>,
     /// Serialises checkpointed updates: a write and the memory change happen together.
     pub update_lock: tokio::sync::Mutex<()>,
     stopped: watch::Sender<bool>,
@@ -131,7 +134,7 @@ impl Container {
             name: metadata.name.clone(),
             metadata,
             config,
-            status: Mutex::new(status),
+            status: Mutex::new(Arc::new(status)),
             update_lock: tokio::sync::Mutex::new(()),
             stopped: watch::channel(stopped).0,
             stop_signaled: Default::default(),
@@ -139,6 +142,11 @@ impl Container {
     }
 
     pub fn status(&self) -> ContainerStatus {
+        ContainerStatus::clone(&self.status.lock().unwrap())
+    }
+
+    /// The current status, shared rather than copied.
+    pub fn shared_status(&self) -> Arc<ContainerStatus> {
         self.status.lock().unwrap().clone()
     }
 
@@ -164,7 +172,7 @@ impl Container {
             drop(status);
             return Err(illegal(message));
         }
-        *status = new;
+        *status = Arc::new(new);
         Ok(())
     }
 

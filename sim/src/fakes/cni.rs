@@ -155,8 +155,9 @@ impl FakeCni {
     }
 
     /// Sandbox id → address, for "IPAM allocations == live sandboxes".
-    pub fn allocations(&self) -> BTreeMap<String, String> {
-        self.state().allocations.iter().map(|(id, address)| (id.clone(), address.to_string())).collect()
+    /// (Addresses, not their text: the checks copy this map after every call.)
+    pub fn allocations(&self) -> BTreeMap<String, Ipv4Addr> {
+        self.state().allocations.clone()
     }
 
     pub fn ledger(&self) -> Vec<LedgerEntry> {
@@ -332,7 +333,7 @@ mod tests {
         let cni = FakeCni::new(faults.clone(), true, None);
         cni.set_chained_failure(true);
         assert!(cni.setup(&pod("a")).await.is_err());
-        assert_eq!(cni.allocations()["a"], "10.88.0.2", "IPAM allocated despite the failed ADD");
+        assert_eq!(cni.allocations()["a"].to_string(), "10.88.0.2", "IPAM allocated despite the failed ADD");
         faults.push(
             FaultSite::CniTeardown,
             Some("a"),

@@ -174,7 +174,7 @@ async fn containers_recover_to_the_state_the_world_implies() {
     assert!(node.svc.snapshot().initialized);
     assert_eq!(node.pod_state(&pod).await, PodSandboxState::SandboxReady);
     assert!(
-        node.pod_status(&pod).await.network.is_some_and(|n| n.ip == world.cni.allocations()[&pod]),
+        node.pod_status(&pod).await.network.is_some_and(|n| n.ip == world.cni.allocations()[&pod].to_string()),
         "the pod keeps its IP"
     );
     // Recovery leaves the deletes of finished tasks to the exit path, which runs them from the
@@ -574,7 +574,7 @@ async fn recovery_is_idempotent() {
         // checkpoint is rewritten as the unknown status, which derives UNKNOWN by itself. The
         // derived state (compared below) must be the same; the flag itself may not be.
         for view in &mut snapshot.containers {
-            view.status.unknown = false;
+            std::sync::Arc::make_mut(&mut view.status).unknown = false;
         }
         let checkpoints: BTreeMap<String, Option<Vec<u8>>> =
             snapshot.containers.iter().map(|c| (c.id.clone(), node.world.os.file(&checkpoint_path(&c.id)))).collect();

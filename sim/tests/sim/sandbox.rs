@@ -25,7 +25,7 @@ async fn run_pod_sandbox_makes_a_ready_pod_with_network() {
     assert_eq!(status.runtime_handler, "runc");
     assert!(status.created_at > 0);
     let network = status.network.expect("a READY pod reports its network");
-    assert_eq!(network.ip, node.world.cni.allocations()[&id], "the IP is the one CNI allocated");
+    assert_eq!(network.ip, node.world.cni.allocations()[&id].to_string(), "the IP is the one CNI allocated");
 
     // What the world holds for it.
     let world = &node.world;
@@ -142,7 +142,7 @@ async fn list_pod_sandbox_filters() {
 async fn stop_then_remove_frees_everything() {
     let node = Node::start().await;
     let id = node.run_pod("lifecycle").await;
-    let ip = node.world.cni.allocations()[&id].clone();
+    let ip = node.world.cni.allocations()[&id];
 
     node.stop_pod(&id).await;
     let status = node.pod_status(&id).await;

@@ -411,6 +411,19 @@ impl FakeContainerd {
         self.state().tasks.iter().map(|(id, task)| (id.clone(), task.info())).collect()
     }
 
+    /// Ids of the tasks running now, in id order; with `sandboxes_only`, only pause tasks. Reads
+    /// in place: the chaos schedule asks on every event.
+    pub fn running_task_ids(&self, sandboxes_only: bool) -> Vec<String> {
+        let state = self.state();
+        state
+            .tasks
+            .iter()
+            .filter(|(_, task)| task.info().state == TaskState::Running)
+            .filter(|(id, _)| !sandboxes_only || state.containers.get(*id).is_some_and(|r| r.spec.sandbox))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub fn shims(&self) -> BTreeSet<String> {
         self.raw_state().shims.clone()
     }
