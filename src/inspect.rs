@@ -85,7 +85,7 @@ impl CriService {
             .map(|s| {
                 let status = s.status();
                 SandboxView {
-                    id: s.id.to_string(),
+                    id: s.id.as_str().to_owned(),
                     name: s.name.clone(),
                     state: status.state,
                     pid: status.pid,
@@ -106,9 +106,9 @@ impl CriService {
             .map(|c| {
                 let status = c.shared_status();
                 ContainerView {
-                    id: c.id.to_string(),
+                    id: c.id.as_str().to_owned(),
                     name: c.name.clone(),
-                    sandbox_id: c.metadata.sandbox_id.to_string(),
+                    sandbox_id: c.metadata.sandbox_id.as_str().to_owned(),
                     state: status.state(),
                     status,
                     image_ref: c.metadata.image_ref.clone(),

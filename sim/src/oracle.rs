@@ -134,7 +134,8 @@ impl Oracle {
         let mut mismatches = vec![];
         let sandboxes: BTreeMap<&str, SandboxState> =
             snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.state)).collect();
-        for (id, model) in self.sandboxes.lock().unwrap().iter() {
+        let sandbox_models = self.sandboxes.lock().unwrap();
+        for (id, model) in sandbox_models.iter() {
             match (sandboxes.get(id.as_str()), model.removed) {
                 (Some(_), true) => {
                     mismatches.push((format!("sandbox {id}"), "removal was acknowledged but it is still listed".into()))
@@ -152,14 +153,14 @@ impl Oracle {
         // ids, so a check costs O(live objects + listed objects), not O(history).
         let containers: BTreeMap<&str, ContainerState> =
             snapshot.containers.iter().map(|c| (c.id.as_str(), c.state)).collect();
-        let sandbox_removing: std::collections::BTreeSet<String> =
-            self.sandboxes.lock().unwrap().iter().filter(|(_, m)| m.remove_issued).map(|(id, _)| id.clone()).collect();
+        let sandbox_removing: std::collections::BTreeSet<&str> =
+            sandbox_models.iter().filter(|(_, m)| m.remove_issued).map(|(id, _)| id.as_str()).collect();
         let mut models = self.containers.lock().unwrap();
         let mut removed = self.removed_containers.lock().unwrap();
         let mut forget = vec![];
         for (id, model) in models.iter() {
             let Some(state) = containers.get(id.as_str()) else {
-                if model.removed || model.remove_issued || sandbox_removing.contains(&model.sandbox_id) {
+                if model.removed || model.remove_issued || sandbox_removing.contains(model.sandbox_id.as_str()) {
                     forget.push(id.clone());
                 } else {
                     mismatches
