@@ -337,27 +337,43 @@ impl CriService {
         // read from before the create. The first failure (in name order) is the pull's.
         let writes = names.iter().map(|name| async {
             let _held = self.lock_image_reference(name).await;
-            let record = ImageRecord { name: name.clone(), target: resolved.manifest.clone(), labels: labels.clone() };
-            // A re-pull (kubelet's Always policy) mostly finds the reference as the last pull
-            // left it: read it first and write only what differs, rather than a create that
-            // containerd refuses with AlreadyExists followed by the same read.
-            let refreshed = self.images.points_at(name, &image_id)
-                && match self.refresh_image_reference(&record).await {
-                    Ok(()) => true,
-                    // Gone meanwhile: created below.
-                    Err(error) if error.is_not_found() => false,
-                    Err(error) => return Err(error),
-                };
-            if refreshed {
-                cov_mark::hit!(image_reference_refreshed_without_create);
-            } else {
-                self.create_image_reference(&record).await?;
-            }
-            self.images.set_reference(name, Some(image_from_content(&content)));
-            Ok(())
+            let mut unfinished = RefreshUnlessFinished { service: self, name, armed: true };
+            let written = self.write_image_reference(name, &image_id, resolved, &labels, &content).await;
+            unfinished.armed = false;
+            written
         });
         futures::future::join_all(writes).await.into_iter().collect::<Result<Vec<()>>>()?;
         Ok(image_id)
+    }
+
+    /// Points `name` at the pulled image in containerd, then in the store. Called under the
+    /// reference's lock.
+    async fn write_image_reference(
+        &self,
+        name: &str,
+        image_id: &str,
+        resolved: &ResolvedImage,
+        labels: &BTreeMap<String, String>,
+        content: &ImageContent,
+    ) -> Result<()> {
+        let record = ImageRecord { name: name.to_string(), target: resolved.manifest.clone(), labels: labels.clone() };
+        // A re-pull (kubelet's Always policy) mostly finds the reference as the last pull
+        // left it: read it first and write only what differs, rather than a create that
+        // containerd refuses with AlreadyExists followed by the same read.
+        let refreshed = self.images.points_at(name, image_id)
+            && match self.refresh_image_reference(&record).await {
+                Ok(()) => true,
+                // Gone meanwhile: created below.
+                Err(error) if error.is_not_found() => false,
+                Err(error) => return Err(error),
+            };
+        if refreshed {
+            cov_mark::hit!(image_reference_refreshed_without_create);
+        } else {
+            self.create_image_reference(&record).await?;
+        }
+        self.images.set_reference(name, Some(image_from_content(content)));
+        Ok(())
     }
 
     /// Creates the reference; one that exists is refreshed, and a create whose outcome is
@@ -411,6 +427,27 @@ impl CriService {
             self.backends.containerd.update_image(record).await?;
         }
         Ok(())
+    }
+}
+
+/// Queues a re-read of an image reference whose write was cut off (dropped by the references'
+/// deadline or the pull's watchdog) before it finished: its create or update may have reached
+/// containerd without the store following, and the image event that would repair it may never
+/// come (invariant 25). A write that finishes, well or not, disarms it: its own error paths
+/// decide.
+struct RefreshUnlessFinished<'a> {
+    service: &'a CriService,
+    name: &'a str,
+    armed: bool,
+}
+
+impl Drop for RefreshUnlessFinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            cov_mark::hit!(interrupted_image_reference_write_refresh_queued);
+            let error = Error::deadline(format!("write of image reference {:?} cut off", self.name));
+            self.service.queue_image_refresh(self.name.to_string(), error);
+        }
     }
 }
 

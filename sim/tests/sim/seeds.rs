@@ -212,3 +212,12 @@ fn regression_swarm_existing_reference_read_failed() {
 fn regression_swarm_unclear_image_delete() {
     check_seeds("swarm", vec![100244]);
 }
+
+/// A pull's reference create answered AlreadyExists, the read of the existing reference never
+/// returned, and the references' 60 s deadline dropped the write with its image event held
+/// back: containerd kept the reference and the store never learned of it (invariant 25). A
+/// reference write cut off before it finishes now queues a re-read.
+#[test]
+fn regression_swarm_interrupted_reference_write() {
+    check_seeds("swarm", vec![227772]);
+}
