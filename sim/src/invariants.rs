@@ -403,23 +403,19 @@ impl Checker {
         world: &'a CheckedWorld,
         last: Option<&'a CheckedWorld>,
     ) -> KubeletView {
-        let comparable = last.filter(|last| {
-            last.snapshot.image_refs == world.snapshot.image_refs
-                && last.image_names == world.image_names
-                && last.tasks.is_some()
-                && world.tasks.is_some()
-        });
         let mut last_images = self.last_view_images.lock().unwrap();
-        if let Some(last) = comparable {
+        if let Some(last) = last
+            && last.snapshot.image_refs == world.snapshot.image_refs
+            && last.image_names == world.image_names
+            && let (Some(tasks_before), Some(tasks_now)) = (&last.tasks, &world.tasks)
+        {
             // Both lists are in id order (as the store and the fake list them), so one walk
             // over each pair finds what differs.
             let by_id = |containers: &'a [ContainerView]| containers.iter().map(|c| (c.id.as_str(), c));
             let mut changed = differing_keys(by_id(&last.snapshot.containers), by_id(&world.snapshot.containers));
-            if last.tasks != world.tasks {
-                let by_id = |tasks: &'a Option<BTreeMap<String, TaskInfo>>| {
-                    tasks.iter().flatten().map(|(id, task)| (id.as_str(), task))
-                };
-                changed.extend(differing_keys(by_id(&last.tasks), by_id(&world.tasks)));
+            if tasks_before != tasks_now {
+                let by_id = |tasks: &'a BTreeMap<String, TaskInfo>| tasks.iter().map(|(id, task)| (id.as_str(), task));
+                changed.extend(differing_keys(by_id(tasks_before), by_id(tasks_now)));
             }
             let view = service.kubelet_view_of(|id| changed.contains(id));
             if view.images == *last_images {
