@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::ids::{ContainerId, SandboxId, TaskId};
 use crate::ports::{Event, EventStream, ExitStatus};
 use crate::service::CriService;
+use crate::store::container::Container;
 
 impl CriService {
     /// Starts the exit monitor of a task. Call only after the object is in its store, so that an
@@ -143,14 +144,37 @@ impl CriService {
                 ContainerEventType::ContainerStoppedEvent,
             );
         }
-        match self.backends.containerd.delete_task(id.as_str()).await {
-            Ok(_) => Ok(()),
-            Err(error) if error.is_not_found() => {
-                cov_mark::hit!(exit_task_already_deleted);
-                Ok(())
+        self.delete_exited_task(&container).await.map_err(|error| error.context("failed to delete task"))
+    }
+
+    /// Deletes the task of a container whose exit is recorded, once: a delete that finds
+    /// another in flight waits for it, and has nothing left to do if that one went through.
+    /// Two deletes sent at once (the exit handler's and RemoveContainer's) both reached the
+    /// shim, and the later one failed or found the task gone. NotFound counts as deleted. A
+    /// container whose exit is not recorded (one never started, or whose start failed) may
+    /// still get a task, so its delete is sent as it comes and remembers nothing.
+    pub(crate) async fn delete_exited_task(&self, container: &Container) -> Result<()> {
+        let delete = || async {
+            match self.backends.containerd.delete_task(container.id.as_str()).await {
+                Ok(_) => Ok(()),
+                Err(error) if error.is_not_found() => {
+                    cov_mark::hit!(exit_task_already_deleted);
+                    Ok(())
+                }
+                Err(error) => Err(error),
             }
-            Err(error) => Err(error.context("failed to delete task")),
+        };
+        if container.read_status(|status| status.finished_at_ns == 0) {
+            return delete().await;
         }
+        let mut deleted = container.exited_task_deleted.lock().await;
+        if *deleted {
+            cov_mark::hit!(exited_task_delete_joined);
+            return Ok(());
+        }
+        delete().await?;
+        *deleted = true;
+        Ok(())
     }
 
     async fn handle_sandbox_exit(self: &Arc<Self>, id: &SandboxId, exit: ExitStatus) -> Result<()> {

@@ -196,9 +196,9 @@ impl CriService {
         // it could not write yet, and without the task a restart would decide differently.
         self.persist_served_status(container).await?;
         // A task can outlive the exit handling (recovery keeps a stopped task until the status is
-        // persisted; a delete may have completed late): it must go before the container.
-        ignore_not_found(self.backends.containerd.delete_task(id.as_str()).await.map(|_| ()))
-            .map_err(|e| e.context("failed to delete task"))?;
+        // persisted; a delete may have completed late): it must go before the container. A
+        // delete the exit handler has in flight is waited for rather than sent again.
+        self.delete_exited_task(container).await.map_err(|e| e.context("failed to delete task"))?;
         ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)
             .map_err(|e| e.context("failed to delete containerd container"))?;
         self.delete_checkpoint(id).await?;

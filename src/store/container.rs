@@ -122,6 +122,11 @@ pub struct Container {
     stopped: watch::Sender<bool>,
     /// Set by the first Stop that sends the stop signal, so concurrent Stops signal once.
     stop_signaled: std::sync::atomic::AtomicBool,
+    /// Serialises this process's deletes of the task once the exit is recorded, and is true
+    /// once one of them went through or found the task gone: the exit handler deletes the
+    /// task right after recording the exit, and a RemoveContainer that follows at once waits
+    /// for that delete instead of sending a second one into the shim.
+    pub exited_task_deleted: tokio::sync::Mutex<bool>,
 }
 
 impl Container {
@@ -138,6 +143,7 @@ impl Container {
             update_lock: tokio::sync::Mutex::new(()),
             stopped: watch::channel(stopped).0,
             stop_signaled: Default::default(),
+            exited_task_deleted: tokio::sync::Mutex::new(false),
         }
     }
 

@@ -1087,6 +1087,25 @@ async fn oom_reason_comes_from_the_task_cgroup_when_the_bus_drops_it() {
     assert!(!node.world.containerd.tasks().contains_key(&id), "the task is deleted after the exit is recorded");
 }
 
+/// A RemoveContainer right after StopContainer finds the exit handler's task delete still in
+/// flight (Stop answers once the exit is recorded): it waits for that delete and sends none of
+/// its own, where two deletes at once both reached the shim and the later one failed.
+#[madsim::test]
+async fn remove_right_after_stop_waits_for_the_exit_handlers_task_delete() {
+    cov_mark::check!(exited_task_delete_joined);
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("rm-after-stop", &["sleep", "inf"]).await;
+    node.faults.count_calls_on(FaultSite::ContainerdDeleteTask, &id);
+    node.faults.push(FaultSite::ContainerdDeleteTask, Some(&id), FaultAction::Delay(Duration::from_secs(2)));
+    node.stop_container(&id, 0).await;
+    assert!(node.world.containerd.tasks().contains_key(&id), "Stop answered before the task delete finished");
+    node.remove_container(&id).await;
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the task went before the container");
+    assert!(node.list_containers(None).await.is_empty());
+    assert_eq!(node.faults.calls_on(FaultSite::ContainerdDeleteTask, &id), 1, "one delete of the task, not two");
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+}
+
 /// A task delete that did its work but reported an error (B5): the exit is recorded once, the
 /// replay from the backoff queue finds it recorded and the task already gone, and that is success.
 #[madsim::test]
