@@ -153,6 +153,11 @@ impl CriService {
     /// shim, and the later one failed or found the task gone. NotFound counts as deleted. A
     /// container whose exit is not recorded (one never started, or whose start failed) may
     /// still get a task, so its delete is sent as it comes and remembers nothing.
+    ///
+    /// The wait is bounded by the exit handler's own budget: a delete in flight on a path with
+    /// no bound of its own (a forced stop inside a RemoveContainer that kubelet gave up on) may
+    /// never return, and a later RemoveContainer must still be able to send its own delete, as
+    /// it did before deletes were joined (swarm seed 270228).
     pub(crate) async fn delete_exited_task(&self, container: &Container) -> Result<()> {
         let delete = || async {
             match self.backends.containerd.delete_task(container.id.as_str()).await {
@@ -167,7 +172,14 @@ impl CriService {
         if container.read_status(|status| status.finished_at_ns == 0) {
             return delete().await;
         }
-        let mut deleted = container.exited_task_deleted.lock().await;
+        let Ok(mut deleted) =
+            crate::ports::timeout(&*self.backends.clock, HANDLE_EVENT_TIMEOUT, container.exited_task_deleted.lock())
+                .await
+        else {
+            cov_mark::hit!(exited_task_delete_not_joined);
+            tracing::warn!(id = %container.id, "a task delete in flight did not return; sending another");
+            return delete().await;
+        };
         if *deleted {
             cov_mark::hit!(exited_task_delete_joined);
             return Ok(());

@@ -221,3 +221,13 @@ fn regression_swarm_unclear_image_delete() {
 fn regression_swarm_interrupted_reference_write() {
     check_seeds("swarm", vec![227772]);
 }
+
+/// A RemoveContainer that kubelet gave up on force-stopped its container, found the task gone
+/// and recorded the exit, and its task delete hung for good while it held the container's
+/// delete lock. Every later RemoveContainer waited on that lock until its own bound and was
+/// refused as "already being removed" in between: the pod never went (liveness). A delete now
+/// waits for one in flight only as long as the exit handler's budget, then sends its own.
+#[test]
+fn regression_swarm_hung_delete_holds_the_task_delete_lock() {
+    check_seeds("swarm", vec![270228]);
+}
