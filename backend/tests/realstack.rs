@@ -1510,8 +1510,11 @@ async fn what_a_pull_finds_is_held_by_its_lease() {
         .to_string();
     assert!(containerd.content_exists(&held, "probe").await.unwrap());
     assert!(containerd.snapshot_exists("overlayfs", &chain_id, "probe").await.unwrap());
-    let missing = containerd.content_exists(&format!("sha256:{}", "0".repeat(64)), "no-such-lease").await.unwrap_err();
+    // A blob found must be held, and cannot be by a lease that does not exist; an absent one
+    // needs no lease (its fetch's commit holds it).
+    let missing = containerd.content_exists(&held, "no-such-lease").await.unwrap_err();
     assert_eq!(missing.kind, crid::ErrorKind::NotFound, "{missing}");
+    assert!(!containerd.content_exists(&format!("sha256:{}", "0".repeat(64)), "no-such-lease").await.unwrap());
 
     crid.remove_image(&busybox).await;
     // A lease created and deleted with --sync runs a whole collection before it answers.

@@ -481,18 +481,20 @@ pub trait Containerd: Send + Sync + 'static {
     async fn close_task_stdin(&self, id: &str) -> Result<()>;
 
     // ---- images and content ----
-    /// True when the blob is in the content store. The blob is first added to `lease` (as
-    /// containerd's own content writer does for a blob it finds): content that no record
-    /// references yet is the garbage collector's until a lease holds it, and containerd collects
-    /// in the background, some time after the delete that left it unreferenced. A pull that
-    /// skipped the fetch on a blob it merely saw would then fail to unpack it. NotFound when the
-    /// lease does not exist.
+    /// True when the blob is in the content store, and then held by `lease` (as containerd's
+    /// own content writer holds a blob it finds): content that no record references yet is the
+    /// garbage collector's until a lease holds it, and containerd collects in the background,
+    /// some time after the delete that left it unreferenced. A pull that skipped the fetch on a
+    /// blob it merely saw would then fail to unpack it. A blob found is held and then looked for
+    /// again; an absent one need not be held (the fetch's commit holds it). NotFound when the
+    /// lease does not exist and the blob is found.
     async fn content_exists(&self, digest: &str, lease: &str) -> Result<bool>;
-    /// True when the committed snapshot `chain_id` exists in `snapshotter`; held by `lease`
-    /// first, as a blob is by `content_exists` (containerd's unpacker does the same).
+    /// True when the committed snapshot `chain_id` exists in `snapshotter`, and then held by
+    /// `lease`, as a blob is by `content_exists` (containerd's unpacker does the same).
     async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str, lease: &str) -> Result<bool>;
     /// Prepares, applies `layer` on `parent_chain_id` ("" for the base) and commits as `chain_id`,
-    /// under the pull's `lease`. AlreadyExists when that snapshot is already committed.
+    /// under the pull's `lease`. AlreadyExists when that snapshot is already committed; it is
+    /// held by `lease` then too.
     async fn apply_layer(
         &self,
         snapshotter: &str,

@@ -17,7 +17,7 @@ pub mod taskio;
 pub mod timing;
 pub mod userdb;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -156,9 +156,48 @@ struct Known {
     /// written again (it had been garbage-collected, and came back without labels) drops
     /// every entry that names it.
     labelled: HashMap<String, String>,
+    /// Blobs (`content/<digest>`) and committed snapshots (`snapshots/<snapshotter>/<chain>`)
+    /// this process wrote, unpacked or found since its last image delete. A pull's look at
+    /// one of these holds it first and then looks (it is most likely there: a re-pull); at
+    /// anything else it looks first and holds only what it finds (most likely absent: a cold
+    /// pull, whose looks then write nothing to containerd's database). Either order is safe:
+    /// what the pull relies on is held before it is looked at for the last time. A wrong guess
+    /// costs one round trip. An image delete, whose collection may take any of them, forgets
+    /// them all.
+    present: HashSet<String>,
 }
 
 impl RealContainerd {
+    pub(super) fn known_present(&self, key: &str) -> bool {
+        self.known.lock().unwrap().present.contains(key)
+    }
+
+    pub(super) fn note_present(&self, key: String, present: bool) {
+        let mut known = self.known.lock().unwrap();
+        if present {
+            known.present.insert(key);
+        } else {
+            known.present.remove(&key);
+        }
+    }
+
+    /// Whether a blob or snapshot exists, held by `lease` when it does (see `Known::present`).
+    async fn held_if_present<F, Fut>(&self, lease: &str, id: &str, kind: &str, look: F) -> Result<bool>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let key = format!("{kind}/{id}");
+        if !self.known_present(&key) && !look().await? {
+            return Ok(false);
+        }
+        self.add_to_lease(lease, id, kind).await?;
+        // Looked at (again) once held: collected before that, it is fetched or unpacked.
+        let present = look().await?;
+        self.note_present(key, present);
+        Ok(present)
+    }
+
     /// A blob is about to be written anew: what was known of its labels no longer holds.
     fn forget_labels_of(&self, digest: &str) {
         self.known.lock().unwrap().labelled.retain(|target, config| target != digest && config != digest);
@@ -251,6 +290,15 @@ impl RealContainerd {
         grpc(LeasesClient::new(self.channel.clone()).add_resource(self.req(request)).await)
             .map(|_| ())
             .map_err(|e| e.context(format!("hold {kind} {id} under lease {lease}")))
+    }
+
+    async fn snapshot_stat_exists(&self, snapshotter: &str, key: &str) -> Result<bool> {
+        let request = StatSnapshotRequest { snapshotter: snapshotter.to_string(), key: key.to_string() };
+        match self.snapshots().stat(self.req(request)).await {
+            Ok(_) => Ok(true),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+            Err(status) => Err(from_status(status)),
+        }
     }
 
     async fn content_info_exists(&self, digest: &str) -> Result<bool> {
@@ -788,18 +836,12 @@ impl Containerd for RealContainerd {
     // ---- images and content ----
 
     async fn content_exists(&self, digest: &str, lease: &str) -> Result<bool> {
-        self.add_to_lease(lease, digest, "content").await?;
-        self.content_info_exists(digest).await
+        self.held_if_present(lease, digest, "content", || self.content_info_exists(digest)).await
     }
 
     async fn snapshot_exists(&self, snapshotter: &str, chain_id: &str, lease: &str) -> Result<bool> {
-        self.add_to_lease(lease, chain_id, &format!("snapshots/{snapshotter}")).await?;
-        let request = StatSnapshotRequest { snapshotter: snapshotter.to_string(), key: chain_id.to_string() };
-        match self.snapshots().stat(self.req(request)).await {
-            Ok(_) => Ok(true),
-            Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
-            Err(status) => Err(from_status(status)),
-        }
+        let kind = format!("snapshots/{snapshotter}");
+        self.held_if_present(lease, chain_id, &kind, || self.snapshot_stat_exists(snapshotter, chain_id)).await
     }
 
     async fn apply_layer(
@@ -835,13 +877,25 @@ impl Containerd for RealContainerd {
                 key: key.clone(),
                 labels: HashMap::new(),
             };
-            grpc(self.snapshots().commit(self.requests.with_lease(commit, Some(lease))).await).map(|_| ())
+            match grpc(self.snapshots().commit(self.requests.with_lease(commit, Some(lease))).await) {
+                Ok(_) => Ok(()),
+                // Committed meanwhile by another unpack: containerd's commit added nothing to
+                // this lease then, and the pull is about to rely on the snapshot.
+                Err(error) if error.is_already_exists() => {
+                    let kind = format!("snapshots/{snapshotter}");
+                    self.add_to_lease(lease, chain_id, &kind).await?;
+                    self.note_present(format!("{kind}/{chain_id}"), true);
+                    Err(error)
+                }
+                Err(error) => Err(error),
+            }
         }
         .await;
         if result.is_err() {
             let _ = self.remove_snapshot(snapshotter, &key).await;
         } else {
             self.unpacked_into.lock().unwrap().insert(chain_id.to_string(), snapshotter.to_string());
+            self.note_present(format!("snapshots/{snapshotter}/{chain_id}"), true);
         }
         result.map_err(|e| e.context(format!("unpack layer {}", layer.digest)))
     }
@@ -939,7 +993,9 @@ impl Containerd for RealContainerd {
 
     async fn delete_image(&self, name: &str, sync: bool) -> Result<()> {
         let request = DeleteImageRequest { name: name.to_string(), sync, target: None };
-        grpc(self.images().delete(self.req(request)).await).map(|_| ())
+        let deleted = grpc(self.images().delete(self.req(request)).await).map(|_| ());
+        self.known.lock().unwrap().present.clear();
+        deleted
     }
 
     async fn image_content(&self, record: &ImageRecord) -> Result<ImageContent> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use crid::error::{Error, Result};
-use crid::ports::{Containerd, Descriptor, ProgressFn, Registry, RegistryAuth, ResolvedImage};
+use crid::ports::{Descriptor, ProgressFn, Registry, RegistryAuth, ResolvedImage};
 use futures::TryStreamExt;
 
 use super::{RealContainerd, content};
@@ -33,12 +33,10 @@ impl Registry for RealContainerd {
                 }
             }
         };
-        // Held by the pull's lease before it is looked for, so that a manifest left unreferenced
-        // by an earlier delete is not collected between this check and the image record.
+        // Written without a look first: a write of a manifest containerd already has ends at its
+        // first message and adds it to the pull's lease (so that one left unreferenced by an
+        // earlier delete is not collected before the image record), one round trip either way.
         let keep_manifest = |manifest: Descriptor, bytes: Vec<u8>| async move {
-            if self.content_exists(&manifest.digest, lease).await? {
-                return Ok(());
-            }
             let labels = |bytes: &[u8]| ManifestDocument::parse(bytes, None).map(|m| m.gc_labels()).unwrap_or_default();
             let mut suffix = [0u8; 4];
             crate::os::fill_random(&mut suffix);
@@ -51,10 +49,15 @@ impl Registry for RealContainerd {
                 keep_bytes: true,
             };
             let body = futures::stream::iter([Ok(bytes::Bytes::from(bytes))]);
-            self.forget_labels_of(&manifest.digest);
-            content::write_blob(&self.channel, &self.requests, write, body, &|_| {})
+            let written = content::write_blob(&self.channel, &self.requests, write, body, &|_| {})
                 .await
-                .map_err(|e| e.context(format!("store manifest {}", manifest.digest)))
+                .map_err(|e| e.context(format!("store manifest {}", manifest.digest)))?;
+            if written {
+                // Written anew (collected since it was last labelled): what was known no longer holds.
+                self.forget_labels_of(&manifest.digest);
+            }
+            self.note_present(format!("content/{}", manifest.digest), true);
+            Ok(())
         };
         self.registry.resolve(reference, auth, stored, keep_manifest).await
     }
@@ -92,6 +95,8 @@ impl Registry for RealContainerd {
         self.forget_labels_of(&blob.digest);
         content::write_blob(&self.channel, &self.requests, write, Box::pin(body), progress)
             .await
-            .map_err(|e| e.context(format!("fetch {}", blob.digest)))
+            .map_err(|e| e.context(format!("fetch {}", blob.digest)))?;
+        self.note_present(format!("content/{}", blob.digest), true);
+        Ok(())
     }
 }

@@ -220,21 +220,29 @@ impl FakeContainerd {
         })
     }
 
-    /// Leases/AddResource, then Content/Info, as the backend calls them. The lease references
-    /// the digest whether or not the blob exists (containerd's does too). The state is read raw,
-    /// as it always was for these checks: they settle no task and deliver no event.
+    /// Content/Info, then for a blob it finds Leases/AddResource and Content/Info again, as the
+    /// backend calls them, in one step: an absent blob is held by nothing (its fetch's commit
+    /// holds it), one that exists is held by the lease. The state is read raw, as it always was
+    /// for these checks: they settle no task and deliver no event.
     pub(super) fn do_content_exists(&self, digest: &str, lease: &str) -> Result<bool> {
         let mut state = self.raw_state();
+        if !state.content.contains_key(digest) {
+            return Ok(false);
+        }
         state.lease_mut(lease)?.content.insert(digest.to_string());
-        Ok(state.content.contains_key(digest))
+        Ok(true)
     }
 
-    /// Leases/AddResource, then Snapshots/Stat (see `do_content_exists`).
+    /// Snapshots/Stat, then for a snapshot it finds Leases/AddResource and Snapshots/Stat again
+    /// (see `do_content_exists`).
     pub(super) fn do_snapshot_exists(&self, snapshotter: &str, chain_id: &str, lease: &str) -> Result<bool> {
         let mut state = self.raw_state();
+        if !state.committed(snapshotter, chain_id) {
+            return Ok(false);
+        }
         let held = (snapshotter.to_string(), chain_id.to_string());
         state.lease_mut(lease)?.snapshots.insert(held);
-        Ok(state.committed(snapshotter, chain_id))
+        Ok(true)
     }
 
     pub(super) fn do_create_lease(

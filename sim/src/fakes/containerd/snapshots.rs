@@ -120,6 +120,10 @@ impl FakeContainerd {
         state.check_lease(lease)?;
         if state.committed(snapshotter, chain_id) {
             state.applies.redundant += 1;
+            // The backend holds a snapshot its commit finds committed by another unpack (the
+            // pull relies on it from here); the fake finds it before unpacking.
+            let held = (snapshotter.to_string(), chain_id.to_string());
+            state.lease_mut(lease)?.snapshots.insert(held);
             return Err(Error::already_exists(format!("snapshot {chain_id}: already exists")));
         }
         if !parent_chain_id.is_empty() && !state.committed(snapshotter, parent_chain_id) {
@@ -142,8 +146,11 @@ impl FakeContainerd {
         lease: &str,
     ) -> Result<()> {
         let mut state = self.state();
-        // Another apply of the same chain may have committed while this one unpacked.
+        // Another apply of the same chain may have committed while this one unpacked: held, as
+        // the backend holds it.
         if state.committed(snapshotter, chain_id) {
+            let held = (snapshotter.to_string(), chain_id.to_string());
+            state.lease_mut(lease)?.snapshots.insert(held);
             return Err(Error::already_exists(format!("snapshot {chain_id}: already exists")));
         }
         // The lease must still exist, and holds the commit; the parent may have been collected

@@ -233,6 +233,8 @@ async fn fetch_counts_and_concurrency() {
         ErrorKind::NotFound,
         "the blob is held by a lease that must exist"
     );
+    // An absent blob is held by nothing (its fetch's commit holds it): no lease is needed.
+    assert!(!containerd.content_exists(&image.config.digest, "gone").await.unwrap());
 }
 
 #[tokio::test(start_paused = true)]
