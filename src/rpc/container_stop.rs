@@ -9,6 +9,7 @@ use k8s_cri::v1::{
 };
 
 use crate::error::{Error, Result};
+use crate::events::HANDLE_EVENT_TIMEOUT;
 use crate::ids::TaskId;
 use crate::ports::ExitStatus;
 use crate::rpc::container_create::state_name;
@@ -106,12 +107,14 @@ impl CriService {
 
     /// When the task does not exist, nothing will ever report its exit: it is recorded here,
     /// as unknown, and true is returned. A task that exists (running, or stopped with its exit
-    /// on the way to the monitor) returns false.
+    /// on the way to the monitor) returns false. The handling has the exit monitor's bound:
+    /// a RemoveContainer runs this detached from its caller, and a containerd call that never
+    /// answered would otherwise hold it (and the container's task delete lock) for good.
     pub(crate) async fn record_exit_if_task_gone(self: &Arc<Self>, task: &TaskId) -> Result<bool> {
         match self.backends.containerd.task_info(task.as_str()).await {
             Err(error) if error.is_not_found() => {
                 let exit = ExitStatus::new(EXIT_CODE_UNKNOWN as u32, self.now_ns());
-                self.handle_exit(task, exit).await?;
+                self.with_timeout(HANDLE_EVENT_TIMEOUT, "handle exit", self.handle_exit(task, exit)).await?;
                 Ok(true)
             }
             Err(error) => Err(error.context(match task {

@@ -1106,6 +1106,33 @@ async fn remove_right_after_stop_waits_for_the_exit_handlers_task_delete() {
     assert_eq!(node.leaks_of(&id), Vec::<String>::new());
 }
 
+/// RemoveContainer force-stops a container it finds running; when the kill and the task both
+/// say the task is gone, it records the exit itself, and the task delete that follows never
+/// answers. The removal runs detached from its caller, so it used to hang for good, holding
+/// the container's task delete lock; it now gives up within the exit handler's bound, and the
+/// next RemoveContainer removes the container.
+#[madsim::test]
+async fn a_forced_stop_whose_task_delete_hangs_fails_within_the_exit_handlers_bound() {
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("hung-forced-stop", &["sleep", "inf"]).await;
+    let gone = || FaultAction::Fail(ErrorKind::NotFound, "injected: no such task".into());
+    node.faults.push(FaultSite::ContainerdKillTask, Some(&id), gone());
+    node.faults.push(FaultSite::ContainerdTaskInfo, Some(&id), gone());
+    node.faults.push(FaultSite::ContainerdDeleteTask, Some(&id), FaultAction::Hang);
+    let started = virtual_now();
+    let request = RemoveContainerRequest { container_id: id.clone() };
+    let removed = tokio::time::timeout(Duration::from_secs(120), node.svc.remove_container(request)).await;
+    let error = removed.expect("the removal gave up rather than hanging").unwrap_err();
+    assert_eq!(error.kind, ErrorKind::DeadlineExceeded, "{error}");
+    let waited = virtual_now() - started;
+    // The exit handler's bound (10 s), not RemoveContainer's own (240 s).
+    assert!(waited <= Duration::from_secs(11), "waited {waited:?}");
+    assert_eq!(node.container_state(&id).await, ContainerState::ContainerExited, "the exit was recorded first");
+    node.remove_container(&id).await;
+    assert!(node.list_containers(None).await.is_empty());
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the task went before the container");
+}
+
 /// A task delete that did its work but reported an error (B5): the exit is recorded once, the
 /// replay from the backoff queue finds it recorded and the task already gone, and that is success.
 #[madsim::test]
