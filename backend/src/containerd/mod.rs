@@ -167,6 +167,9 @@ struct Known {
     present: HashSet<String>,
 }
 
+/// How many blobs and snapshots `Known::present` remembers at most (a few hundred KiB).
+const PRESENT_GUESSES_MAX: usize = 4096;
+
 impl RealContainerd {
     pub(super) fn known_present(&self, key: &str) -> bool {
         self.known.lock().unwrap().present.contains(key)
@@ -175,6 +178,11 @@ impl RealContainerd {
     pub(super) fn note_present(&self, key: String, present: bool) {
         let mut known = self.known.lock().unwrap();
         if present {
+            // A guess, not a record: past this many, start again rather than grow for good on
+            // a node that pulls without ever deleting an image.
+            if known.present.len() >= PRESENT_GUESSES_MAX {
+                known.present.clear();
+            }
             known.present.insert(key);
         } else {
             known.present.remove(&key);
