@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crid::error::{Error, ErrorKind, Result};
 use crid::naming::ImageRef;
-use crid::ports::{Descriptor, ImageConfig, RegistryAuth, ResolvedImage};
+use crid::ports::{Descriptor, ImageConfig, ImageConfigRead, RegistryAuth, ResolvedManifest};
 use oci_spec::image::{Arch, DigestAlgorithm, ImageConfiguration, ImageIndex, ImageManifest, Os};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -503,25 +503,9 @@ impl RegistryClient {
         Ok((document, bytes))
     }
 
-    /// Resolves `reference` to this platform's manifest, config and layers.
-    /// `keep_manifest` gets the manifest's descriptor and bytes to store (the image record
-    /// points at them) and runs while the config is read or downloaded, which needs only the
-    /// manifest too. `stored` reads a blob the caller may already hold (containerd's content
-    /// store): the config is taken from there when it has it with the right digest, and
-    /// downloaded otherwise, as containerd's own resolver does.
-    pub async fn resolve<F, Fut, K, KeepFut>(
-        &self,
-        name: &str,
-        auth: &RegistryAuth,
-        stored: F,
-        keep_manifest: K,
-    ) -> Result<ResolvedImage>
-    where
-        F: FnOnce(String) -> Fut,
-        Fut: std::future::Future<Output = Option<Vec<u8>>>,
-        K: FnOnce(Descriptor, Vec<u8>) -> KeepFut,
-        KeepFut: std::future::Future<Output = Result<()>>,
-    {
+    /// Resolves `reference` to this platform's manifest, and the config and layers it names.
+    /// Nothing is stored: the pull fetches the manifest blob as it fetches the others.
+    pub async fn resolve(&self, name: &str, auth: &RegistryAuth) -> Result<ResolvedManifest> {
         let reference = ImageRef::parse(name)?;
         let (mut document, mut bytes) = self.manifest(&reference, reference.object(), auth).await?;
         if let ManifestDocument::Index(_) = document {
@@ -539,38 +523,42 @@ impl RegistryClient {
             digest: sha256_digest(&bytes),
             size_bytes: bytes.len() as u64,
         };
-        let config_bytes = async {
-            match stored(config.digest.clone()).await {
-                Some(bytes) if sha256_digest(&bytes) == config.digest => {
-                    tracing::debug!(digest = %config.digest, reference = name, "image config read from the content store");
-                    Ok(bytes)
+        let layers = document.layer_descriptors()?;
+        Ok(ResolvedManifest { name: name.to_string(), manifest, config, layers })
+    }
+
+    /// Reads the image config `config` of `name`. `stored` reads a blob the caller may already
+    /// hold (containerd's content store): the config is taken from there when it has it with
+    /// the right digest, and downloaded otherwise, as containerd's own resolver does.
+    pub async fn read_config<F, Fut>(
+        &self,
+        name: &str,
+        config: &Descriptor,
+        auth: &RegistryAuth,
+        stored: F,
+    ) -> Result<ImageConfigRead>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Option<Vec<u8>>>,
+    {
+        let config_bytes = match stored(config.digest.clone()).await {
+            Some(bytes) if sha256_digest(&bytes) == config.digest => {
+                tracing::debug!(digest = %config.digest, reference = name, "image config read from the content store");
+                bytes
+            }
+            _ => {
+                // The integration tests count these lines to prove that a re-pull downloads nothing.
+                tracing::debug!(digest = %config.digest, reference = name, "downloading image config");
+                let bytes = Self::read_small(self.blob(name, config, auth).await?, "image config").await?;
+                if sha256_digest(&bytes) != config.digest {
+                    return Err(Error::invalid(format!("{name}: config digest mismatch")));
                 }
-                _ => {
-                    // The integration tests count these lines to prove that a re-pull downloads nothing.
-                    tracing::debug!(digest = %config.digest, reference = name, "downloading image config");
-                    let bytes = Self::read_small(self.blob(name, &config, auth).await?, "image config").await?;
-                    if sha256_digest(&bytes) != config.digest {
-                        return Err(Error::invalid(format!("{name}: config digest mismatch")));
-                    }
-                    Ok(bytes)
-                }
+                bytes
             }
         };
-        let (config_bytes, kept) = futures::join!(config_bytes, keep_manifest(manifest.clone(), bytes));
-        let config_bytes = config_bytes?;
-        kept?;
         let config_document = parse_image_config(&config_bytes)?;
-        let layers = document.layer_descriptors()?;
-        let diff_ids = config_document.rootfs().diff_ids();
-        if diff_ids.len() != layers.len() {
-            return Err(Error::invalid(format!("{name}: {} layers but {} diff ids", layers.len(), diff_ids.len())));
-        }
-        Ok(ResolvedImage {
-            name: name.to_string(),
-            manifest,
-            config,
-            layers,
-            diff_ids: diff_ids.clone(),
+        Ok(ImageConfigRead {
+            diff_ids: config_document.rootfs().diff_ids().clone(),
             image_config: image_config(&config_document),
         })
     }

@@ -16,7 +16,7 @@ pub use clock::{Clock, timeout};
 pub use cni::{Cni, CniResult, IpConfig, PodNetwork, PortMapping};
 pub use containerd::*;
 pub use os::Os;
-pub use registry::{ProgressFn, Registry, RegistryAuth, ResolvedImage};
+pub use registry::{ImageConfigRead, ProgressFn, Registry, RegistryAuth, ResolvedImage, ResolvedManifest};
 pub use stream::{
     ByteReader, ByteWriter, ClientStreams, ProcessIo, SessionEnd, StreamHandler, StreamRequest, StreamServer,
     TerminalSize,

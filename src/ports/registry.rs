@@ -133,12 +133,65 @@ pub struct ResolvedImage {
     pub image_config: ImageConfig,
 }
 
+impl ResolvedImage {
+    /// The image as a pull learns it: first the manifest, then what its config says.
+    pub fn from_parts(manifest: ResolvedManifest, config: ImageConfigRead) -> ResolvedImage {
+        ResolvedImage {
+            name: manifest.name,
+            manifest: manifest.manifest,
+            config: manifest.config,
+            layers: manifest.layers,
+            diff_ids: config.diff_ids,
+            image_config: config.image_config,
+        }
+    }
+
+    /// The manifest's part of the image.
+    pub fn manifest_part(&self) -> ResolvedManifest {
+        ResolvedManifest {
+            name: self.name.clone(),
+            manifest: self.manifest.clone(),
+            config: self.config.clone(),
+            layers: self.layers.clone(),
+        }
+    }
+
+    /// The config's part of the image.
+    pub fn config_part(&self) -> ImageConfigRead {
+        ImageConfigRead { diff_ids: self.diff_ids.clone(), image_config: self.image_config.clone() }
+    }
+}
+
+/// A reference resolved at the registry to the manifest for the host platform: the config
+/// and the layers it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedManifest {
+    /// The normalized reference that was resolved.
+    pub name: String,
+    pub manifest: Descriptor,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+/// What a pull reads from an image's config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageConfigRead {
+    /// Uncompressed layer digests (the rootfs diff ids), one per layer, for chain ids.
+    pub diff_ids: Vec<String>,
+    pub image_config: ImageConfig,
+}
+
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
-    /// Resolves a normalized reference at its registry (manifest for this platform, config).
-    /// `auth` answers the registry's challenge; anonymous when default. What the resolve stores
-    /// (the manifest, in containerd's content store) is held by `lease`.
-    async fn resolve(&self, reference: &str, auth: &RegistryAuth, lease: &str) -> Result<ResolvedImage>;
+    /// Resolves a normalized reference at its registry to the manifest for this platform.
+    /// `auth` answers the registry's challenge; anonymous when default. Nothing is stored: the
+    /// pull fetches the manifest blob with the config and the layers.
+    async fn resolve(&self, reference: &str, auth: &RegistryAuth) -> Result<ResolvedManifest>;
+    /// Reads the image config `config` of a resolved reference: from containerd's content store
+    /// when it has it, else from the registry (which then serves it twice, as the pull's fetch
+    /// of the blob follows). Separate from the resolve so that a pull's layers are fetched
+    /// while it is read.
+    async fn read_config(&self, reference: &str, config: &Descriptor, auth: &RegistryAuth) -> Result<ImageConfigRead>;
     /// Fetches a blob of `reference` into the content store under `lease`, reporting progress
     /// in bytes.
     async fn fetch_blob(

@@ -207,16 +207,9 @@ impl CriService {
     ) -> Result<String> {
         let reference = &image_ref.to_string();
         progress.active.fetch_add(1, Ordering::Relaxed);
-        let resolved = self.backends.registry.resolve(reference, auth, lease).await;
+        let resolved = self.backends.registry.resolve(reference, auth).await;
         progress.active.fetch_sub(1, Ordering::Relaxed);
         let resolved = resolved.map_err(|e| e.context(format!("failed to resolve reference {reference:?}")))?;
-        if resolved.layers.len() != resolved.diff_ids.len() {
-            return Err(Error::invalid(format!(
-                "image {reference:?}: the manifest has {} layers but the config {} diff ids",
-                resolved.layers.len(),
-                resolved.diff_ids.len()
-            )));
-        }
 
         // The manifest too: the image record points at it, and GC follows it to the rest.
         let mut blobs: Vec<&Descriptor> = vec![&resolved.manifest, &resolved.config];
@@ -233,20 +226,35 @@ impl CriService {
             });
         }
         let snapshotter = self.config.containerd.snapshotter.clone();
-        let chains = chain_ids(&resolved.diff_ids);
-        // The image's top snapshot is looked for while the blobs are: a re-pull finds it, and
-        // then its parents too (containerd removes no snapshot before its children), held by
-        // the lease through it, so nothing is unpacked and the unpack's round trips per layer
-        // are not waited for after the blobs'.
-        let unpacked = async {
-            match chains.last() {
-                Some(top) => self.snapshot_present(&snapshotter, top, lease).await,
-                None => Ok(false),
+        // The config is read while the blobs are fetched: the manifest names the layers, and
+        // only their unpack needs the diff ids. Then the image's top snapshot is looked for: a
+        // re-pull finds it, and then its parents too (containerd removes no snapshot before its
+        // children), held by the lease through it, so nothing is unpacked and the unpack's round
+        // trips per layer are not waited for after the blobs'.
+        let configured = async {
+            progress.active.fetch_add(1, Ordering::Relaxed);
+            let read = self.backends.registry.read_config(reference, &resolved.config, auth).await;
+            progress.active.fetch_sub(1, Ordering::Relaxed);
+            let read = read.map_err(|e| e.context(format!("failed to read the image config of {reference:?}")))?;
+            if resolved.layers.len() != read.diff_ids.len() {
+                return Err(Error::invalid(format!(
+                    "image {reference:?}: the manifest has {} layers but the config {} diff ids",
+                    resolved.layers.len(),
+                    read.diff_ids.len()
+                )));
             }
+            let chains = chain_ids(&read.diff_ids);
+            let unpacked = match chains.last() {
+                Some(top) => self.snapshot_present(&snapshotter, top, lease).await?,
+                None => false,
+            };
+            Ok((read, chains, unpacked))
         };
-        let (fetched, unpacked) = futures::join!(futures::future::join_all(fetches), unpacked);
+        let (fetched, configured) = futures::join!(futures::future::join_all(fetches), configured);
+        let (read, chains, unpacked) = configured?;
         fetched.into_iter().collect::<Result<Vec<()>>>()?;
-        if unpacked? {
+        let resolved = ResolvedImage::from_parts(resolved, read);
+        if unpacked {
             cov_mark::hit!(pull_found_its_top_snapshot);
         } else {
             let mut parent = String::new();

@@ -205,6 +205,19 @@ impl FakeContainerd {
         })
     }
 
+    pub(super) fn do_read_config(
+        &self,
+        reference: &str,
+        config: &Descriptor,
+        auth: &RegistryAuth,
+    ) -> Result<ImageConfigRead> {
+        let image = self.do_resolve(reference, auth)?;
+        if image.config.digest != config.digest {
+            return Err(Error::not_found(format!("{reference}: blob {}: not found", config.digest)));
+        }
+        Ok(image.config_part())
+    }
+
     pub(super) async fn do_fetch_blob(
         &self,
         reference: &str,

@@ -569,9 +569,16 @@ impl Containerd for FakeContainerd {
 /// store above (the manifest is read from the registry's copy, so a resolve writes nothing).
 #[async_trait]
 impl Registry for FakeContainerd {
-    async fn resolve(&self, reference: &str, auth: &RegistryAuth, _lease: &str) -> Result<ResolvedImage> {
+    async fn resolve(&self, reference: &str, auth: &RegistryAuth) -> Result<ResolvedManifest> {
         let after = self.enter(FaultSite::RegistryResolve, reference).await?;
-        after.finish(self.do_resolve(reference, auth)).await
+        after.finish(self.do_resolve(reference, auth).map(|image| image.manifest_part())).await
+    }
+
+    /// A download of the config blob from the registry (the fake's content store is not read:
+    /// the backend reads it there only on a re-pull), with a blob fetch's faults.
+    async fn read_config(&self, reference: &str, config: &Descriptor, auth: &RegistryAuth) -> Result<ImageConfigRead> {
+        let after = self.enter(FaultSite::RegistryFetchBlob, &config.digest).await?;
+        after.finish(self.do_read_config(reference, config, auth)).await
     }
 
     async fn fetch_blob(

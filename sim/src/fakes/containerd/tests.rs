@@ -196,11 +196,10 @@ async fn fetch_counts_and_concurrency() {
     let layers = vec![(layer_digest("a"), 1000), (layer_digest("b"), 10)];
     let image = containerd.add_registry_image("docker.io/library/x:1", layers, ImageConfig::default());
     let anonymous = RegistryAuth::default();
-    assert_eq!(containerd.resolve("docker.io/library/x:1", &anonymous, "pull").await.unwrap(), image);
-    assert_eq!(
-        containerd.resolve("docker.io/library/y:1", &anonymous, "pull").await.unwrap_err().kind,
-        ErrorKind::NotFound
-    );
+    assert_eq!(containerd.resolve("docker.io/library/x:1", &anonymous).await.unwrap(), image.manifest_part());
+    let config = containerd.read_config("docker.io/library/x:1", &image.config, &anonymous).await.unwrap();
+    assert_eq!(config, image.config_part());
+    assert_eq!(containerd.resolve("docker.io/library/y:1", &anonymous).await.unwrap_err().kind, ErrorKind::NotFound);
     let error = containerd.fetch_blob("docker.io/library/x:1", &image.layers[0], &anonymous, "pull", &|_| {}).await;
     assert_eq!(error.unwrap_err().kind, ErrorKind::NotFound, "a fetch writes under an existing lease");
     lease(&containerd, "pull").await;
