@@ -27,6 +27,7 @@ pub const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 pub const RUN_SANDBOX_TIMEOUT: Duration = Duration::from_secs(240);
 pub const SHM_SIZE_BYTES: u64 = 64 * 1024 * 1024;
 const HOST_HOSTS_FILE: &str = "/etc/hosts";
+const HOST_RESOLV_FILE: &str = "/etc/resolv.conf";
 const DEFAULT_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
 /// The pod's IP and its other IPs from the addresses of its eth0 (all addresses when the
@@ -399,7 +400,19 @@ impl CriService {
                 resolv.push_str(&format!("options {}\n", dns.options.join(" ")));
             }
         }
-        os.write_file(&format!("{root_dir}/resolv.conf"), resolv.as_bytes()).await?;
+        // No DNS settings (or none that say anything): the node's resolv.conf, as containerd
+        // copies it; a node without one gets an empty file, as for hosts above it gets the
+        // loopback names rather than a failed sandbox.
+        let resolv = if resolv.is_empty() {
+            match os.read_file(HOST_RESOLV_FILE).await {
+                Ok(host) => host,
+                Err(e) if e.is_not_found() => Vec::new(),
+                Err(e) => return Err(e.context(format!("failed to read {HOST_RESOLV_FILE}"))),
+            }
+        } else {
+            resolv.into_bytes()
+        };
+        os.write_file(&format!("{root_dir}/resolv.conf"), &resolv).await?;
         if let Some(shm) = shm_path {
             os.mkdir_all(shm).await?;
             os.mount_shm(shm, SHM_SIZE_BYTES).await.map_err(|e| e.context("failed to mount sandbox shm"))?;

@@ -145,6 +145,12 @@ impl UserDb {
                 additional_gids.push(*gid);
             }
         }
+        // The primary group is a supplementary group too, first, as containerd has made it
+        // since the fix of CVE-2023-25173: without it, a process that drops its primary group
+        // (setgid to another) would lose access the group was meant to give it.
+        if !additional_gids.contains(&gid) {
+            additional_gids.insert(0, gid);
+        }
         Ok(ResolvedUser { uid, gid, additional_gids })
     }
 }
@@ -165,16 +171,17 @@ mod tests {
     #[test]
     fn names_and_ids_resolve_as_containerd_does() {
         let r = |user: &str, of: &str| db().resolve(user, of, &[]).unwrap();
-        assert_eq!(r("", "0"), ResolvedUser { uid: 0, gid: 0, additional_gids: vec![] });
-        assert_eq!(r("www-data", "www-data"), ResolvedUser { uid: 33, gid: 33, additional_gids: vec![50] });
-        assert_eq!(r("1000", "1000"), ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![50000, 50] });
+        assert_eq!(r("", "0"), ResolvedUser { uid: 0, gid: 0, additional_gids: vec![0] });
+        assert_eq!(r("www-data", "www-data"), ResolvedUser { uid: 33, gid: 33, additional_gids: vec![33, 50] });
+        assert_eq!(r("1000", "1000"), ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![1000, 50000, 50] });
         assert_eq!(r("1003:1004", "1003").gid, 1004);
         assert_eq!(
             r("1003", "1003"),
-            ResolvedUser { uid: 1003, gid: 0, additional_gids: vec![] },
+            ResolvedUser { uid: 1003, gid: 0, additional_gids: vec![0] },
             "unknown uid: gid 0"
         );
-        assert_eq!(r("www-data:staff", "www-data").gid, 50);
+        let staff = r("www-data:staff", "www-data");
+        assert_eq!((staff.gid, staff.additional_gids), (50, vec![50]), "the primary group is listed once");
         assert!(db().resolve("nobody-here", "nobody-here", &[]).is_err());
         assert!(db().resolve("0:no-such-group", "0", &[]).is_err());
     }
@@ -182,8 +189,8 @@ mod tests {
     #[test]
     fn supplemental_groups_follow_the_images_without_repeats() {
         let resolved = db().resolve("1000", "1000", &[1234, 50, 5678]).unwrap();
-        assert_eq!(resolved.additional_gids, vec![50000, 50, 1234, 5678]);
+        assert_eq!(resolved.additional_gids, vec![1000, 50000, 50, 1234, 5678]);
         let without_db = UserDb::default().resolve("1002", "1002", &[7]).unwrap();
-        assert_eq!(without_db, ResolvedUser { uid: 1002, gid: 0, additional_gids: vec![7] });
+        assert_eq!(without_db, ResolvedUser { uid: 1002, gid: 0, additional_gids: vec![0, 7] });
     }
 }

@@ -51,6 +51,9 @@ fn parse_capability(name: &str) -> Result<Capability> {
 /// The effective capability set: defaults (or all, when privileged), plus adds, minus drops.
 /// "ALL" means every capability crid itself holds, as in containerd (its current set): a
 /// capability the daemon lacks cannot be granted, and asking runc for it fails the container.
+/// As in containerd, an "ALL" in either list applies first (add, then drop) and the named
+/// capabilities after it, so that `drop: [ALL], add: [NET_BIND_SERVICE]` (Kubernetes'
+/// restricted profile) keeps the one it names and `add: [ALL], drop: [CHOWN]` loses it.
 pub fn capability_set(workload: &WorkloadSpec) -> Result<Capabilities> {
     let all = || -> Result<HashSet<Capability>> {
         // Names this oci-spec does not know (a newer kernel's) are left out, not fatal.
@@ -61,19 +64,18 @@ pub fn capability_set(workload: &WorkloadSpec) -> Result<Capabilities> {
     } else {
         DEFAULT_CAPABILITIES.iter().map(|c| parse_capability(c)).collect::<Result<_>>()?
     };
-    for add in &workload.add_capabilities {
-        if add.eq_ignore_ascii_case("ALL") {
-            caps = all()?;
-        } else {
-            caps.insert(parse_capability(add)?);
-        }
+    let is_all = |name: &String| name.eq_ignore_ascii_case("ALL");
+    if workload.add_capabilities.iter().any(is_all) {
+        caps = all()?;
     }
-    for drop in &workload.drop_capabilities {
-        if drop.eq_ignore_ascii_case("ALL") {
-            caps.clear();
-        } else {
-            caps.remove(&parse_capability(drop)?);
-        }
+    if workload.drop_capabilities.iter().any(is_all) {
+        caps.clear();
+    }
+    for add in workload.add_capabilities.iter().filter(|c| !is_all(c)) {
+        caps.insert(parse_capability(add)?);
+    }
+    for drop in workload.drop_capabilities.iter().filter(|c| !is_all(c)) {
+        caps.remove(&parse_capability(drop)?);
     }
     Ok(caps)
 }
@@ -568,6 +570,34 @@ mod tests {
         assert!(caps.iter().any(|c| c == "CAP_CHOWN"));
         let hosts = json["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/hosts").unwrap();
         assert_eq!(hosts["options"], serde_json::json!(["rbind", "ro", "rprivate"]));
+    }
+
+    /// "ALL" in either list applies before the named capabilities, whatever the lists' order,
+    /// as in containerd: Kubernetes' restricted profile drops ALL and adds NET_BIND_SERVICE.
+    #[test]
+    fn named_capabilities_apply_after_all() {
+        let set = |add: &[&str], drop: &[&str]| -> std::collections::BTreeSet<String> {
+            let workload = WorkloadSpec {
+                add_capabilities: add.iter().map(|c| c.to_string()).collect(),
+                drop_capabilities: drop.iter().map(|c| c.to_string()).collect(),
+                ..container()
+            };
+            let json = serde_json::to_value(build("c1", &workload).unwrap()).unwrap();
+            json["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect()
+        };
+        let only = |c: &str| std::collections::BTreeSet::from([c.to_string()]);
+        assert_eq!(set(&["NET_BIND_SERVICE"], &["ALL"]), only("CAP_NET_BIND_SERVICE"));
+        assert_eq!(set(&["net_raw"], &["all"]), only("CAP_NET_RAW"));
+        assert!(set(&[], &["ALL"]).is_empty());
+        let all_but_chown = set(&["ALL"], &["CHOWN"]);
+        assert!(!all_but_chown.contains("CAP_CHOWN"));
+        // Dropping ALL wins over adding ALL; the named add still applies after both.
+        assert_eq!(set(&["ALL", "KILL"], &["ALL"]), only("CAP_KILL"));
     }
 
     /// Privileged and "ALL" mean what the daemon holds, never a fixed list: runc refuses to

@@ -33,7 +33,7 @@ async fn users_resolve_against_the_images_accounts() {
     let pod = node.run_pod("who").await;
 
     let root = node.create(&pod, "who", "root", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
-    assert_eq!(resolved(&node, &root), Some(ResolvedUser { uid: 0, gid: 0, additional_gids: vec![] }));
+    assert_eq!(resolved(&node, &root), Some(ResolvedUser { uid: 0, gid: 0, additional_gids: vec![0] }));
 
     let mut by_name = container_config("named", BUSYBOX_IMAGE, &["sleep", "inf"]);
     by_name.linux = security(LinuxContainerSecurityContext {
@@ -42,7 +42,10 @@ async fn users_resolve_against_the_images_accounts() {
         ..Default::default()
     });
     let named = node.create_with(&pod, "who", by_name).await;
-    assert_eq!(resolved(&node, &named), Some(ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![2000, 3000] }));
+    assert_eq!(
+        resolved(&node, &named),
+        Some(ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![1000, 2000, 3000] })
+    );
 
     let mut by_uid = container_config("numeric", BUSYBOX_IMAGE, &["sleep", "inf"]);
     by_uid.linux = security(LinuxContainerSecurityContext {
@@ -51,7 +54,7 @@ async fn users_resolve_against_the_images_accounts() {
         ..Default::default()
     });
     let numeric = node.create_with(&pod, "who", by_uid).await;
-    assert_eq!(resolved(&node, &numeric), Some(ResolvedUser { uid: 1000, gid: 42, additional_gids: vec![2000] }));
+    assert_eq!(resolved(&node, &numeric), Some(ResolvedUser { uid: 1000, gid: 42, additional_gids: vec![42, 2000] }));
 
     // A name the image does not know fails that call alone, and leaves nothing behind.
     let mut unknown = container_config("ghost", BUSYBOX_IMAGE, &["sleep", "inf"]);

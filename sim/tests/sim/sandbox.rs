@@ -56,6 +56,29 @@ async fn run_pod_sandbox_makes_a_ready_pod_with_network() {
     assert_eq!(node.pod_status(&id[..12]).await.id, id);
 }
 
+/// A pod's resolv.conf: what its DNS settings say, else the node's (as containerd copies it),
+/// else, on a node without one, an empty file.
+#[madsim::test]
+async fn resolv_conf_is_the_pods_dns_else_the_nodes() {
+    let node = Node::start().await;
+    let resolv = |id: &str| node.world.os.file(&format!("{ROOT_DIR}/sandboxes/{id}/resolv.conf")).unwrap();
+    let bare = node.run_pod("no-node-resolv").await;
+    assert_eq!(resolv(&bare), b"");
+
+    node.world.os.put_file("/etc/resolv.conf", b"nameserver 10.255.255.53\nsearch node.example\n");
+    let host = node.run_pod("node-resolv").await;
+    assert_eq!(resolv(&host), b"nameserver 10.255.255.53\nsearch node.example\n");
+
+    let dns =
+        DnsConfig { servers: vec!["10.96.0.10".into()], searches: vec!["svc.cluster.local".into()], options: vec![] };
+    let own = node.run_pod_with(PodSandboxConfig { dns_config: Some(dns), ..pod_config("own-dns") }).await;
+    assert_eq!(resolv(&own), b"nameserver 10.96.0.10\nsearch svc.cluster.local\n");
+    // DNS settings that say nothing are as none.
+    let empty =
+        node.run_pod_with(PodSandboxConfig { dns_config: Some(DnsConfig::default()), ..pod_config("empty-dns") }).await;
+    assert_eq!(resolv(&empty), b"nameserver 10.255.255.53\nsearch node.example\n");
+}
+
 #[madsim::test]
 async fn host_network_pod_gets_no_netns_and_no_ip() {
     let node = Node::start().await;
