@@ -4,10 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::timing::TimedChannel as Channel;
 use containerd_client::services::v1::content_client::ContentClient;
-use containerd_client::services::v1::leases_client::LeasesClient;
-use containerd_client::services::v1::{
-    AbortRequest, AddResourceRequest, ReadContentRequest, Resource as LeaseResource, WriteAction, WriteContentRequest,
-};
+use containerd_client::services::v1::{AbortRequest, ReadContentRequest, WriteAction, WriteContentRequest};
 use crid::error::{Error, ErrorKind, Result};
 use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -53,16 +50,27 @@ pub struct BlobWrite<'a> {
     pub keep_bytes: bool,
 }
 
-/// Streams `body` into the content store and commits it under `digest`, held by the write's
-/// lease. Content that already exists counts as written (and is held too); true when this write
-/// committed it.
+/// How a write ended well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// This write committed the blob, under its lease.
+    Committed,
+    /// containerd had the blob when the write opened, and added it to the write's lease.
+    FoundOnOpen,
+    /// Another writer committed the blob while this one wrote: containerd's commit then adds
+    /// nothing to this write's lease, which the caller must hold it by if it relies on it.
+    CommittedByAnother,
+}
+
+/// Streams `body` into the content store and commits it under `digest`. Content that already
+/// exists counts as written (see [`Written`]).
 pub async fn write_blob<S>(
     channel: &Channel,
     requests: &Requests,
     write: BlobWrite<'_>,
     mut body: S,
     progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<bool>
+) -> Result<Written>
 where
     S: futures::Stream<Item = Result<bytes::Bytes>> + Unpin + Send,
 {
@@ -138,19 +146,16 @@ where
         Err(Error::unavailable("content write ended before commit"))
     };
     let write_ref = base_ref;
-    let lease = write.lease.clone();
     let (fed, drained) = futures::join!(feed, drain);
     let result = match (fed, drained) {
-        (_, Ok(())) => Ok(true),
-        // containerd adds content it finds on opening the write to the lease, but not content
-        // another writer committed while this one wrote: that commit fails and adds nothing.
-        // The caller relies on the blob from here, so the lease must hold it either way.
-        (_, Err(e)) if e.kind == ErrorKind::AlreadyExists => match lease {
-            Some(lease) if answered.load(std::sync::atomic::Ordering::Relaxed) => {
-                hold(channel, requests, &lease, write.digest).await.map(|()| false)
+        (_, Ok(())) => Ok(Written::Committed),
+        (_, Err(e)) if e.kind == ErrorKind::AlreadyExists => {
+            if answered.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(Written::CommittedByAnother)
+            } else {
+                Ok(Written::FoundOnOpen)
             }
-            _ => Ok(false),
-        },
+        }
         // The feeder's error says why the stream ended early (e.g. the registry failed).
         (Err(e), Err(_)) => Err(e),
         (Ok(()), Err(e)) => Err(e),
@@ -161,17 +166,4 @@ where
         let _ = ContentClient::new(channel.clone()).abort(requests.plain(abort)).await;
     }
     result
-}
-
-/// References a blob from a lease (Leases/AddResource).
-async fn hold(channel: &Channel, requests: &Requests, lease: &str, digest: &str) -> Result<()> {
-    let request = AddResourceRequest {
-        id: lease.to_string(),
-        resource: Some(LeaseResource { id: digest.to_string(), r#type: "content".to_string() }),
-    };
-    LeasesClient::new(channel.clone())
-        .add_resource(requests.plain(request))
-        .await
-        .map(|_| ())
-        .map_err(|status| from_status(status).context(format!("hold content {digest} under lease {lease}")))
 }

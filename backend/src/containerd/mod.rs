@@ -171,7 +171,7 @@ struct Known {
 const PRESENT_GUESSES_MAX: usize = 4096;
 
 impl RealContainerd {
-    pub(super) fn known_present(&self, key: &str) -> bool {
+    fn known_present(&self, key: &str) -> bool {
         self.known.lock().unwrap().present.contains(key)
     }
 

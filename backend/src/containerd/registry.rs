@@ -70,9 +70,13 @@ impl Registry for RealContainerd {
             keep_bytes: is_manifest,
         };
         self.forget_labels_of(&blob.digest);
-        content::write_blob(&self.channel, &self.requests, write, Box::pin(body), progress)
+        let written = content::write_blob(&self.channel, &self.requests, write, Box::pin(body), progress)
             .await
             .map_err(|e| e.context(format!("fetch {}", blob.digest)))?;
+        if written == content::Written::CommittedByAnother {
+            // The pull relies on the blob from here: it must be held either way.
+            self.add_to_lease(lease, &blob.digest, "content").await?;
+        }
         self.note_present(format!("content/{}", blob.digest), true);
         Ok(())
     }
