@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use crid::error::{Error, Result};
-use crid::ports::os::DirEntry;
+use crid::ports::os::{DirEntry, HostPath};
 use crid::ports::{ByteReader, ByteWriter, Os};
 use nix::mount::{MntFlags, MsFlags};
 
@@ -185,6 +185,30 @@ pub fn capabilities_from_mask(mask: u64) -> Vec<String> {
         .collect()
 }
 
+fn host_path_sync(path: &Path) -> Result<Option<HostPath>> {
+    let resolved = match fs::canonicalize(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        other => other.io_context(format!("resolve {}", path.display()))?,
+    };
+    let mounts = procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .map_err(|e| Error::internal(format!("read /proc/self/mountinfo: {e}")))?;
+    // The mount that holds the path: the one at its longest ancestor, and of a stack of mounts
+    // there the last listed, the one on top.
+    let holder = mounts
+        .into_iter()
+        .filter(|mount| resolved.starts_with(&mount.mount_point))
+        .max_by_key(|mount| mount.mount_point.components().count())
+        .ok_or_else(|| Error::internal(format!("no mount holds {}", resolved.display())))?;
+    use procfs::process::MountOptFields;
+    Ok(Some(HostPath {
+        resolved: resolved.to_string_lossy().into_owned(),
+        mount_point: holder.mount_point.to_string_lossy().into_owned(),
+        shared: holder.opt_fields.iter().any(|f| matches!(f, MountOptFields::Shared(_))),
+        slave: holder.opt_fields.iter().any(|f| matches!(f, MountOptFields::Master(_))),
+    }))
+}
+
 /// The capabilities this process holds (`CapEff` of /proc/self/status). "All capabilities" for
 /// a privileged container means these, as in containerd: asking runc for one the daemon lacks
 /// (CAP_SYS_RESOURCE in some VMs and nested containers) fails every privileged container with
@@ -240,6 +264,11 @@ impl Os for LinuxOs {
             Ok(entries)
         })
         .await
+    }
+
+    async fn host_path(&self, path: &str) -> Result<Option<HostPath>> {
+        let path = PathBuf::from(path);
+        blocking(move || host_path_sync(&path)).await
     }
 
     async fn netns_create(&self, path: &str) -> Result<()> {

@@ -10,6 +10,7 @@
 
 mod common;
 mod fuzz;
+mod inside;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -468,6 +469,13 @@ async fn image_and_devices_from_inside(cri: &mut Cri) {
     run(&["umount", "-l", &shared_text]);
     assert!(seen, "{who}: the Bidirectional mount made inside reached the host");
     cri.assert_no_leaks();
+}
+
+/// The same pods and containers on crid and on containerd's CRI look the same from inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn containers_look_the_same_from_inside_as_on_containerd() {
+    inside::inside_matches_containerd().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,7 +67,9 @@ pub struct WorkloadSpec {
     pub host_pid: bool,
     pub host_ipc: bool,
     pub cgroup_parent: String,
-    pub oom_score_adj: i32,
+    /// None leaves the process the shim's own score, as containerd does for a container whose
+    /// config has no resources.
+    pub oom_score_adj: Option<i32>,
     pub privileged: bool,
     /// The process may not gain privileges (setuid, file capabilities): the CRI's
     /// `no_new_privs`, false unless asked for, as in containerd.
@@ -97,8 +99,9 @@ pub struct WorkloadSpec {
     /// The localhost profile's JSON, read by the backend at create time and kept with the spec.
     #[serde(default)]
     pub resolved_seccomp: Option<String>,
-    /// The CRI's masked and read-only path lists; empty means the runtime's defaults (proto3
-    /// cannot tell an empty list from none, and kubelet always sends the defaults).
+    /// The CRI's masked and read-only path lists. Empty masks nothing, as in containerd, which
+    /// clears its default spec's lists and applies only what the CRI asks for (kubelet always
+    /// sends its defaults, and none for a privileged container).
     #[serde(default)]
     pub masked_paths: Vec<String>,
     #[serde(default)]

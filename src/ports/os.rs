@@ -11,6 +11,20 @@ pub struct DirEntry {
     pub is_dir: bool,
 }
 
+/// A bind mount's source as the host has it: where its symbolic links lead, and the mount it
+/// lies on, whose propagation decides whether a mount's propagation can reach the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPath {
+    /// The path with every symbolic link resolved: what the runtime is asked to bind.
+    pub resolved: String,
+    /// The mount point of the mount that holds the path.
+    pub mount_point: String,
+    /// That mount is in a peer group (`shared:N` in mountinfo).
+    pub shared: bool,
+    /// That mount receives from a master (`master:N` in mountinfo).
+    pub slave: bool,
+}
+
 #[async_trait]
 pub trait Os: Send + Sync + 'static {
     async fn mkdir_all(&self, path: &str) -> Result<()>;
@@ -26,6 +40,8 @@ pub trait Os: Send + Sync + 'static {
     async fn rename(&self, from: &str, to: &str) -> Result<()>;
     /// Entries of a directory, sorted by name. NotFound when it does not exist.
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>>;
+    /// A CRI mount's host path: None when nothing exists there.
+    async fn host_path(&self, path: &str) -> Result<Option<HostPath>>;
 
     /// Creates a pinned network namespace at `path`.
     async fn netns_create(&self, path: &str) -> Result<()>;

@@ -155,6 +155,54 @@ impl CriService {
         }
     }
 
+    /// The CRI mounts' host paths, prepared as containerd prepares them before it builds the
+    /// spec: a missing one is created as a directory (kubelet leaves that to the runtime for a
+    /// hostPath volume of no type), its symbolic links are resolved, and a mount whose
+    /// propagation needs it must lie on a shared (Bidirectional) or a shared or slave
+    /// (HostToContainer) mount of the host: else the propagation asked for could not happen,
+    /// and the container would run without it, silently. The config returned is the one the
+    /// spec is built from; the container keeps the config as asked.
+    async fn prepare_host_paths(&self, config: &ContainerConfig) -> Result<ContainerConfig> {
+        use k8s_cri::v1::MountPropagation;
+        let mut mounted = config.clone();
+        for mount in &mut mounted.mounts {
+            // A relative path is refused by the spec, with its reason.
+            if !mount.host_path.starts_with('/') {
+                continue;
+            }
+            let os = &self.backends.os;
+            let path = mount.host_path.clone();
+            let look = || async {
+                os.host_path(&path).await.map_err(|e| e.context(format!("failed to resolve symlink {}", quoted(&path))))
+            };
+            let host = match look().await? {
+                Some(host) => host,
+                None => {
+                    os.mkdir_all(&path).await.map_err(|e| e.context(format!("failed to mkdir {}", quoted(&path))))?;
+                    look()
+                        .await?
+                        .ok_or_else(|| Error::internal(format!("{} is gone just after its mkdir", quoted(&path))))?
+                }
+            };
+            let needs = match MountPropagation::try_from(mount.propagation) {
+                Ok(MountPropagation::PropagationBidirectional) if !host.shared => Some("a shared"),
+                Ok(MountPropagation::PropagationHostToContainer) if !host.shared && !host.slave => {
+                    Some("a shared or slave")
+                }
+                _ => None,
+            };
+            if let Some(kind) = needs {
+                return Err(Error::precondition(format!(
+                    "path {} is mounted on {} but it is not {kind} mount",
+                    quoted(&path),
+                    quoted(&host.mount_point)
+                )));
+            }
+            mount.host_path = host.resolved;
+        }
+        Ok(mounted)
+    }
+
     async fn create_container_inner(
         self: &Arc<Self>,
         sandbox: &Sandbox,
@@ -180,9 +228,10 @@ impl CriService {
         let policy =
             SpecPolicy::new(&self.config, &sandbox.metadata.runtime_handler, self.backends.os.apparmor_enabled())?;
         let target_pid = self.target_pid(config)?;
+        let mounted = self.prepare_host_paths(config).await?;
         let mut spec = container_spec(ContainerSpecInput {
             sandbox_id: sandbox.id.as_str(),
-            config,
+            config: &mounted,
             sandbox_config: &sandbox.config,
             image: &image.config,
             netns_path: sandbox.metadata.netns_path.clone(),

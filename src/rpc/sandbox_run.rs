@@ -390,11 +390,12 @@ impl CriService {
         os.write_file(&format!("{root_dir}/hosts"), &hosts).await?;
         let mut resolv = String::new();
         if let Some(dns) = &config.dns_config {
-            for server in &dns.servers {
-                resolv.push_str(&format!("nameserver {server}\n"));
-            }
+            // In containerd's order: search, the name servers, options.
             if !dns.searches.is_empty() {
                 resolv.push_str(&format!("search {}\n", dns.searches.join(" ")));
+            }
+            for server in &dns.servers {
+                resolv.push_str(&format!("nameserver {server}\n"));
             }
             if !dns.options.is_empty() {
                 resolv.push_str(&format!("options {}\n", dns.options.join(" ")));

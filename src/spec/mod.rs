@@ -527,11 +527,11 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
         host_pid: namespace_mode(config, |o| o.pid) == NamespaceMode::Node as i32,
         host_ipc: namespace_mode(config, |o| o.ipc) == NamespaceMode::Node as i32,
         cgroup_parent: linux.map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
-        oom_score_adj: clamp_oom_score_adj(
+        oom_score_adj: Some(clamp_oom_score_adj(
             SANDBOX_OOM_SCORE_ADJ,
             input.own_oom_score_adj,
             input.restrict_oom_score_adj,
-        ),
+        )),
         privileged,
         user: user_string(
             security.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value),
@@ -651,18 +651,20 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> Result<WorkloadSpec> {
             Ok(mount)
         })
         .collect::<Result<_>>()?;
-    // The pod's /dev/shm, shared by its containers (the host's for a host-IPC pod), unless the
-    // CRI mounts one itself; as in containerd.
+    // The pod's hostname, hosts and resolv.conf (read-only with a read-only rootfs), then its
+    // /dev/shm, shared by its containers (the host's for a host-IPC pod), each unless the CRI
+    // mounts one there itself; as in containerd, and in its order.
+    let readonly_rootfs = security.is_some_and(|s| s.readonly_rootfs);
+    for file in ["hostname", "hosts", "resolv.conf"] {
+        let destination = format!("/etc/{file}");
+        if !mounts.iter().any(|m| m.destination == destination) {
+            mounts.push(bind(&format!("{}/{file}", input.sandbox_root_dir), &destination, readonly_rootfs));
+        }
+    }
     if !mounts.iter().any(|m| m.destination == "/dev/shm") {
         let host_ipc = namespace_mode(input.sandbox_config, |o| o.ipc) == NamespaceMode::Node as i32;
         let source = if host_ipc { "/dev/shm" } else { input.sandbox_shm_dir.as_str() };
         mounts.push(bind(source, "/dev/shm", false));
-    }
-    for file in ["hostname", "hosts", "resolv.conf"] {
-        let destination = format!("/etc/{file}");
-        if !mounts.iter().any(|m| m.destination == destination) {
-            mounts.push(bind(&format!("{}/{file}", input.sandbox_root_dir), &destination, false));
-        }
     }
     if !input.ignore_image_volumes {
         // Each image VOLUME becomes a directory of the container's own, which the backend fills
@@ -679,6 +681,9 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> Result<WorkloadSpec> {
             }
         }
     }
+    // A mount over a deeper one must come after it: containerd orders the CRI's and its own
+    // mounts by depth, keeping the order above among mounts of one depth.
+    mounts.sort_by_key(|m| std::path::Path::new(&m.destination).components().count());
     let add_capabilities =
         security.and_then(|s| s.capabilities.as_ref()).map(|c| c.add_capabilities.clone()).unwrap_or_default();
     let seccomp = seccomp_profile(security, &input.policy.unset_seccomp_profile);
@@ -730,7 +735,10 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> Result<WorkloadSpec> {
         apparmor_profile: apparmor,
         host_network: host_network(input.sandbox_config),
         cgroup_parent: input.sandbox_config.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default(),
-        oom_score_adj: clamp_oom_score_adj(requested_oom, input.own_oom_score_adj, input.restrict_oom_score_adj),
+        // Only a config with resources sets a score; without, the process keeps the shim's.
+        oom_score_adj: linux
+            .and_then(|l| l.resources.as_ref())
+            .map(|_| clamp_oom_score_adj(requested_oom, input.own_oom_score_adj, input.restrict_oom_score_adj)),
         privileged,
         sysctls: input.sandbox_config.linux.as_ref().map(|l| sorted(&l.sysctls)).unwrap_or_default(),
         masked_paths: security.map(|s| s.masked_paths.clone()).unwrap_or_default(),

@@ -65,6 +65,11 @@ fn devices_under(
         let name = entry.file_name().to_string_lossy().into_owned();
         let container_path = format!("{}/{name}", container_dir.trim_end_matches('/'));
         let Ok(kind) = entry.file_type() else { continue };
+        // A link is not a device: /dev/stdin leads to this process's own fd 0, which would
+        // hand the container whatever crid's stdin is (/dev/null under a service manager).
+        if kind.is_symlink() {
+            continue;
+        }
         if kind.is_dir() {
             if !skip.contains(&name.as_str()) {
                 devices_under(&entry.path(), &container_path, permissions, owner, &[], out);

@@ -138,7 +138,11 @@ pub fn process(workload: &WorkloadSpec) -> Result<Process> {
         }
     }
     // The core already clamped this to what this process may set (restrict_oom_score_adj).
-    process.set_oom_score_adj(Some(workload.oom_score_adj));
+    process.set_oom_score_adj(workload.oom_score_adj);
+    // No limits of the spec's own: the process inherits the shim's, i.e. containerd's (a
+    // service's LimitNOFILE), as containerd's CRI removes its default spec's RLIMIT_NOFILE
+    // 1024, which would leave a database or a proxy short of descriptors.
+    process.set_rlimits(None);
     Ok(process)
 }
 
@@ -153,8 +157,16 @@ fn mount(destination: &str, kind: &str, source: &str, options: &[&str]) -> Resul
 }
 
 fn base_mounts(workload: &WorkloadSpec) -> Result<Vec<Mount>> {
+    // A privileged container gets /sys and its cgroups writable, as containerd's privileged
+    // option makes them; the pause container of a privileged pod does not.
+    let writable = workload.privileged && !workload.sandbox;
     let sys_options: &[&str] =
-        if workload.privileged { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] };
+        if writable { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] };
+    let cgroup_options: &[&str] = if writable {
+        &["nosuid", "noexec", "nodev", "relatime"]
+    } else {
+        &["nosuid", "noexec", "nodev", "relatime", "ro"]
+    };
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
@@ -167,7 +179,7 @@ fn base_mounts(workload: &WorkloadSpec) -> Result<Vec<Mount>> {
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/sys", "sysfs", "sysfs", sys_options)?,
-        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?,
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroup_options)?,
     ])
 }
 
@@ -502,15 +514,17 @@ pub fn build(id: &str, workload: &WorkloadSpec) -> Result<Spec> {
     } else if has("rslave") {
         linux = linux.rootfs_propagation("rslave");
     }
-    if !workload.privileged {
+    // A container gets only what the CRI asks for, and nothing when privileged, as containerd
+    // clears its default spec's lists for it; the pause container keeps those defaults.
+    let (masked, readonly) = if workload.sandbox {
         let default = oci_spec::runtime::Linux::default();
-        let or_default = |asked: &Vec<String>, default: &Option<Vec<String>>| {
-            if asked.is_empty() { default.clone().unwrap_or_default() } else { asked.clone() }
-        };
-        linux = linux
-            .masked_paths(or_default(&workload.masked_paths, default.masked_paths()))
-            .readonly_paths(or_default(&workload.readonly_paths, default.readonly_paths()));
-    }
+        (default.masked_paths().clone().unwrap_or_default(), default.readonly_paths().clone().unwrap_or_default())
+    } else if workload.privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (workload.masked_paths.clone(), workload.readonly_paths.clone())
+    };
+    linux = linux.masked_paths(masked).readonly_paths(readonly);
     let mut linux = linux.build().map_err(oci_err)?;
     if workload.cgroups_disabled {
         // The builder's defaults hold an empty resources section; runc would still create a
@@ -544,7 +558,7 @@ mod tests {
             args: vec!["sh".into()],
             sandbox_pid: 42,
             netns_path: "/run/netns/x".into(),
-            oom_score_adj: 5,
+            oom_score_adj: Some(5),
             drop_capabilities: vec!["NET_RAW".into()],
             mounts: vec![MountSpec {
                 destination: "/etc/hosts".into(),

@@ -15,7 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use crid::error::{Error, ErrorKind, Result};
-use crid::ports::os::{DirEntry, Os};
+use crid::ports::os::{DirEntry, HostPath, Os};
 use crid::ports::{ByteReader, ByteWriter};
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
@@ -50,6 +50,9 @@ struct OsState {
     netns: BTreeSet<String>,
     /// Mount point → tmpfs size in bytes.
     mounts: BTreeMap<String, u64>,
+    /// Host mounts that propagate nothing; every other path lies on "/", which is shared, as
+    /// systemd makes it.
+    private_mounts: BTreeSet<String>,
     disk_full: bool,
     own_oom_score_adj: i32,
     capabilities: Vec<String>,
@@ -181,6 +184,7 @@ impl FakeOs {
             state: Mutex::new(OsState {
                 files: BTreeMap::new(),
                 dirs: BTreeSet::new(),
+                private_mounts: BTreeSet::new(),
                 netns: BTreeSet::new(),
                 mounts: BTreeMap::new(),
                 disk_full: false,
@@ -269,6 +273,14 @@ impl FakeOs {
     /// Mount point → size in bytes.
     pub fn mounts(&self) -> BTreeMap<String, u64> {
         self.state().mounts.clone()
+    }
+
+    /// Makes `point` (a directory) a private mount of the host, as a plain `mount --bind` is.
+    pub fn add_private_mount(&self, point: &str) {
+        let point = normalize(point);
+        let mut state = self.state();
+        state.dirs.insert(point.clone());
+        state.private_mounts.insert(point);
     }
 
     /// A file or directory at `path`.
@@ -458,6 +470,22 @@ impl Os for FakeOs {
             Ok(entries.into_iter().map(|(name, is_dir)| DirEntry { name, is_dir }).collect())
         })();
         after.finish(result).await
+    }
+
+    async fn host_path(&self, path: &str) -> Result<Option<HostPath>> {
+        // A stat and a read of mountinfo, which do not fail on a working host: no fault site.
+        let path = normalize(path);
+        let state = self.state();
+        if !state.files.contains_key(&path) && !state.is_dir(&path) {
+            return Ok(None);
+        }
+        let private = state.private_mounts.iter().filter(|point| is_within(&path, point)).max_by_key(|p| p.len());
+        Ok(Some(HostPath {
+            resolved: path.clone(),
+            mount_point: private.cloned().unwrap_or_else(|| "/".into()),
+            shared: private.is_none(),
+            slave: false,
+        }))
     }
 
     async fn netns_create(&self, path: &str) -> Result<()> {

@@ -269,6 +269,50 @@ async fn list_containers_filters() {
     assert!(web.image_ref.starts_with("sha256:"));
 }
 
+/// A mount's host path that does not exist is created as a directory, as containerd does
+/// (kubelet leaves a hostPath volume of no type to the runtime); a private mount serves a
+/// mount that asks for no propagation, and one on "/" (shared) serves any.
+#[madsim::test]
+async fn mount_host_paths_are_created_and_their_propagation_checked() {
+    let node = Node::start().await;
+    busybox_id(&node).await;
+    let pod = node.run_pod("vols").await;
+    node.world.os.add_private_mount("/mnt/private");
+    let mount = |host_path: &str, container_path: &str, propagation: MountPropagation| Mount {
+        host_path: host_path.into(),
+        container_path: container_path.into(),
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    assert!(!node.world.os.exists("/var/lib/kubelet/pods/p/volumes/cache"));
+    let mut config = container_config("c", BUSYBOX_IMAGE, &["sleep", "inf"]);
+    config.mounts = vec![
+        mount("/var/lib/kubelet/pods/p/volumes/cache//", "/cache", MountPropagation::PropagationBidirectional),
+        mount("/mnt/private/data", "/data", MountPropagation::PropagationPrivate),
+        mount("/var/lib/kubelet/plugins", "/plugins", MountPropagation::PropagationHostToContainer),
+    ];
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(config),
+        sandbox_config: Some(pod_config("vols")),
+    };
+    let id = node.svc.create_container(request).await.unwrap().container_id;
+    for created in ["/var/lib/kubelet/pods/p/volumes/cache", "/mnt/private/data", "/var/lib/kubelet/plugins"] {
+        assert!(node.world.os.dirs().contains(created), "{created} was created");
+    }
+    let spec = node.world.containerd.container(&id).expect("the container record").spec;
+    let source_of =
+        |destination: &str| spec.mounts.iter().find(|m| m.destination == destination).map(|m| m.source.clone());
+    assert_eq!(
+        source_of("/cache").as_deref(),
+        Some("/var/lib/kubelet/pods/p/volumes/cache"),
+        "the path as the host has it"
+    );
+    // The container reports its mounts as asked.
+    let status = node.container_status(&id).await;
+    assert_eq!(status.mounts[0].host_path, "/var/lib/kubelet/pods/p/volumes/cache//");
+}
+
 /// Invalid or impossible CreateContainer requests fail and leave nothing behind.
 #[madsim::test]
 async fn create_container_errors() {
@@ -283,6 +327,7 @@ async fn create_container_errors() {
         sandbox_config: Some(pod_config("errs")),
     };
     let good = || container_config("c", BUSYBOX_IMAGE, &["sleep", "inf"]);
+    node.world.os.add_private_mount("/mnt/private");
     let cases: Vec<(&str, CreateContainerRequest, ErrorKind)> = vec![
         ("no config", request(&pod, None), ErrorKind::InvalidArgument),
         ("no metadata", request(&pod, Some(ContainerConfig { metadata: None, ..good() })), ErrorKind::InvalidArgument),
@@ -340,6 +385,23 @@ async fn create_container_errors() {
                 }),
             ),
             ErrorKind::InvalidArgument,
+        ),
+        // Its propagation could not reach the container: refused, as containerd does.
+        (
+            "HostToContainer from a private mount",
+            request(
+                &pod,
+                Some(ContainerConfig {
+                    mounts: vec![k8s_cri::v1::Mount {
+                        host_path: "/mnt/private/data".into(),
+                        container_path: "/data".into(),
+                        propagation: MountPropagation::PropagationHostToContainer as i32,
+                        ..Default::default()
+                    }],
+                    ..good()
+                }),
+            ),
+            ErrorKind::FailedPrecondition,
         ),
         (
             "negative cpu shares",

@@ -72,7 +72,8 @@ async fn resolv_conf_is_the_pods_dns_else_the_nodes() {
     let dns =
         DnsConfig { servers: vec!["10.96.0.10".into()], searches: vec!["svc.cluster.local".into()], options: vec![] };
     let own = node.run_pod_with(PodSandboxConfig { dns_config: Some(dns), ..pod_config("own-dns") }).await;
-    assert_eq!(resolv(&own), b"nameserver 10.96.0.10\nsearch svc.cluster.local\n");
+    // In containerd's order: search first.
+    assert_eq!(resolv(&own), b"search svc.cluster.local\nnameserver 10.96.0.10\n");
     // DNS settings that say nothing are as none.
     let empty =
         node.run_pod_with(PodSandboxConfig { dns_config: Some(DnsConfig::default()), ..pod_config("empty-dns") }).await;

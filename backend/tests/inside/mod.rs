@@ -1,0 +1,405 @@
+//! A look from inside real containers, on crid and on containerd's own CRI side by side: the
+//! same pod and container configs run on both runtimes, a probe inside each prints what the
+//! container got (identity, capabilities, seccomp, environment, limits, mounts, devices,
+//! cgroup limits, DNS and hosts files, namespaces), and the two outputs must agree.
+//!
+//! The other inside tests assert what one field should be; this one asks for no expectation,
+//! so it also finds the differences nobody thought to assert. The few that are known to be the
+//! reference's version and not crid's (the stack's containerd is 1.6, crid follows 1.7) are
+//! listed in [`ACCEPTED`] with the reason, and only for the section and case they concern.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_cri::v1::*;
+
+use crate::common::{Cri, Kind, crid_binary, stack, unique};
+
+/// The probe, run with ExecSync in the container. Each section starts with `== name`. It looks
+/// at PID 1 (the container's own process: every case but the host one has a PID namespace of
+/// its own, as kubelet asks by default) and at the exec'd process itself.
+const PROBE: &str = r#"
+fields='^(Uid|Gid|Groups|Umask|Cap[A-Za-z]+|NoNewPrivs|Seccomp|Seccomp_filters):'
+echo '== init status'; grep -E "$fields" /proc/1/status
+echo '== exec status'; grep -E "$fields" /proc/self/status
+echo '== id'; id
+echo '== init args'; busybox tr '\0' ' ' </proc/1/cmdline; echo
+echo '== init env'; busybox tr '\0' '\n' </proc/1/environ | busybox sort
+echo '== exec env'; env | busybox sort
+echo '== cwd'; busybox readlink /proc/1/cwd; busybox pwd
+echo '== limits'; cat /proc/1/limits
+echo '== oom_score_adj'; cat /proc/1/oom_score_adj
+echo '== hostname'; hostname; cat /etc/hostname
+echo '== resolv.conf'; cat /etc/resolv.conf
+echo '== hosts'; cat /etc/hosts
+echo '== mounts'; cat /proc/self/mountinfo
+echo '== devices'; busybox find /dev -xdev -exec busybox stat -c '%n %F %a %u:%g %t:%T' {} +
+echo '== cgroup limits'
+for f in memory/memory.limit_in_bytes memory/memory.memsw.limit_in_bytes memory/memory.swappiness \
+    memory/memory.kmem.limit_in_bytes cpu/cpu.shares cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us \
+    pids/pids.max cpuset/cpuset.cpus cpuset/cpuset.mems blkio/blkio.weight; do
+    echo "$f: $(cat /sys/fs/cgroup/$f 2>&1)"
+done
+echo '== sysctls'
+for s in net/ipv4/ip_unprivileged_port_start net/ipv4/ping_group_range kernel/shm_rmid_forced; do
+    echo "$s: $(cat /proc/sys/$s 2>&1)"
+done
+echo '== namespaces'; for n in cgroup ipc mnt net pid uts; do echo "$n $(busybox readlink /proc/1/ns/$n)"; done
+echo '== links'; busybox ip -o link | busybox awk '{print $2, $3}'
+echo '== rootfs'; if touch /.probe 2>/dev/null; then echo writable; busybox rm /.probe; else echo read-only; fi
+echo '== sys'; if touch /sys/fs/cgroup/.probe 2>/dev/null; then echo writable; else echo read-only; fi
+"#;
+
+/// Kubelet's default masked and read-only paths, which it sends for every unprivileged
+/// container (and nothing for a privileged one).
+const MASKED_PATHS: [&str; 10] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Differences that are the reference's containerd version and not crid's, by case and
+/// section. The stack's reference is containerd 1.6; crid reproduces 1.7.
+const ACCEPTED: [(&str, &str, &str); 3] = [
+    // containerd 1.6 looks up the image USER "1000:1000" whole in /etc/group and finds no
+    // memberships; 1.7 looks up its user part and adds the user's groups (2000 here).
+    ("image user", "id", "1.6 misses the image user's /etc/group memberships"),
+    ("image user", "init status", "1.6 misses the image user's /etc/group memberships"),
+    ("image user", "exec status", "1.6 misses the image user's /etc/group memberships"),
+];
+
+/// One pod and container, as kubelet would send them.
+struct Case {
+    name: &'static str,
+    pod: fn(&mut PodSandboxConfig),
+    container: fn(&mut ContainerConfig, &Path),
+}
+
+fn kubelet_security(security: &mut LinuxContainerSecurityContext) {
+    security.masked_paths = MASKED_PATHS.iter().map(|p| p.to_string()).collect();
+    security.readonly_paths = READONLY_PATHS.iter().map(|p| p.to_string()).collect();
+    security.namespace_options.get_or_insert_with(Default::default).pid = NamespaceMode::Container as i32;
+}
+
+fn security(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    config.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default)
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "defaults",
+            pod: |_| {},
+            container: |config, _| {
+                kubelet_security(security(config));
+                config.envs = vec![KeyValue { key: "GREETING".into(), value: "hello world".into() }];
+            },
+        },
+        Case {
+            name: "restricted",
+            pod: |pod| {
+                pod.dns_config = Some(DnsConfig {
+                    servers: vec!["10.96.0.10".into()],
+                    searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
+                    options: vec!["ndots:5".into()],
+                });
+                let linux = pod.linux.get_or_insert_with(Default::default);
+                linux.sysctls = [("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())].into();
+                let pod_security = linux.security_context.get_or_insert_with(Default::default);
+                pod_security.run_as_user = Some(Int64Value { value: 1000 });
+                pod_security.supplemental_groups = vec![4000];
+            },
+            container: |config, host_dir| {
+                let security = security(config);
+                kubelet_security(security);
+                security.run_as_user = Some(Int64Value { value: 1000 });
+                security.run_as_group = Some(Int64Value { value: 3000 });
+                security.supplemental_groups = vec![4000];
+                security.capabilities = Some(Capability {
+                    add_capabilities: vec!["NET_BIND_SERVICE".into()],
+                    drop_capabilities: vec!["ALL".into()],
+                    ..Default::default()
+                });
+                security.no_new_privs = true;
+                security.readonly_rootfs = true;
+                security.seccomp = Some(SecurityProfile {
+                    profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                });
+                let linux = config.linux.get_or_insert_with(Default::default);
+                linux.resources = Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 64 << 20,
+                    cpu_period: 100_000,
+                    cpu_quota: 50_000,
+                    cpu_shares: 512,
+                    oom_score_adj: 900,
+                    ..Default::default()
+                });
+                config.working_dir = "/tmp".into();
+                config.envs = vec![KeyValue { key: "MODE".into(), value: "restricted".into() }];
+                let host_path = host_dir.to_string_lossy().into_owned();
+                config.mounts = vec![
+                    Mount {
+                        container_path: "/config".into(),
+                        host_path: host_path.clone(),
+                        readonly: true,
+                        ..Default::default()
+                    },
+                    Mount {
+                        container_path: "/scratch".into(),
+                        host_path,
+                        propagation: MountPropagation::PropagationHostToContainer as i32,
+                        ..Default::default()
+                    },
+                    // A host path that does not exist yet: the runtime creates it.
+                    Mount {
+                        container_path: "/created".into(),
+                        host_path: format!("{}/{}", host_dir.display(), unique("created")),
+                        ..Default::default()
+                    },
+                ];
+            },
+        },
+        Case {
+            name: "privileged",
+            pod: |pod| {
+                let linux = pod.linux.get_or_insert_with(Default::default);
+                linux.security_context.get_or_insert_with(Default::default).privileged = true;
+            },
+            container: |config, _| {
+                let security = security(config);
+                security.privileged = true;
+                security.namespace_options.get_or_insert_with(Default::default).pid = NamespaceMode::Container as i32;
+            },
+        },
+        Case {
+            name: "host namespaces",
+            pod: |pod| {
+                // kubelet leaves the hostname empty for a pod on the node's network.
+                pod.hostname = String::new();
+                let linux = pod.linux.get_or_insert_with(Default::default);
+                linux.security_context.get_or_insert_with(Default::default).namespace_options = Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Node as i32,
+                    ipc: NamespaceMode::Node as i32,
+                    ..Default::default()
+                });
+            },
+            container: |config, _| {
+                let security = security(config);
+                kubelet_security(security);
+                security.namespace_options = Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Node as i32,
+                    ipc: NamespaceMode::Node as i32,
+                    ..Default::default()
+                });
+            },
+        },
+        Case {
+            name: "image user",
+            pod: |_| {},
+            container: |config, _| {
+                kubelet_security(security(config));
+                let image = config.image.as_mut().expect("the image");
+                image.image = image.image.replace("/busybox:latest", "/nonroot:latest");
+            },
+        },
+    ]
+}
+
+/// Runs `case` on `cri` and returns the probe's sections, normalised so that what differs
+/// between any two runs (ids, addresses, paths of the runtime's own state) does not count.
+async fn look_inside(cri: &mut Cri, case: &Case, host_dir: &Path, host: &HostFacts) -> BTreeMap<String, String> {
+    let who = cri.kind.name();
+    cri.pull(&cri.image("busybox:latest")).await;
+    cri.pull(&cri.image("nonroot:latest")).await;
+    let mut pod = cri.pod_config(&unique("inside"));
+    pod.hostname = "inside-probe".into();
+    (case.pod)(&mut pod);
+    let pod_id = cri.run_pod(&pod).await;
+    let mut config = cri.container_config("probe", &["sleep", "1000"]);
+    (case.container)(&mut config, host_dir);
+    let id = cri.run_container_with(&pod_id, &pod, config).await;
+    let (code, output) = cri.exec(&id, &["sh", "-c", PROBE]).await;
+    assert_eq!(code, 0, "{who}: {}: the probe failed: {output}", case.name);
+    cri.remove_pod(&pod_id).await;
+    let mut sections = BTreeMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in output.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            sections.extend(current.take().map(|(n, lines)| (n, lines.join("\n"))));
+            current = Some((name.to_string(), Vec::new()));
+        } else if let Some((name, lines)) = current.as_mut() {
+            lines.push(normalise_line(name, line, &[&id, &pod_id], host));
+        }
+    }
+    sections.extend(current.map(|(n, lines)| (n, lines.join("\n"))));
+    sections
+}
+
+/// What the host's own namespaces are, so a namespace shown inside reads `host` or `own`.
+struct HostFacts {
+    namespaces: BTreeMap<String, String>,
+}
+
+impl HostFacts {
+    fn read() -> HostFacts {
+        let namespaces = ["cgroup", "ipc", "mnt", "net", "pid", "uts"]
+            .iter()
+            .map(|n| {
+                let link = std::fs::read_link(format!("/proc/self/ns/{n}")).expect("read a namespace link");
+                (n.to_string(), link.to_string_lossy().into_owned())
+            })
+            .collect();
+        HostFacts { namespaces }
+    }
+}
+
+fn normalise_line(section: &str, line: &str, ids: &[&str], host: &HostFacts) -> String {
+    let mut line = line.to_string();
+    for id in ids {
+        line = line.replace(id, "<id>");
+    }
+    match section {
+        "mounts" => normalise_mount(&line),
+        "namespaces" => {
+            let (name, link) = line.split_once(' ').unwrap_or((&line, ""));
+            let whose = if host.namespaces.get(name).map(String::as_str) == Some(link) { "host" } else { "own" };
+            format!("{name} {whose}")
+        }
+        // A pod's address is its network's; what matters is which links it has.
+        "links" => line.split('@').next().unwrap_or_default().to_string(),
+        _ => line,
+    }
+}
+
+/// A mountinfo line without what names the runtime's own files: the mount point, its options,
+/// its propagation, the filesystem type, and the filesystem's options except an overlay's
+/// layer paths.
+fn normalise_mount(line: &str) -> String {
+    let Some((left, right)) = line.split_once(" - ") else { return line.to_string() };
+    let left: Vec<&str> = left.split(' ').collect();
+    let right: Vec<&str> = right.split(' ').collect();
+    let point = left.get(4).copied().unwrap_or_default();
+    let options = left.get(5).copied().unwrap_or_default();
+    let propagation: Vec<&str> = left.iter().skip(6).map(|field| field.split(':').next().unwrap_or_default()).collect();
+    let fstype = right.first().copied().unwrap_or_default();
+    let super_options = if fstype == "overlay" { "<layers>" } else { right.get(2).copied().unwrap_or_default() };
+    format!("{point} {options} [{}] {fstype} {super_options}", propagation.join(","))
+}
+
+/// The lines only crid printed (`-`) and only containerd printed (`+`); when both printed the
+/// same lines, the two texts in full, as only their order differs.
+fn line_diff(ours: &str, theirs: &str) -> String {
+    let (ours_lines, theirs_lines): (Vec<&str>, Vec<&str>) = (ours.lines().collect(), theirs.lines().collect());
+    let only_ours: Vec<String> =
+        ours_lines.iter().filter(|l| !theirs_lines.contains(l)).map(|l| format!("- {l}")).collect();
+    let only_theirs: Vec<String> =
+        theirs_lines.iter().filter(|l| !ours_lines.contains(l)).map(|l| format!("+ {l}")).collect();
+    if only_ours.is_empty() && only_theirs.is_empty() {
+        return format!(
+            "(the same lines in another order)\n--- {}\n{ours}\n--- {}\n{theirs}",
+            Kind::Crid.name(),
+            Kind::Containerd.name()
+        );
+    }
+    [only_ours, only_theirs].concat().join("\n")
+}
+
+fn run(args: &[&str]) {
+    let status = std::process::Command::new(args[0]).args(&args[1..]).status().expect("run a host command");
+    assert!(status.success(), "{args:?}: {status}");
+}
+
+/// CreateContainer's error for a HostToContainer mount of `host_dir`.
+async fn refuses_host_to_container_from(cri: &mut Cri, host_dir: &Path) -> String {
+    let mut pod = cri.pod_config(&unique("inside-private"));
+    pod.hostname = "inside-probe".into();
+    let pod_id = cri.run_pod(&pod).await;
+    let mut config = cri.container_config("probe", &["sleep", "1000"]);
+    config.mounts = vec![Mount {
+        container_path: "/private".into(),
+        host_path: host_dir.to_string_lossy().into_owned(),
+        propagation: MountPropagation::PropagationHostToContainer as i32,
+        ..Default::default()
+    }];
+    let request =
+        CreateContainerRequest { pod_sandbox_id: pod_id.clone(), config: Some(config), sandbox_config: Some(pod) };
+    let refused = cri.runtime.create_container(request).await;
+    cri.remove_pod(&pod_id).await;
+    match refused {
+        Ok(created) => panic!("{}: created {}", cri.kind.name(), created.into_inner().container_id),
+        Err(status) => status.message().to_string(),
+    }
+}
+
+/// For every case, crid's inside and containerd's agree, section by section.
+pub async fn inside_matches_containerd() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "inside", crid_binary()).await;
+    let mut reference = Cri::reference(&stack, "inside").await;
+    let host = HostFacts::read();
+    let host_dir = std::env::temp_dir().join(unique("crid-inside-volume"));
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("setting"), "on\n").unwrap();
+    // A HostToContainer mount needs its source on a shared or slave mount, as kubelet's
+    // volume directories are.
+    let host_dir_text = host_dir.to_string_lossy().into_owned();
+    run(&["mount", "--bind", &host_dir_text, &host_dir_text]);
+    run(&["mount", "--make-shared", &host_dir_text]);
+    let mut differences = Vec::new();
+    let mut compared = 0;
+    for case in cases() {
+        let ours = look_inside(&mut crid, &case, &host_dir, &host).await;
+        let theirs = look_inside(&mut reference, &case, &host_dir, &host).await;
+        if std::env::var_os("CRID_INSIDE_SHOW").is_some() {
+            for (section, text) in &ours {
+                println!("=== {} / {section}\n{text}", case.name);
+            }
+        }
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "{}: the probe printed other sections",
+            case.name
+        );
+        for (section, text) in &ours {
+            compared += 1;
+            let other = &theirs[section];
+            if text == other {
+                continue;
+            }
+            if let Some((_, _, why)) = ACCEPTED.iter().find(|(c, s, _)| *c == case.name && s == section) {
+                println!("{}: {section}: accepted difference: {why}", case.name);
+                continue;
+            }
+            differences.push(format!("{} / {section}:\n{}", case.name, line_diff(text, other)));
+        }
+    }
+    // A HostToContainer mount from a private mount could not receive anything: both refuse it.
+    let private_dir = host_dir.join("private");
+    let private_text = private_dir.to_string_lossy().into_owned();
+    std::fs::create_dir_all(&private_dir).unwrap();
+    run(&["mount", "--bind", &private_text, &private_text]);
+    run(&["mount", "--make-private", &private_text]);
+    for cri in [&mut crid, &mut reference] {
+        let refused = refuses_host_to_container_from(cri, &private_dir).await;
+        assert!(refused.contains("is not a shared or slave mount"), "{}: {refused}", cri.kind.name());
+    }
+    run(&["umount", "-l", &private_text]);
+    run(&["umount", "-l", &host_dir_text]);
+    let _ = std::fs::remove_dir_all(&host_dir);
+    crid.assert_no_leaks();
+    reference.assert_no_leaks();
+    println!("compared {compared} sections in {} cases; {} differ", cases().len(), differences.len());
+    assert!(differences.is_empty(), "crid's containers differ from containerd's:\n\n{}", differences.join("\n\n"));
+}
