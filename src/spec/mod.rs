@@ -497,14 +497,12 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
     let privileged = security.is_some_and(|s| s.privileged);
     let mut args = input.image.entrypoint.clone();
     args.extend(input.image.cmd.iter().cloned());
-    let mut mounts = vec![
-        bind(&format!("{}/hostname", input.root_dir), "/etc/hostname", true),
-        bind(&format!("{}/hosts", input.root_dir), "/etc/hosts", true),
-        bind(&format!("{}/resolv.conf", input.root_dir), "/etc/resolv.conf", true),
-    ];
-    if let Some(shm) = input.shm_path {
-        mounts.push(bind(&shm, "/dev/shm", false));
-    }
+    // As containerd mounts them for the pause: the pod's /dev/shm (the host's for a host-IPC
+    // pod) over the default one, and its resolv.conf, both read-only; the pause process reads
+    // neither its hostname nor its hosts file.
+    let shm = input.shm_path.unwrap_or_else(|| "/dev/shm".to_string());
+    let mounts =
+        vec![bind(&shm, "/dev/shm", true), bind(&format!("{}/resolv.conf", input.root_dir), "/etc/resolv.conf", true)];
     let mut sysctls = linux.map(|l| sorted(&l.sysctls)).unwrap_or_default();
     if !host_network(config) {
         // Only within the pod's own network namespace, and never over the pod's own choice.
@@ -542,8 +540,9 @@ pub fn sandbox_spec(input: SandboxSpecInput<'_>) -> WorkloadSpec {
         supplemental_groups: security
             .map(|s| s.supplemental_groups.iter().map(|&g| g as u32).collect())
             .unwrap_or_default(),
-        // The pause process never needs to gain privileges; a privileged pod's may.
-        no_new_privs: !privileged,
+        // The pause process never needs to gain privileges, nor, in a privileged pod, more
+        // capabilities than the default ones, as in containerd.
+        no_new_privs: true,
         readonly_rootfs: true,
         mounts,
         labels: sorted(&config.labels),
@@ -606,20 +605,27 @@ pub fn container_spec(input: ContainerSpecInput<'_>) -> Result<WorkloadSpec> {
     } else if config.command.is_empty() {
         args.extend(input.image.cmd.iter().cloned());
     }
-    // As containerd builds it: a default PATH and HOSTNAME (the pod's, else the node's), then
-    // the image's variables, then the CRI's; a later one replaces an earlier one of its name.
+    // As containerd builds it: a default PATH, TERM=xterm for a terminal, HOSTNAME (the pod's,
+    // else the node's), then the image's variables, then the CRI's; a later one takes the
+    // place of an earlier one of its name.
     let hostname = if input.sandbox_config.hostname.is_empty() {
         input.node_hostname.clone()
     } else {
         input.sandbox_config.hostname.clone()
     };
-    let mut env = vec![DEFAULT_PATH_ENV.to_string(), format!("HOSTNAME={hostname}")];
-    let entries =
-        input.image.env.iter().cloned().chain(config.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value)));
+    let mut env = vec![DEFAULT_PATH_ENV.to_string()];
+    if config.tty {
+        env.push("TERM=xterm".to_string());
+    }
+    let entries = std::iter::once(format!("HOSTNAME={hostname}"))
+        .chain(input.image.env.iter().cloned())
+        .chain(config.envs.iter().map(|kv| format!("{}={}", kv.key, kv.value)));
     for entry in entries {
-        let key = entry.split('=').next().unwrap_or_default().to_string();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(entry);
+        let key = entry.split('=').next().unwrap_or_default();
+        match env.iter().position(|e| e.split('=').next() == Some(key)) {
+            Some(index) => env[index] = entry,
+            None => env.push(entry),
+        }
     }
     let linux = config.linux.as_ref();
     let security = linux.and_then(|l| l.security_context.as_ref());
@@ -1208,8 +1214,8 @@ mod tests {
         );
     }
 
-    /// containerd's environment: default PATH, HOSTNAME, the image's, then the CRI's, each
-    /// replacing an earlier variable of its name.
+    /// containerd's environment: default PATH, TERM for a terminal, HOSTNAME, the image's, then
+    /// the CRI's, each taking the place of an earlier variable of its name.
     #[test]
     fn environment_layers_like_containerd() {
         let config = ContainerConfig {
@@ -1222,11 +1228,14 @@ mod tests {
         let image = ImageConfig { env: vec!["A=image".into(), "B=2".into()], ..Default::default() };
         let named = PodSandboxConfig { hostname: "pod-host".into(), ..Default::default() };
         let spec = test_container_spec(&config, &named, &image);
-        assert_eq!(spec.env, [DEFAULT_PATH_ENV, "HOSTNAME=pod-host", "B=2", "A=cri", "C=3"]);
+        assert_eq!(spec.env, [DEFAULT_PATH_ENV, "HOSTNAME=pod-host", "A=cri", "B=2", "C=3"]);
         let image_path = ImageConfig { env: vec!["PATH=/bin".into()], ..Default::default() };
         let host_network = PodSandboxConfig::default();
         let spec = test_container_spec(&ContainerConfig::default(), &host_network, &image_path);
-        assert_eq!(spec.env, ["HOSTNAME=node-1", "PATH=/bin"]);
+        assert_eq!(spec.env, ["PATH=/bin", "HOSTNAME=node-1"]);
+        let terminal = ContainerConfig { tty: true, ..Default::default() };
+        let spec = test_container_spec(&terminal, &named, &ImageConfig::default());
+        assert_eq!(spec.env, [DEFAULT_PATH_ENV, "TERM=xterm", "HOSTNAME=pod-host"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! extension) and the OCI spec is regenerated from it whenever the record is written.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crid::error::{Error, Result};
 use crid::ports::{MountSpec, Resources, WorkloadSpec};
@@ -48,7 +48,8 @@ fn parse_capability(name: &str) -> Result<Capability> {
         .map_err(|_| Error::invalid(format!("unknown capability {name:?}")))
 }
 
-/// The effective capability set: defaults (or all, when privileged), plus adds, minus drops.
+/// The effective capability set: defaults (or all, for a privileged container), plus adds,
+/// minus drops.
 /// "ALL" means every capability crid itself holds, as in containerd (its current set): a
 /// capability the daemon lacks cannot be granted, and asking runc for it fails the container.
 /// As in containerd, an "ALL" in either list applies first (add, then drop) and the named
@@ -59,7 +60,8 @@ pub fn capability_set(workload: &WorkloadSpec) -> Result<Capabilities> {
         // Names this oci-spec does not know (a newer kernel's) are left out, not fatal.
         Ok(crate::os::current_capabilities().iter().filter_map(|c| parse_capability(c).ok()).collect())
     };
-    let mut caps: HashSet<Capability> = if workload.privileged {
+    // A privileged pod's pause process keeps the default set, as containerd gives it.
+    let mut caps: HashSet<Capability> = if workload.privileged && !workload.sandbox {
         all()?
     } else {
         DEFAULT_CAPABILITIES.iter().map(|c| parse_capability(c)).collect::<Result<_>>()?
@@ -176,8 +178,8 @@ fn base_mounts(workload: &WorkloadSpec) -> Result<Vec<Mount>> {
             "devpts",
             &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
         )?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/sys", "sysfs", "sysfs", sys_options)?,
         mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroup_options)?,
     ])
@@ -216,10 +218,17 @@ fn user_mount(spec: &MountSpec) -> Result<Mount> {
 /// Base mounts first, then the CRI's; a CRI mount replaces a base mount of the same destination
 /// (e.g. the sandbox's /dev/shm).
 fn mounts(workload: &WorkloadSpec) -> Result<Vec<Mount>> {
-    let overridden: HashSet<&str> = workload.mounts.iter().map(|m| m.destination.as_str()).collect();
+    // The pause container's mounts go over the base ones, as containerd adds them; it has no
+    // cgroup filesystem.
+    let overridden: HashSet<&str> = if workload.sandbox {
+        HashSet::new()
+    } else {
+        workload.mounts.iter().map(|m| m.destination.as_str()).collect()
+    };
     let mut mounts: Vec<Mount> = base_mounts(workload)?
         .into_iter()
         .filter(|m| !overridden.contains(m.destination().to_string_lossy().as_ref()))
+        .filter(|m| !(workload.sandbox && m.destination() == Path::new("/sys/fs/cgroup")))
         .collect();
     for spec in &workload.mounts {
         mounts.push(user_mount(spec)?);

@@ -15,7 +15,8 @@ use k8s_cri::v1::*;
 
 use crate::common::{Cri, Kind, crid_binary, stack, unique};
 
-/// The probe, run with ExecSync in the container. Each section starts with `== name`. It looks
+/// The probe, run with ExecSync in the container (and, for the pause process, which has no
+/// shell, `pause_seen_from_the_host`). Each section starts with `== name`. It looks
 /// at PID 1 (the container's own process: every case but the host one has a PID namespace of
 /// its own, as kubelet asks by default) and at the exec'd process itself.
 const PROBE: &str = r#"
@@ -34,8 +35,9 @@ echo '== resolv.conf'; cat /etc/resolv.conf
 echo '== hosts'; cat /etc/hosts
 echo '== mounts'; cat /proc/self/mountinfo
 echo '== devices'; busybox find /dev -xdev -exec busybox stat -c '%n %F %a %u:%g %t:%T' {} +
+echo '== cgroup'; cat /proc/1/cgroup
 echo '== cgroup limits'
-for f in memory/memory.limit_in_bytes memory/memory.memsw.limit_in_bytes memory/memory.swappiness \
+for f in devices/devices.list memory/memory.limit_in_bytes memory/memory.memsw.limit_in_bytes memory/memory.swappiness \
     memory/memory.kmem.limit_in_bytes cpu/cpu.shares cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us \
     pids/pids.max cpuset/cpuset.cpus cpuset/cpuset.mems blkio/blkio.weight; do
     echo "$f: $(cat /sys/fs/cgroup/$f 2>&1)"
@@ -68,12 +70,15 @@ const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/
 
 /// Differences that are the reference's containerd version and not crid's, by case and
 /// section. The stack's reference is containerd 1.6; crid reproduces 1.7.
-const ACCEPTED: [(&str, &str, &str); 3] = [
+const ACCEPTED: [(&str, &str, &str); 4] = [
     // containerd 1.6 looks up the image USER "1000:1000" whole in /etc/group and finds no
     // memberships; 1.7 looks up its user part and adds the user's groups (2000 here).
     ("image user", "id", "1.6 misses the image user's /etc/group memberships"),
     ("image user", "init status", "1.6 misses the image user's /etc/group memberships"),
     ("image user", "exec status", "1.6 misses the image user's /etc/group memberships"),
+    // The pause process of a pod with supplemental groups: 1.6 sets the pod's user after its
+    // groups and so drops them; crid keeps them. The pause process opens no files.
+    ("restricted", "pause status", "1.6 drops the pod's supplemental groups from the pause process"),
 ];
 
 /// One pod and container, as kubelet would send them.
@@ -205,6 +210,35 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "tty and a shared PID namespace",
+            pod: |_| {},
+            container: |config, _| {
+                let security = security(config);
+                kubelet_security(security);
+                // The pod's PID namespace: PID 1 is the pause process.
+                security.namespace_options.get_or_insert_with(Default::default).pid = NamespaceMode::Pod as i32;
+                config.tty = true;
+                config.stdin = true;
+            },
+        },
+        Case {
+            name: "named user and a device",
+            pod: |_| {},
+            container: |config, _| {
+                let security = security(config);
+                kubelet_security(security);
+                security.run_as_username = "app".into();
+                security.run_as_group = Some(Int64Value { value: 2000 });
+                let image = config.image.as_mut().expect("the image");
+                image.image = image.image.replace("/busybox:latest", "/nonroot:latest");
+                config.devices = vec![Device {
+                    container_path: "/dev/crid-null".into(),
+                    host_path: "/dev/null".into(),
+                    permissions: "r".into(),
+                }];
+            },
+        },
+        Case {
             name: "image user",
             pod: |_| {},
             container: |config, _| {
@@ -224,17 +258,22 @@ async fn look_inside(cri: &mut Cri, case: &Case, host_dir: &Path, host: &HostFac
     cri.pull(&cri.image("nonroot:latest")).await;
     let mut pod = cri.pod_config(&unique("inside"));
     pod.hostname = "inside-probe".into();
+    // As kubelet gives every pod a cgroup parent (cgroupfs driver here, as on the stack).
+    pod.linux.get_or_insert_with(Default::default).cgroup_parent = format!("/crid-inside/{}", unique("pod"));
     (case.pod)(&mut pod);
     let pod_id = cri.run_pod(&pod).await;
     let mut config = cri.container_config("probe", &["sleep", "1000"]);
     (case.container)(&mut config, host_dir);
     let id = cri.run_container_with(&pod_id, &pod, config).await;
-    let (code, output) = cri.exec(&id, &["sh", "-c", PROBE]).await;
+    let (code, mut output) = cri.exec(&id, &["sh", "-c", PROBE]).await;
     assert_eq!(code, 0, "{who}: {}: the probe failed: {output}", case.name);
+    output.push_str(&pause_seen_from_the_host(cri, &pod_id).await);
     cri.remove_pod(&pod_id).await;
     let mut sections = BTreeMap::new();
     let mut current: Option<(String, Vec<String>)> = None;
+    let parent = pod.linux.as_ref().map(|l| l.cgroup_parent.clone()).unwrap_or_default();
     for line in output.lines() {
+        let line = &line.replace(&parent, "<parent>");
         if let Some(name) = line.strip_prefix("== ") {
             sections.extend(current.take().map(|(n, lines)| (n, lines.join("\n"))));
             current = Some((name.to_string(), Vec::new()));
@@ -244,6 +283,41 @@ async fn look_inside(cri: &mut Cri, case: &Case, host_dir: &Path, host: &HostFac
     }
     sections.extend(current.map(|(n, lines)| (n, lines.join("\n"))));
     sections
+}
+
+/// The pod's pause process, which has no shell to probe with, read from the host's /proc: the
+/// same sections as the probe's, under `pause …`.
+async fn pause_seen_from_the_host(cri: &mut Cri, pod_id: &str) -> String {
+    let request = PodSandboxStatusRequest { pod_sandbox_id: pod_id.into(), verbose: true };
+    let status = cri.runtime.pod_sandbox_status(request).await.expect("pod status").into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).expect("verbose info is JSON");
+    let pid = info["pid"].as_u64().expect("the pause pid");
+    let read =
+        |file: &str| std::fs::read(format!("/proc/{pid}/{file}")).map(|b| String::from_utf8_lossy(&b).into_owned());
+    let status_text = read("status").expect("the pause's status");
+    let fields = ["Uid", "Gid", "Groups", "Umask", "NoNewPrivs", "Seccomp", "Seccomp_filters"];
+    let mut out = String::from("== pause status\n");
+    for line in status_text.lines() {
+        let name = line.split(':').next().unwrap_or_default();
+        if fields.contains(&name) || name.starts_with("Cap") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let nul_lines = |text: String| text.split('\0').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("\n");
+    out.push_str(&format!("== pause args\n{}\n", nul_lines(read("cmdline").unwrap_or_default())));
+    let mut env: Vec<String> = nul_lines(read("environ").unwrap_or_default()).lines().map(str::to_string).collect();
+    env.sort();
+    out.push_str(&format!("== pause env\n{}\n", env.join("\n")));
+    for (section, file) in [
+        ("pause limits", "limits"),
+        ("pause oom_score_adj", "oom_score_adj"),
+        ("pause cgroup", "cgroup"),
+        ("pause mounts", "mountinfo"),
+    ] {
+        out.push_str(&format!("== {section}\n{}", read(file).unwrap_or_default()));
+    }
+    out
 }
 
 /// What the host's own namespaces are, so a namespace shown inside reads `host` or `own`.
@@ -270,14 +344,15 @@ fn normalise_line(section: &str, line: &str, ids: &[&str], host: &HostFacts) -> 
         line = line.replace(id, "<id>");
     }
     match section {
-        "mounts" => normalise_mount(&line),
+        "mounts" | "pause mounts" => normalise_mount(&line),
         "namespaces" => {
             let (name, link) = line.split_once(' ').unwrap_or((&line, ""));
             let whose = if host.namespaces.get(name).map(String::as_str) == Some(link) { "host" } else { "own" };
             format!("{name} {whose}")
         }
-        // A pod's address is its network's; what matters is which links it has.
-        "links" => line.split('@').next().unwrap_or_default().to_string(),
+        // A pod's address is its network's; what matters is which links it has and whether
+        // they are up, not whether a host bridge has a port plugged in at that moment.
+        "links" => line.split('@').next().unwrap_or_default().replace("NO-CARRIER,", "").replace(",LOWER_UP", ""),
         _ => line,
     }
 }
