@@ -258,8 +258,9 @@ pub struct PodSandboxStatusView {
     sandbox: Arc<Sandbox>,
     state: SandboxState,
     created_at_ns: i64,
-    /// Whether the pod's IPs are reported: only while its network namespace is open, until
-    /// the pod is stopped, and never for a pod on the host's network.
+    /// Whether the pod's IPs are reported (else its network status is empty): only while its
+    /// network namespace is open, until the pod is stopped, and never for a pod on the host's
+    /// network.
     network: bool,
 }
 
@@ -282,23 +283,33 @@ impl PodSandboxStatusView {
             metadata: sandbox.config.metadata.clone(),
             state: sandbox_cri_state(self.state) as i32,
             created_at: self.created_at_ns,
-            network: self.network.then(|| PodSandboxNetworkStatus {
-                ip: sandbox.metadata.ip.clone(),
-                additional_ips: sandbox.metadata.additional_ips.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
+            // Always there, empty when no address is reported, as containerd sends it.
+            network: Some(if self.network {
+                PodSandboxNetworkStatus {
+                    ip: sandbox.metadata.ip.clone(),
+                    additional_ips: sandbox.metadata.additional_ips.iter().map(|ip| PodIp { ip: ip.clone() }).collect(),
+                }
+            } else {
+                PodSandboxNetworkStatus::default()
             }),
-            linux: self
-                .namespace_options()
-                .map(|options| LinuxPodSandboxStatus { namespaces: Some(Namespace { options: options.cloned() }) }),
+            linux: Some(LinuxPodSandboxStatus {
+                namespaces: Some(Namespace { options: Some(self.namespace_options().clone()) }),
+            }),
             labels: sandbox.config.labels.clone(),
             annotations: sandbox.config.annotations.clone(),
             runtime_handler: sandbox.metadata.runtime_handler.clone(),
         }
     }
 
-    /// With a Linux config, the namespace options its status reports (maybe none).
-    fn namespace_options(&self) -> Option<Option<&NamespaceOption>> {
-        let linux = self.sandbox.config.linux.as_ref()?;
-        Some(linux.security_context.as_ref().and_then(|context| context.namespace_options.as_ref()))
+    /// The namespace options its status reports: the config's, else the defaults (POD for
+    /// each), as containerd always reports them.
+    fn namespace_options(&self) -> &NamespaceOption {
+        static NONE_ASKED: std::sync::LazyLock<NamespaceOption> = std::sync::LazyLock::new(NamespaceOption::default);
+        let linux = self.sandbox.config.linux.as_ref();
+        linux
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|context| context.namespace_options.as_ref())
+            .unwrap_or(&NONE_ASKED)
     }
 
     /// The length of the `PodSandboxNetworkStatus` message's fields.
@@ -309,8 +320,8 @@ impl PodSandboxStatusView {
     }
 
     /// The lengths of the `Namespace` and the `LinuxPodSandboxStatus` messages' fields.
-    fn linux_lens(options: Option<&NamespaceOption>) -> (usize, usize) {
-        let namespace = options.map_or(0, |options| encoding::message::encoded_len(2, options));
+    fn linux_lens(options: &NamespaceOption) -> (usize, usize) {
+        let namespace = encoding::message::encoded_len(2, options);
         (namespace, delimited_len(1, namespace))
     }
 
@@ -323,8 +334,8 @@ impl PodSandboxStatusView {
             + config.metadata.as_ref().map_or(0, |m| encoding::message::encoded_len(2, m))
             + int64_len(3, sandbox_cri_state(self.state) as i64)
             + int64_len(4, self.created_at_ns)
-            + if self.network { delimited_len(5, self.network_len()) } else { 0 }
-            + self.namespace_options().map_or(0, |options| delimited_len(6, Self::linux_lens(options).1))
+            + delimited_len(5, if self.network { self.network_len() } else { 0 })
+            + delimited_len(6, Self::linux_lens(self.namespace_options()).1)
             + string_map_len(7, &config.labels)
             + string_map_len(8, &config.annotations)
             + str_len(9, &sandbox.metadata.runtime_handler)
@@ -339,7 +350,9 @@ impl PodSandboxStatusView {
         }
         put_int(3, sandbox_cri_state(self.state) as i64, buf);
         put_int(4, self.created_at_ns, buf);
-        if self.network {
+        if !self.network {
+            put_delimited_header(5, 0, buf);
+        } else {
             put_delimited_header(5, self.network_len(), buf);
             put_str(1, &sandbox.metadata.ip, buf);
             for ip in &sandbox.metadata.additional_ips {
@@ -347,14 +360,11 @@ impl PodSandboxStatusView {
                 put_str(1, ip, buf);
             }
         }
-        if let Some(options) = self.namespace_options() {
-            let (namespace, linux) = Self::linux_lens(options);
-            put_delimited_header(6, linux, buf);
-            put_delimited_header(1, namespace, buf);
-            if let Some(options) = options {
-                encoding::message::encode(2, options, buf);
-            }
-        }
+        let options = self.namespace_options();
+        let (namespace, linux) = Self::linux_lens(options);
+        put_delimited_header(6, linux, buf);
+        put_delimited_header(1, namespace, buf);
+        encoding::message::encode(2, options, buf);
         put_string_map(7, &config.labels, buf);
         put_string_map(8, &config.annotations, buf);
         put_str(9, &sandbox.metadata.runtime_handler, buf);

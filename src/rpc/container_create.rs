@@ -259,11 +259,8 @@ impl CriService {
         *kept_metadata = Some(metadata.clone());
         let status = ContainerStatus {
             created_at_ns: self.now_ns(),
-            resources: config
-                .linux
-                .as_ref()
-                .and_then(|l| l.resources.as_ref())
-                .map(|r| crate::spec::resources_from(Some(r))),
+            // Reported even when the config has none (all zero), as containerd reports them.
+            resources: Some(crate::spec::resources_from(config.linux.as_ref().and_then(|l| l.resources.as_ref()))),
             ..Default::default()
         };
         // The checkpoint is written while containerd prepares the rootfs and records the

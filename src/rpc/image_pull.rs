@@ -332,7 +332,11 @@ impl CriService {
         names.push(format!("{}@{}", reference.name(), resolved.manifest.digest));
         names.push(image_id.clone());
         let labels: BTreeMap<String, String> = [(LABEL_IMAGE_MANAGED.to_string(), IMAGE_MANAGED.to_string())].into();
-        let size_bytes = resolved.layers.iter().map(|l| l.size_bytes).sum::<u64>() + resolved.config.size_bytes;
+        // As containerd counts an image's size: the manifest, the config and the layers, as
+        // stored (compressed); the backend counts an image it reads back the same way.
+        let size_bytes = resolved.manifest.size_bytes
+            + resolved.config.size_bytes
+            + resolved.layers.iter().map(|l| l.size_bytes).sum::<u64>();
         let content = ImageContent {
             config_digest: image_id.clone(),
             chain_id: chains.last().cloned().unwrap_or_default(),

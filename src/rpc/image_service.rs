@@ -35,7 +35,8 @@ fn image_message(image: &Image) -> k8s_cri::v1::Image {
         size: image.size_bytes,
         uid,
         username,
-        spec: Some(k8s_cri::v1::ImageSpec { image: image.id.clone(), ..Default::default() }),
+        // containerd 1.7 leaves the spec out (it came with runtime-class images, in 2.0).
+        spec: None,
         pinned: false,
     }
 }

@@ -980,7 +980,8 @@ async fn failed_resource_update_changes_nothing() {
     };
     let error = node.svc.update_container_resources(request).await.unwrap_err();
     assert!(error.message.contains("injected"), "{error}");
-    assert!(node.container_status(&id).await.resources.is_none(), "memory keeps the old resources");
+    let kept = node.container_status(&id).await.resources.and_then(|r| r.linux);
+    assert_eq!(kept.map(|l| l.memory_limit_in_bytes), Some(0), "memory keeps the old resources");
     assert_eq!(node.world.containerd.task_resources(&id), None);
     let after = node.world.os.file(&checkpoint_path).unwrap();
     assert_eq!(

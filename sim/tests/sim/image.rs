@@ -108,7 +108,10 @@ async fn list_images_shows_every_pulled_image() {
         let expected = registry_image(&node, reference).await;
         assert_eq!(image.repo_tags, vec![reference.to_string()]);
         assert_eq!(image.repo_digests, vec![format!("{}@{}", repository(reference), expected.manifest.digest)]);
-        let size: u64 = expected.layers.iter().map(|l| l.size_bytes).sum::<u64>() + expected.config.size_bytes;
+        // containerd's size: the manifest, the config and the layers.
+        let size: u64 = expected.layers.iter().map(|l| l.size_bytes).sum::<u64>()
+            + expected.config.size_bytes
+            + expected.manifest.size_bytes;
         assert_eq!(image.size, size, "{reference}");
     }
     let filtered = |image: &str| ListImagesRequest { filter: Some(ImageFilter { image: Some(image_spec(image)) }) };

@@ -93,7 +93,7 @@ async fn host_network_pod_gets_no_netns_and_no_ip() {
     });
     let id = node.run_pod_with(config).await;
     assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady);
-    assert!(node.pod_status(&id).await.network.is_none());
+    assert!(node.pod_status(&id).await.network.is_none_or(|n| n.ip.is_empty()));
     assert!(node.world.cni.allocations().is_empty());
     assert!(node.world.cni.ledger().is_empty(), "no CNI call for a host-network pod");
     assert!(node.world.os.netns_list().is_empty());
@@ -171,7 +171,7 @@ async fn stop_then_remove_frees_everything() {
     node.stop_pod(&id).await;
     let status = node.pod_status(&id).await;
     assert_eq!(status.state, PodSandboxState::SandboxNotready as i32);
-    assert!(status.network.is_none(), "no IP once the netns is closed");
+    assert!(status.network.is_none_or(|n| n.ip.is_empty()), "no IP once the netns is closed");
     assert!(node.world.cni.allocations().is_empty(), "Stop released {ip}");
     assert!(node.world.os.netns_list().is_empty());
     assert!(!node.world.containerd.tasks().contains_key(&id), "the pause task is gone");

@@ -214,7 +214,10 @@ impl FakeContainerd {
         Ok(ImageContent {
             config_digest: image.config.digest.clone(),
             chain_id: chain_ids(&image.diff_ids).pop().expect("images have at least one layer"),
-            size_bytes: image.layers.iter().map(|layer| layer.size_bytes).sum(),
+            // As containerd counts it: the manifest, the config and the layers.
+            size_bytes: record.target.size_bytes
+                + image.config.size_bytes
+                + image.layers.iter().map(|layer| layer.size_bytes).sum::<u64>(),
             image_config: image.image_config.clone(),
             complete,
         })
