@@ -344,6 +344,10 @@ impl Os for LinuxOs {
         current_capabilities()
     }
 
+    fn swap_accounted(&self) -> bool {
+        CgroupSupport::host().swap
+    }
+
     fn apparmor_enabled(&self) -> bool {
         // The kernel's own answer, as runc and containerd read it.
         fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y")

@@ -66,6 +66,10 @@ pub trait Os: Send + Sync + 'static {
     fn own_oom_score_adj(&self) -> i32;
     /// The effective capabilities of this process, e.g. `CAP_NET_ADMIN`.
     fn capabilities(&self) -> Vec<String>;
+    /// Whether the host's cgroups account swap, so that a memory limit also bounds swap.
+    fn swap_accounted(&self) -> bool {
+        false
+    }
     /// Whether the host enforces AppArmor. Hosts (and fakes) without it need not say so.
     fn apparmor_enabled(&self) -> bool {
         false

@@ -259,8 +259,12 @@ impl CriService {
         *kept_metadata = Some(metadata.clone());
         let status = ContainerStatus {
             created_at_ns: self.now_ns(),
-            // Reported even when the config has none (all zero), as containerd reports them.
-            resources: Some(crate::spec::resources_from(config.linux.as_ref().and_then(|l| l.resources.as_ref()))),
+            // As applied, and reported even when the config has none (all zero), as containerd
+            // reports them.
+            resources: Some(crate::spec::resources_as_applied(
+                config.linux.as_ref().and_then(|l| l.resources.as_ref()),
+                self.backends.os.swap_accounted(),
+            )),
             ..Default::default()
         };
         // The checkpoint is written while containerd prepares the rootfs and records the
@@ -482,8 +486,10 @@ impl CriService {
     /// they go into the spec before the task is created, as containerd's update writes them
     /// into the container's spec, so that the task starts with them.
     async fn apply_updated_resources(&self, container: &Container) -> Result<()> {
-        let created_with =
-            crate::spec::resources_from(container.config.linux.as_ref().and_then(|l| l.resources.as_ref()));
+        let created_with = crate::spec::resources_as_applied(
+            container.config.linux.as_ref().and_then(|l| l.resources.as_ref()),
+            self.backends.os.swap_accounted(),
+        );
         let Some(resources) = container.status().resources.filter(|r| *r != created_with) else {
             return Ok(());
         };

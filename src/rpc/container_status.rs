@@ -131,7 +131,7 @@ impl CriService {
         let container = self.containers.get(&request.container_id)?;
         let linux = request.linux.ok_or_else(|| Error::invalid("linux resources are required"))?;
         crate::spec::check_resources(&linux)?;
-        let resources = crate::spec::resources_from(Some(&linux));
+        let resources = crate::spec::resources_as_applied(Some(&linux), self.backends.os.swap_accounted());
         let _serialised = container.update_lock.lock().await;
         let mut status = container.status();
         let state = status.state();

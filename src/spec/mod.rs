@@ -155,6 +155,17 @@ pub fn resources_from(cri: Option<&LinuxContainerResources>) -> Resources {
     }
 }
 
+/// The resources as the runtime applies them, which a container status reports: the CRI's,
+/// with the swap limit pinned to the memory limit where the host accounts swap and the CRI
+/// names none, as containerd writes it into the spec (no swap beyond the memory limit).
+pub fn resources_as_applied(cri: Option<&LinuxContainerResources>, swap_accounted: bool) -> Resources {
+    let mut resources = resources_from(cri);
+    if swap_accounted && resources.memory_limit_bytes > 0 && resources.memory_swap_limit_bytes == 0 {
+        resources.memory_swap_limit_bytes = resources.memory_limit_bytes;
+    }
+    resources
+}
+
 pub fn resources_to_cri(r: &Resources) -> LinuxContainerResources {
     LinuxContainerResources {
         cpu_period: r.cpu_period,
@@ -826,6 +837,25 @@ pub fn parse_signal(text: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status reports the swap limit the runtime applies: the memory limit where swap is
+    /// accounted and the CRI names none; else what the CRI says.
+    #[test]
+    fn swap_is_pinned_to_the_memory_limit_only_where_swap_is_accounted() {
+        let limited = |memory: i64, swap: i64| LinuxContainerResources {
+            memory_limit_in_bytes: memory,
+            memory_swap_limit_in_bytes: swap,
+            ..Default::default()
+        };
+        let swap_of = |r: LinuxContainerResources, accounted: bool| {
+            resources_as_applied(Some(&r), accounted).memory_swap_limit_bytes
+        };
+        assert_eq!(swap_of(limited(64, 0), true), 64);
+        assert_eq!(swap_of(limited(64, 0), false), 0);
+        assert_eq!(swap_of(limited(64, 128), true), 128, "the CRI's own swap limit stays");
+        assert_eq!(swap_of(limited(0, 0), true), 0, "no memory limit, no swap limit");
+        assert_eq!(resources_as_applied(None, true), Resources::default());
+    }
 
     #[test]
     fn oom_score_adj_is_clamped_only_when_restricted() {
