@@ -63,6 +63,8 @@ pub struct StateSnapshot {
     pub leases_held: Vec<String>,
     /// Image references (or a whole resync) queued for a retry after an update failed.
     pub image_work_pending: usize,
+    /// Dirs whose removal failed and is being retried in the background.
+    pub removals_retrying: usize,
     pub quarantined: Vec<Quarantined>,
     pub events_sent: u64,
     pub events_dropped: u64,
@@ -140,6 +142,7 @@ impl CriService {
             pulls_in_flight: self.pulls.in_flight(),
             leases_held: self.leases.held(),
             image_work_pending: self.monitor.image_work_pending(),
+            removals_retrying: self.removals_retrying.load(Ordering::SeqCst),
             quarantined: self.quarantined(),
             events_sent: self.container_events.sent_total.load(Ordering::Relaxed),
             events_dropped: self.container_events.dropped_total.load(Ordering::Relaxed),

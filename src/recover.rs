@@ -542,20 +542,27 @@ impl CriService {
     /// vanished meanwhile is done.
     pub(crate) fn retry_removal(self: &Arc<Self>, path: String) {
         let service = self.clone();
+        // Counted while it runs, so that the simulator's quiescence waits for it.
+        self.removals_retrying.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
-            let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
-            for attempt in 2..=ORPHAN_REMOVAL_ATTEMPTS {
-                service.sleep(backoff.next_delay()).await;
-                match service.backends.os.remove_all(&path).await {
-                    Ok(()) => return,
-                    Err(error) if error.is_not_found() => return,
-                    Err(error) if attempt == ORPHAN_REMOVAL_ATTEMPTS => {
-                        tracing::error!(path, %error, attempt, "giving up removing the dir until the next start");
-                    }
-                    Err(error) => tracing::warn!(path, %error, attempt, "failed to remove the dir; retrying"),
-                }
-            }
+            service.retry_removal_attempts(&path).await;
+            service.removals_retrying.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
+    }
+
+    async fn retry_removal_attempts(&self, path: &str) {
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
+        for attempt in 2..=ORPHAN_REMOVAL_ATTEMPTS {
+            self.sleep(backoff.next_delay()).await;
+            match self.backends.os.remove_all(path).await {
+                Ok(()) => return,
+                Err(error) if error.is_not_found() => return,
+                Err(error) if attempt == ORPHAN_REMOVAL_ATTEMPTS => {
+                    tracing::error!(path, %error, attempt, "giving up removing the dir until the next start");
+                }
+                Err(error) => tracing::warn!(path, %error, attempt, "failed to remove the dir; retrying"),
+            }
+        }
     }
 
     /// Removes a rolled-back object's dirs. Nobody retries a rollback, so a dir that cannot be

@@ -2,7 +2,7 @@
 //! The RPCs live in one module per group (`sandbox_*`, `container_*`, `image_*`, `runtime`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,6 +103,8 @@ pub struct CriService {
     /// Exec/attach sessions and forwarded connections being served (bounded).
     pub(crate) streams: crate::streaming::StreamSessions,
     initialized: AtomicBool,
+    /// Dirs whose removal failed and is being retried in the background.
+    pub(crate) removals_retrying: AtomicUsize,
 }
 
 impl CriService {
@@ -128,6 +130,7 @@ impl CriService {
             last_cni_load: Mutex::new(String::new()),
             streams: crate::streaming::StreamSessions::default(),
             initialized: AtomicBool::new(false),
+            removals_retrying: AtomicUsize::new(0),
         }))
     }
 

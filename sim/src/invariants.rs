@@ -619,6 +619,8 @@ impl Checker {
                     && s.lock_keys.is_empty()
                     && s.pulls_in_flight == 0
                     && s.leases_held.is_empty()
+                    // A dir whose removal is being retried is not yet a leak.
+                    && s.removals_retrying == 0
             }
             None => false,
         }
