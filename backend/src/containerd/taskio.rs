@@ -126,9 +126,12 @@ impl LineSplitter {
         }
     }
 
+    /// At end of stream, text after the last newline is a partial line (`P`), as containerd
+    /// writes it: a reader that joins partials with the next full line then adds no newline
+    /// the container never wrote.
     fn finish(&mut self, emit: &mut dyn FnMut(bool, &[u8])) {
         if !self.pending.is_empty() {
-            emit(false, &self.pending);
+            emit(true, &self.pending);
             self.pending.clear();
         }
     }
@@ -726,8 +729,10 @@ mod tests {
     }
 
     #[test]
-    fn trailing_text_without_newline_is_flushed() {
-        assert_eq!(split(100, &[b"a\nb"]), vec![(false, "a".into()), (false, "b".into())]);
+    fn trailing_text_without_newline_is_flushed_as_partial() {
+        assert_eq!(split(100, &[b"a\nb"]), vec![(false, "a".into()), (true, "b".into())]);
+        assert_eq!(split(4, &[b"abcdef"]), vec![(true, "abcd".into()), (true, "ef".into())]);
+        assert_eq!(split(4, &[b"abcd\n"]), vec![(false, "abcd".into())]);
     }
 
     #[tokio::test]
