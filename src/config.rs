@@ -342,7 +342,69 @@ mod seconds {
     }
 }
 
+/// The JSON name containerd gives a config key in verbose Status: camelCase, but for the few
+/// keys its Go structs spell otherwise.
+fn containerd_json_name(key: &str) -> String {
+    match key {
+        "max_container_log_line_size" => "maxContainerLogSize".into(),
+        "restrict_oom_score_adj" => "restrictOOMScoreAdj".into(),
+        "enable_tls_streaming" => "enableTLSStreaming".into(),
+        "drain_exec_sync_io_timeout" => "drainExecSyncIOTimeout".into(),
+        "enable_unprivileged_icmp" => "enableUnprivilegedICMP".into(),
+        "enable_cdi" => "enableCDI".into(),
+        "pod_annotations" => "PodAnnotations".into(),
+        "container_annotations" => "ContainerAnnotations".into(),
+        "device_ownership_from_security_context"
+        | "privileged_without_host_devices"
+        | "privileged_without_host_devices_all_devices_allowed" => key.into(),
+        _ => {
+            let mut name = String::with_capacity(key.len());
+            let mut upper = false;
+            for c in key.chars() {
+                match c {
+                    '_' => upper = true,
+                    c if upper => {
+                        name.extend(c.to_uppercase());
+                        upper = false;
+                    }
+                    c => name.push(c),
+                }
+            }
+            name
+        }
+    }
+}
+
+/// Renames the keys of a serialised config to containerd's JSON names. The keys of `runtimes`
+/// are handler names and those of `options` are the shim's own: both are kept as they are.
+fn rename_to_containerd_json(value: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Object(fields) = value else { return value };
+    fields
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match (key.as_str(), value) {
+                ("runtimes", serde_json::Value::Object(runtimes)) => serde_json::Value::Object(
+                    runtimes
+                        .into_iter()
+                        .map(|(handler, runtime)| (handler, rename_to_containerd_json(runtime)))
+                        .collect(),
+                ),
+                ("options", options) => options,
+                (_, value) => rename_to_containerd_json(value),
+            };
+            (containerd_json_name(&key), value)
+        })
+        .collect()
+}
+
 impl Config {
+    /// The config as verbose Status reports it (`crictl info`'s `config`), under containerd's
+    /// JSON names, which tools read (`.config.sandboxImage`, `.config.maxContainerLogSize`).
+    /// The TOML keys stay snake_case: this is a view, not a format crid reads.
+    pub fn containerd_json(&self) -> String {
+        rename_to_containerd_json(serde_json::to_value(self).expect("config serialises")).to_string()
+    }
+
     pub fn from_toml(text: &str) -> Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| Error::invalid(format!("invalid config: {e}")))?;
         config.validate()?;

@@ -58,7 +58,7 @@ impl CriService {
         };
         let mut info = std::collections::HashMap::new();
         if request.verbose {
-            info.insert("config".to_string(), serde_json::to_string(&self.config).expect("config serialises"));
+            info.insert("config".to_string(), self.config.containerd_json());
             info.insert("cniconfig".to_string(), self.backends.cni.config_json());
             info.insert("lastCNILoadStatus".to_string(), self.last_cni_load.lock().unwrap().clone());
             info.insert("quarantine".to_string(), serde_json::to_string(&self.quarantined()).expect("serialises"));

@@ -162,7 +162,15 @@ async fn status_reports_runtime_and_network_readiness() {
             status.info["lastCNILoadStatus"]
         );
         let config: serde_json::Value = serde_json::from_str(&status.info["config"]).expect("config is JSON");
-        assert_eq!(config["root_dir"], ROOT_DIR);
+        // containerd's JSON names, which tools read.
+        assert_eq!(config["rootDir"], ROOT_DIR);
+        assert_eq!(config["maxContainerLogSize"], 16 * 1024);
+        assert_eq!(config["restrictOOMScoreAdj"], serde_json::Value::Bool(false));
+        assert!(config["sandboxImage"].as_str().is_some_and(|image| !image.is_empty()), "{config}");
+        assert_eq!(config["containerd"]["defaultRuntimeName"], "runc");
+        assert_eq!(config["containerd"]["runtimes"]["runc"]["runtimeType"], "io.containerd.runc.v2");
+        assert_eq!(config["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"], false);
+        assert!(config["cni"]["confDir"].is_string() && config["registry"]["configPath"].is_string(), "{config}");
         let terse = node.svc.status(StatusRequest { verbose: false }).await.unwrap();
         assert!(terse.info.is_empty(), "non-verbose Status has no info");
     }
