@@ -272,7 +272,11 @@ impl CriService {
             // The client gets the output up to its end (or the drain bound) before the exit.
             tokio::select! {
                 biased;
-                () = self.drain_exec_output(&id, exec_id) => {}
+                drained = self.drain_exec_output(&id, exec_id) => {
+                    if let Err(error) = drained {
+                        tracing::warn!(id = %id, exec_id, %error, "exec output not drained");
+                    }
+                }
                 _ = &mut gone => {}
             }
         }

@@ -63,7 +63,8 @@ fn pod_config(name: &str, uid: &str, host_network: bool, attempt: u32) -> PodSan
     let mode = if host_network { NamespaceMode::Node } else { NamespaceMode::Pod } as i32;
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata { name: name.into(), uid: uid.into(), namespace: "sim".into(), attempt }),
-        hostname: name.into(),
+        // As kubelet: a pod on the node's network has the node's hostname, so it names none.
+        hostname: if host_network { String::new() } else { name.into() },
         log_directory: format!("/var/log/pods/sim_{name}_{uid}"),
         labels: HashMap::from([("app".to_string(), name.to_string())]),
         linux: Some(LinuxPodSandboxConfig {

@@ -297,7 +297,7 @@ impl PodSandboxStatusView {
             }),
             labels: sandbox.config.labels.clone(),
             annotations: sandbox.config.annotations.clone(),
-            runtime_handler: sandbox.metadata.runtime_handler.clone(),
+            runtime_handler: sandbox.metadata.reported_runtime_handler().to_string(),
         }
     }
 
@@ -338,7 +338,7 @@ impl PodSandboxStatusView {
             + delimited_len(6, Self::linux_lens(self.namespace_options()).1)
             + string_map_len(7, &config.labels)
             + string_map_len(8, &config.annotations)
-            + str_len(9, &sandbox.metadata.runtime_handler)
+            + str_len(9, sandbox.metadata.reported_runtime_handler())
     }
 
     fn encode_fields(&self, buf: &mut impl BufMut) {
@@ -367,7 +367,7 @@ impl PodSandboxStatusView {
         encoding::message::encode(2, options, buf);
         put_string_map(7, &config.labels, buf);
         put_string_map(8, &config.annotations, buf);
-        put_str(9, &sandbox.metadata.runtime_handler, buf);
+        put_str(9, sandbox.metadata.reported_runtime_handler(), buf);
     }
 }
 
@@ -549,6 +549,7 @@ mod tests {
             ip: ip.into(),
             additional_ips: additional_ips.iter().map(|ip| ip.to_string()).collect(),
             runtime_handler: "runc".into(),
+            requested_runtime_handler: None,
             cni_result: None,
             network_setup_attempted: true,
             host_network: false,

@@ -19,6 +19,9 @@ pub const KIND_SANDBOX: &str = "sandbox";
 pub const KIND_CONTAINER: &str = "container";
 pub const LABEL_IMAGE_MANAGED: &str = "io.cri-containerd.image";
 pub const IMAGE_MANAGED: &str = "managed";
+/// containerd's label on the references of its sandbox image, which it reports as pinned.
+pub const LABEL_IMAGE_PINNED: &str = "io.cri-containerd.pinned";
+pub const IMAGE_PINNED: &str = "pinned";
 /// On every lease crid creates; its value says what the lease protects ([`LeasePurpose`]).
 /// Recovery deletes the leases that carry it: none of them outlives the crid that made it.
 pub const LABEL_LEASE: &str = "io.crid.lease";

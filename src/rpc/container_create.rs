@@ -62,6 +62,14 @@ impl CriService {
         if let Some(resources) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
             crate::spec::check_resources(resources)?;
         }
+        crate::spec::check_user_namespace(
+            config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.namespace_options.as_ref())
+                .and_then(|n| n.userns_options.as_ref()),
+        )?;
         let sandbox = self.sandboxes.get(&request.pod_sandbox_id).map_err(|e| e.context("failed to find sandbox"))?;
         if sandbox.status().state != SandboxState::Ready {
             return Err(Error::precondition(format!("sandbox {:?} is not ready", sandbox.id)));
@@ -481,10 +489,10 @@ impl CriService {
 }
 
 impl CriService {
-    /// The task takes its limits from the container's spec, written at create. Resources
-    /// updated while the container was CREATED live in the checkpoint (the source of truth):
-    /// they go into the spec before the task is created, as containerd's update writes them
-    /// into the container's spec, so that the task starts with them.
+    /// The task takes its limits from the container's spec. An update writes them there, but
+    /// the checkpoint is the source of truth: a crash between the two leaves the spec behind,
+    /// so the checkpoint's go into the spec before the task is created, and the task starts
+    /// with them.
     async fn apply_updated_resources(&self, container: &Container) -> Result<()> {
         let created_with = crate::spec::resources_as_applied(
             container.config.linux.as_ref().and_then(|l| l.resources.as_ref()),
@@ -493,17 +501,7 @@ impl CriService {
         let Some(resources) = container.status().resources.filter(|r| *r != created_with) else {
             return Ok(());
         };
-        let resources = self.config.runtime_resources(&resources);
-        let containerd = &self.backends.containerd;
-        let mut record = containerd
-            .get_container(container.id.as_str())
-            .await
-            .map_err(|e| e.context("failed to read container spec"))?;
-        if record.spec.resources == resources {
-            return Ok(());
-        }
-        record.spec.resources = resources;
-        containerd.update_container(&record).await.map_err(|e| e.context("failed to update container spec resources"))
+        self.write_spec_resources(container.id.as_str(), &self.config.runtime_resources(&resources)).await.map(|_| ())
     }
 }
 

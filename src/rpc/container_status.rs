@@ -13,6 +13,7 @@ use k8s_cri::v1::{
 use crate::error::{Error, Result};
 use crate::events::{ContainerStatusView, ImageNames, cri_state};
 use crate::naming::{labels_match, sorted};
+use crate::ports::Resources;
 use crate::service::CriService;
 use crate::store::{Container, ContainerState};
 
@@ -146,27 +147,55 @@ impl CriService {
                 crate::rpc::container_create::state_name(state)
             )));
         }
-        // The checkpoint is the source of truth: write it first, then the running task.
+        // The checkpoint is the source of truth: write it first, then the container's spec in
+        // containerd (as containerd's update writes it, for whatever reads containerd's view),
+        // then the running task.
         let previous = status.clone();
         status.resources = Some(resources.clone());
         container.check_status(&status)?;
         self.write_checkpoint(&container.id, &status).await?;
-        if state == ContainerState::Running
-            && let Err(error) = self
-                .backends
-                .containerd
-                .update_task_resources(container.id.as_str(), &self.config.runtime_resources(&resources))
-                .await
-        {
+        let id = container.id.as_str();
+        let applied = self.config.runtime_resources(&resources);
+        let updated = async {
+            let spec_before = self.write_spec_resources(id, &applied).await?;
+            if state == ContainerState::Running
+                && let Err(error) = self.backends.containerd.update_task_resources(id, &applied).await
+            {
+                if let Some(before) = spec_before
+                    && let Err(restore_error) = self.write_spec_resources(id, &before).await
+                {
+                    tracing::error!(id, %restore_error, "failed to restore the container spec after a failed resource update");
+                }
+                return Err(error.context("failed to update task resources"));
+            }
+            Ok(())
+        };
+        if let Err(error) = updated.await {
             // The task kept its old limits: so must the checkpoint, or the next restart
             // would report limits the caller was told had failed.
             if let Err(restore_error) = self.write_checkpoint(&container.id, &previous).await {
-                tracing::error!(id = %container.id, %restore_error, "failed to restore the checkpoint after a failed resource update");
+                tracing::error!(id, %restore_error, "failed to restore the checkpoint after a failed resource update");
             }
-            return Err(error.context("failed to update task resources"));
+            return Err(error);
         }
         container.set_status(status)?;
         Ok(UpdateContainerResourcesResponse {})
+    }
+
+    /// Writes `resources` into the spec of the container's containerd record; returns what the
+    /// spec held before, or None when it held these already (nothing written).
+    pub(crate) async fn write_spec_resources(&self, id: &str, resources: &Resources) -> Result<Option<Resources>> {
+        let containerd = &self.backends.containerd;
+        let mut record = containerd.get_container(id).await.map_err(|e| e.context("failed to read container spec"))?;
+        if record.spec.resources == *resources {
+            return Ok(None);
+        }
+        let before = std::mem::replace(&mut record.spec.resources, resources.clone());
+        containerd
+            .update_container(&record)
+            .await
+            .map_err(|e| e.context("failed to update container spec resources"))?;
+        Ok(Some(before))
     }
 
     pub async fn reopen_container_log(
@@ -242,6 +271,16 @@ impl CriService {
     pub async fn container_stats(self: &Arc<Self>, request: ContainerStatsRequest) -> Result<ContainerStatsResponse> {
         self.check_initialized()?;
         let container = self.containers.get(&request.container_id)?;
+        // As in containerd, the stats of one container are its task's: one that is not running
+        // has none to give (ListContainerStats still lists it, with its writable layer only).
+        let state = container.status().state();
+        if state != ContainerState::Running {
+            return Err(Error::precondition(format!(
+                "container {:?} is in {} state: it has no running task to take stats of",
+                container.id.as_str(),
+                crate::rpc::container_create::state_name(state)
+            )));
+        }
         Ok(ContainerStatsResponse { stats: Some(self.container_stats_message(&container).await) })
     }
 

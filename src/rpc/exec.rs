@@ -88,15 +88,19 @@ impl CriService {
             waited = wait => waited,
             _ = &mut caller_gone => None,
         };
+        let mut drained = Ok(());
         if let Some(Ok(_)) = waited {
             // The process exited; its output may still be held open by a child it left behind.
             tokio::select! {
                 biased;
-                () = self.drain_exec_output(id, &exec_id) => {}
+                result = self.drain_exec_output(id, &exec_id) => drained = result,
                 _ = &mut caller_gone => {}
             }
         }
         let result = match waited {
+            // Output cut short is no answer, as in containerd: the exec's delete below frees
+            // the pipes the child holds.
+            Some(Ok(_)) if drained.is_err() => drained.map(|()| ExecSyncResponse::default()),
             Some(Ok(exit)) => match containerd.exec_output(id, &exec_id).await {
                 Ok(output) => {
                     assert!(
@@ -137,22 +141,32 @@ impl CriService {
 
     /// Waits for the output of an exec whose process exited to end, for at most
     /// `drain_exec_sync_io_timeout` (zero: until it ends, as containerd): a child the process
-    /// left in the background can hold its pipes open for good. Past the bound, what was read
-    /// is the output, and the exec's delete frees the pipes.
-    pub(crate) async fn drain_exec_output(&self, id: &str, exec_id: &str) {
+    /// left in the background can hold its pipes open for good. Past the bound it fails, as
+    /// containerd's does, and the exec's delete frees the pipes. A failure to watch the
+    /// output is logged only: what was read is then the output.
+    pub(crate) async fn drain_exec_output(&self, id: &str, exec_id: &str) -> Result<()> {
         let closed = self.backends.containerd.exec_output_closed(id, exec_id);
         let bound = self.config.drain_exec_sync_io_timeout;
-        let result = if bound.is_zero() {
+        let watched = if bound.is_zero() {
             closed.await
         } else {
-            crate::ports::timeout(&*self.backends.clock, bound, closed).await.unwrap_or_else(|_| {
-                cov_mark::hit!(exec_output_drain_bounded);
-                Err(Error::deadline(format!("the output is still held open {bound:?} after the exit")))
-            })
+            match crate::ports::timeout(&*self.backends.clock, bound, closed).await {
+                Ok(watched) => watched,
+                Err(_) => {
+                    cov_mark::hit!(exec_output_drain_bounded);
+                    return Err(Error::new(
+                        crate::ErrorKind::Unknown,
+                        format!(
+                            "failed to drain exec process {exec_id:?} io in {bound:?} because io is still held by other processes"
+                        ),
+                    ));
+                }
+            }
         };
-        if let Err(error) = result {
-            tracing::warn!(id, exec_id, %error, "exec output not drained");
+        if let Err(error) = watched {
+            tracing::warn!(id, exec_id, %error, "exec output not watched to its end");
         }
+        Ok(())
     }
 
     /// SIGKILLs an exec process that has not been seen to exit and waits, bounded, for it to go.

@@ -13,10 +13,10 @@ use k8s_cri::v1::{PullImageRequest, PullImageResponse};
 
 use crate::error::{Error, Result};
 use crate::kmutex::KeyedMutex;
-use crate::naming::ImageRef;
+use crate::naming::{ImageRef, normalize_image_ref};
 use crate::ports::{
-    Descriptor, IMAGE_MANAGED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, LeasePurpose, RegistryAuth,
-    ResolvedImage,
+    Descriptor, IMAGE_MANAGED, IMAGE_PINNED, ImageContent, ImageRecord, LABEL_IMAGE_MANAGED, LABEL_IMAGE_PINNED,
+    LeasePurpose, RegistryAuth, ResolvedImage,
 };
 use crate::service::CriService;
 use crate::store::Image;
@@ -331,7 +331,13 @@ impl CriService {
         }
         names.push(format!("{}@{}", reference.name(), resolved.manifest.digest));
         names.push(image_id.clone());
-        let labels: BTreeMap<String, String> = [(LABEL_IMAGE_MANAGED.to_string(), IMAGE_MANAGED.to_string())].into();
+        let mut labels: BTreeMap<String, String> =
+            [(LABEL_IMAGE_MANAGED.to_string(), IMAGE_MANAGED.to_string())].into();
+        // The sandbox image's references carry containerd's pinned label, as containerd's own
+        // pull puts it there, for tools that read containerd's images.
+        if normalize_image_ref(&self.config.sandbox_image).is_ok_and(|sandbox| sandbox == reference.to_string()) {
+            labels.insert(LABEL_IMAGE_PINNED.to_string(), IMAGE_PINNED.to_string());
+        }
         // As containerd counts an image's size: the manifest, the config and the layers, as
         // stored (compressed); the backend counts an image it reads back the same way.
         let size_bytes = resolved.manifest.size_bytes

@@ -21,7 +21,9 @@ use crate::store::Image;
 /// containerd older than another's write.
 pub const IMAGE_REF_LOCK_PREFIX: &str = "image://";
 
-fn image_message(image: &Image) -> k8s_cri::v1::Image {
+/// `pinned`: the image is the sandbox image, which containerd pins (kubelet's image garbage
+/// collection never removes a pinned image).
+fn image_message(image: &Image, pinned: bool) -> k8s_cri::v1::Image {
     let user = &image.config.user;
     let user_part = user.split(':').next().unwrap_or_default();
     let (uid, username) = match user_part.parse::<i64>() {
@@ -37,7 +39,7 @@ fn image_message(image: &Image) -> k8s_cri::v1::Image {
         username,
         // containerd 1.7 leaves the spec out (it came with runtime-class images, in 2.0).
         spec: None,
-        pinned: false,
+        pinned,
     }
 }
 
@@ -58,12 +60,21 @@ impl CriService {
         self.images.get(&id).ok_or_else(|| Error::not_found(format!("image {id:?} vanished after pull")))
     }
 
+    /// Whether an image is pinned: one of its names is the configured sandbox image's.
+    fn pinned_by(&self) -> impl Fn(&Image) -> bool + use<> {
+        let sandbox = normalize_image_ref(&self.config.sandbox_image).ok();
+        move |image| sandbox.as_ref().is_some_and(|sandbox| image.references.contains(sandbox))
+    }
+
     pub async fn list_images(self: &Arc<Self>, request: ListImagesRequest) -> Result<ListImagesResponse> {
         self.check_initialized()?;
         let wanted = request.filter.and_then(|f| f.image).map(|i| i.image).filter(|i| !i.is_empty());
+        let pinned = self.pinned_by();
         let images = match wanted {
-            Some(reference) => self.local_resolve(&reference).into_iter().map(|i| image_message(&i)).collect(),
-            None => self.images.list().iter().map(image_message).collect(),
+            Some(reference) => {
+                self.local_resolve(&reference).into_iter().map(|i| image_message(&i, pinned(&i))).collect()
+            }
+            None => self.images.list().iter().map(|i| image_message(i, pinned(i))).collect(),
         };
         Ok(ListImagesResponse { images })
     }
@@ -84,7 +95,7 @@ impl CriService {
             let verbose = serde_json::json!({ "chainID": image.chain_id, "imageSpec": image.config });
             info.insert("info".to_string(), verbose.to_string());
         }
-        Ok(ImageStatusResponse { image: Some(image_message(&image)), info })
+        Ok(ImageStatusResponse { image: Some(image_message(&image, self.pinned_by()(&image))), info })
     }
 
     pub async fn remove_image(self: &Arc<Self>, request: RemoveImageRequest) -> Result<RemoveImageResponse> {

@@ -104,11 +104,26 @@ impl CriService {
                 crate::error::quoted(&config.log_directory)
             )));
         }
-        let handler = if request.runtime_handler.is_empty() {
-            self.config.containerd.default_runtime_name.clone()
-        } else {
-            request.runtime_handler
-        };
+        crate::spec::check_user_namespace(
+            config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.namespace_options.as_ref())
+                .and_then(|n| n.userns_options.as_ref()),
+        )?;
+        // A pod on the node's network shares the node's UTS namespace too, where a hostname
+        // cannot be set: containerd's runc refuses it at the pause task's create ("unable to
+        // set hostname without a private UTS namespace"); kubelet never sends one.
+        if host_network(&config) && !config.hostname.is_empty() {
+            return Err(Error::invalid(format!(
+                "sandbox config hostname {} cannot be set for a pod on the node's network: it shares the node's UTS namespace",
+                crate::error::quoted(&config.hostname)
+            )));
+        }
+        let requested = request.runtime_handler;
+        let handler =
+            if requested.is_empty() { self.config.containerd.default_runtime_name.clone() } else { requested.clone() };
         if !self.config.containerd.runtimes.contains_key(&handler) {
             return Err(Error::invalid(format!("no runtime for {} is configured", crate::error::quoted(&handler))));
         }
@@ -116,15 +131,21 @@ impl CriService {
         let operation_name = format!("sandbox/{name}");
         let run_name = name.clone();
         let asked = OperationRequest::Sandbox { config: Box::new(config.clone()), runtime_handler: handler.clone() };
-        let id =
-            self.run_named_operation(operation_name, asked, async move {
-                service.run_sandbox(run_name, config, handler).await
+        let id = self
+            .run_named_operation(operation_name, asked, async move {
+                service.run_sandbox(run_name, config, handler, requested).await
             })
             .await?;
         Ok(RunPodSandboxResponse { pod_sandbox_id: id })
     }
 
-    async fn run_sandbox(self: Arc<Self>, name: String, config: PodSandboxConfig, handler: String) -> Result<String> {
+    async fn run_sandbox(
+        self: Arc<Self>,
+        name: String,
+        config: PodSandboxConfig,
+        handler: String,
+        requested_handler: String,
+    ) -> Result<String> {
         let id = SandboxId::generate(&*self.backends.os);
         self.sandbox_names.reserve(&name, &id).map_err(|e| {
             Error::already_exists(format!(
@@ -142,6 +163,7 @@ impl CriService {
             ip: String::new(),
             additional_ips: vec![],
             runtime_handler: handler,
+            requested_runtime_handler: Some(requested_handler),
             cni_result: None,
             network_setup_attempted: false,
             host_network: host_network(&config),

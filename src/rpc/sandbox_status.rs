@@ -32,7 +32,7 @@ impl CriService {
                 "pid": sandbox.status().pid,
                 "processStatus": format!("{:?}", sandbox.status().state).to_lowercase(),
                 "netNamespacePath": sandbox.metadata.netns_path,
-                "runtimeHandler": sandbox.metadata.runtime_handler,
+                "runtimeHandler": sandbox.metadata.reported_runtime_handler(),
                 "cniResult": sandbox.metadata.cni_result,
                 "image": self.config.sandbox_image,
             });
@@ -65,7 +65,7 @@ impl CriService {
                 created_at: s.status().created_at_ns,
                 labels: s.config.labels.clone(),
                 annotations: s.config.annotations.clone(),
-                runtime_handler: s.metadata.runtime_handler.clone(),
+                runtime_handler: s.metadata.reported_runtime_handler().to_string(),
             })
             .collect();
         Ok(ListPodSandboxResponse { items })

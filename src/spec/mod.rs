@@ -94,6 +94,39 @@ fn namespace_mode(config: &PodSandboxConfig, pick: impl Fn(&k8s_cri::v1::Namespa
         .unwrap_or(NamespaceMode::Pod as i32)
 }
 
+/// Checks a pod's or container's user namespace options as containerd reads them (one UID and
+/// one GID mapping, only with the POD mode), and refuses the POD mode itself: crid does not
+/// make user namespaces yet, and a pod that asked for one (kubelet's `hostUsers: false`) must
+/// not run as the node's root instead.
+pub fn check_user_namespace(options: Option<&k8s_cri::v1::UserNamespace>) -> Result<()> {
+    let Some(options) = options else { return Ok(()) };
+    for (ids, mappings) in [("UID", &options.uids), ("GID", &options.gids)] {
+        if mappings.len() > 1 {
+            return Err(Error::invalid(format!(
+                "user namespace: only one {ids} mapping is supported, got {}",
+                mappings.len()
+            )));
+        }
+        if mappings.first().is_some_and(|m| m.length < 1) {
+            return Err(Error::invalid(format!("user namespace: a {ids} mapping of length 0")));
+        }
+    }
+    let mapped = !options.uids.is_empty() || !options.gids.is_empty();
+    match NamespaceMode::try_from(options.mode) {
+        Ok(NamespaceMode::Node) if mapped => {
+            Err(Error::invalid("user namespace: the node's user namespace takes no UID or GID mappings"))
+        }
+        Ok(NamespaceMode::Node) => Ok(()),
+        Ok(NamespaceMode::Pod) if options.uids.is_empty() || options.gids.is_empty() => {
+            Err(Error::invalid("user namespace: a pod's user namespace needs a UID and a GID mapping"))
+        }
+        Ok(NamespaceMode::Pod) => Err(Error::unimplemented(
+            "user namespaces are not supported: the pod would run in the node's user namespace",
+        )),
+        _ => Err(Error::invalid(format!("user namespace: unsupported mode {}", options.mode))),
+    }
+}
+
 /// The lowest and highest `oom_score_adj` the kernel takes.
 pub const OOM_SCORE_ADJ_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 

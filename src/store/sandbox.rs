@@ -29,11 +29,23 @@ pub struct SandboxMetadata {
     pub netns_path: String,
     pub ip: String,
     pub additional_ips: Vec<String>,
+    /// The handler the sandbox runs with: the request's, or the default it named by "".
     pub runtime_handler: String,
+    /// The handler as the request named it ("" for the default), which statuses report as
+    /// containerd does; None in metadata written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_runtime_handler: Option<String>,
     pub cni_result: Option<CniResult>,
     /// True once a CNI ADD was attempted: Stop must then issue DEL even without a result (B17).
     pub network_setup_attempted: bool,
     pub host_network: bool,
+}
+
+impl SandboxMetadata {
+    /// The runtime handler statuses and events report: the request's.
+    pub fn reported_runtime_handler(&self) -> &str {
+        self.requested_runtime_handler.as_deref().unwrap_or(&self.runtime_handler)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +153,7 @@ mod tests {
             ip: String::new(),
             additional_ips: vec![],
             runtime_handler: String::new(),
+            requested_runtime_handler: None,
             cni_result: None,
             network_setup_attempted: false,
             host_network: false,

@@ -71,7 +71,7 @@ const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/
 /// Differences that are known and accepted: lines of a section (in one case, or in every case
 /// when none is named) that contain a pattern are left out of the comparison, with the reason.
 /// The stack's reference is containerd 1.6; crid reproduces 1.7.
-const ACCEPTED: [(Option<&str>, &str, &str, &str); 5] = [
+const ACCEPTED: [(Option<&str>, &str, &str, &str); 4] = [
     // containerd 1.6 looks up the image USER "1000:1000" whole in /etc/group and finds no
     // memberships; 1.7 looks up its user part and adds the user's groups (2000 here).
     (Some("image user"), "id", "groups=", "1.6 misses the image user's /etc/group memberships"),
@@ -80,9 +80,6 @@ const ACCEPTED: [(Option<&str>, &str, &str, &str); 5] = [
     // The pause process of a pod with supplemental groups: 1.6 sets the pod's user after its
     // groups and so drops them; crid keeps them. The pause process opens no files.
     (Some("restricted"), "pause status", "Groups:", "1.6 drops the pod's supplemental groups from the pause process"),
-    // containerd keeps the handler as asked ("" for the default); crid names the handler the
-    // default resolved to, which its recovery uses.
-    (None, "pod status", "runtime_handler:", "crid names the runtime handler the default resolved to"),
 ];
 
 /// One pod and container, as kubelet would send them.

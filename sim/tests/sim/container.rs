@@ -356,6 +356,30 @@ async fn create_container_errors() {
         ("empty sandbox id", request("", Some(good())), ErrorKind::InvalidArgument),
         ("sandbox not ready", request(&dead_pod, Some(good())), ErrorKind::FailedPrecondition),
         (
+            "a user namespace of the pod's",
+            request(
+                &pod,
+                Some(ContainerConfig {
+                    linux: Some(LinuxContainerConfig {
+                        security_context: Some(LinuxContainerSecurityContext {
+                            namespace_options: Some(NamespaceOption {
+                                userns_options: Some(UserNamespace {
+                                    mode: NamespaceMode::Pod as i32,
+                                    uids: vec![IdMapping { host_id: 65536, container_id: 0, length: 65536 }],
+                                    gids: vec![IdMapping { host_id: 65536, container_id: 0, length: 65536 }],
+                                }),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..good()
+                }),
+            ),
+            ErrorKind::Unimplemented,
+        ),
+        (
             "log path out of the pod's log directory",
             request(&pod, Some(ContainerConfig { log_path: "../../../../tmp/escape.log".into(), ..good() })),
             ErrorKind::InvalidArgument,
@@ -685,10 +709,14 @@ async fn update_container_resources() {
         String::from_utf8(node.world.os.file(&format!("{ROOT_DIR}/containers/{running}/status")).unwrap()).unwrap();
     assert!(checkpoint.contains("268435456"), "the checkpoint holds the new limit: {checkpoint}");
 
-    // CREATED: only the spec/checkpoint; there is no task yet.
+    // The container's spec in containerd carries them too, as containerd's update writes it.
+    assert_eq!(node.world.containerd.containers()[&running].spec.resources, expected);
+
+    // CREATED: only the spec and the checkpoint; there is no task yet.
     node.svc.update_container_resources(update(&created, Some(cri.clone()))).await.unwrap();
     assert_eq!(node.world.containerd.task_resources(&created), None);
     assert!(node.container_status(&created).await.resources.is_some());
+    assert_eq!(node.world.containerd.containers()[&created].spec.resources, expected);
 
     let cases: Vec<(&str, UpdateContainerResourcesRequest, ErrorKind)> = vec![
         ("exited", update(&exited, Some(cri.clone())), ErrorKind::FailedPrecondition),
@@ -896,9 +924,24 @@ async fn container_stats() {
         stats.writable_layer.unwrap().fs_id.unwrap().mountpoint,
         "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs"
     );
-    let idle =
-        node.svc.container_stats(ContainerStatsRequest { container_id: created.clone() }).await.unwrap().stats.unwrap();
-    assert!(idle.cpu.is_none() && idle.memory.is_none(), "a container without a task has no usage");
+    // A container without a running task has no stats of its own, as in containerd; the list
+    // still shows it, with no usage.
+    assert_eq!(
+        err_kind(node.svc.container_stats(ContainerStatsRequest { container_id: created.clone() }).await),
+        ErrorKind::FailedPrecondition
+    );
+    let idle = node
+        .svc
+        .list_container_stats(ListContainerStatsRequest {
+            filter: Some(ContainerStatsFilter { id: created.clone(), ..Default::default() }),
+        })
+        .await
+        .unwrap()
+        .stats;
+    assert!(
+        idle.len() == 1 && idle[0].cpu.is_none() && idle[0].memory.is_none(),
+        "a container without a task has no usage"
+    );
     assert_eq!(
         err_kind(node.svc.container_stats(ContainerStatsRequest { container_id: "0123456789abcdef".into() }).await),
         ErrorKind::NotFound
@@ -978,17 +1021,31 @@ async fn failed_resource_update_changes_nothing() {
         linux: Some(LinuxContainerResources { memory_limit_in_bytes: 64 << 20, ..Default::default() }),
         ..Default::default()
     };
-    let error = node.svc.update_container_resources(request).await.unwrap_err();
+    let spec_before = node.world.containerd.containers()[&id].spec.resources.clone();
+    let error = node.svc.update_container_resources(request.clone()).await.unwrap_err();
     assert!(error.message.contains("injected"), "{error}");
     let kept = node.container_status(&id).await.resources.and_then(|r| r.linux);
     assert_eq!(kept.map(|l| l.memory_limit_in_bytes), Some(0), "memory keeps the old resources");
     assert_eq!(node.world.containerd.task_resources(&id), None);
+    assert_eq!(node.world.containerd.containers()[&id].spec.resources, spec_before, "so does the spec");
     let after = node.world.os.file(&checkpoint_path).unwrap();
     assert_eq!(
         String::from_utf8(after).unwrap(),
-        String::from_utf8(before).unwrap(),
+        String::from_utf8(before.clone()).unwrap(),
         "the checkpoint keeps the old resources"
     );
+
+    // A spec that cannot be written fails the update before the task is touched.
+    node.faults.push(
+        FaultSite::ContainerdUpdateContainer,
+        Some(&id),
+        crid_sim::fakes::FaultAction::Fail(ErrorKind::Unavailable, "injected: containerd went away".into()),
+    );
+    let error = node.svc.update_container_resources(request).await.unwrap_err();
+    assert!(error.message.contains("injected"), "{error}");
+    assert_eq!(node.world.containerd.task_resources(&id), None);
+    assert_eq!(node.world.containerd.containers()[&id].spec.resources, spec_before);
+    assert_eq!(node.world.os.file(&checkpoint_path).unwrap(), before, "the checkpoint keeps the old resources");
 }
 
 /// A caller that goes away from an ExecSync without a timeout must not leave the exec process
@@ -1336,8 +1393,10 @@ async fn container_stats_report_the_writable_layer() {
     let layer = |id: String| {
         let svc = node.svc.clone();
         async move {
-            let stats = svc.container_stats(ContainerStatsRequest { container_id: id }).await.unwrap().stats.unwrap();
-            let layer = stats.writable_layer.expect("a writable layer");
+            // The list, which shows a created container too.
+            let filter = Some(ContainerStatsFilter { id, ..Default::default() });
+            let stats = svc.list_container_stats(ListContainerStatsRequest { filter }).await.unwrap().stats;
+            let layer = stats.into_iter().next().expect("listed").writable_layer.expect("a writable layer");
             (layer.used_bytes.unwrap().value, layer.inodes_used.unwrap().value, layer.timestamp)
         }
     };
@@ -1409,8 +1468,8 @@ async fn swap_hugepages_and_unified_are_kept() {
 
 /// An exec whose process exits but leaves a child holding its output (`sh -c 'sleep 100 &'`):
 /// ExecSync waits for the output's end at most `drain_exec_sync_io_timeout` after the exit,
-/// and with the default zero until the output ends, as containerd does; the output read is
-/// returned, and no exec is left once the call is over (invariant 27).
+/// and with the default zero until the output ends, as containerd does; past the bound the
+/// call fails, and no exec is left once the call is over (invariant 27).
 #[madsim::test]
 async fn exec_sync_drains_output_held_open_within_the_bound() {
     let exec =
@@ -1430,19 +1489,26 @@ async fn exec_sync_drains_output_held_open_within_the_bound() {
     sleep(Duration::from_secs(1)).await;
     assert_eq!(node.world.containerd.live_execs(), vec![], "the abandoned exec is deleted");
 
-    // A bound: the call returns that long after the exit, with the output read so far.
+    // A bound: output that ends within it is the answer; output still held open that long
+    // after the exit fails the call, as in containerd ("failed to drain exec process").
     let config = Config { drain_exec_sync_io_timeout: Duration::from_secs(2), ..test_config() };
     let node = Node::start_with(config).await;
     let (_, id) = node.pod_with_running("drain-bound", &["sleep", "inf"]).await;
-    for (cmd, at_least, below) in [
-        (&["background", "inf", "held"][..], 2, 3),
-        (&["background", "500", "held"][..], 0, 1),
-        (&["echo", "held"][..], 0, 1),
+    for (cmd, at_least, below, answered) in [
+        (&["background", "inf", "held"][..], 2, 3, false),
+        (&["background", "500", "held"][..], 0, 1, true),
+        (&["echo", "held"][..], 0, 1, true),
     ] {
         let started = virtual_now();
-        let response = node.svc.exec_sync(exec(&id, cmd, 1)).await.unwrap();
+        let response = node.svc.exec_sync(exec(&id, cmd, 1)).await;
         let took = started.elapsed();
-        assert_eq!(response.stdout, b"held\n", "{cmd:?}");
+        match response {
+            Ok(response) => assert!(answered && response.stdout == b"held\n", "{cmd:?}: {response:?}"),
+            Err(error) => assert!(
+                !answered && error.kind == ErrorKind::Unknown && error.message.contains("failed to drain exec process"),
+                "{cmd:?}: {error}"
+            ),
+        }
         assert!(
             took >= Duration::from_secs(at_least) && took < Duration::from_secs(below),
             "{cmd:?}: returned after {took:?}"

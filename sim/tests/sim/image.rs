@@ -127,6 +127,20 @@ async fn list_images_shows_every_pulled_image() {
     }
 }
 
+/// The sandbox image is pinned, as containerd pins it, so that kubelet's image garbage
+/// collection never removes it; other images are not.
+#[madsim::test]
+async fn only_the_sandbox_image_is_pinned() {
+    let node = Node::start().await;
+    let busybox = node.pull(BUSYBOX_IMAGE).await;
+    let pause = node.pull(crid_sim::fakes::PAUSE_IMAGE).await;
+    let images = node.svc.list_images(ListImagesRequest::default()).await.unwrap().images;
+    let pinned = |id: &String| images.iter().find(|i| &i.id == id).unwrap().pinned;
+    assert!(pinned(&pause) && !pinned(&busybox), "{images:?}");
+    assert!(image_status(&node, &pause).await.unwrap().pinned);
+    assert!(!image_status(&node, BUSYBOX_IMAGE).await.unwrap().pinned);
+}
+
 /// ImageStatus resolves by reference, short name, id or id prefix; an unknown image is an
 /// empty response, not an error (SPEC §5.3).
 #[madsim::test]

@@ -22,7 +22,8 @@ async fn run_pod_sandbox_makes_a_ready_pod_with_network() {
     assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
     assert_eq!(status.metadata, pod_config("web").metadata);
     assert_eq!(status.labels, labels(&[("app", "web")]));
-    assert_eq!(status.runtime_handler, "runc");
+    // The handler as the request named it, as containerd reports it: "" for the default.
+    assert_eq!(status.runtime_handler, "");
     assert!(status.created_at > 0);
     let network = status.network.expect("a READY pod reports its network");
     assert_eq!(network.ip, node.world.cni.allocations()[&id].to_string(), "the IP is the one CNI allocated");
@@ -91,6 +92,12 @@ async fn host_network_pod_gets_no_netns_and_no_ip() {
         }),
         ..Default::default()
     });
+    // It shares the node's UTS namespace: a hostname of its own is refused, as runc refuses it
+    // under containerd, and kubelet sends none.
+    let named = node.svc.run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), ..Default::default() });
+    assert_eq!(err_kind(named.await), ErrorKind::InvalidArgument);
+    node.assert_no_sandbox_leftovers("after a host-network pod with a hostname");
+    config.hostname = String::new();
     let id = node.run_pod_with(config).await;
     assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady);
     assert!(node.pod_status(&id).await.network.is_none_or(|n| n.ip.is_empty()));
@@ -157,7 +164,16 @@ async fn list_pod_sandbox_filters() {
     let pod_a = listed.iter().find(|p| p.id == a).unwrap();
     assert_eq!(pod_a.metadata, tiered("a", "front").metadata);
     assert_eq!(pod_a.state, PodSandboxState::SandboxReady as i32);
-    assert_eq!(pod_a.runtime_handler, "runc");
+    assert_eq!(pod_a.runtime_handler, "", "the handler as the request named it");
+    let named = node
+        .svc
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(pod_config("named")), runtime_handler: "runc".into() })
+        .await
+        .unwrap()
+        .pod_sandbox_id;
+    assert_eq!(node.pod_status(&named).await.runtime_handler, "runc");
+    let listed = node.list_pods(Some(PodSandboxFilter { id: named.clone(), ..Default::default() })).await;
+    assert_eq!(listed[0].runtime_handler, "runc");
 }
 
 /// Stop tears the network down and leaves a NOTREADY pod; Remove deletes everything and frees
@@ -284,8 +300,46 @@ async fn run_pod_sandbox_rejects_invalid_requests() {
     for (name, request) in cases {
         assert_eq!(err_kind(node.svc.run_pod_sandbox(request).await), ErrorKind::InvalidArgument, "{name}");
     }
+    // User namespaces, as containerd reads the options. A pod's own (kubelet's `hostUsers:
+    // false`) is refused as not supported rather than run as the node's root.
+    let map = |host_id: u32| IdMapping { host_id, container_id: 0, length: 65536 };
+    let userns = |mode: NamespaceMode, uids: Vec<IdMapping>, gids: Vec<IdMapping>| {
+        let mut config = pod_config("userns");
+        config.linux = Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    userns_options: Some(UserNamespace { mode: mode as i32, uids, gids }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        RunPodSandboxRequest { config: Some(config), ..Default::default() }
+    };
+    let userns_cases = [
+        ("node's with mappings", userns(NamespaceMode::Node, vec![map(65536)], vec![]), ErrorKind::InvalidArgument),
+        (
+            "pod's without a GID mapping",
+            userns(NamespaceMode::Pod, vec![map(65536)], vec![]),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "pod's with two mappings",
+            userns(NamespaceMode::Pod, vec![map(65536), map(131072)], vec![map(65536)]),
+            ErrorKind::InvalidArgument,
+        ),
+        ("container mode", userns(NamespaceMode::Container, vec![], vec![]), ErrorKind::InvalidArgument),
+        ("pod's", userns(NamespaceMode::Pod, vec![map(65536)], vec![map(65536)]), ErrorKind::Unimplemented),
+    ];
+    for (name, request, kind) in userns_cases {
+        assert_eq!(err_kind(node.svc.run_pod_sandbox(request).await), kind, "user namespace: {name}");
+    }
     node.assert_no_sandbox_leftovers("after invalid requests");
     assert_eq!(node.faults.calls(FaultSite::ContainerdCreateContainer), 0);
+    // The node's, with no mappings, is what kubelet sends for every other pod.
+    let id = node.run_pod_with(userns(NamespaceMode::Node, vec![], vec![]).config.unwrap()).await;
+    assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady);
 }
 
 /// Reads of unknown or empty ids.
