@@ -424,6 +424,9 @@ pub trait Containerd: Send + Sync + 'static {
     /// AlreadyExists when the id is taken.
     async fn create_container(&self, record: ContainerRecord) -> Result<ContainerRecord>;
     async fn get_container(&self, id: &str) -> Result<ContainerRecord>;
+    /// The OCI runtime spec containerd holds for the container, as JSON: what verbose statuses
+    /// show as `runtimeSpec`, as containerd's do.
+    async fn runtime_spec(&self, id: &str) -> Result<serde_json::Value>;
     /// Containers whose labels include all of `labels`, sorted by id.
     async fn list_containers(&self, labels: &BTreeMap<String, String>) -> Result<Vec<ContainerRecord>>;
     /// Replaces labels, extensions and the spec.

@@ -61,6 +61,11 @@ impl CriService {
         let mut info = std::collections::HashMap::new();
         if request.verbose {
             let status = container.status();
+            let handler = self
+                .sandboxes
+                .get(container.metadata.sandbox_id.as_str())
+                .map(|sandbox| sandbox.metadata.runtime_handler.clone())
+                .unwrap_or_default();
             let verbose = serde_json::json!({
                 "sandboxID": container.metadata.sandbox_id,
                 "pid": status.pid,
@@ -68,6 +73,10 @@ impl CriService {
                 "starting": status.starting,
                 "logPath": container.metadata.log_path,
                 "stopSignal": container.metadata.stop_signal,
+                "snapshotKey": container.id,
+                "snapshotter": self.config.snapshotter_for(&handler),
+                "runtimeType": self.config.runtime_type_for(&handler).unwrap_or_default(),
+                "runtimeSpec": self.runtime_spec_for_status(container.id.as_str()).await,
             });
             info.insert("info".to_string(), verbose.to_string());
         }
@@ -180,6 +189,15 @@ impl CriService {
         }
         container.set_status(status)?;
         Ok(UpdateContainerResourcesResponse {})
+    }
+
+    /// The runtime spec a verbose status shows; null when containerd cannot give it (the
+    /// status is answered still, as containerd's is).
+    pub(crate) async fn runtime_spec_for_status(&self, id: &str) -> serde_json::Value {
+        self.backends.containerd.runtime_spec(id).await.unwrap_or_else(|error| {
+            tracing::warn!(id, %error, "no runtime spec for the verbose status");
+            serde_json::Value::Null
+        })
     }
 
     /// Writes `resources` into the spec of the container's containerd record; returns what the

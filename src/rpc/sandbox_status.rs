@@ -28,13 +28,22 @@ impl CriService {
         let status = self.sandbox_status_message(&sandbox);
         let mut info = std::collections::HashMap::new();
         if request.verbose {
+            let netns = &sandbox.metadata.netns_path;
+            // As containerd: a pod on the node's network has no namespace to be closed.
+            let netns_closed = !netns.is_empty() && self.backends.os.netns_closed(netns).await.unwrap_or(false);
+            let handler = &sandbox.metadata.runtime_handler;
             let verbose = serde_json::json!({
                 "pid": sandbox.status().pid,
                 "processStatus": format!("{:?}", sandbox.status().state).to_lowercase(),
-                "netNamespacePath": sandbox.metadata.netns_path,
+                "netNamespacePath": netns,
+                "netNamespaceClosed": netns_closed,
                 "runtimeHandler": sandbox.metadata.reported_runtime_handler(),
+                "runtimeType": self.config.runtime_type_for(handler).unwrap_or_default(),
+                "snapshotKey": sandbox.id,
+                "snapshotter": self.config.snapshotter_for(handler),
                 "cniResult": sandbox.metadata.cni_result,
                 "image": self.config.sandbox_image,
+                "runtimeSpec": self.runtime_spec_for_status(sandbox.id.as_str()).await,
             });
             info.insert("info".to_string(), verbose.to_string());
         }

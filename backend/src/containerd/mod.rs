@@ -552,6 +552,16 @@ impl Containerd for RealContainerd {
         convert::from_proto_container(response.container.ok_or_else(|| Error::not_found(format!("container {id}")))?)
     }
 
+    async fn runtime_spec(&self, id: &str) -> Result<serde_json::Value> {
+        let response = grpc(self.containers().get(self.req(GetContainerRequest { id: id.to_string() })).await)?;
+        let spec = response
+            .container
+            .and_then(|c| c.spec)
+            .ok_or_else(|| Error::not_found(format!("spec of container {id}")))?;
+        serde_json::from_slice(&spec.value)
+            .map_err(|e| Error::internal(format!("container {id}: bad runtime spec: {e}")))
+    }
+
     async fn list_containers(&self, labels: &BTreeMap<String, String>) -> Result<Vec<ContainerRecord>> {
         // Filtering here rather than with containerd's filter syntax avoids quoting label values.
         let response = grpc(self.containers().list(self.req(ListContainersRequest { filters: Vec::new() })).await)?;

@@ -51,6 +51,17 @@ async fn container_lifecycle() {
     assert_eq!(running.state, ContainerState::ContainerRunning as i32);
     assert!(running.started_at >= running.created_at);
     assert_eq!(node.world.containerd.tasks()[&id].state, TaskState::Running);
+    // The verbose status: what containerd's says of the container (crictl inspect shows it).
+    let verbose =
+        node.svc.container_status(ContainerStatusRequest { container_id: id.clone(), verbose: true }).await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!((info["sandboxID"].as_str(), info["snapshotKey"].as_str()), (Some(pod.as_str()), Some(id.as_str())));
+    assert_eq!(
+        (info["snapshotter"].as_str(), info["runtimeType"].as_str()),
+        (Some("overlayfs"), Some("io.containerd.runc.v2"))
+    );
+    assert_eq!(info["pid"], node.world.containerd.tasks()[&id].pid);
+    assert_eq!(info["runtimeSpec"], serde_json::to_value(&node.world.containerd.containers()[&id].spec).unwrap());
 
     node.stop_container(&id, 10).await;
     let exited = node.container_status(&id).await;

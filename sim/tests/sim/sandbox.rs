@@ -53,8 +53,22 @@ async fn run_pod_sandbox_makes_a_ready_pod_with_network() {
     let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
     assert_eq!(info["netNamespacePath"], netns);
     assert_eq!(info["pid"], world.containerd.tasks()[&id].pid);
+    // What containerd's verbose status has too (crictl inspectp shows it).
+    assert_eq!(info["netNamespaceClosed"], false);
+    assert_eq!((info["snapshotKey"].as_str(), info["snapshotter"].as_str()), (Some(id.as_str()), Some("overlayfs")));
+    assert_eq!(info["runtimeType"], "io.containerd.runc.v2");
+    assert_eq!(info["runtimeSpec"], serde_json::to_value(&world.containerd.containers()[&id].spec).unwrap());
     // A truncated id resolves.
     assert_eq!(node.pod_status(&id[..12]).await.id, id);
+    // Once the netns is gone, the verbose status says so.
+    node.stop_pod(&id).await;
+    let verbose = node
+        .svc
+        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: true })
+        .await
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["netNamespaceClosed"], true, "{info}");
 }
 
 /// A pod's resolv.conf: what its DNS settings say, else the node's (as containerd copies it),

@@ -348,6 +348,14 @@ impl Containerd for FakeContainerd {
         after.finish(self.do_get_container(id)).await
     }
 
+    /// The fake holds no OCI spec: the workload it would be built from stands for it.
+    async fn runtime_spec(&self, id: &str) -> Result<serde_json::Value> {
+        let after = self.enter(FaultSite::ContainerdGetContainer, id).await?;
+        let spec =
+            self.do_get_container(id).map(|record| serde_json::to_value(&record.spec).expect("a workload serialises"));
+        after.finish(spec).await
+    }
+
     async fn list_containers(&self, labels: &BTreeMap<String, String>) -> Result<Vec<ContainerRecord>> {
         let after = self.enter(FaultSite::ContainerdListContainers, "").await?;
         after.finish(Ok(self.do_list_containers(labels))).await
