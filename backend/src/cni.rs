@@ -158,11 +158,26 @@ fn plugin_stdin(list: &NetworkList, plugin: &Value, prev: Option<&Value>, networ
             m
         })
         .collect();
+    let mut runtime_config = serde_json::Map::new();
     if wants_ports && !ports.is_empty() {
-        object.insert("runtimeConfig".into(), json!({ "portMappings": ports }));
+        runtime_config.insert("portMappings".into(), json!(ports));
+    }
+    let wants_annotations = plugin
+        .get("capabilities")
+        .and_then(|c| c.get(POD_ANNOTATIONS_CAPABILITY))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if wants_annotations {
+        runtime_config.insert(POD_ANNOTATIONS_CAPABILITY.into(), json!(network.annotations));
+    }
+    if !runtime_config.is_empty() {
+        object.insert("runtimeConfig".into(), Value::Object(runtime_config));
     }
     config
 }
+
+/// The capability under which containerd hands plugins the pod's annotations.
+const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 
 impl RealCni {
     pub fn new(bin_dir: &str, conf_dir: &str, cache_dir: &str) -> Arc<RealCni> {
@@ -475,6 +490,7 @@ mod tests {
                 host_port: 8080,
                 host_ip: String::new(),
             }],
+            annotations: [("a".to_string(), "1".to_string())].into(),
         };
         let bridge = plugin_stdin(&list, &list.plugins[0], None, &network);
         assert!(bridge.get("runtimeConfig").is_none());
@@ -482,5 +498,16 @@ mod tests {
         assert_eq!(portmap["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
         assert_eq!(portmap["name"], "n");
         assert!(portmap.get("prevResult").is_some());
+        // The pod's annotations, only to a plugin that asks for them.
+        assert!(portmap["runtimeConfig"].get(POD_ANNOTATIONS_CAPABILITY).is_none());
+        let annotated = NetworkList::parse(
+            r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"fp","capabilities":{"io.kubernetes.cri.pod-annotations":true}}]}"#,
+            "f",
+            true,
+        )
+        .unwrap();
+        let fp = plugin_stdin(&annotated, &annotated.plugins[0], None, &network);
+        assert_eq!(fp["runtimeConfig"][POD_ANNOTATIONS_CAPABILITY], json!({"a": "1"}));
+        assert!(fp["runtimeConfig"].get("portMappings").is_none());
     }
 }

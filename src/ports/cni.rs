@@ -17,6 +17,9 @@ pub struct PodNetwork {
     /// K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_INFRA_CONTAINER_ID, K8S_POD_UID.
     pub args: BTreeMap<String, String>,
     pub port_mappings: Vec<PortMapping>,
+    /// The pod's annotations, for plugins that declare the `io.kubernetes.cri.pod-annotations`
+    /// capability, as containerd passes them.
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -389,6 +389,7 @@ impl CriService {
                     host_ip: p.host_ip.clone(),
                 })
                 .collect(),
+            annotations: crate::naming::sorted(&config.annotations),
         }
     }
 

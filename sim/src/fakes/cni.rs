@@ -309,6 +309,7 @@ mod tests {
             interface_name: "eth0".to_string(),
             args: BTreeMap::new(),
             port_mappings: Vec::new(),
+            annotations: BTreeMap::new(),
         }
     }
 
