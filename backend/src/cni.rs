@@ -1,7 +1,9 @@
 //! `RealCni`: runs CNI plugin binaries the way libcni does.
 //!
 //! Configuration: the lexically first `*.conflist`, `*.conf` or `*.json` in `conf_dir` (a
-//! single-plugin `.conf` is wrapped into a list). Every pod also gets the loopback plugin on `lo`.
+//! single-plugin `.conf` is wrapped into a list). Every pod's `lo` is brought up, which is what
+//! the loopback plugin containerd runs for each pod does; crid does it itself, in one rtnetlink
+//! request, instead of starting that plugin on every ADD and DEL.
 //! ADD runs the plugins in order, chaining each result as the next one's `prevResult`; DEL runs
 //! them in reverse with the cached ADD result. Results are cached in `cache_dir` so that DEL works
 //! after a restart of crid.
@@ -21,7 +23,6 @@ use tokio::sync::RwLock;
 
 use crate::errors::IoContext;
 
-const LOOPBACK_CONFIG: &str = r#"{"cniVersion":"0.3.1","name":"cni-loopback","plugins":[{"type":"loopback"}]}"#;
 /// A plugin that hangs must not hang the pod operation forever.
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -70,7 +71,6 @@ pub struct RealCni {
     /// Readers are pod setups/teardowns; a reload takes it exclusively, so it never changes the
     /// configuration under a running ADD.
     network: RwLock<Option<NetworkList>>,
-    loopback: NetworkList,
     last_json: std::sync::Mutex<String>,
 }
 
@@ -181,15 +181,12 @@ const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 
 impl RealCni {
     pub fn new(bin_dir: &str, conf_dir: &str, cache_dir: &str) -> Arc<RealCni> {
-        let loopback =
-            NetworkList::parse(LOOPBACK_CONFIG, "<loopback>", true).expect("built-in loopback config is valid");
         Arc::new(RealCni {
             // CNI_PATH style: several dirs separated by ':'.
             bin_dirs: bin_dir.split(':').filter(|d| !d.is_empty()).map(PathBuf::from).collect(),
             conf_dir: PathBuf::from(conf_dir),
             cache_dir: PathBuf::from(cache_dir),
             network: RwLock::new(None),
-            loopback,
             last_json: std::sync::Mutex::new(String::new()),
         })
     }
@@ -373,7 +370,11 @@ impl Cni for RealCni {
     async fn setup(&self, network: &PodNetwork) -> Result<CniResult> {
         let guard = self.network.read().await;
         let list = guard.as_ref().ok_or_else(|| Error::precondition("cni config not initialized"))?;
-        self.add_list(&self.loopback, network, "lo").await.map_err(|e| e.context("loopback"))?;
+        let netns_path = network.netns_path.clone();
+        tokio::task::spawn_blocking(move || loopback_up_sync(&netns_path))
+            .await
+            .map_err(|e| Error::internal(format!("loopback: helper task failed: {e}")))?
+            .map_err(|e| e.context("loopback"))?;
         let ifname = if network.interface_name.is_empty() { "eth0" } else { network.interface_name.as_str() };
         let result = self.add_list(list, network, ifname).await?;
         self.write_cache(
@@ -399,7 +400,8 @@ impl Cni for RealCni {
         });
         let prev = cached.as_ref().filter(|c| c.network == list.name).map(|c| &c.result);
         self.del_list(list, network, &ifname, prev).await?;
-        self.del_list(&self.loopback, network, "lo", None).await.map_err(|e| e.context("loopback"))?;
+        // The loopback plugin's DEL sets `lo` down in a namespace that is removed next; crid
+        // leaves it be.
         match std::fs::remove_file(self.cache_path(&network.sandbox_id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).io_context("remove CNI cache"),
             _ => Ok(()),
@@ -420,6 +422,61 @@ impl Cni for RealCni {
         std::fs::write(&tmp, contents).io_context(format!("write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).io_context(format!("write {}", path.display()))?;
         Ok(path.to_string_lossy().into_owned())
+    }
+}
+
+/// The kernel's index of `lo`, the first device of every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Brings `lo` up inside the network namespace at `netns_path`, from a helper thread that joins
+/// it and ends after: a netlink socket acts on the namespace it was opened in, and no runtime
+/// thread ever changes namespace. The kernel gives `lo` 127.0.0.1 and ::1 as it comes up.
+fn loopback_up_sync(netns_path: &str) -> Result<()> {
+    let netns = std::fs::File::open(netns_path).io_context(format!("open netns {netns_path}"))?;
+    std::thread::spawn(move || -> Result<()> {
+        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).io_context("setns(CLONE_NEWNET)")?;
+        set_link_up(LOOPBACK_IFINDEX)
+    })
+    .join()
+    .map_err(|_| Error::internal("loopback helper thread panicked"))?
+}
+
+/// Sets the UP flag of the link `index` of the calling thread's network namespace and waits
+/// for the kernel's acknowledgement.
+fn set_link_up(index: u32) -> Result<()> {
+    use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_packet_route::link::{LinkFlags, LinkMessage};
+
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    let mut request =
+        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::SetLink(link)));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut buf = vec![0; request.header.length as usize];
+    request.serialize(&mut buf);
+
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).io_context("netlink socket")?;
+    socket.bind_auto().io_context("bind netlink socket")?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0)).io_context("connect netlink socket")?;
+    socket.send(&buf, 0).io_context("send RTM_SETLINK")?;
+    let mut reply = Vec::with_capacity(4096);
+    let len = socket.recv(&mut reply, 0).io_context("receive RTM_SETLINK's acknowledgement")?;
+    let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
+        .map_err(|e| Error::internal(format!("unreadable RTM_SETLINK reply: {e}")))?;
+    match message.payload {
+        NetlinkPayload::Error(error) => match error.code {
+            None => Ok(()),
+            Some(code) => {
+                let errno = std::io::Error::from_raw_os_error(-code.get());
+                Err(Error::internal(format!("set link {index} up: {errno}")).with_source(errno))
+            }
+        },
+        other => Err(Error::internal(format!("unexpected reply to RTM_SETLINK: {other:?}"))),
     }
 }
 

@@ -48,6 +48,7 @@ for s in net/ipv4/ip_unprivileged_port_start net/ipv4/ping_group_range kernel/sh
 done
 echo '== namespaces'; for n in cgroup ipc mnt net pid uts; do echo "$n $(busybox readlink /proc/1/ns/$n)"; done
 echo '== links'; busybox ip -o link | busybox awk '{print $2, $3}'
+echo '== loopback'; busybox ip -o addr show dev lo | busybox awk '{print $3, $4}'
 echo '== rootfs'; if touch /.probe 2>/dev/null; then echo writable; busybox rm /.probe; else echo read-only; fi
 echo '== sys'; if touch /sys/fs/cgroup/.probe 2>/dev/null; then echo writable; else echo read-only; fi
 "#;
