@@ -168,10 +168,13 @@ impl CriService {
             network_setup_attempted: false,
             host_network: host_network(&config),
         };
-        // The netns path is known before the netns exists and is persisted with the first
-        // metadata write, so that a crash right after creating the netns cannot leak it.
+        // The netns path is known before the netns exists, and so is that the pod's network
+        // will be set up: both are persisted with the first metadata write, the container
+        // record's create, so that a crash right after creating the netns or during the ADD
+        // leaks neither, and no metadata write stands between the netns and the ADD.
         let metadata = SandboxMetadata {
             netns_path: if metadata.host_network { String::new() } else { self.netns_path(&id) },
+            network_setup_attempted: !metadata.host_network,
             ..metadata
         };
         let mut state = RunState { metadata, config, created_at_ns: self.now_ns(), undo: vec![Undo::ReleaseName] };
@@ -288,8 +291,6 @@ impl CriService {
                 .map_err(|e| e.context("failed to create network namespace"))?;
             // DEL is registered before ADD: a failed ADD can still have allocated an IP (B16).
             state.undo.push(Undo::TeardownNetwork);
-            state.metadata.network_setup_attempted = true;
-            self.persist_sandbox_metadata(&mut record, &state.metadata).await?;
         }
 
         // The pause task needs only the netns to exist, not its interfaces, so the task's create

@@ -36,7 +36,10 @@ pub struct SandboxMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_runtime_handler: Option<String>,
     pub cni_result: Option<CniResult>,
-    /// True once a CNI ADD was attempted: Stop must then issue DEL even without a result (B17).
+    /// True when a CNI ADD may have run: Stop must then issue DEL even without a result (B17).
+    /// RunPodSandbox sets it for every pod with a network of its own in the record's first write,
+    /// before the netns exists: a crash before the ADD costs one DEL that finds nothing, and the
+    /// pod needs no second metadata write before its ADD.
     pub network_setup_attempted: bool,
     pub host_network: bool,
 }

@@ -47,9 +47,8 @@ fn every_run_step() -> Vec<Case> {
             make(FaultSite::OsWriteFile, 2), // resolv.conf
             make(FaultSite::OsMkdirAll, 2),  // shm dir
             make(FaultSite::OsMountShm, 0),
-            make(FaultSite::ContainerdUpdateContainer, 0), // metadata with the netns path
             make(FaultSite::CniSetup, 0),
-            make(FaultSite::ContainerdUpdateContainer, 1), // metadata with the CNI result
+            make(FaultSite::ContainerdUpdateContainer, 0), // metadata with the CNI result
             make(FaultSite::ContainerdCreateTask, 0),
             make(FaultSite::ContainerdStartTask, 0),
         ]);
