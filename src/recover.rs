@@ -273,7 +273,17 @@ impl CriService {
                 }
             },
         }
-        Ok(Arc::new(Sandbox::new(metadata, config, status)))
+        let sandbox = Arc::new(Sandbox::new(metadata, config, status));
+        let netns_path = &sandbox.metadata.netns_path;
+        if !sandbox.metadata.host_network && !netns_path.is_empty() {
+            // Whether a Stop before the restart removed the netns: its IP is no longer reported.
+            match self.backends.os.netns_closed(netns_path).await {
+                Ok(true) => sandbox.mark_netns_gone(),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(id = record.id, %error, "cannot tell whether the sandbox's netns is open"),
+            }
+        }
+        Ok(sandbox)
     }
 
     /// Loads a container and decides its status from the checkpoint and the task. Returns

@@ -795,6 +795,46 @@ fn freezer_of(pid: i32) -> (PathBuf, &'static str) {
     }
 }
 
+/// A pod's IP stays reported while its netns is open: after its pause process is killed the
+/// pod is NOTREADY and still shows its IP, until StopPodSandbox closes the netns.
+async fn ip_reported_while_the_netns_is_open(cri: &mut Cri) {
+    let who = cri.kind.name();
+    let (_, pod_id) = cri.busybox_pod("ip-open").await;
+    let ip = cri.pod_status(&pod_id).await.network.map(|n| n.ip).unwrap_or_default();
+    assert!(ip.starts_with(cri.ip_prefix), "{who}: {ip:?}");
+    let pause = task_pid(cri, &pod_id);
+    let killed = std::process::Command::new("kill").args(["-9", &pause.to_string()]).status().unwrap();
+    assert!(killed.success(), "{who}: kill -9 {pause}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cri.pod_status(&pod_id).await.state != PodSandboxState::SandboxNotready as i32 {
+        assert!(Instant::now() < deadline, "{who}: the pod did not become NOTREADY");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = cri.pod_status(&pod_id).await;
+    assert_eq!(status.network.map(|n| n.ip), Some(ip), "{who}: the IP of a NOTREADY pod whose netns is open");
+    cri.stop_pod(&pod_id).await;
+    let status = cri.pod_status(&pod_id).await;
+    assert!(status.network.is_none_or(|n| n.ip.is_empty()), "{who}: Stop closed the netns");
+    cri.remove_pod_only(&pod_id).await;
+    cri.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn a_notready_pod_keeps_its_ip_while_its_netns_is_open() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "ip-open", crid_binary()).await;
+    ip_reported_while_the_netns_is_open(&mut crid).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn reference_notready_pod_ip_on_containerd_cri() {
+    let stack = stack();
+    let mut reference = Cri::reference(&stack, "ip-open").await;
+    ip_reported_while_the_netns_is_open(&mut reference).await;
+}
+
 /// What runc leaves when a kill of every process is cut off between freezing the container's
 /// cgroup and thawing it (the shim's call to runc is killed as containerd restarts): the
 /// processes are gone but the cgroup stays frozen, so runc reports the container paused and

@@ -258,16 +258,15 @@ pub struct PodSandboxStatusView {
     sandbox: Arc<Sandbox>,
     state: SandboxState,
     created_at_ns: i64,
-    /// Whether the pod's IPs are reported (else its network status is empty): only while its
-    /// network namespace is open, until the pod is stopped, and never for a pod on the host's
-    /// network.
+    /// Whether the pod's IPs are reported (else its network status is empty):
+    /// [`Sandbox::reports_network`].
     network: bool,
 }
 
 impl PodSandboxStatusView {
     pub(crate) fn read(sandbox: Arc<Sandbox>) -> Self {
         let status = sandbox.status();
-        let network = !sandbox.metadata.host_network && !sandbox.is_stopped() && status.state == SandboxState::Ready;
+        let network = sandbox.reports_network();
         PodSandboxStatusView { state: status.state, created_at_ns: status.created_at_ns, network, sandbox }
     }
 
@@ -545,7 +544,7 @@ mod tests {
             id: "5a2d".into(),
             name: "web_default_uid_0".into(),
             config: String::new(),
-            netns_path: String::new(),
+            netns_path: "/var/run/netns/cni-5a2d".into(),
             ip: ip.into(),
             additional_ips: additional_ips.iter().map(|ip| ip.to_string()).collect(),
             runtime_handler: "runc".into(),
@@ -604,12 +603,16 @@ mod tests {
             sandbox("10.88.0.7", &[], PodSandboxConfig::default()),
         ];
         for sandbox in cases {
-            for stopped in [false, true] {
+            // Ready; NOTREADY with its netns open; NOTREADY once Stop closed the netns.
+            for (stopped, torn_down) in [(false, false), (true, false), (true, true)] {
                 if stopped {
                     sandbox.update_status(|status| status.state = SandboxState::NotReady).unwrap();
                 }
+                if torn_down {
+                    sandbox.mark_network_torn_down();
+                }
                 let view = PodSandboxStatusView::read(sandbox.clone());
-                assert_eq!(view.network, !stopped, "the network is reported while the pod is ready");
+                assert_eq!(view.network, !torn_down, "the network is reported while the netns is open");
                 let mut bytes = Vec::new();
                 view.encode_fields(&mut bytes);
                 assert_eq!(bytes.len(), view.encoded_len(), "encoded length of {view:?}");

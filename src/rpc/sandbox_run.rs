@@ -455,6 +455,7 @@ impl CriService {
         let id = state.metadata.id.clone();
         let snapshotter = self.config.snapshotter_for(&state.metadata.runtime_handler);
         let mut cleanup_failed = false;
+        let mut netns_removed = false;
         for step in state.undo.iter().rev().copied() {
             if cleanup_failed && step.skipped_after_cleanup_failure() {
                 continue;
@@ -487,6 +488,7 @@ impl CriService {
                     }
                 })
                 .await;
+            netns_removed |= matches!(step, Undo::RemoveNetns) && result.is_ok();
             if let Err(error) = result {
                 tracing::error!(%id, ?step, %error, "RunPodSandbox rollback step failed");
                 if step.is_critical() {
@@ -507,6 +509,9 @@ impl CriService {
                     exit_code: 0,
                 },
             );
+            if netns_removed {
+                sandbox.mark_netns_gone();
+            }
             if let Err(error) = self.sandboxes.add(&id, Arc::new(sandbox)) {
                 tracing::error!(%id, %error, "could not keep the half-created sandbox");
             }

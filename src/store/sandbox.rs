@@ -72,6 +72,12 @@ pub struct Sandbox {
     /// own stop then skips a second DEL. Memory only: after a restart DEL runs again, which is
     /// what a lost flag costs (DEL is idempotent).
     network_torn_down: std::sync::atomic::AtomicBool,
+    /// Set when the netns is known closed without a teardown of this process: recovery found
+    /// it closed (a Stop that removed it before the restart, or a reboot that took every
+    /// netns), or a failed RunPodSandbox's rollback removed it. Only the reported IP follows
+    /// it: Stop's DEL still runs, since a closed netns does not say that the plugins freed the
+    /// address.
+    netns_gone: std::sync::atomic::AtomicBool,
 }
 
 impl Sandbox {
@@ -86,7 +92,23 @@ impl Sandbox {
             status: Mutex::new(status),
             stopped: watch::channel(already_stopped).0,
             network_torn_down: std::sync::atomic::AtomicBool::new(false),
+            netns_gone: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    pub fn mark_netns_gone(&self) {
+        self.netns_gone.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the pod's IPs are reported, as containerd reports them: while its network
+    /// namespace is open, whatever the pod's state (a pod kept UNKNOWN by a failed rollback
+    /// included), and never for a pod on the host's network. The netns closes through Stop's
+    /// teardown, a rollback, or before a restart.
+    pub fn reports_network(&self) -> bool {
+        !self.metadata.host_network
+            && !self.metadata.netns_path.is_empty()
+            && !self.network_torn_down()
+            && !self.netns_gone.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn network_torn_down(&self) -> bool {

@@ -279,6 +279,41 @@ async fn sandbox_exit_makes_it_notready() {
     node.assert_no_sandbox_leftovers("dead pod removed");
 }
 
+/// A pod's IP is reported while its netns is open, as containerd reports it: after its pause
+/// task died (NOTREADY, not yet stopped) too, and across a restart of crid; not once Stop has
+/// closed the netns, before the restart or after it (SPEC §1, PodSandboxStatus).
+#[madsim::test]
+async fn the_ip_is_reported_while_the_netns_is_open() {
+    let (world, faults) = world(7);
+    let (exited, stopped) = in_process(world.clone(), faults.clone(), |node| async move {
+        let exited = node.run_pod("exited").await;
+        let stopped = node.run_pod("stopped").await;
+        assert!(node.world.containerd.exit_task_now(&exited, 0));
+        sleep(Duration::from_millis(100)).await;
+        let status = node.pod_status(&exited).await;
+        assert_eq!(status.state, PodSandboxState::SandboxNotready as i32);
+        let ip = node.world.cni.allocations()[&exited].to_string();
+        assert_eq!(status.network.map(|n| n.ip), Some(ip), "the netns of a pod whose pause died is open");
+        node.stop_pod(&stopped).await;
+        assert!(node.pod_status(&stopped).await.network.is_none_or(|n| n.ip.is_empty()), "Stop closed the netns");
+        (exited, stopped)
+    })
+    .await;
+
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    let ip = world.cni.allocations()[&exited].to_string();
+    assert_eq!(node.pod_status(&exited).await.network.map(|n| n.ip), Some(ip), "the netns is still open");
+    let status = node.pod_status(&stopped).await;
+    assert_eq!(status.state, PodSandboxState::SandboxNotready as i32);
+    assert!(status.network.is_none_or(|n| n.ip.is_empty()), "recovery found the netns closed");
+    node.stop_pod(&exited).await;
+    assert!(node.pod_status(&exited).await.network.is_none_or(|n| n.ip.is_empty()));
+    for id in [&exited, &stopped] {
+        node.remove_pod(id).await;
+    }
+    node.assert_no_sandbox_leftovers("both pods removed");
+}
+
 /// Invalid RunPodSandbox requests fail with InvalidArgument before anything is created.
 #[madsim::test]
 async fn run_pod_sandbox_rejects_invalid_requests() {
