@@ -370,10 +370,15 @@ impl Cni for RealCni {
     async fn setup(&self, network: &PodNetwork) -> Result<CniResult> {
         let guard = self.network.read().await;
         let list = guard.as_ref().ok_or_else(|| Error::precondition("cni config not initialized"))?;
+        // A netlink socket acts on the namespace it was opened in. The kernel gives `lo`
+        // 127.0.0.1 and ::1 as it comes up.
         let netns_path = network.netns_path.clone();
-        tokio::task::spawn_blocking(move || loopback_up_sync(&netns_path))
+        if netns_path.is_empty() {
+            // in_netns would take the host's: never bring up the host's lo for a pod.
+            return Err(Error::internal("loopback: the pod has no network namespace"));
+        }
+        crate::os::blocking(move || crate::os::in_netns(&netns_path, || set_link_up(LOOPBACK_IFINDEX)))
             .await
-            .map_err(|e| Error::internal(format!("loopback: helper task failed: {e}")))?
             .map_err(|e| e.context("loopback"))?;
         let ifname = if network.interface_name.is_empty() { "eth0" } else { network.interface_name.as_str() };
         let result = self.add_list(list, network, ifname).await?;
@@ -427,19 +432,6 @@ impl Cni for RealCni {
 
 /// The kernel's index of `lo`, the first device of every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
-
-/// Brings `lo` up inside the network namespace at `netns_path`, from a helper thread that joins
-/// it and ends after: a netlink socket acts on the namespace it was opened in, and no runtime
-/// thread ever changes namespace. The kernel gives `lo` 127.0.0.1 and ::1 as it comes up.
-fn loopback_up_sync(netns_path: &str) -> Result<()> {
-    let netns = std::fs::File::open(netns_path).io_context(format!("open netns {netns_path}"))?;
-    std::thread::spawn(move || -> Result<()> {
-        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).io_context("setns(CLONE_NEWNET)")?;
-        set_link_up(LOOPBACK_IFINDEX)
-    })
-    .join()
-    .map_err(|_| Error::internal("loopback helper thread panicked"))?
-}
 
 /// Sets the UP flag of the link `index` of the calling thread's network namespace and waits
 /// for the kernel's acknowledgement.

@@ -62,7 +62,7 @@ impl CgroupSupport {
 }
 
 /// Runs blocking work off the async runtime; a panic in it becomes an Internal error.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
 }
 
@@ -134,24 +134,38 @@ fn netns_create_sync(path: PathBuf) -> Result<()> {
 /// How long a port-forward waits for the pod's port to accept.
 const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Connects to 127.0.0.1:`port` from inside the network namespace at `netns_path` (the host's
-/// when empty). The socket is created in a helper thread that joined the namespace: a socket
-/// stays in the namespace it was created in, and no runtime thread ever changes namespace.
-fn dial_port_sync(netns_path: String, port: u16) -> Result<std::net::TcpStream> {
-    std::thread::spawn(move || -> Result<std::net::TcpStream> {
-        if !netns_path.is_empty() {
-            let netns = fs::File::open(&netns_path).io_context(format!("open netns {netns_path}"))?;
-            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .io_context(format!("setns({netns_path})"))?;
+/// Runs `f` in a helper thread that joined the network namespace at `netns_path` (the host's
+/// when empty) and ends after: sockets stay in the namespace they were created in, and no
+/// runtime thread ever changes namespace.
+pub(crate) fn in_netns<T: Send + 'static>(
+    netns_path: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let netns = match netns_path {
+        "" => None,
+        path => Some(fs::File::open(path).io_context(format!("open netns {path}"))?),
+    };
+    let setns_context = format!("setns({netns_path})");
+    std::thread::spawn(move || -> Result<T> {
+        if let Some(netns) = netns {
+            nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).io_context(setns_context)?;
         }
+        f()
+    })
+    .join()
+    .map_err(|_| Error::internal("netns helper thread panicked"))?
+}
+
+/// Connects to 127.0.0.1:`port` from inside the network namespace at `netns_path` (the host's
+/// when empty).
+fn dial_port_sync(netns_path: String, port: u16) -> Result<std::net::TcpStream> {
+    in_netns(&netns_path, move || {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let stream = std::net::TcpStream::connect_timeout(&address, DIAL_TIMEOUT)
             .map_err(|e| Error::unavailable(format!("cannot connect to port {port} in the pod: {e}")).with_source(e))?;
         stream.set_nonblocking(true).io_context("set_nonblocking")?;
         Ok(stream)
     })
-    .join()
-    .map_err(|_| Error::internal("dial helper thread panicked"))?
 }
 
 fn unmount_sync(path: &Path) -> Result<()> {

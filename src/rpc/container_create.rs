@@ -63,12 +63,7 @@ impl CriService {
             crate::spec::check_resources(resources)?;
         }
         crate::spec::check_user_namespace(
-            config
-                .linux
-                .as_ref()
-                .and_then(|l| l.security_context.as_ref())
-                .and_then(|s| s.namespace_options.as_ref())
-                .and_then(|n| n.userns_options.as_ref()),
+            config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref()),
         )?;
         let sandbox = self.sandboxes.get(&request.pod_sandbox_id).map_err(|e| e.context("failed to find sandbox"))?;
         if sandbox.status().state != SandboxState::Ready {

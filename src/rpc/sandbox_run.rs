@@ -105,12 +105,7 @@ impl CriService {
             )));
         }
         crate::spec::check_user_namespace(
-            config
-                .linux
-                .as_ref()
-                .and_then(|l| l.security_context.as_ref())
-                .and_then(|s| s.namespace_options.as_ref())
-                .and_then(|n| n.userns_options.as_ref()),
+            config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref()),
         )?;
         // A pod on the node's network shares the node's UTS namespace too, where a hostname
         // cannot be set: containerd's runc refuses it at the pause task's create ("unable to
@@ -154,28 +149,24 @@ impl CriService {
                 e.message
             ))
         })?;
-        let metadata = SandboxMetadata {
-            version: "v1".into(),
-            id: id.clone(),
-            name: name.clone(),
-            config: encode_message(&config),
-            netns_path: String::new(),
-            ip: String::new(),
-            additional_ips: vec![],
-            runtime_handler: handler,
-            requested_runtime_handler: Some(requested_handler),
-            cni_result: None,
-            network_setup_attempted: false,
-            host_network: host_network(&config),
-        };
+        let host_network = host_network(&config);
         // The netns path is known before the netns exists, and so is that the pod's network
         // will be set up: both are persisted with the first metadata write, the container
         // record's create, so that a crash right after creating the netns or during the ADD
         // leaks neither, and no metadata write stands between the netns and the ADD.
         let metadata = SandboxMetadata {
-            netns_path: if metadata.host_network { String::new() } else { self.netns_path(&id) },
-            network_setup_attempted: !metadata.host_network,
-            ..metadata
+            version: "v1".into(),
+            id: id.clone(),
+            name: name.clone(),
+            config: encode_message(&config),
+            netns_path: if host_network { String::new() } else { self.netns_path(&id) },
+            ip: String::new(),
+            additional_ips: vec![],
+            runtime_handler: handler,
+            requested_runtime_handler: Some(requested_handler),
+            cni_result: None,
+            network_setup_attempted: !host_network,
+            host_network,
         };
         let mut state = RunState { metadata, config, created_at_ns: self.now_ns(), undo: vec![Undo::ReleaseName] };
         let outcome =

@@ -98,8 +98,8 @@ fn namespace_mode(config: &PodSandboxConfig, pick: impl Fn(&k8s_cri::v1::Namespa
 /// one GID mapping, only with the POD mode), and refuses the POD mode itself: crid does not
 /// make user namespaces yet, and a pod that asked for one (kubelet's `hostUsers: false`) must
 /// not run as the node's root instead.
-pub fn check_user_namespace(options: Option<&k8s_cri::v1::UserNamespace>) -> Result<()> {
-    let Some(options) = options else { return Ok(()) };
+pub fn check_user_namespace(namespaces: Option<&k8s_cri::v1::NamespaceOption>) -> Result<()> {
+    let Some(options) = namespaces.and_then(|n| n.userns_options.as_ref()) else { return Ok(()) };
     for (ids, mappings) in [("UID", &options.uids), ("GID", &options.gids)] {
         if mappings.len() > 1 {
             return Err(Error::invalid(format!(

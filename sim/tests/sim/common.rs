@@ -100,6 +100,16 @@ impl Node {
             .expect("status is set")
     }
 
+    /// The `info` JSON of a verbose PodSandboxStatus.
+    pub async fn pod_verbose_info(&self, id: &str) -> serde_json::Value {
+        let status = self
+            .svc
+            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true })
+            .await
+            .unwrap_or_else(|e| panic!("verbose pod status {id}: {e}"));
+        serde_json::from_str(&status.info["info"]).expect("info is JSON")
+    }
+
     pub async fn pod_state(&self, id: &str) -> PodSandboxState {
         PodSandboxState::try_from(self.pod_status(id).await.state).expect("valid state")
     }

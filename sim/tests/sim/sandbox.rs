@@ -45,12 +45,7 @@ async fn run_pod_sandbox_makes_a_ready_pod_with_network() {
     assert!(pause.image.is_some(), "the pause image was pulled by RunPodSandbox");
 
     // Verbose status carries the runtime details.
-    let verbose = node
-        .svc
-        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: true })
-        .await
-        .unwrap();
-    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let info = node.pod_verbose_info(&id).await;
     assert_eq!(info["netNamespacePath"], netns);
     assert_eq!(info["pid"], world.containerd.tasks()[&id].pid);
     // What containerd's verbose status has too (crictl inspectp shows it).
@@ -62,12 +57,7 @@ async fn run_pod_sandbox_makes_a_ready_pod_with_network() {
     assert_eq!(node.pod_status(&id[..12]).await.id, id);
     // Once the netns is gone, the verbose status says so.
     node.stop_pod(&id).await;
-    let verbose = node
-        .svc
-        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: true })
-        .await
-        .unwrap();
-    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    let info = node.pod_verbose_info(&id).await;
     assert_eq!(info["netNamespaceClosed"], true, "{info}");
 }
 
