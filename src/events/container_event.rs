@@ -5,15 +5,14 @@
 //! pods of ten reads ten statuses per exit. Built as `k8s_cri` messages, each status copied the
 //! container's id, name, labels, annotations, mounts and log path (about seven allocations) on
 //! the exit path, only for the transport to encode and drop them. A [`ContainerStatusView`]
-//! instead holds the container itself (whose config never changes) and copies only what can
-//! change: state, times, exit code, reason, message, resources, and the image names as the
-//! image store had them. The pod's status is read the same way ([`PodSandboxStatusView`]: the
+//! instead holds the container itself (whose config never changes), its status record (which
+//! the store replaces whole on a change, so it is shared, not copied) and the image names as
+//! the image store had them. The pod's status is read the same way ([`PodSandboxStatusView`]: the
 //! sandbox and its state, not copies of its metadata, labels and annotations). The event
 //! encodes straight from the views ([`prost::Message`] for [`ContainerEvent`]), with the bytes a
 //! `ContainerEventResponse` built from the same moment would have;
 //! [`ContainerEvent::to_response`] builds that message for in-process consumers.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use k8s_cri::v1::{
@@ -23,6 +22,7 @@ use k8s_cri::v1::{
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
+use crate::store::container::ContainerStatus;
 use crate::store::container::{REASON_COMPLETED, REASON_ERROR};
 use crate::store::image::Image;
 use crate::store::{Container, ContainerState, Sandbox, SandboxState};
@@ -62,53 +62,20 @@ pub(crate) fn cri_state(state: ContainerState) -> k8s_cri::v1::ContainerState {
 }
 
 /// A container's CRI status as of the moment it was read: the container (its id and config
-/// are fixed at creation) and a copy of what changes.
+/// are fixed at creation) and its status record. The store replaces a status whole on every
+/// change, so the record is shared, not copied: reading one is a lock and a reference count.
 #[derive(Clone)]
 pub struct ContainerStatusView {
     container: Arc<Container>,
     images: Arc<ImageNames>,
-    state: ContainerState,
-    created_at_ns: i64,
-    started_at_ns: i64,
-    finished_at_ns: i64,
-    exit_code: i32,
-    reason: Cow<'static, str>,
-    message: String,
-    /// Boxed: a status is read ten times per event, and the resources are most of its size.
-    resources: Option<Box<LinuxContainerResources>>,
+    status: Arc<ContainerStatus>,
 }
 
 impl ContainerStatusView {
     /// Reads `container`'s status now; `images` are the names of its image (`image_ref`).
     pub(crate) fn read(container: Arc<Container>, images: Arc<ImageNames>) -> Self {
-        // Only what changes is read under the status lock; the rest is the container's own.
-        let (state, times, exit_code, reason, message, resources) = container.read_status(|status| {
-            let state = status.state();
-            // containerd 1.7 names an exit without a reason by its code.
-            let reason: Cow<'static, str> = if state == ContainerState::Exited && status.reason.is_empty() {
-                Cow::Borrowed(if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR })
-            } else if status.reason.is_empty() {
-                Cow::Borrowed("")
-            } else {
-                Cow::Owned(status.reason.clone())
-            };
-            let times = (status.created_at_ns, status.started_at_ns, status.finished_at_ns);
-            let resources = status.resources.as_ref().map(|r| Box::new(crate::spec::resources_to_cri(r)));
-            (state, times, status.exit_code, reason, status.message.clone(), resources)
-        });
-        let (created_at_ns, started_at_ns, finished_at_ns) = times;
-        ContainerStatusView {
-            container,
-            images,
-            state,
-            created_at_ns,
-            started_at_ns,
-            finished_at_ns,
-            exit_code,
-            reason,
-            message,
-            resources,
-        }
+        let status = container.shared_status();
+        ContainerStatusView { container, images, status }
     }
 
     pub fn id(&self) -> &str {
@@ -116,11 +83,29 @@ impl ContainerStatusView {
     }
 
     pub fn state(&self) -> ContainerState {
-        self.state
+        self.status.state()
     }
 
     pub fn exit_code(&self) -> i32 {
-        self.exit_code
+        self.status.exit_code
+    }
+
+    /// The reason as containerd 1.7 reports it: an exit without one is named by its code.
+    fn reason(&self) -> &str {
+        let status = &self.status;
+        if !status.reason.is_empty() {
+            &status.reason
+        } else if self.state() == ContainerState::Exited {
+            if status.exit_code == 0 { REASON_COMPLETED } else { REASON_ERROR }
+        } else {
+            ""
+        }
+    }
+
+    /// The resources in CRI form, converted when a status is encoded (most events are built
+    /// and never encoded: a subscriber that reads only the exit code, a full channel).
+    fn resources(&self) -> Option<LinuxContainerResources> {
+        self.status.resources.as_ref().map(crate::spec::resources_to_cri)
     }
 
     /// The image's first repo tag, when the image is known (see [`status_image`]).
@@ -136,28 +121,28 @@ impl ContainerStatusView {
     /// The status as a CRI message.
     pub fn to_message(&self) -> k8s_cri::v1::ContainerStatus {
         let container = &self.container;
+        let status = &self.status;
         let (image, image_ref) =
             status_image(container.config.image.as_ref(), &container.metadata.image_ref, &self.images);
         k8s_cri::v1::ContainerStatus {
             id: container.id.to_string(),
             metadata: container.config.metadata.clone(),
-            state: cri_state(self.state) as i32,
-            created_at: self.created_at_ns,
-            started_at: self.started_at_ns,
-            finished_at: self.finished_at_ns,
-            exit_code: self.exit_code,
+            state: cri_state(self.state()) as i32,
+            created_at: status.created_at_ns,
+            started_at: status.started_at_ns,
+            finished_at: status.finished_at_ns,
+            exit_code: status.exit_code,
             image: Some(image),
             image_ref,
-            reason: self.reason.to_string(),
-            message: self.message.clone(),
+            reason: self.reason().to_string(),
+            message: status.message.clone(),
             labels: container.config.labels.clone(),
             annotations: container.config.annotations.clone(),
             mounts: container.config.mounts.clone(),
             log_path: container.metadata.log_path.clone(),
             resources: self
-                .resources
-                .as_deref()
-                .map(|linux| k8s_cri::v1::ContainerResources { linux: Some(linux.clone()), windows: None }),
+                .resources()
+                .map(|linux| k8s_cri::v1::ContainerResources { linux: Some(linux), windows: None }),
             ..Default::default()
         }
     }
@@ -181,37 +166,39 @@ impl ContainerStatusView {
     fn encoded_len(&self) -> usize {
         let container = &self.container;
         let config = &container.config;
+        let status = &self.status;
         let image_len = self.image_spec_len();
         str_len(1, container.id.as_str())
             + config.metadata.as_ref().map_or(0, |m| encoding::message::encoded_len(2, m))
-            + int64_len(3, cri_state(self.state) as i64)
-            + int64_len(4, self.created_at_ns)
-            + int64_len(5, self.started_at_ns)
-            + int64_len(6, self.finished_at_ns)
-            + int64_len(7, i64::from(self.exit_code))
+            + int64_len(3, cri_state(self.state()) as i64)
+            + int64_len(4, status.created_at_ns)
+            + int64_len(5, status.started_at_ns)
+            + int64_len(6, status.finished_at_ns)
+            + int64_len(7, i64::from(status.exit_code))
             + delimited_len(8, image_len)
             + str_len(9, self.image_ref())
-            + str_len(10, &self.reason)
-            + str_len(11, &self.message)
+            + str_len(10, self.reason())
+            + str_len(11, &status.message)
             + string_map_len(12, &config.labels)
             + string_map_len(13, &config.annotations)
             + encoding::message::encoded_len_repeated(14, &config.mounts)
             + str_len(15, &container.metadata.log_path)
-            + self.resources.as_ref().map_or(0, |linux| delimited_len(16, Self::resources_len(linux)))
+            + self.resources().map_or(0, |linux| delimited_len(16, Self::resources_len(&linux)))
     }
 
     fn encode_fields(&self, buf: &mut impl BufMut) {
         let container = &self.container;
         let config = &container.config;
+        let status = &self.status;
         put_str(1, container.id.as_str(), buf);
         if let Some(metadata) = &config.metadata {
             encoding::message::encode(2, metadata, buf);
         }
-        put_int(3, cri_state(self.state) as i64, buf);
-        put_int(4, self.created_at_ns, buf);
-        put_int(5, self.started_at_ns, buf);
-        put_int(6, self.finished_at_ns, buf);
-        put_int(7, i64::from(self.exit_code), buf);
+        put_int(3, cri_state(self.state()) as i64, buf);
+        put_int(4, status.created_at_ns, buf);
+        put_int(5, status.started_at_ns, buf);
+        put_int(6, status.finished_at_ns, buf);
+        put_int(7, i64::from(status.exit_code), buf);
         put_delimited_header(8, self.image_spec_len(), buf);
         match (self.image_tag(), &config.image) {
             (Some(tag), _) => put_str(1, tag, buf),
@@ -219,15 +206,15 @@ impl ContainerStatusView {
             (None, None) => {}
         }
         put_str(9, self.image_ref(), buf);
-        put_str(10, &self.reason, buf);
-        put_str(11, &self.message, buf);
+        put_str(10, self.reason(), buf);
+        put_str(11, &status.message, buf);
         put_string_map(12, &config.labels, buf);
         put_string_map(13, &config.annotations, buf);
         encoding::message::encode_repeated(14, &config.mounts, buf);
         put_str(15, &container.metadata.log_path, buf);
-        if let Some(linux) = &self.resources {
-            put_delimited_header(16, Self::resources_len(linux), buf);
-            encoding::message::encode(1, linux, buf);
+        if let Some(linux) = self.resources() {
+            put_delimited_header(16, Self::resources_len(&linux), buf);
+            encoding::message::encode(1, &linux, buf);
         }
     }
 }
@@ -236,9 +223,9 @@ impl std::fmt::Debug for ContainerStatusView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContainerStatusView")
             .field("id", &self.id())
-            .field("state", &self.state)
-            .field("exit_code", &self.exit_code)
-            .field("reason", &self.reason)
+            .field("state", &self.state())
+            .field("exit_code", &self.exit_code())
+            .field("reason", &self.reason())
             .finish_non_exhaustive()
     }
 }
