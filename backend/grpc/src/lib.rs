@@ -200,7 +200,10 @@ forward_impl! {
 
     async fn get_container_events(&self, request: Request<GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         use futures::StreamExt;
+        // Logged as the unary calls are, once the subscription exists: from here on no event is
+        // missed by this stream.
         let receiver = self.service.get_container_events(request.into_inner()).map_err(status_from)?;
+        tracing::debug!(rpc = "get_container_events", "request");
         let stream = futures::stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|event| (Ok(event_message(event)), receiver)) });
         Ok(Response::new(stream.boxed()))
     }
