@@ -98,8 +98,8 @@ pub fn serve() -> i32 {
             return 2;
         }
     };
-    // Compiles the image reference grammar's regex (a lazily built static in oci-spec) once,
-    // here, instead of in every child: it is a pure function of the grammar.
+    // Compiles the image reference grammar's regex (a lazily built static in crid's naming)
+    // once, here, instead of in every child: it is a pure function of the grammar.
     let _ = crid::naming::normalize_image_ref("docker.io/library/busybox:latest");
     let mut output = std::io::stdout();
     let mut line = String::new();
