@@ -153,9 +153,10 @@ fn check_digest_length(digest: &str) -> std::result::Result<(), &'static str> {
 /// - no tag and no digest means `:latest`; with both, the digest wins and the tag is dropped;
 /// - a 64-hex-digit string is an image id, not a reference, and is refused.
 ///
-/// The grammar is docker's distribution reference ([`reference_grammar`]). Two deliberate differences from
-/// containerd: a digest must be `sha256` (containerd also parses `sha384`/`sha512`, which
-/// nothing here can verify), and a bracketed IPv6 registry host is not accepted.
+/// The grammar is docker's distribution reference ([`reference_grammar`]). Two deliberate
+/// differences from containerd: a digest must be `sha256` (containerd also parses
+/// `sha384`/`sha512`, which nothing here can verify), and a bracketed IPv6 registry host is not
+/// accepted.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ImageRef(oci_spec::distribution::Reference);
 
@@ -165,7 +166,7 @@ impl ImageRef {
         let invalid = |why: &dyn std::fmt::Display| {
             Error::invalid(format!("invalid image reference {}: {why}", quoted(reference)))
         };
-        // The grammar is ASCII; the regex's `\w` for tags would otherwise take any letter.
+        // The grammar is ASCII: anything else is refused in its words before it looks.
         if !reference.is_ascii() {
             return Err(invalid(&"invalid reference format"));
         }
