@@ -1171,11 +1171,10 @@ async fn crictl_events_follow_a_pod_through_crid() {
         .expect("crictl events");
     // An event sent before the stream is set up is not replayed: wait until crid has
     // subscribed it (logged once the subscription exists).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !crid.log().contains("rpc=\"get_container_events\"") {
-        assert!(Instant::now() < deadline, "crictl events never reached crid:\n{}", crid.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(20), "crictl events reaching crid", &crid, || {
+        crid.log().contains("rpc=\"get_container_events\"")
+    })
+    .await;
 
     let pod = crid.pod_config(&unique("events"));
     let pod_id = crid.run_pod(&pod).await;

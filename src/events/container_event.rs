@@ -22,8 +22,7 @@ use k8s_cri::v1::{
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 
-use crate::store::container::ContainerStatus;
-use crate::store::container::{REASON_COMPLETED, REASON_ERROR};
+use crate::store::container::{ContainerStatus, REASON_COMPLETED, REASON_ERROR};
 use crate::store::image::Image;
 use crate::store::{Container, ContainerState, Sandbox, SandboxState};
 
@@ -102,8 +101,8 @@ impl ContainerStatusView {
         }
     }
 
-    /// The resources in CRI form, converted when a status is encoded (most events are built
-    /// and never encoded: a subscriber that reads only the exit code, a full channel).
+    /// The resources in CRI form, converted only when the status is encoded or turned into a
+    /// message: an event read in process (or dropped at a full channel) never pays for it.
     fn resources(&self) -> Option<LinuxContainerResources> {
         self.status.resources.as_ref().map(crate::spec::resources_to_cri)
     }
