@@ -5,47 +5,154 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use serde::Serialize;
-
+use crate::ids::{ContainerId, SandboxId};
 pub use crate::rpc::image_service::IMAGE_REF_LOCK_PREFIX;
 use crate::service::{CriService, Quarantined};
+use crate::store::container::Container;
 pub use crate::store::container::{REASON_OOM_KILLED, REASON_START_ERROR, REASON_UNKNOWN};
+use crate::store::sandbox::Sandbox;
 use crate::store::{ContainerState, ContainerStatus, SandboxState};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A sandbox as a snapshot saw it: the object (its id, name and metadata are fixed at creation)
+/// and a copy of what changes. A snapshot is taken after every step of a simulation, so a view
+/// shares the object instead of copying its strings, and two views of one unchanged object
+/// compare equal by identity.
+#[derive(Clone)]
 pub struct SandboxView {
-    pub id: String,
-    pub name: String,
+    sandbox: Arc<Sandbox>,
     pub state: SandboxState,
     pub pid: u32,
     pub created_at_ns: i64,
-    pub host_network: bool,
-    pub netns_path: String,
-    pub ip: String,
-    pub has_cni_result: bool,
-    pub network_setup_attempted: bool,
     pub stopped: bool,
+    /// Whether its status reports the pod's IPs ([`Sandbox::reports_network`]).
+    pub reports_network: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+impl SandboxView {
+    fn read(sandbox: &Arc<Sandbox>) -> Self {
+        let status = sandbox.status();
+        SandboxView {
+            sandbox: sandbox.clone(),
+            state: status.state,
+            pid: status.pid,
+            created_at_ns: status.created_at_ns,
+            stopped: sandbox.is_stopped(),
+            reports_network: sandbox.reports_network(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.sandbox.id.as_str()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.sandbox.name
+    }
+
+    pub fn host_network(&self) -> bool {
+        self.sandbox.metadata.host_network
+    }
+
+    pub fn netns_path(&self) -> &str {
+        &self.sandbox.metadata.netns_path
+    }
+
+    pub fn ip(&self) -> &str {
+        &self.sandbox.metadata.ip
+    }
+
+    pub fn has_cni_result(&self) -> bool {
+        self.sandbox.metadata.cni_result.is_some()
+    }
+
+    pub fn network_setup_attempted(&self) -> bool {
+        self.sandbox.metadata.network_setup_attempted
+    }
+}
+
+/// The same object (each view keeps it alive, so its address is not reused) in the same state.
+impl PartialEq for SandboxView {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.sandbox, &other.sandbox)
+            && (self.state, self.pid, self.created_at_ns, self.stopped, self.reports_network)
+                == (other.state, other.pid, other.created_at_ns, other.stopped, other.reports_network)
+    }
+}
+
+impl Eq for SandboxView {}
+
+impl std::fmt::Debug for SandboxView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxView")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("state", &self.state)
+            .field("ip", &self.ip())
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A container as a snapshot saw it: the object (id, name and metadata fixed at creation) and
+/// its status record, both shared.
+#[derive(Clone)]
 pub struct ContainerView {
-    pub id: String,
-    pub name: String,
-    pub sandbox_id: String,
+    container: Arc<Container>,
     pub state: ContainerState,
     /// Shared with the store: equal to a later snapshot's by identity while it did not change.
     pub status: Arc<ContainerStatus>,
-    pub image_ref: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+impl ContainerView {
+    fn read(container: &Arc<Container>) -> Self {
+        let status = container.shared_status();
+        ContainerView { container: container.clone(), state: status.state(), status }
+    }
+
+    pub fn id(&self) -> &str {
+        self.container.id.as_str()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.container.name
+    }
+
+    pub fn sandbox_id(&self) -> &str {
+        self.container.metadata.sandbox_id.as_str()
+    }
+
+    pub fn image_ref(&self) -> &str {
+        &self.container.metadata.image_ref
+    }
+}
+
+/// The same object (kept alive by each view) with an equal status.
+impl PartialEq for ContainerView {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.container, &other.container) && self.status == other.status
+    }
+}
+
+impl Eq for ContainerView {}
+
+impl std::fmt::Debug for ContainerView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerView")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateSnapshot {
     pub initialized: bool,
     pub sandboxes: Vec<SandboxView>,
     pub containers: Vec<ContainerView>,
-    /// (name, id), sorted by name.
-    pub sandbox_names: Vec<(String, String)>,
-    pub container_names: Vec<(String, String)>,
+    /// Name → id, as the registrars hold them (shared until a name is reserved or released).
+    pub sandbox_names: Arc<BTreeMap<String, SandboxId>>,
+    pub container_names: Arc<BTreeMap<String, ContainerId>>,
     /// Names of RunPodSandbox/CreateContainer operations in flight.
     pub operations: Vec<String>,
     /// Names of finished operations whose success is kept for a retry until the object goes.
@@ -80,43 +187,8 @@ impl CriService {
     }
 
     pub fn snapshot(&self) -> StateSnapshot {
-        let sandboxes = self
-            .sandboxes
-            .list()
-            .iter()
-            .map(|s| {
-                let status = s.status();
-                SandboxView {
-                    id: s.id.as_str().to_owned(),
-                    name: s.name.clone(),
-                    state: status.state,
-                    pid: status.pid,
-                    created_at_ns: status.created_at_ns,
-                    host_network: s.metadata.host_network,
-                    netns_path: s.metadata.netns_path.clone(),
-                    ip: s.metadata.ip.clone(),
-                    has_cni_result: s.metadata.cni_result.is_some(),
-                    network_setup_attempted: s.metadata.network_setup_attempted,
-                    stopped: s.is_stopped(),
-                }
-            })
-            .collect();
-        let containers = self
-            .containers
-            .list()
-            .iter()
-            .map(|c| {
-                let status = c.shared_status();
-                ContainerView {
-                    id: c.id.as_str().to_owned(),
-                    name: c.name.clone(),
-                    sandbox_id: c.metadata.sandbox_id.as_str().to_owned(),
-                    state: status.state(),
-                    status,
-                    image_ref: c.metadata.image_ref.clone(),
-                }
-            })
-            .collect();
+        let sandboxes = self.sandboxes.list().iter().map(SandboxView::read).collect();
+        let containers = self.containers.list().iter().map(ContainerView::read).collect();
         // One lock for both lists (two guards in one expression would deadlock).
         let (undelivered, operations): (Vec<String>, Vec<String>) = {
             let all = self.operations.lock().unwrap();
@@ -130,8 +202,8 @@ impl CriService {
             initialized: self.is_initialized(),
             sandboxes,
             containers,
-            sandbox_names: self.sandbox_names.entries().into_iter().map(|(name, id)| (name, id.into())).collect(),
-            container_names: self.container_names.entries().into_iter().map(|(name, id)| (name, id.into())).collect(),
+            sandbox_names: self.sandbox_names.shared_entries(),
+            container_names: self.container_names.shared_entries(),
             operations,
             undelivered,
             image_refs: self.images.references(),
@@ -172,8 +244,8 @@ impl CriService {
         self.kubelet_view_of(|_| true)
     }
 
-    /// [`Self::kubelet_view`] with the status of only the containers `include` picks (every
-    /// sandbox and image still): for a checker that knows which containers changed.
+    /// [`Self::kubelet_view`] with the status of only the containers and sandboxes `include`
+    /// picks by id (every image still): for a checker that knows which objects changed.
     pub fn kubelet_view_of(&self, include: impl Fn(&str) -> bool) -> KubeletView {
         let picked: Vec<_> = self.containers.list().into_iter().filter(|c| include(c.id.as_str())).collect();
         let containers = self.container_status_messages(&picked);
@@ -181,6 +253,7 @@ impl CriService {
             .sandboxes
             .list()
             .iter()
+            .filter(|s| include(s.id.as_str()))
             .map(|s| KubeletSandbox { status: self.sandbox_status_message(s), host_network: s.metadata.host_network })
             .collect();
         let images = self.images.list().into_iter().map(|i| (i.id, i.references.into_iter().collect())).collect();

@@ -287,8 +287,7 @@ mod storm {
     fn check_recorded(svc: &CriService, ids: &[String], first: usize, sent_before: u64) {
         let snapshot = svc.snapshot();
         assert_eq!(snapshot.events_sent, sent_before + ids.len() as u64, "one STOPPED event per exit");
-        let containers: std::collections::BTreeMap<&str, _> =
-            snapshot.containers.iter().map(|c| (c.id.as_str(), c)).collect();
+        let containers: std::collections::BTreeMap<&str, _> = snapshot.containers.iter().map(|c| (c.id(), c)).collect();
         for (offset, id) in ids.iter().enumerate() {
             let container = containers.get(id.as_str()).unwrap_or_else(|| panic!("container {id} is gone"));
             assert_eq!(container.state, ContainerState::Exited, "container {id}");
@@ -302,9 +301,11 @@ mod storm {
             svc.remove_container(RemoveContainerRequest { container_id: id.clone() }).await.expect("remove");
         }
         for sandbox in svc.snapshot().sandboxes {
-            let id = sandbox.id;
-            svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.expect("stop pod");
-            svc.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await.expect("remove pod");
+            let id = sandbox.id();
+            svc.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await.expect("stop pod");
+            svc.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
+                .await
+                .expect("remove pod");
         }
     }
 }

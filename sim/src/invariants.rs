@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crid::inspect::{ContainerView, KubeletView, StateSnapshot};
+use crid::inspect::{KubeletView, StateSnapshot};
 use crid::ports::{KIND_CONTAINER, KIND_SANDBOX, LABEL_KIND, TaskInfo, TaskState};
 use crid::{ContainerState, SandboxState};
 use serde::{Deserialize, Serialize};
@@ -66,9 +66,9 @@ pub struct Checker {
 struct CheckedWorld {
     snapshot: StateSnapshot,
     tasks: Option<BTreeMap<String, TaskInfo>>,
-    allocations: BTreeMap<String, std::net::Ipv4Addr>,
-    netns: BTreeSet<String>,
-    image_names: BTreeSet<String>,
+    allocations: Arc<BTreeMap<String, std::net::Ipv4Addr>>,
+    netns: Arc<BTreeSet<String>>,
+    image_names: Arc<BTreeSet<String>>,
     incarnation: u64,
     image_removals_in_flight: u32,
     oracle_changes: u64,
@@ -162,8 +162,14 @@ impl Checker {
         }
         let snapshot = &world.snapshot;
         self.check_registries(snapshot);
-        self.check_container_transitions(snapshot);
-        self.check_sandbox_transitions(snapshot);
+        // An object whose view is as the last full check saw it made no transition since, in
+        // the same process: only the others are judged.
+        let changed = last
+            .as_ref()
+            .filter(|last| last.incarnation == world.incarnation)
+            .map(|last| changed_objects(last, &world));
+        self.check_container_transitions(snapshot, changed.as_ref());
+        self.check_sandbox_transitions(snapshot, changed.as_ref());
         self.check_network(&world);
         self.check_kubelet_view(&world, last.as_ref());
         for (object, detail) in self.oracle.check(snapshot) {
@@ -251,62 +257,69 @@ impl Checker {
 
     /// 1. Registry ↔ store.
     fn check_registries(&self, snapshot: &StateSnapshot) {
-        // Operation names are "{kind}/{name}"; kept split so that a lookup needs no allocation.
-        let in_flight: BTreeSet<(&str, &str)> = snapshot
-            .operations
-            .iter()
-            .chain(&snapshot.undelivered)
-            .filter_map(|operation| operation.split_once('/'))
-            .collect();
-        let sandboxes: BTreeMap<&str, &str> =
-            snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.name.as_str())).collect();
-        let containers: BTreeMap<&str, &str> =
-            snapshot.containers.iter().map(|c| (c.id.as_str(), c.name.as_str())).collect();
-        let quarantined: BTreeSet<&str> = snapshot.quarantined.iter().map(|q| q.id.as_str()).collect();
-        for (kind, names, store) in
-            [("sandbox", &snapshot.sandbox_names, &sandboxes), ("container", &snapshot.container_names, &containers)]
-        {
-            let mut ids = BTreeSet::new();
-            for (name, id) in names.iter() {
-                if !ids.insert(id.as_str()) {
-                    self.fail("1 registry injective", &format!("{kind} {}", short(id)), "one id holds two names");
-                }
-                let stored = store.get(id.as_str()) == Some(&name.as_str());
-                let in_flight_op = in_flight.contains(&(kind, name.as_str()));
-                if !stored && !in_flight_op && !quarantined.contains(id.as_str()) {
-                    self.fail(
-                        "1 registry <-> store",
-                        &format!("{kind} {name}"),
-                        format!("name reserved for {} with no object and no operation in flight", short(id)),
-                    );
-                }
+        let sandboxes: Vec<(&str, &str)> = snapshot.sandboxes.iter().map(|s| (s.id(), s.name())).collect();
+        let containers: Vec<(&str, &str)> = snapshot.containers.iter().map(|c| (c.id(), c.name())).collect();
+        self.check_registry(snapshot, "sandbox", &snapshot.sandbox_names, &sandboxes);
+        self.check_registry(snapshot, "container", &snapshot.container_names, &containers);
+    }
+
+    /// Check 1 for one kind: `names` is its registrar, `store` its objects as (id, name) in id
+    /// order. Runs after every change, so it looks names and ids up in what the snapshot holds
+    /// instead of building maps of them.
+    fn check_registry<K: AsRef<str>>(
+        &self,
+        snapshot: &StateSnapshot,
+        kind: &str,
+        names: &BTreeMap<String, K>,
+        store: &[(&str, &str)],
+    ) {
+        assert!(store.is_sorted_by(|a, b| a.0 < b.0), "the snapshot lists {kind}s in id order");
+        let in_flight = |name: &str| {
+            snapshot.operations.iter().chain(&snapshot.undelivered).any(|op| op.split_once('/') == Some((kind, name)))
+        };
+        let quarantined = |id: &str| snapshot.quarantined.iter().any(|q| q.id == id);
+        let mut ids: Vec<&str> = names.values().map(AsRef::as_ref).collect();
+        ids.sort_unstable();
+        for pair in ids.windows(2).filter(|pair| pair[0] == pair[1]) {
+            self.fail("1 registry injective", &format!("{kind} {}", short(pair[0])), "one id holds two names");
+        }
+        for (name, id) in names {
+            let id = id.as_ref();
+            let stored = store.binary_search_by(|(key, _)| (*key).cmp(id)).is_ok_and(|at| store[at].1 == name);
+            if !stored && !in_flight(name) && !quarantined(id) {
+                self.fail(
+                    "1 registry <-> store",
+                    &format!("{kind} {name}"),
+                    format!("name reserved for {} with no object and no operation in flight", short(id)),
+                );
             }
-            let reserved: BTreeMap<&str, &str> = names.iter().map(|(n, i)| (i.as_str(), n.as_str())).collect();
-            for (id, name) in store.iter() {
-                if reserved.get(id) != Some(name) {
-                    self.fail(
-                        "1 registry <-> store",
-                        &format!("{kind} {}", short(id)),
-                        format!("stored object {name:?} is not reserved under its name"),
-                    );
-                }
+        }
+        for &(id, name) in store {
+            if names.get(name).is_none_or(|reserved| reserved.as_ref() != id) {
+                self.fail(
+                    "1 registry <-> store",
+                    &format!("{kind} {}", short(id)),
+                    format!("stored object {name:?} is not reserved under its name"),
+                );
             }
         }
     }
 
     /// 2. Monotone container state; FinishedAt never changes; CreatedAt set unless UNKNOWN.
-    fn check_container_transitions(&self, snapshot: &StateSnapshot) {
+    ///
+    /// `changed`: the only objects that may have changed since the last check, if known.
+    fn check_container_transitions(&self, snapshot: &StateSnapshot, changed: Option<&BTreeSet<&str>>) {
         use ContainerState::*;
         let incarnation = *self.incarnation.lock().unwrap();
         let mut seen = self.containers.lock().unwrap();
-        for container in &snapshot.containers {
+        for container in snapshot.containers.iter().filter(|c| changed.is_none_or(|ids| ids.contains(c.id()))) {
             // Named only when an invariant fails: this runs for every container after every call.
-            let object = || format!("container {}", short(&container.id));
+            let object = || format!("container {}", short(container.id()));
             let (state, finished) = (container.state, container.status.finished_at_ns);
             if container.status.created_at_ns == 0 && state != Unknown {
                 self.fail("2 CreatedAt set", &object(), format!("{state:?} with CreatedAt=0 (B9)"));
             }
-            if let Some(&(before, before_finished, before_incarnation)) = seen.get(&container.id) {
+            if let Some(&(before, before_finished, before_incarnation)) = seen.get(container.id()) {
                 let restart = before_incarnation != incarnation;
                 let allowed = before == state
                     || matches!(
@@ -325,22 +338,22 @@ impl Checker {
                     self.fail("2 FinishedAt immutable", &object(), format!("{before_finished} -> {finished}"));
                 }
             }
-            match seen.get_mut(&container.id) {
+            match seen.get_mut(container.id()) {
                 Some(last) => *last = (state, finished, incarnation),
                 None => {
-                    seen.insert(container.id.clone(), (state, finished, incarnation));
+                    seen.insert(container.id().to_string(), (state, finished, incarnation));
                 }
             }
         }
     }
 
     /// 3. Sandboxes never go back to READY.
-    fn check_sandbox_transitions(&self, snapshot: &StateSnapshot) {
+    fn check_sandbox_transitions(&self, snapshot: &StateSnapshot, changed: Option<&BTreeSet<&str>>) {
         use SandboxState::*;
         let incarnation = *self.incarnation.lock().unwrap();
         let mut seen = self.sandboxes.lock().unwrap();
-        for sandbox in &snapshot.sandboxes {
-            if let Some(&(before, before_incarnation)) = seen.get(&sandbox.id) {
+        for sandbox in snapshot.sandboxes.iter().filter(|s| changed.is_none_or(|ids| ids.contains(s.id()))) {
+            if let Some(&(before, before_incarnation)) = seen.get(sandbox.id()) {
                 let restart = before_incarnation != incarnation;
                 let allowed = before == sandbox.state
                     || matches!((before, sandbox.state), (Unknown, Ready) | (Unknown, NotReady) | (Ready, NotReady))
@@ -348,15 +361,15 @@ impl Checker {
                 if !allowed {
                     self.fail(
                         "3 sandbox state",
-                        &format!("sandbox {}", short(&sandbox.id)),
+                        &format!("sandbox {}", short(sandbox.id())),
                         format!("{before:?} -> {:?}", sandbox.state),
                     );
                 }
             }
-            match seen.get_mut(&sandbox.id) {
+            match seen.get_mut(sandbox.id()) {
                 Some(last) => *last = (sandbox.state, incarnation),
                 None => {
-                    seen.insert(sandbox.id.clone(), (sandbox.state, incarnation));
+                    seen.insert(sandbox.id().to_string(), (sandbox.state, incarnation));
                 }
             }
         }
@@ -366,37 +379,38 @@ impl Checker {
     fn check_network(&self, world: &CheckedWorld) {
         let (snapshot, allocations) = (&world.snapshot, &world.allocations);
         for sandbox in snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready && !s.stopped) {
-            let object = || format!("sandbox {}", short(&sandbox.id));
-            if sandbox.host_network {
-                if !sandbox.netns_path.is_empty() || allocations.contains_key(&sandbox.id) {
+            let object = || format!("sandbox {}", short(sandbox.id()));
+            if sandbox.host_network() {
+                if !sandbox.netns_path().is_empty() || allocations.contains_key(sandbox.id()) {
                     self.fail("4 network", &object(), "host-network sandbox has a netns or an IP");
                 }
                 continue;
             }
-            if !self.world.os.netns_exists(&sandbox.netns_path) {
-                self.fail("4 network", &object(), format!("READY but netns {} is missing", sandbox.netns_path));
+            if !self.world.os.netns_exists(sandbox.netns_path()) {
+                self.fail("4 network", &object(), format!("READY but netns {} is missing", sandbox.netns_path()));
             }
             // The core's IP is text; an unparsable one matches no allocation.
-            let ip = sandbox.ip.parse::<std::net::Ipv4Addr>().ok();
-            if ip.is_none() || !sandbox.has_cni_result || allocations.get(&sandbox.id) != ip.as_ref() {
+            let ip = sandbox.ip().parse::<std::net::Ipv4Addr>().ok();
+            if ip.is_none() || !sandbox.has_cni_result() || allocations.get(sandbox.id()) != ip.as_ref() {
                 self.fail(
                     "4 network",
                     &object(),
                     format!(
                         "READY but IP {:?} is not its live allocation {:?}",
-                        sandbox.ip,
-                        allocations.get(&sandbox.id)
+                        sandbox.ip(),
+                        allocations.get(sandbox.id())
                     ),
                 );
             }
         }
     }
 
-    /// The kubelet's view for checks 23–25, with the status of each container that may judge
-    /// differently from the last check (`last`): a container's verdict is a function of its
-    /// status message (built from its status, its metadata and its image's names), its task's
-    /// end and the images served, so a container whose view and task are as `last` saw them,
-    /// with the image store as it was, would only be judged again as it was.
+    /// The kubelet's view for checks 23–25, with the status of each container and sandbox that
+    /// may judge differently from the last check (`last`): a container's verdict is a function of
+    /// its status message (built from its status, its metadata and its image's names), its
+    /// task's end and the images served, and a sandbox's of its status message, so an object
+    /// whose view (and task) are as `last` saw them, with the image store as it was, would only
+    /// be judged again as it was.
     fn kubelet_view_to_check<'a>(
         &self,
         service: &crid::CriService,
@@ -409,10 +423,9 @@ impl Checker {
             && last.image_names == world.image_names
             && let (Some(tasks_before), Some(tasks_now)) = (&last.tasks, &world.tasks)
         {
-            // Both lists are in id order (as the store and the fake list them), so one walk
-            // over each pair finds what differs.
-            let by_id = |containers: &'a [ContainerView]| containers.iter().map(|c| (c.id.as_str(), c));
-            let mut changed = differing_keys(by_id(&last.snapshot.containers), by_id(&world.snapshot.containers));
+            // A sandbox's status message is a function of its view (the object, its state and
+            // whether it reports its IPs).
+            let mut changed = changed_objects(last, world);
             if tasks_before != tasks_now {
                 let by_id = |tasks: &'a BTreeMap<String, TaskInfo>| tasks.iter().map(|(id, task)| (id.as_str(), task));
                 changed.extend(differing_keys(by_id(tasks_before), by_id(tasks_now)));
@@ -436,8 +449,10 @@ impl Checker {
         let Some(service) = self.endpoint.service() else { return };
         let view = self.kubelet_view_to_check(&service, world, last);
         let (snapshot, k_names) = (&world.snapshot, &world.image_names);
-        let image_of: BTreeMap<&str, &str> =
-            snapshot.containers.iter().map(|c| (c.id.as_str(), c.image_ref.as_str())).collect();
+        let image_of = |id: &str| {
+            let at = snapshot.containers.binary_search_by(|c| c.id().cmp(id)).ok()?;
+            Some(snapshot.containers[at].image_ref())
+        };
         for status in &view.containers {
             let object = || format!("container {}", short(&status.id));
             let state = Cri::try_from(status.state).unwrap_or(Cri::ContainerUnknown);
@@ -485,8 +500,8 @@ impl Checker {
             }
             // 23. Image: image_ref is the image's id or one of its digests in the store, and a
             // tag shown in place of the config's image points at that image.
-            let Some(id) = image_of.get(status.id.as_str()) else { continue };
-            if status.image_ref != *id && snapshot.image_refs.get(&status.image_ref).map(String::as_str) != Some(*id) {
+            let Some(id) = image_of(&status.id) else { continue };
+            if status.image_ref != id && snapshot.image_refs.get(&status.image_ref).map(String::as_str) != Some(id) {
                 self.fail(
                     "23 image ref in the store",
                     &object(),
@@ -494,7 +509,7 @@ impl Checker {
                 );
             }
             let shown = status.image.as_ref().map(|i| i.image.as_str()).unwrap_or_default();
-            if view.images.contains_key(*id) && snapshot.image_refs.get(shown).is_some_and(|other| other != id) {
+            if view.images.contains_key(id) && snapshot.image_refs.get(shown).is_some_and(|other| other != id) {
                 self.fail(
                     "23 image ref in the store",
                     &object(),
@@ -519,7 +534,7 @@ impl Checker {
             && !snapshot.lock_keys.iter().any(|k| k.starts_with(IMAGE_REF_LOCK_PREFIX));
         if settled {
             let served: BTreeSet<String> = view.images.values().flatten().cloned().collect();
-            if *k_names != served {
+            if **k_names != served {
                 let missing: Vec<_> = k_names.difference(&served).collect();
                 let extra: Vec<_> = served.difference(k_names).collect();
                 self.fail("25 image list = K", "image store", format!("missing {missing:?}, extra {extra:?}"));
@@ -547,23 +562,31 @@ impl Checker {
                 .get(id)
                 .is_some_and(|t| matches!(t.state, TaskState::Running | TaskState::Paused | TaskState::Pausing))
         };
-        let stale: Vec<String> = snapshot
+        let stale: Vec<&str> = snapshot
             .containers
             .iter()
             .filter(|c| c.state == ContainerState::Running)
-            .map(|c| c.id.clone())
-            .chain(snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.id.clone()))
-            .filter(|id| !running(id) && !containerd.wait_dropped(id) && !snapshot.events_pending.contains(id))
+            .map(|c| c.id())
+            .chain(snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.id()))
+            .filter(|id| {
+                !running(id) && !containerd.wait_dropped(id) && !snapshot.events_pending.iter().any(|p| p == id)
+            })
             .collect();
         let (now_ms, incarnation) = (self.trace.elapsed_ms(), *self.incarnation.lock().unwrap());
-        since.retain(|id, (_, seen_in)| *seen_in == incarnation && stale.contains(id));
+        since.retain(|id, (_, seen_in)| *seen_in == incarnation && stale.contains(&id.as_str()));
         for id in stale {
-            let (first_ms, _) = *since.entry(id.clone()).or_insert((now_ms, incarnation));
+            let first_ms = match since.get(id) {
+                Some(&(first_ms, _)) => first_ms,
+                None => {
+                    since.insert(id.to_string(), (now_ms, incarnation));
+                    now_ms
+                }
+            };
             if now_ms - first_ms > bound.as_millis() as u64 {
-                let kind = if snapshot.sandboxes.iter().any(|s| s.id == id) { "sandbox" } else { "container" };
+                let kind = if snapshot.sandboxes.iter().any(|s| s.id() == id) { "sandbox" } else { "container" };
                 self.fail(
                     "29 gone task recorded",
-                    &format!("{kind} {}", short(&id)),
+                    &format!("{kind} {}", short(id)),
                     format!(
                         "its task has been gone for {} ms and it is still {}",
                         now_ms - first_ms,
@@ -584,13 +607,13 @@ impl Checker {
     ) {
         let Some(tasks) = tasks else { return };
         for container in snapshot.containers.iter().filter(|c| c.state == ContainerState::Exited) {
-            let Some(task) = tasks.get(&container.id) else { continue };
+            let Some(task) = tasks.get(container.id()) else { continue };
             if matches!(task.state, TaskState::Running | TaskState::Paused | TaskState::Pausing)
-                && !snapshot.events_pending.contains(&container.id)
+                && !snapshot.events_pending.iter().any(|id| id == container.id())
             {
                 self.fail(
                     "31 EXITED container has no running task",
-                    &format!("container {}", short(&container.id)),
+                    &format!("container {}", short(container.id())),
                     format!("its task is {:?} and the service holds no work for it", task.state),
                 );
             }
@@ -638,47 +661,39 @@ impl Checker {
         // 11. No stuck RUNNING; READY has a task.
         for container in snapshot.containers.iter().filter(|c| c.state == ContainerState::Running) {
             let running = tasks
-                .get(&container.id)
+                .get(container.id())
                 .is_some_and(|t| matches!(t.state, TaskState::Running | TaskState::Paused | TaskState::Pausing));
             if !running {
                 self.fail(
                     "11 no stuck RUNNING",
-                    &format!("container {}", short(&container.id)),
+                    &format!("container {}", short(container.id())),
                     "RUNNING without a running task",
                 );
             }
         }
         for sandbox in snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready) {
-            if !tasks.contains_key(&sandbox.id) {
-                self.fail("11 no stuck READY", &format!("sandbox {}", short(&sandbox.id)), "READY without a task");
+            if !tasks.contains_key(sandbox.id()) {
+                self.fail("11 no stuck READY", &format!("sandbox {}", short(sandbox.id())), "READY without a task");
             }
         }
         // 12. No network leak.
         let live: BTreeSet<&str> =
-            snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.id.as_str()).collect();
-        for (id, ip) in self.world.cni.allocations() {
+            snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.id()).collect();
+        for (id, ip) in self.world.cni.allocations().iter() {
             if !live.contains(id.as_str()) {
-                self.fail("12 no network leak", &format!("sandbox {}", short(&id)), format!("IP {ip} still allocated"));
+                self.fail("12 no network leak", &format!("sandbox {}", short(id)), format!("IP {ip} still allocated"));
             }
         }
-        let live_netns: BTreeSet<&str> = snapshot
-            .sandboxes
-            .iter()
-            .filter(|s| s.state == SandboxState::Ready)
-            .map(|s| s.netns_path.as_str())
-            .collect();
-        for netns in self.world.os.netns_list() {
+        let live_netns: BTreeSet<&str> =
+            snapshot.sandboxes.iter().filter(|s| s.state == SandboxState::Ready).map(|s| s.netns_path()).collect();
+        for netns in self.world.os.netns_list().iter() {
             if !live_netns.contains(netns.as_str()) {
                 self.fail("12 no network leak", &format!("netns {netns}"), "netns of a stopped or removed sandbox");
             }
         }
         // 13. No runtime leak and 14. store ⊆ K ⊆ store ∪ quarantine.
-        let stored: BTreeSet<&str> = snapshot
-            .sandboxes
-            .iter()
-            .map(|s| s.id.as_str())
-            .chain(snapshot.containers.iter().map(|c| c.id.as_str()))
-            .collect();
+        let stored: BTreeSet<&str> =
+            snapshot.sandboxes.iter().map(|s| s.id()).chain(snapshot.containers.iter().map(|c| c.id())).collect();
         let quarantined: BTreeSet<&str> = snapshot.quarantined.iter().map(|q| q.id.as_str()).collect();
         let records = containerd.containers();
         for (id, record) in &records {
@@ -770,6 +785,16 @@ impl Checker {
             self.fail("7 kmutex", "lock table", format!("keys held at quiescence: {:?}", snapshot.lock_keys));
         }
     }
+}
+
+/// The containers and sandboxes whose views differ between two worlds, or that only one has.
+/// Both lists are in id order (as the stores list them), so one walk over each pair finds them.
+fn changed_objects<'a>(last: &'a CheckedWorld, now: &'a CheckedWorld) -> BTreeSet<&'a str> {
+    let containers = |world: &'a CheckedWorld| world.snapshot.containers.iter().map(|c| (c.id(), c));
+    let sandboxes = |world: &'a CheckedWorld| world.snapshot.sandboxes.iter().map(|s| (s.id(), s));
+    let mut changed = differing_keys(containers(last), containers(now));
+    changed.extend(differing_keys(sandboxes(last), sandboxes(now)));
+    changed
 }
 
 /// The keys whose values differ between two id-ordered sequences, or that only one of them has.

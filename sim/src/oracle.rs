@@ -132,11 +132,15 @@ impl Oracle {
     /// Compares the service's state with the acknowledged history.
     pub fn check(&self, snapshot: &StateSnapshot) -> Vec<Mismatch> {
         let mut mismatches = vec![];
-        let sandboxes: BTreeMap<&str, SandboxState> =
-            snapshot.sandboxes.iter().map(|s| (s.id.as_str(), s.state)).collect();
+        // The snapshot lists objects in id order: found by a binary search, with no map built
+        // for a check that runs after every change.
+        let sandbox_state = |id: &str| {
+            let at = snapshot.sandboxes.binary_search_by(|s| s.id().cmp(id)).ok()?;
+            Some(snapshot.sandboxes[at].state)
+        };
         let sandbox_models = self.sandboxes.lock().unwrap();
         for (id, model) in sandbox_models.iter() {
-            match (sandboxes.get(id.as_str()), model.removed) {
+            match (sandbox_state(id).as_ref(), model.removed) {
                 (Some(_), true) => {
                     mismatches.push((format!("sandbox {id}"), "removal was acknowledged but it is still listed".into()))
                 }
@@ -151,15 +155,17 @@ impl Oracle {
         }
         // Live models must be listed; removed ones must not be. Removed models are kept only as
         // ids, so a check costs O(live objects + listed objects), not O(history).
-        let containers: BTreeMap<&str, ContainerState> =
-            snapshot.containers.iter().map(|c| (c.id.as_str(), c.state)).collect();
+        let container_state = |id: &str| {
+            let at = snapshot.containers.binary_search_by(|c| c.id().cmp(id)).ok()?;
+            Some(snapshot.containers[at].state)
+        };
         let sandbox_removing: std::collections::BTreeSet<&str> =
             sandbox_models.iter().filter(|(_, m)| m.remove_issued).map(|(id, _)| id.as_str()).collect();
         let mut models = self.containers.lock().unwrap();
         let mut removed = self.removed_containers.lock().unwrap();
         let mut forget = vec![];
         for (id, model) in models.iter() {
-            let Some(state) = containers.get(id.as_str()) else {
+            let Some(state) = container_state(id) else {
                 if model.removed || model.remove_issued || sandbox_removing.contains(model.sandbox_id.as_str()) {
                     forget.push(id.clone());
                 } else {
@@ -173,10 +179,10 @@ impl Oracle {
                     format!("container {id}"),
                     "RemoveContainer was acknowledged but it is still listed".into(),
                 ));
-            } else if model.stopped && *state != ContainerState::Exited {
+            } else if model.stopped && state != ContainerState::Exited {
                 mismatches
                     .push((format!("container {id}"), format!("StopContainer was acknowledged but it is {state:?}")));
-            } else if model.started && *state == ContainerState::Created {
+            } else if model.started && state == ContainerState::Created {
                 mismatches
                     .push((format!("container {id}"), "StartContainer was acknowledged but it is CREATED".into()));
             }
@@ -187,8 +193,8 @@ impl Oracle {
             removed.insert(id);
         }
         for container in &snapshot.containers {
-            if removed.contains(&container.id) {
-                mismatches.push((format!("container {}", container.id), "it was removed but is listed again".into()));
+            if removed.contains(container.id()) {
+                mismatches.push((format!("container {}", container.id()), "it was removed but is listed again".into()));
             }
         }
         // A restart whose image resync failed (or an image update that failed) starts serving

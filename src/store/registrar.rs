@@ -3,12 +3,13 @@
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
 struct Maps<K> {
-    key_by_name: BTreeMap<String, K>,
+    /// Shared with the snapshots that read it, and copied on the next change after one did.
+    key_by_name: Arc<BTreeMap<String, K>>,
     name_by_key: BTreeMap<K, String>,
 }
 
@@ -19,7 +20,7 @@ pub struct Registrar<K> {
 
 impl<K: Ord + Clone + Borrow<str>> Registrar<K> {
     pub fn new() -> Self {
-        Registrar { maps: Mutex::new(Maps { key_by_name: BTreeMap::new(), name_by_key: BTreeMap::new() }) }
+        Registrar { maps: Mutex::new(Maps { key_by_name: Arc::default(), name_by_key: BTreeMap::new() }) }
     }
 
     /// Reserves `name` for `key`. Idempotent for the same pair; AlreadyExists if either side is
@@ -47,7 +48,7 @@ impl<K: Ord + Clone + Borrow<str>> Registrar<K> {
             }
             (None, None) => {}
         }
-        maps.key_by_name.insert(name.to_string(), key.clone());
+        Arc::make_mut(&mut maps.key_by_name).insert(name.to_string(), key.clone());
         maps.name_by_key.insert(key.clone(), name.to_string());
         assert_eq!(maps.key_by_name.len(), maps.name_by_key.len());
         Ok(())
@@ -56,14 +57,14 @@ impl<K: Ord + Clone + Borrow<str>> Registrar<K> {
     pub fn release_by_key(&self, key: &K) {
         let mut maps = self.maps.lock().unwrap();
         if let Some(name) = maps.name_by_key.remove::<str>(key.borrow()) {
-            maps.key_by_name.remove(&name);
+            Arc::make_mut(&mut maps.key_by_name).remove(&name);
         }
     }
 
-    /// Every (name, key) pair, sorted by name.
-    pub fn entries(&self) -> Vec<(String, K)> {
-        let maps = self.maps.lock().unwrap();
-        maps.key_by_name.iter().map(|(n, k)| (n.clone(), k.clone())).collect()
+    /// Every name and its key: the registrar's own map, shared (a reader copies nothing; the
+    /// next change copies it once).
+    pub fn shared_entries(&self) -> Arc<BTreeMap<String, K>> {
+        self.maps.lock().unwrap().key_by_name.clone()
     }
 }
 
@@ -84,6 +85,6 @@ mod tests {
         registrar.release_by_key(&id1);
         registrar.reserve("pod", &id2).unwrap();
         registrar.release_by_key(&id2);
-        assert!(registrar.entries().is_empty());
+        assert!(registrar.shared_entries().is_empty());
     }
 }

@@ -68,7 +68,8 @@ struct CniState {
     loaded: bool,
     chained_failure: bool,
     conf_files: BTreeMap<String, String>,
-    allocations: BTreeMap<String, Ipv4Addr>,
+    /// Shared with the checks that read it after every call; copied on the next change.
+    allocations: Arc<BTreeMap<String, Ipv4Addr>>,
     in_use: BTreeSet<Ipv4Addr>,
     ledger: Vec<LedgerEntry>,
 }
@@ -100,12 +101,12 @@ impl CniState {
                 )
             })?;
         self.in_use.insert(free);
-        self.allocations.insert(sandbox_id.to_string(), free);
+        Arc::make_mut(&mut self.allocations).insert(sandbox_id.to_string(), free);
         Ok(free)
     }
 
     fn free(&mut self, sandbox_id: &str) {
-        if let Some(address) = self.allocations.remove(sandbox_id) {
+        if let Some(address) = Arc::make_mut(&mut self.allocations).remove(sandbox_id) {
             assert!(self.in_use.remove(&address), "IPAM pool lost track of {address}");
         }
     }
@@ -127,7 +128,7 @@ impl FakeCni {
                 loaded: config_present,
                 chained_failure: false,
                 conf_files: BTreeMap::new(),
-                allocations: BTreeMap::new(),
+                allocations: Arc::default(),
                 in_use: BTreeSet::new(),
                 ledger: Vec::new(),
             }),
@@ -155,8 +156,8 @@ impl FakeCni {
     }
 
     /// Sandbox id → address, for "IPAM allocations == live sandboxes".
-    /// (Addresses, not their text: the checks copy this map after every call.)
-    pub fn allocations(&self) -> BTreeMap<String, Ipv4Addr> {
+    /// (Shared, not copied: the checks read it after every call.)
+    pub fn allocations(&self) -> Arc<BTreeMap<String, Ipv4Addr>> {
         self.state().allocations.clone()
     }
 

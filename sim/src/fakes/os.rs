@@ -47,7 +47,8 @@ struct OsState {
     files: BTreeMap<String, File>,
     /// Explicitly created directories; "/" always exists.
     dirs: BTreeSet<String>,
-    netns: BTreeSet<String>,
+    /// Shared with the checks that read it after every call; copied on the next change.
+    netns: Arc<BTreeSet<String>>,
     /// Mount point → tmpfs size in bytes.
     mounts: BTreeMap<String, u64>,
     /// Host mounts that propagate nothing; every other path lies on "/", which is shared, as
@@ -185,7 +186,7 @@ impl FakeOs {
                 files: BTreeMap::new(),
                 dirs: BTreeSet::new(),
                 private_mounts: BTreeSet::new(),
-                netns: BTreeSet::new(),
+                netns: Arc::default(),
                 mounts: BTreeMap::new(),
                 disk_full: false,
                 own_oom_score_adj: 0,
@@ -266,7 +267,7 @@ impl FakeOs {
         self.state().dirs.clone()
     }
 
-    pub fn netns_list(&self) -> BTreeSet<String> {
+    pub fn netns_list(&self) -> Arc<BTreeSet<String>> {
         self.state().netns.clone()
     }
 
@@ -491,7 +492,7 @@ impl Os for FakeOs {
     async fn netns_create(&self, path: &str) -> Result<()> {
         let path = normalize(path);
         let after = faults::before(&*self.faults, FaultSite::OsNetnsCreate, &path).await?;
-        let result = if self.state().netns.insert(path.clone()) {
+        let result = if Arc::make_mut(&mut self.state().netns).insert(path.clone()) {
             Ok(())
         } else {
             Err(Error::already_exists(format!("netns {path}: file exists")))
@@ -502,7 +503,7 @@ impl Os for FakeOs {
     async fn netns_remove(&self, path: &str) -> Result<()> {
         let path = normalize(path);
         let after = faults::before(&*self.faults, FaultSite::OsNetnsRemove, &path).await?;
-        self.state().netns.remove(&path);
+        Arc::make_mut(&mut self.state().netns).remove(&path);
         after.finish(Ok(())).await
     }
 

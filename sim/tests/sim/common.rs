@@ -224,7 +224,7 @@ impl Node {
         if let Some(ip) = world.cni.allocations().get(id) {
             leaks.push(format!("IP {ip} of {id}"));
         }
-        for netns in world.os.netns_list() {
+        for netns in world.os.netns_list().iter() {
             if netns.contains(id) {
                 leaks.push(format!("netns {netns}"));
             }

@@ -220,7 +220,7 @@ async fn containers_recover_to_the_state_the_world_implies() {
     // Invariant 2: a container with CreatedAt=0 is only the UNKNOWN one from a bad checkpoint.
     for view in node.svc.snapshot().containers {
         if view.status.created_at_ns == 0 {
-            assert_eq!(view.state, StoreState::Unknown, "{}", view.name);
+            assert_eq!(view.state, StoreState::Unknown, "{}", view.name());
         }
     }
 }
@@ -298,9 +298,9 @@ async fn sandboxes_recover_from_their_tasks() {
     sleep(Duration::from_secs(3)).await;
     assert!(!world.containerd.tasks().contains_key(&pods["exited"]), "the stopped pause task was deleted");
     let views = node.svc.snapshot().sandboxes;
-    let alive = views.iter().find(|v| v.id == pods["alive"]).unwrap();
-    assert_eq!(alive.netns_path, format!("/var/run/netns/cni-{}", pods["alive"]), "the persisted netns path");
-    assert!(alive.has_cni_result);
+    let alive = views.iter().find(|v| v.id() == pods["alive"]).unwrap();
+    assert_eq!(alive.netns_path(), format!("/var/run/netns/cni-{}", pods["alive"]), "the persisted netns path");
+    assert!(alive.has_cni_result());
 
     // The alive pod's exit is still observed.
     assert!(world.containerd.exit_task_now(&pods["alive"], 0));
@@ -442,8 +442,8 @@ async fn a_sandbox_whose_network_never_finished_is_not_ready_after_recovery() {
 
     let node = Node::start_on(world.clone(), faults, test_config()).await;
     assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxNotready);
-    let view = node.svc.snapshot().sandboxes.into_iter().find(|v| v.id == id).unwrap();
-    assert!(!view.has_cni_result, "{view:?}");
+    let view = node.svc.snapshot().sandboxes.into_iter().find(|v| v.id() == id).unwrap();
+    assert!(!view.has_cni_result(), "{view:?}");
     node.stop_pod(&id).await;
     assert!(!world.containerd.tasks().contains_key(&id), "Stop killed and deleted the pause task");
     node.remove_pod(&id).await;
@@ -576,9 +576,30 @@ async fn recovery_is_idempotent() {
         for view in &mut snapshot.containers {
             std::sync::Arc::make_mut(&mut view.status).unknown = false;
         }
-        let checkpoints: BTreeMap<String, Option<Vec<u8>>> =
-            snapshot.containers.iter().map(|c| (c.id.clone(), node.world.os.file(&checkpoint_path(&c.id)))).collect();
-        (snapshot.sandboxes, snapshot.containers, snapshot.sandbox_names, snapshot.container_names, checkpoints)
+        let checkpoints: BTreeMap<String, Option<Vec<u8>>> = snapshot
+            .containers
+            .iter()
+            .map(|c| (c.id().to_string(), node.world.os.file(&checkpoint_path(c.id()))))
+            .collect();
+        // Views of one object compare by identity; each recovery makes objects of its own, so
+        // what they hold is compared.
+        let sandboxes: Vec<_> = snapshot
+            .sandboxes
+            .iter()
+            .map(|s| {
+                let network = (s.host_network(), s.netns_path().to_string(), s.ip().to_string(), s.has_cni_result());
+                (s.id().to_string(), s.name().to_string(), s.state, s.pid, s.created_at_ns, s.stopped, network)
+            })
+            .collect();
+        let containers: Vec<_> = snapshot
+            .containers
+            .iter()
+            .map(|c| {
+                let names = (c.id().to_string(), c.name().to_string(), c.sandbox_id().to_string());
+                (names, c.state, c.status.clone(), c.image_ref().to_string())
+            })
+            .collect();
+        (sandboxes, containers, snapshot.sandbox_names, snapshot.container_names, checkpoints)
     };
     let second = in_process(world.clone(), faults.clone(), take).await;
     let third = in_process(world.clone(), faults.clone(), take).await;

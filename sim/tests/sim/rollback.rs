@@ -204,43 +204,40 @@ async fn failed_critical_rollback_keeps_the_sandbox_for_stop_and_remove() {
         assert_eq!(snapshot.sandboxes.len(), 1, "{what}: the sandbox is kept");
         let kept = &snapshot.sandboxes[0];
         assert_eq!(kept.state, SandboxState::Unknown, "{what}");
-        assert_eq!(
-            snapshot.sandbox_names,
-            vec![(kept.name.clone(), kept.id.clone())],
-            "{what}: the name stays reserved"
-        );
+        let names: Vec<(&str, &str)> = snapshot.sandbox_names.iter().map(|(n, id)| (n.as_str(), id.as_str())).collect();
+        assert_eq!(names, [(kept.name(), kept.id())], "{what}: the name stays reserved");
         let listed = node.list_pods(None).await;
         assert_eq!(listed.len(), 1, "{what}");
-        assert_eq!(listed[0].id, kept.id);
+        assert_eq!(listed[0].id, kept.id());
         assert_eq!(listed[0].state, PodSandboxState::SandboxNotready as i32, "{what}: UNKNOWN shows as NOTREADY");
-        let reported = node.pod_status(&kept.id).await.network.map(|n| n.ip).unwrap_or_default();
+        let reported = node.pod_status(kept.id()).await.network.map(|n| n.ip).unwrap_or_default();
         assert_eq!(!reported.is_empty(), case.reports_ip, "{what}: reported IP {reported:?}");
-        if let Some(held) = node.world.cni.allocations().get(&kept.id).filter(|_| case.reports_ip) {
+        if let Some(held) = node.world.cni.allocations().get(kept.id()).filter(|_| case.reports_ip) {
             assert_eq!(reported, held.to_string(), "{what}: the IP reported is the one held");
         }
         assert_eq!(
-            node.world.cni.allocations().contains_key(&kept.id),
+            node.world.cni.allocations().contains_key(kept.id()),
             case.holds_ip,
             "{what}: IP held: {:?}",
             node.world.cni.allocations()
         );
-        assert_eq!(node.world.containerd.tasks().contains_key(&kept.id), case.holds_task, "{what}");
+        assert_eq!(node.world.containerd.tasks().contains_key(kept.id()), case.holds_task, "{what}");
         assert!(
-            node.world.containerd.containers().contains_key(&kept.id),
+            node.world.containerd.containers().contains_key(kept.id()),
             "{what}: the containerd container is kept for Remove"
         );
 
         // The name is still taken: a retry is refused rather than creating a second pod.
         let retry = node.svc.run_pod_sandbox(run_request("kept")).await.unwrap_err();
         assert_eq!(retry.kind, ErrorKind::AlreadyExists, "{what}: {retry}");
-        assert!(retry.message.contains(&kept.id), "{what}: {}", retry.message);
+        assert!(retry.message.contains(kept.id()), "{what}: {}", retry.message);
 
         // Kubelet's cleanup of a NOTREADY pod finishes the job.
-        node.stop_pod(&kept.id).await;
+        node.stop_pod(kept.id()).await;
         assert!(node.world.cni.allocations().is_empty(), "{what}: Stop frees the IP");
         assert!(node.world.os.netns_list().is_empty(), "{what}: Stop removes the netns");
         assert!(node.world.containerd.tasks().is_empty(), "{what}: Stop ends the task");
-        node.remove_pod(&kept.id).await;
+        node.remove_pod(kept.id()).await;
         node.assert_no_sandbox_leftovers(what);
         let ledger = node.world.cni.ledger();
         assert!(ledger.last().is_some_and(|e| e.op == crid_sim::fakes::CniOp::Del && e.ok()), "{what}: {ledger:?}");

@@ -224,8 +224,14 @@ async fn attach_closes_a_stdin_once_stdin_after_the_first_client() {
 async fn port_forward_reaches_the_pod_and_refuses_closed_ports() {
     let node = Node::start().await;
     let pod = node.run_pod("pf").await;
-    let netns =
-        node.svc.snapshot().sandboxes.iter().find(|s| s.id == pod).map(|s| s.netns_path.clone()).expect("the pod");
+    let netns = node
+        .svc
+        .snapshot()
+        .sandboxes
+        .iter()
+        .find(|s| s.id() == pod)
+        .map(|s| s.netns_path().to_string())
+        .expect("the pod");
     let mut accepted = node.world.os.listen(&netns, 8080);
 
     let url =

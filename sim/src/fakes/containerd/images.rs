@@ -1,6 +1,7 @@
 //! Image records, leases and the garbage collection that image and lease deletes trigger.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crid::error::{Error, Result};
 use crid::ports::containerd::*;
@@ -126,8 +127,8 @@ impl FakeContainerd {
     }
 
     /// The names of [`Self::images`], without copying their records.
-    pub fn image_names(&self) -> BTreeSet<String> {
-        self.raw_state().images.keys().cloned().collect()
+    pub fn image_names(&self) -> Arc<BTreeSet<String>> {
+        self.raw_state().image_names.clone()
     }
 
     /// The ids of the leases that exist (not expired).
@@ -164,6 +165,7 @@ impl FakeContainerd {
             Err(Error::already_exists(format!("image \"{}\": already exists", record.name)))
         } else {
             state.images.insert(record.name.clone(), record.clone());
+            Arc::make_mut(&mut state.image_names).insert(record.name.clone());
             self.publish(&mut state, vec![Event::ImageCreate { name: record.name.clone() }]);
             Ok(())
         }
@@ -192,6 +194,7 @@ impl FakeContainerd {
     pub(super) fn do_delete_image(&self, name: &str) -> Result<()> {
         let mut state = self.state();
         if state.images.remove(name).is_some() {
+            Arc::make_mut(&mut state.image_names).remove(name);
             // GC runs at once whether or not the caller asked to wait for it.
             state.collect_garbage();
             self.publish(&mut state, vec![Event::ImageDelete { name: name.to_string() }]);

@@ -85,6 +85,9 @@ struct State {
     /// Digest → size of blobs in the content store.
     content: BTreeMap<String, u64>,
     images: BTreeMap<String, ImageRecord>,
+    /// The names of `images`, shared with the checks that read them after every call (copied
+    /// on the next create or delete).
+    image_names: Arc<BTreeSet<String>>,
     leases: BTreeMap<String, images::Lease>,
     subscribers: Vec<mpsc::Sender<Envelope>>,
     event_log: VecDeque<Envelope>,
@@ -141,6 +144,7 @@ impl State {
             manifests: BTreeMap::new(),
             content: BTreeMap::new(),
             images: BTreeMap::new(),
+            image_names: Arc::default(),
             leases: BTreeMap::new(),
             subscribers: Vec::new(),
             event_log: VecDeque::new(),
