@@ -157,8 +157,8 @@ pub struct StateSnapshot {
     pub operations: Vec<String>,
     /// Names of finished operations whose success is kept for a retry until the object goes.
     pub undelivered: Vec<String>,
-    /// ref → image id.
-    pub image_refs: BTreeMap<String, String>,
+    /// ref → image id (the image store's own map, shared).
+    pub image_refs: Arc<BTreeMap<String, String>>,
     pub backoff_len: usize,
     /// Ids with an exit being handled or work waiting in the backoff queue.
     pub events_pending: Vec<String>,

@@ -266,9 +266,9 @@ impl CriService {
         }
         // Gone from the list: re-read each under its lock rather than drop it, since a pull may
         // have created it since the list was read.
-        for name in self.images.references().into_keys() {
-            if !present.contains(&name)
-                && let Err(error) = self.update_image_reference(&name).await
+        for name in self.images.references().keys() {
+            if !present.contains(name)
+                && let Err(error) = self.update_image_reference(name).await
             {
                 tracing::warn!(name, %error, "failed to re-read image");
                 failed += 1;

@@ -38,7 +38,9 @@ impl Image {
 #[derive(Default)]
 struct Inner {
     images: BTreeMap<String, Image>,
-    id_by_ref: BTreeMap<String, String>,
+    /// Shared with the snapshots that read it (invariant checks after every step of a
+    /// simulation); the next change copies it if one still holds it.
+    id_by_ref: Arc<BTreeMap<String, String>>,
     /// The names a container status takes from each image, made on first use and dropped
     /// whenever the image's references change: every container event reads them for each
     /// container of its pod.
@@ -73,7 +75,12 @@ impl ImageStore {
     /// events and pulls feed.
     pub fn set_reference(&self, reference: &str, image: Option<Image>) {
         let mut inner = self.inner.lock().unwrap();
-        if let Some(old_id) = inner.id_by_ref.remove(reference) {
+        let old_id = if inner.id_by_ref.contains_key(reference) {
+            Arc::make_mut(&mut inner.id_by_ref).remove(reference)
+        } else {
+            None
+        };
+        if let Some(old_id) = old_id {
             inner.names.remove(&old_id);
             let drop_image = match inner.images.get_mut(&old_id) {
                 Some(old) => {
@@ -100,7 +107,7 @@ impl ImageStore {
             entry.references.insert(reference.to_string());
             let id = entry.id.clone();
             inner.names.remove(&id);
-            inner.id_by_ref.insert(reference.to_string(), id);
+            Arc::make_mut(&mut inner.id_by_ref).insert(reference.to_string(), id);
         }
     }
 
@@ -164,8 +171,8 @@ impl ImageStore {
         self.inner.lock().unwrap().images.values().cloned().collect()
     }
 
-    /// ref → id, sorted by ref (for invariant checks).
-    pub fn references(&self) -> BTreeMap<String, String> {
+    /// ref → id, sorted by ref (for invariant checks), shared.
+    pub fn references(&self) -> Arc<BTreeMap<String, String>> {
         self.inner.lock().unwrap().id_by_ref.clone()
     }
 }
@@ -197,6 +204,24 @@ mod tests {
         assert_eq!(store.list().len(), 1);
         assert!(store.resolve("sha256:aaaa", |_| None).is_err());
         assert_eq!(store.resolve("docker.io/library/a:1", |_| None).unwrap().id, "sha256:bbbb");
+    }
+
+    #[test]
+    fn a_read_of_the_references_keeps_what_it_read() {
+        let store = ImageStore::new();
+        store.set_reference("docker.io/library/a:1", Some(image("sha256:aaaa")));
+        let before = store.references();
+        assert!(Arc::ptr_eq(&before, &store.references()), "an unchanged map is shared");
+        store.set_reference("docker.io/library/a:1", Some(image("sha256:bbbb")));
+        store.set_reference("docker.io/library/b:1", Some(image("sha256:bbbb")));
+        assert_eq!(before.len(), 1, "a reader's map does not change under it");
+        assert_eq!(before["docker.io/library/a:1"], "sha256:aaaa");
+        let after = store.references();
+        assert_eq!(after["docker.io/library/a:1"], "sha256:bbbb");
+        assert_eq!(after.len(), 2);
+        // Dropping a reference the store does not have changes nothing, and copies nothing.
+        store.set_reference("docker.io/library/c:1", None);
+        assert!(Arc::ptr_eq(&after, &store.references()));
     }
 
     #[test]

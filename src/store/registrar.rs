@@ -87,4 +87,19 @@ mod tests {
         registrar.release_by_key(&id2);
         assert!(registrar.shared_entries().is_empty());
     }
+
+    #[test]
+    fn a_read_of_the_names_keeps_what_it_read() {
+        let (id1, id2) = (SandboxId::from("id1"), SandboxId::from("id2"));
+        let registrar = Registrar::new();
+        registrar.reserve("pod", &id1).unwrap();
+        let before = registrar.shared_entries();
+        assert!(Arc::ptr_eq(&before, &registrar.shared_entries()), "an unchanged map is shared");
+        registrar.release_by_key(&id1);
+        registrar.reserve("other", &id2).unwrap();
+        assert_eq!(before.len(), 1, "a reader's map does not change under it");
+        assert_eq!(before["pod"], id1);
+        let after = registrar.shared_entries();
+        assert_eq!((after.len(), &after["other"]), (1, &id2));
+    }
 }
