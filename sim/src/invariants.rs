@@ -162,16 +162,16 @@ impl Checker {
         }
         let snapshot = &world.snapshot;
         self.check_registries(snapshot);
-        // An object whose view is as the last full check saw it made no transition since, in
-        // the same process: only the others are judged.
-        let changed = last
-            .as_ref()
-            .filter(|last| last.incarnation == world.incarnation)
-            .map(|last| changed_objects(last, &world));
-        self.check_container_transitions(snapshot, changed.as_ref());
-        self.check_sandbox_transitions(snapshot, changed.as_ref());
+        // Found once, for the transitions and the kubelet view: an object whose view is as
+        // the last full check saw it made no transition since (in the same process) and would
+        // be judged as it was, so only the others are judged.
+        let changed = last.as_ref().map(|last| changed_objects(last, &world));
+        let same_process = last.as_ref().is_some_and(|last| last.incarnation == world.incarnation);
+        let changed_in_process = changed.as_ref().filter(|_| same_process);
+        self.check_container_transitions(snapshot, changed_in_process);
+        self.check_sandbox_transitions(snapshot, changed_in_process);
         self.check_network(&world);
-        self.check_kubelet_view(&world, last.as_ref());
+        self.check_kubelet_view(&world, last.as_ref().zip(changed.as_ref()));
         for (object, detail) in self.oracle.check(snapshot) {
             self.fail("oracle: acknowledged state", &object, detail);
         }
@@ -415,17 +415,17 @@ impl Checker {
         &self,
         service: &crid::CriService,
         world: &'a CheckedWorld,
-        last: Option<&'a CheckedWorld>,
+        last: Option<(&'a CheckedWorld, &BTreeSet<&'a str>)>,
     ) -> KubeletView {
         let mut last_images = self.last_view_images.lock().unwrap();
-        if let Some(last) = last
+        if let Some((last, changed_objects)) = last
             && last.snapshot.image_refs == world.snapshot.image_refs
             && last.image_names == world.image_names
             && let (Some(tasks_before), Some(tasks_now)) = (&last.tasks, &world.tasks)
         {
             // A sandbox's status message is a function of its view (the object, its state and
             // whether it reports its IPs).
-            let mut changed = changed_objects(last, world);
+            let mut changed = changed_objects.clone();
             if tasks_before != tasks_now {
                 let by_id = |tasks: &'a BTreeMap<String, TaskInfo>| tasks.iter().map(|(id, task)| (id.as_str(), task));
                 changed.extend(differing_keys(by_id(tasks_before), by_id(tasks_now)));
@@ -443,7 +443,8 @@ impl Checker {
     /// 23–25. The fields kubelet reads, as the RPCs build them, against what the fakes know.
     /// Reads only what `world` holds of the fakes and the checker, so that the skip of an
     /// unchanged world stays exact.
-    fn check_kubelet_view(&self, world: &CheckedWorld, last: Option<&CheckedWorld>) {
+    /// `last`: the last full check's world and the objects whose views changed since.
+    fn check_kubelet_view(&self, world: &CheckedWorld, last: Option<(&CheckedWorld, &BTreeSet<&str>)>) {
         use crid::inspect::{IMAGE_REF_LOCK_PREFIX, REASON_OOM_KILLED, REASON_START_ERROR, REASON_UNKNOWN};
         use k8s_cri::v1::{ContainerState as Cri, PodSandboxState};
         let Some(service) = self.endpoint.service() else { return };
