@@ -14,6 +14,11 @@
 //! the throughput: pod lifecycles completed per second of the concurrent phase (ratio above 1:
 //! crid is faster).
 //!
+//! Then the reads a kubelet makes of a busy node, every few seconds (its pod lifecycle event
+//! generator's relist and its stats provider): with CRID_BENCH_NODE_PODS pods (default 10) each
+//! running one container on each runtime, ListPodSandbox, ListContainers, ListContainerStats and
+//! ListPodSandboxStats, CRID_BENCH_NODE_READS times each (default 50), the runtimes alternately.
+//!
 //!   ci/bench-cri [ROUNDS] [--parallel N]        # brings the stack up, then runs this
 //!   CRID_BENCH_ROUNDS=20 CRID_BENCH_PARALLEL=5 cargo bench -p crid-backend --bench cri
 //!
@@ -45,11 +50,14 @@ const CALLS: [&str; 9] = [
     "RemovePodSandbox",
 ];
 
+/// The reads of a busy node, in the order each round makes them.
+const NODE_READS: [&str; 4] = ["ListPodSandbox", "ListContainers", "ListContainerStats", "ListPodSandboxStats"];
+
 /// Latencies of one runtime: call name → samples.
 type Samples = BTreeMap<&'static str, Vec<Duration>>;
 
 async fn timed<F: std::future::Future<Output = T>, T>(samples: &mut Samples, call: &'static str, future: F) -> T {
-    debug_assert!(CALLS.contains(&call));
+    debug_assert!(CALLS.contains(&call) || NODE_READS.contains(&call));
     let started = Instant::now();
     let result = future.await;
     samples.entry(call).or_default().push(started.elapsed());
@@ -236,6 +244,104 @@ async fn round(cri: &mut Cri, samples: &mut Samples, parallel: usize) -> (Durati
     (started.elapsed(), MachineCpu::now(&daemons).since(cpu_before))
 }
 
+/// The cgroup under which the busy node's pods run: a pod's stats are its cgroup's, and
+/// containerd's CRI refuses them for a pod without one, as kubelet never sends.
+const NODE_CGROUP: &str = "/crid-bench-node";
+
+/// Starts `pods` pods on `cri`, each running one container: their ids.
+async fn busy_node(cri: &mut Cri, pods: usize) -> Vec<String> {
+    cri.pull(&cri.image("busybox:latest")).await;
+    let mut ids = Vec::new();
+    for _ in 0..pods {
+        let mut pod = cri.pod_config(&unique("node"));
+        let name = pod.metadata.as_ref().expect("a pod has metadata").name.clone();
+        pod.linux.get_or_insert_default().cgroup_parent = format!("{NODE_CGROUP}/{name}");
+        let pod_id = cri.run_pod(&pod).await;
+        cri.run_container(&pod_id, &pod, "app", &["sleep", "3600"]).await;
+        ids.push(pod_id);
+    }
+    ids
+}
+
+/// One of each node read on `cri`, timed into `samples`; each answer is checked against the
+/// node's `pods` running pods, so that a runtime that answers less is not measured as faster.
+async fn node_reads(cri: &mut Cri, samples: &mut Samples, pods: usize) {
+    let who = cri.kind.name();
+    let sandboxes =
+        timed(samples, "ListPodSandbox", cri.runtime.list_pod_sandbox(ListPodSandboxRequest { filter: None }))
+            .await
+            .unwrap_or_else(|e| panic!("{who}: ListPodSandbox: {e}"))
+            .into_inner()
+            .items;
+    assert_eq!(sandboxes.len(), pods, "{who}: ListPodSandbox lists the node's pods");
+    let containers =
+        timed(samples, "ListContainers", cri.runtime.list_containers(ListContainersRequest { filter: None }))
+            .await
+            .unwrap_or_else(|e| panic!("{who}: ListContainers: {e}"))
+            .into_inner()
+            .containers;
+    assert_eq!(containers.len(), pods, "{who}: ListContainers lists the node's containers");
+    let stats = timed(
+        samples,
+        "ListContainerStats",
+        cri.runtime.list_container_stats(ListContainerStatsRequest { filter: None }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{who}: ListContainerStats: {e}"))
+    .into_inner()
+    .stats;
+    assert_eq!(stats.len(), pods, "{who}: ListContainerStats has every container");
+    for stat in &stats {
+        let usage = stat.cpu.as_ref().and_then(|cpu| cpu.usage_core_nano_seconds.as_ref());
+        assert!(usage.is_some(), "{who}: a running container's stats carry its CPU usage: {stat:?}");
+        let working_set = stat.memory.as_ref().and_then(|memory| memory.working_set_bytes.as_ref());
+        assert!(working_set.is_some_and(|w| w.value > 0), "{who}: and its memory: {stat:?}");
+    }
+    let stats = timed(
+        samples,
+        "ListPodSandboxStats",
+        cri.runtime.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{who}: ListPodSandboxStats: {e}"))
+    .into_inner()
+    .stats;
+    assert_eq!(stats.len(), pods, "{who}: ListPodSandboxStats has every ready pod");
+    for stat in &stats {
+        let containers = stat.linux.as_ref().map_or(0, |linux| linux.containers.len());
+        assert_eq!(containers, 1, "{who}: a pod's stats carry its container's: {stat:?}");
+    }
+}
+
+/// Removes the busy node's pod cgroups, left behind in every hierarchy once their containers
+/// are gone (kubelet removes its pods' cgroups itself).
+async fn remove_node_cgroups() {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    let mut roots: Vec<std::path::PathBuf> =
+        hierarchies.flatten().map(|h| h.path().join(NODE_CGROUP.trim_start_matches('/'))).collect();
+    // A v2 (unified) mount has the pods' cgroups right under it.
+    roots.push(std::path::Path::new("/sys/fs/cgroup").join(NODE_CGROUP.trim_start_matches('/')));
+    for _ in 0..20 {
+        let mut left = 0;
+        for root in &roots {
+            for pod in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                if pod.path().is_dir() && std::fs::remove_dir(pod.path()).is_err() {
+                    left += 1;
+                }
+            }
+            if root.is_dir() && std::fs::remove_dir(root).is_err() {
+                left += 1;
+            }
+        }
+        if left == 0 {
+            return;
+        }
+        // A shim may still be reaping a container whose cgroup is inside.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("could not remove every cgroup under {NODE_CGROUP}");
+}
+
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     assert!(!sorted.is_empty() && p <= 100);
     // Nearest rank: the smallest sample with at least p% of the samples at or below it.
@@ -329,6 +435,36 @@ fn report(rounds: usize, parallel: usize, crid: &Samples, containerd: &Samples, 
     }
 }
 
+fn report_node_reads(pods: usize, reads: usize, crid: &Samples, containerd: &Samples) {
+    println!();
+    println!(
+        "A busy node's reads: {pods} pods, each running one container, {reads} reads of each (ms, measured at the \
+         client; ratio = crid / containerd)"
+    );
+    println!(
+        "{:<20} {:>10} {:>12} {:>8}   {:>10} {:>12} {:>8}",
+        "call", "crid p50", "ctrd p50", "ratio", "crid p90", "ctrd p90", "ratio"
+    );
+    for call in NODE_READS {
+        let mut a = crid[call].clone();
+        let mut b = containerd[call].clone();
+        assert_eq!((a.len(), b.len()), (reads, reads), "{call}: measured {reads} times");
+        a.sort();
+        b.sort();
+        let (a50, b50, a90, b90) = (percentile(&a, 50), percentile(&b, 50), percentile(&a, 90), percentile(&b, 90));
+        println!(
+            "{:<20} {:>10.2} {:>12.2} {:>7.2}x   {:>10.2} {:>12.2} {:>7.2}x",
+            call,
+            ms(a50),
+            ms(b50),
+            ms(a50) / ms(b50),
+            ms(a90),
+            ms(b90),
+            ms(a90) / ms(b90)
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes `--bench`; any other arguments are ignored.
@@ -385,6 +521,34 @@ async fn main() {
         }
     }
     report(rounds, parallel, &crid_samples, &containerd_samples, &throughput);
+
+    let pods: usize = std::env::var("CRID_BENCH_NODE_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let reads: usize = std::env::var("CRID_BENCH_NODE_READS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    if pods > 0 && reads > 0 {
+        let crid_pods = busy_node(&mut crid, pods).await;
+        let containerd_pods = busy_node(&mut containerd, pods).await;
+        let (mut a, mut b) = (Samples::new(), Samples::new());
+        // One unmeasured read each first: the runtimes' first stats of a task.
+        node_reads(&mut crid, &mut Samples::new(), pods).await;
+        node_reads(&mut containerd, &mut Samples::new(), pods).await;
+        for n in 0..reads {
+            if n % 2 == 0 {
+                node_reads(&mut crid, &mut a, pods).await;
+                node_reads(&mut containerd, &mut b, pods).await;
+            } else {
+                node_reads(&mut containerd, &mut b, pods).await;
+                node_reads(&mut crid, &mut a, pods).await;
+            }
+        }
+        report_node_reads(pods, reads, &a, &b);
+        for id in crid_pods {
+            crid.remove_pod(&id).await;
+        }
+        for id in containerd_pods {
+            containerd.remove_pod(&id).await;
+        }
+        remove_node_cgroups().await;
+    }
     crid.assert_no_leaks();
     containerd.assert_no_leaks();
     if std::env::var_os("CRID_BENCH_LOG").is_some() {

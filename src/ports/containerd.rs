@@ -449,6 +449,10 @@ pub trait Containerd: Send + Sync + 'static {
     async fn wait_task(&self, id: &str) -> Result<ExitStatus>;
     async fn task_info(&self, id: &str) -> Result<TaskInfo>;
     async fn task_metrics(&self, id: &str) -> Result<TaskMetrics>;
+    /// The metrics of several tasks in one request, as containerd's CRI asks for its stats:
+    /// those of the listed tasks that containerd has, by task id (one it does not have, or
+    /// whose metrics it cannot give, is left out).
+    async fn tasks_metrics(&self, ids: &[&str]) -> Result<BTreeMap<String, TaskMetrics>>;
     async fn update_task_resources(&self, id: &str, resources: &Resources) -> Result<()>;
     /// Re-opens the task's log file (log rotation).
     async fn reopen_task_log(&self, id: &str) -> Result<()>;

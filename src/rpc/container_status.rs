@@ -1,6 +1,7 @@
 //! ContainerStatus, ListContainers, UpdateContainerResources, ReopenContainerLog and the
 //! container stats RPCs.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_cri::v1::{
@@ -13,9 +14,14 @@ use k8s_cri::v1::{
 use crate::error::{Error, Result};
 use crate::events::{ContainerStatusView, ImageNames, cri_state};
 use crate::naming::{labels_match, sorted};
-use crate::ports::Resources;
+use crate::ports::{Resources, TaskMetrics};
 use crate::service::CriService;
 use crate::store::{Container, ContainerState};
+
+/// How many metrics requests the container and pod stats send to containerd at once (see
+/// [`CriService::running_tasks_metrics`]): enough to keep a small node's cores busy with the
+/// shims' answers, few enough that a large node costs a handful of round trips.
+const STATS_REQUESTS_AT_ONCE: usize = 4;
 
 impl CriService {
     pub(crate) fn container_status_message(&self, container: &Arc<Container>) -> k8s_cri::v1::ContainerStatus {
@@ -233,17 +239,53 @@ impl CriService {
         Ok(ReopenContainerLogResponse {})
     }
 
-    pub(crate) async fn container_stats_message(&self, container: &Container) -> ContainerStats {
+    /// The stats of one container, with its task's metrics when it runs.
+    async fn container_stats_message(&self, container: &Container) -> ContainerStats {
+        let metrics = if container.status().state() == ContainerState::Running {
+            self.backends.containerd.task_metrics(container.id.as_str()).await.ok()
+        } else {
+            None
+        };
+        self.container_stats_with(container, metrics.as_ref())
+    }
+
+    /// The task metrics of those of `containers` that run, by id, fetched in a few requests
+    /// at once: containerd asks each task's shim in turn within a request, so one request
+    /// for a whole node waits for every shim one after the other (as containerd's CRI does),
+    /// while [`STATS_REQUESTS_AT_ONCE`] requests keep several shims answering together for
+    /// a handful of round trips. A request that fails leaves its containers without metrics,
+    /// as a container whose task is gone has none; the stats are still listed.
+    pub(crate) async fn running_tasks_metrics<'a>(
+        &self,
+        containers: impl IntoIterator<Item = &'a Arc<Container>>,
+    ) -> BTreeMap<String, TaskMetrics> {
+        let ids: Vec<&str> = containers
+            .into_iter()
+            .filter(|c| c.status().state() == ContainerState::Running)
+            .map(|c| c.id.as_str())
+            .collect();
+        if ids.is_empty() {
+            return BTreeMap::new();
+        }
+        let per_request = ids.len().div_ceil(STATS_REQUESTS_AT_ONCE);
+        let requests = ids.chunks(per_request).map(|chunk| self.backends.containerd.tasks_metrics(chunk));
+        let mut metrics = BTreeMap::new();
+        for answer in futures::future::join_all(requests).await {
+            match answer {
+                Ok(answer) => metrics.extend(answer),
+                Err(error) => tracing::warn!("task metrics for the container stats: {error}"),
+            }
+        }
+        metrics
+    }
+
+    /// The stats of one container from its task's metrics, if it has any.
+    pub(crate) fn container_stats_with(&self, container: &Container, metrics: Option<&TaskMetrics>) -> ContainerStats {
         let attributes = ContainerAttributes {
             id: container.id.to_string(),
             metadata: container.config.metadata.clone(),
             labels: container.config.labels.clone(),
             annotations: container.config.annotations.clone(),
-        };
-        let metrics = if container.status().state() == ContainerState::Running {
-            self.backends.containerd.task_metrics(container.id.as_str()).await.ok()
-        } else {
-            None
         };
         let snapshotter = self.config.containerd.snapshotter.clone();
         // The writable layer is the container's snapshot (keyed by its id), as last sampled;
@@ -257,12 +299,12 @@ impl CriService {
         };
         ContainerStats {
             attributes: Some(attributes),
-            cpu: metrics.as_ref().map(|m| CpuUsage {
+            cpu: metrics.map(|m| CpuUsage {
                 timestamp: m.timestamp_ns,
                 usage_core_nano_seconds: Some(UInt64Value { value: m.cpu_usage_core_ns }),
                 usage_nano_cores: None,
             }),
-            memory: metrics.as_ref().map(|m| MemoryUsage {
+            memory: metrics.map(|m| MemoryUsage {
                 timestamp: m.timestamp_ns,
                 working_set_bytes: Some(UInt64Value { value: m.memory_working_set_bytes }),
                 usage_bytes: Some(UInt64Value { value: m.memory_usage_bytes }),
@@ -314,10 +356,9 @@ impl CriService {
             label_selector: filter.label_selector,
             state: None,
         };
-        let mut stats = vec![];
-        for container in self.filter_containers(&filter) {
-            stats.push(self.container_stats_message(&container).await);
-        }
+        let containers = self.filter_containers(&filter);
+        let metrics = self.running_tasks_metrics(&containers).await;
+        let stats = containers.iter().map(|c| self.container_stats_with(c, metrics.get(c.id.as_str()))).collect();
         Ok(ListContainerStatsResponse { stats })
     }
 }

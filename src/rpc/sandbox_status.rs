@@ -1,18 +1,20 @@
 //! PodSandboxStatus, ListPodSandbox and the sandbox stats RPCs: reads of the store.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_cri::v1::{
-    ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodSandbox,
-    PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, PodSandboxStatus, PodSandboxStatusRequest,
-    PodSandboxStatusResponse,
+    ContainerStats, ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest,
+    ListPodSandboxStatsResponse, PodSandbox, PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse,
+    PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
 };
 
 use crate::error::Result;
 use crate::events::{PodSandboxStatusView, sandbox_cri_state as cri_state};
 use crate::naming::{labels_match, sorted};
+use crate::ports::TaskMetrics;
 use crate::service::CriService;
-use crate::store::{Sandbox, SandboxState};
+use crate::store::{Container, Sandbox, SandboxState};
 
 impl CriService {
     pub(crate) fn sandbox_status_message(&self, sandbox: &Arc<Sandbox>) -> PodSandboxStatus {
@@ -80,11 +82,15 @@ impl CriService {
         Ok(ListPodSandboxResponse { items })
     }
 
-    async fn sandbox_stats(self: &Arc<Self>, sandbox: &Sandbox) -> PodSandboxStats {
-        let mut containers = vec![];
-        for container in self.containers.in_group(&sandbox.id) {
-            containers.push(self.container_stats_message(&container).await);
-        }
+    /// The stats of `sandbox` from its containers' and their tasks' metrics, by task id.
+    fn sandbox_stats(
+        &self,
+        sandbox: &Sandbox,
+        containers: &[Arc<Container>],
+        metrics: &BTreeMap<String, TaskMetrics>,
+    ) -> PodSandboxStats {
+        let containers: Vec<ContainerStats> =
+            containers.iter().map(|c| self.container_stats_with(c, metrics.get(c.id.as_str()))).collect();
         let cpu_total: u64 =
             containers.iter().filter_map(|c| c.cpu.as_ref()?.usage_core_nano_seconds.as_ref().map(|v| v.value)).sum();
         let memory_total: u64 =
@@ -121,7 +127,9 @@ impl CriService {
     ) -> Result<PodSandboxStatsResponse> {
         self.check_initialized()?;
         let sandbox = self.sandboxes.get(&request.pod_sandbox_id)?;
-        Ok(PodSandboxStatsResponse { stats: Some(self.sandbox_stats(&sandbox).await) })
+        let containers = self.containers.in_group(&sandbox.id);
+        let metrics = self.running_tasks_metrics(&containers).await;
+        Ok(PodSandboxStatsResponse { stats: Some(self.sandbox_stats(&sandbox, &containers, &metrics)) })
     }
 
     pub async fn list_pod_sandbox_stats(
@@ -135,14 +143,23 @@ impl CriService {
         } else {
             self.sandboxes.get(&filter.id).into_iter().collect()
         };
-        let mut stats = vec![];
         // Only READY sandboxes have stats to list, as in containerd; PodSandboxStats still
         // answers for one that is not.
-        for sandbox in candidates.into_iter().filter(|s| {
-            s.status().state == SandboxState::Ready && labels_match(&filter.label_selector, &sorted(&s.config.labels))
-        }) {
-            stats.push(self.sandbox_stats(&sandbox).await);
-        }
+        let pods: Vec<(Arc<Sandbox>, Vec<Arc<Container>>)> = candidates
+            .into_iter()
+            .filter(|s| {
+                s.status().state == SandboxState::Ready
+                    && labels_match(&filter.label_selector, &sorted(&s.config.labels))
+            })
+            .map(|sandbox| {
+                let containers = self.containers.in_group(&sandbox.id);
+                (sandbox, containers)
+            })
+            .collect();
+        // Every pod's tasks in the same few requests, not a round of requests per pod.
+        let metrics = self.running_tasks_metrics(pods.iter().flat_map(|(_, containers)| containers)).await;
+        let stats =
+            pods.iter().map(|(sandbox, containers)| self.sandbox_stats(sandbox, containers, &metrics)).collect();
         Ok(ListPodSandboxStatsResponse { stats })
     }
 }

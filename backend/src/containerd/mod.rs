@@ -725,6 +725,28 @@ impl Containerd for RealContainerd {
         metrics::decode(&data.type_url, &data.value, timestamp_ns)
     }
 
+    async fn tasks_metrics(&self, ids: &[&str]) -> Result<BTreeMap<String, TaskMetrics>> {
+        // containerd reads the filters of one request as alternatives.
+        let request = MetricsRequest { filters: ids.iter().map(|id| format!("id=={id}")).collect() };
+        let response = grpc(self.tasks().metrics(self.req(request)).await)?;
+        let mut metrics = BTreeMap::new();
+        for metric in response.metrics {
+            let Some(data) = metric.data else {
+                tracing::warn!(id = %metric.id, "task metrics carry no data");
+                continue;
+            };
+            let timestamp_ns =
+                metric.timestamp.as_ref().map(convert::timestamp_ns).unwrap_or_else(crate::clock::now_ns);
+            match metrics::decode(&data.type_url, &data.value, timestamp_ns) {
+                Ok(decoded) => {
+                    metrics.insert(metric.id, decoded);
+                }
+                Err(error) => tracing::warn!(id = %metric.id, %error, "task metrics not understood"),
+            }
+        }
+        Ok(metrics)
+    }
+
     async fn update_task_resources(&self, id: &str, resources: &Resources) -> Result<()> {
         let linux = spec::linux_resources(resources)?;
         let request = UpdateTaskRequest {

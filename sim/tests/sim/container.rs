@@ -914,6 +914,56 @@ async fn exec_and_attach_return_stream_urls() {
     assert_eq!(node.world.stream.requests().len(), 2, "failed requests register nothing");
 }
 
+/// A node's stats take a few metrics requests, not one per container: ListContainerStats and
+/// ListPodSandboxStats over ten running containers send at most four requests each, and every
+/// running container gets its task's usage. A request that fails leaves only its own
+/// containers without usage; the call still lists every container.
+#[madsim::test]
+async fn stats_of_a_node_take_a_few_metrics_requests() {
+    let node = Node::start().await;
+    let mut running = Vec::new();
+    for n in 0..10 {
+        let (pod, container) = node.pod_with_running(&format!("busy{n}"), &["sleep", "inf"]).await;
+        running.push((pod, container));
+    }
+    sleep(Duration::from_secs(3)).await;
+    let site = FaultSite::ContainerdTaskMetrics;
+
+    let before = node.faults.calls(site);
+    let stats = node.svc.list_container_stats(ListContainerStatsRequest { filter: None }).await.unwrap().stats;
+    let requests = node.faults.calls(site) - before;
+    assert!((1..=4).contains(&requests), "ListContainerStats of 10 containers sent {requests} metrics requests");
+    assert_eq!(stats.len(), 10);
+    for stat in &stats {
+        let cpu = stat.cpu.as_ref().and_then(|cpu| cpu.usage_core_nano_seconds.as_ref()).map(|v| v.value);
+        assert!(cpu.is_some_and(|cpu| cpu > 0), "a running container has its usage: {stat:?}");
+    }
+
+    let before = node.faults.calls(site);
+    let pods = node.svc.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None }).await.unwrap().stats;
+    let requests = node.faults.calls(site) - before;
+    assert!((1..=4).contains(&requests), "ListPodSandboxStats of 10 pods sent {requests} metrics requests");
+    assert_eq!(pods.len(), 10);
+    for pod in &pods {
+        let linux = pod.linux.as_ref().expect("linux stats");
+        let container = &linux.containers;
+        assert_eq!(container.len(), 1, "a pod's stats carry its container's");
+        let cpu = |usage: Option<&CpuUsage>| usage.and_then(|u| u.usage_core_nano_seconds.as_ref()).map(|v| v.value);
+        assert!(cpu(container[0].cpu.as_ref()).is_some_and(|c| c > 0));
+        assert_eq!(cpu(linux.cpu.as_ref()), cpu(container[0].cpu.as_ref()), "a pod's usage is its containers'");
+    }
+
+    node.faults.push(site, None, FaultAction::Fail(ErrorKind::Unavailable, "injected: containerd restarting".into()));
+    let stats = node.svc.list_container_stats(ListContainerStatsRequest { filter: None }).await.unwrap().stats;
+    assert_eq!(node.faults.pending(), 0, "the failure was injected");
+    assert_eq!(stats.len(), 10, "a failed metrics request loses no container from the list");
+    let without = stats.iter().filter(|s| s.cpu.is_none() && s.memory.is_none()).count();
+    assert!(
+        (1..10).contains(&without),
+        "only the containers of the failed request lack their usage: {without} of 10 do"
+    );
+}
+
 #[madsim::test]
 async fn container_stats() {
     let node = Node::start().await;

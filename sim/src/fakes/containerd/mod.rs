@@ -411,6 +411,14 @@ impl Containerd for FakeContainerd {
         after.finish(self.do_task_metrics(id)).await
     }
 
+    async fn tasks_metrics(&self, ids: &[&str]) -> Result<BTreeMap<String, TaskMetrics>> {
+        // One request, one fault point: keyed by the tasks it names, so that a fault aimed at
+        // one task's own metrics read (the exit path's) does not hit a stats request.
+        let after = self.enter(FaultSite::ContainerdTaskMetrics, &ids.join(",")).await?;
+        let metrics = ids.iter().filter_map(|id| Some((id.to_string(), self.do_task_metrics(id).ok()?))).collect();
+        after.finish(Ok(metrics)).await
+    }
+
     async fn update_task_resources(&self, id: &str, resources: &Resources) -> Result<()> {
         let after = self.enter(FaultSite::ContainerdUpdateTaskResources, id).await?;
         after.finish(self.do_update_task_resources(id, resources)).await
