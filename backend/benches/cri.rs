@@ -14,10 +14,11 @@
 //! the throughput: pod lifecycles completed per second of the concurrent phase (ratio above 1:
 //! crid is faster).
 //!
-//! Then the reads a kubelet makes of a busy node, every few seconds (its pod lifecycle event
+//! Then what a kubelet asks of a busy node every few seconds (its pod lifecycle event
 //! generator's relist and its stats provider): with CRID_BENCH_NODE_PODS pods (default 10) each
-//! running one container on each runtime, ListPodSandbox, ListContainers, ListContainerStats and
-//! ListPodSandboxStats, CRID_BENCH_NODE_READS times each (default 50), the runtimes alternately.
+//! running one container on each runtime, ListPodSandbox, ListContainers, ListContainerStats,
+//! ListPodSandboxStats and an ExecSync probe (`true`) in one of its containers,
+//! CRID_BENCH_NODE_READS times each (default 50), the runtimes alternately.
 //!
 //!   ci/bench-cri [ROUNDS] [--parallel N]        # brings the stack up, then runs this
 //!   CRID_BENCH_ROUNDS=20 CRID_BENCH_PARALLEL=5 cargo bench -p crid-backend --bench cri
@@ -51,7 +52,8 @@ const CALLS: [&str; 9] = [
 ];
 
 /// The reads of a busy node, in the order each round makes them.
-const NODE_READS: [&str; 4] = ["ListPodSandbox", "ListContainers", "ListContainerStats", "ListPodSandboxStats"];
+const NODE_READS: [&str; 5] =
+    ["ListPodSandbox", "ListContainers", "ListContainerStats", "ListPodSandboxStats", "ExecSync"];
 
 /// Latencies of one runtime: call name → samples.
 type Samples = BTreeMap<&'static str, Vec<Duration>>;
@@ -311,6 +313,13 @@ async fn node_reads(cri: &mut Cri, samples: &mut Samples, pods: usize) {
         let containers = stat.linux.as_ref().map_or(0, |linux| linux.containers.len());
         assert_eq!(containers, 1, "{who}: a pod's stats carry its container's: {stat:?}");
     }
+    // An exec probe, as kubelet runs one per container every few seconds.
+    let probe = ExecSyncRequest { container_id: containers[0].id.clone(), cmd: vec!["true".into()], timeout: 10 };
+    let reply = timed(samples, "ExecSync", cri.runtime.exec_sync(probe))
+        .await
+        .unwrap_or_else(|e| panic!("{who}: ExecSync: {e}"))
+        .into_inner();
+    assert_eq!(reply.exit_code, 0, "{who}: the probe succeeds: {reply:?}");
 }
 
 /// Removes the busy node's pod cgroups, left behind in every hierarchy once their containers
