@@ -322,35 +322,6 @@ async fn node_reads(cri: &mut Cri, samples: &mut Samples, pods: usize) {
     assert_eq!(reply.exit_code, 0, "{who}: the probe succeeds: {reply:?}");
 }
 
-/// Removes the busy node's pod cgroups, left behind in every hierarchy once their containers
-/// are gone (kubelet removes its pods' cgroups itself).
-async fn remove_node_cgroups() {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
-    let mut roots: Vec<std::path::PathBuf> =
-        hierarchies.flatten().map(|h| h.path().join(NODE_CGROUP.trim_start_matches('/'))).collect();
-    // A v2 (unified) mount has the pods' cgroups right under it.
-    roots.push(std::path::Path::new("/sys/fs/cgroup").join(NODE_CGROUP.trim_start_matches('/')));
-    for _ in 0..20 {
-        let mut left = 0;
-        for root in &roots {
-            for pod in std::fs::read_dir(root).into_iter().flatten().flatten() {
-                if pod.path().is_dir() && std::fs::remove_dir(pod.path()).is_err() {
-                    left += 1;
-                }
-            }
-            if root.is_dir() && std::fs::remove_dir(root).is_err() {
-                left += 1;
-            }
-        }
-        if left == 0 {
-            return;
-        }
-        // A shim may still be reaping a container whose cgroup is inside.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("could not remove every cgroup under {NODE_CGROUP}");
-}
-
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     assert!(!sorted.is_empty() && p <= 100);
     // Nearest rank: the smallest sample with at least p% of the samples at or below it.
@@ -556,7 +527,7 @@ async fn main() {
         for id in containerd_pods {
             containerd.remove_pod(&id).await;
         }
-        remove_node_cgroups().await;
+        common::remove_cgroups_under(NODE_CGROUP).await;
     }
     crid.assert_no_leaks();
     containerd.assert_no_leaks();

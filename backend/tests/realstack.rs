@@ -2366,3 +2366,73 @@ async fn memory_returns_after_a_burst() {
     );
     crid.assert_no_leaks();
 }
+
+/// The pod stats of a node through the stock crictl, as kubelet's stats provider reads them:
+/// `crictl stats` (ListContainerStats) shows every running container with its CPU and memory
+/// usage, and `crictl statsp` (ListPodSandboxStats) every pod with its container's. The pods
+/// have cgroups of their own, as kubelet's do (containerd's CRI refuses a pod's stats without).
+async fn crictl_stats(cri: &mut Cri) {
+    let who = cri.kind.name();
+    let crictl = Crictl::of(cri);
+    let parent = format!("/{}", unique("crid-stats"));
+    cri.pull(&cri.image("busybox:latest")).await;
+    let mut running = HashMap::new();
+    for n in 0..3 {
+        let mut pod = cri.pod_config(&unique(&format!("stats{n}")));
+        let name = pod.metadata.as_ref().unwrap().name.clone();
+        pod.linux.get_or_insert_default().cgroup_parent = format!("{parent}/{name}");
+        let pod_id = cri.run_pod(&pod).await;
+        let id = cri.run_container(&pod_id, &pod, "app", &["sleep", "3600"]).await;
+        running.insert(pod_id, id);
+    }
+    let value = |v: &serde_json::Value| v["value"].as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+
+    let listed: serde_json::Value = serde_json::from_str(&crictl.run(&["stats", "-o", "json"], cri)).unwrap();
+    let stats = listed["stats"].as_array().unwrap_or_else(|| panic!("{who}: crictl stats: {listed}"));
+    let mut seen: Vec<&str> = stats.iter().filter_map(|s| s["attributes"]["id"].as_str()).collect();
+    seen.sort_unstable();
+    let mut want: Vec<&str> = running.values().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(seen, want, "{who}: crictl stats shows every running container: {listed}");
+    for stat in stats {
+        assert!(value(&stat["cpu"]["usageCoreNanoSeconds"]) > 0, "{who}: CPU usage: {stat}");
+        assert!(value(&stat["memory"]["workingSetBytes"]) > 0, "{who}: memory usage: {stat}");
+    }
+
+    let listed: serde_json::Value = serde_json::from_str(&crictl.run(&["statsp", "-o", "json"], cri)).unwrap();
+    let pods = listed["stats"].as_array().unwrap_or_else(|| panic!("{who}: crictl statsp: {listed}"));
+    assert_eq!(pods.len(), running.len(), "{who}: crictl statsp shows every pod: {listed}");
+    for pod in pods {
+        let pod_id = pod["attributes"]["id"].as_str().unwrap_or_default();
+        let container = running.get(pod_id).unwrap_or_else(|| panic!("{who}: a pod of the node: {pod}"));
+        let containers = pod["linux"]["containers"].as_array().unwrap_or_else(|| panic!("{who}: {pod}"));
+        assert_eq!(containers.len(), 1, "{who}: the pod's container: {pod}");
+        assert_eq!(containers[0]["attributes"]["id"].as_str(), Some(container.as_str()), "{who}: {pod}");
+        assert!(value(&containers[0]["cpu"]["usageCoreNanoSeconds"]) > 0, "{who}: {pod}");
+        assert!(value(&pod["linux"]["cpu"]["usageCoreNanoSeconds"]) > 0, "{who}: the pod's CPU usage: {pod}");
+        assert!(value(&pod["linux"]["memory"]["workingSetBytes"]) > 0, "{who}: the pod's memory usage: {pod}");
+    }
+
+    for pod_id in running.keys() {
+        cri.remove_pod(pod_id).await;
+    }
+    common::remove_cgroups_under(&parent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn crictl_stats_through_crid() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "stats", crid_binary()).await;
+    crictl_stats(&mut crid).await;
+    crid.assert_no_leaks();
+}
+
+/// The same stats from containerd's own CRI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn reference_crictl_stats_on_containerd_cri() {
+    let stack = stack();
+    let mut reference = Cri::reference(&stack, "stats").await;
+    crictl_stats(&mut reference).await;
+}

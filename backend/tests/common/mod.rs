@@ -155,6 +155,36 @@ pub fn crid_binary() -> &'static Path {
 
 /// A client binary the real-stack run provides (`ci/test` builds and exports them): a test that
 /// needs one fails, never passes, when it is missing.
+/// Removes the pod cgroups under `parent` (`/name`, as a pod's cgroup parent names its place
+/// in every hierarchy) and `parent` itself, once their containers are gone: kubelet removes
+/// its pods' cgroups itself, and neither runtime does.
+pub async fn remove_cgroups_under(parent: &str) {
+    let relative = parent.trim_start_matches('/');
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|h| h.path().join(relative)).collect();
+    // A v2 (unified) mount has the pods' cgroups right under it.
+    roots.push(Path::new("/sys/fs/cgroup").join(relative));
+    for _ in 0..50 {
+        let mut left = 0;
+        for root in &roots {
+            for pod in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                if pod.path().is_dir() && std::fs::remove_dir(pod.path()).is_err() {
+                    left += 1;
+                }
+            }
+            if root.is_dir() && std::fs::remove_dir(root).is_err() {
+                left += 1;
+            }
+        }
+        if left == 0 {
+            return;
+        }
+        // A shim may still be reaping a container whose cgroup is inside.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cgroups under {parent} are still there 5 s after their pods were removed");
+}
+
 pub fn client_from_env(var: &str, what: &str) -> PathBuf {
     let path =
         std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| panic!("{var} is not set: the path of {what}"));
