@@ -17,8 +17,8 @@
 //! Then what a kubelet asks of a busy node every few seconds (its pod lifecycle event
 //! generator's relist and its stats provider): with CRID_BENCH_NODE_PODS pods (default 10) each
 //! running one container on each runtime, ListPodSandbox, ListContainers, ListContainerStats,
-//! ListPodSandboxStats and an ExecSync probe (`true`) in one of its containers,
-//! CRID_BENCH_NODE_READS times each (default 50), the runtimes alternately.
+//! ListPodSandboxStats, an ExecSync probe (`true`) in one of its containers and one in every
+//! container at once, CRID_BENCH_NODE_READS times each (default 50), the runtimes alternately.
 //!
 //!   ci/bench-cri [ROUNDS] [--parallel N]        # brings the stack up, then runs this
 //!   CRID_BENCH_ROUNDS=20 CRID_BENCH_PARALLEL=5 cargo bench -p crid-backend --bench cri
@@ -52,8 +52,14 @@ const CALLS: [&str; 9] = [
 ];
 
 /// The reads of a busy node, in the order each round makes them.
-const NODE_READS: [&str; 5] =
-    ["ListPodSandbox", "ListContainers", "ListContainerStats", "ListPodSandboxStats", "ExecSync"];
+const NODE_READS: [&str; 6] = [
+    "ListPodSandbox",
+    "ListContainers",
+    "ListContainerStats",
+    "ListPodSandboxStats",
+    "ExecSync",
+    "ExecSync, every pod",
+];
 
 /// Latencies of one runtime: call name → samples.
 type Samples = BTreeMap<&'static str, Vec<Duration>>;
@@ -320,6 +326,18 @@ async fn node_reads(cri: &mut Cri, samples: &mut Samples, pods: usize) {
         .unwrap_or_else(|e| panic!("{who}: ExecSync: {e}"))
         .into_inner();
     assert_eq!(reply.exit_code, 0, "{who}: the probe succeeds: {reply:?}");
+    // Then one probe in every container at once, as a node's probes meet: the time until the
+    // last answers.
+    let probes = containers.iter().map(|container| {
+        let mut client = cri.runtime.clone();
+        let probe = ExecSyncRequest { container_id: container.id.clone(), cmd: vec!["true".into()], timeout: 10 };
+        async move { client.exec_sync(probe).await }
+    });
+    let replies = timed(samples, "ExecSync, every pod", futures::future::join_all(probes)).await;
+    for reply in replies {
+        let reply = reply.unwrap_or_else(|e| panic!("{who}: ExecSync: {e}")).into_inner();
+        assert_eq!(reply.exit_code, 0, "{who}: every probe succeeds: {reply:?}");
+    }
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
