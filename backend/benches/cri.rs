@@ -18,7 +18,9 @@
 //! generator's relist and its stats provider): with CRID_BENCH_NODE_PODS pods (default 10) each
 //! running one container on each runtime, ListPodSandbox, ListContainers, ListContainerStats,
 //! ListPodSandboxStats, an ExecSync probe (`true`) in one of its containers and one in every
-//! container at once, CRID_BENCH_NODE_READS times each (default 50), the runtimes alternately.
+//! container at once, CRID_BENCH_NODE_READS times each (default 50), the runtimes alternately;
+//! then CRID_BENCH_RESTARTS restarts of each runtime's daemon (default 3), timed from the new
+//! process's start until it lists the node's pods and containers as they were.
 //!
 //!   ci/bench-cri [ROUNDS] [--parallel N]        # brings the stack up, then runs this
 //!   CRID_BENCH_ROUNDS=20 CRID_BENCH_PARALLEL=5 cargo bench -p crid-backend --bench cri
@@ -340,6 +342,36 @@ async fn node_reads(cri: &mut Cri, samples: &mut Samples, pods: usize) {
     }
 }
 
+/// Polls `cri` until it lists the node's `pods` pods READY and their containers RUNNING; the
+/// time since `started` (the restarted daemon's start). A call refused meanwhile (the socket not
+/// there yet, a runtime still recovering) is polled again.
+async fn until_recovered(cri: &mut Cri, pods: usize, started: Instant) -> Duration {
+    let who = cri.kind.name();
+    let deadline = started + Duration::from_secs(60);
+    let socket = cri.socket();
+    let mut client = RuntimeServiceClient::new(common::connect(&socket).await);
+    loop {
+        let sandboxes = client.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await;
+        let containers = client.list_containers(ListContainersRequest { filter: None }).await;
+        if let (Ok(sandboxes), Ok(containers)) = (sandboxes, containers) {
+            let ready =
+                sandboxes.into_inner().items.iter().filter(|s| s.state == PodSandboxState::SandboxReady as i32).count();
+            let running = containers
+                .into_inner()
+                .containers
+                .iter()
+                .filter(|c| c.state == ContainerState::ContainerRunning as i32)
+                .count();
+            if (ready, running) == (pods, pods) {
+                cri.runtime = client;
+                return started.elapsed();
+            }
+        }
+        assert!(Instant::now() < deadline, "{who}: the node's pods are not back 60 s after a restart");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     assert!(!sorted.is_empty() && p <= 100);
     // Nearest rank: the smallest sample with at least p% of the samples at or below it.
@@ -539,6 +571,32 @@ async fn main() {
             }
         }
         report_node_reads(pods, reads, &a, &b);
+        // A restart of each runtime's daemon with the node running: crid killed and started
+        // again (its containerd stays), containerd's stopped and started again (its CRI lives in
+        // it); the time from the new process's start until it lists every pod READY and every
+        // container RUNNING.
+        let restarts: usize = std::env::var("CRID_BENCH_RESTARTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+        let (mut crid_restarts, mut containerd_restarts) = (vec![], vec![]);
+        for _ in 0..restarts {
+            crid.kill9();
+            let started = Instant::now();
+            crid.spawn(common::crid_binary()).await;
+            crid_restarts.push(until_recovered(&mut crid, pods, started).await);
+            let started = common::restart_reference_containerd(&stack);
+            containerd_restarts.push(until_recovered(&mut containerd, pods, started).await);
+        }
+        if restarts > 0 {
+            crid_restarts.sort();
+            containerd_restarts.sort();
+            let (a, b) = (percentile(&crid_restarts, 50), percentile(&containerd_restarts, 50));
+            println!(
+                "{:<20} {:>10.1} {:>12.1} {:>7.2}x   (restart until the node is listed again, median of {restarts})",
+                "restart",
+                ms(a),
+                ms(b),
+                ms(a) / ms(b)
+            );
+        }
         for id in crid_pods {
             crid.remove_pod(&id).await;
         }

@@ -49,7 +49,20 @@ pub fn stack() -> Stack {
 /// Restarts the stack's containerd (its shims, and so the containers, live on), as an upgrade
 /// or a crash of containerd would, and waits until it answers again.
 pub fn restart_containerd(stack: &Stack) {
-    let pid_file = stack.dir.join("containerd.pid");
+    restart_daemon(stack, "containerd.pid", "containerd/config.toml", "containerd.log", &stack.containerd_address);
+}
+
+/// Restarts the reference containerd, and with it containerd's CRI, as above. Returns when
+/// the new process was started.
+pub fn restart_reference_containerd(stack: &Stack) -> Instant {
+    restart_daemon(stack, "ref.pid", "ref/config.toml", "reference-containerd.log", &stack.reference_address)
+}
+
+/// SIGTERM to the containerd whose pid is in `pid_file` (under the stack's directory), then a
+/// new one with `config`, logging to `log`: returns when the new process was started, once it
+/// answers on `address`.
+fn restart_daemon(stack: &Stack, pid_file: &str, config: &str, log: &str, address: &str) -> Instant {
+    let pid_file = stack.dir.join(pid_file);
     let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -62,9 +75,9 @@ pub fn restart_containerd(stack: &Stack) {
         assert!(Instant::now() < deadline, "containerd ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log =
-        std::fs::OpenOptions::new().create(true).append(true).open(stack.dir.join("logs/containerd.log")).unwrap();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(stack.dir.join("logs").join(log)).unwrap();
     // setsid: the new containerd must outlive this test process, as the first one did.
+    let started = Instant::now();
     #[expect(
         clippy::zombie_processes,
         reason = "the restarted containerd outlives the test; ci/realstack down stops it"
@@ -72,7 +85,7 @@ pub fn restart_containerd(stack: &Stack) {
     let child = Command::new("setsid")
         .arg("containerd")
         .arg("--config")
-        .arg(stack.dir.join("containerd/config.toml"))
+        .arg(stack.dir.join(config))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -80,14 +93,11 @@ pub fn restart_containerd(stack: &Stack) {
         .expect("restart containerd");
     std::fs::write(&pid_file, child.id().to_string()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !Command::new("ctr")
-        .args(["--address", &stack.containerd_address, "version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    while !Command::new("ctr").args(["--address", address, "version"]).output().is_ok_and(|o| o.status.success()) {
         assert!(Instant::now() < deadline, "containerd did not come back");
         std::thread::sleep(Duration::from_millis(100));
     }
+    started
 }
 
 /// Which runtime a `Cri` drives.
