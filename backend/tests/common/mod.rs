@@ -163,8 +163,6 @@ pub fn crid_binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_crid"))
 }
 
-/// A client binary the real-stack run provides (`ci/test` builds and exports them): a test that
-/// needs one fails, never passes, when it is missing.
 /// Removes the pod cgroups under `parent` (`/name`, as a pod's cgroup parent names its place
 /// in every hierarchy) and `parent` itself, once their containers are gone: kubelet removes
 /// its pods' cgroups itself, and neither runtime does.
@@ -195,6 +193,8 @@ pub async fn remove_cgroups_under(parent: &str) {
     panic!("cgroups under {parent} are still there 5 s after their pods were removed");
 }
 
+/// A client binary the real-stack run provides (`ci/test` builds and exports them): a test that
+/// needs one fails, never passes, when it is missing.
 pub fn client_from_env(var: &str, what: &str) -> PathBuf {
     let path =
         std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| panic!("{var} is not set: the path of {what}"));
