@@ -522,7 +522,6 @@ impl Config {
         resources
     }
 
-    /// The snapshotter for a runtime handler: its own, else the global one.
     /// The runtime type of `handler`. A sandbox keeps its handler's name; a restart with a
     /// config that no longer has it fails the calls that need it, not the daemon.
     pub fn runtime_type_for(&self, handler: &str) -> crate::Result<String> {
@@ -533,6 +532,7 @@ impl Config {
             .ok_or_else(|| crate::Error::precondition(format!("runtime handler {handler:?} is not configured")))
     }
 
+    /// The snapshotter for a runtime handler: its own, else the global one.
     pub fn snapshotter_for(&self, handler: &str) -> String {
         match self.containerd.runtimes.get(handler) {
             Some(runtime) if !runtime.snapshotter.is_empty() => runtime.snapshotter.clone(),

@@ -320,6 +320,13 @@ async fn node_reads(cri: &mut Cri, samples: &mut Samples, pods: usize) {
     for stat in &stats {
         let containers = stat.linux.as_ref().map_or(0, |linux| linux.containers.len());
         assert_eq!(containers, 1, "{who}: a pod's stats carry its container's: {stat:?}");
+        // Both read the pod's cgroup and its interface: the same work on both sides.
+        let linux = stat.linux.as_ref().expect("linux stats");
+        let interface = linux.network.as_ref().and_then(|network| network.default_interface.as_ref());
+        assert!(
+            interface.is_some_and(|interface| interface.name == "eth0") && linux.process.is_some(),
+            "{who}: a pod's stats carry its network and process usage: {stat:?}"
+        );
     }
     // An exec probe, as kubelet runs one per container every few seconds.
     let probe = ExecSyncRequest { container_id: containers[0].id.clone(), cmd: vec!["true".into()], timeout: 10 };

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use crid::error::{Error, Result};
+use crid::error::{Error, ErrorKind, Result};
 use crid::ports::{Cni, CniResult, IpConfig, PodNetwork};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -469,6 +469,57 @@ fn set_link_up(index: u32) -> Result<()> {
             }
         },
         other => Err(Error::internal(format!("unexpected reply to RTM_SETLINK: {other:?}"))),
+    }
+}
+
+/// The counters of the link `name` of the calling thread's network namespace, from one
+/// RTM_GETLINK request (the kernel's 64-bit counters).
+pub(crate) fn link_stats(name: &str) -> Result<crid::ports::InterfaceStats> {
+    use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+
+    let mut link = LinkMessage::default();
+    link.attributes.push(LinkAttribute::IfName(name.to_string()));
+    let mut request =
+        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetLink(link)));
+    request.header.flags = NLM_F_REQUEST;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut buf = vec![0; request.header.length as usize];
+    request.serialize(&mut buf);
+
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).io_context("netlink socket")?;
+    socket.bind_auto().io_context("bind netlink socket")?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0)).io_context("connect netlink socket")?;
+    socket.send(&buf, 0).io_context("send RTM_GETLINK")?;
+    // A link's message with every attribute is a few kilobytes; the kernel truncates a reply
+    // that does not fit, so the buffer is generous.
+    let mut reply = Vec::with_capacity(64 * 1024);
+    let len = socket.recv(&mut reply, 0).io_context("receive RTM_GETLINK's reply")?;
+    let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
+        .map_err(|e| Error::internal(format!("unreadable RTM_GETLINK reply: {e}")))?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => link
+            .attributes
+            .iter()
+            .find_map(|attribute| match attribute {
+                LinkAttribute::Stats64(stats) => Some(crid::ports::InterfaceStats {
+                    rx_bytes: stats.rx_bytes,
+                    rx_errors: stats.rx_errors,
+                    tx_bytes: stats.tx_bytes,
+                    tx_errors: stats.tx_errors,
+                }),
+                _ => None,
+            })
+            .ok_or_else(|| Error::internal(format!("link {name} has no counters"))),
+        NetlinkPayload::Error(error) => {
+            let code = error.code.map(|code| -code.get()).unwrap_or(0);
+            let errno = std::io::Error::from_raw_os_error(code);
+            let kind = if code == libc::ENODEV { ErrorKind::NotFound } else { ErrorKind::Internal };
+            Err(Error::new(kind, format!("link {name}: {errno}")).with_source(errno))
+        }
+        other => Err(Error::internal(format!("unexpected reply to RTM_GETLINK: {other:?}"))),
     }
 }
 

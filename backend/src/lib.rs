@@ -4,6 +4,7 @@
 //!
 //! This crate is production code only: the simulator never depends on it.
 
+pub mod cgroup;
 pub mod clock;
 pub mod cni;
 pub mod containerd;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use crid::error::{Error, Result};
 use crid::ports::os::{DirEntry, HostPath};
-use crid::ports::{ByteReader, ByteWriter, Os};
+use crid::ports::{ByteReader, ByteWriter, CgroupStats, InterfaceStats, Os};
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::errors::{IoContext, from_errno};
@@ -321,6 +321,21 @@ impl Os for LinuxOs {
         let stream = tokio::net::TcpStream::from_std(stream).io_context("register the forwarded socket")?;
         let (reader, writer) = stream.into_split();
         Ok((Box::new(reader), Box::new(writer)))
+    }
+
+    async fn interface_stats(&self, netns_path: &str, name: &str) -> Result<InterfaceStats> {
+        if netns_path.is_empty() {
+            // in_netns would read the host's interface of that name, not a pod's.
+            return Err(Error::invalid("interface stats: no network namespace named"));
+        }
+        let (netns_path, name) = (netns_path.to_string(), name.to_string());
+        blocking(move || in_netns(&netns_path, move || crate::cni::link_stats(&name))).await
+    }
+
+    async fn cgroup_stats(&self, cgroup_parent: &str, systemd: bool) -> Result<CgroupStats> {
+        let cgroup_parent = cgroup_parent.to_string();
+        blocking(move || crate::cgroup::stats_under(Path::new(crate::cgroup::CGROUP_ROOT), &cgroup_parent, systemd))
+            .await
     }
 
     async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()> {

@@ -2397,6 +2397,22 @@ async fn crictl_stats(cri: &mut Cri) {
     for stat in stats {
         assert!(value(&stat["cpu"]["usageCoreNanoSeconds"]) > 0, "{who}: CPU usage: {stat}");
         assert!(value(&stat["memory"]["workingSetBytes"]) > 0, "{who}: memory usage: {stat}");
+        // The rate kubelet reads as current use: 0 on a first read (and for a sleeping
+        // container), but there.
+        assert!(stat["cpu"]["usageNanoCores"]["value"].is_string(), "{who}: CPU rate: {stat}");
+    }
+    // What each pod's interface counted so far, as the container sees it in its own sysfs:
+    // read before the pod stats, so the stats count at least as much.
+    let mut counted = HashMap::new();
+    for (pod_id, id) in &running {
+        let mut bytes = Vec::new();
+        for direction in ["rx", "tx"] {
+            let path = format!("/sys/class/net/eth0/statistics/{direction}_bytes");
+            let (code, out) = cri.exec(id, &["cat", &path]).await;
+            assert_eq!(code, 0, "{who}: {direction} bytes inside the container: {out}");
+            bytes.push(out.trim().parse::<u64>().unwrap_or_else(|_| panic!("{who}: {path}: {out:?}")));
+        }
+        counted.insert(pod_id.clone(), (bytes[0], bytes[1]));
     }
 
     let listed: serde_json::Value = serde_json::from_str(&crictl.run(&["statsp", "-o", "json"], cri)).unwrap();
@@ -2411,6 +2427,21 @@ async fn crictl_stats(cri: &mut Cri) {
         assert!(value(&containers[0]["cpu"]["usageCoreNanoSeconds"]) > 0, "{who}: {pod}");
         assert!(value(&pod["linux"]["cpu"]["usageCoreNanoSeconds"]) > 0, "{who}: the pod's CPU usage: {pod}");
         assert!(value(&pod["linux"]["memory"]["workingSetBytes"]) > 0, "{who}: the pod's memory usage: {pod}");
+        // The pod's usage is its cgroup's, which holds the pause process besides the container
+        // (and counts the exec above): more than the container's own.
+        assert!(
+            value(&pod["linux"]["cpu"]["usageCoreNanoSeconds"]) > value(&containers[0]["cpu"]["usageCoreNanoSeconds"]),
+            "{who}: the pod's CPU time counts its pause process: {pod}"
+        );
+        assert!(pod["linux"]["cpu"]["usageNanoCores"]["value"].is_string(), "{who}: the pod's CPU rate: {pod}");
+        assert!(value(&pod["linux"]["process"]["processCount"]) >= 1, "{who}: the pod's processes: {pod}");
+        let interface = &pod["linux"]["network"]["defaultInterface"];
+        assert_eq!(interface["name"].as_str(), Some("eth0"), "{who}: the pod's interface: {pod}");
+        let (rx, tx) = counted[pod_id];
+        assert!(
+            value(&interface["rxBytes"]) >= rx && value(&interface["txBytes"]) >= tx,
+            "{who}: the pod's network usage counts what its interface did ({rx} bytes in, {tx} out): {pod}"
+        );
     }
 
     for pod_id in running.keys() {

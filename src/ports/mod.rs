@@ -15,7 +15,7 @@ pub mod stream;
 pub use clock::{Clock, timeout};
 pub use cni::{Cni, CniResult, IpConfig, PodNetwork, PortMapping};
 pub use containerd::*;
-pub use os::Os;
+pub use os::{CgroupStats, InterfaceStats, Os};
 pub use registry::{ImageConfigRead, ProgressFn, Registry, RegistryAuth, ResolvedImage, ResolvedManifest};
 pub use stream::{
     ByteReader, ByteWriter, ClientStreams, ProcessIo, SessionEnd, StreamHandler, StreamRequest, StreamServer,

@@ -25,6 +25,32 @@ pub struct HostPath {
     pub slave: bool,
 }
 
+/// What the kernel counts for a cgroup and everything under it: a pod's cgroup in the pod's
+/// stats, which holds its pause process, its exec processes and the CPU time of containers
+/// that have exited, none of which any one task's metrics carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    pub cpu_usage_core_ns: u64,
+    pub memory_usage_bytes: u64,
+    /// Usage less the inactive file cache the kernel can drop: what kubelet evicts by.
+    pub memory_working_set_bytes: u64,
+    pub memory_rss_bytes: u64,
+    pub memory_page_faults: u64,
+    pub memory_major_page_faults: u64,
+    /// The processes in the cgroup and its descendants; None when the host does not count
+    /// them (no pids controller).
+    pub process_count: Option<u64>,
+}
+
+/// A network interface's counters since it was created.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceStats {
+    pub rx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+}
+
 #[async_trait]
 pub trait Os: Send + Sync + 'static {
     async fn mkdir_all(&self, path: &str) -> Result<()>;
@@ -53,6 +79,16 @@ pub trait Os: Send + Sync + 'static {
     /// Connects to TCP `port` on the loopback of the network namespace at `netns_path` (the
     /// host's when empty): the upstream of a port-forward. Unavailable when nothing listens.
     async fn dial_port(&self, netns_path: &str, port: u16) -> Result<(ByteReader, ByteWriter)>;
+
+    /// The counters of the interface `name` in the network namespace at `netns_path`.
+    /// NotFound when the namespace or the interface does not exist.
+    async fn interface_stats(&self, netns_path: &str, name: &str) -> Result<InterfaceStats>;
+
+    /// The usage counted by the cgroup a pod's cgroup parent names: a path under the
+    /// hierarchy's root for the cgroupfs driver, or a slice (`kubepods-besteffort-pod1.slice`,
+    /// or a path whose last element is one) when `systemd` (the pod's runtime handler uses
+    /// runc's systemd driver). NotFound when the host has no such cgroup.
+    async fn cgroup_stats(&self, cgroup_parent: &str, systemd: bool) -> Result<CgroupStats>;
 
     /// Mounts a tmpfs for the pod's /dev/shm.
     async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()>;

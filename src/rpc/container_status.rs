@@ -302,7 +302,9 @@ impl CriService {
             cpu: metrics.map(|m| CpuUsage {
                 timestamp: m.timestamp_ns,
                 usage_core_nano_seconds: Some(UInt64Value { value: m.cpu_usage_core_ns }),
-                usage_nano_cores: None,
+                usage_nano_cores: Some(UInt64Value {
+                    value: container.cpu_rate.nano_cores(m.cpu_usage_core_ns, m.timestamp_ns),
+                }),
             }),
             memory: metrics.map(|m| MemoryUsage {
                 timestamp: m.timestamp_ns,

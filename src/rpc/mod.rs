@@ -9,5 +9,6 @@ pub mod image_pull;
 pub mod image_service;
 pub mod runtime;
 pub mod sandbox_run;
+pub mod sandbox_stats;
 pub mod sandbox_status;
 pub mod sandbox_stop;

@@ -1,20 +1,17 @@
-//! PodSandboxStatus, ListPodSandbox and the sandbox stats RPCs: reads of the store.
+//! PodSandboxStatus and ListPodSandbox: reads of the store.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_cri::v1::{
-    ContainerStats, ListPodSandboxRequest, ListPodSandboxResponse, ListPodSandboxStatsRequest,
-    ListPodSandboxStatsResponse, PodSandbox, PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse,
-    PodSandboxStatus, PodSandboxStatusRequest, PodSandboxStatusResponse,
+    ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox, PodSandboxStatus, PodSandboxStatusRequest,
+    PodSandboxStatusResponse,
 };
 
 use crate::error::Result;
 use crate::events::{PodSandboxStatusView, sandbox_cri_state as cri_state};
 use crate::naming::{labels_match, sorted};
-use crate::ports::TaskMetrics;
 use crate::service::CriService;
-use crate::store::{Container, Sandbox, SandboxState};
+use crate::store::Sandbox;
 
 impl CriService {
     pub(crate) fn sandbox_status_message(&self, sandbox: &Arc<Sandbox>) -> PodSandboxStatus {
@@ -80,86 +77,5 @@ impl CriService {
             })
             .collect();
         Ok(ListPodSandboxResponse { items })
-    }
-
-    /// The stats of `sandbox` from its containers' and their tasks' metrics, by task id.
-    fn sandbox_stats(
-        &self,
-        sandbox: &Sandbox,
-        containers: &[Arc<Container>],
-        metrics: &BTreeMap<String, TaskMetrics>,
-    ) -> PodSandboxStats {
-        let containers: Vec<ContainerStats> =
-            containers.iter().map(|c| self.container_stats_with(c, metrics.get(c.id.as_str()))).collect();
-        let cpu_total: u64 =
-            containers.iter().filter_map(|c| c.cpu.as_ref()?.usage_core_nano_seconds.as_ref().map(|v| v.value)).sum();
-        let memory_total: u64 =
-            containers.iter().filter_map(|c| c.memory.as_ref()?.working_set_bytes.as_ref().map(|v| v.value)).sum();
-        let now = self.now_ns();
-        PodSandboxStats {
-            attributes: Some(k8s_cri::v1::PodSandboxAttributes {
-                id: sandbox.id.to_string(),
-                metadata: sandbox.config.metadata.clone(),
-                labels: sandbox.config.labels.clone(),
-                annotations: sandbox.config.annotations.clone(),
-            }),
-            linux: Some(k8s_cri::v1::LinuxPodSandboxStats {
-                cpu: Some(k8s_cri::v1::CpuUsage {
-                    timestamp: now,
-                    usage_core_nano_seconds: Some(k8s_cri::v1::UInt64Value { value: cpu_total }),
-                    usage_nano_cores: None,
-                }),
-                memory: Some(k8s_cri::v1::MemoryUsage {
-                    timestamp: now,
-                    working_set_bytes: Some(k8s_cri::v1::UInt64Value { value: memory_total }),
-                    ..Default::default()
-                }),
-                containers,
-                ..Default::default()
-            }),
-            windows: None,
-        }
-    }
-
-    pub async fn pod_sandbox_stats(
-        self: &Arc<Self>,
-        request: PodSandboxStatsRequest,
-    ) -> Result<PodSandboxStatsResponse> {
-        self.check_initialized()?;
-        let sandbox = self.sandboxes.get(&request.pod_sandbox_id)?;
-        let containers = self.containers.in_group(&sandbox.id);
-        let metrics = self.running_tasks_metrics(&containers).await;
-        Ok(PodSandboxStatsResponse { stats: Some(self.sandbox_stats(&sandbox, &containers, &metrics)) })
-    }
-
-    pub async fn list_pod_sandbox_stats(
-        self: &Arc<Self>,
-        request: ListPodSandboxStatsRequest,
-    ) -> Result<ListPodSandboxStatsResponse> {
-        self.check_initialized()?;
-        let filter = request.filter.unwrap_or_default();
-        let candidates = if filter.id.is_empty() {
-            self.sandboxes.list()
-        } else {
-            self.sandboxes.get(&filter.id).into_iter().collect()
-        };
-        // Only READY sandboxes have stats to list, as in containerd; PodSandboxStats still
-        // answers for one that is not.
-        let pods: Vec<(Arc<Sandbox>, Vec<Arc<Container>>)> = candidates
-            .into_iter()
-            .filter(|s| {
-                s.status().state == SandboxState::Ready
-                    && labels_match(&filter.label_selector, &sorted(&s.config.labels))
-            })
-            .map(|sandbox| {
-                let containers = self.containers.in_group(&sandbox.id);
-                (sandbox, containers)
-            })
-            .collect();
-        // Every pod's tasks in the same few requests, not a round of requests per pod.
-        let metrics = self.running_tasks_metrics(pods.iter().flat_map(|(_, containers)| containers)).await;
-        let stats =
-            pods.iter().map(|(sandbox, containers)| self.sandbox_stats(sandbox, containers, &metrics)).collect();
-        Ok(ListPodSandboxStatsResponse { stats })
     }
 }

@@ -127,6 +127,8 @@ pub struct Container {
     /// task right after recording the exit, and a RemoveContainer that follows at once waits
     /// for that delete instead of sending a second one into the shim.
     pub exited_task_deleted: tokio::sync::Mutex<bool>,
+    /// The last CPU reading of its stats, for `usage_nano_cores`.
+    pub cpu_rate: super::CpuRate,
 }
 
 impl Container {
@@ -144,6 +146,7 @@ impl Container {
             stopped: watch::channel(stopped).0,
             stop_signaled: Default::default(),
             exited_task_deleted: tokio::sync::Mutex::new(false),
+            cpu_rate: Default::default(),
         }
     }
 

@@ -2,12 +2,14 @@
 //! registrars. Stores are `BTreeMap`s so that listing order never depends on hashing.
 
 pub mod container;
+pub mod cpu_rate;
 pub mod image;
 pub mod registrar;
 pub mod sandbox;
 pub mod table;
 
 pub use container::{Container, ContainerMetadata, ContainerState, ContainerStatus};
+pub use cpu_rate::CpuRate;
 pub use image::{Image, ImageStore};
 pub use registrar::Registrar;
 pub use sandbox::{Sandbox, SandboxMetadata, SandboxState, SandboxStatus};

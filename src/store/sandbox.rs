@@ -78,6 +78,8 @@ pub struct Sandbox {
     /// it: Stop's DEL still runs, since a closed netns does not say that the plugins freed the
     /// address.
     netns_gone: std::sync::atomic::AtomicBool,
+    /// The last CPU reading of the pod's stats, for `usage_nano_cores`.
+    pub cpu_rate: super::CpuRate,
 }
 
 impl Sandbox {
@@ -93,6 +95,7 @@ impl Sandbox {
             stopped: watch::channel(already_stopped).0,
             network_torn_down: std::sync::atomic::AtomicBool::new(false),
             netns_gone: std::sync::atomic::AtomicBool::new(false),
+            cpu_rate: Default::default(),
         }
     }
 

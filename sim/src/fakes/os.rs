@@ -15,7 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use crid::error::{Error, ErrorKind, Result};
-use crid::ports::os::{DirEntry, HostPath, Os};
+use crid::ports::os::{CgroupStats, DirEntry, HostPath, InterfaceStats, Os};
 use crid::ports::{ByteReader, ByteWriter};
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
@@ -55,6 +55,10 @@ struct OsState {
     /// systemd makes it.
     private_mounts: BTreeSet<String>,
     disk_full: bool,
+    /// What a test made a cgroup parent count; any other parent has no cgroup.
+    cgroups: BTreeMap<String, CgroupStats>,
+    /// What a test made an interface of a network namespace count, by (netns, name).
+    interfaces: BTreeMap<(String, String), InterfaceStats>,
     own_oom_score_adj: i32,
     capabilities: Vec<String>,
 }
@@ -189,6 +193,8 @@ impl FakeOs {
                 netns: Arc::default(),
                 mounts: BTreeMap::new(),
                 disk_full: false,
+                cgroups: BTreeMap::new(),
+                interfaces: BTreeMap::new(),
                 own_oom_score_adj: 0,
                 capabilities: crid::ports::os::CAPABILITY_NAMES.iter().map(|cap| cap.to_string()).collect(),
             }),
@@ -214,6 +220,17 @@ impl FakeOs {
     // ---- knobs ----
 
     /// While set, every write fails with ResourceExhausted (ENOSPC).
+    /// Makes the cgroup `cgroup_parent` names count `stats` (the stats reads are not fault
+    /// sites: no scenario's kubelet reads stats, and a test fails a read by leaving it unset).
+    pub fn set_cgroup_stats(&self, cgroup_parent: &str, stats: CgroupStats) {
+        self.state().cgroups.insert(cgroup_parent.to_string(), stats);
+    }
+
+    /// Makes the interface `name` of the network namespace at `netns_path` count `stats`.
+    pub fn set_interface_stats(&self, netns_path: &str, name: &str, stats: InterfaceStats) {
+        self.state().interfaces.insert((normalize(netns_path), name.to_string()), stats);
+    }
+
     pub fn set_disk_full(&self, full: bool) {
         self.state().disk_full = full;
     }
@@ -533,6 +550,27 @@ impl Os for FakeOs {
             Ok((Box::new(reader) as ByteReader, Box::new(writer) as ByteWriter))
         })();
         after.finish(result).await
+    }
+
+    async fn interface_stats(&self, netns_path: &str, name: &str) -> Result<InterfaceStats> {
+        let netns = normalize(netns_path);
+        let state = self.state();
+        if !state.netns.contains(&netns) {
+            return Err(Error::not_found(format!("netns {netns}: no such file or directory")));
+        }
+        state
+            .interfaces
+            .get(&(netns, name.to_string()))
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("link {name}: no such device")))
+    }
+
+    async fn cgroup_stats(&self, cgroup_parent: &str, _systemd: bool) -> Result<CgroupStats> {
+        self.state()
+            .cgroups
+            .get(cgroup_parent)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("cgroup {cgroup_parent}: no such file or directory")))
     }
 
     async fn mount_shm(&self, path: &str, size_bytes: u64) -> Result<()> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::*;
 use crid::Config;
 use crid::ErrorKind;
-use crid::ports::{Resources, SnapshotUsage, StreamRequest, TaskState};
+use crid::ports::{CgroupStats, InterfaceStats, Resources, SnapshotUsage, StreamRequest, TaskState};
 use crid_sim::fakes::FaultAction;
 use crid_sim::fakes::clock::virtual_now;
 use k8s_cri::v1::*;
@@ -962,6 +962,102 @@ async fn stats_of_a_node_take_a_few_metrics_requests() {
         (1..10).contains(&without),
         "only the containers of the failed request lack their usage: {without} of 10 do"
     );
+}
+
+/// A pod's stats are what the host counts for it: its cgroup's CPU, memory and processes
+/// (the pause process and every exec included, which no task's metrics carry) and its
+/// interface's counters; each CPU figure carries its rate since the last read (0 on the
+/// first). A pod without a cgroup parent gets its containers' sum, and one whose cgroup or
+/// interface cannot be read is listed still, without what is missing.
+#[madsim::test]
+async fn pod_stats_are_what_the_host_counts_for_the_pod() {
+    const SECOND_NS: u64 = 1_000_000_000;
+    let node = Node::start().await;
+    node.pull(BUSYBOX_IMAGE).await;
+    let parent = "/kubepods/besteffort/podcounted";
+    let mut config = pod_config("counted");
+    config.linux = Some(LinuxPodSandboxConfig { cgroup_parent: parent.into(), ..Default::default() });
+    let pod = node.run_pod_with(config).await;
+    let container = node.create(&pod, "counted", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.start_container(&container).await;
+    let netns = node.pod_verbose_info(&pod).await["netNamespacePath"].as_str().expect("netns path").to_string();
+    let (bare_pod, _) = node.pod_with_running("bare", &["sleep", "inf"]).await;
+
+    let cgroup = |cpu_s: u64| CgroupStats {
+        cpu_usage_core_ns: cpu_s * SECOND_NS,
+        memory_usage_bytes: 8 << 20,
+        memory_working_set_bytes: 6 << 20,
+        memory_rss_bytes: 4 << 20,
+        memory_page_faults: 100,
+        memory_major_page_faults: 2,
+        process_count: Some(3),
+    };
+    node.world.os.set_cgroup_stats(parent, cgroup(2));
+    let counters = InterfaceStats { rx_bytes: 1000, rx_errors: 1, tx_bytes: 500, tx_errors: 0 };
+    node.world.os.set_interface_stats(&netns, "eth0", counters);
+    sleep(Duration::from_secs(3)).await;
+
+    let read = || async {
+        let stats = node.svc.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await;
+        stats.unwrap().stats.unwrap().linux.unwrap()
+    };
+    let value = |v: &Option<UInt64Value>| v.as_ref().map(|v| v.value);
+    let first = read().await;
+    let cpu = first.cpu.as_ref().unwrap();
+    assert_eq!(value(&cpu.usage_core_nano_seconds), Some(2 * SECOND_NS), "the pod's CPU time is its cgroup's");
+    assert_eq!(value(&cpu.usage_nano_cores), Some(0), "a first read has no rate yet");
+    let memory = first.memory.as_ref().unwrap();
+    assert_eq!(
+        [
+            &memory.usage_bytes,
+            &memory.working_set_bytes,
+            &memory.rss_bytes,
+            &memory.page_faults,
+            &memory.major_page_faults
+        ]
+        .map(value),
+        [Some(8 << 20), Some(6 << 20), Some(4 << 20), Some(100), Some(2)],
+        "the pod's memory is its cgroup's"
+    );
+    assert_eq!(value(&first.process.as_ref().unwrap().process_count), Some(3));
+    let interface = first.network.as_ref().unwrap().default_interface.as_ref().unwrap();
+    assert_eq!(interface.name, "eth0");
+    assert_eq!(
+        [&interface.rx_bytes, &interface.rx_errors, &interface.tx_bytes, &interface.tx_errors].map(value),
+        [Some(1000), Some(1), Some(500), Some(0)]
+    );
+    let container_cpu = |linux: &LinuxPodSandboxStats| {
+        let cpu = linux.containers[0].cpu.unwrap();
+        (value(&cpu.usage_core_nano_seconds).unwrap(), cpu.timestamp, value(&cpu.usage_nano_cores).unwrap())
+    };
+    let (used_before, at_before, rate) = container_cpu(&first);
+    assert_eq!(rate, 0, "a container's first read has no rate yet");
+
+    // Five seconds of CPU in the next ten: half a core.
+    sleep(Duration::from_secs(10)).await;
+    node.world.os.set_cgroup_stats(parent, cgroup(7));
+    let listed = node.svc.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None }).await.unwrap().stats;
+    assert_eq!(listed.len(), 2, "both pods are listed");
+    let second = listed.iter().find(|s| s.attributes.as_ref().unwrap().id == pod).unwrap().linux.clone().unwrap();
+    let pod_rate = value(&second.cpu.as_ref().unwrap().usage_nano_cores).unwrap();
+    // The window is the ten seconds and the calls' own simulated latency.
+    assert!(
+        (450_000_000..=500_000_000).contains(&pod_rate),
+        "5 s of CPU over about 10 s is about half a core: {pod_rate}"
+    );
+    let (used_after, at_after, rate) = container_cpu(&second);
+    let expected = (used_after - used_before) * SECOND_NS / (at_after - at_before) as u64;
+    assert!(rate > 0 && rate == expected, "the container's rate is its CPU time over the window: {rate}, {expected}");
+
+    // No cgroup parent: the containers' sum, no process count; no interface counted: no
+    // network usage. Both are still listed.
+    let bare = listed.iter().find(|s| s.attributes.as_ref().unwrap().id == bare_pod).unwrap().linux.clone().unwrap();
+    assert_eq!(
+        value(&bare.cpu.as_ref().unwrap().usage_core_nano_seconds),
+        value(&bare.containers[0].cpu.as_ref().unwrap().usage_core_nano_seconds),
+        "without a cgroup a pod's usage is its containers'"
+    );
+    assert!(bare.process.is_none() && bare.network.is_none(), "nothing counted, nothing made up: {bare:?}");
 }
 
 #[madsim::test]

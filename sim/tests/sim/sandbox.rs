@@ -494,8 +494,10 @@ async fn port_forward_needs_a_ready_pod() {
     assert_eq!(err_kind(stopped), ErrorKind::FailedPrecondition);
 }
 
+/// A pod without a cgroup parent (whose stats containerd refuses) has no cgroup of its own to
+/// read: its usage is the sum of its containers'.
 #[madsim::test]
-async fn pod_sandbox_stats_sum_the_containers() {
+async fn pod_sandbox_stats_without_a_cgroup_parent_sum_the_containers() {
     let node = Node::start().await;
     let (pod, container) = node.pod_with_running("stats", &["sleep", "inf"]).await;
     let other = node.run_pod("quiet").await;
