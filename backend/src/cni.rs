@@ -278,18 +278,33 @@ impl RealCni {
         self.cache_dir.join(format!("{sandbox_id}.json"))
     }
 
-    fn read_cache(&self, sandbox_id: &str) -> Option<CachedAttachment> {
-        let bytes = std::fs::read(self.cache_path(sandbox_id)).ok()?;
+    // The cache's small files are read and written on a blocking thread, as every other file
+    // of crid's is: the async work runs on one thread, which a slow disk must not hold.
+    async fn read_cache(&self, sandbox_id: &str) -> Option<CachedAttachment> {
+        let path = self.cache_path(sandbox_id);
+        let bytes = crate::os::blocking(move || Ok(std::fs::read(path).ok())).await.ok().flatten()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    fn write_cache(&self, sandbox_id: &str, attachment: &CachedAttachment) -> Result<()> {
-        std::fs::create_dir_all(&self.cache_dir).io_context(format!("mkdir {}", self.cache_dir.display()))?;
+    async fn write_cache(&self, sandbox_id: &str, attachment: &CachedAttachment) -> Result<()> {
         let bytes = serde_json::to_vec(attachment).map_err(|e| Error::internal(e.to_string()))?;
+        let (dir, path) = (self.cache_dir.clone(), self.cache_path(sandbox_id));
+        crate::os::blocking(move || {
+            std::fs::create_dir_all(&dir).io_context(format!("mkdir {}", dir.display()))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes).io_context("write CNI cache")?;
+            std::fs::rename(&tmp, &path).io_context("write CNI cache")
+        })
+        .await
+    }
+
+    async fn remove_cache(&self, sandbox_id: &str) -> Result<()> {
         let path = self.cache_path(sandbox_id);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).io_context("write CNI cache")?;
-        std::fs::rename(&tmp, &path).io_context("write CNI cache")
+        crate::os::blocking(move || match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).io_context("remove CNI cache"),
+            _ => Ok(()),
+        })
+        .await
     }
 
     /// Polls `conf_dir` and reloads when its files change (a simple stand-in for inotify).
@@ -385,7 +400,8 @@ impl Cni for RealCni {
         self.write_cache(
             &network.sandbox_id,
             &CachedAttachment { network: list.name.clone(), interface: ifname.to_string(), result: result.clone() },
-        )?;
+        )
+        .await?;
         let ips = parse_ips(&result);
         if !ips.iter().any(|ip| ip.interface == ifname || ip.interface.is_empty()) {
             return Err(Error::internal(format!(
@@ -399,7 +415,7 @@ impl Cni for RealCni {
     async fn teardown(&self, network: &PodNetwork) -> Result<()> {
         let guard = self.network.read().await;
         let list = guard.as_ref().ok_or_else(|| Error::precondition("cni config not initialized"))?;
-        let cached = self.read_cache(&network.sandbox_id);
+        let cached = self.read_cache(&network.sandbox_id).await;
         let ifname = cached.as_ref().map(|c| c.interface.clone()).unwrap_or_else(|| {
             if network.interface_name.is_empty() { "eth0".into() } else { network.interface_name.clone() }
         });
@@ -407,10 +423,7 @@ impl Cni for RealCni {
         self.del_list(list, network, &ifname, prev).await?;
         // The loopback plugin's DEL sets `lo` down in a namespace that is removed next; crid
         // leaves it be.
-        match std::fs::remove_file(self.cache_path(&network.sandbox_id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).io_context("remove CNI cache"),
-            _ => Ok(()),
-        }
+        self.remove_cache(&network.sandbox_id).await
     }
 
     fn config_json(&self) -> String {
