@@ -39,6 +39,10 @@ const RSS_BOUND_KIB: u64 = 200 * 1024;
 /// How often the cleaner looks for pods a crash left behind, and its longest wait between
 /// attempts at one pod (or between ListPodSandbox calls while crid is down).
 const CLEAN_EVERY: Duration = Duration::from_secs(1);
+/// How often the stats reader reads the node's stats (kubelet: every 10 s or so).
+const STATS_EVERY: Duration = Duration::from_millis(500);
+/// The cgroup parent the soak's pods live under, removed once they are drained.
+const SOAK_CGROUP: &str = "/crid-soak";
 const CLEAN_BACKOFF_MAX: Duration = Duration::from_secs(16);
 /// How many left-behind pods the cleaner removes at once: a crash interrupts up to one
 /// lifecycle per worker, and one pod's Stop can take seconds.
@@ -204,7 +208,8 @@ impl Soak {
             }),
             hostname: name.clone(),
             log_directory: self.log_root.join(&name).to_string_lossy().into_owned(),
-            linux: Some(LinuxPodSandboxConfig::default()),
+            // A cgroup of its own, as kubelet gives each pod: the stats reader reads it.
+            linux: Some(LinuxPodSandboxConfig { cgroup_parent: format!("{SOAK_CGROUP}/{name}"), ..Default::default() }),
             ..Default::default()
         };
         let request = RunPodSandboxRequest { config: Some(pod.clone()), runtime_handler: String::new() };
@@ -226,6 +231,37 @@ impl Soak {
             Err(_) => Fate::InDoubt,
         };
         self.pod_removal(&pod_id, fate);
+    }
+
+    /// kubelet's stats provider, faster: the node's pod and container stats every
+    /// `STATS_EVERY`, while pods come and go under it and crid and containerd restart. A reply
+    /// lists each object once, and each pod with its CPU and memory: a pod whose cgroup or
+    /// namespace went mid-read is listed still.
+    async fn read_stats(&self, rt: &mut RuntimeServiceClient<Channel>) {
+        while Instant::now() < self.deadline {
+            tokio::time::sleep(STATS_EVERY).await;
+            let pods = rt.list_pod_sandbox_stats(ListPodSandboxStatsRequest::default());
+            if let Ok(reply) = self.call("ListPodSandboxStats", "node", pods).await {
+                let mut seen = BTreeSet::new();
+                for stat in &reply.stats {
+                    let id = stat.attributes.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+                    let linux = stat.linux.as_ref();
+                    if !seen.insert(id.clone()) || linux.is_none_or(|l| l.cpu.is_none() || l.memory.is_none()) {
+                        self.wrong(format!("ListPodSandboxStats: pod {id:?} listed twice or without usage: {stat:?}"));
+                    }
+                }
+            }
+            let containers = rt.list_container_stats(ListContainerStatsRequest::default());
+            if let Ok(reply) = self.call("ListContainerStats", "node", containers).await {
+                let mut seen = BTreeSet::new();
+                for stat in &reply.stats {
+                    let id = stat.attributes.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+                    if !seen.insert(id.clone()) {
+                        self.wrong(format!("ListContainerStats: container {id:?} listed twice"));
+                    }
+                }
+            }
+        }
     }
 
     /// Records the outcome of a RemovePodSandbox: it removes the pod's containers with it (or
@@ -706,6 +742,11 @@ async fn soak() {
         let rt = RuntimeServiceClient::new(lazy_channel(socket.clone()));
         tokio::spawn(soak.clean(rt))
     };
+    let stats_reader = {
+        let soak = soak.clone();
+        let mut rt = RuntimeServiceClient::new(lazy_channel(socket.clone()));
+        tokio::spawn(async move { soak.read_stats(&mut rt).await })
+    };
 
     // The chaos, from the seed: every 4–15 s crid is SIGKILLed (and restarted 0–1.5 s later) or
     // containerd is restarted.
@@ -758,6 +799,7 @@ async fn soak() {
         worker.await.unwrap();
     }
     cleaner.await.unwrap();
+    stats_reader.await.unwrap();
     println!("soak: churn ended after {:.1} s; checking", start.elapsed().as_secs_f32());
 
     // Everything acknowledged is as acknowledged.
@@ -828,6 +870,12 @@ async fn soak() {
     }
     let orphans = containerd_orphans(&cri);
     kill_shims_of(&cri, &orphans);
+    // kubelet removes its pods' cgroups itself; neither runtime does. (A container whose create
+    // containerd's restart cut short can leave an empty cgroup behind, which runc's delete finds
+    // no state to remove by: removed here.) A cgroup that cannot be removed holds a process.
+    for cgroup in common::cgroups_left_under(SOAK_CGROUP).await {
+        leaked.push(format!("a process left in cgroup {}", cgroup.display()));
+    }
     let final_rss_kib = cri.pid().and_then(rss_kib).unwrap_or(0);
     let version = cri.runtime.version(VersionRequest { version: "v1".into() }).await;
     let log = read_log(&cri.dir.join("crid.log"));

@@ -164,33 +164,44 @@ pub fn crid_binary() -> &'static Path {
 }
 
 /// Removes the pod cgroups under `parent` (`/name`, as a pod's cgroup parent names its place
-/// in every hierarchy) and `parent` itself, once their containers are gone: kubelet removes
-/// its pods' cgroups itself, and neither runtime does.
+/// in every hierarchy), what they hold, and `parent` itself, once their containers are gone:
+/// kubelet removes its pods' cgroups itself, and neither runtime does. Panics if some are
+/// still there after 5 s (a process left inside); see [`cgroups_left_under`].
 pub async fn remove_cgroups_under(parent: &str) {
+    let left = cgroups_left_under(parent).await;
+    assert!(left.is_empty(), "cgroups under {parent} are still there 5 s after their pods were removed: {left:?}");
+}
+
+/// Removes what it can of the cgroups under `parent` and `parent` itself, deepest first, for up
+/// to 5 s (a shim may still be reaping a container inside), and returns what is left.
+pub async fn cgroups_left_under(parent: &str) -> Vec<PathBuf> {
+    fn remove_tree(dir: &Path, left: &mut Vec<PathBuf>) {
+        for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if child.path().is_dir() {
+                remove_tree(&child.path(), left);
+            }
+        }
+        if dir.is_dir() && std::fs::remove_dir(dir).is_err() {
+            left.push(dir.to_path_buf());
+        }
+    }
     let relative = parent.trim_start_matches('/');
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return Vec::new() };
     let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|h| h.path().join(relative)).collect();
     // A v2 (unified) mount has the pods' cgroups right under it.
     roots.push(Path::new("/sys/fs/cgroup").join(relative));
+    let mut left = Vec::new();
     for _ in 0..50 {
-        let mut left = 0;
+        left.clear();
         for root in &roots {
-            for pod in std::fs::read_dir(root).into_iter().flatten().flatten() {
-                if pod.path().is_dir() && std::fs::remove_dir(pod.path()).is_err() {
-                    left += 1;
-                }
-            }
-            if root.is_dir() && std::fs::remove_dir(root).is_err() {
-                left += 1;
-            }
+            remove_tree(root, &mut left);
         }
-        if left == 0 {
-            return;
+        if left.is_empty() {
+            break;
         }
-        // A shim may still be reaping a container whose cgroup is inside.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("cgroups under {parent} are still there 5 s after their pods were removed");
+    left
 }
 
 /// A client binary the real-stack run provides (`ci/test` builds and exports them): a test that
