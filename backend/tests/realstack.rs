@@ -2450,6 +2450,74 @@ async fn crictl_stats(cri: &mut Cri) {
     common::remove_cgroups_under(&parent).await;
 }
 
+/// The CPU rate a runtime reports agrees with what a container does: a container that spins
+/// uses most of a core between two reads a couple of seconds apart, and so does its pod; an
+/// idle one next to it uses next to none.
+async fn cpu_rate_of_a_busy_container(cri: &mut Cri) {
+    let who = cri.kind.name();
+    let parent = format!("/{}", unique("crid-rate"));
+    cri.pull(&cri.image("busybox:latest")).await;
+    let mut pod = cri.pod_config(&unique("rate"));
+    let name = pod.metadata.as_ref().unwrap().name.clone();
+    pod.linux.get_or_insert_default().cgroup_parent = format!("{parent}/{name}");
+    let pod_id = cri.run_pod(&pod).await;
+    let busy = cri.run_container(&pod_id, &pod, "busy", &["sh", "-c", "while :; do :; done"]).await;
+    let idle = cri.run_container(&pod_id, &pod, "idle", &["sleep", "3600"]).await;
+
+    let rates = || {
+        let mut runtime = cri.runtime.clone();
+        let (pod_id, busy, idle) = (pod_id.clone(), busy.clone(), idle.clone());
+        async move {
+            let container = |id: String| ContainerStatsRequest { container_id: id };
+            let cores = |stats: Option<ContainerStats>| {
+                stats.and_then(|s| s.cpu).and_then(|cpu| cpu.usage_nano_cores).map(|v| v.value)
+            };
+            let busy = cores(runtime.container_stats(container(busy)).await.unwrap().into_inner().stats);
+            let idle = cores(runtime.container_stats(container(idle)).await.unwrap().into_inner().stats);
+            let pod = runtime.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod_id }).await.unwrap();
+            let pod = pod.into_inner().stats.and_then(|s| s.linux).and_then(|l| l.cpu);
+            (busy, idle, pod.and_then(|cpu| cpu.usage_nano_cores).map(|v| v.value))
+        }
+    };
+    rates().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (busy_rate, idle_rate, pod_rate) = rates().await;
+    // One busy loop on a 2-CPU machine gets most of a CPU, less what the other work here takes.
+    let most_of_a_core = 400_000_000..=1_100_000_000;
+    assert!(
+        busy_rate.is_some_and(|rate| most_of_a_core.contains(&rate)),
+        "{who}: a spinning container uses most of a core: {busy_rate:?} billionths"
+    );
+    assert!(
+        idle_rate.is_some_and(|rate| rate < 50_000_000),
+        "{who}: an idle container uses next to none: {idle_rate:?}"
+    );
+    assert!(
+        pod_rate.is_some_and(|rate| most_of_a_core.contains(&rate)),
+        "{who}: the pod's rate is its spinning container's: {pod_rate:?}"
+    );
+    cri.remove_pod(&pod_id).await;
+    common::remove_cgroups_under(&parent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn cpu_rate_through_crid() {
+    let stack = stack();
+    let mut crid = Cri::crid(&stack, "rate", crid_binary()).await;
+    cpu_rate_of_a_busy_container(&mut crid).await;
+    crid.assert_no_leaks();
+}
+
+/// The same rates from containerd's own CRI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
+async fn reference_cpu_rate_on_containerd_cri() {
+    let stack = stack();
+    let mut reference = Cri::reference(&stack, "rate").await;
+    cpu_rate_of_a_busy_container(&mut reference).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the real stack: eval \"$(ci/realstack up)\", then cargo test -p crid-backend --test realstack -- --ignored"]
 async fn crictl_stats_through_crid() {
