@@ -358,7 +358,7 @@ impl CriService {
         PodNetwork {
             sandbox_id: metadata.id.to_string(),
             netns_path: metadata.netns_path.clone(),
-            interface_name: "eth0".into(),
+            interface_name: crate::rpc::sandbox_stats::POD_INTERFACE.into(),
             args: [
                 ("K8S_POD_NAMESPACE".to_string(), pod.namespace),
                 ("K8S_POD_NAME".to_string(), pod.name),

@@ -25,7 +25,8 @@ use crate::ports::{CgroupStats, InterfaceStats, TaskMetrics};
 use crate::service::CriService;
 use crate::store::{Container, Sandbox, SandboxState};
 
-/// The interface the CNI plugins give a pod, whose counters are the pod's network usage.
+/// The interface crid asks the CNI plugins to give a pod, whose counters are the pod's
+/// network usage.
 pub const POD_INTERFACE: &str = "eth0";
 
 /// How many pods' cgroups and interfaces a ListPodSandboxStats reads at once: each read is a
@@ -56,7 +57,8 @@ impl CriService {
             .get(&sandbox.metadata.runtime_handler)
             .is_some_and(|runtime| runtime.options.systemd_cgroup);
         let cgroup = async {
-            if parent.is_empty() {
+            // With `disable_cgroup` runc is given no cgroup path and the pod has no cgroup.
+            if parent.is_empty() || self.config.disable_cgroup {
                 return None;
             }
             match os.cgroup_stats(parent, systemd).await {

@@ -1060,6 +1060,32 @@ async fn pod_stats_are_what_the_host_counts_for_the_pod() {
     assert!(bare.process.is_none() && bare.network.is_none(), "nothing counted, nothing made up: {bare:?}");
 }
 
+/// Under `disable_cgroup` runc gets no cgroup path, so a pod's cgroup parent names no cgroup of
+/// its: its usage is its containers' even when a cgroup of that name counts something.
+#[madsim::test]
+async fn pod_stats_under_disable_cgroup_are_the_containers() {
+    let node = Node::start_with(Config { disable_cgroup: true, ..test_config() }).await;
+    node.pull(BUSYBOX_IMAGE).await;
+    let parent = "/kubepods/besteffort/podnocgroup";
+    let mut config = pod_config("nocgroup");
+    config.linux = Some(LinuxPodSandboxConfig { cgroup_parent: parent.into(), ..Default::default() });
+    let pod = node.run_pod_with(config).await;
+    let container = node.create(&pod, "nocgroup", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.start_container(&container).await;
+    node.world.os.set_cgroup_stats(parent, CgroupStats { cpu_usage_core_ns: 1, ..Default::default() });
+    sleep(Duration::from_secs(3)).await;
+    let stats = node.svc.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod }).await.unwrap();
+    let linux = stats.stats.unwrap().linux.unwrap();
+    let cpu = |usage: Option<&CpuUsage>| usage.and_then(|u| u.usage_core_nano_seconds.as_ref()).map(|v| v.value);
+    assert!(cpu(linux.containers[0].cpu.as_ref()).is_some_and(|c| c > 1));
+    assert_eq!(
+        cpu(linux.cpu.as_ref()),
+        cpu(linux.containers[0].cpu.as_ref()),
+        "the containers' usage, not the cgroup's"
+    );
+    assert!(linux.process.is_none(), "no cgroup, no process count");
+}
+
 #[madsim::test]
 async fn container_stats() {
     let node = Node::start().await;
