@@ -446,20 +446,20 @@ impl Cni for RealCni {
 /// The kernel's index of `lo`, the first device of every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
-/// Sets the UP flag of the link `index` of the calling thread's network namespace and waits
-/// for the kernel's acknowledgement.
-fn set_link_up(index: u32) -> Result<()> {
-    use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+/// Sends `message` to the kernel's rtnetlink in the calling thread's network namespace (a
+/// socket acts on the namespace it was opened in) and returns the payload of its one reply.
+/// `what` names the request in errors.
+fn rtnetlink_exchange(
+    message: netlink_packet_route::RouteNetlinkMessage,
+    flags: u16,
+    what: &str,
+    reply_capacity_bytes: usize,
+) -> Result<netlink_packet_core::NetlinkPayload<netlink_packet_route::RouteNetlinkMessage>> {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
     use netlink_packet_route::RouteNetlinkMessage;
-    use netlink_packet_route::link::{LinkFlags, LinkMessage};
 
-    let mut link = LinkMessage::default();
-    link.header.index = index;
-    link.header.flags = LinkFlags::Up;
-    link.header.change_mask = LinkFlags::Up;
-    let mut request =
-        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::SetLink(link)));
-    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut request = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(message));
+    request.header.flags = flags;
     request.header.sequence_number = 1;
     request.finalize();
     let mut buf = vec![0; request.header.length as usize];
@@ -468,12 +468,26 @@ fn set_link_up(index: u32) -> Result<()> {
     let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).io_context("netlink socket")?;
     socket.bind_auto().io_context("bind netlink socket")?;
     socket.connect(&netlink_sys::SocketAddr::new(0, 0)).io_context("connect netlink socket")?;
-    socket.send(&buf, 0).io_context("send RTM_SETLINK")?;
-    let mut reply = Vec::with_capacity(4096);
-    let len = socket.recv(&mut reply, 0).io_context("receive RTM_SETLINK's acknowledgement")?;
+    socket.send(&buf, 0).io_context(format!("send {what}"))?;
+    let mut reply = Vec::with_capacity(reply_capacity_bytes);
+    let len = socket.recv(&mut reply, 0).io_context(format!("receive {what}'s reply"))?;
     let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
-        .map_err(|e| Error::internal(format!("unreadable RTM_SETLINK reply: {e}")))?;
-    match message.payload {
+        .map_err(|e| Error::internal(format!("unreadable {what} reply: {e}")))?;
+    Ok(message.payload)
+}
+
+/// Sets the UP flag of the link `index` of the calling thread's network namespace and waits
+/// for the kernel's acknowledgement.
+fn set_link_up(index: u32) -> Result<()> {
+    use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkPayload};
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_packet_route::link::{LinkFlags, LinkMessage};
+
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    match rtnetlink_exchange(RouteNetlinkMessage::SetLink(link), NLM_F_REQUEST | NLM_F_ACK, "RTM_SETLINK", 4096)? {
         NetlinkPayload::Error(error) => match error.code {
             None => Ok(()),
             Some(code) => {
@@ -488,31 +502,15 @@ fn set_link_up(index: u32) -> Result<()> {
 /// The counters of the link `name` of the calling thread's network namespace, from one
 /// RTM_GETLINK request (the kernel's 64-bit counters).
 pub(crate) fn link_stats(name: &str) -> Result<crid::ports::InterfaceStats> {
-    use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_core::{NLM_F_REQUEST, NetlinkPayload};
     use netlink_packet_route::RouteNetlinkMessage;
     use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 
     let mut link = LinkMessage::default();
     link.attributes.push(LinkAttribute::IfName(name.to_string()));
-    let mut request =
-        NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetLink(link)));
-    request.header.flags = NLM_F_REQUEST;
-    request.header.sequence_number = 1;
-    request.finalize();
-    let mut buf = vec![0; request.header.length as usize];
-    request.serialize(&mut buf);
-
-    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).io_context("netlink socket")?;
-    socket.bind_auto().io_context("bind netlink socket")?;
-    socket.connect(&netlink_sys::SocketAddr::new(0, 0)).io_context("connect netlink socket")?;
-    socket.send(&buf, 0).io_context("send RTM_GETLINK")?;
     // A link's message with every attribute is a few kilobytes; the kernel truncates a reply
     // that does not fit, so the buffer is generous.
-    let mut reply = Vec::with_capacity(64 * 1024);
-    let len = socket.recv(&mut reply, 0).io_context("receive RTM_GETLINK's reply")?;
-    let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
-        .map_err(|e| Error::internal(format!("unreadable RTM_GETLINK reply: {e}")))?;
-    match message.payload {
+    match rtnetlink_exchange(RouteNetlinkMessage::GetLink(link), NLM_F_REQUEST, "RTM_GETLINK", 64 * 1024)? {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => link
             .attributes
             .iter()

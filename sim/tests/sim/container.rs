@@ -964,6 +964,17 @@ async fn stats_of_a_node_take_a_few_metrics_requests() {
     );
 }
 
+/// A READY pod `name` under the cgroup parent `parent`, with one running container.
+async fn pod_in_cgroup(node: &Node, name: &str, parent: &str) -> String {
+    node.pull(BUSYBOX_IMAGE).await;
+    let mut config = pod_config(name);
+    config.linux = Some(LinuxPodSandboxConfig { cgroup_parent: parent.into(), ..Default::default() });
+    let pod = node.run_pod_with(config).await;
+    let container = node.create(&pod, name, "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.start_container(&container).await;
+    pod
+}
+
 /// A pod's stats are what the host counts for it: its cgroup's CPU, memory and processes
 /// (the pause process and every exec included, which no task's metrics carry) and its
 /// interface's counters; each CPU figure carries its rate since the last read (0 on the
@@ -973,13 +984,8 @@ async fn stats_of_a_node_take_a_few_metrics_requests() {
 async fn pod_stats_are_what_the_host_counts_for_the_pod() {
     const SECOND_NS: u64 = 1_000_000_000;
     let node = Node::start().await;
-    node.pull(BUSYBOX_IMAGE).await;
     let parent = "/kubepods/besteffort/podcounted";
-    let mut config = pod_config("counted");
-    config.linux = Some(LinuxPodSandboxConfig { cgroup_parent: parent.into(), ..Default::default() });
-    let pod = node.run_pod_with(config).await;
-    let container = node.create(&pod, "counted", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
-    node.start_container(&container).await;
+    let pod = pod_in_cgroup(&node, "counted", parent).await;
     let netns = node.pod_verbose_info(&pod).await["netNamespacePath"].as_str().expect("netns path").to_string();
     let (bare_pod, _) = node.pod_with_running("bare", &["sleep", "inf"]).await;
 
@@ -1065,13 +1071,8 @@ async fn pod_stats_are_what_the_host_counts_for_the_pod() {
 #[madsim::test]
 async fn pod_stats_under_disable_cgroup_are_the_containers() {
     let node = Node::start_with(Config { disable_cgroup: true, ..test_config() }).await;
-    node.pull(BUSYBOX_IMAGE).await;
     let parent = "/kubepods/besteffort/podnocgroup";
-    let mut config = pod_config("nocgroup");
-    config.linux = Some(LinuxPodSandboxConfig { cgroup_parent: parent.into(), ..Default::default() });
-    let pod = node.run_pod_with(config).await;
-    let container = node.create(&pod, "nocgroup", "app", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
-    node.start_container(&container).await;
+    let pod = pod_in_cgroup(&node, "nocgroup", parent).await;
     node.world.os.set_cgroup_stats(parent, CgroupStats { cpu_usage_core_ns: 1, ..Default::default() });
     sleep(Duration::from_secs(3)).await;
     let stats = node.svc.pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: pod }).await.unwrap();
