@@ -184,6 +184,19 @@ fn group_id(group: &str) -> Result<nix::unistd::Gid> {
     }
 }
 
+/// Fails when `path` is something other than a socket, or a socket another server answers on.
+async fn refuse_if_served(path: &Path) -> Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::precondition(format!("{} exists and is not a socket", path.display())));
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(Error::precondition(format!("another server is listening on {}", path.display())));
+        }
+    }
+    Ok(())
+}
+
 /// Binds the CRI socket with its mode and group set before anyone can connect: it is bound
 /// under a temporary name in the same directory, given its mode and owner there, then renamed
 /// into place (a rename is atomic), so no client ever sees it with the umask's bits. A stale
@@ -193,14 +206,7 @@ async fn bind_socket(path: &Path, mode: u32, group: &str) -> Result<tokio::net::
         std::fs::create_dir_all(parent)
             .map_err(|e| crate::errors::from_io(e, format!("mkdir {}", parent.display())))?;
     }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(Error::precondition(format!("{} exists and is not a socket", path.display())));
-        }
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(Error::precondition(format!("another server is listening on {}", path.display())));
-        }
-    }
+    refuse_if_served(path).await?;
     let gid = if group.is_empty() { None } else { Some(group_id(group)?) };
     let mut staged = path.as_os_str().to_owned();
     staged.push(format!(".{}.new", std::process::id()));
@@ -278,12 +284,15 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
     for dir in [&config.root_dir, &config.state_dir] {
         std::fs::create_dir_all(dir).map_err(|e| crate::errors::from_io(e, format!("mkdir {dir}")))?;
     }
+    let socket = PathBuf::from(&config.socket_path);
+    // Before the backends: a second crid must not sweep, recover or reattach what the one
+    // serving owns. Checked again when the socket is bound.
+    refuse_if_served(&socket).await?;
     let (backends, cni, stream) = backends(&config).await?;
     let service = crid::CriService::new(config.cri.clone(), backends)?;
     service.run().await?;
     stream.serve_with(Arc::new(service.clone()));
     let _watcher = cni.spawn_watcher(CNI_CONF_POLL);
-    let socket = PathBuf::from(&config.socket_path);
     let listener = bind_socket(&socket, config.socket_mode, &config.socket_group).await?;
     tracing::info!(socket = %socket.display(), "serving CRI");
     let served = crid_grpc::serve_unix(service, listener, shutdown_signal()).await;
@@ -296,6 +305,36 @@ pub async fn run(config: DaemonConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_second_crid_stops_before_touching_the_first_ones_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("crid.sock");
+        assert!(refuse_if_served(&socket).await.is_ok(), "no socket yet");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let error = refuse_if_served(&socket).await.unwrap_err();
+        assert!(error.message.contains("another server is listening"), "{}", error.message);
+        // A dead crid's socket file is no server.
+        drop(listener);
+        assert!(refuse_if_served(&socket).await.is_ok());
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"").unwrap();
+        assert!(refuse_if_served(&file).await.unwrap_err().message.contains("is not a socket"));
+        // The daemon refuses before it connects to containerd: this config's containerd
+        // socket does not exist, and the error is still the listening server's.
+        std::fs::remove_file(&socket).unwrap();
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let mut config = DaemonConfig {
+            socket_path: socket.to_string_lossy().into_owned(),
+            root_dir: dir.path().join("root").to_string_lossy().into_owned(),
+            state_dir: dir.path().join("state").to_string_lossy().into_owned(),
+            ..DaemonConfig::default()
+        };
+        config.containerd.address = dir.path().join("no-containerd.sock").to_string_lossy().into_owned();
+        let error = run(config).await.unwrap_err();
+        assert!(error.message.contains("another server is listening"), "{}", error.message);
+        drop(listener);
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -226,11 +226,13 @@ fn json_any(type_url: &str, value: Vec<u8>) -> Any {
 
 impl RealContainerd {
     pub fn new(options: ContainerdOptions) -> Result<RealContainerd> {
+        let io = IoManager::new(options.fifo_dir).with_limits(options.max_log_line_bytes);
+        io.sweep_earlier_execs();
         Ok(RealContainerd {
             channel: connect_lazy(&options.socket_path)?,
             requests: Requests::new(&options.namespace)?,
             namespace: options.namespace,
-            io: IoManager::new(options.fifo_dir).with_limits(options.max_log_line_bytes),
+            io,
             registry: RegistryClient::new(options.registry_config_path)?,
             default_snapshotter: options.default_snapshotter,
             unpacked_into: Mutex::new(HashMap::new()),

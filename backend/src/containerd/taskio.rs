@@ -542,7 +542,7 @@ impl IoManager {
             let _ = std::fs::remove_file(dir.join(name));
         }
         // Only removed when no exec FIFOs remain in it.
-        let _ = std::fs::remove_dir(&dir);
+        self.remove_dir_if_unused(&self.execs.lock().unwrap(), id);
     }
 
     /// Drops everything of a container whose containerd record is gone: its task's copiers and
@@ -560,38 +560,32 @@ impl IoManager {
 
     /// Creates the FIFOs of an exec process and starts capturing its output.
     pub fn prepare_exec(&self, id: &str, exec_id: &str, tty: bool, limit: usize) -> Result<PreparedIo> {
-        let dir = self.task_dir(id);
-        std::fs::create_dir_all(&dir).io_context(format!("mkdir {}", dir.display()))?;
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut prepared = PreparedIo { terminal: tty, ..PreparedIo::null() };
-        let mut copiers = Vec::new();
-        let mut files = Vec::new();
-        let streams: &[&str] = if tty { &["stdout"] } else { &["stdout", "stderr"] };
-        for &stream in streams {
-            let fifo = dir.join(format!("exec-{exec_id}-{stream}"));
-            make_fifo(&fifo)?;
-            let reader = open_reader(&fifo)?;
-            prepared.keepalive.push(open_dummy_writer(&fifo)?);
-            let target = if stream == "stdout" { stdout.clone() } else { stderr.clone() };
-            copiers.push(spawn_capture(reader, target, limit));
-            let path = fifo.to_string_lossy().into_owned();
-            if stream == "stdout" {
-                prepared.stdout = path
-            } else {
-                prepared.stderr = path
+        self.register_exec(id, exec_id, |dir, files| {
+            let stdout = Arc::new(Mutex::new(Vec::new()));
+            let stderr = Arc::new(Mutex::new(Vec::new()));
+            let mut prepared = PreparedIo { terminal: tty, ..PreparedIo::null() };
+            let mut copiers = Vec::new();
+            let streams: &[&str] = if tty { &["stdout"] } else { &["stdout", "stderr"] };
+            for &stream in streams {
+                let fifo = dir.join(format!("exec-{exec_id}-{stream}"));
+                make_fifo(&fifo)?;
+                files.push(fifo.clone());
+                let reader = open_reader(&fifo)?;
+                prepared.keepalive.push(open_dummy_writer(&fifo)?);
+                let target = if stream == "stdout" { stdout.clone() } else { stderr.clone() };
+                copiers.push(spawn_capture(reader, target, limit));
+                let path = fifo.to_string_lossy().into_owned();
+                if stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
             }
-            files.push(fifo);
-        }
-        let capture = Arc::new(ExecCapture {
-            stdout,
-            stderr,
-            copiers: tokio::sync::Mutex::new(copiers),
-            dir_files: files,
-            stdin_copier: None,
-        });
-        self.execs.lock().unwrap().insert((id.to_string(), exec_id.to_string()), capture);
-        Ok(prepared)
+            let capture = ExecCapture {
+                stdout,
+                stderr,
+                copiers: tokio::sync::Mutex::new(copiers),
+                dir_files: Vec::new(),
+                stdin_copier: None,
+            };
+            Ok((prepared, capture))
+        })
     }
 
     /// Creates the FIFOs of an exec process wired to a client: its stdin from `io.stdin` (the
@@ -609,53 +603,117 @@ impl IoManager {
         started: tokio::sync::oneshot::Receiver<()>,
         on_stdin_end: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<PreparedIo> {
+        self.register_exec(id, exec_id, |dir, files| {
+            let mut prepared = PreparedIo { terminal: tty, ..PreparedIo::null() };
+            let mut copiers = Vec::new();
+            let ProcessIo { stdin, stdout, stderr } = io;
+            let mut writers = [("stdout", stdout), ("stderr", stderr)];
+            let streams = if tty { &mut writers[..1] } else { &mut writers[..] };
+            for (stream, writer) in streams {
+                let fifo = dir.join(format!("exec-{exec_id}-{stream}"));
+                make_fifo(&fifo)?;
+                files.push(fifo.clone());
+                let reader = open_reader(&fifo)?;
+                prepared.keepalive.push(open_dummy_writer(&fifo)?);
+                copiers.push(spawn_forward(reader, writer.take()));
+                let path = fifo.to_string_lossy().into_owned();
+                if *stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
+            }
+            // With a tty a stderr writer gets no bytes: end it with the output.
+            if tty && let Some(mut writer) = writers[1].1.take() {
+                copiers.push(tokio::spawn(async move {
+                    let _ = writer.shutdown().await;
+                }));
+            }
+            let mut stdin_copier = None;
+            if let Some(mut client) = stdin {
+                let fifo = dir.join(format!("exec-{exec_id}-stdin"));
+                make_fifo(&fifo)?;
+                files.push(fifo.clone());
+                let mut sender = open_fifo_writer(&fifo)?;
+                prepared.stdin = fifo.to_string_lossy().into_owned();
+                stdin_copier = Some(tokio::spawn(async move {
+                    let _ = copy_stdin(&mut client, &mut sender).await;
+                    let _ = started.await;
+                    drop(sender);
+                    on_stdin_end.await;
+                }));
+            }
+            let capture = ExecCapture {
+                stdout: Arc::default(),
+                stderr: Arc::default(),
+                copiers: tokio::sync::Mutex::new(copiers),
+                dir_files: Vec::new(),
+                stdin_copier,
+            };
+            Ok((prepared, capture))
+        })
+    }
+
+    /// Runs `make`, which creates an exec's FIFOs in the container's dir (each named in `files`
+    /// as it is made), and registers the capture it builds. A `make` that fails leaves no FIFO:
+    /// the exec was never registered, so no `remove_exec` would find them. Under the execs lock
+    /// from the dir's creation on, so that the last exec's `remove_exec` of a container that has
+    /// no task FIFOs cannot remove the dir before this one's FIFOs are in it.
+    fn register_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        make: impl FnOnce(&Path, &mut Vec<PathBuf>) -> Result<(PreparedIo, ExecCapture)>,
+    ) -> Result<PreparedIo> {
+        let mut execs = self.execs.lock().unwrap();
         let dir = self.task_dir(id);
         std::fs::create_dir_all(&dir).io_context(format!("mkdir {}", dir.display()))?;
-        let mut prepared = PreparedIo { terminal: tty, ..PreparedIo::null() };
-        let mut copiers = Vec::new();
         let mut files = Vec::new();
-        let ProcessIo { stdin, stdout, stderr } = io;
-        let mut writers = [("stdout", stdout), ("stderr", stderr)];
-        let streams = if tty { &mut writers[..1] } else { &mut writers[..] };
-        for (stream, writer) in streams {
-            let fifo = dir.join(format!("exec-{exec_id}-{stream}"));
-            make_fifo(&fifo)?;
-            files.push(fifo.clone());
-            let reader = open_reader(&fifo)?;
-            prepared.keepalive.push(open_dummy_writer(&fifo)?);
-            copiers.push(spawn_forward(reader, writer.take()));
-            let path = fifo.to_string_lossy().into_owned();
-            if *stream == "stdout" { prepared.stdout = path } else { prepared.stderr = path }
+        match make(&dir, &mut files) {
+            Ok((prepared, mut capture)) => {
+                capture.dir_files = files;
+                execs.insert((id.to_string(), exec_id.to_string()), Arc::new(capture));
+                Ok(prepared)
+            }
+            Err(error) => {
+                for file in &files {
+                    let _ = std::fs::remove_file(file);
+                }
+                self.remove_dir_if_unused(&execs, id);
+                Err(error)
+            }
         }
-        // With a tty a stderr writer gets no bytes: end it with the output.
-        if tty && let Some(mut writer) = writers[1].1.take() {
-            copiers.push(tokio::spawn(async move {
-                let _ = writer.shutdown().await;
-            }));
+    }
+
+    /// Removes the container's FIFO dir when nothing of crid's is in it: no exec of it is
+    /// registered and it has no task FIFOs (a container without a log path or stdin, or one
+    /// removed while an exec of it was being set up). The dir itself tells: only an empty one
+    /// goes. The caller holds the execs lock.
+    fn remove_dir_if_unused(&self, execs: &HashMap<(String, String), Arc<ExecCapture>>, id: &str) {
+        if execs.keys().any(|(container, _)| container == id) || self.tasks.lock().unwrap().contains_key(id) {
+            return;
         }
-        let mut stdin_copier = None;
-        if let Some(mut client) = stdin {
-            let fifo = dir.join(format!("exec-{exec_id}-stdin"));
-            make_fifo(&fifo)?;
-            files.push(fifo.clone());
-            let mut sender = open_fifo_writer(&fifo)?;
-            prepared.stdin = fifo.to_string_lossy().into_owned();
-            stdin_copier = Some(tokio::spawn(async move {
-                let _ = copy_stdin(&mut client, &mut sender).await;
-                let _ = started.await;
-                drop(sender);
-                on_stdin_end.await;
-            }));
+        let _ = std::fs::remove_dir(self.task_dir(id));
+    }
+
+    /// Removes what an earlier crid left of its exec processes: their FIFOs, and the dirs that
+    /// leaves empty. No exec outlives the crid that captured its output, and one that crashed
+    /// between making an exec's FIFOs and deleting the exec left them behind, in the dir of a
+    /// container that may since have been removed. Run before this crid makes any FIFO.
+    pub fn sweep_earlier_execs(&self) -> usize {
+        let Ok(dirs) = std::fs::read_dir(&self.root) else { return 0 };
+        let mut removed = 0;
+        for dir in dirs.flatten() {
+            let Ok(files) = std::fs::read_dir(dir.path()) else { continue };
+            for file in files.flatten() {
+                if file.file_name().to_string_lossy().starts_with("exec-") && std::fs::remove_file(file.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+            // Only an empty dir goes: a task's FIFOs keep theirs.
+            let _ = std::fs::remove_dir(dir.path());
         }
-        let capture = Arc::new(ExecCapture {
-            stdout: Arc::default(),
-            stderr: Arc::default(),
-            copiers: tokio::sync::Mutex::new(copiers),
-            dir_files: files,
-            stdin_copier,
-        });
-        self.execs.lock().unwrap().insert((id.to_string(), exec_id.to_string()), capture);
-        Ok(prepared)
+        if removed > 0 {
+            tracing::info!(root = %self.root.display(), removed, "removed the exec FIFOs an earlier crid left");
+        }
+        removed
     }
 
     fn exec(&self, id: &str, exec_id: &str) -> Result<Arc<ExecCapture>> {
@@ -693,9 +751,12 @@ impl IoManager {
             if let Some(copier) = &capture.stdin_copier {
                 copier.abort();
             }
+            let execs = self.execs.lock().unwrap();
             for file in &capture.dir_files {
                 let _ = std::fs::remove_file(file);
             }
+            // An exec that raced the container's removal made the dir again.
+            self.remove_dir_if_unused(&execs, id);
         }
     }
 }
@@ -733,6 +794,56 @@ mod tests {
         assert_eq!(split(100, &[b"a\nb"]), vec![(false, "a".into()), (true, "b".into())]);
         assert_eq!(split(4, &[b"abcdef"]), vec![(true, "abcd".into()), (true, "ef".into())]);
         assert_eq!(split(4, &[b"abcd\n"]), vec![(false, "abcd".into())]);
+    }
+
+    fn is_fifo(path: &Path) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+    }
+
+    #[tokio::test]
+    async fn an_earlier_crids_exec_fifos_are_swept_and_task_fifos_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("io");
+        let earlier = IoManager::new(&root);
+        let log = dir.path().join("c.log");
+        let task = earlier.prepare_task("c1", &log.to_string_lossy(), false, false).unwrap();
+        let in_task = earlier.prepare_exec("c1", "exec-a", false, 1024).unwrap();
+        // An exec of a container whose dir its removal had already taken.
+        let orphan = earlier.prepare_exec("c2", "exec-b", false, 1024).unwrap();
+        assert!(is_fifo(Path::new(&in_task.stdout)) && is_fifo(Path::new(&orphan.stderr)));
+        // That crid dies: nothing of it runs `remove_exec`.
+        std::mem::forget(earlier);
+
+        let now = IoManager::new(&root);
+        assert_eq!(now.sweep_earlier_execs(), 4);
+        assert!(is_fifo(Path::new(&task.stdout)) && is_fifo(Path::new(&task.stderr)), "task FIFOs kept");
+        assert!(!Path::new(&in_task.stdout).exists() && !Path::new(&in_task.stderr).exists());
+        assert!(!root.join("c2").exists(), "the dir left empty goes");
+        assert_eq!(now.sweep_earlier_execs(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_exec_that_outlived_its_containers_removal_leaves_no_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = IoManager::new(dir.path().join("io"));
+        let log = dir.path().join("c.log");
+        io.prepare_task("c1", &log.to_string_lossy(), false, false).unwrap();
+        io.forget_container("c1").await;
+        // Its spec read before the removal, an exec makes the dir again and then fails.
+        let first = io.prepare_exec("c1", "exec-a", false, 1024).unwrap();
+        let second = io.prepare_exec("c1", "exec-b", false, 1024).unwrap();
+        io.remove_exec("c1", "exec-a").await;
+        assert!(!Path::new(&first.stdout).exists());
+        assert!(is_fifo(Path::new(&second.stdout)), "another exec's FIFOs stay");
+        io.remove_exec("c1", "exec-b").await;
+        assert!(!dir.path().join("io").join("c1").exists());
+
+        // A container with task FIFOs keeps its dir when its exec goes.
+        io.prepare_task("c3", &log.to_string_lossy(), false, false).unwrap();
+        io.prepare_exec("c3", "exec-c", false, 1024).unwrap();
+        io.remove_exec("c3", "exec-c").await;
+        assert!(is_fifo(&dir.path().join("io").join("c3").join("stdout")));
     }
 
     #[tokio::test]
