@@ -15,15 +15,14 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_cri::v1::{
     ContainerStats, CpuUsage, LinuxPodSandboxStats, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse,
-    MemoryUsage, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxStats, PodSandboxStatsRequest,
-    PodSandboxStatsResponse, ProcessUsage, UInt64Value,
+    MemoryUsage, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxFilter, PodSandboxState,
+    PodSandboxStateValue, PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, UInt64Value,
 };
 
 use crate::error::Result;
-use crate::naming::{labels_match, sorted};
 use crate::ports::{CgroupStats, InterfaceStats, TaskMetrics};
 use crate::service::CriService;
-use crate::store::{Container, Sandbox, SandboxState};
+use crate::store::{Container, Sandbox};
 
 /// The interface crid asks the CNI plugins to give a pod, whose counters are the pod's
 /// network usage.
@@ -180,19 +179,16 @@ impl CriService {
     ) -> Result<ListPodSandboxStatsResponse> {
         self.check_initialized()?;
         let filter = request.filter.unwrap_or_default();
-        let candidates = if filter.id.is_empty() {
-            self.sandboxes.list()
-        } else {
-            self.sandboxes.get(&filter.id).into_iter().collect()
-        };
         // Only READY sandboxes have stats to list, as in containerd; PodSandboxStats still
         // answers for one that is not.
-        let pods: Vec<(Arc<Sandbox>, Vec<Arc<Container>>)> = candidates
+        let filter = PodSandboxFilter {
+            id: filter.id,
+            state: Some(PodSandboxStateValue { state: PodSandboxState::SandboxReady as i32 }),
+            label_selector: filter.label_selector,
+        };
+        let pods: Vec<(Arc<Sandbox>, Vec<Arc<Container>>)> = self
+            .filter_sandboxes(&filter)
             .into_iter()
-            .filter(|s| {
-                s.status().state == SandboxState::Ready
-                    && labels_match(&filter.label_selector, &sorted(&s.config.labels))
-            })
             .map(|sandbox| {
                 let containers = self.containers.in_group(&sandbox.id);
                 (sandbox, containers)

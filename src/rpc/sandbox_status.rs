@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use k8s_cri::v1::{
-    ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox, PodSandboxStatus, PodSandboxStatusRequest,
-    PodSandboxStatusResponse,
+    ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox, PodSandboxFilter, PodSandboxStatus,
+    PodSandboxStatusRequest, PodSandboxStatusResponse,
 };
 
 use crate::error::Result;
@@ -56,16 +56,9 @@ impl CriService {
 
     pub async fn list_pod_sandbox(self: &Arc<Self>, request: ListPodSandboxRequest) -> Result<ListPodSandboxResponse> {
         self.check_initialized()?;
-        let filter = request.filter.unwrap_or_default();
-        let candidates = if filter.id.is_empty() {
-            self.sandboxes.list()
-        } else {
-            self.sandboxes.get(&filter.id).into_iter().collect()
-        };
-        let items = candidates
+        let items = self
+            .filter_sandboxes(&request.filter.unwrap_or_default())
             .into_iter()
-            .filter(|s| filter.state.as_ref().is_none_or(|want| cri_state(s.status().state) as i32 == want.state))
-            .filter(|s| labels_match(&filter.label_selector, &sorted(&s.config.labels)))
             .map(|s| PodSandbox {
                 id: s.id.to_string(),
                 metadata: s.config.metadata.clone(),
@@ -77,5 +70,20 @@ impl CriService {
             })
             .collect();
         Ok(ListPodSandboxResponse { items })
+    }
+
+    /// The sandboxes a list's filter picks: the one its id (or a unique prefix of one) names,
+    /// or all; then those in its state and with its labels.
+    pub(crate) fn filter_sandboxes(&self, filter: &PodSandboxFilter) -> Vec<Arc<Sandbox>> {
+        let candidates = if filter.id.is_empty() {
+            self.sandboxes.list()
+        } else {
+            self.sandboxes.get(&filter.id).into_iter().collect()
+        };
+        candidates
+            .into_iter()
+            .filter(|s| filter.state.as_ref().is_none_or(|want| cri_state(s.status().state) as i32 == want.state))
+            .filter(|s| labels_match(&filter.label_selector, &sorted(&s.config.labels)))
+            .collect()
     }
 }
