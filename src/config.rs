@@ -532,6 +532,11 @@ impl Config {
             .ok_or_else(|| crate::Error::precondition(format!("runtime handler {handler:?} is not configured")))
     }
 
+    /// Whether a runtime handler's runc uses the systemd cgroup driver (`SystemdCgroup`).
+    pub fn systemd_cgroup_for(&self, handler: &str) -> bool {
+        self.containerd.runtimes.get(handler).is_some_and(|runtime| runtime.options.systemd_cgroup)
+    }
+
     /// The snapshotter for a runtime handler: its own, else the global one.
     pub fn snapshotter_for(&self, handler: &str) -> String {
         match self.containerd.runtimes.get(handler) {

@@ -29,8 +29,7 @@ pub fn stats_under(root: &Path, cgroup_parent: &str, systemd: bool) -> Result<Cg
 /// slice, which systemd nests under each of the slices its dashes name.
 fn relative_path(cgroup_parent: &str, systemd: bool) -> Result<PathBuf> {
     let path = if systemd {
-        let slice = cgroup_parent.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
-        PathBuf::from(expand_slice(slice)?)
+        PathBuf::from(expand_slice(parent_slice(cgroup_parent))?)
     } else {
         PathBuf::from(cgroup_parent.trim_matches('/'))
     };
@@ -39,6 +38,12 @@ fn relative_path(cgroup_parent: &str, systemd: bool) -> Result<PathBuf> {
         return Err(Error::invalid(format!("cgroup parent {cgroup_parent:?} is not a path below the cgroup root")));
     }
     Ok(path)
+}
+
+/// The slice a systemd driver's cgroup parent names: its last element (kubelet passes the slice
+/// alone or its whole path); empty when there is none.
+pub fn parent_slice(cgroup_parent: &str) -> &str {
+    cgroup_parent.trim_end_matches('/').rsplit('/').next().unwrap_or_default()
 }
 
 /// `a-b-c.slice` lies at `a.slice/a-b.slice/a-b-c.slice`; `-.slice` is the root.
@@ -51,8 +56,7 @@ fn expand_slice(slice: &str) -> Result<String> {
     if name.is_empty() || name.starts_with('-') || name.ends_with('-') || name.contains("--") || name.contains('/') {
         return Err(invalid());
     }
-    let mut path: Vec<String> =
-        name.match_indices('-').map(|(at, _)| format!("{}.slice", &name[..at])).collect::<Vec<_>>();
+    let mut path: Vec<String> = name.match_indices('-').map(|(at, _)| format!("{}.slice", &name[..at])).collect();
     path.push(slice.to_string());
     Ok(path.join("/"))
 }

@@ -111,12 +111,7 @@ impl CriService {
     pub async fn runtime_config(self: &Arc<Self>, _request: RuntimeConfigRequest) -> Result<RuntimeConfigResponse> {
         self.check_initialized()?;
         // kubelet follows the default runtime handler's driver, as containerd reports it.
-        let systemd = self
-            .config
-            .containerd
-            .runtimes
-            .get(&self.config.containerd.default_runtime_name)
-            .is_some_and(|runtime| runtime.options.systemd_cgroup);
+        let systemd = self.config.systemd_cgroup_for(&self.config.containerd.default_runtime_name);
         let driver = if systemd { k8s_cri::v1::CgroupDriver::Systemd } else { k8s_cri::v1::CgroupDriver::Cgroupfs };
         Ok(RuntimeConfigResponse { linux: Some(LinuxRuntimeConfiguration { cgroup_driver: driver as i32 }) })
     }

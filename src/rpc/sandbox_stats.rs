@@ -49,12 +49,7 @@ impl CriService {
         let os = &self.backends.os;
         let id = sandbox.id.as_str();
         let parent = sandbox.config.linux.as_ref().map(|linux| linux.cgroup_parent.as_str()).unwrap_or_default();
-        let systemd = self
-            .config
-            .containerd
-            .runtimes
-            .get(&sandbox.metadata.runtime_handler)
-            .is_some_and(|runtime| runtime.options.systemd_cgroup);
+        let systemd = self.config.systemd_cgroup_for(&sandbox.metadata.runtime_handler);
         let cgroup = async {
             // With `disable_cgroup` runc is given no cgroup path and the pod has no cgroup.
             if parent.is_empty() || self.config.disable_cgroup {

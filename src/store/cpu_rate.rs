@@ -31,14 +31,13 @@ impl CpuRate {
     /// of them goes), which starts afresh.
     pub fn nano_cores(&self, usage_core_ns: u64, at_ns: i64) -> u64 {
         let mut kept = self.kept.lock().unwrap();
-        let Some(last) = *kept else {
-            *kept = Some(Reading { usage_core_ns, at_ns, nano_cores: 0 });
-            return 0;
+        let last = match *kept {
+            Some(last) if usage_core_ns >= last.usage_core_ns => last,
+            _ => {
+                *kept = Some(Reading { usage_core_ns, at_ns, nano_cores: 0 });
+                return 0;
+            }
         };
-        if usage_core_ns < last.usage_core_ns {
-            *kept = Some(Reading { usage_core_ns, at_ns, nano_cores: 0 });
-            return 0;
-        }
         let window_ns = at_ns.saturating_sub(last.at_ns);
         if window_ns < MIN_RATE_WINDOW_NS {
             return last.nano_cores;

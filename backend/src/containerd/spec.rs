@@ -430,8 +430,7 @@ mod resources_tests {
 /// containerd's prefix so that tools that know containerd's units recognise ours.
 fn cgroups_path(id: &str, workload: &WorkloadSpec) -> Result<String> {
     if workload.runc_options.systemd_cgroup {
-        let parent = workload.cgroup_parent.trim_end_matches('/');
-        let slice = parent.rsplit('/').next().unwrap_or_default();
+        let slice = crate::cgroup::parent_slice(&workload.cgroup_parent);
         let slice = if slice.is_empty() { "system.slice" } else { slice };
         if !slice.ends_with(".slice") {
             return Err(Error::invalid(format!(

@@ -219,7 +219,6 @@ impl FakeOs {
 
     // ---- knobs ----
 
-    /// While set, every write fails with ResourceExhausted (ENOSPC).
     /// Makes the cgroup `cgroup_parent` names count `stats` (the stats reads are not fault
     /// sites: no scenario's kubelet reads stats, and a test fails a read by leaving it unset).
     pub fn set_cgroup_stats(&self, cgroup_parent: &str, stats: CgroupStats) {
@@ -231,6 +230,7 @@ impl FakeOs {
         self.state().interfaces.insert((normalize(netns_path), name.to_string()), stats);
     }
 
+    /// While set, every write fails with ResourceExhausted (ENOSPC).
     pub fn set_disk_full(&self, full: bool) {
         self.state().disk_full = full;
     }
