@@ -88,9 +88,9 @@ impl CriService {
             return Ok(false);
         }
         if status.removing {
-            // The removal may have deleted the checkpoint already, and a write now would bring
-            // it back for an object about to go. The event path retries the change: it then
-            // finds the container gone, or, had the removal failed, applies it.
+            // The removal may have renamed the checkpoint to its mark already, and a write now
+            // would bring it back for an object about to go. The event path retries the change:
+            // it then finds the container gone, or, had the removal failed, applies it.
             cov_mark::hit!(status_change_during_removal_deferred);
             return Err(Error::unavailable(format!("container {:?} is being removed", container.id.as_str())));
         }
@@ -99,21 +99,6 @@ impl CriService {
         self.write_checkpoint(&container.id, &status).await?;
         container.set_status(status)?;
         Ok(true)
-    }
-
-    /// Persists the status as served, unless the checkpoint already holds exactly that: the
-    /// write is then skipped, so that a caller that only needs the two to agree (removal, which
-    /// frees space) still works on a full disk.
-    pub(crate) async fn persist_served_status(&self, container: &Container) -> Result<()> {
-        let _guard = container.update_lock.lock().await;
-        let status = container.status();
-        let bytes = encode_checkpoint(&status);
-        let on_disk = self.backends.os.read_file(&self.checkpoint_path(&container.id)).await;
-        if on_disk.is_ok_and(|on_disk| on_disk == bytes) {
-            return Ok(());
-        }
-        container.check_status(&status)?;
-        self.write_checkpoint(&container.id, &status).await
     }
 
     /// Changes in-memory-only fields (Starting, Removing) under the same lock.

@@ -172,6 +172,9 @@ pub struct StateSnapshot {
     pub image_work_pending: usize,
     /// Dirs whose removal failed and is being retried in the background.
     pub removals_retrying: usize,
+    /// Containers whose removal was acknowledged (or found marked at start-up) and whose task,
+    /// containerd record or dirs are not all gone yet.
+    pub container_removals_pending: usize,
     pub quarantined: Vec<Quarantined>,
     pub events_sent: u64,
     pub events_dropped: u64,
@@ -215,6 +218,7 @@ impl CriService {
             leases_held: self.leases.held(),
             image_work_pending: self.monitor.image_work_pending(),
             removals_retrying: self.removals_retrying.load(Ordering::SeqCst),
+            container_removals_pending: self.pending_removals.len(),
             quarantined: self.quarantined(),
             events_sent: self.container_events.sent_total.load(Ordering::Relaxed),
             events_dropped: self.container_events.dropped_total.load(Ordering::Relaxed),

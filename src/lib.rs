@@ -18,6 +18,7 @@ mod events;
 pub mod kmutex;
 mod lease;
 mod recover;
+mod removal;
 mod rpc;
 mod service;
 mod spec;

@@ -17,6 +17,7 @@ use crate::ports::{
     ContainerRecord, EXTENSION_CONTAINER_METADATA, EXTENSION_SANDBOX_METADATA, KIND_CONTAINER, KIND_SANDBOX,
     LABEL_KIND, TaskState,
 };
+use crate::removal::REMOVAL_MARK_SUFFIX;
 use crate::service::{CriService, QuarantineKind, Quarantined};
 use crate::store::container::{EXIT_CODE_START_ERROR, EXIT_CODE_UNKNOWN, REASON_START_ERROR, REASON_UNKNOWN};
 use crate::store::{
@@ -35,6 +36,14 @@ struct Decision {
     delete_task: bool,
     /// The same inputs give the same status at any later restart (no time taken from now).
     stable: bool,
+}
+
+/// A container record as recovery finds it.
+enum LoadedContainer {
+    /// Loaded, with whether an exit monitor must be attached (its task runs).
+    Live(Arc<Container>, bool),
+    /// Its removal was acknowledged before the restart: finished, not loaded. The pod's id.
+    Removed(SandboxId),
 }
 
 /// How many objects recovery loads at once. Each costs a few containerd round trips and a
@@ -97,9 +106,15 @@ impl CriService {
             }
         }
         let mut containers = vec![];
+        let mut removed = vec![];
         for (record, result) in container_records.iter().zip(containers_loaded) {
             match result {
-                Ok(loaded) => containers.push((record.created_at_ns, loaded)),
+                Ok(LoadedContainer::Live(container, monitor)) => {
+                    containers.push((record.created_at_ns, (container, monitor)))
+                }
+                Ok(LoadedContainer::Removed(sandbox_id)) => {
+                    removed.push((ContainerId::from(record.id.as_str()), sandbox_id))
+                }
                 Err(error) => self.quarantine(QuarantineKind::Container, &record.id, "", &error.message),
             }
         }
@@ -137,6 +152,10 @@ impl CriService {
         // Every object is in its store now, so no exit can be dropped as "not found" (B7).
         for task in monitors {
             self.start_exit_monitor(task);
+        }
+        // Acknowledged removals a crash cut short: finished, never loaded (`removal.rs`).
+        for (id, sandbox_id) in removed {
+            self.resume_container_removal(id, &sandbox_id);
         }
         self.recover_images().await;
         let images_ns = self.now_ns();
@@ -286,9 +305,9 @@ impl CriService {
         Ok(sandbox)
     }
 
-    /// Loads a container and decides its status from the checkpoint and the task. Returns
-    /// whether an exit monitor must be attached.
-    async fn load_container(&self, record: &ContainerRecord) -> Result<(Arc<Container>, bool)> {
+    /// Loads a container and decides its status from the checkpoint and the task, with whether
+    /// an exit monitor must be attached; or finds it removed.
+    async fn load_container(&self, record: &ContainerRecord) -> Result<LoadedContainer> {
         let bytes = record
             .extensions
             .get(EXTENSION_CONTAINER_METADATA)
@@ -302,7 +321,36 @@ impl CriService {
             )));
         }
         let config = decode_message(&metadata.config)?;
-        let checkpoint = self.load_checkpoint(&metadata.id).await;
+        let checkpoint = match self
+            .retry_transient("read checkpoint", &record.id, || self.read_checkpoint(&metadata.id))
+            .await
+        {
+            Ok(status) => status,
+            Err(error) if error.is_not_found() => {
+                // A removal renames the checkpoint to the container's removal mark, and nothing
+                // writes the checkpoint again: a container without one was either removed before
+                // the restart (the mark says so) or lost its checkpoint (B9).
+                let mark = self.removal_mark_path(&metadata.id);
+                match self.retry_transient("read removal mark", &record.id, || self.backends.os.read_file(&mark)).await
+                {
+                    // Only the mark's existence counts: one whose data is lost is there too.
+                    Ok(_) => return Ok(LoadedContainer::Removed(metadata.sandbox_id)),
+                    Err(error) if error.kind == crate::error::ErrorKind::DataLoss => {
+                        return Ok(LoadedContainer::Removed(metadata.sandbox_id));
+                    }
+                    Err(error) if error.is_not_found() => {}
+                    // Served, a removed container would come back; quarantined, it stays in
+                    // containerd for an operator.
+                    Err(error) => return Err(error.context("cannot tell whether the container was removed")),
+                }
+                tracing::warn!(id = record.id, "status checkpoint missing; container is UNKNOWN");
+                ContainerStatus::unknown_status()
+            }
+            Err(error) => {
+                tracing::warn!(id = record.id, %error, "status checkpoint unusable; container is UNKNOWN");
+                ContainerStatus::unknown_status()
+            }
+        };
         let decision = self.reconcile_container_status(&record.id, checkpoint.clone()).await;
         let mut status = decision.status;
         // Persist what recovery decided before acting on it or serving it; an unchanged status
@@ -330,7 +378,7 @@ impl CriService {
             status = ContainerStatus { unknown: true, ..checkpoint };
         }
         let monitor = decision.monitor;
-        Ok((Arc::new(Container::new(metadata, config, status)), monitor))
+        Ok(LoadedContainer::Live(Arc::new(Container::new(metadata, config, status)), monitor))
     }
 
     /// Runs `call` until it succeeds or fails for a lasting reason (NotFound, DataLoss), at most
@@ -395,17 +443,6 @@ impl CriService {
             tracing::info!(id, attempt, "containerd cannot tell the task's state yet; asking again");
             attempt += 1;
             self.sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    /// The checkpoint, or the UNKNOWN status when it is missing, corrupt or unreadable.
-    async fn load_checkpoint(&self, id: &ContainerId) -> ContainerStatus {
-        match self.retry_transient("read checkpoint", id.as_str(), || self.read_checkpoint(id)).await {
-            Ok(status) => status,
-            Err(error) => {
-                tracing::warn!(%id, %error, "status checkpoint unusable; container is UNKNOWN");
-                ContainerStatus::unknown_status()
-            }
         }
     }
 
@@ -592,7 +629,8 @@ impl CriService {
     }
 
     /// Removes pod and container dirs that no containerd container owns. Never touches the dirs
-    /// of a listed object; plain files other than half-deleted checkpoints are left alone.
+    /// of a listed object; plain files other than half-deleted checkpoints and removal marks
+    /// are left alone.
     async fn remove_orphan_dirs(self: &Arc<Self>, known: &BTreeSet<String>) {
         for base in [&self.config.root_dir, &self.config.state_dir] {
             for kind in ["sandboxes", "containers"] {
@@ -610,8 +648,15 @@ impl CriService {
                 };
                 for entry in entries {
                     let path = format!("{dir}/{}", entry.name);
-                    let orphan =
-                        if entry.is_dir { !known.contains(&entry.name) } else { entry.name.ends_with(".del-status") };
+                    // A removal mark stays while its containerd container does: the removal
+                    // resumed above needs it until the record is gone.
+                    let orphan = if entry.is_dir {
+                        !known.contains(&entry.name)
+                    } else if let Some(id) = entry.name.strip_suffix(REMOVAL_MARK_SUFFIX) {
+                        !known.contains(id)
+                    } else {
+                        entry.name.ends_with(".del-status")
+                    };
                     if orphan {
                         tracing::info!(path, "removing orphaned state");
                         if let Err(error) = self.backends.os.remove_all(&path).await {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::events::{ContainerEventHub, EventMonitor};
 use crate::ids::{ContainerId, SandboxId};
 use crate::ports::{Backends, SnapshotUsage};
+use crate::removal::REMOVAL_MARK_SUFFIX;
 use crate::rpc::image_pull::PullManager;
 use crate::store::{Container, ImageStore, Registrar, Sandbox, Table};
 
@@ -105,6 +106,8 @@ pub struct CriService {
     initialized: AtomicBool,
     /// Dirs whose removal failed and is being retried in the background.
     pub(crate) removals_retrying: AtomicUsize,
+    /// Container removals acknowledged and not finished (`removal.rs`).
+    pub(crate) pending_removals: crate::removal::PendingRemovals,
 }
 
 impl CriService {
@@ -131,6 +134,7 @@ impl CriService {
             streams: crate::streaming::StreamSessions::default(),
             initialized: AtomicBool::new(false),
             removals_retrying: AtomicUsize::new(0),
+            pending_removals: Default::default(),
         }))
     }
 
@@ -245,6 +249,10 @@ impl CriService {
     /// that a crash in between leaves no half-removed file under the real name.
     pub(crate) fn deleted_checkpoint_path(&self, id: &ContainerId) -> String {
         format!("{}/containers/{id}.del-status", self.config.root_dir)
+    }
+    /// Beside the container's dir: a removal acknowledged and not finished (`removal.rs`).
+    pub(crate) fn removal_mark_path(&self, id: &ContainerId) -> String {
+        format!("{}/containers/{id}{REMOVAL_MARK_SUFFIX}", self.config.root_dir)
     }
     pub(crate) fn netns_path(&self, id: &SandboxId) -> String {
         if self.config.netns_mounts_under_state_dir {

@@ -88,6 +88,20 @@ fn write_atomic_sync(path: &Path, data: &[u8]) -> Result<()> {
     result.io_context(format!("write {}", path.display()))
 }
 
+/// rename(2), then a sync of the directories involved: the new entry (and the old one's
+/// absence) survive a crash once this returned.
+fn rename_durable_sync(from: &Path, to: &Path) -> Result<()> {
+    let parent = |path: &Path| path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
+    let context = || format!("rename {} to {}", from.display(), to.display());
+    fs::rename(from, to).io_context(context())?;
+    let (to_dir, from_dir) = (parent(to), parent(from));
+    fs::File::open(&to_dir).and_then(|dir| dir.sync_all()).io_context(context())?;
+    if from_dir != to_dir {
+        fs::File::open(&from_dir).and_then(|dir| dir.sync_all()).io_context(context())?;
+    }
+    Ok(())
+}
+
 fn remove_all_sync(path: &Path) -> Result<()> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -262,7 +276,8 @@ impl Os for LinuxOs {
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        tokio::fs::rename(from, to).await.io_context(format!("rename {from} to {to}"))
+        let (from, to) = (PathBuf::from(from), PathBuf::from(to));
+        blocking(move || rename_durable_sync(&from, &to)).await
     }
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
@@ -419,6 +434,20 @@ mod tests {
         touch(&v2.path().join("system.slice/crid.service/memory.swap.max"), "max\n");
         touch(&v2.path().join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids\n");
         assert_eq!(CgroupSupport::probe(v2.path(), own), CgroupSupport { swap: true, hugetlb: true });
+    }
+
+    #[tokio::test]
+    async fn rename_moves_a_file_across_dirs_and_a_missing_source_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        LinuxOs.mkdir_all(&path("a")).await.unwrap();
+        LinuxOs.mkdir_all(&path("b")).await.unwrap();
+        LinuxOs.write_atomic(&path("a/status"), b"one").await.unwrap();
+        LinuxOs.rename(&path("a/status"), &path("b/id.removed")).await.unwrap();
+        assert_eq!(LinuxOs.read_file(&path("b/id.removed")).await.unwrap(), b"one");
+        assert!(LinuxOs.read_file(&path("a/status")).await.unwrap_err().is_not_found());
+        let again = LinuxOs.rename(&path("a/status"), &path("b/id.removed")).await.unwrap_err();
+        assert!(again.is_not_found(), "{again}");
     }
 
     #[tokio::test]

@@ -885,7 +885,9 @@ async fn frozen_leftovers_do_not_block_removal(cri: &mut Cri) {
     };
     assert_eq!(cri.wait_container_state(&id, ContainerState::ContainerExited).await, 137);
     cri.remove_container(&id).await;
-    assert!(!freezer.exists(), "{}: the container's cgroup is gone", cri.kind.name());
+    // crid deletes the task after RemoveContainer's reply (containerd's CRI before it).
+    let what = format!("{}: the container's cgroup gone", cri.kind.name());
+    eventually(Duration::from_secs(10), &what, cri, || !freezer.exists()).await;
     cri.remove_pod(&pod_id).await;
     cri.assert_no_leaks();
 }
@@ -2147,8 +2149,14 @@ async fn a_full_state_disk_refuses_typed_and_recovers() {
         ContainerState::ContainerCreated,
         "a refused start changes nothing"
     );
-    // Removal needs no space, and frees some: fill that again.
+    // Removal needs no space, and frees some (its dirs go after the reply): fill that again.
     crid.remove_container(&doomed).await;
+    let (doomed_dir, doomed_mark) =
+        (root.join("containers").join(&doomed), root.join("containers").join(format!("{doomed}.removed")));
+    eventually(Duration::from_secs(10), "the removed container's dir and mark gone", &crid, || {
+        !doomed_dir.exists() && !doomed_mark.exists()
+    })
+    .await;
     fill_until_full(&root.join("filler2"));
 
     // The waiter exits while its exit cannot be recorded: it stays as acknowledged (RUNNING),

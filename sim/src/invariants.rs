@@ -645,6 +645,8 @@ impl Checker {
                     && s.leases_held.is_empty()
                     // A dir whose removal is being retried is not yet a leak.
                     && s.removals_retrying == 0
+                    // Nor is what an acknowledged container removal has still to delete.
+                    && s.container_removals_pending == 0
             }
             None => false,
         }
@@ -736,7 +738,7 @@ impl Checker {
         for path in self.world.os.files().keys().chain(self.world.os.dirs().iter()) {
             let owner = path.split('/').skip_while(|p| *p != "containers" && *p != "sandboxes").nth(1);
             if let Some(owner) = owner {
-                let id = owner.trim_end_matches(".del-status");
+                let id = owner.trim_end_matches(".del-status").trim_end_matches(".removed");
                 if id.len() == 64 && !stored.contains(id) && !quarantined.contains(id) {
                     self.fail("13 no runtime leak", &format!("path {path}"), "state of a removed object");
                 }

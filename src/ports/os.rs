@@ -63,6 +63,8 @@ pub trait Os: Send + Sync + 'static {
     async fn write_file(&self, path: &str, data: &[u8]) -> Result<()>;
     /// NotFound when the file does not exist.
     async fn read_file(&self, path: &str) -> Result<Vec<u8>>;
+    /// Durable: once it returned, a crash finds the file under its new name (the directories
+    /// are synced).
     async fn rename(&self, from: &str, to: &str) -> Result<()>;
     /// Entries of a directory, sorted by name. NotFound when it does not exist.
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>>;

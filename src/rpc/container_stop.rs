@@ -4,16 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_cri::v1::{
-    ContainerEventType, RemoveContainerRequest, RemoveContainerResponse, StopContainerRequest, StopContainerResponse,
-};
+use k8s_cri::v1::{RemoveContainerRequest, RemoveContainerResponse, StopContainerRequest, StopContainerResponse};
 
 use crate::error::{Error, Result};
 use crate::events::HANDLE_EVENT_TIMEOUT;
 use crate::ids::TaskId;
 use crate::ports::ExitStatus;
 use crate::rpc::container_create::state_name;
-use crate::rpc::sandbox_run::ignore_not_found;
 use crate::service::CriService;
 use crate::spec::parse_signal;
 use crate::store::container::EXIT_CODE_UNKNOWN;
@@ -21,9 +18,10 @@ use crate::store::{Container, ContainerState};
 
 /// After SIGKILL, how long Stop waits for the exit before returning a typed error.
 pub const CONTAINER_KILL_WAIT: Duration = Duration::from_secs(30);
-/// Bound of RemoveContainer's steps, as CreateContainer's and StartContainer's are: the removal
-/// runs detached from its caller, so a containerd call that hangs would otherwise keep the
-/// container "being removed", refusing every retry, until crid restarts.
+/// Bound of what RemoveContainer does before its reply (the removal's mark), as CreateContainer's
+/// and StartContainer's steps are bounded: the removal runs detached from its caller, so a call
+/// that hangs would otherwise keep the container "being removed", refusing every retry, until
+/// crid restarts. What follows the reply is bounded per attempt (`removal.rs`).
 pub const REMOVE_CONTAINER_TIMEOUT: Duration = Duration::from_secs(240);
 const SIGKILL: u32 = 9;
 const SIGTERM: u32 = 15;
@@ -179,8 +177,10 @@ impl CriService {
             Ok(())
         })
         .await?;
+        // What must precede the reply is the removal's mark, durable; the rest follows it
+        // (`removal.rs`).
         let result = self
-            .with_timeout(REMOVE_CONTAINER_TIMEOUT, "remove container", self.remove_container_steps(container))
+            .with_timeout(REMOVE_CONTAINER_TIMEOUT, "remove container", self.acknowledge_container_removal(container))
             .await;
         if result.is_err() {
             let _ = self
@@ -191,31 +191,5 @@ impl CriService {
                 .await;
         }
         result
-    }
-
-    async fn remove_container_steps(&self, container: &Container) -> Result<()> {
-        let id = &container.id;
-        // Persist the status as served before the task goes: recovery may have served an exit
-        // it could not write yet, and without the task a restart would decide differently.
-        self.persist_served_status(container).await?;
-        // A task can outlive the exit handling (recovery keeps a stopped task until the status is
-        // persisted; a delete may have completed late): it must go before the container. A
-        // delete the exit handler has in flight is waited for rather than sent again.
-        self.delete_exited_task(container).await.map_err(|e| e.context("failed to delete task"))?;
-        ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)
-            .map_err(|e| e.context("failed to delete containerd container"))?;
-        self.delete_checkpoint(id).await?;
-        self.backends.os.remove_all(&self.container_root(id)).await?;
-        self.backends.os.remove_all(&self.container_state_dir(id)).await?;
-        if self.containers.remove(id).is_some() {
-            self.container_names.release_by_key(id);
-            self.forget_operation(&format!("container/{}", container.name));
-            self.send_container_event(
-                id.as_str(),
-                &container.metadata.sandbox_id,
-                ContainerEventType::ContainerDeletedEvent,
-            );
-        }
-        Ok(())
     }
 }

@@ -252,6 +252,9 @@ impl CriService {
                 .await
                 .map_err(|e| e.context(format!("failed to remove container {:?}", container.id)))?;
         }
+        // A removed container's task, record and dirs go after RemoveContainer's reply: the pod
+        // goes only after them, so that a removed pod leaves nothing behind.
+        self.wait_pod_container_removals(&id).await?;
         self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
         self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await?;
         // The pause task goes before its record, as a container's does in RemoveContainer: a

@@ -202,6 +202,18 @@ impl Node {
         self.svc.status(StatusRequest { verbose: true }).await.expect("status").info
     }
 
+    /// Waits until every acknowledged container removal has deleted what follows its reply
+    /// (the task, the containerd container, the dirs); fails after a simulated minute.
+    pub async fn removals_settled(&self) {
+        for _ in 0..600 {
+            if self.svc.snapshot().container_removals_pending == 0 {
+                return;
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        panic!("container removals still pending after 60 s: {}", self.svc.snapshot().container_removals_pending);
+    }
+
     // ---- leak checks ----
 
     /// Everything a sandbox or container id can hold outside the CRI process, for ids that

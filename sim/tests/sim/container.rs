@@ -76,8 +76,9 @@ async fn container_lifecycle() {
         err_kind(node.svc.container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false }).await),
         ErrorKind::NotFound
     );
-    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
     assert!(node.svc.snapshot().container_names.is_empty(), "the name is released");
+    node.removals_settled().await;
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
     // The same name can be used again.
     let again = node.create(&pod, "app", "main", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
     assert_ne!(again, id);
@@ -557,6 +558,7 @@ async fn remove_running_container_force_stops_it() {
     let (_, id) = node.pod_with_running("rm", &["sleep", "inf", "ignore-sigterm"]).await;
     node.remove_container(&id).await;
     assert!(node.list_containers(None).await.is_empty());
+    node.removals_settled().await;
     assert_eq!(node.leaks_of(&id), Vec::<String>::new());
     assert!(
         node.world.containerd.shims().len() == 1,
@@ -566,7 +568,7 @@ async fn remove_running_container_force_stops_it() {
 }
 
 /// On a full disk, calls that must persist are refused with ResourceExhausted, while removal,
-/// which only frees space, still works when the checkpoint already holds the served status.
+/// which only frees space, still works: its mark is the checkpoint, renamed.
 #[madsim::test]
 async fn a_full_disk_refuses_writes_but_not_removal() {
     let node = Node::start().await;
@@ -588,6 +590,7 @@ async fn a_full_disk_refuses_writes_but_not_removal() {
     node.remove_container(&exited).await;
     node.remove_container(&created).await;
     assert_eq!(sorted_ids(node.list_containers(None).await.into_iter().map(|c| c.id)), vec![kept.clone()]);
+    node.removals_settled().await;
     assert_eq!(node.leaks_of(&exited), Vec::<String>::new());
     assert_eq!(node.leaks_of(&created), Vec::<String>::new());
 
@@ -1392,10 +1395,11 @@ async fn oom_reason_comes_from_the_task_cgroup_when_the_bus_drops_it() {
 }
 
 /// A RemoveContainer right after StopContainer finds the exit handler's task delete still in
-/// flight (Stop answers once the exit is recorded): it waits for that delete and sends none of
-/// its own, where two deletes at once both reached the shim and the later one failed.
+/// flight (Stop answers once the exit is recorded). It answers without waiting for it (the
+/// removal is durable once its mark is), and what follows the reply joins that delete and sends
+/// none of its own, where two deletes at once both reached the shim and the later one failed.
 #[madsim::test]
-async fn remove_right_after_stop_waits_for_the_exit_handlers_task_delete() {
+async fn remove_right_after_stop_answers_at_once_and_joins_the_exit_handlers_task_delete() {
     cov_mark::check!(exited_task_delete_joined);
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("rm-after-stop", &["sleep", "inf"]).await;
@@ -1404,8 +1408,12 @@ async fn remove_right_after_stop_waits_for_the_exit_handlers_task_delete() {
     node.stop_container(&id, 0).await;
     assert!(node.world.containerd.tasks().contains_key(&id), "Stop answered before the task delete finished");
     node.remove_container(&id).await;
-    assert!(!node.world.containerd.tasks().contains_key(&id), "the task went before the container");
-    assert!(node.list_containers(None).await.is_empty());
+    assert!(node.list_containers(None).await.is_empty(), "gone from the CRI at the reply");
+    assert!(node.world.containerd.tasks().contains_key(&id), "Remove answered before the task delete finished");
+    assert!(node.world.containerd.containers().contains_key(&id), "the record goes after the task");
+    assert_eq!(node.svc.snapshot().container_removals_pending, 1);
+    node.removals_settled().await;
+    assert!(!node.world.containerd.tasks().contains_key(&id));
     assert_eq!(node.faults.calls_on(FaultSite::ContainerdDeleteTask, &id), 1, "one delete of the task, not two");
     assert_eq!(node.leaks_of(&id), Vec::<String>::new());
 }
@@ -1434,7 +1442,9 @@ async fn a_forced_stop_whose_task_delete_hangs_fails_within_the_exit_handlers_bo
     assert_eq!(node.container_state(&id).await, ContainerState::ContainerExited, "the exit was recorded first");
     node.remove_container(&id).await;
     assert!(node.list_containers(None).await.is_empty());
-    assert!(!node.world.containerd.tasks().contains_key(&id), "the task went before the container");
+    node.removals_settled().await;
+    assert!(!node.world.containerd.tasks().contains_key(&id), "the task went with the container");
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
 }
 
 /// A task delete that did its work but reported an error (B5): the exit is recorded once, the
@@ -1720,4 +1730,38 @@ async fn exec_sync_cleans_up_a_failed_start_that_was_applied() {
         assert_eq!(left, vec![], "{action:?}: an exec process runs on after ExecSync returned");
     }
     assert_eq!(node.world.containerd.live_execs(), vec![]);
+}
+
+/// A pod's removal waits for the removals of its containers that are still deleting what
+/// follows their replies, so that a removed pod leaves nothing behind.
+#[madsim::test]
+async fn a_pod_removal_waits_for_its_containers_removals() {
+    cov_mark::check!(pod_removal_waited_for_container_removal);
+    let node = Node::start().await;
+    let (pod, id) = node.pod_with_running("rm-pod", &["sleep", "inf"]).await;
+    node.stop_container(&id, 0).await;
+    node.faults.push(FaultSite::ContainerdDeleteContainer, Some(&id), FaultAction::Delay(Duration::from_secs(20)));
+    node.remove_container(&id).await;
+    node.stop_pod(&pod).await;
+    assert!(node.world.containerd.containers().contains_key(&id), "the container's delete is still delayed");
+    node.remove_pod(&pod).await;
+    assert_eq!(node.svc.snapshot().container_removals_pending, 0, "the pod's removal waited for it");
+    node.assert_no_sandbox_leftovers("the pod removed after its container's delayed delete");
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+}
+
+/// A container whose checkpoint is gone has nothing to rename: its removal writes an empty
+/// mark, with the same meaning.
+#[madsim::test]
+async fn a_container_without_a_checkpoint_is_removed_with_an_empty_mark() {
+    cov_mark::check!(removal_marked_without_checkpoint);
+    let node = Node::start().await;
+    let (_, id) = node.pod_with_running("lost", &["sleep", "inf"]).await;
+    node.stop_container(&id, 0).await;
+    let checkpoint = format!("{ROOT_DIR}/containers/{id}/status");
+    crid::ports::Os::remove_all(&*node.world.os, &checkpoint).await.unwrap();
+    node.remove_container(&id).await;
+    assert!(node.list_containers(None).await.is_empty());
+    node.removals_settled().await;
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
 }

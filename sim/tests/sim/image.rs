@@ -418,6 +418,7 @@ async fn remove_image_frees_what_only_it_held() {
     assert_disk_released(&node);
     node.stop_container(&container, 0).await;
     node.remove_container(&container).await;
+    node.removals_settled().await;
     let snapshots = node.world.containerd.snapshots(SNAPSHOTTER);
     assert!(!snapshots.contains_key(chains.last().unwrap()), "busybox's top layer went with the container");
     assert!(snapshots.contains_key(&chains[0]), "the shared base layer stays for nginx");

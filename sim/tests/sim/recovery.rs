@@ -747,3 +747,39 @@ async fn a_task_state_that_never_settles_holds_recovery_only_seconds() {
     assert!(took < Duration::from_secs(8), "recovery was held for {took:?}");
     assert_eq!(node.container_state(&id).await, ContainerState::ContainerUnknown);
 }
+
+/// A RemoveContainer answers once its removal is durable (the checkpoint renamed to the
+/// container's removal mark); the task's and the record's deletes follow. A crash before they
+/// are done leaves the mark beside the containerd container: the next start finishes the
+/// removal and never loads the container, whose name stays free.
+#[madsim::test]
+async fn an_acknowledged_removal_cut_short_by_a_crash_is_finished_never_served() {
+    cov_mark::check!(removal_resumed_after_restart);
+    let (world, faults) = world(41);
+    let (pod, id) = in_process(world.clone(), faults.clone(), |node| async move {
+        node.pull(BUSYBOX_IMAGE).await;
+        let (pod, id) = node.pod_with_running("rm-crash", &["sleep", "inf"]).await;
+        node.stop_container(&id, 0).await;
+        node.faults.push(FaultSite::ContainerdDeleteContainer, Some(&id), FaultAction::Hang);
+        node.remove_container(&id).await;
+        assert!(node.list_containers(None).await.is_empty());
+        // The crash comes once the removal's containerd delete hangs.
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(node.faults.pending(), 0, "the hanging delete was reached");
+        (pod, id)
+    })
+    .await;
+    assert!(world.containerd.containers().contains_key(&id), "the crash cut the removal short");
+    assert!(world.os.file(&format!("{ROOT_DIR}/containers/{id}.removed")).is_some(), "the mark is on disk");
+
+    let node = Node::start_on(world.clone(), faults, test_config()).await;
+    assert!(node.list_containers(None).await.is_empty(), "a removed container is not served again");
+    assert!(node.svc.snapshot().quarantined.is_empty());
+    node.removals_settled().await;
+    assert_eq!(node.leaks_of(&id), Vec::<String>::new());
+    // The same name is free.
+    node.create(&pod, "rm-crash", "main", BUSYBOX_IMAGE, &["sleep", "inf"]).await;
+    node.stop_pod(&pod).await;
+    node.remove_pod(&pod).await;
+    node.assert_no_sandbox_leftovers("the pod removed after the resumed removal");
+}

@@ -169,6 +169,7 @@ async fn a_crash_mid_session_leaves_nothing_after_removal() {
     let node = Node::start_on(world, faults, test_config()).await;
     node.stop_container(&id, 0).await;
     node.remove_container(&id).await;
+    node.removals_settled().await;
     assert_eq!(node.world.containerd.live_execs(), vec![]);
     assert_eq!(node.leaks_of(&id), Vec::<String>::new());
 }
