@@ -321,35 +321,8 @@ impl CriService {
             )));
         }
         let config = decode_message(&metadata.config)?;
-        let checkpoint = match self
-            .retry_transient("read checkpoint", &record.id, || self.read_checkpoint(&metadata.id))
-            .await
-        {
-            Ok(status) => status,
-            Err(error) if error.is_not_found() => {
-                // A removal renames the checkpoint to the container's removal mark, and nothing
-                // writes the checkpoint again: a container without one was either removed before
-                // the restart (the mark says so) or lost its checkpoint (B9).
-                let mark = self.removal_mark_path(&metadata.id);
-                match self.retry_transient("read removal mark", &record.id, || self.backends.os.read_file(&mark)).await
-                {
-                    // Only the mark's existence counts: one whose data is lost is there too.
-                    Ok(_) => return Ok(LoadedContainer::Removed(metadata.sandbox_id)),
-                    Err(error) if error.kind == crate::error::ErrorKind::DataLoss => {
-                        return Ok(LoadedContainer::Removed(metadata.sandbox_id));
-                    }
-                    Err(error) if error.is_not_found() => {}
-                    // Served, a removed container would come back; quarantined, it stays in
-                    // containerd for an operator.
-                    Err(error) => return Err(error.context("cannot tell whether the container was removed")),
-                }
-                tracing::warn!(id = record.id, "status checkpoint missing; container is UNKNOWN");
-                ContainerStatus::unknown_status()
-            }
-            Err(error) => {
-                tracing::warn!(id = record.id, %error, "status checkpoint unusable; container is UNKNOWN");
-                ContainerStatus::unknown_status()
-            }
+        let Some(checkpoint) = self.load_checkpoint(&metadata.id).await? else {
+            return Ok(LoadedContainer::Removed(metadata.sandbox_id));
         };
         let decision = self.reconcile_container_status(&record.id, checkpoint.clone()).await;
         let mut status = decision.status;
@@ -443,6 +416,34 @@ impl CriService {
             tracing::info!(id, attempt, "containerd cannot tell the task's state yet; asking again");
             attempt += 1;
             self.sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The checkpoint, or the UNKNOWN status when it is missing, corrupt or unreadable; None
+    /// when the container's removal was acknowledged before the restart. A removal renames the
+    /// checkpoint to the container's removal mark, and nothing writes the checkpoint again: a
+    /// container without one was either removed (the mark says so) or lost it (B9). An error
+    /// when the mark cannot be read: served, a removed container would come back; quarantined,
+    /// it stays in containerd for an operator.
+    async fn load_checkpoint(&self, id: &ContainerId) -> Result<Option<ContainerStatus>> {
+        let error = match self.retry_transient("read checkpoint", id.as_str(), || self.read_checkpoint(id)).await {
+            Ok(status) => return Ok(Some(status)),
+            Err(error) => error,
+        };
+        if !error.is_not_found() {
+            tracing::warn!(%id, %error, "status checkpoint unusable; container is UNKNOWN");
+            return Ok(Some(ContainerStatus::unknown_status()));
+        }
+        let mark = self.removal_mark_path(id);
+        match self.retry_transient("read removal mark", id.as_str(), || self.backends.os.read_file(&mark)).await {
+            // Only the mark's existence counts: one whose data is lost is there too.
+            Ok(_) => Ok(None),
+            Err(error) if error.kind == crate::error::ErrorKind::DataLoss => Ok(None),
+            Err(error) if error.is_not_found() => {
+                tracing::warn!(%id, "status checkpoint missing; container is UNKNOWN");
+                Ok(Some(ContainerStatus::unknown_status()))
+            }
+            Err(error) => Err(error.context("cannot tell whether the container was removed")),
         }
     }
 

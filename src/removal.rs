@@ -52,18 +52,24 @@ pub(crate) struct PendingRemovals {
     entries: Mutex<BTreeMap<ContainerId, Pending>>,
 }
 
+/// The worker's side of a pending removal.
+struct Registration {
+    retry_now: Arc<Notify>,
+    finished: watch::Sender<bool>,
+}
+
 impl PendingRemovals {
-    fn add(&self, id: &ContainerId, sandbox_id: &SandboxId) -> (Arc<Notify>, watch::Sender<bool>) {
+    fn add(&self, id: &ContainerId, sandbox_id: &SandboxId) -> Registration {
         let retry_now = Arc::new(Notify::new());
         let (finished, done) = watch::channel(false);
         let pending = Pending { sandbox_id: sandbox_id.clone(), retry_now: retry_now.clone(), done };
         self.entries.lock().unwrap().insert(id.clone(), pending);
-        (retry_now, finished)
+        Registration { retry_now, finished }
     }
 
-    fn finish(&self, id: &ContainerId, finished: &watch::Sender<bool>) {
+    fn finish(&self, id: &ContainerId, registration: &Registration) {
         self.entries.lock().unwrap().remove(id);
-        finished.send_replace(true);
+        registration.finished.send_replace(true);
     }
 
     /// How many removals are not finished (the simulator's quiescence waits for none).
@@ -110,7 +116,7 @@ impl CriService {
                 Err(error) => return Err(error.context("failed to mark the container removed")),
             }
         }
-        let (retry_now, finished) = self.pending_removals.add(id, &container.metadata.sandbox_id);
+        let registration = self.pending_removals.add(id, &container.metadata.sandbox_id);
         if self.containers.remove(id).is_some() {
             self.container_names.release_by_key(id);
             self.forget_operation(&format!("container/{}", container.name));
@@ -120,35 +126,31 @@ impl CriService {
                 k8s_cri::v1::ContainerEventType::ContainerDeletedEvent,
             );
         }
-        let service = self.clone();
-        let container = container.clone();
-        tokio::spawn(async move {
-            service.finish_container_removal(&container.id, Some(&container), &retry_now).await;
-            service.pending_removals.finish(&container.id, &finished);
-        });
+        tokio::spawn(self.clone().finish_container_removal(id.clone(), Some(container.clone()), registration));
         Ok(())
     }
 
     /// Finishes a removal that a restart found marked: the container was not loaded.
     pub(crate) fn resume_container_removal(self: &Arc<Self>, id: ContainerId, sandbox_id: &SandboxId) {
         cov_mark::hit!(removal_resumed_after_restart);
-        let (retry_now, finished) = self.pending_removals.add(&id, sandbox_id);
-        let service = self.clone();
-        tokio::spawn(async move {
-            service.finish_container_removal(&id, None, &retry_now).await;
-            service.pending_removals.finish(&id, &finished);
-        });
+        let registration = self.pending_removals.add(&id, sandbox_id);
+        tokio::spawn(self.clone().finish_container_removal(id, None, registration));
     }
 
-    /// Tries the removal's remaining steps until they succeed. `container` is the removed
-    /// object when this process removed it (its exit handler may have the task's delete in
-    /// flight, which is joined rather than sent again).
-    async fn finish_container_removal(&self, id: &ContainerId, container: Option<&Container>, retry_now: &Notify) {
+    /// Tries the removal's remaining steps until they succeed, then marks it finished.
+    /// `container` is the removed object when this process removed it (its exit handler may
+    /// have the task's delete in flight, which is joined rather than sent again).
+    async fn finish_container_removal(
+        self: Arc<Self>,
+        id: ContainerId,
+        container: Option<Arc<Container>>,
+        registration: Registration,
+    ) {
         let mut backoff = Backoff::new(BACKOFF_INITIAL, RECONNECT_MAX);
         loop {
-            let steps = self.container_removal_steps(id, container);
+            let steps = self.container_removal_steps(&id, container.as_deref());
             match self.with_timeout(REMOVAL_ATTEMPT_TIMEOUT, "finish container removal", steps).await {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(error) => {
                     cov_mark::hit!(removal_after_reply_retried);
                     tracing::warn!(%id, %error, "failed to finish removing a removed container; retrying");
@@ -156,10 +158,11 @@ impl CriService {
             }
             tokio::select! {
                 biased;
-                () = retry_now.notified() => {}
+                () = registration.retry_now.notified() => {}
                 () = self.sleep(backoff.next_delay()) => {}
             }
         }
+        self.pending_removals.finish(&id, &registration);
     }
 
     /// The task, the containerd container (with its snapshot), the mark, the dirs: in this
@@ -182,17 +185,21 @@ impl CriService {
     /// Waits until the removals of the pod's containers are done, asking each for its next
     /// attempt now. Bounded: an error when one is still going after `POD_REMOVAL_WAIT`.
     pub(crate) async fn wait_pod_container_removals(&self, sandbox_id: &SandboxId) -> Result<()> {
-        for (id, mut done) in self.pending_removals.of_pod(sandbox_id) {
-            cov_mark::hit!(pod_removal_waited_for_container_removal);
-            // A closed channel is a removal whose task ended: done as well.
-            let finished = async {
-                let _ = done.wait_for(|done| *done).await;
-                Ok(())
-            };
-            self.with_timeout(POD_REMOVAL_WAIT, "wait for a container's removal", finished)
-                .await
-                .map_err(|e| Error::unavailable(format!("container {id:?} of the pod is still being removed: {e}")))?;
+        let pending = self.pending_removals.of_pod(sandbox_id);
+        if pending.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        cov_mark::hit!(pod_removal_waited_for_container_removal);
+        let ids: Vec<ContainerId> = pending.iter().map(|(id, _)| id.clone()).collect();
+        let all_done = async {
+            for (_, mut done) in pending {
+                // A closed channel is a removal whose task ended: done as well.
+                let _ = done.wait_for(|done| *done).await;
+            }
+            Ok(())
+        };
+        self.with_timeout(POD_REMOVAL_WAIT, "wait for the pod's container removals", all_done)
+            .await
+            .map_err(|e| Error::unavailable(format!("containers {ids:?} of the pod are still being removed: {e}")))
     }
 }

@@ -66,8 +66,13 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
 }
 
+/// The directory that holds `path`'s entry (`.` for a bare name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 fn write_atomic_sync(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let name = path.file_name().ok_or_else(|| Error::invalid(format!("not a file path: {}", path.display())))?;
     // A unique temp name in the same directory: rename is atomic only within one filesystem, and
     // concurrent writers of one path must not share a temp file.
@@ -91,13 +96,12 @@ fn write_atomic_sync(path: &Path, data: &[u8]) -> Result<()> {
 /// rename(2), then a sync of the directories involved: the new entry (and the old one's
 /// absence) survive a crash once this returned.
 fn rename_durable_sync(from: &Path, to: &Path) -> Result<()> {
-    let parent = |path: &Path| path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_owned();
     let context = || format!("rename {} to {}", from.display(), to.display());
     fs::rename(from, to).io_context(context())?;
-    let (to_dir, from_dir) = (parent(to), parent(from));
-    fs::File::open(&to_dir).and_then(|dir| dir.sync_all()).io_context(context())?;
+    let (to_dir, from_dir) = (parent_dir(to), parent_dir(from));
+    fs::File::open(to_dir).and_then(|dir| dir.sync_all()).io_context(context())?;
     if from_dir != to_dir {
-        fs::File::open(&from_dir).and_then(|dir| dir.sync_all()).io_context(context())?;
+        fs::File::open(from_dir).and_then(|dir| dir.sync_all()).io_context(context())?;
     }
     Ok(())
 }

@@ -15,6 +15,11 @@ use k8s_cri::v1::*;
 pub use crid_sim::fakes::{BUSYBOX_IMAGE, FaultSite, NGINX_IMAGE};
 
 pub const ROOT_DIR: &str = "/var/lib/crid";
+
+/// Where the service keeps a container's status checkpoint.
+pub fn checkpoint_path(id: &str) -> String {
+    format!("{ROOT_DIR}/containers/{id}/status")
+}
 pub const STATE_DIR: &str = "/run/crid";
 pub const SNAPSHOTTER: &str = "overlayfs";
 

@@ -1758,7 +1758,7 @@ async fn a_container_without_a_checkpoint_is_removed_with_an_empty_mark() {
     let node = Node::start().await;
     let (_, id) = node.pod_with_running("lost", &["sleep", "inf"]).await;
     node.stop_container(&id, 0).await;
-    let checkpoint = format!("{ROOT_DIR}/containers/{id}/status");
+    let checkpoint = checkpoint_path(&id);
     crid::ports::Os::remove_all(&*node.world.os, &checkpoint).await.unwrap();
     node.remove_container(&id).await;
     assert!(node.list_containers(None).await.is_empty());

@@ -117,10 +117,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn checkpoint_path(id: &str) -> String {
-    format!("{ROOT_DIR}/containers/{id}/status")
-}
-
 /// First life: one pod with one container per case, each started or not. Returns the pod id
 /// and, per case name, the container id and its status before the crash.
 async fn build_first_life(

@@ -427,7 +427,7 @@ async fn a_removal_whose_containerd_delete_fails_is_retried_after_the_reply() {
 async fn a_removal_whose_mark_fails_keeps_the_container_and_a_retry_removes() {
     let node = node_with_pause_image().await;
     let (_, id) = node.pod_with_running("rmmark", &["sleep", "inf"]).await;
-    let checkpoint = format!("{ROOT_DIR}/containers/{id}/status");
+    let checkpoint = checkpoint_path(&id);
     node.faults.push(
         FaultSite::OsRename,
         Some(&checkpoint),
