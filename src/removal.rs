@@ -8,8 +8,9 @@
 //! between finds the mark beside a containerd container that still exists and finishes the
 //! removal instead of loading the container: an acknowledged removal never comes back.
 //!
-//! RemovePodSandbox waits for the removals of its pod's containers before it removes the pod,
-//! so that a removed pod leaves nothing behind, as before.
+//! RemovePodSandbox waits for the removals of its pod's containers before it removes the pod's
+//! dirs and drops it from the store, so that a removed pod leaves nothing behind, as before;
+//! the pod's pause task and record go while it waits.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

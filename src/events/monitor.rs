@@ -14,6 +14,7 @@ use crate::ids::{ContainerId, SandboxId, TaskId};
 use crate::ports::{Event, EventStream, ExitStatus};
 use crate::service::CriService;
 use crate::store::container::Container;
+use crate::store::sandbox::Sandbox;
 
 impl CriService {
     /// Starts the exit monitor of a task. Call only after the object is in its store, so that an
@@ -159,34 +160,56 @@ impl CriService {
     /// never return, and a later RemoveContainer must still be able to send its own delete, as
     /// it did before deletes were joined (swarm seed 270228).
     pub(crate) async fn delete_exited_task(&self, container: &Container) -> Result<()> {
-        let delete = || async {
-            match self.backends.containerd.delete_task(container.id.as_str()).await {
-                Ok(_) => Ok(()),
-                Err(error) if error.is_not_found() => {
-                    cov_mark::hit!(exit_task_already_deleted);
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            }
-        };
         if container.read_status(|status| status.finished_at_ns == 0) {
-            return delete().await;
+            return self.delete_task_found_or_gone(container.id.as_str()).await;
         }
-        let Ok(mut deleted) =
-            crate::ports::timeout(&*self.backends.clock, HANDLE_EVENT_TIMEOUT, container.exited_task_deleted.lock())
-                .await
+        if self.delete_task_once(container.id.as_str(), &container.exited_task_deleted).await? {
+            cov_mark::hit!(exited_task_delete_joined);
+        }
+        Ok(())
+    }
+
+    /// Deletes the pause task of a sandbox whose exit is recorded, once, as
+    /// [`Self::delete_exited_task`] does a container's: the exit handler deletes it right after
+    /// recording the exit, and RemovePodSandbox, which comes right after StopPodSandbox, joins
+    /// that delete instead of sending a second one (which found the task gone, a containerd call
+    /// on every pod's removal).
+    pub(crate) async fn delete_exited_sandbox_task(&self, sandbox: &Sandbox) -> Result<()> {
+        if self.delete_task_once(sandbox.id.as_str(), &sandbox.exited_task_deleted).await? {
+            cov_mark::hit!(sandbox_task_delete_joined);
+        }
+        Ok(())
+    }
+
+    /// Deletes a task unless this process's earlier delete under `deleted` went through; true
+    /// when nothing was sent for that reason. The wait for a delete in flight is bounded by
+    /// the exit handler's budget (see [`Self::delete_exited_task`]).
+    async fn delete_task_once(&self, id: &str, deleted: &tokio::sync::Mutex<bool>) -> Result<bool> {
+        let Ok(mut deleted) = crate::ports::timeout(&*self.backends.clock, HANDLE_EVENT_TIMEOUT, deleted.lock()).await
         else {
             cov_mark::hit!(exited_task_delete_not_joined);
-            tracing::warn!(id = %container.id, "a task delete in flight did not return; sending another");
-            return delete().await;
+            tracing::warn!(id, "a task delete in flight did not return; sending another");
+            self.delete_task_found_or_gone(id).await?;
+            return Ok(false);
         };
         if *deleted {
-            cov_mark::hit!(exited_task_delete_joined);
-            return Ok(());
+            return Ok(true);
         }
-        delete().await?;
+        self.delete_task_found_or_gone(id).await?;
         *deleted = true;
-        Ok(())
+        Ok(false)
+    }
+
+    /// A task delete where NotFound counts as deleted.
+    async fn delete_task_found_or_gone(&self, id: &str) -> Result<()> {
+        match self.backends.containerd.delete_task(id).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_not_found() => {
+                cov_mark::hit!(exit_task_already_deleted);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
     }
 
     async fn handle_sandbox_exit(self: &Arc<Self>, id: &SandboxId, exit: ExitStatus) -> Result<()> {
@@ -214,11 +237,7 @@ impl CriService {
         if changed {
             self.send_container_event(id.as_str(), id, ContainerEventType::ContainerStoppedEvent);
         }
-        match self.backends.containerd.delete_task(id.as_str()).await {
-            Ok(_) => Ok(()),
-            Err(error) if error.is_not_found() => Ok(()),
-            Err(error) => Err(error.context("failed to delete sandbox task")),
-        }
+        self.delete_exited_sandbox_task(&sandbox).await.map_err(|error| error.context("failed to delete sandbox task"))
     }
 
     /// Whether the OOM killer ended the task, decided from its cgroup's OOM kill count, which

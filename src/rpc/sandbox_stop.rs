@@ -252,19 +252,28 @@ impl CriService {
                 .await
                 .map_err(|e| e.context(format!("failed to remove container {:?}", container.id)))?;
         }
-        // A removed container's task, record and dirs go after RemoveContainer's reply: the pod
-        // goes only after them, so that a removed pod leaves nothing behind.
-        self.wait_pod_container_removals(&id).await?;
-        self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
-        self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await?;
         // The pause task goes before its record, as a container's does in RemoveContainer: a
         // NOTREADY pod's task may still exist, its delete owed by the exit path (deferred by
         // recovery, or queued after a failed attempt), and containerd deletes a record whose
         // task exists, leaving the task and its shim to nobody once the pod leaves the store.
-        crate::rpc::sandbox_run::ignore_not_found(self.backends.containerd.delete_task(id.as_str()).await.map(|_| ()))
-            .map_err(|e| e.context("failed to delete sandbox task"))?;
-        crate::rpc::sandbox_run::ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)
-            .map_err(|e| e.context("failed to delete sandbox container"))?;
+        // The exit handler's delete, usually in flight or done by now, is joined.
+        let pause = async {
+            self.delete_exited_sandbox_task(sandbox).await.map_err(|e| e.context("failed to delete sandbox task"))?;
+            crate::rpc::sandbox_run::ignore_not_found(
+                self.backends.containerd.delete_container(id.as_str(), true).await,
+            )
+            .map_err(|e| e.context("failed to delete sandbox container"))
+        };
+        // A removed container's task, record and dirs go after RemoveContainer's reply. The pod
+        // leaves the store only after them, so that a removed pod leaves nothing behind, but its
+        // pause task and record need not wait: they go meanwhile. A restart in between finds
+        // neither the pod (its record is how a restart knows it) nor the containers (their
+        // removal marks), finishes the removals and sweeps the pod's dirs.
+        let (containers_removed, pause_removed) = futures::join!(self.wait_pod_container_removals(&id), pause);
+        containers_removed?;
+        pause_removed?;
+        self.backends.os.remove_all(&self.sandbox_root(&id)).await?;
+        self.backends.os.remove_all(&self.sandbox_state_dir(&id)).await?;
         if self.sandboxes.remove(&id).is_some() {
             self.sandbox_names.release_by_key(&id);
             self.forget_operation(&format!("sandbox/{}", sandbox.name));

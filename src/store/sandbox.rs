@@ -78,6 +78,10 @@ pub struct Sandbox {
     /// it: Stop's DEL still runs, since a closed netns does not say that the plugins freed the
     /// address.
     netns_gone: std::sync::atomic::AtomicBool,
+    /// Serialises this process's deletes of the pause task once its exit is recorded, and is
+    /// true once one went through or found the task gone (as a container's
+    /// `exited_task_deleted`). A pause task is never created again once it exited.
+    pub exited_task_deleted: tokio::sync::Mutex<bool>,
     /// The last CPU reading of the pod's stats, for `usage_nano_cores`.
     pub cpu_rate: super::CpuRate,
 }
@@ -95,6 +99,7 @@ impl Sandbox {
             stopped: watch::channel(already_stopped).0,
             network_torn_down: std::sync::atomic::AtomicBool::new(false),
             netns_gone: std::sync::atomic::AtomicBool::new(false),
+            exited_task_deleted: tokio::sync::Mutex::new(false),
             cpu_rate: Default::default(),
         }
     }

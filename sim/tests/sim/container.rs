@@ -1733,7 +1733,8 @@ async fn exec_sync_cleans_up_a_failed_start_that_was_applied() {
 }
 
 /// A pod's removal waits for the removals of its containers that are still deleting what
-/// follows their replies, so that a removed pod leaves nothing behind.
+/// follows their replies, so that a removed pod leaves nothing behind. Its pause task and
+/// record go meanwhile; the pod leaves the store after the containers' removals.
 #[madsim::test]
 async fn a_pod_removal_waits_for_its_containers_removals() {
     cov_mark::check!(pod_removal_waited_for_container_removal);
@@ -1744,7 +1745,14 @@ async fn a_pod_removal_waits_for_its_containers_removals() {
     node.remove_container(&id).await;
     node.stop_pod(&pod).await;
     assert!(node.world.containerd.containers().contains_key(&id), "the container's delete is still delayed");
-    node.remove_pod(&pod).await;
+    let svc = node.svc.clone();
+    let request = RemovePodSandboxRequest { pod_sandbox_id: pod.clone() };
+    let removing = tokio::spawn(async move { svc.remove_pod_sandbox(request).await });
+    sleep(Duration::from_secs(5)).await;
+    assert!(!node.world.containerd.containers().contains_key(&pod), "the pause record went meanwhile");
+    assert!(node.world.containerd.containers().contains_key(&id), "the container's delete is still delayed");
+    assert_eq!(node.list_pods(None).await.len(), 1, "the pod is listed until its containers' removals are done");
+    removing.await.unwrap().unwrap();
     assert_eq!(node.svc.snapshot().container_removals_pending, 0, "the pod's removal waited for it");
     node.assert_no_sandbox_leftovers("the pod removed after its container's delayed delete");
     assert_eq!(node.leaks_of(&id), Vec::<String>::new());

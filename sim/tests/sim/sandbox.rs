@@ -213,6 +213,28 @@ async fn stop_then_remove_frees_everything() {
     assert_eq!(node.pod_state(&again).await, PodSandboxState::SandboxReady);
 }
 
+/// RemovePodSandbox right after StopPodSandbox finds the exit handler's delete of the pause
+/// task still in flight (Stop waits for NOTREADY only). It joins that delete and sends none of
+/// its own, where it used to send a second one, which found the task gone.
+#[madsim::test]
+async fn remove_right_after_stop_joins_the_exit_handlers_pause_task_delete() {
+    cov_mark::check!(sandbox_task_delete_joined);
+    let node = Node::start().await;
+    let id = node.run_pod("rm-after-stop").await;
+    node.faults.count_calls_on(FaultSite::ContainerdDeleteTask, &id);
+    node.faults.push(
+        FaultSite::ContainerdDeleteTask,
+        Some(&id),
+        crid_sim::fakes::FaultAction::Delay(Duration::from_secs(2)),
+    );
+    node.stop_pod(&id).await;
+    assert!(node.world.containerd.tasks().contains_key(&id), "Stop answered before the pause task's delete finished");
+    node.remove_pod(&id).await;
+    assert!(node.list_pods(None).await.is_empty());
+    assert_eq!(node.faults.calls_on(FaultSite::ContainerdDeleteTask, &id), 1, "one delete of the pause task, not two");
+    node.assert_no_sandbox_leftovers("after Stop + Remove");
+}
+
 /// Remove without Stop force-stops first; containers of the pod are stopped and removed too.
 #[madsim::test]
 async fn remove_force_stops_the_pod_and_its_containers() {
