@@ -173,7 +173,7 @@ impl CriService {
     async fn container_removal_steps(&self, id: &ContainerId, container: Option<&Container>) -> Result<()> {
         match container {
             Some(container) => self.delete_exited_task(container).await,
-            None => ignore_not_found(self.backends.containerd.delete_task(id.as_str()).await.map(|_| ())),
+            None => self.delete_task_found_or_gone(id.as_str()).await,
         }
         .map_err(|e| e.context("failed to delete task"))?;
         ignore_not_found(self.backends.containerd.delete_container(id.as_str(), true).await)

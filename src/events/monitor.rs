@@ -201,7 +201,7 @@ impl CriService {
     }
 
     /// A task delete where NotFound counts as deleted.
-    async fn delete_task_found_or_gone(&self, id: &str) -> Result<()> {
+    pub(crate) async fn delete_task_found_or_gone(&self, id: &str) -> Result<()> {
         match self.backends.containerd.delete_task(id).await {
             Ok(_) => Ok(()),
             Err(error) if error.is_not_found() => {
