@@ -1,6 +1,7 @@
 //! Simulator throughput on this machine: seeds per second and simulated/wall time ratio for
-//! each scenario, `sim` profile build, each seed in a process of its own (forked by a fork server
-//! per worker; CRID_SIM_ISOLATION=spawn spawns one instead). Run with `cargo simbench`.
+//! each scenario, `sim-sweep` profile build (`sim` linked as one unit, Cargo.toml), each seed in a
+//! process of its own (forked by a fork server per worker; CRID_SIM_ISOLATION=spawn spawns one
+//! instead). Run with `cargo simbench`.
 //! CRID_BENCH_SEEDS sets the seeds per scenario (default 40).
 //!
 //! Measured on 2 cores, 2 workers, 40 seeds, on a quiet machine (`crid-sim run --seeds 0..40`,
