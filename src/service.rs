@@ -203,15 +203,22 @@ impl CriService {
         self.backends.clock.sleep(duration).await
     }
 
-    pub(crate) async fn with_timeout<T>(
-        &self,
+    /// Runs `future` for at most `duration`. A plain function that boxes the future before any
+    /// state machine holds it: an async fn keeps its argument beside the future it awaits, so
+    /// each layer of wrapping doubled a large future (RunPodSandbox's reached 68 KB, copied
+    /// whole as it passed from layer to layer), where a box is one pointer.
+    pub(crate) fn with_timeout<'a, T: 'a>(
+        &'a self,
         duration: Duration,
-        what: &str,
-        future: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        match crate::ports::timeout(&*self.backends.clock, duration, future).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::deadline(format!("{what}: timed out after {duration:?}"))),
+        what: &'a str,
+        future: impl std::future::Future<Output = Result<T>> + 'a,
+    ) -> impl std::future::Future<Output = Result<T>> + 'a {
+        let future = Box::pin(future);
+        async move {
+            match crate::ports::timeout(&*self.backends.clock, duration, future).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::deadline(format!("{what}: timed out after {duration:?}"))),
+            }
         }
     }
 
@@ -269,15 +276,26 @@ impl CriService {
     /// was lost on its way: a reply that leaves the handler as the caller's deadline passes
     /// never reaches it, and the service cannot tell. A different request under the same name
     /// joins nothing and meets the name's reservation, as in containerd.
-    pub(crate) async fn run_named_operation<F>(
+    pub(crate) fn run_named_operation<F>(
         self: &Arc<Self>,
         name: String,
         request: OperationRequest,
         operation: F,
-    ) -> Result<String>
+    ) -> impl std::future::Future<Output = Result<String>> + Send + '_
     where
         F: std::future::Future<Output = Result<String>> + Send + 'static,
     {
+        // Boxed before any state machine holds it (see `with_timeout`), and before the spawn,
+        // which would otherwise copy it whole through each layer of the runtime's task machinery.
+        self.run_boxed_operation(name, request, Box::pin(operation))
+    }
+
+    async fn run_boxed_operation(
+        self: &Arc<Self>,
+        name: String,
+        request: OperationRequest,
+        operation: std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send>>,
+    ) -> Result<String> {
         // One lock acquisition decides join-or-start: with a separate get and insert, two callers
         // on two threads could both miss the entry and run the operation twice.
         let (mut receiver, start) = {
@@ -303,9 +321,6 @@ impl CriService {
             let service = self.clone();
             let op_name = name.clone();
             let own = receiver.clone();
-            // Boxed: an operation's future is large, and the spawn would otherwise copy it
-            // whole through each layer of the runtime's task machinery.
-            let operation = Box::pin(operation);
             tokio::spawn(async move {
                 let result = operation.await;
                 if result.is_err() && registered {

@@ -203,7 +203,10 @@ impl Kubelet {
         // The call's stream stays open while the kubelet waits; dropped at the deadline, it
         // resets, and the CRI drops the call's handler.
         let (client, _stream) = self.cri.open_call();
-        let answer = tokio::time::timeout(deadline, handler(client)).await.ok();
+        // Boxed: a call's future is large (a CreateContainer's about 20 KB, its request and
+        // madsim-tonic's layers), and each async layer around it would hold and copy it again.
+        let call = Box::pin(handler(client));
+        let answer = tokio::time::timeout(deadline, call).await.ok();
         answer.map(|result| result.map(Response::into_inner))
     }
 

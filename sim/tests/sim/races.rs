@@ -1,7 +1,7 @@
 //! Races madsim cannot show: the simulator runs every task on one thread, so a check and an
 //! insert under two acquisitions of one lock never interleave there. Here the core runs on a
-//! multi-threaded tokio runtime against the fakes (normal mode), and the callers of one round
-//! are released together from a barrier that holds every worker thread, so that they enter the
+//! multi-threaded tokio runtime against the fakes (normal mode), and the callers of one round,
+//! each on a thread of its own, are released together from a barrier, so that they enter the
 //! join-or-start sections at the same instant. Each test fails within its rounds, with high
 //! probability, on the code these sections had before they were made single acquisitions
 //! (get, unlock, insert), and never on the current code.
@@ -29,8 +29,11 @@ async fn service(world: &Arc<FakeWorld>) -> Arc<CriService> {
     service
 }
 
-/// Runs `call` on THREADS tasks at once, each on a worker thread of its own: the barrier blocks
-/// every worker until all callers have arrived, so none can run two callers in sequence.
+/// Runs `call` THREADS times at once, each caller driven by a thread of its own (the tasks it
+/// spawns run on the runtime's workers): the barrier releases them together once all have
+/// arrived. The barrier blocks those threads and never a worker: callers that waited on it
+/// inside worker tasks could hold every worker while the last caller sat, unstolen, in a
+/// blocked worker's queue, and the round never ended.
 async fn together<T, F, Fut>(call: F) -> Vec<T>
 where
     T: Send + 'static,
@@ -38,20 +41,21 @@ where
     Fut: std::future::Future<Output = T> + Send + 'static,
 {
     let barrier = Arc::new(Barrier::new(THREADS));
-    let mut handles = Vec::with_capacity(THREADS);
-    for caller in 0..THREADS {
-        let barrier = barrier.clone();
-        let future = call(caller);
-        handles.push(tokio::spawn(async move {
-            barrier.wait();
-            future.await
-        }));
-    }
-    let mut results = Vec::with_capacity(THREADS);
-    for handle in handles {
-        results.push(handle.await.unwrap());
-    }
-    results
+    let runtime = tokio::runtime::Handle::current();
+    let callers: Vec<_> = (0..THREADS)
+        .map(|caller| {
+            let (barrier, runtime, future) = (barrier.clone(), runtime.clone(), call(caller));
+            #[expect(clippy::disallowed_methods, reason = "a race needs callers on real threads at once")]
+            std::thread::spawn(move || {
+                barrier.wait();
+                runtime.block_on(future)
+            })
+        })
+        .collect();
+    // Joined off the runtime's threads too: the callers' spawned tasks need every worker.
+    tokio::task::spawn_blocking(move || callers.into_iter().map(|caller| caller.join().unwrap()).collect())
+        .await
+        .unwrap()
 }
 
 fn pod_config(name: &str) -> PodSandboxConfig {
