@@ -45,11 +45,12 @@ where
     let callers: Vec<_> = (0..THREADS)
         .map(|caller| {
             let (barrier, runtime, future) = (barrier.clone(), runtime.clone(), call(caller));
-            #[expect(clippy::disallowed_methods, reason = "a race needs callers on real threads at once")]
-            std::thread::spawn(move || {
+            let caller = move || {
                 barrier.wait();
                 runtime.block_on(future)
-            })
+            };
+            #[expect(clippy::disallowed_methods, reason = "a race needs callers on real threads at once")]
+            std::thread::spawn(caller) // determinism-ok: a normal-mode test; callers on real threads are its point
         })
         .collect();
     // Joined off the runtime's threads too: the callers' spawned tasks need every worker.
