@@ -60,6 +60,31 @@ pub fn check_name_part(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// The most bytes a label's key and value may have together in containerd's metadata store.
+pub const LABEL_SIZE_MAX_BYTES: usize = 4096;
+
+/// Refuses labels containerd cannot store, before anything is created: a pod's or a container's
+/// labels become its containerd record's, whose store refuses an empty key (an error without a
+/// code, which reached the client as Unknown once the pod's first steps had been taken and
+/// undone) and a key and value longer than [`LABEL_SIZE_MAX_BYTES`] together. Kubernetes never
+/// sends either. Among several bad labels the first in key order is named, whatever the map's
+/// order.
+pub fn check_labels(field: &str, labels: &HashMap<String, String>) -> Result<()> {
+    for (key, value) in sorted(labels) {
+        if key.is_empty() {
+            return Err(Error::invalid(format!("{field}: a label key must not be empty")));
+        }
+        if key.len() + value.len() > LABEL_SIZE_MAX_BYTES {
+            return Err(Error::invalid(format!(
+                "{field}: label {} has {} bytes of key and value, more than the {LABEL_SIZE_MAX_BYTES} containerd stores",
+                quoted(&key),
+                key.len() + value.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// True when `labels` contain every pair of `selector`.
 #[expect(clippy::disallowed_methods, reason = "`all` gives the same answer in any order")]
 pub fn labels_match(selector: &HashMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -295,6 +320,23 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(ImageRef::parse(&input).map(|r| r.to_string()), Ok(expected), "{input}");
         }
+    }
+
+    #[test]
+    fn labels_containerd_cannot_store_are_refused_in_key_order() {
+        let labels = |pairs: &[(&str, String)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        };
+        assert!(check_labels("labels", &labels(&[("app", "x".into()), ("k", "v".repeat(4095))])).is_ok());
+        assert!(check_labels("labels", &labels(&[("app", String::new())])).is_ok(), "an empty value is fine");
+        let empty_key = check_labels("labels", &labels(&[("", "v".into())])).unwrap_err();
+        assert_eq!(empty_key.kind, crate::error::ErrorKind::InvalidArgument);
+        assert!(empty_key.message.contains("must not be empty"), "{}", empty_key.message);
+        let too_big = check_labels("labels", &labels(&[("k", "v".repeat(4096))])).unwrap_err();
+        assert!(too_big.message.contains("4097 bytes"), "{}", too_big.message);
+        // Two bad labels: the first key in order is named, whatever order the map iterates in.
+        let two = labels(&[("b", "v".repeat(5000)), ("a", "v".repeat(5000))]);
+        assert!(check_labels("labels", &two).unwrap_err().message.contains("\"a\""));
     }
 
     #[test]

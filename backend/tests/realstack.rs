@@ -1926,6 +1926,8 @@ async fn bad_input_is_refused_and_nothing_escapes() {
             "name with a path separator",
             ContainerConfig { metadata: Some(ContainerMetadata { name: "../x".into(), attempt: 0 }), ..base.clone() },
         ),
+        // containerd's store answers an empty label key with an error that has no code.
+        ("label with an empty key", ContainerConfig { labels: [(String::new(), "v".into())].into(), ..base.clone() }),
     ];
     for (what, config) in cases {
         let request = CreateContainerRequest {
@@ -1945,6 +1947,11 @@ async fn bad_input_is_refused_and_nothing_escapes() {
     bad_pod.metadata.as_mut().unwrap().name = "a/../../b".into();
     let request = RunPodSandboxRequest { config: Some(bad_pod), runtime_handler: String::new() };
     let error = crid.runtime.run_pod_sandbox(request).await.expect_err("a pod name with a separator");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+    let mut bad_pod = crid.pod_config("bad-label");
+    bad_pod.labels.insert(String::new(), "v".into());
+    let request = RunPodSandboxRequest { config: Some(bad_pod), runtime_handler: String::new() };
+    let error = crid.runtime.run_pod_sandbox(request).await.expect_err("a pod label with an empty key");
     assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
 
     // A running container's resources cannot be updated to values no runtime honours either.

@@ -48,6 +48,7 @@ impl CriService {
         let metadata =
             config.metadata.clone().ok_or_else(|| Error::invalid("container config must include metadata"))?;
         crate::naming::check_name_part("container config metadata.name", &metadata.name)?;
+        crate::naming::check_labels("container config labels", &config.labels)?;
         if config.image.as_ref().is_none_or(|i| i.image.is_empty()) {
             return Err(Error::invalid("container config must name an image"));
         }

@@ -96,6 +96,7 @@ impl CriService {
         self.check_initialized()?;
         let config = request.config.ok_or_else(|| Error::invalid("sandbox config is required"))?;
         let name = sandbox_name(validate_sandbox_metadata(config.metadata.as_ref())?);
+        crate::naming::check_labels("sandbox config labels", &config.labels)?;
         // Container log paths are joined to it: a relative one would put them wherever crid's
         // working directory happens to be.
         if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {

@@ -464,6 +464,17 @@ async fn create_container_errors() {
             ),
             ErrorKind::InvalidArgument,
         ),
+        // containerd's metadata store cannot keep these labels (naming::check_labels).
+        (
+            "a label with an empty key",
+            request(&pod, Some(ContainerConfig { labels: [(String::new(), "v".into())].into(), ..good() })),
+            ErrorKind::InvalidArgument,
+        ),
+        (
+            "a label of 4,097 bytes",
+            request(&pod, Some(ContainerConfig { labels: [("k".into(), "v".repeat(4096))].into(), ..good() })),
+            ErrorKind::InvalidArgument,
+        ),
     ];
     for (name, request, kind) in cases {
         assert_eq!(err_kind(node.svc.create_container(request).await), kind, "{name}");

@@ -334,6 +334,11 @@ async fn run_pod_sandbox_rejects_invalid_requests() {
         config: Some(PodSandboxConfig { metadata, ..pod_config("x") }),
         ..Default::default()
     };
+    let with_labels = |labels: &[(&str, &str)]| {
+        let mut config = pod_config("x");
+        config.labels.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        RunPodSandboxRequest { config: Some(config), ..Default::default() }
+    };
     let meta = |name: &str, namespace: &str, uid: &str| {
         Some(PodSandboxMetadata { name: name.into(), namespace: namespace.into(), uid: uid.into(), attempt: 0 })
     };
@@ -357,6 +362,9 @@ async fn run_pod_sandbox_rejects_invalid_requests() {
             "unknown runtime handler",
             RunPodSandboxRequest { config: Some(pod_config("x")), runtime_handler: "kata".into() },
         ),
+        // containerd's metadata store cannot keep these labels (naming::check_labels).
+        ("a label with an empty key", with_labels(&[("", "v")])),
+        ("a label of 4,097 bytes", with_labels(&[("k", &"v".repeat(4096))])),
     ];
     for (name, request) in cases {
         assert_eq!(err_kind(node.svc.run_pod_sandbox(request).await), ErrorKind::InvalidArgument, "{name}");
@@ -400,6 +408,9 @@ async fn run_pod_sandbox_rejects_invalid_requests() {
     assert_eq!(node.faults.calls(FaultSite::ContainerdCreateContainer), 0);
     // The node's, with no mappings, is what kubelet sends for every other pod.
     let id = node.run_pod_with(userns(NamespaceMode::Node, vec![], vec![]).config.unwrap()).await;
+    assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady);
+    // A label of exactly 4,096 bytes is stored.
+    let id = node.run_pod_with(with_labels(&[("k", &"v".repeat(4095))]).config.unwrap()).await;
     assert_eq!(node.pod_state(&id).await, PodSandboxState::SandboxReady);
 }
 
