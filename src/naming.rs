@@ -68,21 +68,20 @@ pub const LABEL_SIZE_MAX_BYTES: usize = 4096;
 /// code, which reached the client as Unknown once the pod's first steps had been taken and
 /// undone) and a key and value longer than [`LABEL_SIZE_MAX_BYTES`] together. Kubernetes never
 /// sends either. Among several bad labels the first in key order is named, whatever the map's
-/// order.
+/// order; the labels are not copied to find it.
 pub fn check_labels(field: &str, labels: &HashMap<String, String>) -> Result<()> {
-    for (key, value) in sorted(labels) {
-        if key.is_empty() {
-            return Err(Error::invalid(format!("{field}: a label key must not be empty")));
-        }
-        if key.len() + value.len() > LABEL_SIZE_MAX_BYTES {
-            return Err(Error::invalid(format!(
-                "{field}: label {} has {} bytes of key and value, more than the {LABEL_SIZE_MAX_BYTES} containerd stores",
-                quoted(&key),
-                key.len() + value.len()
-            )));
-        }
+    let bad = |(key, value): &(&String, &String)| key.is_empty() || key.len() + value.len() > LABEL_SIZE_MAX_BYTES;
+    #[expect(clippy::disallowed_methods, reason = "the smallest bad key is the same in any order")]
+    let first_bad = labels.iter().filter(bad).min_by(|a, b| a.0.cmp(b.0));
+    match first_bad {
+        None => Ok(()),
+        Some((key, _)) if key.is_empty() => Err(Error::invalid(format!("{field}: a label key must not be empty"))),
+        Some((key, value)) => Err(Error::invalid(format!(
+            "{field}: label {} has {} bytes of key and value, more than the {LABEL_SIZE_MAX_BYTES} containerd stores",
+            quoted(key),
+            key.len() + value.len()
+        ))),
     }
-    Ok(())
 }
 
 /// True when `labels` contain every pair of `selector`.
